@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for dspy_registry.v1 (`make proto` writes them)."""

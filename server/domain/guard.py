@@ -1,0 +1,59 @@
+"""The semver guard: a version's bump must be at least as big as its changes need."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ..errors import FailedPrecondition, PreconditionViolation
+from .signatures import Compatibility
+from .versions import ChangeType, Version, required_bump
+
+
+class GuardMode(Enum):
+    ENFORCE = "enforce"  # refuse with FAILED_PRECONDITION
+    WARN = "warn"  # accept and return warnings
+    OFF = "off"  # accept silently
+
+
+def bump_sufficient(previous: Version, proposed: Version, compatibility: Compatibility) -> bool:
+    needed = compatibility.required_change
+    if needed is None:
+        return True
+    actual = required_bump(previous, proposed)
+    return actual is not None and actual >= needed
+
+
+def check(
+    subject: str,
+    previous: Version | None,
+    proposed: Version,
+    compatibility: Compatibility,
+    mode: GuardMode,
+) -> list[str]:
+    """Return warnings (WARN mode) or raise FailedPrecondition (ENFORCE) for a too-small bump.
+
+    `previous` is the highest existing version below `proposed`: a backport
+    such as 1.4.1 beside 2.0.0 is judged against 1.4.0, not against 2.0.0.
+    """
+    if previous is None or mode is GuardMode.OFF:
+        return []
+    if bump_sufficient(previous, proposed, compatibility):
+        return []
+    needed = ChangeType.NAMES[compatibility.required_change or ChangeType.PATCH]
+    significant = [c for c in compatibility.changes if c.level == compatibility.level]
+    violations = [
+        PreconditionViolation(
+            "SEMVER_GUARD",
+            f"{subject}:{c.path}",
+            f"{c.description}: needs a {needed} bump from {previous}, got {proposed}",
+        )
+        for c in significant
+    ]
+    message = (
+        f"{proposed} is too small a bump from {previous}: the changes need a {needed} bump ("
+        + "; ".join(f"{c.path}: {c.description}" for c in significant)
+        + ")"
+    )
+    if mode is GuardMode.WARN:
+        return [message]
+    raise FailedPrecondition(message, violations)

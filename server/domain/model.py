@@ -1,0 +1,101 @@
+"""The records the registry keeps, as frozen values. The store reads and writes these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .programs import PredictorSummary
+from .signatures import Level, SignatureSpec
+
+
+@dataclass(frozen=True)
+class SignatureVersion:
+    signature: str
+    version: str
+    spec: SignatureSpec
+    metadata: dict[str, Any]
+    previous_version: str
+    compatibility: Level | None
+    creator: str
+    create_time: datetime
+    revision: int
+
+    @property
+    def name(self) -> str:
+        return f"signatures/{self.signature}/versions/{self.version}"
+
+
+@dataclass(frozen=True)
+class SignatureSummary:
+    signature: str
+    latest_version: str
+    version_count: int
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class ProgramVersion:
+    program: str
+    version: str
+    digest: str
+    size_bytes: int
+    media_type: str
+    signature: str  # signature name
+    signature_version: str
+    performance: dict[str, float]
+    labels: dict[str, str]
+    metadata: dict[str, Any]
+    previous_version: str
+    change_type: int | None
+    predictors: tuple[PredictorSummary, ...]
+    yanked: bool
+    yank_reason: str
+    creator: str
+    create_time: datetime
+    revision: int
+
+    @property
+    def name(self) -> str:
+        return f"programs/{self.program}/versions/{self.version}"
+
+    @property
+    def signature_name(self) -> str:
+        return f"signatures/{self.signature}/versions/{self.signature_version}"
+
+    @property
+    def etag(self) -> str:
+        # The revision of the last change identifies the state exactly.
+        return f'W/"{self.revision}"'
+
+
+@dataclass(frozen=True)
+class ProgramSummary:
+    program: str
+    latest_version: str
+    version_count: int
+    labels: dict[str, str]
+    signature: str
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log; `revision` is set by the store when it commits."""
+
+    kind: str  # e.g. signature.registered, program_version.registered
+    resource: str  # the resource name it is about
+    data: dict[str, Any] = field(default_factory=dict)
+    revision: int = 0
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page request after validation: size and the opaque position to resume at."""
+
+    size: int
+    after: str | None = None

@@ -1,0 +1,75 @@
+"""Names and resource names: what is valid, and how `programs/x/versions/1.0.0` splits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import InvalidArgument
+from . import versions
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+NAME_RULE = "must match ^[a-z][a-z0-9_-]{0,62}$ (lower case, digits, _ and -; 1-63 chars)"
+
+
+def check_name(value: str, field: str) -> str:
+    """Return `value` if it is a valid short name, else raise InvalidArgument."""
+    if not NAME_RE.match(value):
+        raise InvalidArgument.one(field, f"{value!r} {NAME_RULE}")
+    return value
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A reference to `{collection}/{name}/versions/{version}`; version may be `latest`."""
+
+    collection: str
+    name: str
+    version: str
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version == versions.LATEST
+
+    @property
+    def parent(self) -> str:
+        return f"{self.collection}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.collection}/{self.name}/versions/{self.version}"
+
+
+def parse_parent(value: str, collection: str, field: str) -> str:
+    """`programs/x` -> `x`; raise InvalidArgument for anything else."""
+    parts = value.split("/")
+    if len(parts) != 2 or parts[0] != collection:
+        raise InvalidArgument.one(field, f"{value!r} must look like {collection}/{{name}}")
+    return check_name(parts[1], field)
+
+
+def parse_version_ref(
+    value: str, collection: str, field: str, *, bare_means_latest: bool = False
+) -> VersionRef:
+    """Parse `{collection}/{name}/versions/{version|latest}`.
+
+    With `bare_means_latest`, `{collection}/{name}` is read as its latest version.
+    """
+    parts = value.split("/")
+    if bare_means_latest and len(parts) == 2 and parts[0] == collection:
+        return VersionRef(collection, check_name(parts[1], field), versions.LATEST)
+    if len(parts) != 4 or parts[0] != collection or parts[2] != "versions":
+        raise InvalidArgument.one(
+            field, f"{value!r} must look like {collection}/{{name}}/versions/{{version|latest}}"
+        )
+    name = check_name(parts[1], field)
+    if parts[3] != versions.LATEST:
+        versions.parse(parts[3], field)
+    return VersionRef(collection, name, parts[3])
+
+
+def signature_version_name(signature: str, version: str) -> str:
+    return f"signatures/{signature}/versions/{version}"
+
+
+def program_version_name(program: str, version: str) -> str:
+    return f"programs/{program}/versions/{version}"

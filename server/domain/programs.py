@@ -1,0 +1,143 @@
+"""Program versions: what a registration must carry, and what DSPy program state looks like."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgument, Violations
+
+DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
+MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.@:/-]{0,63}$")
+METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
+MAX_LABELS = 32
+MAX_METRICS = 64
+MAX_METADATA_BYTES = 256 * 1024
+UNARY_ARTIFACT_LIMIT = 4 * 1024 * 1024
+DEFAULT_UPLOAD_LIMIT = 64 * 1024 * 1024
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class PredictorSummary:
+    name: str
+    instructions: str
+    demo_count: int
+    field_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "instructions": self.instructions,
+            "demo_count": self.demo_count,
+            "field_count": self.field_count,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PredictorSummary:
+        return cls(d["name"], d["instructions"], d["demo_count"], d["field_count"])
+
+
+@dataclass(frozen=True)
+class ProgramDraft:
+    """A registration, validated: everything but the stored state."""
+
+    program: str
+    version: str  # explicit, or "" to auto-increment
+    change_type: int | None
+    media_type: str
+    signature: str  # signatures/{s}/versions/{v|latest}
+    performance: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_labels(labels: dict[str, str], path: str, v: Violations) -> None:
+    if len(labels) > MAX_LABELS:
+        v.add(path, f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key):
+            v.add(f"{path}[{key!r}]", "label keys must match ^[a-z][a-z0-9_-]{0,62}$")
+        if not LABEL_VALUE_RE.match(value):
+            v.add(f"{path}[{key!r}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
+
+
+def validate_performance(performance: dict[str, float], path: str, v: Violations) -> None:
+    if len(performance) > MAX_METRICS:
+        v.add(path, f"at most {MAX_METRICS} metrics")
+    for key, value in performance.items():
+        if not METRIC_RE.match(key):
+            v.add(f"{path}[{key!r}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
+        if not math.isfinite(value):
+            v.add(f"{path}[{key!r}]", "must be a finite number")
+
+
+def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> None:
+    size = len(json.dumps(metadata, separators=(",", ":")))
+    if size > MAX_METADATA_BYTES:
+        v.add(path, f"is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+
+
+def validate_media_type(media_type: str, path: str, v: Violations) -> None:
+    if not MEDIA_TYPE_RE.match(media_type):
+        v.add(path, f"{media_type!r} is not a media type such as application/octet-stream")
+
+
+def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[PredictorSummary, ...]:
+    """Check that `data` is what `dspy.Module.save(..json)` writes; list its predictors.
+
+    The shape: a JSON object whose entries are predictors (`{"signature":
+    {"instructions", "fields"}, "demos": [...], ...}`), keyed by attribute
+    path, plus an optional `metadata` object (dependency versions).
+    """
+    try:
+        state = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument.one(path, f"DSPy program state must be JSON: {exc}") from None
+    if not isinstance(state, dict):
+        raise InvalidArgument.one(path, "DSPy program state must be a JSON object")
+    v = Violations()
+    if "metadata" in state and not isinstance(state["metadata"], dict):
+        v.add(f"{path}.metadata", "must be an object")
+    predictors = []
+    for name, entry in state.items():
+        if name == "metadata":
+            continue
+        where = f"{path}.{name}"
+        if not isinstance(entry, dict):
+            v.add(where, "a predictor's state must be an object")
+            continue
+        signature = entry.get("signature")
+        demos = entry.get("demos")
+        if not isinstance(demos, list):
+            v.add(f"{where}.demos", "must be a list (dspy.Predict state)")
+        if not isinstance(signature, dict):
+            v.add(f"{where}.signature", "must be an object (dspy.Predict state)")
+            continue
+        instructions = signature.get("instructions", "")
+        fields = signature.get("fields", [])
+        if not isinstance(instructions, str):
+            v.add(f"{where}.signature.instructions", "must be a string")
+        if not isinstance(fields, list):
+            v.add(f"{where}.signature.fields", "must be a list")
+        if v:
+            continue
+        predictors.append(
+            PredictorSummary(name, instructions, len(demos or []), len(fields))
+        )
+    if not predictors and not v:
+        v.add(path, "DSPy program state must hold at least one predictor")
+    v.raise_if_any()
+    return tuple(predictors)

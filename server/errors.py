@@ -1,0 +1,145 @@
+"""Every error the server raises on purpose, as one tree.
+
+    RegistryError                    base; never raised itself
+    ├── InvalidArgument              bad input; carries one FieldViolation per bad field
+    ├── NotFound                     a named resource does not exist
+    ├── AlreadyExists                a resource with that name exists and differs
+    ├── FailedPrecondition           the system is not in a state that allows the call;
+    │                                carries PreconditionViolations (semver guard ...)
+    ├── Aborted                      an etag or revision did not match; retry after a read
+    ├── ResourceExhausted            a size or rate limit was hit
+    ├── Unimplemented                a capability a later release adds
+    └── StoreError                   the store could not do its work (raised by server.store)
+        └── StoreUnavailable         the database cannot be reached or timed out
+
+Nothing here imports grpc or a database driver: the api layer maps these to
+status codes in one table (`dspy_registry.server.api.status`), and the store
+translates driver exceptions into them, so neither sqlite3 nor asyncpg
+exceptions ever reach the transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path in the request (`spec.version`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition: a type (`SEMVER_GUARD`), its subject and why."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class RegistryError(Exception):
+    """Base of every deliberate error; `reason` is a stable UPPER_SNAKE code."""
+
+    reason = "REGISTRY_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RegistryError):
+    """The request is malformed; `violations` names each bad field."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], message: str | None = None) -> None:
+        self.violations = violations
+        super().__init__(message or "; ".join(f"{v.field}: {v.description}" for v in violations))
+
+    @classmethod
+    def one(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(RegistryError):
+    """A resource does not exist; `resource` is its name (`programs/x/versions/1.0.0`)."""
+
+    reason = "NOT_FOUND"
+
+    def __init__(self, resource: str, message: str | None = None) -> None:
+        self.resource = resource
+        super().__init__(message or f"{resource} not found")
+
+
+class AlreadyExists(RegistryError):
+    """A resource exists under that name with other content."""
+
+    reason = "ALREADY_EXISTS"
+
+    def __init__(self, resource: str, message: str | None = None) -> None:
+        self.resource = resource
+        super().__init__(message or f"{resource} already exists")
+
+
+class FailedPrecondition(RegistryError):
+    """The call is refused in the current state; `violations` says why."""
+
+    reason = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, violations: list[PreconditionViolation] | None = None) -> None:
+        self.violations = violations or []
+        super().__init__(message)
+
+
+class Aborted(RegistryError):
+    """A concurrency check (etag, revision) failed; the caller should re-read and retry."""
+
+    reason = "ABORTED"
+
+
+class ResourceExhausted(RegistryError):
+    """A limit was exceeded: `limit` names it."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class Unimplemented(RegistryError):
+    """A capability this release does not have yet (never a pretend answer)."""
+
+    reason = "UNIMPLEMENTED"
+
+
+class StoreError(RegistryError):
+    """The store failed in a way the caller cannot fix."""
+
+    reason = "STORE_ERROR"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached, or a statement timed out."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+@dataclass
+class Violations:
+    """Collects field violations so that one answer names every bad field."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, description: str) -> None:
+        self.items.append(FieldViolation(field_path, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(list(self.items))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)

@@ -1,0 +1,43 @@
+"""The Store protocol: the one interface both backends implement."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from .records import Records
+
+
+class Store(Protocol):
+    """A revisioned store.
+
+    `write()` is one transaction, serialized with every other write: it sees
+    every earlier commit, its events get the next revision, and it commits on
+    a clean exit or rolls back on an exception. `read()` lends a connection
+    for reads that need no transaction.
+    """
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None:
+        """Finish in-flight work and release every connection."""
+
+    def read(self) -> AbstractAsyncContextManager[Records]: ...
+
+    def write(self) -> AbstractAsyncContextManager[Records]: ...
+
+
+def open_store(url: str) -> Store:
+    """Pick the backend by URL scheme: sqlite:///path or postgresql://…"""
+    if url.startswith("sqlite://"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")

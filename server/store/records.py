@@ -1,0 +1,574 @@
+"""Every query the registry runs, written once for both backends.
+
+SQL here uses `?` placeholders; the Postgres connection rewrites them to
+`$n`. A `Records` object wraps one connection: inside `Store.write()` it is
+one serialized transaction whose events get the next revision; inside
+`Store.read()` it is a plain connection for reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ..domain.model import (
+    Event,
+    Page,
+    ProgramSummary,
+    ProgramVersion,
+    SignatureSummary,
+    SignatureVersion,
+)
+from ..domain.programs import PredictorSummary
+from ..domain.signatures import Level, SignatureSpec
+
+ARTIFACT_CHUNK = 1024 * 1024
+
+
+class Row(Protocol):
+    def __getitem__(self, key: str | int) -> Any: ...
+
+
+class Connection(Protocol):
+    """What Records needs from a backend connection; driver errors arrive translated."""
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    method: str
+    fingerprint: str
+    response: bytes
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+_SIGNATURE_VERSION_COLUMNS = (
+    "signature, version, spec, metadata, previous_version, compatibility, creator, "
+    "create_time, revision"
+)
+_PROGRAM_VERSION_COLUMNS = (
+    "program, version, digest, size_bytes, media_type, signature, signature_version, "
+    "performance, labels, metadata, previous_version, change_type, predictors, yanked, "
+    "yank_reason, creator, create_time, revision, sort_key"
+)
+
+
+def _signature_version(row: Row) -> SignatureVersion:
+    compat = row["compatibility"]
+    return SignatureVersion(
+        signature=row["signature"],
+        version=row["version"],
+        spec=SignatureSpec.from_json(json.loads(row["spec"])),
+        metadata=json.loads(row["metadata"]),
+        previous_version=row["previous_version"],
+        compatibility=Level(compat) if compat is not None else None,
+        creator=row["creator"],
+        create_time=to_datetime(row["create_time"]),
+        revision=row["revision"],
+    )
+
+
+def _program_version(row: Row) -> ProgramVersion:
+    return ProgramVersion(
+        program=row["program"],
+        version=row["version"],
+        digest=row["digest"],
+        size_bytes=row["size_bytes"],
+        media_type=row["media_type"],
+        signature=row["signature"],
+        signature_version=row["signature_version"],
+        performance=json.loads(row["performance"]),
+        labels=json.loads(row["labels"]),
+        metadata=json.loads(row["metadata"]),
+        previous_version=row["previous_version"],
+        change_type=row["change_type"],
+        predictors=tuple(PredictorSummary.from_json(p) for p in json.loads(row["predictors"])),
+        yanked=bool(row["yanked"]),
+        yank_reason=row["yank_reason"],
+        creator=row["creator"],
+        create_time=to_datetime(row["create_time"]),
+        revision=row["revision"],
+    )
+
+
+def _program(row: Row) -> ProgramSummary:
+    return ProgramSummary(
+        program=row["name"],
+        latest_version=row["latest_version"],
+        version_count=row["version_count"],
+        labels=json.loads(row["labels"]),
+        signature=row["signature"],
+        create_time=to_datetime(row["create_time"]),
+        update_time=to_datetime(row["update_time"]),
+    )
+
+
+def _signature(row: Row) -> SignatureSummary:
+    return SignatureSummary(
+        signature=row["name"],
+        latest_version=row["latest_version"],
+        version_count=row["version_count"],
+        create_time=to_datetime(row["create_time"]),
+        update_time=to_datetime(row["update_time"]),
+    )
+
+
+def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
+    """Keyset cursor for newest-first version lists: (sort_key, version) of the last row."""
+    if len(rows) <= size:
+        return None
+    last = rows[size - 1]
+    return json.dumps([last["sort_key"], last["version"]])
+
+
+class Records:
+    """Queries over one connection; in a write transaction, also the revision counter."""
+
+    def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:
+        self.conn = conn
+        self._base_revision = base_revision  # set only inside a write transaction
+        self._revision: int | None = None
+        self._seq = 0
+        self.appended: list[Event] = []
+
+    # -- revisions and the event log -------------------------------------------------
+
+    async def current_revision(self) -> int:
+        row = await self.conn.fetchrow("SELECT revision FROM revisions WHERE id = 1")
+        assert row is not None
+        return int(row["revision"])
+
+    async def append(self, events: Sequence[Event]) -> int:
+        """Append events under this transaction's revision (the next one); return it."""
+        if self._base_revision is None:
+            raise RuntimeError("append() needs a write transaction")
+        if self._revision is None:
+            self._revision = self._base_revision + 1
+            await self.conn.execute(
+                "UPDATE revisions SET revision = ? WHERE id = 1", self._revision
+            )
+        ts = now_us()
+        rows = []
+        for event in events:
+            rows.append((self._revision, self._seq, event.kind, event.resource, _json(event.data), ts))
+            self.appended.append(
+                Event(event.kind, event.resource, event.data, self._revision, to_datetime(ts))
+            )
+            self._seq += 1
+        await self.conn.executemany(
+            "INSERT INTO events (revision, seq, kind, resource, data, create_time) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return self._revision
+
+    @property
+    def next_revision(self) -> int:
+        """The revision this transaction's writes will carry."""
+        if self._base_revision is None:
+            raise RuntimeError("next_revision needs a write transaction")
+        return self._base_revision + 1
+
+    async def events_after(self, revision: int, limit: int = 1000) -> list[Event]:
+        rows = await self.conn.fetch(
+            "SELECT revision, seq, kind, resource, data, create_time FROM events "
+            "WHERE revision > ? ORDER BY revision, seq LIMIT ?",
+            revision,
+            limit,
+        )
+        return [
+            Event(r["kind"], r["resource"], json.loads(r["data"]), r["revision"], to_datetime(r["create_time"]))
+            for r in rows
+        ]
+
+    # -- idempotency -------------------------------------------------------------------
+
+    async def get_request(self, principal: str, request_id: str) -> StoredRequest | None:
+        row = await self.conn.fetchrow(
+            "SELECT method, fingerprint, response FROM requests WHERE principal = ? AND request_id = ?",
+            principal,
+            request_id,
+        )
+        if row is None:
+            return None
+        return StoredRequest(row["method"], row["fingerprint"], bytes(row["response"]))
+
+    async def put_request(
+        self, principal: str, request_id: str, method: str, fingerprint: str, response: bytes
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO requests (principal, request_id, method, fingerprint, response, create_time) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            principal,
+            request_id,
+            method,
+            fingerprint,
+            response,
+            now_us(),
+        )
+
+    # -- signatures --------------------------------------------------------------------
+
+    async def get_signature_version(self, signature: str, version: str) -> SignatureVersion | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions "
+            "WHERE signature = ? AND version = ?",
+            signature,
+            version,
+        )
+        return _signature_version(row) if row else None
+
+    async def latest_signature_version(self, signature: str) -> SignatureVersion | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions v "
+            "JOIN signatures s ON s.name = v.signature AND s.latest_version = v.version "
+            "WHERE v.signature = ?",
+            signature,
+        )
+        return _signature_version(row) if row else None
+
+    async def signature_version_below(self, signature: str, sort_key: str) -> SignatureVersion | None:
+        """The highest version with lower precedence: what the semver guard compares with."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions "
+            "WHERE signature = ? AND sort_key < ? ORDER BY sort_key DESC, version DESC LIMIT 1",
+            signature,
+            sort_key,
+        )
+        return _signature_version(row) if row else None
+
+    async def highest_signature_release(self, signature: str) -> str | None:
+        row = await self.conn.fetchrow(
+            "SELECT version FROM signature_versions WHERE signature = ? AND sort_key LIKE '%~' "
+            "ORDER BY sort_key DESC LIMIT 1",
+            signature,
+        )
+        return str(row["version"]) if row else None
+
+    async def insert_signature_version(self, sv: SignatureVersion, sort_key: str) -> None:
+        ts = int(sv.create_time.timestamp() * 1_000_000)
+        await self.conn.execute(
+            "INSERT INTO signatures (name, latest_version, version_count, create_time, update_time) "
+            "VALUES (?, '', 0, ?, ?) ON CONFLICT (name) DO NOTHING",
+            sv.signature,
+            ts,
+            ts,
+        )
+        await self.conn.execute(
+            "INSERT INTO signature_versions (signature, version, sort_key, spec, metadata, "
+            "previous_version, compatibility, creator, create_time, revision) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            sv.signature,
+            sv.version,
+            sort_key,
+            _json(sv.spec.to_json()),
+            _json(sv.metadata),
+            sv.previous_version,
+            int(sv.compatibility) if sv.compatibility is not None else None,
+            sv.creator,
+            ts,
+            sv.revision,
+        )
+        # Latest: the highest release, else the highest pre-release (sort keys of
+        # releases end in "~", which sorts above every pre-release of that core).
+        await self.conn.execute(
+            "UPDATE signatures SET update_time = ?, "
+            "version_count = (SELECT COUNT(*) FROM signature_versions WHERE signature = ?), "
+            "latest_version = COALESCE("
+            " (SELECT version FROM signature_versions WHERE signature = ? AND sort_key LIKE '%~' "
+            "  ORDER BY sort_key DESC LIMIT 1),"
+            " (SELECT version FROM signature_versions WHERE signature = ? "
+            "  ORDER BY sort_key DESC LIMIT 1)) "
+            "WHERE name = ?",
+            ts,
+            sv.signature,
+            sv.signature,
+            sv.signature,
+            sv.signature,
+        )
+
+    async def list_signatures(
+        self, prefix: str, page: Page
+    ) -> tuple[list[SignatureSummary], str | None, int]:
+        like = _like_prefix(prefix)
+        rows = await self.conn.fetch(
+            "SELECT name, latest_version, version_count, create_time, update_time FROM signatures "
+            "WHERE name LIKE ? ESCAPE '\\' AND name > ? ORDER BY name LIMIT ?",
+            like,
+            page.after or "",
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow(
+            "SELECT COUNT(*) AS n FROM signatures WHERE name LIKE ? ESCAPE '\\'", like
+        )
+        after = rows[page.size - 1]["name"] if len(rows) > page.size else None
+        return [_signature(r) for r in rows[: page.size]], after, int(total["n"]) if total else 0
+
+    async def list_signature_versions(
+        self, signature: str, page: Page
+    ) -> tuple[list[SignatureVersion], str | None, int]:
+        key, version = json.loads(page.after) if page.after else ("~~", "")
+        rows = await self.conn.fetch(
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS}, sort_key FROM signature_versions "
+            "WHERE signature = ? AND (sort_key < ? OR (sort_key = ? AND version < ?)) "
+            "ORDER BY sort_key DESC, version DESC LIMIT ?",
+            signature,
+            key,
+            key,
+            version,
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow(
+            "SELECT version_count FROM signatures WHERE name = ?", signature
+        )
+        count = int(total["version_count"]) if total else 0
+        return [_signature_version(r) for r in rows[: page.size]], _version_cursor(rows, page.size), count
+
+    # -- artifacts ---------------------------------------------------------------------
+
+    async def has_artifact(self, digest: str) -> bool:
+        row = await self.conn.fetchrow("SELECT 1 AS one FROM artifacts WHERE digest = ?", digest)
+        return row is not None
+
+    async def put_artifact(self, digest: str, chunks: Sequence[bytes]) -> None:
+        """Store an artifact once per digest; a second put of the same digest is a no-op."""
+        if await self.has_artifact(digest):
+            return
+        await self.conn.execute(
+            "INSERT INTO artifacts (digest, size_bytes, chunk_count, create_time) VALUES (?, ?, ?, ?)",
+            digest,
+            sum(len(c) for c in chunks),
+            len(chunks),
+            now_us(),
+        )
+        await self.conn.executemany(
+            "INSERT INTO artifact_chunks (digest, seq, data) VALUES (?, ?, ?)",
+            [(digest, i, chunk) for i, chunk in enumerate(chunks)],
+        )
+
+    async def artifact_chunk_count(self, program: str, digest: str) -> int | None:
+        """The chunk count of `digest` if some version of `program` uses it, else None."""
+        row = await self.conn.fetchrow(
+            "SELECT a.chunk_count FROM artifacts a WHERE a.digest = ? AND EXISTS "
+            "(SELECT 1 FROM program_versions v WHERE v.digest = a.digest AND v.program = ?)",
+            digest,
+            program,
+        )
+        return int(row["chunk_count"]) if row else None
+
+    async def artifact_chunk(self, digest: str, seq: int) -> bytes:
+        row = await self.conn.fetchrow(
+            "SELECT data FROM artifact_chunks WHERE digest = ? AND seq = ?", digest, seq
+        )
+        assert row is not None, f"artifact {digest} lost chunk {seq}"
+        return bytes(row["data"])
+
+    async def artifact_bytes(self, digest: str) -> AsyncIterator[bytes]:
+        rows = await self.conn.fetch(
+            "SELECT data FROM artifact_chunks WHERE digest = ? ORDER BY seq", digest
+        )
+        for row in rows:
+            yield bytes(row["data"])
+
+    # -- programs ----------------------------------------------------------------------
+
+    async def get_program(self, program: str) -> ProgramSummary | None:
+        row = await self.conn.fetchrow(
+            "SELECT name, latest_version, version_count, labels, signature, create_time, "
+            "update_time FROM programs WHERE name = ?",
+            program,
+        )
+        return _program(row) if row else None
+
+    async def get_program_version(self, program: str, version: str) -> ProgramVersion | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions WHERE program = ? AND version = ?",
+            program,
+            version,
+        )
+        return _program_version(row) if row else None
+
+    async def latest_program_version(self, program: str) -> ProgramVersion | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {', '.join('v.' + c.strip() for c in _PROGRAM_VERSION_COLUMNS.split(','))} "
+            "FROM program_versions v JOIN programs p "
+            "ON p.name = v.program AND p.latest_version = v.version WHERE v.program = ?",
+            program,
+        )
+        return _program_version(row) if row else None
+
+    async def highest_program_release(self, program: str) -> str | None:
+        """The highest release, yanked ones included: an auto-increment never reuses a number."""
+        row = await self.conn.fetchrow(
+            "SELECT version FROM program_versions WHERE program = ? AND prerelease = ? "
+            "ORDER BY sort_key DESC LIMIT 1",
+            program,
+            False,
+        )
+        return str(row["version"]) if row else None
+
+    async def insert_program_version(self, pv: ProgramVersion, sort_key: str, prerelease: bool) -> None:
+        ts = int(pv.create_time.timestamp() * 1_000_000)
+        await self.conn.execute(
+            "INSERT INTO programs (name, latest_version, version_count, labels, signature, "
+            "create_time, update_time) VALUES (?, '', 0, '{}', '', ?, ?) ON CONFLICT (name) DO NOTHING",
+            pv.program,
+            ts,
+            ts,
+        )
+        await self.conn.execute(
+            "INSERT INTO program_versions (program, version, sort_key, prerelease, digest, "
+            "size_bytes, media_type, signature, signature_version, performance, labels, metadata, "
+            "previous_version, change_type, predictors, yanked, yank_reason, creator, create_time, "
+            "revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            pv.program,
+            pv.version,
+            sort_key,
+            prerelease,
+            pv.digest,
+            pv.size_bytes,
+            pv.media_type,
+            pv.signature,
+            pv.signature_version,
+            _json(pv.performance),
+            _json(pv.labels),
+            _json(pv.metadata),
+            pv.previous_version,
+            pv.change_type,
+            _json([p.to_json() for p in pv.predictors]),
+            pv.yanked,
+            pv.yank_reason,
+            pv.creator,
+            ts,
+            pv.revision,
+        )
+        await self._refresh_program(pv.program, ts, labels_from=pv)
+
+    async def _refresh_program(
+        self, program: str, ts: int, labels_from: ProgramVersion | None = None
+    ) -> None:
+        """Recompute the summary: latest = highest non-yanked release, else pre-release."""
+        await self.conn.execute(
+            "UPDATE programs SET update_time = ?, "
+            "version_count = (SELECT COUNT(*) FROM program_versions WHERE program = ?), "
+            "latest_version = COALESCE("
+            " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
+            "  AND prerelease = ? ORDER BY sort_key DESC LIMIT 1),"
+            " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
+            "  ORDER BY sort_key DESC LIMIT 1), '') "
+            "WHERE name = ?",
+            ts,
+            program,
+            program,
+            False,
+            False,
+            program,
+            False,
+            program,
+        )
+        if labels_from is not None:
+            await self.conn.execute(
+                "UPDATE programs SET labels = ?, signature = ? WHERE name = ?",
+                _json(labels_from.labels),
+                labels_from.signature_name,
+                program,
+            )
+            await self.conn.execute("DELETE FROM program_labels WHERE program = ?", program)
+            await self.conn.executemany(
+                "INSERT INTO program_labels (program, key, value) VALUES (?, ?, ?)",
+                [(program, k, v) for k, v in sorted(labels_from.labels.items())],
+            )
+
+    async def set_yanked(
+        self, program: str, version: str, yanked: bool, reason: str, revision: int
+    ) -> None:
+        await self.conn.execute(
+            "UPDATE program_versions SET yanked = ?, yank_reason = ?, revision = ? "
+            "WHERE program = ? AND version = ?",
+            yanked,
+            reason,
+            revision,
+            program,
+            version,
+        )
+        await self._refresh_program(program, now_us())
+
+    async def list_programs(
+        self, prefix: str, labels: dict[str, str], page: Page
+    ) -> tuple[list[ProgramSummary], str | None, int]:
+        where = ["p.name LIKE ? ESCAPE '\\'"]
+        args: list[Any] = [_like_prefix(prefix)]
+        for key, value in sorted(labels.items()):
+            where.append(
+                "EXISTS (SELECT 1 FROM program_labels l WHERE l.program = p.name "
+                "AND l.key = ? AND l.value = ?)"
+            )
+            args += [key, value]
+        condition = " AND ".join(where)
+        rows = await self.conn.fetch(
+            "SELECT p.name, p.latest_version, p.version_count, p.labels, p.signature, "
+            f"p.create_time, p.update_time FROM programs p WHERE {condition} AND p.name > ? "
+            "ORDER BY p.name LIMIT ?",
+            *args,
+            page.after or "",
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow(
+            f"SELECT COUNT(*) AS n FROM programs p WHERE {condition}", *args
+        )
+        after = rows[page.size - 1]["name"] if len(rows) > page.size else None
+        return [_program(r) for r in rows[: page.size]], after, int(total["n"]) if total else 0
+
+    async def list_program_versions(
+        self, program: str, page: Page
+    ) -> tuple[list[ProgramVersion], str | None, int]:
+        key, version = json.loads(page.after) if page.after else ("~~", "")
+        rows = await self.conn.fetch(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
+            "WHERE program = ? AND (sort_key < ? OR (sort_key = ? AND version < ?)) "
+            "ORDER BY sort_key DESC, version DESC LIMIT ?",
+            program,
+            key,
+            key,
+            version,
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow("SELECT version_count FROM programs WHERE name = ?", program)
+        count = int(total["version_count"]) if total else 0
+        return [_program_version(r) for r in rows[: page.size]], _version_cursor(rows, page.size), count
+
+    async def program_versions_between(
+        self, program: str, low_key: str, high_key: str
+    ) -> list[ProgramVersion]:
+        """Versions with low_key <= sort_key <= high_key, oldest first."""
+        rows = await self.conn.fetch(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
+            "WHERE program = ? AND sort_key >= ? AND sort_key <= ? ORDER BY sort_key, version",
+            program,
+            low_key,
+            high_key,
+        )
+        return [_program_version(r) for r in rows]
