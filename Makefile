@@ -28,7 +28,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server client/__init__.py tests bench protos/generate.py
+	mkdir -p build/typing/dspy_registry
+	ln -sfn ../../../server build/typing/dspy_registry/server
+	ln -sfn ../../../client build/typing/dspy_registry/client
+	ln -sfn ../../../client/v1 build/typing/dspy_registry/v1
+	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client
+	$(BIN)/mypy tests bench protos/generate.py
 	$(BUF) lint
 
 proto: $(STAMP)

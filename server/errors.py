@@ -20,6 +20,7 @@ exceptions ever reach the transport.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -136,6 +137,13 @@ class Violations:
 
     def add(self, field_path: str, description: str) -> None:
         self.items.append(FieldViolation(field_path, description))
+
+    def collect(self, check: Callable[[], object]) -> None:
+        """Run a check that raises InvalidArgument, keeping its violations instead."""
+        try:
+            check()
+        except InvalidArgument as exc:
+            self.items += exc.violations
 
     def raise_if_any(self) -> None:
         if self.items:

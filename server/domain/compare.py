@@ -173,5 +173,6 @@ def upgrade_step(a: ProgramVersion, b: ProgramVersion, compatibility: Compatibil
 def signature_switch(old: str, new: str) -> Compatibility:
     """Two different signatures: nothing can be assumed compatible."""
     return Compatibility(
-        Level.BREAKING, (Change(Level.BREAKING, "signature", f"signature changed from {old} to {new}"),)
+        Level.BREAKING,
+        (Change(Level.BREAKING, "signature", f"signature changed from {old} to {new}"),),
     )

@@ -134,9 +134,7 @@ def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[Predictor
             v.add(f"{where}.signature.fields", "must be a list")
         if v:
             continue
-        predictors.append(
-            PredictorSummary(name, instructions, len(demos or []), len(fields))
-        )
+        predictors.append(PredictorSummary(name, instructions, len(demos or []), len(fields)))
     if not predictors and not v:
         v.add(path, "DSPy program state must hold at least one predictor")
     v.raise_if_any()

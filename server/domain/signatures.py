@@ -238,9 +238,7 @@ def _compare_fields(
         changes.append(Change(Level.BREAKING, f"{group}.{f.name}", f"field {f.name!r} {what}"))
     for f in added:
         if is_input and f.required:
-            changes.append(
-                Change(Level.BREAKING, f"{group}.{f.name}", f"required input {f.name!r} added")
-            )
+            changes.append(Change(Level.BREAKING, f"{group}.{f.name}", f"required input {f.name!r} added"))
         else:
             kind = "optional input" if is_input else "output"
             changes.append(Change(Level.MINOR, f"{group}.{f.name}", f"{kind} {f.name!r} added"))
@@ -285,9 +283,5 @@ def _compare_type(path: str, a: FieldType, b: FieldType) -> list[Change]:
         if a.item_type != b.item_type and a.item_type.kind == b.item_type.kind == Kind.ENUM:
             return _compare_type(f"{path}[]", a.item_type, b.item_type)
         if a.item_type != b.item_type:
-            return [
-                Change(
-                    Level.BREAKING, path, f"type changed from {a.describe()} to {b.describe()}"
-                )
-            ]
+            return [Change(Level.BREAKING, path, f"type changed from {a.describe()} to {b.describe()}")]
     return []

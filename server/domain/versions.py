@@ -127,9 +127,7 @@ def latest(versions: Iterable[Version]) -> Version | None:
     for v in versions:
         if best_any is None or v.info.compare(best_any.info) > 0:
             best_any = v
-        if not v.is_prerelease and (
-            best_release is None or v.info.compare(best_release.info) > 0
-        ):
+        if not v.is_prerelease and (best_release is None or v.info.compare(best_release.info) > 0):
             best_release = v
     return best_release or best_any
 

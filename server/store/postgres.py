@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import Aborted, StoreError, StoreUnavailable
+from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
 from .records import Records, Row, now_us
 
@@ -31,7 +31,7 @@ def _numbered(sql: str) -> str:
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
-def _translate(exc: BaseException) -> StoreError:
+def _translate(exc: BaseException) -> RegistryError:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return Aborted(f"conflicting concurrent change: {exc}")
     if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
@@ -90,9 +90,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size
-            )
+            self._pool = await asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size)
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from None
         async with self._pool.acquire() as raw:
@@ -102,9 +100,7 @@ class PostgresStore:
         async with raw.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(?)", _MIGRATION_LOCK)
             await conn.execute(CREATE_LEDGER)
-            done = {
-                int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")
-            }
+            done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
             for migration in MIGRATIONS:
                 if migration.number in done:
                     continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -66,8 +66,7 @@ def _like_prefix(prefix: str) -> str:
 
 
 _SIGNATURE_VERSION_COLUMNS = (
-    "signature, version, spec, metadata, previous_version, compatibility, creator, "
-    "create_time, revision"
+    "signature, version, spec, metadata, previous_version, compatibility, creator, create_time, revision"
 )
 _PROGRAM_VERSION_COLUMNS = (
     "program, version, digest, size_bytes, media_type, signature, signature_version, "
@@ -167,9 +166,7 @@ class Records:
             raise RuntimeError("append() needs a write transaction")
         if self._revision is None:
             self._revision = self._base_revision + 1
-            await self.conn.execute(
-                "UPDATE revisions SET revision = ? WHERE id = 1", self._revision
-            )
+            await self.conn.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
         ts = now_us()
         rows = []
         for event in events:
@@ -179,8 +176,7 @@ class Records:
             )
             self._seq += 1
         await self.conn.executemany(
-            "INSERT INTO events (revision, seq, kind, resource, data, create_time) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (revision, seq, kind, resource, data, create_time) VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
         return self._revision
@@ -200,7 +196,13 @@ class Records:
             limit,
         )
         return [
-            Event(r["kind"], r["resource"], json.loads(r["data"]), r["revision"], to_datetime(r["create_time"]))
+            Event(
+                r["kind"],
+                r["resource"],
+                json.loads(r["data"]),
+                r["revision"],
+                to_datetime(r["create_time"]),
+            )
             for r in rows
         ]
 
@@ -341,11 +343,13 @@ class Records:
             version,
             page.size + 1,
         )
-        total = await self.conn.fetchrow(
-            "SELECT version_count FROM signatures WHERE name = ?", signature
-        )
+        total = await self.conn.fetchrow("SELECT version_count FROM signatures WHERE name = ?", signature)
         count = int(total["version_count"]) if total else 0
-        return [_signature_version(r) for r in rows[: page.size]], _version_cursor(rows, page.size), count
+        return (
+            [_signature_version(r) for r in rows[: page.size]],
+            _version_cursor(rows, page.size),
+            count,
+        )
 
     # -- artifacts ---------------------------------------------------------------------
 
@@ -386,12 +390,16 @@ class Records:
         assert row is not None, f"artifact {digest} lost chunk {seq}"
         return bytes(row["data"])
 
-    async def artifact_bytes(self, digest: str) -> AsyncIterator[bytes]:
-        rows = await self.conn.fetch(
-            "SELECT data FROM artifact_chunks WHERE digest = ? ORDER BY seq", digest
+    async def version_with_digest(self, program: str, digest: str) -> ProgramVersion:
+        """The newest version of `program` whose artifact is `digest` (for its media type)."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
+            "WHERE program = ? AND digest = ? ORDER BY sort_key DESC LIMIT 1",
+            program,
+            digest,
         )
-        for row in rows:
-            yield bytes(row["data"])
+        assert row is not None
+        return _program_version(row)
 
     # -- programs ----------------------------------------------------------------------
 
@@ -502,9 +510,7 @@ class Records:
                 [(program, k, v) for k, v in sorted(labels_from.labels.items())],
             )
 
-    async def set_yanked(
-        self, program: str, version: str, yanked: bool, reason: str, revision: int
-    ) -> None:
+    async def set_yanked(self, program: str, version: str, yanked: bool, reason: str, revision: int) -> None:
         await self.conn.execute(
             "UPDATE program_versions SET yanked = ?, yank_reason = ?, revision = ? "
             "WHERE program = ? AND version = ?",
@@ -536,9 +542,7 @@ class Records:
             page.after or "",
             page.size + 1,
         )
-        total = await self.conn.fetchrow(
-            f"SELECT COUNT(*) AS n FROM programs p WHERE {condition}", *args
-        )
+        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM programs p WHERE {condition}", *args)
         after = rows[page.size - 1]["name"] if len(rows) > page.size else None
         return [_program(r) for r in rows[: page.size]], after, int(total["n"]) if total else 0
 
@@ -558,7 +562,11 @@ class Records:
         )
         total = await self.conn.fetchrow("SELECT version_count FROM programs WHERE name = ?", program)
         count = int(total["version_count"]) if total else 0
-        return [_program_version(r) for r in rows[: page.size]], _version_cursor(rows, page.size), count
+        return (
+            [_program_version(r) for r in rows[: page.size]],
+            _version_cursor(rows, page.size),
+            count,
+        )
 
     async def program_versions_between(
         self, program: str, low_key: str, high_key: str

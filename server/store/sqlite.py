@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import Aborted, StoreError, StoreUnavailable
+from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
 from .records import Records, Row, now_us
 
@@ -34,7 +34,7 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
-def _translate(exc: sqlite3.Error) -> StoreError:
+def _translate(exc: sqlite3.Error) -> RegistryError:
     if isinstance(exc, sqlite3.IntegrityError):
         return Aborted(f"conflicting concurrent change: {exc}")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):

@@ -1,0 +1,267 @@
+"""RegistryService: parse the request, call the use case, map the result. No rules here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+
+from ..domain import programs
+from ..domain.model import ProgramVersion
+from ..domain.names import VersionRef, parse_parent, parse_version_ref
+from ..errors import InvalidArgument, ResourceExhausted, Unimplemented
+from ..usecases.registry import Idempotency, RegisteredProgram, RegisteredSignature, Registry, Replay
+from . import convert
+from .caller import Context, caller
+
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
+
+_ENVIRONMENTS_LATER = "selecting by environment arrives with DeploymentService (deployments issue)"
+
+
+def _idem(request: Message, method: str, build: Callable[[T], Message]) -> Idempotency[T] | None:
+    """The request's idempotency key, recording the response that `build` makes."""
+    request_id: str = getattr(request, "request_id", "")
+    if not request_id:
+        return None
+    if len(request_id) > 128:
+        raise InvalidArgument.one("request_id", "must be at most 128 characters")
+    return Idempotency(
+        caller(), request_id, method, convert.fingerprint(request), lambda r: build(r).SerializeToString()
+    )
+
+
+def _answer(result: T | Replay, response_type: type[R], build: Callable[[T], R]) -> R:
+    """The first answer for a replayed request, else the response built from `result`."""
+    if isinstance(result, Replay):
+        return response_type.FromString(result.response)
+    return build(result)
+
+
+def _program_ref(name: str, field: str = "name") -> VersionRef:
+    return parse_version_ref(name, "programs", field)
+
+
+def _registered(result: RegisteredProgram) -> pb.RegisterProgramResponse:
+    return pb.RegisterProgramResponse(
+        program_version=convert.program_version(result.program_version), created=result.created
+    )
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # -- signatures ----------------------------------------------------------------------
+
+    async def RegisterSignature(
+        self, request: pb.RegisterSignatureRequest, context: Context
+    ) -> pb.RegisterSignatureResponse:
+        idem = _idem(request, "RegisterSignature", _signature_response)
+        result = await self.registry.register_signature(caller(), convert.signature_draft(request), idem)
+        return _answer(result, pb.RegisterSignatureResponse, _signature_response)
+
+    async def GetSignature(
+        self, request: pb.GetSignatureRequest, context: Context
+    ) -> pb.GetSignatureResponse:
+        ref = parse_version_ref(request.name, "signatures", "name", bare_means_latest=True)
+        sv = await self.registry.get_signature(ref)
+        return pb.GetSignatureResponse(signature_version=convert.signature_version(sv))
+
+    async def ListSignatures(
+        self, request: pb.ListSignaturesRequest, context: Context
+    ) -> pb.ListSignaturesResponse:
+        page = await self.registry.list_signatures(request.name_prefix, request.page_size, request.page_token)
+        return pb.ListSignaturesResponse(
+            signatures=[convert.signature_summary(s) for s in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def ListSignatureVersions(
+        self, request: pb.ListSignatureVersionsRequest, context: Context
+    ) -> pb.ListSignatureVersionsResponse:
+        name = parse_parent(request.parent, "signatures", "parent")
+        page = await self.registry.list_signature_versions(name, request.page_size, request.page_token)
+        return pb.ListSignatureVersionsResponse(
+            signature_versions=[convert.signature_version(s) for s in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def CheckSignatureCompatibility(
+        self, request: pb.CheckSignatureCompatibilityRequest, context: Context
+    ) -> pb.CheckSignatureCompatibilityResponse:
+        base = parse_version_ref(request.base, "signatures", "base", bare_means_latest=True)
+        candidate = request.WhichOneof("candidate")
+        target = (
+            parse_version_ref(request.target, "signatures", "target", bare_means_latest=True)
+            if candidate == "target"
+            else None
+        )
+        proposed = convert.spec_from_proto(request.proposed, "proposed") if candidate == "proposed" else None
+        compat, sufficient = await self.registry.check_signature_compatibility(
+            base, target, proposed, request.proposed_version
+        )
+        return pb.CheckSignatureCompatibilityResponse(
+            compatibility=convert.compatibility(compat), bump_sufficient=sufficient
+        )
+
+    # -- programs ------------------------------------------------------------------------
+
+    async def RegisterProgram(
+        self, request: pb.RegisterProgramRequest, context: Context
+    ) -> pb.RegisterProgramResponse:
+        if len(request.artifact) > programs.UNARY_ARTIFACT_LIMIT:
+            raise ResourceExhausted(
+                "unary_artifact_bytes",
+                f"artifact is {len(request.artifact)} bytes; RegisterProgram takes at most "
+                f"{programs.UNARY_ARTIFACT_LIMIT}: use UploadProgram",
+            )
+        idem = _idem(request, "RegisterProgram", _registered)
+        draft = convert.program_draft(request.spec)
+        result = await self.registry.register_program(caller(), draft, [request.artifact], idem)
+        return _answer(result, pb.RegisterProgramResponse, _registered)
+
+    async def UploadProgram(
+        self, request_iterator: AsyncIterator[pb.UploadProgramRequest], context: Context
+    ) -> pb.UploadProgramResponse:
+        header: pb.UploadProgramHeader | None = None
+        chunks: list[bytes] = []
+        received = 0
+        limit = self.registry.upload_limit
+        async for message in request_iterator:
+            part = message.WhichOneof("part")
+            if header is None:
+                if part != "header":
+                    raise InvalidArgument.one("header", "the first message must be the header")
+                header = message.header
+                if header.size_bytes > limit:
+                    raise ResourceExhausted(
+                        "upload_bytes", f"artifact of {header.size_bytes} bytes exceeds the {limit} limit"
+                    )
+                continue
+            if part != "chunk":
+                raise InvalidArgument.one("header", "only the first message may be a header")
+            received += len(message.chunk)
+            if received > limit:
+                raise ResourceExhausted("upload_bytes", f"artifact exceeds the upload limit of {limit} bytes")
+            chunks.append(message.chunk)
+        if header is None:
+            raise InvalidArgument.one("header", "the stream was empty")
+        if header.size_bytes and header.size_bytes != received:
+            raise InvalidArgument.one(
+                "header.size_bytes", f"header said {header.size_bytes} bytes, stream carried {received}"
+            )
+        digest = programs.digest_of(b"".join(chunks))
+        if header.expected_digest and header.expected_digest != digest:
+            raise InvalidArgument.one(
+                "header.expected_digest", f"the bytes received hash to {digest}, not {header.expected_digest}"
+            )
+        # The idempotency fingerprint covers the header and the bytes' digest.
+        fingerprint_of = pb.UploadProgramHeader()
+        fingerprint_of.CopyFrom(header)
+        fingerprint_of.expected_digest = digest
+        idem = _idem(fingerprint_of, "UploadProgram", _uploaded)
+        result = await self.registry.register_program(
+            caller(), convert.program_draft(header.spec), chunks, idem
+        )
+        return _answer(result, pb.UploadProgramResponse, _uploaded)
+
+    async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:
+        name = parse_parent(request.name, "programs", "name")
+        return pb.GetProgramResponse(program=convert.program_summary(await self.registry.get_program(name)))
+
+    async def GetProgramVersion(
+        self, request: pb.GetProgramVersionRequest, context: Context
+    ) -> pb.GetProgramVersionResponse:
+        if request.environment:
+            raise Unimplemented(_ENVIRONMENTS_LATER)
+        pv = await self.registry.get_program_version(_program_ref(request.name))
+        return pb.GetProgramVersionResponse(program_version=convert.program_version(pv))
+
+    async def ListPrograms(
+        self, request: pb.ListProgramsRequest, context: Context
+    ) -> pb.ListProgramsResponse:
+        if request.environment:
+            raise Unimplemented(_ENVIRONMENTS_LATER)
+        page = await self.registry.list_programs(
+            request.name_prefix, dict(request.labels), request.page_size, request.page_token
+        )
+        return pb.ListProgramsResponse(
+            programs=[convert.program_summary(p) for p in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def ListProgramVersions(
+        self, request: pb.ListProgramVersionsRequest, context: Context
+    ) -> pb.ListProgramVersionsResponse:
+        name = parse_parent(request.parent, "programs", "parent")
+        page = await self.registry.list_program_versions(name, request.page_size, request.page_token)
+        return pb.ListProgramVersionsResponse(
+            program_versions=[convert.program_version(p) for p in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def GetArtifact(
+        self, request: pb.GetArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.GetArtifactResponse]:
+        program = parse_parent(request.program, "programs", "program")
+        stream = await self.registry.artifact(program, request.digest)
+        info = pb.Artifact(digest=stream.digest, size_bytes=stream.size_bytes, media_type=stream.media_type)
+        offset = 0
+        async for chunk in stream.chunks:
+            message = pb.GetArtifactResponse(offset=offset, data=chunk)
+            if offset == 0:
+                message.artifact.CopyFrom(info)
+            yield message
+            offset += len(chunk)
+
+    async def CompareProgramVersions(
+        self, request: pb.CompareProgramVersionsRequest, context: Context
+    ) -> pb.CompareProgramVersionsResponse:
+        base = _program_ref(request.base, "base")
+        target = _program_ref(request.target, "target")
+        if base.name != target.name:
+            raise InvalidArgument.one("target", "compare two versions of the same program")
+        a, b, comparison = await self.registry.compare(base, target)
+        return convert.comparison(a, b, comparison)
+
+    async def GetUpgradePath(
+        self, request: pb.GetUpgradePathRequest, context: Context
+    ) -> pb.GetUpgradePathResponse:
+        program = parse_parent(request.program, "programs", "program")
+        steps = await self.registry.upgrade_path(program, request.from_version, request.to_version)
+        return pb.GetUpgradePathResponse(steps=[convert.upgrade_step(s) for s in steps])
+
+    async def YankProgramVersion(
+        self, request: pb.YankProgramVersionRequest, context: Context
+    ) -> pb.YankProgramVersionResponse:
+        idem = _idem(request, "YankProgramVersion", _yanked)
+        ref = _program_ref(request.name)
+        result = await self.registry.yank(caller(), ref, request.reason, request.undo, request.etag, idem)
+        return _answer(result, pb.YankProgramVersionResponse, _yanked)
+
+
+def _signature_response(result: RegisteredSignature) -> pb.RegisterSignatureResponse:
+    return pb.RegisterSignatureResponse(
+        signature_version=convert.signature_version(result.signature_version),
+        warnings=list(result.warnings),
+    )
+
+
+def _uploaded(result: RegisteredProgram) -> pb.UploadProgramResponse:
+    return pb.UploadProgramResponse(
+        program_version=convert.program_version(result.program_version), created=result.created
+    )
+
+
+def _yanked(result: ProgramVersion) -> pb.YankProgramVersionResponse:
+    return pb.YankProgramVersionResponse(program_version=convert.program_version(result))

@@ -1,0 +1,74 @@
+"""Server configuration: flags, then environment variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from .domain.guard import GuardMode
+from .domain.programs import DEFAULT_UPLOAD_LIMIT
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE = "sqlite:///.dspy-registry/registry.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    database: str = DEFAULT_DATABASE
+    semver_guard: GuardMode = GuardMode.ENFORCE
+    upload_limit: int = DEFAULT_UPLOAD_LIMIT
+    grace_seconds: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--listen",
+        default=env("DSPY_REGISTRY_LISTEN", DEFAULT_LISTEN),
+        help="host:port to serve on; port 0 picks a free one (env DSPY_REGISTRY_LISTEN)",
+    )
+    parser.add_argument(
+        "--database",
+        default=env("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
+        help="sqlite:///relative/path, sqlite:////absolute/path or postgresql://… "
+        "(env DSPY_REGISTRY_DATABASE)",
+    )
+    parser.add_argument(
+        "--semver-guard",
+        choices=[m.value for m in GuardMode],
+        default=env("DSPY_REGISTRY_SEMVER_GUARD", GuardMode.ENFORCE.value),
+        help="refuse (enforce), accept with a warning (warn) or ignore (off) a version "
+        "bump smaller than its signature changes need",
+    )
+    parser.add_argument(
+        "--upload-limit",
+        type=int,
+        default=int(env("DSPY_REGISTRY_UPLOAD_LIMIT", str(DEFAULT_UPLOAD_LIMIT))),
+        help="largest artifact UploadProgram accepts, in bytes (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=float(env("DSPY_REGISTRY_GRACE", "10")),
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    )
+    parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
+    )
+
+
+def from_arguments(args: argparse.Namespace) -> Config:
+    return Config(
+        listen=args.listen,
+        database=args.database,
+        semver_guard=GuardMode(args.semver_guard),
+        upload_limit=args.upload_limit,
+        grace_seconds=args.grace,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )

@@ -1,0 +1,495 @@
+"""Registry use cases: each one a transaction over the store plus the domain's rules.
+
+The api layer parses protos into the drafts and references used here and
+maps the results back; this module decides nothing about transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from ..domain import compare as comparing
+from ..domain import guard, pagination, programs, signatures, versions
+from ..domain.model import (
+    Event,
+    ProgramSummary,
+    ProgramVersion,
+    SignatureSummary,
+    SignatureVersion,
+)
+from ..domain.names import VersionRef, check_name, parse_version_ref
+from ..errors import Aborted as AbortedError
+from ..errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Violations,
+)
+from ..store.base import Store
+from ..store.records import ARTIFACT_CHUNK, Records
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Idempotency(Generic[T]):
+    """A mutation's request_id: the first answer is recorded and replayed on retry."""
+
+    principal: str
+    request_id: str
+    method: str
+    fingerprint: str
+    encode: Callable[[T], bytes]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The recorded first answer to a retried request."""
+
+    response: bytes
+
+
+@dataclass(frozen=True)
+class SignatureDraft:
+    signature: str
+    version: str  # "" to bump
+    change_type: int | None
+    spec: signatures.SignatureSpec
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RegisteredSignature:
+    signature_version: SignatureVersion
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RegisteredProgram:
+    program_version: ProgramVersion
+    created: bool
+
+
+@dataclass(frozen=True)
+class ArtifactStream:
+    digest: str
+    size_bytes: int
+    media_type: str
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class PageOf(Generic[T]):
+    items: list[T]
+    next_page_token: str
+    total_size: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _replayed(tx: Records, idem: Idempotency[Any] | None) -> Replay | None:
+    if idem is None:
+        return None
+    prior = await tx.get_request(idem.principal, idem.request_id)
+    if prior is None:
+        return None
+    if prior.method != idem.method or prior.fingerprint != idem.fingerprint:
+        raise InvalidArgument.one("request_id", "was already used for a different request; use a new id")
+    return Replay(prior.response)
+
+
+async def _record(tx: Records, idem: Idempotency[T] | None, result: T) -> T:
+    if idem is not None:
+        await tx.put_request(
+            idem.principal, idem.request_id, idem.method, idem.fingerprint, idem.encode(result)
+        )
+    return result
+
+
+class Registry:
+    """Signatures and program versions."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        guard_mode: guard.GuardMode = guard.GuardMode.ENFORCE,
+        upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
+    ) -> None:
+        self.store = store
+        self.guard_mode = guard_mode
+        self.upload_limit = upload_limit
+
+    # -- signatures --------------------------------------------------------------------
+
+    async def register_signature(
+        self, caller: str, draft: SignatureDraft, idem: Idempotency[RegisteredSignature] | None
+    ) -> RegisteredSignature | Replay:
+        v = Violations()
+        v.collect(lambda: check_name(draft.signature, "signature"))
+        v.items += signatures.validate_spec(draft.spec).items
+        programs.validate_metadata(draft.metadata, "metadata", v)
+        if draft.version:
+            v.collect(lambda: versions.parse(draft.version))
+            if draft.change_type is not None:
+                v.add("change_type", "give either version or change_type, not both")
+        v.raise_if_any()
+
+        async with self.store.write() as tx:
+            if (replay := await _replayed(tx, idem)) is not None:
+                return replay
+            name = draft.signature
+            warnings: list[str] = []
+            proposed = versions.parse(draft.version) if draft.version else None
+            if proposed is not None:
+                existing = await tx.get_signature_version(name, proposed.text)
+                if existing is not None:
+                    if existing.spec == draft.spec and existing.metadata == draft.metadata:
+                        return await _record(tx, idem, RegisteredSignature(existing, ()))
+                    raise AlreadyExists(
+                        existing.name, f"{existing.name} already exists with a different spec"
+                    )
+            else:
+                latest = await tx.latest_signature_version(name)
+                if latest is not None and latest.spec == draft.spec and draft.change_type is None:
+                    # Nothing changed and no bump asked for: the latest already is this.
+                    return await _record(tx, idem, RegisteredSignature(latest, ()))
+                needed = signatures.compare(latest.spec, draft.spec).required_change if latest else None
+                change = draft.change_type or needed or versions.ChangeType.PATCH
+                base_text = await tx.highest_signature_release(name)
+                base = versions.parse(base_text) if base_text else None
+                proposed = versions.parse(versions.bump(base, change))
+            previous = await tx.signature_version_below(name, proposed.sort_key)
+            level = None
+            if previous is not None:
+                compatibility = signatures.compare(previous.spec, draft.spec)
+                warnings = guard.check(
+                    f"signatures/{name}",
+                    versions.parse(previous.version),
+                    proposed,
+                    compatibility,
+                    self.guard_mode,
+                )
+                level = compatibility.level
+            sv = SignatureVersion(
+                signature=name,
+                version=proposed.text,
+                spec=draft.spec,
+                metadata=draft.metadata,
+                previous_version=previous.version if previous else "",
+                compatibility=level,
+                creator=caller,
+                create_time=_now(),
+                revision=tx.next_revision,
+            )
+            await tx.insert_signature_version(sv, proposed.sort_key)
+            await tx.append(
+                [Event("signature.registered", sv.name, {"signature": name, "version": sv.version})]
+            )
+            return await _record(tx, idem, RegisteredSignature(sv, tuple(warnings)))
+
+    async def _signature_version(self, tx: Records, ref: VersionRef) -> SignatureVersion:
+        found = (
+            await tx.latest_signature_version(ref.name)
+            if ref.is_latest
+            else await tx.get_signature_version(ref.name, ref.version)
+        )
+        if found is None:
+            raise NotFound(str(ref) if not ref.is_latest else ref.parent)
+        return found
+
+    async def get_signature(self, ref: VersionRef) -> SignatureVersion:
+        async with self.store.read() as tx:
+            return await self._signature_version(tx, ref)
+
+    async def list_signatures(self, prefix: str, page_size: int, page_token: str) -> PageOf[SignatureSummary]:
+        fp = pagination.query_fingerprint("signatures", prefix)
+        page = pagination.page(page_size, page_token, fp)
+        async with self.store.read() as tx:
+            items, after, total = await tx.list_signatures(prefix, page)
+        return PageOf(items, pagination.next_token(after, fp), total)
+
+    async def list_signature_versions(
+        self, signature: str, page_size: int, page_token: str
+    ) -> PageOf[SignatureVersion]:
+        fp = pagination.query_fingerprint("signature_versions", signature)
+        page = pagination.page(page_size, page_token, fp)
+        async with self.store.read() as tx:
+            items, after, total = await tx.list_signature_versions(signature, page)
+        if total == 0:
+            raise NotFound(f"signatures/{signature}")
+        return PageOf(items, pagination.next_token(after, fp), total)
+
+    async def check_signature_compatibility(
+        self,
+        base: VersionRef,
+        target: VersionRef | None,
+        proposed: signatures.SignatureSpec | None,
+        proposed_version: str,
+    ) -> tuple[signatures.Compatibility, bool | None]:
+        wanted = versions.parse(proposed_version, "proposed_version") if proposed_version else None
+        if proposed is not None:
+            signatures.validate_spec(proposed, "proposed").raise_if_any()
+        async with self.store.read() as tx:
+            base_sv = await self._signature_version(tx, base)
+            if target is not None:
+                spec = (await self._signature_version(tx, target)).spec
+            elif proposed is not None:
+                spec = proposed
+            else:
+                raise InvalidArgument.one("candidate", "give a target version or a proposed spec")
+        compatibility = signatures.compare(base_sv.spec, spec)
+        sufficient = None
+        if wanted is not None:
+            sufficient = guard.bump_sufficient(versions.parse(base_sv.version), wanted, compatibility)
+        return compatibility, sufficient
+
+    # -- programs ----------------------------------------------------------------------
+
+    def validate_program_draft(self, draft: programs.ProgramDraft, prefix: str = "spec") -> None:
+        """Every problem with a registration, raised as one InvalidArgument."""
+        v = Violations()
+        v.collect(lambda: check_name(draft.program, f"{prefix}.program"))
+        if draft.version:
+            v.collect(lambda: versions.parse(draft.version, f"{prefix}.version"))
+            if draft.change_type is not None:
+                v.add(f"{prefix}.change_type", "give either version or change_type, not both")
+        elif draft.change_type is None:
+            v.add(f"{prefix}.version", "give a version, or a change_type to auto-increment")
+        if draft.signature:
+            v.collect(
+                lambda: parse_version_ref(
+                    draft.signature, "signatures", f"{prefix}.signature", bare_means_latest=True
+                )
+            )
+        else:
+            v.add(f"{prefix}.signature", "name the implemented signature: signatures/{name}/versions/{v}")
+        programs.validate_media_type(draft.media_type, f"{prefix}.media_type", v)
+        programs.validate_labels(draft.labels, f"{prefix}.labels", v)
+        programs.validate_performance(draft.performance, f"{prefix}.performance", v)
+        programs.validate_metadata(draft.metadata, f"{prefix}.metadata", v)
+        v.raise_if_any()
+
+    async def register_program(
+        self,
+        caller: str,
+        draft: programs.ProgramDraft,
+        artifact: Sequence[bytes],
+        idem: Idempotency[RegisteredProgram] | None,
+    ) -> RegisteredProgram | Replay:
+        """Register a version whose artifact is given as chunks (already size-checked)."""
+        self.validate_program_draft(draft)
+        data = b"".join(artifact)
+        if not data:
+            raise InvalidArgument.one("artifact", "must not be empty")
+        predictors: tuple[programs.PredictorSummary, ...] = ()
+        if draft.media_type == programs.DSPY_MEDIA_TYPE:
+            predictors = programs.summarize_dspy_state(data)
+        digest = programs.digest_of(data)
+        chunks = [data[i : i + ARTIFACT_CHUNK] for i in range(0, len(data), ARTIFACT_CHUNK)]
+        sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
+
+        async with self.store.write() as tx:
+            if (replay := await _replayed(tx, idem)) is not None:
+                return replay
+            signature = await self._signature_version(tx, sig_ref)
+            previous_version = ""
+            if draft.version:
+                version = versions.parse(draft.version)
+                existing = await tx.get_program_version(draft.program, version.text)
+                if existing is not None:
+                    if existing.digest == digest:
+                        return await _record(tx, idem, RegisteredProgram(existing, False))
+                    raise AlreadyExists(
+                        existing.name,
+                        f"{existing.name} already exists with digest {existing.digest}; "
+                        f"versions are immutable, register a new version",
+                    )
+            else:
+                assert draft.change_type is not None
+                base_text = await tx.highest_program_release(draft.program)
+                base = versions.parse(base_text) if base_text else None
+                version = versions.parse(versions.bump(base, draft.change_type))
+                previous_version = base_text or ""
+            pv = ProgramVersion(
+                program=draft.program,
+                version=version.text,
+                digest=digest,
+                size_bytes=len(data),
+                media_type=draft.media_type,
+                signature=signature.signature,
+                signature_version=signature.version,
+                performance=dict(draft.performance),
+                labels=dict(draft.labels),
+                metadata=dict(draft.metadata),
+                previous_version=previous_version,
+                change_type=draft.change_type,
+                predictors=predictors,
+                yanked=False,
+                yank_reason="",
+                creator=caller,
+                create_time=_now(),
+                revision=tx.next_revision,
+            )
+            await tx.put_artifact(digest, chunks)
+            await tx.insert_program_version(pv, version.sort_key, version.is_prerelease)
+            await tx.append(
+                [
+                    Event(
+                        "program_version.registered",
+                        pv.name,
+                        {"program": pv.program, "version": pv.version, "digest": digest},
+                    )
+                ]
+            )
+            return await _record(tx, idem, RegisteredProgram(pv, True))
+
+    async def _program_version(self, tx: Records, ref: VersionRef) -> ProgramVersion:
+        found = (
+            await tx.latest_program_version(ref.name)
+            if ref.is_latest
+            else await tx.get_program_version(ref.name, ref.version)
+        )
+        if found is None:
+            raise NotFound(str(ref) if not ref.is_latest else f"{ref.parent} (no unyanked version)")
+        return found
+
+    async def get_program(self, program: str) -> ProgramSummary:
+        async with self.store.read() as tx:
+            found = await tx.get_program(program)
+        if found is None:
+            raise NotFound(f"programs/{program}")
+        return found
+
+    async def get_program_version(self, ref: VersionRef) -> ProgramVersion:
+        async with self.store.read() as tx:
+            return await self._program_version(tx, ref)
+
+    async def list_programs(
+        self, prefix: str, labels: dict[str, str], page_size: int, page_token: str
+    ) -> PageOf[ProgramSummary]:
+        v = Violations()
+        programs.validate_labels(labels, "labels", v)
+        v.raise_if_any()
+        fp = pagination.query_fingerprint("programs", prefix, sorted(labels.items()))
+        page = pagination.page(page_size, page_token, fp)
+        async with self.store.read() as tx:
+            items, after, total = await tx.list_programs(prefix, labels, page)
+        return PageOf(items, pagination.next_token(after, fp), total)
+
+    async def list_program_versions(
+        self, program: str, page_size: int, page_token: str
+    ) -> PageOf[ProgramVersion]:
+        fp = pagination.query_fingerprint("program_versions", program)
+        page = pagination.page(page_size, page_token, fp)
+        async with self.store.read() as tx:
+            items, after, total = await tx.list_program_versions(program, page)
+        if total == 0:
+            raise NotFound(f"programs/{program}")
+        return PageOf(items, pagination.next_token(after, fp), total)
+
+    async def artifact(self, program: str, digest: str) -> ArtifactStream:
+        if not programs.DIGEST_RE.match(digest):
+            raise InvalidArgument.one("digest", "must be sha256: followed by 64 hex digits")
+        async with self.store.read() as tx:
+            count = await tx.artifact_chunk_count(program, digest)
+            if count is None:
+                raise NotFound(f"programs/{program}/artifacts/{digest}")
+            owner = await tx.version_with_digest(program, digest)
+        return ArtifactStream(digest, owner.size_bytes, owner.media_type, self._chunks(digest, count))
+
+    async def _chunks(self, digest: str, count: int) -> AsyncIterator[bytes]:
+        # One chunk per read: a 64 MiB artifact never sits in memory whole.
+        for seq in range(count):
+            async with self.store.read() as tx:
+                chunk = await tx.artifact_chunk(digest, seq)
+            yield chunk
+
+    async def _compatibility(
+        self, tx: Records, a: ProgramVersion, b: ProgramVersion
+    ) -> signatures.Compatibility:
+        if a.signature != b.signature:
+            return comparing.signature_switch(a.signature_name, b.signature_name)
+        if a.signature_version == b.signature_version:
+            return signatures.Compatibility(signatures.Level.IDENTICAL)
+        sa = await tx.get_signature_version(a.signature, a.signature_version)
+        sb = await tx.get_signature_version(b.signature, b.signature_version)
+        assert sa is not None and sb is not None  # foreign keys guarantee both
+        return signatures.compare(sa.spec, sb.spec)
+
+    async def compare(
+        self, base: VersionRef, target: VersionRef
+    ) -> tuple[ProgramVersion, ProgramVersion, comparing.Comparison]:
+        async with self.store.read() as tx:
+            a = await self._program_version(tx, base)
+            b = await self._program_version(tx, target)
+            compat = await self._compatibility(tx, a, b)
+        return a, b, comparing.compare(a, b, compat)
+
+    async def upgrade_path(
+        self, program: str, from_version: str, to_version: str
+    ) -> list[comparing.UpgradeStep]:
+        v = Violations()
+        for field, text in (("from_version", from_version), ("to_version", to_version)):
+            if text == versions.LATEST and field == "to_version":
+                continue
+            try:
+                versions.parse(text, field)
+            except InvalidArgument as exc:
+                v.items += exc.violations
+        v.raise_if_any()
+        async with self.store.read() as tx:
+            start = await self._program_version(tx, VersionRef("programs", program, from_version))
+            end = await self._program_version(tx, VersionRef("programs", program, to_version))
+            lo, hi = versions.parse(start.version), versions.parse(end.version)
+            if lo.info.compare(hi.info) > 0:
+                raise InvalidArgument.one("from_version", f"{start.version} does not precede {end.version}")
+            between = await tx.program_versions_between(program, lo.sort_key, hi.sort_key)
+            path = [pv for pv in between if pv.version in (start.version, end.version) or not pv.yanked]
+            steps = []
+            for a, b in zip(path, path[1:], strict=False):
+                steps.append(comparing.upgrade_step(a, b, await self._compatibility(tx, a, b)))
+        return steps
+
+    async def yank(
+        self,
+        caller: str,
+        ref: VersionRef,
+        reason: str,
+        undo: bool,
+        etag: str,
+        idem: Idempotency[ProgramVersion] | None,
+    ) -> ProgramVersion | Replay:
+        if ref.is_latest:
+            raise InvalidArgument.one("name", "name an exact version to yank, not latest")
+        if not undo and not reason.strip():
+            raise InvalidArgument.one("reason", "say why the version is yanked")
+        if len(reason) > 1024:
+            raise InvalidArgument.one("reason", "must be at most 1024 characters")
+        async with self.store.write() as tx:
+            if (replay := await _replayed(tx, idem)) is not None:
+                return replay
+            pv = await self._program_version(tx, ref)
+            if etag and etag != pv.etag:
+                raise AbortedError(f"{pv.name} changed: etag is {pv.etag}, request had {etag}")
+            wanted = not undo
+            if pv.yanked == wanted:
+                return await _record(tx, idem, pv)
+            revision = tx.next_revision
+            await tx.set_yanked(pv.program, pv.version, wanted, "" if undo else reason, revision)
+            await tx.append(
+                [
+                    Event(
+                        "program_version.unyanked" if undo else "program_version.yanked",
+                        pv.name,
+                        {"program": pv.program, "version": pv.version, "reason": reason},
+                    )
+                ]
+            )
+            updated = replace(pv, yanked=wanted, yank_reason="" if undo else reason, revision=revision)
+            return await _record(tx, idem, updated)
