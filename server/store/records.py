@@ -245,9 +245,9 @@ class Records:
 
     async def latest_signature_version(self, signature: str) -> SignatureVersion | None:
         row = await self.conn.fetchrow(
-            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions v "
-            "JOIN signatures s ON s.name = v.signature AND s.latest_version = v.version "
-            "WHERE v.signature = ?",
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions WHERE signature = ? "
+            "AND version = (SELECT latest_version FROM signatures WHERE name = ?)",
+            signature,
             signature,
         )
         return _signature_version(row) if row else None
@@ -421,9 +421,9 @@ class Records:
 
     async def latest_program_version(self, program: str) -> ProgramVersion | None:
         row = await self.conn.fetchrow(
-            f"SELECT {', '.join('v.' + c.strip() for c in _PROGRAM_VERSION_COLUMNS.split(','))} "
-            "FROM program_versions v JOIN programs p "
-            "ON p.name = v.program AND p.latest_version = v.version WHERE v.program = ?",
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions WHERE program = ? "
+            "AND version = (SELECT latest_version FROM programs WHERE name = ?)",
+            program,
             program,
         )
         return _program_version(row) if row else None

@@ -1,0 +1,56 @@
+"""Benchmarks for dspy-registry: `make bench` (= `python -m bench`).
+
+Every figure is one JSON line on stdout. The server (or the echo server) and
+the load generator always run in separate processes: the driver
+(`bench.__main__`) starts the server as a subprocess, waits until its
+grpc.health.v1 Check says SERVING, runs `python -m bench.loadgen` as another
+subprocess (which prints one JSON result), then stops the server with SIGTERM.
+Each measurement gets a fresh server and a fresh database (a temporary SQLite
+file, or a throwaway PostgreSQL database that is dropped afterwards).
+
+The figures:
+
+``echo`` (backend ``none``)
+    The ceiling: a bare grpc.aio server with one generic handler,
+    ``/bench.Echo/Echo``, that returns the request bytes unchanged (no
+    protobuf parsing, no interceptor, no store). It runs on uvloop when
+    uvloop is importable (``uvloop_server``). The load generator keeps 64
+    calls in flight for ``--seconds``, sending the same bytes a
+    GetProgramVersion request carries. This is what grpc.aio in Python
+    can do on this machine with this client; the registry cannot beat it.
+
+``get_program_version`` (backends ``sqlite``, ``postgres``)
+    The read path: one program preloaded with versions 1.0.0, 1.1.0, 1.2.0
+    and 1.3.0 (10 KB artifacts each), then 64 calls in flight of
+    ``GetProgramVersion(name="programs/p/versions/1.2.0")`` for
+    ``--seconds``. ``ratio_to_echo`` is its throughput divided by the echo
+    ceiling measured in the same run.
+    Target (from the issue): ratio_to_echo >= 0.70 and p99 < 25 ms.
+
+``register_program`` (backends ``sqlite``, ``postgres``)
+    The write path: 16 concurrent clients, each call registering a new
+    explicit version 1.0.N of program ``p`` with a distinct 10 KB DSPy
+    program-state artifact (so nothing is deduplicated), for ``--seconds``.
+    Every acknowledged registration is durable (SQLite runs WAL with
+    ``synchronous=FULL``; PostgreSQL commits). ``throughput_per_s`` is
+    successful registrations per second.
+    Target (from the issue): >= 1000 registrations/s on SQLite (no target
+    on PostgreSQL).
+
+Common keys: ``calls`` (completed calls, including failed ones),
+``errors`` (calls that ended with a non-OK status; ``error_codes`` counts
+them by code), ``seconds`` (wall time of the measured window, until the last
+in-flight call finished), ``throughput_per_s`` (successful calls / seconds),
+``p50_ms`` / ``p99_ms`` (latency of completed calls as the client saw it),
+``concurrency``, ``channels``, ``uvloop_client``, ``server_log_level``, and
+``target`` / ``meets_target`` where the issue sets one. A short warm-up
+(``--warmup``, 1 s by default) precedes every measured window and is not
+counted.
+
+Flags: ``--seconds N`` (default 10), ``--only echo|get|register``,
+``--backend sqlite|postgres|both`` (default both), ``--server-log-level``
+(default ``info``, the server's own default, so per-RPC log lines are part
+of the cost; use ``warning`` to leave them out), ``--postgres``
+(the server URL, without a database name). With the defaults the whole run
+takes well under 2.5 minutes.
+"""

@@ -1,0 +1,244 @@
+"""`python -m bench`: start servers, drive the load generator, print one JSON line per figure.
+
+See the `bench` package docstring for what each figure means and its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dspy_registry.v1 import registry_pb2_grpc
+
+from . import fixtures
+from .common import emit, has_uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
+GET_CONCURRENCY = 64
+REGISTER_CLIENTS = 16
+GET_RATIO_TARGET = 0.70
+GET_P99_TARGET_MS = 25.0
+REGISTER_SQLITE_TARGET = 1000.0
+STARTUP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Options:
+    seconds: float
+    warmup: float
+    channels: int
+    server_log_level: str
+    postgres: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_serving(process: subprocess.Popen[bytes], target: str, log: IO[bytes]) -> None:
+    """Block until grpc.health.v1 Check says SERVING; fail if the process dies or it takes too long."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}: {_tail(log)}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not SERVING after {STARTUP_TIMEOUT_S}s: {_tail(log)}")
+            time.sleep(0.05)
+
+
+def _tail(log: IO[bytes], size: int = 2000) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-size:]
+
+
+@contextlib.contextmanager
+def _process(command: list[str]) -> Iterator[str]:
+    """Start a gRPC server listening on a free port; yield its address once SERVING; SIGTERM it."""
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [*command, "--listen", target], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            _wait_serving(process, target, log)
+            yield target
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15.0)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@contextlib.contextmanager
+def _database(backend: str, options: Options) -> Iterator[str]:
+    """A fresh, empty database URL for one measurement, removed afterwards."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="dspy-registry-bench-") as tmp:
+            yield f"sqlite:///{Path(tmp, 'registry.db').resolve()}"
+        return
+    name = f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_postgres(options.postgres, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{options.postgres.rstrip('/')}/{name}"
+    finally:
+        asyncio.run(_postgres(options.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _postgres(server: str, statement: str) -> None:
+    connection = await asyncpg.connect(f"{server.rstrip('/')}/postgres")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def _registry(backend: str, options: Options) -> Iterator[str]:
+    with _database(backend, options) as url:
+        command = [str(SERVER), "serve", "--database", url, "--grace", "2"]
+        command += ["--log-level", options.server_log_level]
+        with _process(command) as target:
+            yield target
+
+
+def _preload(target: str, versions: tuple[str, ...]) -> None:
+    """Register the benchmark signature, then the given versions of program `p`."""
+    with grpc.insecure_channel(target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub.RegisterSignature(fixtures.signature_request(), timeout=10.0)
+        for i, version in enumerate(versions):
+            # Numbers far from the load generator's, so no artifact repeats.
+            stub.RegisterProgram(fixtures.register_request(version, 10**9 + i), timeout=10.0)
+        if versions:
+            stub.GetProgramVersion(fixtures.get_request(), timeout=10.0)
+
+
+def _loadgen(target: str, workload: str, concurrency: int, options: Options) -> dict[str, Any]:
+    """Run `python -m bench.loadgen` in its own process and parse its JSON line."""
+    command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--workload", workload]
+    command += ["--concurrency", str(concurrency), "--seconds", str(options.seconds)]
+    command += ["--warmup", str(options.warmup), "--channels", str(options.channels)]
+    timeout = options.seconds + options.warmup + 120.0
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, check=False, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def bench_echo(options: Options) -> dict[str, Any]:
+    with _process([sys.executable, "-m", "bench.echo"]) as target:
+        result = _loadgen(target, "echo", GET_CONCURRENCY, options)
+    return {
+        "bench": "echo",
+        "backend": "none",
+        **result,
+        "uvloop_server": has_uvloop(),
+        "request_bytes": len(fixtures.get_request().SerializeToString()),
+    }
+
+
+def bench_get(backend: str, options: Options, echo: float | None) -> dict[str, Any]:
+    with _registry(backend, options) as target:
+        _preload(target, fixtures.PRELOAD_VERSIONS)
+        result = _loadgen(target, "get", GET_CONCURRENCY, options)
+    ratio = result["throughput_per_s"] / echo if echo else None
+    return {
+        "bench": "get_program_version",
+        "backend": backend,
+        **result,
+        "ratio_to_echo": None if ratio is None else round(ratio, 3),
+        "server_log_level": options.server_log_level,
+        "target": f"ratio_to_echo >= {GET_RATIO_TARGET} and p99_ms < {GET_P99_TARGET_MS}",
+        "meets_target": None
+        if ratio is None
+        else (ratio >= GET_RATIO_TARGET and result["p99_ms"] < GET_P99_TARGET_MS and not result["errors"]),
+    }
+
+
+def bench_register(backend: str, options: Options) -> dict[str, Any]:
+    with _registry(backend, options) as target:
+        _preload(target, ())
+        result = _loadgen(target, "register", REGISTER_CLIENTS, options)
+    sqlite = backend == "sqlite"
+    return {
+        "bench": "register_program",
+        "backend": backend,
+        **result,
+        "artifact_bytes": fixtures.ARTIFACT_BYTES,
+        "server_log_level": options.server_log_level,
+        "target": f"throughput_per_s >= {REGISTER_SQLITE_TARGET:g}" if sqlite else None,
+        "meets_target": (result["throughput_per_s"] >= REGISTER_SQLITE_TARGET and not result["errors"])
+        if sqlite
+        else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per figure")
+    parser.add_argument("--warmup", type=float, default=1.0, help="uncounted load before each window")
+    parser.add_argument("--only", choices=["echo", "get", "register"], help="run one benchmark")
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--channels", type=int, default=2, help="client channels (connections)")
+    parser.add_argument("--server-log-level", default="info", help="the registry's --log-level")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server URL without a database; a throwaway database is made per figure",
+    )
+    args = parser.parse_args(argv)
+    options = Options(args.seconds, args.warmup, args.channels, args.server_log_level, args.postgres)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+
+    echo: float | None = None
+    if args.only in (None, "echo"):
+        record = bench_echo(options)
+        echo = record["throughput_per_s"]
+        emit(record)
+    if args.only in (None, "get"):
+        for backend in backends:
+            emit(bench_get(backend, options, echo))
+    if args.only in (None, "register"):
+        for backend in backends:
+            emit(bench_register(backend, options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

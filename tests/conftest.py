@@ -1,0 +1,87 @@
+"""Shared fixtures: a fresh store per test on SQLite and on Postgres.
+
+Postgres tests never skip silently: when the server at 127.0.0.1:5432 cannot
+be reached they fail, unless DSPY_REGISTRY_SKIP_POSTGRES=1 says, out loud,
+to leave them out (CI never sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dspy_registry.server.store.base import Store, open_store
+
+PG_ADMIN_URL = os.environ.get("DSPY_REGISTRY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+SKIP_POSTGRES = os.environ.get("DSPY_REGISTRY_SKIP_POSTGRES") == "1"
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _with_database(url: str, database: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + database
+
+
+class PostgresDatabases:
+    """Creates throwaway databases and drops every one of them at the end."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create(self) -> str:
+        name = f"dspy_registry_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return _with_database(PG_ADMIN_URL, name)
+
+    async def drop_all(self) -> None:
+        if not self.created:
+            return
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_databases() -> AsyncIterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    yield databases
+    await databases.drop_all()
+
+
+@pytest.fixture
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_databases: PostgresDatabases
+) -> str:
+    """A URL of an empty database for the backend the test is parametrized with."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    return await pg_databases.create()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    s = open_store(database_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes a database runs once per backend."""
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)

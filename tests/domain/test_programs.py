@@ -1,0 +1,111 @@
+"""DSPy program state, comparison and upgrade steps, pagination tokens."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from dspy_registry.server.domain import compare, pagination, programs
+from dspy_registry.server.domain.model import ProgramVersion
+from dspy_registry.server.domain.signatures import Change, Compatibility, Level
+from dspy_registry.server.errors import InvalidArgument
+from tests.factories import dspy_state
+
+
+def test_dspy_state_is_summarized() -> None:
+    summary = programs.summarize_dspy_state(dspy_state("Be kind.", demos=3))
+    assert summary == (programs.PredictorSummary("predict", "Be kind.", 3, 2),)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"not json", "artifact"),
+        (b"[]", "artifact"),
+        (b'{"metadata": {}}', "artifact"),
+        (json.dumps({"predict": {"signature": {}, "demos": 3}}).encode(), "artifact.predict.demos"),
+        (json.dumps({"predict": {"demos": []}}).encode(), "artifact.predict.signature"),
+    ],
+)
+def test_what_is_not_dspy_state_is_refused(data: bytes, field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        programs.summarize_dspy_state(data)
+    assert err.value.violations[0].field == field
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _pv(version: str, **kw: object) -> ProgramVersion:
+    base = ProgramVersion(
+        "p", version, "sha256:" + "0" * 64, 1, programs.DSPY_MEDIA_TYPE, "sig", "1.0.0",
+        {"accuracy": 0.9, "latency_p95_ms": 100.0, "new_metric": 0.0}, {}, {"changelog": "a"}, "", None,
+        (programs.PredictorSummary("predict", "x", 2, 2),), False, "", "a", NOW, 1,
+    )  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+SAME = Compatibility(Level.IDENTICAL)
+
+
+def test_performance_diff_matches_the_seed_and_never_divides_by_zero() -> None:
+    a = _pv("1.0.0")
+    b = _pv("1.1.0", performance={"accuracy": 0.92, "latency_p95_ms": 80.0, "new_metric": 1.0, "only_b": 1.0})
+    diffs = {d.metric: d for d in compare.performance_diff(a.performance, b.performance)}
+    assert set(diffs) == {"accuracy", "latency_p95_ms", "new_metric"}
+    assert diffs["accuracy"].change == pytest.approx(0.02) and diffs["accuracy"].change_percent == 2.22
+    assert diffs["latency_p95_ms"].change_percent == -20.0 and not diffs["latency_p95_ms"].regressed
+    assert diffs["new_metric"].change_percent is None
+
+
+def test_recommendation_upgrade_hold_breaking() -> None:
+    a = _pv("1.0.0")
+    better = _pv("1.1.0", performance={"accuracy": 0.95, "latency_p95_ms": 90.0, "new_metric": 0.0})
+    worse = _pv("1.1.0", performance={"accuracy": 0.85, "latency_p95_ms": 90.0, "new_metric": 0.0})
+    assert compare.compare(a, better, SAME).recommendation is compare.Recommendation.UPGRADE
+    held = compare.compare(a, worse, SAME)
+    assert held.recommendation is compare.Recommendation.HOLD and "accuracy got worse" in held.reasons[0]
+    breaking = Compatibility(Level.BREAKING, (Change(Level.BREAKING, "inputs.text", "field 'text' removed"),))
+    assert compare.compare(a, better, breaking).recommendation is compare.Recommendation.BREAKING
+
+
+def test_configuration_diff_names_what_differs() -> None:
+    a = _pv("1.0.0")
+    b = _pv(
+        "1.1.0",
+        predictors=(programs.PredictorSummary("predict", "y", 5, 2),),
+        metadata={"changelog": "b"},
+        signature_version="1.1.0",
+    )
+    paths = [c.path for c in compare.configuration_diff(a, b)]
+    assert paths == [
+        "signature",
+        "predictors.predict.instructions",
+        "predictors.predict.demo_count",
+        "metadata.changelog",
+    ]
+
+
+def test_upgrade_step_recommends_tests_for_its_changes() -> None:
+    breaking = Compatibility(Level.BREAKING, (Change(Level.BREAKING, "inputs.text", "field 'text' removed"),))
+    step = compare.upgrade_step(_pv("1.0.0"), _pv("2.0.0"), breaking)
+    assert step.breaking_changes == ("inputs.text: field 'text' removed",)
+    assert any("call site" in t for t in step.recommended_tests)
+    assert step.recommended_tests[-1] == "run the evaluation set on 2.0.0 and compare with 1.0.0"
+
+
+def test_page_tokens_are_opaque_bound_to_their_query_and_checked() -> None:
+    fp = pagination.query_fingerprint("programs", "a")
+    token = pagination.next_token("after-me", fp)
+    assert pagination.page(0, token, fp).after == "after-me"
+    assert pagination.page(0, "", fp).size == pagination.DEFAULT_PAGE_SIZE
+    assert pagination.page(5000, "", fp).size == pagination.MAX_PAGE_SIZE
+    with pytest.raises(InvalidArgument):
+        pagination.page(-1, "", fp)
+    with pytest.raises(InvalidArgument):
+        pagination.page(10, token, pagination.query_fingerprint("programs", "b"))
+    with pytest.raises(InvalidArgument):
+        pagination.page(10, "garbage!", fp)

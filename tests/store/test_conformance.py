@@ -1,0 +1,298 @@
+"""The store conformance suite: written once, run on SQLite and on Postgres.
+
+A backend that passes it is a backend. Each test gets a fresh, migrated
+database (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from dspy_registry.server.domain import versions
+from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
+from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
+from dspy_registry.server.domain.versions import ChangeType
+from dspy_registry.server.errors import NotFound
+from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.migrations import MIGRATIONS
+from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
+from tests.factories import dspy_state, spec
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _sv(version: str, revision: int = 1) -> SignatureVersion:
+    return SignatureVersion("sig", version, spec(), {"team": "ml"}, "", None, "alice", NOW, revision)
+
+
+def _pv(
+    version: str, digest: str, *, program: str = "prog", labels: dict[str, str] | None = None
+) -> ProgramVersion:
+    return ProgramVersion(
+        program=program,
+        version=version,
+        digest=digest,
+        size_bytes=3,
+        media_type="application/octet-stream",
+        signature="sig",
+        signature_version="1.0.0",
+        performance={"accuracy": 0.9},
+        labels=labels or {"team": "ml"},
+        metadata={"changelog": "x"},
+        previous_version="",
+        change_type=None,
+        predictors=(PredictorSummary("predict", "do it", 2, 2),),
+        yanked=False,
+        yank_reason="",
+        creator="alice",
+        create_time=NOW,
+        revision=1,
+    )
+
+
+async def _seed_program(
+    store: Store, program: str, version_list: list[str], labels: dict[str, str] | None = None
+) -> None:
+    async with store.write() as tx:
+        if await tx.get_signature_version("sig", "1.0.0") is None:
+            await tx.insert_signature_version(_sv("1.0.0"), versions.parse("1.0.0").sort_key)
+        for v in version_list:
+            data = f"{program}-{v}".encode()
+            await tx.put_artifact(digest_of(data), [data])
+            parsed = versions.parse(v)
+            await tx.insert_program_version(
+                _pv(v, digest_of(data), program=program, labels=labels), parsed.sort_key, parsed.is_prerelease
+            )
+        await tx.append([Event("test.seeded", f"programs/{program}")])
+
+
+# -- migrations, revisions, the event log ------------------------------------------------
+
+
+async def test_migrations_are_recorded_and_reopening_applies_nothing(database_url: str, store: Store) -> None:
+    async with store.read() as tx:
+        rows = await tx.conn.fetch("SELECT number FROM schema_migrations ORDER BY number")
+    assert [r["number"] for r in rows] == [m.number for m in MIGRATIONS]
+    again = open_store(database_url)
+    await again.open()
+    async with again.read() as tx:
+        assert len(await tx.conn.fetch("SELECT number FROM schema_migrations")) == len(MIGRATIONS)
+    await again.close()
+
+
+async def test_each_write_takes_the_next_revision_and_logs_its_events(store: Store) -> None:
+    async with store.read() as tx:
+        assert await tx.current_revision() == 0
+    for i in range(3):
+        async with store.write() as tx:
+            revision = await tx.append([Event("a", f"r/{i}"), Event("b", f"r/{i}")])
+            assert revision == i + 1
+    async with store.read() as tx:
+        assert await tx.current_revision() == 3
+        events = await tx.events_after(0)
+        assert [(e.revision, e.kind) for e in events] == [
+            (1, "a"),
+            (1, "b"),
+            (2, "a"),
+            (2, "b"),
+            (3, "a"),
+            (3, "b"),
+        ]
+        assert [e.revision for e in await tx.events_after(2)] == [3, 3]
+
+
+async def test_a_failed_transaction_leaves_no_trace(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.write() as tx:
+            await tx.insert_signature_version(_sv("1.0.0"), versions.parse("1.0.0").sort_key)
+            await tx.append([Event("signature.registered", "signatures/sig/versions/1.0.0")])
+            raise RuntimeError("precondition failed late")
+    async with store.read() as tx:
+        assert await tx.current_revision() == 0
+        assert await tx.events_after(0) == []
+        assert await tx.get_signature_version("sig", "1.0.0") is None
+    async with store.write() as tx:
+        assert await tx.append([Event("x", "y")]) == 1
+
+
+async def test_a_transaction_without_events_does_not_consume_a_revision(store: Store) -> None:
+    async with store.write() as tx:
+        await tx.put_request("p", "r1", "M", "fp", b"answer")
+    async with store.read() as tx:
+        assert await tx.current_revision() == 0
+        stored = await tx.get_request("p", "r1")
+    assert stored is not None and stored.response == b"answer" and stored.fingerprint == "fp"
+
+
+async def test_concurrent_writes_commit_revisions_in_order_without_gaps(store: Store) -> None:
+    async def one(i: int) -> int:
+        async with store.write() as tx:
+            await asyncio.sleep(0)  # let the others queue up behind the lock
+            return await tx.append([Event("e", f"r/{i}")])
+
+    revisions = await asyncio.gather(*(one(i) for i in range(40)))
+    assert sorted(revisions) == list(range(1, 41))
+    async with store.read() as tx:
+        logged = [e.revision for e in await tx.events_after(0, limit=100)]
+    assert logged == list(range(1, 41))
+
+
+# -- signatures --------------------------------------------------------------------------
+
+
+async def test_signature_versions_latest_predecessor_and_listing(store: Store) -> None:
+    texts = ["1.0.0", "1.1.0", "2.0.0-rc.1", "1.10.0", "0.9.0"]
+    async with store.write() as tx:
+        for i, v in enumerate(texts):
+            await tx.insert_signature_version(_sv(v, i + 1), versions.parse(v).sort_key)
+    async with store.read() as tx:
+        latest = await tx.latest_signature_version("sig")
+        assert latest is not None and latest.version == "1.10.0"  # releases beat a pre-release
+        below = await tx.signature_version_below("sig", versions.parse("1.10.0").sort_key)
+        assert below is not None and below.version == "1.1.0"
+        assert await tx.highest_signature_release("sig") == "1.10.0"
+        got = await tx.get_signature_version("sig", "1.0.0")
+        assert got is not None and got.spec == spec() and got.metadata == {"team": "ml"}
+        page1, after, total = await tx.list_signature_versions("sig", Page(2))
+        assert total == 5 and [s.version for s in page1] == ["2.0.0-rc.1", "1.10.0"]
+        page2, after2, _ = await tx.list_signature_versions("sig", Page(2, after))
+        page3, after3, _ = await tx.list_signature_versions("sig", Page(2, after2))
+        assert [s.version for s in page2 + page3] == ["1.1.0", "1.0.0", "0.9.0"] and after3 is None
+        summaries, _, count = await tx.list_signatures("", Page(10))
+        assert count == 1 and summaries[0].latest_version == "1.10.0" and summaries[0].version_count == 5
+
+
+# -- programs and artifacts ---------------------------------------------------------------
+
+
+async def test_program_versions_order_by_semver_precedence(store: Store) -> None:
+    order = [
+        "2.0.0",
+        "2.0.0-rc.2",
+        "2.0.0-rc.1",
+        "2.0.0-beta.11",
+        "2.0.0-beta.2",
+        "2.0.0-alpha",
+        "1.10.0",
+        "1.9.1",
+    ]
+    await _seed_program(store, "prog", list(reversed(order)))
+    async with store.read() as tx:
+        listed, _, total = await tx.list_program_versions("prog", Page(50))
+        summary = await tx.get_program("prog")
+    assert [v.version for v in listed] == order and total == len(order)
+    assert summary is not None and summary.latest_version == "2.0.0" and summary.version_count == len(order)
+
+
+async def test_yanking_moves_latest_and_is_kept(store: Store) -> None:
+    await _seed_program(store, "prog", ["1.0.0", "1.1.0", "1.2.0-rc.1"])
+    async with store.write() as tx:
+        await tx.set_yanked("prog", "1.1.0", True, "bad demos", tx.next_revision)
+        await tx.append([Event("program_version.yanked", "programs/prog/versions/1.1.0")])
+    async with store.read() as tx:
+        latest = await tx.latest_program_version("prog")
+        yanked = await tx.get_program_version("prog", "1.1.0")
+        assert latest is not None and latest.version == "1.0.0"
+        assert (
+            yanked is not None
+            and yanked.yanked
+            and yanked.yank_reason == "bad demos"
+            and yanked.revision == 2
+        )
+        assert await tx.highest_program_release("prog") == "1.1.0"  # yanked numbers are never reused
+    async with store.write() as tx:
+        await tx.set_yanked("prog", "1.0.0", True, "also bad", tx.next_revision)
+        await tx.append([Event("program_version.yanked", "programs/prog/versions/1.0.0")])
+    async with store.read() as tx:
+        latest = await tx.latest_program_version("prog")
+        assert latest is not None and latest.version == "1.2.0-rc.1"  # only a pre-release is left
+
+
+async def test_artifacts_are_stored_once_per_digest_in_chunks(store: Store) -> None:
+    data = bytes(range(256)) * 8192  # 2 MiB: two chunks
+    chunks = [data[: 1 << 20], data[1 << 20 :]]
+    digest = digest_of(data)
+    async with store.write() as tx:
+        await tx.put_artifact(digest, chunks)
+        await tx.put_artifact(digest, chunks)  # same digest: a no-op
+        await tx.insert_signature_version(_sv("1.0.0"), versions.parse("1.0.0").sort_key)
+        await tx.insert_program_version(_pv("1.0.0", digest), versions.parse("1.0.0").sort_key, False)
+        await tx.insert_program_version(_pv("1.0.1", digest), versions.parse("1.0.1").sort_key, False)
+    async with store.read() as tx:
+        count = await tx.artifact_chunk_count("prog", digest)
+        assert count == 2
+        assert b"".join([await tx.artifact_chunk(digest, i) for i in range(2)]) == data
+        assert await tx.artifact_chunk_count("other", digest) is None
+        rows = await tx.conn.fetch("SELECT COUNT(*) AS n FROM artifacts")
+        assert rows[0]["n"] == 1
+
+
+async def test_list_programs_filters_by_prefix_and_labels_with_total(store: Store) -> None:
+    for i in range(7):
+        team = "ml_platform" if i % 2 == 0 else "search"
+        await _seed_program(store, f"sentiment_{i}", ["1.0.0"], {"team": team, "domain": "feedback"})
+    await _seed_program(store, "ranker", ["1.0.0"], {"team": "ml_platform"})
+    async with store.read() as tx:
+        items, after, total = await tx.list_programs("sentiment_", {"team": "ml_platform"}, Page(3))
+        assert total == 4 and [p.program for p in items] == ["sentiment_0", "sentiment_2", "sentiment_4"]
+        rest, end, _ = await tx.list_programs("sentiment_", {"team": "ml_platform"}, Page(3, after))
+        assert [p.program for p in rest] == ["sentiment_6"] and end is None
+        _, _, all_ml = await tx.list_programs("", {"team": "ml_platform"}, Page(50))
+        assert all_ml == 5
+        # "_" in a prefix is a literal, not a LIKE wildcard
+        _, _, none = await tx.list_programs("sentiment0", {}, Page(50))
+        assert none == 0
+
+
+# -- the registry's transactions on each backend -------------------------------------------
+
+
+async def _registry_with_signature(store: Store) -> Registry:
+    registry = Registry(store)
+    await registry.register_signature("alice", SignatureDraft("sig", "1.0.0", None, spec(), {}), None)
+    return registry
+
+
+def _draft(version: str = "", change: int | None = None) -> ProgramDraft:
+    return ProgramDraft(
+        "prog", version, change, DSPY_MEDIA_TYPE, "signatures/sig/versions/1.0.0", {"accuracy": 0.9}
+    )
+
+
+async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: Store) -> None:
+    registry = await _registry_with_signature(store)
+
+    async def explicit(i: int) -> RegisteredProgram:
+        result = await registry.register_program("a", _draft(f"1.0.{100 + i}"), [dspy_state(f"e{i}")], None)
+        assert isinstance(result, RegisteredProgram)
+        return result
+
+    async def auto(i: int) -> RegisteredProgram:
+        result = await registry.register_program(
+            "a", _draft(change=ChangeType.MINOR), [dspy_state(f"a{i}")], None
+        )
+        assert isinstance(result, RegisteredProgram)
+        return result
+
+    results = await asyncio.gather(*(explicit(i) for i in range(8)), *(auto(i) for i in range(8)))
+    got = [r.program_version.version for r in results]
+    assert len(set(got)) == 16
+    minors = sorted(
+        versions.parse(v).info.minor for v in got if v.endswith(".0") and not v.startswith("1.0.")
+    )
+    assert minors == list(range(1, 9))  # 1.1.0 … 1.8.0: no gaps, no duplicates
+    async with store.read() as tx:
+        revisions = [e.revision for e in await tx.events_after(0)]
+    assert revisions == list(range(1, 18))  # 1 signature + 16 versions, strictly increasing
+
+
+async def test_missing_signature_is_not_found_and_writes_nothing(store: Store) -> None:
+    registry = Registry(store)
+    with pytest.raises(NotFound):
+        await registry.register_program("a", _draft("1.0.0"), [dspy_state()], None)
+    async with store.read() as tx:
+        assert await tx.current_revision() == 0
+        assert await tx.get_program("prog") is None
