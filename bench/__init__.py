@@ -24,7 +24,8 @@ The figures:
     and 1.3.0 (10 KB artifacts each), then 64 calls in flight of
     ``GetProgramVersion(name="programs/p/versions/1.2.0")`` for
     ``--seconds``. ``ratio_to_echo`` is its throughput divided by the echo
-    ceiling measured in the same run.
+    ceiling measured in the same run (null with ``--only get``, which skips
+    the echo run).
     Target (from the issue): ratio_to_echo >= 0.70 and p99 < 25 ms.
 
 ``register_program`` (backends ``sqlite``, ``postgres``)

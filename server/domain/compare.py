@@ -99,7 +99,7 @@ def configuration_diff(base: ProgramVersion, target: ProgramVersion) -> tuple[Co
         if a is None or b is None:
             out.append(ConfigurationChange(path, "present" if a else "", "present" if b else ""))
             continue
-        if a.instructions != b.instructions:
+        if (a.instructions, a.instructions_digest) != (b.instructions, b.instructions_digest):
             out.append(
                 ConfigurationChange(f"{path}.instructions", _text(a.instructions), _text(b.instructions))
             )

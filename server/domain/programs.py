@@ -30,12 +30,26 @@ def digest_of(data: bytes) -> str:
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+SUMMARY_TEXT_LIMIT = 2000
+
+
 @dataclass(frozen=True)
 class PredictorSummary:
+    """A predictor as a person reads it; long instructions are cut, their digest is whole."""
+
     name: str
     instructions: str
     demo_count: int
     field_count: int
+    instructions_digest: str = ""
+
+    @classmethod
+    def of(cls, name: str, instructions: str, demo_count: int, field_count: int) -> PredictorSummary:
+        shown = instructions
+        if len(shown) > SUMMARY_TEXT_LIMIT:
+            shown = shown[: SUMMARY_TEXT_LIMIT - 1] + "…"
+        digest = hashlib.sha256(instructions.encode()).hexdigest()
+        return cls(name, shown, demo_count, field_count, digest)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,11 +57,14 @@ class PredictorSummary:
             "instructions": self.instructions,
             "demo_count": self.demo_count,
             "field_count": self.field_count,
+            "instructions_digest": self.instructions_digest,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PredictorSummary:
-        return cls(d["name"], d["instructions"], d["demo_count"], d["field_count"])
+        return cls(
+            d["name"], d["instructions"], d["demo_count"], d["field_count"], d.get("instructions_digest", "")
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,7 @@ def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[Predictor
             v.add(f"{where}.signature.fields", "must be a list")
         if v:
             continue
-        predictors.append(PredictorSummary(name, instructions, len(demos or []), len(fields)))
+        predictors.append(PredictorSummary.of(name, instructions, len(demos or []), len(fields)))
     if not predictors and not v:
         v.add(path, "DSPy program state must hold at least one predictor")
     v.raise_if_any()

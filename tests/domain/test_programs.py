@@ -17,7 +17,9 @@ from tests.factories import dspy_state
 
 def test_dspy_state_is_summarized() -> None:
     summary = programs.summarize_dspy_state(dspy_state("Be kind.", demos=3))
-    assert summary == (programs.PredictorSummary("predict", "Be kind.", 3, 2),)
+    assert summary == (programs.PredictorSummary.of("predict", "Be kind.", 3, 2),)
+    long = programs.summarize_dspy_state(dspy_state("x", pad=10_000))[0]
+    assert len(long.instructions) == programs.SUMMARY_TEXT_LIMIT and long.instructions.endswith("…")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,7 @@ def test_configuration_diff_names_what_differs() -> None:
     a = _pv("1.0.0")
     b = _pv(
         "1.1.0",
-        predictors=(programs.PredictorSummary("predict", "y", 5, 2),),
+        predictors=(programs.PredictorSummary.of("predict", "y", 5, 2),),
         metadata={"changelog": "b"},
         signature_version="1.1.0",
     )

@@ -1,0 +1,81 @@
+"""An in-process server on port 0, reached over a real channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from dspy_registry.server.app import App
+from dspy_registry.server.config import Config
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.factories import spec_proto
+
+
+@dataclass
+class Running:
+    app: App
+    channel: grpc.aio.Channel
+    registry: pb_grpc.RegistryServiceStub
+    target: str
+
+
+async def start(database_url: str, **config: object) -> Running:
+    app = App(Config(listen="127.0.0.1:0", database=database_url, **config))  # type: ignore[arg-type]
+    port = await app.start()
+    target = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+    return Running(app, channel, pb_grpc.RegistryServiceStub(channel), target)  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+async def server(database_url: str) -> AsyncIterator[Running]:
+    running = await start(database_url)
+    yield running
+    await running.channel.close()
+    await running.app.stop(grace=0)
+
+
+@pytest.fixture
+def registry(server: Running) -> pb_grpc.RegistryServiceStub:
+    return server.registry
+
+
+def details(err: grpc.aio.AioRpcError) -> dict[str, object]:
+    """The rich error details of a failed call, unpacked by type name."""
+    out: dict[str, object] = {}
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
+            for packed in status.details:
+                for kind in (
+                    error_details_pb2.BadRequest,
+                    error_details_pb2.ErrorInfo,
+                    error_details_pb2.PreconditionFailure,
+                    error_details_pb2.ResourceInfo,
+                    error_details_pb2.QuotaFailure,
+                ):
+                    if packed.Is(kind.DESCRIPTOR):
+                        message = kind()
+                        packed.Unpack(message)
+                        out[kind.__name__] = message
+    return out
+
+
+def violations(err: grpc.aio.AioRpcError) -> set[str]:
+    bad = details(err).get("BadRequest")
+    assert isinstance(bad, error_details_pb2.BadRequest), f"no BadRequest in {err}"
+    return {v.field for v in bad.field_violations}
+
+
+async def register_signature(
+    registry: pb_grpc.RegistryServiceStub, name: str = "text_classifier", version: str = "1.0.0", **kw: object
+) -> pb.SignatureVersion:
+    response = await registry.RegisterSignature(
+        pb.RegisterSignatureRequest(signature=name, version=version, spec=spec_proto(**kw))  # type: ignore[arg-type]
+    )
+    return response.signature_version
