@@ -8,9 +8,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2, registry_pb2_grpc
+from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 
-from .api.interceptor import RpcInterceptor
+from .access_log import ACCESS_LOG
+from .api.handlers import service_handler
 from .api.pending import pending_service
 from .api.registry import RegistryServicer
 from .config import Config
@@ -38,7 +39,6 @@ class App:
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server = grpc.aio.server(
-            interceptors=[RpcInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -52,10 +52,10 @@ class App:
         registry = Registry(
             self.store, guard_mode=self.config.semver_guard, upload_limit=self.config.upload_limit
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RegistryServicer(registry), self.server
+        self.server.add_generic_rpc_handlers(
+            [service_handler(SERVICES[0], RegistryServicer(registry))]
+            + [pending_service(s) for s in SERVICES[1:]]
         )
-        self.server.add_generic_rpc_handlers([pending_service(s) for s in SERVICES[1:]])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.full_name for s in SERVICES] + [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -78,6 +78,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
         await self.store.close()
+        ACCESS_LOG.flush()
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from .access_log import ACCESS_LOG
+
 # Attributes every LogRecord has; anything else came from `extra=` and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -38,3 +40,4 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    ACCESS_LOG.enabled = root.isEnabledFor(logging.INFO)

@@ -17,6 +17,7 @@ from ..errors import InvalidArgument, ResourceExhausted, Unimplemented
 from ..usecases.registry import Idempotency, RegisteredProgram, RegisteredSignature, Registry, Replay
 from . import convert
 from .caller import Context, caller
+from .response_cache import ResponseCache
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -54,8 +55,10 @@ def _registered(result: RegisteredProgram) -> pb.RegisterProgramResponse:
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, cache: ResponseCache | None = None) -> None:
         self.registry = registry
+        self.cache = cache or ResponseCache()
+        registry.store.commits.subscribe(self.cache.on_commit)
 
     # -- signatures ----------------------------------------------------------------------
 
@@ -177,13 +180,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         name = parse_parent(request.name, "programs", "name")
         return pb.GetProgramResponse(program=convert.program_summary(await self.registry.get_program(name)))
 
-    async def GetProgramVersion(
-        self, request: pb.GetProgramVersionRequest, context: Context
-    ) -> pb.GetProgramVersionResponse:
+    async def GetProgramVersion(self, request: pb.GetProgramVersionRequest, context: Context) -> bytes:
         if request.environment:
             raise Unimplemented(_ENVIRONMENTS_LATER)
-        pv = await self.registry.get_program_version(_program_ref(request.name))
-        return pb.GetProgramVersionResponse(program_version=convert.program_version(pv))
+        cached = self.cache.get(request.name)
+        if cached is not None:
+            return cached
+        ref = _program_ref(request.name)
+        generation = self.cache.generation(ref.name)
+        pv = await self.registry.get_program_version(ref)
+        answer = pb.GetProgramVersionResponse(program_version=convert.program_version(pv)).SerializeToString()
+        self.cache.put(ref.name, request.name, answer, generation)
+        return answer
 
     async def ListPrograms(
         self, request: pb.ListProgramsRequest, context: Context

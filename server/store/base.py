@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from .commits import CommitListeners
 from .records import Records
 
 
@@ -18,6 +19,7 @@ class Store(Protocol):
     """
 
     url: str
+    commits: CommitListeners  # told of each committed transaction's events, in order
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
+from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
 from .records import Records, Row, now_us
 
@@ -84,6 +85,7 @@ class _Connection:
 class PostgresStore:
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
         self.url = url
+        self.commits = CommitListeners()
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -144,7 +146,8 @@ class PostgresStore:
             try:
                 row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1 FOR UPDATE")
                 assert row is not None
-                yield Records(conn, base_revision=int(row["revision"]))
+                records = Records(conn, base_revision=int(row["revision"]))
+                yield records
             except BaseException:
                 await transaction.rollback()
                 raise
@@ -154,3 +157,4 @@ class PostgresStore:
                 raise _translate(exc) from None
         finally:
             await self._pool.release(raw)
+        self.commits.publish(records.appended)

@@ -182,6 +182,13 @@ class Records:
         return self._revision
 
     @property
+    def revision(self) -> int:
+        """The store's revision once this transaction commits."""
+        if self._base_revision is None:
+            raise RuntimeError("revision needs a write transaction")
+        return self._revision if self._revision is not None else self._base_revision
+
+    @property
     def next_revision(self) -> int:
         """The revision this transaction's writes will carry."""
         if self._base_revision is None:

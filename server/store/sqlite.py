@@ -1,29 +1,46 @@
-"""The embedded backend: SQLite through aiosqlite.
+"""The embedded backend: SQLite.
 
 WAL journal, `synchronous=FULL` (an acknowledged write survives power loss),
-foreign keys on, a busy timeout. Writes go through one connection under an
-asyncio lock, so transactions are serialized and revisions commit in order;
-reads use a small pool of their own connections, which WAL lets run beside
-the writer.
+foreign keys on, a busy timeout. One server process owns a database file (an
+exclusive lock file says so), which lets the writer keep the revision in
+memory.
+
+Reads go through a small pool of aiosqlite connections, so that a long scan
+never blocks the event loop. The single writer is different: a write
+transaction is a dozen statements of a few microseconds each, and a thread
+hop costs about 90 µs on the 2-core machine (measured: 14 hops made a
+registration 2.4 ms, 410/s), so its statements run inline on the loop and
+only COMMIT — the fsync — goes to a thread. Writers queue on an asyncio lock,
+so transactions are serialized and revisions commit in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 
 from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
+from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
 from .records import Records, Row, now_us
 
 READERS = 4
 BUSY_TIMEOUT_MS = 5000
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+)
 
 
 def path_from_url(url: str) -> str:
@@ -42,8 +59,8 @@ def _translate(exc: sqlite3.Error) -> RegistryError:
     return StoreError(f"sqlite: {exc}")
 
 
-class _Connection:
-    """Adapts an aiosqlite connection to records.Connection; one thread hop per call."""
+class _Reader:
+    """An aiosqlite connection as a records.Connection: one thread hop per call."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
@@ -62,10 +79,39 @@ class _Connection:
         await self.fetch(sql, *args)
 
     async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
+        raise StoreError("the read pool does not write")
+
+
+class _Writer:
+    """The writer's sqlite3 connection as a records.Connection, run inline on the loop."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        try:
+            row: Row | None = self.db.execute(sql, args).fetchone()
+            return row
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        try:
+            self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
         if not args:
             return
         try:
-            await self.db.executemany(sql, args)
+            self.db.executemany(sql, args)
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
@@ -74,34 +120,52 @@ class SqliteStore:
     def __init__(self, url: str, *, readers: int = READERS) -> None:
         self.url = url
         self.path = path_from_url(url)
+        self.commits = CommitListeners()
         self._readers_wanted = readers
-        self._writer: _Connection | None = None
+        self._readers: asyncio.Queue[_Reader] = asyncio.Queue()
+        self._reader_dbs: list[aiosqlite.Connection] = []
+        self._writer: _Writer | None = None
         self._write_lock = asyncio.Lock()
-        self._readers: asyncio.Queue[_Connection] = asyncio.Queue()
-        self._all: list[aiosqlite.Connection] = []
+        self._fsync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
+        self._revision = 0
+        self._lock_file: IO[bytes] | None = None
 
-    async def _connect(self) -> _Connection:
+    def _claim(self) -> None:
+        """Refuse a second server on the same file: revisions live in this process."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path + ".lock", "wb")  # noqa: SIM115 - held until close()
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreUnavailable(f"{self.path} is in use by another dspy-registry server") from None
+        self._lock_file.write(str(os.getpid()).encode())
+        self._lock_file.flush()
+
+    async def open(self) -> None:
+        self._claim()
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._all.append(db)
-        return _Connection(db)
-
-    async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
+        for pragma in PRAGMAS:
+            db.execute(pragma)
+        self._writer = _Writer(db)
         await self._migrate(self._writer)
+        row = await self._writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
+        assert row is not None
+        self._revision = int(row["revision"])
         for _ in range(self._readers_wanted):
-            self._readers.put_nowait(await self._connect())
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            for pragma in PRAGMAS[2:]:
+                await reader.execute(pragma)
+            self._reader_dbs.append(reader)
+            self._readers.put_nowait(_Reader(reader))
 
-    async def _migrate(self, conn: _Connection) -> None:
+    async def _migrate(self, conn: _Writer) -> None:
         await conn.execute(CREATE_LEDGER)
         done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
         for migration in MIGRATIONS:
@@ -124,29 +188,55 @@ class SqliteStore:
 
     async def close(self) -> None:
         async with self._write_lock:
-            for db in self._all:
-                await db.close()
-            self._all.clear()
+            for reader in self._reader_dbs:
+                await reader.close()
+            self._reader_dbs.clear()
+            if self._writer is not None:
+                self._writer.db.close()
+                self._writer = None
+            self._fsync.shutdown(wait=True)
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Records]:
-        conn = await self._readers.get()
+        reader = await self._readers.get()
         try:
-            yield Records(conn)
+            yield Records(reader)
         finally:
-            self._readers.put_nowait(conn)
+            self._readers.put_nowait(reader)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        assert self._writer is not None, "store is not open"
-        conn = self._writer
-        async with self._write_lock:
-            await conn.execute("BEGIN IMMEDIATE")
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        writer = self._writer
+        await self._write_lock.acquire()
+        try:
+            await writer.execute("BEGIN IMMEDIATE")
+            records = Records(writer, base_revision=self._revision)
+            yield records
+        except BaseException:
+            if writer.db.in_transaction:
+                writer.db.execute("ROLLBACK")
+            self._write_lock.release()
+            raise
+        # Shielded: a caller cancelled now cannot leave the transaction half-finished
+        # or let the next writer begin while the fsync still runs.
+        await asyncio.shield(asyncio.ensure_future(self._commit(writer, records)))
+
+    async def _commit(self, writer: _Writer, records: Records) -> None:
+        """COMMIT (the fsync) on a thread, then publish; always releases the write lock."""
+        try:
+            loop = asyncio.get_running_loop()
             try:
-                row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1")
-                assert row is not None
-                yield Records(conn, base_revision=int(row["revision"]))
-            except BaseException:
-                await asyncio.shield(conn.execute("ROLLBACK"))
-                raise
-            await asyncio.shield(conn.execute("COMMIT"))
+                await loop.run_in_executor(self._fsync, writer.db.execute, "COMMIT")
+            except sqlite3.Error as exc:
+                if writer.db.in_transaction:
+                    writer.db.execute("ROLLBACK")
+                raise _translate(exc) from None
+            self._revision = records.revision
+        finally:
+            self._write_lock.release()
+        self.commits.publish(records.appended)

@@ -288,9 +288,14 @@ async def test_yank_keeps_the_version_moves_latest_and_checks_the_etag(registry:
         )
     )
     assert stale.code() == grpc.StatusCode.ABORTED
+    latest_name = "programs/sentiment_classifier/versions/latest"
+    before = await registry.GetProgramVersion(pb.GetProgramVersionRequest(name=latest_name))
+    assert before.program_version.version == "1.1.0"  # now cached by the server
     yanked = await registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name=second.name, reason="regressed", etag=second.etag)
     )
+    exact = await registry.GetProgramVersion(pb.GetProgramVersionRequest(name=second.name))
+    assert exact.program_version.yanked
     assert yanked.program_version.yanked and yanked.program_version.etag != second.etag
     latest = await registry.GetProgramVersion(
         pb.GetProgramVersionRequest(name="programs/sentiment_classifier/versions/latest")

@@ -76,11 +76,13 @@ async def test_migrations_are_recorded_and_reopening_applies_nothing(database_ur
     async with store.read() as tx:
         rows = await tx.conn.fetch("SELECT number FROM schema_migrations ORDER BY number")
     assert [r["number"] for r in rows] == [m.number for m in MIGRATIONS]
+    await store.close()
     again = open_store(database_url)
     await again.open()
     async with again.read() as tx:
         assert len(await tx.conn.fetch("SELECT number FROM schema_migrations")) == len(MIGRATIONS)
     await again.close()
+    await store.open()  # the fixture closes it again
 
 
 async def test_each_write_takes_the_next_revision_and_logs_its_events(store: Store) -> None:

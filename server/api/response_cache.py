@@ -1,0 +1,67 @@
+"""Serialized answers to hot reads, dropped the moment a commit touches their program.
+
+GetProgramVersion is what every sidecar and `load_program` call asks, and a
+version changes only when it is yanked or a newer one moves `latest`. The
+cache keeps the encoded response, so a hit costs neither a database round
+trip nor a protobuf encode. Correctness comes from the store's commit
+notifications: every committed event about `programs/{p}/…` drops every
+entry of program p. A per-program generation number stops a read that raced
+a commit from caching what that commit made stale.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from ..domain.model import Event
+
+DEFAULT_CAPACITY = 10_000
+
+
+def _program_of(resource: str) -> str | None:
+    parts = resource.split("/", 2)
+    return parts[1] if len(parts) >= 2 and parts[0] == "programs" else None
+
+
+class ResponseCache:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._keys: dict[str, set[str]] = {}  # program -> its cached keys
+        self._generations: dict[str, int] = {}
+
+    def get(self, key: str) -> bytes | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def generation(self, program: str) -> int:
+        """Read this before the store; hand it to put() after."""
+        return self._generations.get(program, 0)
+
+    def put(self, program: str, key: str, value: bytes, generation: int) -> None:
+        if generation != self.generation(program):
+            return  # a commit landed while we read: what we hold may be stale
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        self._keys.setdefault(program, set()).add(key)
+        while len(self._entries) > self.capacity:
+            old, _ = self._entries.popitem(last=False)
+            owner = _program_of(old)
+            if owner is not None and owner in self._keys:
+                self._keys[owner].discard(old)
+
+    def invalidate(self, program: str) -> None:
+        self._generations[program] = self.generation(program) + 1
+        for key in self._keys.pop(program, ()):
+            self._entries.pop(key, None)
+
+    def on_commit(self, events: Sequence[Event]) -> None:
+        for program in {_program_of(e.resource) for e in events}:
+            if program is not None:
+                self.invalidate(program)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,32 @@
+"""The read cache never serves what a commit made stale."""
+
+from __future__ import annotations
+
+from dspy_registry.server.api.response_cache import ResponseCache
+from dspy_registry.server.domain.model import Event
+
+
+def test_a_commit_drops_every_entry_of_its_program_only() -> None:
+    cache = ResponseCache()
+    for key in ("programs/a/versions/latest", "programs/a/versions/1.0.0"):
+        cache.put("a", key, b"a", cache.generation("a"))
+    cache.put("b", "programs/b/versions/latest", b"b", cache.generation("b"))
+    cache.on_commit([Event("program_version.yanked", "programs/a/versions/1.0.0")])
+    assert cache.get("programs/a/versions/latest") is None and cache.get("programs/a/versions/1.0.0") is None
+    assert cache.get("programs/b/versions/latest") == b"b"
+
+
+def test_a_read_that_raced_a_commit_is_not_cached() -> None:
+    cache = ResponseCache()
+    generation = cache.generation("a")  # the read starts
+    cache.on_commit([Event("program_version.registered", "programs/a/versions/2.0.0")])
+    cache.put("a", "programs/a/versions/latest", b"stale", generation)  # the read ends
+    assert cache.get("programs/a/versions/latest") is None
+
+
+def test_capacity_is_bounded() -> None:
+    cache = ResponseCache(capacity=3)
+    for i in range(10):
+        cache.put(f"p{i}", f"programs/p{i}/versions/latest", b"x", 0)
+    assert len(cache) == 3 and cache.get("programs/p9/versions/latest") == b"x"
+    assert cache.get("programs/p0/versions/latest") is None

@@ -1,0 +1,31 @@
+"""What only the SQLite backend promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dspy_registry.server.errors import StoreUnavailable
+from dspy_registry.server.store.base import open_store
+
+
+async def test_a_second_server_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    first = open_store(url)
+    await first.open()
+    second = open_store(url)
+    with pytest.raises(StoreUnavailable, match="in use by another dspy-registry server"):
+        await second.open()
+    await first.close()
+    await second.open()  # free again once the first one closed
+    await second.close()
+
+
+def test_relative_and_absolute_urls() -> None:
+    from dspy_registry.server.store.sqlite import path_from_url
+
+    assert path_from_url("sqlite:///.dspy-registry/registry.db") == ".dspy-registry/registry.db"
+    assert path_from_url("sqlite:////var/lib/r.db") == "/var/lib/r.db"
+    with pytest.raises(ValueError):
+        path_from_url("sqlite://")
