@@ -259,6 +259,16 @@ class Records:
         )
         return _signature_version(row) if row else None
 
+    async def resolve_signature_version(self, signature: str, version: str) -> str | None:
+        """The exact version `version` names (`latest` resolved), if it exists."""
+        if version == "latest":
+            row = await self.conn.fetchrow("SELECT latest_version FROM signatures WHERE name = ?", signature)
+            return str(row["latest_version"]) if row else None
+        row = await self.conn.fetchrow(
+            "SELECT version FROM signature_versions WHERE signature = ? AND version = ?", signature, version
+        )
+        return str(row["version"]) if row else None
+
     async def signature_version_below(self, signature: str, sort_key: str) -> SignatureVersion | None:
         """The highest version with lower precedence: what the semver guard compares with."""
         row = await self.conn.fetchrow(
@@ -304,8 +314,7 @@ class Records:
         # Latest: the highest release, else the highest pre-release (sort keys of
         # releases end in "~", which sorts above every pre-release of that core).
         await self.conn.execute(
-            "UPDATE signatures SET update_time = ?, "
-            "version_count = (SELECT COUNT(*) FROM signature_versions WHERE signature = ?), "
+            "UPDATE signatures SET update_time = ?, version_count = version_count + 1, "
             "latest_version = COALESCE("
             " (SELECT version FROM signature_versions WHERE signature = ? AND sort_key LIKE '%~' "
             "  ORDER BY sort_key DESC LIMIT 1),"
@@ -313,7 +322,6 @@ class Records:
             "  ORDER BY sort_key DESC LIMIT 1)) "
             "WHERE name = ?",
             ts,
-            sv.signature,
             sv.signature,
             sv.signature,
             sv.signature,
@@ -447,13 +455,33 @@ class Records:
 
     async def insert_program_version(self, pv: ProgramVersion, sort_key: str, prerelease: bool) -> None:
         ts = int(pv.create_time.timestamp() * 1_000_000)
-        await self.conn.execute(
-            "INSERT INTO programs (name, latest_version, version_count, labels, signature, "
-            "create_time, update_time) VALUES (?, '', 0, '{}', '', ?, ?) ON CONFLICT (name) DO NOTHING",
-            pv.program,
-            ts,
-            ts,
-        )
+        labels = _json(pv.labels)
+        current = await self.conn.fetchrow("SELECT labels FROM programs WHERE name = ?", pv.program)
+        if current is None:
+            await self.conn.execute(
+                "INSERT INTO programs (name, latest_version, version_count, labels, signature, "
+                "create_time, update_time) VALUES (?, '', 1, ?, ?, ?, ?)",
+                pv.program,
+                labels,
+                pv.signature_name,
+                ts,
+                ts,
+            )
+        else:
+            # The summary carries the labels of the most recently registered version.
+            await self.conn.execute(
+                "UPDATE programs SET version_count = version_count + 1, labels = ?, signature = ? "
+                "WHERE name = ?",
+                labels,
+                pv.signature_name,
+                pv.program,
+            )
+        if current is None or current["labels"] != labels:
+            await self.conn.execute("DELETE FROM program_labels WHERE program = ?", pv.program)
+            await self.conn.executemany(
+                "INSERT INTO program_labels (program, key, value) VALUES (?, ?, ?)",
+                [(pv.program, k, v) for k, v in sorted(pv.labels.items())],
+            )
         await self.conn.execute(
             "INSERT INTO program_versions (program, version, sort_key, prerelease, digest, "
             "size_bytes, media_type, signature, signature_version, performance, labels, metadata, "
@@ -469,7 +497,7 @@ class Records:
             pv.signature,
             pv.signature_version,
             _json(pv.performance),
-            _json(pv.labels),
+            labels,
             _json(pv.metadata),
             pv.previous_version,
             pv.change_type,
@@ -480,16 +508,12 @@ class Records:
             ts,
             pv.revision,
         )
-        await self._refresh_program(pv.program, ts, labels_from=pv)
+        await self._refresh_latest(pv.program, ts)
 
-    async def _refresh_program(
-        self, program: str, ts: int, labels_from: ProgramVersion | None = None
-    ) -> None:
-        """Recompute the summary: latest = highest non-yanked release, else pre-release."""
+    async def _refresh_latest(self, program: str, ts: int) -> None:
+        """latest = the highest non-yanked release, else pre-release: two index probes."""
         await self.conn.execute(
-            "UPDATE programs SET update_time = ?, "
-            "version_count = (SELECT COUNT(*) FROM program_versions WHERE program = ?), "
-            "latest_version = COALESCE("
+            "UPDATE programs SET update_time = ?, latest_version = COALESCE("
             " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
             "  AND prerelease = ? ORDER BY sort_key DESC LIMIT 1),"
             " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
@@ -497,25 +521,12 @@ class Records:
             "WHERE name = ?",
             ts,
             program,
-            program,
             False,
             False,
             program,
             False,
             program,
         )
-        if labels_from is not None:
-            await self.conn.execute(
-                "UPDATE programs SET labels = ?, signature = ? WHERE name = ?",
-                _json(labels_from.labels),
-                labels_from.signature_name,
-                program,
-            )
-            await self.conn.execute("DELETE FROM program_labels WHERE program = ?", program)
-            await self.conn.executemany(
-                "INSERT INTO program_labels (program, key, value) VALUES (?, ?, ?)",
-                [(program, k, v) for k, v in sorted(labels_from.labels.items())],
-            )
 
     async def set_yanked(self, program: str, version: str, yanked: bool, reason: str, revision: int) -> None:
         await self.conn.execute(
@@ -527,7 +538,7 @@ class Records:
             program,
             version,
         )
-        await self._refresh_program(program, now_us())
+        await self._refresh_latest(program, now_us())
 
     async def list_programs(
         self, prefix: str, labels: dict[str, str], page: Page

@@ -10,8 +10,14 @@ never blocks the event loop. The single writer is different: a write
 transaction is a dozen statements of a few microseconds each, and a thread
 hop costs about 90 µs on the 2-core machine (measured: 14 hops made a
 registration 2.4 ms, 410/s), so its statements run inline on the loop and
-only COMMIT — the fsync — goes to a thread. Writers queue on an asyncio lock,
-so transactions are serialized and revisions commit in order.
+only COMMIT — the fsync, ~0.7 ms with a 10 KB artifact — goes to a thread.
+
+Group commit: one writer task runs the write transactions one after the
+other. Each runs inside a SAVEPOINT of a shared SQLite transaction; when the
+fsync of one batch is done, every transaction that queued meanwhile joins
+the next batch, which commits with one fsync. Each still gets its own
+revision, in order; one that fails rolls back to its savepoint alone; none
+is acknowledged before the COMMIT that makes it durable.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
 from .records import Records, Row, now_us
 
 READERS = 4
+MAX_BATCH = 64  # transactions per COMMIT, at most
 BUSY_TIMEOUT_MS = 5000
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -125,7 +132,8 @@ class SqliteStore:
         self._readers: asyncio.Queue[_Reader] = asyncio.Queue()
         self._reader_dbs: list[aiosqlite.Connection] = []
         self._writer: _Writer | None = None
-        self._write_lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_Slot] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
         self._fsync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
         self._revision = 0
         self._lock_file: IO[bytes] | None = None
@@ -157,6 +165,7 @@ class SqliteStore:
         row = await self._writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
         assert row is not None
         self._revision = int(row["revision"])
+        self._writer_task = asyncio.create_task(self._write_batches(self._writer), name="sqlite-writer")
         for _ in range(self._readers_wanted):
             reader = await aiosqlite.connect(self.path, isolation_level=None)
             reader.row_factory = sqlite3.Row
@@ -187,17 +196,21 @@ class SqliteStore:
                 raise
 
     async def close(self) -> None:
-        async with self._write_lock:
-            for reader in self._reader_dbs:
-                await reader.close()
-            self._reader_dbs.clear()
-            if self._writer is not None:
-                self._writer.db.close()
-                self._writer = None
-            self._fsync.shutdown(wait=True)
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
+        if self._writer_task is not None:
+            await self._queue.join()  # acknowledged or failed: every queued write is finished
+            self._writer_task.cancel()
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+            self._writer_task = None
+        for reader in self._reader_dbs:
+            await reader.close()
+        self._reader_dbs.clear()
+        if self._writer is not None:
+            self._writer.db.close()
+            self._writer = None
+        self._fsync.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Records]:
@@ -209,34 +222,86 @@ class SqliteStore:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        if self._writer is None:
+        if self._writer_task is None:
             raise StoreUnavailable("the store is closed")
-        writer = self._writer
-        await self._write_lock.acquire()
+        slot = _Slot()
+        self._queue.put_nowait(slot)
         try:
-            await writer.execute("BEGIN IMMEDIATE")
-            records = Records(writer, base_revision=self._revision)
+            records = await slot.granted
+        except BaseException:
+            if slot.granted.done() and not slot.granted.cancelled():
+                slot.finished.set_result(False)  # granted as we were cancelled: hand it back
+            else:
+                slot.granted.cancel()
+            raise
+        try:
             yield records
         except BaseException:
-            if writer.db.in_transaction:
-                writer.db.execute("ROLLBACK")
-            self._write_lock.release()
+            slot.finished.set_result(False)
             raise
-        # Shielded: a caller cancelled now cannot leave the transaction half-finished
-        # or let the next writer begin while the fsync still runs.
-        await asyncio.shield(asyncio.ensure_future(self._commit(writer, records)))
+        slot.finished.set_result(True)
+        # Shielded: the batch commits whether or not this caller is still waiting.
+        await asyncio.shield(slot.durable)
 
-    async def _commit(self, writer: _Writer, records: Records) -> None:
-        """COMMIT (the fsync) on a thread, then publish; always releases the write lock."""
-        try:
-            loop = asyncio.get_running_loop()
+    async def _write_batches(self, writer: _Writer) -> None:
+        """The writer task: BEGIN, run queued transactions as savepoints, COMMIT once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            slot = await self._queue.get()
+            await writer.execute("BEGIN IMMEDIATE")
+            batch: list[tuple[_Slot, Records]] = []
+            committed_revision = self._revision
             try:
+                while True:
+                    if not slot.granted.cancelled():
+                        records = await self._run_unit(writer, slot)
+                        if records is not None:
+                            self._revision = records.revision
+                            batch.append((slot, records))
+                    if self._queue.empty() or len(batch) >= MAX_BATCH:
+                        break
+                    self._queue.task_done()
+                    slot = self._queue.get_nowait()
                 await loop.run_in_executor(self._fsync, writer.db.execute, "COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 if writer.db.in_transaction:
                     writer.db.execute("ROLLBACK")
-                raise _translate(exc) from None
-            self._revision = records.revision
-        finally:
-            self._write_lock.release()
-        self.commits.publish(records.appended)
+                self._revision = committed_revision
+                error = _translate(exc) if isinstance(exc, sqlite3.Error) else StoreUnavailable(repr(exc))
+                for waiting in [w for w, _ in batch] + [slot]:
+                    for future in (waiting.granted, waiting.durable):
+                        if not future.done():
+                            future.set_exception(error)
+                self._queue.task_done()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for waiting, _ in batch:
+                waiting.durable.set_result(None)
+            self._queue.task_done()
+            for _, records in batch:
+                self.commits.publish(records.appended)
+
+    async def _run_unit(self, writer: _Writer, slot: _Slot) -> Records | None:
+        """Run one transaction in a savepoint; its records if it succeeded, else None."""
+        await writer.execute("SAVEPOINT unit")
+        records = Records(writer, base_revision=self._revision)
+        slot.granted.set_result(records)
+        succeeded = await slot.finished
+        if not succeeded:
+            await writer.execute("ROLLBACK TO unit")
+        await writer.execute("RELEASE unit")
+        if not succeeded:
+            slot.durable.set_result(None)  # nobody awaits it; a failed unit was never acknowledged
+            return None
+        return records
+
+
+class _Slot:
+    """One write transaction's handshake with the writer task."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.granted: asyncio.Future[Records] = loop.create_future()
+        self.finished: asyncio.Future[bool] = loop.create_future()
+        self.durable: asyncio.Future[None] = loop.create_future()

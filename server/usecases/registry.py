@@ -297,7 +297,9 @@ class Registry:
         async with self.store.write() as tx:
             if (replay := await _replayed(tx, idem)) is not None:
                 return replay
-            signature = await self._signature_version(tx, sig_ref)
+            signature_version = await tx.resolve_signature_version(sig_ref.name, sig_ref.version)
+            if signature_version is None:
+                raise NotFound(str(sig_ref) if not sig_ref.is_latest else sig_ref.parent)
             previous_version = ""
             if draft.version:
                 version = versions.parse(draft.version)
@@ -322,8 +324,8 @@ class Registry:
                 digest=digest,
                 size_bytes=len(data),
                 media_type=draft.media_type,
-                signature=signature.signature,
-                signature_version=signature.version,
+                signature=sig_ref.name,
+                signature_version=signature_version,
                 performance=dict(draft.performance),
                 labels=dict(draft.labels),
                 metadata=dict(draft.metadata),
