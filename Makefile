@@ -32,8 +32,8 @@ lint: setup
 	ln -sfn ../../../server build/typing/dspy_registry/server
 	ln -sfn ../../../client build/typing/dspy_registry/client
 	ln -sfn ../../../client/v1 build/typing/dspy_registry/v1
-	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client
-	$(BIN)/mypy tests bench protos/generate.py
+	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client -p tests -p bench
+	$(BIN)/mypy protos/generate.py
 	$(BUF) lint
 
 proto: $(STAMP)

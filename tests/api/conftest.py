@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -36,7 +37,7 @@ async def start(database_url: str, **config: object) -> Running:
 async def server(database_url: str) -> AsyncIterator[Running]:
     running = await start(database_url)
     yield running
-    await running.channel.close()
+    await running.channel.close(None)
     await running.app.stop(grace=0)
 
 
@@ -48,9 +49,10 @@ def registry(server: Running) -> pb_grpc.RegistryServiceStub:
 def details(err: grpc.aio.AioRpcError) -> dict[str, object]:
     """The rich error details of a failed call, unpacked by type name."""
     out: dict[str, object] = {}
-    for key, value in err.trailing_metadata() or ():
+    metadata: Any = err.trailing_metadata() or ()
+    for key, value in metadata:
         if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
+            status = status_pb2.Status.FromString(value)
             for packed in status.details:
                 for kind in (
                     error_details_pb2.BadRequest,
@@ -78,4 +80,5 @@ async def register_signature(
     response = await registry.RegisterSignature(
         pb.RegisterSignatureRequest(signature=name, version=version, spec=spec_proto(**kw))  # type: ignore[arg-type]
     )
-    return response.signature_version
+    signature_version: pb.SignatureVersion = response.signature_version
+    return signature_version

@@ -48,7 +48,7 @@ def test_every_registry_rpc_has_an_implementation() -> None:
 
 
 async def test_health_and_reflection_serve_the_whole_contract(server: Running) -> None:
-    health = health_pb2_grpc.HealthStub(server.channel)  # type: ignore[no-untyped-call]
+    health = health_pb2_grpc.HealthStub(server.channel)
     for name in ["", *(s.full_name for s in SERVICES)]:
         response = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
@@ -72,15 +72,19 @@ async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> Non
             response_type = GetMessageClass(method.output_type)
             try:
                 if method.server_streaming:
-                    call = server.channel.unary_stream(path, response_deserializer=response_type.FromString)(
-                        request.SerializeToString(), timeout=5
-                    )
+                    call = server.channel.unary_stream(
+                        path, None, response_deserializer=response_type.FromString
+                    )(request.SerializeToString(), timeout=5)
                     await call.read()
                 elif method.client_streaming:
-                    stream = server.channel.stream_unary(path, response_deserializer=response_type.FromString)
+                    stream = server.channel.stream_unary(
+                        path, None, response_deserializer=response_type.FromString
+                    )
                     await stream(iter([request.SerializeToString()]), timeout=5)
                 else:
-                    unary = server.channel.unary_unary(path, response_deserializer=response_type.FromString)
+                    unary = server.channel.unary_unary(
+                        path, None, response_deserializer=response_type.FromString
+                    )
                     await unary(request.SerializeToString(), timeout=5)
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.UNIMPLEMENTED, path

@@ -82,7 +82,8 @@ async def test_semver_guard_refuses_too_small_a_bump_and_names_each_breaking_cha
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     failure = details(err)["PreconditionFailure"]
     assert [v.subject for v in failure.violations] == ["signatures/text_classifier:outputs.sentiment"] * 2  # type: ignore[attr-defined]
-    assert "'negative' removed" in err.details() and "'neutral' removed" in err.details()
+    message = err.details() or ""
+    assert "'negative' removed" in message and "'neutral' removed" in message
     ok = await register_signature(registry, version="2.0.0", outputs=("positive",))
     assert ok.compatibility == pb.COMPATIBILITY_LEVEL_BREAKING
 
@@ -189,7 +190,7 @@ async def test_bad_input_names_every_bad_field_and_writes_nothing(registry: Stub
 
 async def test_unknown_signature_is_not_found_by_name(registry: Stub) -> None:
     err = await _code(registry.RegisterProgram(program_request("1.0.0")))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and SIG in err.details()
+    assert err.code() == grpc.StatusCode.NOT_FOUND and SIG in (err.details() or "")
     missing = await _code(
         registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/nope/versions/1.0.0"))
     )
@@ -323,7 +324,8 @@ async def _upload(
         for i in range(0, len(data), chunk):
             yield pb.UploadProgramRequest(chunk=data[i : i + chunk])
 
-    return await registry.UploadProgram(messages())  # type: ignore[arg-type]
+    response: pb.UploadProgramResponse = await registry.UploadProgram(messages())
+    return response
 
 
 async def test_upload_a_large_artifact_and_stream_it_back_in_chunks(registry: Stub) -> None:
@@ -363,7 +365,7 @@ async def test_upload_beyond_the_limit_is_refused_and_stores_nothing(database_ur
         bad_digest = await _code(_upload(running.registry, wrong + b" ", "1.0.0"))
         assert bad_digest.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
-        await running.channel.close()
+        await running.channel.close(None)
         await running.app.stop(grace=0)
 
 

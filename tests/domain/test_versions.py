@@ -54,7 +54,11 @@ def test_sort_key_agrees_with_semver_on_random_versions() -> None:
 
     sample = {random_version() for _ in range(600)}
     by_key = sorted(sample, key=lambda v: versions.parse(v).sort_key)
-    by_semver = sorted(sample, key=cmp_to_key(lambda a, b: semver.Version.parse(a).compare(b)))
+
+    def precedence(a: str, b: str) -> int:
+        return semver.Version.parse(a).compare(b)
+
+    by_semver = sorted(sample, key=cmp_to_key(precedence))
     assert by_key == by_semver
 
 

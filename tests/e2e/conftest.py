@@ -1,0 +1,96 @@
+"""Real processes: `dspy-registry serve` as a subprocess, reached on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = Path(sys.executable).parent / "dspy-registry"
+BUF_BIN = ROOT / "node_modules" / ".bin"
+SHIM_BIN = Path(__file__).resolve().parent / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    def __init__(self, database: str, log: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.database = database
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
+        self.process = subprocess.Popen(
+            [str(SERVE), "serve", "--listen", self.address, "--database", self.database, "--grace", "5"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None and self.process.poll() is None, self.log()
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise AssertionError(f"not SERVING after {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def env_with_tools() -> dict[str, str]:
+    """PATH with buf (node_modules) and the grpcurl shim first, and this venv's python."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join(
+        [str(SHIM_BIN), str(BUF_BIN), str(Path(sys.executable).parent), env["PATH"]]
+    )
+    return env
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[type[ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def start(self) -> ServerProcess:
+            started.append(self)
+            return super().start()
+
+    yield Tracked
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

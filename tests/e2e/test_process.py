@@ -1,0 +1,69 @@
+"""The server as a process: health, SIGTERM, restart, and nothing lost — on both backends."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.e2e.conftest import ServerProcess
+from tests.factories import dspy_state, spec_proto
+
+
+async def test_stop_with_sigterm_restart_and_find_everything(
+    serve: type[ServerProcess], database_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    first = serve(database_url, log).start()
+    with grpc.insecure_channel(first.address) as channel:
+        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry.RegisterSignature(
+            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+        )
+        for version in ("1.0.0", "1.1.0"):
+            registry.RegisterProgram(
+                pb.RegisterProgramRequest(
+                    spec=pb.ProgramVersionSpec(
+                        program="prog", version=version, signature="signatures/sig/versions/1.0.0"
+                    ),
+                    artifact=dspy_state(version),
+                )
+            )
+    assert first.stop(signal.SIGTERM) == 0
+    lines = [json.loads(line) for line in first.log().splitlines() if line.startswith("{")]
+    messages = [line["msg"] for line in lines]
+    assert messages.index("shutting down") < messages.index("stopped")
+    rpc_lines = [line for line in lines if line["msg"] == "rpc"]
+    assert {line["method"].rsplit("/", 1)[1] for line in rpc_lines} >= {
+        "RegisterSignature",
+        "RegisterProgram",
+    }
+    assert all({"code", "duration_ms"} <= line.keys() for line in rpc_lines)
+
+    second = serve(database_url, log).start()
+    with grpc.insecure_channel(second.address) as channel:
+        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        latest = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/latest"))
+        assert latest.program_version.version == "1.1.0" and latest.program_version.revision == 3
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert second.stop(signal.SIGINT) == 0
+
+
+async def test_a_bad_database_url_fails_to_start_with_a_clear_message(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.e2e.conftest import SERVE
+
+    done = subprocess.run(
+        [str(SERVE), "serve", "--database", "mysql://nope", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and "unsupported database URL" in done.stderr
