@@ -379,3 +379,20 @@ async def test_environment_selection_is_unimplemented_until_deployments_exist(re
 def test_json_metadata_round_trips() -> None:
     request = program_request("1.0.0")
     assert json.loads(json.dumps(dict(request.spec.metadata)))["training_examples"] == 500
+
+
+async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Running) -> None:
+    registry = server.registry
+    await register_signature(registry)
+    await registry.RegisterProgram(program_request("1.0.0"))  # the base every auto-increment starts from
+    explicit = [program_request(f"1.0.{i}", artifact=dspy_state(f"e{i}")) for i in range(1, 9)]
+    auto = [
+        program_request("", change_type=pb.CHANGE_TYPE_MINOR, artifact=dspy_state(f"a{i}")) for i in range(8)
+    ]
+    answers = await asyncio.gather(*(registry.RegisterProgram(r) for r in explicit + auto))
+    got = [a.program_version.version for a in answers]
+    assert len(set(got)) == 16
+    assert sorted(v for v in got if not v.startswith("1.0.")) == [f"1.{m}.0" for m in range(1, 9)]
+    async with server.app.store.read() as tx:
+        revisions = [e.revision for e in await tx.events_after(0)]
+    assert revisions == list(range(1, 19))

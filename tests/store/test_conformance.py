@@ -266,6 +266,7 @@ def _draft(version: str = "", change: int | None = None) -> ProgramDraft:
 
 async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: Store) -> None:
     registry = await _registry_with_signature(store)
+    await registry.register_program("a", _draft("1.0.0"), [dspy_state("base")], None)
 
     async def explicit(i: int) -> RegisteredProgram:
         result = await registry.register_program("a", _draft(f"1.0.{100 + i}"), [dspy_state(f"e{i}")], None)
@@ -288,7 +289,7 @@ async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: St
     assert minors == list(range(1, 9))  # 1.1.0 … 1.8.0: no gaps, no duplicates
     async with store.read() as tx:
         revisions = [e.revision for e in await tx.events_after(0)]
-    assert revisions == list(range(1, 18))  # 1 signature + 16 versions, strictly increasing
+    assert revisions == list(range(1, 19))  # 1 signature + 17 versions, strictly increasing
 
 
 async def test_missing_signature_is_not_found_and_writes_nothing(store: Store) -> None:

@@ -1,4 +1,4 @@
-"""What only the SQLite backend promises."""
+"""What each backend promises beyond the conformance suite."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def test_relative_and_absolute_urls() -> None:
     assert path_from_url("sqlite:////var/lib/r.db") == "/var/lib/r.db"
     with pytest.raises(ValueError):
         path_from_url("sqlite://")
+
+
+async def test_an_unreachable_postgres_is_store_unavailable_not_a_driver_error() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailable):
+        await store.open()
