@@ -6,7 +6,7 @@ maps the results back; this module decides nothing about transport.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -15,6 +15,7 @@ from ..domain import compare as comparing
 from ..domain import guard, pagination, programs, signatures, versions
 from ..domain.model import (
     Event,
+    Page,
     ProgramSummary,
     ProgramVersion,
     SignatureSummary,
@@ -207,23 +208,38 @@ class Registry:
         async with self.store.read() as tx:
             return await self._signature_version(tx, ref)
 
-    async def list_signatures(self, prefix: str, page_size: int, page_token: str) -> PageOf[SignatureSummary]:
-        fp = pagination.query_fingerprint("signatures", prefix)
+    async def _page(
+        self,
+        query: Callable[[Records, Page], Awaitable[tuple[list[T], str | None, int]]],
+        page_size: int,
+        page_token: str,
+        *filters: object,
+    ) -> PageOf[T]:
+        """One page of a list: validate the size and token (bound to `filters`), run `query`."""
+        fp = pagination.query_fingerprint(*filters)
         page = pagination.page(page_size, page_token, fp)
         async with self.store.read() as tx:
-            items, after, total = await tx.list_signatures(prefix, page)
+            items, after, total = await query(tx, page)
         return PageOf(items, pagination.next_token(after, fp), total)
+
+    async def list_signatures(self, prefix: str, page_size: int, page_token: str) -> PageOf[SignatureSummary]:
+        return await self._page(
+            lambda tx, page: tx.list_signatures(prefix, page), page_size, page_token, "signatures", prefix
+        )
 
     async def list_signature_versions(
         self, signature: str, page_size: int, page_token: str
     ) -> PageOf[SignatureVersion]:
-        fp = pagination.query_fingerprint("signature_versions", signature)
-        page = pagination.page(page_size, page_token, fp)
-        async with self.store.read() as tx:
-            items, after, total = await tx.list_signature_versions(signature, page)
-        if total == 0:
+        result = await self._page(
+            lambda tx, page: tx.list_signature_versions(signature, page),
+            page_size,
+            page_token,
+            "signature_versions",
+            signature,
+        )
+        if result.total_size == 0:
             raise NotFound(f"signatures/{signature}")
-        return PageOf(items, pagination.next_token(after, fp), total)
+        return result
 
     async def check_signature_compatibility(
         self,
@@ -378,22 +394,28 @@ class Registry:
         v = Violations()
         programs.validate_labels(labels, "labels", v)
         v.raise_if_any()
-        fp = pagination.query_fingerprint("programs", prefix, sorted(labels.items()))
-        page = pagination.page(page_size, page_token, fp)
-        async with self.store.read() as tx:
-            items, after, total = await tx.list_programs(prefix, labels, page)
-        return PageOf(items, pagination.next_token(after, fp), total)
+        return await self._page(
+            lambda tx, page: tx.list_programs(prefix, labels, page),
+            page_size,
+            page_token,
+            "programs",
+            prefix,
+            sorted(labels.items()),
+        )
 
     async def list_program_versions(
         self, program: str, page_size: int, page_token: str
     ) -> PageOf[ProgramVersion]:
-        fp = pagination.query_fingerprint("program_versions", program)
-        page = pagination.page(page_size, page_token, fp)
-        async with self.store.read() as tx:
-            items, after, total = await tx.list_program_versions(program, page)
-        if total == 0:
+        result = await self._page(
+            lambda tx, page: tx.list_program_versions(program, page),
+            page_size,
+            page_token,
+            "program_versions",
+            program,
+        )
+        if result.total_size == 0:
             raise NotFound(f"programs/{program}")
-        return PageOf(items, pagination.next_token(after, fp), total)
+        return result
 
     async def artifact(self, program: str, digest: str) -> ArtifactStream:
         if not programs.DIGEST_RE.match(digest):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -67,3 +69,37 @@ async def test_a_bad_database_url_fails_to_start_with_a_clear_message(tmp_path: 
         timeout=30,
     )
     assert done.returncode == 1 and "unsupported database URL" in done.stderr
+
+
+async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    data = dspy_state("big", pad=3 * 1024 * 1024)
+    chunk = 512 * 1024
+
+    def messages() -> Iterator[pb.UploadProgramRequest]:
+        spec = pb.ProgramVersionSpec(
+            program="prog", version="1.0.0", signature="signatures/sig/versions/1.0.0"
+        )
+        yield pb.UploadProgramRequest(header=pb.UploadProgramHeader(spec=spec, size_bytes=len(data)))
+        for i in range(0, len(data), chunk):
+            if i == chunk:
+                assert server.process is not None
+                server.process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)  # the server is shutting down now, with the upload half sent
+            yield pb.UploadProgramRequest(chunk=data[i : i + chunk])
+
+    with grpc.insecure_channel(server.address) as channel:
+        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry.RegisterSignature(
+            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+        )
+        response = registry.UploadProgram(messages(), timeout=30)
+    assert response.created and response.program_version.artifact.size_bytes == len(data)
+    assert server.process is not None and server.process.wait(15) == 0
+    restarted = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    with grpc.insecure_channel(restarted.address) as channel:
+        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        found = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/1.0.0"))
+    assert found.program_version.artifact.digest == response.program_version.artifact.digest

@@ -7,15 +7,19 @@ because grpcurl cannot be installed here.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools
+from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
 
 README = (ROOT / "README.md").read_text()
 
@@ -76,3 +80,52 @@ async def test_make_targets_named_in_the_readme_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in ("setup", "run", "test", "lint", "proto", "bench"):
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
+
+
+async def test_make_run_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "make",
+            "--no-print-directory",
+            "run",
+            f"ARGS=--listen 127.0.0.1:{port} --database sqlite:///{tmp_path}/r.db",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # SIGINT to make and the server alike, as Ctrl-C does
+    )
+    try:
+        server = ServerProcess(f"sqlite:///{tmp_path}/r.db", tmp_path / "unused.log")
+        server.address, server.process = f"127.0.0.1:{port}", process  # type: ignore[assignment]
+        server.wait_serving()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=30)[0].decode()
+    assert '"msg": "stopped"' in output
+
+
+async def test_the_benchmark_driver_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--only",
+            "get",
+            "--backend",
+            "sqlite",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    figure = json.loads(done.stdout.splitlines()[-1])
+    assert figure["bench"] == "get_program_version" and figure["calls"] > 0 and figure["errors"] == 0
