@@ -98,7 +98,7 @@ async def test_make_run_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     )
     try:
         server = ServerProcess(f"sqlite:///{tmp_path}/r.db", tmp_path / "unused.log")
-        server.address, server.process = f"127.0.0.1:{port}", process  # type: ignore[assignment]
+        server.address, server.process = f"127.0.0.1:{port}", process
         server.wait_serving()
     finally:
         os.killpg(process.pid, signal.SIGINT)
