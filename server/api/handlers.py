@@ -22,6 +22,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from ..access_log import ACCESS_LOG
 from ..errors import RegistryError
 from .caller import Context
 from .status import code_for, to_status
@@ -56,17 +57,8 @@ async def _abort(context: Context, exc: Exception, method: str) -> None:
 
 
 def _log(method: str, code: grpc.StatusCode, start: float, request: Any = None) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
-    extra = {
-        "method": method,
-        "code": code.name,
-        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-    }
-    request_id = getattr(request, "request_id", "")
-    if request_id:
-        extra["request_id"] = request_id
-    log.info("rpc", extra=extra)
+    duration_ms = (time.perf_counter() - start) * 1000
+    ACCESS_LOG.record(method, code.name, duration_ms, getattr(request, "request_id", ""))
 
 
 def _unary(method: str, behavior: Behavior) -> Behavior:
