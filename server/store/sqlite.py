@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -38,6 +40,8 @@ from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
 from .records import Records, Row, now_us
+
+log = logging.getLogger("dspy_registry.store")
 
 READERS = 4
 MAX_BATCH = 64  # transactions per COMMIT, at most
@@ -124,8 +128,11 @@ class _Writer:
 
 
 class SqliteStore:
-    def __init__(self, url: str, *, readers: int = READERS) -> None:
+    def __init__(
+        self, url: str, *, readers: int = READERS, busy_timeout: float = BUSY_TIMEOUT_MS / 1000
+    ) -> None:
         self.url = url
+        self._busy_timeout = busy_timeout
         self.path = path_from_url(url)
         self.commits = CommitListeners()
         self._readers_wanted = readers
@@ -160,6 +167,9 @@ class SqliteStore:
         db.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
             db.execute(pragma)
+        # The writer runs on the loop: it must never sleep in SQLite's busy
+        # handler. _begin() waits out another process's lock asynchronously.
+        db.execute("PRAGMA busy_timeout=0")
         self._writer = _Writer(db)
         await self._migrate(self._writer)
         row = await self._writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
@@ -180,7 +190,7 @@ class SqliteStore:
         for migration in MIGRATIONS:
             if migration.number in done:
                 continue
-            await conn.execute("BEGIN IMMEDIATE")
+            await self._begin(conn)
             try:
                 for statement in migration.statements:
                     await conn.execute(render(statement, SQLITE))
@@ -244,14 +254,18 @@ class SqliteStore:
         await asyncio.shield(slot.durable)
 
     async def _write_batches(self, writer: _Writer) -> None:
-        """The writer task: BEGIN, run queued transactions as savepoints, COMMIT once."""
+        """The writer task: BEGIN, run queued transactions as savepoints, COMMIT once.
+
+        Whatever fails, the waiting callers get the error and the task goes on
+        to the next batch; it ends only when the store closes.
+        """
         loop = asyncio.get_running_loop()
         while True:
             slot = await self._queue.get()
-            await writer.execute("BEGIN IMMEDIATE")
             batch: list[tuple[_Slot, Records]] = []
             committed_revision = self._revision
             try:
+                await self._begin(writer)
                 while True:
                     if not slot.granted.cancelled():
                         records = await self._run_unit(writer, slot)
@@ -264,10 +278,14 @@ class SqliteStore:
                     slot = self._queue.get_nowait()
                 await loop.run_in_executor(self._fsync, writer.db.execute, "COMMIT")
             except BaseException as exc:
-                if writer.db.in_transaction:
-                    writer.db.execute("ROLLBACK")
+                _rollback_quietly(writer.db)
                 self._revision = committed_revision
-                error = _translate(exc) if isinstance(exc, sqlite3.Error) else StoreUnavailable(repr(exc))
+                if isinstance(exc, RegistryError):
+                    error: RegistryError = exc
+                elif isinstance(exc, sqlite3.Error):
+                    error = _translate(exc)
+                else:
+                    error = StoreUnavailable(f"write failed: {exc!r}")
                 for waiting in [w for w, _ in batch] + [slot]:
                     for future in (waiting.granted, waiting.durable):
                         if not future.done():
@@ -275,12 +293,32 @@ class SqliteStore:
                 self._queue.task_done()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if not isinstance(exc, RegistryError | sqlite3.Error):
+                    log.exception("sqlite writer: unexpected error; the batch was rolled back")
                 continue
             for waiting, _ in batch:
                 waiting.durable.set_result(None)
             self._queue.task_done()
             for _, records in batch:
                 self.commits.publish(records.appended)
+
+    async def _begin(self, writer: _Writer) -> None:
+        """BEGIN IMMEDIATE without blocking the loop: another process's lock is waited out here."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                writer.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"{self.path} stayed locked by another connection for {self._busy_timeout:g}s"
+                    ) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def _run_unit(self, writer: _Writer, slot: _Slot) -> Records | None:
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
@@ -295,6 +333,14 @@ class SqliteStore:
             slot.durable.set_result(None)  # nobody awaits it; a failed unit was never acknowledged
             return None
         return records
+
+
+def _rollback_quietly(db: sqlite3.Connection) -> None:
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("sqlite writer: ROLLBACK failed")
 
 
 class _Slot:

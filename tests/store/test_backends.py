@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreUnavailable
 from dspy_registry.server.store.base import open_store
+from dspy_registry.server.store.sqlite import SqliteStore
 
 
 async def test_a_second_server_on_the_same_file_is_refused(tmp_path: Path) -> None:
@@ -35,3 +39,42 @@ async def test_an_unreachable_postgres_is_store_unavailable_not_a_driver_error()
     store = open_store("postgresql://postgres@127.0.0.1:1/nothing")
     with pytest.raises(StoreUnavailable):
         await store.open()
+
+
+async def test_sqlite_waits_out_another_connections_lock_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(f"sqlite:///{path}", busy_timeout=2.0)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an admin shell or a backup holding the write lock
+
+    async def write() -> int:
+        async with store.write() as tx:
+            return await tx.append([Event("e", "r/1")])
+
+    pending = asyncio.create_task(write())
+    ticks = 0
+    while not pending.done() and ticks < 20:
+        await asyncio.sleep(0.01)  # the loop keeps running meanwhile
+        ticks += 1
+    assert ticks == 20 and not pending.done()
+    other.execute("ROLLBACK")
+    assert await pending == 1
+    other.close()
+    await store.close()
+
+
+async def test_sqlite_writer_survives_a_lock_held_past_its_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(f"sqlite:///{path}", busy_timeout=0.2)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match="stayed locked"):
+        async with store.write() as tx:
+            await tx.append([Event("e", "r/1")])
+    other.execute("ROLLBACK")
+    other.close()
+    async with store.write() as tx:  # the writer task is alive and the revision was not consumed
+        assert await tx.append([Event("e", "r/1")]) == 1
+    await store.close()

@@ -299,3 +299,28 @@ async def test_missing_signature_is_not_found_and_writes_nothing(store: Store) -
     async with store.read() as tx:
         assert await tx.current_revision() == 0
         assert await tx.get_program("prog") is None
+
+
+async def test_a_caller_cancelled_mid_transaction_leaves_no_trace_and_blocks_nobody(store: Store) -> None:
+    entered = asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with store.write() as tx:
+            await tx.append([Event("doomed", "r/1")])
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(slow_writer())
+    await entered.wait()
+    follower = asyncio.create_task(_append_one(store, "r/2"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(follower, 5) == 1
+    async with store.read() as tx:
+        assert [(e.revision, e.kind) for e in await tx.events_after(0)] == [(1, "kept")]
+
+
+async def _append_one(store: Store, resource: str) -> int:
+    async with store.write() as tx:
+        return await tx.append([Event("kept", resource)])
