@@ -34,8 +34,9 @@ def _now() -> str:
 
 
 class AccessLog:
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, as_json: bool = True) -> None:
         self.enabled = enabled
+        self.json = as_json
         self._stream = stream
         self._lines: list[str] = []
         self._size = 0
@@ -44,13 +45,21 @@ class AccessLog:
     def record(self, method: str, code: str, duration_ms: float, request_id: str = "") -> None:
         if not self.enabled:
             return
+        if not self.json:
+            line = (
+                f"{_now()} INFO dspy_registry.rpc {method} {code} {duration_ms:.3f}ms {request_id}".rstrip()
+            )
+            self._append(line + "\n")
+            return
         line = (
             f'{{"time": "{_now()}", "level": "info", "logger": "dspy_registry.rpc", "msg": "rpc", '
             f'"method": "{method}", "code": "{code}", "duration_ms": {duration_ms:.3f}'
         )
         if request_id:
             line += f', "request_id": {json.dumps(request_id)}'
-        line += "}\n"
+        self._append(line + "}\n")
+
+    def _append(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

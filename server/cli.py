@@ -12,6 +12,7 @@ import sys
 from . import logs
 from .app import App
 from .config import Config, add_serve_arguments, from_arguments
+from .errors import RegistryError
 
 log = logging.getLogger("dspy_registry.server")
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(config.log_level, config.log_format)
         try:
             _run(serve(config))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RegistryError) as exc:
             log.error("cannot start: %s", exc)
             return 1
     return 0

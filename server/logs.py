@@ -41,3 +41,4 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     ACCESS_LOG.enabled = root.isEnabledFor(logging.INFO)
+    ACCESS_LOG.json = fmt == "json"

@@ -24,8 +24,11 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    try:
+        return json_format.MessageToDict(value)
+    except (ValueError, json_format.SerializeToJsonError) as exc:  # NaN and ±Infinity have no JSON form
+        raise InvalidArgument.one(field, f"must be JSON-representable: {exc}") from None
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -116,7 +119,7 @@ def signature_draft(request: pb.RegisterSignatureRequest) -> SignatureDraft:
         version=request.version,
         change_type=change_type(request.change_type, "change_type"),
         spec=spec_from_proto(request.spec, "spec"),
-        metadata=struct_to_dict(request.metadata),
+        metadata=struct_to_dict(request.metadata, "metadata"),
     )
 
 
@@ -168,7 +171,7 @@ def program_draft(spec: pb.ProgramVersionSpec) -> programs.ProgramDraft:
         signature=spec.signature,
         performance=dict(spec.performance),
         labels=dict(spec.labels),
-        metadata=struct_to_dict(spec.metadata),
+        metadata=struct_to_dict(spec.metadata, "spec.metadata"),
     )
 
 

@@ -12,6 +12,7 @@ serializer passes bytes through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -67,6 +68,9 @@ def _unary(method: str, behavior: Behavior) -> Behavior:
         code = grpc.StatusCode.OK
         try:
             return await behavior(request, context)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code = _code(exc, context)
             await _abort(context, exc, method)
@@ -83,6 +87,9 @@ def _server_streaming(method: str, behavior: Behavior) -> Behavior:
         try:
             async for item in behavior(request, context):
                 yield item
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code = _code(exc, context)
             await _abort(context, exc, method)

@@ -12,7 +12,7 @@ from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 
 from ..domain import programs
 from ..domain.model import ProgramVersion
-from ..domain.names import VersionRef, parse_parent, parse_version_ref
+from ..domain.names import VersionRef, check_prefix, check_request_id, parse_parent, parse_version_ref
 from ..errors import InvalidArgument, ResourceExhausted, Unimplemented
 from ..usecases.registry import Idempotency, RegisteredProgram, RegisteredSignature, Registry, Replay
 from . import convert
@@ -30,8 +30,7 @@ def _idem(request: Message, method: str, build: Callable[[T], Message]) -> Idemp
     request_id: str = getattr(request, "request_id", "")
     if not request_id:
         return None
-    if len(request_id) > 128:
-        raise InvalidArgument.one("request_id", "must be at most 128 characters")
+    check_request_id(request_id)
     return Idempotency(
         caller(), request_id, method, convert.fingerprint(request), lambda r: build(r).SerializeToString()
     )
@@ -79,7 +78,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListSignatures(
         self, request: pb.ListSignaturesRequest, context: Context
     ) -> pb.ListSignaturesResponse:
-        page = await self.registry.list_signatures(request.name_prefix, request.page_size, request.page_token)
+        prefix = check_prefix(request.name_prefix)
+        page = await self.registry.list_signatures(prefix, request.page_size, request.page_token)
         return pb.ListSignaturesResponse(
             signatures=[convert.signature_summary(s) for s in page.items],
             next_page_token=page.next_page_token,
@@ -199,7 +199,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if request.environment:
             raise Unimplemented(_ENVIRONMENTS_LATER)
         page = await self.registry.list_programs(
-            request.name_prefix, dict(request.labels), request.page_size, request.page_token
+            check_prefix(request.name_prefix), dict(request.labels), request.page_size, request.page_token
         )
         return pb.ListProgramsResponse(
             programs=[convert.program_summary(p) for p in page.items],

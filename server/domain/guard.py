@@ -32,8 +32,11 @@ def check(
 ) -> list[str]:
     """Return warnings (WARN mode) or raise FailedPrecondition (ENFORCE) for a too-small bump.
 
-    `previous` is the highest existing version below `proposed`: a backport
-    such as 1.4.1 beside 2.0.0 is judged against 1.4.0, not against 2.0.0.
+    `previous` is the highest existing version of a lower MAJOR.MINOR.PATCH:
+    a backport such as 1.4.1 beside 2.0.0 is judged against 1.4.0, and the
+    pre-releases of one core (2.0.0-rc.1, rc.2, 2.0.0) are each judged
+    against the core before them (1.x), since SemVer lets pre-releases change
+    freely.
     """
     if previous is None or mode is GuardMode.OFF:
         return []

@@ -12,9 +12,38 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 NAME_RULE = "must match ^[a-z][a-z0-9_-]{0,62}$ (lower case, digits, _ and -; 1-63 chars)"
 
 
+PREFIX_RE = re.compile(r"[a-z0-9_-]{0,63}")
+
+
+def check_prefix(value: str, field: str = "name_prefix") -> str:
+    """A name prefix: the start of a valid name (or empty)."""
+    if not PREFIX_RE.fullmatch(value):
+        raise InvalidArgument.one(field, f"{value!r} can never start a name: names use a-z, 0-9, _ and -")
+    return value
+
+
+# Idempotency keys: visible ASCII, as in HTTP's Idempotency-Key header.
+REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def check_request_id(value: str) -> str:
+    if not REQUEST_ID_RE.fullmatch(value):
+        raise InvalidArgument.one("request_id", "must be 1-128 visible ASCII characters (no spaces)")
+    return value
+
+
+def check_text(value: str, field: str, limit: int) -> str:
+    """Free text: bounded, and no control characters but newline and tab."""
+    if len(value) > limit:
+        raise InvalidArgument.one(field, f"must be at most {limit} characters")
+    if any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise InvalidArgument.one(field, "must not contain control characters")
+    return value
+
+
 def check_name(value: str, field: str) -> str:
     """Return `value` if it is a valid short name, else raise InvalidArgument."""
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise InvalidArgument.one(field, f"{value!r} {NAME_RULE}")
     return value
 

@@ -11,6 +11,7 @@ from .model import Page
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LENGTH = 1024
 
 
 def query_fingerprint(*parts: object) -> str:
@@ -26,13 +27,15 @@ def page(page_size: int, page_token: str, fingerprint: str) -> Page:
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if not page_token:
         return Page(size)
+    if len(page_token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument.one("page_token", "is not a token this server issued")
     try:
         padded = page_token + "=" * (-len(page_token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded))
         after, fp = data["a"], data["q"]
         if not isinstance(after, str) or not isinstance(fp, str):
             raise ValueError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument.one("page_token", "is not a token this server issued") from None
     if fp != fingerprint:
         raise InvalidArgument.one("page_token", "belongs to a request with other filters")

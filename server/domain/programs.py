@@ -85,9 +85,9 @@ def validate_labels(labels: dict[str, str], path: str, v: Violations) -> None:
     if len(labels) > MAX_LABELS:
         v.add(path, f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
-        if not LABEL_KEY_RE.match(key):
+        if not LABEL_KEY_RE.fullmatch(key):
             v.add(f"{path}[{key!r}]", "label keys must match ^[a-z][a-z0-9_-]{0,62}$")
-        if not LABEL_VALUE_RE.match(value):
+        if not LABEL_VALUE_RE.fullmatch(value):
             v.add(f"{path}[{key!r}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
 
 
@@ -95,7 +95,7 @@ def validate_performance(performance: dict[str, float], path: str, v: Violations
     if len(performance) > MAX_METRICS:
         v.add(path, f"at most {MAX_METRICS} metrics")
     for key, value in performance.items():
-        if not METRIC_RE.match(key):
+        if not METRIC_RE.fullmatch(key):
             v.add(f"{path}[{key!r}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
         if not math.isfinite(value):
             v.add(f"{path}[{key!r}]", "must be a finite number")
@@ -108,7 +108,7 @@ def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> Non
 
 
 def validate_media_type(media_type: str, path: str, v: Violations) -> None:
-    if not MEDIA_TYPE_RE.match(media_type):
+    if not MEDIA_TYPE_RE.fullmatch(media_type):
         v.add(path, f"{media_type!r} is not a media type such as application/octet-stream")
 
 
@@ -121,7 +121,7 @@ def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[Predictor
     """
     try:
         state = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidArgument.one(path, f"DSPy program state must be JSON: {exc}") from None
     if not isinstance(state, dict):
         raise InvalidArgument.one(path, "DSPy program state must be a JSON object")

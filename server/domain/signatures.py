@@ -172,7 +172,7 @@ def validate_spec(spec: SignatureSpec, prefix: str = "spec") -> Violations:
     for group, fields in (("input_fields", spec.inputs), ("output_fields", spec.outputs)):
         for i, f in enumerate(fields):
             path = f"{prefix}.{group}[{i}]"
-            if not FIELD_NAME_RE.match(f.name):
+            if not FIELD_NAME_RE.fullmatch(f.name):
                 v.add(f"{path}.name", f"{f.name!r} must be a Python identifier of 1-63 characters")
             elif f.name in seen:
                 v.add(f"{path}.name", f"{f.name!r} is declared twice")

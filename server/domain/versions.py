@@ -86,6 +86,16 @@ def sort_key(info: semver.Version) -> str:
     return core + "-" + "".join(parts)
 
 
+def core_floor(info: semver.Version) -> str:
+    """Every version with a lower MAJOR.MINOR.PATCH sorts below this key, every other one above."""
+    return sort_key(semver.Version(info.major, info.minor, info.patch))[:-1] + "-"
+
+
+def core_ceiling(info: semver.Version) -> str:
+    """Every version with a higher MAJOR.MINOR.PATCH sorts above this key, every other one below."""
+    return sort_key(semver.Version(info.major, info.minor, info.patch)) + "~"
+
+
 def bump(current: Version | None, change: int) -> str:
     """The next version after `current` for a change size (ChangeType value).
 

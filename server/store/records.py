@@ -25,6 +25,7 @@ from ..domain.model import (
 )
 from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
+from ..errors import InvalidArgument
 
 ARTIFACT_CHUNK = 1024 * 1024
 
@@ -133,6 +134,19 @@ def _signature(row: Row) -> SignatureSummary:
         create_time=to_datetime(row["create_time"]),
         update_time=to_datetime(row["update_time"]),
     )
+
+
+def _decode_version_cursor(after: str | None) -> tuple[str, str]:
+    """The (sort_key, version) a newest-first page resumes after; "~~" sorts above every key."""
+    if after is None:
+        return "~~", ""
+    try:
+        key, version = json.loads(after)
+    except (ValueError, TypeError, RecursionError):
+        key = version = None
+    if not isinstance(key, str) or not isinstance(version, str):
+        raise InvalidArgument.one("page_token", "is not a token this server issued")
+    return key, version
 
 
 def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
@@ -279,10 +293,20 @@ class Records:
         )
         return _signature_version(row) if row else None
 
+    async def signature_version_above(self, signature: str, sort_key: str) -> SignatureVersion | None:
+        """The lowest version with higher precedence: what a backport must stay compatible with."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions "
+            "WHERE signature = ? AND sort_key > ? ORDER BY sort_key, version LIMIT 1",
+            signature,
+            sort_key,
+        )
+        return _signature_version(row) if row else None
+
     async def highest_signature_release(self, signature: str) -> str | None:
         row = await self.conn.fetchrow(
             "SELECT version FROM signature_versions WHERE signature = ? AND sort_key LIKE '%~' "
-            "ORDER BY sort_key DESC LIMIT 1",
+            "ORDER BY sort_key DESC, version DESC LIMIT 1",
             signature,
         )
         return str(row["version"]) if row else None
@@ -317,9 +341,9 @@ class Records:
             "UPDATE signatures SET update_time = ?, version_count = version_count + 1, "
             "latest_version = COALESCE("
             " (SELECT version FROM signature_versions WHERE signature = ? AND sort_key LIKE '%~' "
-            "  ORDER BY sort_key DESC LIMIT 1),"
+            "  ORDER BY sort_key DESC, version DESC LIMIT 1),"
             " (SELECT version FROM signature_versions WHERE signature = ? "
-            "  ORDER BY sort_key DESC LIMIT 1)) "
+            "  ORDER BY sort_key DESC, version DESC LIMIT 1)) "
             "WHERE name = ?",
             ts,
             sv.signature,
@@ -347,7 +371,7 @@ class Records:
     async def list_signature_versions(
         self, signature: str, page: Page
     ) -> tuple[list[SignatureVersion], str | None, int]:
-        key, version = json.loads(page.after) if page.after else ("~~", "")
+        key, version = _decode_version_cursor(page.after)
         rows = await self.conn.fetch(
             f"SELECT {_SIGNATURE_VERSION_COLUMNS}, sort_key FROM signature_versions "
             "WHERE signature = ? AND (sort_key < ? OR (sort_key = ? AND version < ?)) "
@@ -409,7 +433,7 @@ class Records:
         """The newest version of `program` whose artifact is `digest` (for its media type)."""
         row = await self.conn.fetchrow(
             f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
-            "WHERE program = ? AND digest = ? ORDER BY sort_key DESC LIMIT 1",
+            "WHERE program = ? AND digest = ? ORDER BY sort_key DESC, version DESC LIMIT 1",
             program,
             digest,
         )
@@ -447,7 +471,7 @@ class Records:
         """The highest release, yanked ones included: an auto-increment never reuses a number."""
         row = await self.conn.fetchrow(
             "SELECT version FROM program_versions WHERE program = ? AND prerelease = ? "
-            "ORDER BY sort_key DESC LIMIT 1",
+            "ORDER BY sort_key DESC, version DESC LIMIT 1",
             program,
             False,
         )
@@ -515,9 +539,9 @@ class Records:
         await self.conn.execute(
             "UPDATE programs SET update_time = ?, latest_version = COALESCE("
             " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
-            "  AND prerelease = ? ORDER BY sort_key DESC LIMIT 1),"
+            "  AND prerelease = ? ORDER BY sort_key DESC, version DESC LIMIT 1),"
             " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
-            "  ORDER BY sort_key DESC LIMIT 1), '') "
+            "  ORDER BY sort_key DESC, version DESC LIMIT 1), '') "
             "WHERE name = ?",
             ts,
             program,
@@ -567,7 +591,7 @@ class Records:
     async def list_program_versions(
         self, program: str, page: Page
     ) -> tuple[list[ProgramVersion], str | None, int]:
-        key, version = json.loads(page.after) if page.after else ("~~", "")
+        key, version = _decode_version_cursor(page.after)
         rows = await self.conn.fetch(
             f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
             "WHERE program = ? AND (sort_key < ? OR (sort_key = ? AND version < ?)) "

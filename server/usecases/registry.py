@@ -21,7 +21,7 @@ from ..domain.model import (
     SignatureSummary,
     SignatureVersion,
 )
-from ..domain.names import VersionRef, check_name, parse_version_ref
+from ..domain.names import VersionRef, check_name, check_text, parse_version_ref
 from ..errors import Aborted as AbortedError
 from ..errors import (
     AlreadyExists,
@@ -165,18 +165,21 @@ class Registry:
                 base_text = await tx.highest_signature_release(name)
                 base = versions.parse(base_text) if base_text else None
                 proposed = versions.parse(versions.bump(base, change))
-            previous = await tx.signature_version_below(name, proposed.sort_key)
+            subject = f"signatures/{name}"
+            previous = await tx.signature_version_below(name, versions.core_floor(proposed.info))
             level = None
             if previous is not None:
                 compatibility = signatures.compare(previous.spec, draft.spec)
-                warnings = guard.check(
-                    f"signatures/{name}",
-                    versions.parse(previous.version),
-                    proposed,
-                    compatibility,
-                    self.guard_mode,
-                )
+                base = versions.parse(previous.version)
+                warnings = guard.check(subject, base, proposed, compatibility, self.guard_mode)
                 level = compatibility.level
+            following = await tx.signature_version_above(name, versions.core_ceiling(proposed.info))
+            if following is not None:
+                # A backport must not turn the step to the next existing version into a
+                # bigger change than that version's number says.
+                onward = signatures.compare(draft.spec, following.spec)
+                after = versions.parse(following.version)
+                warnings += guard.check(subject, proposed, after, onward, self.guard_mode)
             sv = SignatureVersion(
                 signature=name,
                 version=proposed.text,
@@ -418,7 +421,7 @@ class Registry:
         return result
 
     async def artifact(self, program: str, digest: str) -> ArtifactStream:
-        if not programs.DIGEST_RE.match(digest):
+        if not programs.DIGEST_RE.fullmatch(digest):
             raise InvalidArgument.one("digest", "must be sha256: followed by 64 hex digits")
         async with self.store.read() as tx:
             count = await tx.artifact_chunk_count(program, digest)
@@ -493,8 +496,7 @@ class Registry:
             raise InvalidArgument.one("name", "name an exact version to yank, not latest")
         if not undo and not reason.strip():
             raise InvalidArgument.one("reason", "say why the version is yanked")
-        if len(reason) > 1024:
-            raise InvalidArgument.one("reason", "must be at most 1024 characters")
+        check_text(reason, "reason", 1024)
         async with self.store.write() as tx:
             if (replay := await _replayed(tx, idem)) is not None:
                 return replay

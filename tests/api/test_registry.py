@@ -396,3 +396,67 @@ async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Runni
     async with server.app.store.read() as tx:
         revisions = [e.revision for e in await tx.events_after(0)]
     assert revisions == list(range(1, 19))
+
+
+async def test_semver_guard_and_prereleases_and_backports(registry: Stub) -> None:
+    await register_signature(registry)  # 1.0.0: positive, negative, neutral
+    narrower = ("positive", "negative")
+    # A pre-release of the next major may break; so may its final release and later rcs.
+    for version in ("2.0.0-rc.1", "2.0.0-rc.2", "2.0.0"):
+        ok = await register_signature(registry, version=version, outputs=narrower)
+        assert ok.previous_version == "1.0.0" and ok.compatibility == pb.COMPATIBILITY_LEVEL_BREAKING
+    # A pre-release of a minor may not.
+    err = await _code(
+        registry.RegisterSignature(
+            pb.RegisterSignatureRequest(
+                signature="text_classifier", version="1.1.0-rc.1", spec=spec_proto(outputs=narrower)
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # A backport 1.0.1 that adds an output 2.0.0 lacks is fine against 2.0.0 (a major step) …
+    await register_signature(registry, version="1.0.1", instructions="Terser.")
+    # … but 1.1.0 adding an enum value would make 1.1.0 -> 1.2.0 breaking once 1.2.0 exists.
+    await register_signature(registry, version="1.2.0", outputs=("positive", "negative", "neutral", "mixed"))
+    backport = await _code(
+        registry.RegisterSignature(
+            pb.RegisterSignatureRequest(
+                signature="text_classifier",
+                version="1.1.0",
+                spec=spec_proto(outputs=("positive", "negative", "neutral", "mixed", "sarcastic")),
+            )
+        )
+    )
+    assert backport.code() == grpc.StatusCode.FAILED_PRECONDITION and "1.2.0" in (backport.details() or "")
+
+
+async def test_odd_input_is_invalid_argument_never_internal(registry: Stub) -> None:
+    import base64
+
+    await register_signature(registry)
+    newline = program_request("1.0.0", name="abc\n")
+    assert violations(await _code(registry.RegisterProgram(newline))) == {"spec.program"}
+    nan = program_request("1.0.0")
+    nan.spec.metadata.update({"score": float("nan")})
+    assert violations(await _code(registry.RegisterProgram(nan))) == {"spec.metadata"}
+    deep = program_request("1.0.0", artifact=b"[" * 100_000)
+    assert violations(await _code(registry.RegisterProgram(deep))) == {"artifact"}
+    spaced = program_request("1.0.0", request_id="has space")
+    assert violations(await _code(registry.RegisterProgram(spaced))) == {"request_id"}
+    upper = pb.ListProgramsRequest(name_prefix="SENT")
+    assert violations(await _code(registry.ListPrograms(upper))) == {"name_prefix"}
+    await registry.RegisterProgram(program_request("1.0.0"))
+    await registry.RegisterProgram(program_request("1.0.1"))
+    first = await registry.ListProgramVersions(
+        pb.ListProgramVersionsRequest(parent="programs/sentiment_classifier", page_size=1)
+    )
+    fingerprint = json.loads(base64.urlsafe_b64decode(first.next_page_token + "=="))["q"]
+    for forged_after in ("not json", "[1, 2]", "[" * 5000):
+        raw = json.dumps({"a": forged_after, "q": fingerprint}).encode()
+        token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        forged = pb.ListProgramVersionsRequest(parent="programs/sentiment_classifier", page_token=token)
+        assert violations(await _code(registry.ListProgramVersions(forged))) == {"page_token"}
+    control = pb.YankProgramVersionRequest(
+        name="programs/sentiment_classifier/versions/1.0.0", reason="bad\x00"
+    )
+    assert violations(await _code(registry.YankProgramVersion(control))) == {"reason"}
