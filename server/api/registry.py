@@ -57,7 +57,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry, cache: ResponseCache | None = None) -> None:
         self.registry = registry
         self.cache = cache or ResponseCache()
-        registry.store.commits.subscribe(self.cache.on_commit)
+        registry.store.commits.subscribe(self.cache.on_commit, self.cache.clear)
 
     # -- signatures ----------------------------------------------------------------------
 

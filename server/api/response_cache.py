@@ -30,6 +30,7 @@ class ResponseCache:
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._keys: dict[str, set[str]] = {}  # program -> its cached keys
         self._generations: dict[str, int] = {}
+        self._epoch = 0  # bumped by clear(): in-flight reads of every program become stale
 
     def get(self, key: str) -> bytes | None:
         value = self._entries.get(key)
@@ -37,11 +38,11 @@ class ResponseCache:
             self._entries.move_to_end(key)
         return value
 
-    def generation(self, program: str) -> int:
+    def generation(self, program: str) -> tuple[int, int]:
         """Read this before the store; hand it to put() after."""
-        return self._generations.get(program, 0)
+        return self._epoch, self._generations.get(program, 0)
 
-    def put(self, program: str, key: str, value: bytes, generation: int) -> None:
+    def put(self, program: str, key: str, value: bytes, generation: tuple[int, int]) -> None:
         if generation != self.generation(program):
             return  # a commit landed while we read: what we hold may be stale
         self._entries[key] = value
@@ -54,7 +55,7 @@ class ResponseCache:
                 self._keys[owner].discard(old)
 
     def invalidate(self, program: str) -> None:
-        self._generations[program] = self.generation(program) + 1
+        self._generations[program] = self._generations.get(program, 0) + 1
         for key in self._keys.pop(program, ()):
             self._entries.pop(key, None)
 
@@ -62,6 +63,12 @@ class ResponseCache:
         for program in {_program_of(e.resource) for e in events}:
             if program is not None:
                 self.invalidate(program)
+
+    def clear(self) -> None:
+        """Forget everything: the store may have missed commits (a lost LISTEN connection)."""
+        self._epoch += 1
+        self._entries.clear()
+        self._keys.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

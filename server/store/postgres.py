@@ -3,26 +3,44 @@
 Every write transaction starts by locking the single `revisions` row
 (`SELECT … FOR UPDATE`), so writes serialize across all replicas and
 revisions commit in the order they are taken — a bare sequence could commit
-out of order and a watcher reading "events after N" would miss one.
+out of order and a watcher reading "events after N" would miss one. Inside
+one process, writers queue on an asyncio lock first, so that waiting writers
+do not hold pooled connections that reads need.
+
+Replicas learn of each other's commits through LISTEN/NOTIFY: a write sends
+`NOTIFY` with its revision inside its transaction (delivered only if it
+commits), and every replica then reads the events after the last revision it
+delivered from the event log and hands them, in order, to its commit
+listeners. If the listening connection drops, listeners are told to forget
+everything (`reset`) until it is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from ..domain.model import Event
 from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
 from .records import Records, Row, now_us
 
+log = logging.getLogger("dspy_registry.store")
+
+T = TypeVar("T")
+
 # Any constant: serializes migrations when several replicas start at once.
 _MIGRATION_LOCK = 0x64737079
+CHANNEL = "dspy_registry_commits"
+RECONNECT_SECONDS = 1.0
 
 
 @lru_cache(maxsize=512)
@@ -47,6 +65,14 @@ def _translate(exc: BaseException) -> RegistryError:
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
+async def _driver(call: Awaitable[T]) -> T:
+    """Await a driver call; its exceptions leave as the store's own."""
+    try:
+        return await call
+    except _DRIVER_ERRORS as exc:
+        raise _translate(exc) from None
+
+
 class _Connection:
     """Adapts an asyncpg connection to records.Connection."""
 
@@ -54,32 +80,19 @@ class _Connection:
         self.conn = conn
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
-        try:
-            rows: Sequence[Row] = await self.conn.fetch(_numbered(sql), *args)
-            return rows
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+        rows: Sequence[Row] = await _driver(self.conn.fetch(_numbered(sql), *args))
+        return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        try:
-            row: Row | None = await self.conn.fetchrow(_numbered(sql), *args)
-            return row
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+        row: Row | None = await _driver(self.conn.fetchrow(_numbered(sql), *args))
+        return row
 
     async def execute(self, sql: str, *args: Any) -> None:
-        try:
-            await self.conn.execute(_numbered(sql), *args)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+        await _driver(self.conn.execute(_numbered(sql), *args))
 
     async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        if not args:
-            return
-        try:
-            await self.conn.executemany(_numbered(sql), args)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+        if args:
+            await _driver(self.conn.executemany(_numbered(sql), args))
 
 
 class PostgresStore:
@@ -89,14 +102,23 @@ class PostgresStore:
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._write_lock = asyncio.Lock()
+        self._delivered = 0  # the last revision handed to the commit listeners
+        self._delivery_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size)
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
-        async with self._pool.acquire() as raw:
+        pool = await _driver(asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size))
+        self._pool = pool
+        async with pool.acquire() as raw:
             await self._migrate(_Connection(raw), raw)
+            row = await _Connection(raw).fetchrow("SELECT revision FROM revisions WHERE id = 1")
+            assert row is not None
+            self._delivered = int(row["revision"])
+        await self._listen()
+        self._listen_task = asyncio.create_task(self._keep_listening(), name="postgres-listen")
 
     async def _migrate(self, conn: _Connection, raw: asyncpg.Connection) -> None:
         async with raw.transaction():
@@ -116,45 +138,137 @@ class PostgresStore:
                 )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            await asyncio.gather(self._listen_task, return_exceptions=True)
+            self._listen_task = None
+        if self._listener is not None:
+            await asyncio.gather(self._listener.close(), return_exceptions=True)
+            self._listener = None
+        async with self._write_lock:  # let the write in progress finish
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        return self._pool
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Records]:
-        assert self._pool is not None, "store is not open"
-        try:
-            raw = await self._pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+        pool = self._require_pool()
+        raw = await _driver(pool.acquire())
         try:
             yield Records(_Connection(raw))
         finally:
-            await self._pool.release(raw)
+            await asyncio.shield(_driver(pool.release(raw)))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        assert self._pool is not None, "store is not open"
-        try:
-            raw = await self._pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
-        try:
-            conn = _Connection(raw)
+        pool = self._require_pool()
+        async with self._write_lock:
+            raw = await _driver(pool.acquire())
             transaction = raw.transaction()
-            await transaction.start()
+            conn = _Connection(raw)
             try:
+                await _driver(transaction.start())
                 row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1 FOR UPDATE")
                 assert row is not None
                 records = Records(conn, base_revision=int(row["revision"]))
                 yield records
+                if records.appended:
+                    await conn.execute("SELECT pg_notify(?, ?)", CHANNEL, str(records.revision))
             except BaseException:
-                await transaction.rollback()
+                await asyncio.shield(self._abandon(pool, raw, transaction))
                 raise
-            try:
-                await transaction.commit()
-            except _DRIVER_ERRORS as exc:
-                raise _translate(exc) from None
+            # Shielded: a cancelled caller must neither leave the commit half-done
+            # nor keep the listeners (the read cache) from hearing of it.
+            await asyncio.shield(self._finish(pool, raw, transaction, records))
+
+    async def _abandon(self, pool: asyncpg.Pool, raw: asyncpg.Connection, transaction: Any) -> None:
+        try:
+            await _driver(transaction.rollback())
+        except RegistryError:
+            log.warning("rollback failed; the connection is dropped", exc_info=True)
         finally:
-            await self._pool.release(raw)
-        self.commits.publish(records.appended)
+            await _driver(pool.release(raw))
+
+    async def _finish(
+        self, pool: asyncpg.Pool, raw: asyncpg.Connection, transaction: Any, records: Records
+    ) -> None:
+        try:
+            await _driver(transaction.commit())
+        finally:
+            await _driver(pool.release(raw))
+        if records.appended:
+            await self._deliver(records.revision, records.appended)
+
+    async def _deliver(self, revision: int, own: Sequence[Event] = ()) -> None:
+        """Hand every committed event up to `revision` to the listeners, once, in order."""
+        async with self._delivery_lock:
+            if revision <= self._delivered:
+                return
+            if own and own[0].revision == self._delivered + 1 and own[-1].revision == revision:
+                self.commits.publish(own)  # nothing from other replicas came in between
+                self._delivered = revision
+                return
+            while self._delivered < revision:
+                async with self.read() as tx:
+                    events = await tx.events_after(self._delivered, limit=1000)
+                if not events:
+                    break
+                for group in _by_revision(events):
+                    self.commits.publish(group)
+                self._delivered = events[-1].revision
+
+    async def _listen(self) -> None:
+        listener = await _driver(asyncpg.connect(self.url))
+        listener.add_termination_listener(lambda _: self._lost())
+        await _driver(listener.add_listener(CHANNEL, self._notified))
+        self._listener = listener
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        task = asyncio.ensure_future(self._deliver_logged(int(payload)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _deliver_logged(self, revision: int) -> None:
+        try:
+            await self._deliver(revision)
+        except RegistryError:
+            log.warning("could not read the event log after revision %d; caches reset", revision)
+            self.commits.reset()
+
+    def _lost(self) -> None:
+        log.warning("lost the LISTEN connection; caches reset until it is back")
+        self._listener = None
+        self.commits.reset()
+
+    async def _keep_listening(self) -> None:
+        """Reconnect the listener when it drops; catch up from the log when it is back."""
+        while True:
+            await asyncio.sleep(RECONNECT_SECONDS)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            try:
+                await self._listen()
+                async with self.read() as tx:
+                    current = await tx.current_revision()
+                await self._deliver(current)
+                self.commits.reset()  # anything cached while deaf may be stale
+                log.info("LISTEN connection restored")
+            except RegistryError:
+                log.warning("LISTEN connection still down", exc_info=True)
+
+
+def _by_revision(events: Sequence[Event]) -> list[list[Event]]:
+    groups: list[list[Event]] = []
+    for event in events:
+        if groups and groups[-1][0].revision == event.revision:
+            groups[-1].append(event)
+        else:
+            groups.append([event])
+    return groups

@@ -27,6 +27,15 @@ def test_a_read_that_raced_a_commit_is_not_cached() -> None:
 def test_capacity_is_bounded() -> None:
     cache = ResponseCache(capacity=3)
     for i in range(10):
-        cache.put(f"p{i}", f"programs/p{i}/versions/latest", b"x", 0)
+        cache.put(f"p{i}", f"programs/p{i}/versions/latest", b"x", cache.generation(f"p{i}"))
     assert len(cache) == 3 and cache.get("programs/p9/versions/latest") == b"x"
     assert cache.get("programs/p0/versions/latest") is None
+
+
+def test_clear_makes_every_in_flight_read_stale() -> None:
+    cache = ResponseCache()
+    generation = cache.generation("a")
+    cache.put("b", "programs/b/versions/latest", b"b", cache.generation("b"))
+    cache.clear()
+    cache.put("a", "programs/a/versions/latest", b"a", generation)
+    assert len(cache) == 0
