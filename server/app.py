@@ -16,6 +16,7 @@ from .api.pending import pending_service
 from .api.registry import RegistryServicer
 from .config import Config
 from .domain.programs import UNARY_ARTIFACT_LIMIT
+from .maintenance import Maintenance
 from .store.base import Store, open_store
 from .usecases.registry import Registry
 
@@ -46,6 +47,7 @@ class App:
             ],
         )
         self.port = 0
+        self.maintenance = Maintenance(self.store, request_retention=config.request_retention_seconds)
 
     async def start(self) -> int:
         await self.store.open()
@@ -66,6 +68,7 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()
+        self.maintenance.start()
         # Migrations ran in store.open(): only now does health say SERVING.
         for name in ["", *(s.full_name for s in SERVICES)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -77,6 +80,7 @@ class App:
         """Health goes NOT_SERVING, in-flight calls get `grace` seconds, then the store closes."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.maintenance.stop()
         await self.store.close()
         ACCESS_LOG.flush()
         log.info("stopped")

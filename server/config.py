@@ -20,6 +20,7 @@ class Config:
     semver_guard: GuardMode = GuardMode.ENFORCE
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
     grace_seconds: float = 10.0
+    request_retention_seconds: float = 24 * 3600.0
     log_level: str = "info"
     log_format: str = "json"
 
@@ -56,6 +57,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(env("DSPY_REGISTRY_GRACE", "10")),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
     )
+    parser.add_argument(
+        "--request-retention",
+        type=float,
+        default=float(env("DSPY_REGISTRY_REQUEST_RETENTION", "24")),
+        help="hours a mutation's request_id is remembered: a retry within it gets the first answer",
+    )
     parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
@@ -69,6 +76,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         semver_guard=GuardMode(args.semver_guard),
         upload_limit=args.upload_limit,
         grace_seconds=args.grace,
+        request_retention_seconds=args.request_retention * 3600,
         log_level=args.log_level,
         log_format=args.log_format,
     )

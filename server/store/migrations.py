@@ -139,6 +139,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX program_versions_digest ON program_versions (digest, program)",
         ),
     ),
+    Migration(
+        2,
+        "idempotency records expire: index them by age",
+        ("CREATE INDEX requests_by_age ON requests (create_time)",),
+    ),
 )
 
 

@@ -253,6 +253,10 @@ class Records:
             now_us(),
         )
 
+    async def prune_requests(self, before_us: int) -> None:
+        """Forget idempotency records older than `before_us`: retries are answered for a window."""
+        await self.conn.execute("DELETE FROM requests WHERE create_time < ?", before_us)
+
     # -- signatures --------------------------------------------------------------------
 
     async def get_signature_version(self, signature: str, version: str) -> SignatureVersion | None:

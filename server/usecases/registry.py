@@ -6,6 +6,7 @@ maps the results back; this module decides nothing about transport.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -87,6 +88,20 @@ class PageOf(Generic[T]):
     items: list[T]
     next_page_token: str
     total_size: int
+
+
+INLINE_ARTIFACT_BYTES = 256 * 1024
+
+
+def _examine(
+    media_type: str, artifact: Sequence[bytes]
+) -> tuple[bytes, str, tuple[programs.PredictorSummary, ...]]:
+    """The artifact's bytes, digest and (for DSPy state) predictors; INVALID_ARGUMENT if malformed."""
+    data = b"".join(artifact)
+    if not data:
+        raise InvalidArgument.one("artifact", "must not be empty")
+    predictors = programs.summarize_dspy_state(data) if media_type == programs.DSPY_MEDIA_TYPE else ()
+    return data, programs.digest_of(data), predictors
 
 
 def _now() -> datetime:
@@ -303,13 +318,11 @@ class Registry:
     ) -> RegisteredProgram | Replay:
         """Register a version whose artifact is given as chunks (already size-checked)."""
         self.validate_program_draft(draft)
-        data = b"".join(artifact)
-        if not data:
-            raise InvalidArgument.one("artifact", "must not be empty")
-        predictors: tuple[programs.PredictorSummary, ...] = ()
-        if draft.media_type == programs.DSPY_MEDIA_TYPE:
-            predictors = programs.summarize_dspy_state(data)
-        digest = programs.digest_of(data)
+        if sum(len(c) for c in artifact) > INLINE_ARTIFACT_BYTES:
+            # Hashing and parsing megabytes would stall every other call on the loop.
+            data, digest, predictors = await asyncio.to_thread(_examine, draft.media_type, artifact)
+        else:
+            data, digest, predictors = _examine(draft.media_type, artifact)
         chunks = [data[i : i + ARTIFACT_CHUNK] for i in range(0, len(data), ARTIFACT_CHUNK)]
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 

@@ -324,3 +324,18 @@ async def test_a_caller_cancelled_mid_transaction_leaves_no_trace_and_blocks_nob
 async def _append_one(store: Store, resource: str) -> int:
     async with store.write() as tx:
         return await tx.append([Event("kept", resource)])
+
+
+async def test_idempotency_records_older_than_the_retention_are_pruned(store: Store) -> None:
+    from dspy_registry.server.maintenance import Maintenance
+
+    async with store.write() as tx:
+        await tx.put_request("p", "old", "M", "fp", b"first answer")
+    await asyncio.sleep(0.05)
+    async with store.write() as tx:
+        await tx.put_request("p", "new", "M", "fp", b"second answer")
+    await Maintenance(store, request_retention=0.025).run_once()
+    async with store.read() as tx:
+        assert await tx.get_request("p", "old") is None
+        assert await tx.get_request("p", "new") is not None
+        assert await tx.current_revision() == 0  # housekeeping is not a change anyone watches

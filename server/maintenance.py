@@ -1,0 +1,48 @@
+"""Housekeeping the server does by itself, on a timer: today, the idempotency window.
+
+A mutation's request_id is remembered with its first answer so that a retry
+gets that answer back; remembering forever would grow the store without
+bound. Records older than the retention (`--request-retention`, default 24 h)
+are pruned every `interval`; a retry after that is treated as a new request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .errors import RegistryError
+from .store.base import Store
+from .store.records import now_us
+
+log = logging.getLogger("dspy_registry.maintenance")
+
+
+class Maintenance:
+    def __init__(self, store: Store, *, request_retention: float, interval: float = 600.0) -> None:
+        self.store = store
+        self.request_retention = request_retention
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> None:
+        cutoff = now_us() - int(self.request_retention * 1_000_000)
+        async with self.store.write() as tx:
+            await tx.prune_requests(cutoff)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_once()
+            except RegistryError:
+                log.warning("maintenance failed; will retry", exc_info=True)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="maintenance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
