@@ -45,9 +45,9 @@ class PredictorSummary:
 
     @classmethod
     def of(cls, name: str, instructions: str, demo_count: int, field_count: int) -> PredictorSummary:
-        shown = instructions
-        if len(shown) > SUMMARY_TEXT_LIMIT:
-            shown = shown[: SUMMARY_TEXT_LIMIT - 1] + "…"
+        if len(instructions) <= SUMMARY_TEXT_LIMIT:
+            return cls(name, instructions, demo_count, field_count)  # whole: no digest needed
+        shown = instructions[: SUMMARY_TEXT_LIMIT - 1] + "…"
         digest = hashlib.sha256(instructions.encode()).hexdigest()
         return cls(name, shown, demo_count, field_count, digest)
 

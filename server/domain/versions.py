@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import semver
 
@@ -48,6 +49,7 @@ class Version:
         return self.text
 
 
+@lru_cache(maxsize=4096)
 def parse(text: str, field: str = "version") -> Version:
     """Parse a strict SemVer string or raise InvalidArgument naming `field`."""
     if not text:

@@ -4,8 +4,8 @@ Every write transaction starts by locking the single `revisions` row
 (`SELECT … FOR UPDATE`), so writes serialize across all replicas and
 revisions commit in the order they are taken — a bare sequence could commit
 out of order and a watcher reading "events after N" would miss one. Inside
-one process, writers queue on an asyncio lock first, so that waiting writers
-do not hold pooled connections that reads need.
+one process, writers queue on an asyncio lock for the one connection kept for
+writes, so that waiting writers never hold pooled connections reads need.
 
 Replicas learn of each other's commits through LISTEN/NOTIFY: a write sends
 `NOTIFY` with its revision inside its transaction (delivered only if it
@@ -103,6 +103,7 @@ class PostgresStore:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._write_lock = asyncio.Lock()
+        self._writer: asyncpg.Connection | None = None
         self._delivered = 0  # the last revision handed to the commit listeners
         self._delivery_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
@@ -148,6 +149,9 @@ class PostgresStore:
         async with self._write_lock:  # let the write in progress finish
             if self._pending:
                 await asyncio.gather(*self._pending, return_exceptions=True)
+            if self._writer is not None:
+                await asyncio.gather(self._writer.close(), return_exceptions=True)
+                self._writer = None
             if self._pool is not None:
                 await self._pool.close()
                 self._pool = None
@@ -166,11 +170,16 @@ class PostgresStore:
         finally:
             await asyncio.shield(_driver(pool.release(raw)))
 
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await _driver(asyncpg.connect(self.url))
+        return self._writer
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        pool = self._require_pool()
+        self._require_pool()
         async with self._write_lock:
-            raw = await _driver(pool.acquire())
+            raw = await self._writer_connection()
             transaction = raw.transaction()
             conn = _Connection(raw)
             try:
@@ -182,27 +191,21 @@ class PostgresStore:
                 if records.appended:
                     await conn.execute("SELECT pg_notify(?, ?)", CHANNEL, str(records.revision))
             except BaseException:
-                await asyncio.shield(self._abandon(pool, raw, transaction))
+                await asyncio.shield(self._abandon(raw, transaction))
                 raise
             # Shielded: a cancelled caller must neither leave the commit half-done
             # nor keep the listeners (the read cache) from hearing of it.
-            await asyncio.shield(self._finish(pool, raw, transaction, records))
+            await asyncio.shield(self._finish(transaction, records))
 
-    async def _abandon(self, pool: asyncpg.Pool, raw: asyncpg.Connection, transaction: Any) -> None:
+    async def _abandon(self, raw: asyncpg.Connection, transaction: Any) -> None:
         try:
             await _driver(transaction.rollback())
         except RegistryError:
-            log.warning("rollback failed; the connection is dropped", exc_info=True)
-        finally:
-            await _driver(pool.release(raw))
+            log.warning("rollback failed; reconnecting the writer", exc_info=True)
+            await asyncio.gather(raw.close(), return_exceptions=True)
 
-    async def _finish(
-        self, pool: asyncpg.Pool, raw: asyncpg.Connection, transaction: Any, records: Records
-    ) -> None:
-        try:
-            await _driver(transaction.commit())
-        finally:
-            await _driver(pool.release(raw))
+    async def _finish(self, transaction: Any, records: Records) -> None:
+        await _driver(transaction.commit())
         if records.appended:
             await self._deliver(records.revision, records.appended)
 

@@ -189,10 +189,13 @@ class Records:
                 Event(event.kind, event.resource, event.data, self._revision, to_datetime(ts))
             )
             self._seq += 1
-        await self.conn.executemany(
-            "INSERT INTO events (revision, seq, kind, resource, data, create_time) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
+        insert = (
+            "INSERT INTO events (revision, seq, kind, resource, data, create_time) VALUES (?, ?, ?, ?, ?, ?)"
         )
+        if len(rows) == 1:
+            await self.conn.execute(insert, *rows[0])
+        else:
+            await self.conn.executemany(insert, rows)
         return self._revision
 
     @property
@@ -396,23 +399,19 @@ class Records:
 
     # -- artifacts ---------------------------------------------------------------------
 
-    async def has_artifact(self, digest: str) -> bool:
-        row = await self.conn.fetchrow("SELECT 1 AS one FROM artifacts WHERE digest = ?", digest)
-        return row is not None
-
     async def put_artifact(self, digest: str, chunks: Sequence[bytes]) -> None:
         """Store an artifact once per digest; a second put of the same digest is a no-op."""
-        if await self.has_artifact(digest):
-            return
         await self.conn.execute(
-            "INSERT INTO artifacts (digest, size_bytes, chunk_count, create_time) VALUES (?, ?, ?, ?)",
+            "INSERT INTO artifacts (digest, size_bytes, chunk_count, create_time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
             digest,
             sum(len(c) for c in chunks),
             len(chunks),
             now_us(),
         )
         await self.conn.executemany(
-            "INSERT INTO artifact_chunks (digest, seq, data) VALUES (?, ?, ?)",
+            "INSERT INTO artifact_chunks (digest, seq, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest, seq) DO NOTHING",
             [(digest, i, chunk) for i, chunk in enumerate(chunks)],
         )
 
@@ -453,6 +452,13 @@ class Records:
             program,
         )
         return _program(row) if row else None
+
+    async def program_version_digest(self, program: str, version: str) -> str | None:
+        """The digest of program@version if it exists: the cheap immutability check."""
+        row = await self.conn.fetchrow(
+            "SELECT digest FROM program_versions WHERE program = ? AND version = ?", program, version
+        )
+        return str(row["digest"]) if row else None
 
     async def get_program_version(self, program: str, version: str) -> ProgramVersion | None:
         row = await self.conn.fetchrow(

@@ -335,13 +335,16 @@ class Registry:
             previous_version = ""
             if draft.version:
                 version = versions.parse(draft.version)
-                existing = await tx.get_program_version(draft.program, version.text)
-                if existing is not None:
-                    if existing.digest == digest:
-                        return await _record(tx, idem, RegisteredProgram(existing, False))
+                existing_digest = await tx.program_version_digest(draft.program, version.text)
+                if existing_digest == digest:
+                    existing = await tx.get_program_version(draft.program, version.text)
+                    assert existing is not None
+                    return await _record(tx, idem, RegisteredProgram(existing, False))
+                if existing_digest is not None:
+                    name = f"programs/{draft.program}/versions/{version.text}"
                     raise AlreadyExists(
-                        existing.name,
-                        f"{existing.name} already exists with digest {existing.digest}; "
+                        name,
+                        f"{name} already exists with digest {existing_digest}; "
                         f"versions are immutable, register a new version",
                     )
             else:
