@@ -376,11 +376,6 @@ async def test_environment_selection_is_unimplemented_until_deployments_exist(re
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_json_metadata_round_trips() -> None:
-    request = program_request("1.0.0")
-    assert json.loads(json.dumps(dict(request.spec.metadata)))["training_examples"] == 500
-
-
 async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Running) -> None:
     registry = server.registry
     await register_signature(registry)
