@@ -53,12 +53,13 @@ async def test_the_buf_curl_walkthrough(serve: type[ServerProcess], tmp_path: Pa
     (block,) = _blocks("buf curl")
     out = _run_block(block, server, tmp_path)
     assert "dspy_registry.v1.RegistryService" in out and '"programs/sentiment_classifier"' in out
+    assert '"recommendation": "RECOMMENDATION_UPGRADE"' in out
     channel, registry = _registry(server)
     with channel:
         latest = registry.GetProgramVersion(
             pb.GetProgramVersionRequest(name="programs/sentiment_classifier/versions/latest")
         )
-    assert latest.program_version.version == "2.1.0"
+    assert latest.program_version.version == "2.2.0"
 
 
 async def test_the_grpcurl_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
