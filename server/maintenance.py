@@ -13,7 +13,7 @@ import logging
 
 from .errors import RegistryError
 from .store.base import Store
-from .store.records import now_us
+from .store.sql import now_us
 
 log = logging.getLogger("dspy_registry.maintenance")
 

@@ -1,7 +1,8 @@
 """Numbered schema migrations, written once for both backends.
 
-`{blob}` and `{c}` are filled per dialect: bytes columns, and the byte-order
-collation that names and SemVer sort keys need on Postgres (its default
+`{blob}`, `{c}` and `{autoid}` are filled per dialect: bytes columns, an
+auto-incrementing key, and the byte-order collation that names and SemVer
+sort keys need on Postgres (its default
 collation ignores punctuation, so `a-b` and `ab` would order differently from
 SQLite). Timestamps are microseconds since the Unix epoch (UTC) in BIGINT
 columns on both backends. Each migration runs in its own transaction and is
@@ -25,10 +26,13 @@ class Dialect:
     name: str
     blob: str
     c: str
+    autoid: str
 
 
-SQLITE = Dialect("sqlite", blob="BLOB", c="")
-POSTGRES = Dialect("postgres", blob="BYTEA", c=' COLLATE "C"')
+SQLITE = Dialect("sqlite", blob="BLOB", c="", autoid="INTEGER PRIMARY KEY AUTOINCREMENT")
+POSTGRES = Dialect(
+    "postgres", blob="BYTEA", c=' COLLATE "C"', autoid="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -144,11 +148,79 @@ MIGRATIONS: tuple[Migration, ...] = (
         "idempotency records expire: index them by age",
         ("CREATE INDEX requests_by_age ON requests (create_time)",),
     ),
+    Migration(
+        3,
+        "access control: principals, tokens, grants, audit events",
+        (
+            """CREATE TABLE principals (
+                name TEXT{c} PRIMARY KEY,
+                type INTEGER NOT NULL,
+                display_name TEXT NOT NULL,
+                team TEXT{c} NOT NULL,
+                email TEXT NOT NULL,
+                certificate_subjects TEXT NOT NULL,
+                disabled BOOLEAN NOT NULL,
+                disable_reason TEXT NOT NULL,
+                creator TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                update_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+            # A client certificate subject names at most one principal.
+            """CREATE TABLE principal_subjects (
+                subject TEXT{c} PRIMARY KEY,
+                principal TEXT{c} NOT NULL REFERENCES principals (name)
+            )""",
+            """CREATE TABLE tokens (
+                id TEXT{c} PRIMARY KEY,
+                principal TEXT{c} NOT NULL REFERENCES principals (name),
+                secret_hash TEXT NOT NULL,
+                description TEXT NOT NULL,
+                expire_time BIGINT,
+                revoked BOOLEAN NOT NULL,
+                revoke_time BIGINT,
+                creator TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+            "CREATE INDEX tokens_by_principal ON tokens (principal, id)",
+            """CREATE TABLE grants (
+                id TEXT{c} PRIMARY KEY,
+                principal TEXT{c} NOT NULL REFERENCES principals (name),
+                action INTEGER NOT NULL,
+                resource TEXT{c} NOT NULL,
+                creator TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL,
+                UNIQUE (principal, action, resource)
+            )""",
+            """CREATE TABLE audit_events (
+                id {autoid},
+                time BIGINT NOT NULL,
+                principal TEXT{c} NOT NULL,
+                token TEXT NOT NULL,
+                method TEXT NOT NULL,
+                resource TEXT{c} NOT NULL,
+                request_id TEXT NOT NULL,
+                outcome INTEGER NOT NULL,
+                code INTEGER NOT NULL,
+                message TEXT NOT NULL,
+                revision BIGINT NOT NULL,
+                peer TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_events_by_time ON audit_events (time, id)",
+            "CREATE INDEX audit_events_by_principal ON audit_events (principal, id)",
+        ),
+    ),
 )
 
 
 def render(statement: str, dialect: Dialect) -> str:
-    return statement.replace("{blob}", dialect.blob).replace("{c}", dialect.c)
+    return (
+        statement.replace("{blob}", dialect.blob)
+        .replace("{c}", dialect.c)
+        .replace("{autoid}", dialect.autoid)
+    )
 
 
 CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -31,7 +31,8 @@ from ..domain.model import Event
 from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
-from .records import Records, Row, now_us
+from .records import Records
+from .sql import Row, now_us
 
 log = logging.getLogger("dspy_registry.store")
 

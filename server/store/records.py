@@ -9,11 +9,9 @@ one serialized transaction whose events get the next revision; inside
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from ..domain.model import (
     Event,
@@ -26,21 +24,11 @@ from ..domain.model import (
 from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
+from .access_records import AccessQueries
+from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us
+from .sql import to_json as _json
 
 ARTIFACT_CHUNK = 1024 * 1024
-
-
-class Row(Protocol):
-    def __getitem__(self, key: str | int) -> Any: ...
-
-
-class Connection(Protocol):
-    """What Records needs from a backend connection; driver errors arrive translated."""
-
-    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]: ...
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
-    async def execute(self, sql: str, *args: Any) -> None: ...
-    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,22 +36,6 @@ class StoredRequest:
     method: str
     fingerprint: str
     response: bytes
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def to_datetime(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 _SIGNATURE_VERSION_COLUMNS = (
@@ -157,7 +129,7 @@ def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
     return json.dumps([last["sort_key"], last["version"]])
 
 
-class Records:
+class Records(AccessQueries):
     """Queries over one connection; in a write transaction, also the revision counter."""
 
     def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:
@@ -319,7 +291,7 @@ class Records:
         return str(row["version"]) if row else None
 
     async def insert_signature_version(self, sv: SignatureVersion, sort_key: str) -> None:
-        ts = int(sv.create_time.timestamp() * 1_000_000)
+        ts = to_us(sv.create_time)
         await self.conn.execute(
             "INSERT INTO signatures (name, latest_version, version_count, create_time, update_time) "
             "VALUES (?, '', 0, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -361,7 +333,7 @@ class Records:
     async def list_signatures(
         self, prefix: str, page: Page
     ) -> tuple[list[SignatureSummary], str | None, int]:
-        like = _like_prefix(prefix)
+        like = like_prefix(prefix)
         rows = await self.conn.fetch(
             "SELECT name, latest_version, version_count, create_time, update_time FROM signatures "
             "WHERE name LIKE ? ESCAPE '\\' AND name > ? ORDER BY name LIMIT ?",
@@ -488,7 +460,7 @@ class Records:
         return str(row["version"]) if row else None
 
     async def insert_program_version(self, pv: ProgramVersion, sort_key: str, prerelease: bool) -> None:
-        ts = int(pv.create_time.timestamp() * 1_000_000)
+        ts = to_us(pv.create_time)
         labels = _json(pv.labels)
         current = await self.conn.fetchrow("SELECT labels FROM programs WHERE name = ?", pv.program)
         if current is None:
@@ -578,7 +550,7 @@ class Records:
         self, prefix: str, labels: dict[str, str], page: Page
     ) -> tuple[list[ProgramSummary], str | None, int]:
         where = ["p.name LIKE ? ESCAPE '\\'"]
-        args: list[Any] = [_like_prefix(prefix)]
+        args: list[Any] = [like_prefix(prefix)]
         for key, value in sorted(labels.items()):
             where.append(
                 "EXISTS (SELECT 1 FROM program_labels l WHERE l.program = p.name "

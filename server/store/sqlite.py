@@ -39,7 +39,8 @@ import aiosqlite
 from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
-from .records import Records, Row, now_us
+from .records import Records
+from .sql import Row, now_us
 
 log = logging.getLogger("dspy_registry.store")
 

@@ -1,0 +1,52 @@
+"""What every query module shares: the connection protocol and value encodings.
+
+SQL uses `?` placeholders (the Postgres connection rewrites them to `$n`).
+Timestamps are microseconds since the epoch, JSON is compact text with sorted
+keys, so both backends store the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+
+class Row(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+class Connection(Protocol):
+    """What the queries need from a backend connection; driver errors arrive translated."""
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None: ...
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def to_us(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') matching strings that start with `prefix`."""
+    return escape_like(prefix) + "%"
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
