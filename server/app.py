@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -11,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 
 from .access_log import ACCESS_LOG
+from .api.access import AccessServicer
+from .api.guard import Guard
 from .api.handlers import service_handler
 from .api.pending import pending_service
 from .api.registry import RegistryServicer
@@ -18,6 +22,7 @@ from .config import Config
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .maintenance import Maintenance
 from .store.base import Store, open_store
+from .usecases.access import Access
 from .usecases.registry import Registry
 
 log = logging.getLogger("dspy_registry.server")
@@ -39,13 +44,7 @@ class App:
         self.config = config
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        self.server = grpc.aio.server(options=server_options(config))
         self.port = 0
         self.maintenance = Maintenance(self.store, request_retention=config.request_retention_seconds)
 
@@ -54,9 +53,20 @@ class App:
         registry = Registry(
             self.store, guard_mode=self.config.semver_guard, upload_limit=self.config.upload_limit
         )
+        self.access = Access(self.store)
+        guard = Guard(
+            self.access, enabled=self.config.auth, client_certificates=bool(self.config.tls_client_ca)
+        )
+        if self.config.auth:
+            await self.access.bootstrap(Path(self.config.admin_token_file))
+        else:
+            log.warning("authentication is OFF (--no-auth): every caller acts as admin")
         self.server.add_generic_rpc_handlers(
-            [service_handler(SERVICES[0], RegistryServicer(registry))]
-            + [pending_service(s) for s in SERVICES[1:]]
+            [
+                service_handler(SERVICES[0], RegistryServicer(registry, guard), guard),
+                pending_service(SERVICES[1], guard),
+                service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
+            ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.full_name for s in SERVICES] + [
@@ -64,7 +74,11 @@ class App:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(self.config.listen)
+        credentials = server_credentials(self.config)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        else:
+            self.port = self.server.add_secure_port(self.config.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()
@@ -73,7 +87,15 @@ class App:
         for name in ["", *(s.full_name for s in SERVICES)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = self.config.listen.rsplit(":", 1)[0]
-        log.info("serving", extra={"address": f"{host}:{self.port}", "database": _redact(self.store.url)})
+        log.info(
+            "serving",
+            extra={
+                "address": f"{host}:{self.port}",
+                "database": _redact(self.store.url),
+                "tls": "mutual" if self.config.tls_client_ca else ("on" if credentials else "off"),
+                "auth": self.config.auth,
+            },
+        )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -96,3 +118,36 @@ def _redact(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
+
+
+def server_options(config: Config) -> list[tuple[str, Any]]:
+    """Hardening defaults (the README's "Connections" section tells clients what to expect)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+        # Watch streams sit idle for long: let clients keep them alive with pings
+        # every 10 s or more, even with no call in flight ...
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # ... and find dead clients by pinging every 60 s, closing after 20 s without an answer.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates are required."""
+    if not config.tls_cert and not config.tls_key:
+        if config.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -11,6 +11,7 @@ from .domain.programs import DEFAULT_UPLOAD_LIMIT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///.dspy-registry/registry.db"
+DEFAULT_ADMIN_TOKEN_FILE = ".dspy-registry/admin.token"
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class Config:
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
     grace_seconds: float = 10.0
     request_retention_seconds: float = 24 * 3600.0
+    auth: bool = True
+    admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    max_concurrent_streams: int = 1000
     log_level: str = "info"
     log_format: str = "json"
 
@@ -63,6 +70,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(env("DSPY_REGISTRY_REQUEST_RETENTION", "24")),
         help="hours a mutation's request_id is remembered: a retry within it gets the first answer",
     )
+    parser.add_argument(
+        "--admin-token-file",
+        default=env("DSPY_REGISTRY_ADMIN_TOKEN_FILE", DEFAULT_ADMIN_TOKEN_FILE),
+        help="where the first start of an empty store writes the admin token (mode 0600)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=env("DSPY_REGISTRY_NO_AUTH", "") == "1",
+        help="serve without authentication: every caller acts as admin (development and "
+        "benchmarks only; env DSPY_REGISTRY_NO_AUTH=1)",
+    )
+    parser.add_argument(
+        "--tls-cert", default=env("DSPY_REGISTRY_TLS_CERT", ""), help="PEM server certificate"
+    )
+    parser.add_argument("--tls-key", default=env("DSPY_REGISTRY_TLS_KEY", ""), help="PEM server private key")
+    parser.add_argument(
+        "--tls-client-ca",
+        default=env("DSPY_REGISTRY_TLS_CLIENT_CA", ""),
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS); a "
+        "certificate's subject maps to the principal that lists it",
+    )
+    parser.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_STREAMS", "1000")),
+        help="concurrent calls one HTTP/2 connection may hold open",
+    )
     parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
@@ -77,6 +112,12 @@ def from_arguments(args: argparse.Namespace) -> Config:
         upload_limit=args.upload_limit,
         grace_seconds=args.grace,
         request_retention_seconds=args.request_retention * 3600,
+        auth=not args.no_auth,
+        admin_token_file=args.admin_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        max_concurrent_streams=args.max_concurrent_streams,
         log_level=args.log_level,
         log_format=args.log_format,
     )

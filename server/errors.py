@@ -9,6 +9,10 @@
     ├── Aborted                      an etag or revision did not match; retry after a read
     ├── ResourceExhausted            a size or rate limit was hit
     ├── Unimplemented                a capability a later release adds
+    ├── Unauthenticated              no valid credentials: missing, malformed, unknown,
+    │                                revoked or expired token, or a disabled principal
+    ├── PermissionDenied             authenticated, but no grant allows the action
+    │                                (the same answer whether the resource exists or not)
     └── StoreError                   the store could not do its work (raised by server.store)
         └── StoreUnavailable         the database cannot be reached or timed out
 
@@ -115,6 +119,24 @@ class Unimplemented(RegistryError):
     """A capability this release does not have yet (never a pretend answer)."""
 
     reason = "UNIMPLEMENTED"
+
+
+class Unauthenticated(RegistryError):
+    """The call carries no valid credentials."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RegistryError):
+    """The caller lacks `action` on `resource` (the seed's AccessDeniedError)."""
+
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, principal: str, action: str, resource: str) -> None:
+        self.principal = principal
+        self.action = action
+        self.resource = resource
+        super().__init__(f"{principal} may not {action} {resource}")
 
 
 class StoreError(RegistryError):

@@ -1,10 +1,14 @@
 """Builds the gRPC handlers of a service from its descriptor, once, at start-up.
 
-Every behavior is wrapped here rather than in a per-call interceptor (which
-re-creates the handler for each call): errors become a status with rich
-details (the table in `status.py`), anything unexpected is logged with its
-traceback and answered INTERNAL without leaking internals, and each call
-leaves one structured log line with method, status, duration and request id.
+Every behavior is wrapped here, the one interception point for unary and
+streaming RPCs alike. A grpc.aio ServerInterceptor would not do: it sees no
+servicer context (so no client certificate for mTLS, no peer) and
+re-creates the handler on each call. The wrapper admits the call (guard.py:
+authentication, the RPC's rule from permissions.py, the call context the
+use cases and the audit read), turns errors into a status with rich details
+(the table in `status.py`), logs anything unexpected with its traceback and
+answers INTERNAL without leaking internals, and leaves one access-log line
+with method, status, duration and request id.
 
 Responses may be returned pre-serialized as bytes (a cached answer): the
 serializer passes bytes through.
@@ -24,8 +28,11 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from ..access_log import ACCESS_LOG
+from ..calls import Call, current_call
 from ..errors import RegistryError
-from .caller import Context
+from .context import Context
+from .guard import Guard, current_identity, peer
+from .permissions import RULES, Rule
 from .status import code_for, to_status
 
 log = logging.getLogger("dspy_registry.rpc")
@@ -57,34 +64,76 @@ async def _abort(context: Context, exc: Exception, method: str) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
 
-def _log(method: str, code: grpc.StatusCode, start: float, request: Any = None) -> None:
-    duration_ms = (time.perf_counter() - start) * 1000
-    ACCESS_LOG.record(method, code.name, duration_ms, getattr(request, "request_id", ""))
+def _log(method: str, code: grpc.StatusCode, start: float, request_id: str) -> None:
+    ACCESS_LOG.record(method, code.name, (time.perf_counter() - start) * 1000, request_id)
 
 
-def _unary(method: str, behavior: Behavior) -> Behavior:
+class _Admission:
+    """One call's way in: authenticate, authorize, set the call context; undo it after."""
+
+    def __init__(self, guard: Guard, method: str, rule: Rule) -> None:
+        self.guard = guard
+        self.method = method
+        self.rule = rule
+
+    async def enter(self, request: Any, context: Context) -> Call:
+        # Each RPC runs in a task of its own: what is set here is this call's alone.
+        request_id = getattr(request, "request_id", "") or ""
+        call = Call(self.method, "", "", "", request_id, peer(context), self.rule.mutation)
+        current_call.set(call)
+        try:
+            names = self.rule.names(request) if request is not None else []
+        except (AttributeError, ValueError):
+            names = []
+        call.resource = names[0] if names else ""
+        who = await self.guard.authenticate(context)
+        call.principal = who.name
+        call.token = who.token.resource_name if who.token is not None else ""
+        current_identity.set(who)
+        await self.guard.authorize(who, self.rule, names)
+        return call
+
+    async def refused(self, call: Call, exc: Exception) -> None:
+        await self.guard.audit_refusal(call, exc, self.rule)
+
+
+def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -> Behavior:
+    method = admission.method
+
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        current: Call | None = None
+        first = None
         try:
+            if streaming_request:
+                # The resource is in the first message (the header): read it, then hand the
+                # behavior a stream that starts with it again.
+                first, request = await _peek(request)
+            current = await admission.enter(first if streaming_request else request, context)
             return await behavior(request, context)
         except asyncio.CancelledError:  # the client went away or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             code = _code(exc, context)
+            await admission.refused(current or current_call.get() or _unknown(method), exc)
             await _abort(context, exc, method)
         finally:
-            _log(method, code, start, request)
+            call_ = current_call.get()
+            _log(method, code, start, call_.request_id if call_ else "")
 
     return call
 
 
-def _server_streaming(method: str, behavior: Behavior) -> Behavior:
+def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
+    method = admission.method
+
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            await admission.enter(request, context)
             async for item in behavior(request, context):
                 yield item
         except asyncio.CancelledError:
@@ -92,17 +141,41 @@ def _server_streaming(method: str, behavior: Behavior) -> Behavior:
             raise
         except Exception as exc:
             code = _code(exc, context)
+            await admission.refused(current_call.get() or _unknown(method), exc)
             await _abort(context, exc, method)
         finally:
-            _log(method, code, start, request)
+            _log(method, code, start, getattr(request, "request_id", ""))
 
     return call
 
 
+async def _peek(stream: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
+    """The first message of a request stream, and the stream with it put back in front."""
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        return None, stream
+
+    async def again() -> AsyncIterator[Any]:
+        yield first
+        async for message in stream:
+            yield message
+
+    return first, again()
+
+
+def _unknown(method: str) -> Call:
+    return Call(method, "", "", "", "", "", False)
+
+
 def method_handler(
-    service: ServiceDescriptor, method: MethodDescriptor, behavior: Behavior
+    service: ServiceDescriptor, method: MethodDescriptor, behavior: Behavior, guard: Guard
 ) -> grpc.RpcMethodHandler[Any, Any]:
     name = f"/{service.full_name}/{method.name}"
+    rule = RULES.get(name)
+    if rule is None:  # deny by default: an RPC without a rule is never served
+        raise LookupError(f"{name} has no entry in the permission table (server/api/permissions.py)")
+    admission = _Admission(guard, name, rule)
     request_type: Any = GetMessageClass(method.input_type)
     kwargs: dict[str, Any] = {
         "request_deserializer": request_type.FromString,
@@ -111,17 +184,18 @@ def method_handler(
     if method.client_streaming and method.server_streaming:
         raise NotImplementedError(f"{name}: bidirectional streams are not part of this API")
     if method.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(_server_streaming(name, behavior), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(_server_streaming(admission, behavior), **kwargs)
     if method.client_streaming:
-        # The request stream is the first argument; logging happens without a request.
-        return grpc.stream_unary_rpc_method_handler(_unary(name, behavior), **kwargs)
-    return grpc.unary_unary_rpc_method_handler(_unary(name, behavior), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(_unary(admission, behavior, True), **kwargs)
+    return grpc.unary_unary_rpc_method_handler(_unary(admission, behavior, False), **kwargs)
 
 
-def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
+def service_handler(
+    service: ServiceDescriptor, servicer: object, guard: Guard
+) -> grpc.GenericRpcHandler[Any, Any]:
     """Handlers for every RPC of `service`; the servicer must define each one (no silent gaps)."""
     missing = [m.name for m in service.methods if not callable(getattr(servicer, m.name, None))]
     if missing:
         raise TypeError(f"{type(servicer).__name__} does not implement {service.name}: {missing}")
-    handlers = {m.name: method_handler(service, m, getattr(servicer, m.name)) for m in service.methods}
+    handlers = {m.name: method_handler(service, m, getattr(servicer, m.name), guard) for m in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -13,7 +13,8 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from ..errors import Unimplemented
-from .caller import Context
+from .context import Context
+from .guard import Guard
 from .handlers import method_handler
 
 # Which piece of work brings each service.
@@ -37,7 +38,7 @@ def _refusal(service: ServiceDescriptor, method: MethodDescriptor) -> Any:
     return streaming if method.server_streaming else unary
 
 
-def pending_service(service: ServiceDescriptor) -> grpc.GenericRpcHandler[Any, Any]:
-    """A handler for every RPC of `service`, each answering UNIMPLEMENTED."""
-    handlers = {m.name: method_handler(service, m, _refusal(service, m)) for m in service.methods}
+def pending_service(service: ServiceDescriptor, guard: Guard) -> grpc.GenericRpcHandler[Any, Any]:
+    """A handler for every RPC of `service`, each answering UNIMPLEMENTED (after authentication)."""
+    handlers = {m.name: method_handler(service, m, _refusal(service, m), guard) for m in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

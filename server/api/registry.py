@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -10,37 +10,22 @@ from google.protobuf.message import Message
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 
+from ..calls import caller
 from ..domain import programs
 from ..domain.model import ProgramVersion
-from ..domain.names import VersionRef, check_prefix, check_request_id, parse_parent, parse_version_ref
+from ..domain.names import VersionRef, check_prefix, parse_parent, parse_version_ref
 from ..errors import InvalidArgument, ResourceExhausted, Unimplemented
-from ..usecases.registry import Idempotency, RegisteredProgram, RegisteredSignature, Registry, Replay
+from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
 from . import convert
-from .caller import Context, caller
+from .context import Context
+from .guard import Guard, identity
+from .mutations import answer, idempotency
 from .response_cache import ResponseCache
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
 
 _ENVIRONMENTS_LATER = "selecting by environment arrives with DeploymentService (deployments issue)"
-
-
-def _idem(request: Message, method: str, build: Callable[[T], Message]) -> Idempotency[T] | None:
-    """The request's idempotency key, recording the response that `build` makes."""
-    request_id: str = getattr(request, "request_id", "")
-    if not request_id:
-        return None
-    check_request_id(request_id)
-    return Idempotency(
-        caller(), request_id, method, convert.fingerprint(request), lambda r: build(r).SerializeToString()
-    )
-
-
-def _answer(result: T | Replay, response_type: type[R], build: Callable[[T], R]) -> R:
-    """The first answer for a replayed request, else the response built from `result`."""
-    if isinstance(result, Replay):
-        return response_type.FromString(result.response)
-    return build(result)
 
 
 def _program_ref(name: str, field: str = "name") -> VersionRef:
@@ -54,8 +39,9 @@ def _registered(result: RegisteredProgram) -> pb.RegisterProgramResponse:
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, cache: ResponseCache | None = None) -> None:
+    def __init__(self, registry: Registry, guard: Guard, cache: ResponseCache | None = None) -> None:
         self.registry = registry
+        self.guard = guard
         self.cache = cache or ResponseCache()
         registry.store.commits.subscribe(self.cache.on_commit, self.cache.clear)
 
@@ -64,9 +50,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def RegisterSignature(
         self, request: pb.RegisterSignatureRequest, context: Context
     ) -> pb.RegisterSignatureResponse:
-        idem = _idem(request, "RegisterSignature", _signature_response)
+        idem = idempotency(request, "RegisterSignature", _signature_response)
         result = await self.registry.register_signature(caller(), convert.signature_draft(request), idem)
-        return _answer(result, pb.RegisterSignatureResponse, _signature_response)
+        return answer(result, pb.RegisterSignatureResponse, _signature_response)
 
     async def GetSignature(
         self, request: pb.GetSignatureRequest, context: Context
@@ -79,7 +65,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.ListSignaturesRequest, context: Context
     ) -> pb.ListSignaturesResponse:
         prefix = check_prefix(request.name_prefix)
-        page = await self.registry.list_signatures(prefix, request.page_size, request.page_token)
+        visible = await self.guard.readable(identity())
+        page = await self.registry.list_signatures(prefix, visible, request.page_size, request.page_token)
         return pb.ListSignaturesResponse(
             signatures=[convert.signature_summary(s) for s in page.items],
             next_page_token=page.next_page_token,
@@ -126,10 +113,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 f"artifact is {len(request.artifact)} bytes; RegisterProgram takes at most "
                 f"{programs.UNARY_ARTIFACT_LIMIT}: use UploadProgram",
             )
-        idem = _idem(request, "RegisterProgram", _registered)
+        idem = idempotency(request, "RegisterProgram", _registered)
         draft = convert.program_draft(request.spec)
         result = await self.registry.register_program(caller(), draft, [request.artifact], idem)
-        return _answer(result, pb.RegisterProgramResponse, _registered)
+        return answer(result, pb.RegisterProgramResponse, _registered)
 
     async def UploadProgram(
         self, request_iterator: AsyncIterator[pb.UploadProgramRequest], context: Context
@@ -170,11 +157,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         fingerprint_of = pb.UploadProgramHeader()
         fingerprint_of.CopyFrom(header)
         fingerprint_of.expected_digest = digest
-        idem = _idem(fingerprint_of, "UploadProgram", _uploaded)
+        idem = idempotency(fingerprint_of, "UploadProgram", _uploaded)
         result = await self.registry.register_program(
             caller(), convert.program_draft(header.spec), chunks, idem
         )
-        return _answer(result, pb.UploadProgramResponse, _uploaded)
+        return answer(result, pb.UploadProgramResponse, _uploaded)
 
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:
         name = parse_parent(request.name, "programs", "name")
@@ -199,7 +186,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if request.environment:
             raise Unimplemented(_ENVIRONMENTS_LATER)
         page = await self.registry.list_programs(
-            check_prefix(request.name_prefix), dict(request.labels), request.page_size, request.page_token
+            check_prefix(request.name_prefix),
+            dict(request.labels),
+            await self.guard.readable(identity()),
+            request.page_size,
+            request.page_token,
         )
         return pb.ListProgramsResponse(
             programs=[convert.program_summary(p) for p in page.items],
@@ -252,10 +243,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def YankProgramVersion(
         self, request: pb.YankProgramVersionRequest, context: Context
     ) -> pb.YankProgramVersionResponse:
-        idem = _idem(request, "YankProgramVersion", _yanked)
+        idem = idempotency(request, "YankProgramVersion", _yanked)
         ref = _program_ref(request.name)
         result = await self.registry.yank(caller(), ref, request.reason, request.undo, request.etag, idem)
-        return _answer(result, pb.YankProgramVersionResponse, _yanked)
+        return answer(result, pb.YankProgramVersionResponse, _yanked)
 
 
 def _signature_response(result: RegisteredSignature) -> pb.RegisterSignatureResponse:

@@ -189,6 +189,7 @@ class PostgresStore:
                 assert row is not None
                 records = Records(conn, base_revision=int(row["revision"]))
                 yield records
+                await records.finish()
                 if records.appended:
                     await conn.execute("SELECT pg_notify(?, ?)", CHANNEL, str(records.revision))
             except BaseException:
@@ -207,6 +208,7 @@ class PostgresStore:
 
     async def _finish(self, transaction: Any, records: Records) -> None:
         await _driver(transaction.commit())
+        records.committed()
         if records.appended:
             await self._deliver(records.revision, records.appended)
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from ..calls import Call, current_call
+from ..domain.access import AuditEvent, Outcome
 from ..domain.model import (
     Event,
     Page,
@@ -25,7 +28,7 @@ from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
-from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us
+from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
 
 ARTIFACT_CHUNK = 1024 * 1024
@@ -138,6 +141,7 @@ class Records(AccessQueries):
         self._revision: int | None = None
         self._seq = 0
         self.appended: list[Event] = []
+        self.audit_call: Call | None = None
 
     # -- revisions and the event log -------------------------------------------------
 
@@ -169,6 +173,33 @@ class Records(AccessQueries):
         else:
             await self.conn.executemany(insert, rows)
         return self._revision
+
+    async def finish(self) -> None:
+        """Just before COMMIT: the current mutation's audit event, in this same transaction."""
+        call = current_call.get()
+        if call is None or not call.mutation or call.audited or self.audit_call is not None:
+            return
+        await self.insert_audit(
+            AuditEvent(
+                time=datetime.now(UTC),
+                principal=call.principal,
+                token=call.token,
+                method=call.method,
+                resource=call.resource,
+                request_id=call.request_id,
+                outcome=Outcome.SUCCEEDED,
+                code=0,
+                message="",
+                revision=self.revision if self.appended else 0,
+                peer=call.peer,
+            )
+        )
+        self.audit_call = call
+
+    def committed(self) -> None:
+        """After COMMIT: the audit event written by finish() is durable."""
+        if self.audit_call is not None:
+            self.audit_call.audited = True
 
     @property
     def revision(self) -> int:
@@ -331,19 +362,20 @@ class Records(AccessQueries):
         )
 
     async def list_signatures(
-        self, prefix: str, page: Page
+        self, prefix: str, visible: list[str] | None, page: Page
     ) -> tuple[list[SignatureSummary], str | None, int]:
-        like = like_prefix(prefix)
+        """Signatures by name; only those matching a `visible` glob (None: all)."""
+        allowed, allowed_args = visible_condition("name", visible)
+        condition = f"name LIKE ? ESCAPE '\\' AND {allowed}"
+        args = [like_prefix(prefix), *allowed_args]
         rows = await self.conn.fetch(
             "SELECT name, latest_version, version_count, create_time, update_time FROM signatures "
-            "WHERE name LIKE ? ESCAPE '\\' AND name > ? ORDER BY name LIMIT ?",
-            like,
+            f"WHERE {condition} AND name > ? ORDER BY name LIMIT ?",
+            *args,
             page.after or "",
             page.size + 1,
         )
-        total = await self.conn.fetchrow(
-            "SELECT COUNT(*) AS n FROM signatures WHERE name LIKE ? ESCAPE '\\'", like
-        )
+        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM signatures WHERE {condition}", *args)
         after = rows[page.size - 1]["name"] if len(rows) > page.size else None
         return [_signature(r) for r in rows[: page.size]], after, int(total["n"]) if total else 0
 
@@ -547,10 +579,12 @@ class Records(AccessQueries):
         await self._refresh_latest(program, now_us())
 
     async def list_programs(
-        self, prefix: str, labels: dict[str, str], page: Page
+        self, prefix: str, labels: dict[str, str], visible: list[str] | None, page: Page
     ) -> tuple[list[ProgramSummary], str | None, int]:
-        where = ["p.name LIKE ? ESCAPE '\\'"]
-        args: list[Any] = [like_prefix(prefix)]
+        """Programs by name, filtered; only those matching a `visible` glob (None: all)."""
+        allowed, allowed_args = visible_condition("p.name", visible)
+        where = ["p.name LIKE ? ESCAPE '\\'", allowed]
+        args: list[Any] = [like_prefix(prefix), *allowed_args]
         for key, value in sorted(labels.items()):
             where.append(
                 "EXISTS (SELECT 1 FROM program_labels l WHERE l.program = p.name "

@@ -48,5 +48,21 @@ def like_prefix(prefix: str) -> str:
     return escape_like(prefix) + "%"
 
 
+def glob_to_like(glob: str) -> str:
+    """A grant's glob (`*` any run of characters) as a LIKE pattern with ESCAPE '\\'."""
+    return "%".join(escape_like(part) for part in glob.split("*"))
+
+
+def visible_condition(column: str, globs: list[str] | None) -> tuple[str, list[str]]:
+    """SQL restricting `column` to names matching one of `globs` (None: no restriction)."""
+    if globs is None:
+        return "1 = 1", []
+    if not globs:
+        return "1 = 0", []
+    return "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for _ in globs) + ")", [
+        glob_to_like(g) for g in globs
+    ]
+
+
 def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

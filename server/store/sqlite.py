@@ -247,6 +247,7 @@ class SqliteStore:
             raise
         try:
             yield records
+            await records.finish()
         except BaseException:
             slot.finished.set_result(False)
             raise
@@ -297,7 +298,8 @@ class SqliteStore:
                 if not isinstance(exc, RegistryError | sqlite3.Error):
                     log.exception("sqlite writer: unexpected error; the batch was rolled back")
                 continue
-            for waiting, _ in batch:
+            for waiting, records in batch:
+                records.committed()
                 waiting.durable.set_result(None)
             self._queue.task_done()
             for _, records in batch:

@@ -7,16 +7,15 @@ maps the results back; this module decides nothing about transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ..domain import compare as comparing
-from ..domain import guard, pagination, programs, signatures, versions
+from ..domain import guard, programs, signatures, versions
 from ..domain.model import (
     Event,
-    Page,
     ProgramSummary,
     ProgramVersion,
     SignatureSummary,
@@ -32,26 +31,9 @@ from ..errors import (
 )
 from ..store.base import Store
 from ..store.records import ARTIFACT_CHUNK, Records
+from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Idempotency(Generic[T]):
-    """A mutation's request_id: the first answer is recorded and replayed on retry."""
-
-    principal: str
-    request_id: str
-    method: str
-    fingerprint: str
-    encode: Callable[[T], bytes]
-
-
-@dataclass(frozen=True)
-class Replay:
-    """The recorded first answer to a retried request."""
-
-    response: bytes
 
 
 @dataclass(frozen=True)
@@ -83,13 +65,6 @@ class ArtifactStream:
     chunks: AsyncIterator[bytes]
 
 
-@dataclass(frozen=True)
-class PageOf(Generic[T]):
-    items: list[T]
-    next_page_token: str
-    total_size: int
-
-
 INLINE_ARTIFACT_BYTES = 256 * 1024
 
 
@@ -106,25 +81,6 @@ def _examine(
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def _replayed(tx: Records, idem: Idempotency[Any] | None) -> Replay | None:
-    if idem is None:
-        return None
-    prior = await tx.get_request(idem.principal, idem.request_id)
-    if prior is None:
-        return None
-    if prior.method != idem.method or prior.fingerprint != idem.fingerprint:
-        raise InvalidArgument.one("request_id", "was already used for a different request; use a new id")
-    return Replay(prior.response)
-
-
-async def _record(tx: Records, idem: Idempotency[T] | None, result: T) -> T:
-    if idem is not None:
-        await tx.put_request(
-            idem.principal, idem.request_id, idem.method, idem.fingerprint, idem.encode(result)
-        )
-    return result
 
 
 class Registry:
@@ -157,7 +113,7 @@ class Registry:
         v.raise_if_any()
 
         async with self.store.write() as tx:
-            if (replay := await _replayed(tx, idem)) is not None:
+            if (replay := await replayed(tx, idem)) is not None:
                 return replay
             name = draft.signature
             warnings: list[str] = []
@@ -166,7 +122,7 @@ class Registry:
                 existing = await tx.get_signature_version(name, proposed.text)
                 if existing is not None:
                     if existing.spec == draft.spec and existing.metadata == draft.metadata:
-                        return await _record(tx, idem, RegisteredSignature(existing, ()))
+                        return await record(tx, idem, RegisteredSignature(existing, ()))
                     raise AlreadyExists(
                         existing.name, f"{existing.name} already exists with a different spec"
                     )
@@ -174,7 +130,7 @@ class Registry:
                 latest = await tx.latest_signature_version(name)
                 if latest is not None and latest.spec == draft.spec and draft.change_type is None:
                     # Nothing changed and no bump asked for: the latest already is this.
-                    return await _record(tx, idem, RegisteredSignature(latest, ()))
+                    return await record(tx, idem, RegisteredSignature(latest, ()))
                 needed = signatures.compare(latest.spec, draft.spec).required_change if latest else None
                 change = draft.change_type or needed or versions.ChangeType.PATCH
                 base_text = await tx.highest_signature_release(name)
@@ -210,7 +166,7 @@ class Registry:
             await tx.append(
                 [Event("signature.registered", sv.name, {"signature": name, "version": sv.version})]
             )
-            return await _record(tx, idem, RegisteredSignature(sv, tuple(warnings)))
+            return await record(tx, idem, RegisteredSignature(sv, tuple(warnings)))
 
     async def _signature_version(self, tx: Records, ref: VersionRef) -> SignatureVersion:
         found = (
@@ -226,29 +182,25 @@ class Registry:
         async with self.store.read() as tx:
             return await self._signature_version(tx, ref)
 
-    async def _page(
-        self,
-        query: Callable[[Records, Page], Awaitable[tuple[list[T], str | None, int]]],
-        page_size: int,
-        page_token: str,
-        *filters: object,
-    ) -> PageOf[T]:
-        """One page of a list: validate the size and token (bound to `filters`), run `query`."""
-        fp = pagination.query_fingerprint(*filters)
-        page = pagination.page(page_size, page_token, fp)
-        async with self.store.read() as tx:
-            items, after, total = await query(tx, page)
-        return PageOf(items, pagination.next_token(after, fp), total)
-
-    async def list_signatures(self, prefix: str, page_size: int, page_token: str) -> PageOf[SignatureSummary]:
-        return await self._page(
-            lambda tx, page: tx.list_signatures(prefix, page), page_size, page_token, "signatures", prefix
+    async def list_signatures(
+        self, prefix: str, visible: list[str] | None, page_size: int, page_token: str
+    ) -> PageOf[SignatureSummary]:
+        """Signatures whose names match a `visible` glob (None: all); total_size counts only those."""
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_signatures(prefix, visible, page),
+            page_size,
+            page_token,
+            "signatures",
+            prefix,
+            visible,
         )
 
     async def list_signature_versions(
         self, signature: str, page_size: int, page_token: str
     ) -> PageOf[SignatureVersion]:
-        result = await self._page(
+        result = await page_of(
+            self.store,
             lambda tx, page: tx.list_signature_versions(signature, page),
             page_size,
             page_token,
@@ -327,7 +279,7 @@ class Registry:
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
         async with self.store.write() as tx:
-            if (replay := await _replayed(tx, idem)) is not None:
+            if (replay := await replayed(tx, idem)) is not None:
                 return replay
             signature_version = await tx.resolve_signature_version(sig_ref.name, sig_ref.version)
             if signature_version is None:
@@ -339,7 +291,7 @@ class Registry:
                 if existing_digest == digest:
                     existing = await tx.get_program_version(draft.program, version.text)
                     assert existing is not None
-                    return await _record(tx, idem, RegisteredProgram(existing, False))
+                    return await record(tx, idem, RegisteredProgram(existing, False))
                 if existing_digest is not None:
                     name = f"programs/{draft.program}/versions/{version.text}"
                     raise AlreadyExists(
@@ -384,7 +336,7 @@ class Registry:
                     )
                 ]
             )
-            return await _record(tx, idem, RegisteredProgram(pv, True))
+            return await record(tx, idem, RegisteredProgram(pv, True))
 
     async def _program_version(self, tx: Records, ref: VersionRef) -> ProgramVersion:
         found = (
@@ -408,24 +360,33 @@ class Registry:
             return await self._program_version(tx, ref)
 
     async def list_programs(
-        self, prefix: str, labels: dict[str, str], page_size: int, page_token: str
+        self,
+        prefix: str,
+        labels: dict[str, str],
+        visible: list[str] | None,
+        page_size: int,
+        page_token: str,
     ) -> PageOf[ProgramSummary]:
+        """Programs whose names match a `visible` glob (None: all); total_size counts only those."""
         v = Violations()
         programs.validate_labels(labels, "labels", v)
         v.raise_if_any()
-        return await self._page(
-            lambda tx, page: tx.list_programs(prefix, labels, page),
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_programs(prefix, labels, visible, page),
             page_size,
             page_token,
             "programs",
             prefix,
             sorted(labels.items()),
+            visible,
         )
 
     async def list_program_versions(
         self, program: str, page_size: int, page_token: str
     ) -> PageOf[ProgramVersion]:
-        result = await self._page(
+        result = await page_of(
+            self.store,
             lambda tx, page: tx.list_program_versions(program, page),
             page_size,
             page_token,
@@ -514,14 +475,14 @@ class Registry:
             raise InvalidArgument.one("reason", "say why the version is yanked")
         check_text(reason, "reason", 1024)
         async with self.store.write() as tx:
-            if (replay := await _replayed(tx, idem)) is not None:
+            if (replay := await replayed(tx, idem)) is not None:
                 return replay
             pv = await self._program_version(tx, ref)
             if etag and etag != pv.etag:
                 raise AbortedError(f"{pv.name} changed: etag is {pv.etag}, request had {etag}")
             wanted = not undo
             if pv.yanked == wanted:
-                return await _record(tx, idem, pv)
+                return await record(tx, idem, pv)
             revision = tx.next_revision
             await tx.set_yanked(pv.program, pv.version, wanted, "" if undo else reason, revision)
             await tx.append(
@@ -534,4 +495,4 @@ class Registry:
                 ]
             )
             updated = replace(pv, yanked=wanted, yank_reason="" if undo else reason, revision=revision)
-            return await _record(tx, idem, updated)
+            return await record(tx, idem, updated)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.server.app import App
 from dspy_registry.server.config import Config
 from dspy_registry.v1 import registry_pb2 as pb
@@ -20,17 +23,32 @@ from tests.factories import spec_proto
 @dataclass
 class Running:
     app: App
-    channel: grpc.aio.Channel
+    channel: grpc.aio.Channel  # authenticated as the bootstrap admin
     registry: pb_grpc.RegistryServiceStub
     target: str
+    admin_token: str
+
+    def channel_for(self, token: str | None) -> grpc.aio.Channel:
+        """Another channel to this server, sending `token` (or nothing) with each call."""
+        interceptors = bearer_interceptors(token) if token is not None else None
+        return grpc.aio.insecure_channel(self.target, interceptors=interceptors, options=OPTIONS)
 
 
-async def start(database_url: str, **config: object) -> Running:
+OPTIONS = [("grpc.max_receive_message_length", 8 << 20)]
+
+
+async def start(database_url: str, admin_token: str = "", **config: object) -> Running:
+    """A server on port 0; `admin_token` for a store another server bootstrapped already."""
+    token_file = Path(tempfile.mkdtemp(prefix="dspy-registry-test-")) / "admin.token"
+    config.setdefault("admin_token_file", str(token_file))
     app = App(Config(listen="127.0.0.1:0", database=database_url, **config))  # type: ignore[arg-type]
     port = await app.start()
     target = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
-    return Running(app, channel, pb_grpc.RegistryServiceStub(channel), target)  # type: ignore[no-untyped-call]
+    if app.config.auth and not admin_token:
+        admin_token = Path(str(config["admin_token_file"])).read_text().strip()
+    token = admin_token
+    channel = grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(token), options=OPTIONS)
+    return Running(app, channel, pb_grpc.RegistryServiceStub(channel), target, token)
 
 
 @pytest.fixture

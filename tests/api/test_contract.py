@@ -13,6 +13,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from dspy_registry.server.api.access import AccessServicer
 from dspy_registry.server.api.registry import RegistryServicer
 from dspy_registry.server.app import SERVICES
 from dspy_registry.v1 import registry_pb2_grpc
@@ -40,10 +41,12 @@ def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
     assert stale == [], f"run `make proto`: {stale} differ from the protos"
 
 
-def test_every_registry_rpc_has_an_implementation() -> None:
-    service = SERVICES[0]
+def test_every_registry_and_access_rpc_has_an_implementation() -> None:
     base = registry_pb2_grpc.RegistryServiceServicer
-    missing = [m.name for m in service.methods if getattr(RegistryServicer, m.name) is getattr(base, m.name)]
+    missing = [
+        m.name for m in SERVICES[0].methods if getattr(RegistryServicer, m.name) is getattr(base, m.name)
+    ]
+    missing += [m.name for m in SERVICES[2].methods if not callable(getattr(AccessServicer, m.name, None))]
     assert missing == []
 
 
@@ -65,7 +68,7 @@ async def test_health_and_reflection_serve_the_whole_contract(server: Running) -
 
 async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> None:
     answered = 0
-    for service in SERVICES[1:]:
+    for service in SERVICES[1:2]:
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             request = GetMessageClass(method.input_type)()
@@ -90,4 +93,4 @@ async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> Non
                 assert err.code() == grpc.StatusCode.UNIMPLEMENTED, path
                 assert method.name in (err.details() or "")
                 answered += 1
-    assert answered == sum(len(s.methods) for s in SERVICES[1:]) == 31
+    assert answered == len(SERVICES[1].methods) == 19

@@ -58,7 +58,7 @@ async def _code(call: object) -> grpc.aio.AioRpcError:
 
 async def test_register_get_and_list_signatures(registry: Stub) -> None:
     sv = await register_signature(registry)
-    assert sv.name == SIG and sv.revision == 1 and sv.creator == "anonymous"
+    assert sv.name == SIG and sv.revision == 2 and sv.creator == "admin"  # revision 1: the bootstrap
     got = await registry.GetSignature(pb.GetSignatureRequest(name="signatures/text_classifier"))
     assert got.signature_version == sv
     await register_signature(registry, version="1.1.0", outputs=("positive", "negative", "neutral", "mixed"))
@@ -389,8 +389,8 @@ async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Runni
     assert len(set(got)) == 16
     assert sorted(v for v in got if not v.startswith("1.0.")) == [f"1.{m}.0" for m in range(1, 9)]
     async with server.app.store.read() as tx:
-        revisions = [e.revision for e in await tx.events_after(0)]
-    assert revisions == list(range(1, 19))
+        revisions = [e.revision for e in await tx.events_after(1)]  # 1 is the bootstrap
+    assert revisions == list(range(2, 20))
 
 
 async def test_semver_guard_and_prereleases_and_backports(registry: Stub) -> None:

@@ -34,7 +34,8 @@ async def replicas(pg_databases: PostgresDatabases) -> AsyncIterator[tuple[Runni
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
     url = await pg_databases.create()
-    a, b = await start(url), await start(url)
+    a = await start(url)
+    b = await start(url, admin_token=a.admin_token)
     yield a, b
     for replica in (a, b):
         await replica.channel.close(None)

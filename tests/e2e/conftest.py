@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,12 +36,30 @@ class ServerProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.database = database
         self.log_path = log
+        # Where the README's commands look for it, relative to the test's working folder.
+        self.token_file = log.parent / ".dspy-registry" / "admin.token"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def channel(self) -> grpc.Channel:
+        """A channel whose calls authenticate as the bootstrap admin."""
+        token = self.token_file.read_text().strip()
+        return grpc.intercept_channel(grpc.insecure_channel(self.address), _Bearer(token))
 
     def start(self) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
         self.process = subprocess.Popen(
-            [str(SERVE), "serve", "--listen", self.address, "--database", self.database, "--grace", "5"],
+            [
+                str(SERVE),
+                "serve",
+                "--listen",
+                self.address,
+                "--database",
+                self.database,
+                "--grace",
+                "5",
+                "--admin-token-file",
+                str(self.token_file),
+            ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -69,6 +89,29 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.metadata = [("authorization", f"Bearer {token}")]
+
+    def _details(self, details: Any) -> Any:
+        return _Details(
+            details.method, details.timeout, list(details.metadata or ()) + self.metadata, details.credentials
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _Details(
+    collections.namedtuple("_Details", ["method", "timeout", "metadata", "credentials"]),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
 
 
 def env_with_tools() -> dict[str, str]:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dspy_registry.v1 import registry_pb2 as pb
@@ -22,7 +21,7 @@ async def test_stop_with_sigterm_restart_and_find_everything(
 ) -> None:
     log = tmp_path / "server.log"
     first = serve(database_url, log).start()
-    with grpc.insecure_channel(first.address) as channel:
+    with first.channel() as channel:
         registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
@@ -34,7 +33,7 @@ async def test_stop_with_sigterm_restart_and_find_everything(
                         program="prog", version=version, signature="signatures/sig/versions/1.0.0"
                     ),
                     artifact=dspy_state(version),
-                )
+                ),
             )
     assert first.stop(signal.SIGTERM) == 0
     lines = [json.loads(line) for line in first.log().splitlines() if line.startswith("{")]
@@ -48,10 +47,10 @@ async def test_stop_with_sigterm_restart_and_find_everything(
     assert all({"code", "duration_ms"} <= line.keys() for line in rpc_lines)
 
     second = serve(database_url, log).start()
-    with grpc.insecure_channel(second.address) as channel:
+    with second.channel() as channel:
         registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         latest = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/latest"))
-        assert latest.program_version.version == "1.1.0" and latest.program_version.revision == 3
+        assert latest.program_version.version == "1.1.0" and latest.program_version.revision == 4
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
     assert second.stop(signal.SIGINT) == 0
@@ -90,7 +89,7 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
                 time.sleep(0.5)  # the server is shutting down now, with the upload half sent
             yield pb.UploadProgramRequest(chunk=data[i : i + chunk])
 
-    with grpc.insecure_channel(server.address) as channel:
+    with server.channel() as channel:
         registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
@@ -99,7 +98,7 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
     assert response.created and response.program_version.artifact.size_bytes == len(data)
     assert server.process is not None and server.process.wait(15) == 0
     restarted = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
-    with grpc.insecure_channel(restarted.address) as channel:
+    with restarted.channel() as channel:
         registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         found = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/1.0.0"))
     assert found.program_version.artifact.digest == response.program_version.artifact.digest

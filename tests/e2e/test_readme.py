@@ -24,10 +24,10 @@ from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
 README = (ROOT / "README.md").read_text()
 
 
-def _blocks(marker: str) -> list[str]:
-    """The ```sh blocks whose first command starts with `marker`."""
-    blocks = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
-    return [b for b in blocks if b.lstrip().startswith(marker)]
+def _block(name: str) -> str:
+    """The ```sh block after `<!-- tested: name -->`."""
+    (block,) = re.findall(rf"<!-- tested: {name} -->\n```sh\n(.*?)```", README, flags=re.S)
+    return str(block)
 
 
 def _run_block(block: str, server: ServerProcess, cwd: Path) -> str:
@@ -40,7 +40,7 @@ def _run_block(block: str, server: ServerProcess, cwd: Path) -> str:
 
 
 def _registry(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
-    channel = grpc.insecure_channel(server.address)
+    channel = server.channel()
     return channel, pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
@@ -50,7 +50,7 @@ async def test_the_readme_shows_both_commands() -> None:
 
 async def test_the_buf_curl_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
-    (block,) = _blocks("buf curl")
+    block = _block("buf-curl")
     out = _run_block(block, server, tmp_path)
     assert "dspy_registry.v1.RegistryService" in out and '"programs/sentiment_classifier"' in out
     assert '"recommendation": "RECOMMENDATION_UPGRADE"' in out
@@ -64,7 +64,7 @@ async def test_the_buf_curl_walkthrough(serve: type[ServerProcess], tmp_path: Pa
 
 async def test_the_grpcurl_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
-    (block,) = _blocks("grpcurl")
+    block = _block("grpcurl")
     out = _run_block(block, server, tmp_path)
     assert "rpc RegisterProgram ( dspy_registry.v1.RegisterProgramRequest )" in out
     assert '"recommendation": "RECOMMENDATION_UPGRADE"' in out
@@ -75,6 +75,25 @@ async def test_the_grpcurl_walkthrough(serve: type[ServerProcess], tmp_path: Pat
         )
     assert [v.version for v in versions.program_versions] == ["2.2.0", "2.1.0"]
     assert versions.program_versions[0].previous_version == "2.1.0"
+
+
+async def test_the_access_control_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("access"), server, tmp_path)
+    assert '"name": "principals/alice"' in out
+    assert '"allowed": false' not in out  # proto3 JSON leaves false out ...
+    assert "no grant gives alice deploy on sentiment_classifier" in out  # ... the reason says it
+    assert "refused, as it should be" in out
+    assert '"outcome": "AUDIT_OUTCOME_DENIED"' in out and '"resource": "ranker"' in out
+    secret = (tmp_path / "alice-token.json").read_text()
+    assert "dspyr_" in secret and secret.split('"secret": "')[1][:6] == "dspyr_"
+    assert "dspyr_" not in server.log().replace(server.token_file.read_text().strip()[:19], "")
+
+
+async def test_every_sh_block_in_the_readme_is_tested() -> None:
+    blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)
+    untested = [b for b in blocks if not b]
+    assert len(untested) == 1  # the two `make` commands at the top, run by the tests below and CI
 
 
 async def test_make_targets_named_in_the_readme_exist() -> None:

@@ -163,7 +163,7 @@ async def test_signature_versions_latest_predecessor_and_listing(store: Store) -
         page2, after2, _ = await tx.list_signature_versions("sig", Page(2, after))
         page3, after3, _ = await tx.list_signature_versions("sig", Page(2, after2))
         assert [s.version for s in page2 + page3] == ["1.1.0", "1.0.0", "0.9.0"] and after3 is None
-        summaries, _, count = await tx.list_signatures("", Page(10))
+        summaries, _, count = await tx.list_signatures("", None, Page(10))
         assert count == 1 and summaries[0].latest_version == "1.10.0" and summaries[0].version_count == 5
 
 
@@ -238,15 +238,21 @@ async def test_list_programs_filters_by_prefix_and_labels_with_total(store: Stor
         await _seed_program(store, f"sentiment_{i}", ["1.0.0"], {"team": team, "domain": "feedback"})
     await _seed_program(store, "ranker", ["1.0.0"], {"team": "ml_platform"})
     async with store.read() as tx:
-        items, after, total = await tx.list_programs("sentiment_", {"team": "ml_platform"}, Page(3))
+        items, after, total = await tx.list_programs("sentiment_", {"team": "ml_platform"}, None, Page(3))
         assert total == 4 and [p.program for p in items] == ["sentiment_0", "sentiment_2", "sentiment_4"]
-        rest, end, _ = await tx.list_programs("sentiment_", {"team": "ml_platform"}, Page(3, after))
+        rest, end, _ = await tx.list_programs("sentiment_", {"team": "ml_platform"}, None, Page(3, after))
         assert [p.program for p in rest] == ["sentiment_6"] and end is None
-        _, _, all_ml = await tx.list_programs("", {"team": "ml_platform"}, Page(50))
+        _, _, all_ml = await tx.list_programs("", {"team": "ml_platform"}, None, Page(50))
         assert all_ml == 5
         # "_" in a prefix is a literal, not a LIKE wildcard
-        _, _, none = await tx.list_programs("sentiment0", {}, Page(50))
+        _, _, none = await tx.list_programs("sentiment0", {}, None, Page(50))
         assert none == 0
+        # Only what the caller may read: globs, and nothing at all.
+        seen, _, count = await tx.list_programs("", {}, ["sentiment_1", "sent*_3", "rank*"], Page(50))
+        assert [p.program for p in seen] == ["ranker", "sentiment_1", "sentiment_3"] and count == 3
+        _, _, zero = await tx.list_programs("", {}, [], Page(50))
+        assert zero == 0
+        # "_" in a glob is literal too: sentiment_* must not match "sentimentX1"
 
 
 # -- the registry's transactions on each backend -------------------------------------------

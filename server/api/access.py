@@ -1,0 +1,301 @@
+"""AccessService: parse, call the access use cases, map back. No rules here."""
+
+from __future__ import annotations
+
+from datetime import UTC, timedelta
+
+from dspy_registry.v1 import access_pb2 as pb
+
+from ..domain import access
+from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.names import check_name
+from ..errors import InvalidArgument
+from ..usecases.access import Access, PrincipalDraft
+from .context import Context
+from .convert import timestamp
+from .guard import Guard, identity
+from .mutations import answer, idempotency
+
+
+def _principal_name(value: str, field: str) -> str:
+    """`principals/{p}` -> `p`."""
+    parts = value.split("/")
+    if len(parts) != 2 or parts[0] != "principals":
+        raise InvalidArgument.one(field, f"{value!r} must look like principals/{{principal}}")
+    return check_name(parts[1], field)
+
+
+def _action(value: int, field: str, *, required: bool = True) -> Action | None:
+    if value == 0 and not required:
+        return None
+    try:
+        return Action(value)
+    except ValueError:
+        raise InvalidArgument.one(
+            field, "set an action: READ, REGISTER, DEPLOY, ROLLBACK, APPROVE or ADMIN"
+        ) from None
+
+
+def principal_proto(p: Principal) -> pb.Principal:
+    return pb.Principal(
+        name=p.resource_name,
+        type=int(p.type),  # type: ignore[arg-type]
+        display_name=p.display_name,
+        team=p.team,
+        email=p.email,
+        certificate_subjects=list(p.certificate_subjects),
+        disabled=p.disabled,
+        disable_reason=p.disable_reason,
+        creator=p.creator,
+        create_time=timestamp(p.create_time),
+        update_time=timestamp(p.update_time),
+        revision=p.revision,
+        etag=p.etag,
+    )
+
+
+def token_proto(t: Token) -> pb.Token:
+    out = pb.Token(
+        name=t.resource_name,
+        description=t.description,
+        secret_prefix=t.secret_prefix,
+        revoked=t.revoked,
+        creator=t.creator,
+        create_time=timestamp(t.create_time),
+        revision=t.revision,
+    )
+    if t.expire_time is not None:
+        out.expire_time.CopyFrom(timestamp(t.expire_time))
+    if t.revoke_time is not None:
+        out.revoke_time.CopyFrom(timestamp(t.revoke_time))
+    return out
+
+
+def permission_proto(g: Grant) -> pb.Permission:
+    return pb.Permission(
+        name=g.resource_name,
+        principal=f"principals/{g.principal}",
+        action=int(g.action),  # type: ignore[arg-type]
+        resource=g.resource,
+        creator=g.creator,
+        create_time=timestamp(g.create_time),
+        revision=g.revision,
+    )
+
+
+def audit_proto(e: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        name=e.resource_name,
+        time=timestamp(e.time),
+        principal=f"principals/{e.principal}" if e.principal else "",
+        token=e.token,
+        method=e.method,
+        resource=e.resource,
+        request_id=e.request_id,
+        outcome=int(e.outcome),  # type: ignore[arg-type]
+        code=e.code,
+        message=e.message,
+        revision=e.revision,
+        peer=e.peer,
+    )
+
+
+def _created_token(issued: NewToken) -> pb.CreateTokenResponse:
+    return pb.CreateTokenResponse(
+        token=token_proto(issued.token), secret=access.bearer_token(issued.token.id, issued.secret)
+    )
+
+
+def _recorded_token(issued: NewToken) -> pb.CreateTokenResponse:
+    """What a retry gets back: the token, never the secret (it is stored nowhere)."""
+    return pb.CreateTokenResponse(token=token_proto(issued.token))
+
+
+def _granted(result: tuple[Grant, bool]) -> pb.GrantPermissionResponse:
+    return pb.GrantPermissionResponse(permission=permission_proto(result[0]), created=result[1])
+
+
+class AccessServicer:
+    def __init__(self, access_: Access, guard: Guard) -> None:
+        self.access = access_
+        self.guard = guard
+
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:
+        who = identity()
+        method = (
+            pb.AUTHENTICATION_METHOD_TOKEN
+            if who.token is not None
+            else pb.AUTHENTICATION_METHOD_CLIENT_CERTIFICATE
+        )
+        grants = await self.access.grants(who.name) if self.guard.enabled else ()
+        response = pb.WhoAmIResponse(
+            principal=principal_proto(who.principal),
+            authentication_method=method,
+            permissions=[permission_proto(g) for g in grants],
+        )
+        if who.token is not None:
+            response.token.CopyFrom(token_proto(who.token))
+        return response
+
+    async def CreatePrincipal(
+        self, request: pb.CreatePrincipalRequest, context: Context
+    ) -> pb.CreatePrincipalResponse:
+        p = request.principal
+        try:
+            kind = access.PrincipalType(p.type or access.PrincipalType.USER)
+        except ValueError:
+            raise InvalidArgument.one("principal.type", "USER or SERVICE_ACCOUNT") from None
+        draft = PrincipalDraft(
+            request.principal_id, kind, p.display_name, p.team, p.email, tuple(p.certificate_subjects)
+        )
+
+        def build(x: Principal) -> pb.CreatePrincipalResponse:
+            return pb.CreatePrincipalResponse(principal=principal_proto(x))
+
+        result = await self.access.create_principal(draft, idempotency(request, "CreatePrincipal", build))
+        return answer(result, pb.CreatePrincipalResponse, build)
+
+    async def ListPrincipals(
+        self, request: pb.ListPrincipalsRequest, context: Context
+    ) -> pb.ListPrincipalsResponse:
+        kind = access.PrincipalType(request.type) if request.type else None
+        page = await self.access.list_principals(
+            kind, request.team, request.include_disabled, request.page_size, request.page_token
+        )
+        return pb.ListPrincipalsResponse(
+            principals=[principal_proto(p) for p in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def DisablePrincipal(
+        self, request: pb.DisablePrincipalRequest, context: Context
+    ) -> pb.DisablePrincipalResponse:
+        name = _principal_name(request.name, "name")
+
+        def build(x: Principal) -> pb.DisablePrincipalResponse:
+            return pb.DisablePrincipalResponse(principal=principal_proto(x))
+
+        result = await self.access.disable_principal(
+            name, request.reason, request.undo, request.etag, idempotency(request, "DisablePrincipal", build)
+        )
+        return answer(result, pb.DisablePrincipalResponse, build)
+
+    async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:
+        principal = _principal_name(request.parent, "parent")
+        expire = request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None
+        ttl = (
+            timedelta(seconds=request.ttl.ToTimedelta().total_seconds()) if request.HasField("ttl") else None
+        )
+        result = await self.access.create_token(
+            principal, request.description, expire, ttl, idempotency(request, "CreateToken", _recorded_token)
+        )
+        return answer(result, pb.CreateTokenResponse, _created_token)
+
+    async def ListTokens(self, request: pb.ListTokensRequest, context: Context) -> pb.ListTokensResponse:
+        principal = (
+            None if request.parent in ("", "principals/-") else _principal_name(request.parent, "parent")
+        )
+        page = await self.access.list_tokens(
+            principal, request.include_inactive, request.page_size, request.page_token
+        )
+        return pb.ListTokensResponse(
+            tokens=[token_proto(t) for t in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:
+        parts = request.name.split("/")
+        if len(parts) != 4 or parts[0] != "principals" or parts[2] != "tokens":
+            raise InvalidArgument.one("name", "must look like principals/{principal}/tokens/{token}")
+
+        def build(t: Token) -> pb.RevokeTokenResponse:
+            return pb.RevokeTokenResponse(token=token_proto(t))
+
+        result = await self.access.revoke_token(
+            parts[1], parts[3], idempotency(request, "RevokeToken", build)
+        )
+        return answer(result, pb.RevokeTokenResponse, build)
+
+    async def GrantPermission(
+        self, request: pb.GrantPermissionRequest, context: Context
+    ) -> pb.GrantPermissionResponse:
+        principal = _principal_name(request.principal, "principal")
+        action = _action(request.action, "action")
+        assert action is not None
+        result = await self.access.grant(
+            principal, action, request.resource, idempotency(request, "GrantPermission", _granted)
+        )
+        return answer(result, pb.GrantPermissionResponse, _granted)
+
+    async def RevokePermission(
+        self, request: pb.RevokePermissionRequest, context: Context
+    ) -> pb.RevokePermissionResponse:
+        parts = request.name.split("/")
+        if len(parts) != 2 or parts[0] != "permissions" or not parts[1]:
+            raise InvalidArgument.one("name", "must look like permissions/{permission}")
+
+        def build(g: Grant) -> pb.RevokePermissionResponse:
+            return pb.RevokePermissionResponse(permission=permission_proto(g))
+
+        result = await self.access.revoke_grant(parts[1], idempotency(request, "RevokePermission", build))
+        return answer(result, pb.RevokePermissionResponse, build)
+
+    async def ListPermissions(
+        self, request: pb.ListPermissionsRequest, context: Context
+    ) -> pb.ListPermissionsResponse:
+        principal = _principal_name(request.principal, "principal") if request.principal else ""
+        action = _action(request.action, "action", required=False)
+        if request.resource:
+            access.check_glob(request.resource, "resource")
+        page = await self.access.list_grants(
+            principal, action, request.resource, request.page_size, request.page_token
+        )
+        return pb.ListPermissionsResponse(
+            permissions=[permission_proto(g) for g in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def CheckPermission(
+        self, request: pb.CheckPermissionRequest, context: Context
+    ) -> pb.CheckPermissionResponse:
+        who = identity()
+        principal = _principal_name(request.principal, "principal") if request.principal else who.name
+        action = _action(request.action, "action")
+        assert action is not None
+        access.check_glob(request.resource, "resource")
+        if principal != who.name and self.guard.enabled:
+            # Asking about someone else reveals their grants: admin on `*` only.
+            await self.access.authorize(who, Action.ADMIN, [access.ALL])
+        if not self.guard.enabled:
+            return pb.CheckPermissionResponse(allowed=True, reason="authentication is off")
+        grant, reason = await self.access.check(principal, action, request.resource)
+        response = pb.CheckPermissionResponse(allowed=grant is not None, reason=reason)
+        if grant is not None:
+            response.permission.CopyFrom(permission_proto(grant))
+        return response
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        try:
+            outcomes = tuple(Outcome(o) for o in request.outcomes)
+        except ValueError:
+            raise InvalidArgument.one("outcomes", "SUCCEEDED, DENIED or FAILED") from None
+        f = AuditFilter(
+            principal=_principal_name(request.principal, "principal") if request.principal else "",
+            resource=request.resource,
+            method=request.method,
+            start_time=request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
+            end_time=request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            outcomes=outcomes,
+            codes=tuple(request.codes),
+        )
+        page = await self.access.list_audit(f, request.page_size, request.page_token)
+        return pb.ListAuditEventsResponse(
+            audit_events=[audit_proto(e) for e in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )

@@ -1,0 +1,454 @@
+"""Access use cases: authenticate, authorize, manage principals, tokens and grants, audit.
+
+Verified tokens and each principal's grants are cached for at most one
+second, and dropped at once when a commit revokes, disables or re-grants
+(this replica's commits, and other replicas' through the store's feed), so
+a revocation takes effect within one second everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ..calls import Call, caller
+from ..domain import access
+from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.model import Event
+from ..domain.names import check_name, check_text
+from ..errors import Aborted as AbortedError
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Violations,
+)
+from ..store.base import Store
+from .common import Idempotency, PageOf, Replay, page_of, record, replayed
+
+log = logging.getLogger("dspy_registry.access")
+
+CACHE_SECONDS = 1.0  # how stale a verified token or a grant list may be, at most
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Identity:
+    principal: Principal
+    token: Token | None  # None when a client certificate identified the caller
+
+    @property
+    def name(self) -> str:
+        return self.principal.name
+
+
+@dataclass(frozen=True)
+class PrincipalDraft:
+    name: str
+    type: access.PrincipalType
+    display_name: str
+    team: str
+    email: str
+    certificate_subjects: tuple[str, ...]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Access:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._tokens: dict[str, tuple[float, Token, str, Principal]] = {}
+        self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
+        store.commits.subscribe(self._on_commit, self._forget_all)
+
+    # -- caches ----------------------------------------------------------------------------
+
+    def _on_commit(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if event.kind.startswith(("token.", "principal.")):
+                self._tokens.clear()  # rare events: dropping all is simplest and safe
+            if event.kind.startswith(("permission.", "principal.")):
+                self._grants.pop(str(event.data.get("principal", "")), None)
+
+    def _forget_all(self) -> None:
+        self._tokens.clear()
+        self._grants.clear()
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Identity:
+        """The identity behind an `authorization: Bearer …` value, or Unauthenticated."""
+        if not authorization:
+            raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
+        parsed = access.parse_bearer(authorization)
+        if parsed is None:
+            raise Unauthenticated("malformed authorization metadata: expected `Bearer dspyr_…`")
+        token_id, secret = parsed
+        now = time.monotonic()
+        cached = self._tokens.get(token_id)
+        if cached is None or cached[0] < now:
+            async with self.store.read() as tx:
+                found = await tx.token_for_authentication(token_id)
+            if found is None:
+                raise Unauthenticated("unknown token")
+            token, secret_hash, principal = found
+            self._tokens[token_id] = (now + CACHE_SECONDS, token, secret_hash, principal)
+        else:
+            _, token, secret_hash, principal = cached
+        if not access.secret_matches(secret, secret_hash):
+            raise Unauthenticated("unknown token")
+        if token.revoked:
+            raise Unauthenticated(f"token {access.secret_prefix(token.id)}… was revoked")
+        if not token.active_at(_now()):
+            raise Unauthenticated(f"token {access.secret_prefix(token.id)}… expired")
+        if principal.disabled:
+            raise Unauthenticated(f"principal {principal.name} is disabled")
+        return Identity(principal, token)
+
+    async def authenticate_subject(self, subject: str) -> Identity:
+        """The identity a client certificate's subject maps to, or Unauthenticated."""
+        async with self.store.read() as tx:
+            principal = await tx.principal_by_subject(subject)
+        if principal is None:
+            raise Unauthenticated(f"no principal is mapped to the certificate subject {subject!r}")
+        if principal.disabled:
+            raise Unauthenticated(f"principal {principal.name} is disabled")
+        return Identity(principal, None)
+
+    # -- authorization ---------------------------------------------------------------------
+
+    async def grants(self, principal: str) -> tuple[Grant, ...]:
+        now = time.monotonic()
+        cached = self._grants.get(principal)
+        if cached is not None and cached[0] >= now:
+            return cached[1]
+        async with self.store.read() as tx:
+            grants = await tx.grants_of(principal)
+        self._grants[principal] = (now + CACHE_SECONDS, grants)
+        return grants
+
+    async def authorize(self, identity: Identity, action: Action, resources: Sequence[str]) -> None:
+        """PermissionDenied unless a grant allows `action` on every resource named."""
+        grants = await self.grants(identity.name)
+        for resource in resources:
+            if access.matching_grant(grants, action, resource) is None:
+                raise PermissionDenied(identity.name, action.name.lower(), resource)
+
+    async def readable(self, identity: Identity) -> list[str] | None:
+        """Globs of what the caller may read (None: everything), for filtering lists."""
+        return access.readable_globs(await self.grants(identity.name))
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def audit_alone(self, call: Call, outcome: Outcome, code: int, message: str) -> None:
+        """A denied or failed call's audit event, in a transaction of its own."""
+        call.audited = True  # this transaction must not add a second one
+        event = AuditEvent(
+            time=_now(),
+            principal=call.principal,
+            token=call.token,
+            method=call.method,
+            resource=call.resource,
+            request_id=call.request_id,
+            outcome=outcome,
+            code=code,
+            message=message[:1024],
+            revision=0,
+            peer=call.peer,
+        )
+        async with self.store.write() as tx:
+            await tx.insert_audit(event)
+
+    async def list_audit(self, f: AuditFilter, page_size: int, page_token: str) -> PageOf[AuditEvent]:
+        return await page_of(
+            self.store, lambda tx, page: tx.list_audit(f, page), page_size, page_token, "audit", f
+        )
+
+    # -- bootstrap -------------------------------------------------------------------------
+
+    async def bootstrap(self, token_file: Path) -> bool:
+        """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
+        async with self.store.write() as tx:
+            if await tx.count_principals() > 0:
+                return False
+            now = _now()
+            admin = Principal(
+                ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", "bootstrap",
+                now, now, tx.next_revision,
+            )  # fmt: skip
+            await tx.insert_principal(admin)
+            grant = Grant(
+                access.new_token_id(), ADMIN, Action.ADMIN, access.ALL, "bootstrap", now, tx.next_revision
+            )
+            await tx.insert_grant(grant)
+            issued = self._issue(ADMIN, "bootstrap admin token", None, "bootstrap", tx.next_revision)
+            await tx.insert_token(issued.token, access.hash_secret(issued.secret))
+            await tx.append(
+                [
+                    Event("principal.created", admin.resource_name, {"principal": ADMIN}),
+                    Event("permission.granted", grant.resource_name, {"principal": ADMIN}),
+                    Event("token.created", issued.token.resource_name, {"principal": ADMIN}),
+                ]
+            )
+            # Written before the commit: if it fails, no admin exists without its token.
+            _write_secret(token_file, access.bearer_token(issued.token.id, issued.secret))
+        log.warning(
+            "created the admin principal; its token is in %s (mode 0600)",
+            token_file,
+            extra={"token": access.secret_prefix(issued.token.id) + "…", "token_file": str(token_file)},
+        )
+        return True
+
+    # -- principals ------------------------------------------------------------------------
+
+    async def create_principal(
+        self, draft: PrincipalDraft, idem: Idempotency[Principal] | None
+    ) -> Principal | Replay:
+        v = Violations()
+        v.collect(lambda: check_name(draft.name, "principal_id"))
+        v.collect(lambda: check_text(draft.display_name, "principal.display_name", 256))
+        v.collect(lambda: check_text(draft.email, "principal.email", 256))
+        if draft.team:
+            v.collect(lambda: check_name(draft.team, "principal.team"))
+        for i, subject in enumerate(draft.certificate_subjects):
+            if not subject or len(subject) > 1024 or any(ord(c) < 32 for c in subject):
+                v.add(f"principal.certificate_subjects[{i}]", "must be 1-1024 printable characters")
+        if len(set(draft.certificate_subjects)) != len(draft.certificate_subjects):
+            v.add("principal.certificate_subjects", "must be unique")
+        v.raise_if_any()
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            if await tx.get_principal(draft.name) is not None:
+                raise AlreadyExists(f"principals/{draft.name}")
+            for subject in draft.certificate_subjects:
+                owner = await tx.subject_owner(subject)
+                if owner is not None:
+                    raise AlreadyExists(
+                        f"principals/{owner}", f"certificate subject {subject!r} already maps to {owner}"
+                    )
+            now = _now()
+            principal = Principal(
+                draft.name, draft.type, draft.display_name, draft.team, draft.email,
+                draft.certificate_subjects, False, "", caller(), now, now, tx.next_revision,
+            )  # fmt: skip
+            await tx.insert_principal(principal)
+            await tx.append([Event("principal.created", principal.resource_name, {"principal": draft.name})])
+            return await record(tx, idem, principal)
+
+    async def list_principals(
+        self,
+        type_: access.PrincipalType | None,
+        team: str,
+        include_disabled: bool,
+        page_size: int,
+        page_token: str,
+    ) -> PageOf[Principal]:
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_principals(type_, team, include_disabled, page),
+            page_size,
+            page_token,
+            "principals",
+            type_,
+            team,
+            include_disabled,
+        )
+
+    async def get_principal(self, name: str) -> Principal:
+        async with self.store.read() as tx:
+            found = await tx.get_principal(name)
+        if found is None:
+            raise NotFound(f"principals/{name}")
+        return found
+
+    async def disable_principal(
+        self, name: str, reason: str, undo: bool, etag: str, idem: Idempotency[Principal] | None
+    ) -> Principal | Replay:
+        check_text(reason, "reason", 1024)
+        if not undo and not reason.strip():
+            raise InvalidArgument.one("reason", "say why the principal is disabled")
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            principal = await tx.get_principal(name)
+            if principal is None:
+                raise NotFound(f"principals/{name}")
+            if etag and etag != principal.etag:
+                raise AbortedError(f"{principal.resource_name} changed: etag is {principal.etag}")
+            if not undo and name == caller():
+                raise FailedPrecondition("a principal cannot disable itself; ask another admin")
+            disabled = not undo
+            if principal.disabled == disabled:
+                return await record(tx, idem, principal)
+            now = _now()
+            await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
+            kind = "principal.enabled" if undo else "principal.disabled"
+            await tx.append([Event(kind, principal.resource_name, {"principal": name, "reason": reason})])
+            updated = replace(
+                principal,
+                disabled=disabled,
+                disable_reason="" if undo else reason,
+                update_time=now,
+                revision=tx.next_revision,
+            )
+            return await record(tx, idem, updated)
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def _issue(
+        self, principal: str, description: str, expire_time: datetime | None, creator: str, revision: int
+    ) -> NewToken:
+        token_id = access.new_token_id()
+        token = Token(
+            token_id, principal, description, access.secret_prefix(token_id), expire_time, False, None,
+            creator, _now(), revision,
+        )  # fmt: skip
+        return NewToken(token, access.new_secret())
+
+    async def create_token(
+        self,
+        principal: str,
+        description: str,
+        expire_time: datetime | None,
+        ttl: timedelta | None,
+        idem: Idempotency[NewToken] | None,
+    ) -> NewToken | Replay:
+        check_text(description, "description", 1024)
+        if expire_time is not None and ttl is not None:
+            raise InvalidArgument.one("ttl", "give expire_time or ttl, not both")
+        if ttl is not None:
+            if ttl <= timedelta(0):
+                raise InvalidArgument.one("ttl", "must be positive")
+            expire_time = _now() + ttl
+        if expire_time is not None and expire_time <= _now():
+            raise InvalidArgument.one("expire_time", "must be in the future")
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            owner = await tx.get_principal(principal)
+            if owner is None:
+                raise NotFound(f"principals/{principal}")
+            if owner.disabled:
+                raise FailedPrecondition(f"principals/{principal} is disabled")
+            issued = self._issue(principal, description, expire_time, caller(), tx.next_revision)
+            await tx.insert_token(issued.token, access.hash_secret(issued.secret))
+            await tx.append([Event("token.created", issued.token.resource_name, {"principal": principal})])
+            # The recorded answer carries no secret: a retry gets the token, never the secret again.
+            return await record(tx, idem, issued)
+
+    async def list_tokens(
+        self, principal: str | None, include_inactive: bool, page_size: int, page_token: str
+    ) -> PageOf[Token]:
+        if principal is not None:
+            await self.get_principal(principal)  # NOT_FOUND names it
+        active_at = None if include_inactive else _now()
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_tokens(principal, active_at, page),
+            page_size,
+            page_token,
+            "tokens",
+            principal,
+            include_inactive,
+        )
+
+    async def revoke_token(
+        self, principal: str, token_id: str, idem: Idempotency[Token] | None
+    ) -> Token | Replay:
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            token = await tx.get_token(token_id)
+            if token is None or token.principal != principal:
+                raise NotFound(f"principals/{principal}/tokens/{token_id}")
+            if token.revoked:
+                return await record(tx, idem, token)
+            now = _now()
+            await tx.revoke_token(token_id, tx.next_revision, now)
+            await tx.append([Event("token.revoked", token.resource_name, {"principal": principal})])
+            return await record(
+                tx, idem, replace(token, revoked=True, revoke_time=now, revision=tx.next_revision)
+            )
+
+    # -- grants ----------------------------------------------------------------------------
+
+    async def grant(
+        self, principal: str, action: Action, resource: str, idem: Idempotency[tuple[Grant, bool]] | None
+    ) -> tuple[Grant, bool] | Replay:
+        access.check_glob(resource, "resource")
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            if await tx.get_principal(principal) is None:
+                raise NotFound(f"principals/{principal}")
+            existing = await tx.find_grant(principal, action, resource)
+            if existing is not None:
+                return await record(tx, idem, (existing, False))
+            grant = Grant(
+                access.new_token_id(), principal, action, resource, caller(), _now(), tx.next_revision
+            )
+            await tx.insert_grant(grant)
+            await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])
+            return await record(tx, idem, (grant, True))
+
+    async def revoke_grant(self, grant_id: str, idem: Idempotency[Grant] | None) -> Grant | Replay:
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            grant = await tx.get_grant(grant_id)
+            if grant is None:
+                raise NotFound(f"permissions/{grant_id}")
+            await tx.delete_grant(grant_id)
+            await tx.append(
+                [Event("permission.revoked", grant.resource_name, {"principal": grant.principal})]
+            )
+            return await record(tx, idem, replace(grant, revision=tx.next_revision))
+
+    async def list_grants(
+        self, principal: str, action: Action | None, resource: str, page_size: int, page_token: str
+    ) -> PageOf[Grant]:
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_grants(principal, action, resource, page),
+            page_size,
+            page_token,
+            "grants",
+            principal,
+            action,
+            resource,
+        )
+
+    async def check(self, principal: str, action: Action, resource: str) -> tuple[Grant | None, str]:
+        """Whether `principal` may do `action` on `resource`: the grant that allows it, and why."""
+        async with self.store.read() as tx:
+            who = await tx.get_principal(principal)
+        if who is None:
+            raise NotFound(f"principals/{principal}")
+        if who.disabled:
+            return None, f"{principal} is disabled"
+        grant = access.matching_grant(await self.grants(principal), action, resource)
+        if grant is None:
+            return None, f"no grant gives {principal} {action.name.lower()} on {resource}"
+        return grant, f"{grant.action.name.lower()} on {grant.resource} allows it"
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Create `path` readable by its owner only, before any byte of the secret is in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secret + "\n").encode())
+    finally:
+        os.close(fd)
