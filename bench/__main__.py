@@ -37,8 +37,27 @@ GET_CONCURRENCY = 64
 REGISTER_CLIENTS = 16
 GET_RATIO_TARGET = 0.70
 GET_P99_TARGET_MS = 25.0
+GET_AUTH_RATIO_TARGET = 0.85
 REGISTER_SQLITE_TARGET = 1000.0
 STARTUP_TIMEOUT_S = 30.0
+# The backend whose GetProgramVersion is also measured with --no-auth (the issue's comparison).
+AUTH_COMPARISON_BACKEND = "sqlite"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A running registry server: its address and, with authentication on, its admin token."""
+
+    target: str
+    token_file: Path | None  # None: started with --no-auth
+    token: str | None
+
+    @property
+    def auth(self) -> bool:
+        return self.token is not None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.token is None else (("authorization", f"Bearer {self.token}"),)
 
 
 @dataclass(frozen=True)
@@ -83,13 +102,13 @@ def _tail(log: IO[bytes], size: int = 2000) -> str:
 
 
 @contextlib.contextmanager
-def _process(command: list[str]) -> Iterator[str]:
+def _process(command: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
     """Start a gRPC server listening on a free port; yield its address once SERVING; SIGTERM it."""
     port = _free_port()
     target = f"127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [*command, "--listen", target], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
+            [*command, "--listen", target], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
         )
         try:
             _wait_serving(process, target, log)
@@ -105,11 +124,10 @@ def _process(command: list[str]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _database(backend: str, options: Options) -> Iterator[str]:
-    """A fresh, empty database URL for one measurement, removed afterwards."""
+def _database(backend: str, options: Options, tmp: Path) -> Iterator[str]:
+    """A fresh, empty database URL for one measurement (SQLite: a file in `tmp`), removed afterwards."""
     if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="dspy-registry-bench-") as tmp:
-            yield f"sqlite:///{Path(tmp, 'registry.db').resolve()}"
+        yield f"sqlite:///{(tmp / 'registry.db').resolve()}"
         return
     name = f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_postgres(options.postgres, f'CREATE DATABASE "{name}"'))
@@ -127,32 +145,62 @@ async def _postgres(server: str, statement: str) -> None:
         await connection.close()
 
 
+def _read_token(token_file: Path) -> str:
+    """The admin token the server wrote on its first start (it exists once health says SERVING)."""
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise RuntimeError(f"the server is SERVING but wrote no admin token to {token_file}") from None
+    if not token:
+        raise RuntimeError(f"the admin token file {token_file} is empty")
+    return token
+
+
 @contextlib.contextmanager
-def _registry(backend: str, options: Options) -> Iterator[str]:
-    with _database(backend, options) as url:
+def _registry(backend: str, options: Options, *, auth: bool = True) -> Iterator[Registry]:
+    """A fresh registry server on a fresh database, with authentication on (default) or off."""
+    with (
+        tempfile.TemporaryDirectory(prefix="dspy-registry-bench-") as tmp,
+        _database(backend, options, Path(tmp)) as url,
+    ):
+        # Never the default .dspy-registry/admin.token under the working directory.
+        token_file = Path(tmp, "admin.token").resolve()
         command = [str(SERVER), "serve", "--database", url, "--grace", "2"]
-        command += ["--log-level", options.server_log_level]
-        with _process(command) as target:
-            yield target
+        command += ["--log-level", options.server_log_level, "--admin-token-file", str(token_file)]
+        if not auth:
+            command.append("--no-auth")
+        # An inherited DSPY_REGISTRY_NO_AUTH=1 would switch authentication off for every figure.
+        env = {k: v for k, v in os.environ.items() if k != "DSPY_REGISTRY_NO_AUTH"}
+        with _process(command, env) as target:
+            if auth:
+                yield Registry(target, token_file, _read_token(token_file))
+            else:
+                yield Registry(target, None, None)
 
 
-def _preload(target: str, versions: tuple[str, ...]) -> None:
+def _preload(registry: Registry, versions: tuple[str, ...]) -> None:
     """Register the benchmark signature, then the given versions of program `p`."""
-    with grpc.insecure_channel(target) as channel:
+    metadata = registry.metadata()
+    with grpc.insecure_channel(registry.target) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
-        stub.RegisterSignature(fixtures.signature_request(), timeout=10.0)
+        stub.RegisterSignature(fixtures.signature_request(), timeout=10.0, metadata=metadata)
         for i, version in enumerate(versions):
             # Numbers far from the load generator's, so no artifact repeats.
-            stub.RegisterProgram(fixtures.register_request(version, 10**9 + i), timeout=10.0)
+            request = fixtures.register_request(version, 10**9 + i)
+            stub.RegisterProgram(request, timeout=10.0, metadata=metadata)
         if versions:
-            stub.GetProgramVersion(fixtures.get_request(), timeout=10.0)
+            stub.GetProgramVersion(fixtures.get_request(), timeout=10.0, metadata=metadata)
 
 
-def _loadgen(target: str, workload: str, concurrency: int, options: Options) -> dict[str, Any]:
+def _loadgen(
+    target: str, workload: str, concurrency: int, options: Options, token_file: Path | None = None
+) -> dict[str, Any]:
     """Run `python -m bench.loadgen` in its own process and parse its JSON line."""
     command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--workload", workload]
     command += ["--concurrency", str(concurrency), "--seconds", str(options.seconds)]
     command += ["--warmup", str(options.warmup), "--channels", str(options.channels)]
+    if token_file is not None:
+        command += ["--token-file", str(token_file)]
     timeout = options.seconds + options.warmup + 120.0
     done = subprocess.run(command, cwd=ROOT, capture_output=True, check=False, timeout=timeout)
     if done.returncode != 0:
@@ -173,32 +221,59 @@ def bench_echo(options: Options) -> dict[str, Any]:
     }
 
 
-def bench_get(backend: str, options: Options, echo: float | None) -> dict[str, Any]:
-    with _registry(backend, options) as target:
-        _preload(target, fixtures.PRELOAD_VERSIONS)
-        result = _loadgen(target, "get", GET_CONCURRENCY, options)
-    ratio = result["throughput_per_s"] / echo if echo else None
-    return {
+def bench_get(
+    backend: str,
+    options: Options,
+    echo: float | None,
+    *,
+    auth: bool = True,
+    no_auth: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The read-path figure; `no_auth` is the same backend's auth-off figure from this run, if any."""
+    with _registry(backend, options, auth=auth) as registry:
+        _preload(registry, fixtures.PRELOAD_VERSIONS)
+        result = _loadgen(registry.target, "get", GET_CONCURRENCY, options, registry.token_file)
+    throughput = result["throughput_per_s"]
+    ratio = throughput / echo if echo else None
+    record: dict[str, Any] = {
         "bench": "get_program_version",
         "backend": backend,
+        "auth": auth,
         **result,
         "ratio_to_echo": None if ratio is None else round(ratio, 3),
         "server_log_level": options.server_log_level,
+    }
+    if not auth:
+        # The reference for ratio_to_no_auth: the issue sets no target for it.
+        return record | {"target": None, "meets_target": None}
+    record |= {
         "target": f"ratio_to_echo >= {GET_RATIO_TARGET} and p99_ms < {GET_P99_TARGET_MS}",
         "meets_target": None
         if ratio is None
         else (ratio >= GET_RATIO_TARGET and result["p99_ms"] < GET_P99_TARGET_MS and not result["errors"]),
     }
+    if no_auth is not None:
+        off = no_auth["throughput_per_s"]
+        auth_ratio = throughput / off if off else None
+        record |= {
+            "ratio_to_no_auth": None if auth_ratio is None else round(auth_ratio, 3),
+            "auth_target": f"ratio_to_no_auth >= {GET_AUTH_RATIO_TARGET}",
+            "meets_auth_target": None
+            if auth_ratio is None
+            else (auth_ratio >= GET_AUTH_RATIO_TARGET and not result["errors"] and not no_auth["errors"]),
+        }
+    return record
 
 
 def bench_register(backend: str, options: Options) -> dict[str, Any]:
-    with _registry(backend, options) as target:
-        _preload(target, ())
-        result = _loadgen(target, "register", REGISTER_CLIENTS, options)
+    with _registry(backend, options) as registry:
+        _preload(registry, ())
+        result = _loadgen(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
     sqlite = backend == "sqlite"
     return {
         "bench": "register_program",
         "backend": backend,
+        "auth": True,
         **result,
         "artifact_bytes": fixtures.ARTIFACT_BYTES,
         "server_log_level": options.server_log_level,
@@ -233,7 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         emit(record)
     if args.only in (None, "get"):
         for backend in backends:
-            emit(bench_get(backend, options, echo))
+            no_auth = None
+            if backend == AUTH_COMPARISON_BACKEND:
+                # Auth off first, so the auth-on figure (with ratio_to_no_auth) comes after it.
+                no_auth = bench_get(backend, options, echo, auth=False)
+                emit(no_auth)
+            emit(bench_get(backend, options, echo, no_auth=no_auth))
     if args.only in (None, "register"):
         for backend in backends:
             emit(bench_register(backend, options))

@@ -1,12 +1,17 @@
 """The load generator: keeps N unary calls in flight for a fixed time, prints one JSON line.
 
 Run as `python -m bench.loadgen --target HOST:PORT --workload echo|get|register
---concurrency N --seconds S`. Each of the N workers issues one call at a time
+--concurrency N --seconds S [--token-file PATH]`. Each of the N workers issues one call at a time
 (so exactly N are in flight) over one of `--channels` channels (separate TCP
 connections), first for `--warmup` seconds (not counted), then for the measured
 window. Requests and responses travel as raw bytes so the client spends as
 little CPU as possible deserializing; the echo ceiling and the registry reads
 are measured with the very same code path.
+
+With `--token-file PATH` every call carries the metadata
+`authorization: Bearer <the file's contents>` (built once, sent per call);
+without it calls carry no metadata (the echo server, or a registry started
+with --no-auth).
 
 Workloads:
   echo      `/bench.Echo/Echo` with the serialized GetProgramVersion request.
@@ -34,6 +39,9 @@ from .common import ECHO_METHOD, GET_METHOD, REGISTER_METHOD, emit, has_uvloop, 
 # Given a channel, make a function that performs one call and returns when it is done.
 CallFactory = Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]]
 
+# What every call sends as metadata; None sends none.
+Metadata = tuple[tuple[str, str], ...] | None
+
 CALL_TIMEOUT_S = 30.0
 
 
@@ -43,15 +51,26 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-def _fixed_request(method: str, payload: bytes) -> CallFactory:
+def bearer_metadata(token_file: str | None) -> Metadata:
+    """The metadata tuple every call sends: the bearer token read from `token_file`, if any."""
+    if token_file is None:
+        return None
+    with open(token_file, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise SystemExit(f"{token_file} holds no token")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _fixed_request(method: str, payload: bytes, metadata: Metadata) -> CallFactory:
     def factory(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
         call = channel.unary_unary(method, None, None)  # no serializers: bytes in, bytes out
-        return lambda: call(payload, timeout=CALL_TIMEOUT_S)
+        return lambda: call(payload, timeout=CALL_TIMEOUT_S, metadata=metadata)
 
     return factory
 
 
-def _registrations() -> CallFactory:
+def _registrations(metadata: Metadata) -> CallFactory:
     counter = itertools.count()  # shared by every worker: each call a new version
 
     def factory(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
@@ -60,21 +79,21 @@ def _registrations() -> CallFactory:
         def one() -> Awaitable[Any]:
             n = next(counter)
             request = fixtures.register_request(f"1.0.{n}", n)
-            return call(request.SerializeToString(), timeout=CALL_TIMEOUT_S)
+            return call(request.SerializeToString(), timeout=CALL_TIMEOUT_S, metadata=metadata)
 
         return one
 
     return factory
 
 
-def workload(name: str) -> CallFactory:
+def workload(name: str, metadata: Metadata = None) -> CallFactory:
     payload = fixtures.get_request().SerializeToString()
     if name == "echo":
-        return _fixed_request(ECHO_METHOD, payload)
+        return _fixed_request(ECHO_METHOD, payload, metadata)
     if name == "get":
-        return _fixed_request(GET_METHOD, payload)
+        return _fixed_request(GET_METHOD, payload, metadata)
     if name == "register":
-        return _registrations()
+        return _registrations(metadata)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -98,9 +117,15 @@ async def _window(calls: list[Callable[[], Awaitable[Any]]], seconds: float) -> 
 
 
 async def measure(
-    target: str, name: str, concurrency: int, seconds: float, warmup: float, channels: int
+    target: str,
+    name: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    channels: int,
+    metadata: Metadata = None,
 ) -> dict[str, Any]:
-    factory = workload(name)
+    factory = workload(name, metadata)
     # A local subchannel pool per channel: separate connections, not one shared.
     opened = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -144,13 +169,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument(
+        "--token-file",
+        help="send `authorization: Bearer <its contents>` on every call (default: no metadata)",
+    )
     args = parser.parse_args()
+    metadata = bearer_metadata(args.token_file)
     # The client's own collector pauses would show up as server latency.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     result = run(
-        measure(args.target, args.workload, args.concurrency, args.seconds, args.warmup, args.channels)
+        measure(
+            args.target, args.workload, args.concurrency, args.seconds, args.warmup, args.channels, metadata
+        )
     )
     emit(result)
 

@@ -79,7 +79,9 @@ class _Admission:
     async def enter(self, request: Any, context: Context) -> Call:
         # Each RPC runs in a task of its own: what is set here is this call's alone.
         request_id = getattr(request, "request_id", "") or ""
-        call = Call(self.method, "", "", "", request_id, peer(context), self.rule.mutation)
+        # The peer is only wanted by the audit log: mutations, and refusals (see refused()).
+        address = peer(context) if self.rule.mutation else ""
+        call = Call(self.method, "", "", "", request_id, address, self.rule.mutation)
         current_call.set(call)
         try:
             names = self.rule.names(request) if request is not None else []
@@ -93,7 +95,8 @@ class _Admission:
         await self.guard.authorize(who, self.rule, names)
         return call
 
-    async def refused(self, call: Call, exc: Exception) -> None:
+    async def refused(self, call: Call, exc: Exception, context: Context) -> None:
+        call.peer = call.peer or peer(context)
         await self.guard.audit_refusal(call, exc, self.rule)
 
 
@@ -117,7 +120,7 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -
             raise
         except Exception as exc:
             code = _code(exc, context)
-            await admission.refused(current or current_call.get() or _unknown(method), exc)
+            await admission.refused(current or current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
             call_ = current_call.get()
@@ -141,7 +144,7 @@ def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
             raise
         except Exception as exc:
             code = _code(exc, context)
-            await admission.refused(current_call.get() or _unknown(method), exc)
+            await admission.refused(current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
             _log(method, code, start, getattr(request, "request_id", ""))

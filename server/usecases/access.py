@@ -37,6 +37,7 @@ from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 log = logging.getLogger("dspy_registry.access")
 
 CACHE_SECONDS = 1.0  # how stale a verified token or a grant list may be, at most
+MAX_CACHED = 10_000
 ADMIN = "admin"
 
 
@@ -67,7 +68,8 @@ def _now() -> datetime:
 class Access:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._tokens: dict[str, tuple[float, Token, str, Principal]] = {}
+        # authorization header -> (fresh until (monotonic), token expiry (epoch s) or None, identity)
+        self._verified: dict[str, tuple[float, float | None, Identity]] = {}
         self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
         store.commits.subscribe(self._on_commit, self._forget_all)
 
@@ -76,12 +78,12 @@ class Access:
     def _on_commit(self, events: Sequence[Event]) -> None:
         for event in events:
             if event.kind.startswith(("token.", "principal.")):
-                self._tokens.clear()  # rare events: dropping all is simplest and safe
+                self._verified.clear()  # rare events: dropping all is simplest and safe
             if event.kind.startswith(("permission.", "principal.")):
                 self._grants.pop(str(event.data.get("principal", "")), None)
 
     def _forget_all(self) -> None:
-        self._tokens.clear()
+        self._verified.clear()
         self._grants.clear()
 
     # -- authentication --------------------------------------------------------------------
@@ -90,30 +92,31 @@ class Access:
         """The identity behind an `authorization: Bearer …` value, or Unauthenticated."""
         if not authorization:
             raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
+        # The hot path: a header verified less than a second ago costs a dict lookup.
+        hit = self._verified.get(authorization)
+        if hit is not None and hit[0] > time.monotonic() and (hit[1] is None or time.time() < hit[1]):
+            return hit[2]
         parsed = access.parse_bearer(authorization)
         if parsed is None:
             raise Unauthenticated("malformed authorization metadata: expected `Bearer dspyr_…`")
         token_id, secret = parsed
-        now = time.monotonic()
-        cached = self._tokens.get(token_id)
-        if cached is None or cached[0] < now:
-            async with self.store.read() as tx:
-                found = await tx.token_for_authentication(token_id)
-            if found is None:
-                raise Unauthenticated("unknown token")
-            token, secret_hash, principal = found
-            self._tokens[token_id] = (now + CACHE_SECONDS, token, secret_hash, principal)
-        else:
-            _, token, secret_hash, principal = cached
-        if not access.secret_matches(secret, secret_hash):
+        async with self.store.read() as tx:
+            found = await tx.token_for_authentication(token_id)
+        if found is None or not access.secret_matches(secret, found[1]):
             raise Unauthenticated("unknown token")
+        token, _, principal = found
         if token.revoked:
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… was revoked")
         if not token.active_at(_now()):
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… expired")
         if principal.disabled:
             raise Unauthenticated(f"principal {principal.name} is disabled")
-        return Identity(principal, token)
+        who = Identity(principal, token)
+        expiry = token.expire_time.timestamp() if token.expire_time is not None else None
+        if len(self._verified) > MAX_CACHED:
+            self._verified.clear()  # a flood of distinct tokens must not grow memory
+        self._verified[authorization] = (time.monotonic() + CACHE_SECONDS, expiry, who)
+        return who
 
     async def authenticate_subject(self, subject: str) -> Identity:
         """The identity a client certificate's subject maps to, or Unauthenticated."""

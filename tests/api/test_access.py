@@ -1,0 +1,213 @@
+"""Principals, tokens, grants, the audit log and the bootstrap admin, over a real channel."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dspy_registry.server.api.permissions import RULES
+from dspy_registry.server.domain.access import Action
+from dspy_registry.v1 import access_pb2 as apb
+from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.api.conftest import Running, register_signature, start
+from tests.factories import dspy_state
+
+REGISTRY = "/dspy_registry.v1.RegistryService/"
+
+
+def test_the_seeds_actions_guard_the_rpcs_they_name() -> None:
+    """A few rules pinned in words, so that the table cannot drift silently."""
+    assert RULES[REGISTRY + "GetProgramVersion"].action is Action.READ
+    assert RULES[REGISTRY + "RegisterProgram"].action is Action.REGISTER
+    assert RULES[REGISTRY + "RegisterProgram"].mutation
+    assert RULES["/dspy_registry.v1.DeploymentService/CreateDeployment"].action is Action.DEPLOY
+    assert RULES["/dspy_registry.v1.DeploymentService/RollbackDeployment"].action is Action.ROLLBACK
+    assert RULES["/dspy_registry.v1.DeploymentService/ApproveDeployment"].action is Action.APPROVE
+    for name in ("CreatePrincipal", "CreateToken", "GrantPermission", "ListAuditEvents"):
+        assert RULES["/dspy_registry.v1.AccessService/" + name].action is Action.ADMIN
+
+
+async def _teammate(admin: apb_grpc.AccessServiceStub, name: str, *grants: tuple[int, str]) -> str:
+    await admin.CreatePrincipal(
+        apb.CreatePrincipalRequest(principal_id=name, principal=apb.Principal(team="ml_platform"))
+    )
+    for action, resource in grants:
+        await admin.GrantPermission(
+            apb.GrantPermissionRequest(principal=f"principals/{name}", action=action, resource=resource)  # type: ignore[arg-type]
+        )
+    return str((await admin.CreateToken(apb.CreateTokenRequest(parent=f"principals/{name}"))).secret)
+
+
+def _program(name: str, version: str) -> pb.RegisterProgramRequest:
+    return pb.RegisterProgramRequest(
+        spec=pb.ProgramVersionSpec(program=name, version=version, signature="signatures/sig/versions/1.0.0"),
+        artifact=dspy_state(f"{name} {version}"),
+    )
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await register_signature(server.registry, name="sig")
+    secret = await _teammate(
+        admin, "bob", (apb.ACTION_REGISTER, "sentiment_*"), (apb.ACTION_READ, "sentiment_*")
+    )
+    channel = server.channel_for(secret)
+    bob = pb_grpc.RegistryServiceStub(channel)
+    try:
+        # Calls start when made: lambdas keep them in order.
+        mutations = [
+            lambda: bob.RegisterProgram(_program("sentiment_a", "1.0.0")),
+            lambda: bob.RegisterProgram(_program("sentiment_a", "1.1.0")),
+            lambda: bob.YankProgramVersion(
+                pb.YankProgramVersionRequest(name="programs/sentiment_a/versions/1.1.0", reason="worse")
+            ),
+        ]
+        for call in mutations:
+            assert await _code(call()) == grpc.StatusCode.OK
+        # Reads are not audited.
+        latest = pb.GetProgramVersionRequest(name="programs/sentiment_a/versions/latest")
+        assert await _code(bob.GetProgramVersion(latest)) == grpc.StatusCode.OK
+        denials = [
+            lambda: bob.RegisterProgram(_program("ranker", "1.0.0")),
+            lambda: bob.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/ranker/versions/1.0.0")),
+            lambda: bob.GetProgramVersion(
+                pb.GetProgramVersionRequest(name="programs/no_such_thing/versions/1.0.0")
+            ),
+            lambda: apb_grpc.AccessServiceStub(channel).CreatePrincipal(
+                apb.CreatePrincipalRequest(principal_id="mallory", principal=apb.Principal())
+            ),
+        ]
+        for call in denials:
+            assert await _code(call()) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close(None)
+    listed = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/bob"))
+    assert listed.total_size == len(mutations) + len(denials) == 7
+    outcomes = [(e.method.rsplit("/", 1)[1], e.resource, e.outcome) for e in reversed(listed.audit_events)]
+    assert outcomes == [
+        ("RegisterProgram", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("RegisterProgram", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("YankProgramVersion", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("RegisterProgram", "ranker", apb.AUDIT_OUTCOME_DENIED),
+        ("GetProgramVersion", "ranker", apb.AUDIT_OUTCOME_DENIED),
+        ("GetProgramVersion", "no_such_thing", apb.AUDIT_OUTCOME_DENIED),
+        ("CreatePrincipal", "*", apb.AUDIT_OUTCOME_DENIED),
+    ]
+    events = list(reversed(listed.audit_events))
+    assert all(
+        e.principal == "principals/bob" and e.token.startswith("principals/bob/tokens/") for e in events
+    )
+    assert [e.revision > 0 for e in events[:3]] == [True, True, True] and events[3].revision == 0
+    assert events[3].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    denied_only = await admin.ListAuditEvents(
+        apb.ListAuditEventsRequest(
+            principal="principals/bob", outcomes=[apb.AUDIT_OUTCOME_DENIED], page_size=2
+        )
+    )
+    assert denied_only.total_size == 4 and len(denied_only.audit_events) == 2 and denied_only.next_page_token
+
+
+async def test_revocation_disabling_and_expiry_take_effect_at_once(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    secret = await _teammate(admin, "carol", (apb.ACTION_READ, "*"))
+    channel = server.channel_for(secret)
+    carol = apb_grpc.AccessServiceStub(channel)
+    try:
+        me = await carol.WhoAmI(apb.WhoAmIRequest())
+        assert me.principal.name == "principals/carol" and me.permissions[0].resource == "*"
+        tokens = await admin.ListTokens(apb.ListTokensRequest(parent="principals/carol"))
+        assert [t.secret_prefix for t in tokens.tokens] == [secret[: len(tokens.tokens[0].secret_prefix)]]
+        assert all(not t.secret_prefix.endswith(secret[-8:]) for t in tokens.tokens)
+        await admin.RevokeToken(apb.RevokeTokenRequest(name=tokens.tokens[0].name))
+        assert await _code(carol.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        fresh = await admin.CreateToken(apb.CreateTokenRequest(parent="principals/carol"))
+        again = server.channel_for(fresh.secret)
+        assert (
+            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
+        )
+        await admin.DisablePrincipal(
+            apb.DisablePrincipalRequest(name="principals/carol", reason="left the team")
+        )
+        assert (
+            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest()))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        await again.close(None)
+    finally:
+        await channel.close(None)
+
+
+async def test_tokens_are_shown_once_and_retries_never_see_the_secret(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="dave", principal=apb.Principal()))
+    request = apb.CreateTokenRequest(parent="principals/dave", description="ci", request_id="token-once")
+    first = await admin.CreateToken(request)
+    retry = await admin.CreateToken(request)
+    assert first.secret.startswith("dspyr_") and retry.secret == "" and retry.token == first.token
+    listed = await admin.ListTokens(apb.ListTokensRequest(parent="principals/-"))
+    assert first.secret not in str(listed)
+
+
+async def test_grants_are_idempotent_checkable_and_revocable(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="erin", principal=apb.Principal()))
+    grant = apb.GrantPermissionRequest(
+        principal="principals/erin", action=apb.ACTION_DEPLOY, resource="sentiment_*"
+    )
+    first, second = await admin.GrantPermission(grant), await admin.GrantPermission(grant)
+    assert first.created and not second.created and first.permission.name == second.permission.name
+    check = apb.CheckPermissionRequest(
+        principal="principals/erin", action=apb.ACTION_DEPLOY, resource="sentiment_x"
+    )
+    assert (await admin.CheckPermission(check)).allowed
+    other = apb.CheckPermissionRequest(
+        principal="principals/erin", action=apb.ACTION_DEPLOY, resource="ranker"
+    )
+    assert not (await admin.CheckPermission(other)).allowed
+    await admin.RevokePermission(apb.RevokePermissionRequest(name=first.permission.name))
+    assert not (await admin.CheckPermission(check)).allowed
+    bad = apb.GrantPermissionRequest(
+        principal="principals/erin", action=apb.ACTION_READ, resource="Bad Glob!"
+    )
+    assert await _code(admin.GrantPermission(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_bootstrap_once_with_a_private_token_file_never_logged(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token_file = tmp_path / "secrets" / "admin.token"
+    with caplog.at_level(logging.INFO):
+        first = await start(database_url, admin_token_file=str(token_file))
+    token = token_file.read_text().strip()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert str(token_file) in logged and token not in logged and token[:19] in logged
+    me = await apb_grpc.AccessServiceStub(first.channel).WhoAmI(apb.WhoAmIRequest())
+    assert me.principal.name == "principals/admin"
+    await first.channel.close(None)
+    await first.app.stop(grace=0)
+    token_file.unlink()
+    second = await start(database_url, admin_token=token, admin_token_file=str(token_file))
+    try:
+        assert not token_file.exists()  # no second admin, no second token
+        principals = await apb_grpc.AccessServiceStub(second.channel).ListPrincipals(
+            apb.ListPrincipalsRequest()
+        )
+        assert [p.name for p in principals.principals] == ["principals/admin"]
+    finally:
+        await second.channel.close(None)
+        await second.app.stop(grace=0)
