@@ -91,7 +91,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, token: str) -> None:
         self.metadata = [("authorization", f"Bearer {token}")]
 
@@ -109,7 +109,7 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientIntercepto
 
 class _Details(
     collections.namedtuple("_Details", ["method", "timeout", "metadata", "credentials"]),
-    grpc.ClientCallDetails,  # type: ignore[misc]
+    grpc.ClientCallDetails,
 ):
     pass
 

@@ -22,7 +22,7 @@ async def test_stop_with_sigterm_restart_and_find_everything(
     log = tmp_path / "server.log"
     first = serve(database_url, log).start()
     with first.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry = pb_grpc.RegistryServiceStub(channel)
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
         )
@@ -48,7 +48,7 @@ async def test_stop_with_sigterm_restart_and_find_everything(
 
     second = serve(database_url, log).start()
     with second.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry = pb_grpc.RegistryServiceStub(channel)
         latest = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/latest"))
         assert latest.program_version.version == "1.1.0" and latest.program_version.revision == 4
         health = health_pb2_grpc.HealthStub(channel)
@@ -90,7 +90,7 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
             yield pb.UploadProgramRequest(chunk=data[i : i + chunk])
 
     with server.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry = pb_grpc.RegistryServiceStub(channel)
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
         )
@@ -99,6 +99,6 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
     assert server.process is not None and server.process.wait(15) == 0
     restarted = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     with restarted.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        registry = pb_grpc.RegistryServiceStub(channel)
         found = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/1.0.0"))
     assert found.program_version.artifact.digest == response.program_version.artifact.digest

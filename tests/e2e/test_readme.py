@@ -41,7 +41,7 @@ def _run_block(block: str, server: ServerProcess, cwd: Path) -> str:
 
 def _registry(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.RegistryServiceStub]:
     channel = server.channel()
-    return channel, pb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+    return channel, pb_grpc.RegistryServiceStub(channel)
 
 
 async def test_the_readme_shows_both_commands() -> None:
