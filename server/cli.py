@@ -14,6 +14,25 @@ from .app import App
 from .config import Config, add_serve_arguments, from_arguments
 from .errors import RegistryError
 
+ACCESS_HELP = """\
+access control:
+  Every RPC but health and reflection needs `authorization: Bearer <token>`.
+  principals  users or service accounts (AccessService/CreatePrincipal), each with
+              a team; a disabled principal's calls fail with UNAUTHENTICATED.
+  grants      an action -- read, register, deploy, rollback, approve, admin -- on a
+              program (or signature) name or a glob such as sentiment_* or *
+              (GrantPermission); admin implies the rest. No grant, no access:
+              PERMISSION_DENIED, whether the program exists or not.
+  tokens      random secrets shown once by CreateToken, stored as hashes,
+              optionally expiring, revocable (RevokeToken). With --tls-client-ca a
+              client certificate whose subject a principal lists also identifies it.
+  The first start of an empty store creates the `admin` principal (admin on *)
+  and writes its token to --admin-token-file (mode 0600):
+    grpcurl -plaintext -H "authorization: Bearer $(cat .dspy-registry/admin.token)" \\
+      localhost:50051 dspy_registry.v1.AccessService/WhoAmI
+  Every mutation and every refused call is in the audit log (ListAuditEvents).
+"""
+
 log = logging.getLogger("dspy_registry.server")
 
 
@@ -44,9 +63,19 @@ def _run(coro: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dspy-registry", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dspy-registry",
+        description=__doc__,
+        epilog=ACCESS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the control plane server")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the control plane server",
+        epilog=ACCESS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_serve_arguments(serve_parser)
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -102,3 +102,15 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
         registry = pb_grpc.RegistryServiceStub(channel)
         found = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/1.0.0"))
     assert found.program_version.artifact.digest == response.program_version.artifact.digest
+
+
+async def test_help_explains_principals_grants_and_tokens() -> None:
+    import subprocess
+
+    from tests.e2e.conftest import SERVE
+
+    for args in ([], ["serve"]):
+        done = subprocess.run([str(SERVE), *args, "--help"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0
+        for word in ("principals", "grants", "tokens", "admin.token", "sentiment_*", "--tls-client-ca"):
+            assert word in done.stdout, (args, word)
