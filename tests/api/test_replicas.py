@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
+import grpc
 import pytest
 
 from dspy_registry.v1 import registry_pb2 as pb
@@ -89,3 +90,32 @@ async def test_losing_the_listen_connection_resets_the_cache_and_reconnects(
         return await _latest(b) == "1.1.0"
 
     await _eventually(b_sees_1_1_0)
+
+
+async def test_a_token_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
+    replicas: tuple[Running, Running],
+) -> None:
+    from dspy_registry.v1 import access_pb2 as apb
+    from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+
+    a, b = replicas
+    admin = apb_grpc.AccessServiceStub(a.channel)
+    issued = await admin.CreateToken(apb.CreateTokenRequest(parent="principals/admin"))
+    channel = b.channel_for(issued.secret)
+    try:
+        who = apb_grpc.AccessServiceStub(channel)
+        await who.WhoAmI(apb.WhoAmIRequest())  # b has verified and cached it
+        await admin.RevokeToken(apb.RevokeTokenRequest(name=issued.token.name))
+        started = asyncio.get_running_loop().time()
+
+        async def refused() -> bool:
+            try:
+                await who.WhoAmI(apb.WhoAmIRequest())
+            except grpc.aio.AioRpcError as err:
+                return err.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        await _eventually(refused, seconds=1.0)
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await channel.close(None)
