@@ -22,6 +22,7 @@ class Call:
     peer: str
     mutation: bool
     audited: bool = False  # set once its audit event is committed
+    authorized: bool = False  # set once a rule resolved by the servicer has been checked
 
 
 current_call: ContextVar[Call | None] = ContextVar("current_call", default=None)

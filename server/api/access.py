@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dspy_registry.v1 import access_pb2 as pb
 
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
-from ..domain.names import check_name
+from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument
 from ..usecases.access import Access, PrincipalDraft
 from .context import Context
 from .convert import timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
+
+TOKEN_ID_RE = re.compile(r"[a-z0-9]{12}")
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT when out of range."""
+    if not message.HasField(name):
+        return None
+    try:
+        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one(name, "is not a valid time") from None
+    return value
+
+
+def _id(value: str, field: str, shape: str) -> str:
+    if not TOKEN_ID_RE.fullmatch(value):
+        raise InvalidArgument.one(field, f"must look like {shape}")
+    return value
 
 
 def _principal_name(value: str, field: str) -> str:
@@ -158,7 +179,10 @@ class AccessServicer:
     async def ListPrincipals(
         self, request: pb.ListPrincipalsRequest, context: Context
     ) -> pb.ListPrincipalsResponse:
-        kind = access.PrincipalType(request.type) if request.type else None
+        try:
+            kind = access.PrincipalType(request.type) if request.type else None
+        except ValueError:
+            raise InvalidArgument.one("type", "USER or SERVICE_ACCOUNT") from None
         page = await self.access.list_principals(
             kind, request.team, request.include_disabled, request.page_size, request.page_token
         )
@@ -183,7 +207,7 @@ class AccessServicer:
 
     async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:
         principal = _principal_name(request.parent, "parent")
-        expire = request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None
+        expire = _time(request, "expire_time")
         ttl = (
             timedelta(seconds=request.ttl.ToTimedelta().total_seconds()) if request.HasField("ttl") else None
         )
@@ -209,6 +233,8 @@ class AccessServicer:
         parts = request.name.split("/")
         if len(parts) != 4 or parts[0] != "principals" or parts[2] != "tokens":
             raise InvalidArgument.one("name", "must look like principals/{principal}/tokens/{token}")
+        check_name(parts[1], "name")
+        _id(parts[3], "name", "principals/{principal}/tokens/{12 characters of a-z0-9}")
 
         def build(t: Token) -> pb.RevokeTokenResponse:
             return pb.RevokeTokenResponse(token=token_proto(t))
@@ -233,8 +259,9 @@ class AccessServicer:
         self, request: pb.RevokePermissionRequest, context: Context
     ) -> pb.RevokePermissionResponse:
         parts = request.name.split("/")
-        if len(parts) != 2 or parts[0] != "permissions" or not parts[1]:
+        if len(parts) != 2 or parts[0] != "permissions":
             raise InvalidArgument.one("name", "must look like permissions/{permission}")
+        _id(parts[1], "name", "permissions/{12 characters of a-z0-9}")
 
         def build(g: Grant) -> pb.RevokePermissionResponse:
             return pb.RevokePermissionResponse(permission=permission_proto(g))
@@ -286,10 +313,10 @@ class AccessServicer:
             raise InvalidArgument.one("outcomes", "SUCCEEDED, DENIED or FAILED") from None
         f = AuditFilter(
             principal=_principal_name(request.principal, "principal") if request.principal else "",
-            resource=request.resource,
-            method=request.method,
-            start_time=request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
-            end_time=request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            resource=check_text(request.resource, "resource", 512),
+            method=check_text(request.method, "method", 256),
+            start_time=_time(request, "start_time"),
+            end_time=_time(request, "end_time"),
             outcomes=outcomes,
             codes=tuple(request.codes),
         )

@@ -11,14 +11,15 @@ mutations are audited by the store inside their own transaction.
 from __future__ import annotations
 
 import logging
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
-from ..calls import Call
-from ..domain.access import Outcome, Principal, PrincipalType
+from ..calls import Call, current_call
+from ..domain.access import Action, Outcome, Principal, PrincipalType
 from ..errors import PermissionDenied, RegistryError, Unauthenticated
 from ..usecases.access import Access, Identity
 from .context import Context
@@ -45,6 +46,7 @@ class Guard:
         self.access = access
         self.enabled = enabled
         self.client_certificates = client_certificates
+        self._throttle = _Throttle()
 
     async def authenticate(self, context: Context) -> Identity:
         if not self.enabled:
@@ -63,14 +65,31 @@ class Guard:
     async def authorize(self, who: Identity, rule: Rule, names: list[str]) -> None:
         if not self.enabled or rule.action is None or rule.filtered or rule.by_servicer:
             return
+        if not names:  # fail closed: a rule that names nothing allows nothing
+            raise PermissionDenied(who.name, rule.action.name.lower(), "(no resource)")
         await self.access.authorize(who, rule.action, names)
+
+    async def authorize_resource(self, action: Action, names: list[str]) -> None:
+        """For servicers whose rule needs a lookup first: check `action` on what they found."""
+        call = current_call.get()
+        if self.enabled:
+            await self.access.authorize(identity(), action, names)
+        if call is not None:
+            call.authorized = True
+            call.resource = call.resource or (names[0] if names else "")
 
     async def readable(self, who: Identity) -> list[str] | None:
         """Globs of what `who` may read (None: everything), for lists that filter."""
         return None if not self.enabled else await self.access.readable(who)
 
     async def audit_refusal(self, call: Call, exc: Exception, rule: Rule) -> None:
-        """Audit a denied call, or a failed mutation, unless its transaction already did."""
+        """Audit a denied call, or a failed mutation, unless its transaction already did.
+
+        Refusals are throttled per caller (the principal, else the peer's address):
+        a burst of REFUSAL_BURST is written one by one, then one event a second
+        carries the count of those it stands for, so that a flood of bad calls
+        cannot turn into a flood of writes.
+        """
         if not self.enabled or call.audited:
             return
         denied = isinstance(exc, Unauthenticated | PermissionDenied)
@@ -78,6 +97,12 @@ class Guard:
             return
         code = code_for(exc) if isinstance(exc, RegistryError) else grpc.StatusCode.INTERNAL
         message = exc.message if isinstance(exc, RegistryError) else "internal error"
+        if denied:
+            allowed, suppressed = self._throttle.take(call.principal or call.peer.rsplit(":", 1)[0])
+            if not allowed:
+                return
+            if suppressed:
+                message += f" (and {suppressed} more refusals of this caller, not written one by one)"
         try:
             await self.access.audit_alone(
                 call, Outcome.DENIED if denied else Outcome.FAILED, code.value[0], message
@@ -86,13 +111,33 @@ class Guard:
             log.exception("could not write the audit event of %s", call.method)
 
 
+REFUSAL_BURST = 20
+REFUSALS_PER_SECOND = 1.0
+
+
+class _Throttle:
+    """A token bucket per caller; `take` says whether to write, and how many were skipped."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float, int]] = {}  # key -> (tokens, last, skipped)
+
+    def take(self, key: str) -> tuple[bool, int]:
+        now = time.monotonic()
+        tokens, last, skipped = self._buckets.get(key, (float(REFUSAL_BURST), now, 0))
+        tokens = min(float(REFUSAL_BURST), tokens + (now - last) * REFUSALS_PER_SECOND)
+        if len(self._buckets) > 10_000:
+            self._buckets.clear()  # bounded memory under a flood of distinct peers
+        if tokens < 1:
+            self._buckets[key] = (tokens, now, skipped + 1)
+            return False, 0
+        self._buckets[key] = (tokens - 1, now, 0)
+        return True, skipped
+
+
 def _certificate_subject(context: Context) -> str | None:
-    properties = context.auth_context()
-    for key in ("x509_subject", "x509_common_name"):
-        values = list(properties.get(key, ()))
-        if values:
-            return values[0].decode()
-    return None
+    # The full subject only: a common name could spell out another certificate's subject.
+    values = list(context.auth_context().get("x509_subject", ()))
+    return values[0].decode() if values else None
 
 
 def peer(context: Context) -> str:

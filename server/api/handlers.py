@@ -31,7 +31,7 @@ from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
 from ..errors import RegistryError
 from .context import Context
-from .guard import Guard, current_identity, peer
+from .guard import Guard, current_identity, identity, peer
 from .permissions import RULES, Rule
 from .status import code_for, to_status
 
@@ -69,58 +69,73 @@ def _log(method: str, code: grpc.StatusCode, start: float, request_id: str) -> N
 
 
 class _Admission:
-    """One call's way in: authenticate, authorize, set the call context; undo it after."""
+    """One call's way in: authenticate, then authorize by the RPC's rule; the call context."""
 
     def __init__(self, guard: Guard, method: str, rule: Rule) -> None:
         self.guard = guard
         self.method = method
         self.rule = rule
 
-    async def enter(self, request: Any, context: Context) -> Call:
+    async def authenticate(self, context: Context) -> Call:
+        """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
         # Each RPC runs in a task of its own: what is set here is this call's alone.
-        request_id = getattr(request, "request_id", "") or ""
         # The peer is only wanted by the audit log: mutations, and refusals (see refused()).
         address = peer(context) if self.rule.mutation else ""
-        call = Call(self.method, "", "", "", request_id, address, self.rule.mutation)
+        call = Call(self.method, "", "", "", "", address, self.rule.mutation)
         current_call.set(call)
-        try:
-            names = self.rule.names(request) if request is not None else []
-        except (AttributeError, ValueError):
-            names = []
-        call.resource = names[0] if names else ""
         who = await self.guard.authenticate(context)
         call.principal = who.name
         call.token = who.token.resource_name if who.token is not None else ""
         current_identity.set(who)
-        await self.guard.authorize(who, self.rule, names)
         return call
+
+    async def authorize(self, call: Call, request: Any) -> None:
+        call.request_id = _request_id(request)
+        try:
+            names = self.rule.names(request) if request is not None else []
+            call.resource = self.rule.audit_resource(request, names) if request is not None else ""
+        except (AttributeError, ValueError) as exc:  # a rule naming a field the request lacks: a bug
+            raise RuntimeError(f"the permission rule of {self.method} cannot read the request") from exc
+        await self.guard.authorize(identity(), self.rule, names)
 
     async def refused(self, call: Call, exc: Exception, context: Context) -> None:
         call.peer = call.peer or peer(context)
         await self.guard.audit_refusal(call, exc, self.rule)
 
 
+def _request_id(request: Any) -> str:
+    if request is None:
+        return ""
+    value = getattr(request, "request_id", "") or getattr(getattr(request, "header", None), "request_id", "")
+    return str(value or "")
+
+
 def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -> Behavior:
     method = admission.method
+    rule = admission.rule
 
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
-        current: Call | None = None
-        first = None
         try:
+            current = await admission.authenticate(context)
             if streaming_request:
-                # The resource is in the first message (the header): read it, then hand the
-                # behavior a stream that starts with it again.
+                # The resource is in the first message (the header): read it (only now,
+                # once the caller is known), then hand the behavior the stream with it in front.
                 first, request = await _peek(request)
-            current = await admission.enter(first if streaming_request else request, context)
-            return await behavior(request, context)
+                await admission.authorize(current, first)
+            else:
+                await admission.authorize(current, request)
+            response = await behavior(request, context)
+            if rule.by_servicer and not current.authorized:
+                raise RuntimeError(f"{method} answered without authorizing its resource")
+            return response
         except asyncio.CancelledError:  # the client went away or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             code = _code(exc, context)
-            await admission.refused(current or current_call.get() or _unknown(method), exc, context)
+            await admission.refused(current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
             call_ = current_call.get()
@@ -131,13 +146,17 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -
 
 def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
     method = admission.method
+    rule = admission.rule
 
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            await admission.enter(request, context)
+            current = await admission.authenticate(context)
+            await admission.authorize(current, request)
             async for item in behavior(request, context):
+                if rule.by_servicer and not current.authorized:
+                    raise RuntimeError(f"{method} streamed without authorizing its resource")
                 yield item
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

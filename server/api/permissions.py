@@ -25,20 +25,16 @@ from google.protobuf.message import Message
 from ..domain.access import ALL, Action
 
 Resources = Callable[[Any], list[str]]
+Audited = Callable[[Any], str]
 
 EVERYTHING: Resources = lambda _request: [ALL]  # noqa: E731
 
 
-@dataclass(frozen=True)
-class Rule:
-    action: Action | None
-    resources: Resources | None = None
-    mutation: bool = False  # audited in its own transaction
-    filtered: bool = False  # a list showing only what the caller may read
-    by_servicer: bool = False  # the resource needs a lookup first
-
-    def names(self, request: Message) -> list[str]:
-        return self.resources(request) if self.resources is not None else []
+def _read(request: Any, path: str) -> str:
+    value: Any = request
+    for attribute in path.split("."):
+        value = getattr(value, attribute)
+    return str(value)
 
 
 def _segment(value: str, collection: str) -> str:
@@ -49,27 +45,69 @@ def _segment(value: str, collection: str) -> str:
     return value
 
 
-def _field(path: str, collection: str) -> Resources:
-    """A resource read from a (dotted) request field."""
+class _Field:
+    """A resource named by a (dotted) request field, in `collection`."""
 
-    def read(request: Any) -> list[str]:
-        value: Any = request
-        for attribute in path.split("."):
-            value = getattr(value, attribute)
-        return [_segment(str(value), collection)]
+    def __init__(self, path: str, collection: str) -> None:
+        self.path = path
+        self.collection = collection
 
-    return read
+    def __call__(self, request: Any) -> list[str]:
+        return [_segment(_read(request, self.path), self.collection)]
+
+    def qualified(self, request: Any) -> str:
+        """The resource name for the audit log: `programs/x/versions/1.0.0`, `signatures/s` …"""
+        value = _read(request, self.path)
+        return value if value.startswith(self.collection + "/") else f"{self.collection}/{value}"
 
 
-def _fields(*readers: Resources) -> Resources:
-    def read(request: Any) -> list[str]:
-        return [name for reader in readers for name in reader(request) if name]
+def _field(path: str, collection: str) -> _Field:
+    return _Field(path, collection)
 
-    return read
+
+class _Fields:
+    def __init__(self, *fields: _Field) -> None:
+        self.fields = fields
+
+    def __call__(self, request: Any) -> list[str]:
+        return [name for f in self.fields for name in f(request) if name]
+
+    def qualified(self, request: Any) -> str:
+        return self.fields[0].qualified(request)
+
+
+def _fields(*fields: _Field) -> _Fields:
+    return _Fields(*fields)
+
+
+def _target(path: str, template: str = "{}") -> Audited:
+    """What a management call is about, for the audit log (its permission is on `*`)."""
+    return lambda request: template.format(_read(request, path))
 
 
 def _selectors(request: Any) -> list[str]:
     return [s.program for s in request.selectors] or [ALL]
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action | None
+    resources: Resources | None = None
+    mutation: bool = False  # audited in its own transaction
+    filtered: bool = False  # a list showing only what the caller may read
+    by_servicer: bool = False  # the resource needs a lookup first: the servicer must authorize
+    audited: Audited | None = None  # the audit log's resource, when the permission is on `*`
+
+    def names(self, request: Message) -> list[str]:
+        return self.resources(request) if self.resources is not None else []
+
+    def audit_resource(self, request: Message, names: list[str]) -> str:
+        if self.audited is not None:
+            return self.audited(request)
+        qualified = getattr(self.resources, "qualified", None)
+        if qualified is not None:
+            return str(qualified(request))
+        return names[0] if names else ""
 
 
 READ, REGISTER, DEPLOY, ROLLBACK, APPROVE, ADMIN = (
@@ -108,14 +146,16 @@ RULES: dict[str, Rule] = {
     REGISTRY + "YankProgramVersion": Rule(REGISTER, _field("name", "programs"), mutation=True),
     # -- AccessService: managing principals, tokens and grants needs admin on `*` -------------
     ACCESS + "WhoAmI": Rule(None),
-    ACCESS + "CreatePrincipal": Rule(ADMIN, EVERYTHING, mutation=True),
+    ACCESS + "CreatePrincipal": Rule(
+        ADMIN, EVERYTHING, mutation=True, audited=_target("principal_id", "principals/{}")
+    ),
     ACCESS + "ListPrincipals": Rule(ADMIN, EVERYTHING),
-    ACCESS + "DisablePrincipal": Rule(ADMIN, EVERYTHING, mutation=True),
-    ACCESS + "CreateToken": Rule(ADMIN, EVERYTHING, mutation=True),
+    ACCESS + "DisablePrincipal": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
+    ACCESS + "CreateToken": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("parent")),
     ACCESS + "ListTokens": Rule(ADMIN, EVERYTHING),
-    ACCESS + "RevokeToken": Rule(ADMIN, EVERYTHING, mutation=True),
-    ACCESS + "GrantPermission": Rule(ADMIN, EVERYTHING, mutation=True),
-    ACCESS + "RevokePermission": Rule(ADMIN, EVERYTHING, mutation=True),
+    ACCESS + "RevokeToken": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
+    ACCESS + "GrantPermission": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("principal")),
+    ACCESS + "RevokePermission": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
     ACCESS + "ListPermissions": Rule(ADMIN, EVERYTHING),
     # About oneself: anyone; about another principal: admin (checked by the servicer).
     ACCESS + "CheckPermission": Rule(None),
@@ -123,7 +163,9 @@ RULES: dict[str, Rule] = {
     # -- DeploymentService (its RPCs answer UNIMPLEMENTED until the deployments issue) ----------
     DEPLOYMENT + "ListEnvironments": Rule(None),
     DEPLOYMENT + "GetEnvironment": Rule(None),
-    DEPLOYMENT + "UpdateEnvironment": Rule(ADMIN, EVERYTHING, mutation=True),
+    DEPLOYMENT + "UpdateEnvironment": Rule(
+        ADMIN, EVERYTHING, mutation=True, audited=_target("environment.name", "environments/{}")
+    ),
     DEPLOYMENT + "CreateDeployment": Rule(DEPLOY, _field("program", "programs"), mutation=True),
     DEPLOYMENT + "GetDeployment": Rule(READ, by_servicer=True),
     DEPLOYMENT + "ListDeployments": Rule(READ, filtered=True),
@@ -136,8 +178,8 @@ RULES: dict[str, Rule] = {
     DEPLOYMENT + "WatchEvents": Rule(READ, filtered=True),
     DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True, mutation=True),
     DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),
-    DEPLOYMENT + "CreateWebhook": Rule(ADMIN, EVERYTHING, mutation=True),
+    DEPLOYMENT + "CreateWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("webhook.url")),
     DEPLOYMENT + "ListWebhooks": Rule(ADMIN, EVERYTHING),
-    DEPLOYMENT + "DeleteWebhook": Rule(ADMIN, EVERYTHING, mutation=True),
+    DEPLOYMENT + "DeleteWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
     DEPLOYMENT + "ListWebhookDeliveries": Rule(ADMIN, EVERYTHING),
 }

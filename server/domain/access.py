@@ -112,10 +112,21 @@ class NewToken:
     secret: str
 
 
+MAX_WILDCARDS = 3  # keeps matching linear-ish: many `*` make a regex backtrack exponentially
+
+
 def check_glob(value: str, field: str) -> str:
     if not GLOB_RE.fullmatch(value):
         raise InvalidArgument.one(field, f"{value!r} must be a name or a glob of a-z, 0-9, _, - and *")
+    if value.count("*") > MAX_WILDCARDS or "**" in value:
+        raise InvalidArgument.one(field, f"at most {MAX_WILDCARDS} wildcards, never two in a row")
     return value
+
+
+def audit_text(value: str, limit: int = 256) -> str:
+    """A request-supplied string fit for the audit log: no control characters, bounded."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in value[: limit + 1])
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 @lru_cache(maxsize=65536)

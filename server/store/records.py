@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..calls import Call, current_call
-from ..domain.access import AuditEvent, Outcome
+from ..domain.access import AuditEvent, Outcome, audit_text
 from ..domain.model import (
     Event,
     Page,
@@ -185,13 +185,13 @@ class Records(AccessQueries):
                 principal=call.principal,
                 token=call.token,
                 method=call.method,
-                resource=call.resource,
-                request_id=call.request_id,
+                resource=audit_text(call.resource),
+                request_id=audit_text(call.request_id, 128),
                 outcome=Outcome.SUCCEEDED,
                 code=0,
                 message="",
                 revision=self.revision if self.appended else 0,
-                peer=call.peer,
+                peer=audit_text(call.peer),
             )
         )
         self.audit_call = call

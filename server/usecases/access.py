@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..calls import Call, caller
+from ..calls import Call, caller, current_call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
 from ..domain.model import Event
@@ -70,6 +70,7 @@ class Access:
         self.store = store
         # authorization header -> (fresh until (monotonic), token expiry (epoch s) or None, identity)
         self._verified: dict[str, tuple[float, float | None, Identity]] = {}
+        self._generation = 0  # bumped by every commit that may invalidate a verified token
         self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
         store.commits.subscribe(self._on_commit, self._forget_all)
 
@@ -78,11 +79,13 @@ class Access:
     def _on_commit(self, events: Sequence[Event]) -> None:
         for event in events:
             if event.kind.startswith(("token.", "principal.")):
+                self._generation += 1
                 self._verified.clear()  # rare events: dropping all is simplest and safe
             if event.kind.startswith(("permission.", "principal.")):
                 self._grants.pop(str(event.data.get("principal", "")), None)
 
     def _forget_all(self) -> None:
+        self._generation += 1
         self._verified.clear()
         self._grants.clear()
 
@@ -100,6 +103,7 @@ class Access:
         if parsed is None:
             raise Unauthenticated("malformed authorization metadata: expected `Bearer dspyr_…`")
         token_id, secret = parsed
+        generation, fresh_until = self._generation, time.monotonic() + CACHE_SECONDS
         async with self.store.read() as tx:
             found = await tx.token_for_authentication(token_id)
         if found is None or not access.secret_matches(secret, found[1]):
@@ -115,7 +119,8 @@ class Access:
         expiry = token.expire_time.timestamp() if token.expire_time is not None else None
         if len(self._verified) > MAX_CACHED:
             self._verified.clear()  # a flood of distinct tokens must not grow memory
-        self._verified[authorization] = (time.monotonic() + CACHE_SECONDS, expiry, who)
+        if generation == self._generation:  # else a revocation landed while we read: do not cache
+            self._verified[authorization] = (fresh_until, expiry, who)
         return who
 
     async def authenticate_subject(self, subject: str) -> Identity:
@@ -161,13 +166,13 @@ class Access:
             principal=call.principal,
             token=call.token,
             method=call.method,
-            resource=call.resource,
-            request_id=call.request_id,
+            resource=access.audit_text(call.resource),
+            request_id=access.audit_text(call.request_id, 128),
             outcome=outcome,
             code=code,
-            message=message[:1024],
+            message=access.audit_text(message, 1024),
             revision=0,
-            peer=call.peer,
+            peer=access.audit_text(call.peer),
         )
         async with self.store.write() as tx:
             await tx.insert_audit(event)
@@ -181,6 +186,14 @@ class Access:
 
     async def bootstrap(self, token_file: Path) -> bool:
         """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
+        # Audited like any mutation, by "system": the store writes the event in this transaction.
+        context = current_call.set(Call("bootstrap", "system", "", "principals/admin", "", "", mutation=True))
+        try:
+            return await self._bootstrap(token_file)
+        finally:
+            current_call.reset(context)
+
+    async def _bootstrap(self, token_file: Path) -> bool:
         async with self.store.write() as tx:
             if await tx.count_principals() > 0:
                 return False
@@ -331,8 +344,8 @@ class Access:
         if expire_time is not None and ttl is not None:
             raise InvalidArgument.one("ttl", "give expire_time or ttl, not both")
         if ttl is not None:
-            if ttl <= timedelta(0):
-                raise InvalidArgument.one("ttl", "must be positive")
+            if not timedelta(0) < ttl <= timedelta(days=3650):
+                raise InvalidArgument.one("ttl", "must be positive and at most ten years")
             expire_time = _now() + ttl
         if expire_time is not None and expire_time <= _now():
             raise InvalidArgument.one("expire_time", "must be in the future")
@@ -447,11 +460,17 @@ class Access:
 
 
 def _write_secret(path: Path, secret: str) -> None:
-    """Create `path` readable by its owner only, before any byte of the secret is in it."""
+    """Write `path` readable by its owner only, before any byte of the secret is in it.
+
+    A fresh file (O_EXCL, no symlink followed) renamed over the old one: a link
+    planted at `path` cannot redirect the secret elsewhere.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fresh = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchmod(fd, 0o600)
         os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(fresh, path)

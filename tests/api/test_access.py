@@ -99,13 +99,13 @@ async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Runnin
     assert listed.total_size == len(mutations) + len(denials) == 7
     outcomes = [(e.method.rsplit("/", 1)[1], e.resource, e.outcome) for e in reversed(listed.audit_events)]
     assert outcomes == [
-        ("RegisterProgram", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
-        ("RegisterProgram", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
-        ("YankProgramVersion", "sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
-        ("RegisterProgram", "ranker", apb.AUDIT_OUTCOME_DENIED),
-        ("GetProgramVersion", "ranker", apb.AUDIT_OUTCOME_DENIED),
-        ("GetProgramVersion", "no_such_thing", apb.AUDIT_OUTCOME_DENIED),
-        ("CreatePrincipal", "*", apb.AUDIT_OUTCOME_DENIED),
+        ("RegisterProgram", "programs/sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("RegisterProgram", "programs/sentiment_a", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("YankProgramVersion", "programs/sentiment_a/versions/1.1.0", apb.AUDIT_OUTCOME_SUCCEEDED),
+        ("RegisterProgram", "programs/ranker", apb.AUDIT_OUTCOME_DENIED),
+        ("GetProgramVersion", "programs/ranker/versions/1.0.0", apb.AUDIT_OUTCOME_DENIED),
+        ("GetProgramVersion", "programs/no_such_thing/versions/1.0.0", apb.AUDIT_OUTCOME_DENIED),
+        ("CreatePrincipal", "principals/mallory", apb.AUDIT_OUTCOME_DENIED),
     ]
     events = list(reversed(listed.audit_events))
     assert all(
@@ -113,6 +113,10 @@ async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Runnin
     )
     assert [e.revision > 0 for e in events[:3]] == [True, True, True] and events[3].revision == 0
     assert events[3].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    below = await admin.ListAuditEvents(apb.ListAuditEventsRequest(resource="programs/sentiment_a"))
+    assert below.total_size == 3  # the program, and what is below it (its versions)
+    system = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/system"))
+    assert [e.method for e in system.audit_events] == ["bootstrap"]
     denied_only = await admin.ListAuditEvents(
         apb.ListAuditEventsRequest(
             principal="principals/bob", outcomes=[apb.AUDIT_OUTCOME_DENIED], page_size=2
@@ -211,3 +215,44 @@ async def test_bootstrap_once_with_a_private_token_file_never_logged(
     finally:
         await second.channel.close(None)
         await second.app.stop(grace=0)
+
+
+async def test_hostile_input_is_refused_and_still_audited(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    secret = await _teammate(admin, "frank", (apb.ACTION_READ, "sentiment_*"))
+    channel = server.channel_for(secret)
+    try:
+        probe = pb_grpc.RegistryServiceStub(channel).GetProgram(pb.GetProgramRequest(name="programs/a\x00b"))
+        assert await _code(probe) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close(None)
+    events = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/frank"))
+    assert [e.resource for e in events.audit_events] == ["programs/a?b"]  # written, control character defused
+    too_wild = apb.GrantPermissionRequest(
+        principal="principals/frank", action=apb.ACTION_READ, resource="*a*a*a*b"
+    )
+    assert await _code(admin.GrantPermission(too_wild)) == grpc.StatusCode.INVALID_ARGUMENT
+    forever = apb.CreateTokenRequest(parent="principals/frank")
+    forever.ttl.seconds = 315_576_000_000
+    assert await _code(admin.CreateToken(forever)) == grpc.StatusCode.INVALID_ARGUMENT
+    odd_type = apb.ListPrincipalsRequest(type=99)  # type: ignore[arg-type]
+    assert await _code(admin.ListPrincipals(odd_type)) == grpc.StatusCode.INVALID_ARGUMENT
+    bad_id = apb.RevokeTokenRequest(name="principals/frank/tokens/x\x00")
+    assert await _code(admin.RevokeToken(bad_id)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_flood_of_refusals_is_throttled_in_the_audit_log(server: Running) -> None:
+    channel = server.channel_for(None)  # no token at all
+    try:
+        stub = apb_grpc.AccessServiceStub(channel)
+        for _ in range(30):
+            assert await _code(stub.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await channel.close(None)
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    refused = await admin.ListAuditEvents(
+        apb.ListAuditEventsRequest(
+            outcomes=[apb.AUDIT_OUTCOME_DENIED], method="/dspy_registry.v1.AccessService/WhoAmI"
+        )
+    )
+    assert 20 <= refused.total_size <= 22  # a burst of 20 one by one, then about one a second

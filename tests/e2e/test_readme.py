@@ -84,7 +84,9 @@ async def test_the_access_control_walkthrough(serve: type[ServerProcess], tmp_pa
     assert '"allowed": false' not in out  # proto3 JSON leaves false out ...
     assert "no grant gives alice deploy on sentiment_classifier" in out  # ... the reason says it
     assert "refused, as it should be" in out
-    assert '"outcome": "AUDIT_OUTCOME_DENIED"' in out and '"resource": "ranker"' in out
+    assert (
+        '"outcome": "AUDIT_OUTCOME_DENIED"' in out and '"resource": "programs/ranker/versions/latest"' in out
+    )
     secret = (tmp_path / "alice-token.json").read_text()
     assert "dspyr_" in secret and secret.split('"secret": "')[1][:6] == "dspyr_"
     assert "dspyr_" not in server.log().replace(server.token_file.read_text().strip()[:19], "")
