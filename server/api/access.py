@@ -89,6 +89,8 @@ def token_proto(t: Token) -> pb.Token:
         out.expire_time.CopyFrom(timestamp(t.expire_time))
     if t.revoke_time is not None:
         out.revoke_time.CopyFrom(timestamp(t.revoke_time))
+    if t.last_use_time is not None:
+        out.last_use_time.CopyFrom(timestamp(t.last_use_time))
     return out
 
 

@@ -80,6 +80,7 @@ class Token:
     creator: str
     create_time: datetime
     revision: int
+    last_use_time: datetime | None = None
 
     @property
     def resource_name(self) -> str:

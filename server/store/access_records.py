@@ -30,7 +30,8 @@ _PRINCIPAL_COLUMNS = (
     "creator, create_time, update_time, revision"
 )
 _TOKEN_COLUMNS = (
-    "id, principal, description, expire_time, revoked, revoke_time, creator, create_time, revision"
+    "id, principal, description, expire_time, revoked, revoke_time, creator, create_time, revision, "
+    "last_use_time"
 )
 _GRANT_COLUMNS = "id, principal, action, resource, creator, create_time, revision"
 _AUDIT_COLUMNS = (
@@ -71,6 +72,7 @@ def _token(row: Row) -> Token:
         creator=row["creator"],
         create_time=to_datetime(row["create_time"]),
         revision=row["revision"],
+        last_use_time=_optional_time(row["last_use_time"]),
     )
 
 
@@ -204,7 +206,7 @@ class AccessQueries:
 
     async def insert_token(self, t: Token, secret_hash: str) -> None:
         await self.conn.execute(
-            f"INSERT INTO tokens ({_TOKEN_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO tokens ({_TOKEN_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             t.id,
             t.principal,
             t.description,
@@ -214,6 +216,7 @@ class AccessQueries:
             t.creator,
             to_us(t.create_time),
             t.revision,
+            None,
             secret_hash,
         )
 
@@ -233,6 +236,10 @@ class AccessQueries:
             return None
         principal_row = {c.strip(): row["p_" + c.strip()] for c in _PRINCIPAL_COLUMNS.split(",")}
         return _token(row), str(row["secret_hash"]), _principal(principal_row)
+
+    async def touch_token(self, token_id: str, when: datetime) -> None:
+        """Record a use; not a change anyone watches, so no revision and no event."""
+        await self.conn.execute("UPDATE tokens SET last_use_time = ? WHERE id = ?", to_us(when), token_id)
 
     async def revoke_token(self, token_id: str, revision: int, now: datetime) -> None:
         await self.conn.execute(

@@ -212,6 +212,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_events_by_principal ON audit_events (principal, id)",
         ),
     ),
+    Migration(
+        4,
+        "tokens remember when they were last used (to the minute)",
+        ("ALTER TABLE tokens ADD COLUMN last_use_time BIGINT",),
+    ),
 )
 
 

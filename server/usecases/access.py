@@ -8,6 +8,8 @@ a revocation takes effect within one second everywhere.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -28,6 +30,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RegistryError,
     Unauthenticated,
     Violations,
 )
@@ -38,6 +41,7 @@ log = logging.getLogger("dspy_registry.access")
 
 CACHE_SECONDS = 1.0  # how stale a verified token or a grant list may be, at most
 MAX_CACHED = 10_000
+LAST_USE_RESOLUTION = timedelta(minutes=1)
 ADMIN = "admin"
 
 
@@ -71,6 +75,8 @@ class Access:
         # authorization header -> (fresh until (monotonic), token expiry (epoch s) or None, identity)
         self._verified: dict[str, tuple[float, float | None, Identity]] = {}
         self._generation = 0  # bumped by every commit that may invalidate a verified token
+        self._touching: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
         store.commits.subscribe(self._on_commit, self._forget_all)
 
@@ -116,12 +122,36 @@ class Access:
         if principal.disabled:
             raise Unauthenticated(f"principal {principal.name} is disabled")
         who = Identity(principal, token)
+        self._note_use(token)
         expiry = token.expire_time.timestamp() if token.expire_time is not None else None
         if len(self._verified) > MAX_CACHED:
             self._verified.clear()  # a flood of distinct tokens must not grow memory
         if generation == self._generation:  # else a revocation landed while we read: do not cache
             self._verified[authorization] = (fresh_until, expiry, who)
         return who
+
+    def _note_use(self, token: Token) -> None:
+        """Keep `last_use_time` to the minute, off the call's path (at most once a minute a token)."""
+        now = _now()
+        if token.last_use_time is not None and now - token.last_use_time < LAST_USE_RESOLUTION:
+            return
+        if token.id in self._touching:
+            return
+        self._touching.add(token.id)
+
+        async def touch() -> None:
+            try:
+                async with self.store.write() as tx:
+                    await tx.touch_token(token.id, now)
+            except RegistryError:
+                log.warning("could not record the use of token %s", access.secret_prefix(token.id))
+            finally:
+                self._touching.discard(token.id)
+
+        # A context of its own: this write is nobody's call and must not carry one's audit.
+        task = asyncio.get_running_loop().create_task(touch(), context=contextvars.Context())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def authenticate_subject(self, subject: str) -> Identity:
         """The identity a client certificate's subject maps to, or Unauthenticated."""

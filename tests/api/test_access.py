@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
 from pathlib import Path
@@ -133,7 +134,12 @@ async def test_revocation_disabling_and_expiry_take_effect_at_once(server: Runni
     try:
         me = await carol.WhoAmI(apb.WhoAmIRequest())
         assert me.principal.name == "principals/carol" and me.permissions[0].resource == "*"
-        tokens = await admin.ListTokens(apb.ListTokensRequest(parent="principals/carol"))
+        for _ in range(50):  # the use is recorded off the call's path
+            tokens = await admin.ListTokens(apb.ListTokensRequest(parent="principals/carol"))
+            if tokens.tokens[0].HasField("last_use_time"):
+                break
+            await asyncio.sleep(0.02)
+        assert tokens.tokens[0].HasField("last_use_time")
         assert [t.secret_prefix for t in tokens.tokens] == [secret[: len(tokens.tokens[0].secret_prefix)]]
         assert all(not t.secret_prefix.endswith(secret[-8:]) for t in tokens.tokens)
         await admin.RevokeToken(apb.RevokeTokenRequest(name=tokens.tokens[0].name))
