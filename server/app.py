@@ -14,15 +14,18 @@ from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 
 from .access_log import ACCESS_LOG
 from .api.access import AccessServicer
+from .api.deployment import DeploymentServicer
 from .api.guard import Guard
 from .api.handlers import service_handler
-from .api.pending import pending_service
+from .api.pending import partly_implemented
 from .api.registry import RegistryServicer
 from .config import Config
+from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .maintenance import Maintenance
 from .store.base import Store, open_store
 from .usecases.access import Access
+from .usecases.environments import Environments
 from .usecases.registry import Registry
 
 log = logging.getLogger("dspy_registry.server")
@@ -57,6 +60,10 @@ class App:
         guard = Guard(
             self.access, enabled=self.config.auth, client_certificates=bool(self.config.tls_client_ca)
         )
+        environments = Environments(self.store)
+        await environments.seed(
+            load_toml(Path(self.config.config).read_text()) if self.config.config else None
+        )
         if self.config.auth:
             await self.access.bootstrap(Path(self.config.admin_token_file))
         else:
@@ -64,7 +71,7 @@ class App:
         self.server.add_generic_rpc_handlers(
             [
                 service_handler(SERVICES[0], RegistryServicer(registry, guard), guard),
-                pending_service(SERVICES[1], guard),
+                partly_implemented(SERVICES[1], DeploymentServicer(environments), guard),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
             ]
         )

@@ -28,6 +28,7 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""
     max_concurrent_streams: int = 1000
+    config: str = ""
     log_level: str = "info"
     log_format: str = "json"
 
@@ -98,6 +99,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_STREAMS", "1000")),
         help="concurrent calls one HTTP/2 connection may hold open",
     )
+    parser.add_argument(
+        "--config",
+        default=env("DSPY_REGISTRY_CONFIG", ""),
+        help="a TOML file defining environments, their policies and the deployment defaults "
+        "(as the seed's DSPy.configure block); applied at each start",
+    )
     parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
@@ -118,6 +125,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         max_concurrent_streams=args.max_concurrent_streams,
+        config=args.config,
         log_level=args.log_level,
         log_format=args.log_format,
     )

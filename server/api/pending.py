@@ -37,7 +37,16 @@ def _refusal(service: ServiceDescriptor, method: MethodDescriptor) -> Any:
     return streaming if method.server_streaming else unary
 
 
-def pending_service(service: ServiceDescriptor, guard: Guard) -> grpc.GenericRpcHandler[Any, Any]:
-    """A handler for every RPC of `service`, each answering UNIMPLEMENTED (after authentication)."""
-    handlers = {m.name: method_handler(service, m, _refusal(service, m), guard) for m in service.methods}
+def partly_implemented(
+    service: ServiceDescriptor, servicer: object, guard: Guard
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The servicer's RPCs, and UNIMPLEMENTED (after authentication) for every one it lacks."""
+    handlers = {
+        m.name: method_handler(service, m, getattr(servicer, m.name, None) or _refusal(service, m), guard)
+        for m in service.methods
+    }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def implemented(service: ServiceDescriptor, servicer: object) -> list[str]:
+    return [m.name for m in service.methods if callable(getattr(servicer, m.name, None))]

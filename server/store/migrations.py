@@ -217,6 +217,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "tokens remember when they were last used (to the minute)",
         ("ALTER TABLE tokens ADD COLUMN last_use_time BIGINT",),
     ),
+    Migration(
+        5,
+        "environments and their policies",
+        (
+            """CREATE TABLE environments (
+                name TEXT{c} PRIMARY KEY,
+                description TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                policy TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                update_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

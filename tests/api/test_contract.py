@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from dspy_registry.server.api.access import AccessServicer
+from dspy_registry.server.api.deployment import DeploymentServicer
 from dspy_registry.server.api.registry import RegistryServicer
 from dspy_registry.server.app import SERVICES
 from dspy_registry.v1 import registry_pb2_grpc
@@ -68,8 +69,9 @@ async def test_health_and_reflection_serve_the_whole_contract(server: Running) -
 
 async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> None:
     answered = 0
+    later = [m for m in SERVICES[1].methods if not hasattr(DeploymentServicer, m.name)]
     for service in SERVICES[1:2]:
-        for method in service.methods:
+        for method in later:
             path = f"/{service.full_name}/{method.name}"
             request = GetMessageClass(method.input_type)()
             response_type = GetMessageClass(method.output_type)
@@ -93,4 +95,4 @@ async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> Non
                 assert err.code() == grpc.StatusCode.UNIMPLEMENTED, path
                 assert method.name in (err.details() or "")
                 answered += 1
-    assert answered == len(SERVICES[1].methods) == 19
+    assert answered == len(later) == len(SERVICES[1].methods) - 3  # environments are served

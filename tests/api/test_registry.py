@@ -56,9 +56,12 @@ async def _code(call: object) -> grpc.aio.AioRpcError:
 # -- signatures ---------------------------------------------------------------------------
 
 
-async def test_register_get_and_list_signatures(registry: Stub) -> None:
+async def test_register_get_and_list_signatures(server: Running) -> None:
+    registry = server.registry
+    async with server.app.store.read() as tx:
+        start = await tx.current_revision()  # the environments and the bootstrap came first
     sv = await register_signature(registry)
-    assert sv.name == SIG and sv.revision == 2 and sv.creator == "admin"  # revision 1: the bootstrap
+    assert sv.name == SIG and sv.revision == start + 1 and sv.creator == "admin"
     got = await registry.GetSignature(pb.GetSignatureRequest(name="signatures/text_classifier"))
     assert got.signature_version == sv
     await register_signature(registry, version="1.1.0", outputs=("positive", "negative", "neutral", "mixed"))
@@ -378,6 +381,8 @@ async def test_environment_selection_is_unimplemented_until_deployments_exist(re
 
 async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Running) -> None:
     registry = server.registry
+    async with server.app.store.read() as tx:
+        start = await tx.current_revision()  # the environments and the bootstrap came first
     await register_signature(registry)
     await registry.RegisterProgram(program_request("1.0.0"))  # the base every auto-increment starts from
     explicit = [program_request(f"1.0.{i}", artifact=dspy_state(f"e{i}")) for i in range(1, 9)]
@@ -389,8 +394,8 @@ async def test_sixteen_clients_at_once_explicit_and_auto_increment(server: Runni
     assert len(set(got)) == 16
     assert sorted(v for v in got if not v.startswith("1.0.")) == [f"1.{m}.0" for m in range(1, 9)]
     async with server.app.store.read() as tx:
-        revisions = [e.revision for e in await tx.events_after(1)]  # 1 is the bootstrap
-    assert revisions == list(range(2, 20))
+        revisions = [e.revision for e in await tx.events_after(start)]
+    assert revisions == list(range(start + 1, start + 19))
 
 
 async def test_semver_guard_and_prereleases_and_backports(registry: Stub) -> None:

@@ -50,7 +50,9 @@ async def test_stop_with_sigterm_restart_and_find_everything(
     with second.channel() as channel:
         registry = pb_grpc.RegistryServiceStub(channel)
         latest = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/latest"))
-        assert latest.program_version.version == "1.1.0" and latest.program_version.revision == 4
+        signature = registry.GetSignature(pb.GetSignatureRequest(name="signatures/sig"))
+        revision = signature.signature_version.revision
+        assert latest.program_version.version == "1.1.0" and latest.program_version.revision == revision + 2
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
     assert second.stop(signal.SIGINT) == 0

@@ -1,0 +1,376 @@
+"""Environments and their policies: the seed's Multi-Environment Setup.
+
+    development  auto_deploy, no validation, rollback enabled
+    staging      validation, rollback enabled
+    production   validation, approval (1 approver), rollback, monitoring,
+                 and only versions that succeeded in staging
+
+`position` orders environments along the promotion path. A TOML file
+(`dspy-registry serve --config registry.toml`) may redefine them and the
+deployment defaults, as the seed's `DSPy.configure` block does.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from ..errors import InvalidArgument, Violations
+from .names import check_name
+from .programs import METRIC_RE
+
+
+class Strategy(IntEnum):
+    """The numbers match the proto enum Strategy."""
+
+    REPLACE = 1
+    BLUE_GREEN = 2
+    CANARY = 3
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    weight_percent: int
+    pause_seconds: float
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    strategy: Strategy = Strategy.REPLACE
+    canary_steps: tuple[CanaryStep, ...] = (CanaryStep(10, 60.0),)  # the seed's canary_percent: 10
+    step_deadline_seconds: float = 0.0  # 0: none
+    auto_promote: bool = True  # blue-green: switch by itself once the green is staged
+    promote_delay_seconds: float = 0.0
+    min_ack_percent: int = 100
+    ack_timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The seed's AutoRollbackManager defaults."""
+
+    enabled: bool = True
+    error_rate: float = 0.05
+    latency_p95_ms: float = 2000.0
+    accuracy_drop: float = 0.10
+    monitoring_window_seconds: float = 300.0
+    min_requests: int = 100
+    analysis_interval_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Validation:
+    min_metrics: dict[str, float] = field(default_factory=dict)
+    max_metrics: dict[str, float] = field(default_factory=dict)
+    required_metadata_keys: tuple[str, ...] = ()
+    require_compatible_signature: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    auto_deploy: bool = False
+    validation_required: bool = False
+    validation: Validation = field(default_factory=Validation)
+    approval_required: bool = False
+    required_approvals: int = 0
+    rollback_enabled: bool = True
+    monitoring_required: bool = False
+    required_predecessors: tuple[str, ...] = ()
+    default_strategy: StrategySpec = field(default_factory=StrategySpec)
+    auto_rollback: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    description: str
+    position: int
+    policy: Policy
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    revision: int = 0
+
+    @property
+    def resource_name(self) -> str:
+        return f"environments/{self.name}"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.revision}"'
+
+
+def defaults() -> tuple[Environment, ...]:
+    """The seed's three environments."""
+    blue_green = StrategySpec(Strategy.BLUE_GREEN)  # the seed's deployment.default_strategy
+    return (
+        Environment(
+            "development",
+            "Auto-deploys every registered version.",
+            0,
+            Policy(auto_deploy=True, rollback_enabled=True, default_strategy=StrategySpec(Strategy.REPLACE)),
+        ),
+        Environment(
+            "staging",
+            "Validated before deployment.",
+            1,
+            Policy(
+                validation_required=True,
+                validation=Validation(require_compatible_signature=True),
+                rollback_enabled=True,
+                default_strategy=blue_green,
+            ),
+        ),
+        Environment(
+            "production",
+            "Validated, approved, monitored; takes only what succeeded in staging.",
+            2,
+            Policy(
+                validation_required=True,
+                validation=Validation(min_metrics={"accuracy": 0.85}, require_compatible_signature=True),
+                approval_required=True,
+                required_approvals=1,
+                rollback_enabled=True,
+                monitoring_required=True,
+                required_predecessors=("staging",),
+                default_strategy=blue_green,
+            ),
+        ),
+    )
+
+
+def validate(env: Environment, known: set[str], prefix: str = "environment") -> Violations:
+    """Every problem with an environment definition, each naming its field."""
+    v = Violations()
+    v.collect(lambda: check_name(env.name, f"{prefix}.name"))
+    if len(env.description) > 1024:
+        v.add(f"{prefix}.description", "must be at most 1024 characters")
+    p = env.policy
+    if p.approval_required and p.required_approvals < 1:
+        v.add(f"{prefix}.policy.required_approvals", "approval_required needs at least 1 approval")
+    if not 0 <= p.required_approvals <= 10:
+        v.add(f"{prefix}.policy.required_approvals", "must be 0-10")
+    for i, predecessor in enumerate(p.required_predecessors):
+        if predecessor == env.name:
+            v.add(f"{prefix}.policy.required_predecessors[{i}]", "an environment cannot precede itself")
+        elif predecessor not in known:
+            v.add(f"{prefix}.policy.required_predecessors[{i}]", f"unknown environment {predecessor!r}")
+    for group in ("min_metrics", "max_metrics"):
+        for metric, value in getattr(p.validation, group).items():
+            if not METRIC_RE.fullmatch(metric) or not math.isfinite(value):
+                v.add(f"{prefix}.policy.validation.{group}[{metric!r}]", "a metric name and a finite number")
+    for i, key in enumerate(p.validation.required_metadata_keys):
+        if not key or len(key) > 128:
+            v.add(f"{prefix}.policy.validation.required_metadata_keys[{i}]", "must be 1-128 characters")
+    v.items += validate_strategy(p.default_strategy, f"{prefix}.policy.default_strategy").items
+    t = p.auto_rollback
+    if not 0 <= t.error_rate <= 1:
+        v.add(f"{prefix}.policy.auto_rollback.error_rate", "must be between 0 and 1")
+    if not 0 <= t.accuracy_drop <= 1:
+        v.add(f"{prefix}.policy.auto_rollback.accuracy_drop", "must be between 0 and 1")
+    if t.latency_p95_ms <= 0 or t.monitoring_window_seconds <= 0 or t.analysis_interval_seconds <= 0:
+        v.add(f"{prefix}.policy.auto_rollback", "latency, window and interval must be positive")
+    if t.min_requests < 0:
+        v.add(f"{prefix}.policy.auto_rollback.min_requests", "must not be negative")
+    return v
+
+
+def validate_strategy(s: StrategySpec, prefix: str) -> Violations:
+    v = Violations()
+    if s.strategy is Strategy.CANARY:
+        if not s.canary_steps:
+            v.add(f"{prefix}.canary.steps", "a canary needs at least one step")
+        last = 0
+        for i, step in enumerate(s.canary_steps):
+            if not last < step.weight_percent <= 100:
+                v.add(f"{prefix}.canary.steps[{i}].weight_percent", "weights strictly increase, 1-100")
+            if step.pause_seconds < 0:
+                v.add(f"{prefix}.canary.steps[{i}].pause", "must not be negative")
+            last = step.weight_percent
+    if not 0 <= s.min_ack_percent <= 100:
+        v.add(f"{prefix}.blue_green.min_ack_percent", "must be 0-100")
+    if s.promote_delay_seconds < 0 or s.ack_timeout_seconds < 0 or s.step_deadline_seconds < 0:
+        v.add(prefix, "durations must not be negative")
+    return v
+
+
+# -- the TOML file -----------------------------------------------------------------------------
+
+_STRATEGIES = {"replace": Strategy.REPLACE, "blue_green": Strategy.BLUE_GREEN, "canary": Strategy.CANARY}
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and value[-1] in "smh":
+        return float(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
+    raise InvalidArgument.one(where, f"{value!r} is not a duration (seconds, or like 90s, 10m, 1h)")
+
+
+def _strategy(table: dict[str, Any], base: StrategySpec, where: str) -> StrategySpec:
+    spec = base
+    if "default_strategy" in table:
+        name = str(table["default_strategy"])
+        if name not in _STRATEGIES:
+            raise InvalidArgument.one(f"{where}.default_strategy", f"one of {sorted(_STRATEGIES)}")
+        spec = replace(spec, strategy=_STRATEGIES[name])
+    if "canary_percent" in table:  # the seed's shorthand: one step, then promotion
+        pause = spec.canary_steps[0].pause_seconds
+        spec = replace(spec, canary_steps=(CanaryStep(int(table["canary_percent"]), pause),))
+    if "canary_steps" in table:
+        spec = replace(
+            spec,
+            canary_steps=tuple(
+                CanaryStep(int(s["weight_percent"]), _seconds(s.get("pause", 0), f"{where}.canary_steps"))
+                for s in table["canary_steps"]
+            ),
+        )
+    return spec
+
+
+def _thresholds(table: dict[str, Any], base: Thresholds, where: str) -> Thresholds:
+    out = base
+    if "auto_rollback" in table:
+        out = replace(out, enabled=bool(table["auto_rollback"]))
+    if "monitoring_window" in table:
+        out = replace(
+            out, monitoring_window_seconds=_seconds(table["monitoring_window"], f"{where}.monitoring_window")
+        )
+    if "error_rate" in table:
+        out = replace(out, error_rate=float(table["error_rate"]))
+    if "latency_p95_ms" in table:
+        out = replace(out, latency_p95_ms=float(table["latency_p95_ms"]))
+    if "accuracy_drop" in table:
+        out = replace(out, accuracy_drop=float(table["accuracy_drop"]))
+    if "min_requests" in table:
+        out = replace(out, min_requests=int(table["min_requests"]))
+    return out
+
+
+def _environment(
+    name: str, t: dict[str, Any], position: int, strategy: StrategySpec, thresholds: Thresholds
+) -> Environment:
+    where = f"environments.{name}"
+    approval = bool(t.get("approval_required", False))
+    validation_required = bool(t.get("validation_required", False))
+    policy = Policy(
+        auto_deploy=bool(t.get("auto_deploy", False)),
+        validation_required=validation_required,
+        validation=Validation(
+            min_metrics={k: float(x) for k, x in t.get("min_metrics", {}).items()},
+            max_metrics={k: float(x) for k, x in t.get("max_metrics", {}).items()},
+            required_metadata_keys=tuple(str(k) for k in t.get("required_metadata_keys", ())),
+            require_compatible_signature=bool(t.get("require_compatible_signature", validation_required)),
+        ),
+        approval_required=approval,
+        required_approvals=int(t.get("required_approvals", 1 if approval else 0)),
+        rollback_enabled=bool(t.get("rollback_enabled", True)),
+        monitoring_required=bool(t.get("monitoring_required", False)),
+        required_predecessors=tuple(str(p) for p in t.get("required_predecessors", ())),
+        default_strategy=_strategy(t, strategy, where),
+        auto_rollback=_thresholds(t, thresholds, where),
+    )
+    return Environment(name, str(t.get("description", "")), int(t.get("position", position)), policy)
+
+
+def load_toml(text: str) -> tuple[Environment, ...]:
+    """Environments from a TOML file shaped like the seed's configure block:
+
+        [deployment]                       # defaults for every environment below
+        default_strategy = "blue_green"    # replace | blue_green | canary
+        canary_percent = 10
+        auto_rollback = true
+        monitoring_window = "10m"
+
+        [environments.production]
+        validation_required = true
+        approval_required = true
+        monitoring_required = true
+        min_metrics = { accuracy = 0.85 }
+        required_predecessors = ["staging"]
+
+    Without an [environments] table, the three defaults take the [deployment] defaults.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument.one("config", f"not valid TOML: {exc}") from None
+    try:
+        deployment = data.get("deployment", {})
+        strategy = _strategy(deployment, StrategySpec(Strategy.BLUE_GREEN), "deployment")
+        thresholds = _thresholds(deployment, Thresholds(), "deployment")
+        tables = data.get("environments")
+        if tables:
+            environments = tuple(
+                _environment(name, table, i, strategy, thresholds)
+                for i, (name, table) in enumerate(tables.items())
+            )
+        else:
+            environments = tuple(
+                replace(
+                    e,
+                    policy=replace(
+                        e.policy,
+                        default_strategy=e.policy.default_strategy if e.name == "development" else strategy,
+                        auto_rollback=thresholds,
+                    ),
+                )
+                for e in defaults()
+            )
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidArgument.one("config", f"unexpected value: {exc!r}") from None
+    known = {e.name for e in environments}
+    v = Violations()
+    for e in environments:
+        v.items += validate(e, known, f"environments.{e.name}").items
+    v.raise_if_any()
+    return environments
+
+
+# -- stored form -------------------------------------------------------------------------------
+
+
+def policy_to_json(p: Policy) -> dict[str, Any]:
+    data = asdict(p)
+    data["default_strategy"]["strategy"] = p.default_strategy.strategy.name.lower()
+    return data
+
+
+def policy_from_json(d: dict[str, Any]) -> Policy:
+    s = d["default_strategy"]
+    strategy = StrategySpec(
+        strategy=Strategy[s["strategy"].upper()],
+        canary_steps=tuple(
+            CanaryStep(int(c["weight_percent"]), float(c["pause_seconds"])) for c in s["canary_steps"]
+        ),
+        step_deadline_seconds=float(s["step_deadline_seconds"]),
+        auto_promote=bool(s["auto_promote"]),
+        promote_delay_seconds=float(s["promote_delay_seconds"]),
+        min_ack_percent=int(s["min_ack_percent"]),
+        ack_timeout_seconds=float(s["ack_timeout_seconds"]),
+    )
+    v = d["validation"]
+    return Policy(
+        auto_deploy=bool(d["auto_deploy"]),
+        validation_required=bool(d["validation_required"]),
+        validation=Validation(
+            min_metrics=dict(v["min_metrics"]),
+            max_metrics=dict(v["max_metrics"]),
+            required_metadata_keys=tuple(v["required_metadata_keys"]),
+            require_compatible_signature=bool(v["require_compatible_signature"]),
+        ),
+        approval_required=bool(d["approval_required"]),
+        required_approvals=int(d["required_approvals"]),
+        rollback_enabled=bool(d["rollback_enabled"]),
+        monitoring_required=bool(d["monitoring_required"]),
+        required_predecessors=tuple(d["required_predecessors"]),
+        default_strategy=strategy,
+        auto_rollback=Thresholds(**d["auto_rollback"]),
+    )
+
+
+def same_definition(a: Environment, b: Environment) -> bool:
+    return (a.description, a.position, a.policy) == (b.description, b.position, b.policy)
