@@ -65,7 +65,7 @@ class Principal:
 
     @property
     def etag(self) -> str:
-        return f'W/"{self.revision}"'
+        return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ class Environment:
 
     @property
     def etag(self) -> str:
-        return f'W/"{self.revision}"'
+        return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
 def defaults() -> tuple[Environment, ...]:

@@ -68,7 +68,7 @@ class ProgramVersion:
     @property
     def etag(self) -> str:
         # The revision of the last change identifies the state exactly.
-        return f'W/"{self.revision}"'
+        return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,7 @@ async def test_yank_keeps_the_version_moves_latest_and_checks_the_etag(registry:
     second = (await registry.RegisterProgram(program_request("1.1.0"))).program_version
     stale = await _code(
         registry.YankProgramVersion(
-            pb.YankProgramVersionRequest(name=second.name, reason="regressed", etag='W/"1"')
+            pb.YankProgramVersionRequest(name=second.name, reason="regressed", etag="rev-1")
         )
     )
     assert stale.code() == grpc.StatusCode.ABORTED

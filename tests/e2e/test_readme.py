@@ -92,6 +92,12 @@ async def test_the_access_control_walkthrough(serve: type[ServerProcess], tmp_pa
     assert "dspyr_" not in server.log().replace(server.token_file.read_text().strip()[:19], "")
 
 
+async def test_the_environments_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("environments"), server, tmp_path)
+    assert '"requiredApprovals": 2' in out
+
+
 async def test_every_sh_block_in_the_readme_is_tested() -> None:
     blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)
     untested = [b for b in blocks if not b]
