@@ -333,15 +333,14 @@ def load_toml(text: str) -> tuple[Environment, ...]:
 # -- stored form -------------------------------------------------------------------------------
 
 
-def policy_to_json(p: Policy) -> dict[str, Any]:
-    data = asdict(p)
-    data["default_strategy"]["strategy"] = p.default_strategy.strategy.name.lower()
+def strategy_to_json(s: StrategySpec) -> dict[str, Any]:
+    data = asdict(s)
+    data["strategy"] = s.strategy.name.lower()
     return data
 
 
-def policy_from_json(d: dict[str, Any]) -> Policy:
-    s = d["default_strategy"]
-    strategy = StrategySpec(
+def strategy_from_json(s: dict[str, Any]) -> StrategySpec:
+    return StrategySpec(
         strategy=Strategy[s["strategy"].upper()],
         canary_steps=tuple(
             CanaryStep(int(c["weight_percent"]), float(c["pause_seconds"])) for c in s["canary_steps"]
@@ -352,6 +351,16 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
         min_ack_percent=int(s["min_ack_percent"]),
         ack_timeout_seconds=float(s["ack_timeout_seconds"]),
     )
+
+
+def policy_to_json(p: Policy) -> dict[str, Any]:
+    data = asdict(p)
+    data["default_strategy"] = strategy_to_json(p.default_strategy)
+    return data
+
+
+def policy_from_json(d: dict[str, Any]) -> Policy:
+    strategy = strategy_from_json(d["default_strategy"])
     v = d["validation"]
     return Policy(
         auto_deploy=bool(d["auto_deploy"]),

@@ -1,0 +1,376 @@
+"""Deployments: the state machine, the strategies' steps, and the policy checks. No I/O.
+
+    PENDING_APPROVAL --approve (enough)--> IN_PROGRESS --advance/promote--> SUCCEEDED
+          |  reject / abort                    |  abort -> ABORTED
+          v                                    |  rollback -> ROLLED_BACK
+       ABORTED                                 |  superseded -> SUPERSEDED
+                                               |  fail -> FAILED
+    SUCCEEDED --rollback--> ROLLED_BACK
+
+Every action is a pure function from (deployment, target, now, actor) to the
+new deployment and target, or FailedPrecondition for an illegal transition.
+A REPLACE moves the stable version at once; a BLUE_GREEN stages the new
+version as candidate at weight 0 and switches in one step; a CANARY walks its
+steps of increasing weight, then promotes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from ..errors import FailedPrecondition, PreconditionViolation
+from .environments import Environment, Strategy, StrategySpec
+from .model import ProgramVersion
+from .signatures import Compatibility, Level
+
+
+class State(IntEnum):
+    """The numbers match the proto enum DeploymentState."""
+
+    PENDING_APPROVAL = 1
+    IN_PROGRESS = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    ROLLED_BACK = 5
+    ABORTED = 6
+    SUPERSEDED = 7
+
+
+TERMINAL = frozenset({State.FAILED, State.ROLLED_BACK, State.ABORTED, State.SUPERSEDED})
+ACTIVE = frozenset({State.PENDING_APPROVAL, State.IN_PROGRESS})
+
+
+class Kind(IntEnum):
+    """What happened; the numbers match the proto enum DeploymentEventKind."""
+
+    CREATED = 1
+    APPROVED = 2
+    REJECTED = 3
+    STEP_ADVANCED = 4
+    PROMOTED = 5
+    SUCCEEDED = 6
+    FAILED = 7
+    ABORTED = 8
+    ROLLED_BACK = 9
+    AUTO_ROLLBACK = 10
+    SUPERSEDED = 11
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A version as a target holds it."""
+
+    version: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Target:
+    program: str
+    environment: str
+    stable: Pinned | None = None
+    candidate: Pinned | None = None
+    candidate_weight: int = 0
+    deployment: str = ""  # the deployment that last changed it
+    revision: int = 0
+    update_time: datetime | None = None
+
+    @property
+    def resource_name(self) -> str:
+        return f"programs/{self.program}/environments/{self.environment}/target"
+
+    @property
+    def etag(self) -> str:
+        return f"rev-{self.revision}"
+
+
+@dataclass(frozen=True)
+class Approval:
+    principal: str
+    rejected: bool
+    comment: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: Kind
+    state: State
+    step: int
+    actor: str
+    time: datetime
+    reason: str
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    program: str
+    environment: str
+    version: str
+    digest: str
+    strategy: StrategySpec
+    state: State
+    creator: str
+    reason: str
+    create_time: datetime
+    required_approvals: int = 0
+    approvals: tuple[Approval, ...] = ()
+    step: int = 0  # the canary step in force (0-based)
+    weight_percent: int = 0
+    step_start_time: datetime | None = None
+    next_step_time: datetime | None = None  # when the controller acts next; None: nothing to do
+    previous_stable: Pinned | None = None
+    replaced: str = ""  # the deployment whose result this one replaced
+    rollback_of: str = ""  # for a rollback: the deployment it rolled back
+    rolled_back_by: str = ""  # the rollback deployment that ended this one
+    superseded_by: str = ""
+    supersede: bool = False
+    allow_breaking: bool = False
+    auto_deployed: bool = False
+    timeline: tuple[Transition, ...] = ()
+    update_time: datetime | None = None
+    end_time: datetime | None = None
+    revision: int = 0
+
+    @property
+    def resource_name(self) -> str:
+        return f"deployments/{self.id}"
+
+    @property
+    def etag(self) -> str:
+        return f"rev-{self.revision}"
+
+    @property
+    def step_count(self) -> int:
+        return len(self.strategy.canary_steps) if self.strategy.strategy is Strategy.CANARY else 1
+
+    @property
+    def pinned(self) -> Pinned:
+        return Pinned(self.version, self.digest)
+
+
+def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"cannot {action} {deployment.resource_name}: it is {deployment.state.name}",
+        [
+            PreconditionViolation(
+                "STATE", deployment.resource_name, f"{action} is not allowed in {deployment.state.name}"
+            )
+        ],
+    )
+
+
+def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = "") -> Deployment:
+    entry = Transition(kind, d.state, d.step, actor, now, reason)
+    return replace(d, timeline=d.timeline + (entry,), update_time=now)
+
+
+def _finish(d: Deployment, state: State, kind: Kind, now: datetime, actor: str, reason: str) -> Deployment:
+    ended = replace(d, state=state, next_step_time=None, end_time=now)
+    return _note(ended, kind, now, actor, reason)
+
+
+def _promote(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:
+    """The new version becomes stable, the candidate is gone: SUCCEEDED."""
+    target = replace(t, stable=d.pinned, candidate=None, candidate_weight=0, deployment=d.id)
+    done = replace(d, weight_percent=100)
+    done = _note(done, Kind.PROMOTED, now, actor, reason)
+    return _finish(done, State.SUCCEEDED, Kind.SUCCEEDED, now, actor, reason), target
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployment, Target]:
+    """Begin the strategy: move the stable (REPLACE), stage the green, or take the first canary step."""
+    d = replace(d, state=State.IN_PROGRESS, step=0, step_start_time=now)
+    s = d.strategy
+    if s.strategy is Strategy.REPLACE:
+        return _promote(d, t, now, actor, d.reason)
+    if s.strategy is Strategy.BLUE_GREEN:
+        target = replace(t, candidate=d.pinned, candidate_weight=0, deployment=d.id)
+        next_time = now + _seconds(s.promote_delay_seconds) if s.auto_promote else None
+        return replace(d, weight_percent=0, next_step_time=next_time), target
+    first = s.canary_steps[0]
+    target = replace(t, candidate=d.pinned, candidate_weight=first.weight_percent, deployment=d.id)
+    return replace(
+        d, weight_percent=first.weight_percent, next_step_time=now + _seconds(first.pause_seconds)
+    ), target
+
+
+def advance(
+    d: Deployment, t: Target, now: datetime, actor: str, reason: str = ""
+) -> tuple[Deployment, Target]:
+    """One step on: the next canary weight, or the switch to stable after the last step."""
+    if d.state is not State.IN_PROGRESS:
+        raise _refuse(d, "promote")
+    s = d.strategy
+    if s.strategy is Strategy.CANARY and d.step + 1 < len(s.canary_steps):
+        step = s.canary_steps[d.step + 1]
+        moved = replace(
+            d,
+            step=d.step + 1,
+            weight_percent=step.weight_percent,
+            step_start_time=now,
+            next_step_time=now + _seconds(step.pause_seconds),
+        )
+        target = replace(t, candidate=d.pinned, candidate_weight=step.weight_percent, deployment=d.id)
+        return _note(
+            moved, Kind.STEP_ADVANCED, now, actor, reason or f"weight {step.weight_percent}%"
+        ), target
+    return _promote(d, t, now, actor, reason or "last step passed")
+
+
+def promote(
+    d: Deployment, t: Target, now: datetime, actor: str, full: bool, reason: str
+) -> tuple[Deployment, Target]:
+    """PromoteDeployment: one step now, or (`full`) straight to stable."""
+    if d.state is not State.IN_PROGRESS:
+        raise _refuse(d, "promote")
+    return _promote(d, t, now, actor, reason or "promoted") if full else advance(d, t, now, actor, reason)
+
+
+def _drop_candidate(d: Deployment, t: Target) -> Target:
+    if t.candidate == d.pinned and t.deployment == d.id:
+        return replace(t, candidate=None, candidate_weight=0)
+    return t
+
+
+def abort(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:
+    """AbortDeployment: the candidate is dropped (weight 0); the stable version stays."""
+    if d.state not in ACTIVE:
+        raise _refuse(d, "abort")
+    return _finish(d, State.ABORTED, Kind.ABORTED, now, actor, reason), _drop_candidate(d, t)
+
+
+def supersede(d: Deployment, t: Target, now: datetime, actor: str, by: str) -> tuple[Deployment, Target]:
+    if d.state not in ACTIVE:
+        raise _refuse(d, "supersede")
+    ended = replace(d, superseded_by=by)
+    return _finish(
+        ended, State.SUPERSEDED, Kind.SUPERSEDED, now, actor, f"superseded by {by}"
+    ), _drop_candidate(d, t)
+
+
+def approve(
+    d: Deployment, t: Target, now: datetime, actor: str, comment: str, reject: bool
+) -> tuple[Deployment, Target]:
+    """An approval (or a rejection, which ends it ABORTED); enough approvals start the strategy."""
+    if d.state is not State.PENDING_APPROVAL:
+        raise _refuse(d, "approve")
+    if actor == d.creator:
+        raise FailedPrecondition(
+            f"{actor} requested {d.resource_name} and may not approve it",
+            [
+                PreconditionViolation(
+                    "APPROVAL", d.resource_name, "the requester cannot approve their own deployment"
+                )
+            ],
+        )
+    if any(a.principal == actor and not a.rejected for a in d.approvals):
+        raise FailedPrecondition(
+            f"{actor} already approved {d.resource_name}",
+            [PreconditionViolation("APPROVAL", d.resource_name, "one approval per principal")],
+        )
+    noted = replace(d, approvals=d.approvals + (Approval(actor, reject, comment, now),))
+    if reject:
+        noted = _note(noted, Kind.REJECTED, now, actor, comment)
+        return _finish(noted, State.ABORTED, Kind.ABORTED, now, actor, f"rejected by {actor}"), t
+    noted = _note(noted, Kind.APPROVED, now, actor, comment)
+    if sum(not a.rejected for a in noted.approvals) < d.required_approvals:
+        return noted, t
+    return start(noted, t, now, actor)
+
+
+def roll_back(
+    d: Deployment, t: Target, now: datetime, actor: str, reason: str, by: str
+) -> tuple[Deployment, Target, Pinned]:
+    """RollbackDeployment on `d`: what the target goes back to, and `d` ended ROLLED_BACK.
+
+    As the seed's DeploymentTracker#rollback: the previously deployed version
+    returns at once; an in-progress canary or blue-green drops its candidate.
+    """
+    if d.state not in (State.IN_PROGRESS, State.SUCCEEDED):
+        raise _refuse(d, "roll back")
+    if t.deployment != d.id:
+        raise FailedPrecondition(
+            f"{d.resource_name} no longer shapes {t.resource_name} (deployments/{t.deployment} does)",
+            [
+                PreconditionViolation(
+                    "ROLLBACK", d.resource_name, "only the latest deployment of a target rolls back"
+                )
+            ],
+        )
+    if d.previous_stable is None:
+        raise FailedPrecondition(
+            f"no previous version of {d.program} in {d.environment} to roll back to",
+            [PreconditionViolation("ROLLBACK", d.resource_name, "No previous version to rollback to")],
+        )
+    ended = replace(d, rolled_back_by=by)
+    ended = _finish(ended, State.ROLLED_BACK, Kind.ROLLED_BACK, now, actor, reason)
+    target = replace(t, stable=d.previous_stable, candidate=None, candidate_weight=0, deployment=by)
+    return ended, target, d.previous_stable
+
+
+def due(d: Deployment, now: datetime) -> bool:
+    """Whether the controller has a step to take now."""
+    return d.state is State.IN_PROGRESS and d.next_step_time is not None and d.next_step_time <= now
+
+
+# -- policy -----------------------------------------------------------------------------------------
+
+
+def check_policy(
+    env: Environment,
+    version: ProgramVersion,
+    compatibility: Compatibility | None,
+    allow_breaking: bool,
+    succeeded_in: set[str],
+) -> list[PreconditionViolation]:
+    """What stops `version` from going to `env`; empty when nothing does."""
+    out: list[PreconditionViolation] = []
+    subject = f"{version.name} -> {env.resource_name}"
+    if version.yanked:
+        out.append(PreconditionViolation("YANKED", version.name, f"yanked: {version.yank_reason}"))
+    p = env.policy
+    if p.validation_required:
+        for metric, minimum in sorted(p.validation.min_metrics.items()):
+            value = version.performance.get(metric)
+            if value is None or value < minimum:
+                out.append(
+                    PreconditionViolation("VALIDATION", subject, f"{metric} {value} is below {minimum}")
+                )
+        for metric, maximum in sorted(p.validation.max_metrics.items()):
+            value = version.performance.get(metric)
+            if value is None or value > maximum:
+                out.append(
+                    PreconditionViolation("VALIDATION", subject, f"{metric} {value} is above {maximum}")
+                )
+        for key in p.validation.required_metadata_keys:
+            if key not in version.metadata:
+                out.append(PreconditionViolation("VALIDATION", subject, f"metadata key {key!r} is required"))
+        if (
+            p.validation.require_compatible_signature
+            and compatibility is not None
+            and compatibility.level is Level.BREAKING
+            and not allow_breaking
+        ):
+            changes = "; ".join(f"{c.path}: {c.description}" for c in compatibility.breaking)
+            out.append(
+                PreconditionViolation(
+                    "COMPATIBILITY", subject, f"breaks what {env.name} serves ({changes}); set allow_breaking"
+                )
+            )
+    for predecessor in p.required_predecessors:
+        if predecessor not in succeeded_in:
+            out.append(
+                PreconditionViolation(
+                    "PROMOTION_ORDER", subject, f"{version.version} has not succeeded in {predecessor}"
+                )
+            )
+    return out

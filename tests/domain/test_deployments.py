@@ -1,0 +1,124 @@
+"""The deployment state machine: every (state, action) pair, and the strategies' steps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dspy_registry.server.domain import deployments as dep
+from dspy_registry.server.domain.deployments import Deployment, Pinned, State, Target
+from dspy_registry.server.domain.environments import CanaryStep, Strategy, StrategySpec
+from dspy_registry.server.errors import FailedPrecondition
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+OLD = Pinned("1.0.0", "sha256:" + "a" * 64)
+CANARY = StrategySpec(Strategy.CANARY, (CanaryStep(10, 60), CanaryStep(50, 60)))
+
+
+def _deployment(state: State, strategy: StrategySpec = CANARY, **kw: object) -> Deployment:
+    base = Deployment(
+        "d1", "p", "production", "2.0.0", "sha256:" + "b" * 64, strategy, state, "alice", "", NOW,
+        required_approvals=1, previous_stable=OLD,
+    )  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _target(**kw: object) -> Target:
+    return replace(Target("p", "production", stable=OLD, deployment="d1"), **kw)  # type: ignore[arg-type]
+
+
+ACTIONS = {
+    "approve": lambda d, t: dep.approve(d, t, NOW, "bob", "", False),
+    "reject": lambda d, t: dep.approve(d, t, NOW, "bob", "", True),
+    "advance": lambda d, t: dep.advance(d, t, NOW, "controller"),
+    "promote": lambda d, t: dep.promote(d, t, NOW, "bob", False, ""),
+    "promote fully": lambda d, t: dep.promote(d, t, NOW, "bob", True, ""),
+    "abort": lambda d, t: dep.abort(d, t, NOW, "bob", "stop"),
+    "supersede": lambda d, t: dep.supersede(d, t, NOW, "bob", "d2"),
+    "roll back": lambda d, t: dep.roll_back(d, t, NOW, "bob", "worse", "d3"),
+}
+# (state, action) -> the state it leads to; absent pairs are illegal (FAILED_PRECONDITION).
+LEGAL = {
+    (State.PENDING_APPROVAL, "approve"): State.IN_PROGRESS,
+    (State.PENDING_APPROVAL, "reject"): State.ABORTED,
+    (State.PENDING_APPROVAL, "abort"): State.ABORTED,
+    (State.PENDING_APPROVAL, "supersede"): State.SUPERSEDED,
+    (State.IN_PROGRESS, "advance"): State.IN_PROGRESS,
+    (State.IN_PROGRESS, "promote"): State.IN_PROGRESS,
+    (State.IN_PROGRESS, "promote fully"): State.SUCCEEDED,
+    (State.IN_PROGRESS, "abort"): State.ABORTED,
+    (State.IN_PROGRESS, "supersede"): State.SUPERSEDED,
+    (State.IN_PROGRESS, "roll back"): State.ROLLED_BACK,
+    (State.SUCCEEDED, "roll back"): State.ROLLED_BACK,
+}
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_every_state_and_action(state: State, action: str) -> None:
+    d = _deployment(state)
+    expected = LEGAL.get((state, action))
+    if expected is None:
+        with pytest.raises(FailedPrecondition):
+            ACTIONS[action](d, _target())
+        return
+    result = ACTIONS[action](d, _target())
+    assert result[0].state is expected
+    assert result[0].timeline, "every transition is in the timeline"
+
+
+def test_a_canary_walks_its_steps_then_promotes() -> None:
+    d, t = dep.start(_deployment(State.PENDING_APPROVAL), _target(), NOW, "bob")
+    assert (d.state, d.step, d.weight_percent, t.candidate_weight, t.stable) == (
+        State.IN_PROGRESS,
+        0,
+        10,
+        10,
+        OLD,
+    )
+    assert d.next_step_time == NOW + timedelta(seconds=60) and not dep.due(d, NOW)
+    later = NOW + timedelta(seconds=61)
+    assert dep.due(d, later)
+    d, t = dep.advance(d, t, later, "controller")
+    assert (d.step, t.candidate_weight) == (1, 50)
+    d, t = dep.advance(d, t, later + timedelta(seconds=61), "controller")
+    assert d.state is State.SUCCEEDED and t.stable == d.pinned and t.candidate is None
+    assert [e.kind for e in d.timeline] == [dep.Kind.STEP_ADVANCED, dep.Kind.PROMOTED, dep.Kind.SUCCEEDED]
+
+
+def test_replace_moves_the_stable_at_once_and_blue_green_stages_at_weight_zero() -> None:
+    d, t = dep.start(
+        _deployment(State.PENDING_APPROVAL, StrategySpec(Strategy.REPLACE)), _target(), NOW, "bob"
+    )
+    assert d.state is State.SUCCEEDED and t.stable == d.pinned
+    green = StrategySpec(Strategy.BLUE_GREEN, promote_delay_seconds=30)
+    d, t = dep.start(_deployment(State.PENDING_APPROVAL, green), _target(), NOW, "bob")
+    assert d.state is State.IN_PROGRESS and t.candidate == d.pinned and t.candidate_weight == 0
+    assert d.next_step_time == NOW + timedelta(seconds=30)
+    d, t = dep.advance(d, t, NOW + timedelta(seconds=30), "controller")
+    assert d.state is State.SUCCEEDED and t.stable == d.pinned and t.candidate is None
+
+
+def test_approvals_the_requester_cannot_give_and_none_twice() -> None:
+    d = _deployment(State.PENDING_APPROVAL, required_approvals=2)
+    with pytest.raises(FailedPrecondition, match="may not approve"):
+        dep.approve(d, _target(), NOW, "alice", "", False)
+    once, t = dep.approve(d, _target(), NOW, "bob", "lgtm", False)
+    assert once.state is State.PENDING_APPROVAL
+    with pytest.raises(FailedPrecondition, match="already approved"):
+        dep.approve(once, t, NOW, "bob", "", False)
+    twice, _ = dep.approve(once, t, NOW, "carol", "", False)
+    assert twice.state is State.IN_PROGRESS
+
+
+def test_rollback_needs_a_previous_version_and_the_latest_deployment() -> None:
+    with pytest.raises(FailedPrecondition, match="no previous version"):
+        dep.roll_back(_deployment(State.SUCCEEDED, previous_stable=None), _target(), NOW, "bob", "", "d3")
+    with pytest.raises(FailedPrecondition, match="only the latest"):
+        dep.roll_back(_deployment(State.SUCCEEDED), _target(deployment="d9"), NOW, "bob", "", "d3")
+    ended, target, back_to = dep.roll_back(_deployment(State.SUCCEEDED), _target(), NOW, "bob", "worse", "d3")
+    assert (
+        back_to == OLD and target.stable == OLD and target.deployment == "d3" and ended.rolled_back_by == "d3"
+    )
