@@ -20,11 +20,13 @@ from .api.handlers import service_handler
 from .api.pending import partly_implemented
 from .api.registry import RegistryServicer
 from .config import Config
+from .controller import Controller
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .maintenance import Maintenance
 from .store.base import Store, open_store
 from .usecases.access import Access
+from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.registry import Registry
 
@@ -50,6 +52,7 @@ class App:
         self.server = grpc.aio.server(options=server_options(config))
         self.port = 0
         self.maintenance = Maintenance(self.store, request_retention=config.request_retention_seconds)
+        self.controller: Controller | None = None
 
     async def start(self) -> int:
         await self.store.open()
@@ -61,6 +64,9 @@ class App:
             self.access, enabled=self.config.auth, client_certificates=bool(self.config.tls_client_ca)
         )
         environments = Environments(self.store)
+        deployments = Deployments(self.store)
+        registry.after_register = deployments.auto_deploy
+        self.controller = Controller(deployments)
         await environments.seed(
             load_toml(Path(self.config.config).read_text()) if self.config.config else None
         )
@@ -70,8 +76,8 @@ class App:
             log.warning("authentication is OFF (--no-auth): every caller acts as admin")
         self.server.add_generic_rpc_handlers(
             [
-                service_handler(SERVICES[0], RegistryServicer(registry, guard), guard),
-                partly_implemented(SERVICES[1], DeploymentServicer(environments), guard),
+                service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
+                partly_implemented(SERVICES[1], DeploymentServicer(environments, deployments, guard), guard),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
             ]
         )
@@ -90,6 +96,7 @@ class App:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()
         self.maintenance.start()
+        self.controller.start()
         # Migrations ran in store.open(): only now does health say SERVING.
         for name in ["", *(s.full_name for s in SERVICES)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -110,6 +117,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
         await self.maintenance.stop()
+        if self.controller is not None:
+            await self.controller.stop()
         await self.store.close()
         ACCESS_LOG.flush()
         log.info("stopped")

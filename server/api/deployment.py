@@ -6,19 +6,24 @@ after authentication, so that no caller mistakes them for a pretend answer.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
+from ..domain import deployments as dep
 from ..domain import environments as envs
+from ..domain.access import Action
 from ..domain.environments import Environment
-from ..domain.names import check_name
-from ..errors import InvalidArgument
+from ..domain.names import check_name, check_text
+from ..errors import InvalidArgument, Violations
+from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from .context import Context
 from .convert import timestamp
+from .guard import Guard, identity
 from .mutations import answer, idempotency
 
 
@@ -176,8 +181,161 @@ def _updated(e: Environment) -> pb.UpdateEnvironmentResponse:
 
 
 class DeploymentServicer:
-    def __init__(self, environments: Environments) -> None:
+    def __init__(self, environments: Environments, deployments: Deployments, guard: Guard) -> None:
         self.environments = environments
+        self.deployments = deployments
+        self.guard = guard
+
+    async def _deployment(self, name: str, action: Action) -> dep.Deployment:
+        """The deployment `name` names, once the caller may do `action` on its program."""
+        parts = name.split("/")
+        if len(parts) != 2 or parts[0] != "deployments" or not parts[1].isalnum() or len(parts[1]) > 64:
+            raise InvalidArgument.one("name", f"{name!r} must look like deployments/{{deployment}}")
+        d = await self.deployments.get(parts[1])
+        await self.guard.authorize_resource(action, [d.program])
+        return d
+
+    async def CreateDeployment(
+        self, request: pb.CreateDeploymentRequest, context: Context
+    ) -> pb.CreateDeploymentResponse:
+        v = Violations()
+        program = _short(request.program, "programs")
+        v.collect(lambda: check_name(program, "program"))
+        environment = _short(request.environment, "environments")
+        v.collect(lambda: check_name(environment, "environment"))
+        if not request.version:
+            v.add("version", "name a version, or latest")
+        v.collect(lambda: check_text(request.reason, "reason", 1024))
+        strategy = None
+        if request.HasField("strategy") and request.strategy.strategy:
+            strategy = strategy_from_proto(request.strategy, envs.StrategySpec(), "strategy")
+            v.items += envs.validate_strategy(strategy, "strategy").items
+        v.raise_if_any()
+        draft = DeploymentRequest(
+            program, request.version, environment, strategy, request.reason, request.expected_target_etag,
+            request.supersede, request.allow_breaking,
+        )  # fmt: skip
+        result = await self.deployments.create(draft, idempotency(request, "CreateDeployment", _created))
+        return answer(result, pb.CreateDeploymentResponse, _created)
+
+    async def GetDeployment(
+        self, request: pb.GetDeploymentRequest, context: Context
+    ) -> pb.GetDeploymentResponse:
+        return pb.GetDeploymentResponse(
+            deployment=deployment_proto(await self._deployment(request.name, Action.READ))
+        )
+
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: Context
+    ) -> pb.ListDeploymentsResponse:
+        try:
+            states = tuple(dep.State(s) for s in request.states)
+        except ValueError:
+            raise InvalidArgument.one("states", "known deployment states only") from None
+        program = _short(request.program, "programs")
+        if program:
+            check_name(program, "program")
+        environment = _short(request.environment, "environments")
+        if environment:
+            check_name(environment, "environment")
+        page = await self.deployments.list(
+            program,
+            environment,
+            states,
+            _time(request, "start_time"),
+            _time(request, "end_time"),
+            await self.guard.readable(identity()),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListDeploymentsResponse(
+            deployments=[deployment_proto(d) for d in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def ApproveDeployment(
+        self, request: pb.ApproveDeploymentRequest, context: Context
+    ) -> pb.ApproveDeploymentResponse:
+        d = await self._deployment(request.name, Action.APPROVE)
+        check_text(request.comment, "comment", 1024)
+
+        def act(
+            x: dep.Deployment, t: dep.Target, now: datetime, actor: str
+        ) -> tuple[dep.Deployment, dep.Target]:
+            return dep.approve(x, t, now, actor, request.comment, request.reject)
+
+        idem = idempotency(request, "ApproveDeployment", _approved)
+        return answer(
+            await self.deployments.change(d.id, request.etag, idem, act),
+            pb.ApproveDeploymentResponse,
+            _approved,
+        )
+
+    async def PromoteDeployment(
+        self, request: pb.PromoteDeploymentRequest, context: Context
+    ) -> pb.PromoteDeploymentResponse:
+        d = await self._deployment(request.name, Action.DEPLOY)
+        check_text(request.reason, "reason", 1024)
+
+        def act(
+            x: dep.Deployment, t: dep.Target, now: datetime, actor: str
+        ) -> tuple[dep.Deployment, dep.Target]:
+            return dep.promote(x, t, now, actor, request.full, request.reason)
+
+        idem = idempotency(request, "PromoteDeployment", _promoted)
+        return answer(
+            await self.deployments.change(d.id, request.etag, idem, act),
+            pb.PromoteDeploymentResponse,
+            _promoted,
+        )
+
+    async def AbortDeployment(
+        self, request: pb.AbortDeploymentRequest, context: Context
+    ) -> pb.AbortDeploymentResponse:
+        d = await self._deployment(request.name, Action.DEPLOY)
+        check_text(request.reason, "reason", 1024)
+
+        def act(
+            x: dep.Deployment, t: dep.Target, now: datetime, actor: str
+        ) -> tuple[dep.Deployment, dep.Target]:
+            return dep.abort(x, t, now, actor, request.reason or "aborted")
+
+        idem = idempotency(request, "AbortDeployment", _aborted)
+        return answer(
+            await self.deployments.change(d.id, request.etag, idem, act), pb.AbortDeploymentResponse, _aborted
+        )
+
+    async def RollbackDeployment(
+        self, request: pb.RollbackDeploymentRequest, context: Context
+    ) -> pb.RollbackDeploymentResponse:
+        d = await self._deployment(request.name, Action.ROLLBACK)
+        check_text(request.reason, "reason", 1024)
+        idem = idempotency(request, "RollbackDeployment", _rolled_back)
+        result = await self.deployments.rollback(d.id, request.reason or "rollback", request.etag, idem)
+        return answer(result, pb.RollbackDeploymentResponse, _rolled_back)
+
+    async def GetDeploymentStatus(
+        self, request: pb.GetDeploymentStatusRequest, context: Context
+    ) -> pb.GetDeploymentStatusResponse:
+        program = check_name(_short(request.program, "programs"), "program")
+        environment = check_name(_short(request.environment, "environments"), "environment")
+        status = await self.deployments.status(program, environment)
+        out = pb.GetDeploymentStatusResponse()
+        if status.target is not None:
+            out.target.CopyFrom(target_proto(status.target))
+            out.revision = status.target.revision
+        if status.deployment is not None:
+            out.current_deployment.CopyFrom(deployment_proto(status.deployment))
+        # Live health (sidecar metrics against the thresholds) arrives with the metrics issue;
+        # until then each version shows what it registered, and the verdict stays unspecified.
+        for role, pv in (
+            (pb.TRAFFIC_ROLE_STABLE, status.stable),
+            (pb.TRAFFIC_ROLE_CANDIDATE, status.candidate),
+        ):
+            if pv is not None:
+                out.health.add(version=pv.version, role=role, registered_performance=pv.performance)
+        return out
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
@@ -229,3 +387,126 @@ def _mask_path_ok(path: str) -> bool:
             return False  # output only, or the identity
         message = field.message_type
     return True
+
+
+# -- deployments ---------------------------------------------------------------------------------
+
+
+def _pinned(p: dep.Pinned) -> pb.TargetVersion:
+    return pb.TargetVersion(version=p.version, digest=p.digest)
+
+
+def target_proto(t: dep.Target) -> pb.Target:
+    out = pb.Target(
+        name=t.resource_name, program=t.program, environment=t.environment, revision=t.revision, etag=t.etag
+    )
+    if t.stable:
+        out.stable.CopyFrom(_pinned(t.stable))
+    if t.candidate:
+        out.candidate.CopyFrom(
+            pb.CandidateVersion(
+                version=t.candidate.version, digest=t.candidate.digest, weight_percent=t.candidate_weight
+            )
+        )
+    if t.deployment:
+        out.deployment = f"deployments/{t.deployment}"
+    if t.update_time:
+        out.update_time.CopyFrom(timestamp(t.update_time))
+    return out
+
+
+def _ref(deployment_id: str) -> str:
+    return f"deployments/{deployment_id}" if deployment_id else ""
+
+
+def deployment_proto(d: dep.Deployment) -> pb.Deployment:
+    out = pb.Deployment(
+        name=d.resource_name,
+        program=d.program,
+        environment=d.environment,
+        version=d.version,
+        digest=d.digest,
+        strategy=strategy_proto(d.strategy),
+        state=int(d.state),  # type: ignore[arg-type]
+        current_step=d.step + 1,
+        step_count=d.step_count,
+        weight_percent=d.weight_percent,
+        reason=d.reason,
+        creator=d.creator,
+        approvals=[
+            pb.Approval(principal=a.principal, rejected=a.rejected, comment=a.comment, time=timestamp(a.time))
+            for a in d.approvals
+        ],
+        required_approvals=d.required_approvals,
+        replaced_deployment=_ref(d.replaced),
+        rolled_back_deployment=_ref(d.rollback_of),
+        rollback_deployment=_ref(d.rolled_back_by),
+        superseded_by=_ref(d.superseded_by),
+        supersede=d.supersede,
+        allow_breaking=d.allow_breaking,
+        auto_deployed=d.auto_deployed,
+        timeline=[
+            pb.DeploymentTransition(
+                kind=int(e.kind),  # type: ignore[arg-type]
+                state=int(e.state),  # type: ignore[arg-type]
+                step=e.step + 1,
+                actor=e.actor,
+                time=timestamp(e.time),
+                reason=e.reason,
+                revision=e.revision,
+            )
+            for e in d.timeline
+        ],
+        create_time=timestamp(d.create_time),
+        revision=d.revision,
+        etag=d.etag,
+    )
+    if d.previous_stable:
+        out.previous_stable.CopyFrom(_pinned(d.previous_stable))
+    for field, value in (
+        ("step_start_time", d.step_start_time),
+        ("next_step_time", d.next_step_time),
+        ("update_time", d.update_time),
+        ("end_time", d.end_time),
+    ):
+        if value is not None:
+            getattr(out, field).CopyFrom(timestamp(value))
+    return out
+
+
+def _short(value: str, collection: str) -> str:
+    """`programs/x` or `x` -> `x`."""
+    prefix = collection + "/"
+    return value[len(prefix) :] if value.startswith(prefix) else value
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    try:
+        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one(name, "is not a valid time") from None
+    return value
+
+
+def _created(d: dep.Deployment) -> pb.CreateDeploymentResponse:
+    return pb.CreateDeploymentResponse(deployment=deployment_proto(d))
+
+
+def _approved(d: dep.Deployment) -> pb.ApproveDeploymentResponse:
+    return pb.ApproveDeploymentResponse(deployment=deployment_proto(d))
+
+
+def _promoted(d: dep.Deployment) -> pb.PromoteDeploymentResponse:
+    return pb.PromoteDeploymentResponse(deployment=deployment_proto(d))
+
+
+def _aborted(d: dep.Deployment) -> pb.AbortDeploymentResponse:
+    return pb.AbortDeploymentResponse(deployment=deployment_proto(d))
+
+
+def _rolled_back(pair: tuple[dep.Deployment, dep.Deployment]) -> pb.RollbackDeploymentResponse:
+    return pb.RollbackDeploymentResponse(
+        deployment=deployment_proto(pair[0]), rolled_back=deployment_proto(pair[1])
+    )

@@ -13,8 +13,9 @@ from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from ..calls import caller
 from ..domain import programs
 from ..domain.model import ProgramVersion
-from ..domain.names import VersionRef, check_prefix, parse_parent, parse_version_ref
-from ..errors import InvalidArgument, ResourceExhausted, Unimplemented
+from ..domain.names import VersionRef, check_name, check_prefix, parse_parent, parse_version_ref
+from ..errors import InvalidArgument, ResourceExhausted
+from ..usecases.deployments import Deployments
 from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
 from . import convert
 from .context import Context
@@ -24,8 +25,6 @@ from .response_cache import ResponseCache
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
-
-_ENVIRONMENTS_LATER = "selecting by environment arrives with DeploymentService (deployments issue)"
 
 
 def _program_ref(name: str, field: str = "name") -> VersionRef:
@@ -39,9 +38,12 @@ def _registered(result: RegisteredProgram) -> pb.RegisterProgramResponse:
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, guard: Guard, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self, registry: Registry, guard: Guard, deployments: Deployments, cache: ResponseCache | None = None
+    ) -> None:
         self.registry = registry
         self.guard = guard
+        self.deployments = deployments
         self.cache = cache or ResponseCache()
         registry.store.commits.subscribe(self.cache.on_commit, self.cache.clear)
 
@@ -169,7 +171,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def GetProgramVersion(self, request: pb.GetProgramVersionRequest, context: Context) -> bytes:
         if request.environment:
-            raise Unimplemented(_ENVIRONMENTS_LATER)
+            environment = check_name(request.environment.removeprefix("environments/"), "environment")
+            program = parse_parent(request.name, "programs", "name")
+            served = await self.deployments.served(program, environment)
+            return pb.GetProgramVersionResponse(
+                program_version=convert.program_version(served)
+            ).SerializeToString()
         cached = self.cache.get(request.name)
         if cached is not None:
             return cached
@@ -183,11 +190,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def ListPrograms(
         self, request: pb.ListProgramsRequest, context: Context
     ) -> pb.ListProgramsResponse:
-        if request.environment:
-            raise Unimplemented(_ENVIRONMENTS_LATER)
+        environment = request.environment.removeprefix("environments/")
+        if environment:
+            check_name(environment, "environment")
         page = await self.registry.list_programs(
             check_prefix(request.name_prefix),
             dict(request.labels),
+            environment,
             await self.guard.readable(identity()),
             request.page_size,
             request.page_token,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
+from typing import Any
 
 from ..errors import FailedPrecondition, PreconditionViolation
 from .environments import Environment, Strategy, StrategySpec
@@ -374,3 +375,125 @@ def check_policy(
                 )
             )
     return out
+
+
+# -- stored form -------------------------------------------------------------------------------------
+
+
+def _pinned_json(p: Pinned | None) -> dict[str, str] | None:
+    return {"version": p.version, "digest": p.digest} if p else None
+
+
+def _pinned(d: dict[str, str] | None) -> Pinned | None:
+    return Pinned(d["version"], d["digest"]) if d else None
+
+
+def _time_json(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def _time(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+def to_json(d: Deployment) -> dict[str, object]:
+    from .environments import strategy_to_json
+
+    return {
+        "id": d.id,
+        "program": d.program,
+        "environment": d.environment,
+        "version": d.version,
+        "digest": d.digest,
+        "strategy": strategy_to_json(d.strategy),
+        "state": d.state.name,
+        "creator": d.creator,
+        "reason": d.reason,
+        "create_time": _time_json(d.create_time),
+        "required_approvals": d.required_approvals,
+        "approvals": [
+            {
+                "principal": a.principal,
+                "rejected": a.rejected,
+                "comment": a.comment,
+                "time": _time_json(a.time),
+            }
+            for a in d.approvals
+        ],
+        "step": d.step,
+        "weight_percent": d.weight_percent,
+        "step_start_time": _time_json(d.step_start_time),
+        "next_step_time": _time_json(d.next_step_time),
+        "previous_stable": _pinned_json(d.previous_stable),
+        "replaced": d.replaced,
+        "rollback_of": d.rollback_of,
+        "rolled_back_by": d.rolled_back_by,
+        "superseded_by": d.superseded_by,
+        "supersede": d.supersede,
+        "allow_breaking": d.allow_breaking,
+        "auto_deployed": d.auto_deployed,
+        "timeline": [
+            {
+                "kind": t.kind.name,
+                "state": t.state.name,
+                "step": t.step,
+                "actor": t.actor,
+                "time": _time_json(t.time),
+                "reason": t.reason,
+                "revision": t.revision,
+            }
+            for t in d.timeline
+        ],
+        "update_time": _time_json(d.update_time),
+        "end_time": _time_json(d.end_time),
+        "revision": d.revision,
+    }
+
+
+def from_json(j: dict[str, Any]) -> Deployment:
+    from .environments import strategy_from_json
+
+    return Deployment(
+        id=j["id"],
+        program=j["program"],
+        environment=j["environment"],
+        version=j["version"],
+        digest=j["digest"],
+        strategy=strategy_from_json(j["strategy"]),
+        state=State[j["state"]],
+        creator=j["creator"],
+        reason=j["reason"],
+        create_time=datetime.fromisoformat(j["create_time"]),
+        required_approvals=j["required_approvals"],
+        approvals=tuple(
+            Approval(a["principal"], a["rejected"], a["comment"], datetime.fromisoformat(a["time"]))
+            for a in j["approvals"]
+        ),
+        step=j["step"],
+        weight_percent=j["weight_percent"],
+        step_start_time=_time(j["step_start_time"]),
+        next_step_time=_time(j["next_step_time"]),
+        previous_stable=_pinned(j["previous_stable"]),
+        replaced=j["replaced"],
+        rollback_of=j["rollback_of"],
+        rolled_back_by=j["rolled_back_by"],
+        superseded_by=j["superseded_by"],
+        supersede=j["supersede"],
+        allow_breaking=j["allow_breaking"],
+        auto_deployed=j["auto_deployed"],
+        timeline=tuple(
+            Transition(
+                Kind[t["kind"]],
+                State[t["state"]],
+                t["step"],
+                t["actor"],
+                datetime.fromisoformat(t["time"]),
+                t["reason"],
+                t["revision"],
+            )  # fmt: skip
+            for t in j["timeline"]
+        ),
+        update_time=_time(j["update_time"]),
+        end_time=_time(j["end_time"]),
+        revision=j["revision"],
+    )

@@ -1,12 +1,16 @@
-"""Every query of deployments: environments (targets and deployments follow)."""
+"""Every query of deployments: environments, targets, deployments."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
+from ..domain import deployments as dep
+from ..domain.deployments import Deployment, Pinned, State, Target
 from ..domain.environments import Environment, policy_from_json, policy_to_json
 from ..domain.model import Page
-from .sql import Connection, Row, to_datetime, to_json, to_us
+from ..errors import InvalidArgument
+from .sql import Connection, Row, to_datetime, to_json, to_us, visible_condition
 
 _ENVIRONMENT_COLUMNS = "name, description, position, policy, create_time, update_time, revision"
 
@@ -52,6 +56,12 @@ class DeploymentQueries:
             env.revision,
         )
 
+    async def environments(self) -> list[Environment]:
+        rows = await self.conn.fetch(
+            f"SELECT {_ENVIRONMENT_COLUMNS} FROM environments ORDER BY position, name"
+        )
+        return [_environment(r) for r in rows]
+
     async def list_environments(self, page: Page) -> tuple[list[Environment], str | None, int]:
         """Environments along the promotion path (position, then name)."""
         rows = await self.conn.fetch(
@@ -64,3 +74,194 @@ class DeploymentQueries:
         chunk = rows[start : start + page.size + 1]
         after = str(chunk[page.size - 1]["name"]) if len(chunk) > page.size else None
         return [_environment(r) for r in chunk[: page.size]], after, len(rows)
+
+
+def _target(row: Row) -> Target:
+    stable = Pinned(row["stable_version"], row["stable_digest"]) if row["stable_version"] else None
+    candidate = (
+        Pinned(row["candidate_version"], row["candidate_digest"]) if row["candidate_version"] else None
+    )
+    return Target(
+        program=row["program"],
+        environment=row["environment"],
+        stable=stable,
+        candidate=candidate,
+        candidate_weight=row["candidate_weight"],
+        deployment=row["deployment"],
+        revision=row["revision"],
+        update_time=to_datetime(row["update_time"]),
+    )
+
+
+def _deployment(row: Row) -> Deployment:
+    return dep.from_json(json.loads(row["body"]))
+
+
+class TargetQueries:
+    conn: Connection
+
+    async def get_target(self, program: str, environment: str) -> Target | None:
+        row = await self.conn.fetchrow(
+            "SELECT program, environment, stable_version, stable_digest, candidate_version, candidate_digest, "
+            "candidate_weight, deployment, revision, update_time FROM targets WHERE program = ? AND environment = ?",
+            program,
+            environment,
+        )
+        return _target(row) if row else None
+
+    async def put_target(self, t: Target) -> None:
+        assert t.update_time is not None
+        await self.conn.execute(
+            "INSERT INTO targets (program, environment, stable_version, stable_digest, candidate_version, "
+            "candidate_digest, candidate_weight, deployment, revision, update_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (program, environment) DO UPDATE SET "
+            "stable_version = excluded.stable_version, stable_digest = excluded.stable_digest, "
+            "candidate_version = excluded.candidate_version, candidate_digest = excluded.candidate_digest, "
+            "candidate_weight = excluded.candidate_weight, deployment = excluded.deployment, "
+            "revision = excluded.revision, update_time = excluded.update_time",
+            t.program,
+            t.environment,
+            t.stable.version if t.stable else None,
+            t.stable.digest if t.stable else None,
+            t.candidate.version if t.candidate else None,
+            t.candidate.digest if t.candidate else None,
+            t.candidate_weight,
+            t.deployment,
+            t.revision,
+            to_us(t.update_time),
+        )
+
+    async def programs_in(self, environment: str) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT program FROM targets WHERE environment = ? AND stable_version IS NOT NULL", environment
+        )
+        return {str(r["program"]) for r in rows}
+
+    # -- deployments -----------------------------------------------------------------------
+
+    async def get_deployment(self, deployment_id: str) -> Deployment | None:
+        row = await self.conn.fetchrow("SELECT body FROM deployments WHERE id = ?", deployment_id)
+        return _deployment(row) if row else None
+
+    async def put_deployment(self, d: Deployment) -> None:
+        await self.conn.execute(
+            "INSERT INTO deployments (id, program, environment, version, state, next_step_time, create_time, "
+            "body, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "state = excluded.state, next_step_time = excluded.next_step_time, body = excluded.body, "
+            "revision = excluded.revision",
+            d.id,
+            d.program,
+            d.environment,
+            d.version,
+            int(d.state),
+            to_us(d.next_step_time) if d.next_step_time else None,
+            to_us(d.create_time),
+            to_json(dep.to_json(d)),
+            d.revision,
+        )
+
+    async def active_deployment(self, program: str, environment: str) -> Deployment | None:
+        row = await self.conn.fetchrow(
+            "SELECT body FROM deployments WHERE program = ? AND environment = ? AND state IN (?, ?) "
+            "ORDER BY create_time DESC LIMIT 1",
+            program,
+            environment,
+            int(State.PENDING_APPROVAL),
+            int(State.IN_PROGRESS),
+        )
+        return _deployment(row) if row else None
+
+    async def latest_deployment(self, program: str, environment: str) -> Deployment | None:
+        row = await self.conn.fetchrow(
+            "SELECT body FROM deployments WHERE program = ? AND environment = ? ORDER BY create_time DESC, id DESC "
+            "LIMIT 1",
+            program,
+            environment,
+        )
+        return _deployment(row) if row else None
+
+    async def succeeded_environments(self, program: str, version: str) -> set[str]:
+        """Where program@version was deployed to success (rolled back later or not)."""
+        rows = await self.conn.fetch(
+            "SELECT DISTINCT environment FROM deployments WHERE program = ? AND version = ? AND state IN (?, ?)",
+            program,
+            version,
+            int(State.SUCCEEDED),
+            int(State.ROLLED_BACK),
+        )
+        return {str(r["environment"]) for r in rows}
+
+    async def due_deployments(self, now: datetime, limit: int = 100) -> list[str]:
+        """Deployments in progress whose next step is due: the controller's work list."""
+        rows = await self.conn.fetch(
+            "SELECT id FROM deployments WHERE state = ? AND next_step_time IS NOT NULL AND next_step_time <= ? "
+            "ORDER BY next_step_time LIMIT ?",
+            int(State.IN_PROGRESS),
+            to_us(now),
+            limit,
+        )
+        return [str(r["id"]) for r in rows]
+
+    async def next_step_time(self) -> datetime | None:
+        """When the controller has its next step to take, if any deployment waits for one."""
+        row = await self.conn.fetchrow(
+            "SELECT MIN(next_step_time) AS t FROM deployments WHERE state = ? AND next_step_time IS NOT NULL",
+            int(State.IN_PROGRESS),
+        )
+        return to_datetime(row["t"]) if row and row["t"] is not None else None
+
+    async def list_deployments(
+        self,
+        program: str,
+        environment: str,
+        states: tuple[State, ...],
+        start: datetime | None,
+        end: datetime | None,
+        visible: list[str] | None,
+        page: Page,
+    ) -> tuple[list[Deployment], str | None, int]:
+        """Newest first."""
+        allowed, allowed_args = visible_condition("program", visible)
+        where: list[str] = [allowed]
+        args: list[object] = list(allowed_args)
+        if program:
+            where.append("program = ?")
+            args.append(program)
+        if environment:
+            where.append("environment = ?")
+            args.append(environment)
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args += [int(s) for s in states]
+        if start is not None:
+            where.append("create_time >= ?")
+            args.append(to_us(start))
+        if end is not None:
+            where.append("create_time < ?")
+            args.append(to_us(end))
+        condition = " AND ".join(where)
+        cursor_time, cursor_id = _cursor(page.after)
+        rows = await self.conn.fetch(
+            f"SELECT body, create_time, id FROM deployments WHERE {condition} "
+            "AND (create_time < ? OR (create_time = ? AND id < ?)) ORDER BY create_time DESC, id DESC LIMIT ?",
+            *args,
+            cursor_time,
+            cursor_time,
+            cursor_id,
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM deployments WHERE {condition}", *args)
+        after = None
+        if len(rows) > page.size:
+            last = rows[page.size - 1]
+            after = f"{last['create_time']}:{last['id']}"
+        return [_deployment(r) for r in rows[: page.size]], after, int(total["n"]) if total else 0
+
+
+def _cursor(after: str | None) -> tuple[int, str]:
+    if after is None:
+        return 2**62, ""
+    when, _, ident = after.partition(":")
+    if not when.isdigit() or not ident.isalnum():
+        raise InvalidArgument.one("page_token", "is not a token this server issued")
+    return int(when), ident

@@ -232,6 +232,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "targets and deployments",
+        (
+            """CREATE TABLE targets (
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                stable_version TEXT,
+                stable_digest TEXT,
+                candidate_version TEXT,
+                candidate_digest TEXT,
+                candidate_weight INTEGER NOT NULL,
+                deployment TEXT NOT NULL,
+                revision BIGINT NOT NULL,
+                update_time BIGINT NOT NULL,
+                PRIMARY KEY (program, environment)
+            )""",
+            # The whole deployment is `body` (JSON); the columns are what queries filter on.
+            """CREATE TABLE deployments (
+                id TEXT{c} PRIMARY KEY,
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                version TEXT{c} NOT NULL,
+                state INTEGER NOT NULL,
+                next_step_time BIGINT,
+                create_time BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+            "CREATE INDEX deployments_by_target ON deployments (program, environment, create_time)",
+            "CREATE INDEX deployments_due ON deployments (state, next_step_time)",
+            "CREATE INDEX deployments_by_version ON deployments (program, version, state, environment)",
+            "CREATE INDEX deployments_by_time ON deployments (create_time, id)",
+        ),
+    ),
 )
 
 

@@ -28,7 +28,7 @@ from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
-from .deployment_records import DeploymentQueries
+from .deployment_records import DeploymentQueries, TargetQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
 
@@ -133,7 +133,7 @@ def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
     return json.dumps([last["sort_key"], last["version"]])
 
 
-class Records(AccessQueries, DeploymentQueries):
+class Records(AccessQueries, DeploymentQueries, TargetQueries):
     """Queries over one connection; in a write transaction, also the revision counter."""
 
     def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:
@@ -580,12 +580,23 @@ class Records(AccessQueries, DeploymentQueries):
         await self._refresh_latest(program, now_us())
 
     async def list_programs(
-        self, prefix: str, labels: dict[str, str], visible: list[str] | None, page: Page
+        self,
+        prefix: str,
+        labels: dict[str, str],
+        visible: list[str] | None,
+        page: Page,
+        environment: str = "",
     ) -> tuple[list[ProgramSummary], str | None, int]:
         """Programs by name, filtered; only those matching a `visible` glob (None: all)."""
         allowed, allowed_args = visible_condition("p.name", visible)
         where = ["p.name LIKE ? ESCAPE '\\'", allowed]
         args: list[Any] = [like_prefix(prefix), *allowed_args]
+        if environment:  # deployed there: its target serves a stable version
+            where.append(
+                "EXISTS (SELECT 1 FROM targets t WHERE t.program = p.name AND t.environment = ? "
+                "AND t.stable_version IS NOT NULL)"
+            )
+            args.append(environment)
         for key, value in sorted(labels.items()):
             where.append(
                 "EXISTS (SELECT 1 FROM program_labels l WHERE l.program = p.name "

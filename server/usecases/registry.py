@@ -7,7 +7,7 @@ maps the results back; this module decides nothing about transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -96,6 +96,8 @@ class Registry:
         self.store = store
         self.guard_mode = guard_mode
         self.upload_limit = upload_limit
+        # Called inside each registration's transaction (auto-deploy), when deployments exist.
+        self.after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None
 
     # -- signatures --------------------------------------------------------------------
 
@@ -336,6 +338,8 @@ class Registry:
                     )
                 ]
             )
+            if self.after_register is not None:
+                await self.after_register(tx, pv, caller)
             return await record(tx, idem, RegisteredProgram(pv, True))
 
     async def _program_version(self, tx: Records, ref: VersionRef) -> ProgramVersion:
@@ -363,6 +367,7 @@ class Registry:
         self,
         prefix: str,
         labels: dict[str, str],
+        environment: str,
         visible: list[str] | None,
         page_size: int,
         page_token: str,
@@ -373,13 +378,14 @@ class Registry:
         v.raise_if_any()
         return await page_of(
             self.store,
-            lambda tx, page: tx.list_programs(prefix, labels, visible, page),
+            lambda tx, page: tx.list_programs(prefix, labels, visible, page, environment),
             page_size,
             page_token,
             "programs",
             prefix,
             sorted(labels.items()),
             visible,
+            environment,
         )
 
     async def list_program_versions(
@@ -414,25 +420,13 @@ class Registry:
                 chunk = await tx.artifact_chunk(digest, seq)
             yield chunk
 
-    async def _compatibility(
-        self, tx: Records, a: ProgramVersion, b: ProgramVersion
-    ) -> signatures.Compatibility:
-        if a.signature != b.signature:
-            return comparing.signature_switch(a.signature_name, b.signature_name)
-        if a.signature_version == b.signature_version:
-            return signatures.Compatibility(signatures.Level.IDENTICAL)
-        sa = await tx.get_signature_version(a.signature, a.signature_version)
-        sb = await tx.get_signature_version(b.signature, b.signature_version)
-        assert sa is not None and sb is not None  # foreign keys guarantee both
-        return signatures.compare(sa.spec, sb.spec)
-
     async def compare(
         self, base: VersionRef, target: VersionRef
     ) -> tuple[ProgramVersion, ProgramVersion, comparing.Comparison]:
         async with self.store.read() as tx:
             a = await self._program_version(tx, base)
             b = await self._program_version(tx, target)
-            compat = await self._compatibility(tx, a, b)
+            compat = await compatibility(tx, a, b)
         return a, b, comparing.compare(a, b, compat)
 
     async def upgrade_path(
@@ -457,7 +451,7 @@ class Registry:
             path = [pv for pv in between if pv.version in (start.version, end.version) or not pv.yanked]
             steps = []
             for a, b in zip(path, path[1:], strict=False):
-                steps.append(comparing.upgrade_step(a, b, await self._compatibility(tx, a, b)))
+                steps.append(comparing.upgrade_step(a, b, await compatibility(tx, a, b)))
         return steps
 
     async def yank(
@@ -496,3 +490,15 @@ class Registry:
             )
             updated = replace(pv, yanked=wanted, yank_reason="" if undo else reason, revision=revision)
             return await record(tx, idem, updated)
+
+
+async def compatibility(tx: Records, a: ProgramVersion, b: ProgramVersion) -> signatures.Compatibility:
+    """How the signature `b` implements relates to the one `a` implements."""
+    if a.signature != b.signature:
+        return comparing.signature_switch(a.signature_name, b.signature_name)
+    if a.signature_version == b.signature_version:
+        return signatures.Compatibility(signatures.Level.IDENTICAL)
+    sa = await tx.get_signature_version(a.signature, a.signature_version)
+    sb = await tx.get_signature_version(b.signature, b.signature_version)
+    assert sa is not None and sb is not None  # foreign keys guarantee both
+    return signatures.compare(sa.spec, sb.spec)

@@ -1,0 +1,373 @@
+"""Deployment use cases: create (with policy checks), approve, promote, abort, roll back, reconcile.
+
+Every change to a deployment and to its target is one transaction whose
+events — `deployment.<kind>` and `target.updated` — carry the revision, so
+the watch streams of the next release see targets change exactly as they
+committed. The controller (`reconcile`) is level-based: it re-reads each due
+deployment inside its transaction and takes the one step the store says is
+next, so a restart, or two replicas, never skip or repeat a step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from ..calls import caller
+from ..domain import deployments as dep
+from ..domain import versions
+from ..domain.deployments import Deployment, Kind, Pinned, State, Target
+from ..domain.environments import StrategySpec
+from ..domain.model import Event, ProgramVersion
+from ..domain.names import VersionRef
+from ..errors import Aborted, FailedPrecondition, NotFound
+from ..store.base import Store
+from ..store.records import Records
+from .common import Idempotency, PageOf, Replay, page_of, record, replayed
+from .registry import compatibility
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+# A pure step of the state machine: (deployment, target, now, actor) -> (deployment, target).
+Action = Callable[[Deployment, Target, datetime, str], tuple[Deployment, Target]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(12))
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    program: str
+    version: str  # or "latest"
+    environment: str
+    strategy: StrategySpec | None  # None: the environment's default
+    reason: str
+    expected_target_etag: str
+    supersede: bool
+    allow_breaking: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    target: Target | None
+    deployment: Deployment | None
+    stable: ProgramVersion | None
+    candidate: ProgramVersion | None
+
+
+def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
+    data = {
+        "program": d.program,
+        "environment": d.environment,
+        "version": d.version,
+        "state": d.state.name,
+        "step": d.step,
+        "weight_percent": d.weight_percent,
+    }
+    out = [Event(f"deployment.{k.name.lower()}", d.resource_name, data) for k in kinds]
+    if t is not None:
+        out.append(
+            Event(
+                "target.updated",
+                t.resource_name,
+                {
+                    "program": t.program,
+                    "environment": t.environment,
+                    "stable": t.stable.version if t.stable else None,
+                    "candidate": t.candidate.version if t.candidate else None,
+                    "weight_percent": t.candidate_weight,
+                    "deployment": t.deployment,
+                },
+            )
+        )
+    return out
+
+
+class Deployments:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _save(
+        self, tx: Records, d: Deployment, before: Deployment | None, t: Target, t_before: Target | None
+    ) -> tuple[Deployment, Target]:
+        """Persist a deployment and (if it changed) its target, with their events, at this revision."""
+        revision = tx.next_revision
+        new_entries = d.timeline[len(before.timeline) if before else 0 :]
+        stamped = tuple(replace(e, revision=revision) for e in new_entries)
+        d = replace(d, timeline=d.timeline[: len(d.timeline) - len(new_entries)] + stamped, revision=revision)
+        kinds = [e.kind for e in stamped]
+        if before is None:
+            kinds.insert(0, Kind.CREATED)
+        target_changed = t_before is None or (t.stable, t.candidate, t.candidate_weight, t.deployment) != (
+            t_before.stable,
+            t_before.candidate,
+            t_before.candidate_weight,
+            t_before.deployment,
+        )
+        if target_changed:
+            t = replace(t, revision=revision, update_time=_now())
+            await tx.put_target(t)
+        await tx.put_deployment(d)
+        await tx.append(_events(d, t if target_changed else None, kinds))
+        return d, t
+
+    async def _version(self, tx: Records, program: str, version: str) -> ProgramVersion:
+        ref = VersionRef("programs", program, version)
+        found = (
+            await tx.latest_program_version(program)
+            if ref.is_latest
+            else await tx.get_program_version(program, version)
+        )
+        if found is None:
+            raise NotFound(str(ref) if not ref.is_latest else f"programs/{program}")
+        return found
+
+    async def create(
+        self, request: DeploymentRequest, idem: Idempotency[Deployment] | None
+    ) -> Deployment | Replay:
+        if request.version != versions.LATEST:
+            versions.parse(request.version)
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            return await record(tx, idem, await self.create_in(tx, request, caller(), auto=False))
+
+    async def create_in(self, tx: Records, r: DeploymentRequest, actor: str, *, auto: bool) -> Deployment:
+        """CreateDeployment's work inside a transaction (also used by auto-deploy on registration)."""
+        env = await tx.get_environment(r.environment)
+        if env is None:
+            raise NotFound(f"environments/{r.environment}")
+        pv = await self._version(tx, r.program, r.version)
+        target_before = await tx.get_target(r.program, r.environment)
+        target = target_before or Target(r.program, r.environment)
+        if r.expected_target_etag and r.expected_target_etag != target.etag:
+            raise Aborted(
+                f"{target.resource_name} changed: etag is {target.etag}, request had {r.expected_target_etag}"
+            )
+        active = await tx.active_deployment(r.program, r.environment)
+        if active is not None and not r.supersede:
+            raise FailedPrecondition(
+                f"{active.resource_name} is still {active.state.name} on {target.resource_name}; "
+                "wait for it, abort it, or ask to supersede it",
+            )
+        served_compat = None
+        if target.stable is not None:
+            served = await tx.get_program_version(r.program, target.stable.version)
+            if served is not None:
+                served_compat = await compatibility(tx, served, pv)
+        violations = dep.check_policy(
+            env, pv, served_compat, r.allow_breaking, await tx.succeeded_environments(r.program, pv.version)
+        )
+        if violations:
+            raise FailedPrecondition(
+                f"{env.name} refuses {pv.name}: " + "; ".join(v.description for v in violations), violations
+            )
+        now = _now()
+        new_id = _new_id()
+        if active is not None:
+            superseded, target = dep.supersede(active, target, now, actor, new_id)
+            await self._save(tx, superseded, active, target, target_before)
+            target_before = target
+        d = Deployment(
+            id=new_id,
+            program=r.program,
+            environment=r.environment,
+            version=pv.version,
+            digest=pv.digest,
+            strategy=r.strategy or env.policy.default_strategy,
+            state=State.PENDING_APPROVAL,
+            creator=actor,
+            reason=r.reason,
+            create_time=now,
+            required_approvals=env.policy.required_approvals if env.policy.approval_required else 0,
+            previous_stable=target.stable,
+            replaced=target.deployment,
+            supersede=r.supersede,
+            allow_breaking=r.allow_breaking,
+            auto_deployed=auto,
+        )
+        if d.required_approvals == 0:
+            d, target = dep.start(d, target, now, actor)
+        saved, _ = await self._save(tx, d, None, target, target_before)
+        return saved
+
+    async def change(
+        self,
+        deployment_id: str,
+        etag: str,
+        idem: Idempotency[Deployment] | None,
+        act: Action,
+    ) -> Deployment | Replay:
+        """Approve, promote, abort: re-read, check the etag, apply the pure action, save."""
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            d = await tx.get_deployment(deployment_id)
+            if d is None:
+                raise NotFound(f"deployments/{deployment_id}")
+            if etag and etag != d.etag:
+                raise Aborted(f"{d.resource_name} changed: etag is {d.etag}, request had {etag}")
+            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            after, target = act(d, t, _now(), caller())
+            saved, _ = await self._save(tx, after, d, target, t)
+            return await record(tx, idem, saved)
+
+    async def rollback(
+        self,
+        deployment_id: str,
+        reason: str,
+        etag: str,
+        idem: Idempotency[tuple[Deployment, Deployment]] | None,
+    ) -> tuple[Deployment, Deployment] | Replay:
+        """The seed's rollback: the previous version back at once, the original ROLLED_BACK, both linked."""
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            d = await tx.get_deployment(deployment_id)
+            if d is None:
+                raise NotFound(f"deployments/{deployment_id}")
+            if etag and etag != d.etag:
+                raise Aborted(f"{d.resource_name} changed: etag is {d.etag}, request had {etag}")
+            env = await tx.get_environment(d.environment)
+            if env is not None and not env.policy.rollback_enabled:
+                raise FailedPrecondition(f"rollback is disabled in {env.name}")
+            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            now, actor, new_id = _now(), caller(), _new_id()
+            ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id)
+            rolled_back, target = await self._save(tx, ended, d, target, t)
+            back = _rollback_deployment(new_id, d, back_to, reason, actor, now)
+            saved, _ = await self._save(tx, back, None, target, target)
+            return await record(tx, idem, (saved, rolled_back))
+
+    # -- the controller ----------------------------------------------------------------------
+
+    async def reconcile(self, now: datetime | None = None) -> int:
+        """Take every due step (canary weights, blue-green switches); returns how many were taken."""
+        now = now or _now()
+        async with self.store.read() as tx:
+            due = await tx.due_deployments(now)
+        taken = 0
+        for deployment_id in due:
+            async with self.store.write() as tx:
+                d = await tx.get_deployment(deployment_id)
+                if d is None or not dep.due(d, now):
+                    continue  # another replica, or a person, got there first
+                t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+                after, target = dep.advance(d, t, now, "controller")
+                await self._save(tx, after, d, target, t)
+                taken += 1
+        return taken
+
+    async def next_due(self) -> datetime | None:
+        async with self.store.read() as tx:
+            return await tx.next_step_time()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, deployment_id: str) -> Deployment:
+        async with self.store.read() as tx:
+            d = await tx.get_deployment(deployment_id)
+        if d is None:
+            raise NotFound(f"deployments/{deployment_id}")
+        return d
+
+    async def list(
+        self,
+        program: str,
+        environment: str,
+        states: tuple[State, ...],
+        start: datetime | None,
+        end: datetime | None,
+        visible: list[str] | None,
+        page_size: int,
+        page_token: str,
+    ) -> PageOf[Deployment]:
+        return await page_of(
+            self.store,
+            lambda tx, page: tx.list_deployments(program, environment, states, start, end, visible, page),
+            page_size,
+            page_token,
+            "deployments",
+            program,
+            environment,
+            states,
+            start,
+            end,
+            visible,
+        )
+
+    async def status(self, program: str, environment: str) -> Status:
+        async with self.store.read() as tx:
+            if await tx.get_environment(environment) is None:
+                raise NotFound(f"environments/{environment}")
+            t = await tx.get_target(program, environment)
+            d = await tx.latest_deployment(program, environment)
+            stable = await tx.get_program_version(program, t.stable.version) if t and t.stable else None
+            candidate = (
+                await tx.get_program_version(program, t.candidate.version) if t and t.candidate else None
+            )
+        if t is None and d is None:
+            raise NotFound(f"programs/{program}/environments/{environment}/target")
+        return Status(t, d, stable, candidate)
+
+    async def served(self, program: str, environment: str) -> ProgramVersion:
+        """What `environment` serves of `program`: its target's stable version."""
+        async with self.store.read() as tx:
+            if await tx.get_environment(environment) is None:
+                raise NotFound(f"environments/{environment}")
+            t = await tx.get_target(program, environment)
+            if t is None or t.stable is None:
+                raise NotFound(
+                    f"programs/{program}/environments/{environment}/target",
+                    f"{environment} serves no version of {program}",
+                )
+            pv = await tx.get_program_version(program, t.stable.version)
+        assert pv is not None
+        return pv
+
+    # -- auto-deploy ---------------------------------------------------------------------------
+
+    async def auto_deploy(self, tx: Records, pv: ProgramVersion, actor: str) -> None:
+        """Registering a version deploys it at once wherever the policy says auto_deploy."""
+        for env in await tx.environments():
+            if not env.policy.auto_deploy or pv.yanked:
+                continue
+            request = DeploymentRequest(
+                pv.program, pv.version, env.name, None, f"auto-deploy of {pv.version}", "", True, False
+            )
+            await self.create_in(tx, request, actor, auto=True)
+
+
+def _rollback_deployment(
+    new_id: str, original: Deployment, back_to: Pinned, reason: str, actor: str, now: datetime
+) -> Deployment:
+    d = Deployment(
+        id=new_id,
+        program=original.program,
+        environment=original.environment,
+        version=back_to.version,
+        digest=back_to.digest,
+        strategy=StrategySpec(),  # the seed's rollback is immediate: a REPLACE
+        state=State.SUCCEEDED,
+        creator=actor,
+        reason=reason,
+        create_time=now,
+        weight_percent=100,
+        previous_stable=Pinned(original.version, original.digest),
+        replaced=original.id,
+        rollback_of=original.id,
+        end_time=now,
+    )
+    entry = dep.Transition(
+        Kind.SUCCEEDED, State.SUCCEEDED, 0, actor, now, f"rollback of {original.resource_name}: {reason}"
+    )
+    return replace(d, timeline=(entry,), update_time=now)
