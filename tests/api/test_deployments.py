@@ -1,0 +1,292 @@
+"""Deployments over a real channel, on SQLite and Postgres: each strategy end to end, approvals,
+promotion order, auto-deploy, rollback, supersede, yanked versions, concurrent deployers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from dspy_registry.v1 import access_pb2 as apb
+from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
+from dspy_registry.v1 import registry_pb2 as pb
+from tests.api.conftest import Running, register_signature
+from tests.factories import dspy_state
+
+PROGRAM = "sentiment"
+
+
+async def _register(server: Running, version: str, accuracy: float = 0.9) -> None:
+    await server.registry.RegisterProgram(
+        pb.RegisterProgramRequest(
+            spec=pb.ProgramVersionSpec(
+                program=PROGRAM,
+                version=version,
+                signature="signatures/sig/versions/1.0.0",
+                performance={"accuracy": accuracy},
+            ),
+            artifact=dspy_state(f"v{version}"),
+        )
+    )
+
+
+@pytest.fixture
+async def ready(server: Running) -> Running:
+    await register_signature(server.registry, name="sig")
+    await _register(server, "1.0.0")
+    await _register(server, "1.1.0", accuracy=0.93)
+    return server
+
+
+def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
+    return dpb_grpc.DeploymentServiceStub(server.channel)
+
+
+async def _code(call: Awaitable[object]) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.05)
+
+
+def _canary(*steps: tuple[int, float]) -> dpb.DeploymentStrategy:
+    s = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
+    for weight, pause in steps:
+        s.canary.steps.add(weight_percent=weight).pause.FromNanoseconds(int(pause * 1e9))
+    return s
+
+
+async def _served(server: Running, environment: str) -> str:
+    response = await server.registry.GetProgramVersion(
+        pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment=environment)
+    )
+    return str(response.program_version.version)
+
+
+async def test_registration_auto_deploys_to_development(ready: Running) -> None:
+    assert await _served(ready, "development") == "1.1.0"
+    listed = await _stub(ready).ListDeployments(
+        dpb.ListDeploymentsRequest(program=PROGRAM, environment="development")
+    )
+    assert [d.version for d in listed.deployments] == ["1.1.0", "1.0.0"]
+    assert all(d.auto_deployed and d.state == dpb.DEPLOYMENT_STATE_SUCCEEDED for d in listed.deployments)
+    in_dev = await ready.registry.ListPrograms(pb.ListProgramsRequest(environment="development"))
+    assert [p.name for p in in_dev.programs] == [f"programs/{PROGRAM}"]
+    assert (await ready.registry.ListPrograms(pb.ListProgramsRequest(environment="staging"))).total_size == 0
+
+
+async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
+    deploy = _stub(ready)
+    replace = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.0.0", environment="staging",
+            strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+        )
+    )  # fmt: skip
+    assert (
+        replace.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+        and await _served(ready, "staging") == "1.0.0"
+    )
+    green = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_BLUE_GREEN)
+    green.blue_green.auto_promote = True
+    blue_green = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=green)
+    )
+
+    async def switched() -> bool:
+        got = await deploy.GetDeployment(dpb.GetDeploymentRequest(name=blue_green.deployment.name))
+        return bool(got.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED)
+
+    await _eventually(switched)
+    assert await _served(ready, "staging") == "1.1.0"
+    await _register(ready, "1.2.0", accuracy=0.95)
+    canary = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.2.0", environment="staging", strategy=_canary((10, 0.2), (50, 0.2))
+        )
+    )
+    status = await deploy.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
+    )
+    assert status.target.candidate.version == "1.2.0" and status.target.candidate.weight_percent == 10
+    assert status.target.stable.version == "1.1.0"
+
+    async def promoted() -> bool:
+        got = await deploy.GetDeployment(dpb.GetDeploymentRequest(name=canary.deployment.name))
+        return bool(got.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED)
+
+    await _eventually(promoted)
+    done = (await deploy.GetDeployment(dpb.GetDeploymentRequest(name=canary.deployment.name))).deployment
+    kinds = [t.kind for t in done.timeline]
+    assert kinds == [
+        dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED,
+        dpb.DEPLOYMENT_EVENT_KIND_PROMOTED,
+        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED,
+    ]
+    assert all(t.actor == "controller" for t in done.timeline)
+    assert await _served(ready, "staging") == "1.2.0"
+    # Each step is one revision whose events carry the target's weight, in order.
+    async with ready.app.store.read() as tx:
+        weights = [
+            e.data["weight_percent"]
+            for e in await tx.events_after(canary.deployment.revision - 1)
+            if e.kind == "target.updated"
+        ]
+    assert weights == [10, 50, 0]  # 0: promoted, the candidate is gone
+
+
+async def test_approvals_promotion_order_and_the_requester(ready: Running) -> None:
+    deploy = _stub(ready)
+    early = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="production")
+    assert (
+        await _code(deploy.CreateDeployment(early)) == grpc.StatusCode.FAILED_PRECONDITION
+    )  # not in staging yet
+    await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.1.0", environment="staging",
+            strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+        )
+    )  # fmt: skip
+    pending = (await deploy.CreateDeployment(early)).deployment
+    assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and pending.required_approvals == 1
+    mine = dpb.ApproveDeploymentRequest(name=pending.name)
+    assert await _code(deploy.ApproveDeployment(mine)) == grpc.StatusCode.FAILED_PRECONDITION  # self-approval
+    admin = apb_grpc.AccessServiceStub(ready.channel)
+    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="carol", principal=apb.Principal()))
+    await admin.GrantPermission(
+        apb.GrantPermissionRequest(principal="principals/carol", action=apb.ACTION_APPROVE, resource=PROGRAM)
+    )
+    secret = (await admin.CreateToken(apb.CreateTokenRequest(parent="principals/carol"))).secret
+    channel = ready.channel_for(secret)
+    try:
+        approved = await dpb_grpc.DeploymentServiceStub(channel).ApproveDeployment(
+            dpb.ApproveDeploymentRequest(name=pending.name, comment="looks good")
+        )
+    finally:
+        await channel.close(None)
+    assert approved.deployment.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS  # production's default: blue-green
+    assert [a.principal for a in approved.deployment.approvals] == ["carol"]
+    again = dpb.ApproveDeploymentRequest(name=pending.name)
+    assert await _code(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION  # not pending
+
+
+async def test_validation_yanked_versions_and_unknown_environments(ready: Running) -> None:
+    deploy = _stub(ready)
+    await _register(ready, "1.3.0", accuracy=0.80)  # below production's 0.85, but staging does not care
+    to_staging = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.3.0", environment="staging")
+    await deploy.CreateDeployment(to_staging)
+    await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=(await deploy.ListDeployments(
+        dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging"))).deployments[0].name))  # fmt: skip
+    await ready.registry.YankProgramVersion(
+        pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.3.0", reason="bad demos")
+    )
+    assert await _code(deploy.CreateDeployment(to_staging)) == grpc.StatusCode.FAILED_PRECONDITION
+    nowhere = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="nowhere")
+    assert await _code(deploy.CreateDeployment(nowhere)) == grpc.StatusCode.NOT_FOUND
+    missing = dpb.CreateDeploymentRequest(program=PROGRAM, version="9.9.9", environment="staging")
+    assert await _code(deploy.CreateDeployment(missing)) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_one_deployment_in_progress_per_target_unless_superseded(ready: Running) -> None:
+    deploy = _stub(ready)
+    slow = _canary((10, 60), (50, 60))
+    first = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=slow)
+    )
+    second = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.1.0", environment="staging", strategy=slow
+    )
+    assert await _code(deploy.CreateDeployment(second)) == grpc.StatusCode.FAILED_PRECONDITION
+    second.supersede = True
+    replacing = await deploy.CreateDeployment(second)
+    old = (await deploy.GetDeployment(dpb.GetDeploymentRequest(name=first.deployment.name))).deployment
+    assert old.state == dpb.DEPLOYMENT_STATE_SUPERSEDED and old.superseded_by == replacing.deployment.name
+    status = await deploy.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
+    )
+    assert status.target.candidate.version == "1.1.0"
+    full = await deploy.PromoteDeployment(
+        dpb.PromoteDeploymentRequest(name=replacing.deployment.name, full=True)
+    )
+    assert (
+        full.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED and await _served(ready, "staging") == "1.1.0"
+    )
+
+
+async def test_rollback_as_the_seed_does_it(ready: Running) -> None:
+    deploy = _stub(ready)
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    first = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
+    )
+    nothing = dpb.RollbackDeploymentRequest(name=first.deployment.name, reason="try")
+    assert (
+        await _code(deploy.RollbackDeployment(nothing)) == grpc.StatusCode.FAILED_PRECONDITION
+    )  # no previous
+    second = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
+    )
+    rolled = await deploy.RollbackDeployment(
+        dpb.RollbackDeploymentRequest(
+            name=second.deployment.name, reason="Error rate 0.12 exceeds threshold 0.05"
+        )
+    )
+    assert rolled.rolled_back.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
+    assert rolled.rolled_back.rollback_deployment == rolled.deployment.name
+    assert rolled.deployment.rolled_back_deployment == second.deployment.name
+    assert rolled.deployment.version == "1.0.0" and await _served(ready, "staging") == "1.0.0"
+    # Rollback disabled: refused.
+    env = dpb.Environment(name="environments/staging")
+    env.policy.rollback_enabled = False
+    await deploy.UpdateEnvironment(
+        dpb.UpdateEnvironmentRequest(
+            environment=env, update_mask=field_mask_pb2.FieldMask(paths=["policy.rollback_enabled"])
+        )
+    )
+    third = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
+    )
+    refused = dpb.RollbackDeploymentRequest(name=third.deployment.name)
+    assert await _code(deploy.RollbackDeployment(refused)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(ready: Running) -> None:
+    deploy = _stub(ready)
+    status = await deploy.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="development")
+    )
+    etag = status.target.etag
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    calls = [
+        deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.0.0", environment="development", strategy=replace,
+                expected_target_etag=etag,
+            )
+        )
+        for _ in range(16)
+    ]  # fmt: skip
+    codes = await asyncio.gather(*(_code(c) for c in calls))
+    assert sorted(c.name for c in codes) == ["ABORTED"] * 15 + ["OK"]
+    unguarded = [
+        deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.1.0", environment="development", strategy=replace
+            )
+        )
+        for _ in range(4)
+    ]
+    assert {c.name for c in await asyncio.gather(*(_code(c) for c in unguarded))} == {"OK"}  # they serialize
