@@ -26,7 +26,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dspy_registry.v1 import registry_pb2_grpc
+from dspy_registry.v1 import deployment_pb2, deployment_pb2_grpc, registry_pb2_grpc
 
 from . import fixtures
 from .common import emit, has_uvloop
@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
 GET_CONCURRENCY = 64
 REGISTER_CLIENTS = 16
+DEPLOY_CLIENTS = 16
+STATUS_CONCURRENCY = 64
 GET_RATIO_TARGET = 0.70
 GET_P99_TARGET_MS = 25.0
 GET_AUTH_RATIO_TARGET = 0.85
@@ -192,6 +194,28 @@ def _preload(registry: Registry, versions: tuple[str, ...]) -> None:
             stub.GetProgramVersion(fixtures.get_request(), timeout=10.0, metadata=metadata)
 
 
+def _preload_deployment(registry: Registry, *, deploy: bool) -> None:
+    """Register the signature and DEPLOY_VERSIONS of `p`; with `deploy`, one REPLACE deployment to staging."""
+    _preload(registry, ())
+    metadata = registry.metadata()
+    with grpc.insecure_channel(registry.target) as channel:
+        registry_stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        for i, version in enumerate(fixtures.DEPLOY_VERSIONS):
+            request = fixtures.register_request(version, 10**9 + i)
+            registry_stub.RegisterProgram(request, timeout=10.0, metadata=metadata)
+        if not deploy:
+            return
+        stub = deployment_pb2_grpc.DeploymentServiceStub(channel)  # type: ignore[no-untyped-call]
+        version = fixtures.DEPLOY_VERSIONS[-1]
+        reply = stub.CreateDeployment(fixtures.deploy_request(version), timeout=10.0, metadata=metadata)
+        if reply.deployment.state != deployment_pb2.DEPLOYMENT_STATE_SUCCEEDED:
+            state = deployment_pb2.DeploymentState.Name(reply.deployment.state)
+            raise RuntimeError(f"the preloaded REPLACE deployment of {version} ended {state}")
+        status = stub.GetDeploymentStatus(fixtures.status_request(), timeout=10.0, metadata=metadata)
+        if status.target.stable.version != version:
+            raise RuntimeError(f"staging serves {status.target.stable.version!r} after deploying {version}")
+
+
 def _loadgen(
     target: str, workload: str, concurrency: int, options: Options, token_file: Path | None = None
 ) -> dict[str, Any]:
@@ -284,11 +308,49 @@ def bench_register(backend: str, options: Options) -> dict[str, Any]:
     }
 
 
+def bench_create_deployment(backend: str, options: Options) -> dict[str, Any]:
+    with _registry(backend, options) as registry:
+        _preload_deployment(registry, deploy=False)
+        result = _loadgen(registry.target, "deploy", DEPLOY_CLIENTS, options, registry.token_file)
+    return {
+        "bench": "create_deployment",
+        "backend": backend,
+        "auth": True,
+        **result,
+        "environment": fixtures.DEPLOY_ENVIRONMENT,
+        "strategy": "STRATEGY_REPLACE",
+        "versions": list(fixtures.DEPLOY_VERSIONS),
+        "server_log_level": options.server_log_level,
+        "target": None,
+        "meets_target": None,
+    }
+
+
+def bench_get_deployment_status(backend: str, options: Options) -> dict[str, Any]:
+    with _registry(backend, options) as registry:
+        _preload_deployment(registry, deploy=True)
+        result = _loadgen(registry.target, "status", STATUS_CONCURRENCY, options, registry.token_file)
+    return {
+        "bench": "get_deployment_status",
+        "backend": backend,
+        "auth": True,
+        **result,
+        "environment": fixtures.DEPLOY_ENVIRONMENT,
+        "server_log_level": options.server_log_level,
+        "target": None,
+        "meets_target": None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per figure")
     parser.add_argument("--warmup", type=float, default=1.0, help="uncounted load before each window")
-    parser.add_argument("--only", choices=["echo", "get", "register"], help="run one benchmark")
+    parser.add_argument(
+        "--only",
+        choices=["echo", "get", "register", "deploy"],
+        help="run one benchmark (deploy: create_deployment and get_deployment_status)",
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--channels", type=int, default=2, help="client channels (connections)")
     parser.add_argument("--server-log-level", default="info", help="the registry's --log-level")
@@ -317,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "register"):
         for backend in backends:
             emit(bench_register(backend, options))
+    if args.only in (None, "deploy"):
+        for backend in backends:
+            emit(bench_create_deployment(backend, options))
+            emit(bench_get_deployment_status(backend, options))
     return 0
 
 

@@ -13,6 +13,8 @@ T = TypeVar("T")
 ECHO_METHOD = "/bench.Echo/Echo"
 GET_METHOD = "/dspy_registry.v1.RegistryService/GetProgramVersion"
 REGISTER_METHOD = "/dspy_registry.v1.RegistryService/RegisterProgram"
+DEPLOY_METHOD = "/dspy_registry.v1.DeploymentService/CreateDeployment"
+STATUS_METHOD = "/dspy_registry.v1.DeploymentService/GetDeploymentStatus"
 
 
 def has_uvloop() -> bool:

@@ -1,9 +1,10 @@
-"""The requests the benchmarks send: a signature, 10 KB program artifacts, reads."""
+"""The requests the benchmarks send: a signature, 10 KB program artifacts, reads, deployments."""
 
 from __future__ import annotations
 
 import json
 
+from dspy_registry.v1 import deployment_pb2
 from dspy_registry.v1 import registry_pb2 as pb
 
 SIGNATURE = "bench_sig"
@@ -12,6 +13,10 @@ PROGRAM = "p"
 PRELOAD_VERSIONS = ("1.0.0", "1.1.0", "1.2.0", "1.3.0")
 GET_NAME = f"programs/{PROGRAM}/versions/1.2.0"
 ARTIFACT_BYTES = 10 * 1024
+# The deployment figures: two versions of `p` with the same signature, deployed to staging
+# (validation: signature compatibility; no approval), alternating so every call moves the stable version.
+DEPLOY_VERSIONS = ("1.0.0", "1.1.0")
+DEPLOY_ENVIRONMENT = "staging"
 
 # Fixed width, so that every artifact has exactly ARTIFACT_BYTES bytes.
 _MARK = b"@@@@@@@@@@@@"
@@ -72,3 +77,17 @@ def register_request(version: str, n: int) -> pb.RegisterProgramRequest:
 
 def get_request() -> pb.GetProgramVersionRequest:
     return pb.GetProgramVersionRequest(name=GET_NAME)
+
+
+def deploy_request(version: str) -> deployment_pb2.CreateDeploymentRequest:
+    """A REPLACE deployment of `version` of `p` to staging (it ends SUCCEEDED at once)."""
+    return deployment_pb2.CreateDeploymentRequest(
+        program=PROGRAM,
+        version=version,
+        environment=DEPLOY_ENVIRONMENT,
+        strategy=deployment_pb2.DeploymentStrategy(strategy=deployment_pb2.STRATEGY_REPLACE),
+    )
+
+
+def status_request() -> deployment_pb2.GetDeploymentStatusRequest:
+    return deployment_pb2.GetDeploymentStatusRequest(program=PROGRAM, environment=DEPLOY_ENVIRONMENT)

@@ -1,6 +1,6 @@
 """The load generator: keeps N unary calls in flight for a fixed time, prints one JSON line.
 
-Run as `python -m bench.loadgen --target HOST:PORT --workload echo|get|register
+Run as `python -m bench.loadgen --target HOST:PORT --workload echo|get|register|deploy|status
 --concurrency N --seconds S [--token-file PATH]`. Each of the N workers issues one call at a time
 (so exactly N are in flight) over one of `--channels` channels (separate TCP
 connections), first for `--warmup` seconds (not counted), then for the measured
@@ -17,6 +17,10 @@ Workloads:
   echo      `/bench.Echo/Echo` with the serialized GetProgramVersion request.
   get       GetProgramVersion(name="programs/p/versions/1.2.0").
   register  RegisterProgram of a new version 1.0.N with a distinct 10 KB artifact.
+  deploy    CreateDeployment(program="p", environment="staging", strategy REPLACE), the
+            version alternating 1.0.0, 1.1.0, 1.0.0, ... call by call (a counter shared by
+            every worker), so each call moves the stable version.
+  status    GetDeploymentStatus(program="p", environment="staging").
 """
 
 from __future__ import annotations
@@ -34,7 +38,17 @@ from typing import Any
 import grpc
 
 from . import fixtures
-from .common import ECHO_METHOD, GET_METHOD, REGISTER_METHOD, emit, has_uvloop, percentile, run
+from .common import (
+    DEPLOY_METHOD,
+    ECHO_METHOD,
+    GET_METHOD,
+    REGISTER_METHOD,
+    STATUS_METHOD,
+    emit,
+    has_uvloop,
+    percentile,
+    run,
+)
 
 # Given a channel, make a function that performs one call and returns when it is done.
 CallFactory = Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]]
@@ -86,6 +100,25 @@ def _registrations(metadata: Metadata) -> CallFactory:
     return factory
 
 
+def _deployments(metadata: Metadata) -> CallFactory:
+    payloads = [fixtures.deploy_request(v).SerializeToString() for v in fixtures.DEPLOY_VERSIONS]
+    counter = itertools.count()  # shared by every worker: the version alternates call by call
+
+    def factory(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
+        call = channel.unary_unary(DEPLOY_METHOD, None, None)
+
+        def one() -> Awaitable[Any]:
+            payload = payloads[next(counter) % len(payloads)]
+            return call(payload, timeout=CALL_TIMEOUT_S, metadata=metadata)
+
+        return one
+
+    return factory
+
+
+WORKLOADS = ("echo", "get", "register", "deploy", "status")
+
+
 def workload(name: str, metadata: Metadata = None) -> CallFactory:
     payload = fixtures.get_request().SerializeToString()
     if name == "echo":
@@ -94,6 +127,10 @@ def workload(name: str, metadata: Metadata = None) -> CallFactory:
         return _fixed_request(GET_METHOD, payload, metadata)
     if name == "register":
         return _registrations(metadata)
+    if name == "deploy":
+        return _deployments(metadata)
+    if name == "status":
+        return _fixed_request(STATUS_METHOD, fixtures.status_request().SerializeToString(), metadata)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -164,7 +201,7 @@ def main() -> None:
         prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--target", required=True, help="host:port")
-    parser.add_argument("--workload", required=True, choices=["echo", "get", "register"])
+    parser.add_argument("--workload", required=True, choices=WORKLOADS)
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
