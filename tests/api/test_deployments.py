@@ -290,3 +290,38 @@ async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(read
         for _ in range(4)
     ]
     assert {c.name for c in await asyncio.gather(*(_code(c) for c in unguarded))} == {"OK"}  # they serialize
+
+
+async def test_deploy_rollback_and_approve_need_their_own_actions(ready: Running) -> None:
+    deploy = _stub(ready)
+    slow = _canary((10, 60), (50, 60))
+    d = (
+        await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.0.0", environment="staging", strategy=slow
+            )
+        )
+    ).deployment
+    admin = apb_grpc.AccessServiceStub(ready.channel)
+    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="reader", principal=apb.Principal()))
+    await admin.GrantPermission(
+        apb.GrantPermissionRequest(principal="principals/reader", action=apb.ACTION_READ, resource=PROGRAM)
+    )
+    secret = (await admin.CreateToken(apb.CreateTokenRequest(parent="principals/reader"))).secret
+    channel = ready.channel_for(secret)
+    try:
+        reader = dpb_grpc.DeploymentServiceStub(channel)
+        assert (await reader.GetDeployment(dpb.GetDeploymentRequest(name=d.name))).deployment.name == d.name
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        assert await _code(reader.PromoteDeployment(dpb.PromoteDeploymentRequest(name=d.name))) == denied
+        assert await _code(reader.AbortDeployment(dpb.AbortDeploymentRequest(name=d.name))) == denied
+        assert await _code(reader.RollbackDeployment(dpb.RollbackDeploymentRequest(name=d.name))) == denied
+        assert await _code(reader.ApproveDeployment(dpb.ApproveDeploymentRequest(name=d.name))) == denied
+        create = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging")
+        assert await _code(reader.CreateDeployment(create)) == denied
+    finally:
+        await channel.close(None)
+    listed = await admin.ListAuditEvents(
+        apb.ListAuditEventsRequest(principal="principals/reader", outcomes=[apb.AUDIT_OUTCOME_DENIED])
+    )
+    assert listed.total_size == 5

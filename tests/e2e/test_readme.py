@@ -98,6 +98,19 @@ async def test_the_environments_walkthrough(serve: type[ServerProcess], tmp_path
     assert '"requiredApprovals": 2' in out
 
 
+async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("deployments"), server, tmp_path)
+    assert "canary: DEPLOYMENT_STATE_SUCCEEDED" in out
+    assert '"state": "DEPLOYMENT_STATE_ROLLED_BACK"' in out
+    assert out.rstrip().endswith("}") and '"version": "1.0.0"' in out.split("RollbackDeployment")[-1]
+    with server.channel() as channel:
+        served = pb_grpc.RegistryServiceStub(channel).GetProgramVersion(
+            pb.GetProgramVersionRequest(name="programs/triage", environment="production")
+        )
+    assert served.program_version.version == "1.0.0"
+
+
 async def test_every_sh_block_in_the_readme_is_tested() -> None:
     blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)
     untested = [b for b in blocks if not b]
