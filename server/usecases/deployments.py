@@ -10,6 +10,7 @@ next, so a restart, or two replicas, never skip or repeat a step.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +28,8 @@ from ..store.base import Store
 from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 from .registry import compatibility
+
+log = logging.getLogger("dspy_registry.deployments")
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -337,14 +340,22 @@ class Deployments:
     # -- auto-deploy ---------------------------------------------------------------------------
 
     async def auto_deploy(self, tx: Records, pv: ProgramVersion, actor: str) -> None:
-        """Registering a version deploys it at once wherever the policy says auto_deploy."""
+        """Registering a version deploys it at once wherever the policy says auto_deploy.
+
+        A policy that refuses the version (validation, promotion order) skips that
+        environment and leaves the registration standing: the refusal is logged.
+        Its checks run before anything is written, so a refusal leaves nothing behind.
+        """
         for env in await tx.environments():
             if not env.policy.auto_deploy or pv.yanked:
                 continue
             request = DeploymentRequest(
                 pv.program, pv.version, env.name, None, f"auto-deploy of {pv.version}", "", True, False
             )
-            await self.create_in(tx, request, actor, auto=True)
+            try:
+                await self.create_in(tx, request, actor, auto=True)
+            except FailedPrecondition as refused:
+                log.warning("auto-deploy of %s to %s refused: %s", pv.name, env.name, refused.message)
 
 
 def _rollback_deployment(

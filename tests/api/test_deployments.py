@@ -325,3 +325,24 @@ async def test_deploy_rollback_and_approve_need_their_own_actions(ready: Running
         apb.ListAuditEventsRequest(principal="principals/reader", outcomes=[apb.AUDIT_OUTCOME_DENIED])
     )
     assert listed.total_size == 5
+
+
+async def test_a_refused_auto_deploy_leaves_the_registration_standing(ready: Running) -> None:
+    deploy = _stub(ready)
+    env = dpb.Environment(name="environments/development")
+    env.policy.validation_required = True
+    env.policy.validation.min_metrics["accuracy"] = 0.99
+    await deploy.UpdateEnvironment(
+        dpb.UpdateEnvironmentRequest(
+            environment=env,
+            update_mask=field_mask_pb2.FieldMask(
+                paths=["policy.validation_required", "policy.validation.min_metrics"]
+            ),
+        )
+    )
+    await _register(ready, "1.5.0", accuracy=0.5)  # registered, though development refuses it
+    got = await ready.registry.GetProgramVersion(
+        pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.5.0")
+    )
+    assert got.program_version.version == "1.5.0"
+    assert await _served(ready, "development") == "1.1.0"
