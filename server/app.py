@@ -67,6 +67,7 @@ class App:
         deployments = Deployments(self.store)
         registry.after_register = deployments.auto_deploy
         self.controller = Controller(deployments)
+        self.store.commits.subscribe(self.controller.on_commit)
         await environments.seed(
             load_toml(Path(self.config.config).read_text()) if self.config.config else None
         )

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from .domain.model import Event
 from .errors import RegistryError
 from .usecases.deployments import Deployments
 
@@ -31,6 +33,11 @@ class Controller:
     def poke(self) -> None:
         """Something changed (a deployment started): look again now."""
         self._wake.set()
+
+    def on_commit(self, events: Sequence[Event]) -> None:
+        """Subscribed to the store: a deployment event may have brought a step closer."""
+        if any(e.kind.startswith("deployment.") for e in events):
+            self.poke()
 
     async def run_once(self) -> int:
         return await self.deployments.reconcile()

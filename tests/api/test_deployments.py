@@ -186,7 +186,9 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
 async def test_validation_yanked_versions_and_unknown_environments(ready: Running) -> None:
     deploy = _stub(ready)
     await _register(ready, "1.3.0", accuracy=0.80)  # below production's 0.85, but staging does not care
-    to_staging = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.3.0", environment="staging")
+    to_staging = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.3.0", environment="staging", strategy=_canary((10, 60))
+    )
     await deploy.CreateDeployment(to_staging)
     await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=(await deploy.ListDeployments(
         dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging"))).deployments[0].name))  # fmt: skip
