@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from dspy_registry.v1 import access_pb2 as pb
 
@@ -14,22 +13,11 @@ from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument
 from ..usecases.access import Access, PrincipalDraft
 from .context import Context
-from .convert import timestamp
+from .convert import time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 
 TOKEN_ID_RE = re.compile(r"[a-z0-9]{12}")
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT when out of range."""
-    if not message.HasField(name):
-        return None
-    try:
-        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument.one(name, "is not a valid time") from None
-    return value
 
 
 def _id(value: str, field: str, shape: str) -> str:
@@ -209,7 +197,7 @@ class AccessServicer:
 
     async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:
         principal = _principal_name(request.parent, "parent")
-        expire = _time(request, "expire_time")
+        expire = time_field(request, "expire_time")
         ttl = (
             timedelta(seconds=request.ttl.ToTimedelta().total_seconds()) if request.HasField("ttl") else None
         )
@@ -317,8 +305,8 @@ class AccessServicer:
             principal=_principal_name(request.principal, "principal") if request.principal else "",
             resource=check_text(request.resource, "resource", 512),
             method=check_text(request.method, "method", 256),
-            start_time=_time(request, "start_time"),
-            end_time=_time(request, "end_time"),
+            start_time=time_field(request, "start_time"),
+            end_time=time_field(request, "end_time"),
             outcomes=outcomes,
             codes=tuple(request.codes),
         )

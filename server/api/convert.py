@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -22,6 +22,17 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def time_field(message: Any, name: str) -> datetime | None:
+    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT when out of range."""
+    if not message.HasField(name):
+        return None
+    try:
+        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one(name, "is not a valid time") from None
+    return value
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:

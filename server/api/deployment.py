@@ -6,7 +6,7 @@ after authentication, so that no caller mistakes them for a pretend answer.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -22,7 +22,7 @@ from ..errors import InvalidArgument, Violations
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from .context import Context
-from .convert import timestamp
+from .convert import time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 
@@ -242,8 +242,8 @@ class DeploymentServicer:
             program,
             environment,
             states,
-            _time(request, "start_time"),
-            _time(request, "end_time"),
+            time_field(request, "start_time"),
+            time_field(request, "end_time"),
             await self.guard.readable(identity()),
             request.page_size,
             request.page_token,
@@ -478,16 +478,6 @@ def _short(value: str, collection: str) -> str:
     """`programs/x` or `x` -> `x`."""
     prefix = collection + "/"
     return value[len(prefix) :] if value.startswith(prefix) else value
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    try:
-        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument.one(name, "is not a valid time") from None
-    return value
 
 
 def _created(d: dep.Deployment) -> pb.CreateDeploymentResponse:
