@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from .domain.model import Event
-from .errors import RegistryError
 from .usecases.deployments import Deployments
 
 log = logging.getLogger("dspy_registry.controller")
@@ -49,7 +48,7 @@ class Controller:
                 if taken:
                     log.info("controller took %d step(s)", taken)
                 next_due = await self.deployments.next_due()
-            except RegistryError:
+            except Exception:  # the loop outlives any one failure
                 log.warning("controller pass failed; retrying", exc_info=True)
                 next_due = None
             delay = IDLE_SECONDS

@@ -196,7 +196,7 @@ class DeploymentServiceServicer:
     def CreateDeployment(self, request, context):
         """Starts a deployment of a program version to an environment, or leaves it
         PENDING_APPROVAL when the policy asks for approvals. INVALID_ARGUMENT for
-        bad input (e.g. canary weights not strictly increasing to 100); NOT_FOUND
+        bad input (e.g. canary weights not strictly increasing, or above 100); NOT_FOUND
         if the program version or the environment does not exist;
         FAILED_PRECONDITION when the version is yanked, validation or promotion
         order refuses it (PreconditionFailure lists each violation), or another

@@ -18,7 +18,7 @@ from ..domain import environments as envs
 from ..domain.access import Action
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
-from ..errors import InvalidArgument, Violations
+from ..errors import InvalidArgument, PermissionDenied, Violations
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from .context import Context
@@ -192,7 +192,10 @@ class DeploymentServicer:
         if len(parts) != 2 or parts[0] != "deployments" or not parts[1].isalnum() or len(parts[1]) > 64:
             raise InvalidArgument.one("name", f"{name!r} must look like deployments/{{deployment}}")
         d = await self.deployments.get(parts[1])
-        await self.guard.authorize_resource(action, [d.program])
+        try:
+            await self.guard.authorize_resource(action, [d.program])
+        except PermissionDenied as denied:  # say what was asked for, not which program it is
+            raise PermissionDenied(denied.principal, denied.action, d.resource_name) from None
         return d
 
     async def CreateDeployment(
@@ -207,9 +210,20 @@ class DeploymentServicer:
             v.add("version", "name a version, or latest")
         v.collect(lambda: check_text(request.reason, "reason", 1024))
         strategy = None
-        if request.HasField("strategy") and request.strategy.strategy:
-            strategy = strategy_from_proto(request.strategy, envs.StrategySpec(), "strategy")
-            v.items += envs.validate_strategy(strategy, "strategy").items
+        if request.HasField("strategy"):
+            if not request.strategy.strategy:
+                v.add(
+                    "strategy.strategy",
+                    "name the strategy, or leave strategy out for the environment's default",
+                )
+            else:
+
+                def strategy(base: envs.StrategySpec) -> envs.StrategySpec:
+                    # What the request leaves out comes from the environment's default.
+                    merged = strategy_from_proto(request.strategy, base, "strategy")
+                    envs.validate_strategy(merged, "strategy").raise_if_any()
+                    return merged
+
         v.raise_if_any()
         draft = DeploymentRequest(
             program, request.version, environment, strategy, request.reason, request.expected_target_etag,
@@ -259,18 +273,9 @@ class DeploymentServicer:
     ) -> pb.ApproveDeploymentResponse:
         d = await self._deployment(request.name, Action.APPROVE)
         check_text(request.comment, "comment", 1024)
-
-        def act(
-            x: dep.Deployment, t: dep.Target, now: datetime, actor: str
-        ) -> tuple[dep.Deployment, dep.Target]:
-            return dep.approve(x, t, now, actor, request.comment, request.reject)
-
         idem = idempotency(request, "ApproveDeployment", _approved)
-        return answer(
-            await self.deployments.change(d.id, request.etag, idem, act),
-            pb.ApproveDeploymentResponse,
-            _approved,
-        )
+        result = await self.deployments.approve(d.id, request.comment, request.reject, request.etag, idem)
+        return answer(result, pb.ApproveDeploymentResponse, _approved)
 
     async def PromoteDeployment(
         self, request: pb.PromoteDeploymentRequest, context: Context
@@ -375,16 +380,23 @@ class DeploymentServicer:
 
 
 def _mask_path_ok(path: str) -> bool:
+    """A path of singular fields into Environment; a list or map may only end it."""
     message: Any = pb.Environment.DESCRIPTOR
-    for part in path.split("."):
+    parts = path.split(".")
+    for i, part in enumerate(parts):
         if message is None or part not in message.fields_by_name:
             return False
         field = message.fields_by_name[part]
-        if (
-            part in ("name", "create_time", "update_time", "revision", "etag")
-            and message is pb.Environment.DESCRIPTOR
+        if message is pb.Environment.DESCRIPTOR and part in (
+            "name",
+            "create_time",
+            "update_time",
+            "revision",
+            "etag",
         ):
             return False  # output only, or the identity
+        if field.is_repeated and i < len(parts) - 1:
+            return False
         message = field.message_type
     return True
 

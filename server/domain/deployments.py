@@ -189,7 +189,15 @@ def _seconds(value: float) -> timedelta:
 
 def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployment, Target]:
     """Begin the strategy: move the stable (REPLACE), stage the green, or take the first canary step."""
-    d = replace(d, state=State.IN_PROGRESS, step=0, step_start_time=now)
+    # What this deployment replaces is what the target holds as it starts, not as it was requested.
+    d = replace(
+        d,
+        state=State.IN_PROGRESS,
+        step=0,
+        step_start_time=now,
+        previous_stable=t.stable,
+        replaced=t.deployment,
+    )
     s = d.strategy
     if s.strategy is Strategy.REPLACE:
         return _promote(d, t, now, actor, d.reason)
@@ -237,9 +245,17 @@ def promote(
 
 
 def _drop_candidate(d: Deployment, t: Target) -> Target:
+    """The candidate gone; the target is again shaped by the deployment this one replaced."""
     if t.candidate == d.pinned and t.deployment == d.id:
-        return replace(t, candidate=None, candidate_weight=0)
+        return replace(t, candidate=None, candidate_weight=0, deployment=d.replaced)
     return t
+
+
+def fail(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:
+    """The deployment cannot go on (an error, a NACK): FAILED, its candidate dropped."""
+    if d.state not in ACTIVE:
+        raise _refuse(d, "fail")
+    return _finish(d, State.FAILED, Kind.FAILED, now, actor, reason), _drop_candidate(d, t)
 
 
 def abort(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:

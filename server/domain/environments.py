@@ -171,15 +171,29 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
         v.add(f"{prefix}.policy.auto_rollback.error_rate", "must be between 0 and 1")
     if not 0 <= t.accuracy_drop <= 1:
         v.add(f"{prefix}.policy.auto_rollback.accuracy_drop", "must be between 0 and 1")
-    if t.latency_p95_ms <= 0 or t.monitoring_window_seconds <= 0 or t.analysis_interval_seconds <= 0:
-        v.add(f"{prefix}.policy.auto_rollback", "latency, window and interval must be positive")
+    if t.latency_p95_ms <= 0 or not 0 < t.monitoring_window_seconds <= MAX_DURATION_SECONDS:
+        v.add(
+            f"{prefix}.policy.auto_rollback", "latency and window must be positive (window at most a month)"
+        )
+    if not 0 < t.analysis_interval_seconds <= MAX_DURATION_SECONDS:
+        v.add(f"{prefix}.policy.auto_rollback.analysis_interval", "must be positive, at most a month")
     if t.min_requests < 0:
         v.add(f"{prefix}.policy.auto_rollback.min_requests", "must not be negative")
     return v
 
 
+MAX_DURATION_SECONDS = 30 * 24 * 3600.0  # a month: longer pauses are mistakes, and overflow dates
+MAX_CANARY_STEPS = 100
+
+
 def validate_strategy(s: StrategySpec, prefix: str) -> Violations:
     v = Violations()
+    if len(s.canary_steps) > MAX_CANARY_STEPS:
+        v.add(f"{prefix}.canary.steps", f"at most {MAX_CANARY_STEPS} steps")
+    durations = [s.promote_delay_seconds, s.ack_timeout_seconds, s.step_deadline_seconds]
+    durations += [step.pause_seconds for step in s.canary_steps]
+    if any(not 0 <= x <= MAX_DURATION_SECONDS for x in durations):
+        v.add(prefix, f"durations must be between 0 and {MAX_DURATION_SECONDS:.0f} seconds")
     if s.strategy is Strategy.CANARY:
         if not s.canary_steps:
             v.add(f"{prefix}.canary.steps", "a canary needs at least one step")
@@ -187,13 +201,9 @@ def validate_strategy(s: StrategySpec, prefix: str) -> Violations:
         for i, step in enumerate(s.canary_steps):
             if not last < step.weight_percent <= 100:
                 v.add(f"{prefix}.canary.steps[{i}].weight_percent", "weights strictly increase, 1-100")
-            if step.pause_seconds < 0:
-                v.add(f"{prefix}.canary.steps[{i}].pause", "must not be negative")
             last = step.weight_percent
     if not 0 <= s.min_ack_percent <= 100:
         v.add(f"{prefix}.blue_green.min_ack_percent", "must be 0-100")
-    if s.promote_delay_seconds < 0 or s.ack_timeout_seconds < 0 or s.step_deadline_seconds < 0:
-        v.add(prefix, "durations must not be negative")
     return v
 
 
@@ -276,6 +286,53 @@ def _environment(
     return Environment(name, str(t.get("description", "")), int(t.get("position", position)), policy)
 
 
+_NUMBER = (int, float)
+_DEPLOYMENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "default_strategy": str,
+    "canary_percent": int,
+    "canary_steps": list,
+    "auto_rollback": bool,
+    "monitoring_window": (int, float, str),
+    "error_rate": _NUMBER,
+    "latency_p95_ms": _NUMBER,
+    "accuracy_drop": _NUMBER,
+    "min_requests": int,
+}
+_ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    **_DEPLOYMENT_KEYS,
+    "description": str,
+    "position": int,
+    "auto_deploy": bool,
+    "validation_required": bool,
+    "min_metrics": dict,
+    "max_metrics": dict,
+    "required_metadata_keys": list,
+    "require_compatible_signature": bool,
+    "approval_required": bool,
+    "required_approvals": int,
+    "rollback_enabled": bool,
+    "monitoring_required": bool,
+    "required_predecessors": list,
+}
+
+
+def _check_table(table: Any, allowed: dict[str, type | tuple[type, ...]], where: str) -> Violations:
+    """Every unknown key and every value of the wrong type (TOML's `"false"` is not false)."""
+    v = Violations()
+    if not isinstance(table, dict):
+        v.add(where, "must be a table")
+        return v
+    for key, value in table.items():
+        kind = allowed.get(key)
+        if kind is None:
+            v.add(f"{where}.{key}", f"unknown setting; known: {', '.join(sorted(allowed))}")
+        elif isinstance(value, bool) and kind is not bool:
+            v.add(f"{where}.{key}", "must not be a boolean")
+        elif not isinstance(value, kind):
+            v.add(f"{where}.{key}", f"must be {getattr(kind, '__name__', 'a number')}")
+    return v
+
+
 def load_toml(text: str) -> tuple[Environment, ...]:
     """Environments from a TOML file shaped like the seed's configure block:
 
@@ -298,6 +355,18 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument.one("config", f"not valid TOML: {exc}") from None
+    v = Violations()
+    for key in data:
+        if key == "versioning":
+            v.add(
+                "versioning", "versioning settings (auto_increment, require_changelog) are not supported yet"
+            )
+        elif key not in ("deployment", "environments"):
+            v.add(key, "unknown section; known: deployment, environments")
+    v.items += _check_table(data.get("deployment", {}), _DEPLOYMENT_KEYS, "deployment").items
+    for name, table in (data.get("environments") or {}).items():
+        v.items += _check_table(table, _ENVIRONMENT_KEYS, f"environments.{name}").items
+    v.raise_if_any()
     try:
         deployment = data.get("deployment", {})
         strategy = _strategy(deployment, StrategySpec(Strategy.BLUE_GREEN), "deployment")

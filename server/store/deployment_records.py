@@ -181,15 +181,22 @@ class TargetQueries:
         return _deployment(row) if row else None
 
     async def succeeded_environments(self, program: str, version: str) -> set[str]:
-        """Where program@version was deployed to success (rolled back later or not)."""
+        """Where program@version was deployed to success (rolled back later or not, but a
+        rollback that ended it before it succeeded does not count)."""
         rows = await self.conn.fetch(
-            "SELECT DISTINCT environment FROM deployments WHERE program = ? AND version = ? AND state IN (?, ?)",
+            "SELECT environment, state, body FROM deployments WHERE program = ? AND version = ? AND state IN (?, ?)",
             program,
             version,
             int(State.SUCCEEDED),
             int(State.ROLLED_BACK),
         )
-        return {str(r["environment"]) for r in rows}
+        out = set()
+        for r in rows:
+            if r["state"] == int(State.SUCCEEDED) or any(
+                t.kind is dep.Kind.SUCCEEDED for t in _deployment(r).timeline
+            ):
+                out.add(str(r["environment"]))
+        return out
 
     async def due_deployments(self, now: datetime, limit: int = 100) -> list[str]:
         """Deployments in progress whose next step is due: the controller's work list."""

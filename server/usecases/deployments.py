@@ -23,7 +23,7 @@ from ..domain.deployments import Deployment, Kind, Pinned, State, Target
 from ..domain.environments import StrategySpec
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
-from ..errors import Aborted, FailedPrecondition, NotFound
+from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError
 from ..store.base import Store
 from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
@@ -50,7 +50,8 @@ class DeploymentRequest:
     program: str
     version: str  # or "latest"
     environment: str
-    strategy: StrategySpec | None  # None: the environment's default
+    # None: the environment's default; else given the default, the strategy to use.
+    strategy: Callable[[StrategySpec], StrategySpec] | None
     reason: str
     expected_target_etag: str
     supersede: bool
@@ -116,7 +117,9 @@ class Deployments:
             t_before.candidate_weight,
             t_before.deployment,
         )
-        if target_changed:
+        # A new deployment always moves the target's etag (even one pending approval), so
+        # that deployers who expected the old etag are refused.
+        if target_changed or before is None:
             t = replace(t, revision=revision, update_time=_now())
             await tx.put_target(t)
         await tx.put_deployment(d)
@@ -178,22 +181,20 @@ class Deployments:
         new_id = _new_id()
         if active is not None:
             superseded, target = dep.supersede(active, target, now, actor, new_id)
-            await self._save(tx, superseded, active, target, target_before)
-            target_before = target
+            # Its target change is written with the new deployment's, as one state at this revision.
+            await self._save(tx, superseded, active, target, target)
         d = Deployment(
             id=new_id,
             program=r.program,
             environment=r.environment,
             version=pv.version,
             digest=pv.digest,
-            strategy=r.strategy or env.policy.default_strategy,
+            strategy=r.strategy(env.policy.default_strategy) if r.strategy else env.policy.default_strategy,
             state=State.PENDING_APPROVAL,
             creator=actor,
             reason=r.reason,
             create_time=now,
             required_approvals=env.policy.required_approvals if env.policy.approval_required else 0,
-            previous_stable=target.stable,
-            replaced=target.deployment,
             supersede=r.supersede,
             allow_breaking=r.allow_breaking,
             auto_deployed=auto,
@@ -214,15 +215,53 @@ class Deployments:
         async with self.store.write() as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
-            d = await tx.get_deployment(deployment_id)
-            if d is None:
-                raise NotFound(f"deployments/{deployment_id}")
-            if etag and etag != d.etag:
-                raise Aborted(f"{d.resource_name} changed: etag is {d.etag}, request had {etag}")
+            d = await self._current(tx, deployment_id, etag)
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
             after, target = act(d, t, _now(), caller())
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
+
+    async def approve(
+        self, deployment_id: str, comment: str, reject: bool, etag: str, idem: Idempotency[Deployment] | None
+    ) -> Deployment | Replay:
+        """An approval; the one that starts the deployment re-checks the policy as it stands now."""
+        async with self.store.write() as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            d = await self._current(tx, deployment_id, etag)
+            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            after, target = dep.approve(d, t, _now(), caller(), comment, reject)
+            if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
+                await self._recheck(tx, after, target)
+            saved, _ = await self._save(tx, after, d, target, t)
+            return await record(tx, idem, saved)
+
+    async def _recheck(self, tx: Records, d: Deployment, t: Target) -> None:
+        """The policy again, against the environment, the version and the target of now."""
+        env = await tx.get_environment(d.environment)
+        pv = await tx.get_program_version(d.program, d.version)
+        if env is None or pv is None:
+            raise FailedPrecondition(f"{d.resource_name}: its environment or version is gone")
+        served_compat = None
+        if d.previous_stable is not None:
+            served = await tx.get_program_version(d.program, d.previous_stable.version)
+            if served is not None:
+                served_compat = await compatibility(tx, served, pv)
+        succeeded = await tx.succeeded_environments(d.program, d.version)
+        violations = dep.check_policy(env, pv, served_compat, d.allow_breaking, succeeded)
+        if violations:
+            raise FailedPrecondition(
+                f"{env.name} no longer accepts {pv.name}: " + "; ".join(v.description for v in violations),
+                violations,
+            )
+
+    async def _current(self, tx: Records, deployment_id: str, etag: str) -> Deployment:
+        d = await tx.get_deployment(deployment_id)
+        if d is None:
+            raise NotFound(f"deployments/{deployment_id}")
+        if etag and etag != d.etag:
+            raise Aborted(f"{d.resource_name} changed: etag is {d.etag}, request had {etag}")
+        return d
 
     async def rollback(
         self,
@@ -235,19 +274,24 @@ class Deployments:
         async with self.store.write() as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
-            d = await tx.get_deployment(deployment_id)
-            if d is None:
-                raise NotFound(f"deployments/{deployment_id}")
-            if etag and etag != d.etag:
-                raise Aborted(f"{d.resource_name} changed: etag is {d.etag}, request had {etag}")
+            d = await self._current(tx, deployment_id, etag)
             env = await tx.get_environment(d.environment)
             if env is not None and not env.policy.rollback_enabled:
                 raise FailedPrecondition(f"rollback is disabled in {env.name}")
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
             now, actor, new_id = _now(), caller(), _new_id()
             ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id)
+            previous = await tx.get_program_version(d.program, back_to.version)
+            if previous is not None and previous.yanked:
+                raise FailedPrecondition(
+                    f"cannot roll back to {previous.name}: it is yanked ({previous.yank_reason})"
+                )
             rolled_back, target = await self._save(tx, ended, d, target, t)
-            back = _rollback_deployment(new_id, d, back_to, reason, actor, now)
+            # What the rollback itself replaced is what was stable just before it (for a canary
+            # in progress, that is still the old version), never the unfinished candidate.
+            back = replace(
+                _rollback_deployment(new_id, d, back_to, reason, actor, now), previous_stable=t.stable
+            )
             saved, _ = await self._save(tx, back, None, target, target)
             return await record(tx, idem, (saved, rolled_back))
 
@@ -260,15 +304,33 @@ class Deployments:
             due = await tx.due_deployments(now)
         taken = 0
         for deployment_id in due:
-            async with self.store.write() as tx:
-                d = await tx.get_deployment(deployment_id)
-                if d is None or not dep.due(d, now):
-                    continue  # another replica, or a person, got there first
-                t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-                after, target = dep.advance(d, t, now, "controller")
-                await self._save(tx, after, d, target, t)
-                taken += 1
+            try:
+                taken += await self._step(deployment_id, now)
+            except RegistryError:
+                raise
+            except Exception as exc:  # a bug must stop this deployment, not every deployment
+                log.exception("controller step of deployments/%s failed; failing it", deployment_id)
+                await self._fail(deployment_id, f"controller error: {exc!r}")
         return taken
+
+    async def _step(self, deployment_id: str, now: datetime) -> int:
+        async with self.store.write() as tx:
+            d = await tx.get_deployment(deployment_id)
+            if d is None or not dep.due(d, now):
+                return 0  # another replica, or a person, got there first
+            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            after, target = dep.advance(d, t, now, "controller")
+            await self._save(tx, after, d, target, t)
+            return 1
+
+    async def _fail(self, deployment_id: str, reason: str) -> None:
+        async with self.store.write() as tx:
+            d = await tx.get_deployment(deployment_id)
+            if d is None or d.state not in dep.ACTIVE:
+                return
+            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            after, target = dep.fail(d, t, _now(), "controller", reason)
+            await self._save(tx, after, d, target, t)
 
     async def next_due(self) -> datetime | None:
         async with self.store.read() as tx:
@@ -313,7 +375,9 @@ class Deployments:
             if await tx.get_environment(environment) is None:
                 raise NotFound(f"environments/{environment}")
             t = await tx.get_target(program, environment)
-            d = await tx.latest_deployment(program, environment)
+            d = await tx.active_deployment(program, environment)
+            if d is None and t is not None and t.deployment:
+                d = await tx.get_deployment(t.deployment)
             stable = await tx.get_program_version(program, t.stable.version) if t and t.stable else None
             candidate = (
                 await tx.get_program_version(program, t.candidate.version) if t and t.candidate else None
@@ -349,12 +413,21 @@ class Deployments:
         for env in await tx.environments():
             if not env.policy.auto_deploy or pv.yanked:
                 continue
+            active = await tx.active_deployment(pv.program, env.name)
+            if active is not None and not active.auto_deployed:
+                log.warning(
+                    "auto-deploy of %s to %s skipped: %s is in progress",
+                    pv.name,
+                    env.name,
+                    active.resource_name,
+                )
+                continue
             request = DeploymentRequest(
                 pv.program, pv.version, env.name, None, f"auto-deploy of {pv.version}", "", True, False
             )
             try:
                 await self.create_in(tx, request, actor, auto=True)
-            except FailedPrecondition as refused:
+            except RegistryError as refused:
                 log.warning("auto-deploy of %s to %s refused: %s", pv.name, env.name, refused.message)
 
 

@@ -348,3 +348,84 @@ async def test_a_refused_auto_deploy_leaves_the_registration_standing(ready: Run
     )
     assert got.program_version.version == "1.5.0"
     assert await _served(ready, "development") == "1.1.0"
+
+
+async def test_review_cases_rollbacks_after_aborts_and_of_rollbacks(ready: Running) -> None:
+    deploy = _stub(ready)
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    first = (await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
+    )).deployment  # fmt: skip
+    second = (await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
+    )).deployment  # fmt: skip
+    canary = (await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.0.0", environment="staging", strategy=_canary((10, 60), (50, 60))
+        )
+    )).deployment  # fmt: skip
+    await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=canary.name, reason="changed my mind"))
+    # The aborted canary handed the target back: the stable deployment can still be rolled back.
+    rolled = await deploy.RollbackDeployment(dpb.RollbackDeploymentRequest(name=second.name, reason="worse"))
+    assert rolled.deployment.version == "1.0.0" and await _served(ready, "staging") == "1.0.0"
+    # Rolling back the rollback returns to what was stable before it, 1.1.0 — never a candidate.
+    again = await deploy.RollbackDeployment(dpb.RollbackDeploymentRequest(name=rolled.deployment.name))
+    assert again.deployment.version == "1.1.0" and await _served(ready, "staging") == "1.1.0"
+    assert first.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+
+
+async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Running) -> None:
+    deploy = _stub(ready)
+    forever = _canary((10, 1e11))
+    huge = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.0.0", environment="staging", strategy=forever
+    )
+    assert await _code(deploy.CreateDeployment(huge)) == grpc.StatusCode.INVALID_ARGUMENT
+    kindless = dpb.DeploymentStrategy()
+    kindless.canary.steps.add(weight_percent=10)
+    vague = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.0.0", environment="staging", strategy=kindless
+    )
+    assert await _code(deploy.CreateDeployment(vague)) == grpc.StatusCode.INVALID_ARGUMENT
+    through_list = dpb.UpdateEnvironmentRequest(
+        environment=dpb.Environment(name="environments/staging"),
+        update_mask=field_mask_pb2.FieldMask(paths=["policy.default_strategy.canary.steps.weight_percent"]),
+    )
+    assert await _code(deploy.UpdateEnvironment(through_list)) == grpc.StatusCode.INVALID_ARGUMENT
+    # Production, pending approval; the version is yanked meanwhile: the approval is refused.
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
+    )
+    first = (await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="production", strategy=replace)
+    )).deployment  # fmt: skip
+    seen = await deploy.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="production")
+    )
+    guarded = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.1.0", environment="production", strategy=replace,
+        supersede=True, expected_target_etag=seen.target.etag,
+    )  # fmt: skip
+    pending = (await deploy.CreateDeployment(guarded)).deployment
+    assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and first.name != pending.name
+    # A pending deployment moves the target's etag too: the same expectation now loses.
+    assert await _code(deploy.CreateDeployment(guarded)) == grpc.StatusCode.ABORTED
+    await ready.registry.YankProgramVersion(
+        pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.1.0", reason="found a bug")
+    )
+    admin = apb_grpc.AccessServiceStub(ready.channel)
+    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="dana", principal=apb.Principal()))
+    await admin.GrantPermission(
+        apb.GrantPermissionRequest(principal="principals/dana", action=apb.ACTION_APPROVE, resource="*")
+    )
+    channel = ready.channel_for(
+        (await admin.CreateToken(apb.CreateTokenRequest(parent="principals/dana"))).secret
+    )
+    try:
+        approve = dpb_grpc.DeploymentServiceStub(channel).ApproveDeployment(
+            dpb.ApproveDeploymentRequest(name=pending.name)
+        )
+        assert await _code(approve) == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await channel.close(None)

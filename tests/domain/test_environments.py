@@ -86,6 +86,10 @@ def test_without_an_environments_table_the_defaults_take_the_deployment_settings
         ("[environments.Prod]\n", "environments.Prod.name"),
         ('[deployment]\nmonitoring_window = "soon"\n', "deployment.monitoring_window"),
         ('[environments.prod]\ndefault_strategy = "yolo"\n', "environments.prod.default_strategy"),
+        ('[environments.prod]\nauto_deploy = "false"\n', "environments.prod.auto_deploy"),
+        ("[environments.prod]\nrequired_approvals = 1.5\n", "environments.prod.required_approvals"),
+        ("[environments.prod]\nautodeploy = true\n", "environments.prod.autodeploy"),
+        ('[versioning]\nauto_increment = "patch"\n', "versioning"),
     ],
 )
 def test_bad_files_name_the_bad_field(text: str, field: str) -> None:
