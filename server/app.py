@@ -19,6 +19,7 @@ from .api.guard import Guard
 from .api.handlers import service_handler
 from .api.pending import partly_implemented
 from .api.registry import RegistryServicer
+from .api.watch import TargetWatch, encode_changes
 from .config import Config
 from .controller import Controller
 from .domain.environments import load_toml
@@ -29,6 +30,7 @@ from .usecases.access import Access
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.registry import Registry
+from .watch import Hub
 
 log = logging.getLogger("dspy_registry.server")
 
@@ -67,6 +69,11 @@ class App:
         deployments = Deployments(self.store)
         registry.after_register = deployments.auto_deploy
         self.controller = Controller(deployments)
+        self.hub = Hub(encode_changes)
+        async with self.store.read() as tx:
+            self.hub.start(await tx.current_revision())
+        self.store.commits.subscribe(self.hub.on_commit, self.hub.on_reset)
+        watch = TargetWatch(self.store, self.hub, guard)
         self.store.commits.subscribe(self.controller.on_commit)
         await environments.seed(
             load_toml(Path(self.config.config).read_text()) if self.config.config else None
@@ -78,7 +85,9 @@ class App:
         self.server.add_generic_rpc_handlers(
             [
                 service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
-                partly_implemented(SERVICES[1], DeploymentServicer(environments, deployments, guard), guard),
+                partly_implemented(
+                    SERVICES[1], DeploymentServicer(environments, deployments, guard, watch), guard
+                ),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
             ]
         )

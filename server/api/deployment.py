@@ -6,6 +6,7 @@ after authentication, so that no caller mistakes them for a pretend answer.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from .context import Context
 from .convert import time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
+from .watch import TargetWatch, pinned_proto, target_proto
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -181,10 +183,17 @@ def _updated(e: Environment) -> pb.UpdateEnvironmentResponse:
 
 
 class DeploymentServicer:
-    def __init__(self, environments: Environments, deployments: Deployments, guard: Guard) -> None:
+    def __init__(
+        self, environments: Environments, deployments: Deployments, guard: Guard, watch: TargetWatch
+    ) -> None:
         self.environments = environments
         self.deployments = deployments
         self.guard = guard
+        self.watch = watch
+
+    async def WatchTargets(self, request: pb.WatchTargetsRequest, context: Context) -> AsyncIterator[bytes]:
+        async for message in self.watch.stream(request):
+            yield message
 
     async def _deployment(self, name: str, action: Action) -> dep.Deployment:
         """The deployment `name` names, once the caller may do `action` on its program."""
@@ -404,29 +413,6 @@ def _mask_path_ok(path: str) -> bool:
 # -- deployments ---------------------------------------------------------------------------------
 
 
-def _pinned(p: dep.Pinned) -> pb.TargetVersion:
-    return pb.TargetVersion(version=p.version, digest=p.digest)
-
-
-def target_proto(t: dep.Target) -> pb.Target:
-    out = pb.Target(
-        name=t.resource_name, program=t.program, environment=t.environment, revision=t.revision, etag=t.etag
-    )
-    if t.stable:
-        out.stable.CopyFrom(_pinned(t.stable))
-    if t.candidate:
-        out.candidate.CopyFrom(
-            pb.CandidateVersion(
-                version=t.candidate.version, digest=t.candidate.digest, weight_percent=t.candidate_weight
-            )
-        )
-    if t.deployment:
-        out.deployment = f"deployments/{t.deployment}"
-    if t.update_time:
-        out.update_time.CopyFrom(timestamp(t.update_time))
-    return out
-
-
 def _ref(deployment_id: str) -> str:
     return f"deployments/{deployment_id}" if deployment_id else ""
 
@@ -474,7 +460,7 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         etag=d.etag,
     )
     if d.previous_stable:
-        out.previous_stable.CopyFrom(_pinned(d.previous_stable))
+        out.previous_stable.CopyFrom(pinned_proto(d.previous_stable))
     for field, value in (
         ("step_start_time", d.step_start_time),
         ("next_step_time", d.next_step_time),

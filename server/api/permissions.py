@@ -85,10 +85,6 @@ def _target(path: str, template: str = "{}") -> Audited:
     return lambda request: template.format(_read(request, path))
 
 
-def _selectors(request: Any) -> list[str]:
-    return [s.program for s in request.selectors] or [ALL]
-
-
 @dataclass(frozen=True)
 class Rule:
     action: Action | None
@@ -174,7 +170,8 @@ RULES: dict[str, Rule] = {
     DEPLOYMENT + "AbortDeployment": Rule(DEPLOY, by_servicer=True, mutation=True),
     DEPLOYMENT + "RollbackDeployment": Rule(ROLLBACK, by_servicer=True, mutation=True),
     DEPLOYMENT + "GetDeploymentStatus": Rule(READ, _field("program", "programs")),
-    DEPLOYMENT + "WatchTargets": Rule(READ, _selectors),
+    # Read on every selected program (globs too); no selectors: all the caller may read.
+    DEPLOYMENT + "WatchTargets": Rule(READ, by_servicer=True),
     DEPLOYMENT + "WatchEvents": Rule(READ, filtered=True),
     DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True, mutation=True),
     DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),

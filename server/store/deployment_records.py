@@ -131,6 +131,16 @@ class TargetQueries:
             to_us(t.update_time),
         )
 
+    async def targets_snapshot(self) -> tuple[int, list[Target]]:
+        """Every target, and the revision they are the state of: one statement, one snapshot."""
+        rows = await self.conn.fetch(
+            "SELECT r.revision AS at_revision, t.program, t.environment, t.stable_version, t.stable_digest, "
+            "t.candidate_version, t.candidate_digest, t.candidate_weight, t.deployment, t.revision, t.update_time "
+            "FROM revisions r LEFT JOIN targets t ON 1 = 1 WHERE r.id = 1 ORDER BY t.program, t.environment"
+        )
+        revision = int(rows[0]["at_revision"]) if rows else 0
+        return revision, [_target(r) for r in rows if r["program"] is not None]
+
     async def programs_in(self, environment: str) -> set[str]:
         rows = await self.conn.fetch(
             "SELECT program FROM targets WHERE environment = ? AND stable_version IS NOT NULL", environment

@@ -81,11 +81,14 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
             Event(
                 "target.updated",
                 t.resource_name,
+                # The whole target, so that a watcher needs nothing but the event log.
                 {
                     "program": t.program,
                     "environment": t.environment,
                     "stable": t.stable.version if t.stable else None,
+                    "stable_digest": t.stable.digest if t.stable else None,
                     "candidate": t.candidate.version if t.candidate else None,
+                    "candidate_digest": t.candidate.digest if t.candidate else None,
                     "weight_percent": t.candidate_weight,
                     "deployment": t.deployment,
                 },
