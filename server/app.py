@@ -19,7 +19,7 @@ from .api.guard import Guard
 from .api.handlers import service_handler
 from .api.pending import partly_implemented
 from .api.registry import RegistryServicer
-from .api.watch import TargetWatch, encode_changes
+from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
 from .domain.environments import load_toml
@@ -30,7 +30,7 @@ from .usecases.access import Access
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.registry import Registry
-from .watch import Hub
+from .watch import Hub, deployment_events
 
 log = logging.getLogger("dspy_registry.server")
 
@@ -72,8 +72,13 @@ class App:
         self.hub = Hub(encode_changes)
         async with self.store.read() as tx:
             self.hub.start(await tx.current_revision())
-        self.store.commits.subscribe(self.hub.on_commit, self.hub.on_reset)
+        self.events_hub = Hub(encode_events, deployment_events)
+        revision = self.hub.revision
+        self.events_hub.start(revision)
+        for hub in (self.hub, self.events_hub):
+            self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         watch = TargetWatch(self.store, self.hub, guard)
+        events = EventWatch(self.store, self.events_hub, guard)
         self.store.commits.subscribe(self.controller.on_commit)
         await environments.seed(
             load_toml(Path(self.config.config).read_text()) if self.config.config else None
@@ -86,7 +91,7 @@ class App:
             [
                 service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
                 partly_implemented(
-                    SERVICES[1], DeploymentServicer(environments, deployments, guard, watch), guard
+                    SERVICES[1], DeploymentServicer(environments, deployments, guard, watch, events), guard
                 ),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
             ]

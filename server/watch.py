@@ -1,9 +1,10 @@
-"""The watch hub: every committed revision, read once, handed to every matching watcher.
+"""The watch hubs: every committed revision, read once, handed to every matching watcher.
 
-The store tells the hub of each commit, in revision order (this replica's at
+The store tells a hub of each commit, in revision order (this replica's at
 once; other replicas' through LISTEN/NOTIFY and the event log). For each
-revision the hub picks the target changes (`target.updated` events carry the
-whole target), and puts them on the bounded queue of every subscriber whose
+revision the hub picks its items — target changes for WatchTargets
+(`target.updated` events carry the whole target), deployment events for
+WatchEvents — and puts them on the bounded queue of every subscriber whose
 selectors match. A message is encoded once per distinct set of targets, so
 sidecars watching the same program share the bytes. A subscriber whose queue
 is full is cut off (RESOURCE_EXHAUSTED) and resumes from its last revision:
@@ -16,9 +17,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from .domain.access import glob_matches
-from .domain.deployments import Pinned, Target
+from .domain.deployments import Deployment, Pinned, Target
 from .domain.model import Event
 
 log = logging.getLogger("dspy_registry.watch")
@@ -47,36 +50,93 @@ class Selector:
     program: str  # a name or a glob
     environment: str  # "" for every environment
 
-    def matches(self, t: Target) -> bool:
+    def matches(self, t: Target | DeploymentEvent | Deployment) -> bool:
         return glob_matches(self.program, t.program) and self.environment in ("", t.environment)
+
+
+@dataclass(frozen=True)
+class DeploymentEvent:
+    """A deployment lifecycle event, as WatchEvents carries it."""
+
+    id: str  # {revision}-{index}
+    kind: str  # created, approved, step_advanced, promoted, succeeded, ...
+    revision: int
+    time: datetime | None
+    deployment: str
+    program: str
+    environment: str
+    version: str
+    state: str
+    step: int
+    weight_percent: int
+    actor: str
+    reason: str
+    related: str
+
+
+def deployment_events(events: Sequence[Event]) -> list[DeploymentEvent]:
+    out = []
+    for index, e in enumerate(events):
+        if not e.kind.startswith("deployment."):
+            continue
+        d = e.data
+        out.append(
+            DeploymentEvent(
+                f"{e.revision}-{index}",
+                e.kind.removeprefix("deployment."),
+                e.revision,
+                e.create_time,
+                e.resource,
+                d["program"],
+                d["environment"],
+                d["version"],
+                d["state"],
+                int(d["step"]),
+                int(d["weight_percent"]),
+                d.get("actor", ""),
+                d.get("reason", ""),
+                d.get("related", ""),
+            )  # fmt: skip
+        )
+    return out
+
+
+def target_changes(events: Sequence[Event]) -> list[Target]:
+    return [target_from_event(e) for e in events if e.kind == "target.updated"]
 
 
 @dataclass(eq=False)
 class Subscriber:
     selectors: tuple[Selector, ...]
+    kinds: frozenset[str] = frozenset()  # WatchEvents: only these kinds (empty: all)
     queue: asyncio.Queue[tuple[int, bytes]] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     overflowed: bool = False
     recheck: bool = False  # a grant, token or principal changed: authorize again
     lost: bool = False  # the hub may have missed commits: resume from the log
 
-    def matches(self, t: Target) -> bool:
-        return any(s.matches(t) for s in self.selectors)
+    def matches(self, item: Target | DeploymentEvent) -> bool:
+        if isinstance(item, DeploymentEvent) and self.kinds and item.kind not in self.kinds:
+            return False
+        return any(s.matches(item) for s in self.selectors)
 
 
-Encode = Callable[[int, Sequence[Target]], bytes]
+Item = Target | DeploymentEvent
+Extract = Callable[[Sequence[Event]], Sequence[Any]]
+Encode = Callable[[int, Sequence[Any]], bytes]
 
 
 class Hub:
-    def __init__(self, encode: Encode) -> None:
+    def __init__(self, encode: Encode, extract: Extract = target_changes) -> None:
         self.encode = encode
+        self.extract = extract
         self.revision = 0  # the last revision the hub has handed out
         self._subscribers: set[Subscriber] = set()
 
     def start(self, revision: int) -> None:
         self.revision = revision
 
-    def subscribe(self, selectors: tuple[Selector, ...]) -> Subscriber:
-        sub = Subscriber(selectors)
+    def subscribe(self, selectors: tuple[Selector, ...], kinds: frozenset[str] = frozenset()) -> Subscriber:
+        sub = Subscriber(selectors, kinds)
         self._subscribers.add(sub)
         return sub
 
@@ -89,16 +149,16 @@ class Hub:
     def on_commit(self, events: Sequence[Event]) -> None:
         """One committed revision's events (the store calls this in revision order)."""
         revision = events[-1].revision
-        targets = [target_from_event(e) for e in events if e.kind == "target.updated"]
+        targets = self.extract(events)
         access = any(e.kind.startswith(("permission.", "token.", "principal.")) for e in events)
-        encoded: dict[tuple[tuple[str, str], ...], bytes] = {}
+        encoded: dict[tuple[int, ...], bytes] = {}
         for sub in list(self._subscribers):
             if access:
                 sub.recheck = True
             matching = [t for t in targets if sub.matches(t)]
             if not matching:
                 continue
-            key = tuple((t.program, t.environment) for t in matching)
+            key = tuple(id(t) for t in matching)  # the same items: the same bytes
             message = encoded.get(key)
             if message is None:
                 message = encoded[key] = self.encode(revision, matching)

@@ -26,7 +26,7 @@ from .context import Context
 from .convert import time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
-from .watch import TargetWatch, pinned_proto, target_proto
+from .watch import EventWatch, TargetWatch, pinned_proto, target_proto
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -184,15 +184,31 @@ def _updated(e: Environment) -> pb.UpdateEnvironmentResponse:
 
 class DeploymentServicer:
     def __init__(
-        self, environments: Environments, deployments: Deployments, guard: Guard, watch: TargetWatch
+        self,
+        environments: Environments,
+        deployments: Deployments,
+        guard: Guard,
+        watch: TargetWatch,
+        events: EventWatch,
     ) -> None:
         self.environments = environments
         self.deployments = deployments
         self.guard = guard
         self.watch = watch
+        self.events = events
 
     async def WatchTargets(self, request: pb.WatchTargetsRequest, context: Context) -> AsyncIterator[bytes]:
         async for message in self.watch.stream(request):
+            yield message
+
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[bytes]:
+        kinds = set()
+        for kind in request.kinds:
+            try:
+                kinds.add(pb.DeploymentEventKind.Name(kind).removeprefix("DEPLOYMENT_EVENT_KIND_").lower())
+            except ValueError:
+                raise InvalidArgument.one("kinds", f"unknown event kind {kind}") from None
+        async for message in self.events.stream(request, frozenset(kinds)):
             yield message
 
     async def _deployment(self, name: str, action: Action) -> dep.Deployment:

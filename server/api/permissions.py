@@ -172,7 +172,8 @@ RULES: dict[str, Rule] = {
     DEPLOYMENT + "GetDeploymentStatus": Rule(READ, _field("program", "programs")),
     # Read on every selected program (globs too); no selectors: all the caller may read.
     DEPLOYMENT + "WatchTargets": Rule(READ, by_servicer=True),
-    DEPLOYMENT + "WatchEvents": Rule(READ, filtered=True),
+    # Like WatchTargets: read on every selected program; no selectors, all the caller may read.
+    DEPLOYMENT + "WatchEvents": Rule(READ, by_servicer=True),
     DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True, mutation=True),
     DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),
     DEPLOYMENT + "CreateWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("webhook.url")),

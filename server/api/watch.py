@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -22,7 +23,7 @@ from ..domain.deployments import Pinned, Target
 from ..domain.names import check_name
 from ..errors import InvalidArgument, ResourceExhausted, StoreUnavailable
 from ..store.base import Store
-from ..watch import Hub, Selector, Subscriber, target_from_event
+from ..watch import DeploymentEvent, Hub, Selector, Subscriber
 from .convert import timestamp
 from .guard import Guard, identity
 
@@ -61,13 +62,7 @@ def encode_changes(revision: int, targets: Sequence[Target]) -> bytes:
     return message.SerializeToString()
 
 
-def _progress(revision: int) -> bytes:
-    now = timestamp_pb2.Timestamp()
-    now.FromDatetime(datetime.now(UTC))
-    return pb.WatchTargetsResponse(revision=revision, progress=pb.WatchProgress(time=now)).SerializeToString()
-
-
-def _selectors(request: pb.WatchTargetsRequest) -> tuple[Selector, ...]:
+def _selectors(request: Any) -> tuple[Selector, ...]:
     out = []
     for i, s in enumerate(request.selectors):
         program = s.program.removeprefix("programs/") or ALL
@@ -81,7 +76,12 @@ def _selectors(request: pb.WatchTargetsRequest) -> tuple[Selector, ...]:
     return tuple(out)
 
 
-class TargetWatch:
+class _Watch:
+    """What both watches share: authorize, subscribe first, catch up (snapshot or log), then live."""
+
+    response: Any  # the response message class
+    hub: Hub
+
     def __init__(self, store: Store, hub: Hub, guard: Guard) -> None:
         self.store = store
         self.hub = hub
@@ -93,10 +93,10 @@ class TargetWatch:
             await self.guard.authorize_resource(Action.READ, [s.program for s in selectors])
             return selectors
         visible = await self.guard.readable(identity())
-        await self.guard.authorize_resource(Action.READ, [])  # nothing to check: lists filter
+        await self.guard.authorize_resource(Action.READ, [])  # nothing to check: the stream filters
         return tuple(Selector(g, "") for g in (visible if visible is not None else [ALL]))
 
-    async def stream(self, request: pb.WatchTargetsRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: Any, kinds: frozenset[str] = frozenset()) -> AsyncIterator[bytes]:
         if request.start_revision < 0:
             raise InvalidArgument.one("start_revision", "must not be negative")
         interval = DEFAULT_PROGRESS_SECONDS
@@ -104,14 +104,12 @@ class TargetWatch:
             interval = max(MIN_PROGRESS_SECONDS, request.progress_interval.ToNanoseconds() / 1e9)
         asked = _selectors(request)
         selectors = await self._authorize(asked)
-        sub = self.hub.subscribe(selectors)  # first: nothing that commits from now on is missed
+        sub = self.hub.subscribe(selectors, kinds)  # first: nothing that commits from now on is missed
         try:
             last = request.start_revision
             if last == 0 or last > self.hub.revision:
-                revision, targets = await self._snapshot()
-                chosen = [t for t in targets if sub.matches(t)]
-                snapshot = pb.TargetSnapshot(targets=[target_proto(t) for t in chosen], reset=last > 0)
-                yield pb.WatchTargetsResponse(revision=revision, snapshot=snapshot).SerializeToString()
+                revision, message = await self._snapshot(sub, reset=last > 0)
+                yield message
                 last = revision
             else:
                 async for revision, message in self._since(last, sub):
@@ -122,26 +120,31 @@ class TargetWatch:
         finally:
             self.hub.unsubscribe(sub)
 
-    async def _snapshot(self) -> tuple[int, list[Target]]:
-        async with self.store.read() as tx:
-            return await tx.targets_snapshot()
+    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+        raise NotImplementedError
 
     async def _since(self, after: int, sub: Subscriber) -> AsyncIterator[tuple[int, bytes]]:
-        """The log's changes after `after`, a revision per message, up to what the hub has handed out."""
+        """The log's items after `after`, a revision per message, up to what the hub has handed out."""
         while after < self.hub.revision:
             async with self.store.read() as tx:
                 events = await tx.events_after(after, limit=LOG_PAGE)
             if not events:
                 break
-            by_revision: dict[int, list[Target]] = {}
+            by_revision: dict[int, list[Any]] = {}
             for e in events:
-                if e.kind == "target.updated":
-                    t = target_from_event(e)
-                    if sub.matches(t):
-                        by_revision.setdefault(e.revision, []).append(t)
-            for revision, targets in sorted(by_revision.items()):
-                yield revision, encode_changes(revision, targets)
+                for item in self.hub.extract([e]):
+                    if sub.matches(item):
+                        by_revision.setdefault(e.revision, []).append(item)
+            for revision, items in sorted(by_revision.items()):
+                yield revision, self.hub.encode(revision, items)
             after = events[-1].revision
+
+    def _progress(self, revision: int) -> bytes:
+        now = timestamp_pb2.Timestamp()
+        now.FromDatetime(datetime.now(UTC))
+        return bytes(
+            self.response(revision=revision, progress=pb.WatchProgress(time=now)).SerializeToString()
+        )
 
     async def _live(
         self, sub: Subscriber, last: int, interval: float, asked: tuple[Selector, ...]
@@ -152,7 +155,7 @@ class TargetWatch:
             except TimeoutError:
                 if sub.queue.empty():  # everything up to the hub's revision was handed out
                     last = max(last, self.hub.revision)
-                    yield _progress(last)
+                    yield self._progress(last)
                 continue
             if sub.overflowed:
                 raise ResourceExhausted(
@@ -168,3 +171,52 @@ class TargetWatch:
                 continue  # already sent (from the log), or a wake-up
             last = revision
             yield message
+
+
+class TargetWatch(_Watch):
+    response = pb.WatchTargetsResponse
+
+    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+        async with self.store.read() as tx:
+            revision, targets = await tx.targets_snapshot()
+        chosen = [target_proto(t) for t in targets if sub.matches(t)]
+        message = pb.WatchTargetsResponse(
+            revision=revision, snapshot=pb.TargetSnapshot(targets=chosen, reset=reset)
+        )
+        return revision, message.SerializeToString()
+
+
+class EventWatch(_Watch):
+    response = pb.WatchEventsResponse
+
+    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+        from .deployment import deployment_proto
+
+        async with self.store.read() as tx:
+            revision, live = await tx.live_deployments_snapshot()
+        chosen = [deployment_proto(d) for d in live if any(s.matches(d) for s in sub.selectors)]
+        snapshot = pb.DeploymentSnapshot(deployments=chosen, reset=reset)
+        return revision, pb.WatchEventsResponse(revision=revision, snapshot=snapshot).SerializeToString()
+
+
+def encode_events(revision: int, events: Sequence[DeploymentEvent]) -> bytes:
+    out = pb.WatchEventsResponse(revision=revision)
+    for e in events:
+        message = out.events.events.add(
+            id=e.id,
+            kind=getattr(pb, f"DEPLOYMENT_EVENT_KIND_{e.kind.upper()}", 0),
+            revision=e.revision,
+            deployment=e.deployment,
+            program=e.program,
+            environment=e.environment,
+            version=e.version,
+            state=getattr(pb, f"DEPLOYMENT_STATE_{e.state}", 0),
+            step=e.step + 1,
+            weight_percent=e.weight_percent,
+            actor=e.actor,
+            reason=e.reason,
+            related_deployment=e.related,
+        )
+        if e.time is not None:
+            message.time.CopyFrom(timestamp(e.time))
+    return out.SerializeToString()

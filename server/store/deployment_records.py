@@ -141,6 +141,17 @@ class TargetQueries:
         revision = int(rows[0]["at_revision"]) if rows else 0
         return revision, [_target(r) for r in rows if r["program"] is not None]
 
+    async def live_deployments_snapshot(self) -> tuple[int, list[Deployment]]:
+        """Deployments pending or in progress, and the revision they are the state of (one statement)."""
+        rows = await self.conn.fetch(
+            "SELECT r.revision AS at_revision, d.body FROM revisions r LEFT JOIN deployments d "
+            "ON d.state IN (?, ?) WHERE r.id = 1 ORDER BY d.create_time",
+            int(State.PENDING_APPROVAL),
+            int(State.IN_PROGRESS),
+        )
+        revision = int(rows[0]["at_revision"]) if rows else 0
+        return revision, [_deployment(r) for r in rows if r["body"] is not None]
+
     async def programs_in(self, environment: str) -> set[str]:
         rows = await self.conn.fetch(
             "SELECT program FROM targets WHERE environment = ? AND stable_version IS NOT NULL", environment

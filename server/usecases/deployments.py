@@ -67,6 +67,8 @@ class Status:
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
+    last = d.timeline[-1] if d.timeline else None
+    related = d.rolled_back_by or d.superseded_by or d.rollback_of
     data = {
         "program": d.program,
         "environment": d.environment,
@@ -74,6 +76,9 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
         "state": d.state.name,
         "step": d.step,
         "weight_percent": d.weight_percent,
+        "actor": last.actor if last else d.creator,
+        "reason": last.reason if last else d.reason,
+        "related": f"deployments/{related}" if related else "",
     }
     out = [Event(f"deployment.{k.name.lower()}", d.resource_name, data) for k in kinds]
     if t is not None:

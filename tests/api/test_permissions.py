@@ -64,7 +64,7 @@ def _request(method: str, program: str) -> Message:
         message.spec.version = "9.0.0"
         message.spec.signature = f"signatures/{SIGNATURE}/versions/1.0.0"
         message.artifact = dspy_state()
-    if name == "WatchTargets":
+    if name in ("WatchTargets", "WatchEvents"):
         message.selectors.add(program=program)
     if name == "UploadProgram":
         message.header.spec.program = program
@@ -167,7 +167,7 @@ async def _callers(running: Running) -> list[Caller]:
 
 def _effective(method: str, rule: Rule) -> Rule:
     """Rules the servicer applies itself, as the matrix's requests meet them."""
-    if method.endswith("/WatchTargets"):  # read on the selected program
+    if method.endswith(("/WatchTargets", "/WatchEvents")):  # read on the selected program
         return Rule(Action.READ, lambda request: [request.selectors[0].program])
     return rule
 

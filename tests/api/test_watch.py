@@ -185,3 +185,46 @@ async def test_revoking_read_ends_the_stream(server: Running) -> None:
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close(None)
+
+
+async def test_watch_events_follow_a_deployments_life(server: Running) -> None:
+    deploy = await _setup(server)
+    request = dpb.WatchEventsRequest()
+    request.selectors.add(program=PROGRAM)
+    stream = deploy.WatchEvents(request)
+    snapshot = await stream.read()
+    assert snapshot.WhichOneof("kind") == "snapshot"
+    canary = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
+    canary.canary.steps.add(weight_percent=10).pause.FromMilliseconds(50)
+    canary.canary.steps.add(weight_percent=50).pause.FromMilliseconds(50)
+    created = await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=canary)
+    )
+    kinds: list[int] = []
+    revisions: list[int] = []
+    while dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED not in kinds:
+        message = await stream.read()
+        if message.WhichOneof("kind") != "events":
+            continue
+        revisions.append(message.revision)
+        for event in message.events.events:
+            assert event.deployment == created.deployment.name and event.program == PROGRAM
+            kinds.append(event.kind)
+    stream.cancel()
+    assert kinds == [
+        dpb.DEPLOYMENT_EVENT_KIND_CREATED,
+        dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED,
+        dpb.DEPLOYMENT_EVENT_KIND_PROMOTED,
+        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED,
+    ]
+    assert revisions == sorted(set(revisions))
+    only = dpb.WatchEventsRequest(
+        start_revision=snapshot.revision, kinds=[dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED]
+    )
+    only.selectors.add(program=PROGRAM)
+    replay = deploy.WatchEvents(only)
+    first = await replay.read()
+    assert [e.kind for e in first.events.events] == [
+        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED
+    ]  # resumed from the log
+    replay.cancel()
