@@ -109,6 +109,7 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
             pb.GetProgramVersionRequest(name="programs/triage", environment="production")
         )
     assert served.program_version.version == "1.0.0"
+    assert '"snapshot"' in out and '"progress"' in out  # the watch: a snapshot, then a bookmark when idle
 
 
 async def test_every_sh_block_in_the_readme_is_tested() -> None:
