@@ -53,7 +53,11 @@ class App:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server = grpc.aio.server(options=server_options(config))
         self.port = 0
-        self.maintenance = Maintenance(self.store, request_retention=config.request_retention_seconds)
+        self.maintenance = Maintenance(
+            self.store,
+            request_retention=config.request_retention_seconds,
+            event_retention=config.event_retention_seconds,
+        )
         self.controller: Controller | None = None
 
     async def start(self) -> int:

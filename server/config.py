@@ -22,6 +22,7 @@ class Config:
     upload_limit: int = DEFAULT_UPLOAD_LIMIT
     grace_seconds: float = 10.0
     request_retention_seconds: float = 24 * 3600.0
+    event_retention_seconds: float = 24 * 3600.0
     auth: bool = True
     admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
     tls_cert: str = ""
@@ -72,6 +73,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="hours a mutation's request_id is remembered: a retry within it gets the first answer",
     )
     parser.add_argument(
+        "--event-retention",
+        type=float,
+        default=float(env("DSPY_REGISTRY_EVENT_RETENTION", "24")),
+        help="hours of the event log kept for watchers to resume from; older ones get a fresh snapshot",
+    )
+    parser.add_argument(
         "--admin-token-file",
         default=env("DSPY_REGISTRY_ADMIN_TOKEN_FILE", DEFAULT_ADMIN_TOKEN_FILE),
         help="where the first start of an empty store writes the admin token (mode 0600)",
@@ -119,6 +126,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         upload_limit=args.upload_limit,
         grace_seconds=args.grace,
         request_retention_seconds=args.request_retention * 3600,
+        event_retention_seconds=args.event_retention * 3600,
         auth=not args.no_auth,
         admin_token_file=args.admin_token_file,
         tls_cert=args.tls_cert,

@@ -1,4 +1,8 @@
-"""Housekeeping the server does by itself, on a timer: today, the idempotency window.
+"""Housekeeping the server does by itself, on a timer: the idempotency window, the event log.
+
+The event log keeps `--event-retention` (default 24 h) of revisions; older
+ones are compacted away, and a watcher resuming from before the compacted
+revision gets a fresh snapshot flagged `reset` (etcd's compaction).
 
 A mutation's request_id is remembered with its first answer so that a retry
 gets that answer back; remembering forever would grow the store without
@@ -19,16 +23,25 @@ log = logging.getLogger("dspy_registry.maintenance")
 
 
 class Maintenance:
-    def __init__(self, store: Store, *, request_retention: float, interval: float = 600.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        request_retention: float,
+        event_retention: float = 24 * 3600.0,
+        interval: float = 600.0,
+    ) -> None:
         self.store = store
         self.request_retention = request_retention
+        self.event_retention = event_retention
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> None:
-        cutoff = now_us() - int(self.request_retention * 1_000_000)
+        now = now_us()
         async with self.store.write() as tx:
-            await tx.prune_requests(cutoff)
+            await tx.prune_requests(now - int(self.request_retention * 1_000_000))
+            await tx.compact_events(now - int(self.event_retention * 1_000_000))
 
     async def _loop(self) -> None:
         while True:

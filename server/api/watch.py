@@ -106,9 +106,11 @@ class _Watch:
         selectors = await self._authorize(asked)
         sub = self.hub.subscribe(selectors, kinds)  # first: nothing that commits from now on is missed
         try:
+            async with self.store.read() as tx:
+                compacted = await tx.compacted_revision()
             last = request.start_revision
-            if last == 0 or last > self.hub.revision:
-                revision, message = await self._snapshot(sub, reset=last > 0)
+            if last == 0 or last > self.hub.revision or last < compacted:
+                revision, message = await self._snapshot(sub, reset=last > 0, compacted=compacted)
                 yield message
                 last = revision
             else:
@@ -120,7 +122,7 @@ class _Watch:
         finally:
             self.hub.unsubscribe(sub)
 
-    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+    async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
         raise NotImplementedError
 
     async def _since(self, after: int, sub: Subscriber) -> AsyncIterator[tuple[int, bytes]]:
@@ -176,26 +178,24 @@ class _Watch:
 class TargetWatch(_Watch):
     response = pb.WatchTargetsResponse
 
-    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+    async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
         async with self.store.read() as tx:
             revision, targets = await tx.targets_snapshot()
         chosen = [target_proto(t) for t in targets if sub.matches(t)]
-        message = pb.WatchTargetsResponse(
-            revision=revision, snapshot=pb.TargetSnapshot(targets=chosen, reset=reset)
-        )
-        return revision, message.SerializeToString()
+        snapshot = pb.TargetSnapshot(targets=chosen, reset=reset, compact_revision=compacted)
+        return revision, pb.WatchTargetsResponse(revision=revision, snapshot=snapshot).SerializeToString()
 
 
 class EventWatch(_Watch):
     response = pb.WatchEventsResponse
 
-    async def _snapshot(self, sub: Subscriber, reset: bool) -> tuple[int, bytes]:
+    async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
         from .deployment import deployment_proto
 
         async with self.store.read() as tx:
             revision, live = await tx.live_deployments_snapshot()
         chosen = [deployment_proto(d) for d in live if any(s.matches(d) for s in sub.selectors)]
-        snapshot = pb.DeploymentSnapshot(deployments=chosen, reset=reset)
+        snapshot = pb.DeploymentSnapshot(deployments=chosen, reset=reset, compact_revision=compacted)
         return revision, pb.WatchEventsResponse(revision=revision, snapshot=snapshot).SerializeToString()
 
 

@@ -216,6 +216,27 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries):
             raise RuntimeError("next_revision needs a write transaction")
         return self._base_revision + 1
 
+    async def compacted_revision(self) -> int:
+        """Events at or below this revision are gone from the log (a watcher there needs a snapshot)."""
+        row = await self.conn.fetchrow("SELECT compacted FROM revisions WHERE id = 1")
+        return int(row["compacted"]) if row else 0
+
+    async def compact_events(self, before_us: int) -> int:
+        """Drop the log's revisions written before `before_us`; returns the new compacted revision.
+
+        Not a change anyone watches: no revision is consumed and no event written.
+        """
+        row = await self.conn.fetchrow(
+            "SELECT MAX(revision) AS r FROM events WHERE create_time < ?", before_us
+        )
+        upto = int(row["r"]) if row and row["r"] is not None else 0
+        current = await self.compacted_revision()
+        if upto <= current:
+            return current
+        await self.conn.execute("DELETE FROM events WHERE revision <= ?", upto)
+        await self.conn.execute("UPDATE revisions SET compacted = ? WHERE id = 1", upto)
+        return upto
+
     async def events_after(self, revision: int, limit: int = 1000) -> list[Event]:
         rows = await self.conn.fetch(
             "SELECT revision, seq, kind, resource, data, create_time FROM events "

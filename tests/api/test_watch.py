@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -228,3 +229,21 @@ async def test_watch_events_follow_a_deployments_life(server: Running) -> None:
         dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED
     ]  # resumed from the log
     replay.cancel()
+
+
+async def test_resuming_from_a_compacted_revision_gets_a_fresh_snapshot(server: Running) -> None:
+    from dspy_registry.server.maintenance import Maintenance
+
+    deploy = await _setup(server)
+    await _deploy(deploy, "1.0.0")
+    stream = _watch(deploy)
+    old = (await _next(stream)).revision
+    stream.cancel()
+    await _deploy(deploy, "1.1.0")
+    await asyncio.sleep(0.05)
+    await Maintenance(server.app.store, request_retention=3600, event_retention=0.01).run_once()
+    resumed = _watch(deploy, start=old)
+    first = await _next(resumed)
+    assert first.WhichOneof("kind") == "snapshot" and first.snapshot.reset
+    assert first.snapshot.compact_revision >= old and first.snapshot.targets[0].stable.version == "1.1.0"
+    resumed.cancel()

@@ -345,3 +345,19 @@ async def test_idempotency_records_older_than_the_retention_are_pruned(store: St
         assert await tx.get_request("p", "old") is None
         assert await tx.get_request("p", "new") is not None
         assert await tx.current_revision() == 0  # housekeeping is not a change anyone watches
+
+
+async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(store: Store) -> None:
+    from dspy_registry.server.maintenance import Maintenance
+
+    for i in range(3):
+        async with store.write() as tx:
+            await tx.append([Event("old", f"r/{i}")])
+    await asyncio.sleep(0.05)
+    async with store.write() as tx:
+        await tx.append([Event("new", "r/9")])
+    await Maintenance(store, request_retention=3600, event_retention=0.025).run_once()
+    async with store.read() as tx:
+        assert await tx.compacted_revision() == 3
+        assert [e.revision for e in await tx.events_after(0)] == [4]
+        assert await tx.current_revision() == 4  # compaction is no change anyone watches
