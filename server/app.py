@@ -30,6 +30,7 @@ from .usecases.access import Access
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.registry import Registry
+from .usecases.sidecars import Sidecars
 from .watch import Hub, deployment_events
 
 log = logging.getLogger("dspy_registry.server")
@@ -95,7 +96,9 @@ class App:
             [
                 service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
                 partly_implemented(
-                    SERVICES[1], DeploymentServicer(environments, deployments, guard, watch, events), guard
+                    SERVICES[1],
+                    DeploymentServicer(environments, deployments, guard, watch, events, Sidecars(self.store)),
+                    guard,
                 ),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
             ]

@@ -1,4 +1,4 @@
-"""Housekeeping the server does by itself, on a timer: the idempotency window, the event log.
+"""Housekeeping the server does by itself, on a timer: the idempotency window, the event log, sidecars.
 
 The event log keeps `--event-retention` (default 24 h) of revisions; older
 ones are compacted away, and a watcher resuming from before the compacted
@@ -8,12 +8,16 @@ A mutation's request_id is remembered with its first answer so that a retry
 gets that answer back; remembering forever would grow the store without
 bound. Records older than the retention (`--request-retention`, default 24 h)
 are pruned every `interval`; a retry after that is treated as a new request.
+
+A sidecar silent for three heartbeats is already left out of every answer;
+its rows are deleted here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from .errors import RegistryError
 from .store.base import Store
@@ -42,6 +46,7 @@ class Maintenance:
         async with self.store.write() as tx:
             await tx.prune_requests(now - int(self.request_retention * 1_000_000))
             await tx.compact_events(now - int(self.event_retention * 1_000_000))
+            await tx.forget_silent_sidecars(datetime.now(UTC))
 
     async def _loop(self) -> None:
         while True:

@@ -818,20 +818,18 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[DeploymentSnapshot, _Mapping]] = ..., events: _Optional[_Union[DeploymentEvents, _Mapping]] = ..., progress: _Optional[_Union[WatchProgress, _Mapping]] = ...) -> None: ...
 
 class ReportSidecarStatusRequest(_message.Message):
-    __slots__ = ("sidecar_id", "targets", "heartbeat_interval", "revision", "leaving", "request_id")
+    __slots__ = ("sidecar_id", "targets", "heartbeat_interval", "revision", "leaving")
     SIDECAR_ID_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     sidecar_id: str
     targets: _containers.RepeatedCompositeFieldContainer[SidecarTargetStatus]
     heartbeat_interval: _duration_pb2.Duration
     revision: int
     leaving: bool
-    request_id: str
-    def __init__(self, sidecar_id: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[SidecarTargetStatus, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., revision: _Optional[int] = ..., leaving: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, sidecar_id: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[SidecarTargetStatus, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., revision: _Optional[int] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class ReportSidecarStatusResponse(_message.Message):
     __slots__ = ("heartbeat_interval", "revision")

@@ -296,9 +296,11 @@ class DeploymentServiceServicer:
 
     def ReportSidecarStatus(self, request, context):
         """Records what a sidecar has applied per target (ACK, or NACK with the
-        error) and serves as its heartbeat. INVALID_ARGUMENT for a missing
-        sidecar id or a bad entry; NOT_FOUND if a named program or environment
-        does not exist.
+        error) and serves as its heartbeat; the report replaces the last one.
+        INVALID_ARGUMENT for a missing sidecar id or a bad entry; NOT_FOUND if a
+        named program or environment does not exist; PERMISSION_DENIED without
+        read on each named program, or for a live sidecar id another principal
+        reported.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,7 +7,7 @@ after authentication, so that no caller mistakes them for a pretend answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -16,12 +16,14 @@ from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..domain import deployments as dep
 from ..domain import environments as envs
+from ..domain import sidecars
 from ..domain.access import Action
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument, PermissionDenied, Violations
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
+from ..usecases.sidecars import Sidecars
 from .context import Context
 from .convert import time_field, timestamp
 from .guard import Guard, identity
@@ -190,9 +192,11 @@ class DeploymentServicer:
         guard: Guard,
         watch: TargetWatch,
         events: EventWatch,
+        sidecars_: Sidecars,
     ) -> None:
         self.environments = environments
         self.deployments = deployments
+        self.sidecars = sidecars_
         self.guard = guard
         self.watch = watch
         self.events = events
@@ -365,7 +369,30 @@ class DeploymentServicer:
         ):
             if pv is not None:
                 out.health.add(version=pv.version, role=role, registered_performance=pv.performance)
+        for r in await self.sidecars.serving(program, environment):
+            out.sidecars.append(sidecar_proto(r, program, environment))
         return out
+
+    async def ReportSidecarStatus(
+        self, request: pb.ReportSidecarStatusRequest, context: Context
+    ) -> pb.ReportSidecarStatusResponse:
+        who = identity().name
+        now = datetime.now(UTC)
+        heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
+        report = sidecars.Report(
+            request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,
+            request.revision,
+        )  # fmt: skip
+        v = Violations()
+        sidecars.validate(report, v)
+        v.raise_if_any()
+        # Saying what runs where is a read's worth of trust: read on each program reported.
+        await self.guard.authorize_resource(Action.READ, sorted({a.program for a in report.targets}))
+        if request.leaving:
+            revision = await self.sidecars.leave(report.sidecar_id, who)
+        else:
+            revision = await self.sidecars.report(report)
+        return pb.ReportSidecarStatusResponse(heartbeat_interval=_duration(heartbeat), revision=revision)
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
@@ -514,3 +541,38 @@ def _rolled_back(pair: tuple[dep.Deployment, dep.Deployment]) -> pb.RollbackDepl
     return pb.RollbackDeploymentResponse(
         deployment=deployment_proto(pair[0]), rolled_back=deployment_proto(pair[1])
     )
+
+
+_ACKED = {pb.APPLY_RESULT_ACK: True, pb.APPLY_RESULT_NACK: False}
+
+
+def _applied(m: pb.SidecarTargetStatus) -> sidecars.Applied:
+    return sidecars.Applied(
+        _short(m.program, "programs"), _short(m.environment, "environments"), m.version, m.digest,
+        _ACKED.get(m.result), m.error_detail.code, m.error_detail.message, m.revision,
+        time_field(m, "apply_time"),
+    )  # fmt: skip
+
+
+def sidecar_proto(r: sidecars.Report, program: str, environment: str) -> pb.Sidecar:
+    """Sidecar `r` with only its entries for `program` in `environment`."""
+    out = pb.Sidecar(
+        sidecar_id=r.sidecar_id,
+        principal=f"principals/{r.principal}",
+        last_report_time=timestamp(r.time),
+        heartbeat_interval=_duration(r.heartbeat_seconds),
+        revision=r.revision,
+    )
+    for a in r.targets:
+        if a.program != program or a.environment != environment:
+            continue
+        entry = out.targets.add(
+            program=a.program, environment=a.environment, version=a.version, digest=a.digest,
+            result=pb.APPLY_RESULT_ACK if a.acked else pb.APPLY_RESULT_NACK, revision=a.revision,
+        )  # fmt: skip
+        if not a.acked:
+            entry.error_detail.code = a.error_code
+            entry.error_detail.message = a.error_message
+        if a.apply_time is not None:
+            entry.apply_time.CopyFrom(timestamp(a.apply_time))
+    return out

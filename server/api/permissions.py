@@ -174,7 +174,8 @@ RULES: dict[str, Rule] = {
     DEPLOYMENT + "WatchTargets": Rule(READ, by_servicer=True),
     # Like WatchTargets: read on every selected program; no selectors, all the caller may read.
     DEPLOYMENT + "WatchEvents": Rule(READ, by_servicer=True),
-    DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True, mutation=True),
+    # Read on each reported program. Telemetry, not a change to the registry: a heartbeat is not audited.
+    DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True),
     DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),
     DEPLOYMENT + "CreateWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("webhook.url")),
     DEPLOYMENT + "ListWebhooks": Rule(ADMIN, EVERYTHING),

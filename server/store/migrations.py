@@ -267,6 +267,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX deployments_by_time ON deployments (create_time, id)",
         ),
     ),
+    Migration(
+        7,
+        "sidecars and what each runs",
+        (
+            # Telemetry, not revisioned state: reports overwrite, and expire by time.
+            """CREATE TABLE sidecars (
+                sidecar_id TEXT{c} PRIMARY KEY,
+                principal TEXT NOT NULL,
+                report TEXT NOT NULL,
+                heartbeat_ms BIGINT NOT NULL,
+                last_report_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+            """CREATE TABLE sidecar_targets (
+                sidecar_id TEXT{c} NOT NULL REFERENCES sidecars (sidecar_id) ON DELETE CASCADE,
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                PRIMARY KEY (program, environment, sidecar_id)
+            )""",
+        ),
+    ),
 )
 
 

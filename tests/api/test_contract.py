@@ -95,4 +95,6 @@ async def test_rpcs_of_later_issues_answer_unimplemented(server: Running) -> Non
                 assert err.code() == grpc.StatusCode.UNIMPLEMENTED, path
                 assert method.name in (err.details() or "")
                 answered += 1
-    assert answered == len(later) == len(SERVICES[1].methods) - 13  # environments, deployments, watches
+    assert (
+        answered == len(later) == len(SERVICES[1].methods) - 14
+    )  # environments, deployments, watches, sidecars

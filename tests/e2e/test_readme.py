@@ -109,6 +109,7 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
             pb.GetProgramVersionRequest(name="programs/triage", environment="production")
         )
     assert served.program_version.version == "1.0.0"
+    assert "sidecars: ['triage-7f9c-x2k4']" in out  # reported, and live
     assert '"snapshot"' in out and '"progress"' in out  # the watch: a snapshot, then a bookmark when idle
 
 

@@ -1,0 +1,142 @@
+"""Sidecars: what each serving process reports it runs, and when it counts as gone.
+
+A sidecar reports, for each target it serves, the version and digest it has
+applied — ACK — or failed to apply — NACK, with the error, while it keeps
+serving the old one (Envoy's DiscoveryRequest.error_detail). It reports again
+at least every heartbeat interval; one silent for three intervals is no
+longer live.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from ..errors import Violations
+from . import versions
+from .names import check_name
+from .programs import DIGEST_RE
+
+MISSED_HEARTBEATS = 3
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+MIN_HEARTBEAT_SECONDS = 0.05
+MAX_HEARTBEAT_SECONDS = 3600.0
+MAX_TARGETS = 1000
+# A Kubernetes pod name fits (DNS-1123 subdomain), as do host names and uuids.
+SIDECAR_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Applied:
+    program: str
+    environment: str
+    version: str
+    digest: str
+    acked: bool | None  # None: the report did not say (rejected)
+    error_code: int  # google.rpc.Code when NACKed
+    error_message: str
+    revision: int
+    apply_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Report:
+    sidecar_id: str
+    principal: str
+    targets: tuple[Applied, ...]
+    heartbeat_seconds: float
+    time: datetime
+    revision: int  # the store revision the sidecar has seen
+
+    def live_at(self, now: datetime) -> bool:
+        return now - self.time <= timedelta(seconds=self.heartbeat_seconds * MISSED_HEARTBEATS)
+
+
+def report_to_json(r: Report) -> dict[str, Any]:
+    return {
+        "targets": [
+            {
+                "program": a.program,
+                "environment": a.environment,
+                "version": a.version,
+                "digest": a.digest,
+                "acked": a.acked,
+                "error_code": a.error_code,
+                "error_message": a.error_message,
+                "revision": a.revision,
+                "apply_time": a.apply_time.isoformat() if a.apply_time else None,
+            }
+            for a in r.targets
+        ],
+        "revision": r.revision,
+    }
+
+
+def report_from_json(
+    sidecar_id: str, principal: str, heartbeat: float, time: datetime, d: dict[str, Any]
+) -> Report:
+    return Report(
+        sidecar_id,
+        principal,
+        tuple(
+            Applied(
+                a["program"],
+                a["environment"],
+                a["version"],
+                a["digest"],
+                a["acked"],
+                a["error_code"],
+                a["error_message"],
+                a["revision"],
+                datetime.fromisoformat(a["apply_time"]) if a["apply_time"] else None,
+            )  # fmt: skip
+            for a in d["targets"]
+        ),
+        heartbeat,
+        time,
+        d["revision"],
+    )
+
+
+def heartbeat_for(requested: float) -> float:
+    """The interval a sidecar is held to: the one it asks for, or the default for 0."""
+    return requested if requested else DEFAULT_HEARTBEAT_SECONDS
+
+
+def validate(r: Report, v: Violations) -> None:
+    """Add to `v` everything wrong with report `r`, naming the request's fields."""
+    if not SIDECAR_ID_RE.fullmatch(r.sidecar_id):
+        v.add("sidecar_id", f"{r.sidecar_id!r} must be 1-253 lower-case letters, digits, '.', '_' or '-'")
+    if not MIN_HEARTBEAT_SECONDS <= r.heartbeat_seconds <= MAX_HEARTBEAT_SECONDS:
+        v.add(
+            "heartbeat_interval",
+            f"must be between {MIN_HEARTBEAT_SECONDS}s and {MAX_HEARTBEAT_SECONDS:.0f}s, or 0 for the default",
+        )
+    if r.revision < 0:
+        v.add("revision", "must not be negative")
+    if len(r.targets) > MAX_TARGETS:
+        v.add("targets", f"at most {MAX_TARGETS} entries")
+        return
+    seen: set[tuple[str, str, str]] = set()
+    for i, a in enumerate(r.targets):
+        path = f"targets[{i}]"
+        v.collect(partial(check_name, a.program, f"{path}.program"))
+        v.collect(partial(check_name, a.environment, f"{path}.environment"))
+        v.collect(partial(versions.parse, a.version, f"{path}.version"))
+        if not DIGEST_RE.fullmatch(a.digest):
+            v.add(f"{path}.digest", "must be sha256: and 64 lower-case hex digits")
+        if a.acked is None:
+            v.add(f"{path}.result", "say ACK (serving it) or NACK (failed to apply it)")
+        elif a.acked and a.error_code:
+            v.add(f"{path}.error_detail", "an ACK carries no error")
+        elif not a.acked and not a.error_code:
+            v.add(f"{path}.error_detail", "a NACK says what failed: set a non-zero code")
+        if a.revision < 0:
+            v.add(f"{path}.revision", "must not be negative")
+        key = (a.program, a.environment, a.version)
+        if key in seen:
+            v.add(path, f"{a.program} {a.version} in {a.environment} is reported twice")
+        seen.add(key)

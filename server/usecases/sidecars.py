@@ -1,0 +1,58 @@
+"""Sidecar use cases: take a sidecar's report, say which sidecars serve a target.
+
+A report is telemetry, not registry state: it overwrites the sidecar's last
+one and appends no event, so it neither moves the store's revision nor wakes
+a watcher. Liveness is judged when read (three missed heartbeats and a
+sidecar is gone); maintenance deletes the rows of those long silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ..domain.sidecars import Report
+from ..errors import NotFound, PermissionDenied
+from ..store.base import Store
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sidecars:
+    def __init__(self, store: Store, clock: Callable[[], datetime] = _now) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def report(self, r: Report) -> int:
+        """Record `r` (already validated); the store's current revision."""
+        async with self.store.write() as tx:
+            # A live id belongs to the principal reporting under it: another may not overwrite it.
+            owner = await tx.sidecar_owner(r.sidecar_id, r.time)
+            if owner is not None and owner != r.principal:
+                raise PermissionDenied(r.principal, "report as", f"sidecars/{r.sidecar_id}")
+            for program in sorted({a.program for a in r.targets}):
+                if await tx.get_program(program) is None:
+                    raise NotFound(f"programs/{program}")
+            for environment in sorted({a.environment for a in r.targets}):
+                if await tx.get_environment(environment) is None:
+                    raise NotFound(f"environments/{environment}")
+            await tx.put_sidecar(r)
+            return tx.revision
+
+    async def leave(self, sidecar_id: str, principal: str) -> int:
+        """Drop `sidecar_id` from the live set now (it is shutting down)."""
+        async with self.store.write() as tx:
+            owner = await tx.sidecar_owner(sidecar_id, self.clock())
+            if owner is not None and owner != principal:
+                raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+            await tx.remove_sidecar(sidecar_id)
+            return tx.revision
+
+    async def serving(self, program: str, environment: str) -> list[Report]:
+        """The live sidecars that hold a version of `program` in `environment`."""
+        now = self.clock()
+        async with self.store.read() as tx:
+            found = await tx.sidecars_serving(program, environment)
+        return [r for r in found if r.live_at(now)]

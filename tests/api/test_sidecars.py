@@ -1,0 +1,185 @@
+"""ReportSidecarStatus over a real channel, on SQLite and Postgres: what a sidecar reports shows in
+GetDeploymentStatus while it is live; leaving or three missed heartbeats drop it; bad reports and
+reports beyond the caller's read permission change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from dspy_registry.v1 import access_pb2 as apb
+from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
+from dspy_registry.v1 import registry_pb2 as pb
+from tests.api.conftest import Running, register_signature, violations
+from tests.factories import dspy_state
+
+PROGRAM = "sentiment"
+
+
+@pytest.fixture
+async def ready(server: Running) -> Running:
+    """`sentiment` 1.0.0 registered, and so auto-deployed to development."""
+    await register_signature(server.registry, name="sig")
+    spec = pb.ProgramVersionSpec(program=PROGRAM, version="1.0.0", signature="signatures/sig/versions/1.0.0")
+    await server.registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state("v1")))
+    return server
+
+
+async def _status(stub: dpb_grpc.DeploymentServiceStub) -> dpb.GetDeploymentStatusResponse:
+    return await stub.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="development")
+    )
+
+
+def _report(
+    sidecar_id: str, *entries: dpb.SidecarTargetStatus, heartbeat: float = 0.0, leaving: bool = False
+) -> dpb.ReportSidecarStatusRequest:
+    r = dpb.ReportSidecarStatusRequest(sidecar_id=sidecar_id, targets=entries, revision=7, leaving=leaving)
+    r.heartbeat_interval.FromNanoseconds(int(heartbeat * 1e9))
+    return r
+
+
+def _ack(digest: str, environment: str = "development", program: str = PROGRAM) -> dpb.SidecarTargetStatus:
+    return dpb.SidecarTargetStatus(
+        program=program,
+        environment=environment,
+        version="1.0.0",
+        digest=digest,
+        result=dpb.APPLY_RESULT_ACK,
+        revision=7,
+    )
+
+
+async def test_a_live_sidecar_shows_in_the_status_of_each_target_it_serves(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    before = await _status(stub)
+    digest = before.target.stable.digest
+    assert list(before.sidecars) == []
+    nack = dpb.SidecarTargetStatus(
+        program=PROGRAM,
+        environment="staging",
+        version="1.0.0",
+        digest=digest,
+        result=dpb.APPLY_RESULT_NACK,
+        revision=7,
+    )
+    nack.error_detail.code = grpc.StatusCode.DATA_LOSS.value[0]
+    nack.error_detail.message = "digest mismatch"
+    answer = await stub.ReportSidecarStatus(_report("pod-a", _ack(digest), nack))
+    assert answer.heartbeat_interval.ToNanoseconds() == 10 * 10**9  # the default, for 0
+    assert answer.revision == before.revision  # telemetry moves no revision
+
+    after = await _status(stub)
+    assert after.revision == before.revision
+    [sidecar] = after.sidecars
+    assert sidecar.sidecar_id == "pod-a"
+    assert sidecar.principal == "principals/admin"
+    assert sidecar.revision == 7
+    assert [(t.environment, t.version, t.digest, t.result) for t in sidecar.targets] == [
+        ("development", "1.0.0", digest, dpb.APPLY_RESULT_ACK)
+    ]  # only this target's entries
+
+    # The next report replaces the last whole: pod-a now serves nothing in development.
+    await stub.ReportSidecarStatus(_report("pod-a", nack))
+    assert list((await _status(stub)).sidecars) == []
+
+
+async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    digest = (await _status(stub)).target.stable.digest
+    await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=0.2))
+    await stub.ReportSidecarStatus(_report("pod-leaving", _ack(digest)))
+    await stub.ReportSidecarStatus(_report("pod-steady", _ack(digest)))
+    assert [s.sidecar_id for s in (await _status(stub)).sidecars] == [
+        "pod-leaving",
+        "pod-quick",
+        "pod-steady",
+    ]
+
+    await stub.ReportSidecarStatus(_report("pod-leaving", leaving=True))
+    await asyncio.sleep(0.2 * 3 + 0.3)  # pod-quick misses three heartbeats
+    assert [s.sidecar_id for s in (await _status(stub)).sidecars] == ["pod-steady"]
+
+    # Maintenance deletes what is no longer live; a sidecar that comes back is live again.
+    await ready.app.maintenance.run_once()
+    await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=30))
+    assert [s.sidecar_id for s in (await _status(stub)).sidecars] == ["pod-quick", "pod-steady"]
+
+
+async def test_a_bad_report_names_every_bad_field_and_changes_nothing(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    digest = (await _status(stub)).target.stable.digest
+    unset = dpb.SidecarTargetStatus(
+        program=PROGRAM, environment="development", version="3.0.0", digest=digest
+    )
+    silent_nack = dpb.SidecarTargetStatus(
+        program=PROGRAM,
+        environment="development",
+        version="2.0.0",
+        digest=digest,
+        result=dpb.APPLY_RESULT_NACK,
+    )
+    bad_names = dpb.SidecarTargetStatus(
+        program="Bad Name", environment="", version="one", digest="md5:00", result=dpb.APPLY_RESULT_ACK
+    )
+    request = _report("Pod A!", unset, silent_nack, bad_names, _ack(digest), _ack(digest), heartbeat=0.001)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReportSidecarStatus(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == {
+        "sidecar_id",
+        "heartbeat_interval",
+        "targets[0].result",
+        "targets[1].error_detail",
+        "targets[2].program",
+        "targets[2].environment",
+        "targets[2].version",
+        "targets[2].digest",
+        "targets[4]",  # the same version twice
+    }
+    assert list((await _status(stub)).sidecars) == []
+
+    for unknown in (_ack(digest, program="nonesuch"), _ack(digest, environment="nowhere")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ReportSidecarStatus(_report("pod-a", _ack(digest), unknown))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert list((await _status(stub)).sidecars) == []
+
+
+async def test_reporting_needs_read_on_each_program_and_an_id_stays_with_its_principal(
+    ready: Running,
+) -> None:
+    admin = apb_grpc.AccessServiceStub(ready.channel)
+    channels = []
+    stubs = []
+    for name in ("pod-identity-a", "pod-identity-b"):
+        await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id=name, principal=apb.Principal()))
+        await admin.GrantPermission(
+            apb.GrantPermissionRequest(
+                principal=f"principals/{name}", action=apb.ACTION_READ, resource=PROGRAM
+            )
+        )
+        secret = (await admin.CreateToken(apb.CreateTokenRequest(parent=f"principals/{name}"))).secret
+        channels.append(ready.channel_for(secret))
+        stubs.append(dpb_grpc.DeploymentServiceStub(channels[-1]))
+    a, b = stubs
+    try:
+        digest = (await _status(a)).target.stable.digest
+        await a.ReportSidecarStatus(_report("pod-1", _ack(digest)))
+        for call in (
+            a.ReportSidecarStatus(_report("pod-2", _ack(digest, program="other"))),  # no read on `other`
+            b.ReportSidecarStatus(_report("pod-1", _ack(digest))),  # pod-1 reports as a, and is live
+            b.ReportSidecarStatus(_report("pod-1", leaving=True)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        [sidecar] = (await _status(a)).sidecars
+        assert (sidecar.sidecar_id, sidecar.principal) == ("pod-1", "principals/pod-identity-a")
+    finally:
+        for channel in channels:
+            await channel.close(None)
