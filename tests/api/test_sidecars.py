@@ -30,9 +30,10 @@ async def ready(server: Running) -> Running:
 
 
 async def _status(stub: dpb_grpc.DeploymentServiceStub) -> dpb.GetDeploymentStatusResponse:
-    return await stub.GetDeploymentStatus(
+    response: dpb.GetDeploymentStatusResponse = await stub.GetDeploymentStatus(
         dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="development")
     )
+    return response
 
 
 def _report(
