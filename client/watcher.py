@@ -1,0 +1,380 @@
+"""ProgramWatcher: keep the selected programs loaded, and hot-swap them as their targets change.
+
+    watcher = ProgramWatcher(channel, [("sentiment", "production")], sidecar_id="pod-1", cache_dir=Path("cache"))
+    await watcher.start()
+    program = watcher.get("sentiment", routing_key=user_id)   # one whole version, stable or candidate
+    ... program.value ...
+    await watcher.stop()
+
+It holds one WatchTargets stream. For each change it fetches the artifacts it
+lacks by digest (GetArtifact), checks their sha256, loads them, and swaps one
+reference, so a request that took a version keeps it to the end. Then it
+reports ACK; when fetching or loading fails it reports NACK with the error
+and keeps serving what it had (Envoy's ACK/NACK). It reconnects with
+exponential backoff and jitter and resumes from the last revision it saw.
+
+With `cache_dir`, artifacts are kept on disk by digest with each target's
+last good state, so after a restart it serves before it has reached the
+server, and keeps serving while the server is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
+from dspy_registry.v1 import registry_pb2 as rpb
+from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
+
+from .routing import takes_candidate
+
+log = logging.getLogger("dspy_registry.client.watcher")
+
+# loader(program, artifact bytes, media type) -> what get() hands out.
+Loader = Callable[[str, bytes, str], Any]
+
+
+def load_json_or_bytes(program: str, data: bytes, media_type: str) -> Any:
+    """The default loader: parsed JSON for JSON media types (a DSPy program's saved state), else bytes."""
+    if media_type.endswith("json"):
+        return json.loads(data)
+    return data
+
+
+def dspy_module_loader(factory: Callable[[], Any], directory: Path) -> Loader:
+    """A loader making a live module: `factory()` (e.g. your dspy.Module class), then `.load(path)`."""
+
+    def load(program: str, data: bytes, media_type: str) -> Any:
+        path = directory / f"{program}-{hashlib.sha256(data).hexdigest()[:16]}.json"
+        _write_atomically(path, data)
+        module = factory()
+        module.load(str(path))
+        return module
+
+    return load
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One version of a program, loaded."""
+
+    program: str
+    environment: str
+    version: str
+    digest: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What one target serves; replaced whole on each change, never mutated."""
+
+    stable: Loaded | None
+    candidate: Loaded | None
+    weight_percent: int
+    revision: int
+
+
+class ArtifactError(Exception):
+    """An artifact that could not be fetched, verified or loaded."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProgramWatcher:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        targets: Sequence[tuple[str, str]],
+        *,
+        sidecar_id: str,
+        cache_dir: Path | None = None,
+        loader: Loader = load_json_or_bytes,
+        heartbeat: float = 10.0,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.targets = [(p, e) for p, e in targets]
+        self.sidecar_id = sidecar_id
+        self.cache_dir = cache_dir
+        self.loader = loader
+        self.heartbeat = heartbeat
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.revision = 0
+        # The generated *_pb2_grpc stubs carry no annotations.
+        self._watch = dpb_grpc.DeploymentServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._registry = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._serving: dict[tuple[str, str], Serving] = {}
+        self._reports: dict[tuple[str, str, str], dpb.SidecarTargetStatus] = {}
+        self._changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = asyncio.Event()
+
+    # --- serving -------------------------------------------------------------------------------
+
+    def get(self, program: str, routing_key: str | None = None, environment: str | None = None) -> Loaded:
+        """The version to run this request on: the candidate by weight (by key when given), else stable."""
+        serving = self._find(program, environment)
+        if serving.candidate is not None and (
+            serving.stable is None or takes_candidate(program, serving.weight_percent, routing_key, self.rng)
+        ):
+            return serving.candidate
+        assert serving.stable is not None
+        return serving.stable
+
+    def serving(self, program: str, environment: str | None = None) -> Serving:
+        return self._find(program, environment)
+
+    def _find(self, program: str, environment: str | None) -> Serving:
+        for (p, e), serving in self._serving.items():
+            if p == program and (environment is None or e == environment):
+                return serving
+        raise LookupError(f"no version of {program} is loaded yet")
+
+    async def wait_for(self, check: Callable[[ProgramWatcher], bool], timeout: float = 30.0) -> None:
+        """Wait until `check(self)` holds (re-checked after each swap; LookupError counts as not yet)."""
+
+        def holds() -> bool:
+            try:
+                return check(self)
+            except LookupError:
+                return False
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(holds), timeout)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve what the disk cache holds, then watch (in the background)."""
+        for program, environment in self.targets:
+            await self._restore(program, environment)
+        self._tasks = [
+            asyncio.create_task(self._watch_forever(), name="watch-targets"),
+            asyncio.create_task(self._heartbeat_forever(), name="sidecar-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop watching and tell the server this sidecar is leaving."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await self._watch.ReportSidecarStatus(
+                dpb.ReportSidecarStatusRequest(sidecar_id=self.sidecar_id, leaving=True), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            pass  # the server drops us after three silent heartbeats anyway
+
+    # --- watching ------------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        failures = 0
+        request = dpb.WatchTargetsRequest(sidecar_id=self.sidecar_id)
+        for program, environment in self.targets:
+            request.selectors.add(program=program, environment=environment)
+        while True:
+            request.start_revision = self.revision
+            try:
+                async for message in self._watch.WatchTargets(request):
+                    self.connected.set()
+                    failures = 0
+                    await self._on_message(message)
+            except grpc.aio.AioRpcError as err:
+                log.warning("watch ended (%s: %s); reconnecting", err.code().name, err.details())
+            except Exception:  # e.g. a full disk: keep serving what we have, and try again
+                log.exception("watch failed; reconnecting")
+            self.connected.clear()
+            failures += 1
+            low, high = self.backoff
+            # Full jitter: after a server restart, every sidecar must not come back at once.
+            await asyncio.sleep(self.rng.uniform(low, min(high, low * 2**failures)))
+
+    async def _on_message(self, message: dpb.WatchTargetsResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "snapshot":
+            targets = list(message.snapshot.targets)
+        elif kind == "changes":
+            targets = list(message.changes.targets)
+        else:
+            self.revision = message.revision
+            return
+        for target in targets:
+            await self._apply(target)
+        self.revision = message.revision
+        await self._report()
+
+    async def _apply(self, t: dpb.Target) -> None:
+        key = (t.program, t.environment)
+        current = self._serving.get(key)
+        try:
+            stable = (
+                await self._version(t.program, t.environment, t.stable, current) if t.stable.digest else None
+            )
+            candidate = (
+                await self._version(t.program, t.environment, t.candidate, current)
+                if t.HasField("candidate") and t.candidate.digest
+                else None
+            )
+        except ArtifactError:
+            return  # NACKed in _version; the old version keeps serving
+        serving = Serving(stable, candidate, t.candidate.weight_percent if candidate else 0, t.revision)
+        self._save_target(t)
+        async with self._changed:
+            self._serving[key] = serving  # the swap: one assignment
+            self._changed.notify_all()
+
+    async def _version(self, program: str, environment: str, v: Any, current: Serving | None) -> Loaded:
+        for held in (current.stable, current.candidate) if current else ():
+            if held is not None and held.digest == v.digest and held.version == v.version:
+                return held
+        try:
+            data, media_type = await self._artifact(program, v.digest)
+            value = self.loader(program, data, media_type)
+        except ArtifactError as err:
+            self._record(program, environment, v, err.code, str(err))
+            raise
+        except Exception as err:  # a loader's failure is the sidecar's NACK, whatever it is
+            self._record(program, environment, v, grpc.StatusCode.INVALID_ARGUMENT, f"load failed: {err}")
+            raise ArtifactError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+        self._record(program, environment, v, None, "")
+        return Loaded(program, environment, v.version, v.digest, value)
+
+    async def _artifact(self, program: str, digest: str) -> tuple[bytes, str]:
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        chunks: list[bytes] = []
+        media_type = ""
+        try:
+            async for part in self._registry.GetArtifact(
+                rpb.GetArtifactRequest(program=f"programs/{program}", digest=digest)
+            ):
+                if part.HasField("artifact"):
+                    media_type = part.artifact.media_type
+                chunks.append(part.data)
+        except grpc.aio.AioRpcError as err:
+            raise ArtifactError(err.code(), f"fetching {digest}: {err.details()}") from None
+        data = b"".join(chunks)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ArtifactError(grpc.StatusCode.DATA_LOSS, f"artifact {digest} does not match its digest")
+        self._cache(digest, data, media_type)
+        return data, media_type
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def _record(
+        self, program: str, environment: str, v: Any, code: grpc.StatusCode | None, message: str
+    ) -> None:
+        entry = dpb.SidecarTargetStatus(
+            program=program,
+            environment=environment,
+            version=v.version,
+            digest=v.digest,
+            result=dpb.APPLY_RESULT_ACK if code is None else dpb.APPLY_RESULT_NACK,
+            revision=self.revision,
+        )
+        if code is not None:
+            entry.error_detail.code = code.value[0]
+            entry.error_detail.message = message
+        entry.apply_time.GetCurrentTime()
+        self._reports[(program, environment, v.version)] = entry
+
+    def _entries(self) -> list[dpb.SidecarTargetStatus]:
+        """ACKs of what is served now, and NACKs of versions that failed and are still wanted."""
+        out = []
+        for (program, environment, version), entry in sorted(self._reports.items()):
+            serving = self._serving.get((program, environment))
+            held = {x.version for x in (serving.stable, serving.candidate) if x} if serving else set()
+            if entry.result == dpb.APPLY_RESULT_NACK or version in held:
+                out.append(entry)
+        return out
+
+    async def _report(self) -> None:
+        interval = duration_pb2.Duration()
+        interval.FromNanoseconds(int(self.heartbeat * 1e9))
+        request = dpb.ReportSidecarStatusRequest(
+            sidecar_id=self.sidecar_id,
+            targets=self._entries(),
+            heartbeat_interval=interval,
+            revision=self.revision,
+        )
+        try:
+            await self._watch.ReportSidecarStatus(request, timeout=max(self.heartbeat, 1.0))
+        except grpc.aio.AioRpcError as err:
+            log.warning("status report failed (%s: %s)", err.code().name, err.details())
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if self.connected.is_set():
+                await self._report()
+
+    # --- disk cache ----------------------------------------------------------------------------
+
+    def _cached(self, digest: str) -> tuple[bytes, str] | None:
+        if self.cache_dir is None:
+            return None
+        path = self.cache_dir / "artifacts" / digest.replace(":", "-")
+        try:
+            data = path.read_bytes()
+            media_type = path.with_suffix(".type").read_text()
+        except OSError:
+            return None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            log.warning("cached %s is corrupt; fetching it again", digest)
+            return None
+        return data, media_type
+
+    def _cache(self, digest: str, data: bytes, media_type: str) -> None:
+        if self.cache_dir is not None:
+            path = self.cache_dir / "artifacts" / digest.replace(":", "-")
+            _write_atomically(path.with_suffix(".type"), media_type.encode())
+            _write_atomically(path, data)
+
+    def _target_file(self, program: str, environment: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / "targets" / f"{program}@{environment}.pb"
+
+    def _save_target(self, t: dpb.Target) -> None:
+        path = self._target_file(t.program, t.environment)
+        if path is not None:
+            _write_atomically(path, t.SerializeToString())
+
+    async def _restore(self, program: str, environment: str) -> None:
+        """Serve the last good state from disk, if whole; the server's answer replaces it later."""
+        path = self._target_file(program, environment)
+        if path is None or not path.exists():
+            return
+        target = dpb.Target.FromString(path.read_bytes())
+        for v in (target.stable, target.candidate):
+            if v.digest and self._cached(v.digest) is None:
+                return
+        await self._apply(target)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename: a reader sees the old file or the new one, never part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
