@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ log = logging.getLogger("dspy_registry.client.watcher")
 
 # loader(program, artifact bytes, media type) -> what get() hands out.
 Loader = Callable[[str, bytes, str], Any]
+# on_swap(program, environment, what it serves now): after each swap.
+OnSwap = Callable[[str, str, "Serving"], Awaitable[None]]
 
 
 def load_json_or_bytes(program: str, data: bytes, media_type: str) -> Any:
@@ -59,7 +61,7 @@ def dspy_module_loader(factory: Callable[[], Any], directory: Path) -> Loader:
 
     def load(program: str, data: bytes, media_type: str) -> Any:
         path = directory / f"{program}-{hashlib.sha256(data).hexdigest()[:16]}.json"
-        _write_atomically(path, data)
+        write_atomically(path, data)
         module = factory()
         module.load(str(path))
         return module
@@ -105,6 +107,7 @@ class ProgramWatcher:
         sidecar_id: str,
         cache_dir: Path | None = None,
         loader: Loader = load_json_or_bytes,
+        on_swap: OnSwap | None = None,
         heartbeat: float = 10.0,
         backoff: tuple[float, float] = (0.1, 10.0),
         rng: random.Random | None = None,
@@ -113,6 +116,7 @@ class ProgramWatcher:
         self.sidecar_id = sidecar_id
         self.cache_dir = cache_dir
         self.loader = loader
+        self.on_swap = on_swap
         self.heartbeat = heartbeat
         self.backoff = backoff
         self.rng = rng or random.Random()
@@ -240,6 +244,11 @@ class ProgramWatcher:
         async with self._changed:
             self._serving[key] = serving  # the swap: one assignment
             self._changed.notify_all()
+        if self.on_swap is not None and serving != current:
+            try:
+                await self.on_swap(t.program, t.environment, serving)
+            except Exception:  # the hook's failure must not stop the watch
+                log.exception("on_swap failed for %s in %s", t.program, t.environment)
 
     async def _version(self, program: str, environment: str, v: Any, current: Serving | None) -> Loaded:
         for held in (current.stable, current.candidate) if current else ():
@@ -346,8 +355,8 @@ class ProgramWatcher:
     def _cache(self, digest: str, data: bytes, media_type: str) -> None:
         if self.cache_dir is not None:
             path = self.cache_dir / "artifacts" / digest.replace(":", "-")
-            _write_atomically(path.with_suffix(".type"), media_type.encode())
-            _write_atomically(path, data)
+            write_atomically(path.with_suffix(".type"), media_type.encode())
+            write_atomically(path, data)
 
     def _target_file(self, program: str, environment: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / "targets" / f"{program}@{environment}.pb"
@@ -355,7 +364,7 @@ class ProgramWatcher:
     def _save_target(self, t: dpb.Target) -> None:
         path = self._target_file(t.program, t.environment)
         if path is not None:
-            _write_atomically(path, t.SerializeToString())
+            write_atomically(path, t.SerializeToString())
 
     async def _restore(self, program: str, environment: str) -> None:
         """Serve the last good state from disk, if whole; the server's answer replaces it later."""
@@ -369,7 +378,7 @@ class ProgramWatcher:
         await self._apply(target)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Temporary file, fsync, rename: a reader sees the old file or the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,4 +1,4 @@
-"""`dspy-registry`: the command line. `serve` runs the control plane."""
+"""`dspy-registry`: the command line. `serve` runs the control plane; `sidecar` follows it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from ..client import sidecar
 from . import logs
 from .app import App
 from .config import Config, add_serve_arguments, from_arguments
@@ -77,7 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(serve_parser)
+    sidecar_parser = commands.add_parser(
+        "sidecar",
+        help="follow programs' targets and keep their artifacts in a directory",
+        description=sidecar.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sidecar.add_sidecar_arguments(sidecar_parser)
     args = parser.parse_args(argv)
+    if args.command == "sidecar":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        try:
+            _run(sidecar.run(args))
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
     if args.command == "serve":
         config = from_arguments(args)
         logs.configure(config.log_level, config.log_format)

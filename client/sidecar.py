@@ -1,0 +1,128 @@
+"""`dspy-registry sidecar`: the watcher as a process, for serving code in any language.
+
+For each watched program it keeps, in `--dir`:
+
+    DIR/{program}/sha256-{hex}.json   each served artifact, by digest (.bin when not JSON)
+    DIR/{program}/target.json         {"program", "environment", "revision",
+                                       "stable": {"version", "digest", "file"},
+                                       "candidate": {"version", "digest", "file", "weight_percent"} | null}
+    DIR/ready                         present once every program has a stable version
+
+Every file is written atomically (temporary file, fsync, rename), artifacts
+before the target.json that names them, so a reader that follows target.json
+always finds whole files. Artifacts no longer named are deleted afterwards.
+After each change `--on-change` runs (through the shell) with
+DSPY_REGISTRY_PROGRAM, DSPY_REGISTRY_ENVIRONMENT and DSPY_REGISTRY_TARGET
+(the target.json path) set. A cache under DIR/.cache lets a restarted
+sidecar serve before it reaches the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from .auth import bearer_interceptors
+from .watcher import Loaded, ProgramWatcher, Serving, write_atomically
+
+log = logging.getLogger("dspy_registry.sidecar")
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="127.0.0.1:50051", help="the control plane's host:port")
+    parser.add_argument("--token-file", help="a file holding the bearer token to call with")
+    parser.add_argument("--program", action="append", required=True, help="a program to serve (repeatable)")
+    parser.add_argument("--environment", required=True, help="the environment whose targets to follow")
+    parser.add_argument("--dir", required=True, type=Path, help="where to write artifacts and target.json")
+    parser.add_argument("--id", default=os.environ.get("HOSTNAME", "") or f"sidecar-{os.getpid()}")
+    parser.add_argument("--on-change", default="", help="a shell command to run after each change")
+    parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between status reports")
+
+
+class FileSidecar:
+    def __init__(self, directory: Path, programs: list[str], on_change: str) -> None:
+        self.dir = directory
+        self.programs = programs
+        self.on_change = on_change
+        self.ready: set[str] = set()
+
+    @staticmethod
+    def load(program: str, data: bytes, media_type: str) -> tuple[bytes, str]:
+        return data, media_type
+
+    def _file(self, program: str, loaded: Loaded) -> str:
+        data, media_type = loaded.value
+        name = loaded.digest.replace(":", "-") + (".json" if media_type.endswith("json") else ".bin")
+        path = self.dir / program / name
+        if not path.exists():
+            write_atomically(path, data)
+        return name
+
+    async def on_swap(self, program: str, environment: str, serving: Serving) -> None:
+        target: dict[str, Any] = {
+            "program": program,
+            "environment": environment,
+            "revision": serving.revision,
+            "stable": None,
+            "candidate": None,
+        }
+        if serving.stable is not None:
+            s = serving.stable
+            target["stable"] = {"version": s.version, "digest": s.digest, "file": self._file(program, s)}
+        if serving.candidate is not None:
+            c = serving.candidate
+            target["candidate"] = {
+                "version": c.version,
+                "digest": c.digest,
+                "file": self._file(program, c),
+                "weight_percent": serving.weight_percent,
+            }
+        path = self.dir / program / "target.json"
+        write_atomically(path, json.dumps(target, indent=2).encode())
+        named = {t["file"] for t in (target["stable"], target["candidate"]) if t}
+        for old in (self.dir / program).glob("sha256-*"):
+            if old.name not in named:
+                old.unlink(missing_ok=True)
+        if serving.stable is not None:
+            self.ready.add(program)
+        if self.ready >= set(self.programs):
+            write_atomically(self.dir / "ready", str(serving.revision).encode())
+        if self.on_change:
+            env = dict(os.environ, DSPY_REGISTRY_PROGRAM=program, DSPY_REGISTRY_ENVIRONMENT=environment)
+            env["DSPY_REGISTRY_TARGET"] = str(path)
+            process = await asyncio.create_subprocess_shell(self.on_change, env=env)
+            if await process.wait() != 0:
+                log.warning("--on-change exited with %s", process.returncode)
+
+
+async def run(args: argparse.Namespace) -> None:
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    interceptors = bearer_interceptors(token) if token else None
+    files = FileSidecar(args.dir, args.program, args.on_change)
+    (args.dir / "ready").unlink(missing_ok=True)  # not ready until this run has something to serve
+    async with grpc.aio.insecure_channel(args.server, interceptors=interceptors) as channel:
+        watcher = ProgramWatcher(
+            channel,
+            [(p, args.environment) for p in args.program],
+            sidecar_id=args.id,
+            cache_dir=args.dir / ".cache",
+            loader=FileSidecar.load,
+            on_swap=files.on_swap,
+            heartbeat=args.heartbeat,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await watcher.start()
+        log.info("sidecar %s watching %s in %s", args.id, ", ".join(args.program), args.environment)
+        await stop.wait()
+        await watcher.stop()

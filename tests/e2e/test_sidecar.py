@@ -1,0 +1,139 @@
+"""`dspy-registry sidecar` as real processes beside a real server: files follow each deployment, the
+server SIGKILLed and restarted while they keep their files and then catch up, ACKs in the status."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.e2e.conftest import SERVE, ServerProcess
+from tests.factories import dspy_state, spec_proto
+
+
+def _eventually(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+def _register(server: ServerProcess, version: str) -> None:
+    with server.channel() as channel:
+        spec = pb.ProgramVersionSpec(program="p", version=version, signature="signatures/sig/versions/1.0.0")
+        pb_grpc.RegistryServiceStub(channel).RegisterProgram(
+            pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(f"v{version}"))
+        )  # auto-deploys to development
+
+
+def _target(directory: Path) -> dict[str, object] | None:
+    try:
+        found: dict[str, object] = json.loads((directory / "p" / "target.json").read_text())
+    except FileNotFoundError:
+        return None
+    return found
+
+
+def _stable_version(directory: Path) -> str | None:
+    target = _target(directory)
+    return None if target is None else str(target["stable"]["version"])  # type: ignore[index]
+
+
+async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'r.db'}"
+    server = serve(database, tmp_path / "server.log").start()
+    with server.channel() as channel:
+        pb_grpc.RegistryServiceStub(channel).RegisterSignature(
+            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+        )
+    _register(server, "1.0.0")
+
+    dirs = [tmp_path / f"sidecar-{i}" for i in range(3)]
+    changes = tmp_path / "changes.log"
+    sidecars = []
+    for i, d in enumerate(dirs):
+        with open(tmp_path / f"sidecar-{i}.log", "wb") as log:
+            sidecars.append(
+                subprocess.Popen(
+                    [
+                        str(SERVE),
+                        "sidecar",
+                        "--server",
+                        server.address,
+                        "--token-file",
+                        str(server.token_file),
+                        "--program",
+                        "p",
+                        "--environment",
+                        "development",
+                        "--dir",
+                        str(d),
+                        "--id",
+                        f"pod-{i}",
+                        "--heartbeat",
+                        "1",
+                        "--on-change",
+                        f'echo "$DSPY_REGISTRY_PROGRAM {i}" >> {changes}',
+                    ],  # fmt: skip
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        for d in dirs:
+            _eventually(lambda d=d: (d / "ready").exists() and _stable_version(d) == "1.0.0", "1.0.0 ready")
+        target = _target(dirs[0])
+        assert target is not None
+        stable = target["stable"]
+        assert isinstance(stable, dict)
+        assert (dirs[0] / "p" / stable["file"]).read_bytes() == dspy_state("v1.0.0")
+
+        def status() -> dpb.GetDeploymentStatusResponse:
+            with server.channel() as channel:
+                answer: dpb.GetDeploymentStatusResponse = dpb_grpc.DeploymentServiceStub(
+                    channel
+                ).GetDeploymentStatus(dpb.GetDeploymentStatusRequest(program="p", environment="development"))
+            return answer
+
+        def all_ack(version: str) -> bool:
+            found = status().sidecars
+            return sorted(s.sidecar_id for s in found) == ["pod-0", "pod-1", "pod-2"] and all(
+                [(t.version, t.result) for t in s.targets] == [(version, dpb.APPLY_RESULT_ACK)] for s in found
+            )
+
+        _eventually(lambda: all_ack("1.0.0"), "three ACKs of 1.0.0")
+
+        _register(server, "1.1.0")
+        for d in dirs:
+            _eventually(lambda d=d: _stable_version(d) == "1.1.0", "1.1.0 on disk")
+        assert len(list((dirs[0] / "p").glob("sha256-*"))) == 1  # 1.0.0's file is gone
+        _eventually(lambda: all_ack("1.1.0"), "three ACKs of 1.1.0")
+
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        time.sleep(1.5)  # the sidecars lose the stream, retry, and keep their files
+        assert all(_stable_version(d) == "1.1.0" and (d / "ready").exists() for d in dirs)
+        assert all(s.poll() is None for s in sidecars)
+        server.start()  # the same address: the sidecars keep dialing it
+        _register(server, "1.2.0")
+        for d in dirs:
+            _eventually(lambda d=d: _stable_version(d) == "1.2.0", "caught up to 1.2.0")
+        # --on-change ran after each of the three changes, in each sidecar.
+        _eventually(
+            lambda: all(changes.read_text().splitlines().count(f"p {i}") >= 3 for i in range(3)), "on-change"
+        )
+    finally:
+        for s in sidecars:
+            s.send_signal(signal.SIGTERM)
+        codes = [s.wait(15) for s in sidecars]
+    assert codes == [0, 0, 0]
+    assert list(status().sidecars) == []  # each said it was leaving
+    server.stop()
