@@ -112,6 +112,12 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
     assert "sidecars: ['triage-7f9c-x2k4']" in out  # reported, and live
     assert '"snapshot"' in out and '"progress"' in out  # the watch: a snapshot, then a bookmark when idle
 
+    out = _run_block(_block("sidecar"), server, tmp_path)  # where the walkthrough left production
+    target = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert (target["stable"]["version"], target["candidate"]) == ("1.0.0", None)
+    assert (tmp_path / "serving" / "triage" / target["stable"]["file"]).exists()
+    assert "triage changed: serving/triage/target.json" in out
+
 
 async def test_every_sh_block_in_the_readme_is_tested() -> None:
     blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)

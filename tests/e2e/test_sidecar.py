@@ -46,6 +46,10 @@ def _stable_version(directory: Path) -> str | None:
     return None if target is None else str(target["stable"]["version"])  # type: ignore[index]
 
 
+def _all_serve(dirs: list[Path], version: str) -> None:
+    _eventually(lambda: all(_stable_version(d) == version for d in dirs), f"{version} in every target.json")
+
+
 async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:
@@ -89,8 +93,8 @@ async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
                 )
             )
     try:
-        for d in dirs:
-            _eventually(lambda d=d: (d / "ready").exists() and _stable_version(d) == "1.0.0", "1.0.0 ready")
+        _eventually(lambda: all((d / "ready").exists() for d in dirs), "ready")
+        _all_serve(dirs, "1.0.0")
         target = _target(dirs[0])
         assert target is not None
         stable = target["stable"]
@@ -113,8 +117,7 @@ async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
         _eventually(lambda: all_ack("1.0.0"), "three ACKs of 1.0.0")
 
         _register(server, "1.1.0")
-        for d in dirs:
-            _eventually(lambda d=d: _stable_version(d) == "1.1.0", "1.1.0 on disk")
+        _all_serve(dirs, "1.1.0")
         assert len(list((dirs[0] / "p").glob("sha256-*"))) == 1  # 1.0.0's file is gone
         _eventually(lambda: all_ack("1.1.0"), "three ACKs of 1.1.0")
 
@@ -124,8 +127,7 @@ async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
         assert all(s.poll() is None for s in sidecars)
         server.start()  # the same address: the sidecars keep dialing it
         _register(server, "1.2.0")
-        for d in dirs:
-            _eventually(lambda d=d: _stable_version(d) == "1.2.0", "caught up to 1.2.0")
+        _all_serve(dirs, "1.2.0")  # caught up
         # --on-change ran after each of the three changes, in each sidecar.
         _eventually(
             lambda: all(changes.read_text().splitlines().count(f"p {i}") >= 3 for i in range(3)), "on-change"
