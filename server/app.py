@@ -165,6 +165,11 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
         ("grpc.so_reuseport", 0),
+        # After a restart every sidecar reconnects at once. grpc core cancels calls
+        # beyond 1 000 pending (soft) / 3 000 (hard) by default, which would cancel
+        # part of that burst; the watch hub, not this queue, is what bounds the work.
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 30_000),
         # Watch streams sit idle for long: let clients keep them alive with pings
         # every 10 s or more, even with no call in flight ...
         ("grpc.keepalive_permit_without_calls", 1),
