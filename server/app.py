@@ -97,7 +97,9 @@ class App:
                 service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
                 partly_implemented(
                     SERVICES[1],
-                    DeploymentServicer(environments, deployments, guard, watch, events, Sidecars(self.store)),
+                    DeploymentServicer(
+                        environments, deployments, guard, watch, events, Sidecars(self.store, deployments)
+                    ),
                     guard,
                 ),
                 service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),

@@ -16,6 +16,8 @@ steps of increasing weight, then promotes.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -24,6 +26,7 @@ from typing import Any
 from ..errors import FailedPrecondition, PreconditionViolation
 from .environments import Environment, Strategy, StrategySpec
 from .model import ProgramVersion
+from .sidecars import Report
 from .signatures import Compatibility, Level
 
 
@@ -256,6 +259,72 @@ def fail(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tu
     if d.state not in ACTIVE:
         raise _refuse(d, "fail")
     return _finish(d, State.FAILED, Kind.FAILED, now, actor, reason), _drop_candidate(d, t)
+
+
+ACK_RECHECK_SECONDS = 1.0
+DEFAULT_ACK_TIMEOUT_SECONDS = 300.0
+
+
+def green_acks(d: Deployment, live: Sequence[Report]) -> tuple[int, int, int]:
+    """(ACKed, live, needed): how many live sidecars ACKed the green version, and how many must."""
+    acked = sum(
+        any(
+            a.acked
+            and (a.program, a.environment, a.version, a.digest)
+            == (d.program, d.environment, d.version, d.digest)
+            for a in r.targets
+        )
+        for r in live
+    )
+    needed = math.ceil(len(live) * d.strategy.min_ack_percent / 100)
+    return acked, len(live), needed
+
+
+def switch_when_acked(
+    d: Deployment, t: Target, now: datetime, actor: str, live: Sequence[Report]
+) -> tuple[Deployment, Target]:
+    """The blue-green switch, once `min_ack_percent` of the live sidecars run green.
+
+    Until then the deployment waits (rechecked every second); past `ack_timeout`
+    after the switch fell due it FAILS, naming the count. No live sidecar, nothing
+    to wait for.
+    """
+    acked, count, needed = green_acks(d, live)
+    if acked >= needed:
+        return advance(d, t, now, actor, f"{acked} of {count} live sidecars ACKed {d.version}")
+    s = d.strategy
+    timeout = s.ack_timeout_seconds or DEFAULT_ACK_TIMEOUT_SECONDS  # the contract: 0 means the default
+    deadline = (d.step_start_time or now) + _seconds(s.promote_delay_seconds + timeout)
+    if now >= deadline:
+        reason = (
+            f"{acked} of {count} live sidecars ACKed {d.version} within {timeout:g}s; "
+            f"{needed} needed ({s.min_ack_percent}%)"
+        )
+        return fail(d, t, now, actor, reason)
+    return replace(d, next_step_time=min(now + _seconds(ACK_RECHECK_SECONDS), deadline)), t
+
+
+def nacked(
+    d: Deployment,
+    t: Target,
+    now: datetime,
+    actor: str,
+    sidecar_id: str,
+    version: str,
+    digest: str,
+    error: str,
+) -> tuple[Deployment, Target] | None:
+    """A sidecar could not apply `version`: a blue-green deployment of it FAILS, with the error.
+
+    None when the NACK changes nothing: another version, a deployment no longer in
+    progress (a sidecar repeats its NACK each heartbeat), or a canary (whose pause
+    on a NACK is not built yet).
+    """
+    if d.state is not State.IN_PROGRESS or (d.version, d.digest) != (version, digest):
+        return None
+    if d.strategy.strategy is not Strategy.BLUE_GREEN:
+        return None
+    return fail(d, t, now, actor, f"sidecar {sidecar_id} could not apply {version}: {error}")
 
 
 def abort(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:

@@ -20,7 +20,7 @@ from ..calls import caller
 from ..domain import deployments as dep
 from ..domain import versions
 from ..domain.deployments import Deployment, Kind, Pinned, State, Target
-from ..domain.environments import StrategySpec
+from ..domain.environments import Strategy, StrategySpec
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
 from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError
@@ -327,7 +327,15 @@ class Deployments:
             if d is None or not dep.due(d, now):
                 return 0  # another replica, or a person, got there first
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = dep.advance(d, t, now, "controller")
+            if d.strategy.strategy is not Strategy.BLUE_GREEN:
+                after, target = dep.advance(d, t, now, "controller")
+            else:
+                live = [r for r in await tx.sidecars_serving(d.program, d.environment) if r.live_at(now)]
+                after, target = dep.switch_when_acked(d, t, now, "controller", live)
+                if after.timeline == d.timeline:
+                    # Still waiting for ACKs: only the next check moves; nothing anyone sees changed.
+                    await tx.put_deployment(after)
+                    return 0
             await self._save(tx, after, d, target, t)
             return 1
 
@@ -339,6 +347,21 @@ class Deployments:
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
             after, target = dep.fail(d, t, _now(), "controller", reason)
             await self._save(tx, after, d, target, t)
+
+    async def nacked(
+        self, program: str, environment: str, sidecar_id: str, version: str, digest: str, error: str
+    ) -> Deployment | None:
+        """Act on a sidecar's NACK (see dep.nacked); the deployment it ended, if any."""
+        async with self.store.write() as tx:
+            d = await tx.active_deployment(program, environment)
+            if d is None:
+                return None
+            t = await tx.get_target(program, environment) or Target(program, environment)
+            acted = dep.nacked(d, t, _now(), caller(), sidecar_id, version, digest, error)
+            if acted is None:
+                return None
+            saved, _ = await self._save(tx, acted[0], d, acted[1], t)
+            return saved
 
     async def next_due(self) -> datetime | None:
         async with self.store.read() as tx:

@@ -2,7 +2,9 @@
 
 A report is telemetry, not registry state: it overwrites the sidecar's last
 one and appends no event, so it neither moves the store's revision nor wakes
-a watcher. Liveness is judged when read (three missed heartbeats and a
+a watcher. A NACK is also a signal to the deployment it concerns (a
+blue-green deployment of that version fails), acted on in its own
+transaction. Liveness is judged when read (three missed heartbeats and a
 sidecar is gone); maintenance deletes the rows of those long silent.
 """
 
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from ..domain.sidecars import Report
 from ..errors import NotFound, PermissionDenied
 from ..store.base import Store
+from .deployments import Deployments
 
 
 def _now() -> datetime:
@@ -21,8 +24,9 @@ def _now() -> datetime:
 
 
 class Sidecars:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, store: Store, deployments: Deployments, clock: Callable[[], datetime] = _now) -> None:
         self.store = store
+        self.deployments = deployments
         self.clock = clock
 
     async def report(self, r: Report) -> int:
@@ -39,7 +43,16 @@ class Sidecars:
                 if await tx.get_environment(environment) is None:
                     raise NotFound(f"environments/{environment}")
             await tx.put_sidecar(r)
-            return tx.revision
+            revision = tx.revision
+        # Each NACK may end a deployment: its own transaction, since the report stands either way.
+        for a in r.targets:
+            if not a.acked:
+                ended = await self.deployments.nacked(
+                    a.program, a.environment, r.sidecar_id, a.version, a.digest, a.error_message
+                )
+                if ended is not None:
+                    revision = ended.revision
+        return revision
 
     async def leave(self, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""

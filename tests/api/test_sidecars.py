@@ -184,3 +184,128 @@ async def test_reporting_needs_read_on_each_program_and_an_id_stays_with_its_pri
     finally:
         for channel in channels:
             await channel.close(None)
+
+
+async def test_a_nack_of_the_green_version_fails_a_blue_green_deployment(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    spec = pb.ProgramVersionSpec(program=PROGRAM, version="1.1.0", signature="signatures/sig/versions/1.0.0")
+    await ready.registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state("v2")))
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    await stub.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
+    )
+    blue_green = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_BLUE_GREEN)
+    blue_green.blue_green.auto_promote = False
+    green = (
+        await stub.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.1.0", environment="staging", strategy=blue_green
+            )
+        )
+    ).deployment
+    assert green.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS
+
+    def nack(version: str, digest: str) -> dpb.SidecarTargetStatus:
+        entry = dpb.SidecarTargetStatus(
+            program=PROGRAM, environment="staging", version=version, digest=digest,
+            result=dpb.APPLY_RESULT_NACK, revision=7,
+        )  # fmt: skip
+        entry.error_detail.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        entry.error_detail.message = "unknown module class"
+        return entry
+
+    # A NACK of another version (or digest) is reported, and changes no deployment.
+    await stub.ReportSidecarStatus(_report("pod-a", nack("1.0.0", green.digest)))
+    got = (await stub.GetDeployment(dpb.GetDeploymentRequest(name=green.name))).deployment
+    assert got.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS
+
+    answer = await stub.ReportSidecarStatus(_report("pod-a", nack("1.1.0", green.digest)))
+    got = (await stub.GetDeployment(dpb.GetDeploymentRequest(name=green.name))).deployment
+    assert got.state == dpb.DEPLOYMENT_STATE_FAILED
+    last = got.timeline[-1]
+    assert last.kind == dpb.DEPLOYMENT_EVENT_KIND_FAILED
+    assert last.reason == "sidecar pod-a could not apply 1.1.0: unknown module class"
+    assert answer.revision == got.revision  # the answer reflects the failure it caused
+    status = await stub.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
+    )
+    assert (status.target.stable.version, status.target.HasField("candidate")) == ("1.0.0", False)
+    [sidecar] = status.sidecars
+    assert [t.error_detail.message for t in sidecar.targets] == ["unknown module class"]
+
+    # Said again at the next heartbeat, the NACK changes nothing more.
+    await stub.ReportSidecarStatus(_report("pod-a", nack("1.1.0", green.digest)))
+    again = (await stub.GetDeployment(dpb.GetDeploymentRequest(name=green.name))).deployment
+    assert again.revision == got.revision
+
+
+async def _blue(ready: Running) -> str:
+    """1.0.0 stable in staging, 1.1.0 registered; the blue digest."""
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    spec = pb.ProgramVersionSpec(program=PROGRAM, version="1.1.0", signature="signatures/sig/versions/1.0.0")
+    await ready.registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state("v2")))
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    request = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.0.0", environment="staging", strategy=replace
+    )
+    return str((await stub.CreateDeployment(request)).deployment.digest)
+
+
+async def _green(ready: Running, min_ack_percent: int, ack_timeout: float) -> dpb.Deployment:
+    """1.1.0 staged green in staging, auto-promoted once enough sidecars ACK it."""
+    blue_green = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_BLUE_GREEN)
+    blue_green.blue_green.auto_promote = True
+    blue_green.blue_green.min_ack_percent = min_ack_percent
+    blue_green.blue_green.ack_timeout.FromMilliseconds(int(ack_timeout * 1000))
+    request = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.1.0", environment="staging", strategy=blue_green
+    )
+    created: dpb.CreateDeploymentResponse = await dpb_grpc.DeploymentServiceStub(
+        ready.channel
+    ).CreateDeployment(request)
+    return created.deployment
+
+
+async def _state_after(stub: dpb_grpc.DeploymentServiceStub, name: str, seconds: float) -> dpb.Deployment:
+    """The deployment once it left IN_PROGRESS, or as it is after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        got: dpb.GetDeploymentResponse = await stub.GetDeployment(dpb.GetDeploymentRequest(name=name))
+        d = got.deployment
+        if d.state != dpb.DEPLOYMENT_STATE_IN_PROGRESS or asyncio.get_running_loop().time() > deadline:
+            return d
+        await asyncio.sleep(0.05)
+
+
+async def test_blue_green_switches_once_every_live_sidecar_acked_green(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    blue = _ack(await _blue(ready), environment="staging")
+    await stub.ReportSidecarStatus(_report("pod-a", blue, heartbeat=30))
+    await stub.ReportSidecarStatus(_report("pod-b", blue, heartbeat=30))
+    green = await _green(ready, min_ack_percent=100, ack_timeout=120)
+    assert (await _state_after(stub, green.name, 1.5)).state == dpb.DEPLOYMENT_STATE_IN_PROGRESS
+
+    green_ack = _ack(green.digest, environment="staging")
+    green_ack.version = "1.1.0"
+    await stub.ReportSidecarStatus(_report("pod-a", blue, green_ack, heartbeat=30))
+    assert (await _state_after(stub, green.name, 1.5)).state == dpb.DEPLOYMENT_STATE_IN_PROGRESS  # 1 of 2
+
+    await stub.ReportSidecarStatus(_report("pod-b", blue, green_ack, heartbeat=30))
+    done = await _state_after(stub, green.name, 10)
+    assert done.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+    assert done.timeline[-1].reason == "2 of 2 live sidecars ACKed 1.1.0"
+
+
+async def test_blue_green_fails_when_too_few_sidecars_ack_in_time(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    blue = _ack(await _blue(ready), environment="staging")
+    for pod in ("pod-a", "pod-b", "pod-c"):
+        await stub.ReportSidecarStatus(_report(pod, blue, heartbeat=30))
+    green = await _green(ready, min_ack_percent=50, ack_timeout=1)
+    done = await _state_after(stub, green.name, 10)
+    assert done.state == dpb.DEPLOYMENT_STATE_FAILED
+    assert done.timeline[-1].reason == "0 of 3 live sidecars ACKed 1.1.0 within 1s; 2 needed (50%)"
+    after = await stub.GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
+    )
+    assert (after.target.stable.version, after.target.HasField("candidate")) == ("1.0.0", False)

@@ -10,6 +10,7 @@ import pytest
 from dspy_registry.server.domain import deployments as dep
 from dspy_registry.server.domain.deployments import Deployment, Pinned, State, Target
 from dspy_registry.server.domain.environments import CanaryStep, Strategy, StrategySpec
+from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.server.errors import FailedPrecondition
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -124,3 +125,35 @@ def test_rollback_needs_a_previous_version_and_the_latest_deployment() -> None:
     assert (
         back_to == OLD and target.stable == OLD and target.deployment == "d3" and ended.rolled_back_by == "d3"
     )
+
+
+def _sidecar(name: str, *acked: tuple[str, str]) -> Report:
+    entries = tuple(
+        Applied("p", "production", version, digest, True, 0, "", 1, None) for version, digest in acked
+    )
+    return Report(name, "pod", entries, 10.0, NOW, 1)
+
+
+def test_the_blue_green_switch_waits_for_its_share_of_acks_then_times_out() -> None:
+    green = ("2.0.0", "sha256:" + "b" * 64)
+    spec = StrategySpec(Strategy.BLUE_GREEN, min_ack_percent=50, ack_timeout_seconds=60)
+    d = _deployment(State.IN_PROGRESS, spec, step_start_time=NOW)
+    t = _target(candidate=d.pinned)
+    live = [_sidecar("a", green), _sidecar("b", (OLD.version, OLD.digest)), _sidecar("c")]
+    assert dep.green_acks(d, live) == (1, 3, 2)  # ceil(3 * 50 %)
+    waiting, same = dep.switch_when_acked(d, t, NOW, "controller", live)
+    assert (waiting.state, waiting.next_step_time, same) == (State.IN_PROGRESS, NOW + timedelta(seconds=1), t)
+    # The green version under another digest is no ACK of it.
+    assert dep.green_acks(d, [_sidecar("x", ("2.0.0", "sha256:" + "c" * 64))]) == (0, 1, 1)
+
+    live[1] = _sidecar("b", green)
+    switched, target = dep.switch_when_acked(d, t, NOW, "controller", live)
+    assert (switched.state, target.stable, target.candidate) == (State.SUCCEEDED, d.pinned, None)
+    assert dep.switch_when_acked(d, t, NOW, "controller", [])[0].state is State.SUCCEEDED  # none to wait for
+
+    late = NOW + timedelta(seconds=61)
+    failed, dropped = dep.switch_when_acked(
+        d, t, late, "controller", live[:1] + [_sidecar("b"), _sidecar("c")]
+    )
+    assert failed.state is State.FAILED and dropped.candidate is None
+    assert failed.timeline[-1].reason == "1 of 3 live sidecars ACKed 2.0.0 within 60s; 2 needed (50%)"
