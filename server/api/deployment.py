@@ -472,6 +472,8 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         current_step=d.step + 1,
         step_count=d.step_count,
         weight_percent=d.weight_percent,
+        paused=d.paused,
+        pause_reason=d.pause_reason,
         reason=d.reason,
         creator=d.creator,
         approvals=[

@@ -60,6 +60,8 @@ class Kind(IntEnum):
     ROLLED_BACK = 9
     AUTO_ROLLBACK = 10
     SUPERSEDED = 11
+    PAUSED = 12
+    RESUMED = 13
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class Deployment:
     weight_percent: int = 0
     step_start_time: datetime | None = None
     next_step_time: datetime | None = None  # when the controller acts next; None: nothing to do
+    paused: bool = False  # a canary held at its weight (a sidecar's NACK) until promoted
+    pause_reason: str = ""
     previous_stable: Pinned | None = None
     replaced: str = ""  # the deployment whose result this one replaced
     rollback_of: str = ""  # for a rollback: the deployment it rolled back
@@ -241,9 +245,11 @@ def advance(
 def promote(
     d: Deployment, t: Target, now: datetime, actor: str, full: bool, reason: str
 ) -> tuple[Deployment, Target]:
-    """PromoteDeployment: one step now, or (`full`) straight to stable."""
+    """PromoteDeployment: one step now, or (`full`) straight to stable; a paused canary resumes."""
     if d.state is not State.IN_PROGRESS:
         raise _refuse(d, "promote")
+    if d.paused:
+        d = _note(replace(d, paused=False, pause_reason=""), Kind.RESUMED, now, actor, reason or "resumed")
     return _promote(d, t, now, actor, reason or "promoted") if full else advance(d, t, now, actor, reason)
 
 
@@ -316,15 +322,20 @@ def nacked(
 ) -> tuple[Deployment, Target] | None:
     """A sidecar could not apply `version`: a blue-green deployment of it FAILS, with the error.
 
-    None when the NACK changes nothing: another version, a deployment no longer in
-    progress (a sidecar repeats its NACK each heartbeat), or a canary (whose pause
-    on a NACK is not built yet).
+    A canary PAUSES at its weight instead. None when the NACK changes nothing:
+    another version, a deployment no longer in progress or already paused (a
+    sidecar repeats its NACK each heartbeat), or REPLACE (already done).
     """
     if d.state is not State.IN_PROGRESS or (d.version, d.digest) != (version, digest):
         return None
-    if d.strategy.strategy is not Strategy.BLUE_GREEN:
-        return None
-    return fail(d, t, now, actor, f"sidecar {sidecar_id} could not apply {version}: {error}")
+    reason = f"sidecar {sidecar_id} could not apply {version}: {error}"
+    if d.strategy.strategy is Strategy.BLUE_GREEN:
+        return fail(d, t, now, actor, reason)
+    if d.strategy.strategy is Strategy.CANARY and not d.paused:
+        # Held at its weight, no further step, until a person promotes (resumes) or aborts it.
+        held = replace(d, paused=True, pause_reason=reason, next_step_time=None)
+        return _note(held, Kind.PAUSED, now, actor, reason), t
+    return None
 
 
 def abort(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:
@@ -509,6 +520,8 @@ def to_json(d: Deployment) -> dict[str, object]:
         "weight_percent": d.weight_percent,
         "step_start_time": _time_json(d.step_start_time),
         "next_step_time": _time_json(d.next_step_time),
+        "paused": d.paused,
+        "pause_reason": d.pause_reason,
         "previous_stable": _pinned_json(d.previous_stable),
         "replaced": d.replaced,
         "rollback_of": d.rollback_of,
@@ -558,6 +571,8 @@ def from_json(j: dict[str, Any]) -> Deployment:
         weight_percent=j["weight_percent"],
         step_start_time=_time(j["step_start_time"]),
         next_step_time=_time(j["next_step_time"]),
+        paused=j.get("paused", False),  # absent from rows written before pausing existed
+        pause_reason=j.get("pause_reason", ""),
         previous_stable=_pinned(j["previous_stable"]),
         replaced=j["replaced"],
         rollback_of=j["rollback_of"],

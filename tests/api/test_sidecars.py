@@ -309,3 +309,40 @@ async def test_blue_green_fails_when_too_few_sidecars_ack_in_time(ready: Running
         dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
     )
     assert (after.target.stable.version, after.target.HasField("candidate")) == ("1.0.0", False)
+
+
+async def test_a_nack_pauses_a_canary_at_its_weight_until_promoted(ready: Running) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+    await _blue(ready)
+    canary = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
+    canary.canary.steps.add(weight_percent=10).pause.FromSeconds(1)
+    canary.canary.steps.add(weight_percent=50).pause.FromSeconds(600)
+    request = dpb.CreateDeploymentRequest(
+        program=PROGRAM, version="1.1.0", environment="staging", strategy=canary
+    )
+    d = (await stub.CreateDeployment(request)).deployment
+    entry = dpb.SidecarTargetStatus(
+        program=PROGRAM, environment="staging", version="1.1.0", digest=d.digest,
+        result=dpb.APPLY_RESULT_NACK, revision=7,
+    )  # fmt: skip
+    entry.error_detail.code = grpc.StatusCode.INTERNAL.value[0]
+    entry.error_detail.message = "out of memory loading demos"
+    await stub.ReportSidecarStatus(_report("pod-a", entry))
+    await stub.ReportSidecarStatus(_report("pod-a", entry))  # the next heartbeat says it again
+
+    await asyncio.sleep(1.5)  # past the first step's pause: a running canary would be at 50 % by now
+    paused = (await stub.GetDeployment(dpb.GetDeploymentRequest(name=d.name))).deployment
+    assert (paused.state, paused.paused, paused.weight_percent) == (
+        dpb.DEPLOYMENT_STATE_IN_PROGRESS,
+        True,
+        10,
+    )
+    assert paused.pause_reason == "sidecar pod-a could not apply 1.1.0: out of memory loading demos"
+    assert [e.kind for e in paused.timeline].count(dpb.DEPLOYMENT_EVENT_KIND_PAUSED) == 1
+
+    resumed = (await stub.PromoteDeployment(dpb.PromoteDeploymentRequest(name=d.name))).deployment
+    assert (resumed.paused, resumed.weight_percent) == (False, 50)
+    assert [e.kind for e in resumed.timeline][-2:] == [
+        dpb.DEPLOYMENT_EVENT_KIND_RESUMED,
+        dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED,
+    ]
