@@ -92,7 +92,7 @@ async def test_a_live_sidecar_shows_in_the_status_of_each_target_it_serves(ready
 async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(ready: Running) -> None:
     stub = dpb_grpc.DeploymentServiceStub(ready.channel)
     digest = (await _status(stub)).target.stable.digest
-    await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=0.2))
+    await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=0.5))
     await stub.ReportSidecarStatus(_report("pod-leaving", _ack(digest)))
     await stub.ReportSidecarStatus(_report("pod-steady", _ack(digest)))
     assert [s.sidecar_id for s in (await _status(stub)).sidecars] == [
@@ -102,7 +102,7 @@ async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(ready: Running)
     ]
 
     await stub.ReportSidecarStatus(_report("pod-leaving", leaving=True))
-    await asyncio.sleep(0.2 * 3 + 0.3)  # pod-quick misses three heartbeats
+    await asyncio.sleep(0.5 * 3 + 0.5)  # pod-quick misses three heartbeats
     assert [s.sidecar_id for s in (await _status(stub)).sidecars] == ["pod-steady"]
 
     # Maintenance deletes what is no longer live; a sidecar that comes back is live again.

@@ -20,6 +20,7 @@ from tests.api.conftest import Running, register_signature
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
+SWAPS = 100
 
 
 async def _register(server: Running, version: str) -> None:
@@ -70,18 +71,18 @@ async def test_it_loads_hot_swaps_and_acks_each_version(ready: Running, tmp_path
                 await asyncio.sleep(0)
 
         callers = [asyncio.create_task(caller()) for _ in range(8)]
-        for minor in range(1, 6):
+        for minor in range(1, SWAPS + 1):
             await _register(ready, f"1.{minor}.0")  # auto-deploys to development
             await watcher.wait_for(_serves(f"1.{minor}.0"))
         stop.set()
-        await asyncio.gather(*callers)
-        assert seen <= {(f"1.{m}.0", f"version 1.{m}.0") for m in range(6)}
-        assert ("1.5.0", "version 1.5.0") in seen
+        await asyncio.gather(*callers)  # none raised: zero failed calls
+        assert seen <= {(f"1.{m}.0", f"version 1.{m}.0") for m in range(SWAPS + 1)}
+        assert len(seen) > SWAPS // 2  # the callers ran throughout, across the swaps
 
         async def acked() -> bool:
             found = await _sidecars(ready)
             return [(s.sidecar_id, [(t.version, t.result) for t in s.targets]) for s in found] == [
-                ("pod-1", [("1.5.0", dpb.APPLY_RESULT_ACK)])
+                ("pod-1", [(f"1.{SWAPS}.0", dpb.APPLY_RESULT_ACK)])
             ]
 
         for _ in range(100):
