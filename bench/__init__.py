@@ -96,6 +96,20 @@ server and database (``--only deploy`` runs just these). They use the full
 ``--seconds`` window like every other figure.
 
 Common keys: ``calls`` (completed calls, including failed ones),
+``fanout`` (backend ``sqlite``; ``--only fanout``, sizes ``--streams 1000,5000,10000``)
+    Two ``python -m bench.fanout_client`` processes (8 connections each)
+    hold ``streams`` WatchTargets streams on ``p`` in staging, opened over
+    ``--open-seconds`` (default 2; 0 is a reconnect storm). Every stream must
+    get its snapshot or the run fails. Then 20 REPLACE deployments, one at a
+    time: ``p50_ms`` / ``p99_ms`` run from CreateDeployment returning to the
+    last stream receiving that revision (each client prints the time its
+    last stream got it). ``server_kib_per_idle_stream`` is the server's RSS
+    growth after opening the streams, divided by the streams;
+    ``server_cpu_us_per_delivered_event`` is the server's CPU time over the
+    20 deployments, divided by 20 x streams.
+    Targets (from the issue): at 10 000 streams p50 <= 200 ms, p99 <= 400 ms,
+    <= 32 KiB per idle stream; at 1 000 streams p99 <= 40 ms.
+
 ``errors`` (calls that ended with a non-OK status; ``error_codes`` counts
 them by code), ``seconds`` (wall time of the measured window, until the last
 in-flight call finished), ``throughput_per_s`` (successful calls / seconds),

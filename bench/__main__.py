@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dspy_registry.v1 import deployment_pb2, deployment_pb2_grpc, registry_pb2_grpc
 
 from . import fixtures
-from .common import emit, has_uvloop
+from .common import emit, has_uvloop, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
@@ -342,14 +342,132 @@ def bench_get_deployment_status(backend: str, options: Options) -> dict[str, Any
     }
 
 
+FANOUT_STREAMS = (1_000, 5_000, 10_000)
+FANOUT_DEPLOYMENTS = 20
+FANOUT_CLIENTS = 2
+FANOUT_CHANNELS = 8  # per client process
+
+
+def _server_pid(target: str) -> int:
+    """The pid of the server listening on `target` (found by its command line; Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in argv and target.encode() in argv:
+                return int(entry.name)
+    raise RuntimeError(f"no server process listens on {target}")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def bench_fanout(streams: int, options: Options, open_seconds: float) -> dict[str, Any]:
+    """Time from CreateDeployment returning to the last of `streams` watchers receiving the change."""
+    with _registry("sqlite", options) as registry:
+        _preload_deployment(registry, deploy=True)
+        pid = _server_pid(registry.target)
+        rss_before = _rss_kib(pid)
+        clients = []
+        for i in range(FANOUT_CLIENTS):
+            share = streams // FANOUT_CLIENTS + (1 if i < streams % FANOUT_CLIENTS else 0)
+            command = [sys.executable, "-m", "bench.fanout_client", "--target", registry.target]
+            command += ["--streams", str(share), "--channels", str(FANOUT_CHANNELS)]
+            command += ["--token-file", str(registry.token_file), "--open-seconds", str(open_seconds)]
+            clients.append(
+                subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+        try:
+            for client in clients:
+                assert client.stdout is not None
+                line = client.stdout.readline().strip()
+                if line != "ready":
+                    raise RuntimeError(f"fan-out client failed before it was ready: {line!r}")
+            time.sleep(1.0)  # let the server settle after the opening burst
+            rss_idle = _rss_kib(pid)
+            cpu_before = _cpu_seconds(pid)
+            latencies_ms = []
+            metadata = registry.metadata()
+            with grpc.insecure_channel(registry.target) as channel:
+                stub = deployment_pb2_grpc.DeploymentServiceStub(channel)  # type: ignore[no-untyped-call]
+                for n in range(FANOUT_DEPLOYMENTS):
+                    version = fixtures.DEPLOY_VERSIONS[n % len(fixtures.DEPLOY_VERSIONS)]
+                    reply = stub.CreateDeployment(
+                        fixtures.deploy_request(version), timeout=30.0, metadata=metadata
+                    )
+                    returned = time.time_ns()
+                    revision = reply.deployment.revision
+                    last = 0
+                    for client in clients:
+                        assert client.stdout is not None
+                        while True:  # each client says when all its streams had this revision
+                            _, seen, at = client.stdout.readline().split()
+                            if int(seen) >= revision:
+                                last = max(last, int(at))
+                                break
+                    latencies_ms.append((last - returned) / 1e6)
+            cpu = _cpu_seconds(pid) - cpu_before
+        finally:
+            for client in clients:
+                assert client.stdin is not None
+                client.stdin.close()
+                client.wait(30)
+    ordered = sorted(latencies_ms)
+    p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
+    per_stream_kib = (rss_idle - rss_before) / streams
+    targets = {1_000: (None, 40.0), 10_000: (200.0, 400.0)}.get(streams, (None, None))
+    meets = None
+    if targets != (None, None):
+        meets = (targets[0] is None or p50 <= targets[0]) and (targets[1] is None or p99 <= targets[1])
+    return {
+        "figure": "fanout",
+        "backend": "sqlite",
+        "auth": True,
+        "streams": streams,
+        "client_processes": FANOUT_CLIENTS,
+        "connections": FANOUT_CLIENTS * FANOUT_CHANNELS,
+        "opened_over_s": open_seconds,  # every stream was accepted, or the run fails
+        "deployments": FANOUT_DEPLOYMENTS,
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "server_kib_per_idle_stream": round(per_stream_kib, 1),
+        "server_cpu_us_per_delivered_event": round(cpu / (FANOUT_DEPLOYMENTS * streams) * 1e6, 1),
+        "target": {"p50_ms": targets[0], "p99_ms": targets[1], "kib_per_idle_stream": 32.0},
+        "meets_target": meets if meets is None else bool(meets and per_stream_kib <= 32.0),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per figure")
     parser.add_argument("--warmup", type=float, default=1.0, help="uncounted load before each window")
     parser.add_argument(
         "--only",
-        choices=["echo", "get", "register", "deploy"],
+        choices=["echo", "get", "register", "deploy", "fanout"],
         help="run one benchmark (deploy: create_deployment and get_deployment_status)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=FANOUT_STREAMS,
+        help="fan-out sizes, comma-separated (default 1000,5000,10000)",
+    )
+    parser.add_argument(
+        "--open-seconds",
+        type=float,
+        default=2.0,
+        help="fan-out: spread the streams' opening over this long (0: all at once, a reconnect storm)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--channels", type=int, default=2, help="client channels (connections)")
@@ -383,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         for backend in backends:
             emit(bench_create_deployment(backend, options))
             emit(bench_get_deployment_status(backend, options))
+    if args.only in (None, "fanout"):
+        for streams in args.streams:
+            emit(bench_fanout(streams, options, args.open_seconds))
     return 0
 
 
