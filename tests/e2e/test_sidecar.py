@@ -50,6 +50,20 @@ def _all_serve(dirs: list[Path], version: str) -> None:
     _eventually(lambda: all(_stable_version(d) == version for d in dirs), f"{version} in every target.json")
 
 
+def _start_sidecars(
+    server: ServerProcess, dirs: list[Path], environment: str, changes: Path
+) -> list[subprocess.Popen[bytes]]:
+    """One `dspy-registry sidecar` per directory (ids pod-0, pod-1, ...), following `p`."""
+    sidecars = []
+    for i, d in enumerate(dirs):
+        command = [str(SERVE), "sidecar", "--server", server.address, "--token-file", str(server.token_file)]
+        command += ["--program", "p", "--environment", environment, "--dir", str(d), "--id", f"pod-{i}"]
+        command += ["--heartbeat", "1", "--on-change", f'echo "$DSPY_REGISTRY_PROGRAM {i}" >> {changes}']
+        with open(d.parent / f"{d.name}.log", "wb") as log:
+            sidecars.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    return sidecars
+
+
 async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:
@@ -63,35 +77,7 @@ async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
 
     dirs = [tmp_path / f"sidecar-{i}" for i in range(3)]
     changes = tmp_path / "changes.log"
-    sidecars = []
-    for i, d in enumerate(dirs):
-        with open(tmp_path / f"sidecar-{i}.log", "wb") as log:
-            sidecars.append(
-                subprocess.Popen(
-                    [
-                        str(SERVE),
-                        "sidecar",
-                        "--server",
-                        server.address,
-                        "--token-file",
-                        str(server.token_file),
-                        "--program",
-                        "p",
-                        "--environment",
-                        "development",
-                        "--dir",
-                        str(d),
-                        "--id",
-                        f"pod-{i}",
-                        "--heartbeat",
-                        "1",
-                        "--on-change",
-                        f'echo "$DSPY_REGISTRY_PROGRAM {i}" >> {changes}',
-                    ],  # fmt: skip
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    sidecars = _start_sidecars(server, dirs, "development", changes)
     try:
         _eventually(lambda: all((d / "ready").exists() for d in dirs), "ready")
         _all_serve(dirs, "1.0.0")
@@ -138,4 +124,86 @@ async def test_sidecars_follow_deployments_survive_a_server_kill_and_leave(
         codes = [s.wait(15) for s in sidecars]
     assert codes == [0, 0, 0]
     assert list(status().sidecars) == []  # each said it was leaving
+    server.stop()
+
+
+async def test_blue_green_waits_for_the_sidecars_then_a_canary_and_a_rollback(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    with server.channel() as channel:
+        pb_grpc.RegistryServiceStub(channel).RegisterSignature(
+            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+        )
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        _register(server, version)
+
+    def deploy(version: str, strategy: dpb.DeploymentStrategy) -> dpb.Deployment:
+        with server.channel() as channel:
+            request = dpb.CreateDeploymentRequest(
+                program="p", version=version, environment="staging", strategy=strategy
+            )
+            reply: dpb.CreateDeploymentResponse = dpb_grpc.DeploymentServiceStub(channel).CreateDeployment(
+                request
+            )
+        return reply.deployment
+
+    def get(name: str) -> dpb.Deployment:
+        with server.channel() as channel:
+            reply: dpb.GetDeploymentResponse = dpb_grpc.DeploymentServiceStub(channel).GetDeployment(
+                dpb.GetDeploymentRequest(name=name)
+            )
+        return reply.deployment
+
+    def live_sidecars() -> int:
+        with server.channel() as channel:
+            status = dpb_grpc.DeploymentServiceStub(channel).GetDeploymentStatus(
+                dpb.GetDeploymentStatusRequest(program="p", environment="staging")
+            )
+        return len(status.sidecars)
+
+    deploy("1.0.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
+    dirs = [tmp_path / f"staging-{i}" for i in range(3)]
+    sidecars = _start_sidecars(server, dirs, "staging", tmp_path / "changes.log")
+    try:
+        _all_serve(dirs, "1.0.0")
+        _eventually(lambda: live_sidecars() == 3, "three live sidecars")
+
+        # Blue-green: green is staged, each sidecar loads and ACKs it, then the switch.
+        blue_green = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_BLUE_GREEN)
+        blue_green.blue_green.auto_promote = True
+        green = deploy("1.1.0", blue_green)
+        _eventually(lambda: get(green.name).state == dpb.DEPLOYMENT_STATE_SUCCEEDED, "the switch")
+        assert get(green.name).timeline[-1].reason == "3 of 3 live sidecars ACKed 1.1.0"
+        _all_serve(dirs, "1.1.0")
+
+        # A canary: each sidecar holds stable and candidate with the weight, then 1.2.0 alone.
+        canary = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
+        canary.canary.steps.add(weight_percent=30).pause.FromMilliseconds(800)
+        rollout = deploy("1.2.0", canary)
+
+        def holds_candidate(d: Path) -> bool:
+            target = _target(d)
+            candidate = target and target["candidate"]
+            return isinstance(candidate, dict) and (candidate["version"], candidate["weight_percent"]) == (
+                "1.2.0",
+                30,
+            )
+
+        _eventually(lambda: all(holds_candidate(d) for d in dirs), "the 30 % candidate on disk")
+        _eventually(lambda: get(rollout.name).state == dpb.DEPLOYMENT_STATE_SUCCEEDED, "the canary at 100 %")
+        _all_serve(dirs, "1.2.0")
+
+        with server.channel() as channel:
+            dpb_grpc.DeploymentServiceStub(channel).RollbackDeployment(
+                dpb.RollbackDeploymentRequest(name=rollout.name, reason="worse")
+            )
+        _all_serve(dirs, "1.1.0")
+        target = _target(dirs[0])
+        assert target is not None and target["candidate"] is None
+    finally:
+        for s in sidecars:
+            s.send_signal(signal.SIGTERM)
+        codes = [s.wait(15) for s in sidecars]
+    assert codes == [0, 0, 0]
     server.stop()
