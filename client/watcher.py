@@ -126,6 +126,7 @@ class ProgramWatcher:
         self._registry = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         self._serving: dict[tuple[str, str], Serving] = {}
         self._reports: dict[tuple[str, str, str], dpb.SidecarTargetStatus] = {}
+        self._wanted: dict[tuple[str, str], set[str]] = {}  # the versions each target asks for now
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
@@ -228,6 +229,8 @@ class ProgramWatcher:
     async def _apply(self, t: dpb.Target) -> None:
         key = (t.program, t.environment)
         current = self._serving.get(key)
+        wanted = [t.stable] + ([t.candidate] if t.HasField("candidate") else [])
+        self._wanted[key] = {v.version for v in wanted if v.digest}
         try:
             stable = (
                 await self._version(t.program, t.environment, t.stable, current) if t.stable.digest else None
@@ -312,7 +315,8 @@ class ProgramWatcher:
         for (program, environment, version), entry in sorted(self._reports.items()):
             serving = self._serving.get((program, environment))
             held = {x.version for x in (serving.stable, serving.candidate) if x} if serving else set()
-            if entry.result == dpb.APPLY_RESULT_NACK or version in held:
+            wanted = self._wanted.get((program, environment), set())
+            if version in held if entry.result == dpb.APPLY_RESULT_ACK else version in wanted:
                 out.append(entry)
         return out
 

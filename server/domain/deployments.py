@@ -178,7 +178,8 @@ def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = ""
 
 
 def _finish(d: Deployment, state: State, kind: Kind, now: datetime, actor: str, reason: str) -> Deployment:
-    ended = replace(d, state=state, next_step_time=None, end_time=now)
+    # An ended deployment is not paused any more; why it paused stays in its timeline.
+    ended = replace(d, state=state, next_step_time=None, end_time=now, paused=False, pause_reason="")
     return _note(ended, kind, now, actor, reason)
 
 

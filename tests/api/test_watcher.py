@@ -119,6 +119,20 @@ async def test_a_version_that_fails_to_load_is_nacked_and_the_old_one_kept(ready
         ]
         assert "cannot load 1.1.0" in nack[0].error_detail.message
         assert watcher.get(PROGRAM).version == "1.0.0"  # still serving the last good version
+
+        # Once the target moves past 1.1.0, its NACK is no longer reported.
+        await _register(ready, "1.2.0")
+        await watcher.wait_for(_serves("1.2.0"))
+        for _ in range(200):
+            found = await _sidecars(ready)
+            if [[(t.version, t.result) for t in s.targets] for s in found] == [
+                [("1.2.0", dpb.APPLY_RESULT_ACK)]
+            ]:
+                break
+            await asyncio.sleep(0.05)
+        assert [[(t.version, t.result) for t in s.targets] for s in found] == [
+            [("1.2.0", dpb.APPLY_RESULT_ACK)]
+        ]
     finally:
         await watcher.stop()
 
