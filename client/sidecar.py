@@ -42,7 +42,11 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", action="append", required=True, help="a program to serve (repeatable)")
     parser.add_argument("--environment", required=True, help="the environment whose targets to follow")
     parser.add_argument("--dir", required=True, type=Path, help="where to write artifacts and target.json")
-    parser.add_argument("--id", default=os.environ.get("HOSTNAME", "") or f"sidecar-{os.getpid()}")
+    parser.add_argument(
+        "--id",
+        default=os.environ.get("HOSTNAME", "").lower() or f"sidecar-{os.getpid()}",
+        help="this sidecar's id in status reports (default: $HOSTNAME, e.g. the pod name)",
+    )
     parser.add_argument("--on-change", default="", help="a shell command to run after each change")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between status reports")
 
