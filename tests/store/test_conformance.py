@@ -7,13 +7,14 @@ database (see tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dspy_registry.server.domain import versions
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
+from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
 from dspy_registry.server.store.base import Store, open_store
@@ -361,3 +362,33 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
         assert await tx.compacted_revision() == 3
         assert [e.revision for e in await tx.events_after(0)] == [4]
         assert await tx.current_revision() == 4  # compaction is no change anyone watches
+
+
+async def test_sidecar_reports_replace_each_other_and_expire_by_their_own_heartbeat(store: Store) -> None:
+    def report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
+        applied = tuple(Applied(p, e, v, "sha256:" + "a" * 64, True, 0, "", 3, NOW) for p, e, v in targets)
+        return Report(sidecar, "svc", applied, heartbeat, NOW, 3)
+
+    async with store.write() as tx:
+        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")))
+        await tx.put_sidecar(report("pod-b", 1, ("p", "staging", "1.0.0")))
+        assert tx.revision == 0  # telemetry moves no revision
+    async with store.write() as tx:
+        # The second report of pod-a replaces its first whole: it serves q no more.
+        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.1.0")))
+    async with store.read() as tx:
+        serving_p = await tx.sidecars_serving("p", "staging")
+        assert [(r.sidecar_id, [a.version for a in r.targets]) for r in serving_p] == [
+            ("pod-a", ["1.1.0"]),
+            ("pod-b", ["1.0.0"]),
+        ]
+        assert serving_p[0].targets[0].apply_time == NOW and serving_p[0].heartbeat_seconds == 10
+        assert await tx.sidecars_serving("q", "staging") == []
+    later = NOW + timedelta(seconds=5)  # past pod-b's three 1 s heartbeats, within pod-a's
+    async with store.write() as tx:
+        assert await tx.sidecar_owner("pod-a", later) == "svc"
+        assert await tx.sidecar_owner("pod-b", later) is None
+        assert await tx.forget_silent_sidecars(later) == 1
+        await tx.remove_sidecar("pod-a")
+    async with store.read() as tx:
+        assert await tx.sidecars_serving("p", "staging") == []
