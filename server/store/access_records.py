@@ -120,6 +120,20 @@ def _audit_cursor(after: str | None) -> int:
 class AccessQueries:
     conn: Connection
 
+    async def _keyed_page(
+        self, table: str, columns: str, key: str, where: list[str], args: list[object], page: Page
+    ) -> tuple[Sequence[Row], str | None, int]:
+        """One page of `table` ordered by its unique `key`, after the page's cursor, and the total matching."""
+        condition = " AND ".join(where)
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM {table} WHERE {condition} AND {key} > ? ORDER BY {key} LIMIT ?",
+            *args,
+            page.after or "",
+            page.size + 1,
+        )
+        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM {table} WHERE {condition}", *args)
+        return rows[: page.size], _page(rows, page.size, key), int(total["n"]) if total else 0
+
     # -- principals ----------------------------------------------------------------------
 
     async def count_principals(self) -> int:
@@ -190,17 +204,10 @@ class AccessQueries:
         if not include_disabled:
             where.append("disabled = ?")
             args.append(False)
-        condition = " AND ".join(where)
-        rows = await self.conn.fetch(
-            f"SELECT {_PRINCIPAL_COLUMNS} FROM principals WHERE {condition} AND name > ? "
-            "ORDER BY name LIMIT ?",
-            *args,
-            page.after or "",
-            page.size + 1,
+        rows, next_after, total = await self._keyed_page(
+            "principals", _PRINCIPAL_COLUMNS, "name", where, args, page
         )
-        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM principals WHERE {condition}", *args)
-        items = [_principal(r) for r in rows[: page.size]]
-        return items, _page(rows, page.size, "name"), int(total["n"]) if total else 0
+        return [_principal(r) for r in rows], next_after, total
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -262,19 +269,8 @@ class AccessQueries:
         if active_at is not None:
             where.append("revoked = ? AND (expire_time IS NULL OR expire_time > ?)")
             args += [False, to_us(active_at)]
-        condition = " AND ".join(where)
-        rows = await self.conn.fetch(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
-            *args,
-            page.after or "",
-            page.size + 1,
-        )
-        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM tokens WHERE {condition}", *args)
-        return (
-            [_token(r) for r in rows[: page.size]],
-            _page(rows, page.size, "id"),
-            int(total["n"]) if total else 0,
-        )
+        rows, next_after, total = await self._keyed_page("tokens", _TOKEN_COLUMNS, "id", where, args, page)
+        return [_token(r) for r in rows], next_after, total
 
     # -- grants --------------------------------------------------------------------------
 
@@ -326,19 +322,8 @@ class AccessQueries:
         if resource:
             where.append("resource = ?")
             args.append(resource)
-        condition = " AND ".join(where)
-        rows = await self.conn.fetch(
-            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
-            *args,
-            page.after or "",
-            page.size + 1,
-        )
-        total = await self.conn.fetchrow(f"SELECT COUNT(*) AS n FROM grants WHERE {condition}", *args)
-        return (
-            [_grant(r) for r in rows[: page.size]],
-            _page(rows, page.size, "id"),
-            int(total["n"]) if total else 0,
-        )
+        rows, next_after, total = await self._keyed_page("grants", _GRANT_COLUMNS, "id", where, args, page)
+        return [_grant(r) for r in rows], next_after, total
 
     # -- audit ---------------------------------------------------------------------------
 
