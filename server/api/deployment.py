@@ -7,7 +7,7 @@ after authentication, so that no caller mistakes them for a pretend answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -377,7 +377,7 @@ class DeploymentServicer:
         self, request: pb.ReportSidecarStatusRequest, context: Context
     ) -> pb.ReportSidecarStatusResponse:
         who = identity().name
-        now = datetime.now(UTC)
+        now = self.sidecars.clock()  # the same clock that later judges liveness
         heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
         report = sidecars.Report(
             request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from ..domain.sidecars import Report
 from ..errors import NotFound, PermissionDenied
 from ..store.base import Store
+from ..store.records import Records
 from .deployments import Deployments
 
 
@@ -32,10 +33,7 @@ class Sidecars:
     async def report(self, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
         async with self.store.write() as tx:
-            # A live id belongs to the principal reporting under it: another may not overwrite it.
-            owner = await tx.sidecar_owner(r.sidecar_id, r.time)
-            if owner is not None and owner != r.principal:
-                raise PermissionDenied(r.principal, "report as", f"sidecars/{r.sidecar_id}")
+            await _check_owner(tx, r.sidecar_id, r.principal, r.time)
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
                     raise NotFound(f"programs/{program}")
@@ -57,9 +55,7 @@ class Sidecars:
     async def leave(self, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
         async with self.store.write() as tx:
-            owner = await tx.sidecar_owner(sidecar_id, self.clock())
-            if owner is not None and owner != principal:
-                raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+            await _check_owner(tx, sidecar_id, principal, self.clock())
             await tx.remove_sidecar(sidecar_id)
             return tx.revision
 
@@ -69,3 +65,10 @@ class Sidecars:
         async with self.store.read() as tx:
             found = await tx.sidecars_serving(program, environment)
         return [r for r in found if r.live_at(now)]
+
+
+async def _check_owner(tx: Records, sidecar_id: str, principal: str, now: datetime) -> None:
+    """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
+    owner = await tx.sidecar_owner(sidecar_id, now)
+    if owner is not None and owner != principal:
+        raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
