@@ -1,4 +1,4 @@
-"""DeploymentService: environments today; deployments, watches and metrics follow.
+"""DeploymentService: environments, deployments, watches and sidecar reports; metrics and webhooks follow.
 
 RPCs this class does not define answer UNIMPLEMENTED (server/api/pending.py),
 after authentication, so that no caller mistakes them for a pretend answer.

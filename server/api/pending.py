@@ -19,7 +19,7 @@ from .handlers import method_handler
 
 # Which piece of work brings each service.
 ARRIVES_WITH = {
-    "dspy_registry.v1.DeploymentService": "the deployments, watch and metrics issues (#4-#6)",
+    "dspy_registry.v1.DeploymentService": "the metrics and webhooks issue (#6)",
 }
 
 

@@ -156,7 +156,7 @@ RULES: dict[str, Rule] = {
     # About oneself: anyone; about another principal: admin (checked by the servicer).
     ACCESS + "CheckPermission": Rule(None),
     ACCESS + "ListAuditEvents": Rule(ADMIN, EVERYTHING),
-    # -- DeploymentService (its RPCs answer UNIMPLEMENTED until the deployments issue) ----------
+    # -- DeploymentService (metrics and webhooks answer UNIMPLEMENTED until issue 6) -----------
     DEPLOYMENT + "ListEnvironments": Rule(None),
     DEPLOYMENT + "GetEnvironment": Rule(None),
     DEPLOYMENT + "UpdateEnvironment": Rule(
