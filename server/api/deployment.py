@@ -201,9 +201,8 @@ class DeploymentServicer:
         self.watch = watch
         self.events = events
 
-    async def WatchTargets(self, request: pb.WatchTargetsRequest, context: Context) -> AsyncIterator[bytes]:
-        async for message in self.watch.stream(request):
-            yield message
+    def WatchTargets(self, request: pb.WatchTargetsRequest, context: Context) -> AsyncIterator[bytes]:
+        return self.watch.stream(request)  # not re-yielded: a generator layer costs on every message
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[bytes]:
         kinds = set()

@@ -9,7 +9,6 @@ below R follows (bookmarkable).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -151,14 +150,15 @@ class _Watch:
     async def _live(
         self, sub: Subscriber, last: int, interval: float, asked: tuple[Selector, ...]
     ) -> AsyncIterator[bytes]:
+        queue = sub.queue
         while True:
-            try:
-                revision, message = await asyncio.wait_for(sub.queue.get(), interval)
-            except TimeoutError:
-                if sub.queue.empty():  # everything up to the hub's revision was handed out
-                    last = max(last, self.hub.revision)
+            got = await queue.get(interval)
+            if got is None:
+                if queue.empty():  # nothing waits here, and nothing up to handed_out is still to come
+                    last = max(last, self.hub.handed_out)
                     yield self._progress(last)
                 continue
+            revision, message = got
             if sub.overflowed:
                 raise ResourceExhausted(
                     "watch_queue",

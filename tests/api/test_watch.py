@@ -155,8 +155,27 @@ def test_a_watcher_that_falls_behind_is_cut_off_without_holding_up_the_others() 
         data = {"program": "p", "environment": "staging", "stable": "1.0.0", "stable_digest": "sha256:x"}
         hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
         fast.queue.get_nowait()  # this one keeps up
-    assert slow.overflowed and slow not in hub._subscribers  # cut off: it resumes from its last revision
-    assert not fast.overflowed and fast in hub._subscribers and hub.revision == watch.QUEUE_SIZE + 4
+    assert slow.overflowed and slow not in hub.subscribers()  # cut off: it resumes from its last revision
+    assert not fast.overflowed and fast in hub.subscribers() and hub.revision == watch.QUEUE_SIZE + 4
+
+
+async def test_a_large_fan_out_is_handed_out_over_several_turns_in_revision_order() -> None:
+    """More watchers than one turn's budget: the rest follow on later turns, never R+1 before R."""
+    from dspy_registry.server.domain.model import Event
+
+    hub = watch.Hub(lambda revision, targets: str(revision).encode())
+    hub.start(0)
+    everything = (watch.Selector("*", ""),)
+    subs = [hub.subscribe(everything) for _ in range(watch.DELIVERIES_PER_TURN * 3 + 7)]
+    for revision in (1, 2):
+        data = {"program": "p", "environment": "staging", "stable": f"1.0.{revision}"}
+        hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
+    assert hub.revision == 2 and hub.handed_out == 0  # taken, but not yet in every queue
+    assert sum(sub.queue.qsize() for sub in subs) == watch.DELIVERIES_PER_TURN
+    while hub.handed_out < 2:
+        await asyncio.sleep(0)  # other calls are answered between these turns
+    for sub in subs:
+        assert [sub.queue.get_nowait()[0], sub.queue.get_nowait()[0]] == [1, 2]
 
 
 async def test_revoking_read_ends_the_stream(server: Running) -> None:

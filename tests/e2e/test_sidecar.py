@@ -207,3 +207,81 @@ async def test_blue_green_waits_for_the_sidecars_then_a_canary_and_a_rollback(
         codes = [s.wait(15) for s in sidecars]
     assert codes == [0, 0, 0]
     server.stop()
+
+
+async def test_a_corrupted_artifact_is_nacked_and_fails_the_blue_green_while_the_old_version_serves(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    """Bytes that no longer match their digest (here: rotted in the database) never reach a pod."""
+    import sqlite3
+
+    db = tmp_path / "r.db"
+    server = serve(f"sqlite:///{db}", tmp_path / "server.log").start()
+    with server.channel() as channel:
+        registry = pb_grpc.RegistryServiceStub(channel)
+        registry.RegisterSignature(
+            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+        )
+        for version in ("1.0.0", "1.1.0"):
+            _register(server, version)
+        digest = registry.GetProgramVersion(
+            pb.GetProgramVersionRequest(name="programs/p/versions/1.1.0")
+        ).program_version.artifact.digest
+        deployments = dpb_grpc.DeploymentServiceStub(channel)
+        deployments.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program="p",
+                version="1.0.0",
+                environment="staging",
+                strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+            )
+        )
+    dirs = [tmp_path / f"staging-{i}" for i in range(3)]
+    sidecars = _start_sidecars(server, dirs, "staging", tmp_path / "changes.log")
+    try:
+        _all_serve(dirs, "1.0.0")
+        with sqlite3.connect(db) as rot:  # one flipped byte in 1.1.0's stored artifact
+            (data,) = rot.execute(
+                "SELECT data FROM artifact_chunks WHERE digest = ? AND seq = 0", (digest,)
+            ).fetchone()
+            rotten = bytes([data[0] ^ 0x01]) + data[1:]
+            rot.execute("UPDATE artifact_chunks SET data = ? WHERE digest = ? AND seq = 0", (rotten, digest))
+        with server.channel() as channel:
+            deployments = dpb_grpc.DeploymentServiceStub(channel)
+            blue_green = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_BLUE_GREEN)
+            blue_green.blue_green.auto_promote = True
+            green = deployments.CreateDeployment(
+                dpb.CreateDeploymentRequest(
+                    program="p", version="1.1.0", environment="staging", strategy=blue_green
+                )
+            ).deployment
+
+            def state() -> dpb.Deployment:
+                reply: dpb.GetDeploymentResponse = deployments.GetDeployment(
+                    dpb.GetDeploymentRequest(name=green.name)
+                )
+                return reply.deployment
+
+            _eventually(lambda: state().state == dpb.DEPLOYMENT_STATE_FAILED, "the blue-green failed")
+            failed = state()
+            reason = failed.timeline[-1].reason
+            assert reason.startswith("sidecar pod-") and "could not apply 1.1.0" in reason, reason
+            assert f"artifact {digest} does not match its digest" in reason
+            status = deployments.GetDeploymentStatus(
+                dpb.GetDeploymentStatusRequest(program="p", environment="staging")
+            )
+        # The status stops listing a NACK once nothing wants 1.1.0; each pod still ACKs 1.0.0.
+        assert [(t.version, t.result) for s in status.sidecars for t in s.targets] == [
+            ("1.0.0", dpb.APPLY_RESULT_ACK)
+        ] * 3
+        # Every pod kept the old version on disk, untouched by the rotten bytes.
+        assert all(_stable_version(d) == "1.0.0" and _target(d)["candidate"] is None for d in dirs)  # type: ignore[index]
+        assert not any(
+            path.read_bytes() != dspy_state("v1.0.0") for d in dirs for path in (d / "p").glob("sha256-*")
+        )
+    finally:
+        for s in sidecars:
+            s.send_signal(signal.SIGTERM)
+        codes = [s.wait(15) for s in sidecars]
+    assert codes == [0, 0, 0]
+    server.stop()
