@@ -29,6 +29,7 @@ from .store.base import Store, open_store
 from .usecases.access import Access
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
+from .usecases.metrics import Metrics
 from .usecases.registry import Registry
 from .usecases.sidecars import Sidecars
 from .watch import Hub, deployment_events
@@ -58,6 +59,7 @@ class App:
             self.store,
             request_retention=config.request_retention_seconds,
             event_retention=config.event_retention_seconds,
+            metrics_retention=config.metrics_retention_seconds,
         )
         self.controller: Controller | None = None
 
@@ -71,7 +73,8 @@ class App:
             self.access, enabled=self.config.auth, client_certificates=bool(self.config.tls_client_ca)
         )
         environments = Environments(self.store)
-        deployments = Deployments(self.store)
+        deployments = Deployments(self.store, metrics_retention=self.config.metrics_retention_seconds)
+        metrics = Metrics(self.store, retention_seconds=self.config.metrics_retention_seconds)
         registry.after_register = deployments.auto_deploy
         self.controller = Controller(deployments)
         self.hub = Hub(encode_changes)
@@ -98,7 +101,13 @@ class App:
                 partly_implemented(
                     SERVICES[1],
                     DeploymentServicer(
-                        environments, deployments, guard, watch, events, Sidecars(self.store, deployments)
+                        environments,
+                        deployments,
+                        guard,
+                        watch,
+                        events,
+                        Sidecars(self.store, deployments),
+                        metrics,
                     ),
                     guard,
                 ),

@@ -23,6 +23,7 @@ class Config:
     grace_seconds: float = 10.0
     request_retention_seconds: float = 24 * 3600.0
     event_retention_seconds: float = 24 * 3600.0
+    metrics_retention_seconds: float = 3600.0
     auth: bool = True
     admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
     tls_cert: str = ""
@@ -79,6 +80,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="hours of the event log kept for watchers to resume from; older ones get a fresh snapshot",
     )
     parser.add_argument(
+        "--metrics-retention",
+        type=float,
+        default=float(env("DSPY_REGISTRY_METRICS_RETENTION", "1")),
+        help="hours sidecars' metric windows are kept; analysis looks at most this far back",
+    )
+    parser.add_argument(
         "--admin-token-file",
         default=env("DSPY_REGISTRY_ADMIN_TOKEN_FILE", DEFAULT_ADMIN_TOKEN_FILE),
         help="where the first start of an empty store writes the admin token (mode 0600)",
@@ -127,6 +134,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         grace_seconds=args.grace,
         request_retention_seconds=args.request_retention * 3600,
         event_retention_seconds=args.event_retention * 3600,
+        metrics_retention_seconds=args.metrics_retention * 3600,
         auth=not args.no_auth,
         admin_token_file=args.admin_token_file,
         tls_cert=args.tls_cert,

@@ -5,12 +5,19 @@ Canary steps and blue-green switches are due at their deployment's
 store what is due and takes each step in a transaction that re-reads the
 deployment first, so a restart (even after SIGKILL) carries on from what was
 committed, and two replicas cannot apply a step twice.
+
+Beside it runs analysis: every deployment in progress, and every one that
+succeeded within its environment's monitoring window, is assessed each
+analysis interval (domain.health), and rolled back automatically when its
+version is UNHEALTHY and the policy allows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -21,13 +28,15 @@ log = logging.getLogger("dspy_registry.controller")
 
 IDLE_SECONDS = 1.0  # how long to sleep when nothing is due, at most
 MIN_SECONDS = 0.05
+ANALYSIS_TICK_SECONDS = 0.25  # how often analysis looks for deployments whose interval has passed
 
 
 class Controller:
     def __init__(self, deployments: Deployments) -> None:
         self.deployments = deployments
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._analysed: dict[str, float] = {}  # deployment id -> when (monotonic) it was last analysed
 
     def poke(self) -> None:
         """Something changed (a deployment started): look again now."""
@@ -60,11 +69,38 @@ class Controller:
             except TimeoutError:
                 pass
 
+    async def analyse_once(self) -> int:
+        """Analyse each watched deployment whose interval has passed; how many were rolled back."""
+        now = time.monotonic()
+        watched = await self.deployments.watched_deployments()
+        self._analysed = {i: t for i, t in self._analysed.items() if i in {w for w, _ in watched}}
+        rolled_back = 0
+        for deployment_id, interval in watched:
+            if now - self._analysed.get(deployment_id, -math.inf) < interval:
+                continue
+            self._analysed[deployment_id] = now
+            try:
+                rolled_back += await self.deployments.analyse(deployment_id)
+            except Exception:  # one deployment's failure must not stop the others' analysis
+                log.warning("analysis of deployments/%s failed", deployment_id, exc_info=True)
+        return rolled_back
+
+    async def _analysis_loop(self) -> None:
+        while True:
+            try:
+                await self.analyse_once()
+            except Exception:
+                log.warning("analysis pass failed; retrying", exc_info=True)
+            await asyncio.sleep(ANALYSIS_TICK_SECONDS)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="controller")
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="controller"),
+            asyncio.create_task(self._analysis_loop(), name="analysis"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

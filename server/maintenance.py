@@ -10,14 +10,15 @@ bound. Records older than the retention (`--request-retention`, default 24 h)
 are pruned every `interval`; a retry after that is treated as a new request.
 
 A sidecar silent for three heartbeats is already left out of every answer;
-its rows are deleted here.
+its rows are deleted here, as are metric windows older than
+`--metrics-retention` (default 1 h).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .errors import RegistryError
 from .store.base import Store
@@ -33,11 +34,13 @@ class Maintenance:
         *,
         request_retention: float,
         event_retention: float = 24 * 3600.0,
+        metrics_retention: float = 3600.0,
         interval: float = 600.0,
     ) -> None:
         self.store = store
         self.request_retention = request_retention
         self.event_retention = event_retention
+        self.metrics_retention = metrics_retention
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -47,6 +50,7 @@ class Maintenance:
             await tx.prune_requests(now - int(self.request_retention * 1_000_000))
             await tx.compact_events(now - int(self.event_retention * 1_000_000))
             await tx.forget_silent_sidecars(datetime.now(UTC))
+            await tx.forget_metric_windows(datetime.now(UTC) - timedelta(seconds=self.metrics_retention))
 
     async def _loop(self) -> None:
         while True:

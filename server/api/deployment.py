@@ -7,7 +7,7 @@ after authentication, so that no caller mistakes them for a pretend answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -16,13 +16,14 @@ from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..domain import deployments as dep
 from ..domain import environments as envs
-from ..domain import sidecars
+from ..domain import health, sidecars, versions
 from ..domain.access import Action
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument, PermissionDenied, Violations
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
+from ..usecases.metrics import Assessed, Assessment, Metrics
 from ..usecases.sidecars import Sidecars
 from .context import Context
 from .convert import time_field, timestamp
@@ -193,7 +194,9 @@ class DeploymentServicer:
         watch: TargetWatch,
         events: EventWatch,
         sidecars_: Sidecars,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.environments = environments
         self.deployments = deployments
         self.sidecars = sidecars_
@@ -360,17 +363,28 @@ class DeploymentServicer:
             out.revision = status.target.revision
         if status.deployment is not None:
             out.current_deployment.CopyFrom(deployment_proto(status.deployment))
-        # Live health (sidecar metrics against the thresholds) arrives with the metrics issue;
-        # until then each version shows what it registered, and the verdict stays unspecified.
-        for role, pv in (
-            (pb.TRAFFIC_ROLE_STABLE, status.stable),
-            (pb.TRAFFIC_ROLE_CANDIDATE, status.candidate),
-        ):
-            if pv is not None:
-                out.health.add(version=pv.version, role=role, registered_performance=pv.performance)
+        if status.assessment is not None:
+            out.verdict = int(status.assessment.verdict)  # type: ignore[assignment]
+            for assessed in status.assessment.versions:
+                out.health.append(version_health_proto(assessed, status.assessment))
         for r in await self.sidecars.serving(program, environment):
             out.sidecars.append(sidecar_proto(r, program, environment))
         return out
+
+    async def ReportMetrics(
+        self, request: pb.ReportMetricsRequest, context: Context
+    ) -> pb.ReportMetricsResponse:
+        v = Violations()
+        if not sidecars.SIDECAR_ID_RE.match(request.sidecar_id):
+            v.add("sidecar_id", "must be lowercase letters, digits, '.', '_' or '-' (a pod or host name)")
+        if len(request.windows) > MAX_WINDOWS:
+            v.add("windows", f"at most {MAX_WINDOWS} per call")
+        windows = [_window(request.sidecar_id, w, f"windows[{i}]", v) for i, w in enumerate(request.windows)]
+        v.raise_if_any()
+        # Measurements of a program are a read's worth of trust, as sidecar reports are.
+        await self.guard.authorize_resource(Action.READ, sorted({w.program for w in windows}))
+        accepted, dropped = await self.metrics.report(request.sidecar_id, identity().name, windows)
+        return pb.ReportMetricsResponse(accepted_count=accepted, dropped_count=dropped)
 
     async def ReportSidecarStatus(
         self, request: pb.ReportSidecarStatusRequest, context: Context
@@ -545,6 +559,70 @@ def _rolled_back(pair: tuple[dep.Deployment, dep.Deployment]) -> pb.RollbackDepl
 
 
 _ACKED = {pb.APPLY_RESULT_ACK: True, pb.APPLY_RESULT_NACK: False}
+
+
+MAX_WINDOWS = 1000
+
+
+def _window(sidecar_id: str, m: pb.MetricWindow, at: str, v: Violations) -> health.Window:
+    program = _short(m.program, "programs")
+    environment = _short(m.environment, "environments")
+    v.collect(lambda: check_name(program, f"{at}.program"))
+    v.collect(lambda: check_name(environment, f"{at}.environment"))
+    v.collect(lambda: versions.parse(m.version, f"{at}.version"))
+    if not m.HasField("start_time") or not m.HasField("end_time"):
+        v.add(at, "start_time and end_time are required")
+    window = health.Window(
+        sidecar_id, program, environment, m.version,
+        m.start_time.ToDatetime(UTC), m.end_time.ToDatetime(UTC),
+        m.request_count, m.error_count,
+        tuple(m.latency.bounds_ms) or health.STANDARD_BOUNDS_MS, tuple(m.latency.counts), m.latency.sum_ms,
+        m.feedback_correct, m.feedback_total,
+    )  # fmt: skip
+    health.validate_window(window, at, v)
+    return window
+
+
+def version_health_proto(a: Assessed, found: Assessment) -> pb.VersionHealth:
+    h = a.health
+    totals = h.totals
+    out = pb.VersionHealth(
+        version=h.version,
+        role=_ROLES[a.role],
+        verdict=int(h.verdict),  # type: ignore[arg-type]
+        request_count=totals.request_count,
+        error_count=totals.error_count,
+        feedback_correct=totals.feedback_correct,
+        feedback_total=totals.feedback_total,
+        registered_performance=a.registered,
+    )
+    out.window_start_time.CopyFrom(timestamp(found.window_start))
+    out.window_end_time.CopyFrom(timestamp(found.window_end))
+    for name, value in (
+        ("error_rate", totals.error_rate),
+        ("latency_p95_ms", totals.latency_p95_ms),
+        ("accuracy", totals.accuracy),
+        ("baseline_accuracy", h.baseline_accuracy),
+    ):
+        if value is not None:
+            setattr(out, name, value)
+    for c in h.checks:
+        check = out.checks.add(
+            metric=c.metric,
+            threshold=c.threshold,
+            verdict=int(c.verdict),
+            message=c.message,
+        )
+        if c.value is not None:
+            check.value = c.value
+    return out
+
+
+_ROLES = {
+    "stable": pb.TRAFFIC_ROLE_STABLE,
+    "candidate": pb.TRAFFIC_ROLE_CANDIDATE,
+    "previous": pb.TRAFFIC_ROLE_PREVIOUS,
+}
 
 
 def _applied(m: pb.SidecarTargetStatus) -> sidecars.Applied:

@@ -333,9 +333,7 @@ def nacked(
     if d.strategy.strategy is Strategy.BLUE_GREEN:
         return fail(d, t, now, actor, reason)
     if d.strategy.strategy is Strategy.CANARY and not d.paused:
-        # Held at its weight, no further step, until a person promotes (resumes) or aborts it.
-        held = replace(d, paused=True, pause_reason=reason, next_step_time=None)
-        return _note(held, Kind.PAUSED, now, actor, reason), t
+        return pause(d, now, actor, reason), t
     return None
 
 
@@ -386,12 +384,14 @@ def approve(
 
 
 def roll_back(
-    d: Deployment, t: Target, now: datetime, actor: str, reason: str, by: str
+    d: Deployment, t: Target, now: datetime, actor: str, reason: str, by: str, auto: bool = False
 ) -> tuple[Deployment, Target, Pinned]:
     """RollbackDeployment on `d`: what the target goes back to, and `d` ended ROLLED_BACK.
 
     As the seed's DeploymentTracker#rollback: the previously deployed version
     returns at once; an in-progress canary or blue-green drops its candidate.
+    An automated rollback (`auto`) is noted as AUTO_ROLLBACK first, then ends
+    the same way.
     """
     if d.state not in (State.IN_PROGRESS, State.SUCCEEDED):
         raise _refuse(d, "roll back")
@@ -410,9 +410,28 @@ def roll_back(
             [PreconditionViolation("ROLLBACK", d.resource_name, "No previous version to rollback to")],
         )
     ended = replace(d, rolled_back_by=by)
+    if auto:
+        ended = _note(ended, Kind.AUTO_ROLLBACK, now, actor, reason)
     ended = _finish(ended, State.ROLLED_BACK, Kind.ROLLED_BACK, now, actor, reason)
     target = replace(t, stable=d.previous_stable, candidate=None, candidate_weight=0, deployment=by)
     return ended, target, d.previous_stable
+
+
+def pause(d: Deployment, now: datetime, actor: str, reason: str) -> Deployment:
+    """Hold a canary at its weight, no further step, until a person promotes (resumes) or aborts it."""
+    held = replace(d, paused=True, pause_reason=reason, next_step_time=None)
+    return _note(held, Kind.PAUSED, now, actor, reason)
+
+
+def recheck(d: Deployment, at: datetime) -> Deployment:
+    """Nothing to do yet: look again at `at` (nothing anyone sees changes)."""
+    return replace(d, next_step_time=at)
+
+
+def step_deadline(d: Deployment, monitoring_window_seconds: float) -> datetime:
+    """How long a gated canary step waits for a conclusive verdict before it pauses for a person."""
+    pause_seconds = d.strategy.canary_steps[d.step].pause_seconds if d.strategy.canary_steps else 0.0
+    return (d.step_start_time or d.create_time) + _seconds(pause_seconds + monitoring_window_seconds)
 
 
 def due(d: Deployment, now: datetime) -> bool:

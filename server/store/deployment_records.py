@@ -221,6 +221,17 @@ class TargetQueries:
                 out.add(str(r["environment"]))
         return out
 
+    async def shaping_deployments(self) -> list[Deployment]:
+        """Deployments that shape their target now and are in progress or succeeded: what analysis watches."""
+        rows = await self.conn.fetch(
+            "SELECT d.body FROM deployments d JOIN targets t ON t.deployment = d.id "
+            "AND t.program = d.program AND t.environment = d.environment WHERE d.state IN (?, ?) "
+            "ORDER BY d.id",
+            int(State.IN_PROGRESS),
+            int(State.SUCCEEDED),
+        )
+        return [_deployment(r) for r in rows]
+
     async def due_deployments(self, now: datetime, limit: int = 100) -> list[str]:
         """Deployments in progress whose next step is due: the controller's work list."""
         rows = await self.conn.fetch(

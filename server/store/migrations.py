@@ -288,6 +288,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        8,
+        "sidecars' metric windows",
+        (
+            # Telemetry like sidecar reports: no revision, no event; kept for a bounded time.
+            # The key makes a retried report count once.
+            """CREATE TABLE metric_windows (
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                version TEXT{c} NOT NULL,
+                sidecar_id TEXT{c} NOT NULL,
+                start_time BIGINT NOT NULL,
+                end_time BIGINT NOT NULL,
+                receive_time BIGINT NOT NULL,
+                request_count BIGINT NOT NULL,
+                error_count BIGINT NOT NULL,
+                latency TEXT NOT NULL,
+                feedback_correct BIGINT NOT NULL,
+                feedback_total BIGINT NOT NULL,
+                PRIMARY KEY (program, environment, version, sidecar_id, start_time)
+            )""",
+            "CREATE INDEX metric_windows_by_receipt ON metric_windows (receive_time)",
+            "CREATE INDEX metric_windows_by_sidecar ON metric_windows (sidecar_id, start_time)",
+        ),
+    ),
 )
 
 

@@ -14,19 +14,21 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ..calls import caller
 from ..domain import deployments as dep
 from ..domain import versions
 from ..domain.deployments import Deployment, Kind, Pinned, State, Target
-from ..domain.environments import Strategy, StrategySpec
+from ..domain.environments import Environment, Strategy, StrategySpec
+from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
 from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError
 from ..store.base import Store
 from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
+from .metrics import DEFAULT_RETENTION_SECONDS, Assessment, assess, watched
 from .registry import compatibility
 
 log = logging.getLogger("dspy_registry.deployments")
@@ -64,6 +66,7 @@ class Status:
     deployment: Deployment | None
     stable: ProgramVersion | None
     candidate: ProgramVersion | None
+    assessment: Assessment | None  # live health; None without a target
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
@@ -103,8 +106,9 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
 
 
 class Deployments:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics_retention: float = DEFAULT_RETENTION_SECONDS) -> None:
         self.store = store
+        self.metrics_retention = metrics_retention
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -283,25 +287,29 @@ class Deployments:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            env = await tx.get_environment(d.environment)
-            if env is not None and not env.policy.rollback_enabled:
-                raise FailedPrecondition(f"rollback is disabled in {env.name}")
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            now, actor, new_id = _now(), caller(), _new_id()
-            ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id)
-            previous = await tx.get_program_version(d.program, back_to.version)
-            if previous is not None and previous.yanked:
-                raise FailedPrecondition(
-                    f"cannot roll back to {previous.name}: it is yanked ({previous.yank_reason})"
-                )
-            rolled_back, target = await self._save(tx, ended, d, target, t)
-            # What the rollback itself replaced is what was stable just before it (for a canary
-            # in progress, that is still the old version), never the unfinished candidate.
-            back = replace(
-                _rollback_deployment(new_id, d, back_to, reason, actor, now), previous_stable=t.stable
+            return await record(tx, idem, await self._roll_back_in(tx, d, reason, caller()))
+
+    async def _roll_back_in(
+        self, tx: Records, d: Deployment, reason: str, actor: str, auto: bool = False
+    ) -> tuple[Deployment, Deployment]:
+        """Roll `d` back in `tx`: (the rollback deployment, `d` ended ROLLED_BACK)."""
+        env = await tx.get_environment(d.environment)
+        if env is not None and not env.policy.rollback_enabled:
+            raise FailedPrecondition(f"rollback is disabled in {env.name}")
+        t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+        now, new_id = _now(), _new_id()
+        ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id, auto)
+        previous = await tx.get_program_version(d.program, back_to.version)
+        if previous is not None and previous.yanked:
+            raise FailedPrecondition(
+                f"cannot roll back to {previous.name}: it is yanked ({previous.yank_reason})"
             )
-            saved, _ = await self._save(tx, back, None, target, target)
-            return await record(tx, idem, (saved, rolled_back))
+        rolled_back, target = await self._save(tx, ended, d, target, t)
+        # What the rollback itself replaced is what was stable just before it (for a canary
+        # in progress, that is still the old version), never the unfinished candidate.
+        back = replace(_rollback_deployment(new_id, d, back_to, reason, actor, now), previous_stable=t.stable)
+        saved, _ = await self._save(tx, back, None, target, target)
+        return saved, rolled_back
 
     # -- the controller ----------------------------------------------------------------------
 
@@ -327,6 +335,9 @@ class Deployments:
             if d is None or not dep.due(d, now):
                 return 0  # another replica, or a person, got there first
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            env = await tx.get_environment(d.environment)
+            if d.strategy.strategy is Strategy.CANARY and env is not None and env.policy.monitoring_required:
+                return await self._gated_step(tx, d, t, env, now)
             if d.strategy.strategy is not Strategy.BLUE_GREEN:
                 after, target = dep.advance(d, t, now, "controller")
             else:
@@ -338,6 +349,93 @@ class Deployments:
                     return 0
             await self._save(tx, after, d, target, t)
             return 1
+
+    async def _gated_step(
+        self, tx: Records, d: Deployment, t: Target, env: Environment, now: datetime
+    ) -> int:
+        """A monitored canary step passes only on a HEALTHY verdict of its candidate.
+
+        UNHEALTHY rolls back (where allowed; else the canary pauses with the
+        violations). INCONCLUSIVE waits, rechecking every analysis interval,
+        until the step's deadline (its pause plus the monitoring window), then
+        pauses for a person to promote or abort.
+        """
+        thresholds = env.policy.auto_rollback
+        found = await assess(tx, t, d, env, now, self.metrics_retention)
+        subject = found.subject
+        verdict = subject.health.verdict if subject else Verdict.INCONCLUSIVE
+        if verdict is Verdict.HEALTHY:
+            after, target = dep.advance(d, t, now, "controller", _passed(found))
+            await self._save(tx, after, d, target, t)
+            return 1
+        if verdict is Verdict.UNHEALTHY and subject is not None:
+            if await self._auto_roll_back_in(tx, d, env, subject.health.violations):
+                return 1
+            after = dep.pause(d, now, "controller", "; ".join(subject.health.violations))
+        elif now >= dep.step_deadline(d, thresholds.monitoring_window_seconds):
+            count = subject.health.totals.request_count if subject else 0
+            reason = (
+                f"analysis inconclusive: {count} of {thresholds.min_requests} requests "
+                f"to {d.version} by the step's deadline"
+            )
+            after = dep.pause(d, now, "controller", reason)
+        else:
+            await tx.put_deployment(
+                dep.recheck(d, now + timedelta(seconds=thresholds.analysis_interval_seconds))
+            )
+            return 0
+        await self._save(tx, after, d, t, t)
+        return 1
+
+    async def _auto_roll_back_in(
+        self, tx: Records, d: Deployment, env: Environment, violations: list[str]
+    ) -> bool:
+        """The seed's execute_auto_rollback, where the policy allows it; whether it rolled back."""
+        policy = env.policy
+        if not (policy.rollback_enabled and policy.auto_rollback.enabled) or d.previous_stable is None:
+            return False
+        reason = "Auto-rollback: " + "; ".join(violations)
+        await self._roll_back_in(tx, d, reason, "controller", auto=True)
+        log.warning("Auto-rollback triggered for deployment %s: %s", d.id, ", ".join(violations))
+        return True
+
+    async def analyse(self, deployment_id: str) -> bool:
+        """One analysis of a watched deployment: roll it back if its version is UNHEALTHY.
+
+        In one transaction that re-reads the deployment, so that a person's
+        rollback (or another replica's) racing this one leaves exactly one.
+        """
+        async with self.store.write() as tx:
+            d = await tx.get_deployment(deployment_id)
+            if d is None:
+                return False
+            t = await tx.get_target(d.program, d.environment)
+            env = await tx.get_environment(d.environment)
+            now = _now()
+            if t is None or env is None or not watched(d, t, env, now):
+                return False
+            found = await assess(tx, t, d, env, now, self.metrics_retention)
+            if found.subject is None or found.subject.health.verdict is not Verdict.UNHEALTHY:
+                return False
+            violations = found.subject.health.violations
+            if await self._auto_roll_back_in(tx, d, env, violations):
+                return True
+            if d.state is State.IN_PROGRESS and d.strategy.strategy is Strategy.CANARY and not d.paused:
+                # No rollback allowed: hold the canary for a person rather than go on.
+                await self._save(tx, dep.pause(d, now, "controller", "; ".join(violations)), d, t, t)
+            return False
+
+    async def watched_deployments(self) -> list[tuple[str, float]]:
+        """(deployment id, analysis interval) of every deployment analysis watches now."""
+        now = _now()
+        out = []
+        async with self.store.read() as tx:
+            for d in await tx.shaping_deployments():
+                env = await tx.get_environment(d.environment)
+                t = await tx.get_target(d.program, d.environment)
+                if env is not None and t is not None and watched(d, t, env, now):
+                    out.append((d.id, env.policy.auto_rollback.analysis_interval_seconds))
+        return out
 
     async def _fail(self, deployment_id: str, reason: str) -> None:
         async with self.store.write() as tx:
@@ -413,9 +511,13 @@ class Deployments:
             candidate = (
                 await tx.get_program_version(program, t.candidate.version) if t and t.candidate else None
             )
+            env = await tx.get_environment(environment)
+            found = None
+            if t is not None and env is not None:
+                found = await assess(tx, t, d, env, _now(), self.metrics_retention)
         if t is None and d is None:
             raise NotFound(f"programs/{program}/environments/{environment}/target")
-        return Status(t, d, stable, candidate)
+        return Status(t, d, stable, candidate, found)
 
     async def served(self, program: str, environment: str) -> ProgramVersion:
         """What `environment` serves of `program`: its target's stable version."""
@@ -460,6 +562,14 @@ class Deployments:
                 await self.create_in(tx, request, actor, auto=True)
             except RegistryError as refused:
                 log.warning("auto-deploy of %s to %s refused: %s", pv.name, env.name, refused.message)
+
+
+def _passed(found: Assessment) -> str:
+    h = found.subject.health if found.subject else None
+    if h is None:
+        return "analysis passed"
+    figures = ", ".join(f"{c.metric} {c.value:.4g}" for c in h.checks if c.value is not None)
+    return f"analysis passed: {h.totals.request_count} requests; {figures}"
 
 
 def _rollback_deployment(

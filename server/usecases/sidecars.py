@@ -14,9 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..domain.sidecars import Report
-from ..errors import NotFound, PermissionDenied
+from ..errors import NotFound
 from ..store.base import Store
-from ..store.records import Records
+from .common import check_owner
 from .deployments import Deployments
 
 
@@ -33,7 +33,7 @@ class Sidecars:
     async def report(self, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
         async with self.store.write() as tx:
-            await _check_owner(tx, r.sidecar_id, r.principal, r.time)
+            await check_owner(tx, r.sidecar_id, r.principal, r.time)
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
                     raise NotFound(f"programs/{program}")
@@ -55,7 +55,7 @@ class Sidecars:
     async def leave(self, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
         async with self.store.write() as tx:
-            await _check_owner(tx, sidecar_id, principal, self.clock())
+            await check_owner(tx, sidecar_id, principal, self.clock())
             await tx.remove_sidecar(sidecar_id)
             return tx.revision
 
@@ -65,10 +65,3 @@ class Sidecars:
         async with self.store.read() as tx:
             found = await tx.sidecars_serving(program, environment)
         return [r for r in found if r.live_at(now)]
-
-
-async def _check_owner(tx: Records, sidecar_id: str, principal: str, now: datetime) -> None:
-    """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
-    owner = await tx.sidecar_owner(sidecar_id, now)
-    if owner is not None and owner != principal:
-        raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
