@@ -1,0 +1,287 @@
+"""Live metrics over a real channel, on SQLite and Postgres: reported windows in the status beside their
+thresholds, automated rollback in the seed's words, monitored canary steps gated on the verdict, and a
+manual rollback racing the automatic one."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS
+from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
+from dspy_registry.v1 import registry_pb2 as pb
+from tests.api.conftest import Running, details, register_signature
+from tests.factories import dspy_state
+
+PROGRAM = "sentiment"
+MIN_REQUESTS = 20
+
+
+async def _register(server: Running, version: str, accuracy: float) -> None:
+    spec = pb.ProgramVersionSpec(
+        program=PROGRAM,
+        version=version,
+        signature="signatures/sig/versions/1.0.0",
+        performance={"accuracy": accuracy},
+    )
+    await server.registry.RegisterProgram(
+        pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(f"v{version}"))
+    )
+
+
+@pytest.fixture
+async def ready(server: Running) -> Running:
+    """Staging, monitored, with thresholds a test can reach in a second or two; 1.0.0 stable there."""
+    await register_signature(server.registry, name="sig")
+    for version, accuracy in (("1.0.0", 0.9), ("1.1.0", 0.92), ("1.2.0", 0.95)):
+        await _register(server, version, accuracy)
+    env = dpb.Environment(name="environments/staging")
+    env.policy.monitoring_required = True
+    rules = env.policy.auto_rollback
+    rules.enabled = True
+    rules.min_requests = MIN_REQUESTS
+    rules.analysis_interval.FromMilliseconds(200)
+    rules.monitoring_window.FromSeconds(2)
+    paths = ["policy.monitoring_required", "policy.auto_rollback"]
+    await _stub(server).UpdateEnvironment(
+        dpb.UpdateEnvironmentRequest(environment=env, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    )
+    await _deploy(server, "1.0.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
+    return server
+
+
+def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
+    return dpb_grpc.DeploymentServiceStub(server.channel)
+
+
+async def _deploy(server: Running, version: str, strategy: dpb.DeploymentStrategy) -> dpb.Deployment:
+    reply = await _stub(server).CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version=version, environment="staging", strategy=strategy
+        )
+    )
+    return reply.deployment
+
+
+def _canary(weight: int, pause_seconds: float) -> dpb.DeploymentStrategy:
+    s = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
+    s.canary.steps.add(weight_percent=weight).pause.FromMilliseconds(int(pause_seconds * 1000))
+    return s
+
+
+def window(
+    version: str,
+    requests: int,
+    errors: int = 0,
+    slow_ms: float | None = None,
+    correct: int = 0,
+    labelled: int = 0,
+    start: datetime | None = None,
+) -> dpb.MetricWindow:
+    """`requests` answered in under 5 ms, or all at `slow_ms` when given."""
+    start = start or datetime.now(UTC)
+    out = dpb.MetricWindow(
+        program=PROGRAM, environment="staging", version=version, request_count=requests, error_count=errors,
+        feedback_correct=correct, feedback_total=labelled,
+    )  # fmt: skip
+    out.start_time.FromDatetime(start)
+    out.end_time.FromDatetime(start + timedelta(seconds=1))
+    counts = [0] * (len(STANDARD_BOUNDS_MS) + 1)
+    bucket = 0 if slow_ms is None else next(i for i, b in enumerate(STANDARD_BOUNDS_MS) if slow_ms <= b)
+    counts[bucket] = requests
+    out.latency.counts.extend(counts)
+    out.latency.sum_ms = requests * (slow_ms or 2.0)
+    return out
+
+
+async def _report(
+    server: Running, *windows: dpb.MetricWindow, sidecar: str = "pod-0"
+) -> dpb.ReportMetricsResponse:
+    reply: dpb.ReportMetricsResponse = await _stub(server).ReportMetrics(
+        dpb.ReportMetricsRequest(sidecar_id=sidecar, windows=windows)
+    )
+    return reply
+
+
+async def _get(server: Running, name: str) -> dpb.Deployment:
+    reply: dpb.GetDeploymentResponse = await _stub(server).GetDeployment(dpb.GetDeploymentRequest(name=name))
+    return reply.deployment
+
+
+async def _status(server: Running) -> dpb.GetDeploymentStatusResponse:
+    reply: dpb.GetDeploymentStatusResponse = await _stub(server).GetDeploymentStatus(
+        dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
+    )
+    return reply
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_reported_windows_show_in_the_status_beside_their_thresholds(ready: Running) -> None:
+    start = datetime.now(UTC)
+    first = window("1.0.0", 60, 3, correct=45, labelled=50, start=start)
+    second = window("1.0.0", 40, 0, slow_ms=300, start=start)
+    assert (await _report(ready, first)).accepted_count == 1
+    assert (await _report(ready, second, sidecar="pod-1")).accepted_count == 1
+    assert (await _report(ready, first)).accepted_count == 1  # a retry: accepted, stored once
+    status = await _status(ready)
+    [stable] = status.health
+    assert (stable.version, stable.role) == ("1.0.0", dpb.TRAFFIC_ROLE_STABLE)
+    assert (stable.request_count, stable.error_count) == (100, 3)  # merged across the two sidecars
+    assert stable.error_rate == pytest.approx(0.03)
+    assert 250 < stable.latency_p95_ms <= 500  # 40 % of the requests took 300 ms
+    assert stable.accuracy == pytest.approx(0.9) and stable.baseline_accuracy == pytest.approx(0.9)
+    checks = {c.metric: c for c in stable.checks}
+    assert checks["error_rate"].threshold == pytest.approx(0.05)
+    assert checks["latency_p95_ms"].threshold == 2000
+    assert checks["accuracy_drop"].value == pytest.approx(0.0, abs=1e-9)
+    assert {c.verdict for c in stable.checks} == {dpb.HEALTH_VERDICT_HEALTHY}
+    assert stable.verdict == status.verdict == dpb.HEALTH_VERDICT_HEALTHY
+    assert stable.registered_performance["accuracy"] == pytest.approx(0.9)
+
+
+async def test_bad_windows_are_refused_by_field_and_unknown_targets_dropped(ready: Running) -> None:
+    bad = window("1.0.0", 10, 11)
+    bad.latency.counts[0] = 3  # no longer adds up to request_count
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _report(ready, window("1.0.0", 10), bad)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in details(refused.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    assert {"windows[1].error_count", "windows[1].latency.counts"} <= fields
+    assert (await _status(ready)).health[0].request_count == 0  # nothing of the refused call was kept
+    elsewhere = window("1.0.0", 10)
+    elsewhere.environment = "production"  # no target there
+    old = window("1.0.0", 10, start=datetime.now(UTC) - timedelta(days=1))
+    reply = await _report(ready, window("1.0.0", 10), elsewhere, old)
+    assert (reply.accepted_count, reply.dropped_count) == (1, 2)
+
+
+async def test_a_regression_during_a_canary_rolls_back_by_itself_in_the_seeds_words(ready: Running) -> None:
+    events = _stub(ready).WatchEvents(dpb.WatchEventsRequest(kinds=[dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK]))
+    await events.read()  # the snapshot: the stream is live
+    canary = await _deploy(ready, "1.1.0", _canary(20, 30))
+    await _report(ready, window("1.0.0", 80), window("1.1.0", MIN_REQUESTS, errors=4))  # 20 % errors
+    await _eventually(lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the rollback")
+    ended = await _get(ready, canary.name)
+    kinds = [e.kind for e in ended.timeline]
+    assert kinds[-2:] == [dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK, dpb.DEPLOYMENT_EVENT_KIND_ROLLED_BACK]
+    assert ended.timeline[-1].reason == "Auto-rollback: Error rate 0.2 exceeds threshold 0.05"
+    assert ended.timeline[-1].actor == "controller"
+    status = await _status(ready)
+    assert status.target.stable.version == "1.0.0" and not status.target.HasField("candidate")
+    message = await asyncio.wait_for(events.read(), 5)
+    [event] = message.events.events
+    assert (event.kind, event.deployment, event.version) == (
+        dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK, canary.name, "1.1.0",
+    )  # fmt: skip
+    events.cancel()
+
+
+async def test_latency_and_accuracy_regressions_roll_back_a_completed_deployment_too(ready: Running) -> None:
+    done = await _deploy(ready, "1.1.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
+    assert done.state == dpb.DEPLOYMENT_STATE_SUCCEEDED  # watched for the monitoring window from now
+    await _report(ready, window("1.1.0", MIN_REQUESTS, slow_ms=2300))
+    await _eventually(
+        lambda: _state_is(ready, done.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "latency rollback"
+    )
+    reason = (await _get(ready, done.name)).timeline[-1].reason
+    assert reason.startswith("Auto-rollback: P95 latency ") and reason.endswith("ms exceeds threshold 2000ms")
+
+    # Accuracy against the previous stable measured beside the canary: 0.9 live, 0.7 for 1.2.0.
+    canary = await _deploy(ready, "1.2.0", _canary(50, 30))
+    await _report(
+        ready,
+        window("1.0.0", MIN_REQUESTS, correct=18, labelled=20),
+        window("1.2.0", MIN_REQUESTS, correct=14, labelled=20),
+        sidecar="pod-2",
+    )
+    await _eventually(
+        lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "accuracy rollback"
+    )
+    reason = (await _get(ready, canary.name)).timeline[-1].reason
+    assert reason == "Auto-rollback: Accuracy dropped by 0.2 (threshold: 0.1)"
+
+
+async def _state_is(server: Running, name: str, state: int) -> bool:
+    return (await _get(server, name)).state == state
+
+
+async def test_a_monitored_canary_step_passes_only_on_a_healthy_verdict(ready: Running) -> None:
+    canary = await _deploy(ready, "1.1.0", _canary(30, 0.3))
+    await asyncio.sleep(0.6)  # past the pause, but no traffic yet: it waits
+    waiting = await _get(ready, canary.name)
+    assert waiting.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and waiting.weight_percent == 30
+    await _report(
+        ready, window("1.1.0", MIN_REQUESTS, errors=1), window("1.0.0", 50)
+    )  # 5 %: at the edge, passes
+    await _eventually(
+        lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_SUCCEEDED), "the canary passed"
+    )
+    passed = await _get(ready, canary.name)
+    promoted = [e for e in passed.timeline if e.kind == dpb.DEPLOYMENT_EVENT_KIND_PROMOTED]
+    assert promoted[0].reason.startswith(f"analysis passed: {MIN_REQUESTS} requests; error_rate 0.05")
+
+
+async def test_a_canary_with_too_little_traffic_pauses_for_a_person(ready: Running) -> None:
+    canary = await _deploy(ready, "1.1.0", _canary(10, 0.2))
+
+    async def trickle() -> None:  # a request every 0.3 s: about 7 in the 2 s window, never 20
+        while True:
+            await _report(ready, window("1.1.0", 1, start=datetime.now(UTC)))
+            await asyncio.sleep(0.3)
+
+    feeding = asyncio.create_task(trickle())
+    # The step's deadline: its pause (0.2 s) plus the monitoring window (2 s).
+    await _eventually(lambda: _paused(ready, canary.name), "paused", seconds=8)
+    feeding.cancel()
+    held = await _get(ready, canary.name)
+    found = re.fullmatch(
+        rf"analysis inconclusive: (\d+) of {MIN_REQUESTS} requests to 1.1.0 by the step's deadline",
+        held.pause_reason,
+    )
+    assert found and 0 < int(found[1]) < MIN_REQUESTS, held.pause_reason
+    assert held.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and held.weight_percent == 10
+    assert (await _status(ready)).verdict == dpb.HEALTH_VERDICT_INCONCLUSIVE
+    # A person decides: promote resumes it (to 100 %, the last step).
+    await _stub(ready).PromoteDeployment(dpb.PromoteDeploymentRequest(name=canary.name))
+    assert (await _get(ready, canary.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+
+
+async def _paused(server: Running, name: str) -> bool:
+    return (await _get(server, name)).paused
+
+
+async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(ready: Running) -> None:
+    for attempt in range(3):
+        version = "1.1.0" if attempt % 2 == 0 else "1.2.0"
+        canary = await _deploy(ready, version, _canary(50, 30))
+        bad = window(version, MIN_REQUESTS, errors=MIN_REQUESTS, start=datetime.now(UTC))
+        manual = _stub(ready).RollbackDeployment(
+            dpb.RollbackDeploymentRequest(name=canary.name, reason="by hand")
+        )
+        results = await asyncio.gather(
+            _report(ready, bad, sidecar=f"race-{attempt}"), manual, return_exceptions=True
+        )
+        if isinstance(results[1], grpc.aio.AioRpcError):  # the controller got there first
+            assert results[1].code() == grpc.StatusCode.FAILED_PRECONDITION
+        await asyncio.sleep(0.6)  # analysis runs every 0.2 s: it would have acted by now
+        ended = await _get(ready, canary.name)
+        assert ended.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
+        assert [e.kind for e in ended.timeline].count(dpb.DEPLOYMENT_EVENT_KIND_ROLLED_BACK) == 1
+        rollbacks = await _stub(ready).ListDeployments(
+            dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging", page_size=100)
+        )
+        assert [d.rolled_back_deployment for d in rollbacks.deployments].count(canary.name) == 1
+        assert (await _status(ready)).target.stable.version == "1.0.0"
