@@ -62,7 +62,7 @@ def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
 
 
 async def _deploy(server: Running, version: str, strategy: dpb.DeploymentStrategy) -> dpb.Deployment:
-    reply = await _stub(server).CreateDeployment(
+    reply: dpb.CreateDeploymentResponse = await _stub(server).CreateDeployment(
         dpb.CreateDeploymentRequest(
             program=PROGRAM, version=version, environment="staging", strategy=strategy
         )
