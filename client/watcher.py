@@ -2,8 +2,9 @@
 
     watcher = ProgramWatcher(channel, [("sentiment", "production")], sidecar_id="pod-1", cache_dir=Path("cache"))
     await watcher.start()
-    program = watcher.get("sentiment", routing_key=user_id)   # one whole version, stable or candidate
-    ... program.value ...
+    with watcher.route("sentiment", routing_key=user_id) as program:   # one whole version, measured
+        answer = run(program.value, request)
+    watcher.feedback("sentiment", correct=answer == label, routing_key=user_id)
     await watcher.stop()
 
 It holds one WatchTargets stream. For each change it fetches the artifacts it
@@ -16,17 +17,25 @@ exponential backoff and jitter and resumes from the last revision it saw.
 With `cache_dir`, artifacts are kept on disk by digest with each target's
 last good state, so after a restart it serves before it has reached the
 server, and keeps serving while the server is unreachable.
+
+Every call made through `route()` is measured (latency, and whether it
+raised) for the version that answered, as is the labelled feedback given to
+`feedback()`; every `metrics_interval` the windows go to ReportMetrics, where
+the server's analysis judges a canary by them and rolls it back on a
+regression.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as rpb
 from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
 
+from .measure import Measurements
 from .routing import takes_candidate
 
 log = logging.getLogger("dspy_registry.client.watcher")
@@ -109,6 +119,7 @@ class ProgramWatcher:
         loader: Loader = load_json_or_bytes,
         on_swap: OnSwap | None = None,
         heartbeat: float = 10.0,
+        metrics_interval: float = 5.0,
         backoff: tuple[float, float] = (0.1, 10.0),
         rng: random.Random | None = None,
     ) -> None:
@@ -118,6 +129,8 @@ class ProgramWatcher:
         self.loader = loader
         self.on_swap = on_swap
         self.heartbeat = heartbeat
+        self.metrics_interval = metrics_interval
+        self.measurements = Measurements()
         self.backoff = backoff
         self.rng = rng or random.Random()
         self.revision = 0
@@ -142,6 +155,52 @@ class ProgramWatcher:
             return serving.candidate
         assert serving.stable is not None
         return serving.stable
+
+    @contextlib.contextmanager
+    def route(
+        self, program: str, routing_key: str | None = None, environment: str | None = None
+    ) -> Iterator[Loaded]:
+        """`get()`, measured: the block's latency, and an error if it raises, count for that version."""
+        loaded = self.get(program, routing_key, environment)
+        start = time.perf_counter()
+        failed = False
+        try:
+            yield loaded
+        except Exception:
+            failed = True
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            self.measurements.request(loaded.program, loaded.environment, loaded.version, elapsed_ms, failed)
+
+    def record(self, loaded: Loaded, latency_ms: float, error: bool) -> None:
+        """Measure a call timed by the caller (when a `with` block does not fit)."""
+        self.measurements.request(loaded.program, loaded.environment, loaded.version, latency_ms, error)
+
+    def feedback(
+        self,
+        program: str,
+        correct: bool,
+        routing_key: str | None = None,
+        version: str | None = None,
+        environment: str | None = None,
+    ) -> None:
+        """Labelled feedback on an answer: for `version`, else the version `routing_key` routes to.
+
+        Without either, only a target with no candidate can say which version
+        answered; with a candidate serving, that is a ValueError.
+        """
+        serving = self._find(program, environment)
+        if version is None:
+            if serving.candidate is not None and routing_key is None:
+                raise ValueError(
+                    f"{program} has a candidate: say which version answered (routing_key= or version=)"
+                )
+            version = self.get(program, routing_key, environment).version
+        held = next((x for x in (serving.stable, serving.candidate) if x and x.version == version), None)
+        if held is None:
+            raise LookupError(f"{program} {version} is not served here")
+        self.measurements.feedback(program, held.environment, version, correct)
 
     def serving(self, program: str, environment: str | None = None) -> Serving:
         return self._find(program, environment)
@@ -173,6 +232,7 @@ class ProgramWatcher:
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="watch-targets"),
             asyncio.create_task(self._heartbeat_forever(), name="sidecar-heartbeat"),
+            asyncio.create_task(self._report_metrics_forever(), name="metrics"),
         ]
 
     async def stop(self) -> None:
@@ -181,6 +241,7 @@ class ProgramWatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.report_metrics()  # the last window too
         try:
             await self._watch.ReportSidecarStatus(
                 dpb.ReportSidecarStatusRequest(sidecar_id=self.sidecar_id, leaving=True), timeout=2
@@ -333,6 +394,30 @@ class ProgramWatcher:
             await self._watch.ReportSidecarStatus(request, timeout=max(self.heartbeat, 1.0))
         except grpc.aio.AioRpcError as err:
             log.warning("status report failed (%s: %s)", err.code().name, err.details())
+
+    async def report_metrics(self) -> bool:
+        """Send every closed window the server does not have yet; whether all went."""
+        windows = self.measurements.close()
+        for i in range(0, len(windows), 1000):  # the server takes at most 1000 per call
+            chunk = windows[i : i + 1000]
+            request = dpb.ReportMetricsRequest(sidecar_id=self.sidecar_id, windows=chunk)
+            try:
+                await self._watch.ReportMetrics(request, timeout=max(self.metrics_interval, 1.0))
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.INVALID_ARGUMENT:  # sending it again cannot help
+                    log.error("metrics refused, dropped: %s", err.details())
+                    self.measurements.sent(chunk)
+                    continue
+                # Kept and sent again next time; the server counts a window once.
+                log.warning("metrics report failed (%s: %s)", err.code().name, err.details())
+                return False
+            self.measurements.sent(chunk)
+        return True
+
+    async def _report_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_interval)
+            await self.report_metrics()
 
     async def _heartbeat_forever(self) -> None:
         while True:
