@@ -191,8 +191,9 @@ def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Th
     """The seed's three checks, with min_requests: too few requests is INCONCLUSIVE, not HEALTHY.
 
     A violation is a violation once min_requests is reached. Accuracy is
-    checked only with both a baseline and labelled feedback; without them it
-    does not make the verdict inconclusive (many programs have no labels).
+    checked only with a baseline and at least min_requests labelled answers;
+    without them it does not make the verdict inconclusive (many programs
+    have no labels).
     """
     enough = totals.request_count >= max(1, t.min_requests)
     checks = []
@@ -210,7 +211,8 @@ def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Th
             f"P95 latency {_figure(p95 or 0)}ms exceeds threshold {_figure(t.latency_p95_ms)}ms",
         )
     )  # fmt: skip
-    accuracy = totals.accuracy
+    # Accuracy from a handful of labels is noise: it counts from min_requests labelled answers.
+    accuracy = totals.accuracy if totals.feedback_total >= max(1, t.min_requests) else None
     drop = None if accuracy is None or baseline_accuracy is None else baseline_accuracy - accuracy
     if drop is not None:
         checks.append(

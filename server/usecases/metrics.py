@@ -89,9 +89,9 @@ async def assess(
         registered = dict(pv.performance) if pv else {}
         baseline = registered.get("accuracy")
         if version == subject_version and baseline_version and baseline_version != version:
-            live = totals[baseline_version].accuracy  # the previous stable, measured beside it
-            if live is not None:
-                baseline = live
+            measured = totals[baseline_version]  # the previous stable, measured beside it
+            if measured.accuracy is not None and measured.feedback_total >= thresholds.min_requests:
+                baseline = measured.accuracy
         assessed = Assessed(role, health.analyse(version, totals[version], baseline, thresholds), registered)
         out.append(assessed)
         if version == subject_version:

@@ -139,3 +139,11 @@ def test_a_malformed_window_is_named_by_field(change: dict[str, object], field: 
     with pytest.raises(InvalidArgument) as raised:
         v.raise_if_any()
     assert field in [f.field for f in raised.value.violations]
+
+
+def test_accuracy_counts_only_from_min_requests_labelled_answers() -> None:
+    thresholds = Thresholds(min_requests=100)
+    few = analyse("1.1.0", merge([window(100, 0, correct=1, total=99)]), 0.9, thresholds)
+    assert few.verdict is Verdict.HEALTHY and "accuracy_drop" not in [c.metric for c in few.checks]
+    enough = analyse("1.1.0", merge([window(100, 0, correct=1, total=100)]), 0.9, thresholds)
+    assert enough.verdict is Verdict.UNHEALTHY
