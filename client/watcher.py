@@ -197,9 +197,9 @@ class ProgramWatcher:
                     f"{program} has a candidate: say which version answered (routing_key= or version=)"
                 )
             version = self.get(program, routing_key, environment).version
-        held = next((x for x in (serving.stable, serving.candidate) if x and x.version == version), None)
-        if held is None:
-            raise LookupError(f"{program} {version} is not served here")
+        # A named version counts even if it was swapped out while it answered: it did answer.
+        held = serving.stable or serving.candidate
+        assert held is not None
         self.measurements.feedback(program, held.environment, version, correct)
 
     def serving(self, program: str, environment: str | None = None) -> Serving:
