@@ -28,7 +28,8 @@ log = logging.getLogger("dspy_registry.controller")
 
 IDLE_SECONDS = 1.0  # how long to sleep when nothing is due, at most
 MIN_SECONDS = 0.05
-ANALYSIS_TICK_SECONDS = 0.25  # how often analysis looks for deployments whose interval has passed
+ANALYSIS_TICK_MIN_SECONDS = 0.05  # bounds on how often analysis looks for deployments whose interval passed
+ANALYSIS_TICK_MAX_SECONDS = 1.0
 
 
 class Controller:
@@ -37,6 +38,7 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._analysed: dict[str, float] = {}  # deployment id -> when (monotonic) it was last analysed
+        self.tick = ANALYSIS_TICK_MAX_SECONDS
 
     def poke(self) -> None:
         """Something changed (a deployment started): look again now."""
@@ -73,6 +75,10 @@ class Controller:
         """Analyse each watched deployment whose interval has passed; how many were rolled back."""
         now = time.monotonic()
         watched = await self.deployments.watched_deployments()
+        shortest = min((interval for _, interval in watched), default=ANALYSIS_TICK_MAX_SECONDS * 4)
+        # A quarter of the shortest interval: an analysis comes at most that late, and an idle
+        # server (nothing watched) looks once a second.
+        self.tick = min(ANALYSIS_TICK_MAX_SECONDS, max(ANALYSIS_TICK_MIN_SECONDS, shortest / 4))
         self._analysed = {i: t for i, t in self._analysed.items() if i in {w for w, _ in watched}}
         rolled_back = 0
         for deployment_id, interval in watched:
@@ -91,7 +97,7 @@ class Controller:
                 await self.analyse_once()
             except Exception:
                 log.warning("analysis pass failed; retrying", exc_info=True)
-            await asyncio.sleep(ANALYSIS_TICK_SECONDS)
+            await asyncio.sleep(self.tick)
 
     def start(self) -> None:
         self._tasks = [

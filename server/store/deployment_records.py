@@ -221,16 +221,18 @@ class TargetQueries:
                 out.add(str(r["environment"]))
         return out
 
-    async def shaping_deployments(self) -> list[Deployment]:
-        """Deployments that shape their target now and are in progress or succeeded: what analysis watches."""
+    async def shaping_deployments(self) -> list[tuple[Deployment, Target]]:
+        """Deployments in progress or succeeded that shape their target now, with it: what analysis watches."""
         rows = await self.conn.fetch(
-            "SELECT d.body FROM deployments d JOIN targets t ON t.deployment = d.id "
+            "SELECT d.body, t.program, t.environment, t.stable_version, t.stable_digest, t.candidate_version, "
+            "t.candidate_digest, t.candidate_weight, t.deployment, t.revision, t.update_time "
+            "FROM deployments d JOIN targets t ON t.deployment = d.id "
             "AND t.program = d.program AND t.environment = d.environment WHERE d.state IN (?, ?) "
             "ORDER BY d.id",
             int(State.IN_PROGRESS),
             int(State.SUCCEEDED),
         )
-        return [_deployment(r) for r in rows]
+        return [(_deployment(r), _target(r)) for r in rows]
 
     async def due_deployments(self, now: datetime, limit: int = 100) -> list[str]:
         """Deployments in progress whose next step is due: the controller's work list."""
@@ -250,6 +252,13 @@ class TargetQueries:
             int(State.IN_PROGRESS),
         )
         return to_datetime(row["t"]) if row and row["t"] is not None else None
+
+    async def deployment_counts(self) -> dict[tuple[str, State], int]:
+        """How many deployments each environment has in each state (the telemetry gauge's numbers)."""
+        rows = await self.conn.fetch(
+            "SELECT environment, state, COUNT(*) AS n FROM deployments GROUP BY environment, state"
+        )
+        return {(str(r["environment"]), State(r["state"])): int(r["n"]) for r in rows}
 
     async def list_deployments(
         self,

@@ -394,6 +394,10 @@ class Deployments:
         policy = env.policy
         if not (policy.rollback_enabled and policy.auto_rollback.enabled) or d.previous_stable is None:
             return False
+        if d.rollback_of or d.previous_stable == d.pinned:
+            # Rolling a rollback back returns to what just failed (or to itself): a person decides.
+            log.warning("deployments/%s (a rollback) is unhealthy: %s", d.id, ", ".join(violations))
+            return False
         reason = "Auto-rollback: " + "; ".join(violations)
         await self._roll_back_in(tx, d, reason, "controller", auto=True)
         log.warning("Auto-rollback triggered for deployment %s: %s", d.id, ", ".join(violations))
@@ -426,15 +430,16 @@ class Deployments:
             return False
 
     async def watched_deployments(self) -> list[tuple[str, float]]:
-        """(deployment id, analysis interval) of every deployment analysis watches now."""
+        """(deployment id, analysis interval) of every deployment analysis watches now (two queries)."""
         now = _now()
-        out = []
         async with self.store.read() as tx:
-            for d in await tx.shaping_deployments():
-                env = await tx.get_environment(d.environment)
-                t = await tx.get_target(d.program, d.environment)
-                if env is not None and t is not None and watched(d, t, env, now):
-                    out.append((d.id, env.policy.auto_rollback.analysis_interval_seconds))
+            envs = {e.name: e for e in await tx.environments()}
+            shaping = await tx.shaping_deployments()
+        out = []
+        for d, t in shaping:
+            env = envs.get(d.environment)
+            if env is not None and watched(d, t, env, now):
+                out.append((d.id, env.policy.auto_rollback.analysis_interval_seconds))
         return out
 
     async def _fail(self, deployment_id: str, reason: str) -> None:

@@ -285,3 +285,17 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
         )
         assert [d.rolled_back_deployment for d in rollbacks.deployments].count(canary.name) == 1
         assert (await _status(ready)).target.stable.version == "1.0.0"
+
+
+async def test_a_rollback_is_not_itself_rolled_back_when_the_old_version_is_unhealthy_too(
+    ready: Running,
+) -> None:
+    canary = await _deploy(ready, "1.1.0", _canary(50, 30))
+    await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
+    await _eventually(lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the rollback")
+    rollback = (await _get(ready, canary.name)).rollback_deployment
+    await _report(ready, window("1.0.0", MIN_REQUESTS, errors=MIN_REQUESTS), sidecar="pod-9")  # bad as well
+    await asyncio.sleep(0.8)  # four analysis intervals
+    assert (await _get(ready, rollback)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED  # a person decides now
+    status = await _status(ready)
+    assert status.target.stable.version == "1.0.0" and status.verdict == dpb.HEALTH_VERDICT_UNHEALTHY
