@@ -17,21 +17,24 @@ from .api.access import AccessServicer
 from .api.deployment import DeploymentServicer
 from .api.guard import Guard
 from .api.handlers import service_handler
-from .api.pending import partly_implemented
 from .api.registry import RegistryServicer
 from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
+from .domain.webhooks import parse_networks
 from .maintenance import Maintenance
+from .notifier import Notifier
 from .store.base import Store, open_store
+from .telemetry import Telemetry
 from .usecases.access import Access
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.metrics import Metrics
 from .usecases.registry import Registry
 from .usecases.sidecars import Sidecars
+from .usecases.webhooks import Webhooks
 from .watch import Hub, deployment_events
 
 log = logging.getLogger("dspy_registry.server")
@@ -49,11 +52,18 @@ MAX_MESSAGE = UNARY_ARTIFACT_LIMIT + 256 * 1024
 class App:
     """A running server. `start()` opens the store (migrations), then serves."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
+        """`telemetry`: providers of the caller's (tests); by default what the config asks for."""
         self.config = config
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.server = grpc.aio.server(options=server_options(config))
+        self.telemetry = (
+            telemetry
+            if telemetry is not None
+            else Telemetry.from_config(config.telemetry_exporter, config.metrics_listen)
+        )
+        interceptors = self.telemetry.server_interceptors() if self.telemetry else []
+        self.server = grpc.aio.server(interceptors=interceptors or None, options=server_options(config))
         self.port = 0
         self.maintenance = Maintenance(
             self.store,
@@ -62,8 +72,12 @@ class App:
             metrics_retention=config.metrics_retention_seconds,
         )
         self.controller: Controller | None = None
+        self.webhook_allow = parse_networks(config.webhook_allow)  # a bad network fails the start
+        self.notifier: Notifier | None = None
 
     async def start(self) -> int:
+        if self.telemetry is not None:
+            self.telemetry.serve_metrics()  # first: a port in use fails before the store is open
         await self.store.open()
         registry = Registry(
             self.store, guard_mode=self.config.semver_guard, upload_limit=self.config.upload_limit
@@ -77,6 +91,8 @@ class App:
         metrics = Metrics(self.store, retention_seconds=self.config.metrics_retention_seconds)
         registry.after_register = deployments.auto_deploy
         self.controller = Controller(deployments)
+        webhooks = Webhooks(self.store, self.webhook_allow)
+        self.notifier = Notifier(webhooks)
         self.hub = Hub(encode_changes)
         async with self.store.read() as tx:
             self.hub.start(await tx.current_revision())
@@ -85,9 +101,13 @@ class App:
         self.events_hub.start(revision)
         for hub in (self.hub, self.events_hub):
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
+        if self.telemetry is not None:
+            await self.telemetry.start(self.store, {"targets": self.hub, "events": self.events_hub})
+        observe = self.telemetry.observe_rpc if self.telemetry else None
         watch = TargetWatch(self.store, self.hub, guard)
         events = EventWatch(self.store, self.events_hub, guard)
         self.store.commits.subscribe(self.controller.on_commit)
+        self.store.commits.subscribe(self.notifier.on_commit)
         await environments.seed(
             load_toml(Path(self.config.config).read_text()) if self.config.config else None
         )
@@ -97,8 +117,8 @@ class App:
             log.warning("authentication is OFF (--no-auth): every caller acts as admin")
         self.server.add_generic_rpc_handlers(
             [
-                service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard),
-                partly_implemented(
+                service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard, observe),
+                service_handler(
                     SERVICES[1],
                     DeploymentServicer(
                         environments,
@@ -108,10 +128,12 @@ class App:
                         events,
                         Sidecars(self.store, deployments),
                         metrics,
+                        webhooks,
                     ),
                     guard,
+                    observe,
                 ),
-                service_handler(SERVICES[2], AccessServicer(self.access, guard), guard),
+                service_handler(SERVICES[2], AccessServicer(self.access, guard), guard, observe),
             ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -130,6 +152,7 @@ class App:
         await self.server.start()
         self.maintenance.start()
         self.controller.start()
+        self.notifier.start()
         # Migrations ran in store.open(): only now does health say SERVING.
         for name in ["", *(s.full_name for s in SERVICES)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -152,6 +175,10 @@ class App:
         await self.maintenance.stop()
         if self.controller is not None:
             await self.controller.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
+        if self.telemetry is not None:
+            await self.telemetry.stop()  # after the server: the last calls' spans are flushed too
         await self.store.close()
         ACCESS_LOG.flush()
         log.info("stopped")

@@ -30,9 +30,12 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""
     max_concurrent_streams: int = 1000
+    webhook_allow: tuple[str, ...] = ()  # networks webhooks may reach although private or loopback
     config: str = ""
     log_level: str = "info"
     log_format: str = "json"
+    telemetry_exporter: str = "none"  # none, console or otlp: where spans and metrics go
+    metrics_listen: str = ""  # host:port of a Prometheus scrape endpoint; "" for none
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +117,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent calls one HTTP/2 connection may hold open",
     )
     parser.add_argument(
+        "--webhook-allow",
+        action="append",
+        default=[env("DSPY_REGISTRY_WEBHOOK_ALLOW")] if env("DSPY_REGISTRY_WEBHOOK_ALLOW") else None,
+        metavar="CIDR[,CIDR...]",
+        help="networks webhook URLs may resolve to although they are private, loopback or link-local "
+        "(refused otherwise), e.g. 127.0.0.0/8; repeatable (env DSPY_REGISTRY_WEBHOOK_ALLOW)",
+    )
+    parser.add_argument(
         "--config",
         default=env("DSPY_REGISTRY_CONFIG", ""),
         help="a TOML file defining environments, their policies and the deployment defaults "
@@ -122,6 +133,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
+    )
+    parser.add_argument(
+        "--telemetry-exporter",
+        choices=["none", "console", "otlp"],
+        default=env("DSPY_REGISTRY_TELEMETRY_EXPORTER", "none"),
+        help="send a span per RPC and the server's metrics to stdout (console) or to an OpenTelemetry "
+        "collector (otlp: needs the [otlp] extra; OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4317)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=env("DSPY_REGISTRY_METRICS_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="serve the metrics for Prometheus at http://HOST:PORT/metrics (env DSPY_REGISTRY_METRICS_LISTEN)",
     )
 
 
@@ -141,7 +165,10 @@ def from_arguments(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         max_concurrent_streams=args.max_concurrent_streams,
+        webhook_allow=tuple(args.webhook_allow or ()),
         config=args.config,
         log_level=args.log_level,
         log_format=args.log_format,
+        telemetry_exporter=args.telemetry_exporter,
+        metrics_listen=args.metrics_listen,
     )

@@ -11,7 +11,8 @@ are pruned every `interval`; a retry after that is treated as a new request.
 
 A sidecar silent for three heartbeats is already left out of every answer;
 its rows are deleted here, as are metric windows older than
-`--metrics-retention` (default 1 h).
+`--metrics-retention` (default 1 h), and webhook deliveries completed more
+than 7 days ago.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from .domain import webhooks
 from .errors import RegistryError
 from .store.base import Store
 from .store.sql import now_us
@@ -51,6 +53,7 @@ class Maintenance:
             await tx.compact_events(now - int(self.event_retention * 1_000_000))
             await tx.forget_silent_sidecars(datetime.now(UTC))
             await tx.forget_metric_windows(datetime.now(UTC) - timedelta(seconds=self.metrics_retention))
+            await tx.forget_deliveries(datetime.now(UTC) - webhooks.DELIVERY_RETENTION)
 
     async def _loop(self) -> None:
         while True:

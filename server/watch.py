@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,10 @@ class Hub:
         # Deliveries not yet made, in revision order, so that no watcher gets R+1 before R.
         self._backlog: deque[tuple[int, tuple[int, bytes], list[Subscriber]]] = deque()
         self._scheduled = False
+        # Told (revision, seconds) when a revision is in every matching watcher's queue, the
+        # seconds counted from on_commit: the fan-out delay (telemetry.py records it).
+        self.on_handed_out: Callable[[int, float], None] | None = None
+        self._taken: deque[tuple[int, float]] = deque()  # (revision, perf_counter) being handed out
 
     def start(self, revision: int) -> None:
         self.revision = self.handed_out = revision
@@ -227,10 +232,12 @@ class Hub:
         return [sub for group in self._groups.values() for sub in group]
 
     def __len__(self) -> int:
-        return sum(len(group) for group in self._groups.values())
+        # list() copies the groups in one step: a metrics scrape calls this from its own thread.
+        return sum(map(len, list(self._groups.values())))
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """One committed revision's events (the store calls this in revision order)."""
+        taken = time.perf_counter() if self.on_handed_out is not None else 0.0
         revision = events[-1].revision
         targets = self.extract(events)
         if any(e.kind.startswith(("permission.", "token.", "principal.")) for e in events):
@@ -238,6 +245,7 @@ class Hub:
                 sub.recheck = True
                 _wake(sub)
         encoded: dict[tuple[int, ...], bytes] = {}
+        queued = len(self._backlog)
         for group in self._groups.values() if targets else ():
             first = next(iter(group))
             matching = [t for t in targets if first.matches(t)]
@@ -250,6 +258,8 @@ class Hub:
             # The members as of this commit: one who subscribes later reads it from the log.
             self._backlog.append((revision, (revision, message), list(group)))
         self.revision = max(self.revision, revision)
+        if self.on_handed_out is not None and len(self._backlog) > queued:
+            self._taken.append((revision, taken))
         if not self._backlog:
             self.handed_out = self.revision
         elif not self._scheduled:
@@ -271,15 +281,28 @@ class Hub:
                 backlog.popleft()
                 if not backlog or backlog[0][0] != revision:
                     self.handed_out = max(self.handed_out, revision)
+                    if self._taken:
+                        self._report(revision)
         if backlog:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._deliver)
         else:
             self.handed_out = self.revision
 
+    def _report(self, revision: int) -> None:
+        now = time.perf_counter()
+        while self._taken and self._taken[0][0] <= revision:
+            taken, since = self._taken.popleft()
+            if self.on_handed_out is not None:
+                try:
+                    self.on_handed_out(taken, now - since)
+                except Exception:  # telemetry must never stall the fan-out
+                    log.exception("fan-out observer failed")
+
     def on_reset(self) -> None:
         """The store may have missed commits: every watcher resumes from the log."""
         self._backlog.clear()
+        self._taken.clear()
         for sub in self.subscribers():
             sub.lost = True
             _wake(sub)

@@ -874,14 +874,12 @@ class MetricWindow(_message.Message):
     def __init__(self, program: _Optional[str] = ..., environment: _Optional[str] = ..., version: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_count: _Optional[int] = ..., error_count: _Optional[int] = ..., latency: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., feedback_correct: _Optional[int] = ..., feedback_total: _Optional[int] = ...) -> None: ...
 
 class ReportMetricsRequest(_message.Message):
-    __slots__ = ("sidecar_id", "windows", "request_id")
+    __slots__ = ("sidecar_id", "windows")
     SIDECAR_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     sidecar_id: str
     windows: _containers.RepeatedCompositeFieldContainer[MetricWindow]
-    request_id: str
-    def __init__(self, sidecar_id: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[MetricWindow, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, sidecar_id: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[MetricWindow, _Mapping]]] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
     __slots__ = ("accepted_count", "dropped_count")

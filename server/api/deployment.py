@@ -1,7 +1,7 @@
-"""DeploymentService: environments, deployments, watches and sidecar reports; metrics and webhooks follow.
+"""DeploymentService: environments, deployments, watches, sidecar reports, metrics and webhooks (a mixin).
 
-RPCs this class does not define answer UNIMPLEMENTED (server/api/pending.py),
-after authentication, so that no caller mistakes them for a pretend answer.
+Thin: each method turns the request into domain values (field violations
+named by path), asks a use case, and turns the answer back into protos.
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from ..domain import health, sidecars, versions
 from ..domain.access import Action
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
-from ..errors import InvalidArgument, PermissionDenied, Violations
+from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from ..usecases.metrics import Assessed, Assessment, Metrics
 from ..usecases.sidecars import Sidecars
+from ..usecases.webhooks import Webhooks
 from .context import Context
 from .convert import time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 from .watch import EventWatch, TargetWatch, pinned_proto, target_proto
+from .webhooks import WebhookMethods
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -185,7 +187,7 @@ def _updated(e: Environment) -> pb.UpdateEnvironmentResponse:
     return pb.UpdateEnvironmentResponse(environment=environment_proto(e))
 
 
-class DeploymentServicer:
+class DeploymentServicer(WebhookMethods):
     def __init__(
         self,
         environments: Environments,
@@ -195,7 +197,9 @@ class DeploymentServicer:
         events: EventWatch,
         sidecars_: Sidecars,
         metrics: Metrics,
+        webhooks_: Webhooks,
     ) -> None:
+        self.webhooks = webhooks_
         self.metrics = metrics
         self.environments = environments
         self.deployments = deployments
@@ -378,7 +382,7 @@ class DeploymentServicer:
         if not sidecars.SIDECAR_ID_RE.match(request.sidecar_id):
             v.add("sidecar_id", "must be lowercase letters, digits, '.', '_' or '-' (a pod or host name)")
         if len(request.windows) > MAX_WINDOWS:
-            v.add("windows", f"at most {MAX_WINDOWS} per call")
+            raise ResourceExhausted("metric_windows_per_call", f"at most {MAX_WINDOWS} windows per call")
         windows = [_window(request.sidecar_id, w, f"windows[{i}]", v) for i, w in enumerate(request.windows)]
         v.raise_if_any()
         # Measurements of a program are a read's worth of trust, as sidecar reports are.

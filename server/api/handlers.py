@@ -8,7 +8,8 @@ authentication, the RPC's rule from permissions.py, the call context the
 use cases and the audit read), turns errors into a status with rich details
 (the table in `status.py`), logs anything unexpected with its traceback and
 answers INTERNAL without leaking internals, and leaves one access-log line
-with method, status, duration and request id.
+with method, status, duration and request id (and, with telemetry on, hands
+the same to `observe`: telemetry.py's RPC latency histogram).
 
 Responses may be returned pre-serialized as bytes (a cached answer): the
 serializer passes bytes through.
@@ -38,6 +39,7 @@ from .status import code_for, to_status
 log = logging.getLogger("dspy_registry.rpc")
 
 Behavior = Callable[..., Any]
+Observe = Callable[[str, grpc.StatusCode, float], None]  # (method, code, seconds) of each finished call
 
 
 def _serialize(response: Message | bytes) -> bytes:
@@ -64,17 +66,21 @@ async def _abort(context: Context, exc: Exception, method: str) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
 
-def _log(method: str, code: grpc.StatusCode, start: float, request_id: str) -> None:
-    ACCESS_LOG.record(method, code.name, (time.perf_counter() - start) * 1000, request_id)
+def _log(method: str, code: grpc.StatusCode, start: float, request_id: str, observe: Observe | None) -> None:
+    seconds = time.perf_counter() - start
+    ACCESS_LOG.record(method, code.name, seconds * 1000, request_id)
+    if observe is not None:
+        observe(method, code, seconds)
 
 
 class _Admission:
     """One call's way in: authenticate, then authorize by the RPC's rule; the call context."""
 
-    def __init__(self, guard: Guard, method: str, rule: Rule) -> None:
+    def __init__(self, guard: Guard, method: str, rule: Rule, observe: Observe | None) -> None:
         self.guard = guard
         self.method = method
         self.rule = rule
+        self.observe = observe
 
     async def authenticate(self, context: Context) -> Call:
         """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
@@ -139,7 +145,7 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -
             await _abort(context, exc, method)
         finally:
             call_ = current_call.get()
-            _log(method, code, start, call_.request_id if call_ else "")
+            _log(method, code, start, call_.request_id if call_ else "", admission.observe)
 
     return call
 
@@ -166,7 +172,7 @@ def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
             await admission.refused(current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
-            _log(method, code, start, getattr(request, "request_id", ""))
+            _log(method, code, start, getattr(request, "request_id", ""), admission.observe)
 
     return call
 
@@ -191,13 +197,17 @@ def _unknown(method: str) -> Call:
 
 
 def method_handler(
-    service: ServiceDescriptor, method: MethodDescriptor, behavior: Behavior, guard: Guard
+    service: ServiceDescriptor,
+    method: MethodDescriptor,
+    behavior: Behavior,
+    guard: Guard,
+    observe: Observe | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     name = f"/{service.full_name}/{method.name}"
     rule = RULES.get(name)
     if rule is None:  # deny by default: an RPC without a rule is never served
         raise LookupError(f"{name} has no entry in the permission table (server/api/permissions.py)")
-    admission = _Admission(guard, name, rule)
+    admission = _Admission(guard, name, rule, observe)
     request_type: Any = GetMessageClass(method.input_type)
     kwargs: dict[str, Any] = {
         "request_deserializer": request_type.FromString,
@@ -213,11 +223,13 @@ def method_handler(
 
 
 def service_handler(
-    service: ServiceDescriptor, servicer: object, guard: Guard
+    service: ServiceDescriptor, servicer: object, guard: Guard, observe: Observe | None = None
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Handlers for every RPC of `service`; the servicer must define each one (no silent gaps)."""
     missing = [m.name for m in service.methods if not callable(getattr(servicer, m.name, None))]
     if missing:
         raise TypeError(f"{type(servicer).__name__} does not implement {service.name}: {missing}")
-    handlers = {m.name: method_handler(service, m, getattr(servicer, m.name), guard) for m in service.methods}
+    handlers = {
+        m.name: method_handler(service, m, getattr(servicer, m.name), guard, observe) for m in service.methods
+    }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

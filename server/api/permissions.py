@@ -156,7 +156,7 @@ RULES: dict[str, Rule] = {
     # About oneself: anyone; about another principal: admin (checked by the servicer).
     ACCESS + "CheckPermission": Rule(None),
     ACCESS + "ListAuditEvents": Rule(ADMIN, EVERYTHING),
-    # -- DeploymentService (metrics and webhooks answer UNIMPLEMENTED until issue 6) -----------
+    # -- DeploymentService -------------------------------------------------------------------
     DEPLOYMENT + "ListEnvironments": Rule(None),
     DEPLOYMENT + "GetEnvironment": Rule(None),
     DEPLOYMENT + "UpdateEnvironment": Rule(
@@ -177,7 +177,10 @@ RULES: dict[str, Rule] = {
     # Read on each reported program. Telemetry, not a change to the registry: a heartbeat is not audited.
     DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True),
     DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),
-    DEPLOYMENT + "CreateWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("webhook.url")),
+    # Audited by name: a URL can carry a secret of its own (a chat service's incoming-webhook path).
+    DEPLOYMENT + "CreateWebhook": Rule(
+        ADMIN, EVERYTHING, mutation=True, audited=_target("webhook_id", "webhooks/{}")
+    ),
     DEPLOYMENT + "ListWebhooks": Rule(ADMIN, EVERYTHING),
     DEPLOYMENT + "DeleteWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
     DEPLOYMENT + "ListWebhookDeliveries": Rule(ADMIN, EVERYTHING),

@@ -131,13 +131,14 @@ class _Watch:
                 events = await tx.events_after(after, limit=LOG_PAGE)
             if not events:
                 break
+            # Extracted a revision at a time, as the hub does: an event's id is its index in its revision.
             by_revision: dict[int, list[Any]] = {}
             for e in events:
-                for item in self.hub.extract([e]):
-                    if sub.matches(item):
-                        by_revision.setdefault(e.revision, []).append(item)
-            for revision, items in sorted(by_revision.items()):
-                yield revision, self.hub.encode(revision, items)
+                by_revision.setdefault(e.revision, []).append(e)
+            for revision, group in sorted(by_revision.items()):
+                items = [item for item in self.hub.extract(group) if sub.matches(item)]
+                if items:
+                    yield revision, self.hub.encode(revision, items)
             after = events[-1].revision
 
     def _progress(self, revision: int) -> bytes:

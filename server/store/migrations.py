@@ -313,6 +313,48 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX metric_windows_by_sidecar ON metric_windows (sidecar_id, start_time)",
         ),
     ),
+    Migration(
+        9,
+        "webhooks and their delivery outbox",
+        (
+            # event_kinds: JSON list of DeploymentEventKind numbers; selectors: JSON [[program, environment]].
+            # The secret is kept as given: signing needs it (it is never returned).
+            """CREATE TABLE webhooks (
+                name TEXT{c} PRIMARY KEY,
+                url TEXT NOT NULL,
+                event_kinds TEXT NOT NULL,
+                selectors TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                description TEXT NOT NULL,
+                creator TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL
+            )""",
+            # The outbox: one row per event and matching webhook, written in the event's own
+            # transaction. (revision, seq) is the event's place in the log, so its id; the body
+            # is rendered then, so that a delivery outlives the log's compaction. While an attempt
+            # is in flight, next_attempt_time is its lease: past it, the row is due again.
+            """CREATE TABLE webhook_deliveries (
+                id TEXT{c} PRIMARY KEY,
+                webhook TEXT{c} NOT NULL REFERENCES webhooks (name),
+                revision BIGINT NOT NULL,
+                seq INTEGER NOT NULL,
+                event_kind INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                state INTEGER NOT NULL,
+                attempts INTEGER NOT NULL,
+                last_response_code INTEGER NOT NULL,
+                last_error TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                last_attempt_time BIGINT,
+                next_attempt_time BIGINT,
+                complete_time BIGINT
+            )""",
+            "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_time)",
+            "CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (webhook, revision, seq)",
+            "CREATE INDEX webhook_deliveries_by_completion ON webhook_deliveries (complete_time)",
+        ),
+    ),
 )
 
 

@@ -32,6 +32,7 @@ from .deployment_records import DeploymentQueries, SidecarQueries, TargetQueries
 from .metric_records import MetricQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
+from .webhook_records import WebhookQueries
 
 ARTIFACT_CHUNK = 1024 * 1024
 
@@ -134,7 +135,7 @@ def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
     return json.dumps([last["sort_key"], last["version"]])
 
 
-class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, MetricQueries):
+class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, MetricQueries, WebhookQueries):
     """Queries over one connection; in a write transaction, also the revision counter."""
 
     def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:
@@ -160,6 +161,7 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
             self._revision = self._base_revision + 1
             await self.conn.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
         ts = now_us()
+        first_seq = self._seq
         rows = []
         for event in events:
             rows.append((self._revision, self._seq, event.kind, event.resource, _json(event.data), ts))
@@ -174,6 +176,8 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
             await self.conn.execute(insert, *rows[0])
         else:
             await self.conn.executemany(insert, rows)
+        # The webhook outbox, in the same transaction: a delivery exists exactly when its event does.
+        await self.queue_deliveries(self._revision, first_seq, events, ts)
         return self._revision
 
     async def finish(self) -> None:

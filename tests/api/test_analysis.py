@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -18,6 +17,7 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, details, register_signature
+from tests.eventually import until as _eventually
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
@@ -122,13 +122,6 @@ async def _status(server: Running) -> dpb.GetDeploymentStatusResponse:
     return reply
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_reported_windows_show_in_the_status_beside_their_thresholds(ready: Running) -> None:
     start = datetime.now(UTC)
     first = window("1.0.0", 60, 3, correct=45, labelled=50, start=start)
@@ -161,6 +154,9 @@ async def test_bad_windows_are_refused_by_field_and_unknown_targets_dropped(read
     fields = {v.field for v in details(refused.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
     assert {"windows[1].error_count", "windows[1].latency.counts"} <= fields
     assert (await _status(ready)).health[0].request_count == 0  # nothing of the refused call was kept
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await _report(ready, *[window("1.0.0", 1) for _ in range(1001)])
+    assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     elsewhere = window("1.0.0", 10)
     elsewhere.environment = "production"  # no target there
     old = window("1.0.0", 10, start=datetime.now(UTC) - timedelta(days=1))

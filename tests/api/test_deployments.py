@@ -4,7 +4,7 @@ promotion order, auto-deploy, rollback, supersede, yanked versions, concurrent d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -16,6 +16,7 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature
+from tests.eventually import until as _eventually
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
@@ -53,13 +54,6 @@ async def _code(call: Awaitable[object]) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "never happened"
-        await asyncio.sleep(0.05)
 
 
 def _canary(*steps: tuple[int, float]) -> dpb.DeploymentStrategy:

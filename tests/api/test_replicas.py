@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -13,16 +13,10 @@ from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
 from tests.api.test_registry import program_request
 from tests.conftest import SKIP_POSTGRES, PostgresDatabases
+from tests.eventually import until as _eventually
 
 pytestmark = pytest.mark.postgres
 LATEST = pb.GetProgramVersionRequest(name="programs/sentiment_classifier/versions/latest")
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "the replica never caught up"
-        await asyncio.sleep(0.02)
 
 
 async def _latest(replica: Running) -> str:

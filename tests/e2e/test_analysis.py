@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ROOT, ServerProcess
+from tests.eventually import eventually as _eventually
 from tests.factories import dspy_state, spec_proto
 
 PROGRAM = "sentiment"
@@ -88,13 +89,6 @@ class Fleet:
             if not swaps or (swaps[-1]["stable"], swaps[-1]["candidate"]) != (stable, None):
                 return False
         return True
-
-
-def _eventually(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
 
 
 def _in_state(fleet: Fleet, name: str, state: int) -> bool:

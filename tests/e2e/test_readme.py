@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
@@ -101,7 +102,8 @@ async def test_the_environments_walkthrough(serve: type[ServerProcess], tmp_path
 async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("deployments"), server, tmp_path)
-    assert "canary: DEPLOYMENT_STATE_SUCCEEDED" in out
+    assert '"acceptedCount": 1' in out  # the pods' measurements, by hand
+    assert "canary: DEPLOYMENT_STATE_SUCCEEDED" in out  # each step passed on a HEALTHY verdict
     assert '"state": "DEPLOYMENT_STATE_ROLLED_BACK"' in out
     assert out.rstrip().endswith("}") and '"version": "1.0.0"' in out.split("RollbackDeployment")[-1]
     with server.channel() as channel:
@@ -178,3 +180,15 @@ async def test_the_benchmark_driver_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     figure = json.loads(done.stdout.splitlines()[-1])
     assert figure["bench"] == "get_program_version" and figure["calls"] > 0 and figure["errors"] == 0
+
+
+async def test_the_telemetry_example(
+    serve: type[ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("DSPY_REGISTRY_METRICS_LISTEN", f"127.0.0.1:{port}")  # the child inherits it
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("telemetry").replace("127.0.0.1:9464", f"127.0.0.1:{port}"), server, tmp_path)
+    lines = out.splitlines()
+    assert any('rpc_method="WhoAmI"' in line and line.endswith(" 1.0") for line in lines), out
+    assert 'dspy_registry_deployments{environment="staging",state="in_progress"} 0.0' in lines, out

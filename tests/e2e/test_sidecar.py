@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from dspy_registry.v1 import deployment_pb2 as dpb
@@ -15,14 +14,8 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import SERVE, ServerProcess
+from tests.eventually import eventually as _eventually
 from tests.factories import dspy_state, spec_proto
-
-
-def _eventually(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
 
 
 def _register(server: ServerProcess, version: str) -> None:

@@ -1,0 +1,122 @@
+"""DeploymentService's webhook RPCs: parse, call the webhook use cases, map back. No rules here.
+
+A mixin of DeploymentServicer (server/api/deployment.py), which sets
+`self.webhooks`. Every one needs admin on `*` (permissions.py); a secret is
+taken in and never given back.
+"""
+
+from __future__ import annotations
+
+from dspy_registry.v1 import deployment_pb2 as pb
+
+from ..domain import webhooks
+from ..domain.names import parse_parent
+from ..domain.webhooks import Delivery, DeliveryState, Webhook, WebhookDraft
+from ..errors import InvalidArgument
+from ..usecases.webhooks import Webhooks
+from .context import Context
+from .convert import timestamp
+from .mutations import answer, idempotency
+
+
+def webhook_proto(w: Webhook) -> pb.Webhook:
+    return pb.Webhook(
+        name=w.resource_name,
+        url=w.url,
+        event_kinds=[int(k) for k in w.event_kinds],  # type: ignore[misc]
+        selectors=[pb.TargetSelector(program=s.program, environment=s.environment) for s in w.selectors],
+        description=w.description,
+        creator=f"principals/{w.creator}",
+        create_time=timestamp(w.create_time),
+        revision=w.revision,
+    )
+
+
+def delivery_proto(d: Delivery) -> pb.WebhookDelivery:
+    out = pb.WebhookDelivery(
+        name=d.resource_name,
+        event_id=d.event_id,
+        event_kind=int(d.event_kind),  # type: ignore[arg-type]
+        state=int(d.state),  # type: ignore[arg-type]
+        attempts=d.attempts,
+        last_response_code=d.last_response_code,
+        last_error=d.last_error,
+        create_time=timestamp(d.create_time),
+    )
+    for field, value in (
+        ("last_attempt_time", d.last_attempt_time),
+        # Unset unless PENDING (while PENDING it may be the lease of an attempt in flight).
+        ("next_attempt_time", d.next_attempt_time if d.state == DeliveryState.PENDING else None),
+        ("complete_time", d.complete_time),
+    ):
+        if value is not None:
+            getattr(out, field).CopyFrom(timestamp(value))
+    return out
+
+
+def _created(w: Webhook) -> pb.CreateWebhookResponse:
+    return pb.CreateWebhookResponse(webhook=webhook_proto(w))
+
+
+def _deleted(w: Webhook) -> pb.DeleteWebhookResponse:
+    return pb.DeleteWebhookResponse(webhook=webhook_proto(w))
+
+
+def _states(values: list[int]) -> tuple[DeliveryState, ...]:
+    out = []
+    for value in values:
+        if value == pb.DELIVERY_STATE_UNSPECIFIED:
+            continue  # in filters, ignored
+        try:
+            out.append(DeliveryState(value))
+        except ValueError:
+            raise InvalidArgument.one("states", f"unknown delivery state {value}") from None
+    return tuple(sorted(set(out)))
+
+
+class WebhookMethods:
+    webhooks: Webhooks
+
+    async def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: Context
+    ) -> pb.CreateWebhookResponse:
+        w = request.webhook
+        draft = WebhookDraft(
+            id=request.webhook_id,
+            url=w.url,
+            event_kinds=tuple(w.event_kinds),
+            selectors=tuple(webhooks.selector(s.program, s.environment) for s in w.selectors),
+            secret=w.secret,
+            description=w.description,
+        )
+        result = await self.webhooks.create(draft, idempotency(request, "CreateWebhook", _created))
+        return answer(result, pb.CreateWebhookResponse, _created)
+
+    async def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: Context
+    ) -> pb.ListWebhooksResponse:
+        page = await self.webhooks.list_webhooks(request.page_size, request.page_token)
+        return pb.ListWebhooksResponse(
+            webhooks=[webhook_proto(w) for w in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: Context
+    ) -> pb.DeleteWebhookResponse:
+        webhook_id = parse_parent(request.name, "webhooks", "name")
+        result = await self.webhooks.delete(webhook_id, idempotency(request, "DeleteWebhook", _deleted))
+        return answer(result, pb.DeleteWebhookResponse, _deleted)
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: Context
+    ) -> pb.ListWebhookDeliveriesResponse:
+        webhook_id = parse_parent(request.parent, "webhooks", "parent")
+        states = _states(list(request.states))
+        page = await self.webhooks.deliveries(webhook_id, states, request.page_size, request.page_token)
+        return pb.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_proto(d) for d in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )

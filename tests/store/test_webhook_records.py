@@ -1,0 +1,130 @@
+"""The webhook outbox on SQLite and Postgres: a delivery is written exactly when its event commits,
+claims lease, outcomes settle, deletion and retention forget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dspy_registry.server.domain.deployments import Kind
+from dspy_registry.server.domain.model import Event, Page
+from dspy_registry.server.domain.webhooks import DeliveryState, Selector, Webhook
+from dspy_registry.server.store.base import Store
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _hook(name: str, kinds: tuple[Kind, ...] = (), selectors: tuple[Selector, ...] = ()) -> Webhook:
+    return Webhook(name, "https://8.8.8.8/", kinds, selectors, "secret", "", "admin", NOW, 1)
+
+
+def _event(kind: str, program: str = "p", environment: str = "staging") -> Event:
+    data: dict[str, Any] = {
+        "program": program, "environment": environment, "version": "1.0.0", "state": "SUCCEEDED",
+        "step": 0, "weight_percent": 0, "actor": "admin", "reason": "", "related": "",
+    }  # fmt: skip
+    return Event(f"deployment.{kind}", "deployments/d1", data)
+
+
+async def _deliveries(store: Store, webhook: str) -> list[tuple[str, Kind, DeliveryState]]:
+    async with store.read() as tx:
+        found, _, _ = await tx.list_deliveries(webhook, (), Page(100))
+    return [(d.event_id, d.event_kind, d.state) for d in found]
+
+
+async def test_deliveries_are_queued_in_the_events_transaction(store: Store) -> None:
+    async with store.write() as tx:
+        for hook in (
+            _hook("all"),
+            _hook("succeeded", (Kind.SUCCEEDED,)),
+            _hook("prod", selectors=(Selector("p*", "production"),)),
+        ):
+            await tx.insert_webhook(hook)
+    async with store.write() as tx:
+        await tx.append([Event("target.updated", "programs/p/environments/staging/target", {})])
+        await tx.append([_event("created"), _event("succeeded")])  # a second append: seq goes on
+        revision = tx.revision
+    assert await _deliveries(store, "all") == [
+        (f"{revision}-2", Kind.SUCCEEDED, DeliveryState.PENDING),
+        (f"{revision}-1", Kind.CREATED, DeliveryState.PENDING),
+    ]
+    assert await _deliveries(store, "succeeded") == [(f"{revision}-2", Kind.SUCCEEDED, DeliveryState.PENDING)]
+    assert await _deliveries(store, "prod") == []
+
+    # A transaction that rolls back leaves no delivery behind.
+    with pytest.raises(RuntimeError):
+        async with store.write() as tx:
+            await tx.append([_event("aborted", environment="production")])
+            raise RuntimeError("changed my mind")
+    assert await _deliveries(store, "prod") == []
+    async with store.write() as tx:
+        await tx.append([_event("aborted", environment="production")])
+        revision = tx.revision
+    assert await _deliveries(store, "prod") == [(f"{revision}-0", Kind.ABORTED, DeliveryState.PENDING)]
+
+
+async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
+    async with store.write() as tx:
+        await tx.insert_webhook(_hook("w"))
+    async with store.write() as tx:
+        await tx.append([_event("created")])
+    async with store.read() as tx:
+        due_at = await tx.next_delivery_time()
+    assert due_at is not None
+    now = due_at + timedelta(seconds=1)
+    lease = now + timedelta(seconds=20)
+    async with store.write() as tx:
+        [due] = await tx.claim_deliveries(now, lease, 10)
+    assert due.url == "https://8.8.8.8/" and due.secret == "secret" and due.attempts == 0
+    assert '"kind":"DEPLOYMENT_EVENT_KIND_CREATED"' in due.body
+    async with store.write() as tx:  # leased: nobody else gets it
+        assert await tx.claim_deliveries(now + timedelta(seconds=19), lease, 10) == []
+    async with store.read() as tx:
+        assert await tx.next_delivery_time() == lease
+    async with store.write() as tx:  # the lease ran out (its attempt never reported): due again
+        [again] = await tx.claim_deliveries(lease, lease + timedelta(seconds=20), 10)
+    assert again.id == due.id
+
+    retry = now + timedelta(seconds=2)
+    async with store.write() as tx:
+        await tx.settle_delivery(due.id, DeliveryState.PENDING, 500, "HTTP 500", now, retry)
+    async with store.read() as tx:
+        [d], _, total = await tx.list_deliveries("w", (DeliveryState.PENDING,), Page(10))
+    assert (d.attempts, d.last_response_code, d.last_error, d.next_attempt_time) == (
+        1,
+        500,
+        "HTTP 500",
+        retry,
+    )
+    assert d.complete_time is None and total == 1
+    async with store.write() as tx:
+        await tx.settle_delivery(due.id, DeliveryState.SUCCEEDED, 204, "", retry, None)
+        await tx.settle_delivery(due.id, DeliveryState.FAILED, 0, "late", retry, None)  # settled: ignored
+    async with store.read() as tx:
+        [d], _, _ = await tx.list_deliveries("w", (), Page(10))
+        assert await tx.next_delivery_time() is None
+        assert (await tx.list_deliveries("w", (DeliveryState.PENDING,), Page(10)))[2] == 0
+    assert (d.state, d.attempts, d.last_response_code, d.complete_time) == (
+        DeliveryState.SUCCEEDED, 2, 204, retry,
+    )  # fmt: skip
+
+    async with store.write() as tx:
+        assert await tx.forget_deliveries(retry) == 0
+        assert await tx.forget_deliveries(retry + timedelta(seconds=1)) == 1
+    assert await _deliveries(store, "w") == []
+
+
+async def test_deleting_a_webhook_drops_its_deliveries(store: Store) -> None:
+    async with store.write() as tx:
+        await tx.insert_webhook(_hook("gone"))
+        await tx.insert_webhook(_hook("kept"))
+    async with store.write() as tx:
+        await tx.append([_event("created")])
+    async with store.write() as tx:
+        await tx.delete_webhook("gone")
+    async with store.read() as tx:
+        assert await tx.get_webhook("gone") is None
+        assert [w.id for w in (await tx.list_webhooks(Page(10)))[0]] == ["kept"]
+    assert await _deliveries(store, "gone") == [] and len(await _deliveries(store, "kept")) == 1

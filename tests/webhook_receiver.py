@@ -1,0 +1,107 @@
+"""A real HTTP receiver of webhooks on 127.0.0.1, for the tests: it records each POST and checks its signature."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from dspy_registry.server.domain import webhooks
+
+
+@dataclass(frozen=True)
+class Received:
+    delivery: str
+    event: str  # the X-DSPy-Registry-Event header
+    timestamp: str
+    signature: str
+    body: bytes
+    valid: bool  # the signature verifies with the receiver's secret
+    arrived: float  # time.monotonic()
+    status: int  # what the receiver answered
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next of `statuses` (200 once they run out)."""
+
+    secret: str
+    statuses: list[int] = field(default_factory=list)
+    got: list[Received] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    async def start(self, port: int = 0) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.statuses.pop(0) if self.statuses else 200
+        h = request.headers
+        timestamp = h.get(webhooks.TIMESTAMP_HEADER, "")
+        signature = h.get(webhooks.SIGNATURE_HEADER, "")
+        self.got.append(
+            Received(
+                h.get(webhooks.DELIVERY_HEADER, ""),
+                h.get(webhooks.EVENT_HEADER, ""),
+                timestamp,
+                signature,
+                body,
+                webhooks.verify(self.secret, timestamp, body, signature),
+                time.monotonic(),
+                status,
+            )  # fmt: skip
+        )
+        return web.Response(status=status)
+
+    def delivered(self) -> dict[str, Received]:
+        """Each delivery id answered 2xx, with its (first) successful request."""
+        out: dict[str, Received] = {}
+        for r in self.got:
+            if 200 <= r.status < 300:
+                out.setdefault(r.delivery, r)
+        return out
+
+
+class ThreadedReceiver:
+    """A Receiver on an event loop of its own thread, for tests whose loop blocks (synchronous gRPC)."""
+
+    def __init__(self, secret: str) -> None:
+        self.receiver = Receiver(secret)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="webhook-receiver", daemon=True)
+        self._thread.start()
+
+    def start(self) -> ThreadedReceiver:
+        """Listen (again: on the same port after a stop)."""
+        asyncio.run_coroutine_threadsafe(self.receiver.start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening: connections are refused until the next start."""
+        asyncio.run_coroutine_threadsafe(self.receiver.stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
