@@ -143,10 +143,13 @@ class App:
         ]
         reflection.enable_server_reflection(names, self.server)
         credentials = server_credentials(self.config)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(self.config.listen)
-        else:
-            self.port = self.server.add_secure_port(self.config.listen, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(self.config.listen)
+            else:
+                self.port = self.server.add_secure_port(self.config.listen, credentials)
+        except RuntimeError as exc:  # grpc's way of saying the address is taken or unusable
+            raise OSError(f"cannot listen on {self.config.listen}: {exc}") from None
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()

@@ -39,7 +39,12 @@ log = logging.getLogger("dspy_registry.server")
 
 async def serve(config: Config) -> None:
     app = App(config)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        # Close what started (the store's thread, the metrics port) so that the process can exit.
+        await app.stop(grace=0)
+        raise
     # Everything allocated so far lives as long as the process: keep it out of
     # the cyclic collector's way, and collect the young generation less often.
     gc.collect()

@@ -72,6 +72,22 @@ async def test_a_bad_database_url_fails_to_start_with_a_clear_message(tmp_path: 
     assert done.returncode == 1 and "unsupported database URL" in done.stderr
 
 
+async def test_a_taken_port_fails_to_start_with_a_clear_message_and_exits(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.e2e.conftest import SERVE
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        command = [str(SERVE), "serve", "--database", f"sqlite:///{tmp_path / 'r.db'}", "--listen", address]
+        command += ["--admin-token-file", str(tmp_path / "admin.token")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)  # it exits: no hang
+    assert done.returncode == 1 and f"cannot listen on {address}" in done.stderr, done.stderr[-2000:]
+
+
 async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:
