@@ -10,6 +10,7 @@ again after a failure is stored once.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,8 @@ class Measurements:
         return window
 
     def request(self, program: str, environment: str, version: str, latency_ms: float, error: bool) -> None:
+        if not math.isfinite(latency_ms) or latency_ms < 0:  # the server would refuse the whole report
+            raise ValueError(f"latency must be a non-negative number of ms, not {latency_ms!r}")
         w = self._window((program, environment, version))
         w.requests += 1
         w.errors += error

@@ -166,7 +166,7 @@ class ProgramWatcher:
         failed = False
         try:
             yield loaded
-        except Exception:
+        except (Exception, asyncio.CancelledError):  # a call cut short by a timeout failed too
             failed = True
             raise
         finally:

@@ -385,8 +385,8 @@ class DeploymentServicer(WebhookMethods):
             raise ResourceExhausted("metric_windows_per_call", f"at most {MAX_WINDOWS} windows per call")
         windows = [_window(request.sidecar_id, w, f"windows[{i}]", v) for i, w in enumerate(request.windows)]
         v.raise_if_any()
-        # Measurements of a program are a read's worth of trust, as sidecar reports are.
-        await self.guard.authorize_resource(Action.READ, sorted({w.program for w in windows}))
+        # Measurements decide rollbacks: `rollback` on each program reported (permissions.py).
+        await self.guard.authorize_resource(Action.ROLLBACK, sorted({w.program for w in windows}))
         accepted, dropped = await self.metrics.report(request.sidecar_id, identity().name, windows)
         return pb.ReportMetricsResponse(accepted_count=accepted, dropped_count=dropped)
 
@@ -574,11 +574,20 @@ def _window(sidecar_id: str, m: pb.MetricWindow, at: str, v: Violations) -> heal
     v.collect(lambda: check_name(program, f"{at}.program"))
     v.collect(lambda: check_name(environment, f"{at}.environment"))
     v.collect(lambda: versions.parse(m.version, f"{at}.version"))
-    if not m.HasField("start_time") or not m.HasField("end_time"):
-        v.add(at, "start_time and end_time are required")
+    times = []
+    for name in ("start_time", "end_time"):
+        try:
+            when = time_field(m, name)
+        except InvalidArgument:
+            when = None
+            v.add(f"{at}.{name}", "is not a valid time")
+        else:
+            if when is None:
+                v.add(f"{at}.{name}", "is required")
+        times.append(when or datetime.fromtimestamp(0, UTC))
     window = health.Window(
         sidecar_id, program, environment, m.version,
-        m.start_time.ToDatetime(UTC), m.end_time.ToDatetime(UTC),
+        times[0], times[1],
         m.request_count, m.error_count,
         tuple(m.latency.bounds_ms) or health.STANDARD_BOUNDS_MS, tuple(m.latency.counts), m.latency.sum_ms,
         m.feedback_correct, m.feedback_total,

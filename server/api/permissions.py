@@ -176,7 +176,9 @@ RULES: dict[str, Rule] = {
     DEPLOYMENT + "WatchEvents": Rule(READ, by_servicer=True),
     # Read on each reported program. Telemetry, not a change to the registry: a heartbeat is not audited.
     DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True),
-    DEPLOYMENT + "ReportMetrics": Rule(READ, by_servicer=True, mutation=True),
+    # Measurements roll deployments back (or let them pass): reporting them takes the right to roll
+    # back each program reported. Telemetry, not audited, as sidecar reports are not.
+    DEPLOYMENT + "ReportMetrics": Rule(ROLLBACK, by_servicer=True),
     # Audited by name: a URL can carry a secret of its own (a chat service's incoming-webhook path).
     DEPLOYMENT + "CreateWebhook": Rule(
         ADMIN, EVERYTHING, mutation=True, audited=_target("webhook_id", "webhooks/{}")

@@ -428,10 +428,14 @@ def recheck(d: Deployment, at: datetime) -> Deployment:
     return replace(d, next_step_time=at)
 
 
-def step_deadline(d: Deployment, monitoring_window_seconds: float) -> datetime:
-    """How long a gated canary step waits for a conclusive verdict before it pauses for a person."""
+STEP_DEADLINE_INTERVALS = 10  # the contract: step_deadline 0 means 10 analysis intervals
+
+
+def step_deadline(d: Deployment, analysis_interval_seconds: float) -> datetime:
+    """When a gated canary step still inconclusive pauses for a person: its pause, then `step_deadline`."""
     pause_seconds = d.strategy.canary_steps[d.step].pause_seconds if d.strategy.canary_steps else 0.0
-    return (d.step_start_time or d.create_time) + _seconds(pause_seconds + monitoring_window_seconds)
+    wait = d.strategy.step_deadline_seconds or STEP_DEADLINE_INTERVALS * analysis_interval_seconds
+    return (d.step_start_time or d.create_time) + _seconds(pause_seconds + wait)
 
 
 def due(d: Deployment, now: datetime) -> bool:

@@ -23,6 +23,7 @@ STANDARD_BOUNDS_MS: tuple[float, ...] = (
     5, 10, 25, 50, 100, 250, 500, 1000, 1500, 2000, 2500, 3000, 5000, 10000, 30000, 60000,
 )  # fmt: skip
 MAX_BUCKETS = 64
+MAX_COUNT = 10**12  # per window: far above any real window, far below where int64 sums overflow
 
 
 class Verdict(IntEnum):
@@ -58,6 +59,8 @@ def validate_window(w: Window, at: str, v: Violations) -> None:
         v.add(f"{at}.end_time", "must not be before start_time")
     if min(w.request_count, w.error_count, w.feedback_correct, w.feedback_total) < 0:
         v.add(at, "counts must not be negative")
+    if max(w.request_count, w.feedback_total) > MAX_COUNT:
+        v.add(at, f"counts must be at most {MAX_COUNT}")
     if w.error_count > w.request_count:
         v.add(f"{at}.error_count", "must not exceed request_count")
     if w.feedback_correct > w.feedback_total:

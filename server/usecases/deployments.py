@@ -24,7 +24,7 @@ from ..domain.environments import Environment, Strategy, StrategySpec
 from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
-from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError
+from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError, StoreError
 from ..store.base import Store
 from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
@@ -322,8 +322,8 @@ class Deployments:
         for deployment_id in due:
             try:
                 taken += await self._step(deployment_id, now)
-            except RegistryError:
-                raise
+            except StoreError:
+                raise  # the store is down: the whole pass is retried
             except Exception as exc:  # a bug must stop this deployment, not every deployment
                 log.exception("controller step of deployments/%s failed; failing it", deployment_id)
                 await self._fail(deployment_id, f"controller error: {exc!r}")
@@ -357,8 +357,9 @@ class Deployments:
 
         UNHEALTHY rolls back (where allowed; else the canary pauses with the
         violations). INCONCLUSIVE waits, rechecking every analysis interval,
-        until the step's deadline (its pause plus the monitoring window), then
-        pauses for a person to promote or abort.
+        until the step's deadline (its pause plus the strategy's step_deadline,
+        by default 10 analysis intervals), then pauses for a person to promote
+        or abort.
         """
         thresholds = env.policy.auto_rollback
         found = await assess(tx, t, d, env, now, self.metrics_retention)
@@ -372,7 +373,7 @@ class Deployments:
             if await self._auto_roll_back_in(tx, d, env, subject.health.violations):
                 return 1
             after = dep.pause(d, now, "controller", "; ".join(subject.health.violations))
-        elif now >= dep.step_deadline(d, thresholds.monitoring_window_seconds):
+        elif now >= dep.step_deadline(d, thresholds.analysis_interval_seconds):
             count = subject.health.totals.request_count if subject else 0
             reason = (
                 f"analysis inconclusive: {count} of {thresholds.min_requests} requests "
@@ -397,6 +398,15 @@ class Deployments:
         if d.rollback_of or d.previous_stable == d.pinned:
             # Rolling a rollback back returns to what just failed (or to itself): a person decides.
             log.warning("deployments/%s (a rollback) is unhealthy: %s", d.id, ", ".join(violations))
+            return False
+        previous = await tx.get_program_version(d.program, d.previous_stable.version)
+        if previous is None or previous.yanked:
+            # Nothing sound to go back to: the caller pauses (or leaves) it for a person instead.
+            log.warning(
+                "deployments/%s is unhealthy, and %s is yanked: not rolled back",
+                d.id,
+                d.previous_stable.version,
+            )
             return False
         reason = "Auto-rollback: " + "; ".join(violations)
         await self._roll_back_in(tx, d, reason, "controller", auto=True)

@@ -56,6 +56,8 @@ def watched(d: Deployment, t: Target, env: Environment, now: datetime) -> bool:
         return False
     if d.state is State.IN_PROGRESS:
         return True
+    if not env.policy.monitoring_required:  # the contract: only then are completed ones monitored
+        return False
     window = timedelta(seconds=env.policy.auto_rollback.monitoring_window_seconds)
     return d.state is State.SUCCEEDED and d.end_time is not None and now - d.end_time <= window
 
@@ -66,14 +68,14 @@ async def assess(
     thresholds = env.policy.auto_rollback
     span = min(thresholds.monitoring_window_seconds, retention)
     start = now - timedelta(seconds=span)
-    if d is not None and d.state is State.IN_PROGRESS and d.create_time > start:
+    subject_version = d.version if d is not None and watched(d, t, env, now) else None
+    if d is not None and subject_version is not None and d.create_time > start:
         start = d.create_time  # an earlier deployment's traffic to this version is not this one's
     roles: list[tuple[str, str]] = []
     if t.stable:
         roles.append(("stable", t.stable.version))
     if t.candidate:
         roles.append(("candidate", t.candidate.version))
-    subject_version = d.version if d is not None and watched(d, t, env, now) else None
     baseline_version = d.previous_stable.version if d is not None and d.previous_stable else None
     if baseline_version and baseline_version not in {v for _, v in roles}:
         roles.append(("previous", baseline_version))

@@ -260,20 +260,28 @@ async def _paused(server: Running, name: str) -> bool:
 
 
 async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(ready: Running) -> None:
-    for attempt in range(3):
+    assert ready.app.controller is not None
+    analysis = ready.app.controller.deployments
+    outcomes = set()
+    for attempt in range(6):
         version = "1.1.0" if attempt % 2 == 0 else "1.2.0"
         canary = await _deploy(ready, version, _canary(50, 30))
-        bad = window(version, MIN_REQUESTS, errors=MIN_REQUESTS, start=datetime.now(UTC))
+        await _report(ready, window(version, MIN_REQUESTS, errors=MIN_REQUESTS), sidecar=f"race-{attempt}")
+        # Both at once: the controller's analysis (called directly, so it surely races) and a person.
         manual = _stub(ready).RollbackDeployment(
             dpb.RollbackDeploymentRequest(name=canary.name, reason="by hand")
         )
-        results = await asyncio.gather(
-            _report(ready, bad, sidecar=f"race-{attempt}"), manual, return_exceptions=True
+        results: list[object] = await asyncio.gather(
+            analysis.analyse(canary.name.removeprefix("deployments/")), manual, return_exceptions=True
         )
-        if isinstance(results[1], grpc.aio.AioRpcError):  # the controller got there first
-            assert results[1].code() == grpc.StatusCode.FAILED_PRECONDITION
-        await asyncio.sleep(0.6)  # analysis runs every 0.2 s: it would have acted by now
+        automatic, by_hand = results
         ended = await _get(ready, canary.name)
+        if isinstance(by_hand, grpc.aio.AioRpcError):  # an automatic one (this or the loop's) was first
+            assert by_hand.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert ended.timeline[-1].actor == "controller"
+        else:
+            assert automatic is False and ended.timeline[-1].reason == "by hand"
+        outcomes.add(ended.timeline[-1].actor)
         assert ended.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
         assert [e.kind for e in ended.timeline].count(dpb.DEPLOYMENT_EVENT_KIND_ROLLED_BACK) == 1
         rollbacks = await _stub(ready).ListDeployments(
@@ -281,6 +289,80 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
         )
         assert [d.rolled_back_deployment for d in rollbacks.deployments].count(canary.name) == 1
         assert (await _status(ready)).target.stable.version == "1.0.0"
+    assert outcomes  # which side wins varies; either way, exactly one rollback
+
+
+async def test_an_unhealthy_canary_whose_old_version_is_yanked_pauses_and_others_go_on(
+    ready: Running,
+) -> None:
+    await ready.registry.YankProgramVersion(
+        pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.0.0", reason="leaks data")
+    )
+    stuck = await _deploy(ready, "1.1.0", _canary(50, 0.1))
+    await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
+    await _eventually(lambda: _paused(ready, stuck.name), "paused instead of rolled back")
+    assert (await _get(ready, stuck.name)).pause_reason.startswith("Error rate 1 exceeds threshold 0.05")
+    # The controller still takes other deployments' steps.
+    other = await _stub(ready).CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.2.0", environment="development", strategy=_canary(50, 0.1)
+        )
+    )
+    await _eventually(
+        lambda: _state_is(ready, other.deployment.name, dpb.DEPLOYMENT_STATE_SUCCEEDED), "the other"
+    )
+
+
+async def test_a_redeployed_version_is_judged_only_on_traffic_since_its_deployment(ready: Running) -> None:
+    first = await _deploy(ready, "1.1.0", _canary(50, 30))
+    await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
+    await _eventually(
+        lambda: _state_is(ready, first.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the first rollback"
+    )
+    again = await _deploy(ready, "1.1.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))  # fixed, say
+    await asyncio.sleep(0.8)  # four analysis intervals with the old failures still in the window
+    assert (await _get(ready, again.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+    [stable, previous] = (await _status(ready)).health
+    assert (stable.version, stable.request_count) == ("1.1.0", 0)
+
+
+async def test_reporting_metrics_takes_the_right_to_roll_back(ready: Running) -> None:
+    from dspy_registry.v1 import access_pb2 as apb
+    from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+
+    access = apb_grpc.AccessServiceStub(ready.channel)
+    await access.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="dashboard"))
+    await access.GrantPermission(
+        apb.GrantPermissionRequest(principal="principals/dashboard", action=apb.ACTION_READ, resource=PROGRAM)
+    )
+    token = (await access.CreateToken(apb.CreateTokenRequest(parent="principals/dashboard"))).secret
+    channel = ready.channel_for(token)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await dpb_grpc.DeploymentServiceStub(channel).ReportMetrics(
+                dpb.ReportMetricsRequest(
+                    sidecar_id="pod-0", windows=[window("1.0.0", MIN_REQUESTS, errors=20)]
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED  # read alone could force rollbacks
+    finally:
+        await channel.close(None)
+    assert (await _status(ready)).health[0].request_count == 0
+
+
+async def test_without_monitoring_required_a_completed_deployment_is_not_watched(ready: Running) -> None:
+    env = dpb.Environment(name="environments/staging")
+    env.policy.monitoring_required = False
+    await _stub(ready).UpdateEnvironment(
+        dpb.UpdateEnvironmentRequest(
+            environment=env, update_mask=field_mask_pb2.FieldMask(paths=["policy.monitoring_required"])
+        )
+    )
+    done = await _deploy(ready, "1.1.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
+    await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
+    await asyncio.sleep(0.8)
+    assert (await _get(ready, done.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+    assert (await _status(ready)).verdict == dpb.HEALTH_VERDICT_UNHEALTHY  # shown, not acted on
 
 
 async def test_a_rollback_is_not_itself_rolled_back_when_the_old_version_is_unhealthy_too(
