@@ -171,6 +171,7 @@ class Subscriber:
     overflowed: bool = False
     recheck: bool = False  # a grant, token or principal changed: authorize again
     lost: bool = False  # the hub may have missed commits: resume from the log
+    gone: bool = False  # unsubscribed: deliveries still in the backlog skip it
 
     def matches(self, item: Target | DeploymentEvent) -> bool:
         if isinstance(item, DeploymentEvent) and self.kinds and item.kind not in self.kinds:
@@ -191,6 +192,11 @@ Interest = tuple[tuple[Selector, ...], frozenset[str]]
 # handing out all at once made that CreateDeployment take 537 ms instead of a
 # few (`make bench ARGS="--only fanout"`).
 DELIVERIES_PER_TURN = 256
+# Deliveries waiting in the backlog, at most. Commits arriving faster than the
+# loop hands them out would otherwise grow it without bound (each watcher's
+# mailbox bound never triggers while its deliveries wait here): past this,
+# every watcher is cut off as if it had fallen behind, and resumes.
+MAX_BACKLOG = 1_000_000
 
 
 class Hub:
@@ -207,6 +213,7 @@ class Hub:
         # Deliveries not yet made, in revision order, so that no watcher gets R+1 before R.
         self._backlog: deque[tuple[int, tuple[int, bytes], list[Subscriber]]] = deque()
         self._scheduled = False
+        self._backlogged = 0  # deliveries in the backlog
         # Told (revision, seconds) when a revision is in every matching watcher's queue, the
         # seconds counted from on_commit: the fan-out delay (telemetry.py records it).
         self.on_handed_out: Callable[[int, float], None] | None = None
@@ -221,6 +228,7 @@ class Hub:
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        sub.gone = True
         interest = (sub.selectors, sub.kinds)
         group = self._groups.get(interest)
         if group is not None:
@@ -257,13 +265,28 @@ class Hub:
                 message = encoded[key] = self.encode(revision, matching)
             # The members as of this commit: one who subscribes later reads it from the log.
             self._backlog.append((revision, (revision, message), list(group)))
+            self._backlogged += len(group)
         self.revision = max(self.revision, revision)
         if self.on_handed_out is not None and len(self._backlog) > queued:
             self._taken.append((revision, taken))
+        if self._backlogged > MAX_BACKLOG:
+            self._cut_off_everyone()
         if not self._backlog:
             self.handed_out = self.revision
         elif not self._scheduled:
             self._deliver()
+
+    def _cut_off_everyone(self) -> None:
+        log.warning(
+            "watch backlog over %d deliveries: every watcher resumes from its last revision", MAX_BACKLOG
+        )
+        for sub in self.subscribers():
+            sub.overflowed = True
+            _wake(sub)
+        self._groups.clear()
+        self._backlog.clear()
+        self._backlogged = 0
+        self._taken.clear()
 
     def _deliver(self) -> None:
         self._scheduled = False
@@ -274,6 +297,9 @@ class Hub:
             while subs and budget > 0:
                 sub = subs.pop()
                 budget -= 1
+                self._backlogged -= 1
+                if sub.gone:
+                    continue
                 if not sub.queue.put_nowait(item):
                     sub.overflowed = True
                     self.unsubscribe(sub)
@@ -302,6 +328,7 @@ class Hub:
     def on_reset(self) -> None:
         """The store may have missed commits: every watcher resumes from the log."""
         self._backlog.clear()
+        self._backlogged = 0
         self._taken.clear()
         for sub in self.subscribers():
             sub.lost = True

@@ -167,6 +167,7 @@ class Due:
     body: str
     attempts: int  # made before this one
     create_time: datetime
+    lease_until: datetime | None = None  # the claim this attempt holds; its outcome counts only under it
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,10 @@ def refusal(address: IPAddress, allow: Sequence[Network] = ()) -> str | None:
     """Why a webhook may not be sent to `address`, or None when it may."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        inner = refusal(address.sixtofour, allow)  # 2002:0a00:0001:: carries 10.0.0.1
+        if inner is not None:
+            return f"{address} embeds {inner}"
     if any(address.version == net.version and address in net for net in allow):
         return None
     for what, refused in (

@@ -243,12 +243,28 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
         return upto
 
     async def events_after(self, revision: int, limit: int = 1000) -> list[Event]:
-        rows = await self.conn.fetch(
-            "SELECT revision, seq, kind, resource, data, create_time FROM events "
-            "WHERE revision > ? ORDER BY revision, seq LIMIT ?",
-            revision,
-            limit,
+        """About `limit` events after `revision`, in order, and only whole revisions.
+
+        A page that the limit cut inside a revision is completed with the rest
+        of that revision: callers continue from the last revision they got,
+        and a revision's events must never arrive in two parts (or one lost).
+        """
+        rows = list(
+            await self.conn.fetch(
+                "SELECT revision, seq, kind, resource, data, create_time FROM events "
+                "WHERE revision > ? ORDER BY revision, seq LIMIT ?",
+                revision,
+                limit,
+            )
         )
+        if rows and len(rows) == limit:
+            last = rows[-1]
+            rows += await self.conn.fetch(
+                "SELECT revision, seq, kind, resource, data, create_time FROM events "
+                "WHERE revision = ? AND seq > ? ORDER BY seq",
+                last["revision"],
+                last["seq"],
+            )
         return [
             Event(
                 r["kind"],

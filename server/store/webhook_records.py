@@ -230,6 +230,7 @@ class WebhookQueries:
                 r["body"],
                 r["attempts"],
                 to_datetime(r["create_time"]),
+                lease_until,
             )  # fmt: skip
             for r in rows
         ]
@@ -242,12 +243,17 @@ class WebhookQueries:
         error: str,
         attempted: datetime,
         next_attempt: datetime | None,
+        lease_until: datetime,
     ) -> None:
-        """Record one attempt's outcome; a delivery deleted with its webhook meanwhile stays gone."""
+        """Record one attempt's outcome, if the attempt still holds its lease.
+
+        An attempt that outlived its lease was claimed again by someone else: its
+        outcome is theirs to record. A delivery deleted with its webhook stays gone.
+        """
         await self.conn.execute(
             "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, last_response_code = ?, "
             "last_error = ?, last_attempt_time = ?, next_attempt_time = ?, complete_time = ? "
-            "WHERE id = ? AND state = ?",
+            "WHERE id = ? AND state = ? AND next_attempt_time = ?",
             int(state),
             response_code,
             error,
@@ -256,6 +262,7 @@ class WebhookQueries:
             to_us(attempted) if state != DeliveryState.PENDING else None,
             delivery_id,
             int(DeliveryState.PENDING),
+            to_us(lease_until),
         )
 
     async def forget_deliveries(self, before: datetime) -> int:

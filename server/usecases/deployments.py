@@ -416,28 +416,43 @@ class Deployments:
     async def analyse(self, deployment_id: str) -> bool:
         """One analysis of a watched deployment: roll it back if its version is UNHEALTHY.
 
-        In one transaction that re-reads the deployment, so that a person's
-        rollback (or another replica's) racing this one leaves exactly one.
+        Judged first in a read transaction (the usual answer, healthy, takes no
+        write lock: on Postgres that lock is store-wide). Only an UNHEALTHY
+        verdict is acted on, judged again in the write transaction that acts,
+        which re-reads the deployment, so that a person's rollback (or another
+        replica's) racing this one leaves exactly one.
         """
+        async with self.store.read() as tx:
+            if await self._unhealthy(tx, deployment_id) is None:
+                return False
         async with self.store.write() as tx:
-            d = await tx.get_deployment(deployment_id)
-            if d is None:
+            judged = await self._unhealthy(tx, deployment_id)
+            if judged is None:
                 return False
-            t = await tx.get_target(d.program, d.environment)
-            env = await tx.get_environment(d.environment)
-            now = _now()
-            if t is None or env is None or not watched(d, t, env, now):
-                return False
-            found = await assess(tx, t, d, env, now, self.metrics_retention)
-            if found.subject is None or found.subject.health.verdict is not Verdict.UNHEALTHY:
-                return False
-            violations = found.subject.health.violations
+            d, t, env, violations = judged
             if await self._auto_roll_back_in(tx, d, env, violations):
                 return True
             if d.state is State.IN_PROGRESS and d.strategy.strategy is Strategy.CANARY and not d.paused:
                 # No rollback allowed: hold the canary for a person rather than go on.
-                await self._save(tx, dep.pause(d, now, "controller", "; ".join(violations)), d, t, t)
+                await self._save(tx, dep.pause(d, _now(), "controller", "; ".join(violations)), d, t, t)
             return False
+
+    async def _unhealthy(
+        self, tx: Records, deployment_id: str
+    ) -> tuple[Deployment, Target, Environment, list[str]] | None:
+        """The deployment, its target and environment, and its violations, if it is watched and UNHEALTHY."""
+        d = await tx.get_deployment(deployment_id)
+        if d is None:
+            return None
+        t = await tx.get_target(d.program, d.environment)
+        env = await tx.get_environment(d.environment)
+        now = _now()
+        if t is None or env is None or not watched(d, t, env, now):
+            return None
+        found = await assess(tx, t, d, env, now, self.metrics_retention)
+        if found.subject is None or found.subject.health.verdict is not Verdict.UNHEALTHY:
+            return None
+        return d, t, env, found.subject.health.violations
 
     async def watched_deployments(self) -> list[tuple[str, float]]:
         """(deployment id, analysis interval) of every deployment analysis watches now (two queries)."""

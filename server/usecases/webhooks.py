@@ -163,7 +163,8 @@ class Webhooks:
             next_attempt = webhooks.next_attempt(failed, due.create_time, self.clock(), self.rand())
             state = DeliveryState.PENDING if next_attempt is not None else DeliveryState.FAILED
         async with self.store.write() as tx:
+            assert due.lease_until is not None  # claimed
             await tx.settle_delivery(
-                due.id, state, outcome.status, outcome.error[:1024], attempted, next_attempt
+                due.id, state, outcome.status, outcome.error[:1024], attempted, next_attempt, due.lease_until
             )
         return state

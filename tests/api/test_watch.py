@@ -178,6 +178,31 @@ async def test_a_large_fan_out_is_handed_out_over_several_turns_in_revision_orde
         assert [sub.queue.get_nowait()[0], sub.queue.get_nowait()[0]] == [1, 2]
 
 
+async def test_the_backlog_is_bounded_and_skips_watchers_that_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits faster than the loop hands them out: past the bound every watcher resumes, memory stays put."""
+    from dspy_registry.server.domain.model import Event
+
+    monkeypatch.setattr(watch, "MAX_BACKLOG", watch.DELIVERIES_PER_TURN * 4)
+    hub = watch.Hub(lambda revision, targets: str(revision).encode())
+    hub.start(0)
+    everything = (watch.Selector("*", ""),)
+    subs = [hub.subscribe(everything) for _ in range(watch.DELIVERIES_PER_TURN * 2)]
+
+    def commit(revision: int) -> None:
+        data = {"program": "p", "environment": "staging", "stable": f"1.0.{revision}"}
+        hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
+
+    commit(1)
+    leaving = next(s for s in subs if s.queue.empty())  # one the first turn did not reach
+    hub.unsubscribe(leaving)
+    await asyncio.sleep(0.01)  # later turns hand out the rest, skipping the one that left
+    assert leaving.queue.empty() and all(s.queue.qsize() == 1 for s in subs if s is not leaving)
+    for revision in range(2, 5):  # no turn in between: the backlog grows past its bound
+        commit(revision)
+    assert all(s.overflowed for s in subs if s is not leaving) and len(hub) == 0
+    assert hub.handed_out == hub.revision == 4  # nothing left waiting
+
+
 async def test_revoking_read_ends_the_stream(server: Running) -> None:
     deploy = await _setup(server)
     await _deploy(deploy, "1.0.0")

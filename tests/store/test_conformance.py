@@ -105,6 +105,9 @@ async def test_each_write_takes_the_next_revision_and_logs_its_events(store: Sto
             (3, "b"),
         ]
         assert [e.revision for e in await tx.events_after(2)] == [3, 3]
+        # A page the limit cuts inside a revision brings the whole revision: never half of one.
+        assert await tx.events_after(0, limit=3) == events[:4]
+        assert [e.revision for e in await tx.events_after(0, limit=2)] == [1, 1]
 
 
 async def test_a_failed_transaction_leaves_no_trace(store: Store) -> None:

@@ -88,8 +88,13 @@ async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
     assert again.id == due.id
 
     retry = now + timedelta(seconds=2)
+    assert again.lease_until is not None and due.lease_until is not None
     async with store.write() as tx:
-        await tx.settle_delivery(due.id, DeliveryState.PENDING, 500, "HTTP 500", now, retry)
+        # The first attempt outlived its lease: its late outcome is not recorded over the second's.
+        await tx.settle_delivery(due.id, DeliveryState.SUCCEEDED, 204, "", now, None, due.lease_until)
+        await tx.settle_delivery(
+            due.id, DeliveryState.PENDING, 500, "HTTP 500", now, retry, again.lease_until
+        )
     async with store.read() as tx:
         [d], _, total = await tx.list_deliveries("w", (DeliveryState.PENDING,), Page(10))
     assert (d.attempts, d.last_response_code, d.last_error, d.next_attempt_time) == (
@@ -100,8 +105,11 @@ async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
     )
     assert d.complete_time is None and total == 1
     async with store.write() as tx:
-        await tx.settle_delivery(due.id, DeliveryState.SUCCEEDED, 204, "", retry, None)
-        await tx.settle_delivery(due.id, DeliveryState.FAILED, 0, "late", retry, None)  # settled: ignored
+        [third] = await tx.claim_deliveries(retry, retry + timedelta(seconds=20), 10)
+        assert third.lease_until is not None
+        await tx.settle_delivery(due.id, DeliveryState.SUCCEEDED, 204, "", retry, None, third.lease_until)
+        # Settled: a second outcome under the same lease is ignored.
+        await tx.settle_delivery(due.id, DeliveryState.FAILED, 0, "late", retry, None, third.lease_until)
     async with store.read() as tx:
         [d], _, _ = await tx.list_deliveries("w", (), Page(10))
         assert await tx.next_delivery_time() is None
