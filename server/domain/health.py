@@ -193,10 +193,11 @@ def _figure(x: float) -> str:
 def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Thresholds) -> Health:
     """The seed's three checks, with min_requests: too few requests is INCONCLUSIVE, not HEALTHY.
 
-    A violation is a violation once min_requests is reached. Accuracy is
-    checked only with a baseline and at least min_requests labelled answers;
-    without them it does not make the verdict inconclusive (many programs
-    have no labels).
+    A violation is a violation once min_requests is reached. HEALTHY needs
+    the error rate and p95 latency measured and within their thresholds.
+    Accuracy is checked only with a baseline and at least min_requests
+    labelled answers; without them it does not make the verdict inconclusive
+    (many programs have no labels).
     """
     enough = totals.request_count >= max(1, t.min_requests)
     checks = []
@@ -224,10 +225,10 @@ def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Th
                 f"Accuracy dropped by {_figure(drop)} (threshold: {_figure(t.accuracy_drop)})",
             )
         )  # fmt: skip
-    if not enough:
-        verdict = Verdict.INCONCLUSIVE
-    elif any(c.verdict is Verdict.UNHEALTHY for c in checks):
+    if any(c.verdict is Verdict.UNHEALTHY for c in checks):
         verdict = Verdict.UNHEALTHY
+    elif not enough or p95 is None:  # latency unmeasured (no histogram): that threshold is unverified
+        verdict = Verdict.INCONCLUSIVE
     else:
         verdict = Verdict.HEALTHY
     return Health(version, totals, baseline_accuracy, tuple(checks), verdict)

@@ -169,9 +169,9 @@ class TargetQueries:
     async def put_deployment(self, d: Deployment) -> None:
         await self.conn.execute(
             "INSERT INTO deployments (id, program, environment, version, state, next_step_time, create_time, "
-            "body, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "state = excluded.state, next_step_time = excluded.next_step_time, body = excluded.body, "
-            "revision = excluded.revision",
+            "end_time, body, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "state = excluded.state, next_step_time = excluded.next_step_time, end_time = excluded.end_time, "
+            "body = excluded.body, revision = excluded.revision",
             d.id,
             d.program,
             d.environment,
@@ -179,6 +179,7 @@ class TargetQueries:
             int(d.state),
             to_us(d.next_step_time) if d.next_step_time else None,
             to_us(d.create_time),
+            to_us(d.end_time) if d.end_time else None,
             to_json(dep.to_json(d)),
             d.revision,
         )
@@ -221,16 +222,18 @@ class TargetQueries:
                 out.add(str(r["environment"]))
         return out
 
-    async def shaping_deployments(self) -> list[tuple[Deployment, Target]]:
-        """Deployments in progress or succeeded that shape their target now, with it: what analysis watches."""
+    async def shaping_deployments(self, ended_since: datetime) -> list[tuple[Deployment, Target]]:
+        """What analysis may watch, with its target: deployments that shape their target now and are in
+        progress, or succeeded at or after `ended_since` (not every target's last deployment ever)."""
         rows = await self.conn.fetch(
             "SELECT d.body, t.program, t.environment, t.stable_version, t.stable_digest, t.candidate_version, "
             "t.candidate_digest, t.candidate_weight, t.deployment, t.revision, t.update_time "
             "FROM deployments d JOIN targets t ON t.deployment = d.id "
-            "AND t.program = d.program AND t.environment = d.environment WHERE d.state IN (?, ?) "
-            "ORDER BY d.id",
+            "AND t.program = d.program AND t.environment = d.environment "
+            "WHERE d.state = ? OR (d.state = ? AND d.end_time >= ?) ORDER BY d.id",
             int(State.IN_PROGRESS),
             int(State.SUCCEEDED),
+            to_us(ended_since),
         )
         return [(_deployment(r), _target(r)) for r in rows]
 

@@ -355,6 +355,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX webhook_deliveries_by_completion ON webhook_deliveries (complete_time)",
         ),
     ),
+    Migration(
+        10,
+        "deployments' end time as a column",
+        (
+            # Analysis watches succeeded deployments only within their monitoring window: this lets
+            # the query say so instead of reading every target's last deployment each pass.
+            "ALTER TABLE deployments ADD COLUMN end_time BIGINT",
+            # Rows from before: their creation time bounds their end from below, which at worst ends
+            # an old deployment's monitoring early once, at the upgrade.
+            "UPDATE deployments SET end_time = create_time WHERE state NOT IN (1, 2)",
+            "CREATE INDEX deployments_ended ON deployments (state, end_time)",
+        ),
+    ),
 )
 
 

@@ -459,7 +459,10 @@ class Deployments:
         now = _now()
         async with self.store.read() as tx:
             envs = {e.name: e for e in await tx.environments()}
-            shaping = await tx.shaping_deployments()
+            longest = max(
+                (e.policy.auto_rollback.monitoring_window_seconds for e in envs.values()), default=0.0
+            )
+            shaping = await tx.shaping_deployments(now - timedelta(seconds=longest))
         out = []
         for d, t in shaping:
             env = envs.get(d.environment)

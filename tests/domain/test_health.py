@@ -147,3 +147,12 @@ def test_accuracy_counts_only_from_min_requests_labelled_answers() -> None:
     assert few.verdict is Verdict.HEALTHY and "accuracy_drop" not in [c.metric for c in few.checks]
     enough = analyse("1.1.0", merge([window(100, 0, correct=1, total=100)]), 0.9, thresholds)
     assert enough.verdict is Verdict.UNHEALTHY
+
+
+def test_without_a_latency_histogram_the_verdict_cannot_be_healthy() -> None:
+    from dataclasses import replace
+
+    unmeasured = replace(window(100, 0), counts=())
+    assert analyse("1.1.0", merge([unmeasured]), None, Thresholds()).verdict is Verdict.INCONCLUSIVE
+    failing = replace(window(100, 50), counts=())
+    assert analyse("1.1.0", merge([failing]), None, Thresholds()).verdict is Verdict.UNHEALTHY
