@@ -17,7 +17,7 @@ from dspy_registry.v1 import deployment_pb2 as pb
 from ..domain import deployments as dep
 from ..domain import environments as envs
 from ..domain import health, sidecars, versions
-from ..domain.access import Action
+from ..domain.access import Action, principal_name
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations
@@ -492,9 +492,14 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         paused=d.paused,
         pause_reason=d.pause_reason,
         reason=d.reason,
-        creator=d.creator,
+        creator=principal_name(d.creator),
         approvals=[
-            pb.Approval(principal=a.principal, rejected=a.rejected, comment=a.comment, time=timestamp(a.time))
+            pb.Approval(
+                principal=principal_name(a.principal),
+                rejected=a.rejected,
+                comment=a.comment,
+                time=timestamp(a.time),
+            )
             for a in d.approvals
         ],
         required_approvals=d.required_approvals,
@@ -510,7 +515,7 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
                 kind=int(e.kind),  # type: ignore[arg-type]
                 state=int(e.state),  # type: ignore[arg-type]
                 step=e.step + 1,
-                actor=e.actor,
+                actor=principal_name(e.actor),
                 time=timestamp(e.time),
                 reason=e.reason,
                 revision=e.revision,

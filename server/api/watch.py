@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
-from ..domain.access import ALL, Action, check_glob
+from ..domain.access import ALL, Action, check_glob, principal_name
 from ..domain.deployments import Pinned, Target
 from ..domain.names import check_name
 from ..errors import InvalidArgument, ResourceExhausted, StoreUnavailable
@@ -214,7 +214,7 @@ def encode_events(revision: int, events: Sequence[DeploymentEvent]) -> bytes:
             state=getattr(pb, f"DEPLOYMENT_STATE_{e.state}", 0),
             step=e.step + 1,
             weight_percent=e.weight_percent,
-            actor=e.actor,
+            actor=principal_name(e.actor),
             reason=e.reason,
             related_deployment=e.related,
         )

@@ -116,6 +116,14 @@ class NewToken:
 MAX_WILDCARDS = 3  # keeps matching linear-ish: many `*` make a regex backtrack exponentially
 
 
+CONTROLLER = "controller"  # the server itself: auto-deploys, controller steps, automated rollbacks
+
+
+def principal_name(who: str) -> str:
+    """Who did something, as the contract names it: principals/{principal}, or `controller`."""
+    return who if who == CONTROLLER or not who else f"principals/{who}"
+
+
 def check_glob(value: str, field: str) -> str:
     if not GLOB_RE.fullmatch(value):
         raise InvalidArgument.one(field, f"{value!r} must be a name or a glob of a-z, 0-9, _, - and *")

@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument, Violations
-from .access import ALL, check_glob, glob_matches
+from .access import ALL, check_glob, glob_matches, principal_name
 from .deployments import Kind
 from .names import check_name, check_text
 
@@ -343,7 +343,7 @@ def event_body(
         "state": f"DEPLOYMENT_STATE_{data['state']}",
         "step": int(data["step"]) + 1,  # 1-based in the API, as in WatchEvents
         "weightPercent": int(data["weight_percent"]),
-        "actor": data.get("actor", ""),
+        "actor": principal_name(data.get("actor", "")),
         "reason": data.get("reason", ""),
         "relatedDeployment": data.get("related", ""),
     }

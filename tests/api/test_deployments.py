@@ -172,7 +172,7 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
     finally:
         await channel.close(None)
     assert approved.deployment.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS  # production's default: blue-green
-    assert [a.principal for a in approved.deployment.approvals] == ["carol"]
+    assert [a.principal for a in approved.deployment.approvals] == ["principals/carol"]
     again = dpb.ApproveDeploymentRequest(name=pending.name)
     assert await _code(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION  # not pending
 
