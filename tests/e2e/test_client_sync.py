@@ -1,0 +1,52 @@
+"""The synchronous client (SyncRegistry) from plain, non-async code against a `dspy-registry serve` process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dspy_registry.client import NotFoundError, SyncRegistry
+from dspy_registry.v1 import deployment_pb2 as dpb
+from tests.e2e.conftest import ServerProcess
+from tests.factories import dspy_state, spec_proto
+
+
+def test_sync_twin_against_a_server_process(serve: type[ServerProcess], tmp_path: Path) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    with SyncRegistry.connect(server.address, token_file=server.token_file) as registry:
+        registry.register_signature(name="text_classifier", signature=spec_proto(), version="1.0.0")
+        for version in ("1.0.0", "1.1.0"):
+            registry.register_program(
+                name="sentiment",
+                program=dspy_state(f"v{version}"),
+                signature_name="text_classifier",
+                version=version,
+                performance={"accuracy": 0.9},
+            )
+        registry.register_program("other", dspy_state(), "text_classifier", "1.0.0")
+
+        assert registry.get_latest_version("sentiment").version == "1.1.0"
+        loaded = registry.load_program("sentiment", environment="development")
+        assert loaded.version == "1.1.0" and loaded.state["predict"]["signature"]["instructions"] == "v1.1.0"
+        assert [p.name for p in registry.list_programs(page_size=1)] == [
+            "programs/other",
+            "programs/sentiment",
+        ]
+        assert [v.version for v in registry.list_versions("sentiment")] == ["1.1.0", "1.0.0"]
+
+        deployment = registry.deploy("sentiment", "1.0.0", "staging", strategy="replace")
+        assert deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+        with pytest.raises(NotFoundError):
+            registry.get_program("nope")
+
+        stream = registry.watch("sentiment", "staging")
+        first = next(stream)
+        (target,) = first.snapshot.targets
+        assert target.stable.version == "1.0.0"
+        stream.close()  # leaving early ends the server stream
+
+
+def test_a_bad_setting_fails_at_connect(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        SyncRegistry.connect("127.0.0.1:1", token_file=tmp_path / "missing.token")
