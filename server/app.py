@@ -1,4 +1,4 @@
-"""Composition root: config -> store -> use cases -> servicers -> grpc.aio server."""
+"""Composition root: config -> store -> use cases -> servicers -> grpc.aio server (-> REST gateway)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .controller import Controller
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
+from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
 from .store.base import Store, open_store
@@ -74,6 +75,8 @@ class App:
         self.controller: Controller | None = None
         self.webhook_allow = parse_networks(config.webhook_allow)  # a bad network fails the start
         self.notifier: Notifier | None = None
+        self.http: HttpServer | None = None
+        self.http_port = 0
 
     async def start(self) -> int:
         if self.telemetry is not None:
@@ -152,7 +155,25 @@ class App:
             raise OSError(f"cannot listen on {self.config.listen}: {exc}") from None
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        if self.config.http_listen:
+            # The REST routes call the gRPC services over a private Unix socket of their own.
+            self.http = HttpServer(
+                self.config.http_listen,
+                server_ssl(self.config.tls_cert, self.config.tls_key),
+                self.config.grace_seconds,
+            )
+            try:
+                self.server.add_insecure_port(self.http.grpc_address)
+            except RuntimeError as exc:  # e.g. a TMPDIR too long for a socket path (107 bytes)
+                raise OSError(
+                    f"cannot open the REST routes' socket {self.http.grpc_address}: {exc}"
+                ) from None
         await self.server.start()
+        if self.http is not None:
+            try:
+                self.http_port = await self.http.start()
+            except OSError as exc:
+                raise OSError(f"cannot listen on {self.config.http_listen}: {exc}") from None
         self.maintenance.start()
         self.controller.start()
         self.notifier.start()
@@ -174,6 +195,8 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING, in-flight calls get `grace` seconds, then the store closes."""
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop()  # first: its calls go through the gRPC server
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
         await self.maintenance.stop()
         if self.controller is not None:

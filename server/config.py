@@ -36,6 +36,7 @@ class Config:
     log_format: str = "json"
     telemetry_exporter: str = "none"  # none, console or otlp: where spans and metrics go
     metrics_listen: str = ""  # host:port of a Prometheus scrape endpoint; "" for none
+    http_listen: str = ""  # host:port of the REST routes (http_api.py); "" for none
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +148,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve the metrics for Prometheus at http://HOST:PORT/metrics (env DSPY_REGISTRY_METRICS_LISTEN)",
     )
+    parser.add_argument(
+        "--http-listen",
+        default=env("DSPY_REGISTRY_HTTP_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="serve the REST routes (/api/registry/..., /api/openapi.json) at http://HOST:PORT; port 0 "
+        "picks a free one (env DSPY_REGISTRY_HTTP_LISTEN)",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Config:
@@ -171,4 +179,5 @@ def from_arguments(args: argparse.Namespace) -> Config:
         log_format=args.log_format,
         telemetry_exporter=args.telemetry_exporter,
         metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
     )

@@ -31,8 +31,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, database: str, log: Path) -> None:
+    def __init__(self, database: str, log: Path, extra_args: list[str] | None = None) -> None:
         self.port = free_port()
+        self.extra_args = list(extra_args or ())  # more `serve` flags, e.g. --http-listen
         self.address = f"127.0.0.1:{self.port}"
         self.database = database
         self.log_path = log
@@ -59,6 +60,7 @@ class ServerProcess:
                 "5",
                 "--admin-token-file",
                 str(self.token_file),
+                *self.extra_args,
             ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
