@@ -16,9 +16,11 @@ Every mutation carries a fresh request_id, reused when the client retries
 the call after UNAVAILABLE, so the server applies it once. `RPC_METHODS`
 maps each RPC to its method; a test checks that it covers the contract.
 
-Signatures and programs are accepted as protos, dicts and bytes for now;
-`_signature_spec` and `_artifact_bytes` are where dspy.Signature and
-dspy.Module will be converted, without making dspy a dependency.
+Signatures are accepted as protos, dicts, bytes and dspy.Signature classes;
+programs as bytes, state dicts, paths and dspy.Module instances; and
+`load_program(..., module=MyModule)` returns a live dspy.Module. The dspy
+conversions are in dspy_interop.py, which never imports dspy (an optional
+extra: `pip install 'dspy-registry[dspy]'`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2, timestamp_pb2
@@ -47,6 +49,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 
+from . import dspy_interop
 from .auth import bearer_interceptors
 from .config import TlsArgument, resolve
 from .errors import from_rpc_error
@@ -112,6 +115,8 @@ RPC_METHODS: dict[str, str] = {
 UNARY_ARTIFACT_LIMIT = 3 << 20
 CHUNK_SIZE = 1 << 20
 DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
+
+_Module = TypeVar("_Module")  # what load_program(module=...) makes: a dspy.Module subclass's instance
 
 
 @dataclass(frozen=True)
@@ -197,31 +202,39 @@ def _enums(wrapper: Any, prefix: str, values: Iterable[str | int] | None) -> lis
 
 
 def _signature_spec(signature: Any) -> pb.SignatureSpec:
-    """A SignatureSpec from a proto, its dict (proto3 JSON mapping) or its serialized bytes.
+    """A SignatureSpec from a proto, its dict (proto3 JSON mapping), its serialized bytes or a dspy.Signature.
 
-    The place to accept a dspy.Signature class later (by duck typing, so dspy stays optional).
+    A dspy.Signature class gives its instructions and typed fields (dspy_interop.signature_spec);
+    an annotation with no registry type raises TypeError naming the field.
     """
+    if dspy_interop.is_signature(signature):
+        return dspy_interop.signature_spec(signature)
     if isinstance(signature, pb.SignatureSpec):
         return signature
     if isinstance(signature, Mapping):
         return json_format.ParseDict(dict(signature), pb.SignatureSpec())
     if isinstance(signature, bytes | bytearray):
         return pb.SignatureSpec.FromString(bytes(signature))
-    raise TypeError(f"signature must be a SignatureSpec, a dict or bytes, not {type(signature).__name__}")
+    raise TypeError(
+        f"signature must be a SignatureSpec, a dict, bytes or a dspy.Signature class, not {type(signature).__name__}"
+    )
 
 
 def _artifact_bytes(program: Any) -> bytes:
-    """The artifact from bytes, a dict of program state (as dspy.Module.dump_state gives) or a file path.
-
-    The place to accept a dspy.Module later.
+    """The artifact from bytes, a dict of program state (as dspy.Module.dump_state gives), a file path
+    or a dspy.Module (the JSON its `.save("program.json")` writes).
     """
+    if dspy_interop.is_module(program):
+        return dspy_interop.module_artifact(program)
     if isinstance(program, bytes | bytearray | memoryview):
         return bytes(program)
     if isinstance(program, Mapping):
         return json.dumps(program).encode()
     if isinstance(program, os.PathLike):
         return Path(program).read_bytes()
-    raise TypeError(f"program must be bytes, a dict of state or a path, not {type(program).__name__}")
+    raise TypeError(
+        f"program must be bytes, a dict of state, a path or a dspy.Module, not {type(program).__name__}"
+    )
 
 
 def _signature_name(signature_name: str, version: str | None) -> str:
@@ -457,11 +470,12 @@ class Registry:
         labels: Mapping[str, str] | None = None,
         change_type: str | int | None = None,
         media_type: str = "",
+        progress: Callable[[int, int], None] | None = None,
     ) -> pb.ProgramVersion:
         """Registers a program version: `program` is the artifact (bytes, a state dict or a path).
 
         `signature_name` is a short name (its `signature_version`, else latest) or a resource name.
-        Artifacts above 3 MiB go through UploadProgram.
+        Artifacts above 3 MiB go through UploadProgram; `progress(sent, total)` follows their chunks.
         """
         spec = self._program_spec(
             name,
@@ -476,7 +490,7 @@ class Registry:
         )
         artifact = _artifact_bytes(program)
         if len(artifact) > UNARY_ARTIFACT_LIMIT:
-            return await self._upload(spec, artifact)
+            return await self._upload(spec, artifact, progress)
         response = await self._unary(
             self._registry.RegisterProgram,
             pb.RegisterProgramRequest(spec=spec, artifact=artifact, request_id=_request_id()),
@@ -497,6 +511,7 @@ class Registry:
         labels: Mapping[str, str] | None = None,
         change_type: str | int | None = None,
         media_type: str = "",
+        progress: Callable[[int, int], None] | None = None,
     ) -> pb.ProgramVersion:
         """As register_program, always streamed in 1 MiB chunks (any size up to the server's limit)."""
         spec = self._program_spec(
@@ -510,9 +525,14 @@ class Registry:
             change_type,
             media_type,
         )
-        return await self._upload(spec, _artifact_bytes(program))
+        return await self._upload(spec, _artifact_bytes(program), progress)
 
-    async def _upload(self, spec: pb.ProgramVersionSpec, artifact: bytes) -> pb.ProgramVersion:
+    async def _upload(
+        self,
+        spec: pb.ProgramVersionSpec,
+        artifact: bytes,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pb.ProgramVersion:
         header = pb.UploadProgramHeader(
             spec=spec,
             request_id=_request_id(),
@@ -524,6 +544,9 @@ class Registry:
             yield pb.UploadProgramRequest(header=header)
             for start in range(0, len(artifact), CHUNK_SIZE):
                 yield pb.UploadProgramRequest(chunk=artifact[start : start + CHUNK_SIZE])
+                if progress is not None:
+                    # Called from gRPC's thread as each chunk is taken (a retry starts again from 0).
+                    progress(min(start + CHUNK_SIZE, len(artifact)), len(artifact))
 
         # A request iterator is consumed by the call, so each retry builds a new one.
         response = await self._unary(
@@ -557,12 +580,37 @@ class Registry:
         """The highest non-yanked, non-pre-release version."""
         return await self.get_program_version(name)
 
+    @overload
     async def load_program(
-        self, name: str, version: str | None = None, environment: str | None = None
-    ) -> LoadedProgram:
-        """A version (by number, the one `environment` serves, or the latest) with its artifact."""
+        self, name: str, version: str | None = None, environment: str | None = None, module: None = None
+    ) -> LoadedProgram: ...
+
+    @overload
+    async def load_program(
+        self,
+        name: str,
+        version: str | None = None,
+        environment: str | None = None,
+        *,
+        module: Callable[[], _Module],
+    ) -> _Module: ...
+
+    async def load_program(
+        self,
+        name: str,
+        version: str | None = None,
+        environment: str | None = None,
+        module: Callable[[], Any] | None = None,
+    ) -> Any:
+        """A version (by number, the one `environment` serves, or the latest) with its artifact.
+
+        With `module` (a dspy.Module subclass or a zero-argument factory): `module()` with the
+        artifact's state loaded (`.load(path)`), ready to call; else a `LoadedProgram`.
+        """
         program_version = await self.get_program_version(name, version, environment)
         artifact = await self.get_artifact(name, program_version.artifact.digest)
+        if module is not None:
+            return dspy_interop.load_module(module, artifact)
         state: Any = None
         if program_version.artifact.media_type in ("", DSPY_MEDIA_TYPE) or artifact[:1] in (b"{", b"["):
             try:

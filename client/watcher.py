@@ -48,6 +48,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as rpb
 from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
 
+from .dspy_interop import load_module
 from .measure import Measurements
 from .routing import takes_candidate
 
@@ -66,10 +67,16 @@ def load_json_or_bytes(program: str, data: bytes, media_type: str) -> Any:
     return data
 
 
-def dspy_module_loader(factory: Callable[[], Any], directory: Path) -> Loader:
-    """A loader making a live module: `factory()` (e.g. your dspy.Module class), then `.load(path)`."""
+def dspy_module_loader(factory: Callable[[], Any], directory: Path | None = None) -> Loader:
+    """A loader making a live module: `factory()` (e.g. your dspy.Module class), then `.load(path)`.
+
+    The artifact is kept in `directory` as {program}-{digest}.json, or, without one, in a temporary
+    file removed once loaded.
+    """
 
     def load(program: str, data: bytes, media_type: str) -> Any:
+        if directory is None:
+            return load_module(factory, data)
         path = directory / f"{program}-{hashlib.sha256(data).hexdigest()[:16]}.json"
         write_atomically(path, data)
         module = factory()

@@ -117,7 +117,9 @@ def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[Predictor
 
     The shape: a JSON object whose entries are predictors (`{"signature":
     {"instructions", "fields"}, "demos": [...], ...}`), keyed by attribute
-    path, plus an optional `metadata` object (dependency versions).
+    path, plus an optional `metadata` object (dependency versions). A bare
+    dspy.Predict saves its own state at the top level: one predictor, `self`
+    (the name dspy's named_parameters gives it).
     """
     try:
         state = json.loads(data)
@@ -129,7 +131,10 @@ def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[Predictor
     if "metadata" in state and not isinstance(state["metadata"], dict):
         v.add(f"{path}.metadata", "must be an object")
     predictors = []
-    for name, entry in state.items():
+    entries = state
+    if isinstance(state.get("signature"), dict) and "demos" in state:
+        entries = {"self": {k: value for k, value in state.items() if k != "metadata"}}
+    for name, entry in entries.items():
         if name == "metadata":
             continue
         where = f"{path}.{name}"

@@ -22,6 +22,13 @@ def test_dspy_state_is_summarized() -> None:
     assert len(long.instructions) == programs.SUMMARY_TEXT_LIMIT and long.instructions.endswith("…")
 
 
+def test_a_bare_predict_saves_its_state_at_the_top_level() -> None:
+    # What dspy.Predict(...).save("p.json") writes: the predictor's own state, not keyed by a path.
+    state = json.loads(dspy_state("Be kind.", demos=2))["predict"]
+    data = json.dumps({**state, "metadata": {"dependency_versions": {"dspy": "3.4.1"}}}).encode()
+    assert programs.summarize_dspy_state(data) == (programs.PredictorSummary.of("self", "Be kind.", 2, 2),)
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

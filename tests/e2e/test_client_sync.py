@@ -47,6 +47,26 @@ def test_sync_twin_against_a_server_process(serve: type[ServerProcess], tmp_path
         stream.close()  # leaving early ends the server stream
 
 
+def test_sync_twin_with_dspy_objects(serve: type[ServerProcess], tmp_path: Path) -> None:
+    import dspy  # here, not at the top: only this test of the module needs it
+
+    classify = dspy.Signature("text: str -> sentiment: str, confidence: float", "Classify sentiment.")
+    predict = dspy.Predict(classify)
+    predict.demos = [dspy.Example(text="Love it.", sentiment="positive", confidence=0.8)]
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    with SyncRegistry.connect(server.address, token_file=server.token_file) as registry:
+        registry.register_signature(name="text_classifier", signature=classify, version="1.0.0")
+        assert [f.name for f in registry.get_signature("text_classifier").spec.output_fields] == [
+            "sentiment",
+            "confidence",
+        ]
+        registry.register_program("quick", predict, "text_classifier", "1.0.0")
+        live = registry.load_program(
+            "quick", environment="development", module=lambda: dspy.Predict(classify)
+        )
+    assert live.dump_state() == predict.dump_state()
+
+
 def test_a_bad_setting_fails_at_connect(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SyncRegistry.connect("127.0.0.1:1", token_file=tmp_path / "missing.token")
