@@ -1,4 +1,5 @@
-"""`dspy-registry`: the command line. `serve` runs the control plane; `sidecar` follows it."""
+"""`dspy-registry`: the command line. `serve` runs the control plane; `sidecar` follows it; the rest
+(client/cli.py) are the operators' commands against a running server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sys
 
 from ..client import sidecar
+from ..client.cli import add_operator_commands, run_operator
 from . import logs
 from .app import App
 from .config import Config, add_serve_arguments, from_arguments
@@ -90,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sidecar.add_sidecar_arguments(sidecar_parser)
+    add_operator_commands(parser, commands)
     args = parser.parse_args(argv)
+    if getattr(args, "operator", None) is not None:
+        return run_operator(args)
     if args.command == "sidecar":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         try:

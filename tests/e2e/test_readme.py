@@ -122,6 +122,14 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
     assert "triage changed: serving/triage/target.json" in out
 
 
+async def test_the_command_line_walkthrough(serve: type[ServerProcess], tmp_path: Path) -> None:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("cli"), server, tmp_path)
+    assert "step 1/2 at 10%" in out and "step 2/2 at 50%" in out  # the canary, step by step
+    assert any("stable" in row and "1.1.0" in row and "100%" in row for row in out.splitlines())  # status
+    assert "DEPLOYMENT_STATE_SUCCEEDED" in out and out.rstrip().endswith("exit code 1")
+
+
 async def test_every_sh_block_in_the_readme_is_tested() -> None:
     blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)
     untested = [b for b in blocks if not b]

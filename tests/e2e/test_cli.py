@@ -1,0 +1,283 @@
+"""The operator commands of the real `dspy-registry` console script against a `serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from tests.e2e.conftest import SERVE, ServerProcess
+from tests.factories import dspy_state, spec_proto
+
+
+class Cli:
+    """Runs `dspy-registry ...` with the server's address and token in the environment, as a user would."""
+
+    def __init__(self, server: ServerProcess, cwd: Path) -> None:
+        self.cwd = cwd
+        self.env = dict(os.environ)
+        self.env["DSPY_REGISTRY_TARGET"] = server.address
+        self.env["DSPY_REGISTRY_TOKEN_FILE"] = str(server.token_file)
+        self.env.pop("DSPY_REGISTRY_TOKEN", None)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(SERVE), *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(SERVE), *args], cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == code, f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+def _start(serve: type[ServerProcess], tmp_path: Path) -> Cli:
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    (tmp_path / "spec.json").write_text(json.dumps(json_format.MessageToDict(spec_proto())))
+    (tmp_path / "v1.json").write_bytes(dspy_state("v1"))
+    (tmp_path / "v2.json").write_bytes(dspy_state("v2"))
+    return Cli(server, tmp_path)
+
+
+def test_signatures_and_programs(serve: type[ServerProcess], tmp_path: Path) -> None:
+    cli = _start(serve, tmp_path)
+    out = cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0").stdout
+    assert "signatures/classify/versions/1.0.0" in out
+    assert [s["name"] for s in cli.json("signature", "list")] == ["signatures/classify"]
+    assert "signatures/classify" in cli.run("signature", "list").stdout
+    assert cli.json("signature", "show", "classify@1.0.0")["version"] == "1.0.0"
+
+    register = ("program", "register", "triage", "--signature", "classify@1.0.0")
+    cli.run(*register, "--file", "v1.json", "--version", "1.0.0", "--performance", "accuracy=0.91")
+    registered = cli.json(
+        *register,
+        "--file",
+        "v2.json",
+        "--version",
+        "1.1.0",
+        "--performance",
+        "accuracy=0.93",
+        "--metadata",
+        "owner=ml",
+    )
+    assert registered["name"] == "programs/triage/versions/1.1.0" and registered["metadata"] == {
+        "owner": "ml"
+    }
+    assert [p["latest_version"] for p in cli.json("program", "list")] == ["1.1.0"]
+    assert cli.json("program", "show", "triage")["version"] == "1.1.0"
+    assert cli.json("program", "show", "triage@1.0.0")["performance"] == {"accuracy": 0.91}
+    versions = cli.run("program", "versions", "triage").stdout
+    assert "1.1.0" in versions and "accuracy=0.93" in versions
+    assert [v["version"] for v in cli.json("program", "versions", "triage")] == ["1.1.0", "1.0.0"]
+    assert (
+        cli.json("program", "compare", "triage", "1.0.0", "1.1.0")["recommendation"]
+        == "RECOMMENDATION_UPGRADE"
+    )
+    (step,) = cli.json("program", "upgrade-path", "triage", "1.0.0")
+    assert (step["from_version"], step["to_version"]) == ("1.0.0", "1.1.0")
+
+    # Above the unary limit: streamed, with a progress bar on stderr, the result on stdout.
+    (tmp_path / "big.json").write_bytes(dspy_state("big", pad=5 << 20))
+    done = cli.run(*register, "--file", "big.json", "--version", "2.0.0", "--json")
+    assert json.loads(done.stdout)["artifact"]["size_bytes"] == str((tmp_path / "big.json").stat().st_size)
+    assert "uploading" in done.stderr
+    assert cli.json("program", "show", "triage@2.0.0")["version"] == "2.0.0"
+
+    yanked = cli.json("program", "yank", "triage", "2.0.0", "--reason", "too big")
+    assert yanked["yanked"] is True and yanked["yank_reason"] == "too big"
+    assert cli.json("program", "show", "triage")["version"] == "1.1.0"
+
+
+def test_deploy_wait_status_history_rollback_and_watch(serve: type[ServerProcess], tmp_path: Path) -> None:
+    cli = _start(serve, tmp_path)
+    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+    for version, file in (("1.0.0", "v1.json"), ("1.1.0", "v2.json")):
+        cli.run(
+            "program", "register", "triage", "--file", file, "--signature", "classify", "--version", version
+        )
+
+    with cli.popen("watch", "triage", "staging", "--json") as watcher:  # closes its pipes
+        try:
+            assert watcher.stderr is not None and watcher.stdout is not None
+            assert watcher.stderr.readline().startswith("watching from revision")  # established
+            out = cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait").stdout
+            assert out.strip().endswith("SUCCEEDED")
+            event = json.loads(watcher.stdout.readline())
+            assert (event["kind"], event["version"], event["environment"]) == (
+                "DEPLOYMENT_EVENT_KIND_CREATED",
+                "1.0.0",
+                "staging",
+            )
+        finally:
+            watcher.send_signal(signal.SIGINT)  # Ctrl-C: ends at once, mid-stream
+            assert watcher.wait(10) == -signal.SIGINT
+
+    # A canary in staging (not monitored): each step after its pause, shown as it happens.
+    done = cli.run("deploy", "triage", "1.1.0", "staging", "--canary", "10,50", "--pause", "0.5", "--wait")
+    lines = done.stdout.splitlines()
+    assert any("step 1/2 at 10%" in line for line in lines) and any(
+        "step 2/2 at 50%" in line for line in lines
+    )
+    assert lines[-1].endswith(": SUCCEEDED")
+    deployment = lines[-1].split(":")[0]
+
+    table = cli.run("status", "triage", "staging").stdout
+    assert "1.1.0" in table and "100%" in table and "PREVIOUS" in table and "error_rate" in table
+    status = cli.json("status", "triage", "staging")
+    assert (
+        status["target"]["stable"]["version"] == "1.1.0"
+        and status["current_deployment"]["name"] == deployment
+    )
+
+    history = cli.json("history", "triage", "staging")
+    assert [(d["version"], d["state"]) for d in history] == [
+        ("1.1.0", "DEPLOYMENT_STATE_SUCCEEDED"),
+        ("1.0.0", "DEPLOYMENT_STATE_SUCCEEDED"),
+    ]
+    assert "CANARY" in cli.run("history", "triage").stdout
+
+    rolled = cli.json("rollback", deployment, "--reason", "accuracy dropped")
+    assert rolled["rolled_back"]["state"] == "DEPLOYMENT_STATE_ROLLED_BACK"
+    assert cli.json("program", "show", "triage", "--environment", "staging")["version"] == "1.0.0"
+
+    # --wait on a deployment that does not succeed: non-zero, with the reason.
+    created = cli.json("deploy", "triage", "1.1.0", "staging", "--canary", "10", "--pause", "30")
+    assert (
+        cli.json("abort", created["name"], "--reason", "changed my mind")["state"]
+        == "DEPLOYMENT_STATE_ABORTED"
+    )
+    done = cli.run(
+        "deploy",
+        "triage",
+        "1.1.0",
+        "staging",
+        "--canary",
+        "10",
+        "--pause",
+        "30",
+        "--wait",
+        "--timeout",
+        "0.5",
+        code=3,
+    )
+    assert "is still IN_PROGRESS" in done.stderr
+    waiting = done.stderr.split()[1]  # error: deployments/... is still IN_PROGRESS
+    promoted = cli.json("promote", waiting, "--full", "--reason", "looks fine")
+    assert promoted["name"] == waiting and promoted["weight_percent"] == 100
+
+    # On a terminal, a live bar of the candidate's weight as well as the lines.
+    out = _on_a_terminal(
+        cli, "deploy", "triage", "1.0.0", "staging", "--canary", "10,50", "--pause", "0.3", "--wait"
+    )
+    assert "━" in out and "step 2/2 at 50%" in out and "SUCCEEDED" in out
+
+
+def _on_a_terminal(cli: Cli, *args: str) -> str:
+    """Runs the command with a pseudo-terminal as stdout and stderr: what a person sees."""
+    master, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(SERVE), *args], cwd=cli.cwd, env=cli.env, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert process.wait(30) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_environments_and_access(serve: type[ServerProcess], tmp_path: Path) -> None:
+    cli = _start(serve, tmp_path)
+    # Production needs an approval from someone other than the requester: carol, with her own token.
+    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+    register = ("program", "register", "triage", "--file", "v1.json", "--signature", "classify")
+    cli.run(*register, "--version", "1.0.0", "--performance", "accuracy=0.9")
+    cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
+    pending = cli.json("deploy", "triage", "1.0.0", "production", "--strategy", "replace")
+    assert pending["state"] == "DEPLOYMENT_STATE_PENDING_APPROVAL"
+    cli.run("principal", "create", "carol")
+    cli.run("grant", "carol", "approve", "*")
+    (tmp_path / "carol.token").write_text(cli.run("token", "create", "carol").stdout)
+    # The connection options before the command's name, as well as after it.
+    approved = cli.json("--token-file", "carol.token", "approve", pending["name"], "--comment", "ok")
+    assert approved["approvals"][0]["principal"] == "principals/carol"
+    assert cli.json("program", "show", "triage", "--environment", "production")["version"] == "1.0.0"
+
+    names = [e["name"] for e in cli.json("env", "list")]
+    assert names == ["environments/development", "environments/staging", "environments/production"]
+    assert "environments/production" in cli.run("env", "list").stdout
+    changed = cli.json("env", "set", "production", "policy.required_approvals=2", "description=Live traffic.")
+    assert changed["policy"]["required_approvals"] == 2 and changed["description"] == "Live traffic."
+    assert cli.json("env", "show", "production")["policy"]["required_approvals"] == 2
+
+    assert cli.json("principal", "create", "alice", "--team", "ml")["name"] == "principals/alice"
+    assert "principals/alice" in cli.run("principal", "list").stdout
+    done = cli.run("token", "create", "alice", "--description", "laptop")
+    secret = done.stdout.strip()
+    assert secret.startswith("dspyr_") and "shown once" in done.stderr
+    assert cli.json("grant", "alice", "read", "triage*")["action"] == "ACTION_READ"
+
+    # Alice's token reads what she was granted and nothing else.
+    (tmp_path / "alice.token").write_text(secret)
+    refused = cli.run("env", "set", "staging", "description=x", "--token-file", "alice.token", code=1)
+    assert refused.stderr.startswith("error: PERMISSION_DENIED: ")
+
+    methods = [e["method"] for e in cli.json("audit", "--limit", "5")]
+    assert "dspy_registry.v1.AccessService/GrantPermission" in methods or any("Grant" in m for m in methods)
+    assert "CreatePrincipal" in cli.run("audit").stdout
+
+
+def test_errors_print_the_status_and_exit_non_zero(serve: type[ServerProcess], tmp_path: Path) -> None:
+    cli = _start(serve, tmp_path)
+    done = cli.run("program", "show", "nope", code=1)
+    assert done.stdout == "" and done.stderr.startswith("error: NOT_FOUND: ")
+    error = json.loads(cli.run("program", "show", "nope", "--json", code=1).stderr)["error"]
+    assert error["code"] == "NOT_FOUND"
+
+    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+    bad = (
+        "program",
+        "register",
+        "triage",
+        "--file",
+        "v1.json",
+        "--signature",
+        "classify",
+        "--version",
+        "one",
+    )
+    done = cli.run(*bad, code=1)
+    assert done.stderr.startswith("error: INVALID_ARGUMENT: ") and "\n  spec.version: " in done.stderr
+    error = json.loads(cli.run(*bad, "--json", code=1).stderr)["error"]
+    assert [v["field"] for v in error["field_violations"]] == ["spec.version"]
+
+    assert (
+        "missing.json"
+        in cli.run(
+            "program", "register", "t", "--file", "missing.json", "--signature", "classify", code=1
+        ).stderr
+    )
+    assert "usage:" in cli.run("deploy", "triage", code=2).stderr
