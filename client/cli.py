@@ -481,6 +481,21 @@ def principal_list(registry: SyncRegistry, args: argparse.Namespace, out: Output
     return 0
 
 
+def principal_disable(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.disable_principal(args.principal, args.reason, undo=args.undo))
+    return 0
+
+
+def token_revoke(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.revoke_token(args.name))
+    return 0
+
+
+def revoke(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.revoke_permission(args.permission))
+    return 0
+
+
 def token_create(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     response = registry.create_token(args.principal, args.description, ttl=args.ttl)
     if out.json:
@@ -656,6 +671,10 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--email", default="")
     p = add(principals, "list", principal_list, "list principals")
     p.add_argument("--all", action="store_true", help="disabled ones too")
+    p = add(principals, "disable", principal_disable, "disable a principal: its calls fail at once")
+    p.add_argument("principal")
+    p.add_argument("--reason", default="")
+    p.add_argument("--undo", action="store_true", help="enable it again")
 
     tokens = group("token", "create and list tokens")
     p = add(tokens, "create", token_create, "create a token; prints the secret (once)")
@@ -664,11 +683,15 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--ttl", type=float, help="seconds until it expires")
     p = add(tokens, "list", token_list, "list tokens (never their secrets)")
     p.add_argument("principal", nargs="?")
+    p = add(tokens, "revoke", token_revoke, "revoke a token: principals/NAME/tokens/ID")
+    p.add_argument("name")
 
     p = add(commands, "grant", grant, "grant an action on a name or glob")
     p.add_argument("principal")
     p.add_argument("action", choices=["read", "register", "deploy", "rollback", "approve", "admin"])
     p.add_argument("resource")
+    p = add(commands, "revoke", revoke, "revoke a grant: permissions/ID (as grant printed it)")
+    p.add_argument("permission")
     p = add(commands, "audit", audit, "the audit log, newest first")
     p.add_argument("--principal")
     p.add_argument("--resource")

@@ -245,6 +245,16 @@ def test_environments_and_access(serve: type[ServerProcess], tmp_path: Path) -> 
     refused = cli.run("env", "set", "staging", "description=x", "--token-file", "alice.token", code=1)
     assert refused.stderr.startswith("error: PERMISSION_DENIED: ")
 
+    # Taking access away: the grant, the token, the principal.
+    granted = cli.json("grant", "alice", "read", "ranker*")
+    assert cli.json("revoke", granted["name"])["name"] == granted["name"]
+    tokens = cli.json("token", "list", "alice")
+    assert cli.json("token", "revoke", tokens[0]["name"])["name"] == tokens[0]["name"]
+    gone = cli.run("program", "list", "--token-file", "alice.token", code=1)
+    assert gone.stderr.startswith("error: UNAUTHENTICATED: ")
+    disabled = cli.json("principal", "disable", "alice", "--reason", "left the team")
+    assert disabled["name"] == "principals/alice" and disabled.get("disabled") is True
+
     methods = [e["method"] for e in cli.json("audit", "--limit", "5")]
     assert "dspy_registry.v1.AccessService/GrantPermission" in methods or any("Grant" in m for m in methods)
     assert "CreatePrincipal" in cli.run("audit").stdout
