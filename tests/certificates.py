@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from dspy_registry.server.config import Config
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,23 @@ class Authority:
             )
         certificate = builder.sign(self.key, hashes.SHA256())
         return Issued(certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+
+
+def tls_config(folder: Path, ca: Authority, *, mutual: bool = False, **more: Any) -> Config:
+    """A server on a free port, its certificate from `ca` for localhost (`mutual`: callers need one too).
+
+    Writes server.crt, server.key and ca.crt into `folder`; the store and the admin token go there too.
+    """
+    issued = ca.issue("localhost", server=True)
+    (folder / "server.crt").write_bytes(issued.certificate)
+    (folder / "server.key").write_bytes(issued.key)
+    (folder / "ca.crt").write_bytes(ca.pem)
+    return Config(
+        listen="127.0.0.1:0",
+        database=f"sqlite:///{folder / 'r.db'}",
+        admin_token_file=str(folder / "admin.token"),
+        tls_cert=str(folder / "server.crt"),
+        tls_key=str(folder / "server.key"),
+        tls_client_ca=str(folder / "ca.crt") if mutual else "",
+        **more,
+    )

@@ -30,12 +30,11 @@ from dspy_registry.client import (
 from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.client.config import DEFAULT_TARGET, resolve
 from dspy_registry.server.app import App
-from dspy_registry.server.config import Config
 from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running
-from tests.certificates import Authority
+from tests.certificates import Authority, tls_config
 from tests.factories import dspy_state, spec_proto
 
 
@@ -260,20 +259,7 @@ async def test_watch_reads_a_snapshot_then_a_change(server: Running) -> None:
 
 
 async def test_tls_with_a_private_authority(tmp_path: Path) -> None:
-    ca = Authority("client test CA")
-    issued = ca.issue("localhost", server=True)
-    (tmp_path / "server.crt").write_bytes(issued.certificate)
-    (tmp_path / "server.key").write_bytes(issued.key)
-    (tmp_path / "ca.crt").write_bytes(ca.pem)
-    app = App(
-        Config(
-            listen="127.0.0.1:0",
-            database=f"sqlite:///{tmp_path / 'r.db'}",
-            admin_token_file=str(tmp_path / "admin.token"),
-            tls_cert=str(tmp_path / "server.crt"),
-            tls_key=str(tmp_path / "server.key"),
-        )
-    )
+    app = App(tls_config(tmp_path, Authority("client test CA")))
     port = await app.start()
     try:
         target, token_file = f"localhost:{port}", tmp_path / "admin.token"

@@ -14,12 +14,11 @@ import pytest
 
 from dspy_registry.server import http_api
 from dspy_registry.server.app import App
-from dspy_registry.server.config import Config
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
-from tests.certificates import Authority
+from tests.certificates import Authority, tls_config
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
@@ -311,21 +310,8 @@ async def test_without_authentication_every_caller_is_admin(database_url: str) -
 
 async def test_behind_mutual_tls_the_routes_serve_https_and_take_tokens(tmp_path: Path) -> None:
     ca = Authority("test CA")
-    issued = ca.issue("localhost", server=True)
-    (tmp_path / "server.crt").write_bytes(issued.certificate)
-    (tmp_path / "server.key").write_bytes(issued.key)
-    (tmp_path / "ca.crt").write_bytes(ca.pem)
-    app = App(
-        Config(
-            listen="127.0.0.1:0",
-            database=f"sqlite:///{tmp_path / 'r.db'}",
-            admin_token_file=str(tmp_path / "admin.token"),
-            tls_cert=str(tmp_path / "server.crt"),
-            tls_key=str(tmp_path / "server.key"),
-            tls_client_ca=str(tmp_path / "ca.crt"),  # gRPC callers need a certificate; REST ones a token
-            http_listen="127.0.0.1:0",
-        )
-    )
+    # gRPC callers need a certificate (mutual); REST ones a token.
+    app = App(tls_config(tmp_path, ca, mutual=True, http_listen="127.0.0.1:0"))
     await app.start()
     try:
         token = (tmp_path / "admin.token").read_text().strip()

@@ -10,10 +10,9 @@ import grpc
 import pytest
 
 from dspy_registry.server.app import App
-from dspy_registry.server.config import Config
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
-from tests.certificates import Authority, Issued
+from tests.certificates import Authority, Issued, tls_config
 
 SUBJECT = "CN=sidecar-1,O=dspy-registry tests"  # RFC 2253, as grpc reports it
 
@@ -27,19 +26,7 @@ class TlsServer:
 
 
 async def _serve(tmp_path: Path, *, mutual: bool, ca: Authority) -> TlsServer:
-    issued = ca.issue("localhost", server=True)
-    (tmp_path / "server.crt").write_bytes(issued.certificate)
-    (tmp_path / "server.key").write_bytes(issued.key)
-    (tmp_path / "ca.crt").write_bytes(ca.pem)
-    config = Config(
-        listen="127.0.0.1:0",
-        database=f"sqlite:///{tmp_path / 'r.db'}",
-        admin_token_file=str(tmp_path / "admin.token"),
-        tls_cert=str(tmp_path / "server.crt"),
-        tls_key=str(tmp_path / "server.key"),
-        tls_client_ca=str(tmp_path / "ca.crt") if mutual else "",
-    )
-    app = App(config)
+    app = App(tls_config(tmp_path, ca, mutual=mutual))
     port = await app.start()
     return TlsServer(app, f"localhost:{port}", ca, (tmp_path / "admin.token").read_text().strip())
 
