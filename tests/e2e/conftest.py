@@ -9,13 +9,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.factories import dspy_state, spec_proto
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = Path(sys.executable).parent / "dspy-registry"
@@ -40,6 +44,30 @@ class ServerProcess:
         # Where the README's commands look for it, relative to the test's working folder.
         self.token_file = log.parent / ".dspy-registry" / "admin.token"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def register(
+        self,
+        program: str,
+        versions: Iterable[str],
+        *,
+        signature: bool = True,
+        labels: Mapping[str, str] | None = None,
+        performance: Mapping[str, float] | None = None,
+    ) -> None:
+        """The signature `sig` 1.0.0 (unless `signature=False`: registered already), then these versions
+        of `program`, each artifact `dspy_state(version)`; each auto-deploys to development."""
+        with self.channel() as channel:
+            registry = pb_grpc.RegistryServiceStub(channel)
+            if signature:
+                registry.RegisterSignature(
+                    pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+                )
+            for version in versions:
+                spec = pb.ProgramVersionSpec(
+                    program=program, version=version, signature="signatures/sig/versions/1.0.0",
+                    labels=labels or {}, performance=performance or {},
+                )  # fmt: skip
+                registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(version)))
 
     def channel(self) -> grpc.Channel:
         """A channel whose calls authenticate as the bootstrap admin."""

@@ -24,11 +24,9 @@ from google.protobuf import field_mask_pb2
 
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
-from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ROOT, ServerProcess
 from tests.eventually import eventually as _eventually
-from tests.factories import dspy_state, spec_proto
 
 PROGRAM = "sentiment"
 PODS = 3
@@ -105,17 +103,7 @@ def _canary(weight: int, pause_seconds: float) -> dpb.DeploymentStrategy:
 def fleet(serve: type[ServerProcess], tmp_path: Path) -> Iterator[Fleet]:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     fleet = Fleet(server, tmp_path)
-    fleet.registry.RegisterSignature(
-        pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
-    )
-    for minor in range(42):
-        spec = pb.ProgramVersionSpec(
-            program=PROGRAM, version=f"1.{minor}.0", signature="signatures/sig/versions/1.0.0",
-            performance={"accuracy": 0.9},
-        )  # fmt: skip
-        fleet.registry.RegisterProgram(
-            pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(f"1.{minor}.0"))
-        )
+    server.register(PROGRAM, [f"1.{minor}.0" for minor in range(42)], performance={"accuracy": 0.9})
     fleet.behave({})
     fleet.deploy("1.0.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
     fleet.start_pods()

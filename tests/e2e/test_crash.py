@@ -9,10 +9,7 @@ from pathlib import Path
 
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
-from dspy_registry.v1 import registry_pb2 as pb
-from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ServerProcess
-from tests.factories import dspy_state, spec_proto
 
 WEIGHTS = [5, 10, 20, 35, 50, 65, 80, 90]
 
@@ -22,20 +19,8 @@ async def test_a_canary_survives_ten_sigkills_with_each_step_applied_once(
 ) -> None:
     database = f"sqlite:///{tmp_path / 'r.db'}"
     server = serve(database, tmp_path / "server.log").start()
+    server.register("p", ["1.0.0", "1.1.0"])
     with server.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)
-        registry.RegisterSignature(
-            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
-        )
-        for version in ("1.0.0", "1.1.0"):
-            registry.RegisterProgram(
-                pb.RegisterProgramRequest(
-                    spec=pb.ProgramVersionSpec(
-                        program="p", version=version, signature="signatures/sig/versions/1.0.0"
-                    ),
-                    artifact=dspy_state(version),
-                )
-            )
         deploy = dpb_grpc.DeploymentServiceStub(channel)
         replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
         deploy.CreateDeployment(

@@ -15,10 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from dspy_registry.server.http_openapi import OPENAPI
-from dspy_registry.v1 import registry_pb2 as pb
-from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ServerProcess, free_port
-from tests.factories import dspy_state, spec_proto
 
 MAX_EXAMPLES = 25  # per operation: enough to find a 500 on bad input, and done in seconds
 
@@ -32,24 +29,7 @@ def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
     ).start()
     try:
         # Something to find: generated names mostly miss, but `sentiment` and its versions exist.
-        with server.channel() as channel:
-            registry = pb_grpc.RegistryServiceStub(channel)
-            registry.RegisterSignature(
-                pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
-            )
-            for version in ("1.0.0", "1.1.0"):
-                registry.RegisterProgram(
-                    pb.RegisterProgramRequest(
-                        spec=pb.ProgramVersionSpec(
-                            program="sentiment",
-                            version=version,
-                            signature="signatures/sig/versions/1.0.0",
-                            performance={"accuracy": 0.9},
-                            labels={"team": "ml"},
-                        ),
-                        artifact=dspy_state(),
-                    )
-                )
+        server.register("sentiment", ["1.0.0", "1.1.0"], labels={"team": "ml"}, performance={"accuracy": 0.9})
         yield server, f"http://{http}"
     finally:
         if server.process is not None and server.process.poll() is None:

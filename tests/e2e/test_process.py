@@ -21,20 +21,7 @@ async def test_stop_with_sigterm_restart_and_find_everything(
 ) -> None:
     log = tmp_path / "server.log"
     first = serve(database_url, log).start()
-    with first.channel() as channel:
-        registry = pb_grpc.RegistryServiceStub(channel)
-        registry.RegisterSignature(
-            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
-        )
-        for version in ("1.0.0", "1.1.0"):
-            registry.RegisterProgram(
-                pb.RegisterProgramRequest(
-                    spec=pb.ProgramVersionSpec(
-                        program="prog", version=version, signature="signatures/sig/versions/1.0.0"
-                    ),
-                    artifact=dspy_state(version),
-                ),
-            )
+    first.register("prog", ["1.0.0", "1.1.0"])
     assert first.stop(signal.SIGTERM) == 0
     lines = [json.loads(line) for line in first.log().splitlines() if line.startswith("{")]
     messages = [line["msg"] for line in lines]

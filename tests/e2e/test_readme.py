@@ -21,7 +21,6 @@ import pytest
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
-from tests.factories import dspy_state, spec_proto
 
 README = (ROOT / "README.md").read_text()
 
@@ -209,23 +208,7 @@ async def test_the_rest_routes_example(
     port = free_port()
     monkeypatch.setenv("DSPY_REGISTRY_HTTP_LISTEN", f"127.0.0.1:{port}")  # the child inherits it
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
-    channel, registry = _registry(server)
-    with channel:
-        registry.RegisterSignature(
-            pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
-        )
-        for version in ("1.0.0", "1.1.0"):
-            registry.RegisterProgram(
-                pb.RegisterProgramRequest(
-                    spec=pb.ProgramVersionSpec(
-                        program="sentiment_classifier",
-                        version=version,
-                        signature="signatures/sig/versions/1.0.0",
-                        labels={"team": "ml_platform"},
-                    ),
-                    artifact=dspy_state(),
-                )
-            )
+    server.register("sentiment_classifier", ["1.0.0", "1.1.0"], labels={"team": "ml_platform"})
     out = _run_block(_block("rest").replace("127.0.0.1:8080", f"127.0.0.1:{port}"), server, tmp_path)
     first, state, third, fourth = out.splitlines()
     listed, rolled, refused = json.loads(first), json.loads(third), json.loads(fourth)
