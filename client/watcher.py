@@ -180,10 +180,6 @@ class ProgramWatcher:
             elapsed_ms = (time.perf_counter() - start) * 1000
             self.measurements.request(loaded.program, loaded.environment, loaded.version, elapsed_ms, failed)
 
-    def record(self, loaded: Loaded, latency_ms: float, error: bool) -> None:
-        """Measure a call timed by the caller (when a `with` block does not fit)."""
-        self.measurements.request(loaded.program, loaded.environment, loaded.version, latency_ms, error)
-
     def feedback(
         self,
         program: str,

@@ -128,7 +128,3 @@ class Metrics:
             keep = [w for w in windows if known[(w.program, w.environment)] and w.end_time >= oldest]
             await tx.add_metric_windows(sidecar_id, keep, now)
         return len(keep), len(windows) - len(keep)
-
-    async def assessment(self, t: Target, d: Deployment | None, env: Environment) -> Assessment:
-        async with self.store.read() as tx:
-            return await assess(tx, t, d, env, self.clock(), self.retention)

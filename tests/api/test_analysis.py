@@ -262,7 +262,6 @@ async def _paused(server: Running, name: str) -> bool:
 async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(ready: Running) -> None:
     assert ready.app.controller is not None
     analysis = ready.app.controller.deployments
-    outcomes = set()
     for attempt in range(6):
         version = "1.1.0" if attempt % 2 == 0 else "1.2.0"
         canary = await _deploy(ready, version, _canary(50, 30))
@@ -281,7 +280,6 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
             assert ended.timeline[-1].actor == "controller"
         else:
             assert automatic is False and ended.timeline[-1].reason == "by hand"
-        outcomes.add(ended.timeline[-1].actor)
         assert ended.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
         assert [e.kind for e in ended.timeline].count(dpb.DEPLOYMENT_EVENT_KIND_ROLLED_BACK) == 1
         rollbacks = await _stub(ready).ListDeployments(
@@ -289,7 +287,6 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
         )
         assert [d.rolled_back_deployment for d in rollbacks.deployments].count(canary.name) == 1
         assert (await _status(ready)).target.stable.version == "1.0.0"
-    assert outcomes  # which side wins varies; either way, exactly one rollback
 
 
 async def test_an_unhealthy_canary_whose_old_version_is_yanked_pauses_and_others_go_on(
