@@ -24,14 +24,15 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def time_field(message: Any, name: str) -> datetime | None:
-    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT when out of range."""
+def time_field(message: Any, name: str, path: str = "") -> datetime | None:
+    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT naming `path` (else `name`)
+    when out of range."""
     if not message.HasField(name):
         return None
     try:
         value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
-        raise InvalidArgument.one(name, "is not a valid time") from None
+        raise InvalidArgument.one(path or name, "is not a valid time") from None
     return value
 
 

@@ -582,14 +582,13 @@ def _window(sidecar_id: str, m: pb.MetricWindow, at: str, v: Violations) -> heal
     times = []
     for name in ("start_time", "end_time"):
         try:
-            when = time_field(m, name)
-        except InvalidArgument:
+            when = time_field(m, name, f"{at}.{name}")
+        except InvalidArgument as bad:
+            v.items += bad.violations
             when = None
-            v.add(f"{at}.{name}", "is not a valid time")
-        else:
-            if when is None:
-                v.add(f"{at}.{name}", "is required")
-        times.append(when or datetime.fromtimestamp(0, UTC))
+        if not m.HasField(name):
+            v.add(f"{at}.{name}", "is required")
+        times.append(when or datetime.fromtimestamp(0, UTC))  # placeholder: the violations refuse the call
     window = health.Window(
         sidecar_id, program, environment, m.version,
         times[0], times[1],

@@ -154,6 +154,13 @@ async def test_bad_windows_are_refused_by_field_and_unknown_targets_dropped(read
     fields = {v.field for v in details(refused.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
     assert {"windows[1].error_count", "windows[1].latency.counts"} <= fields
     assert (await _status(ready)).health[0].request_count == 0  # nothing of the refused call was kept
+    far = window("1.0.0", 10)
+    far.start_time.seconds = 10**13  # past year 9999: not a time the server can hold
+    far.ClearField("end_time")
+    with pytest.raises(grpc.aio.AioRpcError) as bad_times:
+        await _report(ready, far)
+    fields = {v.field for v in details(bad_times.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    assert fields >= {"windows[0].start_time", "windows[0].end_time"}
     with pytest.raises(grpc.aio.AioRpcError) as too_many:
         await _report(ready, *[window("1.0.0", 1) for _ in range(1001)])
     assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
