@@ -64,9 +64,9 @@ class DeploymentRequest:
 class Status:
     target: Target | None
     deployment: Deployment | None
-    stable: ProgramVersion | None
-    candidate: ProgramVersion | None
-    assessment: Assessment | None  # live health; None without a target
+    assessment: (
+        Assessment | None
+    )  # live health of each version, with what it registered; None without a target
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
@@ -534,23 +534,17 @@ class Deployments:
 
     async def status(self, program: str, environment: str) -> Status:
         async with self.store.read() as tx:
-            if await tx.get_environment(environment) is None:
+            env = await tx.get_environment(environment)
+            if env is None:
                 raise NotFound(f"environments/{environment}")
             t = await tx.get_target(program, environment)
             d = await tx.active_deployment(program, environment)
             if d is None and t is not None and t.deployment:
                 d = await tx.get_deployment(t.deployment)
-            stable = await tx.get_program_version(program, t.stable.version) if t and t.stable else None
-            candidate = (
-                await tx.get_program_version(program, t.candidate.version) if t and t.candidate else None
-            )
-            env = await tx.get_environment(environment)
-            found = None
-            if t is not None and env is not None:
-                found = await assess(tx, t, d, env, _now(), self.metrics_retention)
+            found = await assess(tx, t, d, env, _now(), self.metrics_retention) if t is not None else None
         if t is None and d is None:
             raise NotFound(f"programs/{program}/environments/{environment}/target")
-        return Status(t, d, stable, candidate, found)
+        return Status(t, d, found)
 
     async def served(self, program: str, environment: str) -> ProgramVersion:
         """What `environment` serves of `program`: its target's stable version."""
