@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from rich.table import Table
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
 
-from .config import TlsArgument
+from .config import Tls, TlsArgument
 from .errors import RegistryError
 from .registry import UNARY_ARTIFACT_LIMIT
 from .sync import SyncRegistry
@@ -457,6 +458,84 @@ def env_set(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> in
     return 0
 
 
+# -- webhooks
+
+
+def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """The signing secret comes from a file (never the command line: shell history), else is made here
+    and shown once, as `token create` does; the server never returns it."""
+    made = args.secret_file is None
+    secret = secrets.token_urlsafe(32) if made else Path(args.secret_file).read_text().strip()
+    selectors = [_split_selector(s) for s in args.select or ()]
+    webhook = registry.create_webhook(
+        args.id,
+        args.url,
+        secret,
+        event_kinds=args.event or (),
+        selectors=selectors,
+        description=args.description,
+    )
+    if out.json:
+        document = as_dict(webhook)
+        if made:
+            document["secret"] = secret
+        out.document(document)
+        return 0
+    if not made:
+        out.message(webhook)
+        return 0
+    # The secret alone on stdout, so that `> hook.secret` keeps it for the receiver.
+    out.errors.print(f"created {webhook.name}; its signing secret is shown once (X-DSPy-Registry-Signature)")
+    print(secret)
+    return 0
+
+
+def _split_selector(value: str) -> tuple[str, str]:
+    program, _, environment = value.partition("/")
+    return program, environment
+
+
+def webhook_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.rows(
+        registry.list_webhooks(),
+        {
+            "name": lambda w: w.name,
+            "url": lambda w: w.url,
+            "events": lambda w: (
+                ",".join(
+                    _enum_name(dpb.DeploymentEventKind, k, "DEPLOYMENT_EVENT_KIND_") for k in w.event_kinds
+                )
+                or "all"
+            ),
+            "selectors": lambda w: (
+                ",".join(f"{s.program or '*'}/{s.environment or '*'}" for s in w.selectors) or "all"
+            ),
+        },
+    )
+    return 0
+
+
+def webhook_delete(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.delete_webhook(args.id))
+    return 0
+
+
+def webhook_deliveries(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    deliveries = registry.list_webhook_deliveries(args.id, states=args.state or ())
+    out.rows(
+        (d for _, d in zip(range(args.limit), deliveries, strict=False)),
+        {
+            "delivery": lambda d: d.name.rsplit("/", 1)[-1],
+            "event": lambda d: _enum_name(dpb.DeploymentEventKind, d.event_kind, "DEPLOYMENT_EVENT_KIND_"),
+            "state": lambda d: _enum_name(dpb.DeliveryState, d.state, "DELIVERY_STATE_"),
+            "attempts": lambda d: d.attempts,
+            "last response": lambda d: d.last_response_code or d.last_error,
+            "queued": lambda d: d.create_time.ToJsonString(),
+        },
+    )
+    return 0
+
+
 # -- access
 
 
@@ -545,6 +624,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument("--token-file", help="a file holding the bearer token (else DSPY_REGISTRY_TOKEN_FILE)")
     group.add_argument("--token", help="the bearer token itself (prefer --token-file: shell history)")
     group.add_argument("--tls-ca", help="TLS with this CA bundle (`system` for the system roots)")
+    group.add_argument("--tls-cert", help="mutual TLS: this client certificate (PEM), with --tls-key")
+    group.add_argument("--tls-key", help="mutual TLS: the client certificate's private key (PEM)")
     group.add_argument("--config", help="the client config file (TOML)")
     group.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -662,6 +743,24 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("name")
     p.add_argument("assignments", nargs="+", metavar="PATH=VALUE")
 
+    webhooks = group("webhook", "create, list and delete webhooks; their deliveries")
+    p = add(webhooks, "create", webhook_create, "POST deployment events to a URL, signed")
+    p.add_argument("id")
+    p.add_argument("url")
+    p.add_argument("--secret-file", help="the signing secret (else one is made and printed once)")
+    kinds = [n.removeprefix("DEPLOYMENT_EVENT_KIND_").lower() for n in dpb.DeploymentEventKind.keys()][1:]
+    p.add_argument("--event", action="append", choices=kinds, help="a kind to send (repeatable; else all)")
+    p.add_argument("--select", action="append", metavar="PROGRAM/ENVIRONMENT", help="globs (repeatable)")
+    p.add_argument("--description", default="")
+    add(webhooks, "list", webhook_list, "list webhooks (never their secrets)")
+    p = add(webhooks, "delete", webhook_delete, "delete a webhook; what it has pending is cancelled")
+    p.add_argument("id", help="webhooks/ID or ID")
+    p = add(webhooks, "deliveries", webhook_deliveries, "a webhook's deliveries, newest first")
+    p.add_argument("id", help="webhooks/ID or ID")
+    states = [n.removeprefix("DELIVERY_STATE_").lower() for n in dpb.DeliveryState.keys()][1:]
+    p.add_argument("--state", action="append", choices=states)
+    p.add_argument("--limit", type=int, default=50)
+
     principals = group("principal", "create and list principals")
     p = add(principals, "create", principal_create, "create a user or service account")
     p.add_argument("id")
@@ -722,6 +821,9 @@ def run_operator(args: argparse.Namespace) -> int:
     # client's loop thread inside a stream (`watch`) and the process hanging; the server drops the call.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     tls: TlsArgument = True if args.tls_ca == "system" else args.tls_ca
+    if args.tls_cert or args.tls_key:
+        ca = None if args.tls_ca in (None, "system") else args.tls_ca
+        tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
     try:
         with SyncRegistry.connect(
             args.target, token=args.token, token_file=args.token_file, tls=tls, config_file=args.config

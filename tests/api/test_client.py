@@ -273,6 +273,41 @@ async def test_tls_with_a_private_authority(tmp_path: Path) -> None:
         await app.stop(grace=0)
 
 
+async def test_mutual_tls_a_client_certificate_is_the_principal(tmp_path: Path) -> None:
+    ca = Authority("client mTLS CA")
+    app = App(tls_config(tmp_path, ca, mutual=True))
+    port = await app.start()
+    try:
+        target, token_file = f"localhost:{port}", tmp_path / "admin.token"
+        operator, pod = ca.issue("operator", server=False), ca.issue("pod-7", server=False)
+        for name, issued in (("operator", operator), ("pod", pod)):
+            (tmp_path / f"{name}.crt").write_bytes(issued.certificate)
+            (tmp_path / f"{name}.key").write_bytes(issued.key)
+        # Mutual TLS still takes a token: the admin, over a handshake with the operator's certificate.
+        admin_tls = Tls(ca=tmp_path / "ca.crt", cert=tmp_path / "operator.crt", key=tmp_path / "operator.key")
+        async with Registry.connect(target, token_file=token_file, tls=admin_tls) as registry:
+            await registry.create_principal(
+                "pod", type="service_account", certificate_subjects=["CN=pod-7,O=dspy-registry tests"]
+            )
+        # No token at all: the certificate named in the config file is the principal.
+        config = tmp_path / "pod.toml"
+        config.write_text(
+            f'target = "{target}"\ntls_ca = "ca.crt"\ntls_cert = "pod.crt"\ntls_key = "pod.key"\n'
+        )
+        async with Registry.connect(config_file=config) as registry:
+            me = await registry.whoami()
+        assert me.principal.name == "principals/pod"
+        assert me.authentication_method == access_pb2.AUTHENTICATION_METHOD_CLIENT_CERTIFICATE
+        # Without a client certificate the handshake itself fails.
+        async with Registry.connect(
+            target, token_file=token_file, tls=tmp_path / "ca.crt", retries=0
+        ) as registry:
+            with pytest.raises(UnavailableError):
+                await registry.whoami()
+    finally:
+        await app.stop(grace=0)
+
+
 async def test_large_programs_are_streamed_both_ways(server: Running) -> None:
     big = dspy_state(pad=5 << 20)  # above the unary limit: UploadProgram, then GetArtifact in chunks
     async with Registry.connect(server.target, token=server.admin_token) as registry:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
 import signal
 import subprocess
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
+from dspy_registry.server.app import App
+from dspy_registry.server.domain import webhooks
+from tests.certificates import Authority, tls_config
 from tests.e2e.conftest import SERVE, ServerProcess
+from tests.eventually import eventually
 from tests.factories import dspy_state, spec_proto
+from tests.webhook_receiver import ThreadedReceiver
 
 
 class Cli:
@@ -291,3 +298,95 @@ def test_errors_print_the_status_and_exit_non_zero(serve: type[ServerProcess], t
         ).stderr
     )
     assert "usage:" in cli.run("deploy", "triage", code=2).stderr
+
+
+def test_webhooks(serve: type[ServerProcess], tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("DSPY_REGISTRY_WEBHOOK_ALLOW", "127.0.0.0/8")  # the receiver is on loopback
+    cli = _start(serve, tmp_path)
+    (tmp_path / "hook.secret").write_text("s3cret\n")
+    receiver = ThreadedReceiver("s3cret").start()
+    try:
+        url = receiver.receiver.url
+        made = cli.json(
+            "webhook", "create", "oncall", url, "--secret-file", "hook.secret",
+            "--event", "succeeded", "--select", "triage*/staging", "--description", "pager",
+        )  # fmt: skip
+        assert made["name"] == "webhooks/oncall" and "secret" not in made
+        assert made["event_kinds"] == ["DEPLOYMENT_EVENT_KIND_SUCCEEDED"]
+        assert made["selectors"] == [{"program": "triage*", "environment": "staging"}]
+        # Without --secret-file a secret is made and shown once, alone on stdout (as `token create` does).
+        done = cli.run("webhook", "create", "audit-log", url)
+        assert len(done.stdout.strip()) >= 32 and "shown once" in done.stderr
+        listed = cli.run("webhook", "list").stdout
+        assert "webhooks/oncall" in listed and "SUCCEEDED" in listed and "triage*/staging" in listed
+
+        cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+        cli.run(
+            "program",
+            "register",
+            "triage",
+            "--file",
+            "v1.json",
+            "--signature",
+            "classify",
+            "--version",
+            "1.0.0",
+        )
+        cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
+
+        def delivered() -> bool:
+            return any(
+                r["state"] == "DELIVERY_STATE_SUCCEEDED" for r in cli.json("webhook", "deliveries", "oncall")
+            )
+
+        eventually(delivered, "the SUCCEEDED event delivered to oncall")
+        rows = cli.json("webhook", "deliveries", "oncall")
+        assert [r["event_kind"] for r in rows] == ["DEPLOYMENT_EVENT_KIND_SUCCEEDED"]
+        got = receiver.receiver.delivered()
+        assert got[rows[0]["name"].rsplit("/", 1)[-1]].valid  # signed with the secret from the file
+        # audit-log's deliveries are signed with the secret it printed.
+        made_secret = done.stdout.strip()
+        others = [r for r in got.values() if not r.valid]
+        assert others and all(webhooks.verify(made_secret, r.timestamp, r.body, r.signature) for r in others)
+        table = cli.run("webhook", "deliveries", "oncall", "--state", "succeeded").stdout
+        assert "SUCCEEDED" in table and "200" in table
+
+        assert cli.json("webhook", "delete", "oncall")["name"] == "webhooks/oncall"
+        assert "webhooks/oncall" not in cli.run("webhook", "list").stdout
+        refused = cli.run("webhook", "create", "x", "http://10.0.0.1/hook", code=1)
+        assert refused.stderr.startswith("error: INVALID_ARGUMENT: ") and "webhook.url" in refused.stderr
+    finally:
+        receiver.close()
+
+
+async def test_mutual_tls_from_the_command_line(tmp_path: Path) -> None:
+    ca = Authority("cli mTLS CA")
+    app = App(tls_config(tmp_path, ca, mutual=True))
+    port = await app.start()
+    try:
+        operator = ca.issue("operator", server=False)
+        (tmp_path / "operator.crt").write_bytes(operator.certificate)
+        (tmp_path / "operator.key").write_bytes(operator.key)
+        tls = ["--tls-ca", "ca.crt", "--tls-cert", "operator.crt", "--tls-key", "operator.key"]
+        env = {
+            **os.environ,
+            "DSPY_REGISTRY_TARGET": f"localhost:{port}",
+            "DSPY_REGISTRY_TOKEN_FILE": "admin.token",
+        }
+
+        async def cli(*args: str) -> tuple[int, str, str]:
+            process = await asyncio.create_subprocess_exec(
+                str(SERVE), *args, cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode is not None
+            return process.returncode, out.decode(), err.decode()
+
+        code, out, err = await cli("env", "list", "--json", *tls)
+        assert code == 0, err
+        assert json.loads(out)[0]["name"] == "environments/development"
+        # The same token without a client certificate: the handshake is refused before any call.
+        code, out, err = await cli("env", "list", "--tls-ca", "ca.crt")
+        assert code == 1 and err.startswith("error: UNAVAILABLE: ")
+    finally:
+        await app.stop(grace=0)
