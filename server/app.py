@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,13 @@ class App:
             self.store, guard_mode=self.config.semver_guard, upload_limit=self.config.upload_limit
         )
         self.access = Access(self.store)
+        # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
+        gateway_secret = secrets.token_urlsafe(32) if self.config.http_listen else ""
         guard = Guard(
-            self.access, enabled=self.config.auth, client_certificates=bool(self.config.tls_client_ca)
+            self.access,
+            enabled=self.config.auth,
+            client_certificates=bool(self.config.tls_client_ca),
+            gateway_secret=gateway_secret,
         )
         environments = Environments(self.store)
         deployments = Deployments(self.store, metrics_retention=self.config.metrics_retention_seconds)
@@ -159,6 +165,7 @@ class App:
             # The REST routes call the gRPC services over a private Unix socket of their own.
             self.http = HttpServer(
                 self.config.http_listen,
+                gateway_secret,
                 server_ssl(self.config.tls_cert, self.config.tls_key),
                 self.config.grace_seconds,
             )

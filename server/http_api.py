@@ -40,6 +40,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as rpb
 from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
 
+from .api.guard import GATEWAY_CLIENT_KEY, GATEWAY_SECRET_KEY
 from .api.status import DOMAIN
 from .http_openapi import OPENAPI
 
@@ -168,15 +169,13 @@ def _rpc_error(err: grpc.aio.AioRpcError) -> web.Response:
     return _error_response(err.code(), err.details() or "", details)
 
 
-def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    authorization = request.headers.get("Authorization")
-    if authorization is None:
-        return ()
-    # gRPC metadata is printable ASCII; anything else cannot be a token of ours,
-    # and the guard answers a missing header and a bad one alike.
-    if not authorization.isascii() or not authorization.isprintable():
-        return (("authorization", "Bearer -"),)
-    return (("authorization", authorization),)
+def _client_address(request: web.Request) -> str:
+    """The HTTP client as gRPC would name it: ipv4:10.0.0.7:51234, ipv6:[::1]:51234."""
+    peername: Any = request.transport.get_extra_info("peername") if request.transport else None
+    if not peername:
+        return ""
+    host, port = peername[0], peername[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -261,10 +260,22 @@ def _path(request: web.Request, name: str) -> str:
 class Gateway:
     """The routes, calling the gRPC services over `channel`."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, secret: str) -> None:
+        self.secret = secret  # proves to the guard that the client address is ours (guard.GATEWAY_*)
         self.registry = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         self.deployments = dpb_grpc.DeploymentServiceStub(channel)  # type: ignore[no-untyped-call]
         self.access = apb_grpc.AccessServiceStub(channel)  # type: ignore[no-untyped-call]
+
+    def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
+        forwarded = ((GATEWAY_SECRET_KEY, self.secret), (GATEWAY_CLIENT_KEY, _client_address(request)))
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            return forwarded
+        # gRPC metadata is printable ASCII; anything else cannot be a token of ours,
+        # and the guard answers a missing header and a bad one alike.
+        if not authorization.isascii() or not authorization.isprintable():
+            return (("authorization", "Bearer -"), *forwarded)
+        return (("authorization", authorization), *forwarded)
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -278,7 +289,7 @@ class Gateway:
             # UNAUTHENTICATED before bad input is told INVALID_ARGUMENT. WhoAmI only authenticates.
             try:
                 await self.access.WhoAmI(
-                    apb.WhoAmIRequest(), metadata=_metadata(request), timeout=CALL_TIMEOUT
+                    apb.WhoAmIRequest(), metadata=self._metadata(request), timeout=CALL_TIMEOUT
                 )
             except grpc.aio.AioRpcError as err:
                 return _rpc_error(err)
@@ -313,7 +324,7 @@ class Gateway:
         team = _query_str(request, "team")
         if team:
             query.labels["team"] = team
-        metadata = _metadata(request)
+        metadata = self._metadata(request)
         # Page tokens, not offsets, on the gRPC side: walk the pages up to the offset.
         # Each page holds at most 1000 programs, so a registry's few pages are cheap.
         programs: list[rpb.Program] = []
@@ -345,7 +356,7 @@ class Gateway:
         _known_query(request, "version", "environment")
         version = _query_str(request, "version")
         environment = _query_str(request, "environment")
-        metadata = _metadata(request)
+        metadata = self._metadata(request)
         if environment and not version:
             ask = rpb.GetProgramVersionRequest(name=f"programs/{name}", environment=environment)
         else:
@@ -406,7 +417,7 @@ class Gateway:
         if strategy:
             create.strategy.strategy = STRATEGIES[strategy]
         response = await self.deployments.CreateDeployment(
-            create, metadata=_metadata(request), timeout=CALL_TIMEOUT
+            create, metadata=self._metadata(request), timeout=CALL_TIMEOUT
         )
         deployment_id = _short(response.deployment.name)
         return _json(
@@ -422,7 +433,7 @@ class Gateway:
     async def status(self, request: web.Request) -> web.Response:
         deployment_id = _path(request, "id")
         _known_query(request)
-        metadata = _metadata(request)
+        metadata = self._metadata(request)
         deployment = (
             await self.deployments.GetDeployment(
                 dpb.GetDeploymentRequest(name=f"deployments/{deployment_id}"),
@@ -462,7 +473,7 @@ class Gateway:
                 reason=reason,
                 request_id=_body_str(body, "request_id"),
             ),
-            metadata=_metadata(request),
+            metadata=self._metadata(request),
             timeout=CALL_TIMEOUT,
         )
         rollback_id = _short(response.deployment.name)
@@ -492,8 +503,9 @@ def server_ssl(cert: str, key: str) -> SSLContext | None:
 class HttpServer:
     """The REST routes on `listen` (HTTPS with `ssl`), in front of the gRPC server on `grpc_address`."""
 
-    def __init__(self, listen: str, ssl: SSLContext | None = None, grace: float = 10.0) -> None:
+    def __init__(self, listen: str, secret: str, ssl: SSLContext | None = None, grace: float = 10.0) -> None:
         self.listen = listen
+        self.secret = secret  # the gateway's, for the guard (Guard.gateway_secret)
         self.ssl = ssl
         self.grace = grace  # seconds in-flight requests get on stop
         self.port = 0
@@ -517,7 +529,7 @@ class HttpServer:
             ],
         )
         self._runner = web.AppRunner(
-            Gateway(self._channel).application(), access_log=None, shutdown_timeout=self.grace
+            Gateway(self._channel, self.secret).application(), access_log=None, shutdown_timeout=self.grace
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]") or None, port_number, ssl_context=self.ssl)

@@ -10,6 +10,7 @@ mutations are audited by the store inside their own transaction.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from contextvars import ContextVar
@@ -41,12 +42,40 @@ def identity() -> Identity:
     return found
 
 
+# The REST gateway calls over its private Unix socket, where every peer reads "unix:". It names
+# the HTTP client in these keys, with a per-process secret, so that the audit log and the refusal
+# throttle see the real caller; without the secret the keys are ignored (anyone could send them).
+GATEWAY_SECRET_KEY = "x-dspy-registry-gateway"
+GATEWAY_CLIENT_KEY = "x-dspy-registry-client"
+
+
 class Guard:
-    def __init__(self, access: Access, *, enabled: bool = True, client_certificates: bool = False) -> None:
+    def __init__(
+        self,
+        access: Access,
+        *,
+        enabled: bool = True,
+        client_certificates: bool = False,
+        gateway_secret: str = "",
+    ) -> None:
         self.access = access
         self.enabled = enabled
         self.client_certificates = client_certificates
+        self.gateway_secret = gateway_secret
         self._throttle = _Throttle()
+
+    def peer(self, context: Context) -> str:
+        """The caller's address as gRPC names it (ipv4:10.0.0.7:51234), the REST gateway's callers included."""
+        value: Any = context.peer()
+        address = str(value or "")
+        if not self.gateway_secret or not address.startswith("unix:"):
+            return address
+        metadata = dict(context.invocation_metadata() or ())
+        secret, client = metadata.get(GATEWAY_SECRET_KEY), metadata.get(GATEWAY_CLIENT_KEY)
+        if isinstance(secret, str) and isinstance(client, str):
+            if hmac.compare_digest(secret.encode(), self.gateway_secret.encode()):
+                return client
+        return address
 
     async def authenticate(self, context: Context) -> Identity:
         if not self.enabled:
@@ -138,11 +167,6 @@ def _certificate_subject(context: Context) -> str | None:
     # The full subject only: a common name could spell out another certificate's subject.
     values = list(context.auth_context().get("x509_subject", ()))
     return values[0].decode() if values else None
-
-
-def peer(context: Context) -> str:
-    value: Any = context.peer()
-    return str(value or "")
 
 
 # With authentication switched off (--no-auth, for development and benchmarks)

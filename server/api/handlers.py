@@ -32,7 +32,7 @@ from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
 from ..errors import RegistryError
 from .context import Context
-from .guard import Guard, current_identity, identity, peer
+from .guard import Guard, current_identity, identity
 from .permissions import RULES, Rule
 from .status import code_for, to_status
 
@@ -86,7 +86,7 @@ class _Admission:
         """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
         # Each RPC runs in a task of its own: what is set here is this call's alone.
         # The peer is only wanted by the audit log: mutations, and refusals (see refused()).
-        address = peer(context) if self.rule.mutation else ""
+        address = self.guard.peer(context) if self.rule.mutation else ""
         call = Call(self.method, "", "", "", "", address, self.rule.mutation)
         current_call.set(call)
         who = await self.guard.authenticate(context)
@@ -105,7 +105,7 @@ class _Admission:
         await self.guard.authorize(identity(), self.rule, names)
 
     async def refused(self, call: Call, exc: Exception, context: Context) -> None:
-        call.peer = call.peer or peer(context)
+        call.peer = call.peer or self.guard.peer(context)
         await self.guard.audit_refusal(call, exc, self.rule)
 
 

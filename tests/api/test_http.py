@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from dspy_registry.server import http_api
+from dspy_registry.server.api import guard
 from dspy_registry.server.app import App
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
@@ -337,3 +339,37 @@ async def test_an_offset_walks_the_pages(rest: Rest, monkeypatch: pytest.MonkeyP
     assert [p["name"] for p in last["programs"]] == ["programs/gamma", "programs/sentiment"]
     _, beyond = await rest.get("/api/registry/programs", limit=3, offset=30)
     assert (beyond["programs"], beyond["total"], beyond["page"]) == ([], 5, 11)
+
+
+async def test_the_audit_log_names_the_http_client_not_the_gateway_socket(rest: Rest) -> None:
+    status, _ = await rest.post(f"/api/registry/programs/{PROGRAM}/deploy", {"environment": "staging"})
+    assert status == 201
+    reader = await _token(rest, "reader", [(apb.ACTION_READ, "*")])
+    status, _ = await rest.post(
+        f"/api/registry/programs/{PROGRAM}/deploy", {"environment": "staging"}, reader
+    )
+    assert status == 403
+    # A gRPC caller sending the gateway's keys without its secret is named by its own address.
+    forged = (
+        (guard.GATEWAY_SECRET_KEY, "guess"),
+        (guard.GATEWAY_CLIENT_KEY, "ipv4:203.0.113.9:1"),
+        ("authorization", f"Bearer {reader}"),
+    )
+    assert rest.running.app.http is not None
+    for target in (rest.running.target, rest.running.app.http.grpc_address):  # over TCP, and the socket
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await apb_grpc.AccessServiceStub(channel).CreatePrincipal(
+                    apb.CreatePrincipalRequest(principal_id="x"), metadata=forged
+                )
+    admin = apb_grpc.AccessServiceStub(rest.running.channel)
+    events = (await admin.ListAuditEvents(apb.ListAuditEventsRequest())).audit_events
+    peers = {e.method.rsplit("/", 1)[-1] + ":" + e.principal: e.peer for e in events}
+    forgers = sorted(
+        e.peer for e in events if e.method.endswith("CreatePrincipal") and "reader" in e.principal
+    )
+    # aiohttp's client connects over 127.0.0.1: the peer gRPC callers would show, not "unix:".
+    assert peers["CreateDeployment:principals/admin"].startswith("ipv4:127.0.0.1:")
+    assert peers["CreateDeployment:principals/reader"].startswith("ipv4:127.0.0.1:")
+    assert forgers[0].startswith("ipv4:127.0.0.1:") and forgers[1] == "unix:"
+    assert "203.0.113.9" not in "".join(peers.values())
