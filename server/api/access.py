@@ -8,7 +8,17 @@ from datetime import timedelta
 from dspy_registry.v1 import access_pb2 as pb
 
 from ..domain import access
-from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.access import (
+    Action,
+    AuditEvent,
+    AuditFilter,
+    Grant,
+    NewToken,
+    Outcome,
+    Principal,
+    Token,
+    principal_name,
+)
 from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument
 from ..usecases.access import Access, PrincipalDraft
@@ -55,7 +65,7 @@ def principal_proto(p: Principal) -> pb.Principal:
         certificate_subjects=list(p.certificate_subjects),
         disabled=p.disabled,
         disable_reason=p.disable_reason,
-        creator=p.creator,
+        creator=principal_name(p.creator),
         create_time=timestamp(p.create_time),
         update_time=timestamp(p.update_time),
         revision=p.revision,
@@ -69,7 +79,7 @@ def token_proto(t: Token) -> pb.Token:
         description=t.description,
         secret_prefix=t.secret_prefix,
         revoked=t.revoked,
-        creator=t.creator,
+        creator=principal_name(t.creator),
         create_time=timestamp(t.create_time),
         revision=t.revision,
     )
@@ -88,7 +98,7 @@ def permission_proto(g: Grant) -> pb.Permission:
         principal=f"principals/{g.principal}",
         action=int(g.action),  # type: ignore[arg-type]
         resource=g.resource,
-        creator=g.creator,
+        creator=principal_name(g.creator),
         create_time=timestamp(g.create_time),
         revision=g.revision,
     )

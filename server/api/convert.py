@@ -13,6 +13,7 @@ from dspy_registry.v1 import registry_pb2 as pb
 
 from ..domain import compare as comparing
 from ..domain import programs, signatures
+from ..domain.access import principal_name
 from ..domain.model import ProgramSummary, ProgramVersion, SignatureSummary, SignatureVersion
 from ..errors import InvalidArgument
 from ..usecases.registry import SignatureDraft
@@ -144,7 +145,7 @@ def signature_version(sv: SignatureVersion) -> pb.SignatureVersion:
         metadata=dict_to_struct(sv.metadata),
         previous_version=sv.previous_version,
         compatibility=int(sv.compatibility) if sv.compatibility else 0,  # type: ignore[arg-type]
-        creator=sv.creator,
+        creator=principal_name(sv.creator),
         create_time=timestamp(sv.create_time),
         revision=sv.revision,
     )
@@ -207,7 +208,7 @@ def program_version(pv: ProgramVersion) -> pb.ProgramVersion:
         ],
         yanked=pv.yanked,
         yank_reason=pv.yank_reason,
-        creator=pv.creator,
+        creator=principal_name(pv.creator),
         create_time=timestamp(pv.create_time),
         revision=pv.revision,
         etag=pv.etag,

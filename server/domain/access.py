@@ -119,9 +119,12 @@ MAX_WILDCARDS = 3  # keeps matching linear-ish: many `*` make a regex backtrack 
 CONTROLLER = "controller"  # the server itself: auto-deploys, controller steps, automated rollbacks
 
 
+BOOTSTRAP = "bootstrap"  # the server's first start: the admin principal, its grant and token
+
+
 def principal_name(who: str) -> str:
-    """Who did something, as the contract names it: principals/{principal}, or `controller`."""
-    return who if who == CONTROLLER or not who else f"principals/{who}"
+    """Who did something, as the contract names it: principals/{principal}, `controller` or `bootstrap`."""
+    return who if who in (CONTROLLER, BOOTSTRAP) or not who else f"principals/{who}"
 
 
 def check_glob(value: str, field: str) -> str:

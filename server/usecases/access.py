@@ -229,15 +229,21 @@ class Access:
                 return False
             now = _now()
             admin = Principal(
-                ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", "bootstrap",
+                ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", access.BOOTSTRAP,
                 now, now, tx.next_revision,
             )  # fmt: skip
             await tx.insert_principal(admin)
             grant = Grant(
-                access.new_token_id(), ADMIN, Action.ADMIN, access.ALL, "bootstrap", now, tx.next_revision
+                access.new_token_id(),
+                ADMIN,
+                Action.ADMIN,
+                access.ALL,
+                access.BOOTSTRAP,
+                now,
+                tx.next_revision,
             )
             await tx.insert_grant(grant)
-            issued = self._issue(ADMIN, "bootstrap admin token", None, "bootstrap", tx.next_revision)
+            issued = self._issue(ADMIN, "bootstrap admin token", None, access.BOOTSTRAP, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append(
                 [

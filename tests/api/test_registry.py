@@ -61,7 +61,7 @@ async def test_register_get_and_list_signatures(server: Running) -> None:
     async with server.app.store.read() as tx:
         start = await tx.current_revision()  # the environments and the bootstrap came first
     sv = await register_signature(registry)
-    assert sv.name == SIG and sv.revision == start + 1 and sv.creator == "admin"
+    assert sv.name == SIG and sv.revision == start + 1 and sv.creator == "principals/admin"
     got = await registry.GetSignature(pb.GetSignatureRequest(name="signatures/text_classifier"))
     assert got.signature_version == sv
     await register_signature(registry, version="1.1.0", outputs=("positive", "negative", "neutral", "mixed"))
