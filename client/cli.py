@@ -708,7 +708,7 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
 
     actions: list[tuple[str, str, Callable[[SyncRegistry, argparse.Namespace], Message]]] = [
         ("promote", "advance a deployment now (--full: all steps)",
-         lambda r, a: r.promote_version(a.deployment, full=a.full, reason=a.reason)),
+         lambda r, a: r.promote_deployment(a.deployment, full=a.full, reason=a.reason)),
         ("approve", "approve (or --reject) a deployment pending approval",
          lambda r, a: r.approve(a.deployment, a.reason, reject=a.reject)),
         ("abort", "abort a deployment", lambda r, a: r.abort_deployment(a.deployment, a.reason)),

@@ -84,7 +84,7 @@ RPC_METHODS: dict[str, str] = {
     _D + "GetDeployment": "get_deployment",
     _D + "ListDeployments": "list_deployments",
     _D + "ApproveDeployment": "approve",
-    _D + "PromoteDeployment": "promote_version",
+    _D + "PromoteDeployment": "promote_deployment",
     _D + "AbortDeployment": "abort_deployment",
     _D + "RollbackDeployment": "rollback",
     _D + "GetDeploymentStatus": "get_deployment_status",
@@ -246,11 +246,15 @@ def _signature_name(signature_name: str, version: str | None) -> str:
 
 def _strategy(
     strategy: str | int | dpb.DeploymentStrategy | None,
-    canary_percent: int | Sequence[int],
+    canary_percent: int | Sequence[int] | None,
     pause: timedelta | float | None,
 ) -> dpb.DeploymentStrategy | None:
+    if strategy is None and canary_percent is not None:
+        strategy = "canary"  # a weight says what is meant
     if strategy is None or isinstance(strategy, dpb.DeploymentStrategy):
         return strategy
+    if canary_percent is None:
+        canary_percent = 10
     out = dpb.DeploymentStrategy(strategy=_enum(dpb.Strategy, "STRATEGY_", strategy))  # type: ignore[arg-type]
     if out.strategy == dpb.STRATEGY_CANARY:
         weights = [canary_percent] if isinstance(canary_percent, int) else list(canary_percent)
@@ -751,8 +755,8 @@ class Registry:
         name: str,
         version: str,
         environment: str,
-        strategy: str | int | dpb.DeploymentStrategy | None = "canary",
-        canary_percent: int | Sequence[int] = 10,
+        strategy: str | int | dpb.DeploymentStrategy | None = None,
+        canary_percent: int | Sequence[int] | None = None,
         *,
         pause: timedelta | float | None = None,
         reason: str = "",
@@ -762,9 +766,11 @@ class Registry:
     ) -> dpb.Deployment:
         """Deploys a version to an environment (CreateDeployment).
 
-        `strategy`: "canary" (one step at `canary_percent`, or one step per weight given, each held
-        for `pause`), "blue_green", "replace", a DeploymentStrategy, or None for the environment's
-        default. The deployment may wait in PENDING_APPROVAL (see `approve`).
+        `strategy`: "canary" (one step at `canary_percent`, 10 unless given, or one step per weight
+        given, each held for `pause`), "blue_green", "replace", a DeploymentStrategy, or None for the
+        environment's default (a canary when only `canary_percent` is given). The environment's
+        policy validates the version first (its minimum performance, the semver guard); the
+        deployment may wait in PENDING_APPROVAL (see `approve`).
         """
         response = await self._unary(
             self._deployments.CreateDeployment,
@@ -831,6 +837,23 @@ class Registry:
         return result
 
     async def promote_version(
+        self,
+        name: str,
+        version: str,
+        target_environment: str,
+        *,
+        strategy: str | int | dpb.DeploymentStrategy | None = None,
+        reason: str = "",
+    ) -> dpb.Deployment:
+        """The seed's VersionManager#promote_version: puts `version` into `target_environment`.
+
+        The same as `deploy` with the environment's own strategy; the server validates the version
+        against the environment's policy (INVALID_ARGUMENT or FAILED_PRECONDITION, saying why) before
+        anything changes. To advance a deployment already in progress, use `promote_deployment`.
+        """
+        return await self.deploy(name, version, target_environment, strategy, reason=reason)
+
+    async def promote_deployment(
         self, deployment_id: str, *, full: bool = False, reason: str = "", etag: str = ""
     ) -> dpb.Deployment:
         """Advances a deployment now: the next canary step (all with `full`), or the blue-green switch."""
