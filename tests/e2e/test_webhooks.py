@@ -147,3 +147,18 @@ async def test_the_readme_webhooks_block(
         dpb.DEPLOYMENT_EVENT_KIND_FAILED,
     ]
     assert [(s.program, s.environment) for s in webhook.selectors] == [("*", "production")]
+
+
+async def test_the_readme_webhooks_cli_block(
+    serve: type[ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "DSPY_REGISTRY_WEBHOOK_ALLOW", "127.0.0.0/8"
+    )  # as the block above says the server runs
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    out = _run_block(_block("webhooks-cli"), server, tmp_path)
+    assert "webhooks/pager" in out and "AUTO_ROLLBACK,FAILED" in out and "*/production" in out
+    assert len((tmp_path / "pager.secret").read_text().strip()) >= 32
+    with server.channel() as channel:
+        listed = dpb_grpc.DeploymentServiceStub(channel).ListWebhooks(dpb.ListWebhooksRequest())
+    assert not listed.webhooks  # deleted by the block's last line
