@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup run test lint proto bench clean
+.PHONY: setup run test lint proto bench clean clients demo
 
 setup: $(STAMP) $(BUF)
 
@@ -22,6 +22,10 @@ $(BUF): package.json package-lock.json
 run: $(STAMP)
 	$(BIN)/dspy-registry serve $(ARGS)
 
+# The whole story on a throwaway store, in under a minute: see demo/__main__.py.
+demo: $(STAMP)
+	$(BIN)/python -m demo $(ARGS)
+
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -32,12 +36,32 @@ lint: setup
 	ln -sfn ../../../server build/typing/dspy_registry/server
 	ln -sfn ../../../client build/typing/dspy_registry/client
 	ln -sfn ../../../client/v1 build/typing/dspy_registry/v1
-	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client -p tests -p bench
+	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client -p tests -p bench -p demo
 	$(BIN)/mypy protos/generate.py
 	$(BUF) lint
 
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# Clients in other languages, for examples/. Node.js: nothing to generate, proto-loader reads protos/
+# at run time; this checks that it parses them. Ruby: grpc_tools_ruby_protoc (Debian's ruby-grpc-tools)
+# writes *_pb.rb and *_services_pb.rb into $(CLIENTS_OUT)/ruby; google/protobuf and google/rpc come from
+# the ruby-google-protobuf and ruby-googleapis-common-protos-types packages. Its plugin (grpc 1.51)
+# aborts on a `$` in a comment, so it is given buf's descriptors without source info (comments).
+CLIENTS_OUT ?= build/clients
+RUBY_STUBS = $(CLIENTS_OUT)/ruby
+PROTO_FILES = $(patsubst protos/%,%,$(wildcard protos/dspy_registry/v1/*.proto))
+
+clients: $(BUF)
+	node -e 'require("@grpc/proto-loader").loadSync(process.argv.slice(1), {includeDirs: ["protos"]})' $(PROTO_FILES)
+	@echo "node: nothing to generate; proto-loader loads $(PROTO_FILES) from protos/"
+	@command -v grpc_tools_ruby_protoc >/dev/null || \
+	  { echo "grpc_tools_ruby_protoc not found: apt-get install ruby-grpc ruby-grpc-tools" >&2; exit 1; }
+	rm -rf $(RUBY_STUBS) && mkdir -p $(RUBY_STUBS)
+	$(BUF) build --exclude-source-info -o $(CLIENTS_OUT)/descriptors.binpb
+	grpc_tools_ruby_protoc --descriptor_set_in=$(CLIENTS_OUT)/descriptors.binpb \
+	  --ruby_out=$(RUBY_STUBS) --grpc_out=$(RUBY_STUBS) $(PROTO_FILES)
+	@echo "ruby: $$(cd $(RUBY_STUBS) && ls dspy_registry/v1/*.rb | tr '\n' ' ')"
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)

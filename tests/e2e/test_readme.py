@@ -137,7 +137,7 @@ async def test_every_sh_block_in_the_readme_is_tested() -> None:
 
 async def test_make_targets_named_in_the_readme_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("setup", "run", "test", "lint", "proto", "bench"):
+    for target in ("setup", "run", "test", "lint", "proto", "bench", "demo", "clients"):
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
 
 
