@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from .domain.access import glob_matches
-from .domain.deployments import Deployment, Pinned, Target
+from .domain.deployments import Deployment, Pinned, Target, event_step
 from .domain.model import Event
 
 log = logging.getLogger("dspy_registry.watch")
@@ -69,7 +69,7 @@ class DeploymentEvent:
     environment: str
     version: str
     state: str
-    step: int
+    step: int  # Deployment.current_step after it
     weight_percent: int
     actor: str
     reason: str
@@ -93,7 +93,7 @@ def deployment_events(events: Sequence[Event]) -> list[DeploymentEvent]:
                 d["environment"],
                 d["version"],
                 d["state"],
-                int(d["step"]),
+                event_step(d),
                 int(d["weight_percent"]),
                 d.get("actor", ""),
                 d.get("reason", ""),

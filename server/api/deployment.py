@@ -486,7 +486,7 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         digest=d.digest,
         strategy=strategy_proto(d.strategy),
         state=int(d.state),  # type: ignore[arg-type]
-        current_step=d.step + 1,
+        current_step=d.steps_applied,
         step_count=d.step_count,
         weight_percent=d.weight_percent,
         paused=d.paused,
@@ -514,7 +514,7 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
             pb.DeploymentTransition(
                 kind=int(e.kind),  # type: ignore[arg-type]
                 state=int(e.state),  # type: ignore[arg-type]
-                step=e.step + 1,
+                step=e.step,
                 actor=principal_name(e.actor),
                 time=timestamp(e.time),
                 reason=e.reason,

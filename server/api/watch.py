@@ -212,7 +212,7 @@ def encode_events(revision: int, events: Sequence[DeploymentEvent]) -> bytes:
             environment=e.environment,
             version=e.version,
             state=getattr(pb, f"DEPLOYMENT_STATE_{e.state}", 0),
-            step=e.step + 1,
+            step=e.step,
             weight_percent=e.weight_percent,
             actor=principal_name(e.actor),
             reason=e.reason,

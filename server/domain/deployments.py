@@ -17,7 +17,7 @@ steps of increasing weight, then promotes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -104,7 +104,7 @@ class Approval:
 class Transition:
     kind: Kind
     state: State
-    step: int
+    step: int  # Deployment.current_step after it (steps_applied)
     actor: str
     time: datetime
     reason: str
@@ -153,6 +153,12 @@ class Deployment:
         return f"rev-{self.revision}"
 
     @property
+    def steps_applied(self) -> int:
+        """Deployment.current_step: 0 until the strategy starts, then the canary step in force
+        (1-based; the last once at full weight), or 1 for blue-green and replace."""
+        return self.step + 1 if self.step_start_time is not None else 0
+
+    @property
     def step_count(self) -> int:
         return len(self.strategy.canary_steps) if self.strategy.strategy is Strategy.CANARY else 1
 
@@ -173,7 +179,7 @@ def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
 
 
 def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = "") -> Deployment:
-    entry = Transition(kind, d.state, d.step, actor, now, reason)
+    entry = Transition(kind, d.state, d.steps_applied, actor, now, reason)
     return replace(d, timeline=d.timeline + (entry,), update_time=now)
 
 
@@ -195,6 +201,11 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
+def created(d: Deployment) -> Deployment:
+    """A new deployment's first timeline entry: who asked for it and why."""
+    return _note(d, Kind.CREATED, d.create_time, d.creator, d.reason)
+
+
 def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployment, Target]:
     """Begin the strategy: move the stable (REPLACE), stage the green, or take the first canary step."""
     # What this deployment replaces is what the target holds as it starts, not as it was requested.
@@ -206,6 +217,12 @@ def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployme
         previous_stable=t.stable,
         replaced=t.deployment,
     )
+    # The creation or approval that starts the strategy leaves the deployment in progress at its
+    # first step: its entry says so (an entry holds the state after it), not the PENDING_APPROVAL
+    # it was noted in an instant earlier.
+    if d.timeline and d.timeline[-1].kind in (Kind.CREATED, Kind.APPROVED):
+        started = replace(d.timeline[-1], state=State.IN_PROGRESS, step=d.steps_applied)
+        d = replace(d, timeline=d.timeline[:-1] + (started,))
     s = d.strategy
     if s.strategy is Strategy.REPLACE:
         return _promote(d, t, now, actor, d.reason)
@@ -516,6 +533,12 @@ def _time(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
 
 
+def event_step(data: Mapping[str, Any]) -> int:
+    """The step (Deployment.current_step) a stored timeline entry or event holds. Those written
+    before `current_step` was stored hold the 0-based step in force instead."""
+    return int(data["current_step"]) if "current_step" in data else int(data["step"]) + 1
+
+
 def to_json(d: Deployment) -> dict[str, object]:
     from .environments import strategy_to_json
 
@@ -558,7 +581,7 @@ def to_json(d: Deployment) -> dict[str, object]:
             {
                 "kind": t.kind.name,
                 "state": t.state.name,
-                "step": t.step,
+                "current_step": t.step,
                 "actor": t.actor,
                 "time": _time_json(t.time),
                 "reason": t.reason,
@@ -609,7 +632,7 @@ def from_json(j: dict[str, Any]) -> Deployment:
             Transition(
                 Kind[t["kind"]],
                 State[t["state"]],
-                t["step"],
+                event_step(t),
                 t["actor"],
                 datetime.fromisoformat(t["time"]),
                 t["reason"],

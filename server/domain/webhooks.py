@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument, Violations
 from .access import ALL, check_glob, glob_matches, principal_name
-from .deployments import Kind
+from .deployments import Kind, event_step
 from .names import check_name, check_text
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -341,7 +341,7 @@ def event_body(
         "environment": data["environment"],
         "version": data["version"],
         "state": f"DEPLOYMENT_STATE_{data['state']}",
-        "step": int(data["step"]) + 1,  # 1-based in the API, as in WatchEvents
+        "step": event_step(data),  # as WatchEvents says it
         "weightPercent": int(data["weight_percent"]),
         "actor": principal_name(data.get("actor", "")),
         "reason": data.get("reason", ""),

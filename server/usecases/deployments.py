@@ -77,7 +77,7 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
         "environment": d.environment,
         "version": d.version,
         "state": d.state.name,
-        "step": d.step,
+        "current_step": d.steps_applied,
         "weight_percent": d.weight_percent,
         "actor": last.actor if last else d.creator,
         "reason": last.reason if last else d.reason,
@@ -121,8 +121,6 @@ class Deployments:
         stamped = tuple(replace(e, revision=revision) for e in new_entries)
         d = replace(d, timeline=d.timeline[: len(d.timeline) - len(new_entries)] + stamped, revision=revision)
         kinds = [e.kind for e in stamped]
-        if before is None:
-            kinds.insert(0, Kind.CREATED)
         target_changed = t_before is None or (t.stable, t.candidate, t.candidate_weight, t.deployment) != (
             t_before.stable,
             t_before.candidate,
@@ -211,6 +209,7 @@ class Deployments:
             allow_breaking=r.allow_breaking,
             auto_deployed=auto,
         )
+        d = dep.created(d)
         if d.required_approvals == 0:
             d, target = dep.start(d, target, now, actor)
         saved, _ = await self._save(tx, d, None, target, target_before)
@@ -617,9 +616,14 @@ def _rollback_deployment(
         previous_stable=Pinned(original.version, original.digest),
         replaced=original.id,
         rollback_of=original.id,
+        step_start_time=now,
         end_time=now,
     )
-    entry = dep.Transition(
-        Kind.SUCCEEDED, State.SUCCEEDED, 0, actor, now, f"rollback of {original.resource_name}: {reason}"
+    # Created and done in one instant: both entries hold the state after it.
+    timeline = (
+        dep.Transition(Kind.CREATED, State.SUCCEEDED, 1, actor, now, reason),
+        dep.Transition(
+            Kind.SUCCEEDED, State.SUCCEEDED, 1, actor, now, f"rollback of {original.resource_name}: {reason}"
+        ),
     )
-    return replace(d, timeline=(entry,), update_time=now)
+    return replace(d, timeline=timeline, update_time=now)

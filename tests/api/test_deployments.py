@@ -124,13 +124,15 @@ async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
 
     await _eventually(promoted)
     done = (await deploy.GetDeployment(dpb.GetDeploymentRequest(name=canary.deployment.name))).deployment
-    kinds = [t.kind for t in done.timeline]
-    assert kinds == [
-        dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED,
-        dpb.DEPLOYMENT_EVENT_KIND_PROMOTED,
-        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED,
+    entries = [(t.kind, t.state, t.step) for t in done.timeline]
+    assert entries == [
+        (dpb.DEPLOYMENT_EVENT_KIND_CREATED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 1),  # and started: step 1
+        (dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 2),
+        (dpb.DEPLOYMENT_EVENT_KIND_PROMOTED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 2),
+        (dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED, dpb.DEPLOYMENT_STATE_SUCCEEDED, 2),
     ]
-    assert all(t.actor == "controller" for t in done.timeline)
+    assert done.timeline[0].actor == "principals/admin" and done.current_step == done.step_count == 2
+    assert all(t.actor == "controller" for t in done.timeline[1:])
     assert await _served(ready, "staging") == "1.2.0"
     # Each step is one revision whose events carry the target's weight, in order.
     async with ready.app.store.read() as tx:
@@ -156,6 +158,11 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
     )  # fmt: skip
     pending = (await deploy.CreateDeployment(early)).deployment
     assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and pending.required_approvals == 1
+    assert pending.current_step == 0  # nothing applied yet
+    [created] = pending.timeline
+    assert (created.kind, created.state, created.step) == (
+        dpb.DEPLOYMENT_EVENT_KIND_CREATED, dpb.DEPLOYMENT_STATE_PENDING_APPROVAL, 0,
+    )  # fmt: skip
     mine = dpb.ApproveDeploymentRequest(name=pending.name)
     assert await _code(deploy.ApproveDeployment(mine)) == grpc.StatusCode.FAILED_PRECONDITION  # self-approval
     admin = apb_grpc.AccessServiceStub(ready.channel)
@@ -173,6 +180,12 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
         await channel.close(None)
     assert approved.deployment.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS  # production's default: blue-green
     assert [a.principal for a in approved.deployment.approvals] == ["principals/carol"]
+    # The approval started the blue-green: its entry holds the state after it, the green staged.
+    assert approved.deployment.current_step == 1 and approved.deployment.weight_percent == 0
+    entry = approved.deployment.timeline[-1]
+    assert (entry.kind, entry.state, entry.step, entry.actor, entry.reason) == (
+        dpb.DEPLOYMENT_EVENT_KIND_APPROVED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 1, "principals/carol", "looks good",
+    )  # fmt: skip
     again = dpb.ApproveDeploymentRequest(name=pending.name)
     assert await _code(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION  # not pending
 

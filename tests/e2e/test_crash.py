@@ -54,12 +54,12 @@ async def test_a_canary_survives_ten_sigkills_with_each_step_applied_once(
             .deployment
         )
     kinds = [t.kind for t in done.timeline]
-    assert kinds == [dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED] * (len(WEIGHTS) - 1) + [
-        dpb.DEPLOYMENT_EVENT_KIND_PROMOTED,
-        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED,
-    ]
+    assert kinds == [dpb.DEPLOYMENT_EVENT_KIND_CREATED] + [dpb.DEPLOYMENT_EVENT_KIND_STEP_ADVANCED] * (
+        len(WEIGHTS) - 1
+    ) + [dpb.DEPLOYMENT_EVENT_KIND_PROMOTED, dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED]
     revisions = [t.revision for t in done.timeline]
-    # One revision per step, one for the promotion (its SUCCEEDED shares it): none twice.
-    assert revisions == sorted(revisions) and len(set(revisions)) == len(WEIGHTS)
-    assert [t.step for t in done.timeline[: len(WEIGHTS) - 1]] == list(range(2, len(WEIGHTS) + 1))
+    # One revision for the creation (the first step), one per further step, one for the promotion
+    # (its SUCCEEDED shares it): none twice.
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(WEIGHTS) + 1
+    assert [t.step for t in done.timeline[: len(WEIGHTS)]] == list(range(1, len(WEIGHTS) + 1))
     server.stop(signal.SIGTERM)
