@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,30 @@ def test_the_blue_green_switch_waits_for_its_share_of_acks_then_times_out() -> N
     )
     assert failed.state is State.FAILED and dropped.candidate is None
     assert failed.timeline[-1].reason == "1 of 3 live sidecars ACKed 2.0.0 within 60s; 2 needed (50%)"
+
+
+def test_the_timeline_begins_with_created_and_says_the_step_after_each_entry() -> None:
+    pending = dep.created(_deployment(State.PENDING_APPROVAL))
+    assert [(e.kind, e.state, e.step) for e in pending.timeline] == [
+        (dep.Kind.CREATED, State.PENDING_APPROVAL, 0)
+    ]
+    assert pending.steps_applied == 0
+    started, _ = dep.approve(pending, _target(), NOW, "bob", "ok", reject=False)
+    assert [(e.kind, e.state, e.step) for e in started.timeline] == [
+        (dep.Kind.CREATED, State.PENDING_APPROVAL, 0),
+        (dep.Kind.APPROVED, State.IN_PROGRESS, 1),  # the approval started the first canary step
+    ]
+    stepped, _ = dep.advance(started, _target(), NOW, "controller")
+    assert (stepped.timeline[-1].step, stepped.steps_applied) == (2, 2)
+
+
+def test_stored_entries_from_before_current_step_keep_their_meaning() -> None:
+    d = dep.created(_deployment(State.PENDING_APPROVAL))
+    stored: dict[str, Any] = dep.to_json(d)
+    [entry] = stored["timeline"]
+    assert entry["current_step"] == 0
+    older = dict(entry)
+    del older["current_step"]
+    older["step"] = 1  # once the 0-based step in force
+    assert dep.from_json({**stored, "timeline": [older]}).timeline[0].step == 2
+    assert dep.event_step({"step": 0}) == 1 and dep.event_step({"current_step": 0, "step": 5}) == 0
