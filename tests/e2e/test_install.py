@@ -1,0 +1,63 @@
+"""The README's install: the distribution builds as a wheel (not the editable install the tests use)
+that brings the `dspy-registry` command, the client with its generated stubs and the `dspy` extra."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.e2e.conftest import ROOT
+
+
+def test_the_wheel_installs_the_client_and_the_command(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            tmp_path,
+            ROOT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("dspy_registry-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        scripts = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "dspy-registry = " in scripts
+    assert "Provides-Extra: dspy" in metadata
+    for module in ("client/registry.py", "server/app.py", "v1/registry_pb2.py", "v1/deployment_pb2_grpc.py"):
+        assert f"dspy_registry/{module}" in names, module
+
+    # Installed on its own (the dependencies are this environment's), it is what gets imported.
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    probe = "import dspy_registry.client as c, dspy_registry.v1.registry_pb2; print(c.__file__); print(c.Registry)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(site)), done.stdout
