@@ -294,12 +294,13 @@ def _ended(deployment: dpb.Deployment, out: Output) -> int:
 
 
 def deploy(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
-    weights = [int(w) for w in args.canary.split(",")] if args.canary else 10
+    # No --strategy and no --canary: the environment's default strategy.
+    weights = [int(w) for w in args.canary.split(",")] if args.canary else None
     deployment = registry.deploy(
         args.program,
         args.version,
         args.environment,
-        strategy=args.strategy or ("canary" if args.canary else None),
+        strategy=args.strategy,
         canary_percent=weights,
         pause=args.pause,
         reason=args.reason,

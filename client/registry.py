@@ -249,8 +249,8 @@ def _strategy(
     canary_percent: int | Sequence[int] | None,
     pause: timedelta | float | None,
 ) -> dpb.DeploymentStrategy | None:
-    if strategy is None and canary_percent is not None:
-        strategy = "canary"  # a weight says what is meant
+    if strategy is None and (canary_percent is not None or pause is not None):
+        strategy = "canary"  # a weight or a pause says what is meant
     if strategy is None or isinstance(strategy, dpb.DeploymentStrategy):
         return strategy
     if canary_percent is None:
@@ -768,7 +768,7 @@ class Registry:
 
         `strategy`: "canary" (one step at `canary_percent`, 10 unless given, or one step per weight
         given, each held for `pause`), "blue_green", "replace", a DeploymentStrategy, or None for the
-        environment's default (a canary when only `canary_percent` is given). The environment's
+        environment's default (a canary when `canary_percent` or `pause` is given). The environment's
         policy validates the version first (its minimum performance, the semver guard); the
         deployment may wait in PENDING_APPROVAL (see `approve`).
         """

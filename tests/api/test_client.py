@@ -176,6 +176,12 @@ async def test_seed_flow(server: Running) -> None:
         assert [f.name for f in registered.output_fields] == [f.name for f in spec_proto().output_fields]
         assert registered.output_fields[0].type.enum_values == ["positive", "negative", "neutral"]
         assert (await registry.get_deployment(rolled.deployment.name)).version == "1.0.0"
+        # No strategy: the environment's default (staging's is blue-green); a pause alone means a canary.
+        default = await registry.deploy("sentiment", "1.1.0", "staging")
+        assert default.strategy.strategy == dpb.STRATEGY_BLUE_GREEN
+        paused = await registry.deploy("sentiment", "1.1.0", "staging", pause=3600, supersede=True)
+        assert [s.weight_percent for s in paused.strategy.canary.steps] == [10]
+        await registry.abort_deployment(paused.name)
 
         # Production wants an approval from someone other than the requester.
         pending = await registry.deploy("sentiment", "1.0.0", "production", strategy="replace")
@@ -188,7 +194,6 @@ async def test_seed_flow(server: Running) -> None:
         carol_token = (await registry.create_token("carol", "approvals")).secret
     async with Registry.connect(target, token=carol_token) as carol:
         approved = await carol.approve(pending.name.split("/")[-1], comment="looks good")
-        # The proto says principals/{principal}; the server records the short name today.
         assert [a.principal for a in approved.approvals] == ["principals/carol"]
         assert (await carol.load_program("sentiment", environment="production")).version == "1.0.0"
 

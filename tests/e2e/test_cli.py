@@ -223,6 +223,9 @@ def test_environments_and_access(serve: type[ServerProcess], tmp_path: Path) -> 
     register = ("program", "register", "triage", "--file", "v1.json", "--signature", "classify")
     cli.run(*register, "--version", "1.0.0", "--performance", "accuracy=0.9")
     cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
+    # Without --strategy, the environment's: staging's default is blue-green.
+    default = cli.json("deploy", "triage", "1.0.0", "staging")
+    assert default["strategy"]["strategy"] == "STRATEGY_BLUE_GREEN"
     pending = cli.json("deploy", "triage", "1.0.0", "production", "--strategy", "replace")
     assert pending["state"] == "DEPLOYMENT_STATE_PENDING_APPROVAL"
     cli.run("principal", "create", "carol")
