@@ -39,12 +39,13 @@ from rich.table import Table
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
 
-from .config import Tls, TlsArgument
+from .config import Tls, TlsArgument, resolve
 from .errors import RegistryError
 from .registry import UNARY_ARTIFACT_LIMIT
 from .sync import SyncRegistry
 
 EXIT_CALL_FAILED = 1
+EXIT_USAGE = 2  # as argparse's own usage errors
 EXIT_DEPLOYMENT_FAILED = 3
 
 Command = Callable[[SyncRegistry, argparse.Namespace, "Output"], int]
@@ -822,10 +823,18 @@ def run_operator(args: argparse.Namespace) -> int:
     # client's loop thread inside a stream (`watch`) and the process hanging; the server drops the call.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     tls: TlsArgument = True if args.tls_ca == "system" else args.tls_ca
-    if args.tls_cert or args.tls_key:
-        ca = None if args.tls_ca in (None, "system") else args.tls_ca
-        tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key go together (a certificate and its key)", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        if args.tls_cert:
+            # The server's CA: --tls-ca, else the config file's, else the system roots.
+            if args.tls_ca is None:
+                from_file = resolve(config_file=args.config).tls
+                ca = from_file.ca if from_file is not None else None
+            else:
+                ca = None if args.tls_ca == "system" else args.tls_ca
+            tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
         with SyncRegistry.connect(
             args.target, token=args.token, token_file=args.token_file, tls=tls, config_file=args.config
         ) as registry:

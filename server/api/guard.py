@@ -72,7 +72,7 @@ class Guard:
             return address
         metadata = dict(context.invocation_metadata() or ())
         secret, client = metadata.get(GATEWAY_SECRET_KEY), metadata.get(GATEWAY_CLIENT_KEY)
-        if isinstance(secret, str) and isinstance(client, str):
+        if isinstance(secret, str) and isinstance(client, str) and client:
             if hmac.compare_digest(secret.encode(), self.gateway_secret.encode()):
                 return client
         return address

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..domain import webhooks
+from ..domain.access import principal_name
 from ..domain.names import parse_parent
 from ..domain.webhooks import Delivery, DeliveryState, Webhook, WebhookDraft
 from ..errors import InvalidArgument
@@ -26,7 +27,7 @@ def webhook_proto(w: Webhook) -> pb.Webhook:
         event_kinds=[int(k) for k in w.event_kinds],  # type: ignore[misc]
         selectors=[pb.TargetSelector(program=s.program, environment=s.environment) for s in w.selectors],
         description=w.description,
-        creator=f"principals/{w.creator}",
+        creator=principal_name(w.creator),
         create_time=timestamp(w.create_time),
         revision=w.revision,
     )

@@ -18,6 +18,7 @@ from enum import IntEnum
 from functools import lru_cache
 
 from ..errors import InvalidArgument
+from .names import check_name
 
 
 class Action(IntEnum):
@@ -120,6 +121,15 @@ CONTROLLER = "controller"  # the server itself: auto-deploys, controller steps, 
 
 
 BOOTSTRAP = "bootstrap"  # the server's first start: the admin principal, its grant and token
+
+
+def check_principal_id(value: str, field: str) -> str:
+    """A new principal's id: a name, and not one the server itself acts as (which would read as
+    the server in every creator, actor and audit field)."""
+    check_name(value, field)
+    if value in (CONTROLLER, BOOTSTRAP):
+        raise InvalidArgument.one(field, f"{value!r} is reserved: the server acts under that name")
+    return value
 
 
 def principal_name(who: str) -> str:

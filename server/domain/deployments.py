@@ -156,7 +156,9 @@ class Deployment:
     def steps_applied(self) -> int:
         """Deployment.current_step: 0 until the strategy starts, then the canary step in force
         (1-based; the last once at full weight), or 1 for blue-green and replace."""
-        return self.step + 1 if self.step_start_time is not None else 0
+        # Rollback deployments stored before they had a step_start_time did start.
+        started = self.step_start_time is not None or bool(self.rollback_of)
+        return self.step + 1 if started else 0
 
     @property
     def step_count(self) -> int:
@@ -434,6 +436,39 @@ def roll_back(
     return ended, target, d.previous_stable
 
 
+def rollback_deployment(
+    new_id: str,
+    original: Deployment,
+    back_to: Pinned,
+    stable_before: Pinned | None,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> Deployment:
+    """The deployment a rollback records: `back_to` put back at once (the seed's rollback is a
+    REPLACE), created and succeeded in one instant. What it replaced is what was stable just before
+    it (for a canary in progress, still the old version), never the unfinished candidate."""
+    d = Deployment(
+        id=new_id,
+        program=original.program,
+        environment=original.environment,
+        version=back_to.version,
+        digest=back_to.digest,
+        strategy=StrategySpec(),
+        state=State.SUCCEEDED,
+        creator=actor,
+        reason=reason,
+        create_time=now,
+        weight_percent=100,
+        step_start_time=now,
+        previous_stable=stable_before,
+        replaced=original.id,
+        rollback_of=original.id,
+        end_time=now,
+    )
+    return _note(created(d), Kind.SUCCEEDED, now, actor, f"rollback of {original.resource_name}: {reason}")
+
+
 def pause(d: Deployment, now: datetime, actor: str, reason: str) -> Deployment:
     """Hold a canary at its weight, no further step, until a person promotes (resumes) or aborts it."""
     held = replace(d, paused=True, pause_reason=reason, next_step_time=None)
@@ -534,9 +569,20 @@ def _time(s: str | None) -> datetime | None:
 
 
 def event_step(data: Mapping[str, Any]) -> int:
-    """The step (Deployment.current_step) a stored timeline entry or event holds. Those written
-    before `current_step` was stored hold the 0-based step in force instead."""
-    return int(data["current_step"]) if "current_step" in data else int(data["step"]) + 1
+    """The step (Deployment.current_step) a stored timeline entry or event holds.
+
+    Those written before `current_step` was stored hold only `step`, the 0-based step in force,
+    which was 0 before the strategy started too: pending approval then means 0.
+    """
+    if "current_step" in data:
+        return int(data["current_step"])
+    return 0 if data.get("state") == State.PENDING_APPROVAL.name else int(data["step"]) + 1
+
+
+def step_json(current_step: int) -> dict[str, int]:
+    """Both keys, so that a server of the previous release (a replica in a rolling upgrade, or
+    after a downgrade) still reads what this one wrote: `step` was the 0-based step in force."""
+    return {"current_step": current_step, "step": max(current_step - 1, 0)}
 
 
 def to_json(d: Deployment) -> dict[str, object]:
@@ -581,7 +627,7 @@ def to_json(d: Deployment) -> dict[str, object]:
             {
                 "kind": t.kind.name,
                 "state": t.state.name,
-                "current_step": t.step,
+                **step_json(t.step),
                 "actor": t.actor,
                 "time": _time_json(t.time),
                 "reason": t.reason,

@@ -267,7 +267,7 @@ class Access:
         self, draft: PrincipalDraft, idem: Idempotency[Principal] | None
     ) -> Principal | Replay:
         v = Violations()
-        v.collect(lambda: check_name(draft.name, "principal_id"))
+        v.collect(lambda: access.check_principal_id(draft.name, "principal_id"))
         v.collect(lambda: check_text(draft.display_name, "principal.display_name", 256))
         v.collect(lambda: check_text(draft.email, "principal.email", 256))
         if draft.team:

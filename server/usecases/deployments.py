@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from ..calls import caller
 from ..domain import deployments as dep
 from ..domain import versions
-from ..domain.deployments import Deployment, Kind, Pinned, State, Target
+from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import Environment, Strategy, StrategySpec
 from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
@@ -77,7 +77,7 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
         "environment": d.environment,
         "version": d.version,
         "state": d.state.name,
-        "current_step": d.steps_applied,
+        **dep.step_json(d.steps_applied),
         "weight_percent": d.weight_percent,
         "actor": last.actor if last else d.creator,
         "reason": last.reason if last else d.reason,
@@ -304,9 +304,7 @@ class Deployments:
                 f"cannot roll back to {previous.name}: it is yanked ({previous.yank_reason})"
             )
         rolled_back, target = await self._save(tx, ended, d, target, t)
-        # What the rollback itself replaced is what was stable just before it (for a canary
-        # in progress, that is still the old version), never the unfinished candidate.
-        back = replace(_rollback_deployment(new_id, d, back_to, reason, actor, now), previous_stable=t.stable)
+        back = dep.rollback_deployment(new_id, d, back_to, t.stable, reason, actor, now)
         saved, _ = await self._save(tx, back, None, target, target)
         return saved, rolled_back
 
@@ -596,34 +594,3 @@ def _passed(found: Assessment) -> str:
         return "analysis passed"
     figures = ", ".join(f"{c.metric} {c.value:.4g}" for c in h.checks if c.value is not None)
     return f"analysis passed: {h.totals.request_count} requests; {figures}"
-
-
-def _rollback_deployment(
-    new_id: str, original: Deployment, back_to: Pinned, reason: str, actor: str, now: datetime
-) -> Deployment:
-    d = Deployment(
-        id=new_id,
-        program=original.program,
-        environment=original.environment,
-        version=back_to.version,
-        digest=back_to.digest,
-        strategy=StrategySpec(),  # the seed's rollback is immediate: a REPLACE
-        state=State.SUCCEEDED,
-        creator=actor,
-        reason=reason,
-        create_time=now,
-        weight_percent=100,
-        previous_stable=Pinned(original.version, original.digest),
-        replaced=original.id,
-        rollback_of=original.id,
-        step_start_time=now,
-        end_time=now,
-    )
-    # Created and done in one instant: both entries hold the state after it.
-    timeline = (
-        dep.Transition(Kind.CREATED, State.SUCCEEDED, 1, actor, now, reason),
-        dep.Transition(
-            Kind.SUCCEEDED, State.SUCCEEDED, 1, actor, now, f"rollback of {original.resource_name}: {reason}"
-        ),
-    )
-    return replace(d, timeline=timeline, update_time=now)

@@ -262,3 +262,15 @@ async def test_a_flood_of_refusals_is_throttled_in_the_audit_log(server: Running
         )
     )
     assert 20 <= refused.total_size <= 22  # a burst of 20 one by one, then about one a second
+
+
+async def test_the_names_the_server_acts_under_are_reserved(server: Running) -> None:
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    for reserved in ("controller", "bootstrap"):
+        impostor = apb.CreatePrincipalRequest(principal_id=reserved, principal=apb.Principal())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.CreatePrincipal(impostor)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "reserved" in (refused.value.details() or "")
+    listed = await admin.ListPrincipals(apb.ListPrincipalsRequest())
+    assert {p.name for p in listed.principals} == {"principals/admin"}

@@ -179,9 +179,28 @@ def test_stored_entries_from_before_current_step_keep_their_meaning() -> None:
     d = dep.created(_deployment(State.PENDING_APPROVAL))
     stored: dict[str, Any] = dep.to_json(d)
     [entry] = stored["timeline"]
-    assert entry["current_step"] == 0
+    assert (entry["current_step"], entry["step"]) == (0, 0)  # `step` for a server of the previous release
     older = dict(entry)
     del older["current_step"]
-    older["step"] = 1  # once the 0-based step in force
+    older.update(step=1, state="IN_PROGRESS")  # once the 0-based step in force
     assert dep.from_json({**stored, "timeline": [older]}).timeline[0].step == 2
-    assert dep.event_step({"step": 0}) == 1 and dep.event_step({"current_step": 0, "step": 5}) == 0
+    older.update(step=0, state="PENDING_APPROVAL")  # 0 meant "not started" too
+    assert dep.from_json({**stored, "timeline": [older]}).timeline[0].step == 0
+    assert dep.event_step({"current_step": 0, "step": 5}) == 0
+
+
+def test_a_rollback_deployment_is_created_and_succeeded_at_once() -> None:
+    original = replace(_deployment(State.SUCCEEDED), step_start_time=NOW)
+    back = dep.rollback_deployment("d2", original, OLD, OLD, "errors", "controller", NOW)
+    assert (back.state, back.steps_applied, back.version, back.rollback_of) == (
+        State.SUCCEEDED,
+        1,
+        "1.0.0",
+        "d1",
+    )
+    assert [(e.kind, e.state, e.step) for e in back.timeline] == [
+        (dep.Kind.CREATED, State.SUCCEEDED, 1),
+        (dep.Kind.SUCCEEDED, State.SUCCEEDED, 1),
+    ]
+    # One stored before rollbacks had a step_start_time still says it started.
+    assert replace(back, step_start_time=None).steps_applied == 1

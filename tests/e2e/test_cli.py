@@ -391,5 +391,11 @@ async def test_mutual_tls_from_the_command_line(tmp_path: Path) -> None:
         # The same token without a client certificate: the handshake is refused before any call.
         code, out, err = await cli("env", "list", "--tls-ca", "ca.crt")
         assert code == 1 and err.startswith("error: UNAVAILABLE: ")
+        code, out, err = await cli("env", "list", "--tls-cert", "operator.crt")  # no key
+        assert code == 2 and "--tls-key" in err
+        # The server's CA from the config file, the client certificate from the command line.
+        (tmp_path / "client.toml").write_text('tls_ca = "ca.crt"\n')
+        code, out, err = await cli("env", "list", "--config", "client.toml", *tls[2:])
+        assert code == 0, err
     finally:
         await app.stop(grace=0)
