@@ -11,7 +11,8 @@ itself. Each step prints what happened and the evidence (the real CLI's
 `status` and `history` tables, deployments' timelines, the pods' own logs),
 and checks it: a step that did not happen ends the demo with exit code 1 and
 the reason. Every wait has a deadline. The processes it started are stopped
-on any exit (Ctrl-C included) and the directory removed (`--keep` keeps it).
+on any exit (Ctrl-C included); the directory is removed, unless a step
+failed (its logs tell why) or `--keep` asks to keep it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspy_registry.client.cli import Output, add_operator_commands, state_name, verdict_name
+from dspy_registry.client.errors import RegistryError
 from dspy_registry.client.sync import SyncRegistry
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as rpb
@@ -640,11 +642,21 @@ def main() -> int:
     except KeyboardInterrupt:
         story.console.print("\n[yellow]interrupted[/yellow]")
         code = 130
-    except Exception:  # a bug, or a call the server refused: still a failed step, with its traceback
+    except RegistryError as err:  # a call the server refused: the status and why, as the CLI prints it
+        story.console.print(
+            f"\n[bold red]DEMO FAILED[/bold red] in step {story.steps}: {err.code.name}: {err.message}"
+        )
+        for field, description in err.field_violations:
+            story.console.print(f"  {field}: {description}")
+        code = 1
+    except Exception:  # a bug: still a failed step, with its traceback
         story.console.print(f"\n[bold red]DEMO FAILED[/bold red] in step {story.steps}:")
         story.console.print_exception()
         code = 1
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         processes.close()
         if args.keep or code == 1:
             story.console.print(f"[dim]kept {tmp} (store, server and pod logs)[/dim]")

@@ -398,7 +398,7 @@ async def test_deployment_tracking(registry: Registry) -> None:
         await register_version(registry, version, examples, {"accuracy": accuracy})
 
     # DeploymentTracker#deploy: `strategy: options[:strategy] || :replace` (the client's `deploy`
-    # defaults to a canary instead, so the seed's default is spelt out); execute_standard_deployment.
+    # takes the environment's default, blue-green in staging, so the seed's is spelt out).
     standard = await registry.deploy(PROGRAM, "2.0.0", "staging", strategy="replace")
     assert standard.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
     # DeploymentTracker#rollback: `raise "No previous version to rollback to" unless previous_version`.
