@@ -68,7 +68,10 @@ async def test_it_loads_hot_swaps_and_acks_each_version(ready: Running, tmp_path
             while not stop.is_set():
                 loaded = watcher.get(PROGRAM, routing_key="user-1")
                 seen.add((loaded.version, _instructions(loaded)))
-                await asyncio.sleep(0)
+                # A breath between calls, as serving has: spinning on sleep(0) here would starve the
+                # in-process server's SQLite thread of the GIL (each handoff waits out the 5 ms
+                # switch interval), which no real deployment has, the server being its own process.
+                await asyncio.sleep(0.001)
 
         callers = [asyncio.create_task(caller()) for _ in range(8)]
         for minor in range(1, SWAPS + 1):
