@@ -13,7 +13,6 @@ import sys
 from ..client import sidecar
 from ..client.cli import add_operator_commands, run_operator
 from . import logs
-from .app import App
 from .config import Config, add_serve_arguments, from_arguments
 from .errors import RegistryError
 
@@ -40,6 +39,10 @@ log = logging.getLogger("dspy_registry.server")
 
 
 async def serve(config: Config) -> None:
+    # Imported here: the server (aiohttp, the store drivers, telemetry) is 0.65 s of imports that
+    # the operator commands, one process per command, have no use for.
+    from .app import App
+
     app = App(config)
     try:
         await app.start()
