@@ -46,8 +46,9 @@ proto: $(STAMP)
 # Clients in other languages, for examples/. Node.js: nothing to generate, proto-loader reads protos/
 # at run time; this checks that it parses them. Ruby: grpc_tools_ruby_protoc (Debian's ruby-grpc-tools)
 # writes *_pb.rb and *_services_pb.rb into $(CLIENTS_OUT)/ruby; google/protobuf and google/rpc come from
-# the ruby-google-protobuf and ruby-googleapis-common-protos-types packages. Its plugin (grpc 1.51)
-# aborts on a `$` in a comment, so it is given buf's descriptors without source info (comments).
+# the ruby-google-protobuf and ruby-googleapis-common-protos-types packages. The comments come along
+# (buf's descriptors keep source info); Debian's grpc 1.51 plugin aborts on a `$` in one, so the protos
+# have none (the Ruby test runs this target and would fail).
 CLIENTS_OUT ?= build/clients
 RUBY_STUBS = $(CLIENTS_OUT)/ruby
 PROTO_FILES = $(patsubst protos/%,%,$(wildcard protos/dspy_registry/v1/*.proto))
@@ -58,7 +59,7 @@ clients: $(BUF)
 	@command -v grpc_tools_ruby_protoc >/dev/null || \
 	  { echo "grpc_tools_ruby_protoc not found: apt-get install ruby-grpc ruby-grpc-tools" >&2; exit 1; }
 	rm -rf $(RUBY_STUBS) && mkdir -p $(RUBY_STUBS)
-	$(BUF) build --exclude-source-info -o $(CLIENTS_OUT)/descriptors.binpb
+	$(BUF) build -o $(CLIENTS_OUT)/descriptors.binpb
 	grpc_tools_ruby_protoc --descriptor_set_in=$(CLIENTS_OUT)/descriptors.binpb \
 	  --ruby_out=$(RUBY_STUBS) --grpc_out=$(RUBY_STUBS) $(PROTO_FILES)
 	@echo "ruby: $$(cd $(RUBY_STUBS) && ls dspy_registry/v1/*.rb | tr '\n' ' ')"

@@ -36,8 +36,8 @@ class AccessServiceStub:
     principals/{principal}/tokens/{token}
     permissions/{permission}
     auditEvents/{audit_event}
-    {principal} matches ^[a-z][a-z0-9_.-]{0,62}$; {token}, {permission} and
-    {audit_event} are server-assigned ids (^[a-z0-9-]{1,63}$). `-` in place of
+    {principal} is all of [a-z][a-z0-9_.-]{0,62}; {token}, {permission} and
+    {audit_event} are server-assigned ids, all of [a-z0-9-]{1,63}. `-` in place of
     {principal} means all principals where a request says so.
     Every RPC can also return UNAUTHENTICATED (no, bad, revoked or expired
     token, or a disabled principal) and PERMISSION_DENIED (no grant).
@@ -122,8 +122,8 @@ class AccessServiceServicer:
     principals/{principal}/tokens/{token}
     permissions/{permission}
     auditEvents/{audit_event}
-    {principal} matches ^[a-z][a-z0-9_.-]{0,62}$; {token}, {permission} and
-    {audit_event} are server-assigned ids (^[a-z0-9-]{1,63}$). `-` in place of
+    {principal} is all of [a-z][a-z0-9_.-]{0,62}; {token}, {permission} and
+    {audit_event} are server-assigned ids, all of [a-z0-9-]{1,63}. `-` in place of
     {principal} means all principals where a request says so.
     Every RPC can also return UNAUTHENTICATED (no, bad, revoked or expired
     token, or a disabled principal) and PERMISSION_DENIED (no grant).
@@ -312,8 +312,8 @@ class AccessService:
     principals/{principal}/tokens/{token}
     permissions/{permission}
     auditEvents/{audit_event}
-    {principal} matches ^[a-z][a-z0-9_.-]{0,62}$; {token}, {permission} and
-    {audit_event} are server-assigned ids (^[a-z0-9-]{1,63}$). `-` in place of
+    {principal} is all of [a-z][a-z0-9_.-]{0,62}; {token}, {permission} and
+    {audit_event} are server-assigned ids, all of [a-z0-9-]{1,63}. `-` in place of
     {principal} means all principals where a request says so.
     Every RPC can also return UNAUTHENTICATED (no, bad, revoked or expired
     token, or a disabled principal) and PERMISSION_DENIED (no grant).

@@ -37,8 +37,8 @@ class DeploymentServiceStub:
     deployments/{deployment}
     webhooks/{webhook}
     webhooks/{webhook}/deliveries/{delivery}
-    {environment}, {program} and {webhook} match ^[a-z][a-z0-9_-]{0,62}$;
-    {deployment} and {delivery} are server-assigned ids (^[a-z0-9-]{1,63}$).
+    {environment}, {program} and {webhook} are all of [a-z][a-z0-9_-]{0,62};
+    {deployment} and {delivery} are server-assigned ids, all of [a-z0-9-]{1,63}.
     Requests name programs and environments by short name unless a field says
     otherwise. Every RPC can also return UNAUTHENTICATED (no, bad, revoked or
     expired token) and PERMISSION_DENIED (no grant, same answer whether the
@@ -160,8 +160,8 @@ class DeploymentServiceServicer:
     deployments/{deployment}
     webhooks/{webhook}
     webhooks/{webhook}/deliveries/{delivery}
-    {environment}, {program} and {webhook} match ^[a-z][a-z0-9_-]{0,62}$;
-    {deployment} and {delivery} are server-assigned ids (^[a-z0-9-]{1,63}$).
+    {environment}, {program} and {webhook} are all of [a-z][a-z0-9_-]{0,62};
+    {deployment} and {delivery} are server-assigned ids, all of [a-z0-9-]{1,63}.
     Requests name programs and environments by short name unless a field says
     otherwise. Every RPC can also return UNAUTHENTICATED (no, bad, revoked or
     expired token) and PERMISSION_DENIED (no grant, same answer whether the
@@ -468,8 +468,8 @@ class DeploymentService:
     deployments/{deployment}
     webhooks/{webhook}
     webhooks/{webhook}/deliveries/{delivery}
-    {environment}, {program} and {webhook} match ^[a-z][a-z0-9_-]{0,62}$;
-    {deployment} and {delivery} are server-assigned ids (^[a-z0-9-]{1,63}$).
+    {environment}, {program} and {webhook} are all of [a-z][a-z0-9_-]{0,62};
+    {deployment} and {delivery} are server-assigned ids, all of [a-z0-9-]{1,63}.
     Requests name programs and environments by short name unless a field says
     otherwise. Every RPC can also return UNAUTHENTICATED (no, bad, revoked or
     expired token) and PERMISSION_DENIED (no grant, same answer whether the

@@ -35,7 +35,7 @@ class RegistryServiceStub:
     signatures/{signature}/versions/{version}
     programs/{program}
     programs/{program}/versions/{version}
-    {signature} and {program} match ^[a-z][a-z0-9_-]{0,62}$; {version} is a
+    {signature} and {program} are all of [a-z][a-z0-9_-]{0,62}; {version} is a
     strict SemVer 2.0 string, or `latest` where a request says so.
     """
 
@@ -132,7 +132,7 @@ class RegistryServiceServicer:
     signatures/{signature}/versions/{version}
     programs/{program}
     programs/{program}/versions/{version}
-    {signature} and {program} match ^[a-z][a-z0-9_-]{0,62}$; {version} is a
+    {signature} and {program} are all of [a-z][a-z0-9_-]{0,62}; {version} is a
     strict SemVer 2.0 string, or `latest` where a request says so.
     """
 
@@ -363,7 +363,7 @@ class RegistryService:
     signatures/{signature}/versions/{version}
     programs/{program}
     programs/{program}/versions/{version}
-    {signature} and {program} match ^[a-z][a-z0-9_-]{0,62}$; {version} is a
+    {signature} and {program} are all of [a-z][a-z0-9_-]{0,62}; {version} is a
     strict SemVer 2.0 string, or `latest` where a request says so.
     """
 
