@@ -62,6 +62,11 @@ def _start(serve: type[ServerProcess], tmp_path: Path) -> Cli:
     return Cli(server, tmp_path)
 
 
+# The signature `classify` 1.0.0, and a version of `triage` from v1.json (add "--version", V).
+SIGNATURE = ("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+REGISTER = ("program", "register", "triage", "--file", "v1.json", "--signature", "classify")
+
+
 def test_signatures_and_programs(serve: type[ServerProcess], tmp_path: Path) -> None:
     cli = _start(serve, tmp_path)
     out = cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0").stdout
@@ -113,7 +118,7 @@ def test_signatures_and_programs(serve: type[ServerProcess], tmp_path: Path) -> 
 
 def test_deploy_wait_status_history_rollback_and_watch(serve: type[ServerProcess], tmp_path: Path) -> None:
     cli = _start(serve, tmp_path)
-    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
+    cli.run(*SIGNATURE)
     for version, file in (("1.0.0", "v1.json"), ("1.1.0", "v2.json")):
         cli.run(
             "program", "register", "triage", "--file", file, "--signature", "classify", "--version", version
@@ -219,9 +224,8 @@ def _on_a_terminal(cli: Cli, *args: str) -> str:
 def test_environments_and_access(serve: type[ServerProcess], tmp_path: Path) -> None:
     cli = _start(serve, tmp_path)
     # Production needs an approval from someone other than the requester: carol, with her own token.
-    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
-    register = ("program", "register", "triage", "--file", "v1.json", "--signature", "classify")
-    cli.run(*register, "--version", "1.0.0", "--performance", "accuracy=0.9")
+    cli.run(*SIGNATURE)
+    cli.run(*REGISTER, "--version", "1.0.0", "--performance", "accuracy=0.9")
     cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
     # Without --strategy, the environment's: staging's default is blue-green.
     default = cli.json("deploy", "triage", "1.0.0", "staging")
@@ -277,18 +281,8 @@ def test_errors_print_the_status_and_exit_non_zero(serve: type[ServerProcess], t
     error = json.loads(cli.run("program", "show", "nope", "--json", code=1).stderr)["error"]
     assert error["code"] == "NOT_FOUND"
 
-    cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
-    bad = (
-        "program",
-        "register",
-        "triage",
-        "--file",
-        "v1.json",
-        "--signature",
-        "classify",
-        "--version",
-        "one",
-    )
+    cli.run(*SIGNATURE)
+    bad = (*REGISTER, "--version", "one")
     done = cli.run(*bad, code=1)
     assert done.stderr.startswith("error: INVALID_ARGUMENT: ") and "\n  spec.version: " in done.stderr
     error = json.loads(cli.run(*bad, "--json", code=1).stderr)["error"]
@@ -323,18 +317,8 @@ def test_webhooks(serve: type[ServerProcess], tmp_path: Path, monkeypatch: Any) 
         listed = cli.run("webhook", "list").stdout
         assert "webhooks/oncall" in listed and "SUCCEEDED" in listed and "triage*/staging" in listed
 
-        cli.run("signature", "register", "classify", "--file", "spec.json", "--version", "1.0.0")
-        cli.run(
-            "program",
-            "register",
-            "triage",
-            "--file",
-            "v1.json",
-            "--signature",
-            "classify",
-            "--version",
-            "1.0.0",
-        )
+        cli.run(*SIGNATURE)
+        cli.run(*REGISTER, "--version", "1.0.0")
         cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
 
         def delivered() -> bool:
@@ -367,9 +351,7 @@ async def test_mutual_tls_from_the_command_line(tmp_path: Path) -> None:
     app = App(tls_config(tmp_path, ca, mutual=True))
     port = await app.start()
     try:
-        operator = ca.issue("operator", server=False)
-        (tmp_path / "operator.crt").write_bytes(operator.certificate)
-        (tmp_path / "operator.key").write_bytes(operator.key)
+        ca.issue("operator", server=False).save(tmp_path, "operator")
         tls = ["--tls-ca", "ca.crt", "--tls-cert", "operator.crt", "--tls-key", "operator.key"]
         env = {
             **os.environ,
