@@ -21,6 +21,11 @@ class Issued:
     certificate: bytes  # PEM
     key: bytes  # PEM
 
+    def save(self, folder: Path, stem: str) -> None:
+        """Writes {stem}.crt and {stem}.key into `folder`, where servers and clients read them."""
+        (folder / f"{stem}.crt").write_bytes(self.certificate)
+        (folder / f"{stem}.key").write_bytes(self.key)
+
 
 def _name(common_name: str, organization: str = "dspy-registry tests") -> x509.Name:
     return x509.Name(
@@ -95,8 +100,7 @@ def tls_config(folder: Path, ca: Authority, *, mutual: bool = False, **more: Any
     Writes server.crt, server.key and ca.crt into `folder`; the store and the admin token go there too.
     """
     issued = ca.issue("localhost", server=True)
-    (folder / "server.crt").write_bytes(issued.certificate)
-    (folder / "server.key").write_bytes(issued.key)
+    issued.save(folder, "server")
     (folder / "ca.crt").write_bytes(ca.pem)
     return Config(
         listen="127.0.0.1:0",

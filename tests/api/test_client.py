@@ -284,10 +284,8 @@ async def test_mutual_tls_a_client_certificate_is_the_principal(tmp_path: Path) 
     port = await app.start()
     try:
         target, token_file = f"localhost:{port}", tmp_path / "admin.token"
-        operator, pod = ca.issue("operator", server=False), ca.issue("pod-7", server=False)
-        for name, issued in (("operator", operator), ("pod", pod)):
-            (tmp_path / f"{name}.crt").write_bytes(issued.certificate)
-            (tmp_path / f"{name}.key").write_bytes(issued.key)
+        ca.issue("operator", server=False).save(tmp_path, "operator")
+        ca.issue("pod-7", server=False).save(tmp_path, "pod")
         # Mutual TLS still takes a token: the admin, over a handshake with the operator's certificate.
         admin_tls = Tls(ca=tmp_path / "ca.crt", cert=tmp_path / "operator.crt", key=tmp_path / "operator.key")
         async with Registry.connect(target, token_file=token_file, tls=admin_tls) as registry:
