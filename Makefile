@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup run test lint proto bench clean clients demo
+.PHONY: setup run test lint proto bench clean clients demo soak
 
 setup: $(STAMP) $(BUF)
 
@@ -63,6 +63,11 @@ clients: $(BUF)
 	grpc_tools_ruby_protoc --descriptor_set_in=$(CLIENTS_OUT)/descriptors.binpb \
 	  --ruby_out=$(RUBY_STUBS) --grpc_out=$(RUBY_STUBS) $(PROTO_FILES)
 	@echo "ruby: $$(cd $(RUBY_STUBS) && ls dspy_registry/v1/*.rb | tr '\n' ' ')"
+
+# The reliability suite at length (tests/reliability/conftest.py): SOAK_MINUTES=15 by default.
+SOAK_MINUTES ?= 15
+soak: setup
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m pytest tests/reliability -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
