@@ -16,6 +16,10 @@
     └── StoreError                   the store could not do its work (raised by server.store)
         └── StoreUnavailable         the database cannot be reached or timed out
 
+Messages never repeat a caller's value whole: `quote()` cuts it (a 10 000
+character name must not turn the answer into a trailer too big for gRPC's
+metadata limit, nor flood a log).
+
 Nothing here imports grpc or a database driver: the api layer maps these to
 status codes in one table (`dspy_registry.server.api.status`), and the store
 translates driver exceptions into them, so neither sqlite3 nor asyncpg
@@ -26,6 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+QUOTED_CHARACTERS = 64  # of a caller's value, at most, in an error message
+
+
+def quote(value: object, limit: int = QUOTED_CHARACTERS) -> str:
+    """`value` as a quoted literal for an error message, cut to `limit` characters with its length."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..domain.access import (
     principal_name,
 )
 from ..domain.names import check_name, check_text
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, quote
 from ..usecases.access import Access, PrincipalDraft
 from .context import Context
 from .convert import time_field, timestamp
@@ -40,7 +40,7 @@ def _principal_name(value: str, field: str) -> str:
     """`principals/{p}` -> `p`."""
     parts = value.split("/")
     if len(parts) != 2 or parts[0] != "principals":
-        raise InvalidArgument.one(field, f"{value!r} must look like principals/{{principal}}")
+        raise InvalidArgument.one(field, f"{quote(value)} must look like principals/{{principal}}")
     return check_name(parts[1], field)
 
 

@@ -20,7 +20,7 @@ from ..domain import health, sidecars, versions
 from ..domain.access import Action, principal_name
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
-from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations
+from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations, quote
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from ..usecases.metrics import Assessed, Assessment, Metrics
@@ -180,7 +180,7 @@ def _environment_name(value: str, field: str) -> str:
     parts = value.split("/")
     if len(parts) == 2 and parts[0] == "environments":
         return check_name(parts[1], field)
-    raise InvalidArgument.one(field, f"{value!r} must look like environments/{{environment}}")
+    raise InvalidArgument.one(field, f"{quote(value)} must look like environments/{{environment}}")
 
 
 def _updated(e: Environment) -> pb.UpdateEnvironmentResponse:
@@ -225,7 +225,7 @@ class DeploymentServicer(WebhookMethods):
         """The deployment `name` names, once the caller may do `action` on its program."""
         parts = name.split("/")
         if len(parts) != 2 or parts[0] != "deployments" or not parts[1].isalnum() or len(parts[1]) > 64:
-            raise InvalidArgument.one("name", f"{name!r} must look like deployments/{{deployment}}")
+            raise InvalidArgument.one("name", f"{quote(name)} must look like deployments/{{deployment}}")
         d = await self.deployments.get(parts[1])
         try:
             await self.guard.authorize_resource(action, [d.program])
@@ -434,7 +434,7 @@ class DeploymentServicer(WebhookMethods):
         paths = list(request.update_mask.paths)
         for path in paths:
             if not _mask_path_ok(path):
-                raise InvalidArgument.one("update_mask", f"{path!r} is not a field of Environment")
+                raise InvalidArgument.one("update_mask", f"{quote(path)} is not a field of Environment")
 
         def change(current: Environment | None) -> Environment:
             if current is None or not paths:  # no mask: the request states the whole environment

@@ -114,10 +114,10 @@ class Guard:
     async def audit_refusal(self, call: Call, exc: Exception, rule: Rule) -> None:
         """Audit a denied call, or a failed mutation, unless its transaction already did.
 
-        Refusals are throttled per caller (the principal, else the peer's address):
-        a burst of REFUSAL_BURST is written one by one, then one event a second
-        carries the count of those it stands for, so that a flood of bad calls
-        cannot turn into a flood of writes.
+        Refusals and failed mutations are throttled per caller (the principal,
+        else the peer's address): a burst of REFUSAL_BURST is written one by one,
+        then one event a second carries the count of those it stands for, so
+        that a flood of bad calls cannot turn into a flood of writes.
         """
         if not self.enabled or call.audited:
             return
@@ -126,12 +126,11 @@ class Guard:
             return
         code = code_for(exc) if isinstance(exc, RegistryError) else grpc.StatusCode.INTERNAL
         message = exc.message if isinstance(exc, RegistryError) else "internal error"
-        if denied:
-            allowed, suppressed = self._throttle.take(call.principal or call.peer.rsplit(":", 1)[0])
-            if not allowed:
-                return
-            if suppressed:
-                message += f" (and {suppressed} more refusals of this caller, not written one by one)"
+        allowed, suppressed = self._throttle.take(call.principal or call.peer.rsplit(":", 1)[0])
+        if not allowed:
+            return
+        if suppressed:
+            message += f" (and {suppressed} more refusals of this caller, not written one by one)"
         try:
             await self.access.audit_alone(
                 call, Outcome.DENIED if denied else Outcome.FAILED, code.value[0], message

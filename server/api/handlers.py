@@ -12,7 +12,12 @@ with method, status, duration and request id (and, with telemetry on, hands
 the same to `observe`: telemetry.py's RPC latency histogram).
 
 Responses may be returned pre-serialized as bytes (a cached answer): the
-serializer passes bytes through.
+serializer passes bytes through. Requests are parsed by `_decoder`: bytes
+that are not the RPC's message (corrupt wire format, a string that is not
+UTF-8, nesting past the parser's depth) become an `Undecodable` marker, so
+that the call is admitted like any other — authenticated first, logged,
+audited and throttled as a refusal — and answered INVALID_ARGUMENT, never
+UNKNOWN with a traceback.
 """
 
 from __future__ import annotations
@@ -21,16 +26,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
-from ..errors import RegistryError
+from ..errors import InvalidArgument, RegistryError
 from .context import Context
 from .guard import Guard, current_identity, identity
 from .permissions import RULES, Rule
@@ -44,6 +50,43 @@ Observe = Callable[[str, grpc.StatusCode, float], None]  # (method, code, second
 
 def _serialize(response: Message | bytes) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message whose bytes did not parse; refused once the caller is authenticated."""
+
+    type_name: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument([], f"the request is not a valid {self.type_name}: {self.reason}")
+
+
+def _decoder(request_type: Any) -> Callable[[bytes], Any]:
+    name = request_type.DESCRIPTOR.name
+    parse = request_type.FromString
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            # The parser's reason ("Wire format was corrupt", "String field had bad UTF-8", ...)
+            # after its "Error parsing message with type '…': " prefix.
+            return Undecodable(name, str(exc).rsplit(": ", 1)[-1] or "its bytes do not parse")
+
+    return decode
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
+
+
+async def _decoded_stream(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in stream:
+        yield _decoded(message)
 
 
 def _code(exc: Exception, context: Context) -> grpc.StatusCode:
@@ -128,10 +171,10 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -
             if streaming_request:
                 # The resource is in the first message (the header): read it (only now,
                 # once the caller is known), then hand the behavior the stream with it in front.
-                first, request = await _peek(request)
+                first, request = await _peek(_decoded_stream(request))
                 await admission.authorize(current, first)
             else:
-                await admission.authorize(current, request)
+                await admission.authorize(current, _decoded(request))
             response = await behavior(request, context)
             if rule.by_servicer and not current.authorized:
                 raise RuntimeError(f"{method} answered without authorizing its resource")
@@ -159,7 +202,7 @@ def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
         code = grpc.StatusCode.OK
         try:
             current = await admission.authenticate(context)
-            await admission.authorize(current, request)
+            await admission.authorize(current, _decoded(request))
             async for item in behavior(request, context):
                 if rule.by_servicer and not current.authorized:
                     raise RuntimeError(f"{method} streamed without authorizing its resource")
@@ -172,7 +215,8 @@ def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
             await admission.refused(current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
-            _log(method, code, start, getattr(request, "request_id", ""), admission.observe)
+            call_ = current_call.get()
+            _log(method, code, start, call_.request_id if call_ else "", admission.observe)
 
     return call
 
@@ -210,7 +254,7 @@ def method_handler(
     admission = _Admission(guard, name, rule, observe)
     request_type: Any = GetMessageClass(method.input_type)
     kwargs: dict[str, Any] = {
-        "request_deserializer": request_type.FromString,
+        "request_deserializer": _decoder(request_type),
         "response_serializer": _serialize,
     }
     if method.client_streaming and method.server_streaming:

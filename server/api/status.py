@@ -8,6 +8,8 @@ error, so that clients branch on fields, never on message text.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -16,6 +18,10 @@ from grpc_status import rpc_status
 from .. import errors
 
 DOMAIN = "dspy-registry"
+MESSAGE_BYTES = 1024
+FIELD_BYTES = 256  # a field violation's path
+DESCRIPTION_BYTES = 512  # a field violation's or precondition's description
+STATUS_BYTES = 4096
 
 STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,17 +51,45 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def cut(text: str, limit: int) -> str:
+    """`text` within `limit` bytes of UTF-8, an ellipsis marking a cut."""
+    if len(text.encode()) <= limit:
+        return text
+    return text.encode()[: limit - 3].decode(errors="ignore") + "…"
+
+
 def to_status(exc: errors.RegistryError) -> grpc.Status:
-    """The grpc.Status (code, message, google.rpc.Status details) for an error."""
+    """The grpc.Status (code, message, google.rpc.Status details) for an error, within STATUS_BYTES."""
+    return rpc_status.to_status(status_proto(exc))
+
+
+def status_proto(exc: errors.RegistryError) -> status_pb2.Status:
     code = code_for(exc)
+    violations: list[Any] = list(getattr(exc, "violations", None) or [])
+    shown = len(violations)
+    while True:
+        proto = _status_proto(exc, code, violations[:shown], len(violations) - shown)
+        if proto.ByteSize() <= STATUS_BYTES or shown <= 1:
+            return proto
+        shown -= 1
+
+
+def _status_proto(
+    exc: errors.RegistryError, code: grpc.StatusCode, violations: list[Any], dropped: int
+) -> status_pb2.Status:
+    # The count of what is not shown survives the cut.
+    more = f" ({dropped} more violations not shown)" if dropped else ""
+    message = cut(exc.message, MESSAGE_BYTES - len(more)) + more
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN))]
     if isinstance(exc, errors.InvalidArgument):
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in exc.violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=cut(v.field, FIELD_BYTES), description=cut(v.description, DESCRIPTION_BYTES)
+                        )
+                        for v in violations
                     ]
                 )
             )
@@ -66,9 +100,11 @@ def to_status(exc: errors.RegistryError) -> grpc.Status:
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type=v.type, subject=v.subject, description=v.description
+                            type=v.type,
+                            subject=cut(v.subject, FIELD_BYTES),
+                            description=cut(v.description, DESCRIPTION_BYTES),
                         )
-                        for v in exc.violations
+                        for v in violations
                     ]
                 )
             )
@@ -77,7 +113,8 @@ def to_status(exc: errors.RegistryError) -> grpc.Status:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type=exc.resource.split("/")[0], resource_name=exc.resource
+                    resource_type=cut(exc.resource.split("/")[0], FIELD_BYTES),
+                    resource_name=cut(exc.resource, FIELD_BYTES),
                 )
             )
         )
@@ -86,10 +123,11 @@ def to_status(exc: errors.RegistryError) -> grpc.Status:
             _pack(
                 error_details_pb2.QuotaFailure(
                     violations=[
-                        error_details_pb2.QuotaFailure.Violation(subject=exc.limit, description=exc.message)
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=exc.limit, description=cut(exc.message, DESCRIPTION_BYTES)
+                        )
                     ]
                 )
             )
         )
-    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
-    return rpc_status.to_status(proto)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)

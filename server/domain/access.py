@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import IntEnum
 from functools import lru_cache
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, quote
 from .names import check_name
 
 
@@ -128,7 +128,7 @@ def check_principal_id(value: str, field: str) -> str:
     the server in every creator, actor and audit field)."""
     check_name(value, field)
     if value in (CONTROLLER, BOOTSTRAP):
-        raise InvalidArgument.one(field, f"{value!r} is reserved: the server acts under that name")
+        raise InvalidArgument.one(field, f"{quote(value)} is reserved: the server acts under that name")
     return value
 
 
@@ -139,7 +139,7 @@ def principal_name(who: str) -> str:
 
 def check_glob(value: str, field: str) -> str:
     if not GLOB_RE.fullmatch(value):
-        raise InvalidArgument.one(field, f"{value!r} must be a name or a glob of a-z, 0-9, _, - and *")
+        raise InvalidArgument.one(field, f"{quote(value)} must be a name or a glob of a-z, 0-9, _, - and *")
     if value.count("*") > MAX_WILDCARDS or "**" in value:
         raise InvalidArgument.one(field, f"at most {MAX_WILDCARDS} wildcards, never two in a row")
     return value

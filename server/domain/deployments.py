@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
-from ..errors import FailedPrecondition, PreconditionViolation
+from ..errors import FailedPrecondition, PreconditionViolation, quote
 from .environments import Environment, Strategy, StrategySpec
 from .model import ProgramVersion
 from .sidecars import Report
@@ -526,7 +526,9 @@ def check_policy(
                 )
         for key in p.validation.required_metadata_keys:
             if key not in version.metadata:
-                out.append(PreconditionViolation("VALIDATION", subject, f"metadata key {key!r} is required"))
+                out.append(
+                    PreconditionViolation("VALIDATION", subject, f"metadata key {quote(key)} is required")
+                )
         if (
             p.validation.require_compatible_signature
             and compatibility is not None

@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
-from ..errors import InvalidArgument, Violations
+from ..errors import InvalidArgument, Violations, quote
 from .names import check_name
 from .programs import METRIC_RE
 
@@ -157,11 +157,14 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
         if predecessor == env.name:
             v.add(f"{prefix}.policy.required_predecessors[{i}]", "an environment cannot precede itself")
         elif predecessor not in known:
-            v.add(f"{prefix}.policy.required_predecessors[{i}]", f"unknown environment {predecessor!r}")
+            v.add(f"{prefix}.policy.required_predecessors[{i}]", f"unknown environment {quote(predecessor)}")
     for group in ("min_metrics", "max_metrics"):
         for metric, value in getattr(p.validation, group).items():
             if not METRIC_RE.fullmatch(metric) or not math.isfinite(value):
-                v.add(f"{prefix}.policy.validation.{group}[{metric!r}]", "a metric name and a finite number")
+                v.add(
+                    f"{prefix}.policy.validation.{group}[{quote(metric)}]",
+                    "a metric name and a finite number",
+                )
     for i, key in enumerate(p.validation.required_metadata_keys):
         if not key or len(key) > 128:
             v.add(f"{prefix}.policy.validation.required_metadata_keys[{i}]", "must be 1-128 characters")
@@ -217,7 +220,7 @@ def _seconds(value: Any, where: str) -> float:
         return float(value)
     if isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and value[-1] in "smh":
         return float(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
-    raise InvalidArgument.one(where, f"{value!r} is not a duration (seconds, or like 90s, 10m, 1h)")
+    raise InvalidArgument.one(where, f"{quote(value)} is not a duration (seconds, or like 90s, 10m, 1h)")
 
 
 def _strategy(table: dict[str, Any], base: StrategySpec, where: str) -> StrategySpec:

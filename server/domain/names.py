@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, quote
 from . import versions
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -18,7 +18,9 @@ PREFIX_RE = re.compile(r"[a-z0-9_-]{0,63}")
 def check_prefix(value: str, field: str = "name_prefix") -> str:
     """A name prefix: the start of a valid name (or empty)."""
     if not PREFIX_RE.fullmatch(value):
-        raise InvalidArgument.one(field, f"{value!r} can never start a name: names use a-z, 0-9, _ and -")
+        raise InvalidArgument.one(
+            field, f"{quote(value)} can never start a name: names use a-z, 0-9, _ and -"
+        )
     return value
 
 
@@ -44,7 +46,7 @@ def check_text(value: str, field: str, limit: int) -> str:
 def check_name(value: str, field: str) -> str:
     """Return `value` if it is a valid short name, else raise InvalidArgument."""
     if not NAME_RE.fullmatch(value):
-        raise InvalidArgument.one(field, f"{value!r} {NAME_RULE}")
+        raise InvalidArgument.one(field, f"{quote(value)} {NAME_RULE}")
     return value
 
 
@@ -72,7 +74,7 @@ def parse_parent(value: str, collection: str, field: str) -> str:
     """`programs/x` -> `x`; raise InvalidArgument for anything else."""
     parts = value.split("/")
     if len(parts) != 2 or parts[0] != collection:
-        raise InvalidArgument.one(field, f"{value!r} must look like {collection}/{{name}}")
+        raise InvalidArgument.one(field, f"{quote(value)} must look like {collection}/{{name}}")
     return check_name(parts[1], field)
 
 
@@ -88,7 +90,7 @@ def parse_version_ref(
         return VersionRef(collection, check_name(parts[1], field), versions.LATEST)
     if len(parts) != 4 or parts[0] != collection or parts[2] != "versions":
         raise InvalidArgument.one(
-            field, f"{value!r} must look like {collection}/{{name}}/versions/{{version|latest}}"
+            field, f"{quote(value)} must look like {collection}/{{name}}/versions/{{version|latest}}"
         )
     name = check_name(parts[1], field)
     if parts[3] != versions.LATEST:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidArgument, Violations
+from ..errors import InvalidArgument, Violations, quote
 
 DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
 MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
@@ -86,9 +86,9 @@ def validate_labels(labels: dict[str, str], path: str, v: Violations) -> None:
         v.add(path, f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
         if not LABEL_KEY_RE.fullmatch(key):
-            v.add(f"{path}[{key!r}]", "label keys must match ^[a-z][a-z0-9_-]{0,62}$")
+            v.add(f"{path}[{quote(key)}]", "label keys must match ^[a-z][a-z0-9_-]{0,62}$")
         if not LABEL_VALUE_RE.fullmatch(value):
-            v.add(f"{path}[{key!r}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
+            v.add(f"{path}[{quote(key)}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
 
 
 def validate_performance(performance: dict[str, float], path: str, v: Violations) -> None:
@@ -96,9 +96,9 @@ def validate_performance(performance: dict[str, float], path: str, v: Violations
         v.add(path, f"at most {MAX_METRICS} metrics")
     for key, value in performance.items():
         if not METRIC_RE.fullmatch(key):
-            v.add(f"{path}[{key!r}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
+            v.add(f"{path}[{quote(key)}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
         if not math.isfinite(value):
-            v.add(f"{path}[{key!r}]", "must be a finite number")
+            v.add(f"{path}[{quote(key)}]", "must be a finite number")
 
 
 def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> None:
@@ -109,7 +109,7 @@ def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> Non
 
 def validate_media_type(media_type: str, path: str, v: Violations) -> None:
     if not MEDIA_TYPE_RE.fullmatch(media_type):
-        v.add(path, f"{media_type!r} is not a media type such as application/octet-stream")
+        v.add(path, f"{quote(media_type)} is not a media type such as application/octet-stream")
 
 
 def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[PredictorSummary, ...]:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from ..errors import Violations
+from ..errors import Violations, quote
 from . import versions
 from .names import check_name
 from .programs import DIGEST_RE
@@ -109,7 +109,9 @@ def heartbeat_for(requested: float) -> float:
 def validate(r: Report, v: Violations) -> None:
     """Add to `v` everything wrong with report `r`, naming the request's fields."""
     if not SIDECAR_ID_RE.fullmatch(r.sidecar_id):
-        v.add("sidecar_id", f"{r.sidecar_id!r} must be 1-253 lower-case letters, digits, '.', '_' or '-'")
+        v.add(
+            "sidecar_id", f"{quote(r.sidecar_id)} must be 1-253 lower-case letters, digits, '.', '_' or '-'"
+        )
     if not MIN_HEARTBEAT_SECONDS <= r.heartbeat_seconds <= MAX_HEARTBEAT_SECONDS:
         v.add(
             "heartbeat_interval",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from ..errors import Violations
+from ..errors import Violations, quote
 from .versions import ChangeType
 
 FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -173,9 +173,9 @@ def validate_spec(spec: SignatureSpec, prefix: str = "spec") -> Violations:
         for i, f in enumerate(fields):
             path = f"{prefix}.{group}[{i}]"
             if not FIELD_NAME_RE.fullmatch(f.name):
-                v.add(f"{path}.name", f"{f.name!r} must be a Python identifier of 1-63 characters")
+                v.add(f"{path}.name", f"{quote(f.name)} must be a Python identifier of 1-63 characters")
             elif f.name in seen:
-                v.add(f"{path}.name", f"{f.name!r} is declared twice")
+                v.add(f"{path}.name", f"{quote(f.name)} is declared twice")
             seen.add(f.name)
             if len(f.description) > MAX_TEXT:
                 v.add(f"{path}.description", f"must be at most {MAX_TEXT} characters")
@@ -234,14 +234,16 @@ def _compare_fields(
     added = [f for f in new if f.name not in before]
     for f in removed:
         twin = next((a for a in added if a.type == f.type), None)
-        what = f"renamed to {twin.name!r}?" if twin else "removed"
-        changes.append(Change(Level.BREAKING, f"{group}.{f.name}", f"field {f.name!r} {what}"))
+        what = f"renamed to {quote(twin.name)}?" if twin else "removed"
+        changes.append(Change(Level.BREAKING, f"{group}.{f.name}", f"field {quote(f.name)} {what}"))
     for f in added:
         if is_input and f.required:
-            changes.append(Change(Level.BREAKING, f"{group}.{f.name}", f"required input {f.name!r} added"))
+            changes.append(
+                Change(Level.BREAKING, f"{group}.{f.name}", f"required input {quote(f.name)} added")
+            )
         else:
             kind = "optional input" if is_input else "output"
-            changes.append(Change(Level.MINOR, f"{group}.{f.name}", f"{kind} {f.name!r} added"))
+            changes.append(Change(Level.MINOR, f"{group}.{f.name}", f"{kind} {quote(f.name)} added"))
     for name, a in before.items():
         b = after.get(name)
         if b is None:
@@ -274,10 +276,10 @@ def _compare_type(path: str, a: FieldType, b: FieldType) -> list[Change]:
         changes = []
         for value in a.enum_values:
             if value not in b.enum_values:
-                changes.append(Change(Level.BREAKING, path, f"enum value {value!r} removed"))
+                changes.append(Change(Level.BREAKING, path, f"enum value {quote(value)} removed"))
         for value in b.enum_values:
             if value not in a.enum_values:
-                changes.append(Change(Level.MINOR, path, f"enum value {value!r} added"))
+                changes.append(Change(Level.MINOR, path, f"enum value {quote(value)} added"))
         return changes
     if a.kind is Kind.LIST and a.item_type is not None and b.item_type is not None:
         if a.item_type != b.item_type and a.item_type.kind == b.item_type.kind == Kind.ENUM:

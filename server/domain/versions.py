@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import semver
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, quote
 
 LATEST = "latest"
 _MAX_COMPONENT = 10**18  # keeps every number inside a signed 64-bit column and the key width
@@ -60,7 +60,7 @@ def parse(text: str, field: str = "version") -> Version:
         info = semver.Version.parse(text)
     except (ValueError, TypeError):
         raise InvalidArgument.one(
-            field, f"{text!r} is not a strict SemVer 2.0 version (MAJOR.MINOR.PATCH[-pre][+build])"
+            field, f"{quote(text)} is not a strict SemVer 2.0 version (MAJOR.MINOR.PATCH[-pre][+build])"
         ) from None
     if max(info.major, info.minor, info.patch) >= _MAX_COMPONENT:
         raise InvalidArgument.one(field, "version numbers must be below 10^18")

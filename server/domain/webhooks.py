@@ -39,7 +39,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import InvalidArgument, Violations
+from ..errors import InvalidArgument, Violations, quote
 from .access import ALL, check_glob, glob_matches, principal_name
 from .deployments import Kind, event_step
 from .names import check_name, check_text
@@ -227,7 +227,7 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
             try:
                 out.append(ipaddress.ip_network(item.strip(), strict=False))
             except ValueError as exc:
-                raise ValueError(f"--webhook-allow: {item.strip()!r} is not a network: {exc}") from None
+                raise ValueError(f"--webhook-allow: {quote(item.strip())} is not a network: {exc}") from None
     return tuple(out)
 
 

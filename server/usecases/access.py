@@ -33,6 +33,7 @@ from ..errors import (
     RegistryError,
     Unauthenticated,
     Violations,
+    quote,
 )
 from ..store.base import Store
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
@@ -158,7 +159,7 @@ class Access:
         async with self.store.read() as tx:
             principal = await tx.principal_by_subject(subject)
         if principal is None:
-            raise Unauthenticated(f"no principal is mapped to the certificate subject {subject!r}")
+            raise Unauthenticated(f"no principal is mapped to the certificate subject {quote(subject)}")
         if principal.disabled:
             raise Unauthenticated(f"principal {principal.name} is disabled")
         return Identity(principal, None)
@@ -287,7 +288,7 @@ class Access:
                 owner = await tx.subject_owner(subject)
                 if owner is not None:
                     raise AlreadyExists(
-                        f"principals/{owner}", f"certificate subject {subject!r} already maps to {owner}"
+                        f"principals/{owner}", f"certificate subject {quote(subject)} already maps to {owner}"
                     )
             now = _now()
             principal = Principal(
