@@ -29,6 +29,8 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
@@ -42,6 +44,7 @@ from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
 
 from .api.guard import GATEWAY_CLIENT_KEY, GATEWAY_SECRET_KEY
 from .api.status import DOMAIN
+from .errors import quote
 from .http_openapi import OPENAPI
 
 log = logging.getLogger("dspy_registry.http")
@@ -98,12 +101,22 @@ _MAX_MESSAGE = 8 << 20
 
 
 class BadRequest(Exception):
-    """Input the gateway cannot even turn into a request; answered as INVALID_ARGUMENT."""
+    """Input the gateway cannot even turn into a request; answered as INVALID_ARGUMENT (`status`: 400,
+    or 415 for a body that is not JSON)."""
 
-    def __init__(self, field: str, description: str) -> None:
+    def __init__(self, field: str, description: str, status: int = 400) -> None:
         super().__init__(description)
         self.field = field
         self.description = description
+        self.status = status
+
+
+class NotServed(Exception):
+    """`?version=&environment=` where the environment serves another version: NOT_FOUND."""
+
+    def __init__(self, resource: str, environment: str, served: str) -> None:
+        super().__init__(f"environments/{environment} serves {served}, not {resource}")
+        self.resource = resource
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -135,9 +148,12 @@ def _error_body(code: grpc.StatusCode, message: str, details: list[dict[str, Any
     return {"error": {"code": code.name, "message": message, "details": details}}
 
 
-def _error_response(code: grpc.StatusCode, message: str, details: list[dict[str, Any]]) -> web.Response:
+def _error_response(
+    code: grpc.StatusCode, message: str, details: list[dict[str, Any]], status: int | None = None
+) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
-    return _json(_error_body(code, message, details), status=HTTP_STATUS.get(code, 500), headers=headers)
+    status = status or HTTP_STATUS.get(code, 500)
+    return _json(_error_body(code, message, details), status=status, headers=headers)
 
 
 def _packed(message: Message) -> dict[str, Any]:
@@ -153,7 +169,7 @@ def _bad_request(exc: BadRequest) -> web.Response:
         _packed(error_details_pb2.ErrorInfo(reason="INVALID_ARGUMENT", domain=DOMAIN)),
         _packed(error_details_pb2.BadRequest(field_violations=[violation])),
     ]
-    return _error_response(grpc.StatusCode.INVALID_ARGUMENT, exc.description, details)
+    return _error_response(grpc.StatusCode.INVALID_ARGUMENT, exc.description, details, exc.status)
 
 
 def _rpc_error(err: grpc.aio.AioRpcError) -> web.Response:
@@ -182,10 +198,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _known_query(request: web.Request, *names: str) -> None:
-    # Strict, as json_format.Parse is with unknown fields: a misspelt filter must not list everything.
+    # Strict, as json_format.Parse is with unknown fields: a misspelt filter must not list everything,
+    # and `?team=a&team=b` must not quietly mean one of them.
     for name in request.query:
         if name not in names:
-            raise BadRequest(name, f"unknown query parameter {name!r}; known: {', '.join(names)}")
+            raise BadRequest(name, f"unknown query parameter {quote(name)}; known: {', '.join(names)}")
+        if len(request.query.getall(name)) > 1:
+            raise BadRequest(name, f"{name} is given more than once")
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -215,20 +234,46 @@ def _check_text(field: str, value: str) -> None:
         raise BadRequest(field, f"{field} is not valid UTF-8") from None
 
 
+def _is_json(content_type: str | None) -> bool:
+    """No Content-Type, application/json or application/*+json (parameters such as charset aside)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: `{"version": "1", "version": "2"}` is refused."""
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise BadRequest(key, f"{quote(key)} is given more than once")
+        body[key] = value
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _body(request: web.Request, *names: str) -> dict[str, Any]:
     """The JSON object of a POST, with only the fields `names`; an empty body is an empty object."""
     raw = await request.read()
     if not raw.strip():
         return {}
+    if not _is_json(request.headers.get("Content-Type")):
+        raise BadRequest("body", "the body must be JSON (Content-Type: application/json)", status=415)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body", "the body is not valid JSON") from None
+    except RecursionError:  # nesting deeper than the parser's stack: never a request of ours
+        raise BadRequest("body", "the body is nested too deep") from None
     if not isinstance(body, dict):
         raise BadRequest("body", "the body must be a JSON object")
     for name in body:
         if name not in names:
-            raise BadRequest(name, f"unknown field {name!r}; known: {', '.join(names)}")
+            raise BadRequest(name, f"unknown field {quote(name)}; known: {', '.join(names)}")
     return body
 
 
@@ -284,6 +329,13 @@ class Gateway:
             return await handler(request)
         except grpc.aio.AioRpcError as err:
             return _rpc_error(err)
+        except NotServed as exc:
+            info = error_details_pb2.ResourceInfo(resource_type="programs", resource_name=exc.resource)
+            details = [
+                _packed(error_details_pb2.ErrorInfo(reason="NOT_FOUND", domain=DOMAIN)),
+                _packed(info),
+            ]
+            return _error_response(grpc.StatusCode.NOT_FOUND, str(exc), details)
         except BadRequest as exc:
             # gRPC authenticates before it reads a request: so here, a bad token is told
             # UNAUTHENTICATED before bad input is told INVALID_ARGUMENT. WhoAmI only authenticates.
@@ -302,6 +354,12 @@ class Gateway:
             if exc.status == 405:
                 response.headers["Allow"] = exc.headers.get("Allow", "")
             return response
+        except Exception:  # a defect of ours: logged once, answered in the same shape, no internals
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return _json(
+                _error_body(grpc.StatusCode.INTERNAL, "internal error; the server log has the details", []),
+                status=500,
+            )
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.errors])
@@ -357,13 +415,16 @@ class Gateway:
         version = _query_str(request, "version")
         environment = _query_str(request, "environment")
         metadata = self._metadata(request)
-        if environment and not version:
+        if environment:
             ask = rpb.GetProgramVersionRequest(name=f"programs/{name}", environment=environment)
         else:
             ask = rpb.GetProgramVersionRequest(name=f"programs/{name}/versions/{version or 'latest'}")
         found = (
             await self.registry.GetProgramVersion(ask, metadata=metadata, timeout=CALL_TIMEOUT)
         ).program_version
+        if version and environment and found.version != version:
+            # Both: that version, if the environment serves it (a filter, never one ignored).
+            raise NotServed(f"programs/{name}/versions/{version}", environment, found.version)
         versions = await self.registry.ListProgramVersions(
             rpb.ListProgramVersionsRequest(parent=f"programs/{name}", page_size=MAX_LIMIT),
             metadata=metadata,
@@ -393,7 +454,7 @@ class Gateway:
         body = await _body(request, *DEPLOY_FIELDS)
         create = dpb.CreateDeploymentRequest(
             program=name,
-            version=_body_str(body, "version") or "latest",
+            version=_body_str(body, "version"),  # none: refused as over gRPC (`latest` is said, not assumed)
             environment=_body_str(body, "environment"),
             reason=_body_str(body, "reason"),
             request_id=_body_str(body, "request_id"),
@@ -500,6 +561,50 @@ def server_ssl(cert: str, key: str) -> SSLContext | None:
     return context
 
 
+class _Connection(RequestHandler):
+    """aiohttp's per-connection handler, answering what its HTTP parser refuses in the routes' shape.
+
+    A request line or header over aiohttp's limits (8 KiB), or broken framing, never reaches the
+    routes: aiohttp answers it itself, in plain text, and logs a traceback for each. Here it is the
+    routes' JSON error (INVALID_ARGUMENT, aiohttp's status) and one warning line without a traceback:
+    a stranger's junk must not fill the log.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = message or (str(exc) if exc else "") or "bad request"
+        log.warning(
+            "refused an HTTP request it could not parse", extra={"status": status, "reason": reason[:200]}
+        )
+        if request.writer.output_size > 0:  # as aiohttp: an answer already begun cannot be replaced
+            raise ConnectionError("the response was already begun")
+        code = _CODE_OF_HTTP.get(status, grpc.StatusCode.INVALID_ARGUMENT)
+        response = _json(_error_body(code, reason[:512], []), status=status)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections are `_Connection`s (aiohttp has no setting for it)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        return server
+
+
 class HttpServer:
     """The REST routes on `listen` (HTTPS with `ssl`), in front of the gRPC server on `grpc_address`."""
 
@@ -512,7 +617,7 @@ class HttpServer:
         self._folder = Path(tempfile.mkdtemp(prefix="dspy-registry-http-"))  # mode 0700
         self.grpc_address = f"unix:{self._folder / 'grpc.sock'}"
         self._channel: grpc.aio.Channel | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: _Runner | None = None
 
     async def start(self) -> int:
         """Serve; the gRPC server must already listen on `grpc_address`."""
@@ -528,7 +633,7 @@ class HttpServer:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
             ],
         )
-        self._runner = web.AppRunner(
+        self._runner = _Runner(
             Gateway(self._channel, self.secret).application(), access_log=None, shutdown_timeout=self.grace
         )
         await self._runner.setup()

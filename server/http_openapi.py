@@ -134,7 +134,7 @@ _SCHEMAS: dict[str, Any] = {
     "DeployRequest": {
         "type": "object",
         "description": "canary_percent goes with the canary strategy (or none: it implies canary)",
-        "required": ["environment"],
+        "required": ["environment", "version"],
         "additionalProperties": False,
         "not": {
             "type": "object",
@@ -142,7 +142,7 @@ _SCHEMAS: dict[str, Any] = {
             "properties": {"strategy": {"enum": ["replace", "blue_green"]}},
         },
         "properties": {
-            "version": {**_VERSION, "description": "A SemVer version or `latest` (the default)"},
+            "version": {**_VERSION, "minLength": 1, "description": "A SemVer version, or `latest`"},
             "environment": {"type": "string", "pattern": NAME_PATTERN},
             "strategy": {
                 "type": "string",
@@ -290,7 +290,8 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "environment",
                         _NAME_OR_EMPTY,
-                        "Without `version`: the version this environment serves",
+                        "Without `version`: the version this environment serves; with it, 404 unless "
+                        "the environment serves that version",
                     ),
                 ],
                 "responses": {"200": _json(_ref("ProgramDetail"), "The program"), **_ERROR},

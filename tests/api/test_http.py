@@ -21,6 +21,7 @@ from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
 from tests.certificates import Authority, tls_config
+from tests.eventually import until
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
@@ -342,12 +343,11 @@ async def test_an_offset_walks_the_pages(rest: Rest, monkeypatch: pytest.MonkeyP
 
 
 async def test_the_audit_log_names_the_http_client_not_the_gateway_socket(rest: Rest) -> None:
-    status, _ = await rest.post(f"/api/registry/programs/{PROGRAM}/deploy", {"environment": "staging"})
+    latest = {"environment": "staging", "version": "latest"}
+    status, _ = await rest.post(f"/api/registry/programs/{PROGRAM}/deploy", latest)
     assert status == 201
     reader = await _token(rest, "reader", [(apb.ACTION_READ, "*")])
-    status, _ = await rest.post(
-        f"/api/registry/programs/{PROGRAM}/deploy", {"environment": "staging"}, reader
-    )
+    status, _ = await rest.post(f"/api/registry/programs/{PROGRAM}/deploy", latest, reader)
     assert status == 403
     # A gRPC caller sending the gateway's keys without its secret is named by its own address.
     forged = (
@@ -373,3 +373,79 @@ async def test_the_audit_log_names_the_http_client_not_the_gateway_socket(rest: 
     assert peers["CreateDeployment:principals/reader"].startswith("ipv4:127.0.0.1:")
     assert forgers[0].startswith("ipv4:127.0.0.1:") and forgers[1] == "unix:"
     assert "203.0.113.9" not in "".join(peers.values())
+
+
+async def _raw(
+    rest: Rest, method: str, path: str, data: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, str, Any]:
+    async with rest.session.request(
+        method, rest.base + path, data=data, headers={**rest.headers(), **(headers or {})}
+    ) as r:
+        return r.status, r.content_type, await r.json(content_type=None)
+
+
+async def test_hostile_bodies_and_urls_get_the_json_error_and_no_traceback(
+    rest: Rest, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploy = f"/api/registry/programs/{PROGRAM}/deploy"
+    deep = b"[" * 50_000 + b"]" * 50_000
+    for path in (deploy, "/api/registry/deployments/x1/rollback"):
+        status, kind, body = await _raw(rest, "POST", path, deep, {"Content-Type": "application/json"})
+        assert (status, kind, body["error"]["code"]) == (400, "application/json", "INVALID_ARGUMENT"), body
+        assert "nested too deep" in body["error"]["message"]
+        status, _, body = await _raw(rest, "POST", path, deep, {"Authorization": ""})  # no token: 401 first
+        assert status == 401, body
+
+    status, kind, body = await _raw(rest, "GET", "/api/registry/programs?team=" + "x" * 9000)
+    assert (status, kind, body["error"]["code"]) == (400, "application/json", "INVALID_ARGUMENT"), body
+
+    for content_type in ("text/plain", "application/xml", "application/x-www-form-urlencoded"):
+        status, _, body = await _raw(
+            rest, "POST", deploy, b'{"version": "1.0.0"}', {"Content-Type": content_type}
+        )
+        assert (status, body["error"]["code"]) == (415, "INVALID_ARGUMENT"), content_type
+    with_charset = {"Content-Type": "application/json; charset=utf-8"}
+    status, _, body = await _raw(
+        rest, "POST", deploy, b'{"version": "1.0.0", "environment": "staging"}', with_charset
+    )
+    assert status == 201, body
+
+    twice = b'{"environment": "staging", "version": "1.0.0", "version": "1.1.0"}'
+    status, _, body = await _raw(rest, "POST", deploy, twice, {"Content-Type": "application/json"})
+    assert (status, _violations(body)) == (400, {"version"}), body
+    status, _, body = await _raw(
+        rest, "POST", deploy, b'{"environment": "staging", "version": NaN}', with_charset
+    )
+    assert status == 400, body
+    status, _, body = await _raw(rest, "GET", "/api/registry/programs?team=a&team=b")
+    assert (status, _violations(body)) == (400, {"team"}), body
+
+    # No traceback for any of it: aiohttp's parser refusals are one warning line.
+    assert not [r for r in caplog.records if r.levelno >= 40 or r.exc_info], [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+async def _serves(rest: Rest, environment: str, version: str) -> bool:
+    status, body = await rest.get(f"/api/registry/programs/{PROGRAM}", environment=environment)
+    return status == 200 and body["version"] == version
+
+
+async def test_deploy_needs_a_version_and_version_with_environment_is_a_filter(rest: Rest) -> None:
+    deploy = f"/api/registry/programs/{PROGRAM}/deploy"
+    status, body = await rest.post(deploy, {"environment": "staging"})
+    assert (status, _violations(body)) == (400, {"version"}), body  # gRPC refuses it too: never assumed
+    status, body = await rest.post(deploy, {"environment": "staging", "version": "latest"})
+    assert status == 201 and body["deployment"]["version"] == "1.1.0"
+    # On PostgreSQL the controller may apply the replacement a moment later.
+    await until(lambda: _serves(rest, "staging", "1.1.0"), "staging serves 1.1.0")
+    # Both: that version if the environment serves it, else NOT_FOUND; never one of them ignored.
+    status, body = await rest.get(f"/api/registry/programs/{PROGRAM}", version="1.0.0", environment="staging")
+    assert (status, body["error"]["code"]) == (404, "NOT_FOUND"), body
+    assert body["error"]["message"] == (
+        "environments/staging serves 1.1.0, not programs/sentiment/versions/1.0.0"
+    )
+    status, body = await rest.get(f"/api/registry/programs/{PROGRAM}", version="1.1.0", environment="staging")
+    assert (status, body["version"]) == (200, "1.1.0")
+    status, body = await rest.get(f"/api/registry/programs/{PROGRAM}", environment="staging")
+    assert (status, body["version"]) == (200, "1.1.0")
