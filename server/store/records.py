@@ -145,6 +145,7 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
         self._seq = 0
         self.appended: list[Event] = []
         self.audit_call: Call | None = None
+        self.replay = False  # this transaction only answers a retry (see mark_replay)
 
     # -- revisions and the event log -------------------------------------------------
 
@@ -180,10 +181,15 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
         await self.queue_deliveries(self._revision, first_seq, events, ts)
         return self._revision
 
+    def mark_replay(self) -> None:
+        """This transaction answers a retry with the first answer: it writes no audit event, since the
+        mutation has one already (one audit event per mutation, however often it is retried)."""
+        self.replay = True
+
     async def finish(self) -> None:
         """Just before COMMIT: the current mutation's audit event, in this same transaction."""
         call = current_call.get()
-        if call is None or not call.mutation or call.audited or self.audit_call is not None:
+        if call is None or not call.mutation or call.audited or self.audit_call is not None or self.replay:
             return
         await self.insert_audit(
             AuditEvent(

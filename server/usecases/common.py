@@ -50,6 +50,7 @@ async def replayed(tx: Records, idem: Idempotency[Any] | None) -> Replay | None:
         return None
     if prior.method != idem.method or prior.fingerprint != idem.fingerprint:
         raise InvalidArgument.one("request_id", "was already used for a different request; use a new id")
+    tx.mark_replay()
     return Replay(prior.response)
 
 

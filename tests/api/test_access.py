@@ -274,3 +274,22 @@ async def test_the_names_the_server_acts_under_are_reserved(server: Running) -> 
         assert "reserved" in (refused.value.details() or "")
     listed = await admin.ListPrincipals(apb.ListPrincipalsRequest())
     assert {p.name for p in listed.principals} == {"principals/admin"}
+
+
+async def test_a_retried_mutation_is_audited_once(server: Running) -> None:
+    """A retry with the same request_id gets the first answer and writes no second audit event."""
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await register_signature(server.registry, name="sig")
+    register = _program("sentiment_a", "1.0.0")
+    register.request_id = "register-once"
+    principal = apb.CreatePrincipalRequest(
+        principal_id="erin", principal=apb.Principal(), request_id="erin-once"
+    )
+    for _ in range(3):
+        first = await server.registry.RegisterProgram(register)
+        assert first.program_version.version == "1.0.0"
+        assert (await admin.CreatePrincipal(principal)).principal.name == "principals/erin"
+    for request_id in ("register-once", "erin-once"):
+        listed = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/admin"))
+        audited = [e for e in listed.audit_events if e.request_id == request_id]
+        assert len(audited) == 1 and audited[0].revision > 0, request_id
