@@ -11,6 +11,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from .domain.access import SYSTEM
+
 
 @dataclass
 class Call:
@@ -31,4 +33,4 @@ current_call: ContextVar[Call | None] = ContextVar("current_call", default=None)
 def caller() -> str:
     """The principal making the current call ("system" outside any call)."""
     call = current_call.get()
-    return call.principal if call is not None and call.principal else "system"
+    return call.principal if call is not None and call.principal else SYSTEM

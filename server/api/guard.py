@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from ..calls import Call, current_call
-from ..domain.access import Action, Outcome, Principal, PrincipalType
+from ..domain.access import ANONYMOUS, Action, Outcome, Principal, PrincipalType
 from ..errors import PermissionDenied, RegistryError, Unauthenticated
 from ..usecases.access import Access, Identity
 from .context import Context
@@ -172,7 +172,7 @@ def _certificate_subject(context: Context) -> str | None:
 # every caller acts as this principal, and every check passes.
 _ANYONE = Identity(
     principal=Principal(
-        "anonymous", PrincipalType.USER, "anonymous (authentication off)", "", "", (), False, "", "",
+        ANONYMOUS, PrincipalType.USER, "anonymous (authentication off)", "", "", (), False, "", "",
         _EPOCH, _EPOCH, 0,
     ),
     token=None,

@@ -123,11 +123,20 @@ CONTROLLER = "controller"  # the server itself: auto-deploys, controller steps, 
 BOOTSTRAP = "bootstrap"  # the server's first start: the admin principal, its grant and token
 
 
+SYSTEM = "system"  # what the server does outside any call (its audit events read principals/system)
+
+
+ANONYMOUS = "anonymous"  # every caller when authentication is off (--no-auth)
+
+
+RESERVED_PRINCIPALS = (CONTROLLER, BOOTSTRAP, SYSTEM, ANONYMOUS)
+
+
 def check_principal_id(value: str, field: str) -> str:
     """A new principal's id: a name, and not one the server itself acts as (which would read as
     the server in every creator, actor and audit field)."""
     check_name(value, field)
-    if value in (CONTROLLER, BOOTSTRAP):
+    if value in RESERVED_PRINCIPALS:
         raise InvalidArgument.one(field, f"{quote(value)} is reserved: the server acts under that name")
     return value
 

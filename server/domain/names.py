@@ -34,12 +34,21 @@ def check_request_id(value: str) -> str:
     return value
 
 
+# Control characters but newline and tab (C0, DEL, C1), and the bidirectional embeddings, overrides
+# and isolates: text shown in tables, logs and the audit must read as it is stored (U+202E would
+# reverse what follows it on screen).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def check_text(value: str, field: str, limit: int) -> str:
-    """Free text: bounded, and no control characters but newline and tab."""
+    """Free text: bounded, with no control characters but newline and tab, and no bidi overrides."""
     if len(value) > limit:
         raise InvalidArgument.one(field, f"must be at most {limit} characters")
-    if any(ord(c) < 32 and c not in "\n\t" for c in value):
-        raise InvalidArgument.one(field, "must not contain control characters")
+    found = _UNPRINTABLE.search(value)
+    if found:
+        raise InvalidArgument.one(
+            field, f"must not contain control or bidirectional formatting characters (U+{ord(found[0]):04X})"
+        )
     return value
 
 

@@ -217,8 +217,10 @@ class Access:
 
     async def bootstrap(self, token_file: Path) -> bool:
         """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
-        # Audited like any mutation, by "system": the store writes the event in this transaction.
-        context = current_call.set(Call("bootstrap", "system", "", "principals/admin", "", "", mutation=True))
+        # Audited like any mutation, by the system: the store writes the event in this transaction.
+        context = current_call.set(
+            Call("bootstrap", access.SYSTEM, "", "principals/admin", "", "", mutation=True)
+        )
         try:
             return await self._bootstrap(token_file)
         finally:

@@ -266,7 +266,7 @@ async def test_a_flood_of_refusals_is_throttled_in_the_audit_log(server: Running
 
 async def test_the_names_the_server_acts_under_are_reserved(server: Running) -> None:
     admin = apb_grpc.AccessServiceStub(server.channel)
-    for reserved in ("controller", "bootstrap"):
+    for reserved in ("controller", "bootstrap", "system", "anonymous"):
         impostor = apb.CreatePrincipalRequest(principal_id=reserved, principal=apb.Principal())
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await admin.CreatePrincipal(impostor)
@@ -274,6 +274,18 @@ async def test_the_names_the_server_acts_under_are_reserved(server: Running) -> 
         assert "reserved" in (refused.value.details() or "")
     listed = await admin.ListPrincipals(apb.ListPrincipalsRequest())
     assert {p.name for p in listed.principals} == {"principals/admin"}
+
+
+async def test_display_names_read_as_stored(server: Running) -> None:
+    """No bidi override, isolate or C1 control: a name shown in a table or the audit reads as stored."""
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    for display_name in ("admin\u202e", "x\u2066y", "a\x85b"):
+        tricky = apb.CreatePrincipalRequest(
+            principal_id="mallory", principal=apb.Principal(display_name=display_name)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.CreatePrincipal(tricky)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, display_name
 
 
 async def test_a_retried_mutation_is_audited_once(server: Running) -> None:
