@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum
 
 from ..errors import Violations
@@ -52,6 +52,20 @@ class Window:
     sum_ms: float
     feedback_correct: int
     feedback_total: int
+
+
+# How far a sidecar's clock may run ahead of the server's: a window that ends later than this is
+# a broken clock or a forgery, never a measurement.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
+def check_window_times(windows: list[Window], now: datetime, v: Violations) -> None:
+    """Refuse windows that end in the future (by more than MAX_CLOCK_AHEAD of the server's `now`)."""
+    for i, w in enumerate(windows):
+        if w.end_time > now + MAX_CLOCK_AHEAD:
+            v.add(
+                f"windows[{i}].end_time", "is in the future: more than 5 minutes ahead of the server's clock"
+            )
 
 
 def validate_window(w: Window, at: str, v: Violations) -> None:

@@ -18,6 +18,7 @@ from ..domain import health
 from ..domain.deployments import Deployment, State, Target
 from ..domain.environments import Environment
 from ..domain.health import Health, Verdict, Window
+from ..errors import NotFound, Violations
 from ..store.base import Store
 from ..store.records import Records
 from .common import check_owner
@@ -115,12 +116,20 @@ class Metrics:
     async def report(self, sidecar_id: str, principal: str, windows: list[Window]) -> tuple[int, int]:
         """Store `windows` (already validated): (accepted, dropped).
 
-        Dropped: older than the retention, or of a program and environment with
-        no target. A retry is accepted again but stored once.
+        Refused: a window dated in the future (INVALID_ARGUMENT), or of a
+        version that does not exist (NOT_FOUND). Dropped: older than the
+        retention, or of a program and environment with no target. A retry is
+        accepted again but stored once.
         """
         now = self.clock()
         oldest = now - timedelta(seconds=self.retention)
+        v = Violations()
+        health.check_window_times(windows, now, v)
+        v.raise_if_any()
         async with self.store.write() as tx:
+            for program, version in sorted({(w.program, w.version) for w in windows}):
+                if await tx.program_version_digest(program, version) is None:
+                    raise NotFound(f"programs/{program}/versions/{version}")
             await check_owner(tx, sidecar_id, principal, now)
             known: dict[tuple[str, str], bool] = {}
             for key in sorted({(w.program, w.environment) for w in windows}):

@@ -164,6 +164,17 @@ async def test_bad_windows_are_refused_by_field_and_unknown_targets_dropped(read
     with pytest.raises(grpc.aio.AioRpcError) as too_many:
         await _report(ready, *[window("1.0.0", 1) for _ in range(1001)])
     assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ahead = window("1.0.0", 10, start=datetime.now(UTC) + timedelta(days=365))  # a broken clock
+    with pytest.raises(grpc.aio.AioRpcError) as future:
+        await _report(ready, window("1.0.0", 10), ahead)
+    assert future.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in details(future.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    assert fields == {"windows[1].end_time"}
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await _report(ready, window("1.0.0", 10), window("9.9.9", 10))  # no such version
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "programs/sentiment/versions/9.9.9" in (unknown.value.details() or "")
+    assert (await _status(ready)).health[0].request_count == 0  # nothing of the refused calls was kept
     elsewhere = window("1.0.0", 10)
     elsewhere.environment = "production"  # no target there
     old = window("1.0.0", 10, start=datetime.now(UTC) - timedelta(days=1))
