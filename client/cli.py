@@ -567,6 +567,11 @@ def principal_disable(registry: SyncRegistry, args: argparse.Namespace, out: Out
     return 0
 
 
+def principal_enable(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.disable_principal(args.principal, undo=True))
+    return 0
+
+
 def token_revoke(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.message(registry.revoke_token(args.name))
     return 0
@@ -776,6 +781,8 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("principal")
     p.add_argument("--reason", default="")
     p.add_argument("--undo", action="store_true", help="enable it again")
+    p = add(principals, "enable", principal_enable, "enable a disabled principal again (disable --undo)")
+    p.add_argument("principal")
 
     tokens = group("token", "create and list tokens")
     p = add(tokens, "create", token_create, "create a token; prints the secret (once)")

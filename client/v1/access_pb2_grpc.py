@@ -191,7 +191,8 @@ class AccessServiceServicer:
     def GrantPermission(self, request, context):
         """Grants a principal an action on a program or signature name or glob.
         INVALID_ARGUMENT for a bad action or pattern; NOT_FOUND if the principal
-        does not exist. Granting an existing grant returns it (created = false).
+        does not exist; FAILED_PRECONDITION if it is disabled. Granting an
+        existing grant returns it (created = false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -445,8 +445,11 @@ class Access:
         async with self.store.write() as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
-            if await tx.get_principal(principal) is None:
+            found = await tx.get_principal(principal)
+            if found is None:
                 raise NotFound(f"principals/{principal}")
+            if found.disabled:  # as for tokens: power is not handed to an account that was shut
+                raise FailedPrecondition(f"principals/{principal} is disabled; enable it first")
             existing = await tx.find_grant(principal, action, resource)
             if existing is not None:
                 return await record(tx, idem, (existing, False))

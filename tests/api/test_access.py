@@ -156,6 +156,21 @@ async def test_revocation_disabling_and_expiry_take_effect_at_once(server: Runni
             await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest()))
             == grpc.StatusCode.UNAUTHENTICATED
         )
+        # No power for an account that was shut: enabling it comes first, then grants work again.
+        admin_grant = apb.GrantPermissionRequest(
+            principal="principals/carol", action=apb.ACTION_ADMIN, resource="*"
+        )
+        assert await _code(admin.GrantPermission(admin_grant)) == grpc.StatusCode.FAILED_PRECONDITION
+        assert not [
+            g
+            for g in (await admin.ListPermissions(apb.ListPermissionsRequest())).permissions
+            if g.action == apb.ACTION_ADMIN and g.principal == "principals/carol"
+        ]
+        await admin.DisablePrincipal(apb.DisablePrincipalRequest(name="principals/carol", undo=True))
+        assert (
+            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
+        )
+        assert await _code(admin.GrantPermission(admin_grant)) == grpc.StatusCode.OK
         await again.close(None)
     finally:
         await channel.close(None)

@@ -268,6 +268,9 @@ def test_environments_and_access(serve: type[ServerProcess], tmp_path: Path) -> 
     assert gone.stderr.startswith("error: UNAUTHENTICATED: ")
     disabled = cli.json("principal", "disable", "alice", "--reason", "left the team")
     assert disabled["name"] == "principals/alice" and disabled.get("disabled") is True
+    refused = cli.run("grant", "alice", "admin", "*", code=1)
+    assert refused.stderr.startswith("error: FAILED_PRECONDITION: ")
+    assert not cli.json("principal", "enable", "alice").get("disabled")
 
     methods = [e["method"] for e in cli.json("audit", "--limit", "5")]
     assert "dspy_registry.v1.AccessService/GrantPermission" in methods or any("Grant" in m for m in methods)
