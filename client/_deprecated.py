@@ -20,6 +20,7 @@ from dspy_registry.v1 import registry_pb2 as pb
 from ._access import AccessMethods
 from ._deployments import DeploymentMethods, StrategyArgument
 from ._programs import ProgramMethods
+from ._streams import StreamMethods
 
 # Old name -> the method that replaces it.
 RENAMED: dict[str, str] = {
@@ -57,7 +58,7 @@ def _renamed(old: Callable[_P, _R]) -> Callable[_P, _R]:
     return alias
 
 
-class DeprecatedMethods(ProgramMethods, DeploymentMethods, AccessMethods):
+class DeprecatedMethods(ProgramMethods, DeploymentMethods, StreamMethods, AccessMethods):
     @_renamed
     def list_versions(self, name: str, *, page_size: int = 0) -> AsyncIterator[pb.ProgramVersion]:
         """Deprecated: use `list_program_versions`."""

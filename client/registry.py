@@ -30,7 +30,8 @@ live dspy.Module. The dspy conversions are in dspy_interop.py, which never impor
 optional extra: `pip install 'dspy-registry[dspy]'`).
 
 The methods are written by service area in private modules (_signatures.py, _programs.py,
-_deployments.py, _webhooks.py, _access.py, on _base.py's connection); this module assembles them.
+_deployments.py, _streams.py, _webhooks.py, _access.py, on _base.py's connection, with the
+deprecated names in _deprecated.py); this module assembles them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ._deployments import DeploymentMethods, Rollback
 from ._deprecated import DeprecatedMethods
 from ._programs import CHUNK_SIZE, DSPY_MEDIA_TYPE, UNARY_ARTIFACT_LIMIT, LoadedProgram, ProgramMethods
 from ._signatures import SignatureMethods
+from ._streams import StreamMethods
 from ._webhooks import WebhookMethods
 
 __all__ = [
@@ -108,7 +110,13 @@ RPC_METHODS: dict[str, str] = {
 
 
 class Registry(
-    DeprecatedMethods, SignatureMethods, ProgramMethods, DeploymentMethods, WebhookMethods, AccessMethods
+    DeprecatedMethods,
+    SignatureMethods,
+    ProgramMethods,
+    DeploymentMethods,
+    StreamMethods,
+    WebhookMethods,
+    AccessMethods,
 ):
     """An asynchronous client of the registry. Use `Registry.connect(...)` as an async context manager.
 
