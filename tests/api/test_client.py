@@ -132,7 +132,7 @@ def saved_state(version: str) -> bytes:
 
 async def test_seed_flow(server: Running) -> None:
     target, admin_token, spec = server.target, server.admin_token, SPEC
-    # README.md's "Python client" example is this block, line for line (test_readme_shows_the_seed_flow).
+    # README.md's "Python client" example is this block, whitespace aside (test_readme_shows_the_seed_flow).
     async with Registry.connect(target, token=admin_token) as registry:
         await registry.register_signature(name="text_classifier", signature=spec, version="1.0.0")
         for version, accuracy in (("1.0.0", 0.89), ("1.1.0", 0.92)):
