@@ -5,6 +5,8 @@
 
 See client/registry.py for the methods, client/config.py for where the target
 and the token come from, and client/errors.py for the exceptions.
+tests/api/test_client_exports.py pins the names below: a change to them is a
+change to the public API.
 """
 
 from .config import Tls
@@ -22,7 +24,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .registry import RPC_METHODS, LoadedProgram, Registry
+from .registry import RPC_METHODS, LoadedProgram, Registry, Rollback
 from .sync import SyncRegistry
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "ResourceExhaustedError",
+    "Rollback",
     "SyncRegistry",
     "Tls",
     "UnauthenticatedError",

@@ -41,7 +41,7 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 
 from .config import Tls, TlsArgument, resolve
 from .errors import RegistryError
-from .registry import UNARY_ARTIFACT_LIMIT
+from .registry import UNARY_ARTIFACT_LIMIT, Rollback
 from .sync import SyncRegistry
 
 EXIT_CALL_FAILED = 1
@@ -138,7 +138,10 @@ def _json_value(text: str) -> Any:
 def signature_register(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     spec = json.loads(Path(args.file).read_text())
     version = registry.register_signature(
-        args.name, spec, args.version or "", _pairs(args.metadata, _json_value) or None
+        args.name,
+        signature=spec,
+        version=args.version or "",
+        metadata=_pairs(args.metadata, _json_value) or None,
     )
     out.message(version, f"registered {version.name}")
     return 0
@@ -146,7 +149,7 @@ def signature_register(registry: SyncRegistry, args: argparse.Namespace, out: Ou
 
 def signature_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.rows(
-        registry.list_signatures(args.prefix),
+        registry.list_signatures(name_prefix=args.prefix),
         {"name": lambda s: s.name, "latest": lambda s: s.latest_version},
     )
     return 0
@@ -164,28 +167,23 @@ def program_register(registry: SyncRegistry, args: argparse.Namespace, out: Outp
     artifact = Path(args.file).read_bytes()
     signature, signature_version = _split_version(args.signature)
     options: dict[str, Any] = {
+        "program": artifact,
+        "signature_name": signature,
+        "version": args.version or "",
+        "metadata": _pairs(args.metadata, _json_value) or None,
         "signature_version": signature_version,
         "performance": _pairs(args.performance, float) or None,
         "labels": _pairs(args.label) or None,
     }
-    metadata = _pairs(args.metadata, _json_value) or None
     if len(artifact) <= UNARY_ARTIFACT_LIMIT:
-        version = registry.register_program(
-            args.name, artifact, signature, args.version or "", metadata, **options
-        )
+        version = registry.register_program(args.name, **options)
     else:
         # Streamed in chunks: a bar follows them (on stderr, so that stdout stays the result).
         columns = (TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=out.errors) as bar:
             task = bar.add_task("upload", total=len(artifact))
             version = registry.upload_program(
-                args.name,
-                artifact,
-                signature,
-                args.version or "",
-                metadata,
-                progress=lambda sent, _total: bar.update(task, completed=sent),
-                **options,
+                args.name, progress=lambda sent, _total: bar.update(task, completed=sent), **options
             )
     out.message(version, f"registered {version.name}")
     return 0
@@ -193,7 +191,7 @@ def program_register(registry: SyncRegistry, args: argparse.Namespace, out: Outp
 
 def program_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.rows(
-        registry.list_programs(args.environment, args.team, name_prefix=args.prefix),
+        registry.list_programs(environment=args.environment, team=args.team, name_prefix=args.prefix),
         {"name": lambda p: p.name, "latest": lambda p: p.latest_version, "signature": lambda p: p.signature},
     )
     return 0
@@ -201,13 +199,13 @@ def program_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) 
 
 def program_show(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     name, version = _split_version(args.name)
-    out.message(registry.get_program_version(name, version, args.environment))
+    out.message(registry.get_program_version(name, version, environment=args.environment))
     return 0
 
 
 def program_versions(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.rows(
-        registry.list_versions(args.name),
+        registry.list_program_versions(args.name),
         {
             "version": lambda v: v.version,
             "previous": lambda v: v.previous_version,
@@ -222,7 +220,7 @@ def program_versions(registry: SyncRegistry, args: argparse.Namespace, out: Outp
 
 def program_compare(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.message(
-        registry.compare_versions(args.name, args.base, args.target_version),
+        registry.compare_program_versions(args.name, args.base, args.target_version),
         f"{args.base} -> {args.target_version}",
     )
     return 0
@@ -230,7 +228,7 @@ def program_compare(registry: SyncRegistry, args: argparse.Namespace, out: Outpu
 
 def program_upgrade_path(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     out.rows(
-        registry.generate_upgrade_path(args.name, args.from_version, args.to_version),
+        registry.get_upgrade_path(args.name, args.from_version, args.to_version),
         {
             "from": lambda s: s.from_version,
             "to": lambda s: s.to_version,
@@ -241,7 +239,7 @@ def program_upgrade_path(registry: SyncRegistry, args: argparse.Namespace, out: 
 
 
 def program_yank(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
-    out.message(registry.yank_version(args.name, args.version, args.reason, undo=args.undo))
+    out.message(registry.yank_program_version(args.name, args.version, reason=args.reason, undo=args.undo))
     return 0
 
 
@@ -297,7 +295,7 @@ def _ended(deployment: dpb.Deployment, out: Output) -> int:
 def deploy(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     # No --strategy and no --canary: the environment's default strategy.
     weights = [int(w) for w in args.canary.split(",")] if args.canary else None
-    deployment = registry.deploy(
+    deployment = registry.create_deployment(
         args.program,
         args.version,
         args.environment,
@@ -326,8 +324,9 @@ def _deployment_action(call: Callable[[SyncRegistry, argparse.Namespace], Messag
 
 
 def _rollback(registry: SyncRegistry, args: argparse.Namespace) -> Message:
-    response: dpb.RollbackDeploymentResponse = registry.rollback(args.deployment, args.reason)
-    return response
+    done: Rollback = registry.rollback_deployment(args.deployment, reason=args.reason)
+    # Printed as the RPC's response, both deployments, as `--json` has always shown it.
+    return dpb.RollbackDeploymentResponse(deployment=done.deployment, rolled_back=done.rolled_back)
 
 
 def status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
@@ -471,8 +470,8 @@ def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output
     selectors = [_split_selector(s) for s in args.select or ()]
     webhook = registry.create_webhook(
         args.id,
-        args.url,
-        secret,
+        url=args.url,
+        secret=secret,
         event_kinds=args.event or (),
         selectors=selectors,
         description=args.description,
@@ -563,7 +562,7 @@ def principal_list(registry: SyncRegistry, args: argparse.Namespace, out: Output
 
 
 def principal_disable(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
-    out.message(registry.disable_principal(args.principal, args.reason, undo=args.undo))
+    out.message(registry.disable_principal(args.principal, reason=args.reason, undo=args.undo))
     return 0
 
 
@@ -583,7 +582,7 @@ def revoke(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int
 
 
 def token_create(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
-    response = registry.create_token(args.principal, args.description, ttl=args.ttl)
+    response = registry.create_token(args.principal, description=args.description, ttl=args.ttl)
     if out.json:
         out.message(response)
     else:
@@ -602,7 +601,7 @@ def token_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) ->
 
 
 def grant(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
-    out.message(registry.grant_permission(args.principal, args.action, args.resource))
+    out.message(registry.grant_permission(args.principal, action=args.action, resource=args.resource))
     return 0
 
 
@@ -717,8 +716,8 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
         ("promote", "advance a deployment now (--full: all steps)",
          lambda r, a: r.promote_deployment(a.deployment, full=a.full, reason=a.reason)),
         ("approve", "approve (or --reject) a deployment pending approval",
-         lambda r, a: r.approve(a.deployment, a.reason, reject=a.reject)),
-        ("abort", "abort a deployment", lambda r, a: r.abort_deployment(a.deployment, a.reason)),
+         lambda r, a: r.approve_deployment(a.deployment, comment=a.reason, reject=a.reject)),
+        ("abort", "abort a deployment", lambda r, a: r.abort_deployment(a.deployment, reason=a.reason)),
         ("rollback", "roll a deployment back to the previous version", _rollback),
     ]  # fmt: skip
     for name, help, call in actions:

@@ -1,16 +1,40 @@
-"""Typed exceptions for failed calls, carrying the server's rich error details.
+"""Every error a call of the client raises for a failed RPC, as one tree.
+
+    RegistryError                    base: `.code`, `.message`, `.details`; raised itself for a
+    │                                status with no subclass (CANCELLED, UNIMPLEMENTED ...)
+    ├── InvalidArgumentError         INVALID_ARGUMENT, OUT_OF_RANGE: bad input, nothing changed;
+    │                                `.field_violations` names each bad field
+    ├── NotFoundError                NOT_FOUND: a named resource does not exist
+    ├── AlreadyExistsError           ALREADY_EXISTS: it exists, with another spec or artifact
+    ├── FailedPreconditionError      FAILED_PRECONDITION: not allowed in the present state (policy,
+    │                                semver guard, nothing to roll back to); `.precondition_violations`
+    ├── ConflictError                ABORTED: an etag did not match; read again, then retry
+    ├── ResourceExhaustedError       RESOURCE_EXHAUSTED: too big, too many, or a watcher fell behind
+    │                                (watch again from the last revision seen)
+    ├── UnauthenticatedError         UNAUTHENTICATED: no, bad, revoked or expired token, or a
+    │                                disabled principal
+    ├── AccessDeniedError            PERMISSION_DENIED: no grant for the action
+    ├── UnavailableError             UNAVAILABLE: the server could not be reached, after the
+    │                                client's retries (each with the call's request_id)
+    ├── DeadlineExceededError        DEADLINE_EXCEEDED: the call's timeout passed
+    └── InternalError                INTERNAL, UNKNOWN, DATA_LOSS: a server bug; the message says what
 
 The server answers a failed call with a status code, a message and, in the
 `grpc-status-details-bin` trailer, a google.rpc.Status whose details say
 more: which request fields were wrong (BadRequest), a machine-readable
 reason (ErrorInfo), which preconditions failed (PreconditionFailure)...
-`from_rpc_error` turns such a failure into one `RegistryError` subclass per
-status code, with those details unpacked:
+`from_rpc_error` turns such a failure into the class of its status code,
+with those details unpacked:
 
     try:
-        await registry.register_signature(name="Bad Name", signature=spec)
+        await registry.register_signature("Bad Name", signature=spec)
     except InvalidArgumentError as err:
         err.field_violations   # [("signature", "must match ^[a-z]...")]
+
+Outside the tree, the client raises TypeError for an argument of a type it
+does not take (before anything is sent), ValueError for an artifact whose
+bytes do not match their digest, and FileNotFoundError from `connect` for a
+token or TLS file that is not there.
 """
 
 from __future__ import annotations

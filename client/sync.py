@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._deprecated import RENAMED, deprecation_message
 from .config import TlsArgument
 from .registry import Registry
 
@@ -148,6 +151,22 @@ def _twin(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return blocking
 
 
-for _name, _method in vars(Registry).items():
-    if not _name.startswith("_") and _name not in ("connect", "close") and callable(_method):
-        setattr(SyncRegistry, _name, _twin(_name, _method))
+def _deprecated_twin(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    # The alias would warn on the event loop's thread, pointing into this module; warn here instead,
+    # at the caller's line, and run what the alias wraps.
+    wrapped: Callable[..., Any] = method.__wrapped__  # type: ignore[attr-defined]
+
+    @functools.wraps(method)
+    def blocking(self: SyncRegistry, *args: Any, **kwargs: Any) -> Any:
+        warnings.warn(deprecation_message("SyncRegistry", name), DeprecationWarning, stacklevel=2)
+        return self._call(wrapped, args, kwargs)
+
+    return blocking
+
+
+# Every public method of Registry and of the classes it is assembled from (a classmethod such as
+# `connect` is no plain function, and is left out with `close`, which SyncRegistry has of its own).
+for _name in dir(Registry):
+    _method = inspect.getattr_static(Registry, _name)
+    if not _name.startswith("_") and _name != "close" and inspect.isfunction(_method):
+        setattr(SyncRegistry, _name, (_deprecated_twin if _name in RENAMED else _twin)(_name, _method))

@@ -219,7 +219,10 @@ def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Pa
 def register(story: Story, admin: SyncRegistry) -> None:
     story.step("Register the seed's ClassifyText signature and two versions of a sentiment program")
     signature = admin.register_signature(
-        SIGNATURE, CLASSIFY_TEXT, "1.0.0", {"team": "ml_platform", "domain": "customer_feedback"}
+        SIGNATURE,
+        signature=CLASSIFY_TEXT,
+        version="1.0.0",
+        metadata={"team": "ml_platform", "domain": "customer_feedback"},
     )
     story.ok(f"{signature.name}: text -> sentiment (positive | negative | neutral), confidence (float)")
     story.say(
@@ -235,10 +238,10 @@ def register(story: Story, admin: SyncRegistry) -> None:
         score = accuracy(SentimentProgram.from_artifact(artifact), DEV)
         registered = admin.register_program(
             PROGRAM,
-            artifact,
-            SIGNATURE,
-            version,
-            {"changelog": changelog, "optimization_method": "labeled_few_shot", "demos": len(demos)},
+            program=artifact,
+            signature_name=SIGNATURE,
+            version=version,
+            metadata={"changelog": changelog, "optimization_method": "labeled_few_shot", "demos": len(demos)},
             signature_version="1.0.0",
             performance={"accuracy": round(score, 4)},
             labels={"team": "ml_platform", "project": "customer_experience"},
@@ -293,17 +296,17 @@ def prepare_production(
     )
 
     admin.create_principal("carol", display_name="Carol", team="ml_platform")
-    admin.grant_permission("carol", "approve", "sentiment_*")
-    carol = SyncRegistry.connect(address, token=admin.create_token("carol", "demo").secret)
+    admin.grant_permission("carol", action="approve", resource="sentiment_*")
+    carol = SyncRegistry.connect(address, token=admin.create_token("carol", description="demo").secret)
     story.ok(
         "principals/carol may approve deployments of sentiment_* (production needs a second pair of eyes)"
     )
     admin.create_principal("serving-pods", type="service_account", team="ml_platform")
     for action in ("read", "rollback"):  # rollback: pods' measurements can make one
-        admin.grant_permission("serving-pods", action, PROGRAM)
+        admin.grant_permission("serving-pods", action=action, resource=PROGRAM)
     pod_token = tmp / "pods.token"
     pod_token.touch(mode=0o600)
-    pod_token.write_text(admin.create_token("serving-pods", "the demo's pods").secret)
+    pod_token.write_text(admin.create_token("serving-pods", description="the demo's pods").secret)
     story.ok(f"principals/serving-pods (a service account) may read {PROGRAM} and report its metrics")
     return carol, pod_token
 
@@ -320,9 +323,11 @@ def deploy(
 ) -> dpb.Deployment:
     """Deploys (approved by Carol where the environment asks for it) and waits until the deployment ends,
     calling `while_waiting` at each poll; DemoFailed unless it ends in `end`."""
-    d = admin.deploy(PROGRAM, version, environment, reason=f"demo: {version} to {environment}", **strategy)
+    d = admin.create_deployment(
+        PROGRAM, version, environment, reason=f"demo: {version} to {environment}", **strategy
+    )
     if d.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL:
-        d = carol.approve(d.name, f"reviewed {version}")
+        d = carol.approve_deployment(d.name, comment=f"reviewed {version}")
 
     def ended() -> dpb.Deployment | None:
         while_waiting()
@@ -493,8 +498,8 @@ def broken_v3(
         f"fine ({score:.2f}), so it clears production's accuracy gate. Its demos now teach it the opposite."
     )
     registered = admin.register_program(
-        PROGRAM, artifact, SIGNATURE, "1.2.0",
-        {"changelog": "re-tuned on the vendor's new batch", "optimization_method": "labeled_few_shot"},
+        PROGRAM, program=artifact, signature_name=SIGNATURE, version="1.2.0",
+        metadata={"changelog": "re-tuned on the vendor's new batch", "optimization_method": "labeled_few_shot"},
         signature_version="1.0.0", performance={"accuracy": round(score, 4)},
         labels={"team": "ml_platform", "project": "customer_experience"},
     )  # fmt: skip

@@ -216,7 +216,9 @@ async def test_a_module_built_from_a_signature_loads_through_a_factory(server: R
     predict.demos = [dspy.Example(text="Love it.", sentiment="positive", confidence=0.8)]
     async with Registry.connect(server.target, token=server.admin_token) as registry:
         await registry.register_signature(name="text_classifier", signature=ClassifyText, version="1.0.0")
-        await registry.register_program("quick", predict, "text_classifier", "1.0.0")
+        await registry.register_program(
+            "quick", program=predict, signature_name="text_classifier", version="1.0.0"
+        )
         # Registered, so auto-deployed to development; a zero-argument factory works as well as a class.
         live = await registry.load_program(
             "quick", environment="development", module=lambda: dspy.Predict(ClassifyText)
@@ -231,7 +233,9 @@ async def test_a_module_built_from_a_signature_loads_through_a_factory(server: R
 async def test_load_program_refuses_a_module_that_is_not_a_dspy_module(server: Running) -> None:
     async with Registry.connect(server.target, token=server.admin_token) as registry:
         await registry.register_signature(name="text_classifier", signature=ClassifyText, version="1.0.0")
-        await registry.register_program("sentiment", trained(), "text_classifier", "1.0.0")
+        await registry.register_program(
+            "sentiment", program=trained(), signature_name="text_classifier", version="1.0.0"
+        )
         with pytest.raises(TypeError, match="must make a dspy.Module, not dict"):
             await registry.load_program("sentiment", "1.0.0", module=dict)
 
@@ -242,7 +246,10 @@ async def test_the_watcher_hands_out_live_modules(server: Running, tmp_path: Pat
         await registry.register_signature(name="text_classifier", signature=ClassifyText, version="1.0.0")
         # Registered, so auto-deployed to development.
         await registry.register_program(
-            "sentiment", trained(("Great!", "positive")), "text_classifier", "1.0.0"
+            "sentiment",
+            program=trained(("Great!", "positive")),
+            signature_name="text_classifier",
+            version="1.0.0",
         )
         directory = tmp_path / "modules"
         directory.mkdir()
@@ -258,7 +265,9 @@ async def test_the_watcher_hands_out_live_modules(server: Running, tmp_path: Pat
             assert demos(first.value)[0]["text"] == "Great!"
 
             better = trained(("Great!", "positive"), ("Meh.", "neutral"))
-            await registry.register_program("sentiment", better, "text_classifier", change_type="minor")
+            await registry.register_program(
+                "sentiment", program=better, signature_name="text_classifier", change_type="minor"
+            )
             await watcher.wait_for(lambda w: watcher.get("sentiment").version == "1.1.0")
             second = watcher.get("sentiment").value
             assert isinstance(second, Classifier) and second is not first.value

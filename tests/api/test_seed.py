@@ -127,8 +127,8 @@ async def register_version(
 async def approver(registry: Registry, server: Running) -> Registry:
     """A client for carol, who may approve: production needs one approval, not the requester's."""
     await registry.create_principal("carol", team="ml_platform")
-    await registry.grant_permission("carol", "approve", PROGRAM)
-    token = (await registry.create_token("carol", "approvals")).secret
+    await registry.grant_permission("carol", action="approve", resource=PROGRAM)
+    token = (await registry.create_token("carol", description="approvals")).secret
     return Registry.connect(server.target, token=token)
 
 
@@ -212,10 +212,10 @@ async def test_loading_programs_from_registry(registry: Registry, server: Runnin
     await register_version(registry, "1.5.0", TRAINING_EXAMPLES[:1], {"accuracy": 0.88})
     await register_version(registry, "2.1.0", TRAINING_EXAMPLES, {"accuracy": 0.92})
     # Production serves 1.5.0 (through staging, approved by someone else), while 2.1.0 is the latest.
-    await registry.deploy(PROGRAM, "1.5.0", "staging", strategy="replace")
-    pending = await registry.deploy(PROGRAM, "1.5.0", "production", strategy="replace")
+    await registry.create_deployment(PROGRAM, "1.5.0", "staging", strategy="replace")
+    pending = await registry.create_deployment(PROGRAM, "1.5.0", "production", strategy="replace")
     async with await approver(registry, server) as carol:
-        await carol.approve(pending.name, comment="looks good")
+        await carol.approve_deployment(pending.name, comment="looks good")
 
     # `classifier = DSPy::Registry.load_program('sentiment_classifier_v2')`: the latest version. dspy
     # saves a program's state, not its structure, so the caller says what to load it into.
@@ -310,7 +310,7 @@ async def test_version_management_semantic_versioning(registry: Registry, server
     promoted = await registry.promote_version(PROGRAM, "3.0.0", "production", strategy="replace")
     assert promoted.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL
     async with await approver(registry, server) as carol:
-        approved = await carol.approve(promoted.name)
+        approved = await carol.approve_deployment(promoted.name)
     # `@registry.update_deployment(... deployed_at: Time.current)` and `create_deployment_record`.
     assert approved.state == dpb.DEPLOYMENT_STATE_SUCCEEDED and approved.end_time.seconds > 0
     assert (await registry.load_program(PROGRAM, environment="production")).version == "3.0.0"
@@ -340,7 +340,7 @@ async def test_version_comparison(registry: Registry) -> None:
     )
 
     # VersionComparator#compare_versions(program_name, version1, version2)
-    comparison = await registry.compare_versions(PROGRAM, "2.1.0", "2.2.0")
+    comparison = await registry.compare_program_versions(PROGRAM, "2.1.0", "2.2.0")
     # compare_performance: only `common_metrics = metrics1.keys & metrics2.keys`; for each, the two
     # values, `change` and `change_percent` (change / version1's value * 100, `.round(2)`).
     by_metric = {d.metric: d for d in comparison.performance_diff}
@@ -358,16 +358,16 @@ async def test_version_comparison(registry: Registry) -> None:
     # generate_recommendation: compatible, accuracy up and latency down.
     assert comparison.recommendation == pb.RECOMMENDATION_UPGRADE
 
-    breaking = await registry.compare_versions(PROGRAM, "2.2.0", "3.0.0")
+    breaking = await registry.compare_program_versions(PROGRAM, "2.2.0", "3.0.0")
     assert breaking.compatibility.level == pb.COMPATIBILITY_LEVEL_BREAKING
     assert breaking.recommendation == pb.RECOMMENDATION_BREAKING
     assert "signature" in [c.path for c in breaking.configuration_diff]
 
     # VersionComparator#generate_upgrade_path: `@registry.list_versions(program_name)` ...
-    versions = [v.version async for v in registry.list_versions(PROGRAM)]
+    versions = [v.version async for v in registry.list_program_versions(PROGRAM)]
     assert versions == ["3.0.0", "2.2.0", "2.1.0", "2.0.0", "1.5.0"]  # newest first; the seed sorts after
     # ... `.select { |v| version_between?(v, from_version, to_version) }.sort`, then `each_cons(2)`.
-    steps = await registry.generate_upgrade_path(PROGRAM, "2.0.0", "3.0.0")
+    steps = await registry.get_upgrade_path(PROGRAM, "2.0.0", "3.0.0")
     assert [(s.from_version, s.to_version) for s in steps] == [
         ("2.0.0", "2.1.0"),
         ("2.1.0", "2.2.0"),
@@ -397,17 +397,17 @@ async def test_deployment_tracking(registry: Registry) -> None:
     ):
         await register_version(registry, version, examples, {"accuracy": accuracy})
 
-    # DeploymentTracker#deploy: `strategy: options[:strategy] || :replace` (the client's `deploy`
-    # takes the environment's default, blue-green in staging, so the seed's is spelt out).
-    standard = await registry.deploy(PROGRAM, "2.0.0", "staging", strategy="replace")
+    # DeploymentTracker#deploy: `strategy: options[:strategy] || :replace` (the client's
+    # `create_deployment` takes the environment's default, blue-green in staging, so the seed's is spelt out).
+    standard = await registry.create_deployment(PROGRAM, "2.0.0", "staging", strategy="replace")
     assert standard.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
     # DeploymentTracker#rollback: `raise "No previous version to rollback to" unless previous_version`.
     with pytest.raises(FailedPreconditionError):
-        await registry.rollback(standard.name, reason="nothing before it")
+        await registry.rollback_deployment(standard.name, reason="nothing before it")
 
     # `when :blue_green then execute_blue_green_deployment`: green staged, validated, traffic switched,
     # `update_deployment_status(deployment_id, :completed)`.
-    blue_green = await registry.deploy(PROGRAM, "2.1.0", "staging", strategy="blue_green")
+    blue_green = await registry.create_deployment(PROGRAM, "2.1.0", "staging", strategy="blue_green")
     assert blue_green.strategy.strategy == dpb.STRATEGY_BLUE_GREEN
 
     async def switched() -> bool:
@@ -418,7 +418,7 @@ async def test_deployment_tracking(registry: Registry) -> None:
 
     # `when :canary then execute_canary_deployment(deployment_id, options[:canary_percent] || 10)`:
     # `route_traffic_percentage(deployment, canary_percent)`, then the canary is monitored (held here).
-    canary = await registry.deploy(
+    canary = await registry.create_deployment(
         PROGRAM, "2.2.0", "staging", strategy="canary", canary_percent=10, pause=3600
     )
     assert (canary.state, canary.weight_percent) == (dpb.DEPLOYMENT_STATE_IN_PROGRESS, 10)
@@ -429,7 +429,7 @@ async def test_deployment_tracking(registry: Registry) -> None:
     # `rollback(deployment_id, reason:)`: the previous version deployed at once (`strategy: :immediate`,
     # `rollback_from: deployment_id`), the original `:rolled_back` with the reason.
     reason = "Accuracy dropped by 0.14 (threshold: 0.1)"
-    rolled = await registry.rollback(canary.name, reason=reason)
+    rolled = await registry.rollback_deployment(canary.name, reason=reason)
     rollback_deployment_id = rolled.deployment.name
     assert rolled.deployment.version == "2.1.0"
     assert rolled.deployment.strategy.strategy == dpb.STRATEGY_REPLACE
@@ -461,7 +461,9 @@ async def test_deployment_tracking(registry: Registry) -> None:
 async def test_access_control(registry: Registry, server: Running) -> None:
     await register_classify_text(registry)
     program = "sentiment_classifier"  # the seed's name in this block
-    await registry.register_program(program, optimize(TRAINING_EXAMPLES[:1]), "text_classifier", "1.0.0")
+    await registry.register_program(
+        program, program=optimize(TRAINING_EXAMPLES[:1]), signature_name="text_classifier", version="1.0.0"
+    )
 
     # `grant_permission(user, program_name, permissions)`: one grant per action. `admin` is the
     # principal the server created at its first start (admin on `*`); the others are created here.
@@ -470,7 +472,7 @@ async def test_access_control(registry: Registry, server: Running) -> None:
     grants = {"alice": ["read", "register"], "bob": ["read", "deploy", "rollback"], "admin": ["admin"]}
     for user, permissions in grants.items():
         for action in permissions:
-            await registry.grant_permission(user, action, program)
+            await registry.grant_permission(user, action=action, resource=program)
 
     # check_permission(user, program_name, action): the action granted, or admin.
     actions = ["read", "register", "deploy", "rollback", "admin"]
@@ -478,7 +480,7 @@ async def test_access_control(registry: Registry, server: Running) -> None:
         user: [
             action
             for action in actions
-            if (await registry.check_permission(action, program, principal=user)).allowed
+            if (await registry.check_permission(program, action=action, principal=user)).allowed
         ]
         for user in grants
     }
@@ -488,41 +490,50 @@ async def test_access_control(registry: Registry, server: Running) -> None:
         "admin": ["read", "register", "deploy", "rollback", "admin"],
     }
     # `user_permissions = @permissions[user] || {}`: a grant on one program says nothing about another.
-    assert not (await registry.check_permission("read", "ranker", principal="alice")).allowed
+    assert not (await registry.check_permission("ranker", action="read", principal="alice")).allowed
     # `@permissions[user] || {}` for a user never granted anything: no, for every action. Users are
     # principals here, which must exist: asking about one nobody created is NOT_FOUND, not `false`.
     with pytest.raises(NotFoundError):
-        await registry.check_permission("read", program, principal="mallory")
+        await registry.check_permission(program, action="read", principal="mallory")
     await registry.create_principal("mallory")
     assert not any(
-        [(await registry.check_permission(a, program, principal="mallory")).allowed for a in actions]
+        [(await registry.check_permission(program, action=a, principal="mallory")).allowed for a in actions]
     )
 
     # `deploy_program(user, ...)`: `access_control.authorize!(user, program_name, :deploy)`, then deploy.
     # Here the server authorizes each call from the caller's token; AccessDeniedError as in the seed.
-    tokens = {user: (await registry.create_token(user, "seed")).secret for user in ("alice", "bob")}
+    tokens = {
+        user: (await registry.create_token(user, description="seed")).secret for user in ("alice", "bob")
+    }
     async with (
         Registry.connect(server.target, token=tokens["alice"]) as alice,
         Registry.connect(server.target, token=tokens["bob"]) as bob,
     ):
         with pytest.raises(AccessDeniedError):
-            await alice.deploy(program, "1.0.0", "staging", strategy="replace")
-        deployed = await bob.deploy(program, "1.0.0", "staging", strategy="replace")
+            await alice.create_deployment(program, "1.0.0", "staging", strategy="replace")
+        deployed = await bob.create_deployment(program, "1.0.0", "staging", strategy="replace")
         assert deployed.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
         assert deployed.creator == "principals/bob"
 
         # Alice may register a version; Bob may not. Both may read.
-        newer = await alice.register_program(program, optimize(TRAINING_EXAMPLES), "text_classifier", "1.1.0")
+        newer = await alice.register_program(
+            program, program=optimize(TRAINING_EXAMPLES), signature_name="text_classifier", version="1.1.0"
+        )
         assert newer.creator == "principals/alice"
         with pytest.raises(AccessDeniedError):
-            await bob.register_program(program, optimize(TRAINING_EXAMPLES), "text_classifier", "1.2.0")
+            await bob.register_program(
+                program,
+                program=optimize(TRAINING_EXAMPLES),
+                signature_name="text_classifier",
+                version="1.2.0",
+            )
         assert (await bob.get_latest_version(program)).version == "1.1.0"
 
         # Bob may roll back; Alice may not.
-        second = await bob.deploy(program, "1.1.0", "staging", strategy="replace")
+        second = await bob.create_deployment(program, "1.1.0", "staging", strategy="replace")
         with pytest.raises(AccessDeniedError):
-            await alice.rollback(second.name, reason="not hers to do")
-        rolled = await bob.rollback(second.name, reason="holding 1.1.0 back")
+            await alice.rollback_deployment(second.name, reason="not hers to do")
+        rolled = await bob.rollback_deployment(second.name, reason="holding 1.1.0 back")
         assert rolled.deployment.version == "1.0.0"
         # Nobody holds a grant on another program: refused, whether it exists or not.
         with pytest.raises(AccessDeniedError):
