@@ -260,13 +260,18 @@ async def test_a_corrupted_artifact_is_nacked_and_fails_the_blue_green_while_the
             reason = failed.timeline[-1].reason
             assert reason.startswith("sidecar pod-") and "could not apply 1.1.0" in reason, reason
             assert f"artifact {digest} does not match its digest" in reason
-            status = deployments.GetDeploymentStatus(
-                dpb.GetDeploymentStatusRequest(program="p", environment="staging")
+
+            def reported() -> list[tuple[str, int]]:
+                status = deployments.GetDeploymentStatus(
+                    dpb.GetDeploymentStatusRequest(program="p", environment="staging")
+                )
+                return [(t.version, t.result) for s in status.sidecars for t in s.targets]
+
+            # The status shows each pod's last report: once a pod has heard that nothing wants 1.1.0
+            # any more, its report drops the NACK (until then it may still list it); each ACKs 1.0.0.
+            _eventually(
+                lambda: reported() == [("1.0.0", dpb.APPLY_RESULT_ACK)] * 3, "every pod reports 1.0.0 alone"
             )
-        # The status stops listing a NACK once nothing wants 1.1.0; each pod still ACKs 1.0.0.
-        assert [(t.version, t.result) for s in status.sidecars for t in s.targets] == [
-            ("1.0.0", dpb.APPLY_RESULT_ACK)
-        ] * 3
         # Every pod kept the old version on disk, untouched by the rotten bytes.
         assert all(_stable_version(d) == "1.0.0" and _target(d)["candidate"] is None for d in dirs)  # type: ignore[index]
         assert not any(
