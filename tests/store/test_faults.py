@@ -1,0 +1,422 @@
+"""Store faults: what a lost, stalled, restarting or read-only database, or a full disk, turns into.
+
+Every fault leaves the store as StoreUnavailable (UNAVAILABLE: retry) or,
+for a full disk, ResourceExhausted — never a driver exception, and never a
+StoreError, which is INTERNAL and reserved for our own bugs. The faults are
+real: backends terminated with pg_terminate_backend, a TCP proxy that stalls
+or cuts the connections or answers like a PostgreSQL starting up, a database
+set read-only like a standby, a tmpfs filled to the last byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dspy_registry.server.domain.model import Event
+from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
+from dspy_registry.server.store import postgres as pg
+from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.postgres import PostgresStore
+from dspy_registry.server.store.sqlite import SqliteStore
+from dspy_registry.server.store.sqlite_connections import MIN_FREE_BYTES
+from dspy_registry.server.store.sqlite_connections import translate as translate_sqlite
+from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
+from tests.small_disk import fill, small_disk
+from tests.tcp_proxy import TcpProxy
+
+
+async def _append(store: Store, resource: str = "r/1") -> int:
+    async with store.write() as tx:
+        return await tx.append([Event("e", resource)])
+
+
+async def _revision(store: Store) -> int:
+    async with store.read() as tx:
+        return await tx.current_revision()
+
+
+async def _resources(store: Store) -> list[str]:
+    async with store.read() as tx:
+        return [e.resource for e in await tx.events_after(0)]
+
+
+async def _terminate_backends(url: str) -> None:
+    """What a database restart or a failover does to every session of this test's database."""
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+# -- both backends ------------------------------------------------------------------------------
+
+
+async def test_a_transaction_that_went_on_after_a_failed_statement_never_commits(store: Store) -> None:
+    # PostgreSQL turned the COMMIT of such a transaction into a silent ROLLBACK: the caller
+    # heard of a success that never happened. SQLite committed the rest without the failed part.
+    with pytest.raises(StoreError):
+        async with store.write() as tx:
+            await tx.put_artifact("sha256:lost", [b"bytes"])
+            try:
+                await tx.conn.execute("SELECT no_such_column FROM revisions")
+            except StoreError:
+                pass  # a caller that catches and goes on (auto-deploy skips a refusing environment)
+    async with store.read() as tx:
+        assert await tx.conn.fetch("SELECT digest FROM artifacts") == []
+    assert await _append(store, "r/next") == 1  # the store goes on
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_url(pg_databases: PostgresDatabases) -> str:
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    return await pg_databases.create()
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[TcpProxy]:
+    p = TcpProxy.in_front_of(pg_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def proxied(pg_url: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(proxy.url(pg_url))
+    await store.open()
+    yield store
+    proxy.resume()
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+    # The rollback of a transaction on a closed connection raised asyncpg's InterfaceError
+    # as it was called, outside the translation: INTERNAL.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store.write() as tx:
+                await _terminate_backends(pg_url)
+                await tx.current_revision()
+        assert await _append(store) == 1  # a new writer connection, the revision not consumed
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
+    # Seen before: "connection was closed" and 57P01 (admin shutdown) as StoreError, "another
+    # operation is in progress" (InternalClientError) and InterfaceError untranslated.
+    store = PostgresStore(pg_url)
+    await store.open()
+    seen: dict[str, int] = {}
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+
+    async def work(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if n % 2:
+                    await _revision(store)
+                else:
+                    await _append(store, f"r/{n}/{i}")
+                    acknowledged.append(f"r/{n}/{i}")
+                seen["ok"] = seen.get("ok", 0) + 1
+            except StoreUnavailable:
+                seen["unavailable"] = seen.get("unavailable", 0) + 1
+            except Exception as exc:  # anything else is the defect
+                seen[f"{type(exc).__module__}.{type(exc).__name__}: {exc}"] = 1
+
+    workers = [asyncio.create_task(work(n)) for n in range(6)]
+    try:
+        for _ in range(6):
+            await asyncio.sleep(0.2)
+            await _terminate_backends(pg_url)
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    try:
+        assert set(seen) <= {"ok", "unavailable"}, seen
+        assert set(acknowledged) <= set(await _resources(store))  # every acknowledged write is there
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_database_that_turned_read_only_like_a_standby_is_unavailable(pg_url: str) -> None:
+    # After a failover the old primary, now a standby, refuses writes with 25006: StoreError before.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _sql(pg_url, "ALTER DATABASE {database} SET default_transaction_read_only = on")
+        await _terminate_backends(pg_url)  # new sessions are read-only
+        for _ in range(3):  # the first may find its connection gone; the next ones a standby
+            with pytest.raises(StoreUnavailable) as refused:
+                await _append(store)
+        assert "read-only" in refused.value.message
+        await _sql(pg_url, "ALTER DATABASE {database} RESET default_transaction_read_only")
+        await _terminate_backends(pg_url)
+
+        async def written() -> bool:
+            try:
+                await _append(store)
+            except StoreUnavailable:
+                return False
+            return True
+
+        assert any([await written() for _ in range(3)])
+    finally:
+        await store.close()
+
+
+async def _sql(url: str, statement: str) -> None:
+    """One statement from the maintenance database; `{database}` is the test's (from `url`)."""
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(statement.format(database=f'"{url.rsplit("/", 1)[1]}"'))
+    finally:
+        await admin.close()
+
+
+@pytest.mark.postgres
+async def test_a_database_starting_up_is_unavailable_and_ping_says_so(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    # FATAL 57P03 "the database system is starting up", as during a restart: StoreError before.
+    assert await _append(proxied) == 1
+    proxy.starting()
+    for _ in range(3):  # the first may find its connection gone; a new one is refused
+        with pytest.raises(StoreUnavailable) as refused:
+            await _append(proxied)
+    assert "starting up" in refused.value.message
+    found = await proxied.ping(timeout=5)
+    assert not found.readable and "starting up" in found.detail
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await _revision(proxied)  # refused at once while the database is known to be away
+    proxy.resume()
+    assert (await proxied.ping(timeout=5)).readable
+    assert await _append(proxied) == 2
+
+
+@pytest.mark.postgres
+async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    assert await _append(proxied) == 1
+    proxy.stall()  # sockets stay open, nothing flows: calls would wait for ever
+    reading = asyncio.create_task(_revision(proxied))
+    writing = asyncio.create_task(_append(proxied, "r/in-flight"))
+    found = await proxied.ping(timeout=0.5)
+    assert not found.readable and "no answer" in found.detail
+    # Cut off by the ping: they fail now (the stall is not lifted until they did).
+    for call in (reading, writing):
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(call, 20)
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await _append(proxied)
+    proxy.resume()
+
+    async def back() -> bool:
+        return (await proxied.ping(timeout=5)).readable
+
+    assert await back()
+    assert await _append(proxied, "r/after") == 2  # the write in flight was not applied
+    assert await _resources(proxied) == ["r/1", "r/after"]
+
+
+@pytest.mark.postgres
+async def test_a_cut_connection_fails_fast_and_ping_finds_the_database_back(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    proxy.cut()
+    with pytest.raises(StoreUnavailable):
+        await _revision(proxied)
+    assert not (await proxied.ping(timeout=5)).readable
+    proxy.resume()
+    assert (await proxied.ping(timeout=5)).readable
+    assert await _append(proxied) == 1
+
+
+@pytest.mark.postgres
+async def test_a_ping_whose_own_backend_was_terminated_tries_a_new_connection(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        assert (await store.ping(timeout=5)).readable
+        await _terminate_backends(pg_url)  # the database itself is fine
+        assert (await store.ping(timeout=5)).readable
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (asyncpg.AdminShutdownError("terminating connection due to administrator command"), StoreUnavailable),
+        (asyncpg.CrashShutdownError("terminating connection because of crash"), StoreUnavailable),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), StoreUnavailable),
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+            StoreUnavailable,
+        ),
+        (asyncpg.ConnectionFailureError("connection failure"), StoreUnavailable),
+        (asyncpg.TooManyConnectionsError("too many clients already"), StoreUnavailable),
+        (
+            asyncpg.ReadOnlySQLTransactionError("cannot execute UPDATE in a read-only transaction"),
+            StoreUnavailable,
+        ),
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), StoreUnavailable),
+        (
+            asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+            StoreUnavailable,
+        ),
+        (
+            asyncpg.InterfaceError("cannot call Transaction.rollback(): the underlying connection is closed"),
+            StoreUnavailable,
+        ),
+        (TimeoutError(), StoreUnavailable),  # a pool acquire or a connect that timed out
+        (ConnectionRefusedError(111, "Connection refused"), StoreUnavailable),
+        (asyncpg.DiskFullError("could not extend file: No space left on device"), ResourceExhausted),
+        (asyncpg.UndefinedColumnError('column "x" does not exist'), StoreError),  # our bug
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), StoreError),  # our bug
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
+)
+def test_each_postgres_error_is_translated(error: BaseException, expected: type[Exception]) -> None:
+    translated = pg._translate(error)
+    assert type(translated) is expected
+    if isinstance(translated, ResourceExhausted):
+        assert translated.limit == "database_disk"
+
+
+# -- SQLite: a full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with small_disk(tmp_path / "disk", "4m") as mounted:
+        yield mounted
+
+
+async def _write_until_refused(store: SqliteStore, size: int = 8192) -> ResourceExhausted:
+    for i in range(10_000):
+        try:
+            async with store.write() as tx:
+                await tx.append([Event("e", f"r/{i}", {"pad": "x" * size})])
+        except ResourceExhausted as exc:
+            return exc
+    raise AssertionError("the disk never filled")
+
+
+async def test_sqlite_on_a_full_disk_refuses_writes_serves_reads_and_recovers(disk: Path) -> None:
+    # "sqlite: database or disk is full" was a StoreError: INTERNAL.
+    store = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
+    await store.open()
+    try:
+        filler = fill(disk, leave=2 * MIN_FREE_BYTES)
+        refused = await _write_until_refused(store)
+        assert refused.limit == "database_disk"
+        revision = await _revision(store)  # reads go on
+        with pytest.raises(ResourceExhausted, match="read-only"):
+            await _append(store)
+        found = await store.ping(timeout=5)
+        assert found.readable and not found.writable and "full" in found.detail
+        filler.unlink()
+        assert (await store.ping(timeout=5)).writable
+        assert await _append(store) == revision + 1
+    finally:
+        await store.close()
+    check = sqlite3.connect(disk / "registry.db")
+    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    check.close()
+
+
+async def test_sqlite_that_fills_its_disk_as_it_commits_loses_no_acknowledged_write(disk: Path) -> None:
+    store = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
+    await store.open()
+    acknowledged: list[str] = []
+    fill(disk, leave=MIN_FREE_BYTES + 256 * 1024)  # room for a few batches, then none
+
+    async def writer(n: int) -> None:
+        for i in range(1000):
+            try:
+                async with store.write() as tx:
+                    await tx.append([Event("e", f"r/{n}/{i}", {"pad": "x" * 16384})])
+            except ResourceExhausted:
+                return
+            acknowledged.append(f"r/{n}/{i}")
+
+    await asyncio.gather(*(writer(n) for n in range(8)))  # group commits: batches fail whole
+    await store.close()
+    reopened = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
+    await reopened.open()
+    try:
+        assert acknowledged and set(acknowledged) <= set(await _resources(reopened))
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_started_on_a_full_disk_opens_read_only_and_turns_writable(disk: Path) -> None:
+    url = f"sqlite:///{disk / 'registry.db'}"
+    store = SqliteStore(url)
+    await store.open()
+    assert await _append(store) == 1
+    await store.close()
+    filler = fill(disk, leave=0)
+    store = SqliteStore(url)
+    await store.open()  # refused to start before: the lock file's pid, the first write
+    try:
+        assert await _resources(store) == ["r/1"]
+        with pytest.raises(ResourceExhausted, match="read-only.*full"):
+            await _append(store)
+        assert not (await store.ping(timeout=5)).writable
+        filler.unlink()
+        assert (await store.ping(timeout=5)).writable
+        assert await _append(store) == 2  # the revision read at the start, not a stale one
+    finally:
+        await store.close()
+
+
+async def test_sqlite_refuses_to_start_a_new_database_on_a_full_disk(disk: Path) -> None:
+    fill(disk, leave=0)
+    store = open_store(f"sqlite:///{disk / 'registry.db'}")
+    with pytest.raises(ResourceExhausted, match="disk holding .* is full.*must be written"):
+        await store.open()
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (sqlite3.SQLITE_FULL, ResourceExhausted),
+        (sqlite3.SQLITE_IOERR_WRITE, StoreUnavailable),
+        (sqlite3.SQLITE_IOERR_FSYNC, StoreUnavailable),
+        (sqlite3.SQLITE_BUSY, StoreUnavailable),
+        (sqlite3.SQLITE_READONLY, StoreUnavailable),
+        (sqlite3.SQLITE_CANTOPEN, StoreUnavailable),
+        (sqlite3.SQLITE_CORRUPT, StoreError),  # not a retry's business
+        (sqlite3.SQLITE_ERROR, StoreError),  # a bad statement: our bug
+    ],
+)
+def test_each_sqlite_error_is_translated(code: int, expected: type[Exception]) -> None:
+    error = sqlite3.OperationalError("from the driver")
+    error.sqlite_errorcode = code
+    assert type(translate_sqlite(error)) is expected
