@@ -202,7 +202,11 @@ class SqliteStore:
         if any(m.number not in done for m in MIGRATIONS):
             raise self._cannot_open(ResourceExhausted(DISK_LIMIT, "migrations to apply"))
         self._full = self._no_room(free_bytes(self.path))
-        log.warning("the store opened read-only: %s; writes resume once space is freed", self._full)
+        log.warning(
+            "the store opened read-only, on the database file alone (no room for its WAL index): %s; "
+            "writes resume once space is freed",
+            self._full,
+        )
 
     async def _become_writable(self) -> None:
         """After a read-only start: the writer, and readers that see its commits, in place of the snapshot's."""
