@@ -201,23 +201,36 @@ class PostgresStore:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
             self._listen_task = None
-        for conn in (self._listener, self._prober):
-            if conn is not None:
-                await _close(conn)
+        await asyncio.gather(*(self._close(c) for c in (self._listener, self._prober) if c is not None))
         self._listener = self._prober = None
         async with self._write_lock:  # let the write in progress finish
             if self._pending:
                 await asyncio.gather(*self._pending, return_exceptions=True)
             if self._writer is not None:
-                await _close(self._writer)
+                await self._close(self._writer)
                 self._writer = None
             if self._pool is not None:
-                try:
-                    # Waits for the connections reads hold, then says goodbye on each.
-                    await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
-                except (TimeoutError, *_DRIVER_ERRORS):
-                    self._pool.terminate()  # a database that does not answer must not hold the shutdown
+                await self._close_pool(self._pool)
                 self._pool = None
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        if self._down:
+            pool.terminate()  # no goodbyes to a database that does not answer
+            return
+        try:
+            # Waits for the connections reads hold, then says goodbye on each.
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+        except (TimeoutError, *_DRIVER_ERRORS):
+            pool.terminate()  # a database that stopped answering must not hold the shutdown
+
+    async def _close(self, conn: asyncpg.Connection) -> None:
+        if self._down:
+            conn.terminate()
+            return
+        try:
+            await conn.close(timeout=CLOSE_TIMEOUT)  # it terminates the connection itself if this fails
+        except (TimeoutError, *_DRIVER_ERRORS):
+            log.debug("closing a connection failed", exc_info=True)
 
     def _available(self) -> asyncpg.Pool:
         """The pool, unless the store is closed or known to be unreachable: then refuse at once."""
@@ -410,13 +423,6 @@ async def _release(pool: asyncpg.Pool, raw: Any) -> None:
         await pool.release(raw)
     except _DRIVER_ERRORS:
         log.debug("a connection failed as it was released; the pool replaces it", exc_info=True)
-
-
-async def _close(conn: asyncpg.Connection) -> None:
-    try:
-        await conn.close(timeout=CLOSE_TIMEOUT)  # it terminates the connection itself if this fails
-    except (TimeoutError, *_DRIVER_ERRORS):
-        log.debug("closing a connection failed", exc_info=True)
 
 
 def _by_revision(events: Sequence[Event]) -> list[list[Event]]:

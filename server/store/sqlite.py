@@ -227,8 +227,9 @@ class SqliteStore:
         self._retired |= retired - set(idle)  # in use now: closed as they come back
 
     async def _retire(self, reader: Reader) -> None:
-        self._reader_dbs.remove(reader.db)
-        await reader.db.close()
+        if reader.db in self._reader_dbs:  # else close() has closed it already
+            self._reader_dbs.remove(reader.db)
+            await reader.db.close()
 
     def _cannot_open(self, exc: RegistryError) -> RegistryError:
         if isinstance(exc, ResourceExhausted) or free_bytes(self.path) < MIN_FREE_BYTES:

@@ -243,6 +243,17 @@ async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
 
 
 @pytest.mark.postgres
+async def test_a_store_closes_on_a_stalled_database(pg_url: str, proxy: TcpProxy) -> None:
+    # Closing waited for goodbyes the database never answered: a server could not shut down.
+    store = PostgresStore(proxy.url(pg_url))
+    await store.open()
+    await _append(store)
+    proxy.stall()
+    assert not (await store.ping(timeout=0.5)).readable
+    await asyncio.wait_for(store.close(), 20)  # the stall lasts until it has closed
+
+
+@pytest.mark.postgres
 async def test_a_cut_connection_fails_fast_and_ping_finds_the_database_back(
     proxied: PostgresStore, proxy: TcpProxy
 ) -> None:
