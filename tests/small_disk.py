@@ -16,11 +16,14 @@ import pytest
 
 
 @contextmanager
-def small_disk(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` (`8m`) mounted at `where`."""
+def small_disk(where: Path, size: str, owner: tuple[int, int] | None = None) -> Iterator[Path]:
+    """A tmpfs of `size` (`8m`) mounted at `where`; `owner` (uid, gid) owns it, alone, if given."""
     where.mkdir(parents=True, exist_ok=True)
+    options = (
+        f"size={size},mode=0755" if owner is None else f"size={size},mode=0700,uid={owner[0]},gid={owner[1]}"
+    )
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
         capture_output=True,
         text=True,
         check=False,

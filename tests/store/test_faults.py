@@ -11,7 +11,11 @@ set read-only like a standby, a tmpfs filled to the last byte.
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import sqlite3
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -276,6 +280,46 @@ async def test_a_ping_whose_own_backend_was_terminated_tries_a_new_connection(pg
         assert (await store.ping(timeout=5)).readable
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases: PostgresDatabases) -> None:
+    # 53100 was a StoreError: INTERNAL. The database's tablespace is a tmpfs of the test's own,
+    # owned by the PostgreSQL server's user; its WAL stays on the server's own disk.
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    try:
+        server_user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user here: the PostgreSQL server is not on this machine")
+    name = f"dspy_registry_test_{uuid.uuid4().hex[:12]}"
+    where = Path(tempfile.gettempdir()) / name  # a path the server's user can reach
+    with small_disk(where, "16m", owner=(server_user.pw_uid, server_user.pw_gid)) as disk:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            try:
+                await admin.execute(f"CREATE TABLESPACE {name} LOCATION '{disk}'")
+            except asyncpg.PostgresError as exc:
+                pytest.skip(f"the PostgreSQL server cannot use a tablespace on this machine: {exc}")
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}" TABLESPACE {name}')
+                store = PostgresStore(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+                await store.open()
+                try:
+                    with pytest.raises(ResourceExhausted) as refused:
+                        for i in range(1000):  # incompressible rows until the tablespace is full
+                            async with store.write() as tx:
+                                await tx.append([Event("e", f"r/{i}", {"pad": os.urandom(48_000).hex()})])
+                    assert refused.value.limit == "database_disk" and "disk is full" in refused.value.message
+                    assert await _revision(store) == i  # reads go on; the failed write left nothing
+                finally:
+                    await store.close()
+            finally:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await admin.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        finally:
+            await admin.close()
+    where.rmdir()
 
 
 @pytest.mark.parametrize(
