@@ -5,7 +5,8 @@ server process, make a synchronous call) while the proxy keeps forwarding.
 
     forward      bytes flow both ways (the start, and `resume()`)
     stall()      nothing flows, every socket stays open: a partition, or a database that hangs;
-                 new connections are accepted and held. `resume()` lets everything flow again.
+                 new connections are accepted and held, and a side that closes its socket is not
+                 heard of by the other. `resume()` lets everything flow again.
     cut()        every connection is closed at once, and new ones are closed as they arrive:
                  the database went away
     starting()   every connection is closed, and new ones are answered like a PostgreSQL that
@@ -143,9 +144,11 @@ class TcpProxy:
                 await writer.drain()
         except OSError:
             pass
-        finally:
-            writer.transport.abort()  # one side closed: so does the other, as TCP would
-            self._transports.discard(writer.transport)
+        # One side closed: so does the other, as TCP would; but not across a stall, as across a
+        # partition, where the other side hears nothing until the network is back.
+        await self._flowing.wait()
+        writer.transport.abort()
+        self._transports.discard(writer.transport)
 
 
 async def _answer_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

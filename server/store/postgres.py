@@ -64,6 +64,8 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
 ACQUIRE_TIMEOUT = 10.0  # waiting for a pooled connection (all busy, or connecting)
 CLOSE_TIMEOUT = 5.0  # a goodbye the database does not answer: the connection is dropped instead
+# A write transaction waits on nothing but this process between its statements.
+IDLE_IN_TRANSACTION_TIMEOUT = 30.0
 DISK_LIMIT = "database_disk"
 _CONNECT: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT}
 
@@ -146,8 +148,18 @@ class _Connection:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 16,
+        idle_in_transaction_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+    ) -> None:
         self.url = url
+        self._idle_in_transaction = {
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout * 1000))
+        }
         self.commits = CommitListeners()
         self._min_size = min_size
         self._max_size = max_size
@@ -253,7 +265,12 @@ class PostgresStore:
 
     async def _writer_connection(self) -> asyncpg.Connection:
         if self._writer is None or self._writer.is_closed():
-            self._writer = await _driver(lambda: asyncpg.connect(self.url, **_CONNECT))
+            # A replica cut off mid-transaction (a partition: its connection is gone, the server
+            # does not know) would hold the revision row, so every replica's writes, until TCP
+            # gave up on it, hours later. The server ends such a session itself.
+            self._writer = await _driver(
+                lambda: asyncpg.connect(self.url, server_settings=self._idle_in_transaction, **_CONNECT)
+            )
         return self._writer
 
     @asynccontextmanager

@@ -31,8 +31,9 @@ from dspy_registry.server.store.sqlite import SqliteStore
 from dspy_registry.server.store.sqlite_connections import MIN_FREE_BYTES
 from dspy_registry.server.store.sqlite_connections import translate as translate_sqlite
 from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
+from tests.eventually import until
 from tests.small_disk import fill, small_disk
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import STALL, TcpProxy
 
 
 async def _append(store: Store, resource: str = "r/1") -> int:
@@ -46,8 +47,16 @@ async def _revision(store: Store) -> int:
 
 
 async def _resources(store: Store) -> list[str]:
-    async with store.read() as tx:
-        return [e.resource for e in await tx.events_after(0)]
+    """Every event's resource, in revision order (the log is read a page at a time)."""
+    found: list[str] = []
+    after = 0
+    while True:
+        async with store.read() as tx:
+            page = await tx.events_after(after)
+        if not page:
+            return found
+        found += [e.resource for e in page]
+        after = page[-1].revision
 
 
 async def _terminate_backends(url: str) -> None:
@@ -244,6 +253,38 @@ async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
     assert await back()
     assert await _append(proxied, "r/after") == 2  # the write in flight was not applied
     assert await _resources(proxied) == ["r/1", "r/after"]
+
+
+@pytest.mark.postgres
+async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
+    pg_url: str, proxy: TcpProxy
+) -> None:
+    # Its backend kept the revision row locked, idle in transaction, as long as the partition
+    # lasted (or TCP took to give up, hours): every other replica's writes timed out meanwhile.
+    cut_off = PostgresStore(proxy.url(pg_url), idle_in_transaction_timeout=1.0)
+    other = PostgresStore(pg_url)
+    await cut_off.open()
+    await other.open()
+    try:
+
+        async def partitioned() -> None:
+            async with cut_off.write() as tx:
+                await tx.append([Event("e", "r/partitioned")])  # the revision row is locked now
+                proxy.stall()  # the network goes; the database hears nothing more
+                await tx.current_revision()
+
+        writing = asyncio.create_task(partitioned())
+        await until(lambda: proxy.mode == STALL, "the partition")
+        assert not (await cut_off.ping(timeout=0.5)).readable
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(writing, 20)
+        # The other replica's write waits (at most its 30 s command timeout) for the row.
+        assert await asyncio.wait_for(_append(other, "r/other"), 20) == 1
+        assert await _resources(other) == ["r/other"]
+    finally:
+        proxy.resume()
+        await cut_off.close()
+        await other.close()
 
 
 @pytest.mark.postgres
