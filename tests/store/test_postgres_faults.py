@@ -1,11 +1,12 @@
-"""Store faults: what a lost, stalled, restarting or read-only database, or a full disk, turns into.
+"""PostgreSQL faults: what a lost, stalled, restarting, read-only or full database turns into.
 
 Every fault leaves the store as StoreUnavailable (UNAVAILABLE: retry) or,
 for a full disk, ResourceExhausted — never a driver exception, and never a
 StoreError, which is INTERNAL and reserved for our own bugs. The faults are
 real: backends terminated with pg_terminate_backend, a TCP proxy that stalls
-or cuts the connections or answers like a PostgreSQL starting up, a database
-set read-only like a standby, a tmpfs filled to the last byte.
+or cuts the connections or answers like a PostgreSQL starting up
+(tests/tcp_proxy.py), a database set read-only like a standby, a tablespace
+on a tmpfs filled to the last byte.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,38 +25,14 @@ import pytest
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
 from dspy_registry.server.store import postgres as pg
-from dspy_registry.server.store.base import Store, open_store
 from dspy_registry.server.store.postgres import PostgresStore
-from dspy_registry.server.store.sqlite import SqliteStore
-from dspy_registry.server.store.sqlite_connections import MIN_FREE_BYTES
-from dspy_registry.server.store.sqlite_connections import translate as translate_sqlite
 from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import until
-from tests.small_disk import fill, small_disk
+from tests.small_disk import small_disk
+from tests.store.event_log import append, resources, revision
 from tests.tcp_proxy import STALL, TcpProxy
 
-
-async def _append(store: Store, resource: str = "r/1") -> int:
-    async with store.write() as tx:
-        return await tx.append([Event("e", resource)])
-
-
-async def _revision(store: Store) -> int:
-    async with store.read() as tx:
-        return await tx.current_revision()
-
-
-async def _resources(store: Store) -> list[str]:
-    """Every event's resource, in revision order (the log is read a page at a time)."""
-    found: list[str] = []
-    after = 0
-    while True:
-        async with store.read() as tx:
-            page = await tx.events_after(after)
-        if not page:
-            return found
-        found += [e.resource for e in page]
-        after = page[-1].revision
+pytestmark = pytest.mark.postgres
 
 
 async def _terminate_backends(url: str) -> None:
@@ -69,27 +45,6 @@ async def _terminate_backends(url: str) -> None:
         )
     finally:
         await admin.close()
-
-
-# -- both backends ------------------------------------------------------------------------------
-
-
-async def test_a_transaction_that_went_on_after_a_failed_statement_never_commits(store: Store) -> None:
-    # PostgreSQL turned the COMMIT of such a transaction into a silent ROLLBACK: the caller
-    # heard of a success that never happened. SQLite committed the rest without the failed part.
-    with pytest.raises(StoreError):
-        async with store.write() as tx:
-            await tx.put_artifact("sha256:lost", [b"bytes"])
-            try:
-                await tx.conn.execute("SELECT no_such_column FROM revisions")
-            except StoreError:
-                pass  # a caller that catches and goes on (auto-deploy skips a refusing environment)
-    async with store.read() as tx:
-        assert await tx.conn.fetch("SELECT digest FROM artifacts") == []
-    assert await _append(store, "r/next") == 1  # the store goes on
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -115,7 +70,6 @@ async def proxied(pg_url: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
     await store.close()
 
 
-@pytest.mark.postgres
 async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
     # The rollback of a transaction on a closed connection raised asyncpg's InterfaceError
     # as it was called, outside the translation: INTERNAL.
@@ -126,12 +80,11 @@ async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str
             async with store.write() as tx:
                 await _terminate_backends(pg_url)
                 await tx.current_revision()
-        assert await _append(store) == 1  # a new writer connection, the revision not consumed
+        assert await append(store) == 1  # a new writer connection, the revision not consumed
     finally:
         await store.close()
 
 
-@pytest.mark.postgres
 async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
     # Seen before: "connection was closed" and 57P01 (admin shutdown) as StoreError, "another
     # operation is in progress" (InternalClientError) and InterfaceError untranslated.
@@ -147,9 +100,9 @@ async def test_terminated_backends_under_load_are_unavailable_never_a_store_erro
             i += 1
             try:
                 if n % 2:
-                    await _revision(store)
+                    await revision(store)
                 else:
-                    await _append(store, f"r/{n}/{i}")
+                    await append(store, f"r/{n}/{i}")
                     acknowledged.append(f"r/{n}/{i}")
                 seen["ok"] = seen.get("ok", 0) + 1
             except StoreUnavailable:
@@ -168,12 +121,11 @@ async def test_terminated_backends_under_load_are_unavailable_never_a_store_erro
         await asyncio.gather(*workers)
     try:
         assert set(seen) <= {"ok", "unavailable"}, seen
-        assert set(acknowledged) <= set(await _resources(store))  # every acknowledged write is there
+        assert set(acknowledged) <= set(await resources(store))  # every acknowledged write is there
     finally:
         await store.close()
 
 
-@pytest.mark.postgres
 async def test_a_database_that_turned_read_only_like_a_standby_is_unavailable(pg_url: str) -> None:
     # After a failover the old primary, now a standby, refuses writes with 25006: StoreError before.
     store = PostgresStore(pg_url)
@@ -183,14 +135,14 @@ async def test_a_database_that_turned_read_only_like_a_standby_is_unavailable(pg
         await _terminate_backends(pg_url)  # new sessions are read-only
         for _ in range(3):  # the first may find its connection gone; the next ones a standby
             with pytest.raises(StoreUnavailable) as refused:
-                await _append(store)
+                await append(store)
         assert "read-only" in refused.value.message
         await _sql(pg_url, "ALTER DATABASE {database} RESET default_transaction_read_only")
         await _terminate_backends(pg_url)
 
         async def written() -> bool:
             try:
-                await _append(store)
+                await append(store)
             except StoreUnavailable:
                 return False
             return True
@@ -209,34 +161,32 @@ async def _sql(url: str, statement: str) -> None:
         await admin.close()
 
 
-@pytest.mark.postgres
 async def test_a_database_starting_up_is_unavailable_and_ping_says_so(
     proxied: PostgresStore, proxy: TcpProxy
 ) -> None:
     # FATAL 57P03 "the database system is starting up", as during a restart: StoreError before.
-    assert await _append(proxied) == 1
+    assert await append(proxied) == 1
     proxy.starting()
     for _ in range(3):  # the first may find its connection gone; a new one is refused
         with pytest.raises(StoreUnavailable) as refused:
-            await _append(proxied)
+            await append(proxied)
     assert "starting up" in refused.value.message
     found = await proxied.ping(timeout=5)
     assert not found.readable and "starting up" in found.detail
     with pytest.raises(StoreUnavailable, match="unreachable"):
-        await _revision(proxied)  # refused at once while the database is known to be away
+        await revision(proxied)  # refused at once while the database is known to be away
     proxy.resume()
     assert (await proxied.ping(timeout=5)).readable
-    assert await _append(proxied) == 2
+    assert await append(proxied) == 2
 
 
-@pytest.mark.postgres
 async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
     proxied: PostgresStore, proxy: TcpProxy
 ) -> None:
-    assert await _append(proxied) == 1
+    assert await append(proxied) == 1
     proxy.stall()  # sockets stay open, nothing flows: calls would wait for ever
-    reading = asyncio.create_task(_revision(proxied))
-    writing = asyncio.create_task(_append(proxied, "r/in-flight"))
+    reading = asyncio.create_task(revision(proxied))
+    writing = asyncio.create_task(append(proxied, "r/in-flight"))
     found = await proxied.ping(timeout=0.5)
     assert not found.readable and "no answer" in found.detail
     # Cut off by the ping: they fail now (the stall is not lifted until they did).
@@ -244,18 +194,17 @@ async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(call, 20)
     with pytest.raises(StoreUnavailable, match="unreachable"):
-        await _append(proxied)
+        await append(proxied)
     proxy.resume()
 
     async def back() -> bool:
         return (await proxied.ping(timeout=5)).readable
 
     assert await back()
-    assert await _append(proxied, "r/after") == 2  # the write in flight was not applied
-    assert await _resources(proxied) == ["r/1", "r/after"]
+    assert await append(proxied, "r/after") == 2  # the write in flight was not applied
+    assert await resources(proxied) == ["r/1", "r/after"]
 
 
-@pytest.mark.postgres
 async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
     pg_url: str, proxy: TcpProxy
 ) -> None:
@@ -279,39 +228,36 @@ async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(writing, 20)
         # The other replica's write waits (at most its 30 s command timeout) for the row.
-        assert await asyncio.wait_for(_append(other, "r/other"), 20) == 1
-        assert await _resources(other) == ["r/other"]
+        assert await asyncio.wait_for(append(other, "r/other"), 20) == 1
+        assert await resources(other) == ["r/other"]
     finally:
         proxy.resume()
         await cut_off.close()
         await other.close()
 
 
-@pytest.mark.postgres
 async def test_a_store_closes_on_a_stalled_database(pg_url: str, proxy: TcpProxy) -> None:
     # Closing waited for goodbyes the database never answered: a server could not shut down.
     store = PostgresStore(proxy.url(pg_url))
     await store.open()
-    await _append(store)
+    await append(store)
     proxy.stall()
     assert not (await store.ping(timeout=0.5)).readable
     await asyncio.wait_for(store.close(), 20)  # the stall lasts until it has closed
 
 
-@pytest.mark.postgres
 async def test_a_cut_connection_fails_fast_and_ping_finds_the_database_back(
     proxied: PostgresStore, proxy: TcpProxy
 ) -> None:
     proxy.cut()
     with pytest.raises(StoreUnavailable):
-        await _revision(proxied)
+        await revision(proxied)
     assert not (await proxied.ping(timeout=5)).readable
     proxy.resume()
     assert (await proxied.ping(timeout=5)).readable
-    assert await _append(proxied) == 1
+    assert await append(proxied) == 1
 
 
-@pytest.mark.postgres
 async def test_a_ping_whose_own_backend_was_terminated_tries_a_new_connection(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     await store.open()
@@ -323,7 +269,6 @@ async def test_a_ping_whose_own_backend_was_terminated_tries_a_new_connection(pg
         await store.close()
 
 
-@pytest.mark.postgres
 async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases: PostgresDatabases) -> None:
     # 53100 was a StoreError: INTERNAL. The database's tablespace is a tmpfs of the test's own,
     # owned by the PostgreSQL server's user; its WAL stays on the server's own disk.
@@ -352,7 +297,7 @@ async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases:
                             async with store.write() as tx:
                                 await tx.append([Event("e", f"r/{i}", {"pad": os.urandom(48_000).hex()})])
                     assert refused.value.limit == "database_disk" and "disk is full" in refused.value.message
-                    assert await _revision(store) == i  # reads go on; the failed write left nothing
+                    assert await revision(store) == i  # reads go on; the failed write left nothing
                 finally:
                     await store.close()
             finally:
@@ -401,118 +346,3 @@ def test_each_postgres_error_is_translated(error: BaseException, expected: type[
     assert type(translated) is expected
     if isinstance(translated, ResourceExhausted):
         assert translated.limit == "database_disk"
-
-
-# -- SQLite: a full disk --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with small_disk(tmp_path / "disk", "4m") as mounted:
-        yield mounted
-
-
-async def _write_until_refused(store: SqliteStore, size: int = 8192) -> ResourceExhausted:
-    for i in range(10_000):
-        try:
-            async with store.write() as tx:
-                await tx.append([Event("e", f"r/{i}", {"pad": "x" * size})])
-        except ResourceExhausted as exc:
-            return exc
-    raise AssertionError("the disk never filled")
-
-
-async def test_sqlite_on_a_full_disk_refuses_writes_serves_reads_and_recovers(disk: Path) -> None:
-    # "sqlite: database or disk is full" was a StoreError: INTERNAL.
-    store = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
-    await store.open()
-    try:
-        filler = fill(disk, leave=2 * MIN_FREE_BYTES)
-        refused = await _write_until_refused(store)
-        assert refused.limit == "database_disk"
-        revision = await _revision(store)  # reads go on
-        with pytest.raises(ResourceExhausted, match="read-only"):
-            await _append(store)
-        found = await store.ping(timeout=5)
-        assert found.readable and not found.writable and "full" in found.detail
-        filler.unlink()
-        assert (await store.ping(timeout=5)).writable
-        assert await _append(store) == revision + 1
-    finally:
-        await store.close()
-    check = sqlite3.connect(disk / "registry.db")
-    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    check.close()
-
-
-async def test_sqlite_that_fills_its_disk_as_it_commits_loses_no_acknowledged_write(disk: Path) -> None:
-    store = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
-    await store.open()
-    acknowledged: list[str] = []
-    fill(disk, leave=MIN_FREE_BYTES + 256 * 1024)  # room for a few batches, then none
-
-    async def writer(n: int) -> None:
-        for i in range(1000):
-            try:
-                async with store.write() as tx:
-                    await tx.append([Event("e", f"r/{n}/{i}", {"pad": "x" * 16384})])
-            except ResourceExhausted:
-                return
-            acknowledged.append(f"r/{n}/{i}")
-
-    await asyncio.gather(*(writer(n) for n in range(8)))  # group commits: batches fail whole
-    await store.close()
-    reopened = SqliteStore(f"sqlite:///{disk / 'registry.db'}")
-    await reopened.open()
-    try:
-        assert acknowledged and set(acknowledged) <= set(await _resources(reopened))
-    finally:
-        await reopened.close()
-
-
-async def test_sqlite_started_on_a_full_disk_opens_read_only_and_turns_writable(disk: Path) -> None:
-    url = f"sqlite:///{disk / 'registry.db'}"
-    store = SqliteStore(url)
-    await store.open()
-    assert await _append(store) == 1
-    await store.close()
-    filler = fill(disk, leave=0)
-    store = SqliteStore(url)
-    await store.open()  # refused to start before: the lock file's pid, the first write
-    try:
-        assert await _resources(store) == ["r/1"]
-        with pytest.raises(ResourceExhausted, match="read-only.*full"):
-            await _append(store)
-        assert not (await store.ping(timeout=5)).writable
-        filler.unlink()
-        assert (await store.ping(timeout=5)).writable
-        assert await _append(store) == 2  # the revision read at the start, not a stale one
-    finally:
-        await store.close()
-
-
-async def test_sqlite_refuses_to_start_a_new_database_on_a_full_disk(disk: Path) -> None:
-    fill(disk, leave=0)
-    store = open_store(f"sqlite:///{disk / 'registry.db'}")
-    with pytest.raises(ResourceExhausted, match="disk holding .* is full.*must be written"):
-        await store.open()
-    await store.close()
-
-
-@pytest.mark.parametrize(
-    ("code", "expected"),
-    [
-        (sqlite3.SQLITE_FULL, ResourceExhausted),
-        (sqlite3.SQLITE_IOERR_WRITE, StoreUnavailable),
-        (sqlite3.SQLITE_IOERR_FSYNC, StoreUnavailable),
-        (sqlite3.SQLITE_BUSY, StoreUnavailable),
-        (sqlite3.SQLITE_READONLY, StoreUnavailable),
-        (sqlite3.SQLITE_CANTOPEN, StoreUnavailable),
-        (sqlite3.SQLITE_CORRUPT, StoreError),  # not a retry's business
-        (sqlite3.SQLITE_ERROR, StoreError),  # a bad statement: our bug
-    ],
-)
-def test_each_sqlite_error_is_translated(code: int, expected: type[Exception]) -> None:
-    error = sqlite3.OperationalError("from the driver")
-    error.sqlite_errorcode = code
-    assert type(translate_sqlite(error)) is expected
