@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from .controller import Controller
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
+from .errors import ResourceExhausted
 from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
 from .store.base import Store, open_store
+from .store_health import StoreHealth
 from .telemetry import Telemetry
 from .usecases.access import Access
 from .usecases.deployments import Deployments
@@ -78,6 +81,8 @@ class App:
         self.notifier: Notifier | None = None
         self.http: HttpServer | None = None
         self.http_port = 0
+        # Health follows the store (server/store_health.py): NOT_SERVING while the database is away.
+        self.store_health = StoreHealth(self.store, self.health, ["", *(s.full_name for s in SERVICES)])
 
     async def start(self) -> int:
         if self.telemetry is not None:
@@ -117,8 +122,11 @@ class App:
         events = EventWatch(self.store, self.events_hub, guard)
         self.store.commits.subscribe(self.controller.on_commit)
         self.store.commits.subscribe(self.notifier.on_commit)
-        await environments.seed(
-            load_toml(Path(self.config.config).read_text()) if self.config.config else None
+        await _unless_read_only(
+            "bringing the environments up to date",
+            environments.seed(
+                load_toml(Path(self.config.config).read_text()) if self.config.config else None
+            ),
         )
         if self.config.auth:
             await self.access.bootstrap(Path(self.config.admin_token_file))
@@ -184,9 +192,8 @@ class App:
         self.maintenance.start()
         self.controller.start()
         self.notifier.start()
-        # Migrations ran in store.open(): only now does health say SERVING.
-        for name in ["", *(s.full_name for s in SERVICES)]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
+        await self.store_health.start()
         host = self.config.listen.rsplit(":", 1)[0]
         log.info(
             "serving",
@@ -201,6 +208,7 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING, in-flight calls get `grace` seconds, then the store closes."""
+        await self.store_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()  # first: its calls go through the gRPC server
@@ -218,6 +226,15 @@ class App:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+async def _unless_read_only(what: str, step: Awaitable[object]) -> None:
+    """A start-up write on a store that opened read-only (its disk is full) is skipped, not fatal:
+    reads are still worth serving. The next start with room makes it."""
+    try:
+        await step
+    except ResourceExhausted as exc:
+        log.warning("%s skipped: %s", what, exc.message)
 
 
 def _redact(url: str) -> str:

@@ -7,14 +7,16 @@
     ├── FailedPrecondition           the system is not in a state that allows the call;
     │                                carries PreconditionViolations (semver guard ...)
     ├── Aborted                      an etag or revision did not match; retry after a read
-    ├── ResourceExhausted            a size or rate limit was hit
+    ├── ResourceExhausted            a size or rate limit was hit; or the database's disk is full
     ├── Unimplemented                a capability a later release adds
     ├── Unauthenticated              no valid credentials: missing, malformed, unknown,
     │                                revoked or expired token, or a disabled principal
     ├── PermissionDenied             authenticated, but no grant allows the action
     │                                (the same answer whether the resource exists or not)
-    └── StoreError                   the store could not do its work (raised by server.store)
-        └── StoreUnavailable         the database cannot be reached or timed out
+    └── StoreError                   the store could not do its work (raised by server.store):
+        │                            a bug of ours, a corrupt file (INTERNAL)
+        └── StoreUnavailable         the database cannot be reached, did not answer in time, is
+                                     starting or shutting down, or refuses writes (UNAVAILABLE)
 
 Messages never repeat a caller's value whole: `quote()` cuts it (a 10 000
 character name must not turn the answer into a trailer too big for gRPC's

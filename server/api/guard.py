@@ -21,7 +21,7 @@ import grpc
 
 from ..calls import Call, current_call
 from ..domain.access import ANONYMOUS, Action, Outcome, Principal, PrincipalType
-from ..errors import PermissionDenied, RegistryError, Unauthenticated
+from ..errors import PermissionDenied, RegistryError, ResourceExhausted, StoreUnavailable, Unauthenticated
 from ..usecases.access import Access, Identity
 from .context import Context
 from .permissions import Rule
@@ -135,6 +135,10 @@ class Guard:
             await self.access.audit_alone(
                 call, Outcome.DENIED if denied else Outcome.FAILED, code.value[0], message
             )
+        except (StoreUnavailable, ResourceExhausted) as fault:
+            # The store fault that failed the call (the database away, a full disk) fails its
+            # audit too: one line, not a traceback for every call of an outage.
+            log.warning("could not write the audit event of %s: %s", call.method, fault.message)
         except RegistryError:
             log.exception("could not write the audit event of %s", call.method)
 

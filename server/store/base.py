@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from .commits import CommitListeners
 from .records import Records
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What the store can do right now, as its last probe found it.
+
+    `readable` false: the database cannot be reached (calls get UNAVAILABLE).
+    `writable` false with `readable` true: reads work but writes are refused
+    (a SQLite disk that is full: writes get RESOURCE_EXHAUSTED). `detail`
+    says why, for the log line and the operator.
+    """
+
+    readable: bool
+    writable: bool
+    detail: str = ""
+
+
+AVAILABLE = Availability(readable=True, writable=True)
 
 
 class Store(Protocol):
@@ -26,6 +45,15 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Finish in-flight work and release every connection."""
+
+    async def ping(self, timeout: float) -> Availability:
+        """Probe the database with a trivial query answered within `timeout` seconds.
+
+        The server calls it every second (server/store_health.py). A store
+        found unreachable refuses calls at once with StoreUnavailable, rather
+        than letting them wait on a database that does not answer, until a
+        later ping finds it back.
+        """
 
     def read(self) -> AbstractAsyncContextManager[Records]: ...
 

@@ -13,6 +13,19 @@ commits), and every replica then reads the events after the last revision it
 delivered from the event log and hands them, in order, to its commit
 listeners. If the listening connection drops, listeners are told to forget
 everything (`reset`) until it is back.
+
+Faults. Every driver error leaves as one of the store's own (`_translate`):
+a lost or refused connection, an administrator's or a crash shutdown, a
+standby that cannot write, a timeout → StoreUnavailable (the client retries);
+a full disk → ResourceExhausted; a conflict → Aborted; anything else (a bad
+statement: our bug) → StoreError. `ping()`, which the server calls every
+second, runs `SELECT 1` on a connection of its own; when the database does
+not answer, the store cuts the connections calls are waiting on (so that they
+fail now rather than at their deadline) and refuses new calls at once, until
+a ping finds the database back. A write whose connection is lost during
+COMMIT may or may not have committed: its caller gets UNAVAILABLE, never
+success, and a retry with the same request_id gets the first answer if it
+did commit.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -28,11 +41,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from ..domain.model import Event
-from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
+from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
+from .base import AVAILABLE, Availability
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
 from .records import Records
 from .sql import Row, now_us
+from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
 
@@ -42,6 +57,17 @@ T = TypeVar("T")
 _MIGRATION_LOCK = 0x64737079
 CHANNEL = "dspy_registry_commits"
 RECONNECT_SECONDS = 1.0
+# asyncpg waits 60 s for a connection and forever for an answer by default: a
+# database that stopped answering would hold every call to its client's deadline.
+CONNECT_TIMEOUT = 5.0
+# The longest statement here writes a 64 MiB artifact's chunks; past this, the connection is taken as lost.
+COMMAND_TIMEOUT = 30.0
+ACQUIRE_TIMEOUT = 10.0  # waiting for a pooled connection (all busy, or connecting)
+CLOSE_TIMEOUT = 5.0  # a goodbye the database does not answer: the connection is dropped instead
+# A write transaction waits on nothing but this process between its statements.
+IDLE_IN_TRANSACTION_TIMEOUT = 30.0
+DISK_LIMIT = "database_disk"
+_CONNECT: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT}
 
 
 @lru_cache(maxsize=512)
@@ -51,25 +77,50 @@ def _numbered(sql: str) -> str:
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
+# Errors that say the database (or the way to it) is away for now, not that the call was wrong.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,  # 08…: the connection failed, was lost, or its outcome is unknown
+    asyncpg.OperatorInterventionError,  # 57…: cancelled or timed out, admin or crash shutdown, starting up
+    asyncpg.InsufficientResourcesError,  # 53…: out of memory or connections (a full disk is handled first)
+    asyncpg.PostgresSystemError,  # 58…: the database's own I/O failed
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby, e.g. the old primary after a failover
+    asyncpg.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended a session it found idle
+    asyncpg.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.TransactionRollbackError,  # 40…: the server rolled the transaction back (conflicts are above)
+)
+
+
 def _translate(exc: BaseException) -> RegistryError:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return Aborted(f"conflicting concurrent change: {exc}")
     if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
         return Aborted(f"transaction conflict, retry: {exc}")
-    if isinstance(exc, asyncpg.QueryCanceledError):
-        return StoreUnavailable(f"statement cancelled or timed out: {exc}")
+    if isinstance(exc, asyncpg.DiskFullError):
+        return ResourceExhausted(DISK_LIMIT, f"the database's disk is full: {exc}")
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(f"postgres unavailable: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         return StoreError(f"postgres: {exc}")
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(
+        exc, ValueError | asyncpg.ClientConfigurationError | asyncpg.UnsupportedClientFeatureError
+    ):
+        return StoreError(f"postgres client: {exc}")  # an argument it cannot encode: our bug
+    # The rest is the connection's state after a loss: closed, "another operation is in
+    # progress" (InternalClientError), released to the pool; or a socket error or timeout.
     return StoreUnavailable(f"postgres unreachable: {exc}")
 
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
-async def _driver(call: Awaitable[T]) -> T:
-    """Await a driver call; its exceptions leave as the store's own."""
+async def _driver(call: Callable[[], Awaitable[T]]) -> T:
+    """Make a driver call and await it; its exceptions leave as the store's own.
+
+    A callable rather than an awaitable: some asyncpg methods (a transaction's
+    `rollback()` once its connection closed) raise as they are called.
+    """
     try:
-        return await call
+        return await call()
     except _DRIVER_ERRORS as exc:
         raise _translate(exc) from None
 
@@ -81,24 +132,34 @@ class _Connection:
         self.conn = conn
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
-        rows: Sequence[Row] = await _driver(self.conn.fetch(_numbered(sql), *args))
+        rows: Sequence[Row] = await _driver(lambda: self.conn.fetch(_numbered(sql), *args))
         return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row: Row | None = await _driver(self.conn.fetchrow(_numbered(sql), *args))
+        row: Row | None = await _driver(lambda: self.conn.fetchrow(_numbered(sql), *args))
         return row
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await _driver(self.conn.execute(_numbered(sql), *args))
+        await _driver(lambda: self.conn.execute(_numbered(sql), *args))
 
     async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
         if args:
-            await _driver(self.conn.executemany(_numbered(sql), args))
+            await _driver(lambda: self.conn.executemany(_numbered(sql), args))
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 16,
+        idle_in_transaction_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+    ) -> None:
         self.url = url
+        self._idle_in_transaction = {
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout * 1000))
+        }
         self.commits = CommitListeners()
         self._min_size = min_size
         self._max_size = max_size
@@ -110,15 +171,23 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._lent: set[Any] = set()  # pooled connections reads hold now
+        self._prober: asyncpg.Connection | None = None  # ping()'s own connection
+        self._down = ""  # why the last ping found the database unreachable; "" while it answers
 
     async def open(self) -> None:
-        pool = await _driver(asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size))
-        self._pool = pool
-        async with pool.acquire() as raw:
-            await self._migrate(_Connection(raw), raw)
-            row = await _Connection(raw).fetchrow("SELECT revision FROM revisions WHERE id = 1")
-            assert row is not None
-            self._delivered = int(row["revision"])
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, min_size=self._min_size, max_size=self._max_size, **_CONNECT
+            )
+            self._pool = pool
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as raw:
+                await self._migrate(_Connection(raw), raw)
+                row = await _Connection(raw).fetchrow("SELECT revision FROM revisions WHERE id = 1")
+                assert row is not None
+                self._delivered = int(row["revision"])
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc) from None
         await self._listen()
         self._listen_task = asyncio.create_task(self._keep_listening(), name="postgres-listen")
 
@@ -144,47 +213,76 @@ class PostgresStore:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
             self._listen_task = None
-        if self._listener is not None:
-            await asyncio.gather(self._listener.close(), return_exceptions=True)
-            self._listener = None
+        await asyncio.gather(*(self._close(c) for c in (self._listener, self._prober) if c is not None))
+        self._listener = self._prober = None
         async with self._write_lock:  # let the write in progress finish
             if self._pending:
                 await asyncio.gather(*self._pending, return_exceptions=True)
             if self._writer is not None:
-                await asyncio.gather(self._writer.close(), return_exceptions=True)
+                await self._close(self._writer)
                 self._writer = None
             if self._pool is not None:
-                await self._pool.close()
+                await self._close_pool(self._pool)
                 self._pool = None
 
-    def _require_pool(self) -> asyncpg.Pool:
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        if self._down:
+            pool.terminate()  # no goodbyes to a database that does not answer
+            return
+        try:
+            # Waits for the connections reads hold, then says goodbye on each.
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+        except (TimeoutError, *_DRIVER_ERRORS):
+            pool.terminate()  # a database that stopped answering must not hold the shutdown
+
+    async def _close(self, conn: asyncpg.Connection) -> None:
+        if self._down:
+            conn.terminate()
+            return
+        try:
+            await conn.close(timeout=CLOSE_TIMEOUT)  # it terminates the connection itself if this fails
+        except (TimeoutError, *_DRIVER_ERRORS):
+            log.debug("closing a connection failed", exc_info=True)
+
+    def _available(self) -> asyncpg.Pool:
+        """The pool, unless the store is closed or known to be unreachable: then refuse at once."""
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
+        if self._down:
+            raise StoreUnavailable(f"the database is unreachable ({self._down}); retry later")
         return self._pool
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Records]:
-        pool = self._require_pool()
-        raw = await _driver(pool.acquire())
+        pool = self._available()
+        raw = await _driver(lambda: pool.acquire(timeout=ACQUIRE_TIMEOUT))
+        self._lent.add(raw)
         try:
             yield Records(_Connection(raw))
         finally:
-            await asyncio.shield(_driver(pool.release(raw)))
+            self._lent.discard(raw)
+            await asyncio.shield(_release(pool, raw))
 
     async def _writer_connection(self) -> asyncpg.Connection:
         if self._writer is None or self._writer.is_closed():
-            self._writer = await _driver(asyncpg.connect(self.url))
+            # A replica cut off mid-transaction (a partition: its connection is gone, the server
+            # does not know) would hold the revision row, so every replica's writes, until TCP
+            # gave up on it, hours later. The server ends such a session itself.
+            self._writer = await _driver(
+                lambda: asyncpg.connect(self.url, server_settings=self._idle_in_transaction, **_CONNECT)
+            )
         return self._writer
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        self._require_pool()
+        self._available()
         async with self._write_lock:
+            self._available()  # the database may have gone away while this write waited its turn
             raw = await self._writer_connection()
             transaction = raw.transaction()
-            conn = _Connection(raw)
+            conn = WriteConnection(_Connection(raw))
             try:
-                await _driver(transaction.start())
+                await _driver(transaction.start)
                 row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1 FOR UPDATE")
                 assert row is not None
                 records = Records(conn, base_revision=int(row["revision"]))
@@ -192,6 +290,8 @@ class PostgresStore:
                 await records.finish()
                 if records.appended:
                     await conn.execute("SELECT pg_notify(?, ?)", CHANNEL, str(records.revision))
+                if conn.failure is not None:  # a caller went on after a failed statement
+                    raise conn.failure
             except BaseException:
                 await asyncio.shield(self._abandon(raw, transaction))
                 raise
@@ -200,17 +300,28 @@ class PostgresStore:
             await asyncio.shield(self._finish(transaction, records))
 
     async def _abandon(self, raw: asyncpg.Connection, transaction: Any) -> None:
+        if raw.is_closed():
+            return  # the server rolls back what a lost connection left open
         try:
-            await _driver(transaction.rollback())
+            await _driver(transaction.rollback)
         except RegistryError:
             log.warning("rollback failed; reconnecting the writer", exc_info=True)
-            await asyncio.gather(raw.close(), return_exceptions=True)
+            raw.terminate()  # not close(): a connection that failed may not answer a goodbye either
 
     async def _finish(self, transaction: Any, records: Records) -> None:
-        await _driver(transaction.commit())
+        # A connection lost during COMMIT raises here, whether or not the server
+        # committed: the caller hears UNAVAILABLE, never success, and its retry
+        # with the same request_id gets the first answer if the commit happened.
+        await _driver(transaction.commit)
         records.committed()
         if records.appended:
-            await self._deliver(records.revision, records.appended)
+            try:
+                await self._deliver(records.revision, records.appended)
+            except RegistryError:
+                # The write is durable and answered as such; what could not be
+                # read is other replicas' events, so the listeners start over.
+                log.warning("could not read the event log after revision %d; caches reset", records.revision)
+                self.commits.reset()
 
     async def _deliver(self, revision: int, own: Sequence[Event] = ()) -> None:
         """Hand every committed event up to `revision` to the listeners, once, in order."""
@@ -231,9 +342,9 @@ class PostgresStore:
                 self._delivered = events[-1].revision
 
     async def _listen(self) -> None:
-        listener = await _driver(asyncpg.connect(self.url))
+        listener = await _driver(lambda: asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT))
         listener.add_termination_listener(lambda _: self._lost())
-        await _driver(listener.add_listener(CHANNEL, self._notified))
+        await _driver(lambda: listener.add_listener(CHANNEL, self._notified))
         self._listener = listener
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -257,8 +368,8 @@ class PostgresStore:
         """Reconnect the listener when it drops; catch up from the log when it is back."""
         while True:
             await asyncio.sleep(RECONNECT_SECONDS)
-            if self._listener is not None and not self._listener.is_closed():
-                continue
+            if self._down or (self._listener is not None and not self._listener.is_closed()):
+                continue  # connected; or the database is away, and ping() says when it is back
             try:
                 await self._listen()
                 async with self.read() as tx:
@@ -268,6 +379,67 @@ class PostgresStore:
                 log.info("LISTEN connection restored")
             except RegistryError:
                 log.warning("LISTEN connection still down", exc_info=True)
+                if self._listener is not None:
+                    # Not caught up: drop it, so that the next turn reconnects and catches up.
+                    self._listener.terminate()
+
+    async def ping(self, timeout: float) -> Availability:
+        """`SELECT 1` on a connection of ping's own, answered within `timeout`.
+
+        A connection that fails at once (its backend terminated) is replaced and
+        tried again at once: the database may be fine. No answer in time, or no
+        connection at all, and the database is down until a later ping says otherwise.
+        """
+        problem, retry = await self._probe(timeout)
+        if problem and retry:
+            problem, _ = await self._probe(timeout)
+        if not problem:
+            self._down = ""
+            return AVAILABLE
+        first, self._down = not self._down, problem
+        if first:
+            await self._cut_off()
+        return Availability(readable=False, writable=False, detail=f"the database is unreachable: {problem}")
+
+    async def _probe(self, timeout: float) -> tuple[str, bool]:
+        """("", _) if the database answered; else what went wrong and whether to try a new connection."""
+        fresh = self._prober is None or self._prober.is_closed()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._prober is None or self._prober.is_closed():
+                    self._prober = await asyncpg.connect(self.url, timeout=timeout)
+                await self._prober.fetchval("SELECT 1")
+            return "", False
+        except TimeoutError:
+            self._drop_prober()
+            return f"no answer within {timeout:g}s", False
+        except _DRIVER_ERRORS as exc:
+            self._drop_prober()
+            return f"{type(exc).__name__}: {exc}", not fresh
+
+    def _drop_prober(self) -> None:
+        if self._prober is not None:
+            self._prober.terminate()
+            self._prober = None
+
+    async def _cut_off(self) -> None:
+        """The database stopped answering: end the calls waiting on it now, not at their deadlines."""
+        log.warning("the database is unreachable (%s): failing calls until it answers again", self._down)
+        for raw in list(self._lent):
+            raw.terminate()
+        for conn in (self._writer, self._listener):
+            if conn is not None:
+                conn.terminate()  # the write in progress fails; the listener's loss resets the caches
+        if self._pool is not None:
+            await self._pool.expire_connections()  # idle ones too: replaced before their next use
+
+
+async def _release(pool: asyncpg.Pool, raw: Any) -> None:
+    """Give a connection back to the pool; one that fails to reset is discarded by the pool itself."""
+    try:
+        await pool.release(raw)
+    except _DRIVER_ERRORS:
+        log.debug("a connection failed as it was released; the pool replaces it", exc_info=True)
 
 
 def _by_revision(events: Sequence[Event]) -> list[list[Event]]:

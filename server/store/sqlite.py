@@ -18,6 +18,16 @@ fsync of one batch is done, every transaction that queued meanwhile joins
 the next batch, which commits with one fsync. Each still gets its own
 revision, in order; one that fails rolls back to its savepoint alone; none
 is acknowledged before the COMMIT that makes it durable.
+
+A full disk. A write that finds no room fails with RESOURCE_EXHAUSTED
+(SQLite rolls it back), and the store turns read-only: writes are refused at
+once, reads go on, and `ping()` — every second, from the server — says so,
+until the disk holding the database has MIN_FREE_BYTES free again; then
+writes resume by themselves. The same holds from the start: a server started
+on a disk with less than that free opens read-only (the lock file, the WAL
+and the revision are all read as usual; nothing is written), unless the
+database must be written before it can be read at all (a new one, or
+migrations to apply): then it refuses to start and says why.
 """
 
 from __future__ import annotations
@@ -28,19 +38,30 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+from urllib.parse import quote
 
 import aiosqlite
 
-from ..errors import Aborted, RegistryError, StoreError, StoreUnavailable
+from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
+from .base import AVAILABLE, Availability
 from .commits import CommitListeners
 from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
 from .records import Records
-from .sql import Row, now_us
+from .sql import now_us
+from .sqlite_connections import (
+    DISK_LIMIT,
+    MIN_FREE_BYTES,
+    Reader,
+    Writer,
+    free_bytes,
+    translate,
+)
+from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
 
@@ -63,71 +84,6 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
-def _translate(exc: sqlite3.Error) -> RegistryError:
-    if isinstance(exc, sqlite3.IntegrityError):
-        return Aborted(f"conflicting concurrent change: {exc}")
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return StoreUnavailable(f"database is busy: {exc}")
-    return StoreError(f"sqlite: {exc}")
-
-
-class _Reader:
-    """An aiosqlite connection as a records.Connection: one thread hop per call."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self.db = db
-
-    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
-        try:
-            return list(await self.db.execute_fetchall(sql, args))
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.fetch(sql, *args)
-
-    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        raise StoreError("the read pool does not write")
-
-
-class _Writer:
-    """The writer's sqlite3 connection as a records.Connection, run inline on the loop."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
-        try:
-            return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        try:
-            row: Row | None = self.db.execute(sql, args).fetchone()
-            return row
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        try:
-            self.db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
-
-    async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        if not args:
-            return
-        try:
-            self.db.executemany(sql, args)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
-
-
 class SqliteStore:
     def __init__(
         self, url: str, *, readers: int = READERS, busy_timeout: float = BUSY_TIMEOUT_MS / 1000
@@ -137,55 +93,171 @@ class SqliteStore:
         self.path = path_from_url(url)
         self.commits = CommitListeners()
         self._readers_wanted = readers
-        self._readers: asyncio.Queue[_Reader] = asyncio.Queue()
+        self._readers: asyncio.Queue[Reader] = asyncio.Queue()
         self._reader_dbs: list[aiosqlite.Connection] = []
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._queue: asyncio.Queue[_Slot] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._fsync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
         self._revision = 0
         self._lock_file: IO[bytes] | None = None
+        self._full = ""  # why writes are refused (the disk is full); "" while they are not
+        self._snapshot_readers: set[Reader] = set()  # after a read-only start: immutable readers
+        self._retired: set[Reader] = set()  # snapshot readers to close when they come back
+        self._closed = True  # until open() succeeds, and again after close()
 
     def _claim(self) -> None:
         """Refuse a second server on the same file: revisions live in this process."""
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path + ".lock", "wb")  # noqa: SIM115 - held until close()
+        # Unbuffered: on a full disk the pid fails to write here, not again at close().
+        self._lock_file = open(self.path + ".lock", "wb", buffering=0)  # noqa: SIM115 - held until close()
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
             self._lock_file = None
             raise StoreUnavailable(f"{self.path} is in use by another dspy-registry server") from None
-        self._lock_file.write(str(os.getpid()).encode())
-        self._lock_file.flush()
+        try:
+            self._lock_file.write(str(os.getpid()).encode())
+            self._lock_file.flush()
+        except OSError as exc:  # a full disk: the lock is what counts, the pid only tells who holds it
+            log.warning("could not write the pid into %s.lock: %s", self.path, exc)
 
     async def open(self) -> None:
         self._claim()
         try:
+            await self._open_writable()
+        except RegistryError as exc:
+            self._close_writer()
+            if free_bytes(self.path) >= MIN_FREE_BYTES or not self._clean_on_disk():
+                raise self._cannot_open(exc) from None
+            # A full disk, and no WAL: SQLite cannot create the files a writable (or
+            # even a plain read-only) connection needs, but the database file is whole.
+            await self._open_read_only()
+        else:
+            free = free_bytes(self.path)
+            if free < MIN_FREE_BYTES:
+                self._full = self._no_room(free)
+                log.warning("the store opened read-only: %s; writes resume once space is freed", self._full)
+        self._closed = False
+
+    async def _open_writable(self) -> None:
+        """The writer (migrations applied), its task, and the read pool."""
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+            raise translate(exc) from None
+        self._writer = writer = Writer(db, self._noticed)
         db.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
-            db.execute(pragma)
+            await writer.execute(pragma)
         # The writer runs on the loop: it must never sleep in SQLite's busy
         # handler. _begin() waits out another process's lock asynchronously.
-        db.execute("PRAGMA busy_timeout=0")
-        self._writer = _Writer(db)
-        await self._migrate(self._writer)
-        row = await self._writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
+        await writer.execute("PRAGMA busy_timeout=0")
+        await self._migrate(writer)
+        row = await writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
         assert row is not None
         self._revision = int(row["revision"])
-        self._writer_task = asyncio.create_task(self._write_batches(self._writer), name="sqlite-writer")
-        for _ in range(self._readers_wanted):
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
-            reader.row_factory = sqlite3.Row
-            for pragma in PRAGMAS[2:]:
-                await reader.execute(pragma)
-            self._reader_dbs.append(reader)
-            self._readers.put_nowait(_Reader(reader))
+        self._writer_task = asyncio.create_task(self._write_batches(writer), name="sqlite-writer")
+        await self._open_readers(self.path)
 
-    async def _migrate(self, conn: _Writer) -> None:
+    async def _open_readers(self, database: str, *, uri: bool = False) -> list[Reader]:
+        opened: list[aiosqlite.Connection] = []
+        try:
+            for _ in range(self._readers_wanted):
+                reader = await aiosqlite.connect(database, isolation_level=None, uri=uri)
+                opened.append(reader)
+                reader.row_factory = sqlite3.Row
+                for pragma in PRAGMAS[2:]:
+                    await reader.execute(pragma)
+        except sqlite3.Error as exc:
+            for reader in opened:
+                await reader.close()
+            raise translate(exc) from None
+        self._reader_dbs += opened
+        readers = [Reader(db) for db in opened]
+        for each in readers:
+            self._readers.put_nowait(each)
+        return readers
+
+    def _clean_on_disk(self) -> bool:
+        """No write-ahead log with frames in it: the database file alone holds every commit."""
+        wal = Path(self.path + "-wal")
+        return Path(self.path).exists() and (not wal.exists() or wal.stat().st_size == 0)
+
+    async def _open_read_only(self) -> None:
+        """Readers of the database file as it is (immutable: SQLite needs no -shm to be created).
+
+        Safe only because nothing else writes it: the lock file is ours, and the
+        store refuses writes until `_become_writable()` replaces these readers.
+        """
+        snapshot = f"file:{quote(os.path.abspath(self.path))}?mode=ro&immutable=1"
+        try:
+            self._snapshot_readers = set(await self._open_readers(snapshot, uri=True))
+            async with self.read() as tx:
+                done = {int(r["number"]) for r in await tx.conn.fetch("SELECT number FROM schema_migrations")}
+                self._revision = await tx.current_revision()
+        except (RegistryError, sqlite3.Error) as exc:
+            raise self._cannot_open(ResourceExhausted(DISK_LIMIT, str(exc))) from None
+        if any(m.number not in done for m in MIGRATIONS):
+            raise self._cannot_open(ResourceExhausted(DISK_LIMIT, "migrations to apply"))
+        self._full = self._no_room(free_bytes(self.path))
+        log.warning(
+            "the store opened read-only, on the database file alone (no room for its WAL index): %s; "
+            "writes resume once space is freed",
+            self._full,
+        )
+
+    async def _become_writable(self) -> None:
+        """After a read-only start: the writer, and readers that see its commits, in place of the snapshot's."""
+        try:
+            await self._open_writable()
+        except RegistryError:
+            self._close_writer()
+            raise
+        retired, self._snapshot_readers = self._snapshot_readers, set()
+        idle = []
+        while not self._readers.empty():
+            idle.append(self._readers.get_nowait())
+        for reader in idle:
+            if reader in retired:
+                await self._retire(reader)
+            else:
+                self._readers.put_nowait(reader)
+        self._retired |= retired - set(idle)  # in use now: closed as they come back
+
+    async def _retire(self, reader: Reader) -> None:
+        if reader.db in self._reader_dbs:  # else close() has closed it already
+            self._reader_dbs.remove(reader.db)
+            await reader.db.close()
+
+    def _cannot_open(self, exc: RegistryError) -> RegistryError:
+        if isinstance(exc, ResourceExhausted) or free_bytes(self.path) < MIN_FREE_BYTES:
+            return ResourceExhausted(
+                DISK_LIMIT,
+                f"cannot open {self.path}: {self._no_room(free_bytes(self.path))}, and the database "
+                "must be written before it can be served (a new database, migrations to apply, or "
+                "a write-ahead log to index); free some space and start again",
+            )
+        return StoreUnavailable(f"cannot open {self.path}: {exc.message}")
+
+    def _close_writer(self) -> None:
+        if self._writer_task is not None:
+            self._writer_task.cancel()  # it has not run yet: nothing is queued before open() returns
+            self._writer_task = None
+        if self._writer is not None:
+            self._writer.db.close()
+            self._writer = None
+
+    def _no_room(self, free: int) -> str:
+        return f"the disk holding {self.path} is full ({free} bytes free, {MIN_FREE_BYTES} needed)"
+
+    def _noticed(self, error: RegistryError) -> None:
+        """A failure of the writer: on a full disk, the store turns read-only until there is room."""
+        if isinstance(error, ResourceExhausted) and not self._full:
+            self._full = self._no_room(free_bytes(self.path))
+
+    async def _migrate(self, conn: Writer) -> None:
         await conn.execute(CREATE_LEDGER)
         done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
         for migration in MIGRATIONS:
@@ -203,10 +275,11 @@ class SqliteStore:
                 )
                 await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                _rollback_quietly(conn.db)  # SQLite may have rolled back already (a full disk)
                 raise
 
     async def close(self) -> None:
+        self._closed = True
         if self._writer_task is not None:
             await self._queue.join()  # acknowledged or failed: every queued write is finished
             self._writer_task.cancel()
@@ -229,12 +302,49 @@ class SqliteStore:
         try:
             yield Records(reader)
         finally:
-            self._readers.put_nowait(reader)
+            if reader in self._retired:  # a read-only start's snapshot reader: the writer is back
+                self._retired.discard(reader)
+                await self._retire(reader)
+            else:
+                self._readers.put_nowait(reader)
+
+    async def ping(self, timeout: float) -> Availability:
+        """A read through the read pool within `timeout`; and whether writes are refused for room."""
+        if self._closed:
+            return Availability(readable=False, writable=False, detail="the store is closed")
+        if self._writer_task is not None and self._writer_task.done():
+            return Availability(False, False, "the writer task stopped")  # a bug: the log has it
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.read() as tx:
+                    await tx.current_revision()
+        except TimeoutError:
+            return Availability(False, False, f"{self.path} did not answer a read within {timeout:g}s")
+        except RegistryError as exc:
+            return Availability(False, False, f"{self.path} cannot be read: {exc.message}")
+        # The server's health monitor logs the changes this makes (server/store_health.py).
+        free = free_bytes(self.path)
+        if self._full and free >= MIN_FREE_BYTES:
+            try:
+                if self._writer is None:
+                    await self._become_writable()
+                self._full = ""
+            except RegistryError as exc:
+                log.warning("still read-only: the writer cannot be opened yet: %s", exc.message)
+        elif not self._full and free < MIN_FREE_BYTES:
+            self._full = self._no_room(free)
+        if self._full:
+            return Availability(True, False, f"the store is read-only: {self._full}")
+        return AVAILABLE
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Records]:
-        if self._writer_task is None:
+        if self._closed:
             raise StoreUnavailable("the store is closed")
+        if self._full or self._writer_task is None:
+            raise ResourceExhausted(
+                DISK_LIMIT, f"the store is read-only: {self._full}; writes resume once space is freed"
+            )
         slot = _Slot()
         self._queue.put_nowait(slot)
         try:
@@ -255,7 +365,7 @@ class SqliteStore:
         # Shielded: the batch commits whether or not this caller is still waiting.
         await asyncio.shield(slot.durable)
 
-    async def _write_batches(self, writer: _Writer) -> None:
+    async def _write_batches(self, writer: Writer) -> None:
         """The writer task: BEGIN, run queued transactions as savepoints, COMMIT once.
 
         Whatever fails, the waiting callers get the error and the task goes on
@@ -285,7 +395,7 @@ class SqliteStore:
                 if isinstance(exc, RegistryError):
                     error: RegistryError = exc
                 elif isinstance(exc, sqlite3.Error):
-                    error = _translate(exc)
+                    error = writer.failed(exc)
                 else:
                     error = StoreUnavailable(f"write failed: {exc!r}")
                 for waiting in [w for w, _ in batch] + [slot]:
@@ -305,7 +415,7 @@ class SqliteStore:
             for _, records in batch:
                 self.commits.publish(records.appended)
 
-    async def _begin(self, writer: _Writer) -> None:
+    async def _begin(self, writer: Writer) -> None:
         """BEGIN IMMEDIATE without blocking the loop: another process's lock is waited out here."""
         deadline = time.monotonic() + self._busy_timeout
         delay = 0.001
@@ -323,17 +433,26 @@ class SqliteStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _run_unit(self, writer: _Writer, slot: _Slot) -> Records | None:
+    async def _run_unit(self, writer: Writer, slot: _Slot) -> Records | None:
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
         await writer.execute("SAVEPOINT unit")
-        records = Records(writer, base_revision=self._revision)
+        unit = WriteConnection(writer, lambda: writer.db.in_transaction)
+        records = Records(unit, base_revision=self._revision)
         slot.granted.set_result(records)
         succeeded = await slot.finished
-        if not succeeded:
+        if not writer.db.in_transaction:
+            # SQLite rolled the shared transaction back (a full disk, an I/O error):
+            # the units before this one in the batch are gone too, and all of them fail.
+            raise unit.failure or StoreUnavailable("the database rolled the write transaction back")
+        if not succeeded or unit.failure is not None:
             await writer.execute("ROLLBACK TO unit")
         await writer.execute("RELEASE unit")
         if not succeeded:
             slot.durable.set_result(None)  # nobody awaits it; a failed unit was never acknowledged
+            return None
+        if unit.failure is not None:
+            # Its caller went on after a failed statement: it hears of the failure, not of a commit.
+            slot.durable.set_exception(unit.failure)
             return None
         return records
 

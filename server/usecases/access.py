@@ -227,6 +227,9 @@ class Access:
             current_call.reset(context)
 
     async def _bootstrap(self, token_file: Path) -> bool:
+        async with self.store.read() as tx:
+            if await tx.count_principals() > 0:
+                return False  # every start but the first: no write, so a read-only store starts too
         async with self.store.write() as tx:
             if await tx.count_principals() > 0:
                 return False

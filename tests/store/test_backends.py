@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from dspy_registry.server.domain.model import Event
-from dspy_registry.server.errors import StoreUnavailable
-from dspy_registry.server.store.base import open_store
+from dspy_registry.server.errors import StoreError, StoreUnavailable
+from dspy_registry.server.store.base import Store, open_store
 from dspy_registry.server.store.sqlite import SqliteStore
+from tests.store.event_log import append
 
 
 async def test_a_second_server_on_the_same_file_is_refused(tmp_path: Path) -> None:
@@ -78,3 +79,18 @@ async def test_sqlite_writer_survives_a_lock_held_past_its_timeout(tmp_path: Pat
     async with store.write() as tx:  # the writer task is alive and the revision was not consumed
         assert await tx.append([Event("e", "r/1")]) == 1
     await store.close()
+
+
+async def test_a_transaction_that_went_on_after_a_failed_statement_never_commits(store: Store) -> None:
+    # PostgreSQL turned the COMMIT of such a transaction into a silent ROLLBACK: the caller
+    # heard of a success that never happened. SQLite committed the rest without the failed part.
+    with pytest.raises(StoreError):
+        async with store.write() as tx:
+            await tx.put_artifact("sha256:lost", [b"bytes"])
+            try:
+                await tx.conn.execute("SELECT no_such_column FROM revisions")
+            except StoreError:
+                pass  # a caller that catches and goes on (auto-deploy skips a refusing environment)
+    async with store.read() as tx:
+        assert await tx.conn.fetch("SELECT digest FROM artifacts") == []
+    assert await append(store, "r/next") == 1  # the store goes on

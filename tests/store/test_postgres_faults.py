@@ -1,0 +1,348 @@
+"""PostgreSQL faults: what a lost, stalled, restarting, read-only or full database turns into.
+
+Every fault leaves the store as StoreUnavailable (UNAVAILABLE: retry) or,
+for a full disk, ResourceExhausted — never a driver exception, and never a
+StoreError, which is INTERNAL and reserved for our own bugs. The faults are
+real: backends terminated with pg_terminate_backend, a TCP proxy that stalls
+or cuts the connections or answers like a PostgreSQL starting up
+(tests/tcp_proxy.py), a database set read-only like a standby, a tablespace
+on a tmpfs filled to the last byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dspy_registry.server.domain.model import Event
+from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
+from dspy_registry.server.store import postgres as pg
+from dspy_registry.server.store.postgres import PostgresStore
+from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
+from tests.eventually import until
+from tests.small_disk import small_disk
+from tests.store.event_log import append, resources, revision
+from tests.tcp_proxy import STALL, TcpProxy
+
+pytestmark = pytest.mark.postgres
+
+
+async def _terminate_backends(url: str) -> None:
+    """What a database restart or a failover does to every session of this test's database."""
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_url(pg_databases: PostgresDatabases) -> str:
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    return await pg_databases.create()
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[TcpProxy]:
+    p = TcpProxy.in_front_of(pg_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def proxied(pg_url: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(proxy.url(pg_url))
+    await store.open()
+    yield store
+    proxy.resume()
+    await store.close()
+
+
+async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+    # The rollback of a transaction on a closed connection raised asyncpg's InterfaceError
+    # as it was called, outside the translation: INTERNAL.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store.write() as tx:
+                await _terminate_backends(pg_url)
+                await tx.current_revision()
+        assert await append(store) == 1  # a new writer connection, the revision not consumed
+    finally:
+        await store.close()
+
+
+async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
+    # Seen before: "connection was closed" and 57P01 (admin shutdown) as StoreError, "another
+    # operation is in progress" (InternalClientError) and InterfaceError untranslated.
+    store = PostgresStore(pg_url)
+    await store.open()
+    seen: dict[str, int] = {}
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+
+    async def work(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if n % 2:
+                    await revision(store)
+                else:
+                    await append(store, f"r/{n}/{i}")
+                    acknowledged.append(f"r/{n}/{i}")
+                seen["ok"] = seen.get("ok", 0) + 1
+            except StoreUnavailable:
+                seen["unavailable"] = seen.get("unavailable", 0) + 1
+            except Exception as exc:  # anything else is the defect
+                seen[f"{type(exc).__module__}.{type(exc).__name__}: {exc}"] = 1
+
+    workers = [asyncio.create_task(work(n)) for n in range(6)]
+    try:
+        for _ in range(6):
+            await asyncio.sleep(0.2)
+            await _terminate_backends(pg_url)
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    try:
+        assert set(seen) <= {"ok", "unavailable"}, seen
+        assert set(acknowledged) <= set(await resources(store))  # every acknowledged write is there
+    finally:
+        await store.close()
+
+
+async def test_a_database_that_turned_read_only_like_a_standby_is_unavailable(pg_url: str) -> None:
+    # After a failover the old primary, now a standby, refuses writes with 25006: StoreError before.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _sql(pg_url, "ALTER DATABASE {database} SET default_transaction_read_only = on")
+        await _terminate_backends(pg_url)  # new sessions are read-only
+        for _ in range(3):  # the first may find its connection gone; the next ones a standby
+            with pytest.raises(StoreUnavailable) as refused:
+                await append(store)
+        assert "read-only" in refused.value.message
+        await _sql(pg_url, "ALTER DATABASE {database} RESET default_transaction_read_only")
+        await _terminate_backends(pg_url)
+
+        async def written() -> bool:
+            try:
+                await append(store)
+            except StoreUnavailable:
+                return False
+            return True
+
+        assert any([await written() for _ in range(3)])
+    finally:
+        await store.close()
+
+
+async def _sql(url: str, statement: str) -> None:
+    """One statement from the maintenance database; `{database}` is the test's (from `url`)."""
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(statement.format(database=f'"{url.rsplit("/", 1)[1]}"'))
+    finally:
+        await admin.close()
+
+
+async def test_a_database_starting_up_is_unavailable_and_ping_says_so(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    # FATAL 57P03 "the database system is starting up", as during a restart: StoreError before.
+    assert await append(proxied) == 1
+    proxy.starting()
+    for _ in range(3):  # the first may find its connection gone; a new one is refused
+        with pytest.raises(StoreUnavailable) as refused:
+            await append(proxied)
+    assert "starting up" in refused.value.message
+    found = await proxied.ping(timeout=5)
+    assert not found.readable and "starting up" in found.detail
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await revision(proxied)  # refused at once while the database is known to be away
+    proxy.resume()
+    assert (await proxied.ping(timeout=5)).readable
+    assert await append(proxied) == 2
+
+
+async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    assert await append(proxied) == 1
+    proxy.stall()  # sockets stay open, nothing flows: calls would wait for ever
+    reading = asyncio.create_task(revision(proxied))
+    writing = asyncio.create_task(append(proxied, "r/in-flight"))
+    found = await proxied.ping(timeout=0.5)
+    assert not found.readable and "no answer" in found.detail
+    # Cut off by the ping: they fail now (the stall is not lifted until they did).
+    for call in (reading, writing):
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(call, 20)
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await append(proxied)
+    proxy.resume()
+
+    async def back() -> bool:
+        return (await proxied.ping(timeout=5)).readable
+
+    assert await back()
+    assert await append(proxied, "r/after") == 2  # the write in flight was not applied
+    assert await resources(proxied) == ["r/1", "r/after"]
+
+
+async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
+    pg_url: str, proxy: TcpProxy
+) -> None:
+    # Its backend kept the revision row locked, idle in transaction, as long as the partition
+    # lasted (or TCP took to give up, hours): every other replica's writes timed out meanwhile.
+    cut_off = PostgresStore(proxy.url(pg_url), idle_in_transaction_timeout=1.0)
+    other = PostgresStore(pg_url)
+    await cut_off.open()
+    await other.open()
+    try:
+
+        async def partitioned() -> None:
+            async with cut_off.write() as tx:
+                await tx.append([Event("e", "r/partitioned")])  # the revision row is locked now
+                proxy.stall()  # the network goes; the database hears nothing more
+                await tx.current_revision()
+
+        writing = asyncio.create_task(partitioned())
+        await until(lambda: proxy.mode == STALL, "the partition")
+        assert not (await cut_off.ping(timeout=0.5)).readable
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(writing, 20)
+        # The other replica's write waits (at most its 30 s command timeout) for the row.
+        assert await asyncio.wait_for(append(other, "r/other"), 20) == 1
+        assert await resources(other) == ["r/other"]
+    finally:
+        proxy.resume()
+        await cut_off.close()
+        await other.close()
+
+
+async def test_a_store_closes_on_a_stalled_database(pg_url: str, proxy: TcpProxy) -> None:
+    # Closing waited for goodbyes the database never answered: a server could not shut down.
+    store = PostgresStore(proxy.url(pg_url))
+    await store.open()
+    await append(store)
+    proxy.stall()
+    assert not (await store.ping(timeout=0.5)).readable
+    await asyncio.wait_for(store.close(), 20)  # the stall lasts until it has closed
+
+
+async def test_a_cut_connection_fails_fast_and_ping_finds_the_database_back(
+    proxied: PostgresStore, proxy: TcpProxy
+) -> None:
+    proxy.cut()
+    with pytest.raises(StoreUnavailable):
+        await revision(proxied)
+    assert not (await proxied.ping(timeout=5)).readable
+    proxy.resume()
+    assert (await proxied.ping(timeout=5)).readable
+    assert await append(proxied) == 1
+
+
+async def test_a_ping_whose_own_backend_was_terminated_tries_a_new_connection(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        assert (await store.ping(timeout=5)).readable
+        await _terminate_backends(pg_url)  # the database itself is fine
+        assert (await store.ping(timeout=5)).readable
+    finally:
+        await store.close()
+
+
+async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases: PostgresDatabases) -> None:
+    # 53100 was a StoreError: INTERNAL. The database's tablespace is a tmpfs of the test's own,
+    # owned by the PostgreSQL server's user; its WAL stays on the server's own disk.
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    try:
+        server_user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user here: the PostgreSQL server is not on this machine")
+    name = f"dspy_registry_test_{uuid.uuid4().hex[:12]}"
+    where = Path(tempfile.gettempdir()) / name  # a path the server's user can reach
+    with small_disk(where, "16m", owner=(server_user.pw_uid, server_user.pw_gid)) as disk:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            try:
+                await admin.execute(f"CREATE TABLESPACE {name} LOCATION '{disk}'")
+            except asyncpg.PostgresError as exc:
+                pytest.skip(f"the PostgreSQL server cannot use a tablespace on this machine: {exc}")
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}" TABLESPACE {name}')
+                store = PostgresStore(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+                await store.open()
+                try:
+                    with pytest.raises(ResourceExhausted) as refused:
+                        for i in range(1000):  # incompressible rows until the tablespace is full
+                            async with store.write() as tx:
+                                await tx.append([Event("e", f"r/{i}", {"pad": os.urandom(48_000).hex()})])
+                    assert refused.value.limit == "database_disk" and "disk is full" in refused.value.message
+                    assert await revision(store) == i  # reads go on; the failed write left nothing
+                finally:
+                    await store.close()
+            finally:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await admin.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        finally:
+            await admin.close()
+    where.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (asyncpg.AdminShutdownError("terminating connection due to administrator command"), StoreUnavailable),
+        (asyncpg.CrashShutdownError("terminating connection because of crash"), StoreUnavailable),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), StoreUnavailable),
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+            StoreUnavailable,
+        ),
+        (asyncpg.ConnectionFailureError("connection failure"), StoreUnavailable),
+        (asyncpg.TooManyConnectionsError("too many clients already"), StoreUnavailable),
+        (
+            asyncpg.ReadOnlySQLTransactionError("cannot execute UPDATE in a read-only transaction"),
+            StoreUnavailable,
+        ),
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), StoreUnavailable),
+        (
+            asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+            StoreUnavailable,
+        ),
+        (
+            asyncpg.InterfaceError("cannot call Transaction.rollback(): the underlying connection is closed"),
+            StoreUnavailable,
+        ),
+        (TimeoutError(), StoreUnavailable),  # a pool acquire or a connect that timed out
+        (ConnectionRefusedError(111, "Connection refused"), StoreUnavailable),
+        (asyncpg.DiskFullError("could not extend file: No space left on device"), ResourceExhausted),
+        (asyncpg.UndefinedColumnError('column "x" does not exist'), StoreError),  # our bug
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), StoreError),  # our bug
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
+)
+def test_each_postgres_error_is_translated(error: BaseException, expected: type[Exception]) -> None:
+    translated = pg._translate(error)
+    assert type(translated) is expected
+    if isinstance(translated, ResourceExhausted):
+        assert translated.limit == "database_disk"
