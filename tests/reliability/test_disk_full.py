@@ -58,7 +58,9 @@ class Writes:
         version = f"1.0.{self.n}"
         self.tally.operations += 1
         try:
-            await client.register_program("prog", dspy_state(version, pad=ARTIFACT_PAD), "sig", version)
+            await client.register_program(
+                "prog", program=dspy_state(version, pad=ARTIFACT_PAD), signature_name="sig", version=version
+            )
         except RegistryError as err:
             self.tally.codes[err.code.name] += 1
             return err
@@ -111,7 +113,7 @@ async def test_disk_full(tmp_path: Path, tally: Tally) -> None:
             tally.memory_before_mib = rss_mib(server.process.pid)
             token = server.token_file.read_text().strip()
             async with Registry.connect(server.address, token=token) as client:
-                await client.register_signature("sig", spec_proto(), "1.0.0")
+                await client.register_signature("sig", signature=spec_proto(), version="1.0.0")
                 deadline = time.monotonic() + SECONDS
                 while True:
                     started = time.monotonic()

@@ -66,7 +66,9 @@ class Load:
             n += 1
             version = f"1.0.{n}"
             try:
-                await self.client.register_program(program, dspy_state(version), "sig", version)
+                await self.client.register_program(
+                    program, program=dspy_state(version), signature_name="sig", version=version
+                )
             except RegistryError as err:
                 self.outcome(err.code.name)
                 await asyncio.sleep(0.05)  # UNAVAILABLE comes at once while the database is away
@@ -130,7 +132,9 @@ async def _outage(
     # Issued while the fault lasts (it is lifted only after this call ended): UNAVAILABLE, not a
     # wait for the deadline, which would be DEADLINE_EXCEEDED.
     with pytest.raises(RegistryError) as refused:
-        await probe.register_program("probe", dspy_state(name), "sig", f"0.0.{tally.kills}")
+        await probe.register_program(
+            "probe", program=dspy_state(name), signature_name="sig", version=f"0.0.{tally.kills}"
+        )
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value
     tally.codes[refused.value.code.name] += 1
     tally.operations += 1
@@ -160,7 +164,7 @@ async def test_postgres_faults_under_load(
         client = Registry.connect(server.address, token=token, timeout=DEADLINE, retries=3)
         probe = Registry.connect(server.address, token=token, timeout=DEADLINE, retries=0)
         async with client, probe:
-            await client.register_signature("sig", spec_proto(), "1.0.0")
+            await client.register_signature("sig", signature=spec_proto(), version="1.0.0")
             load = Load(client, tally)
             workers = [asyncio.create_task(load.writer(f"prog{i}")) for i in range(3)]
             workers += [asyncio.create_task(load.reader()) for _ in range(3)]
@@ -182,7 +186,9 @@ async def test_postgres_faults_under_load(
                 load.stop.set()
                 await asyncio.gather(*workers)
             # Recovered by itself: a write and a read with no retry needed.
-            await probe.register_program("probe", dspy_state("after"), "sig", "9.9.9")
+            await probe.register_program(
+                "probe", program=dspy_state("after"), signature_name="sig", version="9.9.9"
+            )
             assert (await probe.get_program_version("probe")).version == "9.9.9"
             for program, versions in load.acknowledged.items():
                 listed = [v.version async for v in client.list_versions(program)]
