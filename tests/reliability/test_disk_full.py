@@ -76,7 +76,7 @@ class Writes:
 
     async def check(self, client: Registry) -> None:
         """Every acknowledged version is listed, once; and readable."""
-        listed = [v.version async for v in client.list_versions("prog")]
+        listed = [v.version async for v in client.list_program_versions("prog")]
         self.tally.writes_checked = len(self.acknowledged)
         self.tally.lost = len(set(self.acknowledged) - set(listed))
         self.tally.duplicates = len(listed) - len(set(listed))

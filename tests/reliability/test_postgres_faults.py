@@ -191,7 +191,7 @@ async def test_postgres_faults_under_load(
             )
             assert (await probe.get_program_version("probe")).version == "9.9.9"
             for program, versions in load.acknowledged.items():
-                listed = [v.version async for v in client.list_versions(program)]
+                listed = [v.version async for v in client.list_program_versions(program)]
                 tally.writes_checked += len(versions)
                 tally.lost += len(set(versions) - set(listed))
                 tally.duplicates += len(listed) - len(set(listed))
