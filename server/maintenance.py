@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from .domain import webhooks
 from .errors import RegistryError
 from .store.base import Store
-from .store.sql import now_us
+from .store.sql import to_us
 
 log = logging.getLogger("dspy_registry.maintenance")
 
@@ -38,8 +39,10 @@ class Maintenance:
         event_retention: float = 24 * 3600.0,
         metrics_retention: float = 3600.0,
         interval: float = 600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.clock = clock
         self.request_retention = request_retention
         self.event_retention = event_retention
         self.metrics_retention = metrics_retention
@@ -47,13 +50,13 @@ class Maintenance:
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> None:
-        now = now_us()
+        now = self.clock()
         async with self.store.write() as tx:
-            await tx.prune_requests(now - int(self.request_retention * 1_000_000))
-            await tx.compact_events(now - int(self.event_retention * 1_000_000))
-            await tx.forget_silent_sidecars(datetime.now(UTC))
-            await tx.forget_metric_windows(datetime.now(UTC) - timedelta(seconds=self.metrics_retention))
-            await tx.forget_deliveries(datetime.now(UTC) - webhooks.DELIVERY_RETENTION)
+            await tx.prune_requests(to_us(now - timedelta(seconds=self.request_retention)))
+            await tx.compact_events(to_us(now - timedelta(seconds=self.event_retention)))
+            await tx.forget_silent_sidecars(now)
+            await tx.forget_metric_windows(now - timedelta(seconds=self.metrics_retention))
+            await tx.forget_deliveries(now - webhooks.DELIVERY_RETENTION)
 
     async def _loop(self) -> None:
         while True:

@@ -341,10 +341,12 @@ async def test_idempotency_records_older_than_the_retention_are_pruned(store: St
 
     async with store.write() as tx:
         await tx.put_request("p", "old", "M", "fp", b"first answer")
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.002)
+    boundary = datetime.now(UTC)  # older records go, newer stay: a clock set a retention past it
+    await asyncio.sleep(0.002)
     async with store.write() as tx:
         await tx.put_request("p", "new", "M", "fp", b"second answer")
-    await Maintenance(store, request_retention=0.025).run_once()
+    await Maintenance(store, request_retention=60, clock=lambda: boundary + timedelta(seconds=60)).run_once()
     async with store.read() as tx:
         assert await tx.get_request("p", "old") is None
         assert await tx.get_request("p", "new") is not None
@@ -357,10 +359,15 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
     for i in range(3):
         async with store.write() as tx:
             await tx.append([Event("old", f"r/{i}")])
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.002)
+    boundary = datetime.now(UTC)  # older events go, newer stay: a clock set a retention past it
+    await asyncio.sleep(0.002)
     async with store.write() as tx:
         await tx.append([Event("new", "r/9")])
-    await Maintenance(store, request_retention=3600, event_retention=0.025).run_once()
+    maintenance = Maintenance(
+        store, request_retention=3600, event_retention=60, clock=lambda: boundary + timedelta(seconds=60)
+    )
+    await maintenance.run_once()
     async with store.read() as tx:
         assert await tx.compacted_revision() == 3
         assert [e.revision for e in await tx.events_after(0)] == [4]
