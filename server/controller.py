@@ -14,13 +14,13 @@ version is UNHEALTHY and the policy allows it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from .background import Loop
 from .domain.model import Event
 from .usecases.deployments import Deployments
 
@@ -35,14 +35,14 @@ ANALYSIS_TICK_MAX_SECONDS = 1.0
 class Controller:
     def __init__(self, deployments: Deployments) -> None:
         self.deployments = deployments
-        self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
         self._analysed: dict[str, float] = {}  # deployment id -> when (monotonic) it was last analysed
         self.tick = ANALYSIS_TICK_MAX_SECONDS
+        self._steps = Loop("controller", self._step, idle=IDLE_SECONDS, floor=MIN_SECONDS, log=log)
+        self._analysis = Loop("analysis", self._analyse, idle=ANALYSIS_TICK_MAX_SECONDS, log=log)
 
     def poke(self) -> None:
         """Something changed (a deployment started): look again now."""
-        self._wake.set()
+        self._steps.poke()
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """Subscribed to the store: a deployment event may have brought a step closer."""
@@ -52,24 +52,13 @@ class Controller:
     async def run_once(self) -> int:
         return await self.deployments.reconcile()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                taken = await self.run_once()
-                if taken:
-                    log.info("controller took %d step(s)", taken)
-                next_due = await self.deployments.next_due()
-            except Exception:  # the loop outlives any one failure
-                log.warning("controller pass failed; retrying", exc_info=True)
-                next_due = None
-            delay = IDLE_SECONDS
-            if next_due is not None:
-                delay = min(IDLE_SECONDS, max(MIN_SECONDS, (next_due - datetime.now(UTC)).total_seconds()))
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+    async def _step(self) -> float | None:
+        """One pass of the controller: the steps due now; the seconds until the next one is due."""
+        taken = await self.run_once()
+        if taken:
+            log.info("controller took %d step(s)", taken)
+        next_due = await self.deployments.next_due()
+        return None if next_due is None else (next_due - datetime.now(UTC)).total_seconds()
 
     async def analyse_once(self) -> int:
         """Analyse each watched deployment whose interval has passed; how many were rolled back."""
@@ -91,22 +80,14 @@ class Controller:
                 log.warning("analysis of deployments/%s failed", deployment_id, exc_info=True)
         return rolled_back
 
-    async def _analysis_loop(self) -> None:
-        while True:
-            try:
-                await self.analyse_once()
-            except Exception:
-                log.warning("analysis pass failed; retrying", exc_info=True)
-            await asyncio.sleep(self.tick)
+    async def _analyse(self) -> float:
+        await self.analyse_once()
+        return self.tick
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._loop(), name="controller"),
-            asyncio.create_task(self._analysis_loop(), name="analysis"),
-        ]
+        self._steps.start()
+        self._analysis.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._steps.stop()
+        await self._analysis.stop()

@@ -17,13 +17,12 @@ than 7 days ago.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from .background import Loop
 from .domain import webhooks
-from .errors import RegistryError
 from .store.base import Store
 from .store.sql import to_us
 
@@ -47,7 +46,7 @@ class Maintenance:
         self.event_retention = event_retention
         self.metrics_retention = metrics_retention
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("maintenance", self.run_once, idle=interval, wait_first=True, log=log)
 
     async def run_once(self) -> None:
         now = self.clock()
@@ -58,19 +57,8 @@ class Maintenance:
             await tx.forget_metric_windows(now - timedelta(seconds=self.metrics_retention))
             await tx.forget_deliveries(now - webhooks.DELIVERY_RETENTION)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.run_once()
-            except RegistryError:
-                log.warning("maintenance failed; will retry", exc_info=True)
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="maintenance")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()

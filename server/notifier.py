@@ -35,6 +35,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from .background import Loop
 from .domain import webhooks
 from .domain.model import Event
 from .domain.webhooks import DeliveryState, Due, Network, Outcome
@@ -88,13 +89,12 @@ class Notifier:
         self.webhooks = webhooks_
         self.concurrency = concurrency
         self.timeout = timeout
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("webhook", self._pass, idle=IDLE_SECONDS, floor=MIN_SECONDS, log=log)
         self._attempts: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
     def poke(self) -> None:
-        self._wake.set()
+        self._loop.poke()
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """Subscribed to the store: a deployment event may have queued deliveries."""
@@ -125,21 +125,9 @@ class Notifier:
         self._attempts.discard(task)
         self.poke()  # room for another attempt
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()  # before the pass: a poke during it makes the next pass start at once
-            try:
-                next_due = await self.run_once()
-            except Exception:  # the loop outlives any one failure (e.g. the store is unreachable)
-                log.warning("webhook pass failed; retrying", exc_info=True)
-                next_due = None
-            delay = IDLE_SECONDS
-            if next_due is not None:
-                delay = min(IDLE_SECONDS, max(MIN_SECONDS, (next_due - datetime.now(UTC)).total_seconds()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+    async def _pass(self) -> float | None:
+        next_due = await self.run_once()
+        return None if next_due is None else (next_due - datetime.now(UTC)).total_seconds()
 
     # -- one attempt -----------------------------------------------------------------------------
 
@@ -209,15 +197,10 @@ class Notifier:
         self._session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
         )
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name="notifier", context=contextvars.Context()
-        )
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         if self._attempts:
             _, late = await asyncio.wait(set(self._attempts), timeout=STOP_GRACE_SECONDS)
             for task in late:  # their leases run out; a later start tries them again

@@ -16,12 +16,12 @@ notices the database's return while the store refuses every other call.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from .background import Loop
 from .store.base import AVAILABLE, Availability, Store
 
 log = logging.getLogger("dspy_registry.server")
@@ -51,23 +51,18 @@ class StoreHealth:
         self.interval = interval
         self.timeout = timeout
         self.current: Availability | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("store health", self._probe, idle=interval, wait_first=True, log=log)
 
     async def start(self) -> None:
         """Probe once now, so that the first statuses say what the store can do, then every interval."""
         await self.check()
-        self._task = asyncio.create_task(self._loop(), name="store-health")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.check()
+    async def _probe(self) -> None:
+        await self.check()
 
     async def check(self) -> Availability:
         """One probe; the statuses change (and a line is logged) only when what the store can do did."""

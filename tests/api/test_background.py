@@ -1,0 +1,65 @@
+"""The background loops: a poke during a pass is never lost; a store fault is one line, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from dspy_registry.server import controller as controller_module
+from dspy_registry.server.background import Loop
+from dspy_registry.server.controller import Controller
+from dspy_registry.server.domain.model import Event
+from dspy_registry.server.errors import StoreUnavailable
+from dspy_registry.server.store.base import Store
+from dspy_registry.server.usecases.deployments import Deployments
+from tests.eventually import until
+
+
+async def test_a_deployment_committed_during_a_pass_is_stepped_without_waiting_out_the_idle_delay(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controller_module, "IDLE_SECONDS", 60.0)  # nothing due: a pass a minute
+    passes: list[float] = []
+
+    class Observed(Controller):
+        async def run_once(self) -> int:
+            passes.append(time.monotonic())
+            if len(passes) == 1:  # a deployment commits while this pass runs
+                self.on_commit([Event("deployment.created", "deployments/d1", {}, 1)])
+            return await super().run_once()
+
+    controller = Observed(Deployments(store))
+    controller.start()
+    try:
+        # The commit's wake-up must survive the pass it arrived in: the next pass starts at once,
+        # not after the idle minute (it was cleared after the pass, and lost).
+        await until(lambda: len(passes) >= 2, "a second pass right after the first", seconds=10)
+    finally:
+        await controller.stop()
+
+
+async def test_a_store_fault_is_one_line_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    runs = 0
+
+    async def failing() -> float:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise StoreUnavailable("postgres unreachable: connection refused")
+        if runs == 2:
+            raise RuntimeError("a bug")
+        return 60.0
+
+    loop = Loop("probe", failing, idle=0.01, log=logging.getLogger("test.background"))
+    loop.start()
+    try:
+        await until(lambda: runs >= 3, "the loop to outlive its failures")
+    finally:
+        await loop.stop()
+    lines = [(r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "test.background"]
+    assert lines == [
+        ("probe pass failed; retrying: postgres unreachable: connection refused", False),
+        ("probe pass failed; retrying", True),
+    ]
