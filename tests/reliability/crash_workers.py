@@ -169,6 +169,7 @@ class Worker(threading.Thread):
         self.signature_majors = 1
         self.deployments: list[str] = []  # every deployment it created, rollbacks included
         self.grants: set[str] = set()
+        self.grants_revoked: set[str] = set()
         self.tokens_live: set[str] = set()
         self.tokens_revoked: set[str] = set()
         self._channels: dict[str, tuple[int, grpc.Channel]] = {}
@@ -396,6 +397,7 @@ class Worker(threading.Thread):
         request = apb.RevokePermissionRequest(name=name, request_id=new_request_id())
         if self.mutate("admin", "access", "RevokePermission", request) is not None:
             self.grants.discard(name)
+            self.grants_revoked.add(name)
 
     def create_token(self) -> None:
         request = apb.CreateTokenRequest(
