@@ -59,7 +59,7 @@ from tests.reliability.deploy_model import (
 )
 
 SECONDS = budget(30, 0.1)
-EXAMPLES = 40  # inside make test, the same every run: about 20 s on this machine, 30 s when it is busy
+EXAMPLES = 30  # inside make test, the same every run: about 15 s on this machine, 25 s when it is busy
 STEPS = 50
 HOUR_MS = 3_600_000  # a canary step's pause: the controller never moves the model's deployments
 POLICIES = {
