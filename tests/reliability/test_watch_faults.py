@@ -32,14 +32,17 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.test_watch_property import ENVIRONMENTS, PROGRAMS, REPLACE, VERSIONS, Watcher, check_watchers
+from tests.conftest import SKIP_POSTGRES, PostgresDatabases
 from tests.factories import dspy_state, spec_proto
 from tests.reliability.conftest import Tally, budget, soaking
 from tests.reliability.crash_workers import new_request_id
+from tests.reliability.pg_proxy import LaggingListenProxy
 from tests.reliability.servers import RETRYABLE, Restartable, current_revision
 
 SECONDS = budget(6, 0.05)  # per backend
 KILLS = 20 if soaking() else 3  # at least, per backend
 WATCHERS = 20
+RESUMES = 10
 
 
 class Fleet:
@@ -242,3 +245,63 @@ async def test_twenty_watchers_see_exactly_the_log_through_sigkilled_servers(
 def _revision(replica: Restartable) -> int:
     with replica.channel() as channel:
         return current_revision(channel)
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="a known defect in WatchTargets (server/api/watch.py): a start_revision ahead of this replica's hub "
+    "but not of the store is answered with a reset snapshot; remove this mark with the fix",
+)
+async def test_a_watcher_resuming_on_a_replica_that_hears_late_gets_changes_not_a_reset(
+    pg_databases: PostgresDatabases, tmp_path: Path, tally: Tally
+) -> None:
+    """What a watcher does when its replica dies: resume, on another replica, from the last revision it
+    saw. That replica hears of the revision through NOTIFY a moment later (here 0.3 s, through a proxy
+    that holds back its LISTEN connection); until then the revision is ahead of its hub but not of the
+    store, so the contract's answer is the changes after it, never a snapshot flagged `reset` (kept for
+    a revision compacted away, or one the store never had)."""
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    url = await pg_databases.create()
+    proxy = LaggingListenProxy(delay=0.3).start()
+    a = Restartable(url, tmp_path, "a")
+    b = Restartable(proxy.url(url), tmp_path, "b")
+    try:
+        await asyncio.to_thread(a.start)
+        await asyncio.to_thread(b.start)
+        resets = await asyncio.to_thread(_resume_after_writes, a, b, RESUMES)
+        tally.watch_events_checked += RESUMES
+    finally:
+        for replica in (a, b):
+            replica.ensure_dead()
+        proxy.stop()
+    assert not resets, f"{len(resets)} of {RESUMES} resumes right after a write were reset: {resets}"
+
+
+def _resume_after_writes(a: Restartable, b: Restartable, count: int) -> list[int]:
+    """Write on `a`, then at once watch on `b` from the revision written: the revisions answered with a
+    reset snapshot."""
+    assert a.current is not None
+    a.current.register("p", ["1.0.0", "1.1.0"])
+    resets = []
+    with a.channel() as on_a, b.channel() as on_b:
+        writes, watches = dpb_grpc.DeploymentServiceStub(on_a), dpb_grpc.DeploymentServiceStub(on_b)
+        for i in range(count):
+            written = writes.CreateDeployment(
+                dpb.CreateDeploymentRequest(
+                    program="p",
+                    version=VERSIONS[i % 2],
+                    environment="staging",
+                    strategy=REPLACE,
+                    supersede=True,
+                )  # fmt: skip
+            )
+            request = dpb.WatchTargetsRequest(start_revision=written.deployment.revision)
+            request.progress_interval.FromMilliseconds(50)  # the first message: progress, or the reset
+            stream = watches.WatchTargets(request, timeout=10)
+            first = next(stream)
+            stream.cancel()
+            if first.WhichOneof("kind") == "snapshot":
+                resets.append(written.deployment.revision)
+    return resets
