@@ -9,6 +9,9 @@ start spread over them, and a random replica is SIGKILLed and started again
 while the others serve; a watcher whose replica died resumes from the last
 revision it saw on any replica that is up. Deployments and rollbacks go on
 meanwhile, each asked again with its request_id when a kill ate the answer.
+
+The second test resumes watchers on a replica that hears of commits late (a
+proxy holds back its LISTEN connection), as one does right after a kill.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tests.reliability.servers import RETRYABLE, Restartable, current_revision
 SECONDS = budget(6, 0.05)  # per backend
 KILLS = 20 if soaking() else 3  # at least, per backend
 WATCHERS = 20
-RESUMES = 10
+RESUMES = 10  # watches opened right after a write, on the replica that hears of it late
 
 
 class Fleet:
