@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 
+from dspy_registry.server.domain.model import Event
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
@@ -84,6 +86,27 @@ class Watcher:
                 self.changes.append((m.revision, t.program, t.environment))
                 self.view[(t.program, t.environment)] = _state(t)
         self.last = m.revision
+
+
+def check_watchers(
+    watchers: Sequence[Watcher], log: Sequence[Event], snapshot: dpb.WatchTargetsResponse, seed: int
+) -> None:
+    """What each watcher saw is exactly the log's target changes it selects (nothing missed or repeated,
+    in order, a message per revision), and its view at the end is `snapshot`'s, a fresh one."""
+    updates = [
+        (e.revision, e.data["program"], e.data["environment"]) for e in log if e.kind == "target.updated"
+    ]
+    current = {(t.program, t.environment): _state(t) for t in snapshot.snapshot.targets}
+    for w in watchers:
+        after = w.base if w.base >= 0 else w.start
+        expected = [u for u in updates if u[0] > after and w.selects(u[1], u[2])]
+        assert w.changes == expected, (seed, w.program, w.environment, w.start)  # nothing missed or repeated
+        assert w.messages == sorted(set(w.messages))  # ordered, unique
+        selected = {k: v for k, v in current.items() if w.selects(*k)}
+        if w.base >= 0:  # from a snapshot: the whole selection
+            assert w.view == selected
+        else:  # from a revision: what changed since, as it is now
+            assert w.view == {k: selected[k] for k in w.view}
 
 
 async def _operate(server: list[Running], rng: random.Random, url: str, steps: int) -> None:
@@ -159,20 +182,7 @@ async def test_twenty_watchers_see_exactly_the_log_across_restarts(database_url:
         for running in server:
             await running.channel.close(None)
 
-    updates = [
-        (e.revision, e.data["program"], e.data["environment"]) for e in log if e.kind == "target.updated"
-    ]
-    current = {(t.program, t.environment): _state(t) for t in snapshot.snapshot.targets}
-    for w in watchers:
-        after = w.base if w.base >= 0 else w.start
-        expected = [u for u in updates if u[0] > after and w.selects(u[1], u[2])]
-        assert w.changes == expected, (seed, w.program, w.environment, w.start)  # nothing missed or repeated
-        assert w.messages == sorted(set(w.messages))  # ordered, unique
-        selected = {k: v for k, v in current.items() if w.selects(*k)}
-        if w.base >= 0:  # from a snapshot: the whole selection
-            assert w.view == selected
-        else:  # from a revision: what changed since, as it is now
-            assert w.view == {k: selected[k] for k in w.view}
+    check_watchers(watchers, log, snapshot, seed)
     assert any(w.base >= 0 for w in watchers) and any(w.base == -1 for w in watchers)
     assert all(w.streams >= 4 for w in watchers)  # each resumed across the four restarts
     assert sum(len(w.changes) for w in watchers) > 100

@@ -69,9 +69,9 @@ class ServerProcess:
                 )  # fmt: skip
                 registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(version)))
 
-    def channel(self) -> grpc.Channel:
-        """A channel whose calls authenticate as the bootstrap admin."""
-        token = self.token_file.read_text().strip()
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        """A channel whose calls authenticate with `token`, by default the bootstrap admin's."""
+        token = token or self.token_file.read_text().strip()
         return grpc.intercept_channel(grpc.insecure_channel(self.address), _Bearer(token))
 
     def start(self) -> ServerProcess:
@@ -121,7 +121,11 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
     def __init__(self, token: str) -> None:
         self.metadata = [("authorization", f"Bearer {token}")]
 
@@ -135,6 +139,9 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientIntercepto
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return continuation(self._details(details), requests)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
 
 
 class _Details(
