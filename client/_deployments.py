@@ -272,7 +272,7 @@ class DeploymentMethods(ClientBase):
         strategy: StrategyArgument = None,
         reason: str = "",
     ) -> dpb.Deployment:
-        """The seed's VersionManager#promote_version: puts `version` into `target_environment`.
+        """Puts `version` into `target_environment` (DSPy.rb's VersionManager#promote_version).
 
         The same as `create_deployment` with the environment's own strategy unless one is given.
         To advance a deployment already in progress, use `promote_deployment`.

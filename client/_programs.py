@@ -265,7 +265,7 @@ class ProgramMethods(ClientBase):
         return response.program_version
 
     async def get_latest_version(self, name: str) -> pb.ProgramVersion:
-        """The highest version that is neither yanked nor a pre-release (the seed's VersionManager).
+        """The highest version that is neither yanked nor a pre-release: what "latest" means.
 
         Args:
             name: The program, short or `programs/...`.
@@ -426,7 +426,7 @@ class ProgramMethods(ClientBase):
     async def compare_program_versions(
         self, name: str, base_version: str, target_version: str = "latest"
     ) -> pb.CompareProgramVersionsResponse:
-        """Two versions compared (CompareProgramVersions), as the seed's VersionComparator does.
+        """Two versions compared (CompareProgramVersions), with a recommendation.
 
         Args:
             name: The program, short or `programs/...`.

@@ -1,7 +1,7 @@
 """`python -m demo` (`make demo`): the registry's whole story in well under a minute, on a throwaway store.
 
 It starts `dspy-registry serve` on a free port with a SQLite file in a
-temporary directory, registers the seed's ClassifyText signature and two
+temporary directory, registers DSPy.rb's ClassifyText signature and two
 versions of a sentiment program (demo/program.py: a classifier that runs on
 its DSPy saved state, no language model), puts 1.0.0 in production, starts
 three serving pods (demo/pod.py, each embedding ProgramWatcher and answering
@@ -217,7 +217,7 @@ def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Pa
 
 
 def register(story: Story, admin: SyncRegistry) -> None:
-    story.step("Register the seed's ClassifyText signature and two versions of a sentiment program")
+    story.step("Register DSPy.rb's ClassifyText signature and two versions of a sentiment program")
     signature = admin.register_signature(
         SIGNATURE,
         signature=CLASSIFY_TEXT,

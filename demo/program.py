@@ -2,7 +2,7 @@
 
 A DSPy program's optimizer output is its predictors' demos and instructions;
 `dspy.Module.save("program.json")` writes them, and that file is what the
-registry stores. This program keeps the shape of the seed's ClassifyText
+registry stores. This program keeps the shape of DSPy.rb's ClassifyText
 predictor (`text` in; `sentiment` and `confidence` out) but, instead of
 prompting a model with its demos, learns a word lexicon from them: a word
 seen in positive demos pulls towards positive, in negative ones towards
@@ -29,7 +29,7 @@ PROGRAM = "sentiment_classifier"
 SIGNATURE = "text_classifier"
 LABELS = ("positive", "negative", "neutral")
 
-# The seed's ClassifyText signature, as a SignatureSpec in proto3 JSON.
+# DSPy.rb's ClassifyText signature, as a SignatureSpec in proto3 JSON.
 CLASSIFY_TEXT: dict[str, Any] = {
     "description": "Classify text sentiment with confidence scoring",
     "instructions": "Classify the sentiment of the text, with a confidence between 0 and 1.",

@@ -129,7 +129,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         default=env("DSPY_REGISTRY_CONFIG", ""),
         help="a TOML file defining environments, their policies and the deployment defaults "
-        "(as the seed's DSPy.configure block); applied at each start",
+        "(shaped like DSPy.rb's DSPy.configure block); applied at each start",
     )
     parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
     parser.add_argument(

@@ -144,7 +144,7 @@ class Unauthenticated(RegistryError):
 
 
 class PermissionDenied(RegistryError):
-    """The caller lacks `action` on `resource` (the seed's AccessDeniedError)."""
+    """The caller lacks `action` on `resource` (DSPy.rb calls it AccessDeniedError)."""
 
     reason = "PERMISSION_DENIED"
 

@@ -1,4 +1,4 @@
-"""The seed's REST routes (`--http-listen`): a thin JSON gateway in front of the gRPC services.
+"""The REST routes (`--http-listen`): a thin JSON gateway in front of the gRPC services.
 
 Every route calls the server's own gRPC services over a private channel,
 forwarding the caller's `Authorization` header as metadata, so that
@@ -6,7 +6,7 @@ authentication, the permission table, validation, errors, the audit and the
 access log are exactly those of the gRPC API (like grpc-gateway): this module
 decides nothing about who may do what. Requests are built as the proto
 messages; answers go out through protobuf's json_format with the proto field
-names (snake_case, as the seed's). A failed call becomes
+names (snake_case, as the routes' own fields are). A failed call becomes
 `{"error": {"code", "message", "details"}}` with the gRPC code's name, the
 google.rpc details as JSON and the HTTP status of `HTTP_STATUS`.
 

@@ -241,7 +241,7 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "dspy-registry REST routes",
         "version": "1",
-        "description": "The seed's REST routes, served by the gRPC services (same tokens, "
+        "description": "The REST routes, served by the gRPC services (same tokens, "
         "permissions and errors). Errors carry the gRPC code: INVALID_ARGUMENT 400, "
         "UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, ALREADY_EXISTS, ABORTED and "
         "FAILED_PRECONDITION 409, RESOURCE_EXHAUSTED 429, CANCELLED 499, UNIMPLEMENTED 501, "

@@ -135,7 +135,7 @@ def environment_proto(e: Environment) -> pb.Environment:
 
 
 def environment_from_proto(m: pb.Environment, name: str) -> Environment:
-    """The definition a request states; unset thresholds take the seed's defaults."""
+    """The definition a request states; unset thresholds take the defaults (environments.Thresholds)."""
     p, t = m.policy, m.policy.auto_rollback
     base = envs.Thresholds()
 

@@ -1,6 +1,6 @@
 """Access rules: actions, grants on names and globs, tokens, and who may do what.
 
-As in the seed's RegistryAccessControl, a principal holds actions on
+A principal holds actions on
 programs (and signatures, by name): `admin` implies every other action. A
 grant's resource is a name or a glob where `*` matches any run of
 characters (`sentiment_*`, `*`). Deny by default: no grant, no access.

@@ -1,4 +1,4 @@
-"""Comparing program versions and planning upgrades (the seed's VersionComparator)."""
+"""Comparing program versions and planning upgrades."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def higher_is_better(metric: str) -> bool:
 
 
 def performance_diff(base: dict[str, float], target: dict[str, float]) -> tuple[MetricDiff, ...]:
-    """Each metric both report, as the seed's compare_performance, never dividing by zero."""
+    """Each metric both report: the change and the change in percent, never dividing by zero."""
     diffs = []
     for metric in sorted(base.keys() & target.keys()):
         a, b = base[metric], target[metric]

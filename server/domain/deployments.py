@@ -407,8 +407,7 @@ def roll_back(
 ) -> tuple[Deployment, Target, Pinned]:
     """RollbackDeployment on `d`: what the target goes back to, and `d` ended ROLLED_BACK.
 
-    As the seed's DeploymentTracker#rollback: the previously deployed version
-    returns at once; an in-progress canary or blue-green drops its candidate.
+    The previously deployed version returns at once, whatever the strategy; an in-progress canary or blue-green drops its candidate.
     An automated rollback (`auto`) is noted as AUTO_ROLLBACK first, then ends
     the same way.
     """
@@ -445,8 +444,8 @@ def rollback_deployment(
     actor: str,
     now: datetime,
 ) -> Deployment:
-    """The deployment a rollback records: `back_to` put back at once (the seed's rollback is a
-    REPLACE), created and succeeded in one instant. What it replaced is what was stable just before
+    """The deployment a rollback records: `back_to` put back at once (a rollback is a
+    REPLACE: nobody waits on a canary to undo a bad version), created and succeeded in one instant. What it replaced is what was stable just before
     it (for a canary in progress, still the old version), never the unfinished candidate."""
     d = Deployment(
         id=new_id,

@@ -1,4 +1,4 @@
-"""Environments and their policies: the seed's Multi-Environment Setup.
+"""Environments and their policies: development, staging and production by default.
 
     development  auto_deploy, no validation, rollback enabled
     staging      validation, rollback enabled
@@ -7,7 +7,7 @@
 
 `position` orders environments along the promotion path. A TOML file
 (`dspy-registry serve --config registry.toml`) may redefine them and the
-deployment defaults, as the seed's `DSPy.configure` block does.
+deployment defaults (shaped like DSPy.rb's `DSPy.configure` block).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class CanaryStep:
 @dataclass(frozen=True)
 class StrategySpec:
     strategy: Strategy = Strategy.REPLACE
-    canary_steps: tuple[CanaryStep, ...] = (CanaryStep(10, 60.0),)  # the seed's canary_percent: 10
+    canary_steps: tuple[CanaryStep, ...] = (CanaryStep(10, 60.0),)  # one step at 10 %, then promotion
     step_deadline_seconds: float = 0.0  # 0: none
     auto_promote: bool = True  # blue-green: switch by itself once the green is staged
     promote_delay_seconds: float = 0.0
@@ -51,7 +51,7 @@ class StrategySpec:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The seed's AutoRollbackManager defaults."""
+    """When a deployed version is unhealthy, and so rolled back by itself: the defaults."""
 
     enabled: bool = True
     error_rate: float = 0.05
@@ -104,8 +104,8 @@ class Environment:
 
 
 def defaults() -> tuple[Environment, ...]:
-    """The seed's three environments."""
-    blue_green = StrategySpec(Strategy.BLUE_GREEN)  # the seed's deployment.default_strategy
+    """development, staging and production, with their default policies."""
+    blue_green = StrategySpec(Strategy.BLUE_GREEN)  # the default strategy but for development
     return (
         Environment(
             "development",
@@ -230,7 +230,7 @@ def _strategy(table: dict[str, Any], base: StrategySpec, where: str) -> Strategy
         if name not in _STRATEGIES:
             raise InvalidArgument.one(f"{where}.default_strategy", f"one of {sorted(_STRATEGIES)}")
         spec = replace(spec, strategy=_STRATEGIES[name])
-    if "canary_percent" in table:  # the seed's shorthand: one step, then promotion
+    if "canary_percent" in table:  # a shorthand: one step at that weight, then promotion
         pause = spec.canary_steps[0].pause_seconds
         spec = replace(spec, canary_steps=(CanaryStep(int(table["canary_percent"]), pause),))
     if "canary_steps" in table:
@@ -337,7 +337,7 @@ def _check_table(table: Any, allowed: dict[str, type | tuple[type, ...]], where:
 
 
 def load_toml(text: str) -> tuple[Environment, ...]:
-    """Environments from a TOML file shaped like the seed's configure block:
+    """Environments from a TOML file shaped like DSPy.rb's configure block:
 
         [deployment]                       # defaults for every environment below
         default_strategy = "blue_green"    # replace | blue_green | canary

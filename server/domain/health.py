@@ -1,8 +1,8 @@
 """Live health: sidecars' metric windows merged, and judged against an environment's thresholds.
 
-The seed's AutoRollbackManager checks three figures over a monitoring window
-— error rate, p95 latency and the accuracy drop against a baseline — and
-writes each violation in its own words. Here the figures come from windows
+A version is judged on three figures over a monitoring window — error
+rate, p95 latency and the accuracy drop against a baseline — and each
+violation is written out in words ("Error rate 0.12 exceeds threshold 0.05"). Here the figures come from windows
 that sidecars report (requests, errors, a latency histogram with fixed
 buckets, labelled feedback), merged across sidecars. A verdict needs
 `min_requests` requests; below that it is INCONCLUSIVE, never HEALTHY.
@@ -200,12 +200,12 @@ class Health:
 
 
 def _figure(x: float) -> str:
-    """A figure as the seed prints it: 0.12, 2300, 0.1 (no float noise)."""
+    """A figure as a person writes it: 0.12, 2300, 0.1 (no float noise)."""
     return f"{round(x, 4):g}"
 
 
 def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Thresholds) -> Health:
-    """The seed's three checks, with min_requests: too few requests is INCONCLUSIVE, not HEALTHY.
+    """The three checks, with min_requests: too few requests is INCONCLUSIVE, not HEALTHY.
 
     A violation is a violation once min_requests is reached. HEALTHY needs
     the error rate and p95 latency measured and within their thresholds.
@@ -251,7 +251,7 @@ def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Th
 def _check(metric: str, value: float | None, threshold: float, enough: bool, violation: str) -> Check:
     if value is None or not enough:
         return Check(metric, value, threshold, Verdict.INCONCLUSIVE, "")
-    if value > threshold:  # the seed's comparison: strictly above is a violation
+    if value > threshold:  # at the threshold is still within it: strictly above is a violation
         return Check(metric, value, threshold, Verdict.UNHEALTHY, violation)
     return Check(metric, value, threshold, Verdict.HEALTHY, "")
 

@@ -102,8 +102,8 @@ def bump(current: Version | None, change: int) -> str:
     """The next version after `current` for a change size (ChangeType value).
 
     With no current version the first release is 0.0.1, 0.1.0 or 1.0.0.
-    A pre-release is promoted the way the seed's VersionManager reads
-    MAJOR.MINOR.PATCH: its numbers are bumped and the pre-release dropped.
+    A pre-release is promoted by its MAJOR.MINOR.PATCH alone: those numbers
+    are bumped and the pre-release dropped (1.2.0-rc.1 + patch is 1.2.1).
     """
     base = current.info if current else semver.Version(0, 0, 0)
     if change == ChangeType.MAJOR:

@@ -281,7 +281,7 @@ class Deployments:
         etag: str,
         idem: Idempotency[tuple[Deployment, Deployment]] | None,
     ) -> tuple[Deployment, Deployment] | Replay:
-        """The seed's rollback: the previous version back at once, the original ROLLED_BACK, both linked."""
+        """A rollback: the previous version back at once, the original ROLLED_BACK, both linked."""
         async with self.store.write() as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
@@ -388,7 +388,7 @@ class Deployments:
     async def _auto_roll_back_in(
         self, tx: Records, d: Deployment, env: Environment, violations: list[str]
     ) -> bool:
-        """The seed's execute_auto_rollback, where the policy allows it; whether it rolled back."""
+        """Roll an unhealthy `d` back by itself, where the policy allows it; whether it rolled back."""
         policy = env.policy
         if not (policy.rollback_enabled and policy.auto_rollback.enabled) or d.previous_stable is None:
             return False
