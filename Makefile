@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup run test lint proto bench clean clients demo soak
+.PHONY: setup run test lint proto bench clean clients demo soak released-protos
 
 setup: $(STAMP) $(BUF)
 
@@ -39,6 +39,12 @@ lint: setup
 	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client -p tests -p bench -p demo
 	$(BIN)/mypy protos/generate.py
 	$(BUF) lint
+	$(BUF) breaking --against protos/released.binpb
+
+# The contract clients already hold (protos/released.binpb, what `make lint` checks breaking changes
+# against): rebuilt from the protos when a release is cut, never to make a breaking change pass.
+released-protos: $(BUF)
+	$(BUF) build --exclude-source-info -o protos/released.binpb
 
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
