@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.server.app import App
 from dspy_registry.server.config import Config
+from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.factories import spec_proto
@@ -27,6 +28,11 @@ class Running:
     registry: pb_grpc.RegistryServiceStub
     target: str
     admin_token: str
+
+    @property
+    def deployments(self) -> dpb_grpc.DeploymentServiceStub:
+        """DeploymentService over the admin's channel."""
+        return dpb_grpc.DeploymentServiceStub(self.channel)
 
     def channel_for(self, token: str | None) -> grpc.aio.Channel:
         """Another channel to this server, sending `token` (or nothing) with each call."""

@@ -17,6 +17,7 @@ from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.conftest import Running, register_signature, start
+from tests.calls import code_of
 from tests.factories import dspy_state
 
 REGISTRY = "/dspy_registry.v1.RegistryService/"
@@ -52,14 +53,6 @@ def _program(name: str, version: str) -> pb.RegisterProgramRequest:
     )
 
 
-async def _code(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Running) -> None:
     admin = apb_grpc.AccessServiceStub(server.channel)
     await register_signature(server.registry, name="sig")
@@ -78,10 +71,10 @@ async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Runnin
             ),
         ]
         for call in mutations:
-            assert await _code(call()) == grpc.StatusCode.OK
+            assert await code_of(call()) == grpc.StatusCode.OK
         # Reads are not audited.
         latest = pb.GetProgramVersionRequest(name="programs/sentiment_a/versions/latest")
-        assert await _code(bob.GetProgramVersion(latest)) == grpc.StatusCode.OK
+        assert await code_of(bob.GetProgramVersion(latest)) == grpc.StatusCode.OK
         denials = [
             lambda: bob.RegisterProgram(_program("ranker", "1.0.0")),
             lambda: bob.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/ranker/versions/1.0.0")),
@@ -93,7 +86,7 @@ async def test_audit_holds_exactly_the_mutations_and_the_refusals(server: Runnin
             ),
         ]
         for call in denials:
-            assert await _code(call()) == grpc.StatusCode.PERMISSION_DENIED
+            assert await code_of(call()) == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close(None)
     listed = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/bob"))
@@ -143,24 +136,24 @@ async def test_revocation_disabling_and_expiry_take_effect_at_once(server: Runni
         assert [t.secret_prefix for t in tokens.tokens] == [secret[: len(tokens.tokens[0].secret_prefix)]]
         assert all(not t.secret_prefix.endswith(secret[-8:]) for t in tokens.tokens)
         await admin.RevokeToken(apb.RevokeTokenRequest(name=tokens.tokens[0].name))
-        assert await _code(carol.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(carol.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
         fresh = await admin.CreateToken(apb.CreateTokenRequest(parent="principals/carol"))
         again = server.channel_for(fresh.secret)
         assert (
-            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
+            await code_of(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
         )
         await admin.DisablePrincipal(
             apb.DisablePrincipalRequest(name="principals/carol", reason="left the team")
         )
         assert (
-            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest()))
+            await code_of(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest()))
             == grpc.StatusCode.UNAUTHENTICATED
         )
         # No power for an account that was shut: enabling it comes first, then grants work again.
         admin_grant = apb.GrantPermissionRequest(
             principal="principals/carol", action=apb.ACTION_ADMIN, resource="*"
         )
-        assert await _code(admin.GrantPermission(admin_grant)) == grpc.StatusCode.FAILED_PRECONDITION
+        assert await code_of(admin.GrantPermission(admin_grant)) == grpc.StatusCode.FAILED_PRECONDITION
         assert not [
             g
             for g in (await admin.ListPermissions(apb.ListPermissionsRequest())).permissions
@@ -168,9 +161,9 @@ async def test_revocation_disabling_and_expiry_take_effect_at_once(server: Runni
         ]
         await admin.DisablePrincipal(apb.DisablePrincipalRequest(name="principals/carol", undo=True))
         assert (
-            await _code(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
+            await code_of(apb_grpc.AccessServiceStub(again).WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.OK
         )
-        assert await _code(admin.GrantPermission(admin_grant)) == grpc.StatusCode.OK
+        assert await code_of(admin.GrantPermission(admin_grant)) == grpc.StatusCode.OK
         await again.close(None)
     finally:
         await channel.close(None)
@@ -208,7 +201,7 @@ async def test_grants_are_idempotent_checkable_and_revocable(server: Running) ->
     bad = apb.GrantPermissionRequest(
         principal="principals/erin", action=apb.ACTION_READ, resource="Bad Glob!"
     )
-    assert await _code(admin.GrantPermission(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(admin.GrantPermission(bad)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_bootstrap_once_with_a_private_token_file_never_logged(
@@ -244,7 +237,7 @@ async def test_hostile_input_is_refused_and_still_audited(server: Running) -> No
     channel = server.channel_for(secret)
     try:
         probe = pb_grpc.RegistryServiceStub(channel).GetProgram(pb.GetProgramRequest(name="programs/a\x00b"))
-        assert await _code(probe) == grpc.StatusCode.PERMISSION_DENIED
+        assert await code_of(probe) == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close(None)
     events = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/frank"))
@@ -252,14 +245,14 @@ async def test_hostile_input_is_refused_and_still_audited(server: Running) -> No
     too_wild = apb.GrantPermissionRequest(
         principal="principals/frank", action=apb.ACTION_READ, resource="*a*a*a*b"
     )
-    assert await _code(admin.GrantPermission(too_wild)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(admin.GrantPermission(too_wild)) == grpc.StatusCode.INVALID_ARGUMENT
     forever = apb.CreateTokenRequest(parent="principals/frank")
     forever.ttl.seconds = 315_576_000_000
-    assert await _code(admin.CreateToken(forever)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(admin.CreateToken(forever)) == grpc.StatusCode.INVALID_ARGUMENT
     odd_type = apb.ListPrincipalsRequest(type=99)  # type: ignore[arg-type]
-    assert await _code(admin.ListPrincipals(odd_type)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(admin.ListPrincipals(odd_type)) == grpc.StatusCode.INVALID_ARGUMENT
     bad_id = apb.RevokeTokenRequest(name="principals/frank/tokens/x\x00")
-    assert await _code(admin.RevokeToken(bad_id)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(admin.RevokeToken(bad_id)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_flood_of_refusals_is_throttled_in_the_audit_log(server: Running) -> None:
@@ -267,7 +260,7 @@ async def test_a_flood_of_refusals_is_throttled_in_the_audit_log(server: Running
     try:
         stub = apb_grpc.AccessServiceStub(channel)
         for _ in range(30):
-            assert await _code(stub.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
+            assert await code_of(stub.WhoAmI(apb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await channel.close(None)
     admin = apb_grpc.AccessServiceStub(server.channel)

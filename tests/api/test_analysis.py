@@ -17,6 +17,7 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, details, register_signature
+from tests.calls import canary_strategy
 from tests.eventually import until as _eventually
 from tests.factories import dspy_state
 
@@ -50,30 +51,20 @@ async def ready(server: Running) -> Running:
     rules.analysis_interval.FromMilliseconds(200)
     rules.monitoring_window.FromSeconds(2)
     paths = ["policy.monitoring_required", "policy.auto_rollback"]
-    await _stub(server).UpdateEnvironment(
+    await server.deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(environment=env, update_mask=field_mask_pb2.FieldMask(paths=paths))
     )
     await _deploy(server, "1.0.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
     return server
 
 
-def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
-    return dpb_grpc.DeploymentServiceStub(server.channel)
-
-
 async def _deploy(server: Running, version: str, strategy: dpb.DeploymentStrategy) -> dpb.Deployment:
-    reply: dpb.CreateDeploymentResponse = await _stub(server).CreateDeployment(
+    reply: dpb.CreateDeploymentResponse = await server.deployments.CreateDeployment(
         dpb.CreateDeploymentRequest(
             program=PROGRAM, version=version, environment="staging", strategy=strategy
         )
     )
     return reply.deployment
-
-
-def _canary(weight: int, pause_seconds: float) -> dpb.DeploymentStrategy:
-    s = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
-    s.canary.steps.add(weight_percent=weight).pause.FromMilliseconds(int(pause_seconds * 1000))
-    return s
 
 
 def window(
@@ -104,19 +95,21 @@ def window(
 async def _report(
     server: Running, *windows: dpb.MetricWindow, sidecar: str = "pod-0"
 ) -> dpb.ReportMetricsResponse:
-    reply: dpb.ReportMetricsResponse = await _stub(server).ReportMetrics(
+    reply: dpb.ReportMetricsResponse = await server.deployments.ReportMetrics(
         dpb.ReportMetricsRequest(sidecar_id=sidecar, windows=windows)
     )
     return reply
 
 
 async def _get(server: Running, name: str) -> dpb.Deployment:
-    reply: dpb.GetDeploymentResponse = await _stub(server).GetDeployment(dpb.GetDeploymentRequest(name=name))
+    reply: dpb.GetDeploymentResponse = await server.deployments.GetDeployment(
+        dpb.GetDeploymentRequest(name=name)
+    )
     return reply.deployment
 
 
 async def _status(server: Running) -> dpb.GetDeploymentStatusResponse:
-    reply: dpb.GetDeploymentStatusResponse = await _stub(server).GetDeploymentStatus(
+    reply: dpb.GetDeploymentStatusResponse = await server.deployments.GetDeploymentStatus(
         dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
     )
     return reply
@@ -183,9 +176,11 @@ async def test_bad_windows_are_refused_by_field_and_unknown_targets_dropped(read
 
 
 async def test_a_regression_during_a_canary_rolls_back_by_itself_in_the_seeds_words(ready: Running) -> None:
-    events = _stub(ready).WatchEvents(dpb.WatchEventsRequest(kinds=[dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK]))
+    events = ready.deployments.WatchEvents(
+        dpb.WatchEventsRequest(kinds=[dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK])
+    )
     await events.read()  # the snapshot: the stream is live
-    canary = await _deploy(ready, "1.1.0", _canary(20, 30))
+    canary = await _deploy(ready, "1.1.0", canary_strategy((20, 30)))
     await _report(ready, window("1.0.0", 80), window("1.1.0", MIN_REQUESTS, errors=4))  # 20 % errors
     await _eventually(lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the rollback")
     ended = await _get(ready, canary.name)
@@ -214,7 +209,7 @@ async def test_latency_and_accuracy_regressions_roll_back_a_completed_deployment
     assert reason.startswith("Auto-rollback: P95 latency ") and reason.endswith("ms exceeds threshold 2000ms")
 
     # Accuracy against the previous stable measured beside the canary: 0.9 live, 0.7 for 1.2.0.
-    canary = await _deploy(ready, "1.2.0", _canary(50, 30))
+    canary = await _deploy(ready, "1.2.0", canary_strategy((50, 30)))
     await _report(
         ready,
         window("1.0.0", MIN_REQUESTS, correct=18, labelled=20),
@@ -233,7 +228,7 @@ async def _state_is(server: Running, name: str, state: int) -> bool:
 
 
 async def test_a_monitored_canary_step_passes_only_on_a_healthy_verdict(ready: Running) -> None:
-    canary = await _deploy(ready, "1.1.0", _canary(30, 0.3))
+    canary = await _deploy(ready, "1.1.0", canary_strategy((30, 0.3)))
     await asyncio.sleep(0.6)  # past the pause, but no traffic yet: it waits
     waiting = await _get(ready, canary.name)
     assert waiting.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and waiting.weight_percent == 30
@@ -249,7 +244,7 @@ async def test_a_monitored_canary_step_passes_only_on_a_healthy_verdict(ready: R
 
 
 async def test_a_canary_with_too_little_traffic_pauses_for_a_person(ready: Running) -> None:
-    canary = await _deploy(ready, "1.1.0", _canary(10, 0.2))
+    canary = await _deploy(ready, "1.1.0", canary_strategy((10, 0.2)))
 
     async def trickle() -> None:  # a request every 0.3 s: about 7 in the 2 s window, never 20
         while True:
@@ -269,7 +264,7 @@ async def test_a_canary_with_too_little_traffic_pauses_for_a_person(ready: Runni
     assert held.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and held.weight_percent == 10
     assert (await _status(ready)).verdict == dpb.HEALTH_VERDICT_INCONCLUSIVE
     # A person decides: promote resumes it (to 100 %, the last step).
-    await _stub(ready).PromoteDeployment(dpb.PromoteDeploymentRequest(name=canary.name))
+    await ready.deployments.PromoteDeployment(dpb.PromoteDeploymentRequest(name=canary.name))
     assert (await _get(ready, canary.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
 
 
@@ -282,10 +277,10 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
     analysis = ready.app.controller.deployments
     for attempt in range(6):
         version = "1.1.0" if attempt % 2 == 0 else "1.2.0"
-        canary = await _deploy(ready, version, _canary(50, 30))
+        canary = await _deploy(ready, version, canary_strategy((50, 30)))
         await _report(ready, window(version, MIN_REQUESTS, errors=MIN_REQUESTS), sidecar=f"race-{attempt}")
         # Both at once: the controller's analysis (called directly, so it surely races) and a person.
-        manual = _stub(ready).RollbackDeployment(
+        manual = ready.deployments.RollbackDeployment(
             dpb.RollbackDeploymentRequest(name=canary.name, reason="by hand")
         )
         results: list[object] = await asyncio.gather(
@@ -300,7 +295,7 @@ async def test_a_manual_rollback_racing_the_automatic_one_makes_exactly_one(read
             assert automatic is False and ended.timeline[-1].reason == "by hand"
         assert ended.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
         assert [e.kind for e in ended.timeline].count(dpb.DEPLOYMENT_EVENT_KIND_ROLLED_BACK) == 1
-        rollbacks = await _stub(ready).ListDeployments(
+        rollbacks = await ready.deployments.ListDeployments(
             dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging", page_size=100)
         )
         assert [d.rolled_back_deployment for d in rollbacks.deployments].count(canary.name) == 1
@@ -313,14 +308,14 @@ async def test_an_unhealthy_canary_whose_old_version_is_yanked_pauses_and_others
     await ready.registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.0.0", reason="leaks data")
     )
-    stuck = await _deploy(ready, "1.1.0", _canary(50, 0.1))
+    stuck = await _deploy(ready, "1.1.0", canary_strategy((50, 0.1)))
     await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
     await _eventually(lambda: _paused(ready, stuck.name), "paused instead of rolled back")
     assert (await _get(ready, stuck.name)).pause_reason.startswith("Error rate 1 exceeds threshold 0.05")
     # The controller still takes other deployments' steps.
-    other = await _stub(ready).CreateDeployment(
+    other = await ready.deployments.CreateDeployment(
         dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.2.0", environment="development", strategy=_canary(50, 0.1)
+            program=PROGRAM, version="1.2.0", environment="development", strategy=canary_strategy((50, 0.1))
         )
     )
     await _eventually(
@@ -329,7 +324,7 @@ async def test_an_unhealthy_canary_whose_old_version_is_yanked_pauses_and_others
 
 
 async def test_a_redeployed_version_is_judged_only_on_traffic_since_its_deployment(ready: Running) -> None:
-    first = await _deploy(ready, "1.1.0", _canary(50, 30))
+    first = await _deploy(ready, "1.1.0", canary_strategy((50, 30)))
     await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
     await _eventually(
         lambda: _state_is(ready, first.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the first rollback"
@@ -368,7 +363,7 @@ async def test_reporting_metrics_takes_the_right_to_roll_back(ready: Running) ->
 async def test_without_monitoring_required_a_completed_deployment_is_not_watched(ready: Running) -> None:
     env = dpb.Environment(name="environments/staging")
     env.policy.monitoring_required = False
-    await _stub(ready).UpdateEnvironment(
+    await ready.deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(
             environment=env, update_mask=field_mask_pb2.FieldMask(paths=["policy.monitoring_required"])
         )
@@ -383,7 +378,7 @@ async def test_without_monitoring_required_a_completed_deployment_is_not_watched
 async def test_a_rollback_is_not_itself_rolled_back_when_the_old_version_is_unhealthy_too(
     ready: Running,
 ) -> None:
-    canary = await _deploy(ready, "1.1.0", _canary(50, 30))
+    canary = await _deploy(ready, "1.1.0", canary_strategy((50, 30)))
     await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
     await _eventually(lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the rollback")
     rollback = (await _get(ready, canary.name)).rollback_deployment

@@ -4,7 +4,6 @@ promotion order, auto-deploy, rollback, supersede, yanked versions, concurrent d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature
+from tests.calls import canary_strategy, code_of
 from tests.eventually import until as _eventually
 from tests.factories import dspy_state
 
@@ -44,25 +44,6 @@ async def ready(server: Running) -> Running:
     return server
 
 
-def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
-    return dpb_grpc.DeploymentServiceStub(server.channel)
-
-
-async def _code(call: Awaitable[object]) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
-def _canary(*steps: tuple[int, float]) -> dpb.DeploymentStrategy:
-    s = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
-    for weight, pause in steps:
-        s.canary.steps.add(weight_percent=weight).pause.FromNanoseconds(int(pause * 1e9))
-    return s
-
-
 async def _served(server: Running, environment: str) -> str:
     response = await server.registry.GetProgramVersion(
         pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment=environment)
@@ -72,7 +53,7 @@ async def _served(server: Running, environment: str) -> str:
 
 async def test_registration_auto_deploys_to_development(ready: Running) -> None:
     assert await _served(ready, "development") == "1.1.0"
-    listed = await _stub(ready).ListDeployments(
+    listed = await ready.deployments.ListDeployments(
         dpb.ListDeploymentsRequest(program=PROGRAM, environment="development")
     )
     assert [d.version for d in listed.deployments] == ["1.1.0", "1.0.0"]
@@ -83,7 +64,7 @@ async def test_registration_auto_deploys_to_development(ready: Running) -> None:
 
 
 async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     replace = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
             program=PROGRAM, version="1.0.0", environment="staging",
@@ -109,7 +90,10 @@ async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
     await _register(ready, "1.2.0", accuracy=0.95)
     canary = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.2.0", environment="staging", strategy=_canary((10, 0.2), (50, 0.2))
+            program=PROGRAM,
+            version="1.2.0",
+            environment="staging",
+            strategy=canary_strategy((10, 0.2), (50, 0.2)),
         )
     )
     status = await deploy.GetDeploymentStatus(
@@ -145,10 +129,10 @@ async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
 
 
 async def test_approvals_promotion_order_and_the_requester(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     early = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="production")
     assert (
-        await _code(deploy.CreateDeployment(early)) == grpc.StatusCode.FAILED_PRECONDITION
+        await code_of(deploy.CreateDeployment(early)) == grpc.StatusCode.FAILED_PRECONDITION
     )  # not in staging yet
     await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
@@ -164,7 +148,9 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
         dpb.DEPLOYMENT_EVENT_KIND_CREATED, dpb.DEPLOYMENT_STATE_PENDING_APPROVAL, 0,
     )  # fmt: skip
     mine = dpb.ApproveDeploymentRequest(name=pending.name)
-    assert await _code(deploy.ApproveDeployment(mine)) == grpc.StatusCode.FAILED_PRECONDITION  # self-approval
+    assert (
+        await code_of(deploy.ApproveDeployment(mine)) == grpc.StatusCode.FAILED_PRECONDITION
+    )  # self-approval
     admin = apb_grpc.AccessServiceStub(ready.channel)
     await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="carol", principal=apb.Principal()))
     await admin.GrantPermission(
@@ -187,14 +173,16 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
         dpb.DEPLOYMENT_EVENT_KIND_APPROVED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 1, "principals/carol", "looks good",
     )  # fmt: skip
     again = dpb.ApproveDeploymentRequest(name=pending.name)
-    assert await _code(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION  # not pending
+    assert (
+        await code_of(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION
+    )  # not pending
 
 
 async def test_validation_yanked_versions_and_unknown_environments(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     await _register(ready, "1.3.0", accuracy=0.80)  # below production's 0.85, but staging does not care
     to_staging = dpb.CreateDeploymentRequest(
-        program=PROGRAM, version="1.3.0", environment="staging", strategy=_canary((10, 60))
+        program=PROGRAM, version="1.3.0", environment="staging", strategy=canary_strategy((10, 60))
     )
     await deploy.CreateDeployment(to_staging)
     await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=(await deploy.ListDeployments(
@@ -202,23 +190,23 @@ async def test_validation_yanked_versions_and_unknown_environments(ready: Runnin
     await ready.registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.3.0", reason="bad demos")
     )
-    assert await _code(deploy.CreateDeployment(to_staging)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await code_of(deploy.CreateDeployment(to_staging)) == grpc.StatusCode.FAILED_PRECONDITION
     nowhere = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="nowhere")
-    assert await _code(deploy.CreateDeployment(nowhere)) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(deploy.CreateDeployment(nowhere)) == grpc.StatusCode.NOT_FOUND
     missing = dpb.CreateDeploymentRequest(program=PROGRAM, version="9.9.9", environment="staging")
-    assert await _code(deploy.CreateDeployment(missing)) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(deploy.CreateDeployment(missing)) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_one_deployment_in_progress_per_target_unless_superseded(ready: Running) -> None:
-    deploy = _stub(ready)
-    slow = _canary((10, 60), (50, 60))
+    deploy = ready.deployments
+    slow = canary_strategy((10, 60), (50, 60))
     first = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=slow)
     )
     second = dpb.CreateDeploymentRequest(
         program=PROGRAM, version="1.1.0", environment="staging", strategy=slow
     )
-    assert await _code(deploy.CreateDeployment(second)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await code_of(deploy.CreateDeployment(second)) == grpc.StatusCode.FAILED_PRECONDITION
     second.supersede = True
     replacing = await deploy.CreateDeployment(second)
     old = (await deploy.GetDeployment(dpb.GetDeploymentRequest(name=first.deployment.name))).deployment
@@ -236,14 +224,14 @@ async def test_one_deployment_in_progress_per_target_unless_superseded(ready: Ru
 
 
 async def test_rollback_as_the_seed_does_it(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
     first = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
     )
     nothing = dpb.RollbackDeploymentRequest(name=first.deployment.name, reason="try")
     assert (
-        await _code(deploy.RollbackDeployment(nothing)) == grpc.StatusCode.FAILED_PRECONDITION
+        await code_of(deploy.RollbackDeployment(nothing)) == grpc.StatusCode.FAILED_PRECONDITION
     )  # no previous
     second = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
@@ -269,11 +257,11 @@ async def test_rollback_as_the_seed_does_it(ready: Running) -> None:
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
     )
     refused = dpb.RollbackDeploymentRequest(name=third.deployment.name)
-    assert await _code(deploy.RollbackDeployment(refused)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await code_of(deploy.RollbackDeployment(refused)) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     status = await deploy.GetDeploymentStatus(
         dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="development")
     )
@@ -288,7 +276,7 @@ async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(read
         )
         for _ in range(16)
     ]  # fmt: skip
-    codes = await asyncio.gather(*(_code(c) for c in calls))
+    codes = await asyncio.gather(*(code_of(c) for c in calls))
     assert sorted(c.name for c in codes) == ["ABORTED"] * 15 + ["OK"]
     unguarded = [
         deploy.CreateDeployment(
@@ -298,12 +286,14 @@ async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(read
         )
         for _ in range(4)
     ]
-    assert {c.name for c in await asyncio.gather(*(_code(c) for c in unguarded))} == {"OK"}  # they serialize
+    assert {c.name for c in await asyncio.gather(*(code_of(c) for c in unguarded))} == {
+        "OK"
+    }  # they serialize
 
 
 async def test_deploy_rollback_and_approve_need_their_own_actions(ready: Running) -> None:
-    deploy = _stub(ready)
-    slow = _canary((10, 60), (50, 60))
+    deploy = ready.deployments
+    slow = canary_strategy((10, 60), (50, 60))
     d = (
         await deploy.CreateDeployment(
             dpb.CreateDeploymentRequest(
@@ -322,12 +312,12 @@ async def test_deploy_rollback_and_approve_need_their_own_actions(ready: Running
         reader = dpb_grpc.DeploymentServiceStub(channel)
         assert (await reader.GetDeployment(dpb.GetDeploymentRequest(name=d.name))).deployment.name == d.name
         denied = grpc.StatusCode.PERMISSION_DENIED
-        assert await _code(reader.PromoteDeployment(dpb.PromoteDeploymentRequest(name=d.name))) == denied
-        assert await _code(reader.AbortDeployment(dpb.AbortDeploymentRequest(name=d.name))) == denied
-        assert await _code(reader.RollbackDeployment(dpb.RollbackDeploymentRequest(name=d.name))) == denied
-        assert await _code(reader.ApproveDeployment(dpb.ApproveDeploymentRequest(name=d.name))) == denied
+        assert await code_of(reader.PromoteDeployment(dpb.PromoteDeploymentRequest(name=d.name))) == denied
+        assert await code_of(reader.AbortDeployment(dpb.AbortDeploymentRequest(name=d.name))) == denied
+        assert await code_of(reader.RollbackDeployment(dpb.RollbackDeploymentRequest(name=d.name))) == denied
+        assert await code_of(reader.ApproveDeployment(dpb.ApproveDeploymentRequest(name=d.name))) == denied
         create = dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging")
-        assert await _code(reader.CreateDeployment(create)) == denied
+        assert await code_of(reader.CreateDeployment(create)) == denied
     finally:
         await channel.close(None)
     listed = await admin.ListAuditEvents(
@@ -337,7 +327,7 @@ async def test_deploy_rollback_and_approve_need_their_own_actions(ready: Running
 
 
 async def test_a_refused_auto_deploy_leaves_the_registration_standing(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     env = dpb.Environment(name="environments/development")
     env.policy.validation_required = True
     env.policy.validation.min_metrics["accuracy"] = 0.99
@@ -358,7 +348,7 @@ async def test_a_refused_auto_deploy_leaves_the_registration_standing(ready: Run
 
 
 async def test_review_cases_rollbacks_after_aborts_and_of_rollbacks(ready: Running) -> None:
-    deploy = _stub(ready)
+    deploy = ready.deployments
     replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
     first = (await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
@@ -368,7 +358,7 @@ async def test_review_cases_rollbacks_after_aborts_and_of_rollbacks(ready: Runni
     )).deployment  # fmt: skip
     canary = (await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.0.0", environment="staging", strategy=_canary((10, 60), (50, 60))
+            program=PROGRAM, version="1.0.0", environment="staging", strategy=canary_strategy((10, 60), (50, 60))
         )
     )).deployment  # fmt: skip
     await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=canary.name, reason="changed my mind"))
@@ -382,23 +372,23 @@ async def test_review_cases_rollbacks_after_aborts_and_of_rollbacks(ready: Runni
 
 
 async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Running) -> None:
-    deploy = _stub(ready)
-    forever = _canary((10, 1e11))
+    deploy = ready.deployments
+    forever = canary_strategy((10, 1e11))
     huge = dpb.CreateDeploymentRequest(
         program=PROGRAM, version="1.0.0", environment="staging", strategy=forever
     )
-    assert await _code(deploy.CreateDeployment(huge)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(deploy.CreateDeployment(huge)) == grpc.StatusCode.INVALID_ARGUMENT
     kindless = dpb.DeploymentStrategy()
     kindless.canary.steps.add(weight_percent=10)
     vague = dpb.CreateDeploymentRequest(
         program=PROGRAM, version="1.0.0", environment="staging", strategy=kindless
     )
-    assert await _code(deploy.CreateDeployment(vague)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(deploy.CreateDeployment(vague)) == grpc.StatusCode.INVALID_ARGUMENT
     through_list = dpb.UpdateEnvironmentRequest(
         environment=dpb.Environment(name="environments/staging"),
         update_mask=field_mask_pb2.FieldMask(paths=["policy.default_strategy.canary.steps.weight_percent"]),
     )
-    assert await _code(deploy.UpdateEnvironment(through_list)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(deploy.UpdateEnvironment(through_list)) == grpc.StatusCode.INVALID_ARGUMENT
     # Production, pending approval; the version is yanked meanwhile: the approval is refused.
     replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
     await deploy.CreateDeployment(
@@ -417,7 +407,7 @@ async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Runn
     pending = (await deploy.CreateDeployment(guarded)).deployment
     assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and first.name != pending.name
     # A pending deployment moves the target's etag too: the same expectation now loses.
-    assert await _code(deploy.CreateDeployment(guarded)) == grpc.StatusCode.ABORTED
+    assert await code_of(deploy.CreateDeployment(guarded)) == grpc.StatusCode.ABORTED
     await ready.registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.1.0", reason="found a bug")
     )
@@ -433,6 +423,6 @@ async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Runn
         approve = dpb_grpc.DeploymentServiceStub(channel).ApproveDeployment(
             dpb.ApproveDeploymentRequest(name=pending.name)
         )
-        assert await _code(approve) == grpc.StatusCode.FAILED_PRECONDITION
+        assert await code_of(approve) == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await channel.close(None)

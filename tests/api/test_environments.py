@@ -11,14 +11,9 @@ from google.protobuf import field_mask_pb2
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from tests.api.conftest import Running, start, violations
+from tests.calls import refusal
 
 PRODUCTION = "environments/production"
-
-
-async def _code(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    return err.value
 
 
 async def test_the_seeds_environments_exist_by_default(server: Running) -> None:
@@ -60,7 +55,7 @@ async def test_update_with_a_mask_and_an_etag(server: Running) -> None:
     )
     assert updated.policy.approval_required and updated.policy.required_predecessors == ["staging"]  # kept
     assert updated.etag != prod.etag and updated.revision > prod.revision
-    stale = await _code(
+    stale = await refusal(
         deployments.UpdateEnvironment(
             dpb.UpdateEnvironmentRequest(environment=change, update_mask=mask, etag=prod.etag)
         )
@@ -77,7 +72,7 @@ async def test_creating_and_refusing_definitions(server: Running) -> None:
     lab.policy.default_strategy.strategy = dpb.STRATEGY_CANARY
     lab.policy.default_strategy.canary.steps.add(weight_percent=5).pause.seconds = 30
     lab.policy.default_strategy.canary.steps.add(weight_percent=50).pause.seconds = 60
-    missing = await _code(deployments.UpdateEnvironment(dpb.UpdateEnvironmentRequest(environment=lab)))
+    missing = await refusal(deployments.UpdateEnvironment(dpb.UpdateEnvironmentRequest(environment=lab)))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     created = await deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(environment=lab, allow_missing=True)
@@ -86,14 +81,14 @@ async def test_creating_and_refusing_definitions(server: Running) -> None:
     bad = dpb.Environment(name="environments/bad", position=9)
     bad.policy.approval_required = True
     bad.policy.required_predecessors.append("nowhere")
-    refused = await _code(
+    refused = await refusal(
         deployments.UpdateEnvironment(dpb.UpdateEnvironmentRequest(environment=bad, allow_missing=True))
     )
     assert violations(refused) == {
         "environment.policy.required_approvals",
         "environment.policy.required_predecessors[0]",
     }
-    wrong_mask = await _code(
+    wrong_mask = await refusal(
         deployments.UpdateEnvironment(
             dpb.UpdateEnvironmentRequest(
                 environment=lab, update_mask=field_mask_pb2.FieldMask(paths=["etag"])

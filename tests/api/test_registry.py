@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.conftest import Running, details, register_signature, start, violations
+from tests.calls import refusal
 from tests.factories import dspy_state, spec_proto
 
 Stub = pb_grpc.RegistryServiceStub
@@ -47,12 +48,6 @@ def program_request(
     )
 
 
-async def _code(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    return err.value
-
-
 # -- signatures ---------------------------------------------------------------------------
 
 
@@ -77,7 +72,7 @@ async def test_register_get_and_list_signatures(server: Running) -> None:
 async def test_semver_guard_refuses_too_small_a_bump_and_names_each_breaking_change(registry: Stub) -> None:
     await register_signature(registry)
     narrower = spec_proto(outputs=("positive",))
-    err = await _code(
+    err = await refusal(
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(signature="text_classifier", version="1.1.0", spec=narrower)
         )
@@ -149,7 +144,7 @@ async def test_same_version_same_digest_is_a_no_op_other_digest_already_exists(r
     first = await registry.RegisterProgram(program_request("1.0.0"))
     again = await registry.RegisterProgram(program_request("1.0.0"))
     assert not again.created and again.program_version == first.program_version
-    err = await _code(registry.RegisterProgram(program_request("1.0.0", artifact=dspy_state("different"))))
+    err = await refusal(registry.RegisterProgram(program_request("1.0.0", artifact=dspy_state("different"))))
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
     assert details(err)["ResourceInfo"].resource_name == "programs/sentiment_classifier/versions/1.0.0"  # type: ignore[attr-defined]
 
@@ -176,7 +171,7 @@ async def test_bad_input_names_every_bad_field_and_writes_nothing(registry: Stub
         "1.0", name="Bad Name", performance={"accuracy": float("nan")}, labels={"Team": "x"}
     )
     request.spec.media_type = "not a media type"
-    err = await _code(registry.RegisterProgram(request))
+    err = await refusal(registry.RegisterProgram(request))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(err) == {
         "spec.program",
@@ -185,16 +180,16 @@ async def test_bad_input_names_every_bad_field_and_writes_nothing(registry: Stub
         "spec.labels['Team']",
         "spec.performance['accuracy']",
     }
-    not_dspy = await _code(registry.RegisterProgram(program_request("1.0.0", artifact=b'{"metadata": {}}')))
+    not_dspy = await refusal(registry.RegisterProgram(program_request("1.0.0", artifact=b'{"metadata": {}}')))
     assert violations(not_dspy) == {"artifact"}
     listed = await registry.ListPrograms(pb.ListProgramsRequest())
     assert listed.total_size == 0
 
 
 async def test_unknown_signature_is_not_found_by_name(registry: Stub) -> None:
-    err = await _code(registry.RegisterProgram(program_request("1.0.0")))
+    err = await refusal(registry.RegisterProgram(program_request("1.0.0")))
     assert err.code() == grpc.StatusCode.NOT_FOUND and SIG in (err.details() or "")
-    missing = await _code(
+    missing = await refusal(
         registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/nope/versions/1.0.0"))
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
@@ -213,7 +208,7 @@ async def test_the_same_request_id_eight_times_at_once_gives_one_version_and_ide
     )
     assert versions.total_size == 1
     reused = program_request("", change_type=pb.CHANGE_TYPE_MAJOR, request_id="retry-me")
-    err = await _code(registry.RegisterProgram(reused))
+    err = await refusal(registry.RegisterProgram(reused))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err) == {"request_id"}
 
 
@@ -229,9 +224,9 @@ async def test_list_programs_filters_pages_and_counts(registry: Stub) -> None:
         pb.ListProgramsRequest(page_size=2, labels={"team": "ml_platform"}, page_token=first.next_page_token)
     )
     assert [p.name for p in rest.programs] == ["programs/sentiment_2"] and rest.next_page_token == ""
-    foreign = await _code(registry.ListPrograms(pb.ListProgramsRequest(page_token=first.next_page_token)))
+    foreign = await refusal(registry.ListPrograms(pb.ListProgramsRequest(page_token=first.next_page_token)))
     assert violations(foreign) == {"page_token"}
-    negative = await _code(registry.ListPrograms(pb.ListProgramsRequest(page_size=-1)))
+    negative = await refusal(registry.ListPrograms(pb.ListProgramsRequest(page_size=-1)))
     assert violations(negative) == {"page_size"}
 
 
@@ -272,7 +267,7 @@ async def test_compare_versions_and_upgrade_path(registry: Stub) -> None:
     assert path.steps[1].compatibility.level == pb.COMPATIBILITY_LEVEL_BREAKING
     assert path.steps[1].breaking_changes == ["outputs.sentiment: enum value 'mixed' removed"]
     assert any("accuracy regression" in t for t in path.steps[1].recommended_tests)
-    backwards = await _code(
+    backwards = await refusal(
         registry.GetUpgradePath(
             pb.GetUpgradePathRequest(
                 program="programs/sentiment_classifier", from_version="1.2.0", to_version="1.0.0"
@@ -286,7 +281,7 @@ async def test_yank_keeps_the_version_moves_latest_and_checks_the_etag(registry:
     await register_signature(registry)
     await registry.RegisterProgram(program_request("1.0.0"))
     second = (await registry.RegisterProgram(program_request("1.1.0"))).program_version
-    stale = await _code(
+    stale = await refusal(
         registry.YankProgramVersion(
             pb.YankProgramVersionRequest(name=second.name, reason="regressed", etag="rev-1")
         )
@@ -309,7 +304,7 @@ async def test_yank_keeps_the_version_moves_latest_and_checks_the_etag(registry:
         pb.ListProgramVersionsRequest(parent="programs/sentiment_classifier")
     )
     assert [(v.version, v.yanked) for v in listed.program_versions] == [("1.1.0", True), ("1.0.0", False)]
-    no_reason = await _code(registry.YankProgramVersion(pb.YankProgramVersionRequest(name=second.name)))
+    no_reason = await refusal(registry.YankProgramVersion(pb.YankProgramVersionRequest(name=second.name)))
     assert violations(no_reason) == {"reason"}
 
 
@@ -334,7 +329,7 @@ async def _upload(
 async def test_upload_a_large_artifact_and_stream_it_back_in_chunks(registry: Stub) -> None:
     await register_signature(registry)
     data = dspy_state("big", pad=5 * 1024 * 1024)  # above the 4 MiB unary limit
-    too_big = await _code(registry.RegisterProgram(program_request("3.0.0", artifact=data)))
+    too_big = await refusal(registry.RegisterProgram(program_request("3.0.0", artifact=data)))
     assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     uploaded = await _upload(registry, data, "3.0.0")
     digest = uploaded.program_version.artifact.digest
@@ -351,7 +346,7 @@ async def test_upload_a_large_artifact_and_stream_it_back_in_chunks(registry: St
     assert received == data and max(sizes) <= 1 << 20 and len(sizes) == 6
     assert "sha256:" + hashlib.sha256(received).hexdigest() == digest
     elsewhere = registry.GetArtifact(pb.GetArtifactRequest(program="programs/other", digest=digest))
-    err = await _code(elsewhere.read())
+    err = await refusal(elsewhere.read())
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -360,12 +355,12 @@ async def test_upload_beyond_the_limit_is_refused_and_stores_nothing(database_ur
     try:
         await register_signature(running.registry)
         data = dspy_state("big", pad=300 * 1024)
-        err = await _code(_upload(running.registry, data, "1.0.0", chunk=64 * 1024))
+        err = await refusal(_upload(running.registry, data, "1.0.0", chunk=64 * 1024))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         listed = await running.registry.ListPrograms(pb.ListProgramsRequest())
         assert listed.total_size == 0
         wrong = data[:1000]
-        bad_digest = await _code(_upload(running.registry, wrong + b" ", "1.0.0"))
+        bad_digest = await refusal(_upload(running.registry, wrong + b" ", "1.0.0"))
         assert bad_digest.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await running.channel.close(None)
@@ -373,7 +368,7 @@ async def test_upload_beyond_the_limit_is_refused_and_stores_nothing(database_ur
 
 
 async def test_an_environment_that_serves_nothing_is_not_found(registry: Stub) -> None:
-    err = await _code(
+    err = await refusal(
         registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/x", environment="production"))
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND and "serves no version" in (err.details() or "")
@@ -407,7 +402,7 @@ async def test_semver_guard_and_prereleases_and_backports(registry: Stub) -> Non
         ok = await register_signature(registry, version=version, outputs=narrower)
         assert ok.previous_version == "1.0.0" and ok.compatibility == pb.COMPATIBILITY_LEVEL_BREAKING
     # A pre-release of a minor may not.
-    err = await _code(
+    err = await refusal(
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(
                 signature="text_classifier", version="1.1.0-rc.1", spec=spec_proto(outputs=narrower)
@@ -419,7 +414,7 @@ async def test_semver_guard_and_prereleases_and_backports(registry: Stub) -> Non
     await register_signature(registry, version="1.0.1", instructions="Terser.")
     # … but 1.1.0 adding an enum value would make 1.1.0 -> 1.2.0 breaking once 1.2.0 exists.
     await register_signature(registry, version="1.2.0", outputs=("positive", "negative", "neutral", "mixed"))
-    backport = await _code(
+    backport = await refusal(
         registry.RegisterSignature(
             pb.RegisterSignatureRequest(
                 signature="text_classifier",
@@ -436,16 +431,16 @@ async def test_odd_input_is_invalid_argument_never_internal(registry: Stub) -> N
 
     await register_signature(registry)
     newline = program_request("1.0.0", name="abc\n")
-    assert violations(await _code(registry.RegisterProgram(newline))) == {"spec.program"}
+    assert violations(await refusal(registry.RegisterProgram(newline))) == {"spec.program"}
     nan = program_request("1.0.0")
     nan.spec.metadata.update({"score": float("nan")})
-    assert violations(await _code(registry.RegisterProgram(nan))) == {"spec.metadata"}
+    assert violations(await refusal(registry.RegisterProgram(nan))) == {"spec.metadata"}
     deep = program_request("1.0.0", artifact=b"[" * 100_000)
-    assert violations(await _code(registry.RegisterProgram(deep))) == {"artifact"}
+    assert violations(await refusal(registry.RegisterProgram(deep))) == {"artifact"}
     spaced = program_request("1.0.0", request_id="has space")
-    assert violations(await _code(registry.RegisterProgram(spaced))) == {"request_id"}
+    assert violations(await refusal(registry.RegisterProgram(spaced))) == {"request_id"}
     upper = pb.ListProgramsRequest(name_prefix="SENT")
-    assert violations(await _code(registry.ListPrograms(upper))) == {"name_prefix"}
+    assert violations(await refusal(registry.ListPrograms(upper))) == {"name_prefix"}
     await registry.RegisterProgram(program_request("1.0.0"))
     await registry.RegisterProgram(program_request("1.0.1"))
     first = await registry.ListProgramVersions(
@@ -456,8 +451,8 @@ async def test_odd_input_is_invalid_argument_never_internal(registry: Stub) -> N
         raw = json.dumps({"a": forged_after, "q": fingerprint}).encode()
         token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         forged = pb.ListProgramVersionsRequest(parent="programs/sentiment_classifier", page_token=token)
-        assert violations(await _code(registry.ListProgramVersions(forged))) == {"page_token"}
+        assert violations(await refusal(registry.ListProgramVersions(forged))) == {"page_token"}
     control = pb.YankProgramVersionRequest(
         name="programs/sentiment_classifier/versions/1.0.0", reason="bad\x00"
     )
-    assert violations(await _code(registry.YankProgramVersion(control))) == {"reason"}
+    assert violations(await refusal(registry.YankProgramVersion(control))) == {"reason"}

@@ -11,7 +11,6 @@ from google.protobuf import field_mask_pb2
 
 from dspy_registry.client.watcher import ProgramWatcher
 from dspy_registry.v1 import deployment_pb2 as dpb
-from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature
 from tests.factories import dspy_state
@@ -33,7 +32,7 @@ async def ready(server: Running) -> Running:
     env.policy.auto_rollback.enabled = True
     env.policy.auto_rollback.min_requests = 50
     env.policy.auto_rollback.analysis_interval.FromMilliseconds(200)
-    await _stub(server).UpdateEnvironment(
+    await server.deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(
             environment=env, update_mask=field_mask_pb2.FieldMask(paths=["policy.auto_rollback"])
         )
@@ -42,12 +41,8 @@ async def ready(server: Running) -> Running:
     return server
 
 
-def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
-    return dpb_grpc.DeploymentServiceStub(server.channel)
-
-
 async def _deploy(server: Running, version: str, strategy: dpb.DeploymentStrategy) -> dpb.Deployment:
-    reply: dpb.CreateDeploymentResponse = await _stub(server).CreateDeployment(
+    reply: dpb.CreateDeploymentResponse = await server.deployments.CreateDeployment(
         dpb.CreateDeploymentRequest(
             program=PROGRAM, version=version, environment="staging", strategy=strategy
         )
@@ -70,7 +65,7 @@ async def test_measured_calls_and_feedback_reach_the_status(ready: Running) -> N
             watcher.feedback(PROGRAM, correct=i % 3 != 0, routing_key=f"user-{i}")
         assert await watcher.report_metrics()
 
-        status = await _stub(ready).GetDeploymentStatus(
+        status = await ready.deployments.GetDeploymentStatus(
             dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="staging")
         )
         [stable] = status.health
@@ -119,7 +114,7 @@ async def test_a_regression_the_watcher_measured_is_rolled_back_and_it_serves_th
         await watcher.wait_for(lambda w: w.serving(PROGRAM).candidate is None, timeout=15)
         stop.set()
         await running
-        ended = await _stub(ready).GetDeployment(dpb.GetDeploymentRequest(name=rollout.name))
+        ended = await ready.deployments.GetDeployment(dpb.GetDeploymentRequest(name=rollout.name))
         assert ended.deployment.state == dpb.DEPLOYMENT_STATE_ROLLED_BACK
         assert ended.deployment.timeline[-1].reason.startswith("Auto-rollback: Error rate 0.")
         assert "1.1.0" in served and watcher.get(PROGRAM).version == "1.0.0"

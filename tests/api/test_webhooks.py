@@ -20,7 +20,6 @@ from dspy_registry.server.domain import webhooks
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import deployment_pb2 as dpb
-from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start, violations
 from tests.eventually import until as _eventually
@@ -50,10 +49,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-def _stub(server: Running) -> dpb_grpc.DeploymentServiceStub:
-    return dpb_grpc.DeploymentServiceStub(server.channel)
-
-
 def _webhook(
     url: str,
     *kinds: dpb.DeploymentEventKind,
@@ -70,7 +65,7 @@ def _webhook(
 
 
 async def _create(server: Running, webhook_id: str, webhook: dpb.Webhook) -> dpb.Webhook:
-    response = await _stub(server).CreateWebhook(
+    response = await server.deployments.CreateWebhook(
         dpb.CreateWebhookRequest(webhook_id=webhook_id, webhook=webhook)
     )
     created: dpb.Webhook = response.webhook
@@ -102,7 +97,7 @@ async def _program(
 async def _deploy(
     server: Running, version: str, environment: str = "staging", program: str = "sentiment"
 ) -> None:
-    await _stub(server).CreateDeployment(
+    await server.deployments.CreateDeployment(
         dpb.CreateDeploymentRequest(
             program=program, version=version, environment=environment, strategy=REPLACE
         )
@@ -110,7 +105,7 @@ async def _deploy(
 
 
 async def _deliveries(server: Running, webhook: str, *states: dpb.DeliveryState) -> list[dpb.WebhookDelivery]:
-    response = await _stub(server).ListWebhookDeliveries(
+    response = await server.deployments.ListWebhookDeliveries(
         dpb.ListWebhookDeliveriesRequest(parent=webhook, states=list(states), page_size=1000)
     )
     return list(response.deliveries)
@@ -130,7 +125,7 @@ async def _settled(server: Running, webhook: str) -> list[dpb.WebhookDelivery]:
 
 
 async def test_create_list_and_delete_webhooks(allowing: Running, receiver: Receiver) -> None:
-    deploy = _stub(allowing)
+    deploy = allowing.deployments
     first = await _create(
         allowing,
         "alerts",
@@ -188,7 +183,7 @@ async def test_create_list_and_delete_webhooks(allowing: Running, receiver: Rece
 
 
 async def test_bad_webhooks_are_refused_field_by_field_and_change_nothing(server: Running) -> None:
-    deploy = _stub(server)
+    deploy = server.deployments
     cases: list[tuple[str, dpb.Webhook, set[str]]] = [
         ("ok", _webhook(""), {"webhook.url"}),
         ("ok", _webhook("ftp://203.0.113.9/hook"), {"webhook.url"}),
@@ -238,7 +233,7 @@ REFUSED = [
 
 
 async def test_private_link_local_and_loopback_addresses_are_refused(server: Running) -> None:
-    deploy = _stub(server)
+    deploy = server.deployments
     for url in REFUSED:
         err = await _refused(
             deploy.CreateWebhook(dpb.CreateWebhookRequest(webhook_id="w", webhook=_webhook(url)))
@@ -272,7 +267,7 @@ async def _watched_events(server: Running, after: int) -> dict[str, dpb.Deployme
     """Every deployment event after revision `after`, as WatchEvents streams them, until caught up."""
     interval = duration_pb2.Duration()
     interval.FromMilliseconds(100)
-    stream = _stub(server).WatchEvents(
+    stream = server.deployments.WatchEvents(
         dpb.WatchEventsRequest(start_revision=after, progress_interval=interval)
     )
     out: dict[str, dpb.DeploymentEvent] = {}
@@ -324,7 +319,7 @@ async def test_every_event_arrives_signed_as_watch_events_streams_it(
 
     names, token, sizes = [], "", []
     while True:
-        page = await _stub(allowing).ListWebhookDeliveries(
+        page = await allowing.deployments.ListWebhookDeliveries(
             dpb.ListWebhookDeliveriesRequest(parent="webhooks/all", page_size=4, page_token=token)
         )
         names += [d.name for d in page.deliveries]
@@ -425,7 +420,7 @@ async def test_deleting_a_webhook_cancels_its_pending_deliveries(
         return len(receiver.got) >= 2  # both events' first attempts
 
     await _eventually(tried)
-    await _stub(allowing).DeleteWebhook(dpb.DeleteWebhookRequest(name="webhooks/doomed"))
+    await allowing.deployments.DeleteWebhook(dpb.DeleteWebhookRequest(name="webhooks/doomed"))
     seen = len(receiver.got)
     await asyncio.sleep(2.5)  # past the retries that were due
     assert len(receiver.got) <= seen + 2  # at most an attempt already in flight

@@ -25,6 +25,7 @@ from google.protobuf import field_mask_pb2
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.calls import canary_strategy
 from tests.e2e.conftest import ROOT, ServerProcess
 from tests.eventually import eventually as _eventually
 
@@ -93,12 +94,6 @@ def _in_state(fleet: Fleet, name: str, state: int) -> bool:
     return fleet.get(name).state == state
 
 
-def _canary(weight: int, pause_seconds: float) -> dpb.DeploymentStrategy:
-    s = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
-    s.canary.steps.add(weight_percent=weight).pause.FromMilliseconds(int(pause_seconds * 1000))
-    return s
-
-
 @pytest.fixture
 def fleet(serve: type[ServerProcess], tmp_path: Path) -> Iterator[Fleet]:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
@@ -164,7 +159,7 @@ def test_ten_injected_regressions_roll_back_fast_and_the_fleet_follows(fleet: Fl
         kind = list(REGRESSIONS)[n % 3]
         fleet.behave({version: REGRESSIONS[kind]})
         started = time.time()
-        rollout = fleet.deploy(version, _canary(50, 60))
+        rollout = fleet.deploy(version, canary_strategy((50, 60)))
         _eventually(partial(_in_state, fleet, rollout.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), kind)
         ended = fleet.get(rollout.name)
         rolled_back_at = ended.timeline[-1].time.ToNanoseconds() / 1e9
@@ -188,7 +183,7 @@ def test_ten_injected_regressions_roll_back_fast_and_the_fleet_follows(fleet: Fl
 def test_thirty_healthy_canaries_pass_and_one_with_too_little_traffic_pauses(fleet: Fleet) -> None:
     _policy(fleet, analysis_seconds=0.25, window_seconds=30)
     for n in range(11, 41):
-        rollout = fleet.deploy(f"1.{n}.0", _canary(50, 0.1))
+        rollout = fleet.deploy(f"1.{n}.0", canary_strategy((50, 0.1)))
         ended = partial(_in_state, fleet, rollout.name, dpb.DEPLOYMENT_STATE_IN_PROGRESS)
         _eventually(lambda: not ended(), "the canary ended")  # noqa: B023 - called before the loop moves on
         assert fleet.get(rollout.name).state == dpb.DEPLOYMENT_STATE_SUCCEEDED, fleet.get(
@@ -203,7 +198,7 @@ def test_thirty_healthy_canaries_pass_and_one_with_too_little_traffic_pauses(fle
     _policy(fleet, analysis_seconds=0.25, window_seconds=2)
     fleet.behave({}, think_ms=1000)
     time.sleep(1.5)  # the pods slow down
-    rollout = fleet.deploy("1.41.0", _canary(5, 0.1))
+    rollout = fleet.deploy("1.41.0", canary_strategy((5, 0.1)))
     _eventually(lambda: fleet.get(rollout.name).paused, "the canary paused", seconds=15)
     held = fleet.get(rollout.name)
     assert held.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and held.pause_reason.startswith(
