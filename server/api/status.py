@@ -2,14 +2,15 @@
 
 Details follow google.rpc error_details: BadRequest field violations for
 INVALID_ARGUMENT, PreconditionFailure for FAILED_PRECONDITION, ResourceInfo
-for NOT_FOUND / ALREADY_EXISTS, and an ErrorInfo (reason, domain) on every
+for NOT_FOUND / ALREADY_EXISTS, RetryInfo when waiting helps (a limit that
+frees up, a server that stops), and an ErrorInfo (reason, domain) on every
 error, so that clients branch on fields, never on message text.
 """
 
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -27,6 +28,7 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreError: grpc.StatusCode.INTERNAL,
 }
@@ -91,5 +93,9 @@ def to_status(exc: errors.RegistryError) -> grpc.Status:
                 )
             )
         )
+    if exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
     return rpc_status.to_status(proto)
