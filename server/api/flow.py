@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -158,16 +159,26 @@ class Stream:
         self.sending_since = 0.0  # time.monotonic() when the send in progress began; 0.0 between sends
         self.ending: RegistryError | None = None  # why the stream ends, once something ended it
 
-    async def send(self, context: Context, message: Any) -> None:
-        if self.ending is not None:
-            raise self.ending
-        self.sending_since = time.monotonic()
+    async def pump(
+        self, context: Context, messages: AsyncIterator[Any], before_first: Callable[[], None] | None = None
+    ) -> None:
+        """Send every message of `messages` (`before_first()` before the first); raise why the stream
+        was ended, if something ended it."""
+        # One coroutine for the whole stream, not one per message: this is the fan-out's hot path.
         try:
-            await context.write(message)
+            async for message in messages:
+                if before_first is not None:
+                    before_first()
+                    before_first = None
+                if self.ending is not None:
+                    raise self.ending
+                self.sending_since = time.monotonic()
+                await context.write(message)
+                self.sending_since = 0.0
         except asyncio.CancelledError:
-            if self.ending is None or self.task is None:
+            if self.ending is None or not self.sending_since or self.task is None:
                 raise  # the client went away, or the server cancels every call
-            # end() interrupted the send: the stream ends with its error, not as cancelled.
+            # end() interrupted a send: the stream ends with its error, not as cancelled.
             self.task.uncancel()
             raise self.ending from None
         finally:

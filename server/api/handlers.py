@@ -205,11 +205,13 @@ def _server_streaming(admission: _Admission, behavior: Behavior, gate: Gate, str
             current = await admission.authenticate(context)
             await admission.authorize(current, request)
             items = behavior(request, context)
+
+            def check_first() -> None:  # the servicer authorizes its resource before it sends
+                if rule.by_servicer and not current.authorized:
+                    raise RuntimeError(f"{method} streamed without authorizing its resource")
+
             try:
-                async for item in items:
-                    if rule.by_servicer and not current.authorized:
-                        raise RuntimeError(f"{method} streamed without authorizing its resource")
-                    await stream.send(context, item)
+                await stream.pump(context, items, check_first)
             finally:
                 await items.aclose()  # now, not when collected: a watch leaves its hub
         except asyncio.CancelledError:
