@@ -49,18 +49,25 @@ async def _running(tmp_path: Path, **config: Any) -> AsyncIterator[Running]:
         await running.app.stop(grace=0)
 
 
+class Kept:
+    """The server's access log (one JSON line per finished call), kept in memory."""
+
+    def __init__(self) -> None:
+        self.lines = io.StringIO()
+        self.log = AccessLog(self.lines)
+
+
 @pytest.fixture
-def access_log(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """The server's access log (one JSON line per finished call), kept here."""
-    lines = io.StringIO()
-    monkeypatch.setattr(handlers, "ACCESS_LOG", AccessLog(lines))
-    return lines
+def access_log(monkeypatch: pytest.MonkeyPatch) -> Kept:
+    kept = Kept()
+    monkeypatch.setattr(handlers, "ACCESS_LOG", kept.log)
+    return kept
 
 
-def _finished(lines: io.StringIO, method: str) -> list[str]:
+def _finished(kept: Kept, method: str) -> list[str]:
     """The codes of the calls of `method` that have ended so far."""
-    handlers.ACCESS_LOG.flush()
-    parsed = [json.loads(line) for line in lines.getvalue().splitlines()]
+    kept.log.flush()
+    parsed = [json.loads(line) for line in kept.lines.getvalue().splitlines()]
     return [line["code"] for line in parsed if line["method"] == method]
 
 
@@ -125,17 +132,17 @@ async def _deploy_and_follow(
 def _quota(err: grpc.aio.AioRpcError) -> str:
     quota = details(err).get("QuotaFailure")
     assert isinstance(quota, error_details_pb2.QuotaFailure), err
-    return quota.violations[0].subject
+    return str(quota.violations[0].subject)
 
 
 def _retry_seconds(err: grpc.aio.AioRpcError) -> float:
     retry = details(err).get("RetryInfo")
     assert isinstance(retry, error_details_pb2.RetryInfo), f"no retry hint in {err}"
-    return retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return float(retry.retry_delay.ToNanoseconds()) / 1e9
 
 
 async def test_a_watcher_whose_client_reads_nothing_is_cut_after_the_send_timeout(
-    tmp_path: Path, access_log: io.StringIO
+    tmp_path: Path, access_log: Kept
 ) -> None:
     async with _running(tmp_path, send_timeout_seconds=0.5) as server:
         deploy = await _setup(server)
@@ -163,7 +170,7 @@ async def test_a_watcher_whose_client_reads_nothing_is_cut_after_the_send_timeou
 
 
 async def test_a_stalled_watcher_is_cut_at_once_when_its_queue_overflows(
-    tmp_path: Path, access_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, access_log: Kept, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its queue fills while its stream waits in a send: cut then, not when the send returns."""
     monkeypatch.setattr(watch, "QUEUE_SIZE", 4)
@@ -204,7 +211,7 @@ async def test_watch_streams_and_calls_beyond_the_limits_are_refused_with_a_retr
 
         async def another_watch_opens() -> bool:
             try:
-                return (await _watch(deploy).read()).WhichOneof("kind") == "snapshot"
+                return bool((await _watch(deploy).read()).WhichOneof("kind") == "snapshot")
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 return False

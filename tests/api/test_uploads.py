@@ -62,6 +62,26 @@ async def _upload(
     return response
 
 
+async def _probe(server: Running, data: bytes) -> grpc.aio.AioRpcError:
+    """An upload of the header alone: RESOURCE_EXHAUSTED when no slot is free, else INVALID_ARGUMENT
+    for the bytes it lacks. (Only the header: grpc.aio reports INTERNAL rather than the server's
+    status when the server answers a client stream it is still writing, grpc/grpc#36066.)"""
+    call = server.registry.UploadProgram()
+    await call.write(_header("9.9.9", data))
+    await call.done_writing()
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError("an upload without its bytes was accepted")
+
+
+async def _slot_free(server: Running, data: bytes) -> bool:
+    err = await _probe(server, data)
+    assert err.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT), err
+    return err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_uploads_beyond_the_cap_are_refused_with_a_retry_hint(database_url: str) -> None:
     async with _running(database_url, max_concurrent_uploads=2) as server:
         data = dspy_state("big", pad=300 * 1024)
@@ -73,17 +93,14 @@ async def test_uploads_beyond_the_cap_are_refused_with_a_retry_hint(database_url
             held.append(call)
 
         async def third_refused() -> bool:
-            try:
-                await _upload(server, "1.2.0", data)
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                quota = details(err)["QuotaFailure"]
-                retry = details(err)["RetryInfo"]
-                assert isinstance(quota, error_details_pb2.QuotaFailure)
-                assert isinstance(retry, error_details_pb2.RetryInfo)
-                assert quota.violations[0].subject == "concurrent_uploads" and retry.retry_delay.seconds > 0
-                return True
-            raise AssertionError("a third upload ran beside two others")
+            err = await _probe(server, data)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            quota = details(err)["QuotaFailure"]
+            retry = details(err)["RetryInfo"]
+            assert isinstance(quota, error_details_pb2.QuotaFailure)
+            assert isinstance(retry, error_details_pb2.RetryInfo)
+            assert quota.violations[0].subject == "concurrent_uploads" and retry.retry_delay.seconds > 0
+            return True
 
         await until(third_refused, "a third upload was refused")
         first = held[0]
@@ -92,14 +109,8 @@ async def test_uploads_beyond_the_cap_are_refused_with_a_retry_hint(database_url
         assert (await first).created
         held[1].cancel()
 
-        async def third_accepted() -> bool:
-            try:
-                return (await _upload(server, "1.2.0", data)).created
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                return False
-
-        await until(third_accepted, "an upload ran once the others had ended")
+        await until(lambda: _slot_free(server, data), "a slot was free once the others had ended")
+        assert (await _upload(server, "1.2.0", data)).created
         found = await server.registry.GetProgramVersion(
             pb.GetProgramVersionRequest(name="programs/big/versions/1.2.0")
         )
@@ -172,14 +183,8 @@ async def test_a_failed_or_abandoned_upload_leaves_nothing_behind(database_url: 
         abandoned.cancel()
         assert await _stored(server) == before
 
-        async def slot_free() -> bool:  # the abandoned upload gave its one slot back
-            try:
-                return (await _upload(server, "1.0.0", data)).created
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                return False
-
-        await until(slot_free, "the abandoned upload's slot was free again")
+        await until(lambda: _slot_free(server, data), "the abandoned upload's slot was free again")
+        assert (await _upload(server, "1.0.0", data)).created
         artifacts, chunks = await _stored(server)
         assert (artifacts, chunks) == (before[0] + 1, before[1] + 3)
         received = b""
