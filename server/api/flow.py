@@ -176,9 +176,10 @@ class Stream:
                 await context.write(message)
                 self.sending_since = 0.0
         except asyncio.CancelledError:
-            if self.ending is None or not self.sending_since or self.task is None:
+            if self.ending is None or self.task is None:
                 raise  # the client went away, or the server cancels every call
-            # end() interrupted a send: the stream ends with its error, not as cancelled.
+            # end() interrupted a send (or, had the send just returned, the wait for the next
+            # message): the stream ends with its error, not as cancelled.
             self.task.uncancel()
             raise self.ending from None
         finally:
