@@ -53,6 +53,7 @@ SERVICES = (
 # Room for the request's other fields around a 4 MiB unary artifact.
 MAX_MESSAGE = UNARY_ARTIFACT_LIMIT + 256 * 1024
 RECEIVE_WINDOW = 4 * 1024 * 1024  # bytes of a stream's requests grpc holds unread (server_options)
+MIN_CLIENT_PING_MS = 10_000  # the keepalive interval the README asks of clients, at least
 # On stop, once every call let in has ended: how long no new call must have come before grpc stops
 # (see Gate.quiet), and how long grpc may then take to send the last statuses before it cancels
 # what is left (streams whose client reads nothing: nothing else would end them).
@@ -301,9 +302,13 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
         ("grpc.server.max_pending_requests", 20_000),
         ("grpc.server.max_pending_requests_hard_limit", 30_000),
         # Watch streams sit idle for long: let clients keep them alive with pings
-        # every 10 s or more, even with no call in flight ...
+        # every 10 s or more, even with no call in flight ... The server takes them from
+        # half that, so that a ping a busy server reads late does not make the next one
+        # early. (This option was spelt min_recv_ping_interval_without_data_ms, which grpc
+        # ignores: its default, 5 minutes, closed idle watch streams pinged every 10 s with
+        # GOAWAY "too many pings" at their third ping.)
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS // 2),
         ("grpc.http2.max_ping_strikes", 2),
         # ... and find dead clients by pinging every 60 s, closing after 20 s without an answer.
         ("grpc.keepalive_time_ms", 60_000),

@@ -55,6 +55,7 @@ class Cycle:
     refused: list[str] = field(default_factory=list)  # versions whose registration was UNAVAILABLE
     watch_messages: int = 0
     watch_ends: list[tuple[str, str]] = field(default_factory=list)  # (code, details)
+    watch_ended_after: list[float] = field(default_factory=list)  # seconds from the SIGTERM
 
     def outcome(self, code: str) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
@@ -101,6 +102,8 @@ async def _watcher(stream: Any, cycle: Cycle) -> None:
         cycle.watch_ends.append(("OK", "ended without a status"))
     except grpc.aio.AioRpcError as err:
         cycle.watch_ends.append((err.code().name, err.details() or ""))
+    if cycle.signalled:
+        cycle.watch_ended_after.append(time.monotonic() - cycle.signalled)
 
 
 def _stopped_line(server: ServerProcess) -> dict[str, Any]:
@@ -142,6 +145,12 @@ async def _cycle(server: ServerProcess, number: int, tally: Tally) -> Cycle:
         assert code == 0, server.log()[-3000:]
         stopped = _stopped_line(server)
         assert stopped["seconds"] < GRACE / 2, stopped
+        print(
+            f"SIGTERM with {stopped['calls_in_progress']} calls in progress and "
+            f"{stopped['watch_streams_ended']} watch streams: watchers ended within "
+            f"{max(cycle.watch_ended_after):.3f} s, the server stopped in {stopped['seconds']} s "
+            f"(grace {GRACE} s), {stopped['refused']} calls refused; clients saw {cycle.codes}"
+        )
     finally:
         for channel in channels:
             await channel.close(None)
