@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 from .access_log import ACCESS_LOG
 from .api.access import AccessServicer
 from .api.deployment import DeploymentServicer
+from .api.flow import Gate, Streams
 from .api.guard import Guard
 from .api.handlers import service_handler
 from .api.registry import RegistryServicer
@@ -52,6 +55,13 @@ SERVICES = (
 
 # Room for the request's other fields around a 4 MiB unary artifact.
 MAX_MESSAGE = UNARY_ARTIFACT_LIMIT + 256 * 1024
+RECEIVE_WINDOW = 4 * 1024 * 1024  # bytes of a stream's requests grpc holds unread (server_options)
+MIN_CLIENT_PING_MS = 10_000  # the keepalive interval the README asks of clients, at least
+# On stop, once every call let in has ended: how long no new call must have come before grpc stops
+# (see Gate.quiet), and how long grpc may then take to send the last statuses before it cancels
+# what is left (streams whose client reads nothing: nothing else would end them).
+QUIET_SECONDS = 0.2
+FLUSH_SECONDS = 1.0
 
 
 class App:
@@ -77,6 +87,18 @@ class App:
             metrics_retention=config.metrics_retention_seconds,
         )
         self.controller: Controller | None = None
+        for name, value in (
+            ("--max-concurrent-calls", config.max_concurrent_calls),
+            ("--max-watch-streams", config.max_watch_streams),
+            ("--max-concurrent-uploads", config.max_concurrent_uploads),
+            ("--send-timeout", config.send_timeout_seconds),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value}")
+        # Every call passes the gate first; server streams send through `streams` (api/flow.py).
+        self.gate = Gate(config.max_concurrent_calls, config.max_watch_streams)
+        self.streams = Streams(config.send_timeout_seconds)
+        self.hubs: tuple[Hub, ...] = ()
         self.webhook_allow = parse_networks(config.webhook_allow)  # a bad network fails the start
         self.notifier: Notifier | None = None
         self.http: HttpServer | None = None
@@ -89,7 +111,10 @@ class App:
             self.telemetry.serve_metrics()  # first: a port in use fails before the store is open
         await self.store.open()
         registry = Registry(
-            self.store, guard_mode=self.config.semver_guard, upload_limit=self.config.upload_limit
+            self.store,
+            guard_mode=self.config.semver_guard,
+            upload_limit=self.config.upload_limit,
+            max_concurrent_uploads=self.config.max_concurrent_uploads,
         )
         self.access = Access(self.store)
         # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
@@ -113,7 +138,8 @@ class App:
         self.events_hub = Hub(encode_events, deployment_events)
         revision = self.hub.revision
         self.events_hub.start(revision)
-        for hub in (self.hub, self.events_hub):
+        self.hubs = (self.hub, self.events_hub)
+        for hub in self.hubs:
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         if self.telemetry is not None:
             await self.telemetry.start(self.store, {"targets": self.hub, "events": self.events_hub})
@@ -132,10 +158,14 @@ class App:
             await self.access.bootstrap(Path(self.config.admin_token_file))
         else:
             log.warning("authentication is OFF (--no-auth): every caller acts as admin")
+
+        def handler(service: Any, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
+            return service_handler(service, servicer, guard, observe, gate=self.gate, streams=self.streams)
+
         self.server.add_generic_rpc_handlers(
             [
-                service_handler(SERVICES[0], RegistryServicer(registry, guard, deployments), guard, observe),
-                service_handler(
+                handler(SERVICES[0], RegistryServicer(registry, guard, deployments)),
+                handler(
                     SERVICES[1],
                     DeploymentServicer(
                         environments,
@@ -147,10 +177,8 @@ class App:
                         metrics,
                         webhooks,
                     ),
-                    guard,
-                    observe,
                 ),
-                service_handler(SERVICES[2], AccessServicer(self.access, guard), guard, observe),
+                handler(SERVICES[2], AccessServicer(self.access, guard)),
             ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -189,6 +217,7 @@ class App:
                 self.http_port = await self.http.start()
             except OSError as exc:
                 raise OSError(f"cannot listen on {self.config.http_listen}: {exc}") from None
+        self.streams.start()
         self.maintenance.start()
         self.controller.start()
         self.notifier.start()
@@ -207,12 +236,33 @@ class App:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health goes NOT_SERVING, in-flight calls get `grace` seconds, then the store closes."""
-        await self.store_health.stop()
+        """Stop: refuse new calls, end the watch streams now, give the calls in progress `grace` seconds.
+
+        Health goes NOT_SERVING and every call from now on is refused UNAVAILABLE with nothing done
+        (a client sends it again, to another replica). WatchTargets and WatchEvents streams end at
+        once with UNAVAILABLE, so that sidecars resume elsewhere instead of waiting out the grace.
+        The calls already let in have `grace` seconds (the config's by default) to finish; this
+        returns as soon as they have, then closes the store.
+        """
+        grace = self.config.grace_seconds if grace is None else grace
+        started = time.monotonic()
+        await self.store_health.stop()  # first: it must not turn health SERVING again
         await self.health.enter_graceful_shutdown()
-        if self.http is not None:
-            await self.http.stop()  # first: its calls go through the gRPC server
-        await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        self.gate.close()
+        calls, watches = self.gate.calls, self.gate.watches
+        for hub in self.hubs:
+            hub.close()
+        # The REST routes' requests in progress finish meanwhile: their gRPC calls are the gate's.
+        http = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
+        drained = await self.gate.drained(grace)
+        if http is not None:
+            await http
+        # Only now does grpc stop. It cancels (CANCELLED, which clients do not retry) every call it
+        # received but had not handed over yet, so first the gate answers those, UNAVAILABLE.
+        quiet = drained and await self.gate.quiet(QUIET_SECONDS, grace - (time.monotonic() - started))
+        left = max(0.0, grace - (time.monotonic() - started))
+        await self.server.stop(min(FLUSH_SECONDS, left) if drained else 0)
+        await self.streams.stop()
         await self.maintenance.stop()
         if self.controller is not None:
             await self.controller.stop()
@@ -222,7 +272,17 @@ class App:
             await self.telemetry.stop()  # after the server: the last calls' spans are flushed too
         await self.store.close()
         ACCESS_LOG.flush()
-        log.info("stopped")
+        log.info(
+            "stopped",
+            extra={
+                "calls_in_progress": calls,
+                "watch_streams_ended": watches,
+                "calls_cut_at_grace": self.gate.calls,
+                "refused": self.gate.refused_since_close,
+                "quiet": quiet,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -259,13 +319,24 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
         ("grpc.server.max_pending_requests", 20_000),
         ("grpc.server.max_pending_requests_hard_limit", 30_000),
         # Watch streams sit idle for long: let clients keep them alive with pings
-        # every 10 s or more, even with no call in flight ...
+        # every 10 s or more, even with no call in flight ... The server takes them from
+        # half that, so that a ping a busy server reads late does not make the next one
+        # early. (This option was spelt min_recv_ping_interval_without_data_ms, which grpc
+        # ignores: its default, 5 minutes, closed idle watch streams pinged every 10 s with
+        # GOAWAY "too many pings" at their third ping.)
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS // 2),
         ("grpc.http2.max_ping_strikes", 2),
         # ... and find dead clients by pinging every 60 s, closing after 20 s without an answer.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # What a client may send ahead of what the server has read, per stream: a fixed window.
+        # grpc grows it by bandwidth probing otherwise, and uploads sent faster than the server
+        # spools them sat in its buffers: six 48 MiB uploads held 145 MiB there (55 MiB with
+        # this). It only bounds what clients send (requests are small but for uploads): at
+        # 100 ms of round trip an upload still moves 40 MiB/s.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW),
     ]
 
 

@@ -6,8 +6,10 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .api.flow import DEFAULT_MAX_CALLS, DEFAULT_MAX_WATCHES, SEND_TIMEOUT_SECONDS
 from .domain.guard import GuardMode
 from .domain.programs import DEFAULT_UPLOAD_LIMIT
+from .usecases.artifacts import DEFAULT_MAX_CONCURRENT_UPLOADS
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///.dspy-registry/registry.db"
@@ -30,6 +32,10 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""
     max_concurrent_streams: int = 1000
+    max_concurrent_calls: int = DEFAULT_MAX_CALLS  # calls in progress (not watches); more: RESOURCE_EXHAUSTED
+    max_watch_streams: int = DEFAULT_MAX_WATCHES  # WatchTargets and WatchEvents streams open
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+    send_timeout_seconds: float = SEND_TIMEOUT_SECONDS  # a stream whose client takes nothing this long is cut
     webhook_allow: tuple[str, ...] = ()  # networks webhooks may reach although private or loopback
     config: str = ""
     log_level: str = "info"
@@ -118,6 +124,33 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent calls one HTTP/2 connection may hold open",
     )
     parser.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_CALLS", str(DEFAULT_MAX_CALLS))),
+        help="calls in progress at once (watch streams aside); more are refused RESOURCE_EXHAUSTED "
+        "with a retry hint",
+    )
+    parser.add_argument(
+        "--max-watch-streams",
+        type=int,
+        default=int(env("DSPY_REGISTRY_MAX_WATCH_STREAMS", str(DEFAULT_MAX_WATCHES))),
+        help="WatchTargets and WatchEvents streams open at once; more are refused RESOURCE_EXHAUSTED "
+        "with a retry hint",
+    )
+    parser.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_UPLOADS", str(DEFAULT_MAX_CONCURRENT_UPLOADS))),
+        help="UploadProgram calls at once; more are refused RESOURCE_EXHAUSTED with a retry hint",
+    )
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=float(env("DSPY_REGISTRY_SEND_TIMEOUT", str(SEND_TIMEOUT_SECONDS))),
+        help="seconds a stream (a watch, an artifact download) waits for a client that takes no "
+        "message before it is cut with RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
         "--webhook-allow",
         action="append",
         default=[env("DSPY_REGISTRY_WEBHOOK_ALLOW")] if env("DSPY_REGISTRY_WEBHOOK_ALLOW") else None,
@@ -173,6 +206,10 @@ def from_arguments(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_concurrent_calls=args.max_concurrent_calls,
+        max_watch_streams=args.max_watch_streams,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        send_timeout_seconds=args.send_timeout,
         webhook_allow=tuple(args.webhook_allow or ()),
         config=args.config,
         log_level=args.log_level,

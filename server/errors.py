@@ -7,12 +7,15 @@
     ├── FailedPrecondition           the system is not in a state that allows the call;
     │                                carries PreconditionViolations (semver guard ...)
     ├── Aborted                      an etag or revision did not match; retry after a read
-    ├── ResourceExhausted            a size or rate limit was hit; or the database's disk is full
+    ├── ResourceExhausted            a size, concurrency or rate limit was hit, or the database's
+    │                                disk is full; may say when to retry (`retry_after`)
     ├── Unimplemented                a capability a later release adds
     ├── Unauthenticated              no valid credentials: missing, malformed, unknown,
     │                                revoked or expired token, or a disabled principal
     ├── PermissionDenied             authenticated, but no grant allows the action
     │                                (the same answer whether the resource exists or not)
+    ├── ShuttingDown                 the server is stopping: the call was not started (or, a
+    │                                watch, was ended); retry, on another replica
     └── StoreError                   the store could not do its work (raised by server.store):
         │                            a bug of ours, a corrupt file (INTERNAL)
         └── StoreUnavailable         the database cannot be reached, did not answer in time, is
@@ -62,9 +65,14 @@ class PreconditionViolation:
 
 
 class RegistryError(Exception):
-    """Base of every deliberate error; `reason` is a stable UPPER_SNAKE code."""
+    """Base of every deliberate error; `reason` is a stable UPPER_SNAKE code.
+
+    `retry_after`, when set, is how many seconds the caller should wait before
+    trying again (sent as a google.rpc.RetryInfo).
+    """
 
     reason = "REGISTRY_ERROR"
+    retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -122,12 +130,13 @@ class Aborted(RegistryError):
 
 
 class ResourceExhausted(RegistryError):
-    """A limit was exceeded: `limit` names it."""
+    """A limit was exceeded: `limit` names it; `retry_after` for a limit that frees up by itself."""
 
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, limit: str, message: str) -> None:
+    def __init__(self, limit: str, message: str, retry_after: float | None = None) -> None:
         self.limit = limit
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -153,6 +162,16 @@ class PermissionDenied(RegistryError):
         self.action = action
         self.resource = resource
         super().__init__(f"{principal} may not {action} {resource}")
+
+
+class ShuttingDown(RegistryError):
+    """The server is stopping: nothing of the call was done (a watch resumes by revision elsewhere)."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class StoreError(RegistryError):

@@ -8,7 +8,10 @@ WatchEvents — and puts them on the bounded queue of every subscriber whose
 selectors match. A message is encoded once per distinct set of targets, so
 sidecars watching the same program share the bytes. A subscriber whose queue
 is full is cut off (RESOURCE_EXHAUSTED) and resumes from its last revision:
-it never blocks the others and never grows memory without bound.
+it never blocks the others and never grows memory without bound. The cut
+reaches a watcher at once even while its stream waits for a client that
+reads nothing (`Subscriber.on_cut`). When the server stops, `close()` ends
+every watcher (UNAVAILABLE), so that its sidecar resumes on another replica.
 """
 
 from __future__ import annotations
@@ -171,7 +174,12 @@ class Subscriber:
     overflowed: bool = False
     recheck: bool = False  # a grant, token or principal changed: authorize again
     lost: bool = False  # the hub may have missed commits: resume from the log
+    closed: bool = False  # the server is stopping: resume on another replica
     gone: bool = False  # unsubscribed: deliveries still in the backlog skip it
+    last: int = 0  # the last revision its stream took to send (set by the stream)
+    # Called when the hub cuts it off (overflowed, lost, closed): ends its stream even in the middle
+    # of a send that waits for a client that reads nothing. Set by the stream that reads it.
+    on_cut: Callable[[], None] | None = None
 
     def matches(self, item: Target | DeploymentEvent) -> bool:
         if isinstance(item, DeploymentEvent) and self.kinds and item.kind not in self.kinds:
@@ -218,12 +226,17 @@ class Hub:
         # seconds counted from on_commit: the fan-out delay (telemetry.py records it).
         self.on_handed_out: Callable[[int, float], None] | None = None
         self._taken: deque[tuple[int, float]] = deque()  # (revision, perf_counter) being handed out
+        self.closed = False  # the server is stopping: no watcher is kept, none is taken
 
     def start(self, revision: int) -> None:
         self.revision = self.handed_out = revision
 
     def subscribe(self, selectors: tuple[Selector, ...], kinds: frozenset[str] = frozenset()) -> Subscriber:
         sub = Subscriber(selectors, kinds)
+        if self.closed:
+            sub.closed = True
+            _wake(sub)  # its stream ends as it reads the flag
+            return sub
         self._groups.setdefault((selectors, kinds), set()).add(sub)
         return sub
 
@@ -282,7 +295,7 @@ class Hub:
         )
         for sub in self.subscribers():
             sub.overflowed = True
-            _wake(sub)
+            _cut(sub)
         self._groups.clear()
         self._backlog.clear()
         self._backlogged = 0
@@ -303,6 +316,8 @@ class Hub:
                 if not sub.queue.put_nowait(item):
                     sub.overflowed = True
                     self.unsubscribe(sub)
+                    if sub.on_cut is not None:  # its stream may be stuck sending to a client that stopped
+                        sub.on_cut()
             if not subs:
                 backlog.popleft()
                 if not backlog or backlog[0][0] != revision:
@@ -332,11 +347,29 @@ class Hub:
         self._taken.clear()
         for sub in self.subscribers():
             sub.lost = True
-            _wake(sub)
+            _cut(sub)
+        self._groups.clear()
+
+    def close(self) -> None:
+        """The server is stopping: every watcher ends now (UNAVAILABLE) and resumes elsewhere."""
+        self.closed = True
+        self._backlog.clear()
+        self._backlogged = 0
+        self._taken.clear()
+        for sub in self.subscribers():
+            sub.closed = True
+            _cut(sub)
         self._groups.clear()
 
 
 _NOTHING = (-1, b"")
+
+
+def _cut(sub: Subscriber) -> None:
+    """Tell a watcher the hub let it go: wake its reader, and end a send its stream is stuck in."""
+    _wake(sub)
+    if sub.on_cut is not None:
+        sub.on_cut()
 
 
 def _wake(sub: Subscriber) -> None:

@@ -280,7 +280,9 @@ class DeploymentServiceServicer:
         message, and progress messages when idle. INVALID_ARGUMENT for a bad
         selector; PERMISSION_DENIED without read on every selected program (also
         mid-stream, when a grant is revoked); RESOURCE_EXHAUSTED when the watcher
-        falls behind (resume from the last revision seen).
+        falls behind or takes no message for the server's send timeout, or when
+        the server holds all the watch streams it allows (resume from the last
+        revision seen); UNAVAILABLE when the server stops (resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -193,8 +193,10 @@ class RegistryServiceServicer:
     def UploadProgram(self, request_iterator, context):
         """Registers a program version from a client stream: one header, then the
         artifact in chunks. Same errors as RegisterProgram; RESOURCE_EXHAUSTED
-        beyond the server's upload limit (nothing is stored);
-        INVALID_ARGUMENT when the bytes do not match the header's digest or size.
+        beyond the server's upload limit, or while it runs as many uploads as it
+        allows (a RetryInfo says when to try again); INVALID_ARGUMENT when the
+        bytes do not match the header's digest or size (one byte more than the
+        declared size is refused at once). Nothing is stored by a failed upload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,6 +11,11 @@ answers INTERNAL without leaking internals, and leaves one access-log line
 with method, status, duration and request id (and, with telemetry on, hands
 the same to `observe`: telemetry.py's RPC latency histogram).
 
+Before all that, the call passes the gate (flow.py): refused at once,
+unauthenticated and unlogged but for its access-log line, when the server is
+over its limits or stopping. A server stream writes its messages itself,
+through a `Stream` that can be ended while it waits for its client.
+
 Responses may be returned pre-serialized as bytes (a cached answer): the
 serializer passes bytes through. Requests are parsed by `_decoder`: bytes
 that are not the RPC's message (corrupt wire format, a string that is not
@@ -38,6 +43,7 @@ from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
 from ..errors import InvalidArgument, RegistryError
 from .context import Context
+from .flow import WATCH_METHODS, Gate, Streams, current_stream
 from .guard import Guard, current_identity, identity
 from .permissions import RULES, Rule
 from .status import code_for, to_status
@@ -109,6 +115,27 @@ async def _abort(context: Context, exc: Exception, method: str) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
 
+# How long a stream's last status may take to leave. A client that reads nothing never takes it:
+# the status stays queued in the transport (delivered if it reads again) and the call ends here.
+STATUS_SECONDS = 1.0
+
+
+async def _end_stream(context: Context, exc: Exception, method: str) -> None:
+    """`_abort` for a server stream, whose status may wait behind messages its client does not read."""
+    try:
+        await asyncio.wait_for(_abort(context, exc, method), STATUS_SECONDS)
+    except TimeoutError:
+        pass  # the abort is recorded: grpc ends the call with it once this handler returns
+
+
+async def _refuse(
+    context: Context, exc: RegistryError, method: str, start: float, observe: Observe | None
+) -> None:
+    """A call the gate did not let in: its status and access-log line, nothing else."""
+    _log(method, code_for(exc), start, "", observe)
+    await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+
+
 def _log(method: str, code: grpc.StatusCode, start: float, request_id: str, observe: Observe | None) -> None:
     seconds = time.perf_counter() - start
     ACCESS_LOG.record(method, code.name, seconds * 1000, request_id)
@@ -159,13 +186,17 @@ def _request_id(request: Any) -> str:
     return str(value or "")
 
 
-def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -> Behavior:
+def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool, gate: Gate) -> Behavior:
     method = admission.method
     rule = admission.rule
 
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        try:
+            gate.admit(False)
+        except RegistryError as exc:
+            await _refuse(context, exc, method, start, admission.observe)
         try:
             current = await admission.authenticate(context)
             if streaming_request:
@@ -187,34 +218,55 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool) -
             await admission.refused(current_call.get() or _unknown(method), exc, context)
             await _abort(context, exc, method)
         finally:
+            gate.release(False)
             call_ = current_call.get()
             _log(method, code, start, call_.request_id if call_ else "", admission.observe)
 
     return call
 
 
-def _server_streaming(admission: _Admission, behavior: Behavior) -> Behavior:
+def _server_streaming(admission: _Admission, behavior: Behavior, gate: Gate, streams: Streams) -> Behavior:
     method = admission.method
     rule = admission.rule
+    watch = method in WATCH_METHODS
 
+    # It writes its messages itself rather than yield them to grpc: a send that waits for a client
+    # that reads nothing must be interruptible (flow.py). Still a generator, one that yields
+    # nothing: grpc and the telemetry interceptor both take a server stream's handler as one.
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+        if False:  # pragma: no cover - makes this an async generator; see above
+            yield
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            gate.admit(watch)
+        except RegistryError as exc:
+            await _refuse(context, exc, method, start, admission.observe)
+        stream = streams.open()
+        current_stream.set(stream)  # each call runs in a task of its own: this is this call's
+        try:
             current = await admission.authenticate(context)
             await admission.authorize(current, _decoded(request))
-            async for item in behavior(request, context):
+            items = behavior(request, context)
+
+            def check_first() -> None:  # the servicer authorizes its resource before it sends
                 if rule.by_servicer and not current.authorized:
                     raise RuntimeError(f"{method} streamed without authorizing its resource")
-                yield item
+
+            try:
+                await stream.pump(context, items, check_first)
+            finally:
+                await items.aclose()  # now, not when collected: a watch leaves its hub
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             code = _code(exc, context)
             await admission.refused(current_call.get() or _unknown(method), exc, context)
-            await _abort(context, exc, method)
+            await _end_stream(context, exc, method)
         finally:
+            streams.close(stream)
+            gate.release(watch)
             call_ = current_call.get()
             _log(method, code, start, call_.request_id if call_ else "", admission.observe)
 
@@ -246,6 +298,9 @@ def method_handler(
     behavior: Behavior,
     guard: Guard,
     observe: Observe | None = None,
+    *,
+    gate: Gate,
+    streams: Streams,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     name = f"/{service.full_name}/{method.name}"
     rule = RULES.get(name)
@@ -260,20 +315,30 @@ def method_handler(
     if method.client_streaming and method.server_streaming:
         raise NotImplementedError(f"{name}: bidirectional streams are not part of this API")
     if method.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(_server_streaming(admission, behavior), **kwargs)
+        handler = _server_streaming(admission, behavior, gate, streams)
+        return grpc.unary_stream_rpc_method_handler(handler, **kwargs)
     if method.client_streaming:
-        return grpc.stream_unary_rpc_method_handler(_unary(admission, behavior, True), **kwargs)
-    return grpc.unary_unary_rpc_method_handler(_unary(admission, behavior, False), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(_unary(admission, behavior, True, gate), **kwargs)
+    return grpc.unary_unary_rpc_method_handler(_unary(admission, behavior, False, gate), **kwargs)
 
 
 def service_handler(
-    service: ServiceDescriptor, servicer: object, guard: Guard, observe: Observe | None = None
+    service: ServiceDescriptor,
+    servicer: object,
+    guard: Guard,
+    observe: Observe | None = None,
+    *,
+    gate: Gate,
+    streams: Streams,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Handlers for every RPC of `service`; the servicer must define each one (no silent gaps)."""
     missing = [m.name for m in service.methods if not callable(getattr(servicer, m.name, None))]
     if missing:
         raise TypeError(f"{type(servicer).__name__} does not implement {service.name}: {missing}")
     handlers = {
-        m.name: method_handler(service, m, getattr(servicer, m.name), guard, observe) for m in service.methods
+        m.name: method_handler(
+            service, m, getattr(servicer, m.name), guard, observe, gate=gate, streams=streams
+        )
+        for m in service.methods
     }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

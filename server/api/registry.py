@@ -15,6 +15,7 @@ from ..domain import programs
 from ..domain.model import ProgramVersion
 from ..domain.names import VersionRef, check_name, check_prefix, parse_parent, parse_version_ref
 from ..errors import InvalidArgument, ResourceExhausted
+from ..usecases.artifacts import InMemory
 from ..usecases.deployments import Deployments
 from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
 from . import convert
@@ -117,52 +118,48 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             )
         idem = idempotency(request, "RegisterProgram", _registered)
         draft = convert.program_draft(request.spec)
-        result = await self.registry.register_program(caller(), draft, [request.artifact], idem)
+        result = await self.registry.register_program(caller(), draft, InMemory(request.artifact), idem)
         return answer(result, pb.RegisterProgramResponse, _registered)
 
     async def UploadProgram(
         self, request_iterator: AsyncIterator[pb.UploadProgramRequest], context: Context
     ) -> pb.UploadProgramResponse:
-        header: pb.UploadProgramHeader | None = None
-        chunks: list[bytes] = []
-        received = 0
-        limit = self.registry.upload_limit
-        async for message in request_iterator:
-            part = message.WhichOneof("part")
-            if header is None:
-                if part != "header":
-                    raise InvalidArgument.one("header", "the first message must be the header")
-                header = message.header
-                if header.size_bytes > limit:
-                    raise ResourceExhausted(
-                        "upload_bytes", f"artifact of {header.size_bytes} bytes exceeds the {limit} limit"
-                    )
-                continue
-            if part != "chunk":
-                raise InvalidArgument.one("header", "only the first message may be a header")
-            received += len(message.chunk)
-            if received > limit:
-                raise ResourceExhausted("upload_bytes", f"artifact exceeds the upload limit of {limit} bytes")
-            chunks.append(message.chunk)
-        if header is None:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
             raise InvalidArgument.one("header", "the stream was empty")
-        if header.size_bytes and header.size_bytes != received:
-            raise InvalidArgument.one(
-                "header.size_bytes", f"header said {header.size_bytes} bytes, stream carried {received}"
+        if first.WhichOneof("part") != "header":
+            raise InvalidArgument.one("header", "the first message must be the header")
+        header = first.header
+        limit = self.registry.upload_limit
+        if header.size_bytes < 0:
+            raise InvalidArgument.one("header.size_bytes", "must not be negative")
+        if header.size_bytes > limit:
+            raise ResourceExhausted(
+                "upload_bytes", f"artifact of {header.size_bytes} bytes exceeds the {limit} limit"
             )
-        digest = programs.digest_of(b"".join(chunks))
-        if header.expected_digest and header.expected_digest != digest:
-            raise InvalidArgument.one(
-                "header.expected_digest", f"the bytes received hash to {digest}, not {header.expected_digest}"
-            )
-        # The idempotency fingerprint covers the header and the bytes' digest.
-        fingerprint_of = pb.UploadProgramHeader()
-        fingerprint_of.CopyFrom(header)
-        fingerprint_of.expected_digest = digest
-        idem = idempotency(fingerprint_of, "UploadProgram", _uploaded)
-        result = await self.registry.register_program(
-            caller(), convert.program_draft(header.spec), chunks, idem
-        )
+        draft = convert.program_draft(header.spec)
+        self.registry.validate_program_draft(draft)  # a bad spec is refused before any byte is taken
+        # The chunks go to a spool file as they arrive (never all in memory); a slot of the few
+        # uploads allowed at once is held until the registration is done.
+        with self.registry.uploads.open(header.size_bytes) as spool:
+            async for message in messages:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument.one("header", "only the first message may be a header")
+                await spool.write(message.chunk)
+            spool.finish()
+            digest = await spool.sha256()
+            if header.expected_digest and header.expected_digest != digest:
+                raise InvalidArgument.one(
+                    "header.expected_digest",
+                    f"the bytes received hash to {digest}, not {header.expected_digest}",
+                )
+            # The idempotency fingerprint covers the header and the bytes' digest.
+            fingerprint_of = pb.UploadProgramHeader()
+            fingerprint_of.CopyFrom(header)
+            fingerprint_of.expected_digest = digest
+            idem = idempotency(fingerprint_of, "UploadProgram", _uploaded)
+            result = await self.registry.register_program(caller(), draft, spool, idem)
         return answer(result, pb.UploadProgramResponse, _uploaded)
 
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:

@@ -2,7 +2,8 @@
 
 Details follow google.rpc error_details: BadRequest field violations for
 INVALID_ARGUMENT, PreconditionFailure for FAILED_PRECONDITION, ResourceInfo
-for NOT_FOUND / ALREADY_EXISTS, and an ErrorInfo (reason, domain) on every
+for NOT_FOUND / ALREADY_EXISTS, RetryInfo when waiting helps (a limit that
+frees up, a server that stops), and an ErrorInfo (reason, domain) on every
 error, so that clients branch on fields, never on message text.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -33,6 +34,7 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreError: grpc.StatusCode.INTERNAL,
 }
@@ -130,4 +132,8 @@ def _status_proto(
                 )
             )
         )
+    if exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)

@@ -20,10 +20,11 @@ from dspy_registry.v1 import deployment_pb2 as pb
 from ..domain.access import ALL, Action, check_glob, principal_name
 from ..domain.deployments import Pinned, Target
 from ..domain.names import check_name
-from ..errors import InvalidArgument, ResourceExhausted, StoreUnavailable
+from ..errors import InvalidArgument, RegistryError, ResourceExhausted, ShuttingDown, StoreUnavailable
 from ..store.base import Store
 from ..watch import DeploymentEvent, Hub, Selector, Subscriber
 from .convert import timestamp
+from .flow import SHUTDOWN_RETRY_SECONDS, current_stream
 from .guard import Guard, identity
 
 DEFAULT_PROGRESS_SECONDS = 5.0
@@ -104,18 +105,21 @@ class _Watch:
         asked = _selectors(request)
         selectors = await self._authorize(asked)
         sub = self.hub.subscribe(selectors, kinds)  # first: nothing that commits from now on is missed
+        stream = current_stream.get()
+        if stream is not None:
+            sub.on_cut = lambda: stream.end(_ending(sub) or ShuttingDown("the watch ended"))
         try:
             async with self.store.read() as tx:
                 compacted = await tx.compacted_revision()
-            last = request.start_revision
+            last = sub.last = request.start_revision
             if last == 0 or last > self.hub.revision or last < compacted:
                 revision, message = await self._snapshot(sub, reset=last > 0, compacted=compacted)
                 yield message
-                last = revision
+                last = sub.last = revision
             else:
                 async for revision, message in self._since(last, sub):
                     yield message
-                    last = revision
+                    last = sub.last = revision
             async for message in self._live(sub, last, interval, asked):
                 yield message
         finally:
@@ -152,28 +156,41 @@ class _Watch:
         self, sub: Subscriber, last: int, interval: float, asked: tuple[Selector, ...]
     ) -> AsyncIterator[bytes]:
         queue = sub.queue
+        sub.last = last
         while True:
             got = await queue.get(interval)
             if got is None:
                 if queue.empty():  # nothing waits here, and nothing up to handed_out is still to come
-                    last = max(last, self.hub.handed_out)
+                    last = sub.last = max(last, self.hub.handed_out)
                     yield self._progress(last)
                 continue
             revision, message = got
-            if sub.overflowed:
-                raise ResourceExhausted(
-                    "watch_queue",
-                    f"this watcher fell {sub.queue.maxsize} revisions behind; resume from revision {last}",
-                )
-            if sub.lost:
-                raise StoreUnavailable(f"the server may have missed changes; resume from revision {last}")
+            if sub.overflowed or sub.lost or sub.closed:
+                raise _ending(sub) or ShuttingDown("the watch ended")
             if sub.recheck:
                 sub.recheck = False
                 await self._authorize(asked)  # PERMISSION_DENIED ends the stream
             if revision <= last:
                 continue  # already sent (from the log), or a wake-up
-            last = revision
+            last = sub.last = revision
             yield message
+
+
+def _ending(sub: Subscriber) -> RegistryError | None:
+    """Why the hub let `sub` go, as its stream ends with it; None while it is kept."""
+    if sub.closed:
+        return ShuttingDown(
+            f"the server is shutting down; resume from revision {sub.last} (another replica serves it)",
+            retry_after=SHUTDOWN_RETRY_SECONDS,
+        )
+    if sub.overflowed:
+        return ResourceExhausted(
+            "watch_queue",
+            f"this watcher fell {sub.queue.maxsize} revisions behind; resume from revision {sub.last}",
+        )
+    if sub.lost:
+        return StoreUnavailable(f"the server may have missed changes; resume from revision {sub.last}")
+    return None
 
 
 class TargetWatch(_Watch):

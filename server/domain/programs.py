@@ -112,7 +112,7 @@ def validate_media_type(media_type: str, path: str, v: Violations) -> None:
         v.add(path, f"{quote(media_type)} is not a media type such as application/octet-stream")
 
 
-def summarize_dspy_state(data: bytes, path: str = "artifact") -> tuple[PredictorSummary, ...]:
+def summarize_dspy_state(data: bytes | str, path: str = "artifact") -> tuple[PredictorSummary, ...]:
     """Check that `data` is what `dspy.Module.save(..json)` writes; list its predictors.
 
     The shape: a JSON object whose entries are predictors (`{"signature":

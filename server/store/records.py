@@ -9,7 +9,7 @@ one serialized transaction whose events get the next revision; inside
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -467,6 +467,29 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
             "ON CONFLICT (digest, seq) DO NOTHING",
             [(digest, i, chunk) for i, chunk in enumerate(chunks)],
         )
+
+    async def put_artifact_from(self, digest: str, size_bytes: int, chunks: AsyncIterator[bytes]) -> None:
+        """put_artifact, the chunks (ARTIFACT_CHUNK each) read one at a time: an upload's never all in memory."""
+        if await self.conn.fetchrow("SELECT 1 FROM artifacts WHERE digest = ?", digest) is not None:
+            return  # stored once per digest: the bytes need not even be read
+        await self.conn.execute(
+            "INSERT INTO artifacts (digest, size_bytes, chunk_count, create_time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            digest,
+            size_bytes,
+            -(-size_bytes // ARTIFACT_CHUNK),
+            now_us(),
+        )
+        seq = 0
+        async for chunk in chunks:
+            await self.conn.execute(
+                "INSERT INTO artifact_chunks (digest, seq, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (digest, seq) DO NOTHING",
+                digest,
+                seq,
+                chunk,
+            )
+            seq += 1
 
     async def artifact_chunk_count(self, program: str, digest: str) -> int | None:
         """The chunk count of `digest` if some version of `program` uses it, else None."""

@@ -84,6 +84,7 @@ def details(err: grpc.aio.AioRpcError) -> dict[str, object]:
                     error_details_pb2.PreconditionFailure,
                     error_details_pb2.ResourceInfo,
                     error_details_pb2.QuotaFailure,
+                    error_details_pb2.RetryInfo,
                 ):
                     if packed.Is(kind.DESCRIPTOR):
                         message = kind()

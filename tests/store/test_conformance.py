@@ -19,6 +19,7 @@ from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
 from dspy_registry.server.store.base import Store, open_store
 from dspy_registry.server.store.migrations import MIGRATIONS
+from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
 from tests.factories import dspy_state, spec
 
@@ -276,16 +277,18 @@ def _draft(version: str = "", change: int | None = None) -> ProgramDraft:
 
 async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: Store) -> None:
     registry = await _registry_with_signature(store)
-    await registry.register_program("a", _draft("1.0.0"), [dspy_state("base")], None)
+    await registry.register_program("a", _draft("1.0.0"), InMemory(dspy_state("base")), None)
 
     async def explicit(i: int) -> RegisteredProgram:
-        result = await registry.register_program("a", _draft(f"1.0.{100 + i}"), [dspy_state(f"e{i}")], None)
+        result = await registry.register_program(
+            "a", _draft(f"1.0.{100 + i}"), InMemory(dspy_state(f"e{i}")), None
+        )
         assert isinstance(result, RegisteredProgram)
         return result
 
     async def auto(i: int) -> RegisteredProgram:
         result = await registry.register_program(
-            "a", _draft(change=ChangeType.MINOR), [dspy_state(f"a{i}")], None
+            "a", _draft(change=ChangeType.MINOR), InMemory(dspy_state(f"a{i}")), None
         )
         assert isinstance(result, RegisteredProgram)
         return result
@@ -305,7 +308,7 @@ async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: St
 async def test_missing_signature_is_not_found_and_writes_nothing(store: Store) -> None:
     registry = Registry(store)
     with pytest.raises(NotFound):
-        await registry.register_program("a", _draft("1.0.0"), [dspy_state()], None)
+        await registry.register_program("a", _draft("1.0.0"), InMemory(dspy_state()), None)
     async with store.read() as tx:
         assert await tx.current_revision() == 0
         assert await tx.get_program("prog") is None
