@@ -61,7 +61,13 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
-    await app.stop()
+    try:
+        await app.stop()
+    except BaseException:
+        # grpc's threads would keep the process alive: whatever failed, the server stops.
+        log.exception("stopping failed; the gRPC server stops at once")
+        await app.server.stop(0)
+        raise
 
 
 def _run(coro: object) -> None:
