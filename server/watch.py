@@ -227,6 +227,7 @@ class Hub:
         self.on_handed_out: Callable[[int, float], None] | None = None
         self._taken: deque[tuple[int, float]] = deque()  # (revision, perf_counter) being handed out
         self.closed = False  # the server is stopping: no watcher is kept, none is taken
+        self._awaited: list[tuple[int, asyncio.Future[None]]] = []  # reached(): (revision, its future)
 
     def start(self, revision: int) -> None:
         self.revision = self.handed_out = revision
@@ -280,6 +281,8 @@ class Hub:
             self._backlog.append((revision, (revision, message), list(group)))
             self._backlogged += len(group)
         self.revision = max(self.revision, revision)
+        if self._awaited:
+            self._wake_awaiting()
         if self.on_handed_out is not None and len(self._backlog) > queued:
             self._taken.append((revision, taken))
         if self._backlogged > MAX_BACKLOG:
@@ -288,6 +291,35 @@ class Hub:
             self.handed_out = self.revision
         elif not self._scheduled:
             self._deliver()
+
+    async def reached(self, revision: int, timeout: float) -> bool:
+        """Whether the hub takes `revision` within `timeout` seconds.
+
+        Another replica's commit reaches this one through NOTIFY a moment after it
+        commits: a watcher resuming here from it waits for that, rather than being
+        told its revision is unknown.
+        """
+        if self.revision >= revision:
+            return True
+        awaited = asyncio.get_running_loop().create_future()
+        entry = (revision, awaited)
+        self._awaited.append(entry)
+        try:
+            await asyncio.wait({awaited}, timeout=timeout)
+        finally:
+            if entry in self._awaited:
+                self._awaited.remove(entry)
+        return awaited.done()
+
+    def _wake_awaiting(self) -> None:
+        waiting = []
+        for revision, awaited in self._awaited:
+            if revision <= self.revision:
+                if not awaited.done():
+                    awaited.set_result(None)
+            else:
+                waiting.append((revision, awaited))
+        self._awaited = waiting
 
     def _cut_off_everyone(self) -> None:
         log.warning(

@@ -30,6 +30,7 @@ from .guard import Guard, identity
 DEFAULT_PROGRESS_SECONDS = 5.0
 MIN_PROGRESS_SECONDS = 0.05
 LOG_PAGE = 1000
+CATCH_UP_SECONDS = 5.0  # how long a resuming watcher waits for this replica to hear of its revision
 
 
 def pinned_proto(p: Pinned) -> pb.TargetVersion:
@@ -112,6 +113,8 @@ class _Watch:
             async with self.store.read() as tx:
                 compacted = await tx.compacted_revision()
             last = sub.last = request.start_revision
+            if last > self.hub.revision and last >= compacted:
+                await self._hear_of(last)
             if last == 0 or last > self.hub.revision or last < compacted:
                 revision, message = await self._snapshot(sub, reset=last > 0, compacted=compacted)
                 yield message
@@ -124,6 +127,17 @@ class _Watch:
                 yield message
         finally:
             self.hub.unsubscribe(sub)
+
+    async def _hear_of(self, revision: int) -> None:
+        """A revision ahead of this replica's hub: if the store has it (another replica committed it
+        a moment ago), wait for the hub to hear of it, so that the watcher gets the changes after it
+        and not a snapshot flagged `reset` (kept for a revision compacted away or never committed)."""
+        async with self.store.read() as tx:
+            current = await tx.current_revision()
+        if revision <= current and not await self.hub.reached(revision, CATCH_UP_SECONDS):
+            raise StoreUnavailable(
+                f"this replica has not heard of revision {revision} yet; resume from it again"
+            )
 
     async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
         raise NotImplementedError

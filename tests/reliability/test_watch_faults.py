@@ -251,11 +251,6 @@ def _revision(replica: Restartable) -> int:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="a known defect in WatchTargets (server/api/watch.py): a start_revision ahead of this replica's hub "
-    "but not of the store is answered with a reset snapshot; remove this mark with the fix",
-)
 async def test_a_watcher_resuming_on_a_replica_that_hears_late_gets_changes_not_a_reset(
     pg_databases: PostgresDatabases, tmp_path: Path, tally: Tally
 ) -> None:
