@@ -28,6 +28,9 @@ from .errors import from_rpc_error
 _Response = TypeVar("_Response", bound=Message)
 
 
+MAX_RETRY_AFTER = 5.0  # seconds, at most, that a RetryInfo makes a call wait before trying again
+
+
 class ClientBase:
     """The connection of a `Registry`: its channel, the three services' raw stubs, and the call helpers."""
 
@@ -132,6 +135,8 @@ class ClientBase:
     ) -> _Response:
         """One unary (or client-stream) call, retried on UNAVAILABLE; its response, typed.
 
+        Also retried: RESOURCE_EXHAUSTED that says when to retry (RetryInfo: a limit on calls,
+        streams or uploads at once, which passes), after the delay it names (at most 5 s).
         `method(request, timeout=...)` makes the call: a stub's method, or a function that builds a
         new request iterator for each attempt (a client stream is consumed by the call).
         """
@@ -140,12 +145,19 @@ class ClientBase:
             try:
                 response = await method(request, timeout=self.timeout)
             except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                error = from_rpc_error(err)
+                if attempt < self.retries and err.code() == grpc.StatusCode.UNAVAILABLE:
                     # The same request (and request_id) again: the server applies a mutation once.
                     attempt += 1
                     await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))
                     continue
-                raise from_rpc_error(err) from err
+                if attempt < self.retries and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    wait = error.retry_after
+                    if wait is not None:
+                        attempt += 1
+                        await asyncio.sleep(min(MAX_RETRY_AFTER, wait) * random.uniform(1.0, 1.5))
+                        continue
+                raise error from err
             if not isinstance(response, response_type):
                 # The stubs are untyped; this check is what makes the declared type true.
                 raise TypeError(

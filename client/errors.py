@@ -99,6 +99,12 @@ class RegistryError(Exception):
         return self.detail(error_details_pb2.ErrorInfo)
 
     @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asks the caller to wait before retrying (google.rpc.RetryInfo), else None."""
+        info = self.detail(error_details_pb2.RetryInfo)
+        return None if info is None else float(info.retry_delay.ToNanoseconds()) / 1e9
+
+    @property
     def resource_info(self) -> Any:
         """The ResourceInfo (`.resource_type`, `.resource_name`), else None."""
         return self.detail(error_details_pb2.ResourceInfo)

@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from dspy_registry.client import Registry
 from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.server import watch
 from dspy_registry.server.access_log import AccessLog
@@ -298,3 +299,25 @@ async def test_stop_ends_watches_at_once_refuses_new_calls_and_lets_calls_in_pro
         await server.channel.close(None)
         if stopping is None:
             await server.app.stop(grace=0)
+
+
+async def test_the_client_waits_out_a_limit_that_says_when_to_retry(tmp_path: Path) -> None:
+    """Registry retries RESOURCE_EXHAUSTED that carries a RetryInfo (a limit that passes)."""
+    async with _running(tmp_path, max_concurrent_calls=1) as server:
+        await _setup(server)
+        held = server.registry.UploadProgram()  # a call in progress: the limit is reached
+
+        async def refused() -> bool:
+            try:
+                await server.registry.GetSignature(pb.GetSignatureRequest(name="signatures/sig"))
+                return False
+            except grpc.aio.AioRpcError as err:
+                return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        await until(refused, "the limit refuses a raw call")
+        client = Registry(server.channel, retries=50)  # the fixture's channel: closed by the fixture
+        answer = asyncio.ensure_future(client.get_signature("sig"))
+        await asyncio.sleep(0.3)  # refused, the client waits as it was told (a second), then again
+        assert not answer.done()
+        held.cancel()
+        assert (await answer).version == "1.0.0"
