@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 from dspy_registry.v1 import access_pb2 as pb
 
@@ -23,7 +22,7 @@ from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument, quote
 from ..usecases.access import Access, PrincipalDraft
 from .context import Context
-from .convert import time_field, timestamp
+from .convert import duration_field, time_field, timestamp
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 
@@ -208,9 +207,7 @@ class AccessServicer:
     async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:
         principal = _principal_name(request.parent, "parent")
         expire = time_field(request, "expire_time")
-        ttl = (
-            timedelta(seconds=request.ttl.ToTimedelta().total_seconds()) if request.HasField("ttl") else None
-        )
+        ttl = duration_field(request, "ttl")
         result = await self.access.create_token(
             principal, request.description, expire, ttl, idempotency(request, "CreateToken", _recorded_token)
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -35,6 +35,17 @@ def time_field(message: Any, name: str, path: str = "") -> datetime | None:
     except (ValueError, OverflowError):
         raise InvalidArgument.one(path or name, "is not a valid time") from None
     return value
+
+
+def duration_field(message: Any, name: str, path: str = "") -> timedelta | None:
+    """A Duration field as a timedelta (None when unset); INVALID_ARGUMENT naming `path` (else `name`)
+    beyond what a timedelta holds (a billion days either way; a Duration reaches 290 billion years)."""
+    if not message.HasField(name):
+        return None
+    try:
+        return timedelta(microseconds=getattr(message, name).ToNanoseconds() // 1000)
+    except OverflowError:
+        raise InvalidArgument.one(path or name, "is not a valid duration") from None
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:

@@ -20,6 +20,13 @@ def query_fingerprint(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def is_cursor(text: str) -> bool:
+    """Whether `text` could be a cursor this server wrote: every key it pages by is printable ASCII.
+    A client can rewrite a token's cursor; a lone surrogate (JSON's "\\ud800") or a superscript
+    digit (which str.isdigit() accepts and int() refuses) must not reach a query."""
+    return text.isascii() and text.isprintable()
+
+
 def page(page_size: int, page_token: str, fingerprint: str) -> Page:
     """Validate a page request: 0 -> default, too big -> clamped, negative -> error."""
     if page_size < 0:
@@ -33,7 +40,7 @@ def page(page_size: int, page_token: str, fingerprint: str) -> Page:
         padded = page_token + "=" * (-len(page_token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded))
         after, fp = data["a"], data["q"]
-        if not isinstance(after, str) or not isinstance(fp, str):
+        if not isinstance(after, str) or not isinstance(fp, str) or not is_cursor(after):
             raise ValueError
     except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument.one("page_token", "is not a token this server issued") from None

@@ -125,6 +125,8 @@ def summarize_dspy_state(data: bytes | str, path: str = "artifact") -> tuple[Pre
         state = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidArgument.one(path, f"DSPy program state must be JSON: {exc}") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
+        raise InvalidArgument.one(path, "DSPy program state has a number too long to read") from None
     if not isinstance(state, dict):
         raise InvalidArgument.one(path, "DSPy program state must be a JSON object")
     v = Violations()

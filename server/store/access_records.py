@@ -112,7 +112,7 @@ def _page(rows: Sequence[Row], size: int, key: str) -> str | None:
 def _audit_cursor(after: str | None) -> int:
     if after is None:
         return 2**62
-    if not after.isdigit() or len(after) > 18:
+    if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise InvalidArgument.one("page_token", "is not a token this server issued")
     return int(after)
 

@@ -315,7 +315,10 @@ def _cursor(after: str | None) -> tuple[int, str]:
     if after is None:
         return 2**62, ""
     when, _, ident = after.partition(":")
-    if not when.isdigit() or not ident.isalnum():
+    # A rewritten token can carry any time: beyond 18 digits it overflows a 64-bit integer.
+    if not (when.isascii() and when.isdigit() and len(when) <= 18) or not (
+        ident.isascii() and ident.isalnum()
+    ):
         raise InvalidArgument.one("page_token", "is not a token this server issued")
     return int(when), ident
 

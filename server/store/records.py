@@ -24,6 +24,7 @@ from ..domain.model import (
     SignatureSummary,
     SignatureVersion,
 )
+from ..domain.pagination import is_cursor
 from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
@@ -122,7 +123,11 @@ def _decode_version_cursor(after: str | None) -> tuple[str, str]:
         key, version = json.loads(after)
     except (ValueError, TypeError, RecursionError):
         key = version = None
-    if not isinstance(key, str) or not isinstance(version, str):
+    if (
+        not isinstance(key, str)
+        or not isinstance(version, str)
+        or not (is_cursor(key) and is_cursor(version))
+    ):
         raise InvalidArgument.one("page_token", "is not a token this server issued")
     return key, version
 

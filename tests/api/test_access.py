@@ -249,6 +249,10 @@ async def test_hostile_input_is_refused_and_still_audited(server: Running) -> No
     forever = apb.CreateTokenRequest(parent="principals/frank")
     forever.ttl.seconds = 315_576_000_000
     assert await code_of(admin.CreateToken(forever)) == grpc.StatusCode.INVALID_ARGUMENT
+    for seconds in (2**63 - 1, -(2**63)):  # beyond a timedelta: this was INTERNAL (OverflowError)
+        beyond = apb.CreateTokenRequest(parent="principals/frank")
+        beyond.ttl.seconds = seconds
+        assert await code_of(admin.CreateToken(beyond)) == grpc.StatusCode.INVALID_ARGUMENT
     odd_type = apb.ListPrincipalsRequest(type=99)  # type: ignore[arg-type]
     assert await code_of(admin.ListPrincipals(odd_type)) == grpc.StatusCode.INVALID_ARGUMENT
     bad_id = apb.RevokeTokenRequest(name="principals/frank/tokens/x\x00")

@@ -437,6 +437,8 @@ async def test_odd_input_is_invalid_argument_never_internal(registry: Stub) -> N
     assert violations(await refusal(registry.RegisterProgram(nan))) == {"spec.metadata"}
     deep = program_request("1.0.0", artifact=b"[" * 100_000)
     assert violations(await refusal(registry.RegisterProgram(deep))) == {"artifact"}
+    long_number = program_request("1.0.0", artifact=b'{"n": ' + b"9" * 5000 + b"}")  # beyond int()'s digits
+    assert violations(await refusal(registry.RegisterProgram(long_number))) == {"artifact"}
     spaced = program_request("1.0.0", request_id="has space")
     assert violations(await refusal(registry.RegisterProgram(spaced))) == {"request_id"}
     upper = pb.ListProgramsRequest(name_prefix="SENT")

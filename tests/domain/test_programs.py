@@ -37,6 +37,8 @@ def test_a_bare_predict_saves_its_state_at_the_top_level() -> None:
         (b'{"metadata": {}}', "artifact"),
         (json.dumps({"predict": {"signature": {}, "demos": 3}}).encode(), "artifact.predict.demos"),
         (json.dumps({"predict": {"demos": []}}).encode(), "artifact.predict.signature"),
+        # More digits than Python's int() takes: a ValueError that is no JSONDecodeError (it was INTERNAL).
+        (b'{"predict": {"demos": [], "signature": {}}, "n": ' + b"9" * 5000 + b"}", "artifact"),
     ],
 )
 def test_what_is_not_dspy_state_is_refused(data: bytes, field: str) -> None:
