@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 QUOTED_CHARACTERS = 64  # of a caller's value, at most, in an error message
+MAX_VIOLATIONS = 100  # field violations one answer collects; beyond, only counted
+MESSAGE_VIOLATIONS = 20  # of them, written into the message
 
 
 def quote(value: object, limit: int = QUOTED_CHARACTERS) -> str:
@@ -84,9 +86,18 @@ class InvalidArgument(RegistryError):
 
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: list[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self, violations: list[FieldViolation], message: str | None = None, *, more: int = 0
+    ) -> None:
+        """`more`: violations found beyond those listed (Violations keeps MAX_VIOLATIONS)."""
         self.violations = violations
-        super().__init__(message or "; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.more = more
+        if message is None:
+            message = "; ".join(f"{v.field}: {v.description}" for v in violations[:MESSAGE_VIOLATIONS])
+            hidden = len(violations) - MESSAGE_VIOLATIONS + more
+            if hidden > 0:
+                message += f"; and {hidden} more"
+        super().__init__(message)
 
     @classmethod
     def one(cls, field: str, description: str) -> InvalidArgument:
@@ -188,11 +199,17 @@ class StoreUnavailable(StoreError):
 
 @dataclass
 class Violations:
-    """Collects field violations so that one answer names every bad field."""
+    """Collects field violations so that one answer names every bad field (the first
+    MAX_VIOLATIONS of them, and how many more: a list of 100 000 bad items is one answer, not
+    100 000 objects)."""
 
     items: list[FieldViolation] = field(default_factory=list)
+    more: int = 0
 
     def add(self, field_path: str, description: str) -> None:
+        if len(self.items) >= MAX_VIOLATIONS:
+            self.more += 1
+            return
         self.items.append(FieldViolation(field_path, description))
 
     def collect(self, check: Callable[[], object]) -> None:
@@ -200,11 +217,13 @@ class Violations:
         try:
             check()
         except InvalidArgument as exc:
-            self.items += exc.violations
+            for v in exc.violations:
+                self.add(v.field, v.description)
+            self.more += exc.more
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise InvalidArgument(list(self.items))
+            raise InvalidArgument(list(self.items), more=self.more)
 
     def __bool__(self) -> bool:
         return bool(self.items)

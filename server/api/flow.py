@@ -101,6 +101,15 @@ class Gate:
                 )
             self.calls += 1
 
+    def refusal(self, watch: bool) -> RegistryError | None:
+        """`admit` as a value: what the call's client is told, or None when the call is let in (so
+        that the handler answers it outside any `except`, see handlers._end)."""
+        try:
+            self.admit(watch)
+        except RegistryError as exc:
+            return exc
+        return None
+
     def release(self, watch: bool) -> None:
         """A call let in has ended."""
         if watch:

@@ -38,6 +38,8 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
@@ -105,14 +107,34 @@ def _code(exc: Exception, context: Context) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(context: Context, exc: Exception, method: str) -> None:
-    """End the call for `exc` (abort raises)."""
+def _ending(exc: Exception, method: str) -> grpc.Status | None:
+    """The status a call that failed with `exc` ends with; None when the behavior aborted the call
+    itself (grpc holds its status). Called inside the `except`: an unexpected error is logged with
+    its traceback here."""
     if isinstance(exc, grpc.aio.AbortError):
-        raise exc
+        return None
     if isinstance(exc, RegistryError):
-        await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+        return to_status(exc)
     log.exception("unhandled error in %s", method)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    return _INTERNAL
+
+
+_INTERNAL = rpc_status.to_status(
+    status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the server log has the details")
+)
+
+
+async def _end(context: Context, ending: grpc.Status | None) -> None:
+    """End the call with `ending` (this raises, as grpc's abort does).
+
+    Called after the `except` that caught the failure, never inside it: an abort raised there
+    would chain the failure and its traceback, whose frames hold the request, into a cycle that
+    only the garbage collector frees (a flood of refused megabyte requests grew the server by a
+    gigabyte, the collector being tuned to run rarely: cli.serve).
+    """
+    if ending is None:
+        raise grpc.aio.AbortError()
+    await context.abort_with_status(ending)  # type: ignore[attr-defined]
 
 
 # How long a stream's last status may take to leave. A client that reads nothing never takes it:
@@ -120,10 +142,10 @@ async def _abort(context: Context, exc: Exception, method: str) -> None:
 STATUS_SECONDS = 1.0
 
 
-async def _end_stream(context: Context, exc: Exception, method: str) -> None:
-    """`_abort` for a server stream, whose status may wait behind messages its client does not read."""
+async def _end_stream(context: Context, ending: grpc.Status | None) -> None:
+    """`_end` for a server stream, whose status may wait behind messages its client does not read."""
     try:
-        await asyncio.wait_for(_abort(context, exc, method), STATUS_SECONDS)
+        await asyncio.wait_for(_end(context, ending), STATUS_SECONDS)
     except TimeoutError:
         pass  # the abort is recorded: grpc ends the call with it once this handler returns
 
@@ -180,10 +202,12 @@ class _Admission:
 
 
 def _request_id(request: Any) -> str:
+    """The request's id as the logs and the audit keep it: at most the 128 characters a valid one has
+    (a refused call's id was never checked, and a megabyte of it must not become one log line)."""
     if request is None:
         return ""
     value = getattr(request, "request_id", "") or getattr(getattr(request, "header", None), "request_id", "")
-    return str(value or "")
+    return str(value or "")[:128]
 
 
 def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool, gate: Gate) -> Behavior:
@@ -193,30 +217,33 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool, g
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        if (closed := gate.refusal(False)) is not None:
+            request = None
+            await _refuse(context, closed, method, start, admission.observe)
+        ending: grpc.Status | None = None
         try:
-            gate.admit(False)
-        except RegistryError as exc:
-            await _refuse(context, exc, method, start, admission.observe)
-        try:
-            current = await admission.authenticate(context)
-            if streaming_request:
-                # The resource is in the first message (the header): read it (only now,
-                # once the caller is known), then hand the behavior the stream with it in front.
-                first, request = await _peek(_decoded_stream(request))
-                await admission.authorize(current, first)
-            else:
-                await admission.authorize(current, _decoded(request))
-            response = await behavior(request, context)
-            if rule.by_servicer and not current.authorized:
-                raise RuntimeError(f"{method} answered without authorizing its resource")
-            return response
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = _code(exc, context)
-            await admission.refused(current_call.get() or _unknown(method), exc, context)
-            await _abort(context, exc, method)
+            try:
+                current = await admission.authenticate(context)
+                if streaming_request:
+                    # The resource is in the first message (the header): read it (only now,
+                    # once the caller is known), then hand the behavior the stream with it in front.
+                    first, request = await _peek(_decoded_stream(request))
+                    await admission.authorize(current, first)
+                else:
+                    await admission.authorize(current, _decoded(request))
+                response = await behavior(request, context)
+                if rule.by_servicer and not current.authorized:
+                    raise RuntimeError(f"{method} answered without authorizing its resource")
+                return response
+            except asyncio.CancelledError:  # the client went away or its deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = _code(exc, context)
+                await admission.refused(current_call.get() or _unknown(method), exc, context)
+                ending = _ending(exc, method)
+            request = None  # see _end: nothing of a refused request outlives its call
+            await _end(context, ending)
         finally:
             gate.release(False)
             call_ = current_call.get()
@@ -238,32 +265,36 @@ def _server_streaming(admission: _Admission, behavior: Behavior, gate: Gate, str
             yield
         start = time.perf_counter()
         code = grpc.StatusCode.OK
-        try:
-            gate.admit(watch)
-        except RegistryError as exc:
-            await _refuse(context, exc, method, start, admission.observe)
+        if (closed := gate.refusal(watch)) is not None:
+            request = None
+            await _refuse(context, closed, method, start, admission.observe)
         stream = streams.open()
         current_stream.set(stream)  # each call runs in a task of its own: this is this call's
+        ending: grpc.Status | None = None
         try:
-            current = await admission.authenticate(context)
-            await admission.authorize(current, _decoded(request))
-            items = behavior(request, context)
-
-            def check_first() -> None:  # the servicer authorizes its resource before it sends
-                if rule.by_servicer and not current.authorized:
-                    raise RuntimeError(f"{method} streamed without authorizing its resource")
-
             try:
-                await stream.pump(context, items, check_first)
-            finally:
-                await items.aclose()  # now, not when collected: a watch leaves its hub
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = _code(exc, context)
-            await admission.refused(current_call.get() or _unknown(method), exc, context)
-            await _end_stream(context, exc, method)
+                current = await admission.authenticate(context)
+                await admission.authorize(current, _decoded(request))
+                items = behavior(request, context)
+
+                def check_first() -> None:  # the servicer authorizes its resource before it sends
+                    if rule.by_servicer and not current.authorized:
+                        raise RuntimeError(f"{method} streamed without authorizing its resource")
+
+                try:
+                    await stream.pump(context, items, check_first)
+                finally:
+                    await items.aclose()  # now, not when collected: a watch leaves its hub
+                return
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = _code(exc, context)
+                await admission.refused(current_call.get() or _unknown(method), exc, context)
+                ending = _ending(exc, method)
+            request = None  # see _end
+            await _end_stream(context, ending)
         finally:
             streams.close(stream)
             gate.release(watch)

@@ -23,6 +23,7 @@ MESSAGE_BYTES = 1024
 FIELD_BYTES = 256  # a field violation's path
 DESCRIPTION_BYTES = 512  # a field violation's or precondition's description
 STATUS_BYTES = 4096
+MAX_SHOWN = 32  # violations tried at first: more could never fit in STATUS_BYTES anyway
 
 STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,9 +69,11 @@ def to_status(exc: errors.RegistryError) -> grpc.Status:
 def status_proto(exc: errors.RegistryError) -> status_pb2.Status:
     code = code_for(exc)
     violations: list[Any] = list(getattr(exc, "violations", None) or [])
-    shown = len(violations)
+    shown = min(len(violations), MAX_SHOWN)
     while True:
-        proto = _status_proto(exc, code, violations[:shown], len(violations) - shown)
+        proto = _status_proto(
+            exc, code, violations[:shown], len(violations) - shown + getattr(exc, "more", 0)
+        )
         if proto.ByteSize() <= STATUS_BYTES or shown <= 1:
             return proto
         shown -= 1
@@ -80,7 +83,9 @@ def _status_proto(
     exc: errors.RegistryError, code: grpc.StatusCode, violations: list[Any], dropped: int
 ) -> status_pb2.Status:
     # The count of what is not shown survives the cut.
-    more = f" ({dropped} more violations not shown)" if dropped else ""
+    more = (
+        f" (the details list {len(violations)} of {len(violations) + dropped} violations)" if dropped else ""
+    )
     message = cut(exc.message, MESSAGE_BYTES - len(more)) + more
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN))]
     if isinstance(exc, errors.InvalidArgument):
