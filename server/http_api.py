@@ -211,6 +211,9 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
+    # ASCII digits only: int() also reads other scripts' digits ("١" is 1), which no client means.
+    if not raw.isascii():
+        raise BadRequest(name, f"{name} must be an integer")
     try:
         value = int(raw)
     except ValueError:

@@ -33,8 +33,13 @@ _STRING = {"type": "string"}
 _NAME_OR_EMPTY = {"type": "string", "pattern": "^(?:[a-z][a-z0-9_-]{0,62})?$"}
 _VERSION = {"type": "string", "maxLength": 128, "pattern": VERSION_PATTERN}
 _LABEL_VALUE = {"type": "string", "pattern": "^[A-Za-z0-9_.@:/-]{0,63}$"}
-# Free text as the server takes it (names.check_text): bounded, no control characters but \n and \t.
-_TEXT = {"type": "string", "maxLength": 1024, "pattern": "^[^\\u0000-\\u0008\\u000b-\\u001f]*$"}
+# Free text as the server takes it (names.check_text): bounded, no control characters but \n and \t
+# (C0, DEL, C1), no bidi embeddings, overrides or isolates.
+_TEXT = {
+    "type": "string",
+    "maxLength": 1024,
+    "pattern": "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$",
+}
 _REQUEST_ID = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$", "description": "Idempotency key"}
 _STRINGS = {"type": "object", "additionalProperties": _STRING}
 _NUMBERS = {"type": "object", "additionalProperties": {"type": "number"}}

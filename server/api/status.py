@@ -74,7 +74,8 @@ def status_proto(exc: errors.RegistryError) -> status_pb2.Status:
         proto = _status_proto(
             exc, code, violations[:shown], len(violations) - shown + getattr(exc, "more", 0)
         )
-        if proto.ByteSize() <= STATUS_BYTES or shown <= 1:
+        # The message travels twice: as grpc-message, and inside the details (grpc-status-details-bin).
+        if proto.ByteSize() + len(proto.message.encode()) <= STATUS_BYTES or shown <= 1:
             return proto
         shown -= 1
 
