@@ -113,8 +113,10 @@ def _ending(exc: Exception, method: str) -> grpc.Status | None:
     its traceback here."""
     if isinstance(exc, grpc.aio.AbortError):
         return None
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, RegistryError) and code_for(exc) != grpc.StatusCode.INTERNAL:
         return to_status(exc)
+    # A bug of ours or a store error (a corrupt file, a driver's complaint): the log has it whole,
+    # the client a status that leaks nothing of the server's insides.
     log.exception("unhandled error in %s", method)
     return _INTERNAL
 
