@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from ..domain.model import Event
 
-DEFAULT_CAPACITY = 10_000
+DEFAULT_CAPACITY = 10_000  # entries
+DEFAULT_MAX_BYTES = 32 << 20  # of encoded answers in all: a version's metadata may be large
 
 
 def _program_of(resource: str) -> str | None:
@@ -25,8 +26,10 @@ def _program_of(resource: str) -> str | None:
 
 
 class ResponseCache:
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size = 0  # bytes of the answers held
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._keys: dict[str, set[str]] = {}  # program -> its cached keys
         self._generations: dict[str, int] = {}
@@ -45,11 +48,17 @@ class ResponseCache:
     def put(self, program: str, key: str, value: bytes, generation: tuple[int, int]) -> None:
         if generation != self.generation(program):
             return  # a commit landed while we read: what we hold may be stale
+        if len(value) > self.max_bytes // 64:
+            return  # a huge answer would push out hundreds of ordinary ones
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self.size -= len(previous)
         self._entries[key] = value
-        self._entries.move_to_end(key)
+        self.size += len(value)
         self._keys.setdefault(program, set()).add(key)
-        while len(self._entries) > self.capacity:
-            old, _ = self._entries.popitem(last=False)
+        while len(self._entries) > self.capacity or self.size > self.max_bytes:
+            old, dropped = self._entries.popitem(last=False)
+            self.size -= len(dropped)
             owner = _program_of(old)
             if owner is not None and owner in self._keys:
                 self._keys[owner].discard(old)
@@ -57,7 +66,9 @@ class ResponseCache:
     def invalidate(self, program: str) -> None:
         self._generations[program] = self._generations.get(program, 0) + 1
         for key in self._keys.pop(program, ()):
-            self._entries.pop(key, None)
+            dropped = self._entries.pop(key, None)
+            if dropped is not None:
+                self.size -= len(dropped)
 
     def on_commit(self, events: Sequence[Event]) -> None:
         for program in {_program_of(e.resource) for e in events}:
@@ -69,6 +80,7 @@ class ResponseCache:
         self._epoch += 1
         self._entries.clear()
         self._keys.clear()
+        self.size = 0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -39,3 +39,18 @@ def test_clear_makes_every_in_flight_read_stale() -> None:
     cache.clear()
     cache.put("a", "programs/a/versions/latest", b"a", generation)
     assert len(cache) == 0
+
+
+def test_bytes_are_bounded_too() -> None:
+    """Entries are counted and weighed: ten thousand answers of a large version's metadata would be
+    hundreds of MiB."""
+    cache = ResponseCache(capacity=1000, max_bytes=64 * 100)
+    for i in range(100):
+        cache.put(f"p{i}", f"programs/p{i}/versions/latest", b"x" * 100, cache.generation(f"p{i}"))
+    assert cache.size == 64 * 100 and len(cache) == 64  # the oldest went, by weight
+    assert cache.get("programs/p99/versions/latest") is not None
+    assert cache.get("programs/p0/versions/latest") is None
+    cache.put("big", "programs/big/versions/latest", b"x" * 1000, cache.generation("big"))
+    assert cache.get("programs/big/versions/latest") is None  # larger than a 64th: not cached
+    cache.on_commit([Event("program_version.yanked", "programs/p99/versions/1.0.0")])
+    assert cache.size == 63 * 100
