@@ -44,6 +44,7 @@ from grpc_status import rpc_status
 from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
 from ..errors import InvalidArgument, RegistryError
+from .bounds import check_items
 from .context import Context
 from .flow import WATCH_METHODS, Gate, Streams, current_stream
 from .guard import Guard, current_identity, identity
@@ -87,8 +88,11 @@ def _decoder(request_type: Any) -> Callable[[bytes], Any]:
 
 
 def _decoded(request: Any) -> Any:
+    """The request, checked: it parsed, and no list or map in it is absurdly long (bounds.py)."""
     if isinstance(request, Undecodable):
         raise request.error()
+    if request is not None:
+        check_items(request)
     return request
 
 

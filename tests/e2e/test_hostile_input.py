@@ -21,6 +21,7 @@ from google.rpc import status_pb2
 
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.e2e.conftest import ServerProcess
 
@@ -29,6 +30,8 @@ GET_PROGRAM = "/dspy_registry.v1.RegistryService/GetProgram"
 REGISTER_PROGRAM = "/dspy_registry.v1.RegistryService/RegisterProgram"
 UPLOAD_PROGRAM = "/dspy_registry.v1.RegistryService/UploadProgram"
 WATCH_TARGETS = "/dspy_registry.v1.DeploymentService/WatchTargets"
+UPDATE_ENVIRONMENT = "/dspy_registry.v1.DeploymentService/UpdateEnvironment"
+LIST_PROGRAMS = "/dspy_registry.v1.RegistryService/ListPrograms"
 
 
 def _raw(channel: grpc.Channel, method: str) -> Any:
@@ -160,3 +163,30 @@ async def test_errors_quote_values_short_and_stay_under_four_kib(
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _status_size(refused) < 4096
         assert "violations)" in (refused.details() or "") and "the details list" in (refused.details() or "")
+
+
+async def test_a_list_or_map_past_the_bound_is_refused_before_its_items_are_read(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    """100 000 items in a list, a map or a Struct: INVALID_ARGUMENT on the field, not 100 000 checks."""
+    server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+    update = dpb.UpdateEnvironmentRequest(environment=dpb.Environment(name="environments/staging"))
+    update.environment.policy.required_predecessors.extend(f"e{i}" for i in range(100_000))
+    labels = pb.ListProgramsRequest(labels={f"k{i}": "v" for i in range(5000)})
+    spec = pb.ProgramVersionSpec(program="p", version="1.0.0", signature="signatures/s/versions/1.0.0")
+    spec.metadata.update({"deep": {f"k{i}": i for i in range(5000)}})
+    with server.channel() as channel:
+        for method, request, field in (
+            (UPDATE_ENVIRONMENT, update, "environment.policy.required_predecessors"),
+            (LIST_PROGRAMS, labels, "labels"),
+            (
+                REGISTER_PROGRAM,
+                pb.RegisterProgramRequest(spec=spec, artifact=b"{}"),
+                "spec.metadata.fields['deep'].struct_value.fields",
+            ),
+        ):
+            refused = _refusal(_raw(channel, method), request.SerializeToString())
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert (refused.details() or "").startswith(f"{field}: at most 4096 items, not "), (
+                refused.details()
+            )
