@@ -66,8 +66,11 @@ from tests.reliability.fuzz_store import (
 )
 from tests.reliability.fuzz_values import CURSORS, HUGE_TEXT, TEXT
 
-FUZZ_SECONDS = budget(22, 0.2)  # the fuzzing itself; set-up and snapshots come on top
-SHARES = {"warm-up": 0.25, "refused": 0.25, "scoped": 0.15, "admin": 0.35}
+FUZZ_SECONDS = budget(22, 0.3)  # the fuzzing itself; set-up and snapshots come on top
+# The warm-up is long under soak: the server's memory climbs to its working size over the first
+# minutes of fuzzing (a 9-minute run: 88 MiB at the start, 105-120 from the fifth minute on, flat
+# after), and the bar is growth beyond that.
+SHARES = {"warm-up": 0.5, "refused": 0.15, "scoped": 0.1, "admin": 0.25}
 CONCURRENCY = 48  # calls in flight: 1 300 to 1 500 answers a second on this 2-core machine
 STREAM_LINGER = 0.2  # seconds a watch is listened to after its first message
 STATUS_LIMIT = 4096  # bytes of message + details a refusal may carry

@@ -238,8 +238,10 @@ async def test_twenty_watchers_see_exactly_the_log_through_sigkilled_servers(
     tally.watch_events_checked += sum(len(w.changes) for w in watchers)
     tally.codes.update(fleet.codes)
     check_watchers(watchers, log, snapshot, seed)
-    if count == 1:  # every kill ended every stream
-        assert all(w.streams > kills for w in watchers), [w.streams for w in watchers]
+    if count == 1:
+        # Every watcher was cut and resumed. Not one stream per kill: a kill that comes before a
+        # watcher, slowed by a busy machine, has opened its next stream cuts nothing of it.
+        assert all(w.streams > 1 for w in watchers), [w.streams for w in watchers]
     else:
         assert sum(w.streams for w in watchers) > WATCHERS, "no watcher resumed"
     assert sum(len(w.changes) for w in watchers) > 100, seed
