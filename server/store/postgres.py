@@ -40,13 +40,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..domain.model import Event
+from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
-from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
+from .migrations import POSTGRES, migrate
 from .records import Records
-from .sql import Row, now_us
+from .sql import Row
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -194,19 +194,7 @@ class PostgresStore:
     async def _migrate(self, conn: _Connection, raw: asyncpg.Connection) -> None:
         async with raw.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(?)", _MIGRATION_LOCK)
-            await conn.execute(CREATE_LEDGER)
-            done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
-            for migration in MIGRATIONS:
-                if migration.number in done:
-                    continue
-                for statement in migration.statements:
-                    await conn.execute(render(statement, POSTGRES))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (number, name, applied_time) VALUES (?, ?, ?)",
-                    migration.number,
-                    migration.name,
-                    now_us(),
-                )
+            await migrate(conn, POSTGRES)
 
     async def close(self) -> None:
         if self._listen_task is not None:
@@ -337,7 +325,7 @@ class PostgresStore:
                     events = await tx.events_after(self._delivered, limit=1000)
                 if not events:
                     break
-                for group in _by_revision(events):
+                for _, group in by_revision(events):
                     self.commits.publish(group)
                 self._delivered = events[-1].revision
 
@@ -440,13 +428,3 @@ async def _release(pool: asyncpg.Pool, raw: Any) -> None:
         await pool.release(raw)
     except _DRIVER_ERRORS:
         log.debug("a connection failed as it was released; the pool replaces it", exc_info=True)
-
-
-def _by_revision(events: Sequence[Event]) -> list[list[Event]]:
-    groups: list[list[Event]] = []
-    for event in events:
-        if groups and groups[-1][0].revision == event.revision:
-            groups[-1].append(event)
-        else:
-            groups.append([event])
-    return groups

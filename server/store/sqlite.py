@@ -50,9 +50,8 @@ import aiosqlite
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
-from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
+from .migrations import MIGRATIONS, SQLITE, migrate
 from .records import Records
-from .sql import now_us
 from .sqlite_connections import (
     DISK_LIMIT,
     MIN_FREE_BYTES,
@@ -258,25 +257,18 @@ class SqliteStore:
             self._full = self._no_room(free_bytes(self.path))
 
     async def _migrate(self, conn: Writer) -> None:
-        await conn.execute(CREATE_LEDGER)
-        done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
-        for migration in MIGRATIONS:
-            if migration.number in done:
-                continue
-            await self._begin(conn)
-            try:
-                for statement in migration.statements:
-                    await conn.execute(render(statement, SQLITE))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (number, name, applied_time) VALUES (?, ?, ?)",
-                    migration.number,
-                    migration.name,
-                    now_us(),
-                )
-                await conn.execute("COMMIT")
-            except BaseException:
-                _rollback_quietly(conn.db)  # SQLite may have rolled back already (a full disk)
-                raise
+        await migrate(conn, SQLITE, lambda: self._migration_transaction(conn))
+
+    @asynccontextmanager
+    async def _migration_transaction(self, conn: Writer) -> AsyncIterator[None]:
+        """Each migration in its own transaction, begun as every write is (another process's lock waited out)."""
+        await self._begin(conn)
+        try:
+            yield
+            await conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn.db)  # SQLite may have rolled back already (a full disk)
+            raise
 
     async def close(self) -> None:
         self._closed = True
