@@ -394,7 +394,7 @@ class DeploymentServicer(WebhookMethods):
         self, request: pb.ReportSidecarStatusRequest, context: Context
     ) -> pb.ReportSidecarStatusResponse:
         who = identity().name
-        now = self.sidecars.clock()  # the same clock that later judges liveness
+        now = self.sidecars.clock.now()  # the same clock that later judges liveness
         heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
         report = sidecars.Report(
             request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,

@@ -15,12 +15,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..calls import Call, caller, current_call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import Event
 from ..domain.names import check_name, check_text
 from ..errors import Aborted as AbortedError
@@ -66,13 +67,10 @@ class PrincipalDraft:
     certificate_subjects: tuple[str, ...]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Access:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
         # authorization header -> (fresh until (monotonic), token expiry (epoch s) or None, identity)
         self._verified: dict[str, tuple[float, float | None, Identity]] = {}
         self._generation = 0  # bumped by every commit that may invalidate a verified token
@@ -104,7 +102,11 @@ class Access:
             raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
         # The hot path: a header verified less than a second ago costs a dict lookup.
         hit = self._verified.get(authorization)
-        if hit is not None and hit[0] > time.monotonic() and (hit[1] is None or time.time() < hit[1]):
+        if (
+            hit is not None
+            and hit[0] > time.monotonic()
+            and (hit[1] is None or self.clock.now().timestamp() < hit[1])
+        ):
             return hit[2]
         parsed = access.parse_bearer(authorization)
         if parsed is None:
@@ -118,7 +120,7 @@ class Access:
         token, _, principal = found
         if token.revoked:
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… was revoked")
-        if not token.active_at(_now()):
+        if not token.active_at(self.clock.now()):
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… expired")
         if principal.disabled:
             raise Unauthenticated(f"principal {principal.name} is disabled")
@@ -133,7 +135,7 @@ class Access:
 
     def _note_use(self, token: Token) -> None:
         """Keep `last_use_time` to the minute, off the call's path (at most once a minute a token)."""
-        now = _now()
+        now = self.clock.now()
         if token.last_use_time is not None and now - token.last_use_time < LAST_USE_RESOLUTION:
             return
         if token.id in self._touching:
@@ -193,7 +195,7 @@ class Access:
         """A denied or failed call's audit event, in a transaction of its own."""
         call.audited = True  # this transaction must not add a second one
         event = AuditEvent(
-            time=_now(),
+            time=self.clock.now(),
             principal=call.principal,
             token=call.token,
             method=call.method,
@@ -233,7 +235,7 @@ class Access:
         async with self.store.write() as tx:
             if await tx.count_principals() > 0:
                 return False
-            now = _now()
+            now = self.clock.now()
             admin = Principal(
                 ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", access.BOOTSTRAP,
                 now, now, tx.next_revision,
@@ -295,7 +297,7 @@ class Access:
                     raise AlreadyExists(
                         f"principals/{owner}", f"certificate subject {quote(subject)} already maps to {owner}"
                     )
-            now = _now()
+            now = self.clock.now()
             principal = Principal(
                 draft.name, draft.type, draft.display_name, draft.team, draft.email,
                 draft.certificate_subjects, False, "", caller(), now, now, tx.next_revision,
@@ -349,7 +351,7 @@ class Access:
             disabled = not undo
             if principal.disabled == disabled:
                 return await record(tx, idem, principal)
-            now = _now()
+            now = self.clock.now()
             await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
             kind = "principal.enabled" if undo else "principal.disabled"
             await tx.append([Event(kind, principal.resource_name, {"principal": name, "reason": reason})])
@@ -370,7 +372,7 @@ class Access:
         token_id = access.new_token_id()
         token = Token(
             token_id, principal, description, access.secret_prefix(token_id), expire_time, False, None,
-            creator, _now(), revision,
+            creator, self.clock.now(), revision,
         )  # fmt: skip
         return NewToken(token, access.new_secret())
 
@@ -388,8 +390,8 @@ class Access:
         if ttl is not None:
             if not timedelta(0) < ttl <= timedelta(days=3650):
                 raise InvalidArgument.one("ttl", "must be positive and at most ten years")
-            expire_time = _now() + ttl
-        if expire_time is not None and expire_time <= _now():
+            expire_time = self.clock.now() + ttl
+        if expire_time is not None and expire_time <= self.clock.now():
             raise InvalidArgument.one("expire_time", "must be in the future")
         async with self.store.write() as tx:
             if (replay := await replayed(tx, idem)) is not None:
@@ -410,7 +412,7 @@ class Access:
     ) -> PageOf[Token]:
         if principal is not None:
             await self.get_principal(principal)  # NOT_FOUND names it
-        active_at = None if include_inactive else _now()
+        active_at = None if include_inactive else self.clock.now()
         return await page_of(
             self.store,
             lambda tx, page: tx.list_tokens(principal, active_at, page),
@@ -432,7 +434,7 @@ class Access:
                 raise NotFound(f"principals/{principal}/tokens/{token_id}")
             if token.revoked:
                 return await record(tx, idem, token)
-            now = _now()
+            now = self.clock.now()
             await tx.revoke_token(token_id, tx.next_revision, now)
             await tx.append([Event("token.revoked", token.resource_name, {"principal": principal})])
             return await record(
@@ -457,7 +459,13 @@ class Access:
             if existing is not None:
                 return await record(tx, idem, (existing, False))
             grant = Grant(
-                access.new_token_id(), principal, action, resource, caller(), _now(), tx.next_revision
+                access.new_token_id(),
+                principal,
+                action,
+                resource,
+                caller(),
+                self.clock.now(),
+                tx.next_revision,
             )
             await tx.insert_grant(grant)
             await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])

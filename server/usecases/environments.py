@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from ..domain import environments as envs
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.environments import Environment
 from ..domain.model import Event
 from ..errors import Aborted, NotFound
@@ -17,13 +17,10 @@ from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 log = logging.getLogger("dspy_registry.environments")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Environments:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
 
     async def seed(self, configured: tuple[Environment, ...] | None) -> None:
         """At start: the configured environments (created or brought up to date), else the defaults
@@ -36,7 +33,7 @@ class Environments:
                 current = await tx.get_environment(env.name)
                 if current is not None and envs.same_definition(current, env):
                     continue
-                now = _now()
+                now = self.clock.now()
                 created = current.create_time if current is not None else now
                 await tx.put_environment(
                     replace(env, create_time=created, update_time=now, revision=tx.next_revision)
@@ -82,7 +79,7 @@ class Environments:
             wanted = change(current)
             known = await tx.environment_names() | {wanted.name}
             envs.validate(wanted, known).raise_if_any()
-            now = _now()
+            now = self.clock.now()
             updated = replace(
                 wanted,
                 name=name,

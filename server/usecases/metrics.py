@@ -10,11 +10,11 @@ analysis, so what an operator sees is what the controller acted on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ..domain import health
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, State, Target
 from ..domain.environments import Environment
 from ..domain.health import Health, Verdict, Window
@@ -24,10 +24,6 @@ from ..store.records import Records
 from .common import check_owner
 
 DEFAULT_RETENTION_SECONDS = 3600.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,7 @@ class Metrics:
     def __init__(
         self,
         store: Store,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = SYSTEM_CLOCK,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.store = store
@@ -121,7 +117,7 @@ class Metrics:
         retention, or of a program and environment with no target. A retry is
         accepted again but stored once.
         """
-        now = self.clock()
+        now = self.clock.now()
         oldest = now - timedelta(seconds=self.retention)
         v = Violations()
         health.check_window_times(windows, now, v)

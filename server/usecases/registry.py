@@ -10,11 +10,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..domain import compare as comparing
 from ..domain import guard, programs, signatures, versions
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import (
     Event,
     ProgramSummary,
@@ -79,10 +79,6 @@ def _summarize(artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
     return programs.summarize_dspy_state(text)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Registry:
     """Signatures and program versions."""
 
@@ -93,8 +89,10 @@ class Registry:
         guard_mode: guard.GuardMode = guard.GuardMode.ENFORCE,
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.guard_mode = guard_mode
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
@@ -163,7 +161,7 @@ class Registry:
                 previous_version=previous.version if previous else "",
                 compatibility=level,
                 creator=caller,
-                create_time=_now(),
+                create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
             await tx.insert_signature_version(sv, proposed.sort_key)
@@ -324,7 +322,7 @@ class Registry:
                 yanked=False,
                 yank_reason="",
                 creator=caller,
-                create_time=_now(),
+                create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
             await tx.put_artifact_from(digest, artifact.size_bytes, artifact.chunks())

@@ -10,9 +10,7 @@ sidecar is gone); maintenance deletes the rows of those long silent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
 from ..errors import NotFound
 from ..store.base import Store
@@ -20,12 +18,8 @@ from .common import check_owner
 from .deployments import Deployments
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Sidecars:
-    def __init__(self, store: Store, deployments: Deployments, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, store: Store, deployments: Deployments, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.deployments = deployments
         self.clock = clock
@@ -55,13 +49,13 @@ class Sidecars:
     async def leave(self, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
         async with self.store.write() as tx:
-            await check_owner(tx, sidecar_id, principal, self.clock())
+            await check_owner(tx, sidecar_id, principal, self.clock.now())
             await tx.remove_sidecar(sidecar_id)
             return tx.revision
 
     async def serving(self, program: str, environment: str) -> list[Report]:
         """The live sidecars that hold a version of `program` in `environment`."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.read() as tx:
             found = await tx.sidecars_serving(program, environment)
         return [r for r in found if r.live_at(now)]

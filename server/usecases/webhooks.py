@@ -13,10 +13,11 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ..calls import caller
 from ..domain import webhooks
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import Event
 from ..domain.webhooks import (
     Delivery,
@@ -48,17 +49,13 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0])) for info in infos]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Webhooks:
     def __init__(
         self,
         store: Store,
         allow: Sequence[Network] = (),
         resolve: Resolve = resolve_host,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = SYSTEM_CLOCK,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
@@ -98,7 +95,7 @@ class Webhooks:
                 )
             webhook = Webhook(
                 draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, caller(),
-                self.clock(), tx.next_revision,
+                self.clock.now(), tx.next_revision,
             )  # fmt: skip
             await tx.insert_webhook(webhook)
             await tx.append([Event("webhook.created", webhook.resource_name, {"webhook": webhook.id})])
@@ -149,7 +146,7 @@ class Webhooks:
 
     async def claim(self, limit: int) -> list[Due]:
         """Due deliveries, each leased to the caller for one attempt."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.write() as tx:
             return await tx.claim_deliveries(now, now + timedelta(seconds=webhooks.LEASE_SECONDS), limit)
 
@@ -160,7 +157,7 @@ class Webhooks:
         if outcome.succeeded:
             state = DeliveryState.SUCCEEDED
         else:
-            next_attempt = webhooks.next_attempt(failed, due.create_time, self.clock(), self.rand())
+            next_attempt = webhooks.next_attempt(failed, due.create_time, self.clock.now(), self.rand())
             state = DeliveryState.PENDING if next_attempt is not None else DeliveryState.FAILED
         async with self.store.write() as tx:
             assert due.lease_until is not None  # claimed

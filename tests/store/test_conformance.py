@@ -21,6 +21,7 @@ from dspy_registry.server.store.base import Store, open_store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
+from tests.clock import FakeClock
 from tests.factories import dspy_state, spec
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -349,7 +350,9 @@ async def test_idempotency_records_older_than_the_retention_are_pruned(store: St
     await asyncio.sleep(0.002)
     async with store.write() as tx:
         await tx.put_request("p", "new", "M", "fp", b"second answer")
-    await Maintenance(store, request_retention=60, clock=lambda: boundary + timedelta(seconds=60)).run_once()
+    await Maintenance(
+        store, request_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
+    ).run_once()
     async with store.read() as tx:
         assert await tx.get_request("p", "old") is None
         assert await tx.get_request("p", "new") is not None
@@ -368,7 +371,7 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
     async with store.write() as tx:
         await tx.append([Event("new", "r/9")])
     maintenance = Maintenance(
-        store, request_retention=3600, event_retention=60, clock=lambda: boundary + timedelta(seconds=60)
+        store, request_retention=3600, event_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
     )
     await maintenance.run_once()
     async with store.read() as tx:
