@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..calls import Call
 from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
 from .base import AVAILABLE, Availability
@@ -262,7 +263,7 @@ class PostgresStore:
         return self._writer
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Records]:
+    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
         self._available()
         async with self._write_lock:
             self._available()  # the database may have gone away while this write waited its turn
@@ -273,7 +274,7 @@ class PostgresStore:
                 await _driver(transaction.start)
                 row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1 FOR UPDATE")
                 assert row is not None
-                records = Records(conn, base_revision=int(row["revision"]))
+                records = Records(conn, base_revision=int(row["revision"]), call=call)
                 yield records
                 await records.finish()
                 if records.appended:

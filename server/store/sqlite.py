@@ -47,6 +47,7 @@ from urllib.parse import quote
 
 import aiosqlite
 
+from ..calls import Call
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
@@ -330,14 +331,14 @@ class SqliteStore:
         return AVAILABLE
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Records]:
+    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         if self._full or self._writer_task is None:
             raise ResourceExhausted(
                 DISK_LIMIT, f"the store is read-only: {self._full}; writes resume once space is freed"
             )
-        slot = _Slot()
+        slot = _Slot(call)
         self._queue.put_nowait(slot)
         try:
             records = await slot.granted
@@ -429,7 +430,7 @@ class SqliteStore:
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
         await writer.execute("SAVEPOINT unit")
         unit = WriteConnection(writer, lambda: writer.db.in_transaction)
-        records = Records(unit, base_revision=self._revision)
+        records = Records(unit, base_revision=self._revision, call=slot.call)
         slot.granted.set_result(records)
         succeeded = await slot.finished
         if not writer.db.in_transaction:
@@ -460,7 +461,8 @@ def _rollback_quietly(db: sqlite3.Connection) -> None:
 class _Slot:
     """One write transaction's handshake with the writer task."""
 
-    def __init__(self) -> None:
+    def __init__(self, call: Call | None) -> None:
+        self.call = call  # the call it serves, for its audit event
         loop = asyncio.get_running_loop()
         self.granted: asyncio.Future[Records] = loop.create_future()
         self.finished: asyncio.Future[bool] = loop.create_future()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..calls import Call, caller, current_call
+from ..calls import Call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
 from ..domain.clock import SYSTEM_CLOCK, Clock
@@ -151,7 +151,7 @@ class Access:
             finally:
                 self._touching.discard(token.id)
 
-        # A context of its own: this write is nobody's call and must not carry one's audit.
+        # Nobody's call (so no audit event), and a context of its own: the request logs do not count it.
         task = asyncio.get_running_loop().create_task(touch(), context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -220,19 +220,19 @@ class Access:
     async def bootstrap(self, token_file: Path) -> bool:
         """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
         # Audited like any mutation, by the system: the store writes the event in this transaction.
-        context = current_call.set(
-            Call("bootstrap", access.SYSTEM, "", "principals/admin", "", "", mutation=True)
+        call = Call(
+            method="bootstrap",
+            principal=access.SYSTEM,
+            token="",
+            resource="principals/admin",
+            request_id="",
+            peer="",
+            mutation=True,
         )
-        try:
-            return await self._bootstrap(token_file)
-        finally:
-            current_call.reset(context)
-
-    async def _bootstrap(self, token_file: Path) -> bool:
         async with self.store.read() as tx:
             if await tx.count_principals() > 0:
                 return False  # every start but the first: no write, so a read-only store starts too
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if await tx.count_principals() > 0:
                 return False
             now = self.clock.now()
@@ -272,7 +272,7 @@ class Access:
     # -- principals ------------------------------------------------------------------------
 
     async def create_principal(
-        self, draft: PrincipalDraft, idem: Idempotency[Principal] | None
+        self, call: Call, draft: PrincipalDraft, idem: Idempotency[Principal] | None
     ) -> Principal | Replay:
         v = Violations()
         v.collect(lambda: access.check_principal_id(draft.name, "principal_id"))
@@ -286,7 +286,7 @@ class Access:
         if len(set(draft.certificate_subjects)) != len(draft.certificate_subjects):
             v.add("principal.certificate_subjects", "must be unique")
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             if await tx.get_principal(draft.name) is not None:
@@ -300,7 +300,7 @@ class Access:
             now = self.clock.now()
             principal = Principal(
                 draft.name, draft.type, draft.display_name, draft.team, draft.email,
-                draft.certificate_subjects, False, "", caller(), now, now, tx.next_revision,
+                draft.certificate_subjects, False, "", call.actor, now, now, tx.next_revision,
             )  # fmt: skip
             await tx.insert_principal(principal)
             await tx.append([Event("principal.created", principal.resource_name, {"principal": draft.name})])
@@ -333,12 +333,12 @@ class Access:
         return found
 
     async def disable_principal(
-        self, name: str, reason: str, undo: bool, etag: str, idem: Idempotency[Principal] | None
+        self, call: Call, name: str, reason: str, undo: bool, etag: str, idem: Idempotency[Principal] | None
     ) -> Principal | Replay:
         check_text(reason, "reason", 1024)
         if not undo and not reason.strip():
             raise InvalidArgument.one("reason", "say why the principal is disabled")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             principal = await tx.get_principal(name)
@@ -346,7 +346,7 @@ class Access:
                 raise NotFound(f"principals/{name}")
             if etag and etag != principal.etag:
                 raise AbortedError(f"{principal.resource_name} changed: etag is {principal.etag}")
-            if not undo and name == caller():
+            if not undo and name == call.actor:
                 raise FailedPrecondition("a principal cannot disable itself; ask another admin")
             disabled = not undo
             if principal.disabled == disabled:
@@ -378,6 +378,7 @@ class Access:
 
     async def create_token(
         self,
+        call: Call,
         principal: str,
         description: str,
         expire_time: datetime | None,
@@ -393,7 +394,7 @@ class Access:
             expire_time = self.clock.now() + ttl
         if expire_time is not None and expire_time <= self.clock.now():
             raise InvalidArgument.one("expire_time", "must be in the future")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             owner = await tx.get_principal(principal)
@@ -401,7 +402,7 @@ class Access:
                 raise NotFound(f"principals/{principal}")
             if owner.disabled:
                 raise FailedPrecondition(f"principals/{principal} is disabled")
-            issued = self._issue(principal, description, expire_time, caller(), tx.next_revision)
+            issued = self._issue(principal, description, expire_time, call.actor, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append([Event("token.created", issued.token.resource_name, {"principal": principal})])
             # The recorded answer carries no secret: a retry gets the token, never the secret again.
@@ -424,9 +425,9 @@ class Access:
         )
 
     async def revoke_token(
-        self, principal: str, token_id: str, idem: Idempotency[Token] | None
+        self, call: Call, principal: str, token_id: str, idem: Idempotency[Token] | None
     ) -> Token | Replay:
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             token = await tx.get_token(token_id)
@@ -444,10 +445,15 @@ class Access:
     # -- grants ----------------------------------------------------------------------------
 
     async def grant(
-        self, principal: str, action: Action, resource: str, idem: Idempotency[tuple[Grant, bool]] | None
+        self,
+        call: Call,
+        principal: str,
+        action: Action,
+        resource: str,
+        idem: Idempotency[tuple[Grant, bool]] | None,
     ) -> tuple[Grant, bool] | Replay:
         access.check_glob(resource, "resource")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             found = await tx.get_principal(principal)
@@ -463,7 +469,7 @@ class Access:
                 principal,
                 action,
                 resource,
-                caller(),
+                call.actor,
                 self.clock.now(),
                 tx.next_revision,
             )
@@ -471,8 +477,10 @@ class Access:
             await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])
             return await record(tx, idem, (grant, True))
 
-    async def revoke_grant(self, grant_id: str, idem: Idempotency[Grant] | None) -> Grant | Replay:
-        async with self.store.write() as tx:
+    async def revoke_grant(
+        self, call: Call, grant_id: str, idem: Idempotency[Grant] | None
+    ) -> Grant | Replay:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             grant = await tx.get_grant(grant_id)

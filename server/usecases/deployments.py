@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ..calls import caller
+from ..calls import Call
 from ..domain import deployments as dep
 from ..domain import versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
@@ -152,14 +152,14 @@ class Deployments:
         return found
 
     async def create(
-        self, request: DeploymentRequest, idem: Idempotency[Deployment] | None
+        self, call: Call, request: DeploymentRequest, idem: Idempotency[Deployment] | None
     ) -> Deployment | Replay:
         if request.version != versions.LATEST:
             versions.parse(request.version)
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
-            return await record(tx, idem, await self.create_in(tx, request, caller(), auto=False))
+            return await record(tx, idem, await self.create_in(tx, request, call.actor, auto=False))
 
     async def create_in(self, tx: Records, r: DeploymentRequest, actor: str, *, auto: bool) -> Deployment:
         """CreateDeployment's work inside a transaction (also used by auto-deploy on registration)."""
@@ -221,31 +221,38 @@ class Deployments:
 
     async def change(
         self,
+        call: Call,
         deployment_id: str,
         etag: str,
         idem: Idempotency[Deployment] | None,
         act: Action,
     ) -> Deployment | Replay:
         """Approve, promote, abort: re-read, check the etag, apply the pure action, save."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = act(d, t, self.clock.now(), caller())
+            after, target = act(d, t, self.clock.now(), call.actor)
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
 
     async def approve(
-        self, deployment_id: str, comment: str, reject: bool, etag: str, idem: Idempotency[Deployment] | None
+        self,
+        call: Call,
+        deployment_id: str,
+        comment: str,
+        reject: bool,
+        etag: str,
+        idem: Idempotency[Deployment] | None,
     ) -> Deployment | Replay:
         """An approval; the one that starts the deployment re-checks the policy as it stands now."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = dep.approve(d, t, self.clock.now(), caller(), comment, reject)
+            after, target = dep.approve(d, t, self.clock.now(), call.actor, comment, reject)
             if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
                 await self._recheck(tx, after, target)
             saved, _ = await self._save(tx, after, d, target, t)
@@ -280,17 +287,18 @@ class Deployments:
 
     async def rollback(
         self,
+        call: Call,
         deployment_id: str,
         reason: str,
         etag: str,
         idem: Idempotency[tuple[Deployment, Deployment]] | None,
     ) -> tuple[Deployment, Deployment] | Replay:
         """A rollback: the previous version back at once, the original ROLLED_BACK, both linked."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            return await record(tx, idem, await self._roll_back_in(tx, d, reason, caller()))
+            return await record(tx, idem, await self._roll_back_in(tx, d, reason, call.actor))
 
     async def _roll_back_in(
         self, tx: Records, d: Deployment, reason: str, actor: str, auto: bool = False
@@ -483,15 +491,22 @@ class Deployments:
             await self._save(tx, after, d, target, t)
 
     async def nacked(
-        self, program: str, environment: str, sidecar_id: str, version: str, digest: str, error: str
+        self,
+        call: Call,
+        program: str,
+        environment: str,
+        sidecar_id: str,
+        version: str,
+        digest: str,
+        error: str,
     ) -> Deployment | None:
         """Act on a sidecar's NACK (see dep.nacked); the deployment it ended, if any."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             d = await tx.active_deployment(program, environment)
             if d is None:
                 return None
             t = await tx.get_target(program, environment) or Target(program, environment)
-            acted = dep.nacked(d, t, self.clock.now(), caller(), sidecar_id, version, digest, error)
+            acted = dep.nacked(d, t, self.clock.now(), call.actor, sidecar_id, version, digest, error)
             if acted is None:
                 return None
             saved, _ = await self._save(tx, acted[0], d, acted[1], t)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..calls import Call
 from ..domain import environments as envs
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.environments import Environment
@@ -59,6 +60,7 @@ class Environments:
 
     async def update(
         self,
+        call: Call,
         name: str,
         change: Callable[[Environment | None], Environment],
         etag: str,
@@ -66,7 +68,7 @@ class Environments:
         idem: Idempotency[Environment] | None,
     ) -> Environment | Replay:
         """Apply `change` (a pure merge of the request into the current definition) under the etag."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             current = await tx.get_environment(name)

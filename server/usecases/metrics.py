@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ..calls import Call
 from ..domain import health
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, State, Target
@@ -109,7 +110,9 @@ class Metrics:
         self.clock = clock
         self.retention = retention_seconds
 
-    async def report(self, sidecar_id: str, principal: str, windows: list[Window]) -> tuple[int, int]:
+    async def report(
+        self, call: Call, sidecar_id: str, principal: str, windows: list[Window]
+    ) -> tuple[int, int]:
         """Store `windows` (already validated): (accepted, dropped).
 
         Refused: a window dated in the future (INVALID_ARGUMENT), or of a
@@ -122,7 +125,7 @@ class Metrics:
         v = Violations()
         health.check_window_times(windows, now, v)
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             for program, version in sorted({(w.program, w.version) for w in windows}):
                 if await tx.program_version_digest(program, version) is None:
                     raise NotFound(f"programs/{program}/versions/{version}")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from ..calls import Call
 from ..domain import compare as comparing
 from ..domain import guard, programs, signatures, versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
@@ -102,7 +103,7 @@ class Registry:
     # -- signatures --------------------------------------------------------------------
 
     async def register_signature(
-        self, caller: str, draft: SignatureDraft, idem: Idempotency[RegisteredSignature] | None
+        self, call: Call, draft: SignatureDraft, idem: Idempotency[RegisteredSignature] | None
     ) -> RegisteredSignature | Replay:
         v = Violations()
         v.collect(lambda: check_name(draft.signature, "signature"))
@@ -114,7 +115,7 @@ class Registry:
                 v.add("change_type", "give either version or change_type, not both")
         v.raise_if_any()
 
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             name = draft.signature
@@ -160,7 +161,7 @@ class Registry:
                 metadata=draft.metadata,
                 previous_version=previous.version if previous else "",
                 compatibility=level,
-                creator=caller,
+                creator=call.actor,
                 create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
@@ -265,7 +266,7 @@ class Registry:
 
     async def register_program(
         self,
-        caller: str,
+        call: Call,
         draft: programs.ProgramDraft,
         artifact: Artifact,
         idem: Idempotency[RegisteredProgram] | None,
@@ -278,7 +279,7 @@ class Registry:
         digest = await artifact.sha256()
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             signature_version = await tx.resolve_signature_version(sig_ref.name, sig_ref.version)
@@ -321,7 +322,7 @@ class Registry:
                 predictors=predictors,
                 yanked=False,
                 yank_reason="",
-                creator=caller,
+                creator=call.actor,
                 create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
@@ -337,7 +338,7 @@ class Registry:
                 ]
             )
             if self.after_register is not None:
-                await self.after_register(tx, pv, caller)
+                await self.after_register(tx, pv, call.actor)
             return await record(tx, idem, RegisteredProgram(pv, True))
 
     async def _predictors(self, media_type: str, artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
@@ -463,7 +464,7 @@ class Registry:
 
     async def yank(
         self,
-        caller: str,
+        call: Call,
         ref: VersionRef,
         reason: str,
         undo: bool,
@@ -475,7 +476,7 @@ class Registry:
         if not undo and not reason.strip():
             raise InvalidArgument.one("reason", "say why the version is yanked")
         check_text(reason, "reason", 1024)
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             pv = await self._program_version(tx, ref)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from ..calls import caller
+from ..calls import Call
 from ..domain import webhooks
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import Event
@@ -75,7 +75,9 @@ class Webhooks:
 
     # -- the API's side ------------------------------------------------------------------------
 
-    async def create(self, draft: WebhookDraft, idem: Idempotency[Webhook] | None) -> Webhook | Replay:
+    async def create(
+        self, call: Call, draft: WebhookDraft, idem: Idempotency[Webhook] | None
+    ) -> Webhook | Replay:
         v = Violations()
         endpoint, kinds = webhooks.validate(draft, v)
         if endpoint is not None:
@@ -84,7 +86,7 @@ class Webhooks:
             except InvalidArgument as exc:
                 v.items += exc.violations
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             if await tx.get_webhook(draft.id) is not None:
@@ -94,7 +96,7 @@ class Webhooks:
                     "webhooks", f"at most {webhooks.MAX_WEBHOOKS} webhooks; delete one first"
                 )
             webhook = Webhook(
-                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, caller(),
+                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, call.actor,
                 self.clock.now(), tx.next_revision,
             )  # fmt: skip
             await tx.insert_webhook(webhook)
@@ -113,8 +115,10 @@ class Webhooks:
             raise NotFound(f"webhooks/{webhook_id}")
         return found
 
-    async def delete(self, webhook_id: str, idem: Idempotency[Webhook] | None) -> Webhook | Replay:
-        async with self.store.write() as tx:
+    async def delete(
+        self, call: Call, webhook_id: str, idem: Idempotency[Webhook] | None
+    ) -> Webhook | Replay:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             webhook = await tx.get_webhook(webhook_id)
