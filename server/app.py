@@ -42,6 +42,7 @@ from .usecases.environments import Environments
 from .usecases.metrics import Metrics
 from .usecases.registry import Registry
 from .usecases.sidecars import Sidecars
+from .usecases.watches import Watches
 from .usecases.webhooks import Webhooks
 from .watch import Hub, deployment_events
 
@@ -144,8 +145,9 @@ class App:
         if self.telemetry is not None:
             await self.telemetry.start(self.store, {"targets": self.hub, "events": self.events_hub})
         observe = self.telemetry.observe_rpc if self.telemetry else None
-        watch = TargetWatch(self.store, self.hub, guard)
-        events = EventWatch(self.store, self.events_hub, guard)
+        watches = Watches(self.store)
+        watch = TargetWatch(watches, self.hub, guard)
+        events = EventWatch(watches, self.events_hub, guard)
         self.store.commits.subscribe(self.controller.on_commit)
         self.store.commits.subscribe(self.notifier.on_commit)
         await _unless_read_only(
