@@ -93,13 +93,16 @@ class Registry:
         guard_mode: guard.GuardMode = guard.GuardMode.ENFORCE,
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
+        after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None,
     ) -> None:
+        """`after_register` is called inside each registration's transaction, with the version and
+        the caller: the server passes `Deployments.auto_deploy`; a registry without deployments
+        (the store's tests) passes nothing."""
         self.store = store
         self.guard_mode = guard_mode
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
-        # Called inside each registration's transaction (auto-deploy), when deployments exist.
-        self.after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None
+        self.after_register = after_register
 
     # -- signatures --------------------------------------------------------------------
 
