@@ -33,6 +33,7 @@ from .api.registry import RegistryServicer
 from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
+from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
@@ -93,8 +94,9 @@ class Services:
     gateway_secret: str  # the REST gateway's proof to the guard of who its callers are; "" without it
 
 
-def build(config: Config) -> Services:
-    """Wire the store, the use cases, the background loops and the servicers that `config` asks for.
+def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
+    """Wire the store, the use cases, the background loops and the servicers that `config` asks for;
+    every one of them reads the time of day from `clock`.
 
     Raises:
         ValueError: a setting out of range, a database URL of no known scheme, a bad webhook network.
@@ -108,7 +110,7 @@ def build(config: Config) -> Services:
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
     store = open_store(config.database)
-    access = Access(store)
+    access = Access(store, clock=clock)
     # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
     gateway_secret = secrets.token_urlsafe(32) if config.http_listen else ""
     guard = Guard(
@@ -117,16 +119,19 @@ def build(config: Config) -> Services:
         client_certificates=bool(config.tls_client_ca),
         gateway_secret=gateway_secret,
     )
-    environments = Environments(store)
-    deployments = Deployments(store, metrics_retention=config.metrics_retention_seconds)
+    environments = Environments(store, clock=clock)
+    deployments = Deployments(store, metrics_retention=config.metrics_retention_seconds, clock=clock)
     registry = Registry(
         store,
         guard_mode=config.semver_guard,
         upload_limit=config.upload_limit,
         max_concurrent_uploads=config.max_concurrent_uploads,
+        clock=clock,
         after_register=deployments.auto_deploy,
     )
-    webhooks = Webhooks(store, parse_networks(config.webhook_allow))  # a bad network fails the start
+    webhooks = Webhooks(
+        store, parse_networks(config.webhook_allow), clock=clock
+    )  # a bad network fails the start
     watches = Watches(store)
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
@@ -136,8 +141,8 @@ def build(config: Config) -> Services:
         guard,
         TargetWatch(watches, targets, guard),
         EventWatch(watches, events, guard),
-        Sidecars(store, deployments),
-        Metrics(store, retention_seconds=config.metrics_retention_seconds),
+        Sidecars(store, deployments, clock=clock),
+        Metrics(store, retention_seconds=config.metrics_retention_seconds, clock=clock),
         webhooks,
     )
     return Services(
@@ -145,13 +150,14 @@ def build(config: Config) -> Services:
         access=access,
         environments=environments,
         hubs={"targets": targets, "events": events},
-        controller=Controller(deployments),
+        controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
         maintenance=Maintenance(
             store,
             request_retention=config.request_retention_seconds,
             event_retention=config.event_retention_seconds,
             metrics_retention=config.metrics_retention_seconds,
+            clock=clock,
         ),
         guard=guard,
         servicers={
@@ -167,10 +173,14 @@ class App:
     """A server: `build(config)`'s services behind a grpc.aio server. `start()` opens the store
     (migrations), then serves; `stop()` ends it."""
 
-    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
-        """`telemetry`: providers of the caller's (tests); by default what the config asks for."""
+    def __init__(
+        self, config: Config, telemetry: Telemetry | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        """`telemetry`: providers of the caller's (tests); by default what the config asks for.
+        `clock`: where every use case reads the time of day (a test's own, to let a pause pass)."""
         self.config = config
-        self.services = build(config)
+        self.clock = clock
+        self.services = build(config, clock)
         self.store = self.services.store
         self.controller = self.services.controller
         self.notifier = self.services.notifier
