@@ -638,7 +638,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> None:
-    """Adds the operator commands to `dspy-registry`'s parser and subparsers (server/cli.py calls this)."""
+    """Adds the operator commands to `dspy-registry`'s parser and subparsers (dspy_registry/cli.py calls this)."""
     _connection_options(parser)
     # After the command's name too; suppressed defaults, so that they do not undo the ones given before it.
     common = [

@@ -189,7 +189,7 @@ def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Pa
     address = f"127.0.0.1:{free_port()}"
     token_file = tmp / "admin.token"
     serve = Path(sys.executable).parent / "dspy-registry"
-    command = [str(serve)] if serve.exists() else [sys.executable, "-m", "dspy_registry.server.cli"]
+    command = [str(serve)] if serve.exists() else [sys.executable, "-m", "dspy_registry.cli"]
     args = ["serve", "--listen", address, "--database", f"sqlite:///{tmp / 'registry.db'}"]
     args += ["--admin-token-file", str(token_file), "--grace", "2"]
     # Warnings only (an auto-rollback is one): the log is what a failed run prints the end of.

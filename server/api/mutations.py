@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from ..calls import serving
 from ..domain.names import check_request_id
 from ..usecases.common import Idempotency, Replay
-from .convert import fingerprint
+from .convert.common import fingerprint
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")

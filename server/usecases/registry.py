@@ -91,14 +91,17 @@ class Registry:
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
         clock: Clock = SYSTEM_CLOCK,
+        after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None,
     ) -> None:
+        """`after_register` is called inside each registration's transaction, with the version and
+        the actor who registered it: the server passes `Deployments.auto_deploy`; a registry without
+        deployments (the store's tests) passes nothing."""
         self.store = store
         self.clock = clock
         self.guard_mode = guard_mode
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
-        # Called inside each registration's transaction (auto-deploy), when deployments exist.
-        self.after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None
+        self.after_register = after_register
 
     # -- signatures --------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ SIGNATURE = "prog_a"  # signatures follow the same rule, on their own names
 
 
 def test_every_rpc_has_exactly_one_rule() -> None:
-    rpcs = {f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods}
+    rpcs = {f"/{s.full_name}/{m.name}" for s in SERVICES.values() for m in s.methods}
     assert rpcs - RULES.keys() == set(), "RPCs without a rule would be refused at start-up"
     assert RULES.keys() - rpcs == set(), "rules for RPCs that do not exist"
 
@@ -37,7 +37,7 @@ def test_every_rpc_has_exactly_one_rule() -> None:
 def _request(method: str, program: str) -> Message:
     """A well-formed request of `method` about `program` (and the signature of the same name)."""
     service, name = method.strip("/").split("/")
-    descriptor = next(s for s in SERVICES if s.full_name == service).methods_by_name[name]
+    descriptor = SERVICES[service].methods_by_name[name]
     message: Any = GetMessageClass(descriptor.input_type)()
     version = f"programs/{program}/versions/1.0.0"
     fields = {
@@ -73,7 +73,7 @@ def _request(method: str, program: str) -> Message:
 
 async def _call(channel: grpc.aio.Channel, method: str, request: Message) -> grpc.StatusCode:
     service, name = method.strip("/").split("/")
-    descriptor = next(s for s in SERVICES if s.full_name == service).methods_by_name[name]
+    descriptor = SERVICES[service].methods_by_name[name]
     response: Any = GetMessageClass(descriptor.output_type)
     payload = request.SerializeToString()
     try:

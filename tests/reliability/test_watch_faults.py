@@ -29,7 +29,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from dspy_registry.client.auth import bearer_interceptors
-from dspy_registry.server.store.base import open_store
+from dspy_registry.server.store.backends import open_store
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb

@@ -10,7 +10,8 @@ import pytest
 
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreError, StoreUnavailable
-from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.sqlite import SqliteStore
 from tests.store.event_log import append
 

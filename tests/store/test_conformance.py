@@ -19,7 +19,8 @@ from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSumma
 from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
-from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft

@@ -15,7 +15,7 @@ import pytest
 
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
-from dspy_registry.server.store.base import open_store
+from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.sqlite import SqliteStore
 from dspy_registry.server.store.sqlite_connections import MIN_FREE_BYTES
 from dspy_registry.server.store.sqlite_connections import translate as translate_sqlite
