@@ -59,7 +59,7 @@ class Selector:
         return glob_matches(self.program, t.program) and self.environment in ("", t.environment)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeploymentEvent:
     """A deployment lifecycle event, as WatchEvents carries it."""
 
@@ -87,21 +87,21 @@ def deployment_events(events: Sequence[Event]) -> list[DeploymentEvent]:
         d = e.data
         out.append(
             DeploymentEvent(
-                f"{e.revision}-{index}",
-                e.kind.removeprefix("deployment."),
-                e.revision,
-                e.create_time,
-                e.resource,
-                d["program"],
-                d["environment"],
-                d["version"],
-                d["state"],
-                event_step(d),
-                int(d["weight_percent"]),
-                d.get("actor", ""),
-                d.get("reason", ""),
-                d.get("related", ""),
-            )  # fmt: skip
+                id=f"{e.revision}-{index}",
+                kind=e.kind.removeprefix("deployment."),
+                revision=e.revision,
+                time=e.create_time,
+                deployment=e.resource,
+                program=d["program"],
+                environment=d["environment"],
+                version=d["version"],
+                state=d["state"],
+                step=event_step(d),
+                weight_percent=int(d["weight_percent"]),
+                actor=d.get("actor", ""),
+                reason=d.get("reason", ""),
+                related=d.get("related", ""),
+            )
         )
     return out
 
@@ -166,7 +166,7 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Subscriber:
     selectors: tuple[Selector, ...]
     kinds: frozenset[str] = frozenset()  # WatchEvents: only these kinds (empty: all)
@@ -233,7 +233,7 @@ class Hub:
         self.revision = self.handed_out = revision
 
     def subscribe(self, selectors: tuple[Selector, ...], kinds: frozenset[str] = frozenset()) -> Subscriber:
-        sub = Subscriber(selectors, kinds)
+        sub = Subscriber(selectors=selectors, kinds=kinds)
         if self.closed:
             sub.closed = True
             _wake(sub)  # its stream ends as it reads the flag

@@ -173,7 +173,7 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
             else base.analysis_interval_seconds,
         ),
     )
-    return Environment(name, m.description, m.position, policy)
+    return Environment(name=name, description=m.description, position=m.position, policy=policy)
 
 
 def _environment_name(value: str, field: str) -> str:
@@ -261,9 +261,15 @@ class DeploymentServicer(WebhookMethods):
 
         v.raise_if_any()
         draft = DeploymentRequest(
-            program, request.version, environment, strategy, request.reason, request.expected_target_etag,
-            request.supersede, request.allow_breaking,
-        )  # fmt: skip
+            program=program,
+            version=request.version,
+            environment=environment,
+            strategy=strategy,
+            reason=request.reason,
+            expected_target_etag=request.expected_target_etag,
+            supersede=request.supersede,
+            allow_breaking=request.allow_breaking,
+        )
         result = await self.deployments.create(draft, idempotency(request, "CreateDeployment", _created))
         return answer(result, pb.CreateDeploymentResponse, _created)
 
@@ -397,9 +403,13 @@ class DeploymentServicer(WebhookMethods):
         now = self.sidecars.clock()  # the same clock that later judges liveness
         heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
         report = sidecars.Report(
-            request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,
-            request.revision,
-        )  # fmt: skip
+            sidecar_id=request.sidecar_id,
+            principal=who,
+            targets=tuple(_applied(t) for t in request.targets),
+            heartbeat_seconds=heartbeat,
+            time=now,
+            revision=request.revision,
+        )
         v = Violations()
         sidecars.validate(report, v)
         v.raise_if_any()
@@ -590,12 +600,20 @@ def _window(sidecar_id: str, m: pb.MetricWindow, at: str, v: Violations) -> heal
             v.add(f"{at}.{name}", "is required")
         times.append(when or datetime.fromtimestamp(0, UTC))  # placeholder: the violations refuse the call
     window = health.Window(
-        sidecar_id, program, environment, m.version,
-        times[0], times[1],
-        m.request_count, m.error_count,
-        tuple(m.latency.bounds_ms) or health.STANDARD_BOUNDS_MS, tuple(m.latency.counts), m.latency.sum_ms,
-        m.feedback_correct, m.feedback_total,
-    )  # fmt: skip
+        sidecar_id=sidecar_id,
+        program=program,
+        environment=environment,
+        version=m.version,
+        start_time=times[0],
+        end_time=times[1],
+        request_count=m.request_count,
+        error_count=m.error_count,
+        bounds_ms=tuple(m.latency.bounds_ms) or health.STANDARD_BOUNDS_MS,
+        counts=tuple(m.latency.counts),
+        sum_ms=m.latency.sum_ms,
+        feedback_correct=m.feedback_correct,
+        feedback_total=m.feedback_total,
+    )
     health.validate_window(window, at, v)
     return window
 
@@ -644,10 +662,16 @@ _ROLES = {
 
 def _applied(m: pb.SidecarTargetStatus) -> sidecars.Applied:
     return sidecars.Applied(
-        _short(m.program, "programs"), _short(m.environment, "environments"), m.version, m.digest,
-        _ACKED.get(m.result), m.error_detail.code, m.error_detail.message, m.revision,
-        time_field(m, "apply_time"),
-    )  # fmt: skip
+        program=_short(m.program, "programs"),
+        environment=_short(m.environment, "environments"),
+        version=m.version,
+        digest=m.digest,
+        acked=_ACKED.get(m.result),
+        error_code=m.error_detail.code,
+        error_message=m.error_detail.message,
+        revision=m.revision,
+        apply_time=time_field(m, "apply_time"),
+    )
 
 
 def sidecar_proto(r: sidecars.Report, program: str, environment: str) -> pb.Sidecar:
@@ -663,9 +687,13 @@ def sidecar_proto(r: sidecars.Report, program: str, environment: str) -> pb.Side
         if a.program != program or a.environment != environment:
             continue
         entry = out.targets.add(
-            program=a.program, environment=a.environment, version=a.version, digest=a.digest,
-            result=pb.APPLY_RESULT_ACK if a.acked else pb.APPLY_RESULT_NACK, revision=a.revision,
-        )  # fmt: skip
+            program=a.program,
+            environment=a.environment,
+            version=a.version,
+            digest=a.digest,
+            result=pb.APPLY_RESULT_ACK if a.acked else pb.APPLY_RESULT_NACK,
+            revision=a.revision,
+        )
         if not a.acked:
             entry.error_detail.code = a.error_code
             entry.error_detail.message = a.error_message

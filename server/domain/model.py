@@ -10,7 +10,7 @@ from .programs import PredictorSummary
 from .signatures import Level, SignatureSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureVersion:
     signature: str
     version: str
@@ -27,7 +27,7 @@ class SignatureVersion:
         return f"signatures/{self.signature}/versions/{self.version}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureSummary:
     signature: str
     latest_version: str
@@ -36,7 +36,7 @@ class SignatureSummary:
     update_time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramVersion:
     program: str
     version: str
@@ -71,7 +71,7 @@ class ProgramVersion:
         return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramSummary:
     program: str
     latest_version: str
@@ -82,7 +82,7 @@ class ProgramSummary:
     update_time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
     """One entry of the event log; `revision` is set by the store when it commits."""
 

@@ -102,7 +102,7 @@ class Interest:
         return not self.selectors or any(s.matches(program, environment) for s in self.selectors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WebhookDraft:
     """A CreateWebhook request, before validation."""
 
@@ -114,7 +114,7 @@ class WebhookDraft:
     description: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Webhook:
     id: str
     url: str
@@ -135,7 +135,7 @@ class Webhook:
         return Interest(frozenset(self.event_kinds), self.selectors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Delivery:
     id: str
     webhook: str  # the webhook's id
@@ -155,7 +155,7 @@ class Delivery:
         return f"webhooks/{self.webhook}/deliveries/{self.id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Due:
     """A delivery claimed for an attempt: all the notifier needs to make it."""
 

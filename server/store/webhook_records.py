@@ -157,9 +157,23 @@ class WebhookQueries:
                         f"{revision}-{seq}", kind, revision, to_datetime(ts), e.resource, e.data
                     )
                 rows.append(
-                    (webhooks.new_delivery_id(), name, revision, seq, int(kind), body,
-                     int(DeliveryState.PENDING), 0, 0, "", ts, None, ts, None)
-                )  # fmt: skip
+                    (
+                        webhooks.new_delivery_id(),
+                        name,
+                        revision,
+                        seq,
+                        int(kind),
+                        body,
+                        int(DeliveryState.PENDING),
+                        0,
+                        0,
+                        "",
+                        ts,
+                        None,
+                        ts,
+                        None,
+                    )
+                )
         await self.conn.executemany(
             "INSERT INTO webhook_deliveries (id, webhook, revision, seq, event_kind, body, state, attempts, "
             "last_response_code, last_error, create_time, last_attempt_time, next_attempt_time, "
@@ -222,16 +236,16 @@ class WebhookQueries:
         )
         return [
             Due(
-                r["id"],
-                r["webhook"],
-                r["url"],
-                r["secret"],
-                Kind(r["event_kind"]),
-                r["body"],
-                r["attempts"],
-                to_datetime(r["create_time"]),
-                lease_until,
-            )  # fmt: skip
+                id=r["id"],
+                webhook=r["webhook"],
+                url=r["url"],
+                secret=r["secret"],
+                event_kind=Kind(r["event_kind"]),
+                body=r["body"],
+                attempts=r["attempts"],
+                create_time=to_datetime(r["create_time"]),
+                lease_until=lease_until,
+            )
             for r in rows
         ]
 

@@ -56,7 +56,7 @@ class Identity:
         return self.principal.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrincipalDraft:
     name: str
     type: access.PrincipalType
@@ -219,7 +219,15 @@ class Access:
         """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
         # Audited like any mutation, by the system: the store writes the event in this transaction.
         context = current_call.set(
-            Call("bootstrap", access.SYSTEM, "", "principals/admin", "", "", mutation=True)
+            Call(
+                method="bootstrap",
+                principal=access.SYSTEM,
+                token="",
+                resource="principals/admin",
+                request_id="",
+                peer="",
+                mutation=True,
+            )
         )
         try:
             return await self._bootstrap(token_file)
@@ -235,27 +243,39 @@ class Access:
                 return False
             now = _now()
             admin = Principal(
-                ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", access.BOOTSTRAP,
-                now, now, tx.next_revision,
-            )  # fmt: skip
+                name=ADMIN,
+                type=access.PrincipalType.USER,
+                display_name="Administrator",
+                team="",
+                email="",
+                certificate_subjects=(),
+                disabled=False,
+                disable_reason="",
+                creator=access.BOOTSTRAP,
+                create_time=now,
+                update_time=now,
+                revision=tx.next_revision,
+            )
             await tx.insert_principal(admin)
             grant = Grant(
-                access.new_token_id(),
-                ADMIN,
-                Action.ADMIN,
-                access.ALL,
-                access.BOOTSTRAP,
-                now,
-                tx.next_revision,
+                id=access.new_token_id(),
+                principal=ADMIN,
+                action=Action.ADMIN,
+                resource=access.ALL,
+                creator=access.BOOTSTRAP,
+                create_time=now,
+                revision=tx.next_revision,
             )
             await tx.insert_grant(grant)
             issued = self._issue(ADMIN, "bootstrap admin token", None, access.BOOTSTRAP, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append(
                 [
-                    Event("principal.created", admin.resource_name, {"principal": ADMIN}),
-                    Event("permission.granted", grant.resource_name, {"principal": ADMIN}),
-                    Event("token.created", issued.token.resource_name, {"principal": ADMIN}),
+                    Event(kind="principal.created", resource=admin.resource_name, data={"principal": ADMIN}),
+                    Event(kind="permission.granted", resource=grant.resource_name, data={"principal": ADMIN}),
+                    Event(
+                        kind="token.created", resource=issued.token.resource_name, data={"principal": ADMIN}
+                    ),
                 ]
             )
             # Written before the commit: if it fails, no admin exists without its token.
@@ -297,11 +317,29 @@ class Access:
                     )
             now = _now()
             principal = Principal(
-                draft.name, draft.type, draft.display_name, draft.team, draft.email,
-                draft.certificate_subjects, False, "", caller(), now, now, tx.next_revision,
-            )  # fmt: skip
+                name=draft.name,
+                type=draft.type,
+                display_name=draft.display_name,
+                team=draft.team,
+                email=draft.email,
+                certificate_subjects=draft.certificate_subjects,
+                disabled=False,
+                disable_reason="",
+                creator=caller(),
+                create_time=now,
+                update_time=now,
+                revision=tx.next_revision,
+            )
             await tx.insert_principal(principal)
-            await tx.append([Event("principal.created", principal.resource_name, {"principal": draft.name})])
+            await tx.append(
+                [
+                    Event(
+                        kind="principal.created",
+                        resource=principal.resource_name,
+                        data={"principal": draft.name},
+                    )
+                ]
+            )
             return await record(tx, idem, principal)
 
     async def list_principals(
@@ -352,7 +390,15 @@ class Access:
             now = _now()
             await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
             kind = "principal.enabled" if undo else "principal.disabled"
-            await tx.append([Event(kind, principal.resource_name, {"principal": name, "reason": reason})])
+            await tx.append(
+                [
+                    Event(
+                        kind=kind,
+                        resource=principal.resource_name,
+                        data={"principal": name, "reason": reason},
+                    )
+                ]
+            )
             updated = replace(
                 principal,
                 disabled=disabled,
@@ -369,9 +415,17 @@ class Access:
     ) -> NewToken:
         token_id = access.new_token_id()
         token = Token(
-            token_id, principal, description, access.secret_prefix(token_id), expire_time, False, None,
-            creator, _now(), revision,
-        )  # fmt: skip
+            id=token_id,
+            principal=principal,
+            description=description,
+            secret_prefix=access.secret_prefix(token_id),
+            expire_time=expire_time,
+            revoked=False,
+            revoke_time=None,
+            creator=creator,
+            create_time=_now(),
+            revision=revision,
+        )
         return NewToken(token, access.new_secret())
 
     async def create_token(
@@ -401,7 +455,15 @@ class Access:
                 raise FailedPrecondition(f"principals/{principal} is disabled")
             issued = self._issue(principal, description, expire_time, caller(), tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
-            await tx.append([Event("token.created", issued.token.resource_name, {"principal": principal})])
+            await tx.append(
+                [
+                    Event(
+                        kind="token.created",
+                        resource=issued.token.resource_name,
+                        data={"principal": principal},
+                    )
+                ]
+            )
             # The recorded answer carries no secret: a retry gets the token, never the secret again.
             return await record(tx, idem, issued)
 
@@ -434,7 +496,9 @@ class Access:
                 return await record(tx, idem, token)
             now = _now()
             await tx.revoke_token(token_id, tx.next_revision, now)
-            await tx.append([Event("token.revoked", token.resource_name, {"principal": principal})])
+            await tx.append(
+                [Event(kind="token.revoked", resource=token.resource_name, data={"principal": principal})]
+            )
             return await record(
                 tx, idem, replace(token, revoked=True, revoke_time=now, revision=tx.next_revision)
             )
@@ -457,10 +521,22 @@ class Access:
             if existing is not None:
                 return await record(tx, idem, (existing, False))
             grant = Grant(
-                access.new_token_id(), principal, action, resource, caller(), _now(), tx.next_revision
+                id=access.new_token_id(),
+                principal=principal,
+                action=action,
+                resource=resource,
+                creator=caller(),
+                create_time=_now(),
+                revision=tx.next_revision,
             )
             await tx.insert_grant(grant)
-            await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])
+            await tx.append(
+                [
+                    Event(
+                        kind="permission.granted", resource=grant.resource_name, data={"principal": principal}
+                    )
+                ]
+            )
             return await record(tx, idem, (grant, True))
 
     async def revoke_grant(self, grant_id: str, idem: Idempotency[Grant] | None) -> Grant | Replay:
@@ -472,7 +548,13 @@ class Access:
                 raise NotFound(f"permissions/{grant_id}")
             await tx.delete_grant(grant_id)
             await tx.append(
-                [Event("permission.revoked", grant.resource_name, {"principal": grant.principal})]
+                [
+                    Event(
+                        kind="permission.revoked",
+                        resource=grant.resource_name,
+                        data={"principal": grant.principal},
+                    )
+                ]
             )
             return await record(tx, idem, replace(grant, revision=tx.next_revision))
 

@@ -47,7 +47,7 @@ def _new_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(12))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeploymentRequest:
     program: str
     version: str  # or "latest"
@@ -83,14 +83,14 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
         "reason": last.reason if last else d.reason,
         "related": f"deployments/{related}" if related else "",
     }
-    out = [Event(f"deployment.{k.name.lower()}", d.resource_name, data) for k in kinds]
+    out = [Event(kind=f"deployment.{k.name.lower()}", resource=d.resource_name, data=data) for k in kinds]
     if t is not None:
         out.append(
             Event(
-                "target.updated",
-                t.resource_name,
+                kind="target.updated",
+                resource=t.resource_name,
                 # The whole target, so that a watcher needs nothing but the event log.
-                {
+                data={
                     "program": t.program,
                     "environment": t.environment,
                     "stable": t.stable.version if t.stable else None,
@@ -164,7 +164,7 @@ class Deployments:
             raise NotFound(f"environments/{r.environment}")
         pv = await self._version(tx, r.program, r.version)
         target_before = await tx.get_target(r.program, r.environment)
-        target = target_before or Target(r.program, r.environment)
+        target = target_before or Target(program=r.program, environment=r.environment)
         if r.expected_target_etag and r.expected_target_etag != target.etag:
             raise Aborted(
                 f"{target.resource_name} changed: etag is {target.etag}, request had {r.expected_target_etag}"
@@ -227,7 +227,9 @@ class Deployments:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = act(d, t, _now(), caller())
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
@@ -240,7 +242,9 @@ class Deployments:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = dep.approve(d, t, _now(), caller(), comment, reject)
             if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
                 await self._recheck(tx, after, target)
@@ -295,7 +299,9 @@ class Deployments:
         env = await tx.get_environment(d.environment)
         if env is not None and not env.policy.rollback_enabled:
             raise FailedPrecondition(f"rollback is disabled in {env.name}")
-        t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+        t = await tx.get_target(d.program, d.environment) or Target(
+            program=d.program, environment=d.environment
+        )
         now, new_id = _now(), _new_id()
         ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id, auto)
         previous = await tx.get_program_version(d.program, back_to.version)
@@ -331,7 +337,9 @@ class Deployments:
             d = await tx.get_deployment(deployment_id)
             if d is None or not dep.due(d, now):
                 return 0  # another replica, or a person, got there first
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             env = await tx.get_environment(d.environment)
             if d.strategy.strategy is Strategy.CANARY and env is not None and env.policy.monitoring_required:
                 return await self._gated_step(tx, d, t, env, now)
@@ -472,7 +480,9 @@ class Deployments:
             d = await tx.get_deployment(deployment_id)
             if d is None or d.state not in dep.ACTIVE:
                 return
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = dep.fail(d, t, _now(), "controller", reason)
             await self._save(tx, after, d, target, t)
 
@@ -484,7 +494,7 @@ class Deployments:
             d = await tx.active_deployment(program, environment)
             if d is None:
                 return None
-            t = await tx.get_target(program, environment) or Target(program, environment)
+            t = await tx.get_target(program, environment) or Target(program=program, environment=environment)
             acted = dep.nacked(d, t, _now(), caller(), sidecar_id, version, digest, error)
             if acted is None:
                 return None
@@ -580,7 +590,14 @@ class Deployments:
                 )
                 continue
             request = DeploymentRequest(
-                pv.program, pv.version, env.name, None, f"auto-deploy of {pv.version}", "", True, False
+                program=pv.program,
+                version=pv.version,
+                environment=env.name,
+                strategy=None,
+                reason=f"auto-deploy of {pv.version}",
+                expected_target_etag="",
+                supersede=True,
+                allow_breaking=False,
             )
             try:
                 await self.create_in(tx, request, actor, auto=True)

@@ -42,11 +42,20 @@ class Environments:
                     replace(env, create_time=created, update_time=now, revision=tx.next_revision)
                 )
                 kind = "environment.created" if current is None else "environment.updated"
-                events.append(Event(kind, env.resource_name, {"environment": env.name, "source": "config"}))
+                events.append(
+                    Event(
+                        kind=kind,
+                        resource=env.resource_name,
+                        data={"environment": env.name, "source": "config"},
+                    )
+                )
             if events:
                 await tx.append(events)
-                log.info("environments from %s", "the config file" if configured else "the defaults",
-                         extra={"environments": [e.resource.split("/")[1] for e in events]})  # fmt: skip
+                log.info(
+                    "environments from %s",
+                    "the config file" if configured else "the defaults",
+                    extra={"environments": [e.resource.split("/")[1] for e in events]},
+                )
 
     async def list(self, page_size: int, page_token: str) -> PageOf[Environment]:
         return await page_of(
@@ -92,5 +101,11 @@ class Environments:
             )
             await tx.put_environment(updated)
             kind = "environment.created" if current is None else "environment.updated"
-            await tx.append([Event(kind, updated.resource_name, {"environment": name, "source": "api"})])
+            await tx.append(
+                [
+                    Event(
+                        kind=kind, resource=updated.resource_name, data={"environment": name, "source": "api"}
+                    )
+                ]
+            )
             return await record(tx, idem, updated)

@@ -39,7 +39,7 @@ class Assessed:
     registered: dict[str, float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Assessment:
     window_start: datetime
     window_end: datetime
@@ -99,7 +99,7 @@ async def assess(
         out.append(assessed)
         if version == subject_version:
             subject = assessed
-    return Assessment(start, now, tuple(out), subject)
+    return Assessment(window_start=start, window_end=now, versions=tuple(out), subject=subject)
 
 
 class Metrics:

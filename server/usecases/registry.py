@@ -38,7 +38,7 @@ from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureDraft:
     signature: str
     version: str  # "" to bump
@@ -59,7 +59,7 @@ class RegisteredProgram:
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactStream:
     digest: str
     size_bytes: int
@@ -168,7 +168,13 @@ class Registry:
             )
             await tx.insert_signature_version(sv, proposed.sort_key)
             await tx.append(
-                [Event("signature.registered", sv.name, {"signature": name, "version": sv.version})]
+                [
+                    Event(
+                        kind="signature.registered",
+                        resource=sv.name,
+                        data={"signature": name, "version": sv.version},
+                    )
+                ]
             )
             return await record(tx, idem, RegisteredSignature(sv, tuple(warnings)))
 
@@ -332,9 +338,9 @@ class Registry:
             await tx.append(
                 [
                     Event(
-                        "program_version.registered",
-                        pv.name,
-                        {"program": pv.program, "version": pv.version, "digest": digest},
+                        kind="program_version.registered",
+                        resource=pv.name,
+                        data={"program": pv.program, "version": pv.version, "digest": digest},
                     )
                 ]
             )
@@ -420,7 +426,12 @@ class Registry:
             if count is None:
                 raise NotFound(f"programs/{program}/artifacts/{digest}")
             owner = await tx.version_with_digest(program, digest)
-        return ArtifactStream(digest, owner.size_bytes, owner.media_type, self._chunks(digest, count))
+        return ArtifactStream(
+            digest=digest,
+            size_bytes=owner.size_bytes,
+            media_type=owner.media_type,
+            chunks=self._chunks(digest, count),
+        )
 
     async def _chunks(self, digest: str, count: int) -> AsyncIterator[bytes]:
         # One chunk per read: a 64 MiB artifact never sits in memory whole.
@@ -491,9 +502,9 @@ class Registry:
             await tx.append(
                 [
                     Event(
-                        "program_version.unyanked" if undo else "program_version.yanked",
-                        pv.name,
-                        {"program": pv.program, "version": pv.version, "reason": reason},
+                        kind="program_version.unyanked" if undo else "program_version.yanked",
+                        resource=pv.name,
+                        data={"program": pv.program, "version": pv.version, "reason": reason},
                     )
                 ]
             )

@@ -97,11 +97,20 @@ class Webhooks:
                     "webhooks", f"at most {webhooks.MAX_WEBHOOKS} webhooks; delete one first"
                 )
             webhook = Webhook(
-                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, caller(),
-                self.clock(), tx.next_revision,
-            )  # fmt: skip
+                id=draft.id,
+                url=draft.url,
+                event_kinds=kinds,
+                selectors=draft.selectors,
+                secret=draft.secret,
+                description=draft.description,
+                creator=caller(),
+                create_time=self.clock(),
+                revision=tx.next_revision,
+            )
             await tx.insert_webhook(webhook)
-            await tx.append([Event("webhook.created", webhook.resource_name, {"webhook": webhook.id})])
+            await tx.append(
+                [Event(kind="webhook.created", resource=webhook.resource_name, data={"webhook": webhook.id})]
+            )
             return await record(tx, idem, webhook)
 
     async def list_webhooks(self, page_size: int, page_token: str) -> PageOf[Webhook]:
@@ -124,7 +133,9 @@ class Webhooks:
             if webhook is None:
                 raise NotFound(f"webhooks/{webhook_id}")
             await tx.delete_webhook(webhook_id)
-            await tx.append([Event("webhook.deleted", webhook.resource_name, {"webhook": webhook_id})])
+            await tx.append(
+                [Event(kind="webhook.deleted", resource=webhook.resource_name, data={"webhook": webhook_id})]
+            )
             return await record(tx, idem, replace(webhook, revision=tx.next_revision))
 
     async def deliveries(
