@@ -84,11 +84,14 @@ class ProgramSummary:
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """One entry of the event log; `revision` is set by the store when it commits."""
+    """One entry of the event log; `revision` is set by the store when it commits.
 
-    kind: str  # e.g. signature.registered, program_version.registered
+    `events.py` says what each kind's `data` holds; writers build entries with `events.new_event`.
+    """
+
+    kind: str  # an events.EventKind value; read back, maybe one a newer release wrote
     resource: str  # the resource name it is about
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the kind's payload, as JSON
     revision: int = 0
     create_time: datetime | None = None
 

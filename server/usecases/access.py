@@ -21,6 +21,14 @@ from pathlib import Path
 from ..calls import Call, caller, current_call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.events import (
+    EventKind,
+    PrincipalChanged,
+    PrincipalStatusChanged,
+    changes_credentials,
+    changes_grants,
+    new_event,
+)
 from ..domain.model import Event
 from ..domain.names import check_name, check_text
 from ..errors import Aborted as AbortedError
@@ -85,10 +93,10 @@ class Access:
 
     def _on_commit(self, events: Sequence[Event]) -> None:
         for event in events:
-            if event.kind.startswith(("token.", "principal.")):
+            if changes_credentials(event.kind):
                 self._generation += 1
                 self._verified.clear()  # rare events: dropping all is simplest and safe
-            if event.kind.startswith(("permission.", "principal.")):
+            if changes_grants(event.kind):
                 self._grants.pop(str(event.data.get("principal", "")), None)
 
     def _forget_all(self) -> None:
@@ -269,13 +277,12 @@ class Access:
             await tx.insert_grant(grant)
             issued = self._issue(ADMIN, "bootstrap admin token", None, access.BOOTSTRAP, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
+            changed = PrincipalChanged(principal=ADMIN)
             await tx.append(
                 [
-                    Event(kind="principal.created", resource=admin.resource_name, data={"principal": ADMIN}),
-                    Event(kind="permission.granted", resource=grant.resource_name, data={"principal": ADMIN}),
-                    Event(
-                        kind="token.created", resource=issued.token.resource_name, data={"principal": ADMIN}
-                    ),
+                    new_event(EventKind.PRINCIPAL_CREATED, admin.resource_name, changed),
+                    new_event(EventKind.PERMISSION_GRANTED, grant.resource_name, changed),
+                    new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed),
                 ]
             )
             # Written before the commit: if it fails, no admin exists without its token.
@@ -333,10 +340,10 @@ class Access:
             await tx.insert_principal(principal)
             await tx.append(
                 [
-                    Event(
-                        kind="principal.created",
-                        resource=principal.resource_name,
-                        data={"principal": draft.name},
+                    new_event(
+                        EventKind.PRINCIPAL_CREATED,
+                        principal.resource_name,
+                        PrincipalChanged(principal=draft.name),
                     )
                 ]
             )
@@ -389,16 +396,9 @@ class Access:
                 return await record(tx, idem, principal)
             now = _now()
             await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
-            kind = "principal.enabled" if undo else "principal.disabled"
-            await tx.append(
-                [
-                    Event(
-                        kind=kind,
-                        resource=principal.resource_name,
-                        data={"principal": name, "reason": reason},
-                    )
-                ]
-            )
+            kind = EventKind.PRINCIPAL_ENABLED if undo else EventKind.PRINCIPAL_DISABLED
+            change = PrincipalStatusChanged(principal=name, reason=reason)
+            await tx.append([new_event(kind, principal.resource_name, change)])
             updated = replace(
                 principal,
                 disabled=disabled,
@@ -457,10 +457,10 @@ class Access:
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append(
                 [
-                    Event(
-                        kind="token.created",
-                        resource=issued.token.resource_name,
-                        data={"principal": principal},
+                    new_event(
+                        EventKind.TOKEN_CREATED,
+                        issued.token.resource_name,
+                        PrincipalChanged(principal=principal),
                     )
                 ]
             )
@@ -497,7 +497,11 @@ class Access:
             now = _now()
             await tx.revoke_token(token_id, tx.next_revision, now)
             await tx.append(
-                [Event(kind="token.revoked", resource=token.resource_name, data={"principal": principal})]
+                [
+                    new_event(
+                        EventKind.TOKEN_REVOKED, token.resource_name, PrincipalChanged(principal=principal)
+                    )
+                ]
             )
             return await record(
                 tx, idem, replace(token, revoked=True, revoke_time=now, revision=tx.next_revision)
@@ -532,8 +536,10 @@ class Access:
             await tx.insert_grant(grant)
             await tx.append(
                 [
-                    Event(
-                        kind="permission.granted", resource=grant.resource_name, data={"principal": principal}
+                    new_event(
+                        EventKind.PERMISSION_GRANTED,
+                        grant.resource_name,
+                        PrincipalChanged(principal=principal),
                     )
                 ]
             )
@@ -549,10 +555,10 @@ class Access:
             await tx.delete_grant(grant_id)
             await tx.append(
                 [
-                    Event(
-                        kind="permission.revoked",
-                        resource=grant.resource_name,
-                        data={"principal": grant.principal},
+                    new_event(
+                        EventKind.PERMISSION_REVOKED,
+                        grant.resource_name,
+                        PrincipalChanged(principal=grant.principal),
                     )
                 ]
             )

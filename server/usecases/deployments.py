@@ -1,9 +1,9 @@
 """Deployment use cases: create (with policy checks), approve, promote, abort, roll back, reconcile.
 
 Every change to a deployment and to its target is one transaction whose
-events — `deployment.<kind>` and `target.updated` — carry the revision, so
-the watch streams of the next release see targets change exactly as they
-committed. The controller (`reconcile`) is level-based: it re-reads each due
+events — `deployment.<kind>` and `target.updated`, whose payloads
+`domain/events.py` defines — carry the revision, so the watch streams of
+the next release see targets change exactly as they committed. The controller (`reconcile`) is level-based: it re-reads each due
 deployment inside its transaction and takes the one step the store says is
 next, so a restart, or two replicas, never skip or repeat a step.
 """
@@ -18,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 from ..calls import caller
 from ..domain import deployments as dep
-from ..domain import versions
+from ..domain import events, versions
 from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import Environment, Strategy, StrategySpec
+from ..domain.events import EventKind
 from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
@@ -70,38 +71,10 @@ class Status:
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
-    last = d.timeline[-1] if d.timeline else None
-    related = d.rolled_back_by or d.superseded_by or d.rollback_of
-    data = {
-        "program": d.program,
-        "environment": d.environment,
-        "version": d.version,
-        "state": d.state.name,
-        **dep.step_json(d.steps_applied),
-        "weight_percent": d.weight_percent,
-        "actor": last.actor if last else d.creator,
-        "reason": last.reason if last else d.reason,
-        "related": f"deployments/{related}" if related else "",
-    }
-    out = [Event(kind=f"deployment.{k.name.lower()}", resource=d.resource_name, data=data) for k in kinds]
+    change = events.DeploymentChanged.of(d)
+    out = [events.new_event(EventKind.of_deployment(k), d.resource_name, change) for k in kinds]
     if t is not None:
-        out.append(
-            Event(
-                kind="target.updated",
-                resource=t.resource_name,
-                # The whole target, so that a watcher needs nothing but the event log.
-                data={
-                    "program": t.program,
-                    "environment": t.environment,
-                    "stable": t.stable.version if t.stable else None,
-                    "stable_digest": t.stable.digest if t.stable else None,
-                    "candidate": t.candidate.version if t.candidate else None,
-                    "candidate_digest": t.candidate.digest if t.candidate else None,
-                    "weight_percent": t.candidate_weight,
-                    "deployment": t.deployment,
-                },
-            )
-        )
+        out.append(events.new_event(EventKind.TARGET_UPDATED, t.resource_name, events.TargetUpdated.of(t)))
     return out
 
 

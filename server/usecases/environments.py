@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from ..domain import environments as envs
 from ..domain.environments import Environment
-from ..domain.model import Event
+from ..domain.events import EnvironmentChanged, EventKind, new_event
 from ..errors import Aborted, NotFound
 from ..store.base import Store
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
@@ -41,14 +41,9 @@ class Environments:
                 await tx.put_environment(
                     replace(env, create_time=created, update_time=now, revision=tx.next_revision)
                 )
-                kind = "environment.created" if current is None else "environment.updated"
-                events.append(
-                    Event(
-                        kind=kind,
-                        resource=env.resource_name,
-                        data={"environment": env.name, "source": "config"},
-                    )
-                )
+                kind = EventKind.ENVIRONMENT_CREATED if current is None else EventKind.ENVIRONMENT_UPDATED
+                payload = EnvironmentChanged(environment=env.name, source="config")
+                events.append(new_event(kind, env.resource_name, payload))
             if events:
                 await tx.append(events)
                 log.info(
@@ -100,12 +95,7 @@ class Environments:
                 revision=tx.next_revision,
             )
             await tx.put_environment(updated)
-            kind = "environment.created" if current is None else "environment.updated"
-            await tx.append(
-                [
-                    Event(
-                        kind=kind, resource=updated.resource_name, data={"environment": name, "source": "api"}
-                    )
-                ]
-            )
+            kind = EventKind.ENVIRONMENT_CREATED if current is None else EventKind.ENVIRONMENT_UPDATED
+            payload = EnvironmentChanged(environment=name, source="api")
+            await tx.append([new_event(kind, updated.resource_name, payload)])
             return await record(tx, idem, updated)

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from ..domain import compare as comparing
 from ..domain import guard, programs, signatures, versions
+from ..domain.events import EventKind, ProgramVersionRegistered, SignatureRegistered, YankChanged, new_event
 from ..domain.model import (
-    Event,
     ProgramSummary,
     ProgramVersion,
     SignatureSummary,
@@ -169,10 +169,10 @@ class Registry:
             await tx.insert_signature_version(sv, proposed.sort_key)
             await tx.append(
                 [
-                    Event(
-                        kind="signature.registered",
-                        resource=sv.name,
-                        data={"signature": name, "version": sv.version},
+                    new_event(
+                        EventKind.SIGNATURE_REGISTERED,
+                        sv.name,
+                        SignatureRegistered(signature=name, version=sv.version),
                     )
                 ]
             )
@@ -337,10 +337,10 @@ class Registry:
             await tx.insert_program_version(pv, version.sort_key, version.is_prerelease)
             await tx.append(
                 [
-                    Event(
-                        kind="program_version.registered",
-                        resource=pv.name,
-                        data={"program": pv.program, "version": pv.version, "digest": digest},
+                    new_event(
+                        EventKind.PROGRAM_VERSION_REGISTERED,
+                        pv.name,
+                        ProgramVersionRegistered(program=pv.program, version=pv.version, digest=digest),
                     )
                 ]
             )
@@ -501,10 +501,10 @@ class Registry:
             await tx.set_yanked(pv.program, pv.version, wanted, "" if undo else reason, revision)
             await tx.append(
                 [
-                    Event(
-                        kind="program_version.unyanked" if undo else "program_version.yanked",
-                        resource=pv.name,
-                        data={"program": pv.program, "version": pv.version, "reason": reason},
+                    new_event(
+                        EventKind.PROGRAM_VERSION_UNYANKED if undo else EventKind.PROGRAM_VERSION_YANKED,
+                        pv.name,
+                        YankChanged(program=pv.program, version=pv.version, reason=reason),
                     )
                 ]
             )

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from ..calls import caller
 from ..domain import webhooks
-from ..domain.model import Event
+from ..domain.events import EventKind, WebhookChanged, new_event
 from ..domain.webhooks import (
     Delivery,
     DeliveryState,
@@ -109,7 +109,11 @@ class Webhooks:
             )
             await tx.insert_webhook(webhook)
             await tx.append(
-                [Event(kind="webhook.created", resource=webhook.resource_name, data={"webhook": webhook.id})]
+                [
+                    new_event(
+                        EventKind.WEBHOOK_CREATED, webhook.resource_name, WebhookChanged(webhook=webhook.id)
+                    )
+                ]
             )
             return await record(tx, idem, webhook)
 
@@ -134,7 +138,11 @@ class Webhooks:
                 raise NotFound(f"webhooks/{webhook_id}")
             await tx.delete_webhook(webhook_id)
             await tx.append(
-                [Event(kind="webhook.deleted", resource=webhook.resource_name, data={"webhook": webhook_id})]
+                [
+                    new_event(
+                        EventKind.WEBHOOK_DELETED, webhook.resource_name, WebhookChanged(webhook=webhook_id)
+                    )
+                ]
             )
             return await record(tx, idem, replace(webhook, revision=tx.next_revision))
 

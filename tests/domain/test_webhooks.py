@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from dspy_registry.server.domain import webhooks
 from dspy_registry.server.domain.deployments import Kind
+from dspy_registry.server.domain.events import DeploymentChanged, deployment_kind
 from dspy_registry.server.domain.webhooks import Due, Interest, Selector, WebhookDraft
 from dspy_registry.server.errors import InvalidArgument, Violations
 from dspy_registry.v1 import deployment_pb2 as dpb
@@ -146,10 +147,10 @@ def test_interest_matches_kinds_and_selectors() -> None:
 
 
 def test_event_kinds_of_the_log() -> None:
-    assert webhooks.event_kind("deployment.auto_rollback") == Kind.AUTO_ROLLBACK
-    assert webhooks.event_kind("deployment.step_advanced") == Kind.STEP_ADVANCED
-    assert webhooks.event_kind("deployment.unheard_of") is None
-    assert webhooks.event_kind("target.updated") is None
+    assert deployment_kind("deployment.auto_rollback") == Kind.AUTO_ROLLBACK
+    assert deployment_kind("deployment.step_advanced") == Kind.STEP_ADVANCED
+    assert deployment_kind("deployment.unheard_of") is None
+    assert deployment_kind("target.updated") is None
 
 
 def test_the_body_is_a_deployment_event_in_proto_json() -> None:
@@ -165,7 +166,8 @@ def test_the_body_is_a_deployment_event_in_proto_json() -> None:
         "related": "deployments/abc",
     }
     time = datetime(2026, 11, 27, 12, 0, 1, 250000, tzinfo=UTC)
-    body = webhooks.event_body("42-1", Kind.AUTO_ROLLBACK, 42, time, "deployments/xyz", data)
+    change = DeploymentChanged.from_json(data)
+    body = webhooks.event_body("42-1", Kind.AUTO_ROLLBACK, 42, time, "deployments/xyz", change)
     event = json_format.Parse(body, dpb.DeploymentEvent())
     assert event == dpb.DeploymentEvent(
         id="42-1",
