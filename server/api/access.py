@@ -92,7 +92,12 @@ class AccessServicer:
         except ValueError:
             raise InvalidArgument.one("principal.type", "USER or SERVICE_ACCOUNT") from None
         draft = PrincipalDraft(
-            request.principal_id, kind, p.display_name, p.team, p.email, tuple(p.certificate_subjects)
+            name=request.principal_id,
+            type=kind,
+            display_name=p.display_name,
+            team=p.team,
+            email=p.email,
+            certificate_subjects=tuple(p.certificate_subjects),
         )
 
         def build(x: Principal) -> pb.CreatePrincipalResponse:

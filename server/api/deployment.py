@@ -131,9 +131,15 @@ class DeploymentServicer(WebhookMethods):
 
         v.raise_if_any()
         draft = DeploymentRequest(
-            program, request.version, environment, strategy, request.reason, request.expected_target_etag,
-            request.supersede, request.allow_breaking,
-        )  # fmt: skip
+            program=program,
+            version=request.version,
+            environment=environment,
+            strategy=strategy,
+            reason=request.reason,
+            expected_target_etag=request.expected_target_etag,
+            supersede=request.supersede,
+            allow_breaking=request.allow_breaking,
+        )
         result = await self.deployments.create(
             serving(), draft, idempotency(request, "CreateDeployment", _created)
         )

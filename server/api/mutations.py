@@ -23,7 +23,11 @@ def idempotency(request: Message, method: str, build: Callable[[T], Message]) ->
         return None
     check_request_id(request_id)
     return Idempotency(
-        serving().actor, request_id, method, fingerprint(request), lambda r: build(r).SerializeToString()
+        principal=serving().actor,
+        request_id=request_id,
+        method=method,
+        fingerprint=fingerprint(request),
+        encode=lambda r: build(r).SerializeToString(),
     )
 
 

@@ -205,7 +205,7 @@ def encode_events(revision: int, events: Sequence[DeploymentEvent]) -> bytes:
     for e in events:
         message = out.events.events.add(
             id=e.id,
-            kind=getattr(pb, f"DEPLOYMENT_EVENT_KIND_{e.kind.upper()}", 0),
+            kind=int(e.kind),  # deployments.Kind holds the proto's numbers
             revision=e.revision,
             deployment=e.deployment,
             program=e.program,
