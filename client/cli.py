@@ -38,6 +38,7 @@ from rich.table import Table
 
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import registry_pb2 as pb
 
 from .config import Tls, TlsArgument, resolve
 from .errors import RegistryError
@@ -198,9 +199,37 @@ def program_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) 
 
 
 def program_show(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """A version (`NAME@V`, or what `--environment` serves); for a bare NAME the latest version and,
+    after it, which versions are deployed where (under --json, the version's document with an
+    `environments` array: GetProgram's)."""
     name, version = _split_version(args.name)
-    out.message(registry.get_program_version(name, version, environment=args.environment))
+    found = registry.get_program_version(name, version, environment=args.environment)
+    if "@" in args.name or args.environment:
+        out.message(found)
+        return 0
+    environments = registry.get_program(name).environments
+    if out.json:
+        out.document({**as_dict(found), "environments": [as_dict(e) for e in environments]})
+        return 0
+    out.message(found)
+    out.console.print(_deployed_where(environments))
     return 0
+
+
+def _deployed_where(environments: Iterable[pb.ProgramEnvironment]) -> Table:
+    """One row per environment: what it serves, the deployment moving it, and when that changed."""
+    table = Table(title="deployed where")
+    for header in ("environment", "stable", "candidate", "deployment", "changed"):
+        table.add_column(header)
+    for e in environments:
+        t, d = e.target, e.deployment
+        candidate = (
+            f"{t.candidate.version} at {t.candidate.weight_percent}%" if t.HasField("candidate") else ""
+        )
+        moving = f"{d.version}: {_step_text(d)}" if e.HasField("deployment") else ""
+        changed = e.update_time.ToJsonString() if e.HasField("update_time") else ""
+        table.add_row(e.environment, t.stable.version or "-", candidate, moving, changed)
+    return table
 
 
 def program_versions(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
@@ -679,7 +708,11 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--team")
     p.add_argument("--prefix", default="")
     p = add(
-        programs, "show", program_show, "show a program version (latest, or the one an environment serves)"
+        programs,
+        "show",
+        program_show,
+        "show a program version (latest, or the one an environment serves); for a bare NAME, also "
+        "which versions are deployed where",
     )
     p.add_argument("name", help="NAME or NAME@VERSION")
     p.add_argument("--environment")

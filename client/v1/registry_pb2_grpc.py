@@ -203,7 +203,10 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgram(self, request, context):
-        """Returns a program's summary. NOT_FOUND if it does not exist.
+        """Returns a program's summary and, for each environment, what it serves
+        (stable, candidate and weight) and the deployment pending or in progress
+        there: which versions are deployed where, in one call. NOT_FOUND if it
+        does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

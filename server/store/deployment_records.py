@@ -111,6 +111,15 @@ class TargetQueries:
         )
         return _target(row) if row else None
 
+    async def targets_of(self, program: str) -> list[Target]:
+        """Every target of one program (one per environment it was ever deployed to)."""
+        rows = await self.conn.fetch(
+            "SELECT program, environment, stable_version, stable_digest, candidate_version, candidate_digest, "
+            "candidate_weight, deployment, revision, update_time FROM targets WHERE program = ?",
+            program,
+        )
+        return [_target(r) for r in rows]
+
     async def put_target(self, t: Target) -> None:
         assert t.update_time is not None
         await self.conn.execute(
@@ -194,6 +203,16 @@ class TargetQueries:
             int(State.IN_PROGRESS),
         )
         return _deployment(row) if row else None
+
+    async def active_deployments_of(self, program: str) -> list[Deployment]:
+        """The deployments of one program pending or in progress, in any environment, oldest first."""
+        rows = await self.conn.fetch(
+            "SELECT body FROM deployments WHERE program = ? AND state IN (?, ?) ORDER BY create_time",
+            program,
+            int(State.PENDING_APPROVAL),
+            int(State.IN_PROGRESS),
+        )
+        return [_deployment(r) for r in rows]
 
     async def latest_deployment(self, program: str, environment: str) -> Deployment | None:
         row = await self.conn.fetchrow(

@@ -69,6 +69,21 @@ class Status:
     )  # live health of each version, with what it registered; None without a target
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """What one environment serves of a program, and the deployment moving it (GetProgram)."""
+
+    environment: str
+    target: Target | None  # None: no version of the program was ever deployed there
+    deployment: Deployment | None  # pending or in progress there, if any
+
+    @property
+    def update_time(self) -> datetime | None:
+        """When what this environment serves, or its deployment in progress, last changed."""
+        times = [x.update_time for x in (self.target, self.deployment) if x is not None and x.update_time]
+        return max(times) if times else None
+
+
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
     last = d.timeline[-1] if d.timeline else None
     related = d.rolled_back_by or d.superseded_by or d.rollback_of
@@ -542,6 +557,16 @@ class Deployments:
         if t is None and d is None:
             raise NotFound(f"programs/{program}/environments/{environment}/target")
         return Status(t, d, found)
+
+    async def deployed(self, program: str) -> tuple[Deployed, ...]:
+        """Which versions of `program` are deployed where: one entry per environment, in promotion
+        order, read in one transaction (three queries, whatever the number of environments)."""
+        async with self.store.read() as tx:
+            environments = await tx.environments()
+            targets = {t.environment: t for t in await tx.targets_of(program)}
+            # Oldest first, so that were there ever two in one environment the newest is the one kept.
+            active = {d.environment: d for d in await tx.active_deployments_of(program)}
+        return tuple(Deployed(e.name, targets.get(e.name), active.get(e.name)) for e in environments)
 
     async def served(self, program: str, environment: str) -> ProgramVersion:
         """What `environment` serves of `program`: its target's stable version."""
