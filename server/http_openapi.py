@@ -205,7 +205,7 @@ _SCHEMAS: dict[str, Any] = {
             "deployment_id": _STRING,
             "status": {
                 "type": "string",
-                "description": "The deployment's state: pending_approval, in_progress, succeeded, "
+                "description": "The deployment's state: pending_approval, pending_checks, in_progress, succeeded, "
                 "failed, rolled_back, aborted or superseded",
             },
             "program": _STRING,

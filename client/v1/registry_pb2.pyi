@@ -310,7 +310,7 @@ class ProgramVersionSpec(_message.Message):
     def __init__(self, program: _Optional[str] = ..., version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., media_type: _Optional[str] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramVersion(_message.Message):
-    __slots__ = ("name", "program", "version", "artifact", "signature", "performance", "labels", "metadata", "previous_version", "change_type", "predictors", "yanked", "yank_reason", "creator", "create_time", "revision", "etag")
+    __slots__ = ("name", "program", "version", "artifact", "signature", "performance", "labels", "metadata", "previous_version", "change_type", "predictors", "yanked", "yank_reason", "creator", "create_time", "revision", "etag", "checks")
     class PerformanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +342,7 @@ class ProgramVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     program: str
     version: str
@@ -359,7 +360,8 @@ class ProgramVersion(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     revision: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[str] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., previous_version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., predictors: _Optional[_Iterable[_Union[PredictorSummary, _Mapping]]] = ..., yanked: _Optional[bool] = ..., yank_reason: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[_deployment_pb2.VersionCheck]
+    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[str] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., previous_version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., predictors: _Optional[_Iterable[_Union[PredictorSummary, _Mapping]]] = ..., yanked: _Optional[bool] = ..., yank_reason: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[_deployment_pb2.VersionCheck, _Mapping]]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("name", "latest_version", "version_count", "labels", "signature", "create_time", "update_time", "environments")

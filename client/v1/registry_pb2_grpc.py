@@ -214,7 +214,8 @@ class RegistryServiceServicer:
 
     def GetProgramVersion(self, request, context):
         """Returns one program version: by version, `latest`, or the version an
-        environment serves. NOT_FOUND if there is no such version.
+        environment serves, with the checks CI reported for it. NOT_FOUND if
+        there is no such version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -14,13 +14,16 @@ from google.protobuf import duration_pb2
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
+from ..calls import caller
+from ..domain import checks as checking
 from ..domain import deployments as dep
 from ..domain import environments as envs
 from ..domain import health, sidecars, versions
 from ..domain.access import Action, principal_name
 from ..domain.environments import Environment
-from ..domain.names import check_name, check_text
+from ..domain.names import VersionRef, check_name, check_text, parse_version_ref
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations, quote
+from ..usecases.checks import CheckReport, Checks
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from ..usecases.metrics import Assessed, Assessment, Metrics
@@ -114,6 +117,8 @@ def environment_proto(e: Environment) -> pb.Environment:
             monitoring_required=p.monitoring_required,
             required_predecessors=list(p.required_predecessors),
             default_strategy=strategy_proto(p.default_strategy),
+            required_checks=list(p.required_checks),
+            on_missing_checks=int(p.on_missing_checks),  # type: ignore[arg-type]
             auto_rollback=pb.AutoRollbackPolicy(
                 enabled=t.enabled,
                 error_rate=t.error_rate,
@@ -159,6 +164,8 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
         default_strategy=strategy_from_proto(
             p.default_strategy, envs.StrategySpec(), "environment.policy.default_strategy"
         ),
+        required_checks=tuple(p.required_checks),
+        on_missing_checks=_on_missing_checks(p.on_missing_checks),
         auto_rollback=envs.Thresholds(
             enabled=t.enabled if p.HasField("auto_rollback") else base.enabled,
             error_rate=optional("error_rate", base.error_rate),
@@ -174,6 +181,32 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
         ),
     )
     return Environment(name, m.description, m.position, policy)
+
+
+def _on_missing_checks(value: int) -> checking.OnMissingChecks:
+    if value == pb.MISSING_CHECKS_UNSPECIFIED:
+        return checking.OnMissingChecks.WAIT
+    if value not in checking.OnMissingChecks.__members__.values():
+        raise InvalidArgument.one("environment.policy.on_missing_checks", f"unknown value {value}")
+    return checking.OnMissingChecks(value)
+
+
+def version_check_proto(c: checking.VersionCheck) -> pb.VersionCheck:
+    return pb.VersionCheck(
+        name=c.resource_name,
+        check=c.check,
+        state=int(c.state),  # type: ignore[arg-type]
+        details_url=c.details_url,
+        summary=c.summary,
+        reporter=principal_name(c.reporter),
+        create_time=timestamp(c.create_time),
+        update_time=timestamp(c.update_time),
+        revision=c.revision,
+    )
+
+
+def _reported(c: checking.VersionCheck) -> pb.ReportVersionCheckResponse:
+    return pb.ReportVersionCheckResponse(check=version_check_proto(c))
 
 
 def _environment_name(value: str, field: str) -> str:
@@ -198,7 +231,9 @@ class DeploymentServicer(WebhookMethods):
         sidecars_: Sidecars,
         metrics: Metrics,
         webhooks_: Webhooks,
+        checks: Checks | None = None,
     ) -> None:
+        self.checks = checks or Checks(deployments.store, deployments)
         self.webhooks = webhooks_
         self.metrics = metrics
         self.environments = environments
@@ -390,6 +425,33 @@ class DeploymentServicer(WebhookMethods):
         accepted, dropped = await self.metrics.report(request.sidecar_id, identity().name, windows)
         return pb.ReportMetricsResponse(accepted_count=accepted, dropped_count=dropped)
 
+    async def ReportVersionCheck(
+        self, request: pb.ReportVersionCheckRequest, context: Context
+    ) -> pb.ReportVersionCheckResponse:
+        refs: list[VersionRef] = []
+        v = Violations()
+        v.collect(
+            lambda: refs.append(parse_version_ref(request.program_version, "programs", "program_version"))
+        )
+        v.items += checking.validate_report(
+            request.check, request.state, request.details_url, request.summary
+        ).items
+        v.raise_if_any()
+        (ref,) = refs
+        if ref.is_latest:
+            raise InvalidArgument.one("program_version", "name the version CI tested, not `latest`")
+        report = CheckReport(
+            program=ref.name,
+            version=ref.version,
+            check=request.check,
+            state=checking.CheckState(request.state),
+            details_url=request.details_url,
+            summary=request.summary,
+        )
+        idem = idempotency(request, "ReportVersionCheck", _reported)
+        result = await self.checks.report(report, caller(), idem)
+        return answer(result, pb.ReportVersionCheckResponse, _reported)
+
     async def ReportSidecarStatus(
         self, request: pb.ReportSidecarStatusRequest, context: Context
     ) -> pb.ReportSidecarStatusResponse:
@@ -510,6 +572,8 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         supersede=d.supersede,
         allow_breaking=d.allow_breaking,
         auto_deployed=d.auto_deployed,
+        required_checks=list(d.required_checks),
+        waiting_checks=list(d.waiting_checks),
         timeline=[
             pb.DeploymentTransition(
                 kind=int(e.kind),  # type: ignore[arg-type]

@@ -14,6 +14,9 @@ from ..domain.sidecars import Report as SidecarReport
 from ..errors import InvalidArgument
 from .sql import Connection, Row, to_datetime, to_json, to_us, visible_condition
 
+# Pending approval, pending checks, in progress: a target has at most one such deployment.
+_ACTIVE = tuple(int(s) for s in sorted(dep.ACTIVE))
+
 _ENVIRONMENT_COLUMNS = "name, description, position, policy, create_time, update_time, revision"
 
 
@@ -156,9 +159,8 @@ class TargetQueries:
         """Deployments pending or in progress, and the revision they are the state of (one statement)."""
         rows = await self.conn.fetch(
             "SELECT r.revision AS at_revision, d.body FROM revisions r LEFT JOIN deployments d "
-            "ON d.state IN (?, ?) WHERE r.id = 1 ORDER BY d.create_time",
-            int(State.PENDING_APPROVAL),
-            int(State.IN_PROGRESS),
+            "ON d.state IN (?, ?, ?) WHERE r.id = 1 ORDER BY d.create_time",
+            *_ACTIVE,
         )
         revision = int(rows[0]["at_revision"]) if rows else 0
         return revision, [_deployment(r) for r in rows if r["body"] is not None]
@@ -195,22 +197,32 @@ class TargetQueries:
 
     async def active_deployment(self, program: str, environment: str) -> Deployment | None:
         row = await self.conn.fetchrow(
-            "SELECT body FROM deployments WHERE program = ? AND environment = ? AND state IN (?, ?) "
+            "SELECT body FROM deployments WHERE program = ? AND environment = ? AND state IN (?, ?, ?) "
             "ORDER BY create_time DESC LIMIT 1",
             program,
             environment,
-            int(State.PENDING_APPROVAL),
-            int(State.IN_PROGRESS),
+            *_ACTIVE,
         )
         return _deployment(row) if row else None
 
     async def active_deployments_of(self, program: str) -> list[Deployment]:
         """The deployments of one program pending or in progress, in any environment, oldest first."""
         rows = await self.conn.fetch(
-            "SELECT body FROM deployments WHERE program = ? AND state IN (?, ?) ORDER BY create_time",
+            "SELECT body FROM deployments WHERE program = ? AND state IN (?, ?, ?) ORDER BY create_time",
             program,
+            *_ACTIVE,
+        )
+        return [_deployment(r) for r in rows]
+
+    async def waiting_deployments(self, program: str, version: str) -> list[Deployment]:
+        """Deployments of program@version created but not started (approval, checks), oldest first."""
+        rows = await self.conn.fetch(
+            "SELECT body FROM deployments WHERE program = ? AND version = ? AND state IN (?, ?) "
+            "ORDER BY create_time",
+            program,
+            version,
             int(State.PENDING_APPROVAL),
-            int(State.IN_PROGRESS),
+            int(State.PENDING_CHECKS),
         )
         return [_deployment(r) for r in rows]
 

@@ -29,6 +29,7 @@ from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
+from .check_records import CheckQueries
 from .deployment_records import DeploymentQueries, SidecarQueries, TargetQueries
 from .metric_records import MetricQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
@@ -140,7 +141,15 @@ def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
     return json.dumps([last["sort_key"], last["version"]])
 
 
-class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, MetricQueries, WebhookQueries):
+class Records(
+    AccessQueries,
+    DeploymentQueries,
+    TargetQueries,
+    SidecarQueries,
+    MetricQueries,
+    WebhookQueries,
+    CheckQueries,
+):
     """Queries over one connection; in a write transaction, also the revision counter."""
 
     def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:

@@ -103,6 +103,7 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("deployments"), server, tmp_path)
     assert '"acceptedCount": 1' in out  # the pods' measurements, by hand
+    assert "DEPLOYMENT_STATE_PENDING_CHECKS ['integration_tests']" in out  # held for CI's check
     assert "canary: DEPLOYMENT_STATE_SUCCEEDED" in out  # each step passed on a HEALTHY verdict
     where = out.split("canary: DEPLOYMENT_STATE_SUCCEEDED")[1].split("RollbackDeployment")[0]
     assert '"environments": [' in where and '"environment": "production"' in where  # deployed where
