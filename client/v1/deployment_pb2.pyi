@@ -225,7 +225,14 @@ class AutoRollbackPolicy(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., error_rate: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., accuracy_drop: _Optional[float] = ..., monitoring_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., analysis_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class EnvironmentPolicy(_message.Message):
-    __slots__ = ("auto_deploy", "validation_required", "validation", "approval_required", "required_approvals", "rollback_enabled", "monitoring_required", "required_predecessors", "default_strategy", "auto_rollback", "required_checks", "on_missing_checks")
+    __slots__ = ("auto_deploy", "validation_required", "validation", "approval_required", "required_approvals", "rollback_enabled", "monitoring_required", "required_predecessors", "default_strategy", "auto_rollback", "required_checks", "on_missing_checks", "capacity")
+    class CapacityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AUTO_DEPLOY_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +245,7 @@ class EnvironmentPolicy(_message.Message):
     AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_CHECKS_FIELD_NUMBER: _ClassVar[int]
     ON_MISSING_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     auto_deploy: bool
     validation_required: bool
     validation: ValidationPolicy
@@ -250,7 +258,8 @@ class EnvironmentPolicy(_message.Message):
     auto_rollback: AutoRollbackPolicy
     required_checks: _containers.RepeatedScalarFieldContainer[str]
     on_missing_checks: MissingChecks
-    def __init__(self, auto_deploy: _Optional[bool] = ..., validation_required: _Optional[bool] = ..., validation: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., approval_required: _Optional[bool] = ..., required_approvals: _Optional[int] = ..., rollback_enabled: _Optional[bool] = ..., monitoring_required: _Optional[bool] = ..., required_predecessors: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., auto_rollback: _Optional[_Union[AutoRollbackPolicy, _Mapping]] = ..., required_checks: _Optional[_Iterable[str]] = ..., on_missing_checks: _Optional[_Union[MissingChecks, str]] = ...) -> None: ...
+    capacity: _containers.ScalarMap[str, str]
+    def __init__(self, auto_deploy: _Optional[bool] = ..., validation_required: _Optional[bool] = ..., validation: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., approval_required: _Optional[bool] = ..., required_approvals: _Optional[int] = ..., rollback_enabled: _Optional[bool] = ..., monitoring_required: _Optional[bool] = ..., required_predecessors: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., auto_rollback: _Optional[_Union[AutoRollbackPolicy, _Mapping]] = ..., required_checks: _Optional[_Iterable[str]] = ..., on_missing_checks: _Optional[_Union[MissingChecks, str]] = ..., capacity: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Environment(_message.Message):
     __slots__ = ("name", "description", "position", "policy", "create_time", "update_time", "revision", "etag")

@@ -119,6 +119,7 @@ def environment_proto(e: Environment) -> pb.Environment:
             default_strategy=strategy_proto(p.default_strategy),
             required_checks=list(p.required_checks),
             on_missing_checks=int(p.on_missing_checks),  # type: ignore[arg-type]
+            capacity=p.capacity,
             auto_rollback=pb.AutoRollbackPolicy(
                 enabled=t.enabled,
                 error_rate=t.error_rate,
@@ -166,6 +167,7 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
         ),
         required_checks=tuple(p.required_checks),
         on_missing_checks=_on_missing_checks(p.on_missing_checks),
+        capacity=dict(p.capacity),
         auto_rollback=envs.Thresholds(
             enabled=t.enabled if p.HasField("auto_rollback") else base.enabled,
             error_rate=optional("error_rate", base.error_rate),

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import FailedPrecondition, PreconditionViolation, quote
 from . import checks as checking
+from . import resources
 from .environments import Environment, Strategy, StrategySpec
 from .model import ProgramVersion
 from .sidecars import Report
@@ -569,7 +570,8 @@ def check_policy(
     """What stops `version` from going to `env`; empty when nothing does.
 
     With `checks` (the version's, by name), also the environment's required checks: one FAILED,
-    or under `on_missing_checks = "refuse"` one not PASSED yet (domain/checks.py).
+    or under `on_missing_checks = "refuse"` one not PASSED yet (domain/checks.py). Always, the
+    version's resource requirements against the environment's capacity (domain/resources.py).
     """
     out: list[PreconditionViolation] = []
     subject = f"{version.name} -> {env.resource_name}"
@@ -615,6 +617,7 @@ def check_policy(
             )
     if checks is not None:
         out += checking.violations(p.required_checks, p.on_missing_checks, checks, subject)
+    out += resources.violations(version.metadata, p.capacity, subject, env.name)
     return out
 
 

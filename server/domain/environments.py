@@ -23,6 +23,7 @@ from ..errors import InvalidArgument, Violations, quote
 from .checks import OnMissingChecks, validate_required
 from .names import check_name
 from .programs import METRIC_RE
+from .resources import capacity_text, validate_capacity
 
 
 class Strategy(IntEnum):
@@ -86,6 +87,8 @@ class Policy:
     # Checks CI must report PASSED for a version before a deployment of it starts here (domain/checks.py).
     required_checks: tuple[str, ...] = ()
     on_missing_checks: OnMissingChecks = OnMissingChecks.WAIT
+    # What the environment offers the versions deployed to it (domain/resources.py): none, no limit.
+    capacity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
             v.add(f"{prefix}.policy.validation.required_metadata_keys[{i}]", "must be 1-128 characters")
     v.items += validate_strategy(p.default_strategy, f"{prefix}.policy.default_strategy").items
     v.items += validate_required(p.required_checks, f"{prefix}.policy").items
+    v.items += validate_capacity(p.capacity, f"{prefix}.policy").items
     t = p.auto_rollback
     if not 0 <= t.error_rate <= 1:
         v.add(f"{prefix}.policy.auto_rollback.error_rate", "must be between 0 and 1")
@@ -295,6 +299,7 @@ def _environment(
         auto_rollback=_thresholds(t, thresholds, where),
         required_checks=tuple(str(c) for c in t.get("required_checks", ())),
         on_missing_checks=_ON_MISSING_CHECKS[on_missing],
+        capacity={str(k): capacity_text(x) for k, x in t.get("capacity", {}).items()},
     )
     return Environment(name, str(t.get("description", "")), int(t.get("position", position)), policy)
 
@@ -329,6 +334,7 @@ _ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "required_predecessors": list,
     "required_checks": list,
     "on_missing_checks": str,
+    "capacity": dict,
 }
 
 
@@ -366,6 +372,10 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         required_predecessors = ["staging"]
         required_checks = ["integration_tests", "load_test"]   # reported by CI (ReportVersionCheck)
         on_missing_checks = "wait"         # wait (PENDING_CHECKS) | refuse
+
+        [environments.production.capacity] # what versions' requirements are checked against
+        memory = "16GiB"
+        cpu = 8
 
     Without an [environments] table, the three defaults take the [deployment] defaults.
     """
@@ -469,6 +479,7 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
         # Absent from policies stored before required checks existed.
         required_checks=tuple(d.get("required_checks", ())),
         on_missing_checks=OnMissingChecks[str(d.get("on_missing_checks", "wait")).upper()],
+        capacity=dict(d.get("capacity", {})),
     )
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..domain import compare as comparing
-from ..domain import guard, programs, signatures, versions
+from ..domain import guard, programs, resources, signatures, versions
 from ..domain.model import (
     Event,
     ProgramSummary,
@@ -263,6 +263,7 @@ class Registry:
         programs.validate_labels(draft.labels, f"{prefix}.labels", v)
         programs.validate_performance(draft.performance, f"{prefix}.performance", v)
         programs.validate_metadata(draft.metadata, f"{prefix}.metadata", v)
+        resources.validate_requirements(draft.metadata, f"{prefix}.metadata", v)
         v.raise_if_any()
 
     async def register_program(

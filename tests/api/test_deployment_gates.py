@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from dspy_registry.client import Registry
+from dspy_registry.client import FailedPreconditionError, InvalidArgumentError, Registry
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import deployment_pb2 as dpb
@@ -319,3 +319,69 @@ async def test_reporting_a_check_needs_the_check_action_and_good_input(gated: Ga
     assert list(production.environment.policy.required_checks) == ["integration_tests", "load_test"]
     staging = await server.deployments.GetEnvironment(dpb.GetEnvironmentRequest(name="environments/staging"))
     assert staging.environment.policy.on_missing_checks == dpb.MISSING_CHECKS_REFUSE
+
+
+# -- resource requirements and capacity ------------------------------------------------------------
+
+
+async def test_capacity_refuses_a_version_that_does_not_fit(rest_server: Running) -> None:
+    server = rest_server
+    # Requirements that do not read as NAME OP QUANTITY are refused at registration, each named.
+    bad = pb.ProgramVersionSpec(program=PROGRAM, version="2.0.0", signature="signatures/sig/versions/1.0.0")
+    bad.metadata.update({"deployment": {"requirements": ["memory >= 1GB", "gpu >= lots"]}})
+    refused = await refusal(
+        server.registry.RegisterProgram(pb.RegisterProgramRequest(spec=bad, artifact=b"{}"))
+    )
+    assert violations(refused) == {"spec.metadata.deployment.requirements[1]"}
+    async with Registry.connect(server.target, token=server.admin_token) as client:
+        with pytest.raises(InvalidArgumentError) as err:
+            await client.register_program(
+                PROGRAM,
+                program=dspy_state("2.0.0"),
+                signature_name="sig",
+                version="2.0.0",
+                metadata={"deployment": {"requirements": {"cpu": "many"}}},
+            )
+        assert [f for f, _ in err.value.field_violations] == ["spec.metadata.deployment.requirements['cpu']"]
+
+        await _register(
+            server, "2.0.0", deployment={"requirements": ["memory >= 1GB", "gpu >= 1", "cpu >= 2"]}
+        )
+        staging = await client.get_environment("staging")
+        await client.update_environment(
+            {"name": "staging", "policy": {"capacity": {"memory": "512MiB", "gpu": "0"}}},
+            update_mask=["policy.capacity"],
+            etag=staging.etag,
+        )
+        with pytest.raises(FailedPreconditionError) as err2:
+            await client.create_deployment(PROGRAM, "2.0.0", "staging", strategy="replace")
+        assert [(t, d) for t, _, d in err2.value.precondition_violations] == [
+            ("CAPACITY", "requires memory >= 1GB; staging offers memory = 512MiB"),
+            ("CAPACITY", "requires gpu >= 1; staging offers gpu = 0"),
+        ]  # cpu: staging declares none, so does not limit it
+        # Over REST, the same refusal (409, the gRPC code's name and details).
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        url = f"http://127.0.0.1:{server.app.http_port}/api/registry/programs/{PROGRAM}/deploy"
+        body = {"version": "2.0.0", "environment": "staging", "strategy": "replace"}
+        async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as r:
+            assert r.status == 409
+            answer = await r.json()
+        assert answer["error"]["code"] == "FAILED_PRECONDITION"
+        assert "requires memory >= 1GB; staging offers memory = 512MiB" in answer["error"]["message"]
+
+        # Room enough: it deploys. A version that declares nothing fits anywhere.
+        staging = await client.get_environment("staging")
+        await client.update_environment(
+            {"name": "staging", "policy": {"capacity": {"memory": "16GiB", "gpu": "2"}}},
+            update_mask=["policy.capacity"],
+            etag=staging.etag,
+        )
+        done = await client.create_deployment(PROGRAM, "2.0.0", "staging", strategy="replace")
+        assert done.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+        # A capacity that does not read is refused, naming it.
+        with pytest.raises(InvalidArgumentError) as err3:
+            await client.update_environment(
+                {"name": "staging", "policy": {"capacity": {"memory": "a lot"}}},
+                update_mask=["policy.capacity"],
+            )
+        assert [f for f, _ in err3.value.field_violations] == ["environment.policy.capacity['memory']"]

@@ -20,9 +20,16 @@ REQUIRED = ("integration_tests", "load_test")
 
 def _check(name: str, state: CheckState, summary: str = "") -> VersionCheck:
     return VersionCheck(
-        program="p", version="2.0.0", check=name, state=state, details_url="", summary=summary,
-        reporter="ci", create_time=NOW, update_time=NOW,
-    )  # fmt: skip
+        program="p",
+        version="2.0.0",
+        check=name,
+        state=state,
+        details_url="",
+        summary=summary,
+        reporter="ci",
+        create_time=NOW,
+        update_time=NOW,
+    )
 
 
 def _waiting() -> Deployment:

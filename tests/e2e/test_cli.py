@@ -399,9 +399,16 @@ def test_required_checks_and_deployed_where(serve: type[ServerProcess], tmp_path
     shown = cli.run("program", "show", "triage").stdout
     assert "deployed where" in shown and "PENDING_CHECKS (waiting for checks: integration_tests)" in shown
     reported = cli.json(
-        "check", "report", "triage@1.0.0", "integration_tests", "passed",
-        "--url", "https://ci.example/runs/1", "--summary", "120 passed",
-    )  # fmt: skip
+        "check",
+        "report",
+        "triage@1.0.0",
+        "integration_tests",
+        "passed",
+        "--url",
+        "https://ci.example/runs/1",
+        "--summary",
+        "120 passed",
+    )
     assert (reported["state"], reported["summary"]) == ("CHECK_STATE_PASSED", "120 passed")
     assert cli.json("history", "triage", "staging")[0]["state"] == "DEPLOYMENT_STATE_SUCCEEDED"
     version = cli.json("program", "show", "triage@1.0.0")
@@ -414,3 +421,15 @@ def test_required_checks_and_deployed_where(serve: type[ServerProcess], tmp_path
     assert "deployment" not in where["staging"]  # nothing in progress
     bad = cli.run("check", "report", "triage@1.0.0", "Load Test", "passed", code=1)
     assert "check" in bad.stderr and "INVALID_ARGUMENT" in bad.stderr
+    # Capacity: staging offers 512 MiB, 1.1.0 requires 1GB: refused, naming both (exit 1).
+    requirement = 'deployment={"requirements": ["memory >= 1GB"]}'
+    cli.run(*REGISTER, "--version", "1.1.0", "--metadata", requirement)
+    unreadable = 'deployment={"requirements": ["memory: plenty"]}'
+    refused = cli.run(*REGISTER, "--version", "1.2.0", "--metadata", unreadable, code=1)
+    assert "spec.metadata.deployment.requirements[0]" in refused.stderr
+    cli.run("env", "set", "staging", 'policy.capacity={"memory": "512MiB"}')
+    too_big = cli.run("deploy", "triage", "1.1.0", "staging", code=1)
+    assert (
+        "CAPACITY" in too_big.stderr
+        and "requires memory >= 1GB; staging offers memory = 512MiB" in too_big.stderr
+    )
