@@ -211,6 +211,16 @@ async def test_required_checks_hold_a_production_deployment_until_ci_reports(gat
     ]
     passed = done.timeline[-3]
     assert passed.actor == "controller" and passed.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS
+    # One revision: the report's event, and the deployment's (WatchEvents and webhooks carry those).
+    async with server.app.store.read() as tx:
+        events = [(e.revision, e.kind) for e in await tx.events_after(passed.revision - 1)]
+    assert [kind for revision, kind in events if revision == passed.revision] == [
+        "check.reported",
+        "deployment.check_passed",
+        "deployment.promoted",
+        "deployment.succeeded",
+        "target.updated",
+    ]
     assert passed.reason == "required check load_test PASSED: p95 140 ms; every one passed"
     served = await server.registry.GetProgramVersion(
         pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment="production")
