@@ -8,8 +8,8 @@ and whatever it does to the deployments of that version waiting to start
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from ..calls import Call
 from ..domain.checks import CheckState, VersionCheck
 from ..domain.model import Event
 from ..errors import NotFound
@@ -34,16 +34,19 @@ class Checks:
     def __init__(self, store: Store, deployments: Deployments) -> None:
         self.store = store
         self.deployments = deployments
+        self.clock = deployments.clock  # one clock for a report and the deployments it moves
 
     async def report(
-        self, report: CheckReport, actor: str, idem: Idempotency[VersionCheck] | None
+        self, call: Call, report: CheckReport, idem: Idempotency[VersionCheck] | None
     ) -> VersionCheck | Replay:
-        async with self.store.write() as tx:
+        """Record `report` as `call`'s actor (audited in the same transaction), and move the
+        deployments of the version waiting for it."""
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             if await tx.program_version_digest(report.program, report.version) is None:
                 raise NotFound(f"programs/{report.program}/versions/{report.version}")
-            now = datetime.now(UTC)
+            now = self.clock.now()
             before = await tx.get_version_check(report.program, report.version, report.check)
             check = VersionCheck(
                 program=report.program,
@@ -52,7 +55,7 @@ class Checks:
                 state=report.state,
                 details_url=report.details_url,
                 summary=report.summary,
-                reporter=actor,
+                reporter=call.actor,
                 create_time=before.create_time if before is not None else now,
                 update_time=now,
                 revision=tx.next_revision,
@@ -68,7 +71,7 @@ class Checks:
                             "version": check.version,
                             "check": check.check,
                             "state": check.state.name,
-                            "actor": actor,
+                            "actor": call.actor,
                         },
                     )
                 ]
