@@ -322,6 +322,12 @@ async def test_reporting_a_check_needs_the_check_action_and_good_input(gated: Ga
     once.request_id = "ci-run-7"
     first, again = await ci.ReportVersionCheck(once), await ci.ReportVersionCheck(once)
     assert first == again
+    # Audited, as every mutation: who reported which version's check.
+    audit = await apb_grpc.AccessServiceStub(server.channel).ListAuditEvents(
+        apb.ListAuditEventsRequest(principal="principals/ci")
+    )
+    reported = [e for e in audit.audit_events if e.method.endswith("/ReportVersionCheck")]
+    assert reported and reported[0].resource == f"programs/{PROGRAM}/versions/1.0.0"
     # The environment shows its required checks.
     production = await server.deployments.GetEnvironment(
         dpb.GetEnvironmentRequest(name="environments/production")
