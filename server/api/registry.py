@@ -17,15 +17,13 @@ from ..domain.names import VersionRef, check_name, check_prefix, parse_parent, p
 from ..errors import InvalidArgument, ResourceExhausted
 from ..usecases.artifacts import InMemory
 from ..usecases.checks import Checks
-from ..usecases.deployments import Deployed, Deployments
+from ..usecases.deployments import Deployments
 from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
-from . import convert
 from .context import Context
-from .deployment import deployment_proto, version_check_proto
+from .convert import registry as convert
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 from .response_cache import ResponseCache
-from .watch import target_proto
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -174,7 +172,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:
         name = parse_parent(request.name, "programs", "name")
         program = convert.program_summary(await self.registry.get_program(name))
-        program.environments.extend(_program_environment(x) for x in await self.deployments.deployed(name))
+        program.environments.extend(
+            convert.program_environment(x) for x in await self.deployments.deployed(name)
+        )
         return pb.GetProgramResponse(program=program)
 
     async def GetProgramVersion(self, request: pb.GetProgramVersionRequest, context: Context) -> bytes:
@@ -200,7 +200,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         its event names the version)."""
         out = convert.program_version(pv)
         out.checks.extend(
-            version_check_proto(c) for c in await self.checks.of_version(pv.program, pv.version)
+            convert.version_check(c) for c in await self.checks.of_version(pv.program, pv.version)
         )
         return out
 
@@ -273,17 +273,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         ref = _program_ref(request.name)
         result = await self.registry.yank(serving(), ref, request.reason, request.undo, request.etag, idem)
         return answer(result, pb.YankProgramVersionResponse, _yanked)
-
-
-def _program_environment(x: Deployed) -> pb.ProgramEnvironment:
-    out = pb.ProgramEnvironment(environment=x.environment)
-    if x.target is not None:
-        out.target.CopyFrom(target_proto(x.target))
-    if x.deployment is not None:
-        out.deployment.CopyFrom(deployment_proto(x.deployment))
-    if x.update_time is not None:
-        out.update_time.CopyFrom(convert.timestamp(x.update_time))
-    return out
 
 
 def _signature_response(result: RegisteredSignature) -> pb.RegisterSignatureResponse:

@@ -81,7 +81,7 @@ class Pinned:
     digest: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
     program: str
     environment: str
@@ -101,7 +101,7 @@ class Target:
         return f"rev-{self.revision}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Approval:
     principal: str
     rejected: bool
@@ -109,7 +109,7 @@ class Approval:
     time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Transition:
     kind: Kind
     state: State
@@ -120,7 +120,7 @@ class Transition:
     revision: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Deployment:
     id: str
     program: str
@@ -192,7 +192,7 @@ def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
 
 
 def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = "") -> Deployment:
-    entry = Transition(kind, d.state, d.steps_applied, actor, now, reason)
+    entry = Transition(kind=kind, state=d.state, step=d.steps_applied, actor=actor, time=now, reason=reason)
     return replace(d, timeline=d.timeline + (entry,), update_time=now)
 
 
@@ -454,7 +454,9 @@ def approve(
             f"{actor} already approved {d.resource_name}",
             [PreconditionViolation("APPROVAL", d.resource_name, "one approval per principal")],
         )
-    noted = replace(d, approvals=d.approvals + (Approval(actor, reject, comment, now),))
+    noted = replace(
+        d, approvals=d.approvals + (Approval(principal=actor, rejected=reject, comment=comment, time=now),)
+    )
     if reject:
         noted = _note(noted, Kind.REJECTED, now, actor, comment)
         return _finish(noted, State.ABORTED, Kind.ABORTED, now, actor, f"rejected by {actor}"), t
@@ -731,7 +733,12 @@ def from_json(j: dict[str, Any]) -> Deployment:
         create_time=datetime.fromisoformat(j["create_time"]),
         required_approvals=j["required_approvals"],
         approvals=tuple(
-            Approval(a["principal"], a["rejected"], a["comment"], datetime.fromisoformat(a["time"]))
+            Approval(
+                principal=a["principal"],
+                rejected=a["rejected"],
+                comment=a["comment"],
+                time=datetime.fromisoformat(a["time"]),
+            )
             for a in j["approvals"]
         ),
         step=j["step"],
@@ -753,14 +760,14 @@ def from_json(j: dict[str, Any]) -> Deployment:
         waiting_checks=tuple(j.get("waiting_checks", ())),
         timeline=tuple(
             Transition(
-                Kind[t["kind"]],
-                State[t["state"]],
-                event_step(t),
-                t["actor"],
-                datetime.fromisoformat(t["time"]),
-                t["reason"],
-                t["revision"],
-            )  # fmt: skip
+                kind=Kind[t["kind"]],
+                state=State[t["state"]],
+                step=event_step(t),
+                actor=t["actor"],
+                time=datetime.fromisoformat(t["time"]),
+                reason=t["reason"],
+                revision=t["revision"],
+            )
             for t in j["timeline"]
         ),
         update_time=_time(j["update_time"]),

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..calls import Call
+from ..domain import events
 from ..domain.checks import CheckState, VersionCheck
-from ..domain.model import Event
+from ..domain.events import EventKind
 from ..errors import NotFound
 from ..store.base import Store
 from .common import Idempotency, Replay, record, replayed
@@ -61,21 +62,14 @@ class Checks:
                 revision=tx.next_revision,
             )
             await tx.put_version_check(check)
-            await tx.append(
-                [
-                    Event(
-                        "check.reported",
-                        check.resource_name,
-                        {
-                            "program": check.program,
-                            "version": check.version,
-                            "check": check.check,
-                            "state": check.state.name,
-                            "actor": call.actor,
-                        },
-                    )
-                ]
+            reported = events.CheckReported(
+                program=check.program,
+                version=check.version,
+                check=check.check,
+                state=check.state.name,
+                actor=call.actor,
             )
+            await tx.append([events.new_event(EventKind.CHECK_REPORTED, check.resource_name, reported)])
             await self.deployments.on_check(tx, check)
             return await record(tx, idem, check)
 

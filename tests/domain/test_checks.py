@@ -102,7 +102,7 @@ def test_what_refuses_a_deployment_at_creation() -> None:
 
 
 def test_a_deployment_waits_for_its_checks_and_the_last_one_starts_it() -> None:
-    d, t = _waiting(), Target("p", "production")
+    d, t = _waiting(), Target(program="p", environment="production")
     d = replace(d, required_approvals=1)
     d, t = dep.approve(d, t, NOW, "bob", "ok", False, passed={"integration_tests"})
     assert (d.state, d.waiting_checks, d.steps_applied) == (State.PENDING_CHECKS, ("load_test",), 0)
@@ -125,7 +125,7 @@ def test_a_deployment_waits_for_its_checks_and_the_last_one_starts_it() -> None:
 
 
 def test_a_failed_required_check_fails_a_deployment_not_started() -> None:
-    d, t = _waiting(), Target("p", "production")
+    d, t = _waiting(), Target(program="p", environment="production")
     failed = _check("load_test", CheckState.FAILED, "p95 2.4 s")
     ended, _ = dep.check_failed(d, t, NOW, "controller", failed)  # type: ignore[misc]
     assert (
@@ -139,7 +139,7 @@ def test_a_failed_required_check_fails_a_deployment_not_started() -> None:
 
 def test_no_required_checks_start_at_once() -> None:
     d = replace(_waiting(), required_checks=())
-    started, _ = dep.start_when_checked(d, Target("p", "production"), NOW, "alice", ())
+    started, _ = dep.start_when_checked(d, Target(program="p", environment="production"), NOW, "alice", ())
     assert started.state is State.SUCCEEDED
 
 
