@@ -224,7 +224,7 @@ class AccessMethods(ClientBase):
 
         Args:
             principal: Its id (or `principals/<id>`).
-            action: "read", "register", "deploy", "rollback", "approve" or "admin".
+            action: "read", "register", "deploy", "rollback", "approve", "admin" or "check".
             resource: A program or signature name, or a glob (`sentiment_*`, `*`).
 
         Returns:
@@ -309,7 +309,7 @@ class AccessMethods(ClientBase):
 
         Args:
             resource: A program or signature name (no glob), or `*` for global actions.
-            action: "read", "register", "deploy", "rollback", "approve" or "admin".
+            action: "read", "register", "deploy", "rollback", "approve", "admin" or "check".
             principal: Whom to ask about (admins only); empty for the caller.
 
         Returns:

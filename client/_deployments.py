@@ -390,6 +390,48 @@ class DeploymentMethods(ClientBase):
         )
         return Rollback(deployment=response.deployment, rolled_back=response.rolled_back)
 
+    async def report_version_check(
+        self,
+        name: str,
+        version: str,
+        check: str,
+        *,
+        state: str | int,
+        details_url: str = "",
+        summary: str = "",
+    ) -> dpb.VersionCheck:
+        """Reports CI's result of one check of a program version (ReportVersionCheck): what an
+        environment's `required_checks` wait for. Needs the `check` action on the program.
+
+        Args:
+            name: The program, short or `programs/...`.
+            version: The version tested (never `latest`).
+            check: The check's name, e.g. `integration_tests`.
+            state: "passed", "failed" or "running" (or CHECK_STATE_*).
+            details_url: Where a person reads the run (http or https).
+            summary: What the run found, in a line.
+
+        Returns:
+            The check as recorded.
+
+        Raises:
+            InvalidArgumentError: A bad version, check name, state, URL or summary.
+            NotFoundError: No such version.
+        """
+        response = await self._call(
+            self._deployment_service.ReportVersionCheck,
+            dpb.ReportVersionCheckRequest(
+                program_version=f"{convert.full_name('programs', name)}/versions/{version}",
+                check=check,
+                state=convert.enum(dpb.CheckState, "CHECK_STATE_", state),  # type: ignore[arg-type]
+                details_url=details_url,
+                summary=summary,
+                request_id=convert.request_id(),
+            ),
+            dpb.ReportVersionCheckResponse,
+        )
+        return response.check
+
     async def get_deployment_status(self, name: str, environment: str) -> dpb.GetDeploymentStatusResponse:
         """A target's status (GetDeploymentStatus).
 

@@ -219,7 +219,9 @@ class ProgramMethods(ClientBase):
         return response.program_version
 
     async def get_program(self, name: str) -> pb.Program:
-        """A program's summary (GetProgram): its latest version, version count, labels and signature.
+        """A program's summary (GetProgram): its latest version, version count, labels and signature,
+        and which versions are deployed where (`environments`: per environment, its target's stable
+        version, candidate and weight, and the deployment pending or in progress there).
 
         Args:
             name: The program, short or `programs/...`.

@@ -38,6 +38,7 @@ from rich.table import Table
 
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
+from dspy_registry.v1 import registry_pb2 as pb
 
 from .config import Tls, TlsArgument, resolve
 from .errors import RegistryError
@@ -198,9 +199,37 @@ def program_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) 
 
 
 def program_show(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """A version (`NAME@V`, or what `--environment` serves); for a bare NAME the latest version and,
+    after it, which versions are deployed where (under --json, the version's document with an
+    `environments` array: GetProgram's)."""
     name, version = _split_version(args.name)
-    out.message(registry.get_program_version(name, version, environment=args.environment))
+    found = registry.get_program_version(name, version, environment=args.environment)
+    if "@" in args.name or args.environment:
+        out.message(found)
+        return 0
+    environments = registry.get_program(name).environments
+    if out.json:
+        out.document({**as_dict(found), "environments": [as_dict(e) for e in environments]})
+        return 0
+    out.message(found)
+    out.console.print(_deployed_where(environments))
     return 0
+
+
+def _deployed_where(environments: Iterable[pb.ProgramEnvironment]) -> Table:
+    """One row per environment: what it serves, the deployment moving it, and when that changed."""
+    table = Table(title="deployed where")
+    for header in ("environment", "stable", "candidate", "deployment", "changed"):
+        table.add_column(header)
+    for e in environments:
+        t, d = e.target, e.deployment
+        candidate = (
+            f"{t.candidate.version} at {t.candidate.weight_percent}%" if t.HasField("candidate") else ""
+        )
+        moving = f"{d.version}: {_step_text(d)}" if e.HasField("deployment") else ""
+        changed = e.update_time.ToJsonString() if e.HasField("update_time") else ""
+        table.add_row(e.environment, t.stable.version or "-", candidate, moving, changed)
+    return table
 
 
 def program_versions(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
@@ -250,6 +279,8 @@ def _step_text(deployment: dpb.Deployment) -> str:
     text = f"{deployment.name}: {state_name(deployment.state)}"
     if deployment.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS:
         text += f", step {deployment.current_step}/{deployment.step_count} at {deployment.weight_percent}%"
+    if deployment.state == dpb.DEPLOYMENT_STATE_PENDING_CHECKS:
+        text += f" (waiting for checks: {', '.join(deployment.waiting_checks)})"
     if deployment.paused:
         text += f" (paused: {deployment.pause_reason})"
     return text
@@ -273,6 +304,7 @@ def _wait(registry: SyncRegistry, deployment: dpb.Deployment, timeout: float, ou
             bar.update(task, description=text, completed=100 if done else deployment.weight_percent)
             if deployment.state not in (
                 dpb.DEPLOYMENT_STATE_PENDING_APPROVAL,
+                dpb.DEPLOYMENT_STATE_PENDING_CHECKS,
                 dpb.DEPLOYMENT_STATE_IN_PROGRESS,
             ):
                 return deployment
@@ -287,7 +319,8 @@ def _ended(deployment: dpb.Deployment, out: Output) -> int:
     if deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED:
         return 0
     reason = next((t.reason for t in reversed(deployment.timeline) if t.reason), "")
-    verb = "is still" if deployment.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS else "ended"
+    live = (dpb.DEPLOYMENT_STATE_IN_PROGRESS, dpb.DEPLOYMENT_STATE_PENDING_CHECKS)
+    verb = "is still" if deployment.state in live else "ended"
     out.errors.print(f"error: {deployment.name} {verb} {state_name(deployment.state)}: {reason}".rstrip(": "))
     return EXIT_DEPLOYMENT_FAILED
 
@@ -424,6 +457,18 @@ def watch(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
                     f"{state_name(event.state)} {event.actor} {event.reason}"
                 )
                 print(line.rstrip(), flush=True)
+    return 0
+
+
+def check_report(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """CI's report of one check of a version: `check report triage@1.1.0 load_test passed --url …`."""
+    name, version = _split_version(args.version)
+    if "@" not in args.version:
+        raise ValueError(f"name the version tested, as NAME@VERSION, not {args.version!r}")
+    check = registry.report_version_check(
+        name, version, args.check, state=args.state, details_url=args.url, summary=args.summary
+    )
+    out.message(check, f"{check.name}: {_enum_name(dpb.CheckState, check.state, 'CHECK_STATE_')}")
     return 0
 
 
@@ -679,7 +724,11 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--team")
     p.add_argument("--prefix", default="")
     p = add(
-        programs, "show", program_show, "show a program version (latest, or the one an environment serves)"
+        programs,
+        "show",
+        program_show,
+        "show a program version (latest, or the one an environment serves); for a bare NAME, also "
+        "which versions are deployed where",
     )
     p.add_argument("name", help="NAME or NAME@VERSION")
     p.add_argument("--environment")
@@ -747,6 +796,14 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("environment", nargs="?")
     p.add_argument("--start-revision", type=int, default=0)
 
+    checks = group("check", "report CI's checks of program versions (an environment's required checks)")
+    p = add(checks, "report", check_report, "report a check's state for a version (the `check` action)")
+    p.add_argument("version", metavar="NAME@VERSION")
+    p.add_argument("check", help="the check's name, e.g. integration_tests")
+    p.add_argument("state", choices=["passed", "failed", "running"])
+    p.add_argument("--url", default="", help="where a person reads the run")
+    p.add_argument("--summary", default="", help="what the run found, in a line")
+
     environments = group("env", "list, show and change environments")
     add(environments, "list", env_list, "list environments")
     p = add(environments, "show", env_show, "show an environment")
@@ -801,7 +858,7 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
 
     p = add(commands, "grant", grant, "grant an action on a name or glob")
     p.add_argument("principal")
-    p.add_argument("action", choices=["read", "register", "deploy", "rollback", "approve", "admin"])
+    p.add_argument("action", choices=["read", "register", "deploy", "rollback", "approve", "admin", "check"])
     p.add_argument("resource")
     p = add(commands, "revoke", revoke, "revoke a grant: permissions/ID (as grant printed it)")
     p.add_argument("permission")

@@ -90,6 +90,7 @@ RPC_METHODS: dict[str, str] = {
     _D + "WatchEvents": "watch_events",
     _D + "ReportSidecarStatus": "report_sidecar_status",
     _D + "ReportMetrics": "report_metrics",
+    _D + "ReportVersionCheck": "report_version_check",
     _D + "CreateWebhook": "create_webhook",
     _D + "ListWebhooks": "list_webhooks",
     _D + "DeleteWebhook": "delete_webhook",

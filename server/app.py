@@ -46,6 +46,7 @@ from .store.base import Store
 from .store_health import StoreHealth
 from .telemetry import Telemetry
 from .usecases.access import Access
+from .usecases.checks import Checks
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
 from .usecases.metrics import Metrics
@@ -168,6 +169,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     webhooks = Webhooks(
         store, parse_networks(config.webhook_allow), clock=clock
     )  # a bad network fails the start
+    checks = Checks(store, deployments)  # CI's reports; they move the deployments waiting for them
     watches = Watches(store)
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
@@ -180,6 +182,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         Sidecars(store, deployments, clock=clock),
         Metrics(store, retention_seconds=config.metrics_retention_seconds, clock=clock),
         webhooks,
+        checks=checks,
     )
     return Services(
         store=store,
@@ -197,7 +200,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         ),
         guard=guard,
         servicers={
-            REGISTRY_SERVICE.full_name: RegistryServicer(registry, guard, deployments),
+            REGISTRY_SERVICE.full_name: RegistryServicer(registry, guard, deployments, checks=checks),
             DEPLOYMENT_SERVICE.full_name: deployment_servicer,
             ACCESS_SERVICE.full_name: AccessServicer(access, guard),
         },

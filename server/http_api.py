@@ -438,6 +438,9 @@ class Gateway:
             metadata=metadata,
             timeout=CALL_TIMEOUT,
         )
+        program = await self.registry.GetProgram(
+            rpb.GetProgramRequest(name=f"programs/{name}"), metadata=metadata, timeout=CALL_TIMEOUT
+        )
         return _json(
             {
                 "name": name,
@@ -448,6 +451,7 @@ class Gateway:
                 "program_version": to_json(found),
                 "deployments": [to_json(d) for d in deployments.deployments],
                 "versions": [to_json(v) for v in versions.program_versions],
+                "environments": [to_json(e) for e in program.program.environments],
             }
         )
 

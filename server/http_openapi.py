@@ -78,6 +78,22 @@ _SCHEMAS: dict[str, Any] = {
             "update_time": {"type": "string", "format": "date-time"},
         },
     },
+    "ProgramEnvironment": {
+        "type": "object",
+        "description": "dspy_registry.v1.ProgramEnvironment: what one environment serves of a program",
+        "required": ["environment"],
+        "properties": {
+            "environment": _STRING,
+            "target": {
+                "type": "object",
+                "description": "dspy_registry.v1.Target: stable {version, digest}, candidate {version, "
+                "digest, weight_percent}, the deployment that last changed it; absent when nothing was "
+                "ever deployed there",
+            },
+            "deployment": _ref("Deployment"),  # the one pending or in progress there, if any
+            "update_time": {"type": "string", "format": "date-time"},
+        },
+    },
     "ProgramVersion": {
         "type": "object",
         "description": "dspy_registry.v1.ProgramVersion",
@@ -134,6 +150,12 @@ _SCHEMAS: dict[str, Any] = {
                 "items": _ref("ProgramVersion"),
                 "description": "Every version, newest first, yanked ones included",
             },
+            "environments": {
+                "type": "array",
+                "items": _ref("ProgramEnvironment"),
+                "description": "Which versions are deployed where: one entry per environment, in "
+                "promotion order (GetProgram's environments)",
+            },
         },
     },
     "DeployRequest": {
@@ -183,7 +205,7 @@ _SCHEMAS: dict[str, Any] = {
             "deployment_id": _STRING,
             "status": {
                 "type": "string",
-                "description": "The deployment's state: pending_approval, in_progress, succeeded, "
+                "description": "The deployment's state: pending_approval, pending_checks, in_progress, succeeded, "
                 "failed, rolled_back, aborted or superseded",
             },
             "program": _STRING,

@@ -26,6 +26,7 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_ROLLBACK: _ClassVar[Action]
     ACTION_APPROVE: _ClassVar[Action]
     ACTION_ADMIN: _ClassVar[Action]
+    ACTION_CHECK: _ClassVar[Action]
 
 class AuthenticationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ ACTION_DEPLOY: Action
 ACTION_ROLLBACK: Action
 ACTION_APPROVE: Action
 ACTION_ADMIN: Action
+ACTION_CHECK: Action
 AUTHENTICATION_METHOD_UNSPECIFIED: AuthenticationMethod
 AUTHENTICATION_METHOD_TOKEN: AuthenticationMethod
 AUTHENTICATION_METHOD_CLIENT_CERTIFICATE: AuthenticationMethod

@@ -30,6 +30,7 @@ class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATE_ROLLED_BACK: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_ABORTED: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_SUPERSEDED: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_PENDING_CHECKS: _ClassVar[DeploymentState]
 
 class DeploymentEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,21 @@ class DeploymentEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_EVENT_KIND_SUPERSEDED: _ClassVar[DeploymentEventKind]
     DEPLOYMENT_EVENT_KIND_PAUSED: _ClassVar[DeploymentEventKind]
     DEPLOYMENT_EVENT_KIND_RESUMED: _ClassVar[DeploymentEventKind]
+    DEPLOYMENT_EVENT_KIND_CHECKS_PENDING: _ClassVar[DeploymentEventKind]
+    DEPLOYMENT_EVENT_KIND_CHECK_PASSED: _ClassVar[DeploymentEventKind]
+
+class CheckState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECK_STATE_UNSPECIFIED: _ClassVar[CheckState]
+    CHECK_STATE_PASSED: _ClassVar[CheckState]
+    CHECK_STATE_FAILED: _ClassVar[CheckState]
+    CHECK_STATE_RUNNING: _ClassVar[CheckState]
+
+class MissingChecks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MISSING_CHECKS_UNSPECIFIED: _ClassVar[MissingChecks]
+    MISSING_CHECKS_WAIT: _ClassVar[MissingChecks]
+    MISSING_CHECKS_REFUSE: _ClassVar[MissingChecks]
 
 class TrafficRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -86,6 +102,7 @@ DEPLOYMENT_STATE_FAILED: DeploymentState
 DEPLOYMENT_STATE_ROLLED_BACK: DeploymentState
 DEPLOYMENT_STATE_ABORTED: DeploymentState
 DEPLOYMENT_STATE_SUPERSEDED: DeploymentState
+DEPLOYMENT_STATE_PENDING_CHECKS: DeploymentState
 DEPLOYMENT_EVENT_KIND_UNSPECIFIED: DeploymentEventKind
 DEPLOYMENT_EVENT_KIND_CREATED: DeploymentEventKind
 DEPLOYMENT_EVENT_KIND_APPROVED: DeploymentEventKind
@@ -100,6 +117,15 @@ DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK: DeploymentEventKind
 DEPLOYMENT_EVENT_KIND_SUPERSEDED: DeploymentEventKind
 DEPLOYMENT_EVENT_KIND_PAUSED: DeploymentEventKind
 DEPLOYMENT_EVENT_KIND_RESUMED: DeploymentEventKind
+DEPLOYMENT_EVENT_KIND_CHECKS_PENDING: DeploymentEventKind
+DEPLOYMENT_EVENT_KIND_CHECK_PASSED: DeploymentEventKind
+CHECK_STATE_UNSPECIFIED: CheckState
+CHECK_STATE_PASSED: CheckState
+CHECK_STATE_FAILED: CheckState
+CHECK_STATE_RUNNING: CheckState
+MISSING_CHECKS_UNSPECIFIED: MissingChecks
+MISSING_CHECKS_WAIT: MissingChecks
+MISSING_CHECKS_REFUSE: MissingChecks
 TRAFFIC_ROLE_UNSPECIFIED: TrafficRole
 TRAFFIC_ROLE_STABLE: TrafficRole
 TRAFFIC_ROLE_CANDIDATE: TrafficRole
@@ -199,7 +225,14 @@ class AutoRollbackPolicy(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., error_rate: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., accuracy_drop: _Optional[float] = ..., monitoring_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., analysis_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class EnvironmentPolicy(_message.Message):
-    __slots__ = ("auto_deploy", "validation_required", "validation", "approval_required", "required_approvals", "rollback_enabled", "monitoring_required", "required_predecessors", "default_strategy", "auto_rollback")
+    __slots__ = ("auto_deploy", "validation_required", "validation", "approval_required", "required_approvals", "rollback_enabled", "monitoring_required", "required_predecessors", "default_strategy", "auto_rollback", "required_checks", "on_missing_checks", "capacity")
+    class CapacityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AUTO_DEPLOY_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +243,9 @@ class EnvironmentPolicy(_message.Message):
     REQUIRED_PREDECESSORS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    ON_MISSING_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     auto_deploy: bool
     validation_required: bool
     validation: ValidationPolicy
@@ -220,7 +256,10 @@ class EnvironmentPolicy(_message.Message):
     required_predecessors: _containers.RepeatedScalarFieldContainer[str]
     default_strategy: DeploymentStrategy
     auto_rollback: AutoRollbackPolicy
-    def __init__(self, auto_deploy: _Optional[bool] = ..., validation_required: _Optional[bool] = ..., validation: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., approval_required: _Optional[bool] = ..., required_approvals: _Optional[int] = ..., rollback_enabled: _Optional[bool] = ..., monitoring_required: _Optional[bool] = ..., required_predecessors: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., auto_rollback: _Optional[_Union[AutoRollbackPolicy, _Mapping]] = ...) -> None: ...
+    required_checks: _containers.RepeatedScalarFieldContainer[str]
+    on_missing_checks: MissingChecks
+    capacity: _containers.ScalarMap[str, str]
+    def __init__(self, auto_deploy: _Optional[bool] = ..., validation_required: _Optional[bool] = ..., validation: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., approval_required: _Optional[bool] = ..., required_approvals: _Optional[int] = ..., rollback_enabled: _Optional[bool] = ..., monitoring_required: _Optional[bool] = ..., required_predecessors: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., auto_rollback: _Optional[_Union[AutoRollbackPolicy, _Mapping]] = ..., required_checks: _Optional[_Iterable[str]] = ..., on_missing_checks: _Optional[_Union[MissingChecks, str]] = ..., capacity: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Environment(_message.Message):
     __slots__ = ("name", "description", "position", "policy", "create_time", "update_time", "revision", "etag")
@@ -313,7 +352,7 @@ class DeploymentTransition(_message.Message):
     def __init__(self, kind: _Optional[_Union[DeploymentEventKind, str]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., step: _Optional[int] = ..., actor: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "program", "environment", "version", "digest", "strategy", "state", "current_step", "step_count", "weight_percent", "paused", "pause_reason", "step_start_time", "next_step_time", "reason", "creator", "approvals", "required_approvals", "previous_stable", "replaced_deployment", "rolled_back_deployment", "rollback_deployment", "superseded_by", "supersede", "allow_breaking", "auto_deployed", "timeline", "create_time", "update_time", "end_time", "revision", "etag")
+    __slots__ = ("name", "program", "environment", "version", "digest", "strategy", "state", "current_step", "step_count", "weight_percent", "paused", "pause_reason", "step_start_time", "next_step_time", "reason", "creator", "approvals", "required_approvals", "previous_stable", "replaced_deployment", "rolled_back_deployment", "rollback_deployment", "superseded_by", "supersede", "allow_breaking", "auto_deployed", "timeline", "create_time", "update_time", "end_time", "revision", "etag", "required_checks", "waiting_checks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +385,8 @@ class Deployment(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_CHECKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     program: str
     environment: str
@@ -378,7 +419,31 @@ class Deployment(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     revision: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., environment: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., current_step: _Optional[int] = ..., step_count: _Optional[int] = ..., weight_percent: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., creator: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., required_approvals: _Optional[int] = ..., previous_stable: _Optional[_Union[TargetVersion, _Mapping]] = ..., replaced_deployment: _Optional[str] = ..., rolled_back_deployment: _Optional[str] = ..., rollback_deployment: _Optional[str] = ..., superseded_by: _Optional[str] = ..., supersede: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ..., auto_deployed: _Optional[bool] = ..., timeline: _Optional[_Iterable[_Union[DeploymentTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    required_checks: _containers.RepeatedScalarFieldContainer[str]
+    waiting_checks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., environment: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., strategy: _Optional[_Union[DeploymentStrategy, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., current_step: _Optional[int] = ..., step_count: _Optional[int] = ..., weight_percent: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_step_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., creator: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., required_approvals: _Optional[int] = ..., previous_stable: _Optional[_Union[TargetVersion, _Mapping]] = ..., replaced_deployment: _Optional[str] = ..., rolled_back_deployment: _Optional[str] = ..., rollback_deployment: _Optional[str] = ..., superseded_by: _Optional[str] = ..., supersede: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ..., auto_deployed: _Optional[bool] = ..., timeline: _Optional[_Iterable[_Union[DeploymentTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ..., required_checks: _Optional[_Iterable[str]] = ..., waiting_checks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VersionCheck(_message.Message):
+    __slots__ = ("name", "check", "state", "details_url", "summary", "reporter", "create_time", "update_time", "revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_URL_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REPORTER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    check: str
+    state: CheckState
+    details_url: str
+    summary: str
+    reporter: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    revision: int
+    def __init__(self, name: _Optional[str] = ..., check: _Optional[str] = ..., state: _Optional[_Union[CheckState, str]] = ..., details_url: _Optional[str] = ..., summary: _Optional[str] = ..., reporter: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ListEnvironmentsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -888,6 +953,28 @@ class ReportMetricsResponse(_message.Message):
     accepted_count: int
     dropped_count: int
     def __init__(self, accepted_count: _Optional[int] = ..., dropped_count: _Optional[int] = ...) -> None: ...
+
+class ReportVersionCheckRequest(_message.Message):
+    __slots__ = ("program_version", "check", "state", "details_url", "summary", "request_id")
+    PROGRAM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_URL_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    program_version: str
+    check: str
+    state: CheckState
+    details_url: str
+    summary: str
+    request_id: str
+    def __init__(self, program_version: _Optional[str] = ..., check: _Optional[str] = ..., state: _Optional[_Union[CheckState, str]] = ..., details_url: _Optional[str] = ..., summary: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReportVersionCheckResponse(_message.Message):
+    __slots__ = ("check",)
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    check: VersionCheck
+    def __init__(self, check: _Optional[_Union[VersionCheck, _Mapping]] = ...) -> None: ...
 
 class Webhook(_message.Message):
     __slots__ = ("name", "url", "event_kinds", "selectors", "secret", "description", "creator", "create_time", "revision")

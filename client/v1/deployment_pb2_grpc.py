@@ -126,6 +126,11 @@ class DeploymentServiceStub:
                 request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsResponse.FromString,
                 _registered_method=True)
+        self.ReportVersionCheck = channel.unary_unary(
+                '/dspy_registry.v1.DeploymentService/ReportVersionCheck',
+                request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckRequest.SerializeToString,
+                response_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckResponse.FromString,
+                _registered_method=True)
         self.CreateWebhook = channel.unary_unary(
                 '/dspy_registry.v1.DeploymentService/CreateWebhook',
                 request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.CreateWebhookRequest.SerializeToString,
@@ -198,8 +203,10 @@ class DeploymentServiceServicer:
         PENDING_APPROVAL when the policy asks for approvals. INVALID_ARGUMENT for
         bad input (e.g. canary weights not strictly increasing, or above 100); NOT_FOUND
         if the program version or the environment does not exist;
-        FAILED_PRECONDITION when the version is yanked, validation or promotion
-        order refuses it (PreconditionFailure lists each violation), or another
+        FAILED_PRECONDITION when the version is yanked, validation, promotion
+        order, a required check that FAILED (or, under `on_missing_checks`
+        REFUSE, one not PASSED yet) or the environment's capacity refuses it
+        (PreconditionFailure lists each violation), or another
         deployment of the target is in progress and `supersede` is false;
         ABORTED if `expected_target_etag` is set and does not match.
         """
@@ -318,6 +325,19 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportVersionCheck(self, request, context):
+        """Records CI's result of one check of a program version (the `check`
+        action on the program): the last report is the check's state. A PASSED
+        report starts the deployments of that version waiting in PENDING_CHECKS
+        for it as their last required check; a FAILED one fails those of the
+        version not started yet that require it. INVALID_ARGUMENT for a bad
+        version name, check name, state, URL or summary; NOT_FOUND if the version
+        does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateWebhook(self, request, context):
         """Registers a webhook for deployment events (admin). INVALID_ARGUMENT for
         a bad URL, an empty secret, or a private, link-local or loopback address
@@ -429,6 +449,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsRequest.FromString,
                     response_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsResponse.SerializeToString,
+            ),
+            'ReportVersionCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportVersionCheck,
+                    request_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckRequest.FromString,
+                    response_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckResponse.SerializeToString,
             ),
             'CreateWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWebhook,
@@ -873,6 +898,33 @@ class DeploymentService:
             '/dspy_registry.v1.DeploymentService/ReportMetrics',
             dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsRequest.SerializeToString,
             dspy__registry_dot_v1_dot_deployment__pb2.ReportMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportVersionCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_registry.v1.DeploymentService/ReportVersionCheck',
+            dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckRequest.SerializeToString,
+            dspy__registry_dot_v1_dot_deployment__pb2.ReportVersionCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

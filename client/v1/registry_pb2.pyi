@@ -1,5 +1,6 @@
 import datetime
 
+from dspy_registry.v1 import deployment_pb2 as _deployment_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -309,7 +310,7 @@ class ProgramVersionSpec(_message.Message):
     def __init__(self, program: _Optional[str] = ..., version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., media_type: _Optional[str] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramVersion(_message.Message):
-    __slots__ = ("name", "program", "version", "artifact", "signature", "performance", "labels", "metadata", "previous_version", "change_type", "predictors", "yanked", "yank_reason", "creator", "create_time", "revision", "etag")
+    __slots__ = ("name", "program", "version", "artifact", "signature", "performance", "labels", "metadata", "previous_version", "change_type", "predictors", "yanked", "yank_reason", "creator", "create_time", "revision", "etag", "checks")
     class PerformanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +342,7 @@ class ProgramVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     program: str
     version: str
@@ -358,10 +360,11 @@ class ProgramVersion(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     revision: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[str] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., previous_version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., predictors: _Optional[_Iterable[_Union[PredictorSummary, _Mapping]]] = ..., yanked: _Optional[bool] = ..., yank_reason: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[_deployment_pb2.VersionCheck]
+    def __init__(self, name: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[str] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., signature: _Optional[str] = ..., performance: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., previous_version: _Optional[str] = ..., change_type: _Optional[_Union[ChangeType, str]] = ..., predictors: _Optional[_Iterable[_Union[PredictorSummary, _Mapping]]] = ..., yanked: _Optional[bool] = ..., yank_reason: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., etag: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[_deployment_pb2.VersionCheck, _Mapping]]] = ...) -> None: ...
 
 class Program(_message.Message):
-    __slots__ = ("name", "latest_version", "version_count", "labels", "signature", "create_time", "update_time")
+    __slots__ = ("name", "latest_version", "version_count", "labels", "signature", "create_time", "update_time", "environments")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +379,7 @@ class Program(_message.Message):
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     latest_version: str
     version_count: int
@@ -383,7 +387,20 @@ class Program(_message.Message):
     signature: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[str] = ..., version_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., signature: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    environments: _containers.RepeatedCompositeFieldContainer[ProgramEnvironment]
+    def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[str] = ..., version_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., signature: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., environments: _Optional[_Iterable[_Union[ProgramEnvironment, _Mapping]]] = ...) -> None: ...
+
+class ProgramEnvironment(_message.Message):
+    __slots__ = ("environment", "target", "deployment", "update_time")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    target: _deployment_pb2.Target
+    deployment: _deployment_pb2.Deployment
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, environment: _Optional[str] = ..., target: _Optional[_Union[_deployment_pb2.Target, _Mapping]] = ..., deployment: _Optional[_Union[_deployment_pb2.Deployment, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RegisterProgramRequest(_message.Message):
     __slots__ = ("spec", "artifact", "request_id")

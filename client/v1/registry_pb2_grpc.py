@@ -203,7 +203,10 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgram(self, request, context):
-        """Returns a program's summary. NOT_FOUND if it does not exist.
+        """Returns a program's summary and, for each environment, what it serves
+        (stable, candidate and weight) and the deployment pending or in progress
+        there: which versions are deployed where, in one call. NOT_FOUND if it
+        does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,7 +214,8 @@ class RegistryServiceServicer:
 
     def GetProgramVersion(self, request, context):
         """Returns one program version: by version, `latest`, or the version an
-        environment serves. NOT_FOUND if there is no such version.
+        environment serves, with the checks CI reported for it. NOT_FOUND if
+        there is no such version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

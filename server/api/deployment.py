@@ -13,13 +13,15 @@ from typing import Any
 from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..calls import serving
+from ..domain import checks as checking
 from ..domain import deployments as dep
 from ..domain import environments as envs
 from ..domain import sidecars
 from ..domain.access import Action
 from ..domain.environments import Environment
-from ..domain.names import check_name, check_text
+from ..domain.names import VersionRef, check_name, check_text, parse_version_ref
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations, quote
+from ..usecases.checks import CheckReport, Checks
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
 from ..usecases.metrics import Metrics
@@ -35,6 +37,7 @@ from .convert.deployment import (
     sidecar_proto,
     strategy_from_proto,
     target_proto,
+    version_check_proto,
     version_health_proto,
     window_from_proto,
 )
@@ -44,6 +47,10 @@ from .watch import EventWatch, TargetWatch
 from .webhooks import WebhookMethods
 
 MAX_WINDOWS = 1000  # metric windows in one ReportMetrics call
+
+
+def _reported(c: checking.VersionCheck) -> pb.ReportVersionCheckResponse:
+    return pb.ReportVersionCheckResponse(check=version_check_proto(c))
 
 
 def _environment_name(value: str, field: str) -> str:
@@ -68,7 +75,9 @@ class DeploymentServicer(WebhookMethods):
         sidecars_: Sidecars,
         metrics: Metrics,
         webhooks_: Webhooks,
+        checks: Checks | None = None,
     ) -> None:
+        self.checks = checks or Checks(deployments.store, deployments)
         self.webhooks = webhooks_
         self.metrics = metrics
         self.environments = environments
@@ -276,6 +285,33 @@ class DeploymentServicer(WebhookMethods):
         await self.guard.authorize_resource(Action.ROLLBACK, sorted({w.program for w in windows}))
         accepted, dropped = await self.metrics.report(serving(), request.sidecar_id, identity().name, windows)
         return pb.ReportMetricsResponse(accepted_count=accepted, dropped_count=dropped)
+
+    async def ReportVersionCheck(
+        self, request: pb.ReportVersionCheckRequest, context: Context
+    ) -> pb.ReportVersionCheckResponse:
+        refs: list[VersionRef] = []
+        v = Violations()
+        v.collect(
+            lambda: refs.append(parse_version_ref(request.program_version, "programs", "program_version"))
+        )
+        v.items += checking.validate_report(
+            request.check, request.state, request.details_url, request.summary
+        ).items
+        v.raise_if_any()
+        (ref,) = refs
+        if ref.is_latest:
+            raise InvalidArgument.one("program_version", "name the version CI tested, not `latest`")
+        report = CheckReport(
+            program=ref.name,
+            version=ref.version,
+            check=request.check,
+            state=checking.CheckState(request.state),
+            details_url=request.details_url,
+            summary=request.summary,
+        )
+        idem = idempotency(request, "ReportVersionCheck", _reported)
+        result = await self.checks.report(serving(), report, idem)
+        return answer(result, pb.ReportVersionCheckResponse, _reported)
 
     async def ReportSidecarStatus(
         self, request: pb.ReportSidecarStatusRequest, context: Context

@@ -106,13 +106,14 @@ class Rule:
         return names[0] if names else ""
 
 
-READ, REGISTER, DEPLOY, ROLLBACK, APPROVE, ADMIN = (
+READ, REGISTER, DEPLOY, ROLLBACK, APPROVE, ADMIN, CHECK = (
     Action.READ,
     Action.REGISTER,
     Action.DEPLOY,
     Action.ROLLBACK,
     Action.APPROVE,
     Action.ADMIN,
+    Action.CHECK,
 )
 REGISTRY = "/dspy_registry.v1.RegistryService/"
 DEPLOYMENT = "/dspy_registry.v1.DeploymentService/"
@@ -209,4 +210,8 @@ RULES: dict[str, Rule] = {
         action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
     ),
     DEPLOYMENT + "ListWebhookDeliveries": Rule(action=ADMIN, resources=EVERYTHING),
+    # CI's report gates deployments (required checks): its own action, on the program.
+    DEPLOYMENT + "ReportVersionCheck": Rule(
+        action=CHECK, resources=_field("program_version", "programs"), mutation=True
+    ),
 }

@@ -16,6 +16,7 @@ from ..domain.model import ProgramVersion
 from ..domain.names import VersionRef, check_name, check_prefix, parse_parent, parse_version_ref
 from ..errors import InvalidArgument, ResourceExhausted
 from ..usecases.artifacts import InMemory
+from ..usecases.checks import Checks
 from ..usecases.deployments import Deployments
 from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
 from .context import Context
@@ -40,8 +41,14 @@ def _registered(result: RegisteredProgram) -> pb.RegisterProgramResponse:
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def __init__(
-        self, registry: Registry, guard: Guard, deployments: Deployments, cache: ResponseCache | None = None
+        self,
+        registry: Registry,
+        guard: Guard,
+        deployments: Deployments,
+        cache: ResponseCache | None = None,
+        checks: Checks | None = None,
     ) -> None:
+        self.checks = checks or Checks(registry.store, deployments)
         self.registry = registry
         self.guard = guard
         self.deployments = deployments
@@ -164,7 +171,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:
         name = parse_parent(request.name, "programs", "name")
-        return pb.GetProgramResponse(program=convert.program_summary(await self.registry.get_program(name)))
+        program = convert.program_summary(await self.registry.get_program(name))
+        program.environments.extend(
+            convert.program_environment(x) for x in await self.deployments.deployed(name)
+        )
+        return pb.GetProgramResponse(program=program)
 
     async def GetProgramVersion(self, request: pb.GetProgramVersionRequest, context: Context) -> bytes:
         if request.environment:
@@ -172,7 +183,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             program = parse_parent(request.name, "programs", "name")
             served = await self.deployments.served(program, environment)
             return pb.GetProgramVersionResponse(
-                program_version=convert.program_version(served)
+                program_version=await self._with_checks(served)
             ).SerializeToString()
         cached = self.cache.get(request.name)
         if cached is not None:
@@ -180,9 +191,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         ref = _program_ref(request.name)
         generation = self.cache.generation(ref.name)
         pv = await self.registry.get_program_version(ref)
-        answer = pb.GetProgramVersionResponse(program_version=convert.program_version(pv)).SerializeToString()
+        answer = pb.GetProgramVersionResponse(program_version=await self._with_checks(pv)).SerializeToString()
         self.cache.put(ref.name, request.name, answer, generation)
         return answer
+
+    async def _with_checks(self, pv: ProgramVersion) -> pb.ProgramVersion:
+        """The version with the checks CI reported for it (a check report drops the cached answer:
+        its event names the version)."""
+        out = convert.program_version(pv)
+        out.checks.extend(
+            convert.version_check(c) for c in await self.checks.of_version(pv.program, pv.version)
+        )
+        return out
 
     async def ListPrograms(
         self, request: pb.ListProgramsRequest, context: Context

@@ -30,6 +30,9 @@ class Action(IntEnum):
     ROLLBACK = 4
     APPROVE = 5
     ADMIN = 6
+    # CI's: reporting checks of program versions (ReportVersionCheck). Only admin implies it;
+    # deploy does not, so that whoever deploys a version cannot also vouch for its checks.
+    CHECK = 7
 
 
 class PrincipalType(IntEnum):

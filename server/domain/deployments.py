@@ -1,10 +1,13 @@
 """Deployments: the state machine, the strategies' steps, and the policy checks. No I/O.
 
     PENDING_APPROVAL --approve (enough)--> IN_PROGRESS --advance/promote--> SUCCEEDED
-          |  reject / abort                    |  abort -> ABORTED
-          v                                    |  rollback -> ROLLED_BACK
-       ABORTED                                 |  superseded -> SUPERSEDED
-                                               |  fail -> FAILED
+          |  reject / abort    |                 |  abort -> ABORTED
+          v                    |                 |  rollback -> ROLLED_BACK
+       ABORTED                 |                 |  superseded -> SUPERSEDED
+                               |                 |  fail -> FAILED
+                               v                 ^
+             PENDING_CHECKS (a required check has not passed) --last check passed--
+                  |  a required check FAILED -> FAILED; abort -> ABORTED
     SUCCEEDED --rollback--> ROLLED_BACK
 
 Every action is a pure function from (deployment, target, now, actor) to the
@@ -17,13 +20,15 @@ steps of increasing weight, then promotes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
 from ..errors import FailedPrecondition, PreconditionViolation, quote
+from . import checks as checking
+from . import resources
 from .environments import Environment, Strategy, StrategySpec
 from .model import ProgramVersion
 from .sidecars import Report
@@ -40,10 +45,12 @@ class State(IntEnum):
     ROLLED_BACK = 5
     ABORTED = 6
     SUPERSEDED = 7
+    PENDING_CHECKS = 8
 
 
 TERMINAL = frozenset({State.FAILED, State.ROLLED_BACK, State.ABORTED, State.SUPERSEDED})
-ACTIVE = frozenset({State.PENDING_APPROVAL, State.IN_PROGRESS})
+ACTIVE = frozenset({State.PENDING_APPROVAL, State.PENDING_CHECKS, State.IN_PROGRESS})
+WAITING = frozenset({State.PENDING_APPROVAL, State.PENDING_CHECKS})  # created, not started
 
 
 class Kind(IntEnum):
@@ -62,6 +69,8 @@ class Kind(IntEnum):
     SUPERSEDED = 11
     PAUSED = 12
     RESUMED = 13
+    CHECKS_PENDING = 14
+    CHECK_PASSED = 15
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,8 @@ class Deployment:
     supersede: bool = False
     allow_breaking: bool = False
     auto_deployed: bool = False
+    required_checks: tuple[str, ...] = ()  # the environment's, as it was created
+    waiting_checks: tuple[str, ...] = ()  # of those, the ones not passed when it last looked
     timeline: tuple[Transition, ...] = ()
     update_time: datetime | None = None
     end_time: datetime | None = None
@@ -222,7 +233,7 @@ def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployme
     # The creation or approval that starts the strategy leaves the deployment in progress at its
     # first step: its entry says so (an entry holds the state after it), not the PENDING_APPROVAL
     # it was noted in an instant earlier.
-    if d.timeline and d.timeline[-1].kind in (Kind.CREATED, Kind.APPROVED):
+    if d.timeline and d.timeline[-1].kind in (Kind.CREATED, Kind.APPROVED, Kind.CHECK_PASSED):
         started = replace(d.timeline[-1], state=State.IN_PROGRESS, step=d.steps_applied)
         d = replace(d, timeline=d.timeline[:-1] + (started,))
     s = d.strategy
@@ -237,6 +248,50 @@ def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployme
     return replace(
         d, weight_percent=first.weight_percent, next_step_time=now + _seconds(first.pause_seconds)
     ), target
+
+
+def start_when_checked(
+    d: Deployment, t: Target, now: datetime, actor: str, passed: Collection[str]
+) -> tuple[Deployment, Target]:
+    """A deployment free to start (created with no approval to wait for, or approved): it starts
+    when every required check has PASSED, else waits in PENDING_CHECKS, its timeline naming them."""
+    waiting = tuple(name for name in d.required_checks if name not in passed)
+    if not waiting:
+        return start(replace(d, waiting_checks=()), t, now, actor)
+    held = replace(d, state=State.PENDING_CHECKS, waiting_checks=waiting, next_step_time=None)
+    return _note(
+        held, Kind.CHECKS_PENDING, now, actor, checking.describe_waiting(waiting, d.required_checks)
+    ), t
+
+
+def check_passed(
+    d: Deployment, t: Target, now: datetime, actor: str, check: checking.VersionCheck, passed: Collection[str]
+) -> tuple[Deployment, Target] | None:
+    """A required check of a deployment in PENDING_CHECKS passed: noted, and the last one starts it.
+
+    `passed` is every check of the version that has PASSED now (a check re-run since it passed
+    counts as not passed). None when the report changes nothing for `d`.
+    """
+    if d.state is not State.PENDING_CHECKS or check.check not in d.waiting_checks:
+        return None
+    waiting = tuple(name for name in d.required_checks if name not in passed)
+    noted = replace(d, waiting_checks=waiting)
+    reason = f"required check {check.describe()}"
+    reason += (
+        f"; {checking.describe_waiting(waiting, d.required_checks)}" if waiting else "; every one passed"
+    )
+    noted = _note(noted, Kind.CHECK_PASSED, now, actor, reason)
+    return (noted, t) if waiting else start(noted, t, now, actor)
+
+
+def check_failed(
+    d: Deployment, t: Target, now: datetime, actor: str, check: checking.VersionCheck
+) -> tuple[Deployment, Target] | None:
+    """A required check FAILED for the version of a deployment not started yet: it FAILS, saying
+    which check and why. None for a deployment that does not require it or has started."""
+    if d.state not in WAITING or check.check not in d.required_checks:
+        return None
+    return fail(d, t, now, actor, f"required check {check.describe()}")
 
 
 def advance(
@@ -373,9 +428,16 @@ def supersede(d: Deployment, t: Target, now: datetime, actor: str, by: str) -> t
 
 
 def approve(
-    d: Deployment, t: Target, now: datetime, actor: str, comment: str, reject: bool
+    d: Deployment,
+    t: Target,
+    now: datetime,
+    actor: str,
+    comment: str,
+    reject: bool,
+    passed: Collection[str] = (),
 ) -> tuple[Deployment, Target]:
-    """An approval (or a rejection, which ends it ABORTED); enough approvals start the strategy."""
+    """An approval (or a rejection, which ends it ABORTED); enough approvals start the strategy,
+    or, while a required check has not passed (`passed` names those that have), wait for it."""
     if d.state is not State.PENDING_APPROVAL:
         raise _refuse(d, "approve")
     if actor == d.creator:
@@ -401,7 +463,7 @@ def approve(
     noted = _note(noted, Kind.APPROVED, now, actor, comment)
     if sum(not a.rejected for a in noted.approvals) < d.required_approvals:
         return noted, t
-    return start(noted, t, now, actor)
+    return start_when_checked(noted, t, now, actor, passed)
 
 
 def roll_back(
@@ -505,8 +567,14 @@ def check_policy(
     compatibility: Compatibility | None,
     allow_breaking: bool,
     succeeded_in: set[str],
+    checks: Mapping[str, checking.VersionCheck] | None = None,
 ) -> list[PreconditionViolation]:
-    """What stops `version` from going to `env`; empty when nothing does."""
+    """What stops `version` from going to `env`; empty when nothing does.
+
+    With `checks` (the version's, by name), also the environment's required checks: one FAILED,
+    or under `on_missing_checks = "refuse"` one not PASSED yet (domain/checks.py). Always, the
+    version's resource requirements against the environment's capacity (domain/resources.py).
+    """
     out: list[PreconditionViolation] = []
     subject = f"{version.name} -> {env.resource_name}"
     if version.yanked:
@@ -549,6 +617,9 @@ def check_policy(
                     "PROMOTION_ORDER", subject, f"{version.version} has not succeeded in {predecessor}"
                 )
             )
+    if checks is not None:
+        out += checking.violations(p.required_checks, p.on_missing_checks, checks, subject)
+    out += resources.violations(version.metadata, p.capacity, subject, env.name)
     return out
 
 
@@ -626,6 +697,8 @@ def to_json(d: Deployment) -> dict[str, object]:
         "supersede": d.supersede,
         "allow_breaking": d.allow_breaking,
         "auto_deployed": d.auto_deployed,
+        "required_checks": list(d.required_checks),
+        "waiting_checks": list(d.waiting_checks),
         "timeline": [
             {
                 "kind": t.kind.name,
@@ -682,6 +755,9 @@ def from_json(j: dict[str, Any]) -> Deployment:
         supersede=j["supersede"],
         allow_breaking=j["allow_breaking"],
         auto_deployed=j["auto_deployed"],
+        # Absent from rows written before required checks existed.
+        required_checks=tuple(j.get("required_checks", ())),
+        waiting_checks=tuple(j.get("waiting_checks", ())),
         timeline=tuple(
             Transition(
                 kind=Kind[t["kind"]],

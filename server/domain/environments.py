@@ -20,8 +20,10 @@ from enum import IntEnum
 from typing import Any
 
 from ..errors import InvalidArgument, Violations, quote
+from .checks import OnMissingChecks, validate_required
 from .names import check_name
 from .programs import METRIC_RE
+from .resources import capacity_text, validate_capacity
 
 
 class Strategy(IntEnum):
@@ -82,6 +84,11 @@ class Policy:
     required_predecessors: tuple[str, ...] = ()
     default_strategy: StrategySpec = field(default_factory=StrategySpec)
     auto_rollback: Thresholds = field(default_factory=Thresholds)
+    # Checks CI must report PASSED for a version before a deployment of it starts here (domain/checks.py).
+    required_checks: tuple[str, ...] = ()
+    on_missing_checks: OnMissingChecks = OnMissingChecks.WAIT
+    # What the environment offers the versions deployed to it (domain/resources.py): none, no limit.
+    capacity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +180,8 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
         if not key or len(key) > 128:
             v.add(f"{prefix}.policy.validation.required_metadata_keys[{i}]", "must be 1-128 characters")
     v.items += validate_strategy(p.default_strategy, f"{prefix}.policy.default_strategy").items
+    v.items += validate_required(p.required_checks, f"{prefix}.policy").items
+    v.items += validate_capacity(p.capacity, f"{prefix}.policy").items
     t = p.auto_rollback
     if not 0 <= t.error_rate <= 1:
         v.add(f"{prefix}.policy.auto_rollback.error_rate", "must be between 0 and 1")
@@ -273,6 +282,9 @@ def _environment(
     where = f"environments.{name}"
     approval = bool(t.get("approval_required", False))
     validation_required = bool(t.get("validation_required", False))
+    on_missing = str(t.get("on_missing_checks", "wait"))
+    if on_missing not in _ON_MISSING_CHECKS:
+        raise InvalidArgument.one(f"{where}.on_missing_checks", f"one of {', '.join(_ON_MISSING_CHECKS)}")
     policy = Policy(
         auto_deploy=bool(t.get("auto_deploy", False)),
         validation_required=validation_required,
@@ -289,6 +301,9 @@ def _environment(
         required_predecessors=tuple(str(p) for p in t.get("required_predecessors", ())),
         default_strategy=_strategy(t, strategy, where),
         auto_rollback=_thresholds(t, thresholds, where),
+        required_checks=tuple(str(c) for c in t.get("required_checks", ())),
+        on_missing_checks=_ON_MISSING_CHECKS[on_missing],
+        capacity={str(k): capacity_text(x) for k, x in t.get("capacity", {}).items()},
     )
     return Environment(
         name=name,
@@ -299,6 +314,7 @@ def _environment(
 
 
 _NUMBER = (int, float)
+_ON_MISSING_CHECKS = {"wait": OnMissingChecks.WAIT, "refuse": OnMissingChecks.REFUSE}
 _DEPLOYMENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "default_strategy": str,
     "canary_percent": int,
@@ -325,6 +341,9 @@ _ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "rollback_enabled": bool,
     "monitoring_required": bool,
     "required_predecessors": list,
+    "required_checks": list,
+    "on_missing_checks": str,
+    "capacity": dict,
 }
 
 
@@ -360,6 +379,12 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         monitoring_required = true
         min_metrics = { accuracy = 0.85 }
         required_predecessors = ["staging"]
+        required_checks = ["integration_tests", "load_test"]   # reported by CI (ReportVersionCheck)
+        on_missing_checks = "wait"         # wait (PENDING_CHECKS) | refuse
+
+        [environments.production.capacity] # what versions' requirements are checked against
+        memory = "16GiB"
+        cpu = 8
 
     Without an [environments] table, the three defaults take the [deployment] defaults.
     """
@@ -437,6 +462,7 @@ def strategy_from_json(s: dict[str, Any]) -> StrategySpec:
 def policy_to_json(p: Policy) -> dict[str, Any]:
     data = asdict(p)
     data["default_strategy"] = strategy_to_json(p.default_strategy)
+    data["on_missing_checks"] = p.on_missing_checks.name.lower()
     return data
 
 
@@ -459,6 +485,10 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
         required_predecessors=tuple(d["required_predecessors"]),
         default_strategy=strategy,
         auto_rollback=Thresholds(**d["auto_rollback"]),
+        # Absent from policies stored before required checks existed.
+        required_checks=tuple(d.get("required_checks", ())),
+        on_missing_checks=OnMissingChecks[str(d.get("on_missing_checks", "wait")).upper()],
+        capacity=dict(d.get("capacity", {})),
     )
 
 

@@ -62,6 +62,7 @@ class EventKind(StrEnum):
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_DELETED = "webhook.deleted"
     TARGET_UPDATED = "target.updated"
+    CHECK_REPORTED = "check.reported"
     # One per deployments.Kind (the proto enum DeploymentEventKind): `deployment.<name in lower case>`.
     DEPLOYMENT_CREATED = "deployment.created"
     DEPLOYMENT_APPROVED = "deployment.approved"
@@ -76,6 +77,8 @@ class EventKind(StrEnum):
     DEPLOYMENT_SUPERSEDED = "deployment.superseded"
     DEPLOYMENT_PAUSED = "deployment.paused"
     DEPLOYMENT_RESUMED = "deployment.resumed"
+    DEPLOYMENT_CHECKS_PENDING = "deployment.checks_pending"
+    DEPLOYMENT_CHECK_PASSED = "deployment.check_passed"
 
     @classmethod
     def known(cls, kind: str) -> EventKind | None:
@@ -193,6 +196,17 @@ class WebhookChanged(Payload):
     """webhook.created and webhook.deleted."""
 
     webhook: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReported(Payload):
+    """check.reported: CI's report of one check of a program version (its state's name, and who)."""
+
+    program: str
+    version: str
+    check: str
+    state: str
+    actor: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +359,7 @@ SCHEMAS: Mapping[EventKind, type[Payload]] = {
     EventKind.WEBHOOK_CREATED: WebhookChanged,
     EventKind.WEBHOOK_DELETED: WebhookChanged,
     EventKind.TARGET_UPDATED: TargetUpdated,
+    EventKind.CHECK_REPORTED: CheckReported,
     **{EventKind.of_deployment(k): DeploymentChanged for k in DeploymentKind},
 }
 

@@ -14,6 +14,9 @@ from ..domain.sidecars import Report as SidecarReport
 from ..errors import InvalidArgument
 from .sql import Connection, Row, to_datetime, to_json, to_us, visible_condition
 
+# Pending approval, pending checks, in progress: a target has at most one such deployment.
+_ACTIVE = tuple(int(s) for s in sorted(dep.ACTIVE))
+
 _ENVIRONMENT_COLUMNS = "name, description, position, policy, create_time, update_time, revision"
 
 
@@ -111,6 +114,15 @@ class TargetQueries:
         )
         return _target(row) if row else None
 
+    async def targets_of(self, program: str) -> list[Target]:
+        """Every target of one program (one per environment it was ever deployed to)."""
+        rows = await self.conn.fetch(
+            "SELECT program, environment, stable_version, stable_digest, candidate_version, candidate_digest, "
+            "candidate_weight, deployment, revision, update_time FROM targets WHERE program = ?",
+            program,
+        )
+        return [_target(r) for r in rows]
+
     async def put_target(self, t: Target) -> None:
         assert t.update_time is not None
         await self.conn.execute(
@@ -157,9 +169,8 @@ class DeploymentQueries:
         """Deployments pending or in progress, and the revision they are the state of (one statement)."""
         rows = await self.conn.fetch(
             "SELECT r.revision AS at_revision, d.body FROM revisions r LEFT JOIN deployments d "
-            "ON d.state IN (?, ?) WHERE r.id = 1 ORDER BY d.create_time",
-            int(State.PENDING_APPROVAL),
-            int(State.IN_PROGRESS),
+            "ON d.state IN (?, ?, ?) WHERE r.id = 1 ORDER BY d.create_time",
+            *_ACTIVE,
         )
         revision = int(rows[0]["at_revision"]) if rows else 0
         return revision, [_deployment(r) for r in rows if r["body"] is not None]
@@ -188,14 +199,34 @@ class DeploymentQueries:
 
     async def active_deployment(self, program: str, environment: str) -> Deployment | None:
         row = await self.conn.fetchrow(
-            "SELECT body FROM deployments WHERE program = ? AND environment = ? AND state IN (?, ?) "
+            "SELECT body FROM deployments WHERE program = ? AND environment = ? AND state IN (?, ?, ?) "
             "ORDER BY create_time DESC LIMIT 1",
             program,
             environment,
-            int(State.PENDING_APPROVAL),
-            int(State.IN_PROGRESS),
+            *_ACTIVE,
         )
         return _deployment(row) if row else None
+
+    async def active_deployments_of(self, program: str) -> list[Deployment]:
+        """The deployments of one program pending or in progress, in any environment, oldest first."""
+        rows = await self.conn.fetch(
+            "SELECT body FROM deployments WHERE program = ? AND state IN (?, ?, ?) ORDER BY create_time",
+            program,
+            *_ACTIVE,
+        )
+        return [_deployment(r) for r in rows]
+
+    async def waiting_deployments(self, program: str, version: str) -> list[Deployment]:
+        """Deployments of program@version created but not started (approval, checks), oldest first."""
+        rows = await self.conn.fetch(
+            "SELECT body FROM deployments WHERE program = ? AND version = ? AND state IN (?, ?) "
+            "ORDER BY create_time",
+            program,
+            version,
+            int(State.PENDING_APPROVAL),
+            int(State.PENDING_CHECKS),
+        )
+        return [_deployment(r) for r in rows]
 
     async def latest_deployment(self, program: str, environment: str) -> Deployment | None:
         row = await self.conn.fetchrow(

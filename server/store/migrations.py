@@ -372,6 +372,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX deployments_ended ON deployments (state, end_time)",
         ),
     ),
+    Migration(
+        11,
+        "version checks: what CI reported of each program version",
+        (
+            # One row per version and check: the last report is the check's state. Revisioned state
+            # (a report can start or fail a deployment), written with its event.
+            """CREATE TABLE version_checks (
+                program TEXT{c} NOT NULL,
+                version TEXT{c} NOT NULL,
+                name TEXT{c} NOT NULL,
+                state INTEGER NOT NULL,
+                details_url TEXT NOT NULL,
+                summary TEXT NOT NULL,
+                reporter TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                update_time BIGINT NOT NULL,
+                revision BIGINT NOT NULL,
+                PRIMARY KEY (program, version, name)
+            )""",
+        ),
+    ),
 )
 
 

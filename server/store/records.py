@@ -29,6 +29,7 @@ from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
+from .check_records import CheckQueries
 from .deployment_records import DeploymentQueries, EnvironmentQueries, SidecarQueries, TargetQueries
 from .metric_records import MetricQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
@@ -148,6 +149,7 @@ class Records(
     SidecarQueries,
     MetricQueries,
     WebhookQueries,
+    CheckQueries,
 ):
     """Queries over one connection; in a write transaction, also the revision counter."""
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ..calls import Call
+from ..domain import checks as checking
 from ..domain import deployments as dep
 from ..domain import events, versions
+from ..domain.access import CONTROLLER
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import Environment, Strategy, StrategySpec
@@ -65,6 +67,21 @@ class Status:
     assessment: (
         Assessment | None
     )  # live health of each version, with what it registered; None without a target
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What one environment serves of a program, and the deployment moving it (GetProgram)."""
+
+    environment: str
+    target: Target | None  # None: no version of the program was ever deployed there
+    deployment: Deployment | None  # pending or in progress there, if any
+
+    @property
+    def update_time(self) -> datetime | None:
+        """When what this environment serves, or its deployment in progress, last changed."""
+        times = [x.update_time for x in (self.target, self.deployment) if x is not None and x.update_time]
+        return max(times) if times else None
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
@@ -157,8 +174,15 @@ class Deployments:
             served = await tx.get_program_version(r.program, target.stable.version)
             if served is not None:
                 served_compat = await compatibility(tx, served, pv)
+        required = env.policy.required_checks
+        checks = await tx.version_checks(r.program, pv.version) if required else {}
         violations = dep.check_policy(
-            env, pv, served_compat, r.allow_breaking, await tx.succeeded_environments(r.program, pv.version)
+            env,
+            pv,
+            served_compat,
+            r.allow_breaking,
+            await tx.succeeded_environments(r.program, pv.version),
+            checks,
         )
         if violations:
             raise FailedPrecondition(
@@ -185,10 +209,11 @@ class Deployments:
             supersede=r.supersede,
             allow_breaking=r.allow_breaking,
             auto_deployed=auto,
+            required_checks=required,
         )
         d = dep.created(d)
         if d.required_approvals == 0:
-            d, target = dep.start(d, target, now, actor)
+            d, target = dep.start_when_checked(d, target, now, actor, checking.passed(checks.values()))
         saved, _ = await self._save(tx, d, None, target, target_before)
         return saved
 
@@ -229,11 +254,50 @@ class Deployments:
             t = await tx.get_target(d.program, d.environment) or Target(
                 program=d.program, environment=d.environment
             )
-            after, target = dep.approve(d, t, self.clock.now(), call.actor, comment, reject)
+            passed = await self._passed(tx, d)
+            after, target = dep.approve(d, t, self.clock.now(), call.actor, comment, reject, passed)
             if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
                 await self._recheck(tx, after, target)
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
+
+    async def _passed(self, tx: Records, d: Deployment) -> frozenset[str]:
+        """The checks of `d`'s version whose last report is PASSED (none read when none is required)."""
+        if not d.required_checks:
+            return frozenset()
+        return checking.passed((await tx.version_checks(d.program, d.version)).values())
+
+    async def on_check(self, tx: Records, check: checking.VersionCheck) -> list[Deployment]:
+        """A check was reported for a version, in `tx`: the deployments of it waiting to start move.
+
+        PASSED starts a deployment in PENDING_CHECKS once its last required check has passed (the
+        policy is checked again first, as an approval does: a refusal fails it, with the reason);
+        FAILED fails every deployment of the version that requires the check and has not started.
+        The report's own transaction does it, so that no deployment waits on a poll. Returns the
+        deployments it changed.
+        """
+        changed = []
+        for d in await tx.waiting_deployments(check.program, check.version):
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
+            now = self.clock.now()
+            acted: tuple[Deployment, Target] | None = None
+            if check.state is checking.CheckState.FAILED:
+                acted = dep.check_failed(d, t, now, CONTROLLER, check)
+            elif check.state is checking.CheckState.PASSED:
+                acted = dep.check_passed(d, t, now, CONTROLLER, check, await self._passed(tx, d))
+            if acted is None:
+                continue
+            after, target = acted
+            if after.state in (State.IN_PROGRESS, State.SUCCEEDED):
+                try:
+                    await self._recheck(tx, after, target)
+                except FailedPrecondition as refused:
+                    after, target = dep.fail(d, t, now, CONTROLLER, refused.message)
+            saved, _ = await self._save(tx, after, d, target, t)
+            changed.append(saved)
+        return changed
 
     async def _recheck(self, tx: Records, d: Deployment, t: Target) -> None:
         """The policy again, against the environment, the version and the target of now."""
@@ -550,6 +614,16 @@ class Deployments:
         if t is None and d is None:
             raise NotFound(f"programs/{program}/environments/{environment}/target")
         return Status(t, d, found)
+
+    async def deployed(self, program: str) -> tuple[Deployed, ...]:
+        """Which versions of `program` are deployed where: one entry per environment, in promotion
+        order, read in one transaction (three queries, whatever the number of environments)."""
+        async with self.store.read() as tx:
+            environments = await tx.environments()
+            targets = {t.environment: t for t in await tx.targets_of(program)}
+            # Oldest first, so that were there ever two in one environment the newest is the one kept.
+            active = {d.environment: d for d in await tx.active_deployments_of(program)}
+        return tuple(Deployed(e.name, targets.get(e.name), active.get(e.name)) for e in environments)
 
     async def served(self, program: str, environment: str) -> ProgramVersion:
         """What `environment` serves of `program`: its target's stable version."""

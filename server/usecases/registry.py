@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from ..calls import Call
 from ..domain import compare as comparing
-from ..domain import guard, programs, signatures, versions
+from ..domain import guard, programs, resources, signatures, versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.events import EventKind, ProgramVersionRegistered, SignatureRegistered, YankChanged, new_event
 from ..domain.model import (
@@ -271,6 +271,7 @@ class Registry:
         programs.validate_labels(draft.labels, f"{prefix}.labels", v)
         programs.validate_performance(draft.performance, f"{prefix}.performance", v)
         programs.validate_metadata(draft.metadata, f"{prefix}.metadata", v)
+        resources.validate_requirements(draft.metadata, f"{prefix}.metadata", v)
         v.raise_if_any()
 
     async def register_program(

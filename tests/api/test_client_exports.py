@@ -63,6 +63,7 @@ POSITIONAL: dict[str, list[str]] = {
     "abort_deployment": ["deployment_id"],
     "rollback_deployment": ["deployment_id"],
     "get_deployment_status": ["name", "environment"],
+    "report_version_check": ["name", "version", "check"],
     "watch_targets": ["program", "environment"],
     "watch_events": ["program", "environment"],
     "report_sidecar_status": ["sidecar_id"],

@@ -54,6 +54,7 @@ def _request(method: str, program: str) -> Message:
         "YankProgramVersion": {"name": version, "reason": "matrix"},
         "CreateDeployment": {"program": program, "version": "1.0.0", "environment": "staging"},
         "GetDeploymentStatus": {"program": program, "environment": "staging"},
+        "ReportVersionCheck": {"program_version": version, "check": "load_test"},
     }.get(name, {})
     for key, value in fields.items():
         setattr(message, key, value)
@@ -64,6 +65,8 @@ def _request(method: str, program: str) -> Message:
         message.spec.version = "9.0.0"
         message.spec.signature = f"signatures/{SIGNATURE}/versions/1.0.0"
         message.artifact = dspy_state()
+    if name == "ReportVersionCheck":
+        message.state = 1  # CHECK_STATE_PASSED
     if name in ("WatchTargets", "WatchEvents"):
         message.selectors.add(program=program)
     if name == "UploadProgram":
@@ -250,7 +253,7 @@ async def test_the_authorization_matrix(server: Running) -> None:
         finally:
             await channel.close(None)
     assert wrong == []
-    assert len(callers) == 20 and len(RULES) == 46
+    assert len(callers) == 22 and len(RULES) == 47  # two callers per action (seven, with check)
 
 
 async def test_lists_show_and_count_only_what_the_caller_may_read(server: Running) -> None:

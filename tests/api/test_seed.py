@@ -19,7 +19,13 @@ import dspy
 import pytest
 from google.protobuf import json_format
 
-from dspy_registry.client import AccessDeniedError, FailedPreconditionError, NotFoundError, Registry
+from dspy_registry.client import (
+    AccessDeniedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    Registry,
+)
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running
@@ -539,3 +545,88 @@ async def test_access_control(registry: Registry, server: Running) -> None:
         with pytest.raises(AccessDeniedError):
             await bob.load_program("ranker")
     assert (await registry.load_program(program, environment="staging")).version == "1.0.0"
+
+
+# -- Best Practices
+
+
+async def test_comprehensive_metadata_and_automated_testing_and_validation(
+    registry: Registry, server: Running
+) -> None:
+    await register_classify_text(registry)
+    # The seed's metadata hash, its keys as they are (the registry stores metadata as JSON: durations in
+    # seconds, times as strings). `deployment.requirements` is read, not free: see validate_for_registration.
+    metadata = {
+        "training": {
+            "optimization_method": "miprov2",
+            "examples_count": 5000,
+            "training_time": 2700,
+            "validation_score": 0.89,
+        },
+        "deployment": {
+            "requirements": ["ruby >= 3.0", "memory >= 1GB"],
+            "environments": ["staging", "production"],
+            "max_concurrency": 100,
+        },
+        "team": "ml_platform",
+        "project": "customer_experience",
+        "contact": "ml-team@company.com",
+        "changelog": "Improved accuracy by 3% with better few-shot examples",
+        "documentation_url": "https://docs.company.com/ml/sentiment-classifier",
+    }
+    performance = {
+        "accuracy": 0.92,
+        "precision": 0.89,
+        "recall": 0.94,
+        "f1_score": 0.91,
+        "latency_p95": 150,
+        "cost_per_prediction": 0.001,
+    }
+
+    async def register(version: str, requirements: list[str]) -> pb.ProgramVersion:
+        return await registry.register_program(
+            name=PROGRAM,
+            program=optimize(TRAINING_EXAMPLES),
+            signature_name="text_classifier",
+            version=version,
+            performance=performance,
+            metadata={**metadata, "deployment": {**metadata["deployment"], "requirements": requirements}},  # type: ignore[dict-item]
+        )
+
+    # `validate_for_registration`: validate_resource_requirements(metadata[:deployment]) is the server's
+    # own, at registration: each requirement must read NAME OP QUANTITY, else INVALID_ARGUMENT names it.
+    with pytest.raises(InvalidArgumentError) as refused:
+        await register("1.0.0", ["ruby >= 3.0", "memory: plenty"])
+    assert [f for f, _ in refused.value.field_violations] == ["spec.metadata.deployment.requirements[1]"]
+    version = await register("1.0.0", ["ruby >= 3.0", "memory >= 1GB"])
+    assert json_format.MessageToDict(version.metadata)["deployment"]["requirements"] == [
+        "ruby >= 3.0",
+        "memory >= 1GB",
+    ]
+
+    # `validate_for_deployment(program, 'production')`: the performance threshold (min accuracy 0.85) is
+    # production's policy; load testing and the security scan are checks CI runs and reports (required
+    # checks); what the program needs is checked against what the environment offers (its capacity).
+    # Staging's `validate_integration_tests` is a required check there.
+    for name, checks, capacity in (
+        ("staging", ["integration_tests"], {"ruby": "3.3", "memory": "4GiB"}),
+        ("production", ["load_testing", "security_scan"], {"ruby": "3.3", "memory": "512MiB"}),
+    ):
+        current = await registry.get_environment(name)
+        await registry.update_environment(
+            {"name": name, "policy": {"requiredChecks": checks, "capacity": capacity}},
+            update_mask=["policy.required_checks", "policy.capacity"],
+            etag=current.etag,
+        )
+    staged = await registry.create_deployment(PROGRAM, "1.0.0", "staging", strategy="replace")
+    assert staged.state == dpb.DEPLOYMENT_STATE_PENDING_CHECKS  # validate_integration_tests: not run yet
+    await registry.report_version_check(PROGRAM, "1.0.0", "integration_tests", state="passed")
+    assert (await registry.get_deployment(staged.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+    # Production: 512 MiB is less than the 1GB the program requires; a failed load test refuses it too.
+    await registry.report_version_check(PROGRAM, "1.0.0", "load_testing", state="failed", summary="p95 2.4 s")
+    with pytest.raises(FailedPreconditionError) as not_fit:
+        await registry.create_deployment(PROGRAM, "1.0.0", "production", strategy="replace")
+    assert {(t, d) for t, _, d in not_fit.value.precondition_violations} == {
+        ("REQUIRED_CHECK", "required check load_testing FAILED: p95 2.4 s"),
+        ("CAPACITY", "requires memory >= 1GB; production offers memory = 512MiB"),
+    }

@@ -64,6 +64,9 @@ LEGAL = {
     (State.IN_PROGRESS, "supersede"): State.SUPERSEDED,
     (State.IN_PROGRESS, "roll back"): State.ROLLED_BACK,
     (State.SUCCEEDED, "roll back"): State.ROLLED_BACK,
+    # Waiting for required checks (domain/checks.py): it may only end, aborted or superseded.
+    (State.PENDING_CHECKS, "abort"): State.ABORTED,
+    (State.PENDING_CHECKS, "supersede"): State.SUPERSEDED,
 }
 
 

@@ -11,6 +11,7 @@ from dspy_registry.server.domain.deployments import Kind as DeploymentKind
 from dspy_registry.server.domain.deployments import Pinned, Target
 from dspy_registry.server.domain.events import (
     SCHEMAS,
+    CheckReported,
     DeploymentChanged,
     EnvironmentChanged,
     EventKind,
@@ -46,6 +47,7 @@ SAMPLES: dict[type[Payload], Payload] = {
     PrincipalChanged: PrincipalChanged(principal="alice"),
     PrincipalStatusChanged: PrincipalStatusChanged(principal="alice", reason="left"),
     WebhookChanged: WebhookChanged(webhook="slack"),
+    CheckReported: CheckReported(program="p", version="1.0.0", check="load_test", state="PASSED", actor="ci"),
     TargetUpdated: TargetUpdated(
         program="p",
         environment="production",
@@ -85,6 +87,7 @@ STORED_KINDS = {
     "webhook.created",
     "webhook.deleted",
     "target.updated",
+    "check.reported",
     *(f"deployment.{k.name.lower()}" for k in DeploymentKind),
 }
 

@@ -394,3 +394,52 @@ async def test_mutual_tls_from_the_command_line(tmp_path: Path) -> None:
         assert code == 0, err
     finally:
         await app.stop(grace=0)
+
+
+def test_required_checks_and_deployed_where(serve: type[ServerProcess], tmp_path: Path) -> None:
+    cli = _start(serve, tmp_path)
+    cli.run(*SIGNATURE)
+    cli.run(*REGISTER, "--version", "1.0.0")
+    cli.run("env", "set", "staging", 'policy.required_checks=["integration_tests"]')
+    waiting = cli.json("deploy", "triage", "1.0.0", "staging", "--strategy", "replace")
+    assert (waiting["state"], waiting["waiting_checks"]) == (
+        "DEPLOYMENT_STATE_PENDING_CHECKS",
+        ["integration_tests"],
+    )
+    shown = cli.run("program", "show", "triage").stdout
+    assert "deployed where" in shown and "PENDING_CHECKS (waiting for checks: integration_tests)" in shown
+    reported = cli.json(
+        "check",
+        "report",
+        "triage@1.0.0",
+        "integration_tests",
+        "passed",
+        "--url",
+        "https://ci.example/runs/1",
+        "--summary",
+        "120 passed",
+    )
+    assert (reported["state"], reported["summary"]) == ("CHECK_STATE_PASSED", "120 passed")
+    assert cli.json("history", "triage", "staging")[0]["state"] == "DEPLOYMENT_STATE_SUCCEEDED"
+    version = cli.json("program", "show", "triage@1.0.0")
+    assert [(c["check"], c["state"]) for c in version["checks"]] == [
+        ("integration_tests", "CHECK_STATE_PASSED")
+    ]
+    where = {e["environment"]: e for e in cli.json("program", "show", "triage")["environments"]}
+    assert where["staging"]["target"]["stable"]["version"] == "1.0.0"
+    assert where["development"]["target"]["stable"]["version"] == "1.0.0"
+    assert "deployment" not in where["staging"]  # nothing in progress
+    bad = cli.run("check", "report", "triage@1.0.0", "Load Test", "passed", code=1)
+    assert "check" in bad.stderr and "INVALID_ARGUMENT" in bad.stderr
+    # Capacity: staging offers 512 MiB, 1.1.0 requires 1GB: refused, naming both (exit 1).
+    requirement = 'deployment={"requirements": ["memory >= 1GB"]}'
+    cli.run(*REGISTER, "--version", "1.1.0", "--metadata", requirement)
+    unreadable = 'deployment={"requirements": ["memory: plenty"]}'
+    refused = cli.run(*REGISTER, "--version", "1.2.0", "--metadata", unreadable, code=1)
+    assert "spec.metadata.deployment.requirements[0]" in refused.stderr
+    cli.run("env", "set", "staging", 'policy.capacity={"memory": "512MiB"}')
+    too_big = cli.run("deploy", "triage", "1.1.0", "staging", code=1)
+    assert (
+        "CAPACITY" in too_big.stderr
+        and "requires memory >= 1GB; staging offers memory = 512MiB" in too_big.stderr
+    )

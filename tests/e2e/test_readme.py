@@ -103,7 +103,10 @@ async def test_the_deployments_walkthrough(serve: type[ServerProcess], tmp_path:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("deployments"), server, tmp_path)
     assert '"acceptedCount": 1' in out  # the pods' measurements, by hand
+    assert "DEPLOYMENT_STATE_PENDING_CHECKS ['integration_tests']" in out  # held for CI's check
     assert "canary: DEPLOYMENT_STATE_SUCCEEDED" in out  # each step passed on a HEALTHY verdict
+    where = out.split("canary: DEPLOYMENT_STATE_SUCCEEDED")[1].split("RollbackDeployment")[0]
+    assert '"environments": [' in where and '"environment": "production"' in where  # deployed where
     assert '"state": "DEPLOYMENT_STATE_ROLLED_BACK"' in out
     assert out.rstrip().endswith("}") and '"version": "1.0.0"' in out.split("RollbackDeployment")[-1]
     with server.channel() as channel:
@@ -125,6 +128,7 @@ async def test_the_command_line_walkthrough(serve: type[ServerProcess], tmp_path
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("cli"), server, tmp_path)
     assert "step 1/2 at 10%" in out and "step 2/2 at 50%" in out  # the canary, step by step
+    assert "deployed where" in out  # program show NAME: the table of environments
     assert any("stable" in row and "1.1.0" in row and "100%" in row for row in out.splitlines())  # status
     assert "DEPLOYMENT_STATE_SUCCEEDED" in out and out.rstrip().endswith("exit code 1")
 

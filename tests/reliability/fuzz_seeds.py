@@ -95,6 +95,10 @@ SEEDS: dict[str, tuple[str, ...]] = {
         "error_count: 1 latency { bounds_ms: 10 bounds_ms: 100 counts: 5 counts: 5 counts: 0 sum_ms: 300 } "
         "feedback_correct: 3 feedback_total: 4 }",
     ),
+    "DeploymentService.ReportVersionCheck": (
+        'program_version: "programs/$program/versions/$version" check: "integration_tests" '
+        'state: CHECK_STATE_PASSED details_url: "https://ci.example/runs/1" summary: "120 passed"',
+    ),
     "DeploymentService.CreateWebhook": (
         'webhook_id: "fuzz-new-hook" webhook { url: "http://127.0.0.1:9/fuzz" '
         'event_kinds: DEPLOYMENT_EVENT_KIND_CREATED selectors { program: "$program" } secret: "s" '

@@ -8,6 +8,7 @@ from typing import Any
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
+from ...domain import checks as checking
 from ...domain import deployments as dep
 from ...domain import environments as envs
 from ...domain import health, sidecars, versions
@@ -93,6 +94,9 @@ def environment_proto(e: Environment) -> pb.Environment:
             monitoring_required=p.monitoring_required,
             required_predecessors=list(p.required_predecessors),
             default_strategy=strategy_proto(p.default_strategy),
+            required_checks=list(p.required_checks),
+            on_missing_checks=int(p.on_missing_checks),  # type: ignore[arg-type]
+            capacity=p.capacity,
             auto_rollback=pb.AutoRollbackPolicy(
                 enabled=t.enabled,
                 error_rate=t.error_rate,
@@ -138,6 +142,9 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
         default_strategy=strategy_from_proto(
             p.default_strategy, envs.StrategySpec(), "environment.policy.default_strategy"
         ),
+        required_checks=tuple(p.required_checks),
+        on_missing_checks=_on_missing_checks(p.on_missing_checks),
+        capacity=dict(p.capacity),
         auto_rollback=envs.Thresholds(
             enabled=t.enabled if p.HasField("auto_rollback") else base.enabled,
             error_rate=optional("error_rate", base.error_rate),
@@ -153,6 +160,28 @@ def environment_from_proto(m: pb.Environment, name: str) -> Environment:
         ),
     )
     return Environment(name=name, description=m.description, position=m.position, policy=policy)
+
+
+def _on_missing_checks(value: int) -> checking.OnMissingChecks:
+    if value == pb.MISSING_CHECKS_UNSPECIFIED:
+        return checking.OnMissingChecks.WAIT
+    if value not in checking.OnMissingChecks.__members__.values():
+        raise InvalidArgument.one("environment.policy.on_missing_checks", f"unknown value {value}")
+    return checking.OnMissingChecks(value)
+
+
+def version_check_proto(c: checking.VersionCheck) -> pb.VersionCheck:
+    return pb.VersionCheck(
+        name=c.resource_name,
+        check=c.check,
+        state=int(c.state),  # type: ignore[arg-type]
+        details_url=c.details_url,
+        summary=c.summary,
+        reporter=principal_name(c.reporter),
+        create_time=timestamp(c.create_time),
+        update_time=timestamp(c.update_time),
+        revision=c.revision,
+    )
 
 
 # -- deployments and targets ---------------------------------------------------------------------
@@ -218,6 +247,8 @@ def deployment_proto(d: dep.Deployment) -> pb.Deployment:
         supersede=d.supersede,
         allow_breaking=d.allow_breaking,
         auto_deployed=d.auto_deployed,
+        required_checks=list(d.required_checks),
+        waiting_checks=list(d.waiting_checks),
         timeline=[
             pb.DeploymentTransition(
                 kind=int(e.kind),  # type: ignore[arg-type]

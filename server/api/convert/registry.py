@@ -11,8 +11,10 @@ from ...domain import programs, signatures
 from ...domain.access import principal_name
 from ...domain.model import ProgramSummary, ProgramVersion, SignatureSummary, SignatureVersion
 from ...errors import InvalidArgument
+from ...usecases.deployments import Deployed
 from ...usecases.registry import SignatureDraft
 from .common import dict_to_struct, struct_to_dict, timestamp
+from .deployment import deployment_proto, target_proto, version_check_proto
 
 
 def change_type(value: int, field: str) -> int | None:
@@ -182,6 +184,22 @@ def program_summary(p: ProgramSummary) -> pb.Program:
         create_time=timestamp(p.create_time),
         update_time=timestamp(p.update_time),
     )
+
+
+def program_environment(x: Deployed) -> pb.ProgramEnvironment:
+    """What one environment serves of a program, and the deployment moving it (GetProgram)."""
+    out = pb.ProgramEnvironment(environment=x.environment)
+    if x.target is not None:
+        out.target.CopyFrom(target_proto(x.target))
+    if x.deployment is not None:
+        out.deployment.CopyFrom(deployment_proto(x.deployment))
+    if x.update_time is not None:
+        out.update_time.CopyFrom(timestamp(x.update_time))
+    return out
+
+
+# The checks of a version, as GetProgramVersion shows them (DeploymentService's message).
+version_check = version_check_proto
 
 
 def comparison(
