@@ -185,6 +185,12 @@ class RegistryServiceServicer:
         program state when the media type says it is; NOT_FOUND if the signature
         does not exist; ALREADY_EXISTS if the version exists with another digest;
         RESOURCE_EXHAUSTED above the unary size limit (use UploadProgram).
+        FAILED_PRECONDITION when the program semver guard refuses the version: its
+        bump from the version below it (and, for a backport, to the version above
+        it) is smaller than the change of the signature it implements needs (a
+        breaking signature change or another signature: major; an additive one:
+        minor). PreconditionFailure lists each change; --semver-guard warn accepts
+        it and logs the warning, off accepts it silently.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from .artifacts import DEFAULT_MAX_CONCURRENT_UPLOADS, INLINE_ARTIFACT_BYTES, Ar
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 
 T = TypeVar("T")
+log = logging.getLogger("dspy_registry.registry")
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ class Registry:
                 create_time=_now(),
                 revision=tx.next_revision,
             )
+            for warning in await self._program_guard(tx, pv, version):
+                log.warning("register_program %s (--semver-guard warn): %s", pv.name, warning)
             await tx.put_artifact_from(digest, artifact.size_bytes, artifact.chunks())
             await tx.insert_program_version(pv, version.sort_key, version.is_prerelease)
             await tx.append(
@@ -341,6 +345,30 @@ class Registry:
             if self.after_register is not None:
                 await self.after_register(tx, pv, caller)
             return await record(tx, idem, RegisteredProgram(pv, True))
+
+    async def _program_guard(self, tx: Records, pv: ProgramVersion, proposed: versions.Version) -> list[str]:
+        """The semver guard for a program version: its bump against the signature it implements.
+
+        The change is the one between the signature the previous version (of a
+        lower MAJOR.MINOR.PATCH) implements and this one's, a switch to another
+        signature being breaking; a backport is also judged against the next
+        existing version, as for signatures (guard.check says which versions).
+        """
+        if self.guard_mode is guard.GuardMode.OFF:
+            return []
+        subject = f"programs/{pv.program}"
+        warnings: list[str] = []
+        previous = await tx.program_version_below(pv.program, versions.core_floor(proposed.info))
+        if previous is not None:
+            change = guard.of_signature(await compatibility(tx, previous, pv))
+            base = versions.parse(previous.version)
+            warnings += guard.check(subject, base, proposed, change, self.guard_mode)
+        following = await tx.program_version_above(pv.program, versions.core_ceiling(proposed.info))
+        if following is not None:
+            onward = guard.of_signature(await compatibility(tx, pv, following))
+            after = versions.parse(following.version)
+            warnings += guard.check(subject, proposed, after, onward, self.guard_mode)
+        return warnings
 
     async def _predictors(self, media_type: str, artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
         """For DSPy program state, its predictors (INVALID_ARGUMENT if it is not that); else none."""

@@ -1,0 +1,155 @@
+"""The registration rules over a real channel, on SQLite and on Postgres: the program semver guard,
+`[versioning]`, the credential scan, metric ranges and re-registration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from dspy_registry.server.domain.guard import GuardMode
+from dspy_registry.v1 import registry_pb2 as pb
+from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.api.conftest import details, register_signature, start
+from tests.calls import refusal
+from tests.factories import dspy_state
+
+Stub = pb_grpc.RegistryServiceStub
+SENTIMENT = ("positive", "negative", "neutral")
+
+
+def _request(
+    program: str,
+    version: str,
+    signature_version: str = "1.0.0",
+    *,
+    change_type: int = 0,
+    artifact: bytes | None = None,
+    metadata: dict[str, Any] | None = None,
+    performance: dict[str, float] | None = None,
+    media_type: str = "",
+) -> pb.RegisterProgramRequest:
+    meta = struct_pb2.Struct()
+    meta.update(metadata if metadata is not None else {"changelog": "better demos"})
+    return pb.RegisterProgramRequest(
+        spec=pb.ProgramVersionSpec(
+            program=program,
+            version=version,
+            change_type=change_type,  # type: ignore[arg-type]
+            signature=f"signatures/text_classifier/versions/{signature_version}",
+            performance=performance if performance is not None else {"accuracy": 0.9},
+            metadata=meta,
+            media_type=media_type,
+        ),
+        artifact=artifact if artifact is not None else dspy_state(f"{program} {version} {change_type}"),
+    )
+
+
+async def _signatures(registry: Stub) -> None:
+    """1.0.0; 1.0.1 changes only the instructions; 1.1.0 adds an enum value; 2.0.0 drops one."""
+    await register_signature(registry, version="1.0.0")
+    await register_signature(registry, version="1.0.1", instructions="Classify the sentiment.")
+    await register_signature(registry, version="1.1.0", outputs=(*SENTIMENT, "mixed"))
+    await register_signature(registry, version="2.0.0", outputs=("positive", "negative"))
+
+
+# -- the program semver guard ---------------------------------------------------------------------
+
+# The signature a new version implements (against 1.0.0 for the previous program version) × the
+# version it proposes after 1.0.0: accepted or refused.
+GUARD_TABLE = [
+    ("2.0.0", "2.0.0", True),  # breaking × major
+    ("2.0.0", "1.1.0", False),  # breaking × minor
+    ("2.0.0", "1.0.1", False),  # breaking × patch
+    ("2.0.0", "1.1.0-rc.1", False),  # breaking × pre-release of a minor
+    ("2.0.0", "2.0.0-rc.1", True),  # breaking × pre-release of a major
+    ("1.1.0", "2.0.0", True),  # additive × major
+    ("1.1.0", "1.1.0", True),  # additive × minor
+    ("1.1.0", "1.0.1", False),  # additive × patch
+    ("1.1.0", "1.1.0-rc.1", True),  # additive × pre-release of a minor
+    ("1.1.0", "1.0.1-rc.1", False),  # additive × pre-release of a patch
+    ("1.0.1", "1.0.1", True),  # text only × patch
+    ("1.0.0", "2.0.0", True),  # unchanged × major
+    ("1.0.0", "1.1.0", True),  # unchanged × minor
+    ("1.0.0", "1.0.1", True),  # unchanged × patch
+    ("1.0.0", "1.0.1-rc.1", True),  # unchanged × pre-release
+]
+
+
+async def test_program_semver_guard_table(registry: Stub) -> None:
+    await _signatures(registry)
+    for i, (signature, version, accepted) in enumerate(GUARD_TABLE):
+        program = f"guarded_{i}"
+        await registry.RegisterProgram(_request(program, "1.0.0"))
+        call = registry.RegisterProgram(_request(program, version, signature))
+        if accepted:
+            assert (await call).created, (signature, version)
+            continue
+        err = await refusal(call)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, (signature, version)
+        failure = details(err)["PreconditionFailure"]
+        assert [v.type for v in failure.violations] == ["SEMVER_GUARD"] * len(failure.violations)  # type: ignore[attr-defined]
+        assert all(v.subject.startswith(f"programs/{program}:signature") for v in failure.violations)  # type: ignore[attr-defined]
+        assert (err.details() or "").startswith(f"{version} is too small a bump from 1.0.0")
+        versions = await registry.ListProgramVersions(
+            pb.ListProgramVersionsRequest(parent=f"programs/{program}")
+        )
+        assert [v.version for v in versions.program_versions] == ["1.0.0"]  # nothing stored
+
+
+async def test_the_issues_example_and_change_types(registry: Stub) -> None:
+    await _signatures(registry)
+    await registry.RegisterProgram(_request("sentiment_classifier", "1.0.0"))
+    # 1.1.0 on a signature without `neutral` would change what `latest` answers callers with.
+    err = await refusal(registry.RegisterProgram(_request("sentiment_classifier", "1.1.0", "2.0.0")))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "need a major bump" in (err.details() or "")
+    minor = _request("sentiment_classifier", "", "2.0.0", change_type=pb.CHANGE_TYPE_MINOR)
+    assert (await refusal(registry.RegisterProgram(minor))).code() == grpc.StatusCode.FAILED_PRECONDITION
+    major = _request("sentiment_classifier", "", "2.0.0", change_type=pb.CHANGE_TYPE_MAJOR)
+    assert (await registry.RegisterProgram(major)).program_version.version == "2.0.0"
+    # Another signature altogether is breaking too: nothing can be assumed of it.
+    await register_signature(registry, name="other")
+    other = _request("sentiment_classifier", "2.1.0")
+    other.spec.signature = "signatures/other/versions/1.0.0"
+    assert (await refusal(registry.RegisterProgram(other))).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_backport_is_judged_against_the_next_version_too(registry: Stub) -> None:
+    await _signatures(registry)
+    await register_signature(registry, version="1.2.0", outputs=(*SENTIMENT, "mixed", "sarcastic"))
+    await registry.RegisterProgram(_request("backported", "1.0.0", "1.1.0"))
+    await registry.RegisterProgram(_request("backported", "1.2.0", "1.1.0"))
+    # 1.1.0 on a signature with one more value: fine after 1.0.0, but 1.1.0 -> 1.2.0 would drop it.
+    err = await refusal(registry.RegisterProgram(_request("backported", "1.1.0", "1.2.0")))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "1.2.0" in (err.details() or "")
+    # A backport onto the old major beside a breaking 2.0.0 is fine: 1.x -> 2.0.0 is a major step.
+    await registry.RegisterProgram(_request("backported", "2.0.0", "2.0.0"))
+    assert (await registry.RegisterProgram(_request("backported", "1.2.1", "1.1.0"))).created
+    # It is still judged against the version below it: a new value needs a minor bump.
+    err = await refusal(registry.RegisterProgram(_request("backported", "1.2.2", "1.2.0")))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "from 1.2.1" in (err.details() or "")
+
+
+@pytest.mark.parametrize("mode", [GuardMode.WARN, GuardMode.OFF])
+async def test_semver_guard_warn_and_off_let_a_program_through(
+    database_url: str, mode: GuardMode, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start(database_url, semver_guard=mode)
+    try:
+        await _signatures(running.registry)
+        await running.registry.RegisterProgram(_request("loose", "1.0.0"))
+        with caplog.at_level(logging.WARNING, logger="dspy_registry.registry"):
+            created = await running.registry.RegisterProgram(_request("loose", "1.0.1", "2.0.0"))
+        assert created.created and created.program_version.version == "1.0.1"
+        warned = [r.getMessage() for r in caplog.records if r.name == "dspy_registry.registry"]
+        if mode is GuardMode.WARN:
+            assert any("programs/loose/versions/1.0.1" in m and "need a major bump" in m for m in warned)
+        else:
+            assert not warned
+    finally:
+        await running.channel.close(None)
+        await running.app.stop(grace=0)
