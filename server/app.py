@@ -26,6 +26,7 @@ from .api.registry import RegistryServicer
 from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
+from .domain import versioning
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
@@ -70,6 +71,8 @@ class App:
     def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
         """`telemetry`: providers of the caller's (tests); by default what the config asks for."""
         self.config = config
+        # Read before anything is opened: a bad [versioning] table fails the start with nothing to close.
+        self.versioning = versioning.load_toml(Path(config.config).read_text()) if config.config else None
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
@@ -115,6 +118,7 @@ class App:
             guard_mode=self.config.semver_guard,
             upload_limit=self.config.upload_limit,
             max_concurrent_uploads=self.config.max_concurrent_uploads,
+            versioning_settings=self.versioning,
         )
         self.access = Access(self.store)
         # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.

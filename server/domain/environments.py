@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from ..errors import InvalidArgument, Violations, quote
+from . import versioning
 from .names import check_name
 from .programs import METRIC_RE
 
@@ -353,6 +354,7 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         required_predecessors = ["staging"]
 
     Without an [environments] table, the three defaults take the [deployment] defaults.
+    A [versioning] table is checked here and read by versioning.load_toml.
     """
     try:
         data = tomllib.loads(text)
@@ -360,12 +362,10 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         raise InvalidArgument.one("config", f"not valid TOML: {exc}") from None
     v = Violations()
     for key in data:
-        if key == "versioning":
-            v.add(
-                "versioning", "versioning settings (auto_increment, require_changelog) are not supported yet"
-            )
+        if key == "versioning":  # read by versioning.load_toml; checked here so that one error names all
+            v.items += versioning.check_table(data[key]).items
         elif key not in ("deployment", "environments"):
-            v.add(key, "unknown section; known: deployment, environments")
+            v.add(key, "unknown section; known: deployment, environments, versioning")
     v.items += _check_table(data.get("deployment", {}), _DEPLOYMENT_KEYS, "deployment").items
     for name, table in (data.get("environments") or {}).items():
         v.items += _check_table(table, _ENVIRONMENT_KEYS, f"environments.{name}").items

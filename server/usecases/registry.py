@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..domain import compare as comparing
-from ..domain import guard, programs, signatures, versions
+from ..domain import guard, programs, signatures, versioning, versions
 from ..domain.model import (
     Event,
     ProgramSummary,
@@ -95,9 +95,11 @@ class Registry:
         guard_mode: guard.GuardMode = guard.GuardMode.ENFORCE,
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
+        versioning_settings: versioning.Versioning | None = None,
     ) -> None:
         self.store = store
         self.guard_mode = guard_mode
+        self.versioning = versioning_settings or versioning.Versioning()
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
         # Called inside each registration's transaction (auto-deploy), when deployments exist.
@@ -112,6 +114,7 @@ class Registry:
         v.collect(lambda: check_name(draft.signature, "signature"))
         v.items += signatures.validate_spec(draft.spec).items
         programs.validate_metadata(draft.metadata, "metadata", v)
+        versioning.check_changelog(self.versioning, draft.metadata, "metadata", v)
         if draft.version:
             v.collect(lambda: versions.parse(draft.version))
             if draft.change_type is not None:
@@ -138,7 +141,8 @@ class Registry:
                     # Nothing changed and no bump asked for: the latest already is this.
                     return await record(tx, idem, RegisteredSignature(latest, ()))
                 needed = signatures.compare(latest.spec, draft.spec).required_change if latest else None
-                change = draft.change_type or needed or versions.ChangeType.PATCH
+                automatic = versioning.automatic_bump(self.versioning, needed)
+                change = draft.change_type or automatic or needed or versions.ChangeType.PATCH
                 base_text = await tx.highest_signature_release(name)
                 base = versions.parse(base_text) if base_text else None
                 proposed = versions.parse(versions.bump(base, change))
@@ -251,7 +255,7 @@ class Registry:
             v.collect(lambda: versions.parse(draft.version, f"{prefix}.version"))
             if draft.change_type is not None:
                 v.add(f"{prefix}.change_type", "give either version or change_type, not both")
-        elif draft.change_type is None:
+        elif draft.change_type is None and self.versioning.auto_increment is None:
             v.add(f"{prefix}.version", "give a version, or a change_type to auto-increment")
         if draft.signature:
             v.collect(
@@ -265,6 +269,7 @@ class Registry:
         programs.validate_labels(draft.labels, f"{prefix}.labels", v)
         programs.validate_performance(draft.performance, f"{prefix}.performance", v)
         programs.validate_metadata(draft.metadata, f"{prefix}.metadata", v)
+        versioning.check_changelog(self.versioning, draft.metadata, f"{prefix}.metadata", v)
         v.raise_if_any()
 
     async def register_program(
@@ -289,6 +294,7 @@ class Registry:
             if signature_version is None:
                 raise NotFound(str(sig_ref) if not sig_ref.is_latest else sig_ref.parent)
             previous_version = ""
+            change_type = draft.change_type
             if draft.version:
                 version = versions.parse(draft.version)
                 existing_digest = await tx.program_version_digest(draft.program, version.text)
@@ -304,11 +310,21 @@ class Registry:
                         f"versions are immutable, register a new version",
                     )
             else:
-                assert draft.change_type is not None
                 base_text = await tx.highest_program_release(draft.program)
                 base = versions.parse(base_text) if base_text else None
-                version = versions.parse(versions.bump(base, draft.change_type))
+                change = change_type
+                if change is None:  # neither version nor change type: [versioning] auto_increment
+                    needed = None
+                    if base_text is not None:
+                        below = await tx.get_program_version(draft.program, base_text)
+                        assert below is not None
+                        found = await signature_change(tx, below, sig_ref.name, signature_version)
+                        needed = found.required_change
+                    change = versioning.automatic_bump(self.versioning, needed)
+                    assert change is not None  # validate_program_draft let it through only so
+                version = versions.parse(versions.bump(base, change))
                 previous_version = base_text or ""
+                change_type = change
             pv = ProgramVersion(
                 program=draft.program,
                 version=version.text,
@@ -321,7 +337,7 @@ class Registry:
                 labels=dict(draft.labels),
                 metadata=dict(draft.metadata),
                 previous_version=previous_version,
-                change_type=draft.change_type,
+                change_type=change_type,
                 predictors=predictors,
                 yanked=False,
                 yank_reason="",
@@ -531,11 +547,20 @@ class Registry:
 
 async def compatibility(tx: Records, a: ProgramVersion, b: ProgramVersion) -> signatures.Compatibility:
     """How the signature `b` implements relates to the one `a` implements."""
-    if a.signature != b.signature:
-        return comparing.signature_switch(a.signature_name, b.signature_name)
-    if a.signature_version == b.signature_version:
+    return await signature_change(tx, a, b.signature, b.signature_version)
+
+
+async def signature_change(
+    tx: Records, a: ProgramVersion, signature: str, signature_version: str
+) -> signatures.Compatibility:
+    """How signature@signature_version relates to the signature `a` implements."""
+    if a.signature != signature:
+        return comparing.signature_switch(
+            a.signature_name, f"signatures/{signature}/versions/{signature_version}"
+        )
+    if a.signature_version == signature_version:
         return signatures.Compatibility(signatures.Level.IDENTICAL)
     sa = await tx.get_signature_version(a.signature, a.signature_version)
-    sb = await tx.get_signature_version(b.signature, b.signature_version)
+    sb = await tx.get_signature_version(signature, signature_version)
     assert sa is not None and sb is not None  # foreign keys guarantee both
     return signatures.compare(sa.spec, sb.spec)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,11 +12,12 @@ import pytest
 from google.protobuf import struct_pb2
 
 from dspy_registry.server.domain.guard import GuardMode
+from dspy_registry.server.errors import InvalidArgument
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
-from tests.api.conftest import details, register_signature, start
+from tests.api.conftest import Running, details, register_signature, start, violations
 from tests.calls import refusal
-from tests.factories import dspy_state
+from tests.factories import dspy_state, spec_proto
 
 Stub = pb_grpc.RegistryServiceStub
 SENTIMENT = ("positive", "negative", "neutral")
@@ -153,3 +155,106 @@ async def test_semver_guard_warn_and_off_let_a_program_through(
     finally:
         await running.channel.close(None)
         await running.app.stop(grace=0)
+
+
+# -- [versioning] -----------------------------------------------------------------------------------
+
+
+async def _configured(database_url: str, tmp_path: Path, text: str) -> Running:
+    config = tmp_path / "registry.toml"
+    config.write_text(text)
+    return await start(database_url, config=str(config))
+
+
+async def _stop(running: Running) -> None:
+    await running.channel.close(None)
+    await running.app.stop(grace=0)
+
+
+def _signature_request(version: str, changelog: str | None, **kw: Any) -> pb.RegisterSignatureRequest:
+    meta = struct_pb2.Struct()
+    if changelog is not None:
+        meta.update({"changelog": changelog})
+    return pb.RegisterSignatureRequest(
+        signature="text_classifier", version=version, spec=spec_proto(**kw), metadata=meta
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "first", "same", "additive", "breaking"),
+    [
+        ("patch", "0.0.1", "0.0.2", "0.1.0", "1.0.0"),
+        ("minor", "0.1.0", "0.2.0", "0.3.0", "1.0.0"),
+        ("major", "1.0.0", "2.0.0", "3.0.0", "4.0.0"),
+    ],
+)
+async def test_auto_increment_numbers_a_version_given_neither_version_nor_change_type(
+    database_url: str, tmp_path: Path, setting: str, first: str, same: str, additive: str, breaking: str
+) -> None:
+    running = await _configured(database_url, tmp_path, f'[versioning]\nauto_increment = "{setting}"\n')
+    try:
+        registry = running.registry
+        await _signatures(registry)
+        # The configured bump, or the bigger one the signature's change needs: never a guard refusal.
+        for signature, expected in (
+            ("1.0.0", first),
+            ("1.0.0", same),
+            ("1.1.0", additive),
+            ("2.0.0", breaking),
+        ):
+            created = await registry.RegisterProgram(_request("auto", "", signature))
+            assert created.program_version.version == expected, (setting, signature)
+        assert created.program_version.previous_version == additive
+        # A signature registered without a version: at least the configured bump, too.
+        text_only = _signature_request("", None, instructions="Terser.", outputs=("positive", "negative"))
+        sig = await registry.RegisterSignature(text_only)
+        assert (
+            sig.signature_version.version == {"patch": "2.0.1", "minor": "2.1.0", "major": "3.0.0"}[setting]
+        )
+        # A change type still wins over the setting; an explicit version is still taken as it is.
+        change = _request("auto", "", "2.0.0", change_type=pb.CHANGE_TYPE_MINOR)
+        assert (await registry.RegisterProgram(change)).program_version.change_type == pb.CHANGE_TYPE_MINOR
+        assert (await registry.RegisterProgram(_request("auto", "9.0.0", "2.0.0"))).created
+    finally:
+        await _stop(running)
+
+
+async def test_without_auto_increment_a_program_needs_a_version_or_a_change_type(registry: Stub) -> None:
+    await _signatures(registry)
+    err = await refusal(registry.RegisterProgram(_request("unnumbered", "")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err) == {"spec.version"}
+
+
+async def test_require_changelog_refuses_a_version_without_one(database_url: str, tmp_path: Path) -> None:
+    text = '[versioning]\nstrategy = "semantic"\nrequire_changelog = true\n'
+    running = await _configured(database_url, tmp_path, text)
+    try:
+        registry = running.registry
+        for changelog in (None, "", "   "):
+            err = await refusal(registry.RegisterSignature(_signature_request("1.0.0", changelog)))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert violations(err) == {"metadata.changelog"}
+        await registry.RegisterSignature(_signature_request("1.0.0", "First version"))
+        for metadata in ({}, {"changelog": ""}, {"changelog": 3}, {"training": {"changelog": "nested"}}):
+            err = await refusal(registry.RegisterProgram(_request("logged", "1.0.0", metadata=metadata)))
+            assert violations(err) == {"spec.metadata.changelog"}, metadata
+        created = await registry.RegisterProgram(_request("logged", "1.0.0", metadata={"changelog": "First"}))
+        assert created.created
+    finally:
+        await _stop(running)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('[versioning]\nstrategy = "calendar"\n', "versioning.strategy"),
+        ('[versioning]\nauto_increment = "build"\n', "versioning.auto_increment"),
+        ('[versioning]\nrequire_changelog = "yes"\n', "versioning.require_changelog"),
+    ],
+)
+async def test_a_bad_versioning_setting_stops_the_start(
+    database_url: str, tmp_path: Path, text: str, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        await _configured(database_url, tmp_path, text)
+    assert field in {v.field for v in err.value.violations}
