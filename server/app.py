@@ -71,8 +71,8 @@ class App:
     def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
         """`telemetry`: providers of the caller's (tests); by default what the config asks for."""
         self.config = config
-        # Read before anything is opened: a bad [versioning] table fails the start with nothing to close.
-        self.versioning = versioning.load_toml(Path(config.config).read_text()) if config.config else None
+        # Read before anything is opened: a bad file fails the start with nothing to close.
+        self.versioning = _read_config(config.config) if config.config else None
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
@@ -308,6 +308,13 @@ def _redact(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
+
+
+def _read_config(path: str) -> versioning.Versioning:
+    """The --config file's [versioning] settings, its environments checked too (start() applies them)."""
+    text = Path(path).read_text()
+    load_toml(text)
+    return versioning.load_toml(text)
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:

@@ -185,6 +185,14 @@ class RegistryServiceServicer:
         program state when the media type says it is; NOT_FOUND if the signature
         does not exist; ALREADY_EXISTS if the version exists with another digest;
         RESOURCE_EXHAUSTED above the unary size limit (use UploadProgram).
+        The credential scan (validate_security_requirements): INVALID_ARGUMENT
+        when the artifact (walked as JSON for a JSON media type, else its raw
+        bytes) or the metadata holds a credential: a provider key (OpenAI,
+        Anthropic, AWS, GCP, Azure, GitHub, Slack), a private-key PEM block, or a
+        non-placeholder string under a secret-named key (api_key, password,
+        token ...); one field violation per finding (`artifact` or
+        `spec.metadata`) naming its JSON path or byte offset and its kind, never
+        its value. Only the development environment's policy may turn it off.
         FAILED_PRECONDITION when the program semver guard refuses the version: its
         bump from the version below it (and, for a backport, to the version above
         it) is smaller than the change of the signature it implements needs (a

@@ -83,6 +83,13 @@ class Policy:
     required_predecessors: tuple[str, ...] = ()
     default_strategy: StrategySpec = field(default_factory=StrategySpec)
     auto_rollback: Thresholds = field(default_factory=Thresholds)
+    # The credential scan at registration (security.py). Only development may turn it off (the TOML
+    # file's `security_scan = false`; the proto policy has no such field, so an UpdateEnvironment
+    # turns it back on): staging and production must never take what it would have refused.
+    security_scan: bool = True
+
+
+SCAN_OPTIONAL = "development"  # the one environment whose policy may turn the credential scan off
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,8 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
         v.add(f"{prefix}.policy.auto_rollback.analysis_interval", "must be positive, at most a month")
     if t.min_requests < 0:
         v.add(f"{prefix}.policy.auto_rollback.min_requests", "must not be negative")
+    if not p.security_scan and env.name != SCAN_OPTIONAL:
+        v.add(f"{prefix}.policy.security_scan", f"only {SCAN_OPTIONAL} may turn the credential scan off")
     return v
 
 
@@ -286,6 +295,7 @@ def _environment(
         required_predecessors=tuple(str(p) for p in t.get("required_predecessors", ())),
         default_strategy=_strategy(t, strategy, where),
         auto_rollback=_thresholds(t, thresholds, where),
+        security_scan=bool(t.get("security_scan", True)),
     )
     return Environment(name, str(t.get("description", "")), int(t.get("position", position)), policy)
 
@@ -317,6 +327,7 @@ _ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "rollback_enabled": bool,
     "monitoring_required": bool,
     "required_predecessors": list,
+    "security_scan": bool,
 }
 
 
@@ -450,6 +461,7 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
         required_predecessors=tuple(d["required_predecessors"]),
         default_strategy=strategy,
         auto_rollback=Thresholds(**d["auto_rollback"]),
+        security_scan=bool(d.get("security_scan", True)),  # absent from policies stored before it
     )
 
 

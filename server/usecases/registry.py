@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ..domain import compare as comparing
-from ..domain import guard, programs, signatures, versioning, versions
+from ..domain import environments, guard, programs, security, signatures, versioning, versions
 from ..domain.model import (
     Event,
     ProgramSummary,
@@ -284,6 +284,7 @@ class Registry:
         if not artifact.size_bytes:
             raise InvalidArgument.one("artifact", "must not be empty")
         predictors = await self._predictors(draft.media_type, artifact)
+        await self._scan(draft, artifact)
         digest = await artifact.sha256()
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
@@ -361,6 +362,37 @@ class Registry:
             if self.after_register is not None:
                 await self.after_register(tx, pv, caller)
             return await record(tx, idem, RegisteredProgram(pv, True))
+
+    async def _scan(self, draft: programs.ProgramDraft, artifact: Artifact) -> None:
+        """validate_security_requirements (security.py): refuse credentials in the artifact or metadata.
+
+        Only the development environment's policy may turn the scan off; then the version is
+        registered and the log says where its credentials are (never what they are).
+        """
+        media_type = draft.media_type
+        if artifact.size_bytes <= INLINE_ARTIFACT_BYTES:
+            found = security.scan_artifact(artifact.read(), media_type)
+        else:  # megabytes of regular expressions would stall every other call on the loop
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(
+                self.uploads.reader, lambda: security.scan_artifact(artifact.read(), media_type)
+            )
+        in_metadata = security.scan_json(draft.metadata)
+        if not found and not in_metadata:
+            return
+        async with self.store.read() as tx:
+            development = await tx.get_environment(environments.SCAN_OPTIONAL)
+        if development is not None and not development.policy.security_scan:
+            log.warning(
+                "programs/%s: credentials registered, the development policy turning the scan off: %s",
+                draft.program,
+                "; ".join(f"{f.path}: {f.kind}" for f in found + in_metadata),
+            )
+            return
+        v = Violations()
+        security.validate_security_requirements(found, "artifact", v)
+        security.validate_security_requirements(in_metadata, "spec.metadata", v)
+        v.raise_if_any()
 
     async def _program_guard(self, tx: Records, pv: ProgramVersion, proposed: versions.Version) -> list[str]:
         """The semver guard for a program version: its bump against the signature it implements.

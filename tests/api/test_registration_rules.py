@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from google.protobuf import struct_pb2
 
 from dspy_registry.server.domain.guard import GuardMode
 from dspy_registry.server.errors import InvalidArgument
+from dspy_registry.v1 import access_pb2 as apb
+from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.conftest import Running, details, register_signature, start, violations
@@ -258,3 +261,81 @@ async def test_a_bad_versioning_setting_stops_the_start(
     with pytest.raises(InvalidArgument) as err:
         await _configured(database_url, tmp_path, text)
     assert field in {v.field for v in err.value.violations}
+
+
+# -- the credential scan ---------------------------------------------------------------------------
+
+OPENAI = "sk-proj-" + "Fake0Key1For2Tests3Only4xYz5"  # never a real key: built for these tests
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYFAKEKEY123"
+
+
+def _with_credentials() -> bytes:
+    state = json.loads(dspy_state("Classify."))
+    state["predict"]["lm"] = {"model": "openai/gpt-4o-mini", "max_tokens": 512, "api_key": OPENAI}
+    state["predict"]["demos"][1]["text"] = f"AWS_SECRET_ACCESS_KEY={AWS_SECRET} leaked"
+    return json.dumps(state).encode()
+
+
+async def test_credentials_in_an_artifact_are_refused_by_path_never_echoed(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = server.registry
+    await _signatures(registry)
+    with caplog.at_level(logging.DEBUG):
+        err = await refusal(
+            registry.RegisterProgram(_request("leaky", "1.0.0", artifact=_with_credentials()))
+        )
+        raw = _request(
+            "leaky", "1.0.0", artifact=b"\x00bytes " + OPENAI.encode(), media_type="application/zip"
+        )
+        raw_err = await refusal(registry.RegisterProgram(raw))
+        meta = _request(
+            "leaky", "1.0.0", metadata={"changelog": "x", "deployment": {"token": "opaque-value"}}
+        )
+        meta_err = await refusal(registry.RegisterProgram(meta))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = details(err)["BadRequest"]
+    found = sorted((v.field, v.description.split(";")[0]) for v in bad.field_violations)  # type: ignore[attr-defined]
+    assert found == [
+        ("artifact", "$.predict.demos[1].text: an AWS secret access key"),
+        ("artifact", "$.predict.lm.api_key: an OpenAI API key"),
+    ]
+    raw_bad = details(raw_err)["BadRequest"]
+    assert [(v.field, v.description.split(";")[0]) for v in raw_bad.field_violations] == [  # type: ignore[attr-defined]
+        ("artifact", "byte 7: an OpenAI API key")
+    ]
+    assert violations(meta_err) == {"spec.metadata"} and "$.deployment.token" in (meta_err.details() or "")
+    # Nothing of the secrets anywhere: the statuses, their details, the log, the audit.
+    audit = await apb_grpc.AccessServiceStub(server.channel).ListAuditEvents(
+        apb.ListAuditEventsRequest(resource="programs/leaky")
+    )
+    assert len(audit.audit_events) == 3
+    said = [str(e.details()) + str(e.trailing_metadata()) for e in (err, raw_err, meta_err)]
+    said += [f"{r.getMessage()} {r.__dict__}" for r in caplog.records]
+    said += [str(event) for event in audit.audit_events]
+    for secret in (OPENAI, AWS_SECRET, "opaque-value"):
+        assert not [text for text in said if secret in text], secret
+    gone = await refusal(registry.GetProgram(pb.GetProgramRequest(name="programs/leaky")))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND  # nothing stored
+
+
+async def test_development_alone_may_turn_the_scan_off(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("staging", "production"):
+        with pytest.raises(InvalidArgument) as err:
+            await _configured(database_url, tmp_path, f"[environments.{name}]\nsecurity_scan = false\n")
+        assert f"environments.{name}.policy.security_scan" in {v.field for v in err.value.violations}
+    text = "[environments.development]\nauto_deploy = true\nsecurity_scan = false\n[environments.staging]\n"
+    running = await _configured(database_url, tmp_path, text)
+    try:
+        await _signatures(running.registry)
+        with caplog.at_level(logging.WARNING, logger="dspy_registry.registry"):
+            created = await running.registry.RegisterProgram(
+                _request("leaky", "1.0.0", artifact=_with_credentials())
+            )
+        assert created.created
+        warned = " ".join(r.getMessage() for r in caplog.records if r.name == "dspy_registry.registry")
+        assert "$.predict.lm.api_key: an OpenAI API key" in warned and OPENAI not in warned
+    finally:
+        await _stop(running)
