@@ -91,14 +91,38 @@ def validate_labels(labels: dict[str, str], path: str, v: Violations) -> None:
             v.add(f"{path}[{quote(key)}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
 
 
+# Metrics whose values have a known range. A fraction: accuracy, precision, recall and f1 (also as
+# f1_score, with a val_/test_/eval_/train_ prefix or a _macro/_micro/_weighted suffix). Never below
+# zero: a latency or a cost (any name with `latency` or `cost` as one of its words: latency_ms,
+# latency_p95_ms, p95_latency_ms, cost_usd, cost_per_prediction). Other names stay free, but finite.
+FRACTION_METRIC_RE = re.compile(
+    r"^(?:(?:val|test|eval|train)_)?(?:accuracy|precision|recall|f1|f1_score)(?:_(?:macro|micro|weighted))?$",
+    re.IGNORECASE,
+)
+NON_NEGATIVE_METRIC_RE = re.compile(r"(?:^|[_.])(?:latency|cost)(?:[_.]|$)", re.IGNORECASE)
+
+
+def metric_range_problem(name: str, value: float) -> str | None:
+    """Why `value` is impossible for the metric `name`, or None when it is possible."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if FRACTION_METRIC_RE.fullmatch(name) and not 0 <= value <= 1:
+        return f"{name} is a fraction between 0 and 1 (0.91, not 91)"
+    if NON_NEGATIVE_METRIC_RE.search(name) and value < 0:
+        return f"{name} must not be negative"
+    return None
+
+
 def validate_performance(performance: dict[str, float], path: str, v: Violations) -> None:
+    """Metric names, their count, and impossible values (metric_range_problem)."""
     if len(performance) > MAX_METRICS:
         v.add(path, f"at most {MAX_METRICS} metrics")
     for key, value in performance.items():
         if not METRIC_RE.fullmatch(key):
             v.add(f"{path}[{quote(key)}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
-        if not math.isfinite(value):
-            v.add(f"{path}[{quote(key)}]", "must be a finite number")
+        problem = metric_range_problem(key, value)
+        if problem is not None:
+            v.add(f"{path}[{quote(key)}]", problem)
 
 
 def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> None:

@@ -339,3 +339,22 @@ async def test_development_alone_may_turn_the_scan_off(
         assert "$.predict.lm.api_key: an OpenAI API key" in warned and OPENAI not in warned
     finally:
         await _stop(running)
+
+
+# -- impossible metrics ------------------------------------------------------------------------------
+
+
+async def test_impossible_metrics_are_refused_at_registration(registry: Stub) -> None:
+    await _signatures(registry)
+    impossible = {"accuracy": 7.0, "f1": -5.0, "latency_p95_ms": -1.0, "cost_per_prediction": -0.01}
+    err = await refusal(registry.RegisterProgram(_request("measured", "1.0.0", performance=impossible)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err) == {f"spec.performance[{name!r}]" for name in impossible}
+    assert "between 0 and 1" in (err.details() or "")
+    nan = await refusal(
+        registry.RegisterProgram(_request("measured", "1.0.0", performance={"x": float("nan")}))
+    )
+    assert violations(nan) == {"spec.performance['x']"}
+    possible = {"accuracy": 1.0, "f1": 0.0, "latency_p95_ms": 0.0, "improvement": -3.0}
+    created = await registry.RegisterProgram(_request("measured", "1.0.0", performance=possible))
+    assert dict(created.program_version.performance) == possible
