@@ -183,8 +183,12 @@ class RegistryServiceServicer:
         """Registers a program version whose artifact fits in one message (4 MiB).
         INVALID_ARGUMENT for bad input, including an artifact that is not DSPy
         program state when the media type says it is; NOT_FOUND if the signature
-        does not exist; ALREADY_EXISTS if the version exists with another digest;
-        RESOURCE_EXHAUSTED above the unary size limit (use UploadProgram).
+        does not exist; ALREADY_EXISTS if the version exists with another digest,
+        or with the same digest and another spec (media type, signature,
+        performance, labels or metadata: BadRequest names each field that
+        differs); the same digest and the same spec answer the existing version
+        (created false); RESOURCE_EXHAUSTED above the unary size limit (use
+        UploadProgram).
         The credential scan (validate_security_requirements): INVALID_ARGUMENT
         when the artifact (walked as JSON for a JSON media type, else its raw
         bytes) or the metadata holds a credential: a provider key (OpenAI,

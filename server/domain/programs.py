@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidArgument, Violations, quote
+from ..errors import FieldViolation, InvalidArgument, Violations, quote
 
 DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
 MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
@@ -187,3 +187,43 @@ def summarize_dspy_state(data: bytes | str, path: str = "artifact") -> tuple[Pre
         v.add(path, "DSPy program state must hold at least one predictor")
     v.raise_if_any()
     return tuple(predictors)
+
+
+def spec_differences(
+    registered: dict[str, Any], draft: ProgramDraft, signature: str, prefix: str = "spec"
+) -> list[FieldViolation]:
+    """What a registration of an existing version with the same artifact states differently.
+
+    `registered` holds the existing version's media_type, signature (resolved, as
+    signatures/{s}/versions/{v}), performance, labels and metadata; `signature` is the draft's,
+    resolved the same way. Empty: the same registration again, answered with the first answer.
+    Maps are compared key by key and the differing keys named, never their values (a value
+    may be anything a caller put in metadata).
+    """
+    out: list[FieldViolation] = []
+    given = {
+        "media_type": draft.media_type,
+        "signature": signature,
+        "performance": draft.performance,
+        "labels": draft.labels,
+        "metadata": draft.metadata,
+    }
+    for name, value in given.items():
+        before = registered[name]
+        if before == value:
+            continue
+        if isinstance(before, dict) and isinstance(value, dict):
+            keys = sorted(
+                k for k in before.keys() | value.keys() if before.get(k, _ABSENT) != value.get(k, _ABSENT)
+            )
+            shown = ", ".join(quote(k) for k in keys[:10]) + (
+                f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+            )
+            what = f"differs from the registered version's at {shown}"
+        else:
+            what = f"is {quote(value)}; the registered version's is {quote(before)}"
+        out.append(FieldViolation(f"{prefix}.{name}", what))
+    return out
+
+
+_ABSENT = object()

@@ -302,6 +302,26 @@ class Registry:
                 if existing_digest == digest:
                     existing = await tx.get_program_version(draft.program, version.text)
                     assert existing is not None
+                    differences = programs.spec_differences(
+                        {
+                            "media_type": existing.media_type,
+                            "signature": existing.signature_name,
+                            "performance": existing.performance,
+                            "labels": existing.labels,
+                            "metadata": existing.metadata,
+                        },
+                        draft,
+                        f"signatures/{sig_ref.name}/versions/{signature_version}",
+                    )
+                    if differences:
+                        # Versions are immutable: dropping the new values silently would lose them.
+                        raise AlreadyExists(
+                            existing.name,
+                            f"{existing.name} already exists with the same artifact and another "
+                            f"{', '.join(d.field for d in differences)}; versions are immutable, "
+                            "register a new version",
+                            differences,
+                        )
                     return await record(tx, idem, RegisteredProgram(existing, False))
                 if existing_digest is not None:
                     name = f"programs/{draft.program}/versions/{version.text}"

@@ -358,3 +358,45 @@ async def test_impossible_metrics_are_refused_at_registration(registry: Stub) ->
     possible = {"accuracy": 1.0, "f1": 0.0, "latency_p95_ms": 0.0, "improvement": -3.0}
     created = await registry.RegisterProgram(_request("measured", "1.0.0", performance=possible))
     assert dict(created.program_version.performance) == possible
+
+
+# -- re-registration -------------------------------------------------------------------------------
+
+
+async def test_re_registering_a_version_with_the_same_artifact(registry: Stub) -> None:
+    await _signatures(registry)
+    artifact = dspy_state("Classify. again")
+    first = await registry.RegisterProgram(_request("again", "1.0.0", artifact=artifact))
+    # The same artifact and the same spec: the first answer.
+    same = await registry.RegisterProgram(_request("again", "1.0.0", artifact=artifact))
+    assert not same.created and same.program_version == first.program_version
+    latest = _request("again", "1.0.0", artifact=artifact)
+    latest.spec.signature = "signatures/text_classifier/versions/1.0.0"
+    assert (await registry.RegisterProgram(latest)).program_version == first.program_version
+    # The same artifact and another spec: ALREADY_EXISTS naming each field that differs, values kept out.
+    for change, fields in [
+        ({"performance": {"accuracy": 0.95}}, {"spec.performance"}),
+        ({"metadata": {"changelog": "better demos", "contact": "ml@example.com"}}, {"spec.metadata"}),
+        ({"signature_version": "1.0.1"}, {"spec.signature"}),
+        (
+            {"performance": {"accuracy": 0.95}, "media_type": "application/json"},
+            {"spec.performance", "spec.media_type"},
+        ),
+    ]:
+        changed = _request("again", "1.0.0", artifact=artifact, **change)  # type: ignore[arg-type]
+        err = await refusal(registry.RegisterProgram(changed))
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, change
+        assert violations(err) == fields, change
+        assert details(err)["ResourceInfo"].resource_name == "programs/again/versions/1.0.0"  # type: ignore[attr-defined]
+        assert "ml@example.com" not in str(err.trailing_metadata()) + (err.details() or "")
+    labelled = _request("again", "1.0.0", artifact=artifact)
+    labelled.spec.labels["team"] = "search"
+    err = await refusal(registry.RegisterProgram(labelled))
+    (named,) = details(err)["BadRequest"].field_violations  # type: ignore[attr-defined]
+    assert named.field == "spec.labels" and "'team'" in named.description
+    # Nothing changed: the stored version is the first one still.
+    got = await registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/again/versions/1.0.0"))
+    assert got.program_version == first.program_version
+    # Another artifact is ALREADY_EXISTS as before.
+    other = await refusal(registry.RegisterProgram(_request("again", "1.0.0", artifact=dspy_state("other"))))
+    assert other.code() == grpc.StatusCode.ALREADY_EXISTS
