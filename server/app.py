@@ -27,6 +27,7 @@ from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
 from .domain import versioning
+from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
@@ -68,11 +69,15 @@ FLUSH_SECONDS = 1.0
 class App:
     """A running server. `start()` opens the store (migrations), then serves."""
 
-    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
-        """`telemetry`: providers of the caller's (tests); by default what the config asks for."""
+    def __init__(
+        self, config: Config, telemetry: Telemetry | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        """`telemetry`: providers of the caller's (tests); by default what the config asks for.
+        `clock`: where every use case reads the time of day (a test's own, to let a pause pass)."""
         self.config = config
         # Read before anything is opened: a bad file fails the start with nothing to close.
         self.versioning = _read_config(config.config) if config.config else None
+        self.clock = clock
         self.store: Store = open_store(config.database)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
@@ -88,6 +93,7 @@ class App:
             request_retention=config.request_retention_seconds,
             event_retention=config.event_retention_seconds,
             metrics_retention=config.metrics_retention_seconds,
+            clock=clock,
         )
         self.controller: Controller | None = None
         for name, value in (
@@ -119,8 +125,9 @@ class App:
             upload_limit=self.config.upload_limit,
             max_concurrent_uploads=self.config.max_concurrent_uploads,
             versioning_settings=self.versioning,
+            clock=self.clock,
         )
-        self.access = Access(self.store)
+        self.access = Access(self.store, clock=self.clock)
         # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
         gateway_secret = secrets.token_urlsafe(32) if self.config.http_listen else ""
         guard = Guard(
@@ -129,12 +136,16 @@ class App:
             client_certificates=bool(self.config.tls_client_ca),
             gateway_secret=gateway_secret,
         )
-        environments = Environments(self.store)
-        deployments = Deployments(self.store, metrics_retention=self.config.metrics_retention_seconds)
-        metrics = Metrics(self.store, retention_seconds=self.config.metrics_retention_seconds)
+        environments = Environments(self.store, clock=self.clock)
+        deployments = Deployments(
+            self.store, metrics_retention=self.config.metrics_retention_seconds, clock=self.clock
+        )
+        metrics = Metrics(
+            self.store, retention_seconds=self.config.metrics_retention_seconds, clock=self.clock
+        )
         registry.after_register = deployments.auto_deploy
-        self.controller = Controller(deployments)
-        webhooks = Webhooks(self.store, self.webhook_allow)
+        self.controller = Controller(deployments, clock=self.clock)
+        webhooks = Webhooks(self.store, self.webhook_allow, clock=self.clock)
         self.notifier = Notifier(webhooks)
         self.hub = Hub(encode_changes)
         async with self.store.read() as tx:
@@ -177,7 +188,7 @@ class App:
                         guard,
                         watch,
                         events,
-                        Sidecars(self.store, deployments),
+                        Sidecars(self.store, deployments, clock=self.clock),
                         metrics,
                         webhooks,
                     ),

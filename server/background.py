@@ -53,7 +53,7 @@ class Loop:
 
     def start(self) -> None:
         # A context of its own: background work never runs as the call that happened to start it
-        # (the audit and the use cases read the caller from the context).
+        # (the request logs and the api layer read the call from the context).
         self._task = asyncio.get_running_loop().create_task(
             self._forever(), name=self.name, context=contextvars.Context()
         )

@@ -1,9 +1,12 @@
 """The call being served: who makes it, what it touches, and whether it was audited.
 
-The api layer sets it for each RPC once the caller is authenticated; the
-use cases read the caller from it, and the store writes the audit event of a
-mutation from it inside the mutation's own transaction. Nothing here imports
-grpc or a database driver.
+The api layer makes one for each RPC once the caller is authenticated and
+hands it on explicitly: a servicer passes it to the use case, which acts as
+its `actor` and passes it to `Store.write(call)`, where the mutation's audit
+event is written in the mutation's own transaction. The context variable
+below only lets the api layer's servicers, the guard and the request logs
+find the call their handler made; no use case or store reads it. Nothing
+here imports grpc or a database driver.
 """
 
 from __future__ import annotations
@@ -26,11 +29,20 @@ class Call:
     audited: bool = False  # set once its audit event is committed
     authorized: bool = False  # set once a rule resolved by the servicer has been checked
 
+    @property
+    def actor(self) -> str:
+        """Who acts, as timelines, creators and approvals record it ("system" before authentication)."""
+        return self.principal or SYSTEM
+
 
 current_call: ContextVar[Call | None] = ContextVar("current_call", default=None)
 
 
-def caller() -> str:
-    """The principal making the current call ("system" outside any call)."""
+def serving() -> Call:
+    """The call the api layer is serving (its handler set it); a system call, audited by nobody, outside one."""
     call = current_call.get()
-    return call.principal if call is not None and call.principal else SYSTEM
+    if call is None:
+        return Call(
+            method="", principal=SYSTEM, token="", resource="", request_id="", peer="", mutation=False
+        )
+    return call

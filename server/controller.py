@@ -18,9 +18,9 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from .background import Loop
+from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.model import Event
 from .usecases.deployments import Deployments
 
@@ -33,8 +33,9 @@ ANALYSIS_TICK_MAX_SECONDS = 1.0
 
 
 class Controller:
-    def __init__(self, deployments: Deployments) -> None:
+    def __init__(self, deployments: Deployments, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.deployments = deployments
+        self.clock = clock
         self._analysed: dict[str, float] = {}  # deployment id -> when (monotonic) it was last analysed
         self.tick = ANALYSIS_TICK_MAX_SECONDS
         self._steps = Loop("controller", self._step, idle=IDLE_SECONDS, floor=MIN_SECONDS, log=log)
@@ -50,7 +51,7 @@ class Controller:
             self.poke()
 
     async def run_once(self) -> int:
-        return await self.deployments.reconcile()
+        return await self.deployments.reconcile(self.clock.now())
 
     async def _step(self) -> float | None:
         """One pass of the controller: the steps due now; the seconds until the next one is due."""
@@ -58,7 +59,7 @@ class Controller:
         if taken:
             log.info("controller took %d step(s)", taken)
         next_due = await self.deployments.next_due()
-        return None if next_due is None else (next_due - datetime.now(UTC)).total_seconds()
+        return None if next_due is None else (next_due - self.clock.now()).total_seconds()
 
     async def analyse_once(self) -> int:
         """Analyse each watched deployment whose interval has passed; how many were rolled back."""

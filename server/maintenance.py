@@ -18,11 +18,11 @@ than 7 days ago.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from .background import Loop
 from .domain import webhooks
+from .domain.clock import SYSTEM_CLOCK, Clock
 from .store.base import Store
 from .store.sql import to_us
 
@@ -38,7 +38,7 @@ class Maintenance:
         event_retention: float = 24 * 3600.0,
         metrics_retention: float = 3600.0,
         interval: float = 600.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -49,7 +49,7 @@ class Maintenance:
         self._loop = Loop("maintenance", self.run_once, idle=interval, wait_first=True, log=log)
 
     async def run_once(self) -> None:
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.write() as tx:
             await tx.prune_requests(to_us(now - timedelta(seconds=self.request_retention)))
             await tx.compact_events(to_us(now - timedelta(seconds=self.event_retention)))

@@ -27,9 +27,8 @@ import errno
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -109,7 +108,7 @@ class Notifier:
         if free <= 0:
             return None  # a finishing attempt pokes
         next_due = await self.webhooks.next_due()
-        if next_due is not None and next_due <= datetime.now(UTC):
+        if next_due is not None and next_due <= self.webhooks.clock.now():
             for due in await self.webhooks.claim(free):
                 task = asyncio.get_running_loop().create_task(
                     self._attempt(due), name=f"webhook-{due.id}", context=contextvars.Context()
@@ -127,12 +126,12 @@ class Notifier:
 
     async def _pass(self) -> float | None:
         next_due = await self.run_once()
-        return None if next_due is None else (next_due - datetime.now(UTC)).total_seconds()
+        return None if next_due is None else (next_due - self.webhooks.clock.now()).total_seconds()
 
     # -- one attempt -----------------------------------------------------------------------------
 
     async def _attempt(self, due: Due) -> None:
-        attempted = datetime.now(UTC)
+        attempted = self.webhooks.clock.now()
         try:
             outcome = await self.post(due)
         except Exception as exc:  # unforeseen: recorded as a failed attempt, so that it is retried
@@ -167,7 +166,7 @@ class Notifier:
         except InvalidArgument as exc:  # validated at CreateWebhook: only a rule change gets here
             return Outcome(0, f"bad URL: {exc.message}")
         body = due.body.encode()
-        headers = webhooks.headers(due, int(time.time()), body)
+        headers = webhooks.headers(due, int(self.webhooks.clock.now().timestamp()), body)
         try:
             async with session.post(
                 due.url,

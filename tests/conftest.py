@@ -7,6 +7,7 @@ to leave them out (CI never sets it).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -53,11 +54,19 @@ class PostgresDatabases:
             await conn.close()
 
 
+DATABASES = PostgresDatabases()
+
+
 @pytest.fixture(scope="session")
-async def pg_databases() -> AsyncIterator[PostgresDatabases]:
-    databases = PostgresDatabases()
-    yield databases
-    await databases.drop_all()
+def pg_databases() -> PostgresDatabases:
+    return DATABASES
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The throwaway databases go after the last test, not in its teardown: dropping a few hundred
+    takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last."""
+    if DATABASES.created:
+        asyncio.run(DATABASES.drop_all())
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import re
 
 from dspy_registry.v1 import access_pb2 as pb
 
+from ..calls import serving
 from ..domain import access
 from ..domain.access import (
     Action,
@@ -172,7 +173,9 @@ class AccessServicer:
         def build(x: Principal) -> pb.CreatePrincipalResponse:
             return pb.CreatePrincipalResponse(principal=principal_proto(x))
 
-        result = await self.access.create_principal(draft, idempotency(request, "CreatePrincipal", build))
+        result = await self.access.create_principal(
+            serving(), draft, idempotency(request, "CreatePrincipal", build)
+        )
         return answer(result, pb.CreatePrincipalResponse, build)
 
     async def ListPrincipals(
@@ -200,7 +203,12 @@ class AccessServicer:
             return pb.DisablePrincipalResponse(principal=principal_proto(x))
 
         result = await self.access.disable_principal(
-            name, request.reason, request.undo, request.etag, idempotency(request, "DisablePrincipal", build)
+            serving(),
+            name,
+            request.reason,
+            request.undo,
+            request.etag,
+            idempotency(request, "DisablePrincipal", build),
         )
         return answer(result, pb.DisablePrincipalResponse, build)
 
@@ -209,7 +217,12 @@ class AccessServicer:
         expire = time_field(request, "expire_time")
         ttl = duration_field(request, "ttl")
         result = await self.access.create_token(
-            principal, request.description, expire, ttl, idempotency(request, "CreateToken", _recorded_token)
+            serving(),
+            principal,
+            request.description,
+            expire,
+            ttl,
+            idempotency(request, "CreateToken", _recorded_token),
         )
         return answer(result, pb.CreateTokenResponse, _created_token)
 
@@ -237,7 +250,7 @@ class AccessServicer:
             return pb.RevokeTokenResponse(token=token_proto(t))
 
         result = await self.access.revoke_token(
-            parts[1], parts[3], idempotency(request, "RevokeToken", build)
+            serving(), parts[1], parts[3], idempotency(request, "RevokeToken", build)
         )
         return answer(result, pb.RevokeTokenResponse, build)
 
@@ -248,7 +261,7 @@ class AccessServicer:
         action = _action(request.action, "action")
         assert action is not None
         result = await self.access.grant(
-            principal, action, request.resource, idempotency(request, "GrantPermission", _granted)
+            serving(), principal, action, request.resource, idempotency(request, "GrantPermission", _granted)
         )
         return answer(result, pb.GrantPermissionResponse, _granted)
 
@@ -263,7 +276,9 @@ class AccessServicer:
         def build(g: Grant) -> pb.RevokePermissionResponse:
             return pb.RevokePermissionResponse(permission=permission_proto(g))
 
-        result = await self.access.revoke_grant(parts[1], idempotency(request, "RevokePermission", build))
+        result = await self.access.revoke_grant(
+            serving(), parts[1], idempotency(request, "RevokePermission", build)
+        )
         return answer(result, pb.RevokePermissionResponse, build)
 
     async def ListPermissions(

@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
+from ..calls import serving
 from ..domain import deployments as dep
 from ..domain import environments as envs
 from ..domain import health, sidecars, versions
@@ -264,7 +265,9 @@ class DeploymentServicer(WebhookMethods):
             program, request.version, environment, strategy, request.reason, request.expected_target_etag,
             request.supersede, request.allow_breaking,
         )  # fmt: skip
-        result = await self.deployments.create(draft, idempotency(request, "CreateDeployment", _created))
+        result = await self.deployments.create(
+            serving(), draft, idempotency(request, "CreateDeployment", _created)
+        )
         return answer(result, pb.CreateDeploymentResponse, _created)
 
     async def GetDeployment(
@@ -309,7 +312,9 @@ class DeploymentServicer(WebhookMethods):
         d = await self._deployment(request.name, Action.APPROVE)
         check_text(request.comment, "comment", 1024)
         idem = idempotency(request, "ApproveDeployment", _approved)
-        result = await self.deployments.approve(d.id, request.comment, request.reject, request.etag, idem)
+        result = await self.deployments.approve(
+            serving(), d.id, request.comment, request.reject, request.etag, idem
+        )
         return answer(result, pb.ApproveDeploymentResponse, _approved)
 
     async def PromoteDeployment(
@@ -325,7 +330,7 @@ class DeploymentServicer(WebhookMethods):
 
         idem = idempotency(request, "PromoteDeployment", _promoted)
         return answer(
-            await self.deployments.change(d.id, request.etag, idem, act),
+            await self.deployments.change(serving(), d.id, request.etag, idem, act),
             pb.PromoteDeploymentResponse,
             _promoted,
         )
@@ -343,7 +348,9 @@ class DeploymentServicer(WebhookMethods):
 
         idem = idempotency(request, "AbortDeployment", _aborted)
         return answer(
-            await self.deployments.change(d.id, request.etag, idem, act), pb.AbortDeploymentResponse, _aborted
+            await self.deployments.change(serving(), d.id, request.etag, idem, act),
+            pb.AbortDeploymentResponse,
+            _aborted,
         )
 
     async def RollbackDeployment(
@@ -352,7 +359,9 @@ class DeploymentServicer(WebhookMethods):
         d = await self._deployment(request.name, Action.ROLLBACK)
         check_text(request.reason, "reason", 1024)
         idem = idempotency(request, "RollbackDeployment", _rolled_back)
-        result = await self.deployments.rollback(d.id, request.reason or "rollback", request.etag, idem)
+        result = await self.deployments.rollback(
+            serving(), d.id, request.reason or "rollback", request.etag, idem
+        )
         return answer(result, pb.RollbackDeploymentResponse, _rolled_back)
 
     async def GetDeploymentStatus(
@@ -387,14 +396,14 @@ class DeploymentServicer(WebhookMethods):
         v.raise_if_any()
         # Measurements decide rollbacks: `rollback` on each program reported (permissions.py).
         await self.guard.authorize_resource(Action.ROLLBACK, sorted({w.program for w in windows}))
-        accepted, dropped = await self.metrics.report(request.sidecar_id, identity().name, windows)
+        accepted, dropped = await self.metrics.report(serving(), request.sidecar_id, identity().name, windows)
         return pb.ReportMetricsResponse(accepted_count=accepted, dropped_count=dropped)
 
     async def ReportSidecarStatus(
         self, request: pb.ReportSidecarStatusRequest, context: Context
     ) -> pb.ReportSidecarStatusResponse:
         who = identity().name
-        now = self.sidecars.clock()  # the same clock that later judges liveness
+        now = self.sidecars.clock.now()  # the same clock that later judges liveness
         heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
         report = sidecars.Report(
             request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,
@@ -406,9 +415,9 @@ class DeploymentServicer(WebhookMethods):
         # Saying what runs where is a read's worth of trust: read on each program reported.
         await self.guard.authorize_resource(Action.READ, sorted({a.program for a in report.targets}))
         if request.leaving:
-            revision = await self.sidecars.leave(report.sidecar_id, who)
+            revision = await self.sidecars.leave(serving(), report.sidecar_id, who)
         else:
-            revision = await self.sidecars.report(report)
+            revision = await self.sidecars.report(serving(), report)
         return pb.ReportSidecarStatusResponse(heartbeat_interval=_duration(heartbeat), revision=revision)
 
     async def ListEnvironments(
@@ -444,7 +453,9 @@ class DeploymentServicer(WebhookMethods):
             return environment_from_proto(merged, name)
 
         idem = idempotency(request, "UpdateEnvironment", _updated)
-        result = await self.environments.update(name, change, request.etag, request.allow_missing, idem)
+        result = await self.environments.update(
+            serving(), name, change, request.etag, request.allow_missing, idem
+        )
         return answer(result, pb.UpdateEnvironmentResponse, _updated)
 
 

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from ..calls import caller
+from ..calls import serving
 from ..domain.names import check_request_id
 from ..usecases.common import Idempotency, Replay
 from .convert import fingerprint
@@ -23,7 +23,7 @@ def idempotency(request: Message, method: str, build: Callable[[T], Message]) ->
         return None
     check_request_id(request_id)
     return Idempotency(
-        caller(), request_id, method, fingerprint(request), lambda r: build(r).SerializeToString()
+        serving().actor, request_id, method, fingerprint(request), lambda r: build(r).SerializeToString()
     )
 
 

@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 
-from ..calls import caller
+from ..calls import serving
 from ..domain import programs
 from ..domain.model import ProgramVersion
 from ..domain.names import VersionRef, check_name, check_prefix, parse_parent, parse_version_ref
@@ -54,7 +54,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.RegisterSignatureRequest, context: Context
     ) -> pb.RegisterSignatureResponse:
         idem = idempotency(request, "RegisterSignature", _signature_response)
-        result = await self.registry.register_signature(caller(), convert.signature_draft(request), idem)
+        result = await self.registry.register_signature(serving(), convert.signature_draft(request), idem)
         return answer(result, pb.RegisterSignatureResponse, _signature_response)
 
     async def GetSignature(
@@ -118,7 +118,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             )
         idem = idempotency(request, "RegisterProgram", _registered)
         draft = convert.program_draft(request.spec)
-        result = await self.registry.register_program(caller(), draft, InMemory(request.artifact), idem)
+        result = await self.registry.register_program(serving(), draft, InMemory(request.artifact), idem)
         return answer(result, pb.RegisterProgramResponse, _registered)
 
     async def UploadProgram(
@@ -159,7 +159,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             fingerprint_of.CopyFrom(header)
             fingerprint_of.expected_digest = digest
             idem = idempotency(fingerprint_of, "UploadProgram", _uploaded)
-            result = await self.registry.register_program(caller(), draft, spool, idem)
+            result = await self.registry.register_program(serving(), draft, spool, idem)
         return answer(result, pb.UploadProgramResponse, _uploaded)
 
     async def GetProgram(self, request: pb.GetProgramRequest, context: Context) -> pb.GetProgramResponse:
@@ -251,7 +251,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.YankProgramVersionResponse:
         idem = idempotency(request, "YankProgramVersion", _yanked)
         ref = _program_ref(request.name)
-        result = await self.registry.yank(caller(), ref, request.reason, request.undo, request.etag, idem)
+        result = await self.registry.yank(serving(), ref, request.reason, request.undo, request.etag, idem)
         return answer(result, pb.YankProgramVersionResponse, _yanked)
 
 

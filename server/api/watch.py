@@ -19,6 +19,7 @@ from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..domain.access import ALL, Action, check_glob, principal_name
 from ..domain.deployments import Pinned, Target
+from ..domain.model import by_revision
 from ..domain.names import check_name
 from ..errors import InvalidArgument, RegistryError, ResourceExhausted, ShuttingDown, StoreUnavailable
 from ..store.base import Store
@@ -150,10 +151,7 @@ class _Watch:
             if not events:
                 break
             # Extracted a revision at a time, as the hub does: an event's id is its index in its revision.
-            by_revision: dict[int, list[Any]] = {}
-            for e in events:
-                by_revision.setdefault(e.revision, []).append(e)
-            for revision, group in sorted(by_revision.items()):
+            for revision, group in by_revision(events):
                 items = [item for item in self.hub.extract(group) if sub.matches(item)]
                 if items:
                     yield revision, self.hub.encode(revision, items)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
+from ..calls import serving
 from ..domain import webhooks
 from ..domain.access import principal_name
 from ..domain.names import parse_parent
@@ -90,7 +91,7 @@ class WebhookMethods:
             secret=w.secret,
             description=w.description,
         )
-        result = await self.webhooks.create(draft, idempotency(request, "CreateWebhook", _created))
+        result = await self.webhooks.create(serving(), draft, idempotency(request, "CreateWebhook", _created))
         return answer(result, pb.CreateWebhookResponse, _created)
 
     async def ListWebhooks(
@@ -107,7 +108,9 @@ class WebhookMethods:
         self, request: pb.DeleteWebhookRequest, context: Context
     ) -> pb.DeleteWebhookResponse:
         webhook_id = parse_parent(request.name, "webhooks", "name")
-        result = await self.webhooks.delete(webhook_id, idempotency(request, "DeleteWebhook", _deleted))
+        result = await self.webhooks.delete(
+            serving(), webhook_id, idempotency(request, "DeleteWebhook", _deleted)
+        )
         return answer(result, pb.DeleteWebhookResponse, _deleted)
 
     async def ListWebhookDeliveries(

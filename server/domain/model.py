@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from .programs import PredictorSummary
@@ -91,6 +93,14 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     revision: int = 0
     create_time: datetime | None = None
+
+
+def by_revision(events: Iterable[Event]) -> list[tuple[int, list[Event]]]:
+    """Events read from the log, in log order, as one group per revision (one commit each).
+
+    Whoever hands events on does so a commit at a time: a watcher or listener never sees half of one.
+    """
+    return [(revision, list(group)) for revision, group in groupby(events, key=lambda e: e.revision)]
 
 
 @dataclass(frozen=True)

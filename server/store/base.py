@@ -6,6 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..calls import Call
 from .commits import CommitListeners
 from .records import Records
 
@@ -57,7 +58,10 @@ class Store(Protocol):
 
     def read(self) -> AbstractAsyncContextManager[Records]: ...
 
-    def write(self) -> AbstractAsyncContextManager[Records]: ...
+    def write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
+        """One write transaction; `call`, the mutation it serves, whose audit event it then writes
+        (see Records.finish). Background work passes none."""
+        ...
 
 
 def open_store(url: str) -> Store:

@@ -1,4 +1,4 @@
-"""Every query of deployments: environments, targets, deployments."""
+"""Every query of what deploys: environments, targets, deployments, and the sidecars that serve them."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _environment(row: Row) -> Environment:
     )
 
 
-class DeploymentQueries:
+class EnvironmentQueries:
     conn: Connection
 
     async def environment_names(self) -> set[str]:
@@ -143,6 +143,16 @@ class TargetQueries:
         revision = int(rows[0]["at_revision"]) if rows else 0
         return revision, [_target(r) for r in rows if r["program"] is not None]
 
+    async def programs_in(self, environment: str) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT program FROM targets WHERE environment = ? AND stable_version IS NOT NULL", environment
+        )
+        return {str(r["program"]) for r in rows}
+
+
+class DeploymentQueries:
+    conn: Connection
+
     async def live_deployments_snapshot(self) -> tuple[int, list[Deployment]]:
         """Deployments pending or in progress, and the revision they are the state of (one statement)."""
         rows = await self.conn.fetch(
@@ -153,14 +163,6 @@ class TargetQueries:
         )
         revision = int(rows[0]["at_revision"]) if rows else 0
         return revision, [_deployment(r) for r in rows if r["body"] is not None]
-
-    async def programs_in(self, environment: str) -> set[str]:
-        rows = await self.conn.fetch(
-            "SELECT program FROM targets WHERE environment = ? AND stable_version IS NOT NULL", environment
-        )
-        return {str(r["program"]) for r in rows}
-
-    # -- deployments -----------------------------------------------------------------------
 
     async def get_deployment(self, deployment_id: str) -> Deployment | None:
         row = await self.conn.fetchrow("SELECT body FROM deployments WHERE id = ?", deployment_id)

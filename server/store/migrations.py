@@ -5,13 +5,17 @@ auto-incrementing key, and the byte-order collation that names and SemVer
 sort keys need on Postgres (its default
 collation ignores punctuation, so `a-b` and `ab` would order differently from
 SQLite). Timestamps are microseconds since the Unix epoch (UTC) in BIGINT
-columns on both backends. Each migration runs in its own transaction and is
-recorded in `schema_migrations`.
+columns on both backends. Each migration is recorded in `schema_migrations`
+in the transaction that applies it; `migrate` is the one loop both backends run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+
+from .sql import Connection, now_us
 
 
 @dataclass(frozen=True)
@@ -384,3 +388,30 @@ CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     name TEXT NOT NULL,
     applied_time BIGINT NOT NULL
 )"""
+
+
+async def migrate(
+    conn: Connection,
+    dialect: Dialect,
+    transaction: Callable[[], AbstractAsyncContextManager[object]] = nullcontext,
+) -> None:
+    """Apply, in order, the migrations that `conn`'s ledger does not list yet.
+
+    Each runs inside `transaction()` together with its ledger row, so that a
+    migration is either applied and recorded or neither. A backend that already
+    holds one transaction around the whole loop passes nothing.
+    """
+    await conn.execute(CREATE_LEDGER)
+    done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
+    for migration in MIGRATIONS:
+        if migration.number in done:
+            continue
+        async with transaction():
+            for statement in migration.statements:
+                await conn.execute(render(statement, dialect))
+            await conn.execute(
+                "INSERT INTO schema_migrations (number, name, applied_time) VALUES (?, ?, ?)",
+                migration.number,
+                migration.name,
+                now_us(),
+            )

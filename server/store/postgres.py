@@ -40,13 +40,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..domain.model import Event
+from ..calls import Call
+from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
-from .migrations import CREATE_LEDGER, MIGRATIONS, POSTGRES, render
+from .migrations import POSTGRES, migrate
 from .records import Records
-from .sql import Row, now_us
+from .sql import Row
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -194,19 +195,7 @@ class PostgresStore:
     async def _migrate(self, conn: _Connection, raw: asyncpg.Connection) -> None:
         async with raw.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(?)", _MIGRATION_LOCK)
-            await conn.execute(CREATE_LEDGER)
-            done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
-            for migration in MIGRATIONS:
-                if migration.number in done:
-                    continue
-                for statement in migration.statements:
-                    await conn.execute(render(statement, POSTGRES))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (number, name, applied_time) VALUES (?, ?, ?)",
-                    migration.number,
-                    migration.name,
-                    now_us(),
-                )
+            await migrate(conn, POSTGRES)
 
     async def close(self) -> None:
         if self._listen_task is not None:
@@ -274,7 +263,7 @@ class PostgresStore:
         return self._writer
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Records]:
+    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
         self._available()
         async with self._write_lock:
             self._available()  # the database may have gone away while this write waited its turn
@@ -285,7 +274,7 @@ class PostgresStore:
                 await _driver(transaction.start)
                 row = await conn.fetchrow("SELECT revision FROM revisions WHERE id = 1 FOR UPDATE")
                 assert row is not None
-                records = Records(conn, base_revision=int(row["revision"]))
+                records = Records(conn, base_revision=int(row["revision"]), call=call)
                 yield records
                 await records.finish()
                 if records.appended:
@@ -337,7 +326,7 @@ class PostgresStore:
                     events = await tx.events_after(self._delivered, limit=1000)
                 if not events:
                     break
-                for group in _by_revision(events):
+                for _, group in by_revision(events):
                     self.commits.publish(group)
                 self._delivered = events[-1].revision
 
@@ -440,13 +429,3 @@ async def _release(pool: asyncpg.Pool, raw: Any) -> None:
         await pool.release(raw)
     except _DRIVER_ERRORS:
         log.debug("a connection failed as it was released; the pool replaces it", exc_info=True)
-
-
-def _by_revision(events: Sequence[Event]) -> list[list[Event]]:
-    groups: list[list[Event]] = []
-    for event in events:
-        if groups and groups[-1][0].revision == event.revision:
-            groups[-1].append(event)
-        else:
-            groups.append([event])
-    return groups

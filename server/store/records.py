@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..calls import Call, current_call
+from ..calls import Call
 from ..domain.access import AuditEvent, Outcome, audit_text
 from ..domain.model import (
     Event,
@@ -29,7 +29,7 @@ from ..domain.programs import PredictorSummary
 from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
-from .deployment_records import DeploymentQueries, SidecarQueries, TargetQueries
+from .deployment_records import DeploymentQueries, EnvironmentQueries, SidecarQueries, TargetQueries
 from .metric_records import MetricQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
@@ -140,11 +140,22 @@ def _version_cursor(rows: Sequence[Row], size: int) -> str | None:
     return json.dumps([last["sort_key"], last["version"]])
 
 
-class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, MetricQueries, WebhookQueries):
+class Records(
+    AccessQueries,
+    EnvironmentQueries,
+    TargetQueries,
+    DeploymentQueries,
+    SidecarQueries,
+    MetricQueries,
+    WebhookQueries,
+):
     """Queries over one connection; in a write transaction, also the revision counter."""
 
-    def __init__(self, conn: Connection, *, base_revision: int | None = None) -> None:
+    def __init__(
+        self, conn: Connection, *, base_revision: int | None = None, call: Call | None = None
+    ) -> None:
         self.conn = conn
+        self.call = call  # the call a write transaction serves, for its audit event (see finish)
         self._base_revision = base_revision  # set only inside a write transaction
         self._revision: int | None = None
         self._seq = 0
@@ -192,8 +203,11 @@ class Records(AccessQueries, DeploymentQueries, TargetQueries, SidecarQueries, M
         self.replay = True
 
     async def finish(self) -> None:
-        """Just before COMMIT: the current mutation's audit event, in this same transaction."""
-        call = current_call.get()
+        """Just before COMMIT: the audit event of the mutation this transaction serves, in it.
+
+        One per call, however many transactions it takes or however often it is retried.
+        """
+        call = self.call
         if call is None or not call.mutation or call.audited or self.audit_call is not None or self.replay:
             return
         await self.insert_audit(

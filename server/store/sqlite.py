@@ -47,12 +47,12 @@ from urllib.parse import quote
 
 import aiosqlite
 
+from ..calls import Call
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
-from .migrations import CREATE_LEDGER, MIGRATIONS, SQLITE, render
+from .migrations import MIGRATIONS, SQLITE, migrate
 from .records import Records
-from .sql import now_us
 from .sqlite_connections import (
     DISK_LIMIT,
     MIN_FREE_BYTES,
@@ -258,25 +258,18 @@ class SqliteStore:
             self._full = self._no_room(free_bytes(self.path))
 
     async def _migrate(self, conn: Writer) -> None:
-        await conn.execute(CREATE_LEDGER)
-        done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
-        for migration in MIGRATIONS:
-            if migration.number in done:
-                continue
-            await self._begin(conn)
-            try:
-                for statement in migration.statements:
-                    await conn.execute(render(statement, SQLITE))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (number, name, applied_time) VALUES (?, ?, ?)",
-                    migration.number,
-                    migration.name,
-                    now_us(),
-                )
-                await conn.execute("COMMIT")
-            except BaseException:
-                _rollback_quietly(conn.db)  # SQLite may have rolled back already (a full disk)
-                raise
+        await migrate(conn, SQLITE, lambda: self._migration_transaction(conn))
+
+    @asynccontextmanager
+    async def _migration_transaction(self, conn: Writer) -> AsyncIterator[None]:
+        """Each migration in its own transaction, begun as every write is (another process's lock waited out)."""
+        await self._begin(conn)
+        try:
+            yield
+            await conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn.db)  # SQLite may have rolled back already (a full disk)
+            raise
 
     async def close(self) -> None:
         self._closed = True
@@ -338,14 +331,14 @@ class SqliteStore:
         return AVAILABLE
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Records]:
+    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         if self._full or self._writer_task is None:
             raise ResourceExhausted(
                 DISK_LIMIT, f"the store is read-only: {self._full}; writes resume once space is freed"
             )
-        slot = _Slot()
+        slot = _Slot(call)
         self._queue.put_nowait(slot)
         try:
             records = await slot.granted
@@ -437,7 +430,7 @@ class SqliteStore:
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
         await writer.execute("SAVEPOINT unit")
         unit = WriteConnection(writer, lambda: writer.db.in_transaction)
-        records = Records(unit, base_revision=self._revision)
+        records = Records(unit, base_revision=self._revision, call=slot.call)
         slot.granted.set_result(records)
         succeeded = await slot.finished
         if not writer.db.in_transaction:
@@ -468,7 +461,8 @@ def _rollback_quietly(db: sqlite3.Connection) -> None:
 class _Slot:
     """One write transaction's handshake with the writer task."""
 
-    def __init__(self) -> None:
+    def __init__(self, call: Call | None) -> None:
+        self.call = call  # the call it serves, for its audit event
         loop = asyncio.get_running_loop()
         self.granted: asyncio.Future[Records] = loop.create_future()
         self.finished: asyncio.Future[bool] = loop.create_future()

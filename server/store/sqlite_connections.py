@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,29 +92,29 @@ class Writer:
         self.noticed(error)
         return error
 
-    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+    @contextmanager
+    def _statement(self) -> Iterator[None]:
+        """A statement's sqlite3 error leaves as the store's own, and the store is told of it."""
         try:
-            return self.db.execute(sql, args).fetchall()
+            yield
         except sqlite3.Error as exc:
             raise self.failed(exc) from None
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+        with self._statement():
+            return self.db.execute(sql, args).fetchall()
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        try:
+        with self._statement():
             row: Row | None = self.db.execute(sql, args).fetchone()
             return row
-        except sqlite3.Error as exc:
-            raise self.failed(exc) from None
 
     async def execute(self, sql: str, *args: Any) -> None:
-        try:
+        with self._statement():
             self.db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise self.failed(exc) from None
 
     async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
         if not args:
             return
-        try:
+        with self._statement():
             self.db.executemany(sql, args)
-        except sqlite3.Error as exc:
-            raise self.failed(exc) from None

@@ -15,12 +15,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..calls import Call, caller, current_call
+from ..calls import Call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import Event
 from ..domain.names import check_name, check_text
 from ..errors import Aborted as AbortedError
@@ -66,13 +67,10 @@ class PrincipalDraft:
     certificate_subjects: tuple[str, ...]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Access:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
         # authorization header -> (fresh until (monotonic), token expiry (epoch s) or None, identity)
         self._verified: dict[str, tuple[float, float | None, Identity]] = {}
         self._generation = 0  # bumped by every commit that may invalidate a verified token
@@ -104,7 +102,11 @@ class Access:
             raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
         # The hot path: a header verified less than a second ago costs a dict lookup.
         hit = self._verified.get(authorization)
-        if hit is not None and hit[0] > time.monotonic() and (hit[1] is None or time.time() < hit[1]):
+        if (
+            hit is not None
+            and hit[0] > time.monotonic()
+            and (hit[1] is None or self.clock.now().timestamp() < hit[1])
+        ):
             return hit[2]
         parsed = access.parse_bearer(authorization)
         if parsed is None:
@@ -118,7 +120,7 @@ class Access:
         token, _, principal = found
         if token.revoked:
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… was revoked")
-        if not token.active_at(_now()):
+        if not token.active_at(self.clock.now()):
             raise Unauthenticated(f"token {access.secret_prefix(token.id)}… expired")
         if principal.disabled:
             raise Unauthenticated(f"principal {principal.name} is disabled")
@@ -133,7 +135,7 @@ class Access:
 
     def _note_use(self, token: Token) -> None:
         """Keep `last_use_time` to the minute, off the call's path (at most once a minute a token)."""
-        now = _now()
+        now = self.clock.now()
         if token.last_use_time is not None and now - token.last_use_time < LAST_USE_RESOLUTION:
             return
         if token.id in self._touching:
@@ -149,7 +151,7 @@ class Access:
             finally:
                 self._touching.discard(token.id)
 
-        # A context of its own: this write is nobody's call and must not carry one's audit.
+        # Nobody's call (so no audit event), and a context of its own: the request logs do not count it.
         task = asyncio.get_running_loop().create_task(touch(), context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -193,7 +195,7 @@ class Access:
         """A denied or failed call's audit event, in a transaction of its own."""
         call.audited = True  # this transaction must not add a second one
         event = AuditEvent(
-            time=_now(),
+            time=self.clock.now(),
             principal=call.principal,
             token=call.token,
             method=call.method,
@@ -218,22 +220,22 @@ class Access:
     async def bootstrap(self, token_file: Path) -> bool:
         """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
         # Audited like any mutation, by the system: the store writes the event in this transaction.
-        context = current_call.set(
-            Call("bootstrap", access.SYSTEM, "", "principals/admin", "", "", mutation=True)
+        call = Call(
+            method="bootstrap",
+            principal=access.SYSTEM,
+            token="",
+            resource="principals/admin",
+            request_id="",
+            peer="",
+            mutation=True,
         )
-        try:
-            return await self._bootstrap(token_file)
-        finally:
-            current_call.reset(context)
-
-    async def _bootstrap(self, token_file: Path) -> bool:
         async with self.store.read() as tx:
             if await tx.count_principals() > 0:
                 return False  # every start but the first: no write, so a read-only store starts too
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if await tx.count_principals() > 0:
                 return False
-            now = _now()
+            now = self.clock.now()
             admin = Principal(
                 ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", access.BOOTSTRAP,
                 now, now, tx.next_revision,
@@ -270,7 +272,7 @@ class Access:
     # -- principals ------------------------------------------------------------------------
 
     async def create_principal(
-        self, draft: PrincipalDraft, idem: Idempotency[Principal] | None
+        self, call: Call, draft: PrincipalDraft, idem: Idempotency[Principal] | None
     ) -> Principal | Replay:
         v = Violations()
         v.collect(lambda: access.check_principal_id(draft.name, "principal_id"))
@@ -284,7 +286,7 @@ class Access:
         if len(set(draft.certificate_subjects)) != len(draft.certificate_subjects):
             v.add("principal.certificate_subjects", "must be unique")
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             if await tx.get_principal(draft.name) is not None:
@@ -295,10 +297,10 @@ class Access:
                     raise AlreadyExists(
                         f"principals/{owner}", f"certificate subject {quote(subject)} already maps to {owner}"
                     )
-            now = _now()
+            now = self.clock.now()
             principal = Principal(
                 draft.name, draft.type, draft.display_name, draft.team, draft.email,
-                draft.certificate_subjects, False, "", caller(), now, now, tx.next_revision,
+                draft.certificate_subjects, False, "", call.actor, now, now, tx.next_revision,
             )  # fmt: skip
             await tx.insert_principal(principal)
             await tx.append([Event("principal.created", principal.resource_name, {"principal": draft.name})])
@@ -331,12 +333,12 @@ class Access:
         return found
 
     async def disable_principal(
-        self, name: str, reason: str, undo: bool, etag: str, idem: Idempotency[Principal] | None
+        self, call: Call, name: str, reason: str, undo: bool, etag: str, idem: Idempotency[Principal] | None
     ) -> Principal | Replay:
         check_text(reason, "reason", 1024)
         if not undo and not reason.strip():
             raise InvalidArgument.one("reason", "say why the principal is disabled")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             principal = await tx.get_principal(name)
@@ -344,12 +346,12 @@ class Access:
                 raise NotFound(f"principals/{name}")
             if etag and etag != principal.etag:
                 raise AbortedError(f"{principal.resource_name} changed: etag is {principal.etag}")
-            if not undo and name == caller():
+            if not undo and name == call.actor:
                 raise FailedPrecondition("a principal cannot disable itself; ask another admin")
             disabled = not undo
             if principal.disabled == disabled:
                 return await record(tx, idem, principal)
-            now = _now()
+            now = self.clock.now()
             await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
             kind = "principal.enabled" if undo else "principal.disabled"
             await tx.append([Event(kind, principal.resource_name, {"principal": name, "reason": reason})])
@@ -370,12 +372,13 @@ class Access:
         token_id = access.new_token_id()
         token = Token(
             token_id, principal, description, access.secret_prefix(token_id), expire_time, False, None,
-            creator, _now(), revision,
+            creator, self.clock.now(), revision,
         )  # fmt: skip
         return NewToken(token, access.new_secret())
 
     async def create_token(
         self,
+        call: Call,
         principal: str,
         description: str,
         expire_time: datetime | None,
@@ -388,10 +391,10 @@ class Access:
         if ttl is not None:
             if not timedelta(0) < ttl <= timedelta(days=3650):
                 raise InvalidArgument.one("ttl", "must be positive and at most ten years")
-            expire_time = _now() + ttl
-        if expire_time is not None and expire_time <= _now():
+            expire_time = self.clock.now() + ttl
+        if expire_time is not None and expire_time <= self.clock.now():
             raise InvalidArgument.one("expire_time", "must be in the future")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             owner = await tx.get_principal(principal)
@@ -399,7 +402,7 @@ class Access:
                 raise NotFound(f"principals/{principal}")
             if owner.disabled:
                 raise FailedPrecondition(f"principals/{principal} is disabled")
-            issued = self._issue(principal, description, expire_time, caller(), tx.next_revision)
+            issued = self._issue(principal, description, expire_time, call.actor, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append([Event("token.created", issued.token.resource_name, {"principal": principal})])
             # The recorded answer carries no secret: a retry gets the token, never the secret again.
@@ -410,7 +413,7 @@ class Access:
     ) -> PageOf[Token]:
         if principal is not None:
             await self.get_principal(principal)  # NOT_FOUND names it
-        active_at = None if include_inactive else _now()
+        active_at = None if include_inactive else self.clock.now()
         return await page_of(
             self.store,
             lambda tx, page: tx.list_tokens(principal, active_at, page),
@@ -422,9 +425,9 @@ class Access:
         )
 
     async def revoke_token(
-        self, principal: str, token_id: str, idem: Idempotency[Token] | None
+        self, call: Call, principal: str, token_id: str, idem: Idempotency[Token] | None
     ) -> Token | Replay:
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             token = await tx.get_token(token_id)
@@ -432,7 +435,7 @@ class Access:
                 raise NotFound(f"principals/{principal}/tokens/{token_id}")
             if token.revoked:
                 return await record(tx, idem, token)
-            now = _now()
+            now = self.clock.now()
             await tx.revoke_token(token_id, tx.next_revision, now)
             await tx.append([Event("token.revoked", token.resource_name, {"principal": principal})])
             return await record(
@@ -442,10 +445,15 @@ class Access:
     # -- grants ----------------------------------------------------------------------------
 
     async def grant(
-        self, principal: str, action: Action, resource: str, idem: Idempotency[tuple[Grant, bool]] | None
+        self,
+        call: Call,
+        principal: str,
+        action: Action,
+        resource: str,
+        idem: Idempotency[tuple[Grant, bool]] | None,
     ) -> tuple[Grant, bool] | Replay:
         access.check_glob(resource, "resource")
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             found = await tx.get_principal(principal)
@@ -457,14 +465,22 @@ class Access:
             if existing is not None:
                 return await record(tx, idem, (existing, False))
             grant = Grant(
-                access.new_token_id(), principal, action, resource, caller(), _now(), tx.next_revision
+                access.new_token_id(),
+                principal,
+                action,
+                resource,
+                call.actor,
+                self.clock.now(),
+                tx.next_revision,
             )
             await tx.insert_grant(grant)
             await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])
             return await record(tx, idem, (grant, True))
 
-    async def revoke_grant(self, grant_id: str, idem: Idempotency[Grant] | None) -> Grant | Replay:
-        async with self.store.write() as tx:
+    async def revoke_grant(
+        self, call: Call, grant_id: str, idem: Idempotency[Grant] | None
+    ) -> Grant | Replay:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             grant = await tx.get_grant(grant_id)

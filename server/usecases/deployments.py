@@ -14,11 +14,12 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from ..calls import caller
+from ..calls import Call
 from ..domain import deployments as dep
 from ..domain import versions
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import Environment, Strategy, StrategySpec
 from ..domain.health import Verdict
@@ -37,10 +38,6 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 # A pure step of the state machine: (deployment, target, now, actor) -> (deployment, target).
 Action = Callable[[Deployment, Target, datetime, str], tuple[Deployment, Target]]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _new_id() -> str:
@@ -106,9 +103,16 @@ def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Even
 
 
 class Deployments:
-    def __init__(self, store: Store, metrics_retention: float = DEFAULT_RETENTION_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        metrics_retention: float = DEFAULT_RETENTION_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.store = store
         self.metrics_retention = metrics_retention
+        self.clock = clock
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class Deployments:
         # A new deployment always moves the target's etag (even one pending approval), so
         # that deployers who expected the old etag are refused.
         if target_changed or before is None:
-            t = replace(t, revision=revision, update_time=_now())
+            t = replace(t, revision=revision, update_time=self.clock.now())
             await tx.put_target(t)
         await tx.put_deployment(d)
         await tx.append(_events(d, t if target_changed else None, kinds))
@@ -148,14 +152,14 @@ class Deployments:
         return found
 
     async def create(
-        self, request: DeploymentRequest, idem: Idempotency[Deployment] | None
+        self, call: Call, request: DeploymentRequest, idem: Idempotency[Deployment] | None
     ) -> Deployment | Replay:
         if request.version != versions.LATEST:
             versions.parse(request.version)
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
-            return await record(tx, idem, await self.create_in(tx, request, caller(), auto=False))
+            return await record(tx, idem, await self.create_in(tx, request, call.actor, auto=False))
 
     async def create_in(self, tx: Records, r: DeploymentRequest, actor: str, *, auto: bool) -> Deployment:
         """CreateDeployment's work inside a transaction (also used by auto-deploy on registration)."""
@@ -187,7 +191,7 @@ class Deployments:
             raise FailedPrecondition(
                 f"{env.name} refuses {pv.name}: " + "; ".join(v.description for v in violations), violations
             )
-        now = _now()
+        now = self.clock.now()
         new_id = _new_id()
         if active is not None:
             superseded, target = dep.supersede(active, target, now, actor, new_id)
@@ -217,31 +221,38 @@ class Deployments:
 
     async def change(
         self,
+        call: Call,
         deployment_id: str,
         etag: str,
         idem: Idempotency[Deployment] | None,
         act: Action,
     ) -> Deployment | Replay:
         """Approve, promote, abort: re-read, check the etag, apply the pure action, save."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = act(d, t, _now(), caller())
+            after, target = act(d, t, self.clock.now(), call.actor)
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
 
     async def approve(
-        self, deployment_id: str, comment: str, reject: bool, etag: str, idem: Idempotency[Deployment] | None
+        self,
+        call: Call,
+        deployment_id: str,
+        comment: str,
+        reject: bool,
+        etag: str,
+        idem: Idempotency[Deployment] | None,
     ) -> Deployment | Replay:
         """An approval; the one that starts the deployment re-checks the policy as it stands now."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = dep.approve(d, t, _now(), caller(), comment, reject)
+            after, target = dep.approve(d, t, self.clock.now(), call.actor, comment, reject)
             if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
                 await self._recheck(tx, after, target)
             saved, _ = await self._save(tx, after, d, target, t)
@@ -276,17 +287,18 @@ class Deployments:
 
     async def rollback(
         self,
+        call: Call,
         deployment_id: str,
         reason: str,
         etag: str,
         idem: Idempotency[tuple[Deployment, Deployment]] | None,
     ) -> tuple[Deployment, Deployment] | Replay:
         """A rollback: the previous version back at once, the original ROLLED_BACK, both linked."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            return await record(tx, idem, await self._roll_back_in(tx, d, reason, caller()))
+            return await record(tx, idem, await self._roll_back_in(tx, d, reason, call.actor))
 
     async def _roll_back_in(
         self, tx: Records, d: Deployment, reason: str, actor: str, auto: bool = False
@@ -296,7 +308,7 @@ class Deployments:
         if env is not None and not env.policy.rollback_enabled:
             raise FailedPrecondition(f"rollback is disabled in {env.name}")
         t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-        now, new_id = _now(), _new_id()
+        now, new_id = self.clock.now(), _new_id()
         ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id, auto)
         previous = await tx.get_program_version(d.program, back_to.version)
         if previous is not None and previous.yanked:
@@ -312,7 +324,7 @@ class Deployments:
 
     async def reconcile(self, now: datetime | None = None) -> int:
         """Take every due step (canary weights, blue-green switches); returns how many were taken."""
-        now = now or _now()
+        now = now or self.clock.now()
         async with self.store.read() as tx:
             due = await tx.due_deployments(now)
         taken = 0
@@ -431,7 +443,9 @@ class Deployments:
                 return True
             if d.state is State.IN_PROGRESS and d.strategy.strategy is Strategy.CANARY and not d.paused:
                 # No rollback allowed: hold the canary for a person rather than go on.
-                await self._save(tx, dep.pause(d, _now(), "controller", "; ".join(violations)), d, t, t)
+                await self._save(
+                    tx, dep.pause(d, self.clock.now(), "controller", "; ".join(violations)), d, t, t
+                )
             return False
 
     async def _unhealthy(
@@ -443,7 +457,7 @@ class Deployments:
             return None
         t = await tx.get_target(d.program, d.environment)
         env = await tx.get_environment(d.environment)
-        now = _now()
+        now = self.clock.now()
         if t is None or env is None or not watched(d, t, env, now):
             return None
         found = await assess(tx, t, d, env, now, self.metrics_retention)
@@ -453,7 +467,7 @@ class Deployments:
 
     async def watched_deployments(self) -> list[tuple[str, float]]:
         """(deployment id, analysis interval) of every deployment analysis watches now (two queries)."""
-        now = _now()
+        now = self.clock.now()
         async with self.store.read() as tx:
             envs = {e.name: e for e in await tx.environments()}
             longest = max(
@@ -473,19 +487,26 @@ class Deployments:
             if d is None or d.state not in dep.ACTIVE:
                 return
             t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
-            after, target = dep.fail(d, t, _now(), "controller", reason)
+            after, target = dep.fail(d, t, self.clock.now(), "controller", reason)
             await self._save(tx, after, d, target, t)
 
     async def nacked(
-        self, program: str, environment: str, sidecar_id: str, version: str, digest: str, error: str
+        self,
+        call: Call,
+        program: str,
+        environment: str,
+        sidecar_id: str,
+        version: str,
+        digest: str,
+        error: str,
     ) -> Deployment | None:
         """Act on a sidecar's NACK (see dep.nacked); the deployment it ended, if any."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             d = await tx.active_deployment(program, environment)
             if d is None:
                 return None
             t = await tx.get_target(program, environment) or Target(program, environment)
-            acted = dep.nacked(d, t, _now(), caller(), sidecar_id, version, digest, error)
+            acted = dep.nacked(d, t, self.clock.now(), call.actor, sidecar_id, version, digest, error)
             if acted is None:
                 return None
             saved, _ = await self._save(tx, acted[0], d, acted[1], t)
@@ -538,7 +559,11 @@ class Deployments:
             d = await tx.active_deployment(program, environment)
             if d is None and t is not None and t.deployment:
                 d = await tx.get_deployment(t.deployment)
-            found = await assess(tx, t, d, env, _now(), self.metrics_retention) if t is not None else None
+            found = (
+                await assess(tx, t, d, env, self.clock.now(), self.metrics_retention)
+                if t is not None
+                else None
+            )
         if t is None and d is None:
             raise NotFound(f"programs/{program}/environments/{environment}/target")
         return Status(t, d, found)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 
+from ..calls import Call
 from ..domain import environments as envs
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.environments import Environment
 from ..domain.model import Event
 from ..errors import Aborted, NotFound
@@ -17,13 +18,10 @@ from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 log = logging.getLogger("dspy_registry.environments")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Environments:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
 
     async def seed(self, configured: tuple[Environment, ...] | None) -> None:
         """At start: the configured environments (created or brought up to date), else the defaults
@@ -36,7 +34,7 @@ class Environments:
                 current = await tx.get_environment(env.name)
                 if current is not None and envs.same_definition(current, env):
                     continue
-                now = _now()
+                now = self.clock.now()
                 created = current.create_time if current is not None else now
                 await tx.put_environment(
                     replace(env, create_time=created, update_time=now, revision=tx.next_revision)
@@ -62,6 +60,7 @@ class Environments:
 
     async def update(
         self,
+        call: Call,
         name: str,
         change: Callable[[Environment | None], Environment],
         etag: str,
@@ -69,7 +68,7 @@ class Environments:
         idem: Idempotency[Environment] | None,
     ) -> Environment | Replay:
         """Apply `change` (a pure merge of the request into the current definition) under the etag."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             current = await tx.get_environment(name)
@@ -82,7 +81,7 @@ class Environments:
             wanted = change(current)
             known = await tx.environment_names() | {wanted.name}
             envs.validate(wanted, known).raise_if_any()
-            now = _now()
+            now = self.clock.now()
             updated = replace(
                 wanted,
                 name=name,

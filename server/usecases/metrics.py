@@ -10,11 +10,12 @@ analysis, so what an operator sees is what the controller acted on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from ..calls import Call
 from ..domain import health
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, State, Target
 from ..domain.environments import Environment
 from ..domain.health import Health, Verdict, Window
@@ -24,10 +25,6 @@ from ..store.records import Records
 from .common import check_owner
 
 DEFAULT_RETENTION_SECONDS = 3600.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -106,14 +103,16 @@ class Metrics:
     def __init__(
         self,
         store: Store,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = SYSTEM_CLOCK,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.store = store
         self.clock = clock
         self.retention = retention_seconds
 
-    async def report(self, sidecar_id: str, principal: str, windows: list[Window]) -> tuple[int, int]:
+    async def report(
+        self, call: Call, sidecar_id: str, principal: str, windows: list[Window]
+    ) -> tuple[int, int]:
         """Store `windows` (already validated): (accepted, dropped).
 
         Refused: a window dated in the future (INVALID_ARGUMENT), or of a
@@ -121,12 +120,12 @@ class Metrics:
         retention, or of a program and environment with no target. A retry is
         accepted again but stored once.
         """
-        now = self.clock()
+        now = self.clock.now()
         oldest = now - timedelta(seconds=self.retention)
         v = Violations()
         health.check_window_times(windows, now, v)
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             for program, version in sorted({(w.program, w.version) for w in windows}):
                 if await tx.program_version_digest(program, version) is None:
                     raise NotFound(f"programs/{program}/versions/{version}")

@@ -11,11 +11,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ..calls import Call
 from ..domain import compare as comparing
 from ..domain import environments, guard, programs, security, signatures, versioning, versions
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import (
     Event,
     ProgramSummary,
@@ -81,10 +82,6 @@ def _summarize(artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
     return programs.summarize_dspy_state(text)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Registry:
     """Signatures and program versions."""
 
@@ -96,8 +93,10 @@ class Registry:
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
         versioning_settings: versioning.Versioning | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.guard_mode = guard_mode
         self.versioning = versioning_settings or versioning.Versioning()
         self.upload_limit = upload_limit
@@ -108,7 +107,7 @@ class Registry:
     # -- signatures --------------------------------------------------------------------
 
     async def register_signature(
-        self, caller: str, draft: SignatureDraft, idem: Idempotency[RegisteredSignature] | None
+        self, call: Call, draft: SignatureDraft, idem: Idempotency[RegisteredSignature] | None
     ) -> RegisteredSignature | Replay:
         v = Violations()
         v.collect(lambda: check_name(draft.signature, "signature"))
@@ -121,7 +120,7 @@ class Registry:
                 v.add("change_type", "give either version or change_type, not both")
         v.raise_if_any()
 
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             name = draft.signature
@@ -168,8 +167,8 @@ class Registry:
                 metadata=draft.metadata,
                 previous_version=previous.version if previous else "",
                 compatibility=level,
-                creator=caller,
-                create_time=_now(),
+                creator=call.actor,
+                create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
             await tx.insert_signature_version(sv, proposed.sort_key)
@@ -274,7 +273,7 @@ class Registry:
 
     async def register_program(
         self,
-        caller: str,
+        call: Call,
         draft: programs.ProgramDraft,
         artifact: Artifact,
         idem: Idempotency[RegisteredProgram] | None,
@@ -288,7 +287,7 @@ class Registry:
         digest = await artifact.sha256()
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             signature_version = await tx.resolve_signature_version(sig_ref.name, sig_ref.version)
@@ -362,8 +361,8 @@ class Registry:
                 predictors=predictors,
                 yanked=False,
                 yank_reason="",
-                creator=caller,
-                create_time=_now(),
+                creator=call.actor,
+                create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
             for warning in await self._program_guard(tx, pv, version):
@@ -380,7 +379,7 @@ class Registry:
                 ]
             )
             if self.after_register is not None:
-                await self.after_register(tx, pv, caller)
+                await self.after_register(tx, pv, call.actor)
             return await record(tx, idem, RegisteredProgram(pv, True))
 
     async def _scan(self, draft: programs.ProgramDraft, artifact: Artifact) -> None:
@@ -561,7 +560,7 @@ class Registry:
 
     async def yank(
         self,
-        caller: str,
+        call: Call,
         ref: VersionRef,
         reason: str,
         undo: bool,
@@ -573,7 +572,7 @@ class Registry:
         if not undo and not reason.strip():
             raise InvalidArgument.one("reason", "say why the version is yanked")
         check_text(reason, "reason", 1024)
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             pv = await self._program_version(tx, ref)

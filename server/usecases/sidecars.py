@@ -10,9 +10,8 @@ sidecar is gone); maintenance deletes the rows of those long silent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-
+from ..calls import Call
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
 from ..errors import NotFound
 from ..store.base import Store
@@ -20,19 +19,15 @@ from .common import check_owner
 from .deployments import Deployments
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Sidecars:
-    def __init__(self, store: Store, deployments: Deployments, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, store: Store, deployments: Deployments, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.deployments = deployments
         self.clock = clock
 
-    async def report(self, r: Report) -> int:
+    async def report(self, call: Call, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             await check_owner(tx, r.sidecar_id, r.principal, r.time)
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
@@ -46,22 +41,22 @@ class Sidecars:
         for a in r.targets:
             if not a.acked:
                 ended = await self.deployments.nacked(
-                    a.program, a.environment, r.sidecar_id, a.version, a.digest, a.error_message
+                    call, a.program, a.environment, r.sidecar_id, a.version, a.digest, a.error_message
                 )
                 if ended is not None:
                     revision = ended.revision
         return revision
 
-    async def leave(self, sidecar_id: str, principal: str) -> int:
+    async def leave(self, call: Call, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
-        async with self.store.write() as tx:
-            await check_owner(tx, sidecar_id, principal, self.clock())
+        async with self.store.write(call) as tx:
+            await check_owner(tx, sidecar_id, principal, self.clock.now())
             await tx.remove_sidecar(sidecar_id)
             return tx.revision
 
     async def serving(self, program: str, environment: str) -> list[Report]:
         """The live sidecars that hold a version of `program` in `environment`."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.read() as tx:
             found = await tx.sidecars_serving(program, environment)
         return [r for r in found if r.live_at(now)]

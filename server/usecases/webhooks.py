@@ -13,10 +13,11 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from ..calls import caller
+from ..calls import Call
 from ..domain import webhooks
+from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.model import Event
 from ..domain.webhooks import (
     Delivery,
@@ -48,17 +49,13 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0])) for info in infos]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Webhooks:
     def __init__(
         self,
         store: Store,
         allow: Sequence[Network] = (),
         resolve: Resolve = resolve_host,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock = SYSTEM_CLOCK,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
@@ -78,7 +75,9 @@ class Webhooks:
 
     # -- the API's side ------------------------------------------------------------------------
 
-    async def create(self, draft: WebhookDraft, idem: Idempotency[Webhook] | None) -> Webhook | Replay:
+    async def create(
+        self, call: Call, draft: WebhookDraft, idem: Idempotency[Webhook] | None
+    ) -> Webhook | Replay:
         v = Violations()
         endpoint, kinds = webhooks.validate(draft, v)
         if endpoint is not None:
@@ -87,7 +86,7 @@ class Webhooks:
             except InvalidArgument as exc:
                 v.items += exc.violations
         v.raise_if_any()
-        async with self.store.write() as tx:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             if await tx.get_webhook(draft.id) is not None:
@@ -97,8 +96,8 @@ class Webhooks:
                     "webhooks", f"at most {webhooks.MAX_WEBHOOKS} webhooks; delete one first"
                 )
             webhook = Webhook(
-                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, caller(),
-                self.clock(), tx.next_revision,
+                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, call.actor,
+                self.clock.now(), tx.next_revision,
             )  # fmt: skip
             await tx.insert_webhook(webhook)
             await tx.append([Event("webhook.created", webhook.resource_name, {"webhook": webhook.id})])
@@ -116,8 +115,10 @@ class Webhooks:
             raise NotFound(f"webhooks/{webhook_id}")
         return found
 
-    async def delete(self, webhook_id: str, idem: Idempotency[Webhook] | None) -> Webhook | Replay:
-        async with self.store.write() as tx:
+    async def delete(
+        self, call: Call, webhook_id: str, idem: Idempotency[Webhook] | None
+    ) -> Webhook | Replay:
+        async with self.store.write(call) as tx:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             webhook = await tx.get_webhook(webhook_id)
@@ -149,7 +150,7 @@ class Webhooks:
 
     async def claim(self, limit: int) -> list[Due]:
         """Due deliveries, each leased to the caller for one attempt."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.write() as tx:
             return await tx.claim_deliveries(now, now + timedelta(seconds=webhooks.LEASE_SECONDS), limit)
 
@@ -160,7 +161,7 @@ class Webhooks:
         if outcome.succeeded:
             state = DeliveryState.SUCCEEDED
         else:
-            next_attempt = webhooks.next_attempt(failed, due.create_time, self.clock(), self.rand())
+            next_attempt = webhooks.next_attempt(failed, due.create_time, self.clock.now(), self.rand())
             state = DeliveryState.PENDING if next_attempt is not None else DeliveryState.FAILED
         async with self.store.write() as tx:
             assert due.lease_until is not None  # claimed

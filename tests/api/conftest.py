@@ -15,9 +15,11 @@ from google.rpc import error_details_pb2, status_pb2
 from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.server.app import App
 from dspy_registry.server.config import Config
+from dspy_registry.server.domain.clock import SYSTEM_CLOCK, Clock
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.clock import FakeClock
 from tests.factories import spec_proto
 
 
@@ -43,11 +45,14 @@ class Running:
 OPTIONS = [("grpc.max_receive_message_length", 8 << 20)]
 
 
-async def start(database_url: str, admin_token: str = "", **config: object) -> Running:
-    """A server on port 0; `admin_token` for a store another server bootstrapped already."""
+async def start(
+    database_url: str, admin_token: str = "", *, clock: Clock = SYSTEM_CLOCK, **config: object
+) -> Running:
+    """A server on port 0; `admin_token` for a store another server bootstrapped already; `clock`
+    where it reads the time of day."""
     token_file = Path(tempfile.mkdtemp(prefix="dspy-registry-test-")) / "admin.token"
     config.setdefault("admin_token_file", str(token_file))
-    app = App(Config(listen="127.0.0.1:0", database=database_url, **config))  # type: ignore[arg-type]
+    app = App(Config(listen="127.0.0.1:0", database=database_url, **config), clock=clock)  # type: ignore[arg-type]
     port = await app.start()
     target = f"127.0.0.1:{port}"
     if app.config.auth and not admin_token:
@@ -60,6 +65,20 @@ async def start(database_url: str, admin_token: str = "", **config: object) -> R
 @pytest.fixture
 async def server(database_url: str) -> AsyncIterator[Running]:
     running = await start(database_url)
+    yield running
+    await running.channel.close(None)
+    await running.app.stop(grace=0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def clocked_server(database_url: str, clock: FakeClock) -> AsyncIterator[Running]:
+    """A server whose time of day moves only when the test moves `clock`: a pause passes at once."""
+    running = await start(database_url, clock=clock)
     yield running
     await running.channel.close(None)
     await running.app.stop(grace=0)

@@ -18,6 +18,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, details, register_signature
 from tests.calls import canary_strategy
+from tests.clock import FakeClock
 from tests.eventually import until as _eventually
 from tests.factories import dspy_state
 
@@ -40,6 +41,16 @@ async def _register(server: Running, version: str, accuracy: float) -> None:
 @pytest.fixture
 async def ready(server: Running) -> Running:
     """Staging, monitored, with thresholds a test can reach in a second or two; 1.0.0 stable there."""
+    return await _monitored(server)
+
+
+@pytest.fixture
+async def clocked(clocked_server: Running) -> Running:
+    """The same, on a server whose time moves only with the test's `clock`."""
+    return await _monitored(clocked_server)
+
+
+async def _monitored(server: Running) -> Running:
     await register_signature(server.registry, name="sig")
     for version, accuracy in (("1.0.0", 0.9), ("1.1.0", 0.92), ("1.2.0", 0.95)):
         await _register(server, version, accuracy)
@@ -227,45 +238,54 @@ async def _state_is(server: Running, name: str, state: int) -> bool:
     return (await _get(server, name)).state == state
 
 
-async def test_a_monitored_canary_step_passes_only_on_a_healthy_verdict(ready: Running) -> None:
-    canary = await _deploy(ready, "1.1.0", canary_strategy((30, 0.3)))
-    await asyncio.sleep(0.6)  # past the pause, but no traffic yet: it waits
-    waiting = await _get(ready, canary.name)
+async def test_a_monitored_canary_step_passes_only_on_a_healthy_verdict(
+    clocked: Running, clock: FakeClock
+) -> None:
+    assert clocked.app.controller is not None
+    controller = clocked.app.controller
+    canary = await _deploy(clocked, "1.1.0", canary_strategy((30, 0.3)))
+    clock.advance(0.6)  # past the pause, but no traffic yet: a pass at that time waits
+    assert await controller.run_once() == 0
+    waiting = await _get(clocked, canary.name)
     assert waiting.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and waiting.weight_percent == 30
+    now = clock.now()
     await _report(
-        ready, window("1.1.0", MIN_REQUESTS, errors=1), window("1.0.0", 50)
+        clocked, window("1.1.0", MIN_REQUESTS, errors=1, start=now), window("1.0.0", 50, start=now)
     )  # 5 %: at the edge, passes
+    clock.advance(0.2)  # the next analysis interval: the step is due again
+    await controller.run_once()
     await _eventually(
-        lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_SUCCEEDED), "the canary passed"
+        lambda: _state_is(clocked, canary.name, dpb.DEPLOYMENT_STATE_SUCCEEDED), "the canary passed"
     )
-    passed = await _get(ready, canary.name)
+    passed = await _get(clocked, canary.name)
     promoted = [e for e in passed.timeline if e.kind == dpb.DEPLOYMENT_EVENT_KIND_PROMOTED]
     assert promoted[0].reason.startswith(f"analysis passed: {MIN_REQUESTS} requests; error_rate 0.05")
 
 
-async def test_a_canary_with_too_little_traffic_pauses_for_a_person(ready: Running) -> None:
-    canary = await _deploy(ready, "1.1.0", canary_strategy((10, 0.2)))
-
-    async def trickle() -> None:  # a request every 0.3 s: about 7 in the 2 s window, never 20
-        while True:
-            await _report(ready, window("1.1.0", 1, start=datetime.now(UTC)))
-            await asyncio.sleep(0.3)
-
-    feeding = asyncio.create_task(trickle())
-    # The step's deadline: its pause (0.2 s) plus the monitoring window (2 s).
-    await _eventually(lambda: _paused(ready, canary.name), "paused", seconds=8)
-    feeding.cancel()
-    held = await _get(ready, canary.name)
+async def test_a_canary_with_too_little_traffic_pauses_for_a_person(
+    clocked: Running, clock: FakeClock
+) -> None:
+    assert clocked.app.controller is not None
+    canary = await _deploy(clocked, "1.1.0", canary_strategy((10, 0.2)))
+    # A request every 0.3 s of the server's time: about 7 in the 2 s window, never 20. The step's
+    # deadline is its pause (0.2 s) plus the monitoring window (2 s): a pass after it pauses the canary.
+    for _ in range(10):
+        await _report(clocked, window("1.1.0", 1, start=clock.now()))
+        clock.advance(0.3)
+        await clocked.app.controller.run_once()
+        if await _paused(clocked, canary.name):
+            break
+    held = await _get(clocked, canary.name)
     found = re.fullmatch(
         rf"analysis inconclusive: (\d+) of {MIN_REQUESTS} requests to 1.1.0 by the step's deadline",
         held.pause_reason,
     )
     assert found and 0 < int(found[1]) < MIN_REQUESTS, held.pause_reason
     assert held.state == dpb.DEPLOYMENT_STATE_IN_PROGRESS and held.weight_percent == 10
-    assert (await _status(ready)).verdict == dpb.HEALTH_VERDICT_INCONCLUSIVE
+    assert (await _status(clocked)).verdict == dpb.HEALTH_VERDICT_INCONCLUSIVE
     # A person decides: promote resumes it (to 100 %, the last step).
-    await ready.deployments.PromoteDeployment(dpb.PromoteDeploymentRequest(name=canary.name))
-    assert (await _get(ready, canary.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
+    await clocked.deployments.PromoteDeployment(dpb.PromoteDeploymentRequest(name=canary.name))
+    assert (await _get(clocked, canary.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
 
 
 async def _paused(server: Running, name: str) -> bool:

@@ -15,18 +15,29 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, violations
+from tests.clock import FakeClock
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
 
 
-@pytest.fixture
-async def ready(server: Running) -> Running:
-    """`sentiment` 1.0.0 registered, and so auto-deployed to development."""
+async def _with_program(server: Running) -> Running:
     await register_signature(server.registry, name="sig")
     spec = pb.ProgramVersionSpec(program=PROGRAM, version="1.0.0", signature="signatures/sig/versions/1.0.0")
     await server.registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state("v1")))
     return server
+
+
+@pytest.fixture
+async def ready(server: Running) -> Running:
+    """`sentiment` 1.0.0 registered, and so auto-deployed to development."""
+    return await _with_program(server)
+
+
+@pytest.fixture
+async def clocked(clocked_server: Running) -> Running:
+    """The same, on a server whose time moves only with the test's `clock`."""
+    return await _with_program(clocked_server)
 
 
 async def _status(stub: dpb_grpc.DeploymentServiceStub) -> dpb.GetDeploymentStatusResponse:
@@ -89,8 +100,8 @@ async def test_a_live_sidecar_shows_in_the_status_of_each_target_it_serves(ready
     assert list((await _status(stub)).sidecars) == []
 
 
-async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(ready: Running) -> None:
-    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
+async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(clocked: Running, clock: FakeClock) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(clocked.channel)
     digest = (await _status(stub)).target.stable.digest
     await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=0.5))
     await stub.ReportSidecarStatus(_report("pod-leaving", _ack(digest)))
@@ -102,11 +113,11 @@ async def test_leaving_or_three_missed_heartbeats_drop_a_sidecar(ready: Running)
     ]
 
     await stub.ReportSidecarStatus(_report("pod-leaving", leaving=True))
-    await asyncio.sleep(0.5 * 3 + 0.5)  # pod-quick misses three heartbeats
+    clock.advance(0.5 * 3 + 0.5)  # pod-quick misses three heartbeats
     assert [s.sidecar_id for s in (await _status(stub)).sidecars] == ["pod-steady"]
 
     # Maintenance deletes what is no longer live; a sidecar that comes back is live again.
-    await ready.app.maintenance.run_once()
+    await clocked.app.maintenance.run_once()
     await stub.ReportSidecarStatus(_report("pod-quick", _ack(digest), heartbeat=30))
     assert [s.sidecar_id for s in (await _status(stub)).sidecars] == ["pod-quick", "pod-steady"]
 
@@ -311,9 +322,11 @@ async def test_blue_green_fails_when_too_few_sidecars_ack_in_time(ready: Running
     assert (after.target.stable.version, after.target.HasField("candidate")) == ("1.0.0", False)
 
 
-async def test_a_nack_pauses_a_canary_at_its_weight_until_promoted(ready: Running) -> None:
-    stub = dpb_grpc.DeploymentServiceStub(ready.channel)
-    await _blue(ready)
+async def test_a_nack_pauses_a_canary_at_its_weight_until_promoted(
+    clocked: Running, clock: FakeClock
+) -> None:
+    stub = dpb_grpc.DeploymentServiceStub(clocked.channel)
+    await _blue(clocked)
     canary = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_CANARY)
     canary.canary.steps.add(weight_percent=10).pause.FromSeconds(1)
     canary.canary.steps.add(weight_percent=50).pause.FromSeconds(600)
@@ -330,7 +343,9 @@ async def test_a_nack_pauses_a_canary_at_its_weight_until_promoted(ready: Runnin
     await stub.ReportSidecarStatus(_report("pod-a", entry))
     await stub.ReportSidecarStatus(_report("pod-a", entry))  # the next heartbeat says it again
 
-    await asyncio.sleep(1.5)  # past the first step's pause: a running canary would be at 50 % by now
+    clock.advance(1.5)  # past the first step's pause: a running canary would be at 50 % by now
+    assert clocked.app.controller is not None
+    assert await clocked.app.controller.run_once() == 0  # a controller pass at that time takes no step
     paused = (await stub.GetDeployment(dpb.GetDeploymentRequest(name=d.name))).deployment
     assert (paused.state, paused.paused, paused.weight_percent) == (
         dpb.DEPLOYMENT_STATE_IN_PROGRESS,

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dspy_registry.server.calls import Call
 from dspy_registry.server.domain import versions
+from dspy_registry.server.domain.access import AuditFilter
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
 from dspy_registry.server.domain.sidecars import Applied, Report
@@ -21,6 +23,7 @@ from dspy_registry.server.store.base import Store, open_store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
+from tests.clock import FakeClock
 from tests.factories import dspy_state, spec
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -263,9 +266,14 @@ async def test_list_programs_filters_by_prefix_and_labels_with_total(store: Stor
 # -- the registry's transactions on each backend -------------------------------------------
 
 
+def _as(principal: str) -> Call:
+    """A call by `principal` that is no RPC's: nothing audits it."""
+    return Call(method="", principal=principal, token="", resource="", request_id="", peer="", mutation=False)
+
+
 async def _registry_with_signature(store: Store) -> Registry:
     registry = Registry(store)
-    await registry.register_signature("alice", SignatureDraft("sig", "1.0.0", None, spec(), {}), None)
+    await registry.register_signature(_as("alice"), SignatureDraft("sig", "1.0.0", None, spec(), {}), None)
     return registry
 
 
@@ -277,18 +285,18 @@ def _draft(version: str = "", change: int | None = None) -> ProgramDraft:
 
 async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: Store) -> None:
     registry = await _registry_with_signature(store)
-    await registry.register_program("a", _draft("1.0.0"), InMemory(dspy_state("base")), None)
+    await registry.register_program(_as("a"), _draft("1.0.0"), InMemory(dspy_state("base")), None)
 
     async def explicit(i: int) -> RegisteredProgram:
         result = await registry.register_program(
-            "a", _draft(f"1.0.{100 + i}"), InMemory(dspy_state(f"e{i}")), None
+            _as("a"), _draft(f"1.0.{100 + i}"), InMemory(dspy_state(f"e{i}")), None
         )
         assert isinstance(result, RegisteredProgram)
         return result
 
     async def auto(i: int) -> RegisteredProgram:
         result = await registry.register_program(
-            "a", _draft(change=ChangeType.MINOR), InMemory(dspy_state(f"a{i}")), None
+            _as("a"), _draft(change=ChangeType.MINOR), InMemory(dspy_state(f"a{i}")), None
         )
         assert isinstance(result, RegisteredProgram)
         return result
@@ -308,7 +316,7 @@ async def test_sixteen_concurrent_registrations_are_unique_and_gapless(store: St
 async def test_missing_signature_is_not_found_and_writes_nothing(store: Store) -> None:
     registry = Registry(store)
     with pytest.raises(NotFound):
-        await registry.register_program("a", _draft("1.0.0"), InMemory(dspy_state()), None)
+        await registry.register_program(_as("a"), _draft("1.0.0"), InMemory(dspy_state()), None)
     async with store.read() as tx:
         assert await tx.current_revision() == 0
         assert await tx.get_program("prog") is None
@@ -349,7 +357,9 @@ async def test_idempotency_records_older_than_the_retention_are_pruned(store: St
     await asyncio.sleep(0.002)
     async with store.write() as tx:
         await tx.put_request("p", "new", "M", "fp", b"second answer")
-    await Maintenance(store, request_retention=60, clock=lambda: boundary + timedelta(seconds=60)).run_once()
+    await Maintenance(
+        store, request_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
+    ).run_once()
     async with store.read() as tx:
         assert await tx.get_request("p", "old") is None
         assert await tx.get_request("p", "new") is not None
@@ -368,7 +378,7 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
     async with store.write() as tx:
         await tx.append([Event("new", "r/9")])
     maintenance = Maintenance(
-        store, request_retention=3600, event_retention=60, clock=lambda: boundary + timedelta(seconds=60)
+        store, request_retention=3600, event_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
     )
     await maintenance.run_once()
     async with store.read() as tx:
@@ -405,3 +415,37 @@ async def test_sidecar_reports_replace_each_other_and_expire_by_their_own_heartb
         await tx.remove_sidecar("pod-a")
     async with store.read() as tx:
         assert await tx.sidecars_serving("p", "staging") == []
+
+
+# -- the audit event of a mutation, written in its own transaction ------------------------------
+
+
+async def test_a_write_for_a_mutating_call_audits_it_once_and_a_write_for_none_audits_nothing(
+    store: Store,
+) -> None:
+    call = Call(
+        method="/dspy_registry.v1.AccessService/CreatePrincipal",
+        principal="alice",
+        token="tokens/t1",
+        resource="principals/bob",
+        request_id="r-1",
+        peer="ipv4:127.0.0.1:5000",
+        mutation=True,
+    )
+    async with store.write(call) as tx:
+        await tx.append([Event(kind="principal.created", resource="principals/bob")])
+    async with store.write(call) as tx:  # the same call's second transaction: no second event
+        await tx.append([Event(kind="principal.updated", resource="principals/bob")])
+    async with store.write() as tx:  # background work: nobody's call
+        await tx.append([Event(kind="principal.updated", resource="principals/bob")])
+    async with store.read() as tx:
+        events, _, count = await tx.list_audit(AuditFilter(), Page(10))
+    assert count == 1 and call.audited
+    [event] = events
+    assert (event.principal, event.method, event.request_id, event.resource, event.revision) == (
+        "alice",
+        "/dspy_registry.v1.AccessService/CreatePrincipal",
+        "r-1",
+        "principals/bob",
+        1,
+    )
