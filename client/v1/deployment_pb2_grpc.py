@@ -202,6 +202,9 @@ class DeploymentServiceServicer:
         order refuses it (PreconditionFailure lists each violation), or another
         deployment of the target is in progress and `supersede` is false;
         ABORTED if `expected_target_etag` is set and does not match.
+        The credential scan: FAILED_PRECONDITION (SECURITY_SCAN, naming each
+        finding's path and kind) for a version that holds credentials, registered
+        while development's policy turned the scan off, to any other environment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgument, Violations
+from ..errors import InvalidArgument, PreconditionViolation, Violations
 
 MAX_FINDINGS = 20  # an artifact full of keys is refused with the first ones, not thousands
 
@@ -196,6 +196,18 @@ def refuse(findings: list[Finding], field: str) -> None:
     validate_security_requirements(findings, field, v)
     if v:
         raise InvalidArgument(list(v.items), more=v.more)
+
+
+def scan_version(data: bytes, media_type: str, metadata: dict[str, Any]) -> list[Finding]:
+    """The credentials in a stored version: its artifact's, then its metadata's (paths `metadata$...`)."""
+    found = scan_artifact(data, media_type)
+    found += [Finding("metadata" + f.path, f.kind) for f in scan_json(metadata)]
+    return found[:MAX_FINDINGS]
+
+
+def deployment_violations(findings: list[Finding], subject: str) -> list[PreconditionViolation]:
+    """Why a version registered unscanned (development's policy) may go nowhere the scan is on."""
+    return [PreconditionViolation("SECURITY_SCAN", subject, f"{f.path}: {f.kind}") for f in findings]
 
 
 def _child(where: str, key: str) -> str:

@@ -16,6 +16,7 @@ from dspy_registry.server.domain.guard import GuardMode
 from dspy_registry.server.errors import InvalidArgument
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.conftest import Running, details, register_signature, start, violations
@@ -326,7 +327,10 @@ async def test_development_alone_may_turn_the_scan_off(
         with pytest.raises(InvalidArgument) as err:
             await _configured(database_url, tmp_path, f"[environments.{name}]\nsecurity_scan = false\n")
         assert f"environments.{name}.policy.security_scan" in {v.field for v in err.value.violations}
-    text = "[environments.development]\nauto_deploy = true\nsecurity_scan = false\n[environments.staging]\n"
+    text = (
+        "[environments.development]\nauto_deploy = true\nsecurity_scan = false\n"
+        "[environments.staging]\n[environments.production]\n"
+    )
     running = await _configured(database_url, tmp_path, text)
     try:
         await _signatures(running.registry)
@@ -337,6 +341,33 @@ async def test_development_alone_may_turn_the_scan_off(
         assert created.created
         warned = " ".join(r.getMessage() for r in caplog.records if r.name == "dspy_registry.registry")
         assert "$.predict.lm.api_key: an OpenAI API key" in warned and OPENAI not in warned
+        # Served in development, but it goes nowhere the scan is on: its stored artifact is scanned.
+        for version, environment in (("1.0.0", "staging"), ("1.0.0", "production")):
+            refused = await refusal(
+                running.deployments.CreateDeployment(
+                    dpb.CreateDeploymentRequest(
+                        program="leaky",
+                        version=version,
+                        environment=environment,
+                        strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+                    )
+                )
+            )
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+            failure = details(refused)["PreconditionFailure"]
+            found = {(v.type, v.description) for v in failure.violations}  # type: ignore[attr-defined]
+            assert ("SECURITY_SCAN", "$.predict.lm.api_key: an OpenAI API key") in found
+            assert OPENAI not in str(refused.details()) + str(refused.trailing_metadata())
+        await running.registry.RegisterProgram(_request("leaky", "1.0.1"))  # clean
+        clean = await running.deployments.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program="leaky",
+                version="1.0.1",
+                environment="staging",
+                strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+            )
+        )
+        assert clean.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
     finally:
         await _stop(running)
 
@@ -400,3 +431,23 @@ async def test_re_registering_a_version_with_the_same_artifact(registry: Stub) -
     # Another artifact is ALREADY_EXISTS as before.
     other = await refusal(registry.RegisterProgram(_request("again", "1.0.0", artifact=dspy_state("other"))))
     assert other.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_streamed_upload_is_scanned_too(registry: Stub) -> None:
+    await _signatures(registry)
+    state = json.loads(dspy_state("big", pad=2 * 1024 * 1024))  # read and scanned off the event loop
+    state["predict"]["demos"].append({"text": "ghp_" + "Fake0123456789abcdefFake0123456789ab"})
+    data = json.dumps(state).encode()
+    call = registry.UploadProgram()
+    spec = _request("uploaded", "1.0.0").spec
+    await call.write(pb.UploadProgramRequest(header=pb.UploadProgramHeader(spec=spec, size_bytes=len(data))))
+    for i in range(0, len(data), 1 << 20):
+        await call.write(pb.UploadProgramRequest(chunk=data[i : i + (1 << 20)]))
+    await call.done_writing()
+    err = await refusal(call)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (found,) = details(err)["BadRequest"].field_violations  # type: ignore[attr-defined]
+    assert (found.field, found.description.split(";")[0]) == (
+        "artifact",
+        "$.predict.demos[2].text: a GitHub token",
+    )

@@ -119,10 +119,26 @@ def test_a_dspy_program_talking_about_tokens_and_passwords_is_not_a_credential()
 
 @pytest.mark.parametrize(
     "placeholder",
-    ["", "   ", "<redacted>", "[REDACTED]", "${OPENAI_API_KEY}", "{{ api_key }}", "$OPENAI_API_KEY",
-     "env:OPENAI_API_KEY", "***", "xxxxxxxx", "redacted", "None", "null", "changeme", "your-api-key",
-     "YOUR_API_KEY", "put-your-key-here"],
-)  # fmt: skip
+    [
+        "",
+        "   ",
+        "<redacted>",
+        "[REDACTED]",
+        "${OPENAI_API_KEY}",
+        "{{ api_key }}",
+        "$OPENAI_API_KEY",
+        "env:OPENAI_API_KEY",
+        "***",
+        "xxxxxxxx",
+        "redacted",
+        "None",
+        "null",
+        "changeme",
+        "your-api-key",
+        "YOUR_API_KEY",
+        "put-your-key-here",
+    ],
+)
 def test_placeholders_in_secret_named_keys_are_not_credentials(placeholder: str) -> None:
     assert security.scan_json({"lm": {"api_key": placeholder, "password": placeholder}}) == []
 
