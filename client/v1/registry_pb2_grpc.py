@@ -210,7 +210,10 @@ class RegistryServiceServicer:
 
     def UploadProgram(self, request_iterator, context):
         """Registers a program version from a client stream: one header, then the
-        artifact in chunks. Same errors as RegisterProgram; RESOURCE_EXHAUSTED
+        artifact in chunks. Same errors and rules as RegisterProgram
+        (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION: the
+        credential scan, the program semver guard, metric ranges,
+        re-registration); RESOURCE_EXHAUSTED
         beyond the server's upload limit, or while it runs as many uploads as it
         allows (a RetryInfo says when to try again); INVALID_ARGUMENT when the
         bytes do not match the header's digest or size (one byte more than the
