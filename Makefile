@@ -36,7 +36,8 @@ lint: setup
 	ln -sfn ../../../server build/typing/dspy_registry/server
 	ln -sfn ../../../client build/typing/dspy_registry/client
 	ln -sfn ../../../client/v1 build/typing/dspy_registry/v1
-	$(BIN)/mypy -p dspy_registry.server -p dspy_registry.client -p tests -p bench -p demo
+	ln -sfn ../../../dspy_registry/cli.py build/typing/dspy_registry/cli.py
+	$(BIN)/mypy -m dspy_registry.cli -p dspy_registry.server -p dspy_registry.client -p tests -p bench -p demo
 	$(BIN)/mypy protos/generate.py
 	$(BUF) lint
 	$(BUF) breaking --against protos/released.binpb

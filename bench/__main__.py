@@ -62,7 +62,7 @@ class Registry:
         return () if self.token is None else (("authorization", f"Bearer {self.token}"),)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     seconds: float
     warmup: float
@@ -493,7 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL server URL without a database; a throwaway database is made per figure",
     )
     args = parser.parse_args(argv)
-    options = Options(args.seconds, args.warmup, args.channels, args.server_log_level, args.postgres)
+    options = Options(
+        seconds=args.seconds,
+        warmup=args.warmup,
+        channels=args.channels,
+        server_log_level=args.server_log_level,
+        postgres=args.postgres,
+    )
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
 
     echo: float | None = None

@@ -26,7 +26,7 @@ DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
 _Module = TypeVar("_Module")  # what load_program(module=...) makes: a dspy.Module subclass's instance
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadedProgram:
     """A program version with its artifact, as `load_program` returns it."""
 

@@ -638,7 +638,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> None:
-    """Adds the operator commands to `dspy-registry`'s parser and subparsers (server/cli.py calls this)."""
+    """Adds the operator commands to `dspy-registry`'s parser and subparsers (dspy_registry/cli.py calls this)."""
     _connection_options(parser)
     # After the command's name too; suppressed defaults, so that they do not undo the ones given before it.
     common = [
@@ -713,13 +713,19 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
 
     actions: list[tuple[str, str, Callable[[SyncRegistry, argparse.Namespace], Message]]] = [
-        ("promote", "advance a deployment now (--full: all steps)",
-         lambda r, a: r.promote_deployment(a.deployment, full=a.full, reason=a.reason)),
-        ("approve", "approve (or --reject) a deployment pending approval",
-         lambda r, a: r.approve_deployment(a.deployment, comment=a.reason, reject=a.reject)),
+        (
+            "promote",
+            "advance a deployment now (--full: all steps)",
+            lambda r, a: r.promote_deployment(a.deployment, full=a.full, reason=a.reason),
+        ),
+        (
+            "approve",
+            "approve (or --reject) a deployment pending approval",
+            lambda r, a: r.approve_deployment(a.deployment, comment=a.reason, reject=a.reject),
+        ),
         ("abort", "abort a deployment", lambda r, a: r.abort_deployment(a.deployment, reason=a.reason)),
         ("rollback", "roll a deployment back to the previous version", _rollback),
-    ]  # fmt: skip
+    ]
     for name, help, call in actions:
         p = add(commands, name, _deployment_action(call), help)
         p.add_argument("deployment", help="deployments/ID or ID")

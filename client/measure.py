@@ -24,7 +24,7 @@ BOUNDS_MS: tuple[float, ...] = (
 MAX_PENDING_WINDOWS = 1000  # held for resending while the server is unreachable; older ones go
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Open:
     start: datetime
     requests: int = 0
@@ -47,7 +47,7 @@ class Measurements:
     def _window(self, key: Key) -> _Open:
         window = self._open.get(key)
         if window is None:
-            window = self._open[key] = _Open(self.clock())
+            window = self._open[key] = _Open(start=self.clock())
         return window
 
     def request(self, program: str, environment: str, version: str, latency_ms: float, error: bool) -> None:
@@ -69,9 +69,14 @@ class Measurements:
         end = self.clock()
         for (program, environment, version), w in sorted(self._open.items()):
             out = dpb.MetricWindow(
-                program=program, environment=environment, version=version, request_count=w.requests,
-                error_count=w.errors, feedback_correct=w.correct, feedback_total=w.labelled,
-            )  # fmt: skip
+                program=program,
+                environment=environment,
+                version=version,
+                request_count=w.requests,
+                error_count=w.errors,
+                feedback_correct=w.correct,
+                feedback_total=w.labelled,
+            )
             out.start_time.FromDatetime(w.start)
             out.end_time.FromDatetime(max(end, w.start))
             out.latency.counts.extend(w.counts)

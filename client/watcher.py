@@ -86,7 +86,7 @@ def dspy_module_loader(factory: Callable[[], Any], directory: Path | None = None
     return load
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Loaded:
     """One version of a program, loaded."""
 
@@ -97,7 +97,7 @@ class Loaded:
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Serving:
     """What one target serves; replaced whole on each change, never mutated."""
 
@@ -306,7 +306,12 @@ class ProgramWatcher:
             )
         except ArtifactError:
             return  # NACKed in _version; the old version keeps serving
-        serving = Serving(stable, candidate, t.candidate.weight_percent if candidate else 0, t.revision)
+        serving = Serving(
+            stable=stable,
+            candidate=candidate,
+            weight_percent=t.candidate.weight_percent if candidate else 0,
+            revision=t.revision,
+        )
         self._save_target(t)
         async with self._changed:
             self._serving[key] = serving  # the swap: one assignment
@@ -331,7 +336,9 @@ class ProgramWatcher:
             self._record(program, environment, v, grpc.StatusCode.INVALID_ARGUMENT, f"load failed: {err}")
             raise ArtifactError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
         self._record(program, environment, v, None, "")
-        return Loaded(program, environment, v.version, v.digest, value)
+        return Loaded(
+            program=program, environment=environment, version=v.version, digest=v.digest, value=value
+        )
 
     async def _artifact(self, program: str, digest: str) -> tuple[bytes, str]:
         cached = self._cached(digest)

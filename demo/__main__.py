@@ -189,7 +189,7 @@ def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Pa
     address = f"127.0.0.1:{free_port()}"
     token_file = tmp / "admin.token"
     serve = Path(sys.executable).parent / "dspy-registry"
-    command = [str(serve)] if serve.exists() else [sys.executable, "-m", "dspy_registry.server.cli"]
+    command = [str(serve)] if serve.exists() else [sys.executable, "-m", "dspy_registry.cli"]
     args = ["serve", "--listen", address, "--database", f"sqlite:///{tmp / 'registry.db'}"]
     args += ["--admin-token-file", str(token_file), "--grace", "2"]
     # Warnings only (an auto-rollback is one): the log is what a failed run prints the end of.
@@ -473,9 +473,16 @@ def canary_v2(
     )
     started = time.monotonic()
     d = deploy(
-        admin, carol, "1.1.0", "production", dpb.DEPLOYMENT_STATE_SUCCEEDED, 30,
-        strategy="canary", canary_percent=[25, 50], pause=1.0,
-    )  # fmt: skip
+        admin,
+        carol,
+        "1.1.0",
+        "production",
+        dpb.DEPLOYMENT_STATE_SUCCEEDED,
+        30,
+        strategy="canary",
+        canary_percent=[25, 50],
+        pause=1.0,
+    )
     show_timeline(story, d)
     story.ok(f"{d.name} reached 100 % and SUCCEEDED in {time.monotonic() - started:.1f} s")
     target = admin.get_deployment_status(PROGRAM, "production").target
@@ -498,11 +505,18 @@ def broken_v3(
         f"fine ({score:.2f}), so it clears production's accuracy gate. Its demos now teach it the opposite."
     )
     registered = admin.register_program(
-        PROGRAM, program=artifact, signature_name=SIGNATURE, version="1.2.0",
-        metadata={"changelog": "re-tuned on the vendor's new batch", "optimization_method": "labeled_few_shot"},
-        signature_version="1.0.0", performance={"accuracy": round(score, 4)},
+        PROGRAM,
+        program=artifact,
+        signature_name=SIGNATURE,
+        version="1.2.0",
+        metadata={
+            "changelog": "re-tuned on the vendor's new batch",
+            "optimization_method": "labeled_few_shot",
+        },
+        signature_version="1.0.0",
+        performance={"accuracy": round(score, 4)},
         labels={"team": "ml_platform", "project": "customer_experience"},
-    )  # fmt: skip
+    )
     check_stored(registered, artifact, len(batch_train))
     story.ok(f"registered {PROGRAM}@1.2.0, accuracy {score:.2f} on the vendor's dev set")
     deploy(admin, carol, "1.2.0", "staging", dpb.DEPLOYMENT_STATE_SUCCEEDED, 10, strategy="replace")
@@ -517,9 +531,17 @@ def broken_v3(
             seen.update((h.version, h) for h in status.health)
 
     d = deploy(
-        admin, carol, "1.2.0", "production", dpb.DEPLOYMENT_STATE_ROLLED_BACK, 20, look,
-        strategy="canary", canary_percent=25, pause=30.0,
-    )  # fmt: skip
+        admin,
+        carol,
+        "1.2.0",
+        "production",
+        dpb.DEPLOYMENT_STATE_ROLLED_BACK,
+        20,
+        look,
+        strategy="canary",
+        canary_percent=25,
+        pause=30.0,
+    )
     show_timeline(story, d)
     last = d.timeline[-1]
     if not last.reason.startswith("Auto-rollback: ") or last.actor != "controller":

@@ -1,4 +1,9 @@
-"""Composition root: config -> store -> use cases -> servicers -> grpc.aio server (-> REST gateway)."""
+"""Composition root: config -> store -> use cases -> servicers -> grpc.aio server (-> REST gateway).
+
+`build(config)` wires everything and opens nothing, so that what the server is made of can be read
+(and built) apart from what starting it does; `App.start()` then opens the store, the ports, health
+and the background loops, and `App.stop()` closes them in order.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -35,7 +42,8 @@ from .errors import ResourceExhausted
 from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
-from .store.base import Store, open_store
+from .store.backends import open_store
+from .store.base import Store
 from .store_health import StoreHealth
 from .telemetry import Telemetry
 from .usecases.access import Access
@@ -44,16 +52,19 @@ from .usecases.environments import Environments
 from .usecases.metrics import Metrics
 from .usecases.registry import Registry
 from .usecases.sidecars import Sidecars
+from .usecases.watches import Watches
 from .usecases.webhooks import Webhooks
 from .watch import Hub, deployment_events
 
 log = logging.getLogger("dspy_registry.server")
 
-SERVICES = (
-    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
-    deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"],
-    access_pb2.DESCRIPTOR.services_by_name["AccessService"],
-)
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+DEPLOYMENT_SERVICE = deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"]
+ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"]
+# The services of the contract by full name, as health, reflection and the servicers know them.
+SERVICES: Mapping[str, ServiceDescriptor] = {
+    s.full_name: s for s in (REGISTRY_SERVICE, DEPLOYMENT_SERVICE, ACCESS_SERVICE)
+}
 
 # Room for the request's other fields around a 4 MiB unary artifact.
 MAX_MESSAGE = UNARY_ARTIFACT_LIMIT + 256 * 1024
@@ -66,8 +77,105 @@ QUIET_SECONDS = 0.2
 FLUSH_SECONDS = 1.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    """The server wired and not started: nothing here has opened a file, a connection or a port, nor
+    started a task. `App.start` opens the store, starts the hubs and the loops, and serves `servicers`.
+    """
+
+    store: Store
+    access: Access  # start() bootstraps the first admin through it
+    environments: Environments  # start() brings the configured environments up to date
+    hubs: Mapping[str, Hub]  # "targets" (WatchTargets) and "events" (WatchEvents), as telemetry names them
+    controller: Controller
+    notifier: Notifier
+    maintenance: Maintenance
+    guard: Guard
+    servicers: Mapping[str, object]  # by full service name, as SERVICES
+    gateway_secret: str  # the REST gateway's proof to the guard of who its callers are; "" without it
+
+
+def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
+    """Wire the store, the use cases, the background loops and the servicers that `config` asks for;
+    every one of them reads the time of day from `clock`.
+
+    Raises:
+        ValueError: a setting out of range, a database URL of no known scheme, a bad webhook network.
+    """
+    for name, value in (
+        ("--max-concurrent-calls", config.max_concurrent_calls),
+        ("--max-watch-streams", config.max_watch_streams),
+        ("--max-concurrent-uploads", config.max_concurrent_uploads),
+        ("--send-timeout", config.send_timeout_seconds),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, not {value}")
+    # Read before anything is opened: a bad file fails the start with nothing to close.
+    versioning_settings = _read_config(config.config) if config.config else None
+    store = open_store(config.database)
+    access = Access(store, clock=clock)
+    # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
+    gateway_secret = secrets.token_urlsafe(32) if config.http_listen else ""
+    guard = Guard(
+        access,
+        enabled=config.auth,
+        client_certificates=bool(config.tls_client_ca),
+        gateway_secret=gateway_secret,
+    )
+    environments = Environments(store, clock=clock)
+    deployments = Deployments(store, metrics_retention=config.metrics_retention_seconds, clock=clock)
+    registry = Registry(
+        store,
+        guard_mode=config.semver_guard,
+        upload_limit=config.upload_limit,
+        max_concurrent_uploads=config.max_concurrent_uploads,
+        versioning_settings=versioning_settings,
+        clock=clock,
+        after_register=deployments.auto_deploy,
+    )
+    webhooks = Webhooks(
+        store, parse_networks(config.webhook_allow), clock=clock
+    )  # a bad network fails the start
+    watches = Watches(store)
+    targets = Hub(encode_changes)
+    events = Hub(encode_events, deployment_events)
+    deployment_servicer = DeploymentServicer(
+        environments,
+        deployments,
+        guard,
+        TargetWatch(watches, targets, guard),
+        EventWatch(watches, events, guard),
+        Sidecars(store, deployments, clock=clock),
+        Metrics(store, retention_seconds=config.metrics_retention_seconds, clock=clock),
+        webhooks,
+    )
+    return Services(
+        store=store,
+        access=access,
+        environments=environments,
+        hubs={"targets": targets, "events": events},
+        controller=Controller(deployments, clock=clock),
+        notifier=Notifier(webhooks),
+        maintenance=Maintenance(
+            store,
+            request_retention=config.request_retention_seconds,
+            event_retention=config.event_retention_seconds,
+            metrics_retention=config.metrics_retention_seconds,
+            clock=clock,
+        ),
+        guard=guard,
+        servicers={
+            REGISTRY_SERVICE.full_name: RegistryServicer(registry, guard, deployments),
+            DEPLOYMENT_SERVICE.full_name: deployment_servicer,
+            ACCESS_SERVICE.full_name: AccessServicer(access, guard),
+        },
+        gateway_secret=gateway_secret,
+    )
+
+
 class App:
-    """A running server. `start()` opens the store (migrations), then serves."""
+    """A server: `build(config)`'s services behind a grpc.aio server. `start()` opens the store
+    (migrations), then serves; `stop()` ends it."""
 
     def __init__(
         self, config: Config, telemetry: Telemetry | None = None, clock: Clock = SYSTEM_CLOCK
@@ -75,10 +183,12 @@ class App:
         """`telemetry`: providers of the caller's (tests); by default what the config asks for.
         `clock`: where every use case reads the time of day (a test's own, to let a pause pass)."""
         self.config = config
-        # Read before anything is opened: a bad file fails the start with nothing to close.
-        self.versioning = _read_config(config.config) if config.config else None
         self.clock = clock
-        self.store: Store = open_store(config.database)
+        self.services = build(config, clock)
+        self.store = self.services.store
+        self.controller = self.services.controller
+        self.notifier = self.services.notifier
+        self.maintenance = self.services.maintenance
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
             telemetry
@@ -88,116 +198,76 @@ class App:
         interceptors = self.telemetry.server_interceptors() if self.telemetry else []
         self.server = grpc.aio.server(interceptors=interceptors or None, options=server_options(config))
         self.port = 0
-        self.maintenance = Maintenance(
-            self.store,
-            request_retention=config.request_retention_seconds,
-            event_retention=config.event_retention_seconds,
-            metrics_retention=config.metrics_retention_seconds,
-            clock=clock,
-        )
-        self.controller: Controller | None = None
-        for name, value in (
-            ("--max-concurrent-calls", config.max_concurrent_calls),
-            ("--max-watch-streams", config.max_watch_streams),
-            ("--max-concurrent-uploads", config.max_concurrent_uploads),
-            ("--send-timeout", config.send_timeout_seconds),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value}")
         # Every call passes the gate first; server streams send through `streams` (api/flow.py).
         self.gate = Gate(config.max_concurrent_calls, config.max_watch_streams)
         self.streams = Streams(config.send_timeout_seconds)
-        self.hubs: tuple[Hub, ...] = ()
-        self.webhook_allow = parse_networks(config.webhook_allow)  # a bad network fails the start
-        self.notifier: Notifier | None = None
         self.http: HttpServer | None = None
         self.http_port = 0
         # Health follows the store (server/store_health.py): NOT_SERVING while the database is away.
-        self.store_health = StoreHealth(self.store, self.health, ["", *(s.full_name for s in SERVICES)])
+        self.store_health = StoreHealth(self.store, self.health, ["", *SERVICES])
 
     async def start(self) -> int:
+        """Open the store (migrations), bring the environments and the first admin about, serve the
+        services on the configured ports, then start health and the background loops. The port."""
         if self.telemetry is not None:
             self.telemetry.serve_metrics()  # first: a port in use fails before the store is open
         await self.store.open()
-        registry = Registry(
-            self.store,
-            guard_mode=self.config.semver_guard,
-            upload_limit=self.config.upload_limit,
-            max_concurrent_uploads=self.config.max_concurrent_uploads,
-            versioning_settings=self.versioning,
-            clock=self.clock,
-        )
-        self.access = Access(self.store, clock=self.clock)
-        # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
-        gateway_secret = secrets.token_urlsafe(32) if self.config.http_listen else ""
-        guard = Guard(
-            self.access,
-            enabled=self.config.auth,
-            client_certificates=bool(self.config.tls_client_ca),
-            gateway_secret=gateway_secret,
-        )
-        environments = Environments(self.store, clock=self.clock)
-        deployments = Deployments(
-            self.store, metrics_retention=self.config.metrics_retention_seconds, clock=self.clock
-        )
-        metrics = Metrics(
-            self.store, retention_seconds=self.config.metrics_retention_seconds, clock=self.clock
-        )
-        registry.after_register = deployments.auto_deploy
-        self.controller = Controller(deployments, clock=self.clock)
-        webhooks = Webhooks(self.store, self.webhook_allow, clock=self.clock)
-        self.notifier = Notifier(webhooks)
-        self.hub = Hub(encode_changes)
+        services = self.services
         async with self.store.read() as tx:
-            self.hub.start(await tx.current_revision())
-        self.events_hub = Hub(encode_events, deployment_events)
-        revision = self.hub.revision
-        self.events_hub.start(revision)
-        self.hubs = (self.hub, self.events_hub)
-        for hub in self.hubs:
+            revision = await tx.current_revision()
+        for hub in services.hubs.values():
+            hub.start(revision)
+        for hub in services.hubs.values():
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         if self.telemetry is not None:
-            await self.telemetry.start(self.store, {"targets": self.hub, "events": self.events_hub})
-        observe = self.telemetry.observe_rpc if self.telemetry else None
-        watch = TargetWatch(self.store, self.hub, guard)
-        events = EventWatch(self.store, self.events_hub, guard)
+            await self.telemetry.start(self.store, services.hubs)
         self.store.commits.subscribe(self.controller.on_commit)
         self.store.commits.subscribe(self.notifier.on_commit)
         await _unless_read_only(
             "bringing the environments up to date",
-            environments.seed(
+            services.environments.seed(
                 load_toml(Path(self.config.config).read_text()) if self.config.config else None
             ),
         )
         if self.config.auth:
-            await self.access.bootstrap(Path(self.config.admin_token_file))
+            await services.access.bootstrap(Path(self.config.admin_token_file))
         else:
             log.warning("authentication is OFF (--no-auth): every caller acts as admin")
+        tls = await self._serve()
+        self.streams.start()
+        self.maintenance.start()
+        self.controller.start()
+        self.notifier.start()
+        # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
+        await self.store_health.start()
+        host = self.config.listen.rsplit(":", 1)[0]
+        log.info(
+            "serving",
+            extra={
+                "address": f"{host}:{self.port}",
+                "database": _redact(self.store.url),
+                "tls": "mutual" if self.config.tls_client_ca else ("on" if tls else "off"),
+                "auth": self.config.auth,
+            },
+        )
+        return self.port
 
-        def handler(service: Any, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
-            return service_handler(service, servicer, guard, observe, gate=self.gate, streams=self.streams)
-
+    async def _serve(self) -> bool:
+        """The servicers, health and reflection on the gRPC port (and the REST routes on theirs);
+        whether the gRPC port is TLS."""
+        services = self.services
+        observe = self.telemetry.observe_rpc if self.telemetry else None
         self.server.add_generic_rpc_handlers(
             [
-                handler(SERVICES[0], RegistryServicer(registry, guard, deployments)),
-                handler(
-                    SERVICES[1],
-                    DeploymentServicer(
-                        environments,
-                        deployments,
-                        guard,
-                        watch,
-                        events,
-                        Sidecars(self.store, deployments, clock=self.clock),
-                        metrics,
-                        webhooks,
-                    ),
-                ),
-                handler(SERVICES[2], AccessServicer(self.access, guard)),
+                service_handler(
+                    SERVICES[name], servicer, services.guard, observe, gate=self.gate, streams=self.streams
+                )
+                for name, servicer in services.servicers.items()
             ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = [s.full_name for s in SERVICES] + [
+        names = [
+            *SERVICES,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -216,7 +286,7 @@ class App:
             # The REST routes call the gRPC services over a private Unix socket of their own.
             self.http = HttpServer(
                 self.config.http_listen,
-                gateway_secret,
+                services.gateway_secret,
                 server_ssl(self.config.tls_cert, self.config.tls_key),
                 self.config.grace_seconds,
             )
@@ -232,23 +302,7 @@ class App:
                 self.http_port = await self.http.start()
             except OSError as exc:
                 raise OSError(f"cannot listen on {self.config.http_listen}: {exc}") from None
-        self.streams.start()
-        self.maintenance.start()
-        self.controller.start()
-        self.notifier.start()
-        # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
-        await self.store_health.start()
-        host = self.config.listen.rsplit(":", 1)[0]
-        log.info(
-            "serving",
-            extra={
-                "address": f"{host}:{self.port}",
-                "database": _redact(self.store.url),
-                "tls": "mutual" if self.config.tls_client_ca else ("on" if credentials else "off"),
-                "auth": self.config.auth,
-            },
-        )
-        return self.port
+        return credentials is not None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop: refuse new calls, end the watch streams now, give the calls in progress `grace` seconds.
@@ -265,7 +319,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         self.gate.close()
         calls, watches = self.gate.calls, self.gate.watches
-        for hub in self.hubs:
+        for hub in self.services.hubs.values():
             hub.close()
         # The REST routes' requests in progress finish meanwhile: their gRPC calls are the gate's.
         http = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
@@ -279,10 +333,8 @@ class App:
         await self.server.stop(min(FLUSH_SECONDS, left) if drained else 0)
         await self.streams.stop()
         await self.maintenance.stop()
-        if self.controller is not None:
-            await self.controller.stop()
-        if self.notifier is not None:
-            await self.notifier.stop()
+        await self.controller.stop()
+        await self.notifier.stop()
         if self.telemetry is not None:
             await self.telemetry.stop()  # after the server: the last calls' spans are flushed too
         await self.store.close()

@@ -16,7 +16,7 @@ DEFAULT_DATABASE = "sqlite:///.dspy-registry/registry.db"
 DEFAULT_ADMIN_TOKEN_FILE = ".dspy-registry/admin.token"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     database: str = DEFAULT_DATABASE

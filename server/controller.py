@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from .background import Loop
 from .domain.clock import SYSTEM_CLOCK, Clock
+from .domain.events import is_deployment_kind
 from .domain.model import Event
 from .usecases.deployments import Deployments
 
@@ -47,7 +48,7 @@ class Controller:
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """Subscribed to the store: a deployment event may have brought a step closer."""
-        if any(e.kind.startswith("deployment.") for e in events):
+        if any(is_deployment_kind(e.kind) for e in events):
             self.poke()
 
     async def run_once(self) -> int:

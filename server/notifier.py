@@ -36,6 +36,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from .background import Loop
 from .domain import webhooks
+from .domain.events import is_deployment_kind
 from .domain.model import Event
 from .domain.webhooks import DeliveryState, Due, Network, Outcome
 from .errors import InvalidArgument
@@ -97,7 +98,7 @@ class Notifier:
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """Subscribed to the store: a deployment event may have queued deliveries."""
-        if any(e.kind.startswith("deployment.") for e in events):
+        if any(is_deployment_kind(e.kind) for e in events):
             self.poke()
 
     # -- the loop --------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observatio
 from opentelemetry.trace import Status, StatusCode
 
 from .domain.deployments import State
+from .domain.events import EventKind, is_deployment_kind
 from .domain.model import Event
 from .store.base import Store
 from .watch import Hub
@@ -267,15 +268,15 @@ class Telemetry:
         changed = False
         automated: set[str] = set()
         for e in events:
-            if not e.kind.startswith("deployment."):
-                changed = changed or e.kind == "environment.created"  # a row of zeros more
+            if not is_deployment_kind(e.kind):
+                changed = changed or e.kind == EventKind.ENVIRONMENT_CREATED  # a row of zeros more
                 continue
             changed = True
             # An automated rollback notes AUTO_ROLLBACK on the deployment, in the same
             # transaction and just before it ends ROLLED_BACK (domain/deployments.py roll_back).
-            if e.kind == "deployment.auto_rollback":
+            if e.kind == EventKind.DEPLOYMENT_AUTO_ROLLBACK:
                 automated.add(e.resource)
-            elif e.kind == "deployment.rolled_back":
+            elif e.kind == EventKind.DEPLOYMENT_ROLLED_BACK:
                 cause = "auto" if e.resource in automated else "manual"
                 self._rollbacks.add(1, {"environment": str(e.data.get("environment", "")), "cause": cause})
         if changed and self._counts is not None:

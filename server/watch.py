@@ -26,28 +26,20 @@ from datetime import datetime
 from typing import Any
 
 from .domain.access import glob_matches
-from .domain.deployments import Deployment, Pinned, Target, event_step
+from .domain.deployments import Deployment, Target
+from .domain.deployments import Kind as DeploymentKind
+from .domain.events import (
+    DeploymentChanged,
+    changes_access,
+    deployment_kind,
+    is_deployment_kind,
+    target_update,
+)
 from .domain.model import Event
 
 log = logging.getLogger("dspy_registry.watch")
 
 QUEUE_SIZE = 1024  # revisions a watcher may fall behind by before it is cut off
-
-
-def target_from_event(e: Event) -> Target:
-    d = e.data
-    stable = Pinned(d["stable"], d.get("stable_digest") or "") if d.get("stable") else None
-    candidate = Pinned(d["candidate"], d.get("candidate_digest") or "") if d.get("candidate") else None
-    return Target(
-        program=d["program"],
-        environment=d["environment"],
-        stable=stable,
-        candidate=candidate,
-        candidate_weight=int(d.get("weight_percent") or 0),
-        deployment=d.get("deployment") or "",
-        revision=e.revision,
-        update_time=e.create_time,
-    )
 
 
 @dataclass(frozen=True)
@@ -59,12 +51,12 @@ class Selector:
         return glob_matches(self.program, t.program) and self.environment in ("", t.environment)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeploymentEvent:
     """A deployment lifecycle event, as WatchEvents carries it."""
 
     id: str  # {revision}-{index}
-    kind: str  # created, approved, step_advanced, promoted, succeeded, ...
+    kind: DeploymentKind
     revision: int
     time: datetime | None
     deployment: str
@@ -82,32 +74,40 @@ class DeploymentEvent:
 def deployment_events(events: Sequence[Event]) -> list[DeploymentEvent]:
     out = []
     for index, e in enumerate(events):
-        if not e.kind.startswith("deployment."):
+        if not is_deployment_kind(e.kind):
             continue
-        d = e.data
+        kind = deployment_kind(e.kind)
+        if kind is None:
+            # A newer release wrote a lifecycle event this one has no DeploymentEventKind for.
+            # Sent as UNSPECIFIED it would tell a dashboard that something happened without
+            # saying what; raising would end every watch at this revision, and again at each
+            # resume. So this release's watchers do without it, and the log says so.
+            log.warning("revision %d: skipped event %s of unknown kind %r", e.revision, e.resource, e.kind)
+            continue
+        c = DeploymentChanged.from_json(e.data)
         out.append(
             DeploymentEvent(
-                f"{e.revision}-{index}",
-                e.kind.removeprefix("deployment."),
-                e.revision,
-                e.create_time,
-                e.resource,
-                d["program"],
-                d["environment"],
-                d["version"],
-                d["state"],
-                event_step(d),
-                int(d["weight_percent"]),
-                d.get("actor", ""),
-                d.get("reason", ""),
-                d.get("related", ""),
-            )  # fmt: skip
+                id=f"{e.revision}-{index}",
+                kind=kind,
+                revision=e.revision,
+                time=e.create_time,
+                deployment=e.resource,
+                program=c.program,
+                environment=c.environment,
+                version=c.version,
+                state=c.state,
+                step=c.current_step,
+                weight_percent=c.weight_percent,
+                actor=c.actor,
+                reason=c.reason,
+                related=c.related,
+            )
         )
     return out
 
 
 def target_changes(events: Sequence[Event]) -> list[Target]:
-    return [target_from_event(e) for e in events if e.kind == "target.updated"]
+    return [t for e in events if (t := target_update(e)) is not None]
 
 
 Message = tuple[int, bytes]  # (revision, encoded response)
@@ -166,10 +166,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Subscriber:
     selectors: tuple[Selector, ...]
-    kinds: frozenset[str] = frozenset()  # WatchEvents: only these kinds (empty: all)
+    # WatchEvents: only these kinds, as deployments.Kind names in lower case (empty: all).
+    kinds: frozenset[str] = frozenset()
     queue: Mailbox = field(default_factory=lambda: Mailbox(QUEUE_SIZE))
     overflowed: bool = False
     recheck: bool = False  # a grant, token or principal changed: authorize again
@@ -182,7 +183,7 @@ class Subscriber:
     on_cut: Callable[[], None] | None = None
 
     def matches(self, item: Target | DeploymentEvent) -> bool:
-        if isinstance(item, DeploymentEvent) and self.kinds and item.kind not in self.kinds:
+        if isinstance(item, DeploymentEvent) and self.kinds and item.kind.name.lower() not in self.kinds:
             return False
         return any(s.matches(item) for s in self.selectors)
 
@@ -233,7 +234,7 @@ class Hub:
         self.revision = self.handed_out = revision
 
     def subscribe(self, selectors: tuple[Selector, ...], kinds: frozenset[str] = frozenset()) -> Subscriber:
-        sub = Subscriber(selectors, kinds)
+        sub = Subscriber(selectors=selectors, kinds=kinds)
         if self.closed:
             sub.closed = True
             _wake(sub)  # its stream ends as it reads the flag
@@ -262,7 +263,7 @@ class Hub:
         taken = time.perf_counter() if self.on_handed_out is not None else 0.0
         revision = events[-1].revision
         targets = self.extract(events)
-        if any(e.kind.startswith(("permission.", "token.", "principal.")) for e in events):
+        if any(changes_access(e.kind) for e in events):
             for sub in self.subscribers():
                 sub.recheck = True
                 _wake(sub)

@@ -16,7 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 
 PG_ADMIN_URL = os.environ.get("DSPY_REGISTRY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SKIP_POSTGRES = os.environ.get("DSPY_REGISTRY_SKIP_POSTGRES") == "1"

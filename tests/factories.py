@@ -15,10 +15,10 @@ def spec(*, outputs: tuple[str, ...] = SENTIMENT, instructions: str = "Classify 
     return SignatureSpec(
         description="Classify text sentiment with confidence scoring",
         instructions=instructions,
-        inputs=(SignatureField("text", FieldType(Kind.STRING)),),
+        inputs=(SignatureField(name="text", type=FieldType(Kind.STRING)),),
         outputs=(
-            SignatureField("sentiment", FieldType(Kind.ENUM, outputs)),
-            SignatureField("confidence", FieldType(Kind.FLOAT)),
+            SignatureField(name="sentiment", type=FieldType(Kind.ENUM, outputs)),
+            SignatureField(name="confidence", type=FieldType(Kind.FLOAT)),
         ),
     )
 

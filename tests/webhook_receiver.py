@@ -12,7 +12,7 @@ from aiohttp import web
 from dspy_registry.server.domain import webhooks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Received:
     delivery: str
     event: str  # the X-DSPy-Registry-Event header
@@ -61,15 +61,15 @@ class Receiver:
         signature = h.get(webhooks.SIGNATURE_HEADER, "")
         self.got.append(
             Received(
-                h.get(webhooks.DELIVERY_HEADER, ""),
-                h.get(webhooks.EVENT_HEADER, ""),
-                timestamp,
-                signature,
-                body,
-                webhooks.verify(self.secret, timestamp, body, signature),
-                time.monotonic(),
-                status,
-            )  # fmt: skip
+                delivery=h.get(webhooks.DELIVERY_HEADER, ""),
+                event=h.get(webhooks.EVENT_HEADER, ""),
+                timestamp=timestamp,
+                signature=signature,
+                body=body,
+                valid=webhooks.verify(self.secret, timestamp, body, signature),
+                arrived=time.monotonic(),
+                status=status,
+            )
         )
         return web.Response(status=status)
 

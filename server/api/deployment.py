@@ -7,174 +7,43 @@ named by path), asks a use case, and turns the answer back into protos.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-from google.protobuf import duration_pb2
 
 from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..calls import serving
 from ..domain import deployments as dep
 from ..domain import environments as envs
-from ..domain import health, sidecars, versions
-from ..domain.access import Action, principal_name
+from ..domain import sidecars
+from ..domain.access import Action
 from ..domain.environments import Environment
 from ..domain.names import check_name, check_text
 from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted, Violations, quote
 from ..usecases.deployments import DeploymentRequest, Deployments
 from ..usecases.environments import Environments
-from ..usecases.metrics import Assessed, Assessment, Metrics
+from ..usecases.metrics import Metrics
 from ..usecases.sidecars import Sidecars
 from ..usecases.webhooks import Webhooks
 from .context import Context
-from .convert import time_field, timestamp
+from .convert.common import duration, seconds, short, time_field
+from .convert.deployment import (
+    applied_from_proto,
+    deployment_proto,
+    environment_from_proto,
+    environment_proto,
+    sidecar_proto,
+    strategy_from_proto,
+    target_proto,
+    version_health_proto,
+    window_from_proto,
+)
 from .guard import Guard, identity
 from .mutations import answer, idempotency
-from .watch import EventWatch, TargetWatch, pinned_proto, target_proto
+from .watch import EventWatch, TargetWatch
 from .webhooks import WebhookMethods
 
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.ToNanoseconds() / 1e9
-
-
-def strategy_proto(s: envs.StrategySpec) -> pb.DeploymentStrategy:
-    out = pb.DeploymentStrategy(strategy=int(s.strategy))  # type: ignore[arg-type]
-    for step in s.canary_steps:
-        out.canary.steps.add(weight_percent=step.weight_percent, pause=_duration(step.pause_seconds))
-    if s.step_deadline_seconds:
-        out.canary.step_deadline.CopyFrom(_duration(s.step_deadline_seconds))
-    out.blue_green.auto_promote = s.auto_promote
-    out.blue_green.promote_delay.CopyFrom(_duration(s.promote_delay_seconds))
-    out.blue_green.min_ack_percent = s.min_ack_percent
-    out.blue_green.ack_timeout.CopyFrom(_duration(s.ack_timeout_seconds))
-    return out
-
-
-def strategy_from_proto(m: pb.DeploymentStrategy, base: envs.StrategySpec, path: str) -> envs.StrategySpec:
-    """A strategy from a request; what it leaves out comes from `base` (the environment's default)."""
-    try:
-        kind = envs.Strategy(m.strategy) if m.strategy else base.strategy
-    except ValueError:
-        raise InvalidArgument.one(f"{path}.strategy", "REPLACE, BLUE_GREEN or CANARY") from None
-    steps = (
-        tuple(envs.CanaryStep(s.weight_percent, _seconds(s.pause)) for s in m.canary.steps)
-        if m.HasField("canary") and m.canary.steps
-        else base.canary_steps
-    )
-    blue_green = m.blue_green if m.HasField("blue_green") else None
-    return envs.StrategySpec(
-        strategy=kind,
-        canary_steps=steps,
-        step_deadline_seconds=_seconds(m.canary.step_deadline)
-        if m.canary.HasField("step_deadline")
-        else base.step_deadline_seconds,
-        auto_promote=blue_green.auto_promote if blue_green is not None else base.auto_promote,
-        promote_delay_seconds=_seconds(blue_green.promote_delay)
-        if blue_green is not None
-        else base.promote_delay_seconds,
-        min_ack_percent=(
-            blue_green.min_ack_percent
-            if blue_green is not None and blue_green.HasField("min_ack_percent")
-            else base.min_ack_percent
-        ),
-        ack_timeout_seconds=(
-            _seconds(blue_green.ack_timeout)
-            if blue_green is not None and blue_green.HasField("ack_timeout")
-            else base.ack_timeout_seconds
-        ),
-    )
-
-
-def environment_proto(e: Environment) -> pb.Environment:
-    p = e.policy
-    t = p.auto_rollback
-    out = pb.Environment(
-        name=e.resource_name,
-        description=e.description,
-        position=e.position,
-        policy=pb.EnvironmentPolicy(
-            auto_deploy=p.auto_deploy,
-            validation_required=p.validation_required,
-            validation=pb.ValidationPolicy(
-                min_metrics=p.validation.min_metrics,
-                max_metrics=p.validation.max_metrics,
-                required_metadata_keys=list(p.validation.required_metadata_keys),
-                require_compatible_signature=p.validation.require_compatible_signature,
-            ),
-            approval_required=p.approval_required,
-            required_approvals=p.required_approvals,
-            rollback_enabled=p.rollback_enabled,
-            monitoring_required=p.monitoring_required,
-            required_predecessors=list(p.required_predecessors),
-            default_strategy=strategy_proto(p.default_strategy),
-            auto_rollback=pb.AutoRollbackPolicy(
-                enabled=t.enabled,
-                error_rate=t.error_rate,
-                latency_p95_ms=t.latency_p95_ms,
-                accuracy_drop=t.accuracy_drop,
-                monitoring_window=_duration(t.monitoring_window_seconds),
-                min_requests=t.min_requests,
-                analysis_interval=_duration(t.analysis_interval_seconds),
-            ),
-        ),
-        revision=e.revision,
-        etag=e.etag,
-    )
-    if e.create_time is not None:
-        out.create_time.CopyFrom(timestamp(e.create_time))
-    if e.update_time is not None:
-        out.update_time.CopyFrom(timestamp(e.update_time))
-    return out
-
-
-def environment_from_proto(m: pb.Environment, name: str) -> Environment:
-    """The definition a request states; unset thresholds take the defaults (environments.Thresholds)."""
-    p, t = m.policy, m.policy.auto_rollback
-    base = envs.Thresholds()
-
-    def optional(field: str, default: Any) -> Any:
-        return getattr(t, field) if t.HasField(field) else default
-
-    policy = envs.Policy(
-        auto_deploy=p.auto_deploy,
-        validation_required=p.validation_required,
-        validation=envs.Validation(
-            min_metrics=dict(p.validation.min_metrics),
-            max_metrics=dict(p.validation.max_metrics),
-            required_metadata_keys=tuple(p.validation.required_metadata_keys),
-            require_compatible_signature=p.validation.require_compatible_signature,
-        ),
-        approval_required=p.approval_required,
-        required_approvals=p.required_approvals,
-        rollback_enabled=p.rollback_enabled,
-        monitoring_required=p.monitoring_required,
-        required_predecessors=tuple(p.required_predecessors),
-        default_strategy=strategy_from_proto(
-            p.default_strategy, envs.StrategySpec(), "environment.policy.default_strategy"
-        ),
-        auto_rollback=envs.Thresholds(
-            enabled=t.enabled if p.HasField("auto_rollback") else base.enabled,
-            error_rate=optional("error_rate", base.error_rate),
-            latency_p95_ms=optional("latency_p95_ms", base.latency_p95_ms),
-            accuracy_drop=optional("accuracy_drop", base.accuracy_drop),
-            monitoring_window_seconds=_seconds(t.monitoring_window)
-            if t.HasField("monitoring_window")
-            else base.monitoring_window_seconds,
-            min_requests=optional("min_requests", base.min_requests),
-            analysis_interval_seconds=_seconds(t.analysis_interval)
-            if t.HasField("analysis_interval")
-            else base.analysis_interval_seconds,
-        ),
-    )
-    return Environment(name, m.description, m.position, policy)
+MAX_WINDOWS = 1000  # metric windows in one ReportMetrics call
 
 
 def _environment_name(value: str, field: str) -> str:
@@ -238,9 +107,9 @@ class DeploymentServicer(WebhookMethods):
         self, request: pb.CreateDeploymentRequest, context: Context
     ) -> pb.CreateDeploymentResponse:
         v = Violations()
-        program = _short(request.program, "programs")
+        program = short(request.program, "programs")
         v.collect(lambda: check_name(program, "program"))
-        environment = _short(request.environment, "environments")
+        environment = short(request.environment, "environments")
         v.collect(lambda: check_name(environment, "environment"))
         if not request.version:
             v.add("version", "name a version, or latest")
@@ -262,9 +131,15 @@ class DeploymentServicer(WebhookMethods):
 
         v.raise_if_any()
         draft = DeploymentRequest(
-            program, request.version, environment, strategy, request.reason, request.expected_target_etag,
-            request.supersede, request.allow_breaking,
-        )  # fmt: skip
+            program=program,
+            version=request.version,
+            environment=environment,
+            strategy=strategy,
+            reason=request.reason,
+            expected_target_etag=request.expected_target_etag,
+            supersede=request.supersede,
+            allow_breaking=request.allow_breaking,
+        )
         result = await self.deployments.create(
             serving(), draft, idempotency(request, "CreateDeployment", _created)
         )
@@ -284,10 +159,10 @@ class DeploymentServicer(WebhookMethods):
             states = tuple(dep.State(s) for s in request.states)
         except ValueError:
             raise InvalidArgument.one("states", "known deployment states only") from None
-        program = _short(request.program, "programs")
+        program = short(request.program, "programs")
         if program:
             check_name(program, "program")
-        environment = _short(request.environment, "environments")
+        environment = short(request.environment, "environments")
         if environment:
             check_name(environment, "environment")
         page = await self.deployments.list(
@@ -367,8 +242,8 @@ class DeploymentServicer(WebhookMethods):
     async def GetDeploymentStatus(
         self, request: pb.GetDeploymentStatusRequest, context: Context
     ) -> pb.GetDeploymentStatusResponse:
-        program = check_name(_short(request.program, "programs"), "program")
-        environment = check_name(_short(request.environment, "environments"), "environment")
+        program = check_name(short(request.program, "programs"), "program")
+        environment = check_name(short(request.environment, "environments"), "environment")
         status = await self.deployments.status(program, environment)
         out = pb.GetDeploymentStatusResponse()
         if status.target is not None:
@@ -392,7 +267,10 @@ class DeploymentServicer(WebhookMethods):
             v.add("sidecar_id", "must be lowercase letters, digits, '.', '_' or '-' (a pod or host name)")
         if len(request.windows) > MAX_WINDOWS:
             raise ResourceExhausted("metric_windows_per_call", f"at most {MAX_WINDOWS} windows per call")
-        windows = [_window(request.sidecar_id, w, f"windows[{i}]", v) for i, w in enumerate(request.windows)]
+        windows = [
+            window_from_proto(request.sidecar_id, w, f"windows[{i}]", v)
+            for i, w in enumerate(request.windows)
+        ]
         v.raise_if_any()
         # Measurements decide rollbacks: `rollback` on each program reported (permissions.py).
         await self.guard.authorize_resource(Action.ROLLBACK, sorted({w.program for w in windows}))
@@ -404,11 +282,15 @@ class DeploymentServicer(WebhookMethods):
     ) -> pb.ReportSidecarStatusResponse:
         who = identity().name
         now = self.sidecars.clock.now()  # the same clock that later judges liveness
-        heartbeat = sidecars.heartbeat_for(_seconds(request.heartbeat_interval))
+        heartbeat = sidecars.heartbeat_for(seconds(request.heartbeat_interval))
         report = sidecars.Report(
-            request.sidecar_id, who, tuple(_applied(t) for t in request.targets), heartbeat, now,
-            request.revision,
-        )  # fmt: skip
+            sidecar_id=request.sidecar_id,
+            principal=who,
+            targets=tuple(applied_from_proto(t) for t in request.targets),
+            heartbeat_seconds=heartbeat,
+            time=now,
+            revision=request.revision,
+        )
         v = Violations()
         sidecars.validate(report, v)
         v.raise_if_any()
@@ -418,7 +300,7 @@ class DeploymentServicer(WebhookMethods):
             revision = await self.sidecars.leave(serving(), report.sidecar_id, who)
         else:
             revision = await self.sidecars.report(serving(), report)
-        return pb.ReportSidecarStatusResponse(heartbeat_interval=_duration(heartbeat), revision=revision)
+        return pb.ReportSidecarStatusResponse(heartbeat_interval=duration(heartbeat), revision=revision)
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
@@ -481,81 +363,6 @@ def _mask_path_ok(path: str) -> bool:
     return True
 
 
-# -- deployments ---------------------------------------------------------------------------------
-
-
-def _ref(deployment_id: str) -> str:
-    return f"deployments/{deployment_id}" if deployment_id else ""
-
-
-def deployment_proto(d: dep.Deployment) -> pb.Deployment:
-    out = pb.Deployment(
-        name=d.resource_name,
-        program=d.program,
-        environment=d.environment,
-        version=d.version,
-        digest=d.digest,
-        strategy=strategy_proto(d.strategy),
-        state=int(d.state),  # type: ignore[arg-type]
-        current_step=d.steps_applied,
-        step_count=d.step_count,
-        weight_percent=d.weight_percent,
-        paused=d.paused,
-        pause_reason=d.pause_reason,
-        reason=d.reason,
-        creator=principal_name(d.creator),
-        approvals=[
-            pb.Approval(
-                principal=principal_name(a.principal),
-                rejected=a.rejected,
-                comment=a.comment,
-                time=timestamp(a.time),
-            )
-            for a in d.approvals
-        ],
-        required_approvals=d.required_approvals,
-        replaced_deployment=_ref(d.replaced),
-        rolled_back_deployment=_ref(d.rollback_of),
-        rollback_deployment=_ref(d.rolled_back_by),
-        superseded_by=_ref(d.superseded_by),
-        supersede=d.supersede,
-        allow_breaking=d.allow_breaking,
-        auto_deployed=d.auto_deployed,
-        timeline=[
-            pb.DeploymentTransition(
-                kind=int(e.kind),  # type: ignore[arg-type]
-                state=int(e.state),  # type: ignore[arg-type]
-                step=e.step,
-                actor=principal_name(e.actor),
-                time=timestamp(e.time),
-                reason=e.reason,
-                revision=e.revision,
-            )
-            for e in d.timeline
-        ],
-        create_time=timestamp(d.create_time),
-        revision=d.revision,
-        etag=d.etag,
-    )
-    if d.previous_stable:
-        out.previous_stable.CopyFrom(pinned_proto(d.previous_stable))
-    for field, value in (
-        ("step_start_time", d.step_start_time),
-        ("next_step_time", d.next_step_time),
-        ("update_time", d.update_time),
-        ("end_time", d.end_time),
-    ):
-        if value is not None:
-            getattr(out, field).CopyFrom(timestamp(value))
-    return out
-
-
-def _short(value: str, collection: str) -> str:
-    """`programs/x` or `x` -> `x`."""
-    prefix = collection + "/"
-    return value[len(prefix) :] if value.startswith(prefix) else value
-
-
 def _created(d: dep.Deployment) -> pb.CreateDeploymentResponse:
     return pb.CreateDeploymentResponse(deployment=deployment_proto(d))
 
@@ -576,110 +383,3 @@ def _rolled_back(pair: tuple[dep.Deployment, dep.Deployment]) -> pb.RollbackDepl
     return pb.RollbackDeploymentResponse(
         deployment=deployment_proto(pair[0]), rolled_back=deployment_proto(pair[1])
     )
-
-
-_ACKED = {pb.APPLY_RESULT_ACK: True, pb.APPLY_RESULT_NACK: False}
-
-
-MAX_WINDOWS = 1000
-
-
-def _window(sidecar_id: str, m: pb.MetricWindow, at: str, v: Violations) -> health.Window:
-    program = _short(m.program, "programs")
-    environment = _short(m.environment, "environments")
-    v.collect(lambda: check_name(program, f"{at}.program"))
-    v.collect(lambda: check_name(environment, f"{at}.environment"))
-    v.collect(lambda: versions.parse(m.version, f"{at}.version"))
-    times = []
-    for name in ("start_time", "end_time"):
-        try:
-            when = time_field(m, name, f"{at}.{name}")
-        except InvalidArgument as bad:
-            v.items += bad.violations
-            when = None
-        if not m.HasField(name):
-            v.add(f"{at}.{name}", "is required")
-        times.append(when or datetime.fromtimestamp(0, UTC))  # placeholder: the violations refuse the call
-    window = health.Window(
-        sidecar_id, program, environment, m.version,
-        times[0], times[1],
-        m.request_count, m.error_count,
-        tuple(m.latency.bounds_ms) or health.STANDARD_BOUNDS_MS, tuple(m.latency.counts), m.latency.sum_ms,
-        m.feedback_correct, m.feedback_total,
-    )  # fmt: skip
-    health.validate_window(window, at, v)
-    return window
-
-
-def version_health_proto(a: Assessed, found: Assessment) -> pb.VersionHealth:
-    h = a.health
-    totals = h.totals
-    out = pb.VersionHealth(
-        version=h.version,
-        role=_ROLES[a.role],
-        verdict=int(h.verdict),  # type: ignore[arg-type]
-        request_count=totals.request_count,
-        error_count=totals.error_count,
-        feedback_correct=totals.feedback_correct,
-        feedback_total=totals.feedback_total,
-        registered_performance=a.registered,
-    )
-    out.window_start_time.CopyFrom(timestamp(found.window_start))
-    out.window_end_time.CopyFrom(timestamp(found.window_end))
-    for name, value in (
-        ("error_rate", totals.error_rate),
-        ("latency_p95_ms", totals.latency_p95_ms),
-        ("accuracy", totals.accuracy),
-        ("baseline_accuracy", h.baseline_accuracy),
-    ):
-        if value is not None:
-            setattr(out, name, value)
-    for c in h.checks:
-        check = out.checks.add(
-            metric=c.metric,
-            threshold=c.threshold,
-            verdict=int(c.verdict),
-            message=c.message,
-        )
-        if c.value is not None:
-            check.value = c.value
-    return out
-
-
-_ROLES = {
-    "stable": pb.TRAFFIC_ROLE_STABLE,
-    "candidate": pb.TRAFFIC_ROLE_CANDIDATE,
-    "previous": pb.TRAFFIC_ROLE_PREVIOUS,
-}
-
-
-def _applied(m: pb.SidecarTargetStatus) -> sidecars.Applied:
-    return sidecars.Applied(
-        _short(m.program, "programs"), _short(m.environment, "environments"), m.version, m.digest,
-        _ACKED.get(m.result), m.error_detail.code, m.error_detail.message, m.revision,
-        time_field(m, "apply_time"),
-    )  # fmt: skip
-
-
-def sidecar_proto(r: sidecars.Report, program: str, environment: str) -> pb.Sidecar:
-    """Sidecar `r` with only its entries for `program` in `environment`."""
-    out = pb.Sidecar(
-        sidecar_id=r.sidecar_id,
-        principal=f"principals/{r.principal}",
-        last_report_time=timestamp(r.time),
-        heartbeat_interval=_duration(r.heartbeat_seconds),
-        revision=r.revision,
-    )
-    for a in r.targets:
-        if a.program != program or a.environment != environment:
-            continue
-        entry = out.targets.add(
-            program=a.program, environment=a.environment, version=a.version, digest=a.digest,
-            result=pb.APPLY_RESULT_ACK if a.acked else pb.APPLY_RESULT_NACK, revision=a.revision,
-        )  # fmt: skip
-        if not a.acked:
-            entry.error_detail.code = a.error_code
-            entry.error_detail.message = a.error_message
-        if a.apply_time is not None:
-            entry.apply_time.CopyFrom(timestamp(a.apply_time))
-    return out

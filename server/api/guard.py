@@ -176,8 +176,18 @@ def _certificate_subject(context: Context) -> str | None:
 # every caller acts as this principal, and every check passes.
 _ANYONE = Identity(
     principal=Principal(
-        ANONYMOUS, PrincipalType.USER, "anonymous (authentication off)", "", "", (), False, "", "",
-        _EPOCH, _EPOCH, 0,
+        name=ANONYMOUS,
+        type=PrincipalType.USER,
+        display_name="anonymous (authentication off)",
+        team="",
+        email="",
+        certificate_subjects=(),
+        disabled=False,
+        disable_reason="",
+        creator="",
+        create_time=_EPOCH,
+        update_time=_EPOCH,
+        revision=0,
     ),
     token=None,
-)  # fmt: skip
+)

@@ -185,7 +185,15 @@ class _Admission:
         # Each RPC runs in a task of its own: what is set here is this call's alone.
         # The peer is only wanted by the audit log: mutations, and refusals (see refused()).
         address = self.guard.peer(context) if self.rule.mutation else ""
-        call = Call(self.method, "", "", "", "", address, self.rule.mutation)
+        call = Call(
+            method=self.method,
+            principal="",
+            token="",
+            resource="",
+            request_id="",
+            peer=address,
+            mutation=self.rule.mutation,
+        )
         current_call.set(call)
         who = await self.guard.authenticate(context)
         call.principal = who.name
@@ -326,7 +334,7 @@ async def _peek(stream: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
 
 
 def _unknown(method: str) -> Call:
-    return Call(method, "", "", "", "", "", False)
+    return Call(method=method, principal="", token="", resource="", request_id="", peer="", mutation=False)
 
 
 def method_handler(

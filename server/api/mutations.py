@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from ..calls import serving
 from ..domain.names import check_request_id
 from ..usecases.common import Idempotency, Replay
-from .convert import fingerprint
+from .convert.common import fingerprint
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -23,7 +23,11 @@ def idempotency(request: Message, method: str, build: Callable[[T], Message]) ->
         return None
     check_request_id(request_id)
     return Idempotency(
-        serving().actor, request_id, method, fingerprint(request), lambda r: build(r).SerializeToString()
+        principal=serving().actor,
+        request_id=request_id,
+        method=method,
+        fingerprint=fingerprint(request),
+        encode=lambda r: build(r).SerializeToString(),
     )
 
 

@@ -85,7 +85,7 @@ def _target(path: str, template: str = "{}") -> Audited:
     return lambda request: template.format(_read(request, path))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rule:
     action: Action | None
     resources: Resources | None = None
@@ -120,70 +120,93 @@ ACCESS = "/dspy_registry.v1.AccessService/"
 
 RULES: dict[str, Rule] = {
     # -- RegistryService ---------------------------------------------------------------------
-    REGISTRY + "RegisterSignature": Rule(REGISTER, _field("signature", "signatures"), mutation=True),
-    REGISTRY + "GetSignature": Rule(READ, _field("name", "signatures")),
-    REGISTRY + "ListSignatures": Rule(READ, filtered=True),
-    REGISTRY + "ListSignatureVersions": Rule(READ, _field("parent", "signatures")),
+    REGISTRY + "RegisterSignature": Rule(
+        action=REGISTER, resources=_field("signature", "signatures"), mutation=True
+    ),
+    REGISTRY + "GetSignature": Rule(action=READ, resources=_field("name", "signatures")),
+    REGISTRY + "ListSignatures": Rule(action=READ, filtered=True),
+    REGISTRY + "ListSignatureVersions": Rule(action=READ, resources=_field("parent", "signatures")),
     REGISTRY + "CheckSignatureCompatibility": Rule(
-        READ, _fields(_field("base", "signatures"), _field("target", "signatures"))
+        action=READ, resources=_fields(_field("base", "signatures"), _field("target", "signatures"))
     ),
-    REGISTRY + "RegisterProgram": Rule(REGISTER, _field("spec.program", "programs"), mutation=True),
+    REGISTRY + "RegisterProgram": Rule(
+        action=REGISTER, resources=_field("spec.program", "programs"), mutation=True
+    ),
     # A client stream: the resource comes from its first message, the header.
-    REGISTRY + "UploadProgram": Rule(REGISTER, _field("header.spec.program", "programs"), mutation=True),
-    REGISTRY + "GetProgram": Rule(READ, _field("name", "programs")),
-    REGISTRY + "GetProgramVersion": Rule(READ, _field("name", "programs")),
-    REGISTRY + "ListPrograms": Rule(READ, filtered=True),
-    REGISTRY + "ListProgramVersions": Rule(READ, _field("parent", "programs")),
-    REGISTRY + "GetArtifact": Rule(READ, _field("program", "programs")),
+    REGISTRY + "UploadProgram": Rule(
+        action=REGISTER, resources=_field("header.spec.program", "programs"), mutation=True
+    ),
+    REGISTRY + "GetProgram": Rule(action=READ, resources=_field("name", "programs")),
+    REGISTRY + "GetProgramVersion": Rule(action=READ, resources=_field("name", "programs")),
+    REGISTRY + "ListPrograms": Rule(action=READ, filtered=True),
+    REGISTRY + "ListProgramVersions": Rule(action=READ, resources=_field("parent", "programs")),
+    REGISTRY + "GetArtifact": Rule(action=READ, resources=_field("program", "programs")),
     REGISTRY + "CompareProgramVersions": Rule(
-        READ, _fields(_field("base", "programs"), _field("target", "programs"))
+        action=READ, resources=_fields(_field("base", "programs"), _field("target", "programs"))
     ),
-    REGISTRY + "GetUpgradePath": Rule(READ, _field("program", "programs")),
-    REGISTRY + "YankProgramVersion": Rule(REGISTER, _field("name", "programs"), mutation=True),
+    REGISTRY + "GetUpgradePath": Rule(action=READ, resources=_field("program", "programs")),
+    REGISTRY + "YankProgramVersion": Rule(
+        action=REGISTER, resources=_field("name", "programs"), mutation=True
+    ),
     # -- AccessService: managing principals, tokens and grants needs admin on `*` -------------
-    ACCESS + "WhoAmI": Rule(None),
+    ACCESS + "WhoAmI": Rule(action=None),
     ACCESS + "CreatePrincipal": Rule(
-        ADMIN, EVERYTHING, mutation=True, audited=_target("principal_id", "principals/{}")
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("principal_id", "principals/{}")
     ),
-    ACCESS + "ListPrincipals": Rule(ADMIN, EVERYTHING),
-    ACCESS + "DisablePrincipal": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
-    ACCESS + "CreateToken": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("parent")),
-    ACCESS + "ListTokens": Rule(ADMIN, EVERYTHING),
-    ACCESS + "RevokeToken": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
-    ACCESS + "GrantPermission": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("principal")),
-    ACCESS + "RevokePermission": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
-    ACCESS + "ListPermissions": Rule(ADMIN, EVERYTHING),
+    ACCESS + "ListPrincipals": Rule(action=ADMIN, resources=EVERYTHING),
+    ACCESS + "DisablePrincipal": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
+    ),
+    ACCESS + "CreateToken": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("parent")
+    ),
+    ACCESS + "ListTokens": Rule(action=ADMIN, resources=EVERYTHING),
+    ACCESS + "RevokeToken": Rule(action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")),
+    ACCESS + "GrantPermission": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("principal")
+    ),
+    ACCESS + "RevokePermission": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
+    ),
+    ACCESS + "ListPermissions": Rule(action=ADMIN, resources=EVERYTHING),
     # About oneself: anyone; about another principal: admin (checked by the servicer).
-    ACCESS + "CheckPermission": Rule(None),
-    ACCESS + "ListAuditEvents": Rule(ADMIN, EVERYTHING),
+    ACCESS + "CheckPermission": Rule(action=None),
+    ACCESS + "ListAuditEvents": Rule(action=ADMIN, resources=EVERYTHING),
     # -- DeploymentService -------------------------------------------------------------------
-    DEPLOYMENT + "ListEnvironments": Rule(None),
-    DEPLOYMENT + "GetEnvironment": Rule(None),
+    DEPLOYMENT + "ListEnvironments": Rule(action=None),
+    DEPLOYMENT + "GetEnvironment": Rule(action=None),
     DEPLOYMENT + "UpdateEnvironment": Rule(
-        ADMIN, EVERYTHING, mutation=True, audited=_target("environment.name", "environments/{}")
+        action=ADMIN,
+        resources=EVERYTHING,
+        mutation=True,
+        audited=_target("environment.name", "environments/{}"),
     ),
-    DEPLOYMENT + "CreateDeployment": Rule(DEPLOY, _field("program", "programs"), mutation=True),
-    DEPLOYMENT + "GetDeployment": Rule(READ, by_servicer=True),
-    DEPLOYMENT + "ListDeployments": Rule(READ, filtered=True),
-    DEPLOYMENT + "ApproveDeployment": Rule(APPROVE, by_servicer=True, mutation=True),
-    DEPLOYMENT + "PromoteDeployment": Rule(DEPLOY, by_servicer=True, mutation=True),
-    DEPLOYMENT + "AbortDeployment": Rule(DEPLOY, by_servicer=True, mutation=True),
-    DEPLOYMENT + "RollbackDeployment": Rule(ROLLBACK, by_servicer=True, mutation=True),
-    DEPLOYMENT + "GetDeploymentStatus": Rule(READ, _field("program", "programs")),
+    DEPLOYMENT + "CreateDeployment": Rule(
+        action=DEPLOY, resources=_field("program", "programs"), mutation=True
+    ),
+    DEPLOYMENT + "GetDeployment": Rule(action=READ, by_servicer=True),
+    DEPLOYMENT + "ListDeployments": Rule(action=READ, filtered=True),
+    DEPLOYMENT + "ApproveDeployment": Rule(action=APPROVE, by_servicer=True, mutation=True),
+    DEPLOYMENT + "PromoteDeployment": Rule(action=DEPLOY, by_servicer=True, mutation=True),
+    DEPLOYMENT + "AbortDeployment": Rule(action=DEPLOY, by_servicer=True, mutation=True),
+    DEPLOYMENT + "RollbackDeployment": Rule(action=ROLLBACK, by_servicer=True, mutation=True),
+    DEPLOYMENT + "GetDeploymentStatus": Rule(action=READ, resources=_field("program", "programs")),
     # Read on every selected program (globs too); no selectors: all the caller may read.
-    DEPLOYMENT + "WatchTargets": Rule(READ, by_servicer=True),
+    DEPLOYMENT + "WatchTargets": Rule(action=READ, by_servicer=True),
     # Like WatchTargets: read on every selected program; no selectors, all the caller may read.
-    DEPLOYMENT + "WatchEvents": Rule(READ, by_servicer=True),
+    DEPLOYMENT + "WatchEvents": Rule(action=READ, by_servicer=True),
     # Read on each reported program. Telemetry, not a change to the registry: a heartbeat is not audited.
-    DEPLOYMENT + "ReportSidecarStatus": Rule(READ, by_servicer=True),
+    DEPLOYMENT + "ReportSidecarStatus": Rule(action=READ, by_servicer=True),
     # Measurements roll deployments back (or let them pass): reporting them takes the right to roll
     # back each program reported. Telemetry, not audited, as sidecar reports are not.
-    DEPLOYMENT + "ReportMetrics": Rule(ROLLBACK, by_servicer=True),
+    DEPLOYMENT + "ReportMetrics": Rule(action=ROLLBACK, by_servicer=True),
     # Audited by name: a URL can carry a secret of its own (a chat service's incoming-webhook path).
     DEPLOYMENT + "CreateWebhook": Rule(
-        ADMIN, EVERYTHING, mutation=True, audited=_target("webhook_id", "webhooks/{}")
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("webhook_id", "webhooks/{}")
     ),
-    DEPLOYMENT + "ListWebhooks": Rule(ADMIN, EVERYTHING),
-    DEPLOYMENT + "DeleteWebhook": Rule(ADMIN, EVERYTHING, mutation=True, audited=_target("name")),
-    DEPLOYMENT + "ListWebhookDeliveries": Rule(ADMIN, EVERYTHING),
+    DEPLOYMENT + "ListWebhooks": Rule(action=ADMIN, resources=EVERYTHING),
+    DEPLOYMENT + "DeleteWebhook": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
+    ),
+    DEPLOYMENT + "ListWebhookDeliveries": Rule(action=ADMIN, resources=EVERYTHING),
 }

@@ -18,8 +18,8 @@ from ..errors import InvalidArgument, ResourceExhausted
 from ..usecases.artifacts import InMemory
 from ..usecases.deployments import Deployments
 from ..usecases.registry import RegisteredProgram, RegisteredSignature, Registry
-from . import convert
 from .context import Context
+from .convert import registry as convert
 from .guard import Guard, identity
 from .mutations import answer, idempotency
 from .response_cache import ResponseCache

@@ -18,13 +18,14 @@ from google.protobuf import timestamp_pb2
 from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..domain.access import ALL, Action, check_glob, principal_name
-from ..domain.deployments import Pinned, Target
+from ..domain.deployments import Target
 from ..domain.model import by_revision
 from ..domain.names import check_name
 from ..errors import InvalidArgument, RegistryError, ResourceExhausted, ShuttingDown, StoreUnavailable
-from ..store.base import Store
+from ..usecases.watches import Watches
 from ..watch import DeploymentEvent, Hub, Selector, Subscriber
-from .convert import timestamp
+from .convert.common import timestamp
+from .convert.deployment import deployment_proto, target_proto
 from .flow import SHUTDOWN_RETRY_SECONDS, current_stream
 from .guard import Guard, identity
 
@@ -32,29 +33,6 @@ DEFAULT_PROGRESS_SECONDS = 5.0
 MIN_PROGRESS_SECONDS = 0.05
 LOG_PAGE = 1000
 CATCH_UP_SECONDS = 5.0  # how long a resuming watcher waits for this replica to hear of its revision
-
-
-def pinned_proto(p: Pinned) -> pb.TargetVersion:
-    return pb.TargetVersion(version=p.version, digest=p.digest)
-
-
-def target_proto(t: Target) -> pb.Target:
-    out = pb.Target(
-        name=t.resource_name, program=t.program, environment=t.environment, revision=t.revision, etag=t.etag
-    )
-    if t.stable:
-        out.stable.CopyFrom(pinned_proto(t.stable))
-    if t.candidate:
-        out.candidate.CopyFrom(
-            pb.CandidateVersion(
-                version=t.candidate.version, digest=t.candidate.digest, weight_percent=t.candidate_weight
-            )
-        )
-    if t.deployment:
-        out.deployment = f"deployments/{t.deployment}"
-    if t.update_time:
-        out.update_time.CopyFrom(timestamp(t.update_time))
-    return out
 
 
 def encode_changes(revision: int, targets: Sequence[Target]) -> bytes:
@@ -84,8 +62,8 @@ class _Watch:
     response: Any  # the response message class
     hub: Hub
 
-    def __init__(self, store: Store, hub: Hub, guard: Guard) -> None:
-        self.store = store
+    def __init__(self, watches: Watches, hub: Hub, guard: Guard) -> None:
+        self.watches = watches
         self.hub = hub
         self.guard = guard
 
@@ -111,8 +89,7 @@ class _Watch:
         if stream is not None:
             sub.on_cut = lambda: stream.end(_ending(sub) or ShuttingDown("the watch ended"))
         try:
-            async with self.store.read() as tx:
-                compacted = await tx.compacted_revision()
+            compacted = await self.watches.compacted_revision()
             last = sub.last = request.start_revision
             if last > self.hub.revision and last >= compacted:
                 await self._hear_of(last)
@@ -133,8 +110,7 @@ class _Watch:
         """A revision ahead of this replica's hub: if the store has it (another replica committed it
         a moment ago), wait for the hub to hear of it, so that the watcher gets the changes after it
         and not a snapshot flagged `reset` (kept for a revision compacted away or never committed)."""
-        async with self.store.read() as tx:
-            current = await tx.current_revision()
+        current = await self.watches.current_revision()
         if revision <= current and not await self.hub.reached(revision, CATCH_UP_SECONDS):
             raise StoreUnavailable(
                 f"this replica has not heard of revision {revision} yet; resume from it again"
@@ -146,8 +122,7 @@ class _Watch:
     async def _since(self, after: int, sub: Subscriber) -> AsyncIterator[tuple[int, bytes]]:
         """The log's items after `after`, a revision per message, up to what the hub has handed out."""
         while after < self.hub.revision:
-            async with self.store.read() as tx:
-                events = await tx.events_after(after, limit=LOG_PAGE)
+            events = await self.watches.events_after(after, limit=LOG_PAGE)
             if not events:
                 break
             # Extracted a revision at a time, as the hub does: an event's id is its index in its revision.
@@ -209,8 +184,7 @@ class TargetWatch(_Watch):
     response = pb.WatchTargetsResponse
 
     async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
-        async with self.store.read() as tx:
-            revision, targets = await tx.targets_snapshot()
+        revision, targets = await self.watches.targets()
         chosen = [target_proto(t) for t in targets if sub.matches(t)]
         snapshot = pb.TargetSnapshot(targets=chosen, reset=reset, compact_revision=compacted)
         return revision, pb.WatchTargetsResponse(revision=revision, snapshot=snapshot).SerializeToString()
@@ -220,10 +194,7 @@ class EventWatch(_Watch):
     response = pb.WatchEventsResponse
 
     async def _snapshot(self, sub: Subscriber, reset: bool, compacted: int) -> tuple[int, bytes]:
-        from .deployment import deployment_proto
-
-        async with self.store.read() as tx:
-            revision, live = await tx.live_deployments_snapshot()
+        revision, live = await self.watches.live_deployments()
         chosen = [deployment_proto(d) for d in live if any(s.matches(d) for s in sub.selectors)]
         snapshot = pb.DeploymentSnapshot(deployments=chosen, reset=reset, compact_revision=compacted)
         return revision, pb.WatchEventsResponse(revision=revision, snapshot=snapshot).SerializeToString()
@@ -234,7 +205,7 @@ def encode_events(revision: int, events: Sequence[DeploymentEvent]) -> bytes:
     for e in events:
         message = out.events.events.add(
             id=e.id,
-            kind=getattr(pb, f"DEPLOYMENT_EVENT_KIND_{e.kind.upper()}", 0),
+            kind=int(e.kind),  # deployments.Kind holds the proto's numbers
             revision=e.revision,
             deployment=e.deployment,
             program=e.program,

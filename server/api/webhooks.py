@@ -11,49 +11,13 @@ from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..calls import serving
 from ..domain import webhooks
-from ..domain.access import principal_name
 from ..domain.names import parse_parent
-from ..domain.webhooks import Delivery, DeliveryState, Webhook, WebhookDraft
+from ..domain.webhooks import DeliveryState, Webhook, WebhookDraft
 from ..errors import InvalidArgument
 from ..usecases.webhooks import Webhooks
 from .context import Context
-from .convert import timestamp
+from .convert.deployment import delivery_proto, webhook_proto
 from .mutations import answer, idempotency
-
-
-def webhook_proto(w: Webhook) -> pb.Webhook:
-    return pb.Webhook(
-        name=w.resource_name,
-        url=w.url,
-        event_kinds=[int(k) for k in w.event_kinds],  # type: ignore[misc]
-        selectors=[pb.TargetSelector(program=s.program, environment=s.environment) for s in w.selectors],
-        description=w.description,
-        creator=principal_name(w.creator),
-        create_time=timestamp(w.create_time),
-        revision=w.revision,
-    )
-
-
-def delivery_proto(d: Delivery) -> pb.WebhookDelivery:
-    out = pb.WebhookDelivery(
-        name=d.resource_name,
-        event_id=d.event_id,
-        event_kind=int(d.event_kind),  # type: ignore[arg-type]
-        state=int(d.state),  # type: ignore[arg-type]
-        attempts=d.attempts,
-        last_response_code=d.last_response_code,
-        last_error=d.last_error,
-        create_time=timestamp(d.create_time),
-    )
-    for field, value in (
-        ("last_attempt_time", d.last_attempt_time),
-        # Unset unless PENDING (while PENDING it may be the lease of an attempt in flight).
-        ("next_attempt_time", d.next_attempt_time if d.state == DeliveryState.PENDING else None),
-        ("complete_time", d.complete_time),
-    ):
-        if value is not None:
-            getattr(out, field).CopyFrom(timestamp(value))
-    return out
 
 
 def _created(w: Webhook) -> pb.CreateWebhookResponse:

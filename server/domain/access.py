@@ -45,7 +45,7 @@ TOKEN_PREFIX = "dspyr"
 TOKEN_RE = re.compile(rf"{TOKEN_PREFIX}_([a-z0-9]{{12}})_([A-Za-z0-9_-]{{43}})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Principal:
     name: str
     type: PrincipalType
@@ -69,7 +69,7 @@ class Principal:
         return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Token:
     id: str
     principal: str
@@ -91,7 +91,7 @@ class Token:
         return not self.revoked and (self.expire_time is None or now < self.expire_time)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Grant:
     id: str
     principal: str
@@ -232,7 +232,7 @@ class Outcome(IntEnum):
     FAILED = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditEvent:
     time: datetime
     principal: str
@@ -252,7 +252,7 @@ class AuditEvent:
         return f"auditEvents/{self.id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditFilter:
     principal: str = ""
     resource: str = ""  # this resource or anything below it

@@ -23,7 +23,7 @@ class Recommendation(IntEnum):
     BREAKING = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricDiff:
     metric: str
     base_value: float
@@ -44,7 +44,7 @@ class ConfigurationChange:
     target_value: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     performance: tuple[MetricDiff, ...]
     configuration: tuple[ConfigurationChange, ...]
@@ -53,7 +53,7 @@ class Comparison:
     reasons: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpgradeStep:
     from_version: str
     to_version: str
@@ -74,7 +74,16 @@ def performance_diff(base: dict[str, float], target: dict[str, float]) -> tuple[
         a, b = base[metric], target[metric]
         change = b - a
         percent = round(change / abs(a) * 100, 2) if a != 0 else None
-        diffs.append(MetricDiff(metric, a, b, change, percent, higher_is_better(metric)))
+        diffs.append(
+            MetricDiff(
+                metric=metric,
+                base_value=a,
+                target_value=b,
+                change=change,
+                change_percent=percent,
+                higher_is_better=higher_is_better(metric),
+            )
+        )
     return tuple(diffs)
 
 
@@ -130,7 +139,13 @@ def compare(base: ProgramVersion, target: ProgramVersion, compatibility: Compati
             reasons += [f"{d.metric} improved: {d.base_value:g} -> {d.target_value:g}" for d in better]
             if not better:
                 reasons.append("compatible, and no tracked metric got worse")
-    return Comparison(perf, configuration_diff(base, target), compatibility, recommendation, tuple(reasons))
+    return Comparison(
+        performance=perf,
+        configuration=configuration_diff(base, target),
+        compatibility=compatibility,
+        recommendation=recommendation,
+        reasons=tuple(reasons),
+    )
 
 
 def _tests_for_change(change: Change) -> str | None:
@@ -167,7 +182,13 @@ def upgrade_step(a: ProgramVersion, b: ProgramVersion, compatibility: Compatibil
             )
     tests.append(f"run the evaluation set on {b.version} and compare with {a.version}")
     breaking = tuple(f"{c.path}: {c.description}" for c in compatibility.breaking)
-    return UpgradeStep(a.version, b.version, compatibility, breaking, tuple(tests))
+    return UpgradeStep(
+        from_version=a.version,
+        to_version=b.version,
+        compatibility=compatibility,
+        breaking_changes=breaking,
+        recommended_tests=tuple(tests),
+    )
 
 
 def signature_switch(old: str, new: str) -> Compatibility:

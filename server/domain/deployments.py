@@ -72,7 +72,7 @@ class Pinned:
     digest: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
     program: str
     environment: str
@@ -92,7 +92,7 @@ class Target:
         return f"rev-{self.revision}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Approval:
     principal: str
     rejected: bool
@@ -100,7 +100,7 @@ class Approval:
     time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Transition:
     kind: Kind
     state: State
@@ -111,7 +111,7 @@ class Transition:
     revision: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Deployment:
     id: str
     program: str
@@ -181,7 +181,7 @@ def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
 
 
 def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = "") -> Deployment:
-    entry = Transition(kind, d.state, d.steps_applied, actor, now, reason)
+    entry = Transition(kind=kind, state=d.state, step=d.steps_applied, actor=actor, time=now, reason=reason)
     return replace(d, timeline=d.timeline + (entry,), update_time=now)
 
 
@@ -392,7 +392,9 @@ def approve(
             f"{actor} already approved {d.resource_name}",
             [PreconditionViolation("APPROVAL", d.resource_name, "one approval per principal")],
         )
-    noted = replace(d, approvals=d.approvals + (Approval(actor, reject, comment, now),))
+    noted = replace(
+        d, approvals=d.approvals + (Approval(principal=actor, rejected=reject, comment=comment, time=now),)
+    )
     if reject:
         noted = _note(noted, Kind.REJECTED, now, actor, comment)
         return _finish(noted, State.ABORTED, Kind.ABORTED, now, actor, f"rejected by {actor}"), t
@@ -658,7 +660,12 @@ def from_json(j: dict[str, Any]) -> Deployment:
         create_time=datetime.fromisoformat(j["create_time"]),
         required_approvals=j["required_approvals"],
         approvals=tuple(
-            Approval(a["principal"], a["rejected"], a["comment"], datetime.fromisoformat(a["time"]))
+            Approval(
+                principal=a["principal"],
+                rejected=a["rejected"],
+                comment=a["comment"],
+                time=datetime.fromisoformat(a["time"]),
+            )
             for a in j["approvals"]
         ),
         step=j["step"],
@@ -677,14 +684,14 @@ def from_json(j: dict[str, Any]) -> Deployment:
         auto_deployed=j["auto_deployed"],
         timeline=tuple(
             Transition(
-                Kind[t["kind"]],
-                State[t["state"]],
-                event_step(t),
-                t["actor"],
-                datetime.fromisoformat(t["time"]),
-                t["reason"],
-                t["revision"],
-            )  # fmt: skip
+                kind=Kind[t["kind"]],
+                state=State[t["state"]],
+                step=event_step(t),
+                actor=t["actor"],
+                time=datetime.fromisoformat(t["time"]),
+                reason=t["reason"],
+                revision=t["revision"],
+            )
             for t in j["timeline"]
         ),
         update_time=_time(j["update_time"]),

@@ -39,7 +39,7 @@ class CanaryStep:
     pause_seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StrategySpec:
     strategy: Strategy = Strategy.REPLACE
     canary_steps: tuple[CanaryStep, ...] = (CanaryStep(10, 60.0),)  # one step at 10 %, then promotion
@@ -50,7 +50,7 @@ class StrategySpec:
     ack_timeout_seconds: float = 300.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Thresholds:
     """When a deployed version is unhealthy, and so rolled back by itself: the defaults."""
 
@@ -63,7 +63,7 @@ class Thresholds:
     analysis_interval_seconds: float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Validation:
     min_metrics: dict[str, float] = field(default_factory=dict)
     max_metrics: dict[str, float] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class Validation:
     require_compatible_signature: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     auto_deploy: bool = False
     validation_required: bool = False
@@ -92,7 +92,7 @@ class Policy:
 SCAN_OPTIONAL = "development"  # the one environment whose policy may turn the credential scan off
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Environment:
     name: str
     description: str
@@ -113,19 +113,23 @@ class Environment:
 
 def defaults() -> tuple[Environment, ...]:
     """development, staging and production, with their default policies."""
-    blue_green = StrategySpec(Strategy.BLUE_GREEN)  # the default strategy but for development
+    blue_green = StrategySpec(strategy=Strategy.BLUE_GREEN)  # the default strategy but for development
     return (
         Environment(
-            "development",
-            "Auto-deploys every registered version.",
-            0,
-            Policy(auto_deploy=True, rollback_enabled=True, default_strategy=StrategySpec(Strategy.REPLACE)),
+            name="development",
+            description="Auto-deploys every registered version.",
+            position=0,
+            policy=Policy(
+                auto_deploy=True,
+                rollback_enabled=True,
+                default_strategy=StrategySpec(strategy=Strategy.REPLACE),
+            ),
         ),
         Environment(
-            "staging",
-            "Validated before deployment.",
-            1,
-            Policy(
+            name="staging",
+            description="Validated before deployment.",
+            position=1,
+            policy=Policy(
                 validation_required=True,
                 validation=Validation(require_compatible_signature=True),
                 rollback_enabled=True,
@@ -133,10 +137,10 @@ def defaults() -> tuple[Environment, ...]:
             ),
         ),
         Environment(
-            "production",
-            "Validated, approved, monitored; takes only what succeeded in staging.",
-            2,
-            Policy(
+            name="production",
+            description="Validated, approved, monitored; takes only what succeeded in staging.",
+            position=2,
+            policy=Policy(
                 validation_required=True,
                 validation=Validation(min_metrics={"accuracy": 0.85}, require_compatible_signature=True),
                 approval_required=True,
@@ -297,7 +301,12 @@ def _environment(
         auto_rollback=_thresholds(t, thresholds, where),
         security_scan=bool(t.get("security_scan", True)),
     )
-    return Environment(name, str(t.get("description", "")), int(t.get("position", position)), policy)
+    return Environment(
+        name=name,
+        description=str(t.get("description", "")),
+        position=int(t.get("position", position)),
+        policy=policy,
+    )
 
 
 _NUMBER = (int, float)
@@ -383,7 +392,7 @@ def load_toml(text: str) -> tuple[Environment, ...]:
     v.raise_if_any()
     try:
         deployment = data.get("deployment", {})
-        strategy = _strategy(deployment, StrategySpec(Strategy.BLUE_GREEN), "deployment")
+        strategy = _strategy(deployment, StrategySpec(strategy=Strategy.BLUE_GREEN), "deployment")
         thresholds = _thresholds(deployment, Thresholds(), "deployment")
         tables = data.get("environments")
         if tables:

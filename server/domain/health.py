@@ -35,7 +35,7 @@ class Verdict(IntEnum):
     INCONCLUSIVE = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Window:
     """One sidecar's measurements of one version over a short window."""
 
@@ -98,7 +98,7 @@ def validate_window(w: Window, at: str, v: Violations) -> None:
         v.add(f"{at}.latency.sum_ms", "must be a non-negative number")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Totals:
     """Windows of one version merged (across sidecars and time)."""
 
@@ -181,7 +181,7 @@ def quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float 
     return float(bounds[-1]) if bounds else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Check:
     metric: str  # error_rate, latency_p95_ms or accuracy_drop
     value: float | None
@@ -190,7 +190,7 @@ class Check:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Health:
     """One version's figures in a window, each threshold checked."""
 
@@ -224,42 +224,61 @@ def analyse(version: str, totals: Totals, baseline_accuracy: float | None, t: Th
     rate = totals.error_rate
     checks.append(
         _check(
-            "error_rate", rate, t.error_rate, enough,
+            "error_rate",
+            rate,
+            t.error_rate,
+            enough,
             f"Error rate {_figure(rate or 0)} exceeds threshold {_figure(t.error_rate)}",
         )
-    )  # fmt: skip
+    )
     p95 = totals.latency_p95_ms
     checks.append(
         _check(
-            "latency_p95_ms", p95, t.latency_p95_ms, enough,
+            "latency_p95_ms",
+            p95,
+            t.latency_p95_ms,
+            enough,
             f"P95 latency {_figure(p95 or 0)}ms exceeds threshold {_figure(t.latency_p95_ms)}ms",
         )
-    )  # fmt: skip
+    )
     # Accuracy from a handful of labels is noise: it counts from min_requests labelled answers.
     accuracy = totals.accuracy if totals.feedback_total >= max(1, t.min_requests) else None
     drop = None if accuracy is None or baseline_accuracy is None else baseline_accuracy - accuracy
     if drop is not None:
         checks.append(
             _check(
-                "accuracy_drop", drop, t.accuracy_drop, enough,
+                "accuracy_drop",
+                drop,
+                t.accuracy_drop,
+                enough,
                 f"Accuracy dropped by {_figure(drop)} (threshold: {_figure(t.accuracy_drop)})",
             )
-        )  # fmt: skip
+        )
     if any(c.verdict is Verdict.UNHEALTHY for c in checks):
         verdict = Verdict.UNHEALTHY
     elif not enough or p95 is None:  # latency unmeasured (no histogram): that threshold is unverified
         verdict = Verdict.INCONCLUSIVE
     else:
         verdict = Verdict.HEALTHY
-    return Health(version, totals, baseline_accuracy, tuple(checks), verdict)
+    return Health(
+        version=version,
+        totals=totals,
+        baseline_accuracy=baseline_accuracy,
+        checks=tuple(checks),
+        verdict=verdict,
+    )
 
 
 def _check(metric: str, value: float | None, threshold: float, enough: bool, violation: str) -> Check:
     if value is None or not enough:
-        return Check(metric, value, threshold, Verdict.INCONCLUSIVE, "")
+        return Check(
+            metric=metric, value=value, threshold=threshold, verdict=Verdict.INCONCLUSIVE, message=""
+        )
     if value > threshold:  # at the threshold is still within it: strictly above is a violation
-        return Check(metric, value, threshold, Verdict.UNHEALTHY, violation)
-    return Check(metric, value, threshold, Verdict.HEALTHY, "")
+        return Check(
+            metric=metric, value=value, threshold=threshold, verdict=Verdict.UNHEALTHY, message=violation
+        )
+    return Check(metric=metric, value=value, threshold=threshold, verdict=Verdict.HEALTHY, message="")
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:

@@ -12,7 +12,7 @@ from .programs import PredictorSummary
 from .signatures import Level, SignatureSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureVersion:
     signature: str
     version: str
@@ -29,7 +29,7 @@ class SignatureVersion:
         return f"signatures/{self.signature}/versions/{self.version}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureSummary:
     signature: str
     latest_version: str
@@ -38,7 +38,7 @@ class SignatureSummary:
     update_time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramVersion:
     program: str
     version: str
@@ -73,7 +73,7 @@ class ProgramVersion:
         return f"rev-{self.revision}"  # opaque to clients; quote-free for shells and JSON
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramSummary:
     program: str
     latest_version: str
@@ -84,13 +84,16 @@ class ProgramSummary:
     update_time: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
-    """One entry of the event log; `revision` is set by the store when it commits."""
+    """One entry of the event log; `revision` is set by the store when it commits.
 
-    kind: str  # e.g. signature.registered, program_version.registered
+    `events.py` says what each kind's `data` holds; writers build entries with `events.new_event`.
+    """
+
+    kind: str  # an events.EventKind value; read back, maybe one a newer release wrote
     resource: str  # the resource name it is about
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the kind's payload, as JSON
     revision: int = 0
     create_time: datetime | None = None
 

@@ -33,7 +33,7 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 SUMMARY_TEXT_LIMIT = 2000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PredictorSummary:
     """A predictor as a person reads it; long instructions are cut, their digest is whole."""
 
@@ -46,10 +46,18 @@ class PredictorSummary:
     @classmethod
     def of(cls, name: str, instructions: str, demo_count: int, field_count: int) -> PredictorSummary:
         if len(instructions) <= SUMMARY_TEXT_LIMIT:
-            return cls(name, instructions, demo_count, field_count)  # whole: no digest needed
+            return cls(
+                name=name, instructions=instructions, demo_count=demo_count, field_count=field_count
+            )  # whole: no digest needed
         shown = instructions[: SUMMARY_TEXT_LIMIT - 1] + "…"
         digest = hashlib.sha256(instructions.encode()).hexdigest()
-        return cls(name, shown, demo_count, field_count, digest)
+        return cls(
+            name=name,
+            instructions=shown,
+            demo_count=demo_count,
+            field_count=field_count,
+            instructions_digest=digest,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,11 +71,15 @@ class PredictorSummary:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PredictorSummary:
         return cls(
-            d["name"], d["instructions"], d["demo_count"], d["field_count"], d.get("instructions_digest", "")
+            name=d["name"],
+            instructions=d["instructions"],
+            demo_count=d["demo_count"],
+            field_count=d["field_count"],
+            instructions_digest=d.get("instructions_digest", ""),
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramDraft:
     """A registration, validated: everything but the stored state."""
 

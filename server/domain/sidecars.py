@@ -29,7 +29,7 @@ MAX_TARGETS = 1000
 SIDECAR_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Applied:
     program: str
     environment: str
@@ -42,7 +42,7 @@ class Applied:
     apply_time: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Report:
     sidecar_id: str
     principal: str
@@ -79,25 +79,25 @@ def report_from_json(
     sidecar_id: str, principal: str, heartbeat: float, time: datetime, d: dict[str, Any]
 ) -> Report:
     return Report(
-        sidecar_id,
-        principal,
-        tuple(
+        sidecar_id=sidecar_id,
+        principal=principal,
+        targets=tuple(
             Applied(
-                a["program"],
-                a["environment"],
-                a["version"],
-                a["digest"],
-                a["acked"],
-                a["error_code"],
-                a["error_message"],
-                a["revision"],
-                datetime.fromisoformat(a["apply_time"]) if a["apply_time"] else None,
-            )  # fmt: skip
+                program=a["program"],
+                environment=a["environment"],
+                version=a["version"],
+                digest=a["digest"],
+                acked=a["acked"],
+                error_code=a["error_code"],
+                error_message=a["error_message"],
+                revision=a["revision"],
+                apply_time=datetime.fromisoformat(a["apply_time"]) if a["apply_time"] else None,
+            )
             for a in d["targets"]
         ),
-        heartbeat,
-        time,
-        d["revision"],
+        heartbeat_seconds=heartbeat,
+        time=time,
+        revision=d["revision"],
     )
 
 

@@ -86,7 +86,7 @@ class FieldType:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureField:
     name: str
     type: FieldType
@@ -104,14 +104,14 @@ class SignatureField:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SignatureField:
         return cls(
-            data["name"],
-            FieldType.from_json(data["type"]),
-            data.get("description", ""),
-            data.get("required", True),
+            name=data["name"],
+            type=FieldType.from_json(data["type"]),
+            description=data.get("description", ""),
+            required=data.get("required", True),
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureSpec:
     description: str = ""
     instructions: str = ""
@@ -129,10 +129,10 @@ class SignatureSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SignatureSpec:
         return cls(
-            data.get("description", ""),
-            data.get("instructions", ""),
-            tuple(SignatureField.from_json(f) for f in data.get("inputs", ())),
-            tuple(SignatureField.from_json(f) for f in data.get("outputs", ())),
+            description=data.get("description", ""),
+            instructions=data.get("instructions", ""),
+            inputs=tuple(SignatureField.from_json(f) for f in data.get("inputs", ())),
+            outputs=tuple(SignatureField.from_json(f) for f in data.get("outputs", ())),
         )
 
 

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from functools import partial
-from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument, Violations, quote
 from .access import ALL, check_glob, glob_matches, principal_name
-from .deployments import Kind, event_step
+from .deployments import Kind
+from .events import DeploymentChanged
 from .names import check_name, check_text
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,7 +102,7 @@ class Interest:
         return not self.selectors or any(s.matches(program, environment) for s in self.selectors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WebhookDraft:
     """A CreateWebhook request, before validation."""
 
@@ -114,7 +114,7 @@ class WebhookDraft:
     description: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Webhook:
     id: str
     url: str
@@ -135,7 +135,7 @@ class Webhook:
         return Interest(frozenset(self.event_kinds), self.selectors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Delivery:
     id: str
     webhook: str  # the webhook's id
@@ -155,7 +155,7 @@ class Delivery:
         return f"webhooks/{self.webhook}/deliveries/{self.id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Due:
     """A delivery claimed for an attempt: all the notifier needs to make it."""
 
@@ -315,20 +315,13 @@ def selector(program: str, environment: str) -> Selector:
 # -- events ------------------------------------------------------------------------------------
 
 
-def event_kind(event_kind_name: str) -> Kind | None:
-    """`deployment.auto_rollback` -> Kind.AUTO_ROLLBACK; None for any other event."""
-    if not event_kind_name.startswith("deployment."):
-        return None
-    return Kind.__members__.get(event_kind_name.removeprefix("deployment.").upper())
-
-
 def _rfc3339(t: datetime) -> str:
     t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{t.microsecond:06d}Z"
 
 
 def event_body(
-    event_id: str, kind: Kind, revision: int, time: datetime, deployment: str, data: dict[str, Any]
+    event_id: str, kind: Kind, revision: int, time: datetime, deployment: str, change: DeploymentChanged
 ) -> str:
     """The DeploymentEvent WatchEvents would send, in the proto3 JSON mapping (camelCase, enum names)."""
     body = {
@@ -337,15 +330,15 @@ def event_body(
         "revision": str(revision),  # int64 is a string in proto3 JSON
         "time": _rfc3339(time),
         "deployment": deployment,
-        "program": data["program"],
-        "environment": data["environment"],
-        "version": data["version"],
-        "state": f"DEPLOYMENT_STATE_{data['state']}",
-        "step": event_step(data),  # as WatchEvents says it
-        "weightPercent": int(data["weight_percent"]),
-        "actor": principal_name(data.get("actor", "")),
-        "reason": data.get("reason", ""),
-        "relatedDeployment": data.get("related", ""),
+        "program": change.program,
+        "environment": change.environment,
+        "version": change.version,
+        "state": f"DEPLOYMENT_STATE_{change.state}",
+        "step": change.current_step,  # as WatchEvents says it
+        "weightPercent": change.weight_percent,
+        "actor": principal_name(change.actor),
+        "reason": change.reason,
+        "relatedDeployment": change.related,
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 

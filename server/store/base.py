@@ -62,16 +62,3 @@ class Store(Protocol):
         """One write transaction; `call`, the mutation it serves, whose audit event it then writes
         (see Records.finish). Background work passes none."""
         ...
-
-
-def open_store(url: str) -> Store:
-    """Pick the backend by URL scheme: sqlite:///path or postgresql://…"""
-    if url.startswith("sqlite://"):
-        from .sqlite import SqliteStore
-
-        return SqliteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")

@@ -368,7 +368,7 @@ class SidecarQueries:
                 r["heartbeat_ms"] / 1000,
                 to_datetime(r["last_report_time"]),
                 json.loads(r["report"]),
-            )  # fmt: skip
+            )
             for r in rows
         ]
 

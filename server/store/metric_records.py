@@ -51,7 +51,7 @@ class MetricQueries:
                     json.dumps({"bounds_ms": w.bounds_ms, "counts": w.counts, "sum_ms": w.sum_ms}),
                     w.feedback_correct,
                     w.feedback_total,
-                )  # fmt: skip
+                )
                 for (_, _, _, start), w in new.items()
             ],
         )
@@ -78,20 +78,20 @@ class MetricQueries:
             latency = json.loads(r["latency"])
             out.append(
                 Window(
-                    r["sidecar_id"],
-                    program,
-                    environment,
-                    r["version"],
-                    to_datetime(r["start_time"]),
-                    to_datetime(r["end_time"]),
-                    r["request_count"],
-                    r["error_count"],
-                    tuple(latency["bounds_ms"]),
-                    tuple(latency["counts"]),
-                    latency["sum_ms"],
-                    r["feedback_correct"],
-                    r["feedback_total"],
-                )  # fmt: skip
+                    sidecar_id=r["sidecar_id"],
+                    program=program,
+                    environment=environment,
+                    version=r["version"],
+                    start_time=to_datetime(r["start_time"]),
+                    end_time=to_datetime(r["end_time"]),
+                    request_count=r["request_count"],
+                    error_count=r["error_count"],
+                    bounds_ms=tuple(latency["bounds_ms"]),
+                    counts=tuple(latency["counts"]),
+                    sum_ms=latency["sum_ms"],
+                    feedback_correct=r["feedback_correct"],
+                    feedback_total=r["feedback_total"],
+                )
             )
         return out
 

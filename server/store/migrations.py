@@ -25,7 +25,7 @@ class Migration:
     statements: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dialect:
     name: str
     blob: str
@@ -33,9 +33,9 @@ class Dialect:
     autoid: str
 
 
-SQLITE = Dialect("sqlite", blob="BLOB", c="", autoid="INTEGER PRIMARY KEY AUTOINCREMENT")
+SQLITE = Dialect(name="sqlite", blob="BLOB", c="", autoid="INTEGER PRIMARY KEY AUTOINCREMENT")
 POSTGRES = Dialect(
-    "postgres", blob="BYTEA", c=' COLLATE "C"', autoid="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    name="postgres", blob="BYTEA", c=' COLLATE "C"', autoid="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

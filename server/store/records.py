@@ -183,7 +183,13 @@ class Records(
         for event in events:
             rows.append((self._revision, self._seq, event.kind, event.resource, _json(event.data), ts))
             self.appended.append(
-                Event(event.kind, event.resource, event.data, self._revision, to_datetime(ts))
+                Event(
+                    kind=event.kind,
+                    resource=event.resource,
+                    data=event.data,
+                    revision=self._revision,
+                    create_time=to_datetime(ts),
+                )
             )
             self._seq += 1
         insert = (
@@ -292,11 +298,11 @@ class Records(
             )
         return [
             Event(
-                r["kind"],
-                r["resource"],
-                json.loads(r["data"]),
-                r["revision"],
-                to_datetime(r["create_time"]),
+                kind=r["kind"],
+                resource=r["resource"],
+                data=json.loads(r["data"]),
+                revision=r["revision"],
+                create_time=to_datetime(r["create_time"]),
             )
             for r in rows
         ]

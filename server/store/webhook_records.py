@@ -16,6 +16,7 @@ from datetime import datetime
 
 from ..domain import webhooks
 from ..domain.deployments import Kind
+from ..domain.events import DeploymentChanged, deployment_kind
 from ..domain.model import Event, Page
 from ..domain.webhooks import Delivery, DeliveryState, Due, Interest, Selector, Webhook
 from ..errors import InvalidArgument
@@ -133,7 +134,7 @@ class WebhookQueries:
         wanted = [
             (first_seq + i, kind, e)
             for i, e in enumerate(events)
-            if (kind := webhooks.event_kind(e.kind)) is not None
+            if (kind := deployment_kind(e.kind)) is not None
         ]
         if not wanted:
             return
@@ -147,19 +148,33 @@ class WebhookQueries:
             return
         rows = []
         for seq, kind, e in wanted:
-            program, environment = str(e.data.get("program", "")), str(e.data.get("environment", ""))
+            change = DeploymentChanged.from_json(e.data)
             body: str | None = None
             for name, interest in interests:
-                if not interest.matches(kind, program, environment):
+                if not interest.matches(kind, change.program, change.environment):
                     continue
                 if body is None:
                     body = webhooks.event_body(
-                        f"{revision}-{seq}", kind, revision, to_datetime(ts), e.resource, e.data
+                        f"{revision}-{seq}", kind, revision, to_datetime(ts), e.resource, change
                     )
                 rows.append(
-                    (webhooks.new_delivery_id(), name, revision, seq, int(kind), body,
-                     int(DeliveryState.PENDING), 0, 0, "", ts, None, ts, None)
-                )  # fmt: skip
+                    (
+                        webhooks.new_delivery_id(),
+                        name,
+                        revision,
+                        seq,
+                        int(kind),
+                        body,
+                        int(DeliveryState.PENDING),
+                        0,
+                        0,
+                        "",
+                        ts,
+                        None,
+                        ts,
+                        None,
+                    )
+                )
         await self.conn.executemany(
             "INSERT INTO webhook_deliveries (id, webhook, revision, seq, event_kind, body, state, attempts, "
             "last_response_code, last_error, create_time, last_attempt_time, next_attempt_time, "
@@ -222,16 +237,16 @@ class WebhookQueries:
         )
         return [
             Due(
-                r["id"],
-                r["webhook"],
-                r["url"],
-                r["secret"],
-                Kind(r["event_kind"]),
-                r["body"],
-                r["attempts"],
-                to_datetime(r["create_time"]),
-                lease_until,
-            )  # fmt: skip
+                id=r["id"],
+                webhook=r["webhook"],
+                url=r["url"],
+                secret=r["secret"],
+                event_kind=Kind(r["event_kind"]),
+                body=r["body"],
+                attempts=r["attempts"],
+                create_time=to_datetime(r["create_time"]),
+                lease_until=lease_until,
+            )
             for r in rows
         ]
 

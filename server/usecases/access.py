@@ -22,6 +22,14 @@ from ..calls import Call
 from ..domain import access
 from ..domain.access import Action, AuditEvent, AuditFilter, Grant, NewToken, Outcome, Principal, Token
 from ..domain.clock import SYSTEM_CLOCK, Clock
+from ..domain.events import (
+    EventKind,
+    PrincipalChanged,
+    PrincipalStatusChanged,
+    changes_credentials,
+    changes_grants,
+    new_event,
+)
 from ..domain.model import Event
 from ..domain.names import check_name, check_text
 from ..errors import Aborted as AbortedError
@@ -57,7 +65,7 @@ class Identity:
         return self.principal.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrincipalDraft:
     name: str
     type: access.PrincipalType
@@ -83,10 +91,10 @@ class Access:
 
     def _on_commit(self, events: Sequence[Event]) -> None:
         for event in events:
-            if event.kind.startswith(("token.", "principal.")):
+            if changes_credentials(event.kind):
                 self._generation += 1
                 self._verified.clear()  # rare events: dropping all is simplest and safe
-            if event.kind.startswith(("permission.", "principal.")):
+            if changes_grants(event.kind):
                 self._grants.pop(str(event.data.get("principal", "")), None)
 
     def _forget_all(self) -> None:
@@ -237,27 +245,38 @@ class Access:
                 return False
             now = self.clock.now()
             admin = Principal(
-                ADMIN, access.PrincipalType.USER, "Administrator", "", "", (), False, "", access.BOOTSTRAP,
-                now, now, tx.next_revision,
-            )  # fmt: skip
+                name=ADMIN,
+                type=access.PrincipalType.USER,
+                display_name="Administrator",
+                team="",
+                email="",
+                certificate_subjects=(),
+                disabled=False,
+                disable_reason="",
+                creator=access.BOOTSTRAP,
+                create_time=now,
+                update_time=now,
+                revision=tx.next_revision,
+            )
             await tx.insert_principal(admin)
             grant = Grant(
-                access.new_token_id(),
-                ADMIN,
-                Action.ADMIN,
-                access.ALL,
-                access.BOOTSTRAP,
-                now,
-                tx.next_revision,
+                id=access.new_token_id(),
+                principal=ADMIN,
+                action=Action.ADMIN,
+                resource=access.ALL,
+                creator=access.BOOTSTRAP,
+                create_time=now,
+                revision=tx.next_revision,
             )
             await tx.insert_grant(grant)
             issued = self._issue(ADMIN, "bootstrap admin token", None, access.BOOTSTRAP, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
+            changed = PrincipalChanged(principal=ADMIN)
             await tx.append(
                 [
-                    Event("principal.created", admin.resource_name, {"principal": ADMIN}),
-                    Event("permission.granted", grant.resource_name, {"principal": ADMIN}),
-                    Event("token.created", issued.token.resource_name, {"principal": ADMIN}),
+                    new_event(EventKind.PRINCIPAL_CREATED, admin.resource_name, changed),
+                    new_event(EventKind.PERMISSION_GRANTED, grant.resource_name, changed),
+                    new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed),
                 ]
             )
             # Written before the commit: if it fails, no admin exists without its token.
@@ -299,11 +318,29 @@ class Access:
                     )
             now = self.clock.now()
             principal = Principal(
-                draft.name, draft.type, draft.display_name, draft.team, draft.email,
-                draft.certificate_subjects, False, "", call.actor, now, now, tx.next_revision,
-            )  # fmt: skip
+                name=draft.name,
+                type=draft.type,
+                display_name=draft.display_name,
+                team=draft.team,
+                email=draft.email,
+                certificate_subjects=draft.certificate_subjects,
+                disabled=False,
+                disable_reason="",
+                creator=call.actor,
+                create_time=now,
+                update_time=now,
+                revision=tx.next_revision,
+            )
             await tx.insert_principal(principal)
-            await tx.append([Event("principal.created", principal.resource_name, {"principal": draft.name})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.PRINCIPAL_CREATED,
+                        principal.resource_name,
+                        PrincipalChanged(principal=draft.name),
+                    )
+                ]
+            )
             return await record(tx, idem, principal)
 
     async def list_principals(
@@ -353,8 +390,9 @@ class Access:
                 return await record(tx, idem, principal)
             now = self.clock.now()
             await tx.set_principal_disabled(name, disabled, "" if undo else reason, tx.next_revision, now)
-            kind = "principal.enabled" if undo else "principal.disabled"
-            await tx.append([Event(kind, principal.resource_name, {"principal": name, "reason": reason})])
+            kind = EventKind.PRINCIPAL_ENABLED if undo else EventKind.PRINCIPAL_DISABLED
+            change = PrincipalStatusChanged(principal=name, reason=reason)
+            await tx.append([new_event(kind, principal.resource_name, change)])
             updated = replace(
                 principal,
                 disabled=disabled,
@@ -371,9 +409,17 @@ class Access:
     ) -> NewToken:
         token_id = access.new_token_id()
         token = Token(
-            token_id, principal, description, access.secret_prefix(token_id), expire_time, False, None,
-            creator, self.clock.now(), revision,
-        )  # fmt: skip
+            id=token_id,
+            principal=principal,
+            description=description,
+            secret_prefix=access.secret_prefix(token_id),
+            expire_time=expire_time,
+            revoked=False,
+            revoke_time=None,
+            creator=creator,
+            create_time=self.clock.now(),
+            revision=revision,
+        )
         return NewToken(token, access.new_secret())
 
     async def create_token(
@@ -404,7 +450,15 @@ class Access:
                 raise FailedPrecondition(f"principals/{principal} is disabled")
             issued = self._issue(principal, description, expire_time, call.actor, tx.next_revision)
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
-            await tx.append([Event("token.created", issued.token.resource_name, {"principal": principal})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.TOKEN_CREATED,
+                        issued.token.resource_name,
+                        PrincipalChanged(principal=principal),
+                    )
+                ]
+            )
             # The recorded answer carries no secret: a retry gets the token, never the secret again.
             return await record(tx, idem, issued)
 
@@ -437,7 +491,13 @@ class Access:
                 return await record(tx, idem, token)
             now = self.clock.now()
             await tx.revoke_token(token_id, tx.next_revision, now)
-            await tx.append([Event("token.revoked", token.resource_name, {"principal": principal})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.TOKEN_REVOKED, token.resource_name, PrincipalChanged(principal=principal)
+                    )
+                ]
+            )
             return await record(
                 tx, idem, replace(token, revoked=True, revoke_time=now, revision=tx.next_revision)
             )
@@ -465,16 +525,24 @@ class Access:
             if existing is not None:
                 return await record(tx, idem, (existing, False))
             grant = Grant(
-                access.new_token_id(),
-                principal,
-                action,
-                resource,
-                call.actor,
-                self.clock.now(),
-                tx.next_revision,
+                id=access.new_token_id(),
+                principal=principal,
+                action=action,
+                resource=resource,
+                creator=call.actor,
+                create_time=self.clock.now(),
+                revision=tx.next_revision,
             )
             await tx.insert_grant(grant)
-            await tx.append([Event("permission.granted", grant.resource_name, {"principal": principal})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.PERMISSION_GRANTED,
+                        grant.resource_name,
+                        PrincipalChanged(principal=principal),
+                    )
+                ]
+            )
             return await record(tx, idem, (grant, True))
 
     async def revoke_grant(
@@ -488,7 +556,13 @@ class Access:
                 raise NotFound(f"permissions/{grant_id}")
             await tx.delete_grant(grant_id)
             await tx.append(
-                [Event("permission.revoked", grant.resource_name, {"principal": grant.principal})]
+                [
+                    new_event(
+                        EventKind.PERMISSION_REVOKED,
+                        grant.resource_name,
+                        PrincipalChanged(principal=grant.principal),
+                    )
+                ]
             )
             return await record(tx, idem, replace(grant, revision=tx.next_revision))
 

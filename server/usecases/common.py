@@ -16,7 +16,7 @@ from ..store.records import Records
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Idempotency(Generic[T]):
     """A mutation's request_id: the first answer is recorded and replayed on retry."""
 

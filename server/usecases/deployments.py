@@ -1,9 +1,9 @@
 """Deployment use cases: create (with policy checks), approve, promote, abort, roll back, reconcile.
 
 Every change to a deployment and to its target is one transaction whose
-events — `deployment.<kind>` and `target.updated` — carry the revision, so
-the watch streams of the next release see targets change exactly as they
-committed. The controller (`reconcile`) is level-based: it re-reads each due
+events — `deployment.<kind>` and `target.updated`, whose payloads
+`domain/events.py` defines — carry the revision, so the watch streams of
+the next release see targets change exactly as they committed. The controller (`reconcile`) is level-based: it re-reads each due
 deployment inside its transaction and takes the one step the store says is
 next, so a restart, or two replicas, never skip or repeat a step.
 """
@@ -18,10 +18,11 @@ from datetime import datetime, timedelta
 
 from ..calls import Call
 from ..domain import deployments as dep
-from ..domain import security, versions
+from ..domain import events, security, versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import SCAN_OPTIONAL, Environment, Strategy, StrategySpec
+from ..domain.events import EventKind
 from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
@@ -44,7 +45,7 @@ def _new_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(12))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeploymentRequest:
     program: str
     version: str  # or "latest"
@@ -67,38 +68,10 @@ class Status:
 
 
 def _events(d: Deployment, t: Target | None, kinds: Sequence[Kind]) -> list[Event]:
-    last = d.timeline[-1] if d.timeline else None
-    related = d.rolled_back_by or d.superseded_by or d.rollback_of
-    data = {
-        "program": d.program,
-        "environment": d.environment,
-        "version": d.version,
-        "state": d.state.name,
-        **dep.step_json(d.steps_applied),
-        "weight_percent": d.weight_percent,
-        "actor": last.actor if last else d.creator,
-        "reason": last.reason if last else d.reason,
-        "related": f"deployments/{related}" if related else "",
-    }
-    out = [Event(f"deployment.{k.name.lower()}", d.resource_name, data) for k in kinds]
+    change = events.DeploymentChanged.of(d)
+    out = [events.new_event(EventKind.of_deployment(k), d.resource_name, change) for k in kinds]
     if t is not None:
-        out.append(
-            Event(
-                "target.updated",
-                t.resource_name,
-                # The whole target, so that a watcher needs nothing but the event log.
-                {
-                    "program": t.program,
-                    "environment": t.environment,
-                    "stable": t.stable.version if t.stable else None,
-                    "stable_digest": t.stable.digest if t.stable else None,
-                    "candidate": t.candidate.version if t.candidate else None,
-                    "candidate_digest": t.candidate.digest if t.candidate else None,
-                    "weight_percent": t.candidate_weight,
-                    "deployment": t.deployment,
-                },
-            )
-        )
+        out.append(events.new_event(EventKind.TARGET_UPDATED, t.resource_name, events.TargetUpdated.of(t)))
     return out
 
 
@@ -170,7 +143,7 @@ class Deployments:
         if env.policy.security_scan:
             await self._check_scanned(tx, env, pv)
         target_before = await tx.get_target(r.program, r.environment)
-        target = target_before or Target(r.program, r.environment)
+        target = target_before or Target(program=r.program, environment=r.environment)
         if r.expected_target_etag and r.expected_target_etag != target.etag:
             raise Aborted(
                 f"{target.resource_name} changed: etag is {target.etag}, request had {r.expected_target_etag}"
@@ -256,7 +229,9 @@ class Deployments:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = act(d, t, self.clock.now(), call.actor)
             saved, _ = await self._save(tx, after, d, target, t)
             return await record(tx, idem, saved)
@@ -275,7 +250,9 @@ class Deployments:
             if (replay := await replayed(tx, idem)) is not None:
                 return replay
             d = await self._current(tx, deployment_id, etag)
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = dep.approve(d, t, self.clock.now(), call.actor, comment, reject)
             if after.state is State.IN_PROGRESS or after.state is State.SUCCEEDED:
                 await self._recheck(tx, after, target)
@@ -331,7 +308,9 @@ class Deployments:
         env = await tx.get_environment(d.environment)
         if env is not None and not env.policy.rollback_enabled:
             raise FailedPrecondition(f"rollback is disabled in {env.name}")
-        t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+        t = await tx.get_target(d.program, d.environment) or Target(
+            program=d.program, environment=d.environment
+        )
         now, new_id = self.clock.now(), _new_id()
         ended, target, back_to = dep.roll_back(d, t, now, actor, reason, new_id, auto)
         previous = await tx.get_program_version(d.program, back_to.version)
@@ -367,7 +346,9 @@ class Deployments:
             d = await tx.get_deployment(deployment_id)
             if d is None or not dep.due(d, now):
                 return 0  # another replica, or a person, got there first
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             env = await tx.get_environment(d.environment)
             if d.strategy.strategy is Strategy.CANARY and env is not None and env.policy.monitoring_required:
                 return await self._gated_step(tx, d, t, env, now)
@@ -510,7 +491,9 @@ class Deployments:
             d = await tx.get_deployment(deployment_id)
             if d is None or d.state not in dep.ACTIVE:
                 return
-            t = await tx.get_target(d.program, d.environment) or Target(d.program, d.environment)
+            t = await tx.get_target(d.program, d.environment) or Target(
+                program=d.program, environment=d.environment
+            )
             after, target = dep.fail(d, t, self.clock.now(), "controller", reason)
             await self._save(tx, after, d, target, t)
 
@@ -529,7 +512,7 @@ class Deployments:
             d = await tx.active_deployment(program, environment)
             if d is None:
                 return None
-            t = await tx.get_target(program, environment) or Target(program, environment)
+            t = await tx.get_target(program, environment) or Target(program=program, environment=environment)
             acted = dep.nacked(d, t, self.clock.now(), call.actor, sidecar_id, version, digest, error)
             if acted is None:
                 return None
@@ -629,7 +612,14 @@ class Deployments:
                 )
                 continue
             request = DeploymentRequest(
-                pv.program, pv.version, env.name, None, f"auto-deploy of {pv.version}", "", True, False
+                program=pv.program,
+                version=pv.version,
+                environment=env.name,
+                strategy=None,
+                reason=f"auto-deploy of {pv.version}",
+                expected_target_etag="",
+                supersede=True,
+                allow_breaking=False,
             )
             try:
                 await self.create_in(tx, request, actor, auto=True)

@@ -10,7 +10,7 @@ from ..calls import Call
 from ..domain import environments as envs
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.environments import Environment
-from ..domain.model import Event
+from ..domain.events import EnvironmentChanged, EventKind, new_event
 from ..errors import Aborted, NotFound
 from ..store.base import Store
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
@@ -39,12 +39,16 @@ class Environments:
                 await tx.put_environment(
                     replace(env, create_time=created, update_time=now, revision=tx.next_revision)
                 )
-                kind = "environment.created" if current is None else "environment.updated"
-                events.append(Event(kind, env.resource_name, {"environment": env.name, "source": "config"}))
+                kind = EventKind.ENVIRONMENT_CREATED if current is None else EventKind.ENVIRONMENT_UPDATED
+                payload = EnvironmentChanged(environment=env.name, source="config")
+                events.append(new_event(kind, env.resource_name, payload))
             if events:
                 await tx.append(events)
-                log.info("environments from %s", "the config file" if configured else "the defaults",
-                         extra={"environments": [e.resource.split("/")[1] for e in events]})  # fmt: skip
+                log.info(
+                    "environments from %s",
+                    "the config file" if configured else "the defaults",
+                    extra={"environments": [e.resource.split("/")[1] for e in events]},
+                )
 
     async def list(self, page_size: int, page_token: str) -> PageOf[Environment]:
         return await page_of(
@@ -90,6 +94,7 @@ class Environments:
                 revision=tx.next_revision,
             )
             await tx.put_environment(updated)
-            kind = "environment.created" if current is None else "environment.updated"
-            await tx.append([Event(kind, updated.resource_name, {"environment": name, "source": "api"})])
+            kind = EventKind.ENVIRONMENT_CREATED if current is None else EventKind.ENVIRONMENT_UPDATED
+            payload = EnvironmentChanged(environment=name, source="api")
+            await tx.append([new_event(kind, updated.resource_name, payload)])
             return await record(tx, idem, updated)

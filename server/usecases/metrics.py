@@ -36,7 +36,7 @@ class Assessed:
     registered: dict[str, float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Assessment:
     window_start: datetime
     window_end: datetime
@@ -96,7 +96,7 @@ async def assess(
         out.append(assessed)
         if version == subject_version:
             subject = assessed
-    return Assessment(start, now, tuple(out), subject)
+    return Assessment(window_start=start, window_end=now, versions=tuple(out), subject=subject)
 
 
 class Metrics:

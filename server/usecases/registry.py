@@ -17,8 +17,8 @@ from ..calls import Call
 from ..domain import compare as comparing
 from ..domain import environments, guard, programs, security, signatures, versioning, versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
+from ..domain.events import EventKind, ProgramVersionRegistered, SignatureRegistered, YankChanged, new_event
 from ..domain.model import (
-    Event,
     ProgramSummary,
     ProgramVersion,
     SignatureSummary,
@@ -41,7 +41,7 @@ T = TypeVar("T")
 log = logging.getLogger("dspy_registry.registry")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignatureDraft:
     signature: str
     version: str  # "" to bump
@@ -62,7 +62,7 @@ class RegisteredProgram:
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactStream:
     digest: str
     size_bytes: int
@@ -94,15 +94,18 @@ class Registry:
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
         versioning_settings: versioning.Versioning | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None,
     ) -> None:
+        """`after_register` is called inside each registration's transaction, with the version and
+        the actor who registered it: the server passes `Deployments.auto_deploy`; a registry without
+        deployments (the store's tests) passes nothing."""
         self.store = store
         self.clock = clock
         self.guard_mode = guard_mode
         self.versioning = versioning_settings or versioning.Versioning()
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
-        # Called inside each registration's transaction (auto-deploy), when deployments exist.
-        self.after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None
+        self.after_register = after_register
 
     # -- signatures --------------------------------------------------------------------
 
@@ -173,7 +176,13 @@ class Registry:
             )
             await tx.insert_signature_version(sv, proposed.sort_key)
             await tx.append(
-                [Event("signature.registered", sv.name, {"signature": name, "version": sv.version})]
+                [
+                    new_event(
+                        EventKind.SIGNATURE_REGISTERED,
+                        sv.name,
+                        SignatureRegistered(signature=name, version=sv.version),
+                    )
+                ]
             )
             return await record(tx, idem, RegisteredSignature(sv, tuple(warnings)))
 
@@ -371,10 +380,10 @@ class Registry:
             await tx.insert_program_version(pv, version.sort_key, version.is_prerelease)
             await tx.append(
                 [
-                    Event(
-                        "program_version.registered",
+                    new_event(
+                        EventKind.PROGRAM_VERSION_REGISTERED,
                         pv.name,
-                        {"program": pv.program, "version": pv.version, "digest": digest},
+                        ProgramVersionRegistered(program=pv.program, version=pv.version, digest=digest),
                     )
                 ]
             )
@@ -515,7 +524,12 @@ class Registry:
             if count is None:
                 raise NotFound(f"programs/{program}/artifacts/{digest}")
             owner = await tx.version_with_digest(program, digest)
-        return ArtifactStream(digest, owner.size_bytes, owner.media_type, self._chunks(digest, count))
+        return ArtifactStream(
+            digest=digest,
+            size_bytes=owner.size_bytes,
+            media_type=owner.media_type,
+            chunks=self._chunks(digest, count),
+        )
 
     async def _chunks(self, digest: str, count: int) -> AsyncIterator[bytes]:
         # One chunk per read: a 64 MiB artifact never sits in memory whole.
@@ -585,10 +599,10 @@ class Registry:
             await tx.set_yanked(pv.program, pv.version, wanted, "" if undo else reason, revision)
             await tx.append(
                 [
-                    Event(
-                        "program_version.unyanked" if undo else "program_version.yanked",
+                    new_event(
+                        EventKind.PROGRAM_VERSION_UNYANKED if undo else EventKind.PROGRAM_VERSION_YANKED,
                         pv.name,
-                        {"program": pv.program, "version": pv.version, "reason": reason},
+                        YankChanged(program=pv.program, version=pv.version, reason=reason),
                     )
                 ]
             )

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from ..calls import Call
 from ..domain import webhooks
 from ..domain.clock import SYSTEM_CLOCK, Clock
-from ..domain.model import Event
+from ..domain.events import EventKind, WebhookChanged, new_event
 from ..domain.webhooks import (
     Delivery,
     DeliveryState,
@@ -96,11 +96,24 @@ class Webhooks:
                     "webhooks", f"at most {webhooks.MAX_WEBHOOKS} webhooks; delete one first"
                 )
             webhook = Webhook(
-                draft.id, draft.url, kinds, draft.selectors, draft.secret, draft.description, call.actor,
-                self.clock.now(), tx.next_revision,
-            )  # fmt: skip
+                id=draft.id,
+                url=draft.url,
+                event_kinds=kinds,
+                selectors=draft.selectors,
+                secret=draft.secret,
+                description=draft.description,
+                creator=call.actor,
+                create_time=self.clock.now(),
+                revision=tx.next_revision,
+            )
             await tx.insert_webhook(webhook)
-            await tx.append([Event("webhook.created", webhook.resource_name, {"webhook": webhook.id})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.WEBHOOK_CREATED, webhook.resource_name, WebhookChanged(webhook=webhook.id)
+                    )
+                ]
+            )
             return await record(tx, idem, webhook)
 
     async def list_webhooks(self, page_size: int, page_token: str) -> PageOf[Webhook]:
@@ -125,7 +138,13 @@ class Webhooks:
             if webhook is None:
                 raise NotFound(f"webhooks/{webhook_id}")
             await tx.delete_webhook(webhook_id)
-            await tx.append([Event("webhook.deleted", webhook.resource_name, {"webhook": webhook_id})])
+            await tx.append(
+                [
+                    new_event(
+                        EventKind.WEBHOOK_DELETED, webhook.resource_name, WebhookChanged(webhook=webhook_id)
+                    )
+                ]
+            )
             return await record(tx, idem, replace(webhook, revision=tx.next_revision))
 
     async def deliveries(

@@ -90,9 +90,14 @@ def window(
     """`requests` answered in under 5 ms, or all at `slow_ms` when given."""
     start = start or datetime.now(UTC)
     out = dpb.MetricWindow(
-        program=PROGRAM, environment="staging", version=version, request_count=requests, error_count=errors,
-        feedback_correct=correct, feedback_total=labelled,
-    )  # fmt: skip
+        program=PROGRAM,
+        environment="staging",
+        version=version,
+        request_count=requests,
+        error_count=errors,
+        feedback_correct=correct,
+        feedback_total=labelled,
+    )
     out.start_time.FromDatetime(start)
     out.end_time.FromDatetime(start + timedelta(seconds=1))
     counts = [0] * (len(STANDARD_BOUNDS_MS) + 1)
@@ -204,8 +209,10 @@ async def test_a_regression_during_a_canary_rolls_back_by_itself_in_the_seeds_wo
     message = await asyncio.wait_for(events.read(), 5)
     [event] = message.events.events
     assert (event.kind, event.deployment, event.version) == (
-        dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK, canary.name, "1.1.0",
-    )  # fmt: skip
+        dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK,
+        canary.name,
+        "1.1.0",
+    )
     events.cancel()
 
 

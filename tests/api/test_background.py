@@ -27,7 +27,9 @@ async def test_a_deployment_committed_during_a_pass_is_stepped_without_waiting_o
         async def run_once(self) -> int:
             passes.append(time.monotonic())
             if len(passes) == 1:  # a deployment commits while this pass runs
-                self.on_commit([Event("deployment.created", "deployments/d1", {}, 1)])
+                self.on_commit(
+                    [Event(kind="deployment.created", resource="deployments/d1", data={}, revision=1)]
+                )
             return await super().run_once()
 
     controller = Observed(Deployments(store))

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from dspy_registry.server.api.access import AccessServicer
 from dspy_registry.server.api.deployment import DeploymentServicer
 from dspy_registry.server.api.registry import RegistryServicer
-from dspy_registry.server.app import SERVICES
+from dspy_registry.server.app import ACCESS_SERVICE, DEPLOYMENT_SERVICE, REGISTRY_SERVICE, SERVICES
 from dspy_registry.v1 import registry_pb2_grpc
 from tests.api.conftest import Running
 
@@ -45,18 +45,18 @@ def test_every_rpc_has_an_implementation() -> None:
     """Nothing answers UNIMPLEMENTED any more: api/pending.py has no RPC left to refuse."""
     base = registry_pb2_grpc.RegistryServiceServicer
     missing = [
-        m.name for m in SERVICES[0].methods if getattr(RegistryServicer, m.name) is getattr(base, m.name)
+        m.name for m in REGISTRY_SERVICE.methods if getattr(RegistryServicer, m.name) is getattr(base, m.name)
     ]
     missing += [
-        m.name for m in SERVICES[1].methods if not callable(getattr(DeploymentServicer, m.name, None))
+        m.name for m in DEPLOYMENT_SERVICE.methods if not callable(getattr(DeploymentServicer, m.name, None))
     ]
-    missing += [m.name for m in SERVICES[2].methods if not callable(getattr(AccessServicer, m.name, None))]
+    missing += [m.name for m in ACCESS_SERVICE.methods if not callable(getattr(AccessServicer, m.name, None))]
     assert missing == []
 
 
 async def test_health_and_reflection_serve_the_whole_contract(server: Running) -> None:
     health = health_pb2_grpc.HealthStub(server.channel)
-    for name in ["", *(s.full_name for s in SERVICES)]:
+    for name in ["", *SERVICES]:
         response = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -66,5 +66,5 @@ async def test_health_and_reflection_serve_the_whole_contract(server: Running) -
 
     # The reflection client is synchronous: run it off the loop that serves.
     listed = await asyncio.to_thread(list_services)
-    assert {s.full_name for s in SERVICES} <= listed
+    assert SERVICES.keys() <= listed
     assert "grpc.health.v1.Health" in listed

@@ -67,10 +67,12 @@ async def test_replace_blue_green_and_canary_end_to_end(ready: Running) -> None:
     deploy = ready.deployments
     replace = await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.0.0", environment="staging",
+            program=PROGRAM,
+            version="1.0.0",
+            environment="staging",
             strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
         )
-    )  # fmt: skip
+    )
     assert (
         replace.deployment.state == dpb.DEPLOYMENT_STATE_SUCCEEDED
         and await _served(ready, "staging") == "1.0.0"
@@ -136,17 +138,21 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
     )  # not in staging yet
     await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.1.0", environment="staging",
+            program=PROGRAM,
+            version="1.1.0",
+            environment="staging",
             strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
         )
-    )  # fmt: skip
+    )
     pending = (await deploy.CreateDeployment(early)).deployment
     assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and pending.required_approvals == 1
     assert pending.current_step == 0  # nothing applied yet
     [created] = pending.timeline
     assert (created.kind, created.state, created.step) == (
-        dpb.DEPLOYMENT_EVENT_KIND_CREATED, dpb.DEPLOYMENT_STATE_PENDING_APPROVAL, 0,
-    )  # fmt: skip
+        dpb.DEPLOYMENT_EVENT_KIND_CREATED,
+        dpb.DEPLOYMENT_STATE_PENDING_APPROVAL,
+        0,
+    )
     mine = dpb.ApproveDeploymentRequest(name=pending.name)
     assert (
         await code_of(deploy.ApproveDeployment(mine)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -170,8 +176,12 @@ async def test_approvals_promotion_order_and_the_requester(ready: Running) -> No
     assert approved.deployment.current_step == 1 and approved.deployment.weight_percent == 0
     entry = approved.deployment.timeline[-1]
     assert (entry.kind, entry.state, entry.step, entry.actor, entry.reason) == (
-        dpb.DEPLOYMENT_EVENT_KIND_APPROVED, dpb.DEPLOYMENT_STATE_IN_PROGRESS, 1, "principals/carol", "looks good",
-    )  # fmt: skip
+        dpb.DEPLOYMENT_EVENT_KIND_APPROVED,
+        dpb.DEPLOYMENT_STATE_IN_PROGRESS,
+        1,
+        "principals/carol",
+        "looks good",
+    )
     again = dpb.ApproveDeploymentRequest(name=pending.name)
     assert (
         await code_of(deploy.ApproveDeployment(again)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -185,8 +195,17 @@ async def test_validation_yanked_versions_and_unknown_environments(ready: Runnin
         program=PROGRAM, version="1.3.0", environment="staging", strategy=canary_strategy((10, 60))
     )
     await deploy.CreateDeployment(to_staging)
-    await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=(await deploy.ListDeployments(
-        dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging"))).deployments[0].name))  # fmt: skip
+    await deploy.AbortDeployment(
+        dpb.AbortDeploymentRequest(
+            name=(
+                await deploy.ListDeployments(
+                    dpb.ListDeploymentsRequest(program=PROGRAM, environment="staging")
+                )
+            )
+            .deployments[0]
+            .name
+        )
+    )
     await ready.registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.3.0", reason="bad demos")
     )
@@ -270,12 +289,15 @@ async def test_of_sixteen_deployers_with_one_expected_etag_exactly_one_wins(read
     calls = [
         deploy.CreateDeployment(
             dpb.CreateDeploymentRequest(
-                program=PROGRAM, version="1.0.0", environment="development", strategy=replace,
+                program=PROGRAM,
+                version="1.0.0",
+                environment="development",
+                strategy=replace,
                 expected_target_etag=etag,
             )
         )
         for _ in range(16)
-    ]  # fmt: skip
+    ]
     codes = await asyncio.gather(*(code_of(c) for c in calls))
     assert sorted(c.name for c in codes) == ["ABORTED"] * 15 + ["OK"]
     unguarded = [
@@ -350,17 +372,30 @@ async def test_a_refused_auto_deploy_leaves_the_registration_standing(ready: Run
 async def test_review_cases_rollbacks_after_aborts_and_of_rollbacks(ready: Running) -> None:
     deploy = ready.deployments
     replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
-    first = (await deploy.CreateDeployment(
-        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=replace)
-    )).deployment  # fmt: skip
-    second = (await deploy.CreateDeployment(
-        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
-    )).deployment  # fmt: skip
-    canary = (await deploy.CreateDeployment(
-        dpb.CreateDeploymentRequest(
-            program=PROGRAM, version="1.0.0", environment="staging", strategy=canary_strategy((10, 60), (50, 60))
+    first = (
+        await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.0.0", environment="staging", strategy=replace
+            )
         )
-    )).deployment  # fmt: skip
+    ).deployment
+    second = (
+        await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.1.0", environment="staging", strategy=replace
+            )
+        )
+    ).deployment
+    canary = (
+        await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM,
+                version="1.0.0",
+                environment="staging",
+                strategy=canary_strategy((10, 60), (50, 60)),
+            )
+        )
+    ).deployment
     await deploy.AbortDeployment(dpb.AbortDeploymentRequest(name=canary.name, reason="changed my mind"))
     # The aborted canary handed the target back: the stable deployment can still be rolled back.
     rolled = await deploy.RollbackDeployment(dpb.RollbackDeploymentRequest(name=second.name, reason="worse"))
@@ -394,16 +429,24 @@ async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Runn
     await deploy.CreateDeployment(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="staging", strategy=replace)
     )
-    first = (await deploy.CreateDeployment(
-        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.1.0", environment="production", strategy=replace)
-    )).deployment  # fmt: skip
+    first = (
+        await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version="1.1.0", environment="production", strategy=replace
+            )
+        )
+    ).deployment
     seen = await deploy.GetDeploymentStatus(
         dpb.GetDeploymentStatusRequest(program=PROGRAM, environment="production")
     )
     guarded = dpb.CreateDeploymentRequest(
-        program=PROGRAM, version="1.1.0", environment="production", strategy=replace,
-        supersede=True, expected_target_etag=seen.target.etag,
-    )  # fmt: skip
+        program=PROGRAM,
+        version="1.1.0",
+        environment="production",
+        strategy=replace,
+        supersede=True,
+        expected_target_etag=seen.target.etag,
+    )
     pending = (await deploy.CreateDeployment(guarded)).deployment
     assert pending.state == dpb.DEPLOYMENT_STATE_PENDING_APPROVAL and first.name != pending.name
     # A pending deployment moves the target's etag too: the same expectation now loses.

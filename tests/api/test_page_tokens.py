@@ -93,18 +93,30 @@ def _lists(server: Running) -> list[tuple[str, Lister, Any]]:
     access = apb_grpc.AccessServiceStub(server.channel)
     return [
         ("ListSignatures", registry.ListSignatures, pb.ListSignaturesRequest()),
-        ("ListSignatureVersions", registry.ListSignatureVersions, pb.ListSignatureVersionsRequest(parent="signatures/sig")),
+        (
+            "ListSignatureVersions",
+            registry.ListSignatureVersions,
+            pb.ListSignatureVersionsRequest(parent="signatures/sig"),
+        ),
         ("ListPrograms", registry.ListPrograms, pb.ListProgramsRequest()),
-        ("ListProgramVersions", registry.ListProgramVersions, pb.ListProgramVersionsRequest(parent="programs/alpha")),
+        (
+            "ListProgramVersions",
+            registry.ListProgramVersions,
+            pb.ListProgramVersionsRequest(parent="programs/alpha"),
+        ),
         ("ListEnvironments", deployments.ListEnvironments, dpb.ListEnvironmentsRequest()),
         ("ListDeployments", deployments.ListDeployments, dpb.ListDeploymentsRequest()),
         ("ListWebhooks", deployments.ListWebhooks, dpb.ListWebhooksRequest()),
-        ("ListWebhookDeliveries", deployments.ListWebhookDeliveries, dpb.ListWebhookDeliveriesRequest(parent="webhooks/one")),
+        (
+            "ListWebhookDeliveries",
+            deployments.ListWebhookDeliveries,
+            dpb.ListWebhookDeliveriesRequest(parent="webhooks/one"),
+        ),
         ("ListPrincipals", access.ListPrincipals, apb.ListPrincipalsRequest()),
         ("ListTokens", access.ListTokens, apb.ListTokensRequest(parent="principals/carol")),
         ("ListPermissions", access.ListPermissions, apb.ListPermissionsRequest(principal="principals/carol")),
         ("ListAuditEvents", access.ListAuditEvents, apb.ListAuditEventsRequest()),
-    ]  # fmt: skip
+    ]
 
 
 async def test_a_rewritten_cursor_gets_a_page_or_invalid_argument_from_every_list(server: Running) -> None:

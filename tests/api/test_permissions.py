@@ -29,7 +29,7 @@ SIGNATURE = "prog_a"  # signatures follow the same rule, on their own names
 
 
 def test_every_rpc_has_exactly_one_rule() -> None:
-    rpcs = {f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods}
+    rpcs = {f"/{s.full_name}/{m.name}" for s in SERVICES.values() for m in s.methods}
     assert rpcs - RULES.keys() == set(), "RPCs without a rule would be refused at start-up"
     assert RULES.keys() - rpcs == set(), "rules for RPCs that do not exist"
 
@@ -37,7 +37,7 @@ def test_every_rpc_has_exactly_one_rule() -> None:
 def _request(method: str, program: str) -> Message:
     """A well-formed request of `method` about `program` (and the signature of the same name)."""
     service, name = method.strip("/").split("/")
-    descriptor = next(s for s in SERVICES if s.full_name == service).methods_by_name[name]
+    descriptor = SERVICES[service].methods_by_name[name]
     message: Any = GetMessageClass(descriptor.input_type)()
     version = f"programs/{program}/versions/1.0.0"
     fields = {
@@ -73,7 +73,7 @@ def _request(method: str, program: str) -> Message:
 
 async def _call(channel: grpc.aio.Channel, method: str, request: Message) -> grpc.StatusCode:
     service, name = method.strip("/").split("/")
-    descriptor = next(s for s in SERVICES if s.full_name == service).methods_by_name[name]
+    descriptor = SERVICES[service].methods_by_name[name]
     response: Any = GetMessageClass(descriptor.output_type)
     payload = request.SerializeToString()
     try:
@@ -93,7 +93,7 @@ async def _call(channel: grpc.aio.Channel, method: str, request: Message) -> grp
     return grpc.StatusCode.OK
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Caller:
     label: str
     token: str | None
@@ -134,41 +134,79 @@ def _holds(action: Action, on: str) -> Callable[[Rule], bool]:
 async def _callers(running: Running) -> list[Caller]:
     admin = apb_grpc.AccessServiceStub(running.channel)
     callers = [
-        Caller("no token", None, lambda _: False, grpc.StatusCode.UNAUTHENTICATED),
-        Caller("malformed token", "not-a-token", lambda _: False, grpc.StatusCode.UNAUTHENTICATED),
         Caller(
-            "unknown token",
-            "dspyr_000000000000_" + "A" * 43,
-            lambda _: False,
-            grpc.StatusCode.UNAUTHENTICATED,
+            label="no token", token=None, admitted=lambda _: False, refusal=grpc.StatusCode.UNAUTHENTICATED
+        ),
+        Caller(
+            label="malformed token",
+            token="not-a-token",
+            admitted=lambda _: False,
+            refusal=grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        Caller(
+            label="unknown token",
+            token="dspyr_000000000000_" + "A" * 43,
+            admitted=lambda _: False,
+            refusal=grpc.StatusCode.UNAUTHENTICATED,
         ),
     ]
     revoked = await admin.CreateToken(apb.CreateTokenRequest(parent="principals/admin"))
     await admin.RevokeToken(apb.RevokeTokenRequest(name=revoked.token.name))
-    callers.append(Caller("revoked token", revoked.secret, lambda _: False, grpc.StatusCode.UNAUTHENTICATED))
+    callers.append(
+        Caller(
+            label="revoked token",
+            token=revoked.secret,
+            admitted=lambda _: False,
+            refusal=grpc.StatusCode.UNAUTHENTICATED,
+        )
+    )
     expiring = await admin.CreateToken(apb.CreateTokenRequest(parent="principals/admin", ttl=_seconds(1)))
     disabled = await _principal(running, admin, "disabled_one", [(apb.ACTION_ADMIN, "*")])
     await admin.DisablePrincipal(apb.DisablePrincipalRequest(name="principals/disabled_one", reason="left"))
-    callers.append(Caller("disabled principal", disabled, lambda _: False, grpc.StatusCode.UNAUTHENTICATED))
-    callers.append(Caller("no grant", await _principal(running, admin, "nogrant", []), _authenticated_only))
+    callers.append(
+        Caller(
+            label="disabled principal",
+            token=disabled,
+            admitted=lambda _: False,
+            refusal=grpc.StatusCode.UNAUTHENTICATED,
+        )
+    )
+    callers.append(
+        Caller(
+            label="no grant",
+            token=await _principal(running, admin, "nogrant", []),
+            admitted=_authenticated_only,
+        )
+    )
     for action in Action:
         label = action.name.lower()
         exact = await _principal(
             running, admin, f"exact_{label}", [(int(action), EXISTING), (int(action), MISSING)]
         )
-        callers.append(Caller(f"{label} on the program", exact, _holds(action, EXISTING)))
+        callers.append(
+            Caller(label=f"{label} on the program", token=exact, admitted=_holds(action, EXISTING))
+        )
         other = await _principal(running, admin, f"other_{label}", [(int(action), "another_*")])
-        callers.append(Caller(f"{label} on another program", other, _holds(action, "another")))
-    callers.append(Caller("admin on *", running.admin_token, _holds(Action.ADMIN, "*")))
+        callers.append(
+            Caller(label=f"{label} on another program", token=other, admitted=_holds(action, "another"))
+        )
+    callers.append(Caller(label="admin on *", token=running.admin_token, admitted=_holds(Action.ADMIN, "*")))
     await asyncio.sleep(1.1)  # the expiring token is expired now
-    callers.append(Caller("expired token", expiring.secret, lambda _: False, grpc.StatusCode.UNAUTHENTICATED))
+    callers.append(
+        Caller(
+            label="expired token",
+            token=expiring.secret,
+            admitted=lambda _: False,
+            refusal=grpc.StatusCode.UNAUTHENTICATED,
+        )
+    )
     return callers
 
 
 def _effective(method: str, rule: Rule) -> Rule:
     """Rules the servicer applies itself, as the matrix's requests meet them."""
     if method.endswith(("/WatchTargets", "/WatchEvents")):  # read on the selected program
-        return Rule(Action.READ, lambda request: [request.selectors[0].program])
+        return Rule(action=Action.READ, resources=lambda request: [request.selectors[0].program])
     return rule
 
 

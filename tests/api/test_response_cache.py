@@ -11,7 +11,7 @@ def test_a_commit_drops_every_entry_of_its_program_only() -> None:
     for key in ("programs/a/versions/latest", "programs/a/versions/1.0.0"):
         cache.put("a", key, b"a", cache.generation("a"))
     cache.put("b", "programs/b/versions/latest", b"b", cache.generation("b"))
-    cache.on_commit([Event("program_version.yanked", "programs/a/versions/1.0.0")])
+    cache.on_commit([Event(kind="program_version.yanked", resource="programs/a/versions/1.0.0")])
     assert cache.get("programs/a/versions/latest") is None and cache.get("programs/a/versions/1.0.0") is None
     assert cache.get("programs/b/versions/latest") == b"b"
 
@@ -19,7 +19,7 @@ def test_a_commit_drops_every_entry_of_its_program_only() -> None:
 def test_a_read_that_raced_a_commit_is_not_cached() -> None:
     cache = ResponseCache()
     generation = cache.generation("a")  # the read starts
-    cache.on_commit([Event("program_version.registered", "programs/a/versions/2.0.0")])
+    cache.on_commit([Event(kind="program_version.registered", resource="programs/a/versions/2.0.0")])
     cache.put("a", "programs/a/versions/latest", b"stale", generation)  # the read ends
     assert cache.get("programs/a/versions/latest") is None
 
@@ -52,5 +52,5 @@ def test_bytes_are_bounded_too() -> None:
     assert cache.get("programs/p0/versions/latest") is None
     cache.put("big", "programs/big/versions/latest", b"x" * 1000, cache.generation("big"))
     assert cache.get("programs/big/versions/latest") is None  # larger than a 64th: not cached
-    cache.on_commit([Event("program_version.yanked", "programs/p99/versions/1.0.0")])
+    cache.on_commit([Event(kind="program_version.yanked", resource="programs/p99/versions/1.0.0")])
     assert cache.size == 63 * 100

@@ -218,9 +218,13 @@ async def test_a_nack_of_the_green_version_fails_a_blue_green_deployment(ready: 
 
     def nack(version: str, digest: str) -> dpb.SidecarTargetStatus:
         entry = dpb.SidecarTargetStatus(
-            program=PROGRAM, environment="staging", version=version, digest=digest,
-            result=dpb.APPLY_RESULT_NACK, revision=7,
-        )  # fmt: skip
+            program=PROGRAM,
+            environment="staging",
+            version=version,
+            digest=digest,
+            result=dpb.APPLY_RESULT_NACK,
+            revision=7,
+        )
         entry.error_detail.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
         entry.error_detail.message = "unknown module class"
         return entry
@@ -335,9 +339,13 @@ async def test_a_nack_pauses_a_canary_at_its_weight_until_promoted(
     )
     d = (await stub.CreateDeployment(request)).deployment
     entry = dpb.SidecarTargetStatus(
-        program=PROGRAM, environment="staging", version="1.1.0", digest=d.digest,
-        result=dpb.APPLY_RESULT_NACK, revision=7,
-    )  # fmt: skip
+        program=PROGRAM,
+        environment="staging",
+        version="1.1.0",
+        digest=d.digest,
+        result=dpb.APPLY_RESULT_NACK,
+        revision=7,
+    )
     entry.error_detail.code = grpc.StatusCode.INTERNAL.value[0]
     entry.error_detail.message = "out of memory loading demos"
     await stub.ReportSidecarStatus(_report("pod-a", entry))

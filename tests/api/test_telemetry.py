@@ -212,13 +212,15 @@ async def test_rollbacks_are_counted_by_cause_from_committed_events(store: Store
     await seen.telemetry.start(store, {})
     data = {"environment": "production", "state": "ROLLED_BACK"}
     auto = [
-        Event("deployment.auto_rollback", "deployments/a", data, revision=7),
-        Event("deployment.rolled_back", "deployments/a", data, revision=7),
-        Event("deployment.created", "deployments/b", data, revision=7),
+        Event(kind="deployment.auto_rollback", resource="deployments/a", data=data, revision=7),
+        Event(kind="deployment.rolled_back", resource="deployments/a", data=data, revision=7),
+        Event(kind="deployment.created", resource="deployments/b", data=data, revision=7),
     ]
     store.commits.publish(auto)
-    store.commits.publish([Event("deployment.rolled_back", "deployments/c", data, revision=8)])
-    store.commits.publish([Event("signature.registered", "signatures/s", {}, revision=9)])
+    store.commits.publish(
+        [Event(kind="deployment.rolled_back", resource="deployments/c", data=data, revision=8)]
+    )
+    store.commits.publish([Event(kind="signature.registered", resource="signatures/s", data={}, revision=9)])
     assert seen.value("dspy_registry.rollbacks", environment="production", cause="auto") == 1
     assert seen.value("dspy_registry.rollbacks", environment="production", cause="manual") == 1
     await seen.telemetry.stop()

@@ -153,7 +153,16 @@ def test_a_watcher_that_falls_behind_is_cut_off_without_holding_up_the_others() 
     slow, fast = hub.subscribe(everything), hub.subscribe(everything)
     for revision in range(1, watch.QUEUE_SIZE + 5):
         data = {"program": "p", "environment": "staging", "stable": "1.0.0", "stable_digest": "sha256:x"}
-        hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
+        hub.on_commit(
+            [
+                Event(
+                    kind="target.updated",
+                    resource="programs/p/environments/staging/target",
+                    data=data,
+                    revision=revision,
+                )
+            ]
+        )
         fast.queue.get_nowait()  # this one keeps up
     assert slow.overflowed and slow not in hub.subscribers()  # cut off: it resumes from its last revision
     assert not fast.overflowed and fast in hub.subscribers() and hub.revision == watch.QUEUE_SIZE + 4
@@ -169,7 +178,16 @@ async def test_a_large_fan_out_is_handed_out_over_several_turns_in_revision_orde
     subs = [hub.subscribe(everything) for _ in range(watch.DELIVERIES_PER_TURN * 3 + 7)]
     for revision in (1, 2):
         data = {"program": "p", "environment": "staging", "stable": f"1.0.{revision}"}
-        hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
+        hub.on_commit(
+            [
+                Event(
+                    kind="target.updated",
+                    resource="programs/p/environments/staging/target",
+                    data=data,
+                    revision=revision,
+                )
+            ]
+        )
     assert hub.revision == 2 and hub.handed_out == 0  # taken, but not yet in every queue
     assert sum(sub.queue.qsize() for sub in subs) == watch.DELIVERIES_PER_TURN
     while hub.handed_out < 2:
@@ -190,7 +208,16 @@ async def test_the_backlog_is_bounded_and_skips_watchers_that_left(monkeypatch: 
 
     def commit(revision: int) -> None:
         data = {"program": "p", "environment": "staging", "stable": f"1.0.{revision}"}
-        hub.on_commit([Event("target.updated", "programs/p/environments/staging/target", data, revision)])
+        hub.on_commit(
+            [
+                Event(
+                    kind="target.updated",
+                    resource="programs/p/environments/staging/target",
+                    data=data,
+                    revision=revision,
+                )
+            ]
+        )
 
     commit(1)
     leaving = next(s for s in subs if s.queue.empty())  # one the first turn did not reach

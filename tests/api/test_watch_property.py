@@ -132,7 +132,7 @@ async def _operate(server: list[Running], rng: random.Random, url: str, steps: i
                         environment=environment,
                         strategy=REPLACE,
                         supersede=True,
-                    )  # fmt: skip
+                    )
                 )
         except grpc.aio.AioRpcError as err:  # a rollback with nothing to roll back to, say
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err

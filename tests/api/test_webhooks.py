@@ -195,11 +195,24 @@ async def test_bad_webhooks_are_refused_field_by_field_and_change_nothing(server
         ("ok", _webhook("https://8.8.8.8/hook", secret=""), {"webhook.secret"}),
         ("ok", _webhook("https://8.8.8.8/hook", NO_KIND), {"webhook.event_kinds[0]"}),
         ("ok", _webhook("https://8.8.8.8/hook", selectors=(("Bad!", ""),)), {"webhook.selectors[0].program"}),
-        ("ok", _webhook("https://8.8.8.8/hook", selectors=(("x", "Prod"),)), {"webhook.selectors[0].environment"}),
+        (
+            "ok",
+            _webhook("https://8.8.8.8/hook", selectors=(("x", "Prod"),)),
+            {"webhook.selectors[0].environment"},
+        ),
         ("Not-A-Name", _webhook("https://8.8.8.8/hook"), {"webhook_id"}),
-        ("", _webhook("ftp://x", dpb.DEPLOYMENT_EVENT_KIND_UNSPECIFIED, secret="", selectors=(("a**", ""),)),
-         {"webhook_id", "webhook.url", "webhook.secret", "webhook.event_kinds[0]", "webhook.selectors[0].program"}),
-    ]  # fmt: skip
+        (
+            "",
+            _webhook("ftp://x", dpb.DEPLOYMENT_EVENT_KIND_UNSPECIFIED, secret="", selectors=(("a**", ""),)),
+            {
+                "webhook_id",
+                "webhook.url",
+                "webhook.secret",
+                "webhook.event_kinds[0]",
+                "webhook.selectors[0].program",
+            },
+        ),
+    ]
     for webhook_id, webhook, fields in cases:
         err = await _refused(
             deploy.CreateWebhook(dpb.CreateWebhookRequest(webhook_id=webhook_id, webhook=webhook))
@@ -349,13 +362,17 @@ async def test_kinds_and_selectors_choose_what_each_webhook_gets(
     watched = await _watched_events(allowing, everything.revision)
 
     async def kinds_of(webhook: str) -> list[tuple[str, int]]:
-        found = [(watched[d.event_id].program + "/" + watched[d.event_id].environment, d.event_kind)
-                 for d in await _settled(allowing, f"webhooks/{webhook}")]  # fmt: skip
+        found = [
+            (watched[d.event_id].program + "/" + watched[d.event_id].environment, d.event_kind)
+            for d in await _settled(allowing, f"webhooks/{webhook}")
+        ]
         return sorted(found)
 
     created, promoted, succeeded = (
-        dpb.DEPLOYMENT_EVENT_KIND_CREATED, dpb.DEPLOYMENT_EVENT_KIND_PROMOTED, dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED
-    )  # fmt: skip
+        dpb.DEPLOYMENT_EVENT_KIND_CREATED,
+        dpb.DEPLOYMENT_EVENT_KIND_PROMOTED,
+        dpb.DEPLOYMENT_EVENT_KIND_SUCCEEDED,
+    )
     assert await kinds_of("everything") == sorted(
         [
             (t, k)

@@ -16,19 +16,29 @@ from dspy_registry.server.errors import FailedPrecondition
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 OLD = Pinned("1.0.0", "sha256:" + "a" * 64)
-CANARY = StrategySpec(Strategy.CANARY, (CanaryStep(10, 60), CanaryStep(50, 60)))
+CANARY = StrategySpec(strategy=Strategy.CANARY, canary_steps=(CanaryStep(10, 60), CanaryStep(50, 60)))
 
 
 def _deployment(state: State, strategy: StrategySpec = CANARY, **kw: object) -> Deployment:
     base = Deployment(
-        "d1", "p", "production", "2.0.0", "sha256:" + "b" * 64, strategy, state, "alice", "", NOW,
-        required_approvals=1, previous_stable=OLD,
-    )  # fmt: skip
+        id="d1",
+        program="p",
+        environment="production",
+        version="2.0.0",
+        digest="sha256:" + "b" * 64,
+        strategy=strategy,
+        state=state,
+        creator="alice",
+        reason="",
+        create_time=NOW,
+        required_approvals=1,
+        previous_stable=OLD,
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def _target(**kw: object) -> Target:
-    return replace(Target("p", "production", stable=OLD, deployment="d1"), **kw)  # type: ignore[arg-type]
+    return replace(Target(program="p", environment="production", stable=OLD, deployment="d1"), **kw)  # type: ignore[arg-type]
 
 
 ACTIONS = {
@@ -94,10 +104,10 @@ def test_a_canary_walks_its_steps_then_promotes() -> None:
 
 def test_replace_moves_the_stable_at_once_and_blue_green_stages_at_weight_zero() -> None:
     d, t = dep.start(
-        _deployment(State.PENDING_APPROVAL, StrategySpec(Strategy.REPLACE)), _target(), NOW, "bob"
+        _deployment(State.PENDING_APPROVAL, StrategySpec(strategy=Strategy.REPLACE)), _target(), NOW, "bob"
     )
     assert d.state is State.SUCCEEDED and t.stable == d.pinned
-    green = StrategySpec(Strategy.BLUE_GREEN, promote_delay_seconds=30)
+    green = StrategySpec(strategy=Strategy.BLUE_GREEN, promote_delay_seconds=30)
     d, t = dep.start(_deployment(State.PENDING_APPROVAL, green), _target(), NOW, "bob")
     assert d.state is State.IN_PROGRESS and t.candidate == d.pinned and t.candidate_weight == 0
     assert d.next_step_time == NOW + timedelta(seconds=30)
@@ -130,14 +140,27 @@ def test_rollback_needs_a_previous_version_and_the_latest_deployment() -> None:
 
 def _sidecar(name: str, *acked: tuple[str, str]) -> Report:
     entries = tuple(
-        Applied("p", "production", version, digest, True, 0, "", 1, None) for version, digest in acked
+        Applied(
+            program="p",
+            environment="production",
+            version=version,
+            digest=digest,
+            acked=True,
+            error_code=0,
+            error_message="",
+            revision=1,
+            apply_time=None,
+        )
+        for version, digest in acked
     )
-    return Report(name, "pod", entries, 10.0, NOW, 1)
+    return Report(
+        sidecar_id=name, principal="pod", targets=entries, heartbeat_seconds=10.0, time=NOW, revision=1
+    )
 
 
 def test_the_blue_green_switch_waits_for_its_share_of_acks_then_times_out() -> None:
     green = ("2.0.0", "sha256:" + "b" * 64)
-    spec = StrategySpec(Strategy.BLUE_GREEN, min_ack_percent=50, ack_timeout_seconds=60)
+    spec = StrategySpec(strategy=Strategy.BLUE_GREEN, min_ack_percent=50, ack_timeout_seconds=60)
     d = _deployment(State.IN_PROGRESS, spec, step_start_time=NOW)
     t = _target(candidate=d.pinned)
     live = [_sidecar("a", green), _sidecar("b", (OLD.version, OLD.digest)), _sidecar("c")]

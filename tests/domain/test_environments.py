@@ -103,7 +103,7 @@ def test_bad_files_name_the_bad_field(text: str, field: str) -> None:
 
 def test_canary_weights_strictly_increase_up_to_100() -> None:
     steps = (envs.CanaryStep(10, 0), envs.CanaryStep(10, 0), envs.CanaryStep(150, 0))
-    bad = envs.validate_strategy(envs.StrategySpec(envs.Strategy.CANARY, steps), "s")
+    bad = envs.validate_strategy(envs.StrategySpec(strategy=envs.Strategy.CANARY, canary_steps=steps), "s")
     assert {v.field for v in bad.items} == {
         "s.canary.steps[1].weight_percent",
         "s.canary.steps[2].weight_percent",

@@ -38,9 +38,20 @@ def window(
         counts[len(bounds) if upper == float("inf") else bounds.index(upper)] += n
     counts[0] += requests - sum(counts)
     return Window(
-        sidecar, "p", "production", "1.1.0", T0, T0 + timedelta(seconds=5),
-        requests, errors, bounds, tuple(counts), 0.0, correct, total,
-    )  # fmt: skip
+        sidecar_id=sidecar,
+        program="p",
+        environment="production",
+        version="1.1.0",
+        start_time=T0,
+        end_time=T0 + timedelta(seconds=5),
+        request_count=requests,
+        error_count=errors,
+        bounds_ms=bounds,
+        counts=tuple(counts),
+        sum_ms=0.0,
+        feedback_correct=correct,
+        feedback_total=total,
+    )
 
 
 def test_p95_interpolates_inside_its_bucket_as_prometheus_does() -> None:

@@ -52,10 +52,27 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _pv(version: str, **kw: object) -> ProgramVersion:
     base = ProgramVersion(
-        "p", version, "sha256:" + "0" * 64, 1, programs.DSPY_MEDIA_TYPE, "sig", "1.0.0",
-        {"accuracy": 0.9, "latency_p95_ms": 100.0, "new_metric": 0.0}, {}, {"changelog": "a"}, "", None,
-        (programs.PredictorSummary("predict", "x", 2, 2),), False, "", "a", NOW, 1,
-    )  # fmt: skip
+        program="p",
+        version=version,
+        digest="sha256:" + "0" * 64,
+        size_bytes=1,
+        media_type=programs.DSPY_MEDIA_TYPE,
+        signature="sig",
+        signature_version="1.0.0",
+        performance={"accuracy": 0.9, "latency_p95_ms": 100.0, "new_metric": 0.0},
+        labels={},
+        metadata={"changelog": "a"},
+        previous_version="",
+        change_type=None,
+        predictors=(
+            programs.PredictorSummary(name="predict", instructions="x", demo_count=2, field_count=2),
+        ),
+        yanked=False,
+        yank_reason="",
+        creator="a",
+        create_time=NOW,
+        revision=1,
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 

@@ -37,25 +37,33 @@ def test_text_only_changes_are_a_patch() -> None:
 @pytest.mark.parametrize(
     ("new", "level"),
     [
-        (_with_inputs(SignatureField("context", FieldType(Kind.STRING), required=False)), Level.MINOR),
-        (_with_inputs(SignatureField("context", FieldType(Kind.STRING))), Level.BREAKING),
         (
-            replace(BASE, outputs=BASE.outputs + (SignatureField("reason", FieldType(Kind.STRING)),)),
+            _with_inputs(SignatureField(name="context", type=FieldType(Kind.STRING), required=False)),
+            Level.MINOR,
+        ),
+        (_with_inputs(SignatureField(name="context", type=FieldType(Kind.STRING))), Level.BREAKING),
+        (
+            replace(
+                BASE, outputs=BASE.outputs + (SignatureField(name="reason", type=FieldType(Kind.STRING)),)
+            ),
             Level.MINOR,
         ),
         (spec(outputs=("positive", "negative", "neutral", "mixed")), Level.MINOR),
         (spec(outputs=("positive", "negative")), Level.BREAKING),
         (replace(BASE, inputs=()), Level.BREAKING),
         (replace(BASE, outputs=BASE.outputs[:1]), Level.BREAKING),
-        (replace(BASE, inputs=(SignatureField("text", FieldType(Kind.JSON)),)), Level.BREAKING),
+        (replace(BASE, inputs=(SignatureField(name="text", type=FieldType(Kind.JSON)),)), Level.BREAKING),
         (
             replace(
-                BASE, inputs=(SignatureField("text", FieldType(Kind.LIST, item_type=FieldType(Kind.STRING))),)
+                BASE,
+                inputs=(
+                    SignatureField(name="text", type=FieldType(Kind.LIST, item_type=FieldType(Kind.STRING))),
+                ),
             ),
             Level.BREAKING,
         ),
         (
-            replace(BASE, inputs=(SignatureField("text", FieldType(Kind.STRING), required=False),)),
+            replace(BASE, inputs=(SignatureField(name="text", type=FieldType(Kind.STRING), required=False),)),
             Level.MINOR,
         ),
         (
@@ -69,14 +77,16 @@ def test_change_levels(new: signatures.SignatureSpec, level: Level) -> None:
 
 
 def test_a_rename_is_breaking_and_named_as_a_likely_rename() -> None:
-    renamed = replace(BASE, inputs=(SignatureField("content", FieldType(Kind.STRING)),))
+    renamed = replace(BASE, inputs=(SignatureField(name="content", type=FieldType(Kind.STRING)),))
     result = signatures.compare(BASE, renamed)
     assert result.level is Level.BREAKING
     assert any("renamed to 'content'" in c.description for c in result.changes)
 
 
 def test_making_an_optional_input_required_is_breaking() -> None:
-    optional = replace(BASE, inputs=(SignatureField("text", FieldType(Kind.STRING), required=False),))
+    optional = replace(
+        BASE, inputs=(SignatureField(name="text", type=FieldType(Kind.STRING), required=False),)
+    )
     assert signatures.compare(optional, BASE).level is Level.BREAKING
 
 
@@ -89,9 +99,9 @@ def test_changes_are_listed_largest_first() -> None:
 def test_validate_spec_names_every_bad_field() -> None:
     bad = signatures.SignatureSpec(
         inputs=(
-            SignatureField("1bad", FieldType(Kind.STRING)),
-            SignatureField("dup", FieldType(Kind.ENUM)),
-            SignatureField("dup", FieldType(Kind.LIST)),
+            SignatureField(name="1bad", type=FieldType(Kind.STRING)),
+            SignatureField(name="dup", type=FieldType(Kind.ENUM)),
+            SignatureField(name="dup", type=FieldType(Kind.LIST)),
         ),
         outputs=(),
     )

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from dspy_registry.server.domain import webhooks
 from dspy_registry.server.domain.deployments import Kind
+from dspy_registry.server.domain.events import DeploymentChanged, deployment_kind
 from dspy_registry.server.domain.webhooks import Due, Interest, Selector, WebhookDraft
 from dspy_registry.server.errors import InvalidArgument, Violations
 from dspy_registry.v1 import deployment_pb2 as dpb
@@ -50,11 +51,29 @@ def test_a_url_gives_its_host_and_port() -> None:
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.200.0.1", "::1", "10.0.0.1", "172.31.255.255", "192.168.0.1", "169.254.169.254",
-        "fe80::1", "fc00::1", "0.0.0.0", "::", "100.64.0.1", "224.0.0.251", "ff02::1", "240.0.0.1",
-        "255.255.255.255", "192.0.2.1", "::ffff:10.0.0.1", "::ffff:127.0.0.1", "2002:a00:1::1", "2002:7f00:1::",
+        "127.0.0.1",
+        "127.200.0.1",
+        "::1",
+        "10.0.0.1",
+        "172.31.255.255",
+        "192.168.0.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fc00::1",
+        "0.0.0.0",
+        "::",
+        "100.64.0.1",
+        "224.0.0.251",
+        "ff02::1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.2.1",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+        "2002:a00:1::1",
+        "2002:7f00:1::",
     ],
-)  # fmt: skip
+)
 def test_non_public_addresses_are_refused(address: str) -> None:
     why = webhooks.refusal(ipaddress.ip_address(address))
     assert why is not None and "--webhook-allow" in why
@@ -87,15 +106,26 @@ def test_every_address_a_name_resolves_to_must_be_allowed() -> None:
 
 def test_a_draft_names_every_bad_field() -> None:
     draft = WebhookDraft(
-        "Bad", "gopher://x", (0, 6, 6, 42), (Selector("a**", ""), Selector("ok", "Prod")), "", "x\x00"
+        id="Bad",
+        url="gopher://x",
+        event_kinds=(0, 6, 6, 42),
+        selectors=(Selector("a**", ""), Selector("ok", "Prod")),
+        secret="",
+        description="x\x00",
     )
     v = Violations()
     endpoint, kinds = webhooks.validate(draft, v)
     assert endpoint is None and kinds == (Kind.SUCCEEDED,)
     assert [i.field for i in v.items] == [
-        "webhook_id", "webhook.url", "webhook.secret", "webhook.description", "webhook.event_kinds[0]",
-        "webhook.event_kinds[3]", "webhook.selectors[0].program", "webhook.selectors[1].environment",
-    ]  # fmt: skip
+        "webhook_id",
+        "webhook.url",
+        "webhook.secret",
+        "webhook.description",
+        "webhook.event_kinds[0]",
+        "webhook.event_kinds[3]",
+        "webhook.selectors[0].program",
+        "webhook.selectors[1].environment",
+    ]
 
 
 def test_interest_matches_kinds_and_selectors() -> None:
@@ -117,27 +147,44 @@ def test_interest_matches_kinds_and_selectors() -> None:
 
 
 def test_event_kinds_of_the_log() -> None:
-    assert webhooks.event_kind("deployment.auto_rollback") == Kind.AUTO_ROLLBACK
-    assert webhooks.event_kind("deployment.step_advanced") == Kind.STEP_ADVANCED
-    assert webhooks.event_kind("deployment.unheard_of") is None
-    assert webhooks.event_kind("target.updated") is None
+    assert deployment_kind("deployment.auto_rollback") == Kind.AUTO_ROLLBACK
+    assert deployment_kind("deployment.step_advanced") == Kind.STEP_ADVANCED
+    assert deployment_kind("deployment.unheard_of") is None
+    assert deployment_kind("target.updated") is None
 
 
 def test_the_body_is_a_deployment_event_in_proto_json() -> None:
     data = {
-        "program": "sentiment", "environment": "production", "version": "1.2.0", "state": "ROLLED_BACK",
-        "step": 0, "weight_percent": 0, "actor": "controller", "reason": "error_rate 0.2 > 0.05",
+        "program": "sentiment",
+        "environment": "production",
+        "version": "1.2.0",
+        "state": "ROLLED_BACK",
+        "step": 0,
+        "weight_percent": 0,
+        "actor": "controller",
+        "reason": "error_rate 0.2 > 0.05",
         "related": "deployments/abc",
-    }  # fmt: skip
+    }
     time = datetime(2026, 11, 27, 12, 0, 1, 250000, tzinfo=UTC)
-    body = webhooks.event_body("42-1", Kind.AUTO_ROLLBACK, 42, time, "deployments/xyz", data)
+    change = DeploymentChanged.from_json(data)
+    body = webhooks.event_body("42-1", Kind.AUTO_ROLLBACK, 42, time, "deployments/xyz", change)
     event = json_format.Parse(body, dpb.DeploymentEvent())
     assert event == dpb.DeploymentEvent(
-        id="42-1", kind=dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK, revision=42, deployment="deployments/xyz",
-        program="sentiment", environment="production", version="1.2.0", state=dpb.DEPLOYMENT_STATE_ROLLED_BACK,
-        step=1, weight_percent=0, actor="controller", reason="error_rate 0.2 > 0.05",
-        related_deployment="deployments/abc", time=event.time,
-    )  # fmt: skip
+        id="42-1",
+        kind=dpb.DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK,
+        revision=42,
+        deployment="deployments/xyz",
+        program="sentiment",
+        environment="production",
+        version="1.2.0",
+        state=dpb.DEPLOYMENT_STATE_ROLLED_BACK,
+        step=1,
+        weight_percent=0,
+        actor="controller",
+        reason="error_rate 0.2 > 0.05",
+        related_deployment="deployments/abc",
+        time=event.time,
+    )
     assert event.time.ToDatetime(tzinfo=UTC) == time
     assert json.loads(body)["kind"] == "DEPLOYMENT_EVENT_KIND_AUTO_ROLLBACK"
 
@@ -151,14 +198,32 @@ def test_the_signature_is_an_hmac_of_timestamp_dot_body() -> None:
     assert not webhooks.verify("other", "1700000000", body, "sha256=" + expected)
     assert not webhooks.verify("k", "1700000000", body + b" ", "sha256=" + expected)
     assert not webhooks.verify("k", "-1", body, "sha256=" + expected)
-    due = Due("d1", "w", "https://x/", "k", Kind.CREATED, body.decode(), 0, datetime.now(UTC))
+    due = Due(
+        id="d1",
+        webhook="w",
+        url="https://x/",
+        secret="k",
+        event_kind=Kind.CREATED,
+        body=body.decode(),
+        attempts=0,
+        create_time=datetime.now(UTC),
+    )
     headers = webhooks.headers(due, 1700000000, body)
     assert headers[webhooks.DELIVERY_HEADER] == "d1"
     assert headers[webhooks.EVENT_HEADER] == "DEPLOYMENT_EVENT_KIND_CREATED"
     assert headers[webhooks.TIMESTAMP_HEADER] == "1700000000"
     assert headers[webhooks.SIGNATURE_HEADER] == "sha256=" + expected
     assert "secret" not in repr(
-        Due("d1", "w", "https://x/", "secret", Kind.CREATED, "{}", 0, datetime.now(UTC))
+        Due(
+            id="d1",
+            webhook="w",
+            url="https://x/",
+            secret="secret",
+            event_kind=Kind.CREATED,
+            body="{}",
+            attempts=0,
+            create_time=datetime.now(UTC),
+        )
     )
 
 

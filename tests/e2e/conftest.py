@@ -64,9 +64,12 @@ class ServerProcess:
                 )
             for version in versions:
                 spec = pb.ProgramVersionSpec(
-                    program=program, version=version, signature="signatures/sig/versions/1.0.0",
-                    labels=labels or {}, performance=performance or {},
-                )  # fmt: skip
+                    program=program,
+                    version=version,
+                    signature="signatures/sig/versions/1.0.0",
+                    labels=labels or {},
+                    performance=performance or {},
+                )
                 registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(version)))
 
     def channel(self, token: str | None = None) -> grpc.Channel:
@@ -89,7 +92,7 @@ class ServerProcess:
                 "--admin-token-file",
                 str(self.token_file),
                 *self.extra_args,
-            ],  # fmt: skip
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -107,9 +107,13 @@ async def main(args: argparse.Namespace) -> None:
     token = Path(args.token_file).read_text().strip()
     channel = grpc.aio.insecure_channel(args.server, interceptors=bearer_interceptors(token))
     watcher = ProgramWatcher(
-        channel, [(args.program, args.environment)], sidecar_id=args.id, on_swap=pod.on_swap, heartbeat=1,
+        channel,
+        [(args.program, args.environment)],
+        sidecar_id=args.id,
+        on_swap=pod.on_swap,
+        heartbeat=1,
         metrics_interval=3600,  # this pod reports itself, to log what the server acknowledged
-    )  # fmt: skip
+    )
     await watcher.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -12,8 +12,12 @@ from tests.e2e.conftest import ROOT
 async def test_the_fanout_benchmark_prints_its_figures() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "fanout", "--streams", "40", "--open-seconds", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     assert (line["figure"], line["streams"], line["deployments"]) == ("fanout", 40, 20)

@@ -308,9 +308,19 @@ def test_webhooks(serve: type[ServerProcess], tmp_path: Path, monkeypatch: Any) 
     try:
         url = receiver.receiver.url
         made = cli.json(
-            "webhook", "create", "oncall", url, "--secret-file", "hook.secret",
-            "--event", "succeeded", "--select", "triage*/staging", "--description", "pager",
-        )  # fmt: skip
+            "webhook",
+            "create",
+            "oncall",
+            url,
+            "--secret-file",
+            "hook.secret",
+            "--event",
+            "succeeded",
+            "--select",
+            "triage*/staging",
+            "--description",
+            "pager",
+        )
         assert made["name"] == "webhooks/oncall" and "secret" not in made
         assert made["event_kinds"] == ["DEPLOYMENT_EVENT_KIND_SUCCEEDED"]
         assert made["selectors"] == [{"program": "triage*", "environment": "staging"}]

@@ -17,7 +17,7 @@ def test_the_wheel_installs_the_client_and_the_command(tmp_path: Path) -> None:
     # Built from a copy of what the distribution is made of: setuptools' build/ folder in the checkout
     # keeps files a package mapping no longer names, and other runs share it.
     source = tmp_path / "source"
-    for part in ("server", "client"):
+    for part in ("server", "client", "dspy_registry"):
         shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, source / part)
@@ -46,7 +46,14 @@ def test_the_wheel_installs_the_client_and_the_command(tmp_path: Path) -> None:
         scripts = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "dspy-registry = " in scripts
     assert "Provides-Extra: dspy" in metadata
-    for module in ("client/registry.py", "server/app.py", "v1/registry_pb2.py", "v1/deployment_pb2_grpc.py"):
+    for module in (
+        "cli.py",
+        "client/registry.py",
+        "server/app.py",
+        "server/api/convert/deployment.py",
+        "v1/registry_pb2.py",
+        "v1/deployment_pb2_grpc.py",
+    ):
         assert f"dspy_registry/{module}" in names, module
 
     # Installed on its own (the dependencies are this environment's), it is what gets imported.

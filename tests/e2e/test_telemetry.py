@@ -74,8 +74,19 @@ def test_a_taken_metrics_port_fails_the_start_with_a_clear_message(tmp_path: Pat
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         done = subprocess.run(
-            [str(SERVE), "serve", "--no-auth", "--listen", "127.0.0.1:0", "--metrics-listen", address,
-             "--database", f"sqlite:///{tmp_path / 'r.db'}"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                str(SERVE),
+                "serve",
+                "--no-auth",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                address,
+                "--database",
+                f"sqlite:///{tmp_path / 'r.db'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert done.returncode == 1 and f"cannot serve metrics on {address}" in done.stderr, done.stderr

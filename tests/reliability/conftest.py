@@ -73,9 +73,17 @@ def _row(name: str, t: Tally) -> str:
     )
     codes = ", ".join(f"{code} {n}" for code, n in sorted(t.codes.items(), key=lambda kv: -kv[1]))
     cells = [
-        name, t.operations, t.kills, t.writes_checked, t.lost, t.duplicates,
-        t.watch_events_checked, t.bad_inputs, codes, memory,
-    ]  # fmt: skip
+        name,
+        t.operations,
+        t.kills,
+        t.writes_checked,
+        t.lost,
+        t.duplicates,
+        t.watch_events_checked,
+        t.bad_inputs,
+        codes,
+        memory,
+    ]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 

@@ -27,7 +27,7 @@ class Strategy:
     weights: tuple[int, ...] = ()  # the canary's steps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     approvals: int = 0
     min_accuracy: float | None = None

@@ -168,9 +168,13 @@ def _zigzag(n: int) -> int:
 
 
 _SPECIAL = [
-    ("NaN", math.nan), ("inf", math.inf), ("-inf", -math.inf), ("-0.0", -0.0),
-    ("-1", -1.0), ("0", 0.0),
-]  # fmt: skip
+    ("NaN", math.nan),
+    ("inf", math.inf),
+    ("-inf", -math.inf),
+    ("-0.0", -0.0),
+    ("-1", -1.0),
+    ("0", 0.0),
+]
 _INT32 = [0, 1, -1, 2**31 - 1, -(2**31)]
 _WIDER = [2**31, 2**32, 2**63 - 1, -(2**63), 2**64 - 1]  # wider than an int32: parsers truncate
 _INT64 = [0, 1, -1, 2**63 - 1, -(2**63), 2**64 - 1]
@@ -293,7 +297,7 @@ def _enum_max(field: FieldDescriptor) -> int:
     return max(v.number for v in field.enum_type.values) if field.enum_type is not None else 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hostile:
     """One hostile call: the RPC, what kind of hostility, where, and the request message(s)."""
 
@@ -374,7 +378,10 @@ class Fuzzer:
         for rpc, s, w in cases:
             first, *rest = self.seeds[rpc.path]
             yield Hostile(
-                rpc, "value", f"{s.path}: {w.label}", (first + nest(s.numbers, w.field(s.numbers[-1])), *rest)
+                rpc=rpc,
+                kind="value",
+                what=f"{s.path}: {w.label}",
+                messages=(first + nest(s.numbers, w.field(s.numbers[-1])), *rest),
             )
 
     def hostile(self, rpc: Rpc | None = None, kind: str | None = None) -> Hostile:
@@ -395,7 +402,7 @@ class Fuzzer:
             messages += [seeds[-1]] * self.random.randrange(1, 4)  # more chunks than the header announced
         if rpc.client_streaming and self.random.random() < 0.1:
             messages = messages[:at] + messages[at + 1 :] or [message]  # a header missing, or alone
-        return Hostile(rpc, kind, what, tuple(messages))
+        return Hostile(rpc=rpc, kind=kind, what=what, messages=tuple(messages))
 
     def _message(self, rpc: Rpc, base: bytes, kind: str) -> tuple[str, str, bytes]:
         """(kind, what, bytes): a request message from `base`, made hostile by `kind` (or by a

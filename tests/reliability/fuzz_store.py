@@ -264,10 +264,19 @@ async def set_up(admin: Admin) -> Setup:
             ),
         )
         names[program] = {
-            "program": program, "version": "1.0.0", "version2": "1.1.0", "digest": digest, "signature": "sig",
-            "environment": "fuzz-env", "gate": "fuzz-gate", "policy": "fuzz-policy", "deployment": deployment,
-            "pending": pending.deployment.name, "webhook": "fuzz-hook", "team": "fuzz",
-        }  # fmt: skip
+            "program": program,
+            "version": "1.0.0",
+            "version2": "1.1.0",
+            "digest": digest,
+            "signature": "sig",
+            "environment": "fuzz-env",
+            "gate": "fuzz-gate",
+            "policy": "fuzz-policy",
+            "deployment": deployment,
+            "pending": pending.deployment.name,
+            "webhook": "fuzz-hook",
+            "team": "fuzz",
+        }
     tokens: dict[str, str] = {}
     grants = {
         "reader": [(apb.ACTION_READ, "*")],

@@ -54,7 +54,9 @@ class LaggingListenProxy:
         for writer in self._writers:
             writer.close()  # each connection's pumps then read the end and finish
         current = asyncio.current_task()
-        await asyncio.wait([t for t in asyncio.all_tasks() if t is not current], timeout=5)
+        pumps = [t for t in asyncio.all_tasks() if t is not current]
+        if pumps:  # none left when every connection had already ended (asyncio.wait refuses an empty set)
+            await asyncio.wait(pumps, timeout=5)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -75,9 +75,11 @@ def _setup(server: Restartable, workers: int) -> Tokens:
             )
             for program in (f"w{i}a", f"w{i}b"):
                 spec = pb.ProgramVersionSpec(
-                    program=program, version="1.0.0", signature=f"signatures/w{i}sig/versions/1.0.0",
+                    program=program,
+                    version="1.0.0",
+                    signature=f"signatures/w{i}sig/versions/1.0.0",
                     performance={"accuracy": 0.9},
-                )  # fmt: skip
+                )
                 registry.RegisterProgram(pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(program)))
     return Tokens(server.admin_token(), approver)
 

@@ -355,10 +355,15 @@ async def _callers(
         Caller("anonymous", (), fuzzer("fuzzed", 3)),
         Caller("reader", _bearer(reader), fuzzer("fuzzed", 4)),
         Caller("reader (sentiment)", _bearer(reader), fuzzer("sentiment", 5)),
-        *(Caller(f"bad token {i}", metadata, fuzzer("fuzzed", 10 + i)) for i, metadata in enumerate(_bad_credentials(reader))),
+        *(
+            Caller(f"bad token {i}", metadata, fuzzer("fuzzed", 10 + i))
+            for i, metadata in enumerate(_bad_credentials(reader))
+        ),
         # Above gRPC's 8 KiB of request metadata: refused by gRPC itself, RESOURCE_EXHAUSTED.
-        Caller("token of 9 KiB", _bearer("x" * 9000), fuzzer("fuzzed", 6), also=frozenset({"RESOURCE_EXHAUSTED"})),
-    ]  # fmt: skip
+        Caller(
+            "token of 9 KiB", _bearer("x" * 9000), fuzzer("fuzzed", 6), also=frozenset({"RESOURCE_EXHAUSTED"})
+        ),
+    ]
     as_admin = Caller("admin", admin.metadata, fuzzer("fuzzed", 1), lambda h: named(h, run.owners))
     scoped = Caller("scoped", _bearer(setup.tokens["scoped"]), fuzzer("sentiment", 2))
     return as_admin, scoped, refused

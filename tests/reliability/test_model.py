@@ -76,9 +76,15 @@ ACTIONS = {
     "admin": apb.ACTION_ADMIN,
 }
 MUTATIONS = (
-    "RegisterProgram", "CreateDeployment", "ApproveDeployment", "PromoteDeployment", "AbortDeployment",
-    "RollbackDeployment", "GrantPermission", "RevokePermission",
-)  # fmt: skip
+    "RegisterProgram",
+    "CreateDeployment",
+    "ApproveDeployment",
+    "PromoteDeployment",
+    "AbortDeployment",
+    "RollbackDeployment",
+    "GrantPermission",
+    "RevokePermission",
+)
 STUBS: dict[str, Any] = {
     "registry": pb_grpc.RegistryServiceStub,
     "deployment": dpb_grpc.DeploymentServiceStub,
@@ -184,9 +190,11 @@ class DeploymentMachine(RuleBasedStateMachine):
         version = f"1.{self.next_minor[program]}.0"
         self.next_minor[program] += 1
         spec = pb.ProgramVersionSpec(
-            program=program, version=version, signature="signatures/msig/versions/1.0.0",
+            program=program,
+            version=version,
+            signature="signatures/msig/versions/1.0.0",
             performance={"accuracy": accuracy},
-        )  # fmt: skip
+        )
         request = pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(f"{program} {version}"))
         self.call(ADMIN, "registry", "RegisterProgram", request, None)
         auto = self.model.register(program, version, accuracy)
@@ -290,9 +298,10 @@ class DeploymentMachine(RuleBasedStateMachine):
 
     def _stepping(self) -> list[str]:
         return [
-            n for n, d in self.model.deployments.items()
+            n
+            for n, d in self.model.deployments.items()
             if d.state == IN_PROGRESS and d.strategy.kind == "canary" and d.step + 1 < len(d.strategy.weights)
-        ]  # fmt: skip
+        ]
 
     @precondition(lambda self: bool(self._stepping()))
     @rule(data=st.data())
@@ -395,10 +404,13 @@ class DeploymentMachine(RuleBasedStateMachine):
             stream.cancel()
         targets = {
             (t.program, t.environment): (
-                t.stable.version or None, t.candidate.version or None, t.candidate.weight_percent, t.deployment
+                t.stable.version or None,
+                t.candidate.version or None,
+                t.candidate.weight_percent,
+                t.deployment,
             )
             for t in snapshot.targets
-        }  # fmt: skip
+        }
         modelled = {k: (t.stable, t.candidate, t.weight, t.deployment) for k, t in self.model.targets.items()}
         assert targets == modelled, (
             f"targets (stable, candidate, weight, deployment): the server's {targets}, the model's {modelled}"

@@ -70,6 +70,7 @@ def _keepalive(milliseconds: int) -> list[tuple[str, Any]]:
 STALLING = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
 SIGNATURE = "signatures/sig/versions/1.0.0"
 WATCH_TARGETS = "/dspy_registry.v1.DeploymentService/WatchTargets"
+UPLOAD_PROGRAM = "/dspy_registry.v1.RegistryService/UploadProgram"
 
 
 class Server:
@@ -235,6 +236,7 @@ async def test_streams_and_calls_beyond_the_limits_are_refused_with_a_retry_hint
                 stream.cancel()
             # Uploads that have not sent their header are calls in progress: the limit's worth.
             registry = pb_grpc.RegistryServiceStub(channel)
+            ended_before = len(server.finished(UPLOAD_PROGRAM))
             held = [registry.UploadProgram() for _ in range(MAX_CALLS)]
 
             async def refused_call() -> bool:
@@ -254,6 +256,13 @@ async def test_streams_and_calls_beyond_the_limits_are_refused_with_a_retry_hint
                 return not await refused_call()
 
             await until(served, "calls were served again")
+            # And every held call has ended at the server, not only the first: a round that began
+            # while the last ones were still let go found its own uploads refused, so that the
+            # limit was never reached again (under soak on a busy machine).
+            await until(
+                lambda: len(server.finished(UPLOAD_PROGRAM)) >= ended_before + MAX_CALLS,
+                "every held upload ended",
+            )
             tally.operations += MAX_CALLS + 2
 
     await _rounds(one_round)

@@ -29,7 +29,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from dspy_registry.client.auth import bearer_interceptors
-from dspy_registry.server.store.base import open_store
+from dspy_registry.server.store.backends import open_store
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
@@ -144,9 +144,13 @@ async def _operate(fleet: Fleet, rng: random.Random, done: asyncio.Event) -> int
                 answered += 1
         else:
             request = dpb.CreateDeploymentRequest(
-                program=program, version=rng.choice(VERSIONS), environment=environment, strategy=REPLACE,
-                supersede=True, request_id=new_request_id(),
-            )  # fmt: skip
+                program=program,
+                version=rng.choice(VERSIONS),
+                environment=environment,
+                strategy=REPLACE,
+                supersede=True,
+                request_id=new_request_id(),
+            )
             await fleet.call(rng, "CreateDeployment", request)
             answered += 1
         await asyncio.sleep(rng.uniform(0, 0.02))
@@ -295,7 +299,7 @@ def _resume_after_writes(a: Restartable, b: Restartable, count: int) -> list[int
                     environment="staging",
                     strategy=REPLACE,
                     supersede=True,
-                )  # fmt: skip
+                )
             )
             request = dpb.WatchTargetsRequest(start_revision=written.deployment.revision)
             request.progress_interval.FromMilliseconds(50)  # the first message: progress, or the reset

@@ -8,7 +8,7 @@ from dspy_registry.server.store.base import Store
 
 async def append(store: Store, resource: str = "r/1") -> int:
     async with store.write() as tx:
-        return await tx.append([Event("e", resource)])
+        return await tx.append([Event(kind="e", resource=resource)])
 
 
 async def revision(store: Store) -> int:

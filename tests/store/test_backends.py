@@ -10,7 +10,8 @@ import pytest
 
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreError, StoreUnavailable
-from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.sqlite import SqliteStore
 from tests.store.event_log import append
 
@@ -51,7 +52,7 @@ async def test_sqlite_waits_out_another_connections_lock_without_blocking(tmp_pa
 
     async def write() -> int:
         async with store.write() as tx:
-            return await tx.append([Event("e", "r/1")])
+            return await tx.append([Event(kind="e", resource="r/1")])
 
     pending = asyncio.create_task(write())
     ticks = 0
@@ -73,11 +74,11 @@ async def test_sqlite_writer_survives_a_lock_held_past_its_timeout(tmp_path: Pat
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(StoreUnavailable, match="stayed locked"):
         async with store.write() as tx:
-            await tx.append([Event("e", "r/1")])
+            await tx.append([Event(kind="e", resource="r/1")])
     other.execute("ROLLBACK")
     other.close()
     async with store.write() as tx:  # the writer task is alive and the revision was not consumed
-        assert await tx.append([Event("e", "r/1")]) == 1
+        assert await tx.append([Event(kind="e", resource="r/1")]) == 1
     await store.close()
 
 

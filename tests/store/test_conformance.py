@@ -19,7 +19,8 @@ from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSumma
 from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
-from dspy_registry.server.store.base import Store, open_store
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
@@ -30,7 +31,17 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _sv(version: str, revision: int = 1) -> SignatureVersion:
-    return SignatureVersion("sig", version, spec(), {"team": "ml"}, "", None, "alice", NOW, revision)
+    return SignatureVersion(
+        signature="sig",
+        version=version,
+        spec=spec(),
+        metadata={"team": "ml"},
+        previous_version="",
+        compatibility=None,
+        creator="alice",
+        create_time=NOW,
+        revision=revision,
+    )
 
 
 def _pv(
@@ -49,7 +60,7 @@ def _pv(
         metadata={"changelog": "x"},
         previous_version="",
         change_type=None,
-        predictors=(PredictorSummary("predict", "do it", 2, 2),),
+        predictors=(PredictorSummary(name="predict", instructions="do it", demo_count=2, field_count=2),),
         yanked=False,
         yank_reason="",
         creator="alice",
@@ -71,7 +82,7 @@ async def _seed_program(
             await tx.insert_program_version(
                 _pv(v, digest_of(data), program=program, labels=labels), parsed.sort_key, parsed.is_prerelease
             )
-        await tx.append([Event("test.seeded", f"programs/{program}")])
+        await tx.append([Event(kind="test.seeded", resource=f"programs/{program}")])
 
 
 # -- migrations, revisions, the event log ------------------------------------------------
@@ -95,7 +106,9 @@ async def test_each_write_takes_the_next_revision_and_logs_its_events(store: Sto
         assert await tx.current_revision() == 0
     for i in range(3):
         async with store.write() as tx:
-            revision = await tx.append([Event("a", f"r/{i}"), Event("b", f"r/{i}")])
+            revision = await tx.append(
+                [Event(kind="a", resource=f"r/{i}"), Event(kind="b", resource=f"r/{i}")]
+            )
             assert revision == i + 1
     async with store.read() as tx:
         assert await tx.current_revision() == 3
@@ -118,14 +131,14 @@ async def test_a_failed_transaction_leaves_no_trace(store: Store) -> None:
     with pytest.raises(RuntimeError):
         async with store.write() as tx:
             await tx.insert_signature_version(_sv("1.0.0"), versions.parse("1.0.0").sort_key)
-            await tx.append([Event("signature.registered", "signatures/sig/versions/1.0.0")])
+            await tx.append([Event(kind="signature.registered", resource="signatures/sig/versions/1.0.0")])
             raise RuntimeError("precondition failed late")
     async with store.read() as tx:
         assert await tx.current_revision() == 0
         assert await tx.events_after(0) == []
         assert await tx.get_signature_version("sig", "1.0.0") is None
     async with store.write() as tx:
-        assert await tx.append([Event("x", "y")]) == 1
+        assert await tx.append([Event(kind="x", resource="y")]) == 1
 
 
 async def test_a_transaction_without_events_does_not_consume_a_revision(store: Store) -> None:
@@ -141,7 +154,7 @@ async def test_concurrent_writes_commit_revisions_in_order_without_gaps(store: S
     async def one(i: int) -> int:
         async with store.write() as tx:
             await asyncio.sleep(0)  # let the others queue up behind the lock
-            return await tx.append([Event("e", f"r/{i}")])
+            return await tx.append([Event(kind="e", resource=f"r/{i}")])
 
     revisions = await asyncio.gather(*(one(i) for i in range(40)))
     assert sorted(revisions) == list(range(1, 41))
@@ -201,7 +214,7 @@ async def test_yanking_moves_latest_and_is_kept(store: Store) -> None:
     await _seed_program(store, "prog", ["1.0.0", "1.1.0", "1.2.0-rc.1"])
     async with store.write() as tx:
         await tx.set_yanked("prog", "1.1.0", True, "bad demos", tx.next_revision)
-        await tx.append([Event("program_version.yanked", "programs/prog/versions/1.1.0")])
+        await tx.append([Event(kind="program_version.yanked", resource="programs/prog/versions/1.1.0")])
     async with store.read() as tx:
         latest = await tx.latest_program_version("prog")
         yanked = await tx.get_program_version("prog", "1.1.0")
@@ -215,7 +228,7 @@ async def test_yanking_moves_latest_and_is_kept(store: Store) -> None:
         assert await tx.highest_program_release("prog") == "1.1.0"  # yanked numbers are never reused
     async with store.write() as tx:
         await tx.set_yanked("prog", "1.0.0", True, "also bad", tx.next_revision)
-        await tx.append([Event("program_version.yanked", "programs/prog/versions/1.0.0")])
+        await tx.append([Event(kind="program_version.yanked", resource="programs/prog/versions/1.0.0")])
     async with store.read() as tx:
         latest = await tx.latest_program_version("prog")
         assert latest is not None and latest.version == "1.2.0-rc.1"  # only a pre-release is left
@@ -273,13 +286,22 @@ def _as(principal: str) -> Call:
 
 async def _registry_with_signature(store: Store) -> Registry:
     registry = Registry(store)
-    await registry.register_signature(_as("alice"), SignatureDraft("sig", "1.0.0", None, spec(), {}), None)
+    await registry.register_signature(
+        _as("alice"),
+        SignatureDraft(signature="sig", version="1.0.0", change_type=None, spec=spec(), metadata={}),
+        None,
+    )
     return registry
 
 
 def _draft(version: str = "", change: int | None = None) -> ProgramDraft:
     return ProgramDraft(
-        "prog", version, change, DSPY_MEDIA_TYPE, "signatures/sig/versions/1.0.0", {"accuracy": 0.9}
+        program="prog",
+        version=version,
+        change_type=change,
+        media_type=DSPY_MEDIA_TYPE,
+        signature="signatures/sig/versions/1.0.0",
+        performance={"accuracy": 0.9},
     )
 
 
@@ -327,7 +349,7 @@ async def test_a_caller_cancelled_mid_transaction_leaves_no_trace_and_blocks_nob
 
     async def slow_writer() -> None:
         async with store.write() as tx:
-            await tx.append([Event("doomed", "r/1")])
+            await tx.append([Event(kind="doomed", resource="r/1")])
             entered.set()
             await asyncio.sleep(10)
 
@@ -344,7 +366,7 @@ async def test_a_caller_cancelled_mid_transaction_leaves_no_trace_and_blocks_nob
 
 async def _append_one(store: Store, resource: str) -> int:
     async with store.write() as tx:
-        return await tx.append([Event("kept", resource)])
+        return await tx.append([Event(kind="kept", resource=resource)])
 
 
 async def test_idempotency_records_older_than_the_retention_are_pruned(store: Store) -> None:
@@ -371,12 +393,12 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
 
     for i in range(3):
         async with store.write() as tx:
-            await tx.append([Event("old", f"r/{i}")])
+            await tx.append([Event(kind="old", resource=f"r/{i}")])
     await asyncio.sleep(0.002)
     boundary = datetime.now(UTC)  # older events go, newer stay: a clock set a retention past it
     await asyncio.sleep(0.002)
     async with store.write() as tx:
-        await tx.append([Event("new", "r/9")])
+        await tx.append([Event(kind="new", resource="r/9")])
     maintenance = Maintenance(
         store, request_retention=3600, event_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
     )
@@ -389,8 +411,28 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
 
 async def test_sidecar_reports_replace_each_other_and_expire_by_their_own_heartbeat(store: Store) -> None:
     def report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
-        applied = tuple(Applied(p, e, v, "sha256:" + "a" * 64, True, 0, "", 3, NOW) for p, e, v in targets)
-        return Report(sidecar, "svc", applied, heartbeat, NOW, 3)
+        applied = tuple(
+            Applied(
+                program=p,
+                environment=e,
+                version=v,
+                digest="sha256:" + "a" * 64,
+                acked=True,
+                error_code=0,
+                error_message="",
+                revision=3,
+                apply_time=NOW,
+            )
+            for p, e, v in targets
+        )
+        return Report(
+            sidecar_id=sidecar,
+            principal="svc",
+            targets=applied,
+            heartbeat_seconds=heartbeat,
+            time=NOW,
+            revision=3,
+        )
 
     async with store.write() as tx:
         await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")))

@@ -218,7 +218,7 @@ async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes
 
         async def partitioned() -> None:
             async with cut_off.write() as tx:
-                await tx.append([Event("e", "r/partitioned")])  # the revision row is locked now
+                await tx.append([Event(kind="e", resource="r/partitioned")])  # the revision row is locked now
                 proxy.stall()  # the network goes; the database hears nothing more
                 await tx.current_revision()
 
@@ -295,7 +295,15 @@ async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases:
                     with pytest.raises(ResourceExhausted) as refused:
                         for i in range(1000):  # incompressible rows until the tablespace is full
                             async with store.write() as tx:
-                                await tx.append([Event("e", f"r/{i}", {"pad": os.urandom(48_000).hex()})])
+                                await tx.append(
+                                    [
+                                        Event(
+                                            kind="e",
+                                            resource=f"r/{i}",
+                                            data={"pad": os.urandom(48_000).hex()},
+                                        )
+                                    ]
+                                )
                     assert refused.value.limit == "database_disk" and "disk is full" in refused.value.message
                     assert await revision(store) == i  # reads go on; the failed write left nothing
                 finally:

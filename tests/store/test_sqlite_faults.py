@@ -15,7 +15,7 @@ import pytest
 
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
-from dspy_registry.server.store.base import open_store
+from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.sqlite import SqliteStore
 from dspy_registry.server.store.sqlite_connections import MIN_FREE_BYTES
 from dspy_registry.server.store.sqlite_connections import translate as translate_sqlite
@@ -33,7 +33,7 @@ async def _write_until_refused(store: SqliteStore, size: int = 8192) -> Resource
     for i in range(10_000):
         try:
             async with store.write() as tx:
-                await tx.append([Event("e", f"r/{i}", {"pad": "x" * size})])
+                await tx.append([Event(kind="e", resource=f"r/{i}", data={"pad": "x" * size})])
         except ResourceExhausted as exc:
             return exc
     raise AssertionError("the disk never filled")
@@ -72,7 +72,7 @@ async def test_sqlite_that_fills_its_disk_as_it_commits_loses_no_acknowledged_wr
         for i in range(1000):
             try:
                 async with store.write() as tx:
-                    await tx.append([Event("e", f"r/{n}/{i}", {"pad": "x" * 16384})])
+                    await tx.append([Event(kind="e", resource=f"r/{n}/{i}", data={"pad": "x" * 16384})])
             except ResourceExhausted:
                 return
             acknowledged.append(f"r/{n}/{i}")

@@ -17,15 +17,32 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _hook(name: str, kinds: tuple[Kind, ...] = (), selectors: tuple[Selector, ...] = ()) -> Webhook:
-    return Webhook(name, "https://8.8.8.8/", kinds, selectors, "secret", "", "admin", NOW, 1)
+    return Webhook(
+        id=name,
+        url="https://8.8.8.8/",
+        event_kinds=kinds,
+        selectors=selectors,
+        secret="secret",
+        description="",
+        creator="admin",
+        create_time=NOW,
+        revision=1,
+    )
 
 
 def _event(kind: str, program: str = "p", environment: str = "staging") -> Event:
     data: dict[str, Any] = {
-        "program": program, "environment": environment, "version": "1.0.0", "state": "SUCCEEDED",
-        "step": 0, "weight_percent": 0, "actor": "admin", "reason": "", "related": "",
-    }  # fmt: skip
-    return Event(f"deployment.{kind}", "deployments/d1", data)
+        "program": program,
+        "environment": environment,
+        "version": "1.0.0",
+        "state": "SUCCEEDED",
+        "step": 0,
+        "weight_percent": 0,
+        "actor": "admin",
+        "reason": "",
+        "related": "",
+    }
+    return Event(kind=f"deployment.{kind}", resource="deployments/d1", data=data)
 
 
 async def _deliveries(store: Store, webhook: str) -> list[tuple[str, Kind, DeliveryState]]:
@@ -43,7 +60,9 @@ async def test_deliveries_are_queued_in_the_events_transaction(store: Store) -> 
         ):
             await tx.insert_webhook(hook)
     async with store.write() as tx:
-        await tx.append([Event("target.updated", "programs/p/environments/staging/target", {})])
+        await tx.append(
+            [Event(kind="target.updated", resource="programs/p/environments/staging/target", data={})]
+        )
         await tx.append([_event("created"), _event("succeeded")])  # a second append: seq goes on
         revision = tx.revision
     assert await _deliveries(store, "all") == [
@@ -115,8 +134,11 @@ async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
         assert await tx.next_delivery_time() is None
         assert (await tx.list_deliveries("w", (DeliveryState.PENDING,), Page(10)))[2] == 0
     assert (d.state, d.attempts, d.last_response_code, d.complete_time) == (
-        DeliveryState.SUCCEEDED, 2, 204, retry,
-    )  # fmt: skip
+        DeliveryState.SUCCEEDED,
+        2,
+        204,
+        retry,
+    )
 
     async with store.write() as tx:
         assert await tx.forget_deliveries(retry) == 0

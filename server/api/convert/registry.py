@@ -1,72 +1,18 @@
-"""Proto messages <-> domain values. No rules here: only shapes."""
+"""RegistryService's converters: signatures, programs, comparisons and upgrade paths."""
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
 
 from dspy_registry.v1 import registry_pb2 as pb
 
-from ..domain import compare as comparing
-from ..domain import programs, signatures
-from ..domain.access import principal_name
-from ..domain.model import ProgramSummary, ProgramVersion, SignatureSummary, SignatureVersion
-from ..errors import InvalidArgument
-from ..usecases.registry import SignatureDraft
-
-
-def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def time_field(message: Any, name: str, path: str = "") -> datetime | None:
-    """A Timestamp field as a datetime (None when unset); INVALID_ARGUMENT naming `path` (else `name`)
-    when out of range."""
-    if not message.HasField(name):
-        return None
-    try:
-        value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument.one(path or name, "is not a valid time") from None
-    return value
-
-
-def duration_field(message: Any, name: str, path: str = "") -> timedelta | None:
-    """A Duration field as a timedelta (None when unset); INVALID_ARGUMENT naming `path` (else `name`)
-    beyond what a timedelta holds (a billion days either way; a Duration reaches 290 billion years)."""
-    if not message.HasField(name):
-        return None
-    try:
-        return timedelta(microseconds=getattr(message, name).ToNanoseconds() // 1000)
-    except OverflowError:
-        raise InvalidArgument.one(path or name, "is not a valid duration") from None
-
-
-def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    try:
-        return json_format.MessageToDict(value)
-    except (ValueError, json_format.SerializeToJsonError) as exc:  # NaN and ±Infinity have no JSON form
-        raise InvalidArgument.one(field, f"must be JSON-representable: {exc}") from None
-
-
-def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
-
-
-def fingerprint(request: Message) -> str:
-    """A hash of the request without its request_id: a retry must match it exactly."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+from ...domain import compare as comparing
+from ...domain import programs, signatures
+from ...domain.access import principal_name
+from ...domain.model import ProgramSummary, ProgramVersion, SignatureSummary, SignatureVersion
+from ...errors import InvalidArgument
+from ...usecases.registry import SignatureDraft
+from .common import dict_to_struct, struct_to_dict, timestamp
 
 
 def change_type(value: int, field: str) -> int | None:

@@ -1,5 +1,8 @@
-"""`dspy-registry`: the command line. `serve` runs the control plane; `sidecar` follows it; the rest
-(client/cli.py) are the operators' commands against a running server."""
+"""`dspy-registry serve`: the control plane in this process, until SIGTERM or SIGINT.
+
+The command line itself is dspy_registry/cli.py, above the server and the client: it adds the options
+of config.py to its `serve` command and hands the parsed arguments to `run`.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,11 @@ import gc
 import logging
 import os
 import signal
-import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from ..client import sidecar
-from ..client.cli import add_operator_commands, run_operator
 from . import logs
-from .config import Config, add_serve_arguments, from_arguments
+from .config import Config, from_arguments
 from .errors import RegistryError
 
 ACCESS_HELP = """\
@@ -98,58 +100,23 @@ async def serve(config: Config) -> None:
         raise
 
 
-def _run(coro: object) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where there is one (the server's and the sidecar's event loop)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(main)
     else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+        uvloop.run(main)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dspy-registry",
-        description=__doc__,
-        epilog=ACCESS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser(
-        "serve",
-        help="run the control plane server",
-        epilog=ACCESS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_serve_arguments(serve_parser)
-    sidecar_parser = commands.add_parser(
-        "sidecar",
-        help="follow programs' targets and keep their artifacts in a directory",
-        description=sidecar.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sidecar.add_sidecar_arguments(sidecar_parser)
-    add_operator_commands(parser, commands)
-    args = parser.parse_args(argv)
-    if getattr(args, "operator", None) is not None:
-        return run_operator(args)
-    if args.command == "sidecar":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        try:
-            _run(sidecar.run(args))
-        except OSError as exc:
-            log.error("cannot start: %s", exc)
-            return 1
-    if args.command == "serve":
-        config = from_arguments(args)
-        logs.configure(config.log_level, config.log_format)
-        try:
-            _run(serve(config))
-        except (OSError, ValueError, RegistryError) as exc:
-            log.error("cannot start: %s", exc)
-            return 1
+def run(args: argparse.Namespace) -> int:
+    """`serve` with the parsed `args`: 0 once stopped by a signal, 1 when the server cannot start."""
+    config = from_arguments(args)
+    logs.configure(config.log_level, config.log_format)
+    try:
+        run_loop(serve(config))
+    except (OSError, ValueError, RegistryError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
