@@ -58,6 +58,42 @@ from .watch import Hub, deployment_events
 
 log = logging.getLogger("dspy_registry.server")
 
+# A stop that takes this long beyond its grace is stuck somewhere: say where, once, in the log.
+SLOW_STOP_SECONDS = 15.0
+
+
+def _report_slow_stop(seconds: float) -> None:
+    """Every task's stack, for an operator (or a test run) whose server does not stop."""
+    stacks = []
+    for task in asyncio.all_tasks():
+        where = " -> ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+            for f in _awaiting(task.get_coro())
+        )
+        stacks.append(f"{task.get_name()}: {where}")
+    log.warning("stopping has taken over %.1f s; the tasks still running:\n%s", seconds, "\n".join(stacks))
+
+
+def _awaiting(coro: Any) -> list[Any]:
+    """The frames of a suspended coroutine and of what it awaits, outermost first (a task's own
+    get_stack() shows only the outermost)."""
+    frames = []
+    while coro is not None:
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "ag_frame", None)
+            or getattr(coro, "gi_frame", None)
+        )
+        if frame is not None:
+            frames.append(frame)
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "ag_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+        )
+    return frames
+
+
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
 DEPLOYMENT_SERVICE = deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"]
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"]
@@ -314,6 +350,15 @@ class App:
         returns as soon as they have, then closes the store.
         """
         grace = self.config.grace_seconds if grace is None else grace
+        watchdog = asyncio.get_running_loop().call_later(
+            grace + SLOW_STOP_SECONDS, _report_slow_stop, grace + SLOW_STOP_SECONDS
+        )
+        try:
+            await self._stop(grace)
+        finally:
+            watchdog.cancel()
+
+    async def _stop(self, grace: float) -> None:
         started = time.monotonic()
         await self.store_health.stop()  # first: it must not turn health SERVING again
         await self.health.enter_graceful_shutdown()

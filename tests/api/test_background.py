@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import pytest
 
+from dspy_registry.server import app as app_module
 from dspy_registry.server import controller as controller_module
 from dspy_registry.server.background import Loop
 from dspy_registry.server.controller import Controller
@@ -14,6 +16,7 @@ from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreUnavailable
 from dspy_registry.server.store.base import Store
 from dspy_registry.server.usecases.deployments import Deployments
+from tests.api.conftest import start
 from tests.eventually import until
 
 
@@ -65,3 +68,28 @@ async def test_a_store_fault_is_one_line_and_the_loop_goes_on(caplog: pytest.Log
         ("probe pass failed; retrying: postgres unreachable: connection refused", False),
         ("probe pass failed; retrying", True),
     ]
+
+
+async def test_a_stop_stuck_past_its_grace_logs_every_task_once(
+    database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that does not stop says where it is stuck (a test run once hung a minute in a
+    teardown with nothing to show for it)."""
+    monkeypatch.setattr(app_module, "SLOW_STOP_SECONDS", 0.2)
+    running = await start(database_url)
+    stuck = asyncio.Event()
+    stop_notifier = running.app.notifier.stop
+
+    async def notifier_stop() -> None:  # a loop that takes its time to end
+        await asyncio.wait_for(stuck.wait(), 0.6)
+
+    monkeypatch.setattr(running.app.notifier, "stop", notifier_stop)
+    await running.channel.close(None)
+    with caplog.at_level(logging.WARNING, logger="dspy_registry.server"):
+        with pytest.raises(TimeoutError):
+            await running.app.stop(grace=0)
+    await stop_notifier()
+    await running.app.store.close()
+    reports = [r.getMessage() for r in caplog.records if "stopping has taken over" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert "notifier_stop" in reports[0] and "_stop" in reports[0], reports[0]
