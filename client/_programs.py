@@ -95,7 +95,7 @@ class ProgramMethods(ClientBase):
     ) -> pb.ProgramVersion:
         """Registers a program version: RegisterProgram, or UploadProgram for an artifact above 3 MiB.
 
-        The same name@version with the same artifact again is a no-op.
+        The same name@version with the same artifact and the same spec again is a no-op.
 
         Args:
             name: The program, `sentiment` or `programs/sentiment`.
@@ -118,9 +118,13 @@ class ProgramMethods(ClientBase):
 
         Raises:
             InvalidArgumentError: Bad input, such as an artifact that is not DSPy program state when
-                the media type says it is.
+                the media type says it is, credentials in the artifact or metadata, an impossible
+                metric (accuracy 7), or no changelog when the server requires one.
             NotFoundError: The signature does not exist.
-            AlreadyExistsError: The version exists with another artifact.
+            AlreadyExistsError: The version exists with another artifact, or with the same artifact
+                and another spec (performance, labels, metadata, signature).
+            FailedPreconditionError: The semver guard: the bump is smaller than the change of the
+                implemented signature needs.
             ResourceExhaustedError: The artifact is above the server's upload limit.
             TypeError: `program` is none of the accepted types.
         """
@@ -172,7 +176,8 @@ class ProgramMethods(ClientBase):
         Raises:
             InvalidArgumentError: As `register_program`, or the bytes did not arrive whole.
             NotFoundError: The signature does not exist.
-            AlreadyExistsError: The version exists with another artifact.
+            AlreadyExistsError: As `register_program`.
+            FailedPreconditionError: As `register_program`.
             ResourceExhaustedError: The artifact is above the server's upload limit (nothing is stored).
             TypeError: `program` is none of the accepted types.
         """

@@ -33,6 +33,7 @@ from .api.registry import RegistryServicer
 from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
+from .domain import versioning
 from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.environments import load_toml
 from .domain.programs import UNARY_ARTIFACT_LIMIT
@@ -146,6 +147,8 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     ):
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
+    # Read before anything is opened: a bad file fails the start with nothing to close.
+    versioning_settings = _read_config(config.config) if config.config else None
     store = open_store(config.database)
     access = Access(store, clock=clock)
     # Shared by the REST gateway and the guard only: the gateway's proof of who its callers are.
@@ -163,6 +166,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         guard_mode=config.semver_guard,
         upload_limit=config.upload_limit,
         max_concurrent_uploads=config.max_concurrent_uploads,
+        versioning_settings=versioning_settings,
         clock=clock,
         after_register=deployments.auto_deploy,
     )
@@ -415,6 +419,13 @@ def _redact(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
+
+
+def _read_config(path: str) -> versioning.Versioning:
+    """The --config file's [versioning] settings, its environments checked too (start() applies them)."""
+    text = Path(path).read_text()
+    load_toml(text)
+    return versioning.load_toml(text)
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:

@@ -115,12 +115,15 @@ class NotFound(RegistryError):
 
 
 class AlreadyExists(RegistryError):
-    """A resource exists under that name with other content."""
+    """A resource exists under that name with other content; `violations` may name the fields that differ."""
 
     reason = "ALREADY_EXISTS"
 
-    def __init__(self, resource: str, message: str | None = None) -> None:
+    def __init__(
+        self, resource: str, message: str | None = None, violations: list[FieldViolation] | None = None
+    ) -> None:
         self.resource = resource
+        self.violations = violations or []
         super().__init__(message or f"{resource} already exists")
 
 

@@ -209,6 +209,9 @@ class DeploymentServiceServicer:
         (PreconditionFailure lists each violation), or another
         deployment of the target is in progress and `supersede` is false;
         ABORTED if `expected_target_etag` is set and does not match.
+        The credential scan: FAILED_PRECONDITION (SECURITY_SCAN, naming each
+        finding's path and kind) for a version that holds credentials, registered
+        while development's policy turned the scan off, to any other environment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -319,7 +322,9 @@ class DeploymentServiceServicer:
         """Records metric windows measured by a sidecar. INVALID_ARGUMENT for a bad
         window (end before start, errors above requests, histogram counts not
         matching the bounds, correct above total); RESOURCE_EXHAUSTED above the
-        per-call window limit.
+        per-call window limit. A window carries counts, not ratios: these checks
+        are the metric ranges for what is computed from it (accuracy and error
+        rate between 0 and 1, latencies finite and not negative).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

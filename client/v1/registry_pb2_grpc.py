@@ -183,8 +183,26 @@ class RegistryServiceServicer:
         """Registers a program version whose artifact fits in one message (4 MiB).
         INVALID_ARGUMENT for bad input, including an artifact that is not DSPy
         program state when the media type says it is; NOT_FOUND if the signature
-        does not exist; ALREADY_EXISTS if the version exists with another digest;
-        RESOURCE_EXHAUSTED above the unary size limit (use UploadProgram).
+        does not exist; ALREADY_EXISTS if the version exists with another digest,
+        or with the same digest and another spec (media type, signature,
+        performance, labels or metadata: BadRequest names each field that
+        differs); the same digest and the same spec answer the existing version
+        (created false); RESOURCE_EXHAUSTED above the unary size limit (use
+        UploadProgram).
+        The credential scan (validate_security_requirements): INVALID_ARGUMENT
+        when the artifact (walked as JSON for a JSON media type, else its raw
+        bytes) or the metadata holds a credential: a provider key (OpenAI,
+        Anthropic, AWS, GCP, Azure, GitHub, Slack), a private-key PEM block, or a
+        non-placeholder string under a secret-named key (api_key, password,
+        token ...); one field violation per finding (`artifact` or
+        `spec.metadata`) naming its JSON path or byte offset and its kind, never
+        its value. Only the development environment's policy may turn it off.
+        FAILED_PRECONDITION when the program semver guard refuses the version: its
+        bump from the version below it (and, for a backport, to the version above
+        it) is smaller than the change of the signature it implements needs (a
+        breaking signature change or another signature: major; an additive one:
+        minor). PreconditionFailure lists each change; --semver-guard warn accepts
+        it and logs the warning, off accepts it silently.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,7 +210,10 @@ class RegistryServiceServicer:
 
     def UploadProgram(self, request_iterator, context):
         """Registers a program version from a client stream: one header, then the
-        artifact in chunks. Same errors as RegisterProgram; RESOURCE_EXHAUSTED
+        artifact in chunks. Same errors and rules as RegisterProgram
+        (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION: the
+        credential scan, the program semver guard, metric ranges,
+        re-registration); RESOURCE_EXHAUSTED
         beyond the server's upload limit, or while it runs as many uploads as it
         allows (a RetryInfo says when to try again); INVALID_ARGUMENT when the
         bytes do not match the header's digest or size (one byte more than the

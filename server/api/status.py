@@ -54,6 +54,19 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _bad_request(violations: list[Any]) -> any_pb2.Any:
+    return _pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=cut(v.field, FIELD_BYTES), description=cut(v.description, DESCRIPTION_BYTES)
+                )
+                for v in violations
+            ]
+        )
+    )
+
+
 def cut(text: str, limit: int) -> str:
     """`text` within `limit` bytes of UTF-8, an ellipsis marking a cut."""
     if len(text.encode()) <= limit:
@@ -90,18 +103,7 @@ def _status_proto(
     message = cut(exc.message, MESSAGE_BYTES - len(more)) + more
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN))]
     if isinstance(exc, errors.InvalidArgument):
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=cut(v.field, FIELD_BYTES), description=cut(v.description, DESCRIPTION_BYTES)
-                        )
-                        for v in violations
-                    ]
-                )
-            )
-        )
+        details.append(_bad_request(violations))
     elif isinstance(exc, errors.FailedPrecondition) and exc.violations:
         details.append(
             _pack(
@@ -126,6 +128,8 @@ def _status_proto(
                 )
             )
         )
+        if violations:  # an existing version: the fields of the request that differ from it
+            details.append(_bad_request(violations))
     elif isinstance(exc, errors.ResourceExhausted):
         details.append(
             _pack(

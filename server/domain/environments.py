@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from ..errors import InvalidArgument, Violations, quote
+from . import versioning
 from .checks import OnMissingChecks, validate_required
 from .names import check_name
 from .programs import METRIC_RE
@@ -89,6 +90,13 @@ class Policy:
     on_missing_checks: OnMissingChecks = OnMissingChecks.WAIT
     # What the environment offers the versions deployed to it (domain/resources.py): none, no limit.
     capacity: dict[str, str] = field(default_factory=dict)
+    # The credential scan at registration (security.py). Only development may turn it off (the TOML
+    # file's `security_scan = false`; the proto policy has no such field, so an UpdateEnvironment
+    # turns it back on): staging and production must never take what it would have refused.
+    security_scan: bool = True
+
+
+SCAN_OPTIONAL = "development"  # the one environment whose policy may turn the credential scan off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +203,8 @@ def validate(env: Environment, known: set[str], prefix: str = "environment") -> 
         v.add(f"{prefix}.policy.auto_rollback.analysis_interval", "must be positive, at most a month")
     if t.min_requests < 0:
         v.add(f"{prefix}.policy.auto_rollback.min_requests", "must not be negative")
+    if not p.security_scan and env.name != SCAN_OPTIONAL:
+        v.add(f"{prefix}.policy.security_scan", f"only {SCAN_OPTIONAL} may turn the credential scan off")
     return v
 
 
@@ -304,6 +314,7 @@ def _environment(
         required_checks=tuple(str(c) for c in t.get("required_checks", ())),
         on_missing_checks=_ON_MISSING_CHECKS[on_missing],
         capacity={str(k): capacity_text(x) for k, x in t.get("capacity", {}).items()},
+        security_scan=bool(t.get("security_scan", True)),
     )
     return Environment(
         name=name,
@@ -344,6 +355,7 @@ _ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "required_checks": list,
     "on_missing_checks": str,
     "capacity": dict,
+    "security_scan": bool,
 }
 
 
@@ -387,6 +399,7 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         cpu = 8
 
     Without an [environments] table, the three defaults take the [deployment] defaults.
+    A [versioning] table is checked here and read by versioning.load_toml.
     """
     try:
         data = tomllib.loads(text)
@@ -394,12 +407,10 @@ def load_toml(text: str) -> tuple[Environment, ...]:
         raise InvalidArgument.one("config", f"not valid TOML: {exc}") from None
     v = Violations()
     for key in data:
-        if key == "versioning":
-            v.add(
-                "versioning", "versioning settings (auto_increment, require_changelog) are not supported yet"
-            )
+        if key == "versioning":  # read by versioning.load_toml; checked here so that one error names all
+            v.items += versioning.check_table(data[key]).items
         elif key not in ("deployment", "environments"):
-            v.add(key, "unknown section; known: deployment, environments")
+            v.add(key, "unknown section; known: deployment, environments, versioning")
     v.items += _check_table(data.get("deployment", {}), _DEPLOYMENT_KEYS, "deployment").items
     for name, table in (data.get("environments") or {}).items():
         v.items += _check_table(table, _ENVIRONMENT_KEYS, f"environments.{name}").items
@@ -489,6 +500,7 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
         required_checks=tuple(d.get("required_checks", ())),
         on_missing_checks=OnMissingChecks[str(d.get("on_missing_checks", "wait")).upper()],
         capacity=dict(d.get("capacity", {})),
+        security_scan=bool(d.get("security_scan", True)),  # absent from policies stored before it
     )
 
 

@@ -1,7 +1,18 @@
-"""The semver guard: a version's bump must be at least as big as its changes need."""
+"""The semver guard: a version's bump must be at least as big as its changes need.
+
+A signature version is judged by its own changes (signatures.compare). A
+program version is judged by the changes of the signature it implements: the
+previous program version's signature against the new one's, a switch to
+another signature being breaking. A version implementing the same signature
+needs no particular bump; one whose signature gained optional fields or enum
+values needs at least a minor bump; one whose signature breaks the previous
+version's callers (a removed output, a changed type ...) needs a major bump,
+since `latest` would otherwise start answering them in another shape.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 
 from ..errors import FailedPrecondition, PreconditionViolation
@@ -13,6 +24,15 @@ class GuardMode(Enum):
     ENFORCE = "enforce"  # refuse with FAILED_PRECONDITION
     WARN = "warn"  # accept and return warnings
     OFF = "off"  # accept silently
+
+
+def of_signature(compatibility: Compatibility) -> Compatibility:
+    """A signature's changes as a program version's: each path under `signature.`."""
+    changes = tuple(
+        c if c.path.startswith("signature") else replace(c, path=f"signature.{c.path}")
+        for c in compatibility.changes
+    )
+    return replace(compatibility, changes=changes)
 
 
 def bump_sufficient(previous: Version, proposed: Version, compatibility: Compatibility) -> bool:

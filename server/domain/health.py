@@ -69,6 +69,12 @@ def check_window_times(windows: list[Window], now: datetime, v: Violations) -> N
 
 
 def validate_window(w: Window, at: str, v: Violations) -> None:
+    """Every impossible figure of a window, by field.
+
+    A window carries counts, not ratios, so these checks are also the metric ranges
+    (programs.metric_range_problem) for what is computed from it: accuracy, feedback_correct over
+    feedback_total, stays in [0, 1]; the error rate too; latencies are finite and never negative.
+    """
     if w.end_time < w.start_time:
         v.add(f"{at}.end_time", "must not be before start_time")
     if min(w.request_count, w.error_count, w.feedback_correct, w.feedback_total) < 0:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidArgument, Violations, quote
+from ..errors import FieldViolation, InvalidArgument, Violations, quote
 
 DSPY_MEDIA_TYPE = "application/vnd.dspy.program+json"
 MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
@@ -103,14 +103,38 @@ def validate_labels(labels: dict[str, str], path: str, v: Violations) -> None:
             v.add(f"{path}[{quote(key)}]", "label values are up to 63 of A-Za-z0-9_.@:/-")
 
 
+# Metrics whose values have a known range. A fraction: accuracy, precision, recall and f1 (also as
+# f1_score, with a val_/test_/eval_/train_ prefix or a _macro/_micro/_weighted suffix). Never below
+# zero: a latency or a cost (any name with `latency` or `cost` as one of its words: latency_ms,
+# latency_p95_ms, p95_latency_ms, cost_usd, cost_per_prediction). Other names stay free, but finite.
+FRACTION_METRIC_RE = re.compile(
+    r"^(?:(?:val|test|eval|train)_)?(?:accuracy|precision|recall|f1|f1_score)(?:_(?:macro|micro|weighted))?$",
+    re.IGNORECASE,
+)
+NON_NEGATIVE_METRIC_RE = re.compile(r"(?:^|[_.])(?:latency|cost)(?:[_.]|$)", re.IGNORECASE)
+
+
+def metric_range_problem(name: str, value: float) -> str | None:
+    """Why `value` is impossible for the metric `name`, or None when it is possible."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if FRACTION_METRIC_RE.fullmatch(name) and not 0 <= value <= 1:
+        return f"{name} is a fraction between 0 and 1 (0.91, not 91)"
+    if NON_NEGATIVE_METRIC_RE.search(name) and value < 0:
+        return f"{name} must not be negative"
+    return None
+
+
 def validate_performance(performance: dict[str, float], path: str, v: Violations) -> None:
+    """Metric names, their count, and impossible values (metric_range_problem)."""
     if len(performance) > MAX_METRICS:
         v.add(path, f"at most {MAX_METRICS} metrics")
     for key, value in performance.items():
         if not METRIC_RE.fullmatch(key):
             v.add(f"{path}[{quote(key)}]", "metric names must match ^[A-Za-z_][A-Za-z0-9_.]{0,62}$")
-        if not math.isfinite(value):
-            v.add(f"{path}[{quote(key)}]", "must be a finite number")
+        problem = metric_range_problem(key, value)
+        if problem is not None:
+            v.add(f"{path}[{quote(key)}]", problem)
 
 
 def validate_metadata(metadata: dict[str, Any], path: str, v: Violations) -> None:
@@ -175,3 +199,43 @@ def summarize_dspy_state(data: bytes | str, path: str = "artifact") -> tuple[Pre
         v.add(path, "DSPy program state must hold at least one predictor")
     v.raise_if_any()
     return tuple(predictors)
+
+
+def spec_differences(
+    registered: dict[str, Any], draft: ProgramDraft, signature: str, prefix: str = "spec"
+) -> list[FieldViolation]:
+    """What a registration of an existing version with the same artifact states differently.
+
+    `registered` holds the existing version's media_type, signature (resolved, as
+    signatures/{s}/versions/{v}), performance, labels and metadata; `signature` is the draft's,
+    resolved the same way. Empty: the same registration again, answered with the first answer.
+    Maps are compared key by key and the differing keys named, never their values (a value
+    may be anything a caller put in metadata).
+    """
+    out: list[FieldViolation] = []
+    given = {
+        "media_type": draft.media_type,
+        "signature": signature,
+        "performance": draft.performance,
+        "labels": draft.labels,
+        "metadata": draft.metadata,
+    }
+    for name, value in given.items():
+        before = registered[name]
+        if before == value:
+            continue
+        if isinstance(before, dict) and isinstance(value, dict):
+            keys = sorted(
+                k for k in before.keys() | value.keys() if before.get(k, _ABSENT) != value.get(k, _ABSENT)
+            )
+            shown = ", ".join(quote(k) for k in keys[:10]) + (
+                f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+            )
+            what = f"differs from the registered version's at {shown}"
+        else:
+            what = f"is {quote(value)}; the registered version's is {quote(before)}"
+        out.append(FieldViolation(f"{prefix}.{name}", what))
+    return out
+
+
+_ABSENT = object()

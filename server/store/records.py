@@ -590,6 +590,26 @@ class Records(
         )
         return str(row["version"]) if row else None
 
+    async def program_version_below(self, program: str, sort_key: str) -> ProgramVersion | None:
+        """The highest version with lower precedence, yanked or not: what the semver guard compares with."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
+            "WHERE program = ? AND sort_key < ? ORDER BY sort_key DESC, version DESC LIMIT 1",
+            program,
+            sort_key,
+        )
+        return _program_version(row) if row else None
+
+    async def program_version_above(self, program: str, sort_key: str) -> ProgramVersion | None:
+        """The lowest version with higher precedence: what a backport must stay compatible with."""
+        row = await self.conn.fetchrow(
+            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
+            "WHERE program = ? AND sort_key > ? ORDER BY sort_key, version LIMIT 1",
+            program,
+            sort_key,
+        )
+        return _program_version(row) if row else None
+
     async def insert_program_version(self, pv: ProgramVersion, sort_key: str, prerelease: bool) -> None:
         ts = to_us(pv.create_time)
         labels = _json(pv.labels)

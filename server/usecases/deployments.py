@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from ..calls import Call
 from ..domain import checks as checking
 from ..domain import deployments as dep
-from ..domain import events, versions
+from ..domain import events, security, versions
 from ..domain.access import CONTROLLER
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, Kind, State, Target
-from ..domain.environments import Environment, Strategy, StrategySpec
+from ..domain.environments import SCAN_OPTIONAL, Environment, Strategy, StrategySpec
 from ..domain.events import EventKind
 from ..domain.health import Verdict
 from ..domain.model import Event, ProgramVersion
@@ -157,6 +157,8 @@ class Deployments:
         if env is None:
             raise NotFound(f"environments/{r.environment}")
         pv = await self._version(tx, r.program, r.version)
+        if env.policy.security_scan:
+            await self._check_scanned(tx, env, pv)
         target_before = await tx.get_target(r.program, r.environment)
         target = target_before or Target(program=r.program, environment=r.environment)
         if r.expected_target_etag and r.expected_target_etag != target.etag:
@@ -216,6 +218,28 @@ class Deployments:
             d, target = dep.start_when_checked(d, target, now, actor, checking.passed(checks.values()))
         saved, _ = await self._save(tx, d, None, target, target_before)
         return saved
+
+    async def _check_scanned(self, tx: Records, env: Environment, pv: ProgramVersion) -> None:
+        """FAILED_PRECONDITION for a version holding credentials, going where the scan is on.
+
+        Registration refuses such versions, unless development's policy turns the scan off: then a
+        version may hold them, and it goes nowhere else until its stored artifact is scanned here.
+        With the scan on everywhere (the default) every version was scanned already, and this
+        reads nothing but the development environment.
+        """
+        development = await tx.get_environment(SCAN_OPTIONAL)
+        if development is None or development.policy.security_scan:
+            return
+        count = await tx.artifact_chunk_count(pv.program, pv.digest) or 0
+        data = b"".join([await tx.artifact_chunk(pv.digest, seq) for seq in range(count)])
+        findings = security.scan_version(data, pv.media_type, pv.metadata)
+        if findings:
+            raise FailedPrecondition(
+                f"{env.name} refuses {pv.name}: it holds credentials ("
+                + "; ".join(f"{f.path}: {f.kind}" for f in findings)
+                + "), let through only because development's policy turns the credential scan off",
+                security.deployment_violations(findings, f"{pv.name} -> {env.resource_name}"),
+            )
 
     async def change(
         self,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..calls import Call
 from ..domain import compare as comparing
-from ..domain import guard, programs, resources, signatures, versions
+from ..domain import environments, guard, programs, resources, security, signatures, versioning, versions
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.events import EventKind, ProgramVersionRegistered, SignatureRegistered, YankChanged, new_event
 from ..domain.model import (
@@ -37,6 +38,7 @@ from .artifacts import DEFAULT_MAX_CONCURRENT_UPLOADS, INLINE_ARTIFACT_BYTES, Ar
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 
 T = TypeVar("T")
+log = logging.getLogger("dspy_registry.registry")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +92,7 @@ class Registry:
         guard_mode: guard.GuardMode = guard.GuardMode.ENFORCE,
         upload_limit: int = programs.DEFAULT_UPLOAD_LIMIT,
         max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
+        versioning_settings: versioning.Versioning | None = None,
         clock: Clock = SYSTEM_CLOCK,
         after_register: Callable[[Records, ProgramVersion, str], Awaitable[None]] | None = None,
     ) -> None:
@@ -99,6 +102,7 @@ class Registry:
         self.store = store
         self.clock = clock
         self.guard_mode = guard_mode
+        self.versioning = versioning_settings or versioning.Versioning()
         self.upload_limit = upload_limit
         self.uploads = Uploads(max_concurrent_uploads, upload_limit)
         self.after_register = after_register
@@ -112,6 +116,7 @@ class Registry:
         v.collect(lambda: check_name(draft.signature, "signature"))
         v.items += signatures.validate_spec(draft.spec).items
         programs.validate_metadata(draft.metadata, "metadata", v)
+        versioning.check_changelog(self.versioning, draft.metadata, "metadata", v)
         if draft.version:
             v.collect(lambda: versions.parse(draft.version))
             if draft.change_type is not None:
@@ -138,7 +143,8 @@ class Registry:
                     # Nothing changed and no bump asked for: the latest already is this.
                     return await record(tx, idem, RegisteredSignature(latest, ()))
                 needed = signatures.compare(latest.spec, draft.spec).required_change if latest else None
-                change = draft.change_type or needed or versions.ChangeType.PATCH
+                automatic = versioning.automatic_bump(self.versioning, needed)
+                change = draft.change_type or automatic or needed or versions.ChangeType.PATCH
                 base_text = await tx.highest_signature_release(name)
                 base = versions.parse(base_text) if base_text else None
                 proposed = versions.parse(versions.bump(base, change))
@@ -257,7 +263,7 @@ class Registry:
             v.collect(lambda: versions.parse(draft.version, f"{prefix}.version"))
             if draft.change_type is not None:
                 v.add(f"{prefix}.change_type", "give either version or change_type, not both")
-        elif draft.change_type is None:
+        elif draft.change_type is None and self.versioning.auto_increment is None:
             v.add(f"{prefix}.version", "give a version, or a change_type to auto-increment")
         if draft.signature:
             v.collect(
@@ -272,6 +278,7 @@ class Registry:
         programs.validate_performance(draft.performance, f"{prefix}.performance", v)
         programs.validate_metadata(draft.metadata, f"{prefix}.metadata", v)
         resources.validate_requirements(draft.metadata, f"{prefix}.metadata", v)
+        versioning.check_changelog(self.versioning, draft.metadata, f"{prefix}.metadata", v)
         v.raise_if_any()
 
     async def register_program(
@@ -286,6 +293,7 @@ class Registry:
         if not artifact.size_bytes:
             raise InvalidArgument.one("artifact", "must not be empty")
         predictors = await self._predictors(draft.media_type, artifact)
+        await self._scan(draft, artifact)
         digest = await artifact.sha256()
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
@@ -296,12 +304,33 @@ class Registry:
             if signature_version is None:
                 raise NotFound(str(sig_ref) if not sig_ref.is_latest else sig_ref.parent)
             previous_version = ""
+            change_type = draft.change_type
             if draft.version:
                 version = versions.parse(draft.version)
                 existing_digest = await tx.program_version_digest(draft.program, version.text)
                 if existing_digest == digest:
                     existing = await tx.get_program_version(draft.program, version.text)
                     assert existing is not None
+                    differences = programs.spec_differences(
+                        {
+                            "media_type": existing.media_type,
+                            "signature": existing.signature_name,
+                            "performance": existing.performance,
+                            "labels": existing.labels,
+                            "metadata": existing.metadata,
+                        },
+                        draft,
+                        f"signatures/{sig_ref.name}/versions/{signature_version}",
+                    )
+                    if differences:
+                        # Versions are immutable: dropping the new values silently would lose them.
+                        raise AlreadyExists(
+                            existing.name,
+                            f"{existing.name} already exists with the same artifact and another "
+                            f"{', '.join(d.field for d in differences)}; versions are immutable, "
+                            "register a new version",
+                            differences,
+                        )
                     return await record(tx, idem, RegisteredProgram(existing, False))
                 if existing_digest is not None:
                     name = f"programs/{draft.program}/versions/{version.text}"
@@ -311,11 +340,21 @@ class Registry:
                         f"versions are immutable, register a new version",
                     )
             else:
-                assert draft.change_type is not None
                 base_text = await tx.highest_program_release(draft.program)
                 base = versions.parse(base_text) if base_text else None
-                version = versions.parse(versions.bump(base, draft.change_type))
+                change = change_type
+                if change is None:  # neither version nor change type: [versioning] auto_increment
+                    needed = None
+                    if base_text is not None:
+                        below = await tx.get_program_version(draft.program, base_text)
+                        assert below is not None
+                        found = await signature_change(tx, below, sig_ref.name, signature_version)
+                        needed = found.required_change
+                    change = versioning.automatic_bump(self.versioning, needed)
+                    assert change is not None  # validate_program_draft let it through only so
+                version = versions.parse(versions.bump(base, change))
                 previous_version = base_text or ""
+                change_type = change
             pv = ProgramVersion(
                 program=draft.program,
                 version=version.text,
@@ -328,7 +367,7 @@ class Registry:
                 labels=dict(draft.labels),
                 metadata=dict(draft.metadata),
                 previous_version=previous_version,
-                change_type=draft.change_type,
+                change_type=change_type,
                 predictors=predictors,
                 yanked=False,
                 yank_reason="",
@@ -336,6 +375,8 @@ class Registry:
                 create_time=self.clock.now(),
                 revision=tx.next_revision,
             )
+            for warning in await self._program_guard(tx, pv, version):
+                log.warning("register_program %s (--semver-guard warn): %s", pv.name, warning)
             await tx.put_artifact_from(digest, artifact.size_bytes, artifact.chunks())
             await tx.insert_program_version(pv, version.sort_key, version.is_prerelease)
             await tx.append(
@@ -350,6 +391,61 @@ class Registry:
             if self.after_register is not None:
                 await self.after_register(tx, pv, call.actor)
             return await record(tx, idem, RegisteredProgram(pv, True))
+
+    async def _scan(self, draft: programs.ProgramDraft, artifact: Artifact) -> None:
+        """validate_security_requirements (security.py): refuse credentials in the artifact or metadata.
+
+        Only the development environment's policy may turn the scan off; then the version is
+        registered and the log says where its credentials are (never what they are).
+        """
+        media_type = draft.media_type
+        if artifact.size_bytes <= INLINE_ARTIFACT_BYTES:
+            found = security.scan_artifact(artifact.read(), media_type)
+        else:  # megabytes of regular expressions would stall every other call on the loop
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(
+                self.uploads.reader, lambda: security.scan_artifact(artifact.read(), media_type)
+            )
+        in_metadata = security.scan_json(draft.metadata)
+        if not found and not in_metadata:
+            return
+        async with self.store.read() as tx:
+            development = await tx.get_environment(environments.SCAN_OPTIONAL)
+        if development is not None and not development.policy.security_scan:
+            log.warning(
+                "programs/%s: credentials registered, the development policy turning the scan off: %s",
+                draft.program,
+                "; ".join(f"{f.path}: {f.kind}" for f in found + in_metadata),
+            )
+            return
+        v = Violations()
+        security.validate_security_requirements(found, "artifact", v)
+        security.validate_security_requirements(in_metadata, "spec.metadata", v)
+        v.raise_if_any()
+
+    async def _program_guard(self, tx: Records, pv: ProgramVersion, proposed: versions.Version) -> list[str]:
+        """The semver guard for a program version: its bump against the signature it implements.
+
+        The change is the one between the signature the previous version (of a
+        lower MAJOR.MINOR.PATCH) implements and this one's, a switch to another
+        signature being breaking; a backport is also judged against the next
+        existing version, as for signatures (guard.check says which versions).
+        """
+        if self.guard_mode is guard.GuardMode.OFF:
+            return []
+        subject = f"programs/{pv.program}"
+        warnings: list[str] = []
+        previous = await tx.program_version_below(pv.program, versions.core_floor(proposed.info))
+        if previous is not None:
+            change = guard.of_signature(await compatibility(tx, previous, pv))
+            base = versions.parse(previous.version)
+            warnings += guard.check(subject, base, proposed, change, self.guard_mode)
+        following = await tx.program_version_above(pv.program, versions.core_ceiling(proposed.info))
+        if following is not None:
+            onward = guard.of_signature(await compatibility(tx, pv, following))
+            after = versions.parse(following.version)
+            warnings += guard.check(subject, proposed, after, onward, self.guard_mode)
+        return warnings
 
     async def _predictors(self, media_type: str, artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
         """For DSPy program state, its predictors (INVALID_ARGUMENT if it is not that); else none."""
@@ -517,11 +613,20 @@ class Registry:
 
 async def compatibility(tx: Records, a: ProgramVersion, b: ProgramVersion) -> signatures.Compatibility:
     """How the signature `b` implements relates to the one `a` implements."""
-    if a.signature != b.signature:
-        return comparing.signature_switch(a.signature_name, b.signature_name)
-    if a.signature_version == b.signature_version:
+    return await signature_change(tx, a, b.signature, b.signature_version)
+
+
+async def signature_change(
+    tx: Records, a: ProgramVersion, signature: str, signature_version: str
+) -> signatures.Compatibility:
+    """How signature@signature_version relates to the signature `a` implements."""
+    if a.signature != signature:
+        return comparing.signature_switch(
+            a.signature_name, f"signatures/{signature}/versions/{signature_version}"
+        )
+    if a.signature_version == signature_version:
         return signatures.Compatibility(signatures.Level.IDENTICAL)
     sa = await tx.get_signature_version(a.signature, a.signature_version)
-    sb = await tx.get_signature_version(b.signature, b.signature_version)
+    sb = await tx.get_signature_version(signature, signature_version)
     assert sa is not None and sb is not None  # foreign keys guarantee both
     return signatures.compare(sa.spec, sb.spec)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from dspy_registry.server.domain.guard import GuardMode
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.api.conftest import Running, details, register_signature, start, violations
@@ -230,7 +231,17 @@ async def test_list_programs_filters_pages_and_counts(registry: Stub) -> None:
     assert violations(negative) == {"page_size"}
 
 
-async def test_compare_versions_and_upgrade_path(registry: Stub) -> None:
+async def test_compare_versions_and_upgrade_path(database_url: str) -> None:
+    # The guard off: the path must hold a breaking minor step (1.2.0) for GetUpgradePath to report.
+    running = await start(database_url, semver_guard=GuardMode.OFF)
+    try:
+        await _compare_versions_and_upgrade_path(running.registry)
+    finally:
+        await running.channel.close(None)
+        await running.app.stop(grace=0)
+
+
+async def _compare_versions_and_upgrade_path(registry: Stub) -> None:
     await register_signature(registry)
     await register_signature(registry, version="1.1.0", outputs=("positive", "negative", "neutral", "mixed"))
     await registry.RegisterProgram(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -28,7 +29,7 @@ from dspy_registry.client import (
 )
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
-from tests.api.conftest import Running
+from tests.api.conftest import Running, start
 from tests.eventually import until
 
 F = pb.FieldType
@@ -462,6 +463,75 @@ async def test_deployment_tracking(registry: Registry) -> None:
 
 
 # -- Registry Configuration
+
+# The seed's `DSPy.configure` block as the TOML file `serve --config` reads (backend and connection:
+# `--database`).
+SEED_CONFIGURATION = """
+[environments.development]
+auto_deploy = true
+validation_required = false
+rollback_enabled = true
+
+[environments.staging]
+auto_deploy = false
+validation_required = true
+approval_required = false
+rollback_enabled = true
+
+[environments.production]
+auto_deploy = false
+validation_required = true
+approval_required = true
+rollback_enabled = true
+monitoring_required = true
+
+[versioning]
+strategy = "semantic"
+auto_increment = "patch"
+require_changelog = true
+
+[deployment]
+default_strategy = "blue_green"
+auto_rollback = true
+monitoring_window = "10m"
+"""
+
+
+async def test_multi_environment_setup(database_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "registry.toml"
+    config.write_text(SEED_CONFIGURATION)
+    server = await start(database_url, config=str(config))
+    try:
+        async with Registry.connect(server.target, token=server.admin_token) as registry:
+            environments = {e.name.split("/")[-1]: e async for e in registry.list_environments()}
+            assert list(environments) == ["development", "staging", "production"]
+            assert environments["development"].policy.auto_deploy
+            assert environments["production"].policy.approval_required
+            assert environments["staging"].policy.default_strategy.strategy == dpb.STRATEGY_BLUE_GREEN
+            await registry.register_signature(
+                name="text_classifier",
+                signature=ClassifyText,
+                version="1.0.0",
+                metadata={"changelog": "First version"},
+            )
+            # `require_changelog = true`: a version that does not say what changed is refused.
+            with pytest.raises(InvalidArgumentError) as refused:
+                await registry.register_program(
+                    name=PROGRAM, program=optimize(TRAINING_EXAMPLES), signature_name="text_classifier"
+                )
+            assert "spec.metadata.changelog" in str(refused.value)
+            # `auto_increment = :patch`: neither a version nor a change type, the next patch.
+            for changelog, expected in (("First version", "0.0.1"), ("More demos", "0.0.2")):
+                registered = await registry.register_program(
+                    name=PROGRAM,
+                    program=optimize(TRAINING_EXAMPLES[:2] if expected == "0.0.1" else TRAINING_EXAMPLES),
+                    signature_name="text_classifier",
+                    metadata={"changelog": changelog},
+                )
+                assert registered.version == expected
+    finally:
+        await server.channel.close(None)
+        await server.app.stop(grace=0)
 
 
 async def test_access_control(registry: Registry, server: Running) -> None:

@@ -89,7 +89,10 @@ def test_without_an_environments_table_the_defaults_take_the_deployment_settings
         ('[environments.prod]\nauto_deploy = "false"\n', "environments.prod.auto_deploy"),
         ("[environments.prod]\nrequired_approvals = 1.5\n", "environments.prod.required_approvals"),
         ("[environments.prod]\nautodeploy = true\n", "environments.prod.autodeploy"),
-        ('[versioning]\nauto_increment = "patch"\n', "versioning"),
+        ('[versioning]\nauto_increment = "huge"\n', "versioning.auto_increment"),
+        ('[versioning]\nstrategy = "calendar"\n', "versioning.strategy"),
+        ("[versioning]\nrequire_changelog = 1\n", "versioning.require_changelog"),
+        ("[versioning]\nautoincrement = true\n", "versioning.autoincrement"),
     ],
 )
 def test_bad_files_name_the_bad_field(text: str, field: str) -> None:

@@ -137,3 +137,42 @@ def test_page_tokens_are_opaque_bound_to_their_query_and_checked() -> None:
         pagination.page(10, token, pagination.query_fingerprint("programs", "b"))
     with pytest.raises(InvalidArgument):
         pagination.page(10, "garbage!", fp)
+
+
+def test_spec_differences_name_each_field_and_key_never_the_values() -> None:
+    from dspy_registry.server.domain.programs import ProgramDraft, spec_differences
+
+    registered = {
+        "media_type": "application/vnd.dspy.program+json",
+        "signature": "signatures/s/versions/1.0.0",
+        "performance": {"accuracy": 0.9},
+        "labels": {"team": "ml"},
+        "metadata": {"changelog": "first", "secret_note": "keep-out"},
+    }
+    draft = ProgramDraft(
+        program="p",
+        version="1.0.0",
+        change_type=None,
+        media_type="application/vnd.dspy.program+json",
+        signature="signatures/s/versions/1.0.0",
+        performance={"accuracy": 0.9},
+        labels={"team": "ml"},
+        metadata={"changelog": "first", "secret_note": "keep-out"},
+    )
+    assert spec_differences(registered, draft, "signatures/s/versions/1.0.0") == []
+    changed = ProgramDraft(
+        program="p",
+        version="1.0.0",
+        change_type=None,
+        media_type="application/json",
+        signature="signatures/s/versions/1.0.0",
+        performance={"accuracy": 0.95, "f1": 0.8},
+        labels={"team": "ml"},
+        metadata={"changelog": "first", "secret_note": "other"},
+    )
+    found = {
+        d.field: d.description for d in spec_differences(registered, changed, "signatures/s/versions/1.1.0")
+    }
+    assert set(found) == {"spec.media_type", "spec.signature", "spec.performance", "spec.metadata"}
+    assert "'accuracy'" in found["spec.performance"] and "'f1'" in found["spec.performance"]
+    assert "'secret_note'" in found["spec.metadata"] and "other" not in found["spec.metadata"]

@@ -1,0 +1,157 @@
+"""validate_security_requirements: each credential format found at its JSON path, never echoed;
+what is not a credential (token counts, prose, placeholders) left alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dspy_registry.server.domain import security
+from dspy_registry.server.errors import InvalidArgument
+
+FAKE = "Fake0Key1For2Tests3Only4xYz5"  # never a real key: built for these tests
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYFAKEKEY123"  # 40 characters, AWS's documented example shape
+
+# (where in the program state, the value, the kind the finding names)
+CREDENTIALS = [
+    ("$.lm.api_key", f"sk-{FAKE}", "an OpenAI API key"),
+    ("$.lm.api_key", f"sk-proj-{FAKE}", "an OpenAI API key"),
+    ("$.lm.kwargs.anthropic", f"sk-ant-api03-{FAKE}", "an Anthropic API key"),
+    ("$.aws.id", "AKIAIOSFODNN7FAKEKEY", "an AWS access key id"),
+    ("$.predict.demos[0].text", f"export AWS_SECRET_ACCESS_KEY={AWS_SECRET}", "an AWS secret access key"),
+    ("$.predict.demos[1].text", f"aws_secret_access_key: {AWS_SECRET}", "an AWS secret access key"),
+    ("$.gcp.key", "AIzaSyFAKE0123456789abcdefghijklmnopqrs", "a GCP API key"),
+    (
+        "$.gcp.service_account.private_key",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvFAKE\n-----END PRIVATE KEY-----\n",
+        "a private key",
+    ),
+    (
+        "$.azure.connection",
+        "DefaultEndpointsProtocol=https;AccountName=fake;AccountKey=RmFrZUtleUZvclRlc3RzT25seQ==;",
+        "an Azure storage account key",
+    ),
+    (
+        "$.azure.bus",
+        "Endpoint=sb://fake.servicebus.windows.net/;SharedAccessKeyName=x;SharedAccessKey=RmFrZUtleUZvclRlc3Rz=",
+        "an Azure shared access key",
+    ),
+    ("$.github", "ghp_" + "Fake0123456789abcdefFake0123456789ab", "a GitHub token"),
+    ("$.github", "gho_" + "Fake0123456789abcdefFake0123456789ab", "a GitHub token"),
+    ("$.github", "github_pat_11FAKE0123456789_abcdefghijklmnopqrstuv", "a GitHub token"),
+    ("$.slack", "xoxb-123456789012-FakeTokenForTests", "a Slack token"),
+    ("$.slack", "xoxp-123456789012-FakeTokenForTests", "a Slack token"),
+    ("$.ssh", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaFAKE\n", "a private key"),
+    ("$.tls", "-----BEGIN RSA PRIVATE KEY-----\nMIIFAKE\n", "a private key"),
+    ("$.api_key", "hunter2hunter2", "a value of a secret-named key (api_key)"),
+    ("$.db.password", "correct horse battery staple", "a value of a secret-named key (password)"),
+    ("$.openai_api_key", "some-opaque-key", "a value of a secret-named key (openai_api_key)"),
+    ("$.auth.access_token", "opaque.jwt.value", "a value of a secret-named key (access_token)"),
+    ("$.oauth.client_secret", "s3cr3t", "a value of a secret-named key (client_secret)"),
+    ("$.Token", "abc123", "a value of a secret-named key (Token)"),
+]
+
+
+def _nest(path: str, value: str) -> object:
+    """A JSON document holding `value` at a simple `$.a.b[0].c` path."""
+    doc: object = value
+    for part in reversed(path[2:].split(".")):
+        name, _, index = part.partition("[")
+        if index:
+            items: list[object] = [{}] * int(index[:-1]) + [doc]
+            doc = items
+        doc = {name: doc}
+    return doc
+
+
+@pytest.mark.parametrize(("path", "value", "kind"), CREDENTIALS)
+def test_each_credential_is_found_at_its_path_and_never_echoed(path: str, value: str, kind: str) -> None:
+    state = _nest(path, value)
+    findings = security.scan_json(state)
+    assert findings == [security.Finding(path, kind)]
+    data = json.dumps(state).encode()
+    assert security.scan_artifact(data, "application/vnd.dspy.program+json") == findings
+    with pytest.raises(InvalidArgument) as err:
+        security.refuse(findings, "artifact")
+    text = str(err.value) + " ".join(f"{v.field} {v.description}" for v in err.value.violations)
+    assert path in text and kind in text
+    assert value.strip() not in text and value.split()[-1] not in text
+
+
+@pytest.mark.parametrize(("path", "value", "kind"), [c for c in CREDENTIALS if "secret-named" not in c[2]])
+def test_raw_bytes_are_scanned_for_the_provider_formats(path: str, value: str, kind: str) -> None:
+    data = b"\x00\x01binary " + value.encode() + b" trailer"
+    findings = security.scan_artifact(data, "application/octet-stream")
+    assert [f.kind for f in findings] == [kind]
+    assert findings[0].path == f"byte {data.index(value.encode()[:8])}" or findings[0].path.startswith(
+        "byte "
+    )
+    # JSON that does not parse is scanned as bytes too.
+    assert [f.kind for f in security.scan_artifact(b"{not json " + value.encode(), "application/json")] == [
+        kind
+    ]
+
+
+def test_a_dspy_program_talking_about_tokens_and_passwords_is_not_a_credential() -> None:
+    state = {
+        "predict": {
+            "lm": {"model": "openai/gpt-4o-mini", "max_tokens": 512, "temperature": 0.0, "api_key": None},
+            "demos": [
+                {"text": "I forgot my password again, reset it!", "sentiment": "negative"},
+                {"text": "Each token costs money; use sk-learn for baselines.", "sentiment": "neutral"},
+                {"text": "ask-ant-farm questions", "sentiment": "neutral"},
+            ],
+            "signature": {
+                "instructions": "Count tokens. Never reveal a password, secret or API key.",
+                "fields": [{"prefix": "Token:", "description": "${token}"}],
+            },
+            "tokens": 1200,
+            "token_count": 3,
+            "max_token": 512,
+            "tokenizer": "cl100k_base",
+            "secret": True,
+        },
+        "metadata": {"dependency_versions": {"python": "3.11", "dspy": "2.6.27"}},
+    }
+    assert security.scan_json(state) == []
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "",
+        "   ",
+        "<redacted>",
+        "[REDACTED]",
+        "${OPENAI_API_KEY}",
+        "{{ api_key }}",
+        "$OPENAI_API_KEY",
+        "env:OPENAI_API_KEY",
+        "***",
+        "xxxxxxxx",
+        "redacted",
+        "None",
+        "null",
+        "changeme",
+        "your-api-key",
+        "YOUR_API_KEY",
+        "put-your-key-here",
+    ],
+)
+def test_placeholders_in_secret_named_keys_are_not_credentials(placeholder: str) -> None:
+    assert security.scan_json({"lm": {"api_key": placeholder, "password": placeholder}}) == []
+
+
+def test_a_credential_used_as_a_key_is_named_by_position_and_findings_are_bounded() -> None:
+    secret = f"sk-proj-{FAKE}"
+    findings = security.scan_json({"ok": 1, secret: "value"})
+    assert findings == [security.Finding("$[key 1]", "a credential used as a key")]
+    many = {f"k{i}": {"api_key": f"value-{i}-opaque"} for i in range(100)}
+    assert len(security.scan_json(many)) == security.MAX_FINDINGS
+    assert len(security.scan_bytes((secret + " ").encode() * 100)) == security.MAX_FINDINGS
+    odd = security.scan_json({"a key with spaces": {"password": "opaque-value"}, "client-secret": "s3cr3t"})
+    assert odd == [
+        security.Finding('$["a key with spaces"].password', "a value of a secret-named key (password)"),
+        security.Finding('$["client-secret"]', "a value of a secret-named key (client-secret)"),
+    ]
