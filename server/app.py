@@ -63,9 +63,15 @@ log = logging.getLogger("dspy_registry.server")
 SLOW_STOP_SECONDS = 15.0
 
 
-def _report_slow_stop(seconds: float) -> None:
-    """Every task's stack, for an operator (or a test run) whose server does not stop."""
-    stacks = []
+def _report_slow_stop(seconds: float, stopping: Any) -> None:
+    """Where the stop is, and every task's stack, for an operator (or a test run) whose server does
+    not stop. The stop's own chain is walked from its coroutine: the task running it may reach it
+    through an async generator (a test fixture), where a task's chain of awaits cannot be followed."""
+    stop = " -> ".join(
+        f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+        for f in _awaiting(stopping)
+    )
+    stacks = [f"the stop: {stop}"]
     for task in asyncio.all_tasks():
         where = " -> ".join(
             f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
@@ -353,11 +359,12 @@ class App:
         returns as soon as they have, then closes the store.
         """
         grace = self.config.grace_seconds if grace is None else grace
+        stopping = self._stop(grace)
         watchdog = asyncio.get_running_loop().call_later(
-            grace + SLOW_STOP_SECONDS, _report_slow_stop, grace + SLOW_STOP_SECONDS
+            grace + SLOW_STOP_SECONDS, _report_slow_stop, grace + SLOW_STOP_SECONDS, stopping
         )
         try:
-            await self._stop(grace)
+            await stopping
         finally:
             watchdog.cancel()
 
