@@ -369,23 +369,30 @@ class Records(
         )
         return str(row["version"]) if row else None
 
+    async def _neighbour(
+        self, table: str, columns: str, owner_column: str, owner: str, sort_key: str, *, below: bool
+    ) -> Row | None:
+        """The version of `owner` next in precedence below (or above) `sort_key`, yanked or not: what
+        the semver guards compare a new version with. Table and column names are this module's own."""
+        order = "sort_key DESC, version DESC" if below else "sort_key, version"
+        return await self.conn.fetchrow(
+            f"SELECT {columns} FROM {table} WHERE {owner_column} = ? AND sort_key {'<' if below else '>'} ? "
+            f"ORDER BY {order} LIMIT 1",
+            owner,
+            sort_key,
+        )
+
     async def signature_version_below(self, signature: str, sort_key: str) -> SignatureVersion | None:
         """The highest version with lower precedence: what the semver guard compares with."""
-        row = await self.conn.fetchrow(
-            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions "
-            "WHERE signature = ? AND sort_key < ? ORDER BY sort_key DESC, version DESC LIMIT 1",
-            signature,
-            sort_key,
+        row = await self._neighbour(
+            "signature_versions", _SIGNATURE_VERSION_COLUMNS, "signature", signature, sort_key, below=True
         )
         return _signature_version(row) if row else None
 
     async def signature_version_above(self, signature: str, sort_key: str) -> SignatureVersion | None:
         """The lowest version with higher precedence: what a backport must stay compatible with."""
-        row = await self.conn.fetchrow(
-            f"SELECT {_SIGNATURE_VERSION_COLUMNS} FROM signature_versions "
-            "WHERE signature = ? AND sort_key > ? ORDER BY sort_key, version LIMIT 1",
-            signature,
-            sort_key,
+        row = await self._neighbour(
+            "signature_versions", _SIGNATURE_VERSION_COLUMNS, "signature", signature, sort_key, below=False
         )
         return _signature_version(row) if row else None
 
@@ -592,21 +599,15 @@ class Records(
 
     async def program_version_below(self, program: str, sort_key: str) -> ProgramVersion | None:
         """The highest version with lower precedence, yanked or not: what the semver guard compares with."""
-        row = await self.conn.fetchrow(
-            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
-            "WHERE program = ? AND sort_key < ? ORDER BY sort_key DESC, version DESC LIMIT 1",
-            program,
-            sort_key,
+        row = await self._neighbour(
+            "program_versions", _PROGRAM_VERSION_COLUMNS, "program", program, sort_key, below=True
         )
         return _program_version(row) if row else None
 
     async def program_version_above(self, program: str, sort_key: str) -> ProgramVersion | None:
         """The lowest version with higher precedence: what a backport must stay compatible with."""
-        row = await self.conn.fetchrow(
-            f"SELECT {_PROGRAM_VERSION_COLUMNS} FROM program_versions "
-            "WHERE program = ? AND sort_key > ? ORDER BY sort_key, version LIMIT 1",
-            program,
-            sort_key,
+        row = await self._neighbour(
+            "program_versions", _PROGRAM_VERSION_COLUMNS, "program", program, sort_key, below=False
         )
         return _program_version(row) if row else None
 
