@@ -67,18 +67,16 @@ def _report_slow_stop(seconds: float, stopping: Any) -> None:
     """Where the stop is, and every task's stack, for an operator (or a test run) whose server does
     not stop. The stop's own chain is walked from its coroutine: the task running it may reach it
     through an async generator (a test fixture), where a task's chain of awaits cannot be followed."""
-    stop = " -> ".join(
-        f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
-        for f in _awaiting(stopping)
-    )
-    stacks = [f"the stop: {stop}"]
-    for task in asyncio.all_tasks():
-        where = " -> ".join(
-            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
-            for f in _awaiting(task.get_coro())
-        )
-        stacks.append(f"{task.get_name()}: {where}")
+    stacks = [f"the stop: {_chain(stopping)}"]
+    stacks += [f"{task.get_name()}: {_chain(task.get_coro())}" for task in asyncio.all_tasks()]
     log.warning("stopping has taken over %.1f s; the tasks still running:\n%s", seconds, "\n".join(stacks))
+
+
+def _chain(coro: Any) -> str:
+    return " -> ".join(
+        f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+        for f in _awaiting(coro)
+    )
 
 
 def _awaiting(coro: Any) -> list[Any]:

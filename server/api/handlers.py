@@ -136,7 +136,7 @@ async def _end(context: Context, ending: grpc.Status | None) -> None:
     Called after the `except` that caught the failure, never inside it: an abort raised there
     would chain the failure and its traceback, whose frames hold the request, into a cycle that
     only the garbage collector frees (a flood of refused megabyte requests grew the server by a
-    gigabyte, the collector being tuned to run rarely: cli.serve).
+    gigabyte, the collector being tuned to run rarely: serve.py).
     """
     if ending is None:
         raise grpc.aio.AbortError()
