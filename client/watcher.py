@@ -223,8 +223,9 @@ class ProgramWatcher:
             except LookupError:
                 return False
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(holds), timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (CPython gh-86296)
+            await self._changed.wait_for(holds)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -80,8 +80,13 @@ class Loop:
             await self._sleep(self.idle if delay is None else max(self.floor, min(self.idle, delay)))
 
     async def _sleep(self, seconds: float) -> None:
-        """`seconds`, or less if poked."""
+        """`seconds`, or less if poked.
+
+        Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives in the same
+        turn as the poke it waits for (CPython gh-86296), so a commit that pokes the loop as the
+        server stops left `stop()` waiting forever on a loop that went on."""
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         except TimeoutError:
             pass

@@ -8,7 +8,9 @@ to leave them out (CI never sets it).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,6 +73,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last."""
     if DATABASES.created:
         asyncio.run(DATABASES.drop_all())
+
+
+# A teardown that failed can leave a store open, and an open SQLite connection's thread keeps the
+# interpreter from exiting: one such hang made a CI run wait out its 90 minutes after the last test.
+EXIT_SECONDS = 120.0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """If the process has not exited `EXIT_SECONDS` after the run, print every thread's stack and
+    exit with status 1: a hang at exit is a defect to see, not a wait."""
+    faulthandler.dump_traceback_later(EXIT_SECONDS, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture

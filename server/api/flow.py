@@ -152,7 +152,8 @@ class Gate:
     async def drained(self, timeout: float) -> bool:
         """Wait, at most `timeout` seconds, until no call the gate let in is in progress; whether none is."""
         try:
-            await asyncio.wait_for(self._drained.wait(), max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):  # not wait_for: see background.Loop._sleep
+                await self._drained.wait()
         except TimeoutError:
             return False
         return True

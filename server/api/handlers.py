@@ -151,7 +151,8 @@ STATUS_SECONDS = 1.0
 async def _end_stream(context: Context, ending: grpc.Status | None) -> None:
     """`_end` for a server stream, whose status may wait behind messages its client does not read."""
     try:
-        await asyncio.wait_for(_end(context, ending), STATUS_SECONDS)
+        async with asyncio.timeout(STATUS_SECONDS):  # not wait_for: see background.Loop._sleep
+            await _end(context, ending)
     except TimeoutError:
         pass  # the abort is recorded: grpc ends the call with it once this handler returns
 

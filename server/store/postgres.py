@@ -220,7 +220,8 @@ class PostgresStore:
             return
         try:
             # Waits for the connections reads hold, then says goodbye on each.
-            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: see background.Loop._sleep
+                await pool.close()
         except (TimeoutError, *_DRIVER_ERRORS):
             pool.terminate()  # a database that stopped answering must not hold the shutdown
 

@@ -70,6 +70,27 @@ async def test_a_store_fault_is_one_line_and_the_loop_goes_on(caplog: pytest.Log
     ]
 
 
+async def test_a_poke_in_the_same_turn_as_stop_does_not_keep_the_loop_alive() -> None:
+    """A commit pokes the controller as the server stops: the stop must still end the loop (with
+    asyncio.wait_for as the sleep, Python 3.11 swallowed the cancellation and the loop ran on, so a
+    test teardown, and the CI run after it, hung)."""
+    passes = 0
+
+    async def quick() -> float:
+        nonlocal passes
+        passes += 1
+        return 60.0
+
+    loop = Loop("probe", quick, idle=60.0, log=logging.getLogger("test.background"))
+    loop.start()
+    await until(lambda: passes == 1, "the first pass")
+    await asyncio.sleep(0.01)  # the loop is in its sleep now
+    loop.poke()
+    async with asyncio.timeout(5):
+        await loop.stop()
+    assert passes == 1
+
+
 async def test_a_stop_stuck_past_its_grace_logs_every_task_once(
     database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
