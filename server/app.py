@@ -110,7 +110,7 @@ SERVICES: Mapping[str, ServiceDescriptor] = {
 # Room for the request's other fields around a 4 MiB unary artifact.
 MAX_MESSAGE = UNARY_ARTIFACT_LIMIT + 256 * 1024
 RECEIVE_WINDOW = 4 * 1024 * 1024  # bytes of a stream's requests grpc holds unread (server_options)
-MIN_CLIENT_PING_MS = 10_000  # the keepalive interval the README asks of clients, at least
+MIN_CLIENT_PING_MS = 10_000  # the keepalive interval docs/configuration.md asks of clients, at least
 # On stop, once every call let in has ended: how long no new call must have come before grpc stops
 # (see Gate.quiet), and how long grpc may then take to send the last statuses before it cancels
 # what is left (streams whose client reads nothing: nothing else would end them).
@@ -434,7 +434,7 @@ def _read_config(path: str) -> versioning.Versioning:
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
-    """Hardening defaults (the README's "Connections" section tells clients what to expect)."""
+    """Hardening defaults (docs/configuration.md, "Connections", tells clients what to expect)."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -33,18 +33,14 @@ from dspy_registry.server.app import App
 from dspy_registry.v1 import access_pb2, deployment_pb2, registry_pb2
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
+from tests import docs
 from tests.api.conftest import Running
 from tests.certificates import Authority, tls_config
 from tests.factories import dspy_state, spec_proto
 
 
 def test_readme_shows_the_seed_flow() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    (example,) = re.findall(
-        r"<!-- same code as tests/api/test_client.py::test_seed_flow -->\n```python\n(.*?)```",
-        readme,
-        flags=re.S,
-    )
+    example = docs.block("<!-- same code as tests/api/test_client.py::test_seed_flow -->", "python")
     test = inspect.getsource(test_seed_flow)
     # Whitespace aside: the formatter wraps a call in the test, four columns deeper, that fits on one
     # line in the README.
@@ -132,7 +128,7 @@ def saved_state(version: str) -> bytes:
 
 async def test_seed_flow(server: Running) -> None:
     target, admin_token, spec = server.target, server.admin_token, SPEC
-    # README.md's "Python client" example is this block, whitespace aside (test_readme_shows_the_seed_flow).
+    # docs/client.md's "Python client" example is this block, whitespace aside (test_readme_shows_the_seed_flow).
     async with Registry.connect(target, token=admin_token) as registry:
         await registry.register_signature(name="text_classifier", signature=spec, version="1.0.0")
         for version, accuracy in (("1.0.0", 0.89), ("1.1.0", 0.92)):

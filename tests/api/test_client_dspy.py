@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from dspy_registry.client import Registry
 from dspy_registry.client.watcher import ProgramWatcher, dspy_module_loader
 from dspy_registry.v1 import registry_pb2 as pb
+from tests import docs
 from tests.api.conftest import Running
 
 F = pb.FieldType
@@ -179,7 +179,7 @@ async def test_an_annotation_without_a_registry_type_is_refused_client_side(
 async def test_a_dspy_module_registers_and_loads_with_its_state(server: Running) -> None:
     target, admin_token = server.target, server.admin_token
     optimized = trained(("This product is amazing!", "positive"), ("Broke after a day.", "negative"))
-    # README.md's "DSPy objects" example is this block, line for line (test_readme_shows_the_dspy_example).
+    # docs/client.md's "DSPy objects" example is this block, line for line (test_readme_shows_the_dspy_example).
     async with Registry.connect(target, token=admin_token) as registry:
         await registry.register_signature(name="text_classifier", signature=ClassifyText, version="1.0.0")
         await registry.register_program(
@@ -199,9 +199,10 @@ async def test_a_dspy_module_registers_and_loads_with_its_state(server: Running)
 
 
 def test_readme_shows_the_dspy_example() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    marker = "<!-- same code as tests/api/test_client_dspy.py::test_a_dspy_module_registers_and_loads_with_its_state -->"
-    (example,) = re.findall(re.escape(marker) + r"\n```python\n(.*?)```", readme, flags=re.S)
+    example = docs.block(
+        "<!-- same code as tests/api/test_client_dspy.py::test_a_dspy_module_registers_and_loads_with_its_state -->",
+        "python",
+    )
     client_part = example[example.index("async with") :]  # the classes above it are this module's
     test = inspect.getsource(test_a_dspy_module_registers_and_loads_with_its_state)
     assert "\n".join(line.strip() for line in client_part.splitlines()) in "\n".join(

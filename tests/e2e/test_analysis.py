@@ -4,7 +4,7 @@ error rate, latency and accuracy the test controls (tests/e2e/fake_pod.py).
 Injected regressions during canaries roll back within two analysis intervals of the server having
 min_requests requests of the candidate, and every pod is back on the old version within a second of the
 rollback; healthy canaries pass with no rollback; a canary with too little traffic pauses. The timings are
-printed (`pytest -s tests/e2e/test_analysis.py`) and are what the README reports.
+printed (`pytest -s tests/e2e/test_analysis.py`) and are what docs/deployments.md reports.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every command the README shows, run against a real server process.
+"""Every command the README and docs/ show, run against a real server process.
 
 The buf curl walkthrough runs as written; the grpcurl walkthrough runs
 through a shim (tests/e2e/bin/grpcurl) that translates it to buf curl,
@@ -20,15 +20,11 @@ import pytest
 
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
+from tests.docs import PAGES, sh_block
 from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
 
 README = (ROOT / "README.md").read_text()
-
-
-def _block(name: str) -> str:
-    """The ```sh block after `<!-- tested: name -->`."""
-    (block,) = re.findall(rf"<!-- tested: {name} -->\n```sh\n(.*?)```", README, flags=re.S)
-    return str(block)
+_block = sh_block
 
 
 def _run_block(block: str, server: ServerProcess, cwd: Path) -> str:
@@ -133,10 +129,30 @@ async def test_the_command_line_walkthrough(serve: type[ServerProcess], tmp_path
     assert "DEPLOYMENT_STATE_SUCCEEDED" in out and out.rstrip().endswith("exit code 1")
 
 
-async def test_every_sh_block_in_the_readme_is_tested() -> None:
-    blocks = re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", README)
-    untested = [b for b in blocks if not b]
-    assert len(untested) == 1  # the two `make` commands at the top, run by the tests below and CI
+async def test_every_sh_block_in_the_docs_is_tested() -> None:
+    untested = {
+        page.relative_to(ROOT).as_posix(): len([b for b in blocks if not b])
+        for page in PAGES
+        if (blocks := re.findall(r"(<!-- tested: [a-z-]+ -->\n)?```sh\n", page.read_text()))
+    }
+    # the two `make` commands at the top of the README, run by the tests below and CI
+    assert {page: n for page, n in untested.items() if n} == {"README.md": 1}
+
+
+async def test_the_soak_block_runs_the_reliability_suite_for_the_minutes_asked() -> None:
+    """docs/reliability.md's commands, as `make -n`: what each would run (the suite itself runs in
+    `make test`, and at length would take the minutes it names)."""
+    commands = [line.split("#")[0].split() for line in _block("soak").strip().splitlines()]
+    assert [c[:2] for c in commands] == [["make", "test"], ["make", "soak"], ["make", "soak"]]
+    expected = {"test": "-m pytest", "soak": "SOAK_MINUTES=15 ", "soak SOAK_MINUTES=60": "SOAK_MINUTES=60 "}
+    for command in commands:
+        target = " ".join(command[1:])
+        done = subprocess.run(
+            ["make", "-n", *command[1:]], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert expected[target] in done.stdout, done.stdout
+        if target != "test":
+            assert "pytest tests/reliability" in done.stdout, done.stdout
 
 
 async def test_make_targets_named_in_the_readme_exist() -> None:

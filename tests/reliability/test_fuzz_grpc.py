@@ -86,7 +86,7 @@ MEMORY_TOLERANCE = 0.10 if soaking() else 2.0
 HEAVY_BYTES = 256 << 10
 HEAVY_LANES = 2
 LOG_LINE_LIMIT = 16 << 10  # hostile input must not be copied into the log whole
-# Codes every RPC may answer (README, Errors): bad input anywhere, no or a bad token, no grant,
+# Codes every RPC may answer (docs/api.md, Errors): bad input anywhere, no or a bad token, no grant,
 # the database out of reach. The rest must be named in the RPC's comment or its service's.
 ANY_RPC = frozenset({"OK", "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE"})
 # The client takes any status and any answer, so that it can measure them, not refuse them.

@@ -1,7 +1,7 @@
 """The REST routes (`serve --http-listen`) fuzzed: schemathesis from the OpenAPI document with every
 one of its checks, then hostile requests made by hand, against a real server process.
 
-Every answer must be one of the statuses the routes document (README, REST: the gRPC codes'
+Every answer must be one of the statuses the routes document (docs/api.md, REST routes: the gRPC codes'
 statuses, and aiohttp's own 404, 405, 413, 414 and 415), never a 500; every refusal the routes'
 JSON error, `{"error": {"code", "message", "details"}}`, with a gRPC code's name; and the server's
 log must hold no error (a traceback there is an unhandled path). Hostile requests a gateway is
@@ -32,7 +32,7 @@ from tests.reliability.conftest import Tally, budget, soaking
 SECONDS = budget(15, 0.05)
 # Examples per operation: a short run's share of about 15 s, the soak's of its minutes.
 EXAMPLES = 30 if not soaking() else 600
-# The statuses of README's REST table, and those aiohttp answers before a route runs: no such
+# The statuses of the REST table in docs/api.md, and those aiohttp answers before a route runs: no such
 # route 404, a method the route lacks 405, a body above the limit 413, a request line or header
 # too long 414/431, a body that is not JSON 415.
 DOCUMENTED = frozenset({200, 201, 400, 401, 403, 404, 405, 409, 413, 414, 415, 429, 431, 501, 503, 504})
@@ -274,7 +274,7 @@ def hostile_requests() -> list[Hostile]:
             headers={"Content-Type": "application/xml"},
             expect=frozenset({415}),
         ),
-        # curl -d sends this type (README's REST block does): a gateway may read it as JSON or refuse it.
+        # curl -d sends this type (the REST block in docs/api.md does): a gateway may read it as JSON or refuse it.
         Hostile(
             what="no content type",
             method="POST",

@@ -13,7 +13,7 @@ takes in turn:
   hint, the others stored with their digest checked, and the server's
   memory growing by far less than the bytes in flight (the chunks are
   spooled as they arrive);
-- idle watch streams, with the keepalive settings the README documents,
+- idle watch streams, with the keepalive settings docs/configuration.md documents,
   held open the whole time and still delivering afterwards.
 """
 
@@ -43,7 +43,7 @@ from tests.factories import dspy_state
 from tests.reliability.conftest import Tally, budget, rss_mib
 
 # Idle streams' life: inside make test, past the three pings at FREQUENT that would exhaust the
-# server's strikes were it to refuse them; under soak, past several at the README's 10 s.
+# server's strikes were it to refuse them; under soak, past several at the 10 s docs/configuration.md asks for.
 IDLE_SECONDS = budget(20, 0.05)
 ROUNDS_SECONDS = budget(0, 0.02)  # the other tests repeat their round for this long under soak
 SEND_TIMEOUT = 1.0
@@ -52,7 +52,7 @@ MAX_CALLS = 16
 MAX_UPLOADS = 4
 STALLED = 20
 IDLE = 8
-# What README's "Connections" section tells clients: pings every 10 s or more, also with no call.
+# What docs/configuration.md ("Connections") tells clients: pings every 10 s or more, also with no call.
 DOCUMENTED = 10_000
 # More often than that, but above the 5 s the server takes pings from: three pings (the server
 # allows two strikes) fit in the short run.
@@ -124,7 +124,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 class Idle:
     """Watch streams opened first and left idle (no change for them, no progress message), on two
-    connections that ping: every 10 s as the README asks, and every 6 s."""
+    connections that ping: every 10 s as docs/configuration.md asks, and every 6 s."""
 
     def __init__(self, server: Server) -> None:
         self.channels = [server.channel(_keepalive(DOCUMENTED)), server.channel(_keepalive(FREQUENT))]
