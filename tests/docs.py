@@ -13,6 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def reading_order() -> list[Path]:
+    """The README, then the pages in the order its map (## Documentation) links them."""
+    readme = PAGES[0]
+    documentation = readme.read_text().split("\n## Documentation\n", 1)[1]
+    linked = re.findall(r"\]\((docs/[a-z-]+\.md)\)", documentation)
+    return [readme, *dict.fromkeys(ROOT / link for link in linked)]
+
+
+def tested_in_reading_order() -> list[str]:
+    """The names of the tested ```sh blocks, as a reader meets them."""
+    return [
+        name
+        for page in reading_order()
+        for name in re.findall(r"<!-- tested: ([a-z-]+) -->", page.read_text())
+    ]
+
+
 def text() -> str:
     """Every page, one after the other."""
     return "\n".join(page.read_text() for page in PAGES)
