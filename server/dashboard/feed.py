@@ -26,13 +26,14 @@ from typing import Any
 
 from dspy_registry.v1 import deployment_pb2 as dpb
 
-from ..watch import Hub, Selector
+from ..watch import Hub, Selector, Subscriber
 
 log = logging.getLogger("dspy_registry.dashboard")
 
 PULSE_SECONDS = 0.5  # metric and sidecar reports of one target, told at most this often
 TAB_QUEUE = 256  # items a tab may fall behind by before it is cut off
-_WAIT = 3600.0  # the feed's wait for the hub; the hub wakes it for anything
+_WAIT = 3600.0  # the feed's wait for the hub; the hub wakes it for anything, and so does close()
+WAKE = (-1, b"")  # a wake-up with no message, as the hub's own
 
 
 @dataclass(eq=False)
@@ -69,6 +70,7 @@ class LiveFeed:
         self.hub = hub
         self._tabs: set[Tab] = set()
         self._task: asyncio.Task[None] | None = None  # the one reader of the hub, while tabs are open
+        self._sub: Subscriber | None = None  # what it reads
         self._pulses: set[tuple[str, str]] = set()  # (program, environment) touched since the last pulse
         self._pulse_timer: asyncio.TimerHandle | None = None
 
@@ -85,6 +87,8 @@ class LiveFeed:
     def close(self, tab: Tab) -> None:
         self._tabs.discard(tab)
         tab.ended = True
+        if not self._tabs and self._sub is not None:
+            self._sub.queue.put_nowait(WAKE)  # the last tab went: the reader lets the hub go
 
     def __len__(self) -> int:
         return len(self._tabs)
@@ -122,7 +126,7 @@ class LiveFeed:
                 await self._task
 
     async def _follow(self) -> None:
-        sub = self.hub.subscribe((Selector("*", ""),))
+        sub = self._sub = self.hub.subscribe((Selector("*", ""),))
         try:
             while self._tabs:
                 got = await sub.queue.get(_WAIT)
@@ -134,7 +138,7 @@ class LiveFeed:
                 if sub.overflowed or sub.lost:
                     # Missed commits: a new subscriber, and every tab reads the state anew.
                     self.hub.unsubscribe(sub)
-                    sub = self.hub.subscribe((Selector("*", ""),))
+                    sub = self._sub = self.hub.subscribe((Selector("*", ""),))
                     for tab in list(self._tabs):
                         tab.put({"type": "reset"})
                     continue
@@ -142,10 +146,11 @@ class LiveFeed:
                     sub.recheck = False
                     for tab in self._tabs:
                         tab.recheck = True
-                if got is not None and got[0] >= 0:  # -1: the hub's wake-up, no message
+                if got is not None and got[0] >= 0:  # -1: a wake-up, no message
                     self._hand_out(got[1])
         finally:
             self.hub.unsubscribe(sub)
+            self._sub = None
 
     def _hand_out(self, message: bytes) -> None:
         response = dpb.WatchEventsResponse.FromString(message)

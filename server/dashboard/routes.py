@@ -55,6 +55,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 KEEP_ALIVE_SECONDS = 15.0  # a comment line on a quiet stream, so that proxies keep it open
+GONE_SECONDS = 1.0  # how soon a stream notices its tab was closed while nothing happens
 AUDIT_SHOWN = 100
 PROGRAMS_SHOWN = 200
 DEPLOYMENTS_SHOWN = 50
@@ -290,13 +291,23 @@ class Dashboard:
         tab = self.feed.open(program)
         try:
             await response.write(_sse({"type": "ready"}))
+            quiet = 0.0
             while True:
-                item = await tab.next(KEEP_ALIVE_SECONDS)
+                item = await tab.next(GONE_SECONDS)
                 if item is None:
                     break
                 if not item:
-                    await response.write(b": keep-alive\n\n")
+                    # Nothing to send: a closed tab is noticed here, not at the next write, so that it
+                    # does not keep its place in the feed until then.
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break
+                    quiet += GONE_SECONDS
+                    if quiet >= KEEP_ALIVE_SECONDS:
+                        quiet = 0.0
+                        await response.write(b": keep-alive\n\n")
                     continue
+                quiet = 0.0
                 if tab.recheck:
                     tab.recheck = False
                     try:
