@@ -1,13 +1,17 @@
 """`make demo` runs whole in .ci/run; this checks what a successful run cannot show: stopped midway (SIGTERM,
-as Ctrl-C stops it too), the demo stops every process it started and removes its temporary directory."""
+as Ctrl-C stops it too), the demo stops every process it started and removes its temporary directory.
+While it runs, the dashboard's address it printed answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.e2e.conftest import ROOT
@@ -49,6 +53,10 @@ def test_a_demo_stopped_midway_stops_its_processes_and_removes_its_directory() -
         assert found, "".join(seen)
         directory = found.group(1)
         assert len(_processes_mentioning(directory)) == 4  # the server and three pods, all running now
+        dashboard = re.search(r"the dashboard is at (http://\S+/)", "".join(seen))
+        assert dashboard, "".join(seen)
+        with urllib.request.urlopen(dashboard.group(1), timeout=10) as page:
+            assert "dashboard.js" in page.read().decode()
     finally:
         demo.send_signal(signal.SIGTERM)  # a failed check above still ends the demo, which cleans up
     rest, _ = demo.communicate(timeout=30)
@@ -59,3 +67,51 @@ def test_a_demo_stopped_midway_stops_its_processes_and_removes_its_directory() -
     assert "interrupted" in rest
     assert left == []
     assert not Path(directory).exists()
+
+
+def test_demo_keep_leaves_the_dashboard_up_until_stopped() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--keep"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    directory = ""
+    try:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:  # pytest-timeout bounds this if the line never comes
+            seen.append(line)
+            if "Ctrl-C stops the server" in line:
+                break
+        else:
+            raise AssertionError("the demo ended without staying up:\n" + "".join(seen))
+        text = "".join(seen)
+        found = re.search(r"The dashboard stays up at (http://\S+/)\nSign in with the token in (\S+)\n", text)
+        assert found, text
+        url, token_file = found.groups()
+        directory = str(Path(token_file).parent)
+        # After the story, the dashboard shows it: 1.2.0's canary rolled back by the analysis.
+        token = Path(token_file).read_text().strip()
+        request = urllib.request.Request(
+            url + "api/dashboard/deployments?program=sentiment_classifier",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            deployments = json.loads(answer.read())["deployments"]
+        assert any(
+            d["version"] == "1.2.0" and d["state"] == "DEPLOYMENT_STATE_ROLLED_BACK" for d in deployments
+        ), deployments
+        assert len(_processes_mentioning(directory)) == 1  # the server alone: the pods stopped
+    finally:
+        demo.send_signal(signal.SIGTERM)
+    rest, _ = demo.communicate(timeout=30)
+    left = _processes_mentioning(directory) if directory else []
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert demo.returncode == 0, rest  # asked to stay up, then stopped: a success
+    assert left == []
+    assert Path(directory).exists()  # --keep keeps the store and the logs
+    shutil.rmtree(directory)
