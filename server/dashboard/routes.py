@@ -196,8 +196,8 @@ class Dashboard:
         return _json({"deployments": [to_json(d) for d in answer.deployments]})
 
     async def deployment(self, request: web.Request) -> web.Response:
-        """A deployment, its environment's status (verdict, health beside thresholds, the fleet) and
-        the environment's policy (its strategy's steps come with the deployment)."""
+        """A deployment (its strategy's steps, approvals, timeline) and its environment's status: the
+        verdict, each version's health beside the thresholds, the fleet."""
         deployment_id = _path(request, "id")
         _known_query(request)
         metadata = self._metadata(request)

@@ -20,6 +20,7 @@ from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
+from tests.calls import principal_token
 from tests.eventually import until
 from tests.factories import dspy_state
 
@@ -153,11 +154,10 @@ async def test_tabs_share_one_watch_and_get_their_programs_events_and_pulses(run
 
 async def test_the_stream_asks_what_get_program_asks(running: Running) -> None:
     admin = apb_grpc.AccessServiceStub(running.channel)
-    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="bob", principal=apb.Principal()))
-    grant = await admin.GrantPermission(
-        apb.GrantPermissionRequest(principal="principals/bob", action=apb.ACTION_READ, resource="alpha")
-    )
-    token = (await admin.CreateToken(apb.CreateTokenRequest(parent="principals/bob"))).secret
+    token = await principal_token(admin, "bob", [(apb.ACTION_READ, "alpha")])
+    [grant] = (
+        await admin.ListPermissions(apb.ListPermissionsRequest(principal="principals/bob"))
+    ).permissions
     async with aiohttp.ClientSession() as session:
         async with session.get(_url(running, "alpha")) as nobody:
             assert nobody.status == 401
@@ -172,7 +172,7 @@ async def test_the_stream_asks_what_get_program_asks(running: Running) -> None:
 
         # Bob loses his grant while his tab is open: the stream ends at the next thing it would send.
         stream = await _open(session, running, "alpha", token)
-        await admin.RevokePermission(apb.RevokePermissionRequest(name=grant.permission.name))
+        await admin.RevokePermission(apb.RevokePermissionRequest(name=grant.name))
         await _deploy(running, "alpha")
         assert await stream.ended()
         async with session.get(_url(running, "alpha"), headers=headers) as again:

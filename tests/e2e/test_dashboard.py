@@ -26,7 +26,7 @@ from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
-from tests.calls import canary_strategy
+from tests.calls import canary_strategy, principal_token
 from tests.factories import dspy_state
 
 EXPECT_MS = 15_000
@@ -104,17 +104,6 @@ async def _register(
     await server.registry.RegisterProgram(
         pb.RegisterProgramRequest(spec=spec, artifact=dspy_state(f"{program} {version}"))
     )
-
-
-async def _principal(server: Running, name: str, grants: list[tuple[int, str]]) -> str:
-    admin = apb_grpc.AccessServiceStub(server.channel)
-    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id=name, principal=apb.Principal()))
-    for action, resource in grants:
-        await admin.GrantPermission(
-            apb.GrantPermissionRequest(principal=f"principals/{name}", action=action, resource=resource)  # type: ignore[arg-type]
-        )
-    created = await admin.CreateToken(apb.CreateTokenRequest(parent=f"principals/{name}"))
-    return str(created.secret)
 
 
 async def _deploy(
@@ -304,7 +293,11 @@ async def test_an_approver_approves_after_a_confirmation_naming_the_deployment(
 ) -> None:
     pending = await _pending_approval(server)
     deployment_id = pending.name.split("/")[-1]
-    token = await _principal(server, "alice", [(apb.ACTION_READ, "ranker"), (apb.ACTION_APPROVE, "ranker")])
+    token = await principal_token(
+        apb_grpc.AccessServiceStub(server.channel),
+        "alice",
+        [(apb.ACTION_READ, "ranker"), (apb.ACTION_APPROVE, "ranker")],
+    )
     await _sign_in(page, server, token, "alice")
     await expect(page.locator("#nav-audit")).to_be_hidden()  # no admin: no audit log offered
     await page.goto(f"{_base(server)}/#/deployments/{deployment_id}")
@@ -342,7 +335,9 @@ async def test_a_reader_sees_no_action_buttons_and_a_forged_call_is_refused(
 ) -> None:
     pending = await _pending_approval(server)
     deployment_id = pending.name.split("/")[-1]
-    token = await _principal(server, "rita", [(apb.ACTION_READ, "*")])
+    token = await principal_token(
+        apb_grpc.AccessServiceStub(server.channel), "rita", [(apb.ACTION_READ, "*")]
+    )
     await _sign_in(page, server, token, "rita")
     await page.goto(f"{_base(server)}/#/deployments/{deployment_id}")
     await expect(page.locator("#state")).to_have_text("pending approval")

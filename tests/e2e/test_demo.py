@@ -31,24 +31,32 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_a_demo_stopped_midway_stops_its_processes_and_removes_its_directory() -> None:
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "demo"],
+def _demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "demo", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed, not at exit
     )
+
+
+def _read_until(demo: subprocess.Popen[str], text: str) -> list[str]:
+    """The lines the demo printed, up to the one holding `text`; fails if it ends first."""
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:  # pytest-timeout bounds this if the line never comes
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"the demo ended before {text!r}:\n" + "".join(seen))
+
+
+def test_a_demo_stopped_midway_stops_its_processes_and_removes_its_directory() -> None:
+    demo = _demo()
     try:
-        assert demo.stdout is not None
-        seen = []
-        for line in demo.stdout:  # pytest-timeout bounds this if the line never comes
-            seen.append(line)
-            if "all 3 pods serve 1.0.0" in line:
-                break
-        else:
-            raise AssertionError("the demo ended before its pods served:\n" + "".join(seen))
+        seen = _read_until(demo, "all 3 pods serve 1.0.0")
         found = re.search(r"DSPY_REGISTRY_TOKEN_FILE=(\S+)/admin\.token", "".join(seen))
         assert found, "".join(seen)
         directory = found.group(1)
@@ -70,25 +78,10 @@ def test_a_demo_stopped_midway_stops_its_processes_and_removes_its_directory() -
 
 
 def test_demo_keep_leaves_the_dashboard_up_until_stopped() -> None:
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--keep"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    demo = _demo("--keep")
     directory = ""
     try:
-        assert demo.stdout is not None
-        seen = []
-        for line in demo.stdout:  # pytest-timeout bounds this if the line never comes
-            seen.append(line)
-            if "Ctrl-C stops the server" in line:
-                break
-        else:
-            raise AssertionError("the demo ended without staying up:\n" + "".join(seen))
-        text = "".join(seen)
+        text = "".join(_read_until(demo, "Ctrl-C stops the server"))
         found = re.search(r"The dashboard stays up at (http://\S+/)\nSign in with the token in (\S+)\n", text)
         assert found, text
         url, token_file = found.groups()
