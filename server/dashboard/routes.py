@@ -14,6 +14,7 @@ and an Authorization header, not EventSource.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from pathlib import Path
@@ -118,15 +119,18 @@ class Dashboard:
         program = _query_str(request, "program")
         asks = {name: (action, program) for name, action in ABILITIES.items() if program}
         asks["audit"] = (apb.ACTION_ADMIN, "*")
-        out: dict[str, bool] = {}
-        for name, (action, resource) in asks.items():
-            answer = await self.gateway.access.CheckPermission(
-                apb.CheckPermissionRequest(action=action, resource=resource),
-                metadata=self._metadata(request),
-                timeout=CALL_TIMEOUT,
+        metadata = self._metadata(request)
+        answers = await asyncio.gather(
+            *(
+                self.gateway.access.CheckPermission(
+                    apb.CheckPermissionRequest(action=action, resource=resource),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT,
+                )
+                for action, resource in asks.values()
             )
-            out[name] = answer.allowed
-        return _json(out)
+        )
+        return _json({name: answer.allowed for name, answer in zip(asks, answers, strict=True)})
 
     async def programs(self, request: web.Request) -> web.Response:
         """Programs whose name starts with `q` and that carry the label `label` (`key=value`)."""

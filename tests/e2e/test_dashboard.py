@@ -68,10 +68,15 @@ async def page(browser: Browser, server: Running, tmp_path: Path) -> AsyncIterat
     opened = await context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # The policy refusing anything of the page's own (an inline style, a script) shows as a console error.
+    opened.on(
+        "console",
+        lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     yield opened
     await opened.screenshot(path=tmp_path / "last.png", full_page=True)
     await context.close()
-    assert not errors, errors  # no script error on any page the test went through
+    assert not errors, errors  # no script error, nothing refused, on any page the test went through
 
 
 def _base(server: Running) -> str:
@@ -135,8 +140,12 @@ async def test_sign_in_find_a_program_open_a_version_and_compare_it(
     await server.registry.YankProgramVersion(
         pb.YankProgramVersionRequest(name="programs/sentiment/versions/1.2.0", reason="leaks PII")
     )
+    await page.goto(_base(server) + "/")
+    await page.fill("#token", "not-a-token")
+    await page.click("#sign-in button[type=submit]")
+    await expect(page.locator(".notice.error")).to_contain_text("Not signed in")
     await _sign_in(page, server, server.admin_token, "admin")
-    assert "sessionStorage" not in page.url and server.admin_token not in page.url
+    assert server.admin_token not in page.url
     cookies = await page.context.cookies()
     assert cookies == []  # the token is never a cookie
 
@@ -155,14 +164,22 @@ async def test_sign_in_find_a_program_open_a_version_and_compare_it(
     await expect(rows).to_have_count(3)
     await expect(rows.locator("td:first-child")).to_have_text(["1.10.0", "1.2.0", "1.0.0"])
     await expect(rows.nth(1).locator(".yanked")).to_have_text("yanked")
-    await expect(page.locator("#environments")).to_contain_text("development")
+    development = page.locator("#environments tbody tr").nth(0).locator("td")
+    await expect(development.nth(0)).to_have_text("development")
+    await expect(development.nth(1)).to_have_text("1.2.0")  # the last registered auto-deploys there
+    await expect(development.nth(4).locator("a")).to_have_count(1)  # its deployment
     await page.screenshot(path=tmp_path / "program.png", full_page=True)
 
     await rows.nth(0).locator("a").click()
     await expect(page.locator("h1")).to_have_text("sentiment 1.10.0")
     await expect(page.locator("#changelog")).to_have_text("Better demos.")
     await expect(page.locator("#performance")).to_contain_text("0.950")
-    await expect(page.locator("#fields tbody tr")).not_to_have_count(0)
+    await expect(page.locator("#fields tbody tr")).to_have_count(3)
+    await expect(page.locator("#fields tbody tr").nth(0).locator("td")).to_have_text(
+        ["input", "text", "string", ""]
+    )
+    await expect(page.locator("#fields")).to_contain_text("enum(")
+    await expect(page.locator("#fields")).to_contain_text("float")
     await expect(page.locator("#digest")).to_have_text(
         (
             await server.registry.GetProgramVersion(
@@ -385,3 +402,39 @@ async def test_a_value_holding_a_script_renders_as_text_under_a_strict_policy(
     await expect(page.locator("main script, main img")).to_have_count(0)
     assert await page.evaluate("window.injected") is None
     await page.screenshot(path=tmp_path / "hostile.png", full_page=True)
+
+
+async def test_an_admin_promotes_a_canary_then_rolls_it_back(
+    page: Page, server: Running, tmp_path: Path
+) -> None:
+    await _register(server, "router", "1.0.0", 0.9)
+    await _register(server, "router", "1.1.0", 0.92)
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+    await _deploy(server, "router", "1.0.0", "staging", replace)
+    canary = await _deploy(server, "router", "1.1.0", "staging", canary_strategy((20, 600), (50, 600)))
+    deployment_id = canary.name.split("/")[-1]
+    await _sign_in(page, server, server.admin_token, "admin")
+    await page.goto(f"{_base(server)}/#/deployments/{deployment_id}")
+    await expect(page.locator("#weight")).to_have_text("20 %")
+    await expect(page.locator("#actions button")).to_have_text(["promote", "abort", "rollback"])
+
+    await page.click("#actions button[data-action=promote]")
+    await expect(page.locator("#confirm-text")).to_have_text(
+        f"This will promote to the next step deployment {deployment_id}: router 1.1.0 in staging."
+    )
+    await page.click("#confirm-cancel")  # cancelled: nothing is sent
+    assert (
+        await server.deployments.GetDeployment(dpb.GetDeploymentRequest(name=canary.name))
+    ).deployment.weight_percent == 20
+    await page.click("#actions button[data-action=promote]")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#weight")).to_have_text("50 %")
+    await expect(page.locator("#step")).to_have_text("2 of 2")
+
+    await page.click("#actions button[data-action=rollback]")
+    await page.fill("#confirm-reason", "seen enough")
+    await page.click("#confirm-ok")
+    await expect(page.locator("#state")).to_have_text("rolled back")
+    await expect(page.locator("#timeline")).to_contain_text("seen enough")
+    await expect(page.locator("#actions button")).to_have_count(0)
+    await page.screenshot(path=tmp_path / "rolled-back.png", full_page=True)

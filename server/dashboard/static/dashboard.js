@@ -29,7 +29,7 @@ function el(tag, props, ...children) {
 }
 
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function table(headers, rows, props) {
@@ -268,7 +268,7 @@ async function programView(name) {
       (t.stable && t.stable.version) || "–",
       (t.candidate && t.candidate.version) || "–",
       t.candidate && t.candidate.version ? `${t.candidate.weight_percent} %` : "–",
-      e.deployment && e.deployment.name ? link(`#/deployments/${short(e.deployment.name)}`, short(e.deployment.name)) : "",
+      deploymentLink((e.deployment && e.deployment.name) || t.deployment),
     ];
   });
   show(
@@ -282,7 +282,7 @@ async function programView(name) {
       versions.map((v) => [
         link(`#/programs/${encodeURIComponent(name)}/versions/${encodeURIComponent(v.version)}`, v.version),
         when(v.create_time),
-        enumName(v.change_type, "CHANGE_TYPE_"),
+        v.change_type && v.change_type !== "CHANGE_TYPE_UNSPECIFIED" ? enumName(v.change_type, "CHANGE_TYPE_") : "–",
         Object.entries(v.performance || {}).map(([k, x]) => `${k} ${number(x)}`).join(", "),
         v.yanked ? el("span", { className: "yanked", title: v.yank_reason || "" }, "yanked") : "",
       ]),
@@ -291,6 +291,10 @@ async function programView(name) {
     el("h2", {}, "Deployments"),
     deploymentsTable(program.deployments),
   );
+}
+
+function deploymentLink(name) {
+  return name ? link(`#/deployments/${short(name)}`, short(name)) : "–";
 }
 
 function deploymentsTable(deployments) {
@@ -308,13 +312,22 @@ function deploymentsTable(deployments) {
   );
 }
 
+// A signature field's type as people write it: string, list[float], enum(positive, negative).
+function typeText(type) {
+  if (!type) return "";
+  const kind = enumName(type.kind, "KIND_");
+  if (kind === "list") return `list[${typeText(type.item_type)}]`;
+  if (kind === "enum") return `enum(${(type.enum_values || []).join(", ")})`;
+  return kind;
+}
+
 async function versionView(name, version) {
   const found = await api(`/api/dashboard/programs/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
   const v = found.program_version;
   const metadata = v.metadata || {};
   const spec = (found.signature && found.signature.spec) || {};
   const fields = (kind, list) =>
-    (list || []).map((f) => [kind, f.name, enumName(f.type, "FIELD_TYPE_"), f.description || ""]);
+    (list || []).map((f) => [kind, f.name, typeText(f.type), f.description || ""]);
   const rest = Object.entries(metadata).filter(([k]) => k !== "changelog");
   show(
     el("h1", {}, `${name} ${v.version}`, v.yanked ? el("span", { className: "yanked" }, " yanked") : ""),
@@ -587,7 +600,7 @@ async function deploymentView(id) {
   show(
     parts.head,
     parts.actions,
-    el("h2", {}, "Live canary ", liveState),
+    el("h2", {}, "Live health ", liveState),
     parts.verdict,
     charts,
     parts.health,
@@ -652,7 +665,8 @@ async function deploymentView(id) {
         { id: "health" },
       ),
     );
-    const steps = ((d.strategy || {}).canary || {}).steps || [];
+    const canary = (d.strategy || {}).strategy === "STRATEGY_CANARY";
+    const steps = canary ? ((d.strategy || {}).canary || {}).steps || [] : [];
     parts.steps.replaceChildren(
       el("p", {}, enumName((d.strategy || {}).strategy, "STRATEGY_")),
       el(
