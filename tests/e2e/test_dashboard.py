@@ -201,14 +201,15 @@ async def test_sign_in_find_a_program_open_a_version_and_compare_it(
 
 
 async def _monitored_staging(server: Running) -> None:
-    """Staging watched closely: thresholds judged every 200 ms on 2 s windows, as tests/api do."""
+    """Staging watched closely: thresholds judged every 200 ms, over a minute of reports (all this
+    test sends, so that each reading of the status adds up what came before)."""
     env = dpb.Environment(name="environments/staging")
     env.policy.monitoring_required = True
     rules = env.policy.auto_rollback
     rules.enabled = True
     rules.min_requests = MIN_REQUESTS
     rules.analysis_interval.FromMilliseconds(200)
-    rules.monitoring_window.FromSeconds(2)
+    rules.monitoring_window.FromSeconds(60)
     await server.deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(
             environment=env,
@@ -219,7 +220,8 @@ async def _monitored_staging(server: Running) -> None:
     )
 
 
-def _window(version: str, requests: int, errors: int = 0) -> dpb.MetricWindow:
+def _window(version: str, requests: int, errors: int = 0, took_ms: float = 8.0) -> dpb.MetricWindow:
+    """`requests` of `version`, each answered in `took_ms`."""
     start = datetime.now(UTC)
     out = dpb.MetricWindow(
         program="triage",
@@ -231,9 +233,9 @@ def _window(version: str, requests: int, errors: int = 0) -> dpb.MetricWindow:
     out.start_time.FromDatetime(start)
     out.end_time.FromDatetime(start + timedelta(seconds=1))
     counts = [0] * (len(STANDARD_BOUNDS_MS) + 1)
-    counts[1] = requests
+    counts[next(i for i, bound in enumerate(STANDARD_BOUNDS_MS) if took_ms <= bound)] = requests
     out.latency.counts.extend(counts)
-    out.latency.sum_ms = requests * 8.0
+    out.latency.sum_ms = requests * took_ms
     return out
 
 
@@ -271,15 +273,19 @@ async def test_a_canary_is_followed_live_until_it_rolls_back_by_itself(
         await pods.report_sidecar_status("pod-1", targets=[await _applied(server, "1.1.0")])
         await expect(page.locator("#fleet tbody tr")).to_have_count(2)
         await expect(page.locator("#fleet")).to_contain_text("ACK")
-        await pods.report_metrics("pod-0", windows=[_window("1.0.0", 80)])
-        await pods.report_metrics("pod-1", windows=[_window("1.1.0", MIN_REQUESTS)])
+        candidate = page.locator("#health tbody tr", has_text="candidate").locator("td")
+        # Two rounds of healthy numbers, each seen by the page before the next: points on the charts.
+        for round_, (errors, took_ms) in enumerate(((0, 8.0), (1, 40.0)), start=1):
+            await pods.report_metrics("pod-0", windows=[_window("1.0.0", 80)])
+            await pods.report_metrics("pod-1", windows=[_window("1.1.0", MIN_REQUESTS, errors, took_ms)])
+            await expect(candidate.nth(2)).to_have_text(str(MIN_REQUESTS * round_))
         await expect(page.locator("#verdict")).to_have_text("Verdict: healthy")
-        await expect(page.locator("#health")).to_contain_text("0.0 %")
+        await expect(candidate.nth(3)).to_have_text("2.5 %")  # 1 error in 40 requests
         await expect(page.locator("[data-chart=error_rate] .u-legend")).to_contain_text("threshold")
         await page.screenshot(path=tmp_path / "canary-healthy.png", full_page=True)
 
-        # A regression: 20 % errors on the canary. The analysis rolls it back; the page shows it.
-        await pods.report_metrics("pod-1", windows=[_window("1.1.0", MIN_REQUESTS, errors=8)])
+        # A regression: 9 errors in 60 requests on the canary. The analysis rolls it back; the page shows it.
+        await pods.report_metrics("pod-1", windows=[_window("1.1.0", MIN_REQUESTS, errors=8, took_ms=90.0)])
         await expect(page.locator("#state")).to_have_text("rolled back")
         await expect(page.locator("#timeline")).to_contain_text("auto rollback")
         await expect(page.locator("#timeline")).to_contain_text("Auto-rollback: Error rate")
