@@ -148,6 +148,13 @@ class LiveFeed:
                         tab.recheck = True
                 if got is not None and got[0] >= 0:  # -1: a wake-up, no message
                     self._hand_out(got[1])
+        except Exception:
+            # A defect of ours: the streams end (the browsers open them again, and a new reader with
+            # them) rather than stay open and hear nothing.
+            log.exception("the dashboard's live feed failed")
+            for tab in list(self._tabs):
+                tab.put(None)
+                self.close(tab)
         finally:
             self.hub.unsubscribe(sub)
             self._sub = None
