@@ -13,6 +13,11 @@ and checks it: a step that did not happen ends the demo with exit code 1 and
 the reason. Every wait has a deadline. The processes it started are stopped
 on any exit (Ctrl-C included); the directory is removed, unless a step
 failed (its logs tell why) or `--keep` asks to keep it.
+
+The server also serves the web dashboard (`--http-listen`): its address is
+printed at the start, to watch the story in a browser as it runs (sign in with
+the admin token). With `--keep` the server stays up after the last step, until
+Ctrl-C, so that the dashboard can be looked at.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -184,14 +190,16 @@ class Story:
 # -- the steps
 
 
-def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Path]:
+def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Path, str]:
     story.step("Start a registry on a throwaway store")
     address = f"127.0.0.1:{free_port()}"
+    dashboard = f"http://127.0.0.1:{free_port()}/"
     token_file = tmp / "admin.token"
     serve = Path(sys.executable).parent / "dspy-registry"
     command = [str(serve)] if serve.exists() else [sys.executable, "-m", "dspy_registry.cli"]
     args = ["serve", "--listen", address, "--database", f"sqlite:///{tmp / 'registry.db'}"]
     args += ["--admin-token-file", str(token_file), "--grace", "2"]
+    args += ["--http-listen", dashboard.removeprefix("http://").rstrip("/")]
     # Warnings only (an auto-rollback is one): the log is what a failed run prints the end of.
     args += ["--log-level", "warning", "--log-format", "text"]
     server = processes.start("the server", command + args, tmp / "server.log")
@@ -209,11 +217,25 @@ def start_server(story: Story, processes: Processes, tmp: Path) -> tuple[str, Pa
     wait_until(serving, 30, "the server answering SERVING", lambda: tail(tmp / "server.log"))
     story.ok(f"serving on {address} (pid {server.pid}); health says SERVING")
     story.ok(f"the first start of an empty store made the `admin` principal; its token is in {token_file}")
+    check_dashboard(dashboard)
+    story.ok(f"the dashboard is at {dashboard} (sign in with the token in {token_file})")
     story.say(
         "[dim]To follow along in another terminal while it runs:[/dim]\n"
         f"  export DSPY_REGISTRY_TARGET={address} DSPY_REGISTRY_TOKEN_FILE={token_file}"
     )
-    return address, token_file
+    return address, token_file, dashboard
+
+
+def check_dashboard(url: str) -> None:
+    """That the dashboard's page answers, under its Content-Security-Policy."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            page = answer.read().decode()
+            policy = answer.headers.get("Content-Security-Policy", "")
+    except OSError as err:
+        raise DemoFailed(f"the dashboard at {url} does not answer: {err}") from None
+    if "dashboard.js" not in page or "script-src 'self'" not in policy:
+        raise DemoFailed(f"{url} is not the dashboard (Content-Security-Policy: {policy!r})")
 
 
 def register(story: Story, admin: SyncRegistry) -> None:
@@ -627,8 +649,8 @@ def pods_report(story: Story, processes: Processes, logs: list[Path]) -> None:
     )
 
 
-def run(story: Story, processes: Processes, tmp: Path) -> None:
-    address, admin_token = start_server(story, processes, tmp)
+def run(story: Story, processes: Processes, tmp: Path, keep: bool = False) -> None:
+    address, admin_token, dashboard = start_server(story, processes, tmp)
     with SyncRegistry.connect(address, token_file=admin_token) as admin:
         register(story, admin)
         carol, pod_token = prepare_production(story, admin, address, tmp)
@@ -639,6 +661,16 @@ def run(story: Story, processes: Processes, tmp: Path) -> None:
             canary_v2(story, admin, carol, processes, logs)
             broken_v3(story, admin, carol, processes, logs)
     pods_report(story, processes, logs)
+    if keep:
+        story.step("The dashboard stays up")
+        check_dashboard(dashboard)
+        story.say(f"The dashboard stays up at {dashboard}")
+        story.say(f"Sign in with the token in {admin_token}")
+        story.say("Ctrl-C stops the server.")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            story.say("")  # asked for: the story goes on to its clean-up
     story.step("Clean up")
     for name, process, _ in list(processes.running):
         if name == "the server" and processes.stop(process) != 0:
@@ -653,7 +685,12 @@ def _exit_on(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (store, logs)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the server and its dashboard up after the last step, until Ctrl-C, and the temporary "
+        "directory (store, logs)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on)
     story = Story()
@@ -661,7 +698,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dspy-registry-demo-"))
     code = 0
     try:
-        run(story, processes, tmp)
+        run(story, processes, tmp, keep=args.keep)
     except DemoFailed as err:
         story.console.print(f"\n[bold red]DEMO FAILED[/bold red] in step {story.steps}: {err}")
         story.console.print(f"[dim]the server's log, last lines:[/dim]\n{tail(tmp / 'server.log')}")

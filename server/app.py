@@ -33,6 +33,8 @@ from .api.registry import RegistryServicer
 from .api.watch import EventWatch, TargetWatch, encode_changes, encode_events
 from .config import Config
 from .controller import Controller
+from .dashboard.feed import LiveFeed
+from .dashboard.routes import Dashboard
 from .domain import versioning
 from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.environments import load_toml
@@ -128,6 +130,7 @@ class Services:
     access: Access  # start() bootstraps the first admin through it
     environments: Environments  # start() brings the configured environments up to date
     hubs: Mapping[str, Hub]  # "targets" (WatchTargets) and "events" (WatchEvents), as telemetry names them
+    live: LiveFeed  # the dashboard's live streams (`--http-listen`)
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
@@ -181,14 +184,20 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     watches = Watches(store)
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
+    live = LiveFeed(events)  # the dashboard's live streams share one watch of `events`
     deployment_servicer = DeploymentServicer(
         environments,
         deployments,
         guard,
         TargetWatch(watches, targets, guard),
         EventWatch(watches, events, guard),
-        Sidecars(store, deployments, clock=clock),
-        Metrics(store, retention_seconds=config.metrics_retention_seconds, clock=clock),
+        Sidecars(store, deployments, clock=clock, on_report=live.touched),
+        Metrics(
+            store,
+            retention_seconds=config.metrics_retention_seconds,
+            clock=clock,
+            on_report=live.touched,
+        ),
         webhooks,
         checks=checks,
     )
@@ -197,6 +206,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         access=access,
         environments=environments,
         hubs={"targets": targets, "events": events},
+        live=live,
         controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
         maintenance=Maintenance(
@@ -332,6 +342,7 @@ class App:
                 services.gateway_secret,
                 server_ssl(self.config.tls_cert, self.config.tls_key),
                 self.config.grace_seconds,
+                extra=Dashboard(services.live).install,
             )
             try:
                 self.server.add_insecure_port(self.http.grpc_address)
@@ -374,6 +385,7 @@ class App:
         calls, watches = self.gate.calls, self.gate.watches
         for hub in self.services.hubs.values():
             hub.close()
+        await self.services.live.stop()  # the dashboard's live streams end now, as the watches do
         # The REST routes' requests in progress finish meanwhile: their gRPC calls are the gate's.
         http = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
         drained = await self.gate.drained(grace)

@@ -615,8 +615,16 @@ class _Runner(web.AppRunner):
 class HttpServer:
     """The REST routes on `listen` (HTTPS with `ssl`), in front of the gRPC server on `grpc_address`."""
 
-    def __init__(self, listen: str, secret: str, ssl: SSLContext | None = None, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        listen: str,
+        secret: str,
+        ssl: SSLContext | None = None,
+        grace: float = 10.0,
+        extra: Callable[[Gateway, web.Application], None] | None = None,
+    ) -> None:
         self.listen = listen
+        self.extra = extra  # adds more routes beside the gateway's (the dashboard's, app.py)
         self.secret = secret  # the gateway's, for the guard (Guard.gateway_secret)
         self.ssl = ssl
         self.grace = grace  # seconds in-flight requests get on stop
@@ -640,9 +648,11 @@ class HttpServer:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
             ],
         )
-        self._runner = _Runner(
-            Gateway(self._channel, self.secret).application(), access_log=None, shutdown_timeout=self.grace
-        )
+        gateway = Gateway(self._channel, self.secret)
+        application = gateway.application()
+        if self.extra is not None:
+            self.extra(gateway, application)
+        self._runner = _Runner(application, access_log=None, shutdown_timeout=self.grace)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]") or None, port_number, ssl_context=self.ssl)
         await site.start()

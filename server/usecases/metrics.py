@@ -10,6 +10,7 @@ analysis, so what an operator sees is what the controller acted on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -105,10 +106,14 @@ class Metrics:
         store: Store,
         clock: Clock = SYSTEM_CLOCK,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        on_report: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.retention = retention_seconds
+        # Told (program, environment) of each committed report: windows commit no event for watchers,
+        # and the dashboard's live view follows them (dashboard/feed.py).
+        self.on_report = on_report
 
     async def report(
         self, call: Call, sidecar_id: str, principal: str, windows: list[Window]
@@ -135,4 +140,7 @@ class Metrics:
                 known[key] = await tx.get_target(*key) is not None
             keep = [w for w in windows if known[(w.program, w.environment)] and w.end_time >= oldest]
             await tx.add_metric_windows(sidecar_id, keep, now)
+        if self.on_report is not None:
+            for program, environment in sorted({(w.program, w.environment) for w in keep}):
+                self.on_report(program, environment)
         return len(keep), len(windows) - len(keep)

@@ -10,6 +10,8 @@ sidecar is gone); maintenance deletes the rows of those long silent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..calls import Call
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
@@ -20,10 +22,19 @@ from .deployments import Deployments
 
 
 class Sidecars:
-    def __init__(self, store: Store, deployments: Deployments, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        store: Store,
+        deployments: Deployments,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_report: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.store = store
         self.deployments = deployments
         self.clock = clock
+        # Told (program, environment) of each committed report, as Metrics.on_report.
+        self.on_report = on_report
 
     async def report(self, call: Call, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
@@ -37,6 +48,9 @@ class Sidecars:
                     raise NotFound(f"environments/{environment}")
             await tx.put_sidecar(r)
             revision = tx.revision
+        if self.on_report is not None:
+            for program, environment in sorted({(a.program, a.environment) for a in r.targets}):
+                self.on_report(program, environment)
         # Each NACK may end a deployment: its own transaction, since the report stands either way.
         for a in r.targets:
             if not a.acked:

@@ -20,6 +20,7 @@ from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
+from tests.calls import principal_token
 from tests.certificates import Authority, tls_config
 from tests.eventually import until
 from tests.factories import dspy_state
@@ -79,14 +80,7 @@ async def rest(database_url: str) -> AsyncIterator[Rest]:
 
 
 async def _token(rest: Rest, name: str, grants: list[tuple[int, str]]) -> str:
-    admin = apb_grpc.AccessServiceStub(rest.running.channel)
-    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id=name, principal=apb.Principal()))
-    for action, resource in grants:
-        await admin.GrantPermission(
-            apb.GrantPermissionRequest(principal=f"principals/{name}", action=action, resource=resource)  # type: ignore[arg-type]
-        )
-    created = await admin.CreateToken(apb.CreateTokenRequest(parent=f"principals/{name}"))
-    return str(created.secret)
+    return await principal_token(apb_grpc.AccessServiceStub(rest.running.channel), name, grants)
 
 
 def _detail(body: Any, kind: str) -> dict[str, Any]:

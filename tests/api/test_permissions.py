@@ -22,6 +22,7 @@ from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature
+from tests.calls import principal_token
 from tests.factories import dspy_state, spec_proto
 
 EXISTING, MISSING = "prog_a", "prog_missing"
@@ -108,13 +109,7 @@ class Caller:
 async def _principal(
     running: Running, admin: apb_grpc.AccessServiceStub, name: str, grants: list[tuple[int, str]]
 ) -> str:
-    await admin.CreatePrincipal(apb.CreatePrincipalRequest(principal_id=name, principal=apb.Principal()))
-    for action, resource in grants:
-        await admin.GrantPermission(
-            apb.GrantPermissionRequest(principal=f"principals/{name}", action=action, resource=resource)  # type: ignore[arg-type]
-        )
-    created = await admin.CreateToken(apb.CreateTokenRequest(parent=f"principals/{name}"))
-    return str(created.secret)
+    return await principal_token(admin, name, grants)
 
 
 def _authenticated(_: Rule) -> bool:

@@ -1,5 +1,6 @@
 """The README's install: the distribution builds as a wheel (not the editable install the tests use)
-that brings the `dspy-registry` command, the client with its generated stubs and the `dspy` extra."""
+that brings the `dspy-registry` command, the client with its generated stubs, the dashboard's files
+and the `dspy` extra."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def test_the_wheel_installs_the_client_and_the_command(tmp_path: Path) -> None:
         "server/api/convert/deployment.py",
         "v1/registry_pb2.py",
         "v1/deployment_pb2_grpc.py",
+        # The dashboard ships as it is: no build step, no CDN.
+        "server/dashboard/static/index.html",
+        "server/dashboard/static/dashboard.js",
+        "server/dashboard/static/dashboard.css",
+        "server/dashboard/static/vendor/uPlot.iife.min.js",
+        "server/dashboard/static/vendor/uPlot.min.css",
+        "server/dashboard/static/vendor/uPlot.LICENSE",
     ):
         assert f"dspy_registry/{module}" in names, module
 
