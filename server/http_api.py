@@ -46,6 +46,7 @@ from .api.guard import GATEWAY_CLIENT_KEY, GATEWAY_SECRET_KEY
 from .api.status import DOMAIN
 from .errors import quote
 from .http_openapi import OPENAPI
+from .readiness import HEALTH_PATHS, Readiness, answer
 
 log = logging.getLogger("dspy_registry.http")
 
@@ -615,8 +616,16 @@ class _Runner(web.AppRunner):
 class HttpServer:
     """The REST routes on `listen` (HTTPS with `ssl`), in front of the gRPC server on `grpc_address`."""
 
-    def __init__(self, listen: str, secret: str, ssl: SSLContext | None = None, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        listen: str,
+        secret: str,
+        ssl: SSLContext | None = None,
+        grace: float = 10.0,
+        readiness: Readiness | None = None,
+    ) -> None:
         self.listen = listen
+        self.readiness = readiness  # answers /healthz and /readyz (readiness.py); None: no such routes
         self.secret = secret  # the gateway's, for the guard (Guard.gateway_secret)
         self.ssl = ssl
         self.grace = grace  # seconds in-flight requests get on stop
@@ -640,15 +649,24 @@ class HttpServer:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
             ],
         )
-        self._runner = _Runner(
-            Gateway(self._channel, self.secret).application(), access_log=None, shutdown_timeout=self.grace
-        )
+        app = Gateway(self._channel, self.secret).application()
+        if self.readiness is not None:
+            for path in HEALTH_PATHS:
+                app.router.add_get(path, self._health)
+        self._runner = _Runner(app, access_log=None, shutdown_timeout=self.grace)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]") or None, port_number, ssl_context=self.ssl)
         await site.start()
         self.port = int(self._runner.addresses[0][1])  # the bound port, for port 0
         log.info("serving REST routes", extra={"address": f"{host}:{self.port}"})
         return self.port
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.readiness is not None  # the routes exist only with it
+        found = answer(request.path, self.readiness)
+        assert found is not None  # routed for HEALTH_PATHS only
+        status, body = found
+        return web.Response(text=body, status=status, content_type="application/json")
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -10,9 +10,11 @@ sidecar is gone); maintenance deletes the rows of those long silent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..calls import Call
 from ..domain.clock import SYSTEM_CLOCK, Clock
-from ..domain.sidecars import Report
+from ..domain.sidecars import Report, new_results
 from ..errors import NotFound
 from ..store.base import Store
 from .common import check_owner
@@ -24,6 +26,9 @@ class Sidecars:
         self.store = store
         self.deployments = deployments
         self.clock = clock
+        # Told of each ACK (True) or NACK (False) a sidecar reports anew, with its environment, once
+        # the report is committed (telemetry sets it). A heartbeat repeating its results tells nothing.
+        self.on_result: Callable[[str, bool], None] | None = None
 
     async def report(self, call: Call, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
@@ -35,8 +40,12 @@ class Sidecars:
             for environment in sorted({a.environment for a in r.targets}):
                 if await tx.get_environment(environment) is None:
                     raise NotFound(f"environments/{environment}")
+            fresh = new_results(await tx.get_sidecar(r.sidecar_id), r)
             await tx.put_sidecar(r)
             revision = tx.revision
+        if self.on_result is not None:
+            for a in fresh:
+                self.on_result(a.environment, bool(a.acked))
         # Each NACK may end a deployment: its own transaction, since the report stands either way.
         for a in r.targets:
             if not a.acked:

@@ -202,7 +202,10 @@ async def test_the_telemetry_example(
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("telemetry").replace("127.0.0.1:9464", f"127.0.0.1:{port}"), server, tmp_path)
     lines = out.splitlines()
-    assert any('rpc_method="WhoAmI"' in line and line.endswith(" 1.0") for line in lines), out
+    assert any(
+        'rpc_method="dspy_registry.v1.AccessService/WhoAmI"' in line and line.endswith(" 1.0")
+        for line in lines
+    ), out
     assert 'dspy_registry_deployments{environment="staging",state="in_progress"} 0.0' in lines, out
 
 
