@@ -44,6 +44,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 from opentelemetry.trace import Status, StatusCode
 
+from .access_log import ACCESS_LOG
 from .build_info import build_info
 from .domain.deployments import State
 from .domain.events import EventKind, is_deployment_kind
@@ -506,30 +507,40 @@ class Telemetry:
 
 
 class TraceIds(logging.Filter):
-    """Adds the current span's `trace_id` and `span_id` to each log record written within one, as the
-    W3C traceparent spells them (32 and 16 hex digits), so that a log search finds a trace's lines.
-    A filter on the root logger's handlers, so that every logger's records pass it."""
+    """Adds the current span's `trace_id` and `span_id` to each log line written within one (the
+    access log's included), as the W3C traceparent spells them (32 and 16 hex digits), so that a
+    log search finds a trace's lines. A filter on the root logger's handlers, so that every
+    logger's records pass it."""
 
     def __init__(self) -> None:
         super().__init__()
         self._handlers: list[logging.Handler] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = trace.format_trace_id(context.trace_id)
-            record.span_id = trace.format_span_id(context.span_id)
+        ids = current_trace_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         return True
 
     def install(self) -> None:
         self._handlers = list(logging.getLogger().handlers)
         for handler in self._handlers:
             handler.addFilter(self)
+        ACCESS_LOG.trace_ids = current_trace_ids
 
     def remove(self) -> None:
         for handler in self._handlers:
             handler.removeFilter(self)
         self._handlers = []
+        if ACCESS_LOG.trace_ids is current_trace_ids:
+            ACCESS_LOG.trace_ids = None
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
 
 def _exporters(exporter: str) -> tuple[Any, Any]:
