@@ -30,9 +30,9 @@ class Snapshot:
     environments: tuple[str, ...] = ()
     deployments: dict[tuple[str, State], int] = field(default_factory=dict)  # (environment, state)
     paused: dict[str, int] = field(default_factory=dict)  # environment -> paused in progress
-    # (program, environment) -> live sidecars; every pair ever seen live stays, at 0 once none
-    # is, so that a scraper sees the fleet empty rather than keep its last number.
-    sidecars: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (program, environment, version) -> live sidecars serving it; every key ever seen stays, at 0
+    # once none is, so that a scraper sees a version leave the fleet rather than keep its last number.
+    sidecars: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class StoreCounts:
@@ -92,7 +92,7 @@ class StoreCounts:
             environments=tuple(sorted(environments)),
             deployments=deployments,
             paused=paused,
-            sidecars={pair: 0 for pair in self.snapshot.sidecars} | sidecars,
+            sidecars={key: 0 for key in self.snapshot.sidecars} | sidecars,
         )
         if self.on_read is not None:
             self.on_read(self.snapshot)

@@ -214,7 +214,7 @@ class Telemetry:
                 "dspy_registry.sidecars",
                 self._observe_sidecars,
                 "{sidecar}",
-                "Live sidecars serving each program in each environment",
+                "Live sidecars serving each version of each program in each environment (what they ACKed)",
             ),
             (
                 "dspy_registry.store.up",
@@ -485,8 +485,8 @@ class Telemetry:
 
     def _observe_sidecars(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(n, {"program": program, "environment": environment})
-            for (program, environment), n in sorted(self._snapshot().sidecars.items())
+            Observation(n, {"program": program, "environment": environment, "version": version})
+            for (program, environment, version), n in sorted(self._snapshot().sidecars.items())
         ]
 
     def _observe_store(self, options: CallbackOptions) -> Iterable[Observation]:

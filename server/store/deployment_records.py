@@ -432,16 +432,21 @@ class SidecarQueries:
             json.loads(r["report"]),
         )
 
-    async def live_sidecar_counts(self, now: datetime) -> dict[tuple[str, str], int]:
-        """How many live sidecars serve each (program, environment) (the telemetry gauge's numbers)."""
+    async def live_sidecar_counts(self, now: datetime) -> dict[tuple[str, str, str], int]:
+        """How many live sidecars serve each (program, environment, version): the versions each has
+        ACKed (the telemetry gauge's numbers: a fleet has converged when one version is left)."""
         rows = await self.conn.fetch(
-            "SELECT t.program, t.environment, COUNT(*) AS n FROM sidecars s "
-            "JOIN sidecar_targets t ON t.sidecar_id = s.sidecar_id "
-            "WHERE s.last_report_time + s.heartbeat_ms * ? >= ? GROUP BY t.program, t.environment",
+            "SELECT report FROM sidecars WHERE last_report_time + heartbeat_ms * ? >= ?",
             1000 * MISSED_HEARTBEATS,
             to_us(now),
         )
-        return {(str(r["program"]), str(r["environment"])): int(r["n"]) for r in rows}
+        counts: dict[tuple[str, str, str], int] = {}
+        for r in rows:
+            for a in json.loads(r["report"])["targets"]:
+                if a["acked"]:
+                    key = (str(a["program"]), str(a["environment"]), str(a["version"]))
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def sidecar_owner(self, sidecar_id: str, now: datetime) -> str | None:
         """The principal a still-live sidecar id reports as, else None."""

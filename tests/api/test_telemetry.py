@@ -292,13 +292,17 @@ async def test_sidecar_results_live_sidecars_and_verdicts_are_counted(
     for _ in range(3):
         await deploy.ReportSidecarStatus(report(dpb.APPLY_RESULT_ACK))
     assert seen.value("dspy_registry.sidecar.results", environment="staging", result="ack") == 1
+
+    # The live sidecar shows in the gauge under the version it ACKed (re-read on a timer: a report
+    # commits no event); NACKed, it no longer serves that version, and the version reads 0.
+    def serving() -> float | None:
+        return seen.value("dspy_registry.sidecars", program=PROGRAM, environment="staging", version="1.0.0")
+
+    await _eventually(lambda: serving() == 1)
     await deploy.ReportSidecarStatus(report(dpb.APPLY_RESULT_NACK))
     assert seen.value("dspy_registry.sidecar.results", environment="staging", result="nack") == 1
     assert seen.value("dspy_registry.sidecar.results", environment="staging", result="ack") == 1
-    # The live sidecar shows in the gauge (re-read on a timer: a report commits no event).
-    await _eventually(
-        lambda: seen.value("dspy_registry.sidecars", program=PROGRAM, environment="staging") == 1
-    )
+    await _eventually(lambda: serving() == 0)
 
     # Healthy figures for the version just deployed: analysis says so, and it is counted.
     start = datetime.now(UTC)
