@@ -279,7 +279,7 @@ async def test_sidecar_results_live_sidecars_and_verdicts_are_counted(
         dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=REPLACE)
     )
 
-    def report(result: int) -> dpb.ReportSidecarStatusRequest:
+    def report(result: dpb.ApplyResult) -> dpb.ReportSidecarStatusRequest:
         status = dpb.SidecarTargetStatus(
             program=PROGRAM, environment="staging", version="1.0.0", digest=digest, result=result, revision=1
         )

@@ -28,8 +28,10 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ROOT, ServerProcess, free_port
+from tests.e2e.test_readme import _block, _run_block
 from tests.eventually import eventually
 
+DOC = (ROOT / "docs" / "operations.md").read_text()
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yaml"
@@ -100,6 +102,21 @@ def test_the_alert_rules_pass_promtool_and_their_unit_tests() -> None:
         [promtool, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent, capture_output=True, text=True
     )
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    # docs/operations.md's commands, as shown.
+    out = _run_block(_block("rules", DOC), None, ROOT)
+    assert "SUCCESS: 8 rules found" in out and out.rstrip().endswith("SUCCESS"), out
+
+
+def test_the_health_routes_example(serve: type[ServerProcess], tmp_path: Path) -> None:
+    http, metrics = free_port(), free_port()
+    server = serve(
+        f"sqlite:///{tmp_path / 'r.db'}",
+        tmp_path / "server.log",
+        ["--http-listen", f"127.0.0.1:{http}", "--metrics-listen", f"127.0.0.1:{metrics}"],
+    ).start()
+    block = _block("health", DOC).replace("127.0.0.1:8080", f"127.0.0.1:{http}")
+    out = _run_block(block.replace("127.0.0.1:9464", f"127.0.0.1:{metrics}"), server, tmp_path)
+    assert out.splitlines() == ['{"status": "ok"}'] * 3 + ["404"], out
 
 
 def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
@@ -230,6 +247,12 @@ def test_a_real_prometheus_answers_every_panel_query(serve: type[ServerProcess],
         for query in [q for q in panel_queries() if 'error_type!=""' not in q]:
             eventually(lambda q=query: bool(answers(q)), f"an answer to {query}", seconds=60)  # type: ignore[misc]
         (tmp_path / "answers.txt").write_text("\n".join(f"{q}\n  {answers(q)}" for q in panel_queries()))
+        # docs/operations.md's example, against this Prometheus.
+        out = _run_block(
+            _block("prometheus", DOC).replace("127.0.0.1:9090", f"127.0.0.1:{web}"), None, tmp_path
+        )
+        assert 'environment="staging", program="observed", version="1.0.0"} => 1 @' in out, out
+        assert '{environment="production"} => 0 @' in out, out
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -25,14 +25,14 @@ from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
 README = (ROOT / "README.md").read_text()
 
 
-def _block(name: str) -> str:
-    """The ```sh block after `<!-- tested: name -->`."""
-    (block,) = re.findall(rf"<!-- tested: {name} -->\n```sh\n(.*?)```", README, flags=re.S)
+def _block(name: str, document: str = README) -> str:
+    """The ```sh block after `<!-- tested: name -->` (in the README, or in another `document`)."""
+    (block,) = re.findall(rf"<!-- tested: {name} -->\n```sh\n(.*?)```", document, flags=re.S)
     return str(block)
 
 
-def _run_block(block: str, server: ServerProcess, cwd: Path) -> str:
-    script = "set -euo pipefail\n" + block.replace("localhost:50051", server.address)
+def _run_block(block: str, server: ServerProcess | None, cwd: Path) -> str:
+    script = "set -euo pipefail\n" + (block.replace("localhost:50051", server.address) if server else block)
     done = subprocess.run(
         ["bash", "-c", script], cwd=cwd, env=env_with_tools(), capture_output=True, text=True, timeout=120
     )
