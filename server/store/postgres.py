@@ -48,7 +48,7 @@ from .commits import CommitListeners
 from .migrations import POSTGRES, migrate
 from .records import Records
 from .sql import Row
-from .timing import TransactionTimer
+from .timing import TimedTransactions, TransactionTimer
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -149,7 +149,7 @@ class _Connection:
             await _driver(lambda: self.conn.executemany(_numbered(sql), args))
 
 
-class PostgresStore:
+class PostgresStore(TimedTransactions):
     def __init__(
         self,
         url: str,
@@ -243,16 +243,6 @@ class PostgresStore:
         if self._down:
             raise StoreUnavailable(f"the database is unreachable ({self._down}); retry later")
         return self._pool
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Records]:
-        async with self.timer.timed("read"), self._read() as records:
-            yield records
-
-    @asynccontextmanager
-    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
-        async with self.timer.timed("write"), self._write(call) as records:
-            yield records
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Records]:

@@ -61,7 +61,7 @@ from .sqlite_connections import (
     free_bytes,
     translate,
 )
-from .timing import TransactionTimer
+from .timing import TimedTransactions, TransactionTimer
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -85,7 +85,7 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
-class SqliteStore:
+class SqliteStore(TimedTransactions):
     def __init__(
         self, url: str, *, readers: int = READERS, busy_timeout: float = BUSY_TIMEOUT_MS / 1000
     ) -> None:
@@ -290,16 +290,6 @@ class SqliteStore:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Records]:
-        async with self.timer.timed("read"), self._read() as records:
-            yield records
-
-    @asynccontextmanager
-    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
-        async with self.timer.timed("write"), self._write(call) as records:
-            yield records
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Records]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from ..calls import Call
+from .records import Records
 
 # (kind: "read" | "write", seconds). Whether it ended in an exception is not told: most are the
 # caller's (a NOT_FOUND, a refused transition), and a store fault shows as UNAVAILABLE calls.
@@ -32,3 +35,26 @@ class TransactionTimer:
             yield
         finally:
             observe(kind, time.perf_counter() - started)
+
+
+class TimedTransactions:
+    """`read()` and `write()` of a backend, each passed through its `timer`: the backend's own
+    transactions are its `_read()` and `_write()`."""
+
+    timer: TransactionTimer
+
+    def _read(self) -> AbstractAsyncContextManager[Records]:
+        raise NotImplementedError
+
+    def _write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Records]:
+        async with self.timer.timed("read"), self._read() as records:
+            yield records
+
+    @asynccontextmanager
+    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
+        async with self.timer.timed("write"), self._write(call) as records:
+            yield records
