@@ -506,9 +506,10 @@ class Deployments:
             judged = await self._judge(tx, deployment_id)
         if judged is None:
             return False
+        _, _, env, found = judged
         if self.on_verdict is not None:
-            self.on_verdict(judged[2].name, judged[3].verdict)
-        if judged[3].verdict is not Verdict.UNHEALTHY:
+            self.on_verdict(env.name, found.verdict)
+        if found.verdict is not Verdict.UNHEALTHY:
             return False
         async with self.store.write() as tx:
             judged = await self._judge(tx, deployment_id)
