@@ -23,11 +23,12 @@ prometheus_client's process, platform and garbage-collector collectors beside th
 
 Each App gets providers of its own, never the process-global ones: those can
 be set once per process, and tests start many servers in one, each with
-in-memory readers. Nothing else imports OpenTelemetry: the handlers (RPC
-latency), the hubs (fan-out delay), the store (transaction time), analysis
-(verdicts), the sidecars' use case (ACKs and NACKs) and the notifier (webhook
-deliveries) call plain callables that `start` sets, and rollbacks, deployment
-states and live sidecars are read from committed events and the store.
+in-memory readers. Nothing else imports OpenTelemetry (but trace_logs.py, which
+reads the current span): the handlers (RPC latency), the hubs (fan-out delay),
+the store (transaction time), analysis (verdicts), the sidecars' use case (ACKs
+and NACKs) and the notifier (webhook deliveries) call plain callables that
+`start` sets, and rollbacks, deployment states and live sidecars are read from
+committed events and the store.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 from opentelemetry.trace import Status, StatusCode
 
-from .access_log import ACCESS_LOG
 from .build_info import build_info
 from .domain.deployments import State
 from .domain.events import EventKind, is_deployment_kind
@@ -54,6 +54,7 @@ from .domain.webhooks import DeliveryState
 from .readiness import Readiness
 from .store.base import Availability, Store
 from .store_counts import Snapshot, StoreCounts
+from .trace_logs import TraceIds
 from .watch import Hub
 
 if TYPE_CHECKING:  # the SDK and the exporters are imported only once telemetry is on
@@ -504,43 +505,6 @@ class Telemetry:
 
     def _observe_leader(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(1)]
-
-
-class TraceIds(logging.Filter):
-    """Adds the current span's `trace_id` and `span_id` to each log line written within one (the
-    access log's included), as the W3C traceparent spells them (32 and 16 hex digits), so that a
-    log search finds a trace's lines. A filter on the root logger's handlers, so that every
-    logger's records pass it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._handlers: list[logging.Handler] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        ids = current_trace_ids()
-        if ids is not None:
-            record.trace_id, record.span_id = ids
-        return True
-
-    def install(self) -> None:
-        self._handlers = list(logging.getLogger().handlers)
-        for handler in self._handlers:
-            handler.addFilter(self)
-        ACCESS_LOG.trace_ids = current_trace_ids
-
-    def remove(self) -> None:
-        for handler in self._handlers:
-            handler.removeFilter(self)
-        self._handlers = []
-        if ACCESS_LOG.trace_ids is current_trace_ids:
-            ACCESS_LOG.trace_ids = None
-
-
-def current_trace_ids() -> tuple[str, str] | None:
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
 
 def _exporters(exporter: str) -> tuple[Any, Any]:
