@@ -14,6 +14,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 FLUSH_SECONDS = 0.1
@@ -41,6 +42,8 @@ class AccessLog:
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        # (trace_id, span_id) of the call's span, when telemetry traces (telemetry.py sets it).
+        self.trace_ids: Callable[[], tuple[str, str] | None] | None = None
 
     def record(self, method: str, code: str, duration_ms: float, request_id: str = "") -> None:
         if not self.enabled:
@@ -57,6 +60,9 @@ class AccessLog:
         )
         if request_id:
             line += f', "request_id": {json.dumps(request_id)}'
+        ids = self.trace_ids() if self.trace_ids is not None else None
+        if ids is not None:
+            line += f', "trace_id": "{ids[0]}", "span_id": "{ids[1]}"'
         self._append(line + "}\n")
 
     def _append(self, line: str) -> None:

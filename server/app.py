@@ -44,6 +44,7 @@ from .errors import ResourceExhausted
 from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
+from .readiness import Readiness
 from .store.backends import open_store
 from .store.base import Store
 from .store_health import StoreHealth
@@ -131,6 +132,8 @@ class Services:
     environments: Environments  # start() brings the configured environments up to date
     hubs: Mapping[str, Hub]  # "targets" (WatchTargets) and "events" (WatchEvents), as telemetry names them
     live: LiveFeed  # the dashboard's live streams (`--http-listen`)
+    deployments: Deployments  # telemetry hears analysis's verdicts from it
+    sidecars: Sidecars  # ... and the sidecars' ACKs and NACKs from this
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
@@ -185,13 +188,14 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
     live = LiveFeed(events)  # the dashboard's live streams share one watch of `events`
+    sidecars = Sidecars(store, deployments, clock=clock, on_report=live.touched)
     deployment_servicer = DeploymentServicer(
         environments,
         deployments,
         guard,
         TargetWatch(watches, targets, guard),
         EventWatch(watches, events, guard),
-        Sidecars(store, deployments, clock=clock, on_report=live.touched),
+        sidecars,
         Metrics(
             store,
             retention_seconds=config.metrics_retention_seconds,
@@ -207,6 +211,8 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         environments=environments,
         hubs={"targets": targets, "events": events},
         live=live,
+        deployments=deployments,
+        sidecars=sidecars,
         controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
         maintenance=Maintenance(
@@ -258,12 +264,15 @@ class App:
         self.http_port = 0
         # Health follows the store (server/store_health.py): NOT_SERVING while the database is away.
         self.store_health = StoreHealth(self.store, self.health, ["", *SERVICES])
+        # /readyz on the REST and metrics ports says what health says on the gRPC port.
+        self.readiness = Readiness(lambda: self.store_health.current)
 
     async def start(self) -> int:
         """Open the store (migrations), bring the environments and the first admin about, serve the
         services on the configured ports, then start health and the background loops. The port."""
         if self.telemetry is not None:
-            self.telemetry.serve_metrics()  # first: a port in use fails before the store is open
+            # First: a port in use fails before the store is open.
+            self.telemetry.serve_metrics(self.readiness)
         await self.store.open()
         services = self.services
         async with self.store.read() as tx:
@@ -273,7 +282,14 @@ class App:
         for hub in services.hubs.values():
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         if self.telemetry is not None:
-            await self.telemetry.start(self.store, services.hubs)
+            await self.telemetry.start(
+                self.store,
+                services.hubs,
+                availability=lambda: self.store_health.current,
+                deployments=services.deployments,
+                sidecars=services.sidecars,
+                notifier=self.notifier,
+            )
         self.store.commits.subscribe(self.controller.on_commit)
         self.store.commits.subscribe(self.notifier.on_commit)
         await _unless_read_only(
@@ -293,6 +309,7 @@ class App:
         self.notifier.start()
         # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
         await self.store_health.start()
+        self.readiness.started = True
         host = self.config.listen.rsplit(":", 1)[0]
         log.info(
             "serving",
@@ -342,6 +359,7 @@ class App:
                 services.gateway_secret,
                 server_ssl(self.config.tls_cert, self.config.tls_key),
                 self.config.grace_seconds,
+                readiness=self.readiness,
                 extra=Dashboard(services.live).install,
             )
             try:
@@ -379,6 +397,7 @@ class App:
 
     async def _stop(self, grace: float) -> None:
         started = time.monotonic()
+        self.readiness.stopping = True  # /readyz says 503 from now on
         await self.store_health.stop()  # first: it must not turn health SERVING again
         await self.health.enter_graceful_shutdown()
         self.gate.close()

@@ -46,6 +46,7 @@ from .api.guard import GATEWAY_CLIENT_KEY, GATEWAY_SECRET_KEY
 from .api.status import DOMAIN
 from .errors import quote
 from .http_openapi import OPENAPI
+from .readiness import HEALTH_PATHS, Readiness, answer
 
 log = logging.getLogger("dspy_registry.http")
 
@@ -622,9 +623,11 @@ class HttpServer:
         ssl: SSLContext | None = None,
         grace: float = 10.0,
         extra: Callable[[Gateway, web.Application], None] | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.listen = listen
         self.extra = extra  # adds more routes beside the gateway's (the dashboard's, app.py)
+        self.readiness = readiness  # answers /healthz and /readyz (readiness.py); None: no such routes
         self.secret = secret  # the gateway's, for the guard (Guard.gateway_secret)
         self.ssl = ssl
         self.grace = grace  # seconds in-flight requests get on stop
@@ -650,6 +653,9 @@ class HttpServer:
         )
         gateway = Gateway(self._channel, self.secret)
         application = gateway.application()
+        if self.readiness is not None:
+            for path in HEALTH_PATHS:
+                application.router.add_get(path, self._health)
         if self.extra is not None:
             self.extra(gateway, application)
         self._runner = _Runner(application, access_log=None, shutdown_timeout=self.grace)
@@ -659,6 +665,13 @@ class HttpServer:
         self.port = int(self._runner.addresses[0][1])  # the bound port, for port 0
         log.info("serving REST routes", extra={"address": f"{host}:{self.port}"})
         return self.port
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.readiness is not None  # the routes exist only with it
+        found = answer(request.path, self.readiness)
+        assert found is not None  # routed for HEALTH_PATHS only
+        status, body = found
+        return web.Response(text=body, status=status, content_type="application/json")
 
     async def stop(self) -> None:
         if self._runner is not None:

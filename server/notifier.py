@@ -27,7 +27,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import aiohttp
@@ -92,6 +92,8 @@ class Notifier:
         self._loop = Loop("webhook", self._pass, idle=IDLE_SECONDS, floor=MIN_SECONDS, log=log)
         self._attempts: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # Told of each attempt recorded, by the state it left the delivery in (telemetry sets it).
+        self.on_delivery: Callable[[DeliveryState], None] | None = None
 
     def poke(self) -> None:
         self._loop.poke()
@@ -143,6 +145,8 @@ class Notifier:
         except Exception:  # unrecorded: the lease runs out and the delivery is tried again
             log.warning("could not record webhook delivery %s", due.id, exc_info=True)
             return
+        if self.on_delivery is not None:
+            self.on_delivery(state)
         extra = {"webhook": due.webhook, "delivery": due.id, "status": outcome.status}
         if state == DeliveryState.FAILED:
             log.warning("gave up on webhook delivery: %s", outcome.error, extra=extra)

@@ -5,22 +5,30 @@ Off unless asked for (`--telemetry-exporter`, `--metrics-listen`); then:
   spans    one per RPC, made by opentelemetry-instrumentation-grpc's aio server
            interceptor and named by the full method
            (`/dspy_registry.v1.RegistryService/GetSignature`); a caller's
-           `traceparent` metadata makes it a child of the caller's span.
-  metrics  rpc.server.duration                  histogram, ms: rpc.service, rpc.method, rpc.grpc.status_code
-           dspy_registry.watch.streams          up-down count of open watch streams: watch=targets|events
-           dspy_registry.watch.fanout.duration  histogram, s: from a commit reaching the hub to the last
-                                                matching watcher's queue holding it; watch=targets|events
-           dspy_registry.deployments            gauge: deployments by environment and state (store-wide)
-           dspy_registry.rollbacks              counter: environment, cause=manual|auto (store-wide)
+           `traceparent` metadata makes it a child of the caller's span. JSON log
+           lines written within one carry its `trace_id` and `span_id`.
+  metrics  rpc.server.call.duration and this server's own (`dspy_registry.*`): the
+           table is docs/operations.md's, the instruments are made in `Telemetry.__init__`.
+
+Metric names, units and attributes follow the OpenTelemetry semantic conventions
+where they have one (the RPC duration, in seconds, with the conventions' buckets);
+the Prometheus exporter turns `a.b` in unit `s` into `a_b_seconds`, and a counter
+into `..._total`. Every counter and gauge is there from the start, at 0 (the labelled
+ones for every label value known then, and for each environment as it appears), so
+that an alert on an increase, or on an absent series, can be written.
 
 Spans and metrics go to the console or over OTLP (`--telemetry-exporter`);
-metrics also to a Prometheus scrape endpoint (`--metrics-listen`).
+metrics also to a Prometheus scrape endpoint (`--metrics-listen`), with
+prometheus_client's process, platform and garbage-collector collectors beside them.
 
 Each App gets providers of its own, never the process-global ones: those can
 be set once per process, and tests start many servers in one, each with
-in-memory readers. Nothing else imports OpenTelemetry: the handlers (RPC
-latency) and the hubs (fan-out delay) call plain callables the App sets, and
-rollbacks and deployment states are read from committed events and the store.
+in-memory readers. Nothing else imports OpenTelemetry (but trace_logs.py, which
+reads the current span): the handlers (RPC latency), the hubs (fan-out delay),
+the store (transaction time), analysis (verdicts), the sidecars' use case (ACKs
+and NACKs) and the notifier (webhook deliveries) call plain callables that
+`start` sets, and rollbacks, deployment states and live sidecars are read from
+committed events and the store.
 """
 
 from __future__ import annotations
@@ -37,10 +45,16 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 from opentelemetry.trace import Status, StatusCode
 
+from .build_info import build_info
 from .domain.deployments import State
 from .domain.events import EventKind, is_deployment_kind
+from .domain.health import Verdict
 from .domain.model import Event
-from .store.base import Store
+from .domain.webhooks import DeliveryState
+from .readiness import Readiness
+from .store.base import Availability, Store
+from .store_counts import Snapshot, StoreCounts
+from .trace_logs import TraceIds
 from .watch import Hub
 
 if TYPE_CHECKING:  # the SDK and the exporters are imported only once telemetry is on
@@ -49,6 +63,10 @@ if TYPE_CHECKING:  # the SDK and the exporters are imported only once telemetry 
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client import CollectorRegistry
+
+    from .notifier import Notifier
+    from .usecases.deployments import Deployments
+    from .usecases.sidecars import Sidecars
 
 log = logging.getLogger("dspy_registry.telemetry")
 
@@ -59,13 +77,34 @@ OTLP_MISSING = (
     "(opentelemetry-exporter-otlp-proto-grpc)"
 )
 
+# The semantic conventions' boundaries for rpc.server.call.duration, in seconds.
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Fan-out takes microseconds for a few watchers and milliseconds for thousands (the hub
 # hands a change out over several turns of the loop): the SDK's default buckets, made for
 # milliseconds, would put every one of these in the first.
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A read on SQLite takes tens of microseconds; a write waits for its batch's fsync, and on a
+# loaded PostgreSQL for the store-wide write lock.
+STORE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
-# What the OpenTelemetry semantic conventions count as a server error; any other code is
-# the caller's problem (NOT_FOUND, PERMISSION_DENIED, ...) and leaves the span's status unset.
+# What the OpenTelemetry semantic conventions count as a server error (error.type on the
+# metric, ERROR on the span); any other code is the caller's problem (NOT_FOUND, ...).
 SERVER_ERRORS = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
@@ -77,8 +116,15 @@ SERVER_ERRORS = frozenset(
     }
 )
 
-# The deployments gauge is re-read from the store at most this often.
-DEPLOYMENT_COUNTS_INTERVAL = 1.0
+# The label values of each counter, all pre-created at 0 (per environment where it has one).
+CAUSES = ("manual", "auto")
+VERDICTS = {Verdict.HEALTHY: "healthy", Verdict.UNHEALTHY: "unhealthy", Verdict.INCONCLUSIVE: "inconclusive"}
+RESULTS = {True: "ack", False: "nack"}
+DELIVERY_OUTCOMES = {
+    DeliveryState.SUCCEEDED: "delivered",
+    DeliveryState.PENDING: "retried",  # this attempt failed; another follows
+    DeliveryState.FAILED: "failed",  # the last attempt failed: given up
+}
 
 
 class Telemetry:
@@ -105,11 +151,20 @@ class Telemetry:
         self._metrics_server: WSGIServer | None = None
         self._owned = owned
         self._hubs: dict[str, Hub] = {}
-        self._counts: DeploymentCounts | None = None
-        self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str | int]] = {}
+        self._counts: StoreCounts | None = None
+        self._store: Store | None = None
+        self._availability: Callable[[], Availability | None] = lambda: None
+        self._unhook: list[Callable[[], None]] = []
+        self._zeroed: set[str] = set()  # environments whose counters are at 0 or more
+        self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str]] = {}
+        self._trace_ids = TraceIds()
+        self._build = build_info().labels()
         meter = (meter_provider or NoOpMeterProvider()).get_meter("dspy_registry.server")
         self._rpc_duration = meter.create_histogram(
-            "rpc.server.duration", unit="ms", description="How long each RPC took, streams included"
+            "rpc.server.call.duration",
+            unit="s",
+            description="How long each incoming RPC took, from its arrival to its status (streams included)",
+            explicit_bucket_boundaries_advisory=RPC_BUCKETS,
         )
         self._fanout = meter.create_histogram(
             "dspy_registry.watch.fanout.duration",
@@ -117,20 +172,79 @@ class Telemetry:
             description="From a commit reaching a watch hub to its last matching watcher's queue holding it",
             explicit_bucket_boundaries_advisory=FANOUT_BUCKETS,
         )
+        self._transactions = meter.create_histogram(
+            "dspy_registry.store.transaction.duration",
+            unit="s",
+            description="Store transactions, from asking for one (a connection, the writer's turn) to its end",
+            explicit_bucket_boundaries_advisory=STORE_BUCKETS,
+        )
         self._rollbacks = meter.create_counter(
             "dspy_registry.rollbacks", unit="{rollback}", description="Deployments rolled back, by cause"
         )
+        self._verdicts = meter.create_counter(
+            "dspy_registry.analysis.verdicts",
+            unit="{verdict}",
+            description="Verdicts of the analysis of watched deployments, made on this replica",
+        )
+        self._results = meter.create_counter(
+            "dspy_registry.sidecar.results",
+            unit="{result}",
+            description="ACKs and NACKs sidecars reported to this replica, each once (not every heartbeat)",
+        )
+        self._deliveries = meter.create_counter(
+            "dspy_registry.webhook.deliveries",
+            unit="{attempt}",
+            description="Webhook delivery attempts made by this replica, by what came of them",
+        )
+        for outcome in DELIVERY_OUTCOMES.values():
+            self._deliveries.add(0, {"outcome": outcome})
+        gauges: list[tuple[str, Callable[[CallbackOptions], Iterable[Observation]], str, str]] = [
+            (
+                "dspy_registry.deployments",
+                self._observe_deployments,
+                "{deployment}",
+                "Deployments in the store, by environment and state",
+            ),
+            (
+                "dspy_registry.deployments.paused",
+                self._observe_paused,
+                "{deployment}",
+                "Deployments in progress held for a person (a paused canary), by environment",
+            ),
+            (
+                "dspy_registry.sidecars",
+                self._observe_sidecars,
+                "{sidecar}",
+                "Live sidecars serving each version of each program in each environment (what they ACKed)",
+            ),
+            (
+                "dspy_registry.store.up",
+                self._observe_store,
+                "1",
+                "1 while this replica's store answers (access=read) and can commit writes (access=write)",
+            ),
+            (
+                "dspy_registry.build_info",
+                self._observe_build,
+                "1",
+                "1, labelled with this server's version, source revision and Python",
+            ),
+            # Leader election (#13) will own this: today every replica runs the background work
+            # (controller, analysis, notifier), so each reports 1.
+            (
+                "dspy_registry.leader",
+                self._observe_leader,
+                "1",
+                "1 on the replica that runs the background work",
+            ),
+        ]
+        for name, callback, unit, description in gauges:
+            meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
         meter.create_observable_up_down_counter(
             "dspy_registry.watch.streams",
             callbacks=[self._observe_streams],
             unit="{stream}",
             description="Open WatchTargets (watch=targets) and WatchEvents (watch=events) streams",
-        )
-        meter.create_observable_gauge(
-            "dspy_registry.deployments",
-            callbacks=[self._observe_deployments],
-            unit="{deployment}",
-            description="Deployments in the store, by environment and state",
         )
 
     @classmethod
@@ -162,11 +276,16 @@ class Telemetry:
         if metrics_listen:
             _split_address(metrics_listen)  # a bad address fails now, before anything starts
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry
+            from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
             # A registry of this server's own, not prometheus_client's global one: nothing
-            # else in the process (another server in a test) shows up on its endpoint.
+            # else in the process (another server in a test) shows up on its endpoint. The
+            # standard collectors (process_*, python_gc_*, python_info) go on it by hand, as
+            # the global registry would have them.
             registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
             # One scope (this server's) only: otel_scope_* labels on every series would say nothing.
             readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=registry))
         meter_provider = SdkMeterProvider(metric_readers=readers, resource=resource)
@@ -191,27 +310,52 @@ class Telemetry:
         )
         return [interceptor]
 
-    def serve_metrics(self) -> None:
-        """Open the Prometheus endpoint, if asked for (OSError when its port is taken)."""
+    def serve_metrics(self, readiness: Readiness) -> None:
+        """Open the Prometheus endpoint, if asked for (OSError when its port is taken); it answers
+        /healthz and /readyz from `readiness` too."""
         if self._metrics_listen and self._metrics_registry is not None and self._metrics_server is None:
-            from prometheus_client import start_http_server
+            from .metrics_http import serve
 
             host, port = _split_address(self._metrics_listen)
-            # A daemon thread answers scrapes: a slow scraper never holds up the event loop.
             try:
-                self._metrics_server, _ = start_http_server(port, host, registry=self._metrics_registry)
+                self._metrics_server = serve(host, port, self._metrics_registry, readiness)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {self._metrics_listen}: {exc.strerror}") from exc
             self.metrics_port = int(self._metrics_server.server_port)
             log.info("metrics endpoint", extra={"address": f"http://{host}:{self.metrics_port}/metrics"})
 
-    async def start(self, store: Store, hubs: Mapping[str, Hub]) -> None:
-        """Feed the instruments from `store`'s commits and the watch `hubs`; serve /metrics if asked."""
-        self.serve_metrics()
+    async def start(
+        self,
+        store: Store,
+        hubs: Mapping[str, Hub],
+        *,
+        availability: Callable[[], Availability | None] | None = None,
+        deployments: Deployments | None = None,
+        sidecars: Sidecars | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        """Feed the instruments: from `store`'s commits and transactions, the watch `hubs`, the
+        store health probe's `availability`, and the hooks of analysis (`deployments`), `sidecars`
+        and the `notifier`."""
+        self._store = store
         self._hubs = dict(hubs)
         for name, hub in self._hubs.items():
             hub.on_handed_out = self._fanout_observer(name)
-        self._counts = DeploymentCounts(store)
+        store.timer.observe = self._observe_transaction
+        if availability is not None:
+            self._availability = availability
+        if deployments is not None:
+            deployments.on_verdict = self._observe_verdict
+            self._unhook.append(lambda: setattr(deployments, "on_verdict", None))
+        if sidecars is not None:
+            sidecars.on_result = self._observe_result
+            self._unhook.append(lambda: setattr(sidecars, "on_result", None))
+        if notifier is not None:
+            notifier.on_delivery = self._observe_delivery
+            self._unhook.append(lambda: setattr(notifier, "on_delivery", None))
+        if self.tracer_provider is not None:
+            self._trace_ids.install()
+        self._counts = StoreCounts(store, on_read=self._zero_environments)
         await self._counts.start()
         store.commits.subscribe(self._on_commit, self._counts.changed)
 
@@ -219,6 +363,12 @@ class Telemetry:
         """Stop feeding; flush and shut down the providers `from_config` made."""
         for hub in self._hubs.values():
             hub.on_handed_out = None
+        if self._store is not None:
+            self._store.timer.observe = None
+        for unhook in self._unhook:
+            unhook()
+        self._unhook = []
+        self._trace_ids.remove()
         if self._counts is not None:
             await self._counts.stop()
         if self._metrics_server is not None:
@@ -237,14 +387,14 @@ class Telemetry:
         """The handlers' hook (handlers.py), called at the end of every call of ours."""
         attributes = self._rpc_attributes.get((method, code))
         if attributes is None:
-            service, _, name = method.lstrip("/").partition("/")
             attributes = self._rpc_attributes[(method, code)] = {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": name,
-                "rpc.grpc.status_code": code.value[0],
+                "rpc.system.name": "grpc",
+                "rpc.method": method.lstrip("/"),  # dspy_registry.v1.RegistryService/GetSignature
+                "rpc.response.status_code": code.name,
             }
-        self._rpc_duration.record(seconds * 1000, attributes)
+            if code in SERVER_ERRORS:
+                attributes["error.type"] = code.name
+        self._rpc_duration.record(seconds, attributes)
         if self.tracer_provider is not None:
             # The instrumentation learns a status from context.abort() and set_code(), not from
             # abort_with_status() (how a RegistryError ends a call, with its rich details): the
@@ -263,8 +413,34 @@ class Telemetry:
 
         return observe
 
+    def _observe_transaction(self, kind: str, seconds: float) -> None:
+        self._transactions.record(seconds, {"transaction": kind})
+
+    def _observe_verdict(self, environment: str, verdict: Verdict) -> None:
+        if verdict in VERDICTS:
+            self._verdicts.add(1, {"environment": environment, "verdict": VERDICTS[verdict]})
+
+    def _observe_result(self, environment: str, acked: bool) -> None:
+        self._results.add(1, {"environment": environment, "result": RESULTS[acked]})
+
+    def _observe_delivery(self, state: DeliveryState) -> None:
+        self._deliveries.add(1, {"outcome": DELIVERY_OUTCOMES[state]})
+
+    def _zero_environments(self, snapshot: Snapshot) -> None:
+        """Every counter labelled by environment starts at 0 for each environment the store has."""
+        for environment in snapshot.environments:
+            if environment in self._zeroed:
+                continue
+            self._zeroed.add(environment)
+            for cause in CAUSES:
+                self._rollbacks.add(0, {"environment": environment, "cause": cause})
+            for verdict in VERDICTS.values():
+                self._verdicts.add(0, {"environment": environment, "verdict": verdict})
+            for result in RESULTS.values():
+                self._results.add(0, {"environment": environment, "result": result})
+
     def _on_commit(self, events: Sequence[Event]) -> None:
-        """Count rollbacks; mark the deployment counts stale. Other replicas' commits come here too."""
+        """Count rollbacks; mark the store's counts stale. Other replicas' commits come here too."""
         changed = False
         automated: set[str] = set()
         for e in events:
@@ -288,71 +464,47 @@ class Telemetry:
     def _observe_streams(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(len(hub), {"watch": name}) for name, hub in list(self._hubs.items())]
 
+    def _snapshot(self) -> Snapshot:
+        return self._counts.snapshot if self._counts is not None else Snapshot()
+
     def _observe_deployments(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._counts is None:
-            return []
-        environments, counts = self._counts.snapshot
+        snapshot = self._snapshot()
         # Every state of every environment, zeros too: a state that empties reads 0 instead of
         # keeping its last number in a scraper's view.
         return [
             Observation(
-                counts.get((environment, state), 0), {"environment": environment, "state": state.name.lower()}
+                snapshot.deployments.get((environment, state), 0),
+                {"environment": environment, "state": state.name.lower()},
             )
-            for environment in environments
+            for environment in snapshot.environments
             for state in State
         ]
 
+    def _observe_paused(self, options: CallbackOptions) -> Iterable[Observation]:
+        snapshot = self._snapshot()
+        return [Observation(snapshot.paused.get(e, 0), {"environment": e}) for e in snapshot.environments]
 
-class DeploymentCounts:
-    """The deployments gauge's numbers, re-read from the store when deployments changed.
+    def _observe_sidecars(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(n, {"program": program, "environment": environment, "version": version})
+            for (program, environment, version), n in sorted(self._snapshot().sidecars.items())
+        ]
 
-    The gauge's callback is synchronous and may run on another thread; the
-    store is async. So the callback reads `snapshot`, which a task here
-    replaces after each commit with a deployment event (at most once a second).
-    """
+    def _observe_store(self, options: CallbackOptions) -> Iterable[Observation]:
+        found = self._availability()
+        # Before the first probe, say nothing rather than guess.
+        if found is None:
+            return []
+        return [
+            Observation(int(found.readable), {"access": "read"}),
+            Observation(int(found.writable), {"access": "write"}),
+        ]
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        # (environments, counts) as of the last read: one tuple, replaced whole, so that a
-        # reader on another thread sees the old pair or the new, never half of each.
-        self.snapshot: tuple[list[str], dict[tuple[str, State], int]] = ([], {})
-        self._stale = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    def _observe_build(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1, self._build)]
 
-    async def start(self) -> None:
-        await self._read()
-        self._task = asyncio.create_task(self._run(), name="deployment-counts")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    def changed(self) -> None:
-        self._stale.set()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._stale.wait()
-            self._stale.clear()
-            began = loop.time()
-            try:
-                await self._read()
-            except Exception:  # the store is away: keep the last numbers, try again
-                log.warning("cannot read deployment counts", exc_info=True)
-                self._stale.set()
-            await asyncio.sleep(max(0.0, began + DEPLOYMENT_COUNTS_INTERVAL - loop.time()))
-
-    async def _read(self) -> None:
-        async with self.store.read() as tx:
-            names = await tx.environment_names()
-            counts = await tx.deployment_counts()
-        self.snapshot = (sorted(names | {environment for environment, _ in counts}), counts)
+    def _observe_leader(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1)]
 
 
 def _exporters(exporter: str) -> tuple[Any, Any]:

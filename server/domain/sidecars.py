@@ -55,6 +55,17 @@ class Report:
         return now - self.time <= timedelta(seconds=self.heartbeat_seconds * MISSED_HEARTBEATS)
 
 
+def new_results(before: Report | None, after: Report) -> list[Applied]:
+    """The ACKs and NACKs `after` reports that the sidecar's previous report, `before`, did not: a
+    version newly applied or newly failed. A heartbeat that repeats its last report has none."""
+    seen = (
+        {(a.program, a.environment, a.version, a.digest, a.acked) for a in before.targets}
+        if before
+        else set()
+    )
+    return [a for a in after.targets if (a.program, a.environment, a.version, a.digest, a.acked) not in seen]
+
+
 def report_to_json(r: Report) -> dict[str, Any]:
     return {
         "targets": [

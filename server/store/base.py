@@ -9,6 +9,7 @@ from typing import Protocol
 from ..calls import Call
 from .commits import CommitListeners
 from .records import Records
+from .timing import TransactionTimer
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Store(Protocol):
 
     url: str
     commits: CommitListeners  # told of each committed transaction's events, in order
+    timer: TransactionTimer  # told how long each read() and write() took
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""

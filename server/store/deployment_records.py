@@ -296,6 +296,18 @@ class DeploymentQueries:
         )
         return {(str(r["environment"]), State(r["state"])): int(r["n"]) for r in rows}
 
+    async def paused_counts(self) -> dict[str, int]:
+        """How many deployments in progress each environment has paused, waiting for a person (the
+        telemetry gauge's numbers). Whether one is paused is in its body: the few in progress are read."""
+        rows = await self.conn.fetch(
+            "SELECT environment, body FROM deployments WHERE state = ?", int(State.IN_PROGRESS)
+        )
+        counts: dict[str, int] = {}
+        for r in rows:
+            if _deployment(r).paused:
+                counts[str(r["environment"])] = counts.get(str(r["environment"]), 0) + 1
+        return counts
+
     async def list_deployments(
         self,
         program: str,
@@ -402,6 +414,39 @@ class SidecarQueries:
             )
             for r in rows
         ]
+
+    async def get_sidecar(self, sidecar_id: str) -> SidecarReport | None:
+        """The sidecar's last report, live or not."""
+        r = await self.conn.fetchrow(
+            "SELECT sidecar_id, principal, report, heartbeat_ms, last_report_time FROM sidecars "
+            "WHERE sidecar_id = ?",
+            sidecar_id,
+        )
+        if r is None:
+            return None
+        return report_from_json(
+            r["sidecar_id"],
+            r["principal"],
+            r["heartbeat_ms"] / 1000,
+            to_datetime(r["last_report_time"]),
+            json.loads(r["report"]),
+        )
+
+    async def live_sidecar_counts(self, now: datetime) -> dict[tuple[str, str, str], int]:
+        """How many live sidecars serve each (program, environment, version): the versions each has
+        ACKed (the telemetry gauge's numbers: a fleet has converged when one version is left)."""
+        rows = await self.conn.fetch(
+            "SELECT report FROM sidecars WHERE last_report_time + heartbeat_ms * ? >= ?",
+            1000 * MISSED_HEARTBEATS,
+            to_us(now),
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        for r in rows:
+            for a in json.loads(r["report"])["targets"]:
+                if a["acked"]:
+                    key = (str(a["program"]), str(a["environment"]), str(a["version"]))
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def sidecar_owner(self, sidecar_id: str, now: datetime) -> str | None:
         """The principal a still-live sidecar id reports as, else None."""

@@ -48,6 +48,7 @@ from .commits import CommitListeners
 from .migrations import POSTGRES, migrate
 from .records import Records
 from .sql import Row
+from .timing import TimedTransactions, TransactionTimer
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -148,7 +149,7 @@ class _Connection:
             await _driver(lambda: self.conn.executemany(_numbered(sql), args))
 
 
-class PostgresStore:
+class PostgresStore(TimedTransactions):
     def __init__(
         self,
         url: str,
@@ -162,6 +163,7 @@ class PostgresStore:
             "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout * 1000))
         }
         self.commits = CommitListeners()
+        self.timer = TransactionTimer()
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -243,7 +245,7 @@ class PostgresStore:
         return self._pool
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Records]:
+    async def _read(self) -> AsyncIterator[Records]:
         pool = self._available()
         raw = await _driver(lambda: pool.acquire(timeout=ACQUIRE_TIMEOUT))
         self._lent.add(raw)
@@ -264,7 +266,7 @@ class PostgresStore:
         return self._writer
 
     @asynccontextmanager
-    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
+    async def _write(self, call: Call | None = None) -> AsyncIterator[Records]:
         self._available()
         async with self._write_lock:
             self._available()  # the database may have gone away while this write waited its turn

@@ -61,6 +61,7 @@ from .sqlite_connections import (
     free_bytes,
     translate,
 )
+from .timing import TimedTransactions, TransactionTimer
 from .transactions import WriteConnection
 
 log = logging.getLogger("dspy_registry.store")
@@ -84,7 +85,7 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
-class SqliteStore:
+class SqliteStore(TimedTransactions):
     def __init__(
         self, url: str, *, readers: int = READERS, busy_timeout: float = BUSY_TIMEOUT_MS / 1000
     ) -> None:
@@ -92,6 +93,7 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self.path = path_from_url(url)
         self.commits = CommitListeners()
+        self.timer = TransactionTimer()
         self._readers_wanted = readers
         self._readers: asyncio.Queue[Reader] = asyncio.Queue()
         self._reader_dbs: list[aiosqlite.Connection] = []
@@ -290,7 +292,7 @@ class SqliteStore:
             self._lock_file = None
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Records]:
+    async def _read(self) -> AsyncIterator[Records]:
         reader = await self._readers.get()
         try:
             yield Records(reader)
@@ -309,7 +311,7 @@ class SqliteStore:
             return Availability(False, False, "the writer task stopped")  # a bug: the log has it
         try:
             async with asyncio.timeout(timeout):
-                async with self.read() as tx:
+                async with self._read() as tx:  # not timed: a probe is no caller's transaction
                     await tx.current_revision()
         except TimeoutError:
             return Availability(False, False, f"{self.path} did not answer a read within {timeout:g}s")
@@ -331,7 +333,7 @@ class SqliteStore:
         return AVAILABLE
 
     @asynccontextmanager
-    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
+    async def _write(self, call: Call | None = None) -> AsyncIterator[Records]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         if self._full or self._writer_task is None:

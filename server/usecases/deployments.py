@@ -25,7 +25,7 @@ from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.deployments import Deployment, Kind, State, Target
 from ..domain.environments import SCAN_OPTIONAL, Environment, Strategy, StrategySpec
 from ..domain.events import EventKind
-from ..domain.health import Verdict
+from ..domain.health import Health, Verdict
 from ..domain.model import Event, ProgramVersion
 from ..domain.names import VersionRef
 from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError, StoreError
@@ -103,6 +103,8 @@ class Deployments:
         self.store = store
         self.metrics_retention = metrics_retention
         self.clock = clock
+        # Told each analysis's verdict, with the deployment's environment (telemetry sets it).
+        self.on_verdict: Callable[[str, Verdict], None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -495,32 +497,39 @@ class Deployments:
         """One analysis of a watched deployment: roll it back if its version is UNHEALTHY.
 
         Judged first in a read transaction (the usual answer, healthy, takes no
-        write lock: on Postgres that lock is store-wide). Only an UNHEALTHY
-        verdict is acted on, judged again in the write transaction that acts,
-        which re-reads the deployment, so that a person's rollback (or another
-        replica's) racing this one leaves exactly one.
+        write lock: on Postgres that lock is store-wide); that verdict is the one
+        `on_verdict` hears. Only an UNHEALTHY verdict is acted on, judged again in
+        the write transaction that acts, which re-reads the deployment, so that a
+        person's rollback (or another replica's) racing this one leaves exactly one.
         """
         async with self.store.read() as tx:
-            if await self._unhealthy(tx, deployment_id) is None:
-                return False
+            judged = await self._judge(tx, deployment_id)
+        if judged is None:
+            return False
+        _, _, env, found = judged
+        if self.on_verdict is not None:
+            self.on_verdict(env.name, found.verdict)
+        if found.verdict is not Verdict.UNHEALTHY:
+            return False
         async with self.store.write() as tx:
-            judged = await self._unhealthy(tx, deployment_id)
-            if judged is None:
+            judged = await self._judge(tx, deployment_id)
+            if judged is None or judged[3].verdict is not Verdict.UNHEALTHY:
                 return False
-            d, t, env, violations = judged
-            if await self._auto_roll_back_in(tx, d, env, violations):
+            d, t, env, found = judged
+            if await self._auto_roll_back_in(tx, d, env, found.violations):
                 return True
             if d.state is State.IN_PROGRESS and d.strategy.strategy is Strategy.CANARY and not d.paused:
                 # No rollback allowed: hold the canary for a person rather than go on.
                 await self._save(
-                    tx, dep.pause(d, self.clock.now(), "controller", "; ".join(violations)), d, t, t
+                    tx, dep.pause(d, self.clock.now(), "controller", "; ".join(found.violations)), d, t, t
                 )
             return False
 
-    async def _unhealthy(
+    async def _judge(
         self, tx: Records, deployment_id: str
-    ) -> tuple[Deployment, Target, Environment, list[str]] | None:
-        """The deployment, its target and environment, and its violations, if it is watched and UNHEALTHY."""
+    ) -> tuple[Deployment, Target, Environment, Health] | None:
+        """The deployment, its target and environment, and its version's health, if it is watched and
+        its version was assessed."""
         d = await tx.get_deployment(deployment_id)
         if d is None:
             return None
@@ -530,9 +539,9 @@ class Deployments:
         if t is None or env is None or not watched(d, t, env, now):
             return None
         found = await assess(tx, t, d, env, now, self.metrics_retention)
-        if found.subject is None or found.subject.health.verdict is not Verdict.UNHEALTHY:
+        if found.subject is None:
             return None
-        return d, t, env, found.subject.health.violations
+        return d, t, env, found.subject.health
 
     async def watched_deployments(self) -> list[tuple[str, float]]:
         """(deployment id, analysis interval) of every deployment analysis watches now (two queries)."""

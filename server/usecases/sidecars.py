@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..calls import Call
 from ..domain.clock import SYSTEM_CLOCK, Clock
-from ..domain.sidecars import Report
+from ..domain.sidecars import Report, new_results
 from ..errors import NotFound
 from ..store.base import Store
 from .common import check_owner
@@ -35,6 +35,9 @@ class Sidecars:
         self.clock = clock
         # Told (program, environment) of each committed report, as Metrics.on_report.
         self.on_report = on_report
+        # Told of each ACK (True) or NACK (False) a sidecar reports anew, with its environment, once
+        # the report is committed (telemetry sets it). A heartbeat repeating its results tells nothing.
+        self.on_result: Callable[[str, bool], None] | None = None
 
     async def report(self, call: Call, r: Report) -> int:
         """Record `r` (already validated); the store's current revision."""
@@ -46,11 +49,15 @@ class Sidecars:
             for environment in sorted({a.environment for a in r.targets}):
                 if await tx.get_environment(environment) is None:
                     raise NotFound(f"environments/{environment}")
+            fresh = new_results(await tx.get_sidecar(r.sidecar_id), r)
             await tx.put_sidecar(r)
             revision = tx.revision
         if self.on_report is not None:
             for program, environment in sorted({(a.program, a.environment) for a in r.targets}):
                 self.on_report(program, environment)
+        if self.on_result is not None:
+            for a in fresh:
+                self.on_result(a.environment, bool(a.acked))
         # Each NACK may end a deployment: its own transaction, since the report stands either way.
         for a in r.targets:
             if not a.acked:

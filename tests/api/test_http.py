@@ -16,6 +16,8 @@ import pytest
 from dspy_registry.server import http_api
 from dspy_registry.server.api import guard
 from dspy_registry.server.app import App
+from dspy_registry.server.readiness import Readiness, answer
+from dspy_registry.server.store.base import AVAILABLE, Availability
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
@@ -443,3 +445,34 @@ async def test_deploy_needs_a_version_and_version_with_environment_is_a_filter(r
     assert (status, body["version"]) == (200, "1.1.0")
     status, body = await rest.get(f"/api/registry/programs/{PROGRAM}", environment="staging")
     assert (status, body["version"]) == (200, "1.1.0")
+
+
+async def test_the_health_routes_need_no_token(rest: Rest) -> None:
+    assert await rest.get("/healthz", token=None) == (200, {"status": "ok"})
+    assert await rest.get("/readyz", token=None) == (200, {"status": "ok"})
+    # Not one of the API's routes: a token changes nothing.
+    assert await rest.get("/readyz") == (200, {"status": "ok"})
+
+
+def test_readiness_follows_the_start_the_store_and_the_stop() -> None:
+    found: list[Availability | None] = [None]
+    readiness = Readiness(lambda: found[0])
+    assert answer("/readyz", readiness) == (
+        503,
+        '{"status": "unavailable", "reason": "the server is starting"}\n',
+    )
+    readiness.started = True
+    assert "not probed yet" in readiness.why_not()
+    found[0] = Availability(readable=True, writable=False, detail="the disk is full")
+    assert answer("/readyz", readiness) == (200, '{"status": "ok"}\n')  # reads are still served
+    found[0] = Availability(readable=False, writable=False, detail="connection refused")
+    assert readiness.why_not() == "the store cannot be reached: connection refused"
+    found[0] = AVAILABLE
+    assert readiness.why_not() == ""
+    readiness.stopping = True
+    assert answer("/readyz", readiness) == (
+        503,
+        '{"status": "unavailable", "reason": "the server is stopping"}\n',
+    )
+    assert answer("/healthz", readiness) == (200, '{"status": "ok"}\n')  # alive while it stops
+    assert answer("/metrics", readiness) is None

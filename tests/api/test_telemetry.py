@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import platform
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -22,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from dspy_registry.client.auth import bearer_interceptors
 from dspy_registry.server.app import App
 from dspy_registry.server.config import Config, add_serve_arguments, from_arguments
+from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.store.base import Store
 from dspy_registry.server.telemetry import OTLP_MISSING, Telemetry
@@ -155,7 +158,9 @@ async def test_every_rpc_has_a_span_and_each_metric_follows_what_happened(
     # A person's rollback: counted as manual; the deployments gauge follows the store.
     await deploy.RollbackDeployment(dpb.RollbackDeploymentRequest(name=second.deployment.name, reason="bad"))
     assert seen.value("dspy_registry.rollbacks", environment="staging", cause="manual") == 1
-    assert seen.value("dspy_registry.rollbacks", environment="staging", cause="auto") is None
+    assert (
+        seen.value("dspy_registry.rollbacks", environment="staging", cause="auto") == 0
+    )  # there from the start
     await _eventually(
         lambda: seen.value("dspy_registry.deployments", environment="staging", state="rolled_back") == 1
     )
@@ -193,18 +198,130 @@ async def test_every_rpc_has_a_span_and_each_metric_follows_what_happened(
     (watched,) = seen.finished(DEPLOYMENT + "WatchTargets")
     assert _status_code(watched) == grpc.StatusCode.CANCELLED.value[0]
 
-    # The latency histogram: a point per method and status, in milliseconds.
+    # The latency histogram, by the semantic conventions: a point per method and status, in seconds.
     durations = {
-        (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p
-        for p in seen.points("rpc.server.duration")
+        (p.attributes["rpc.method"], p.attributes["rpc.response.status_code"]): p
+        for p in seen.points("rpc.server.call.duration")
     }
-    assert durations[("GetSignature", 0)].count == 1 and durations[("GetSignature", 5)].count == 1
-    assert durations[("RegisterProgram", 0)].count == 2
-    assert durations[("WatchTargets", 1)].count == 1
-    for method in made:
-        assert any(m == method.rsplit("/", 1)[1] for m, _ in durations), method
-    assert all(p.attributes["rpc.system"] == "grpc" for p in durations.values())
-    assert 0 < durations[("ListSignatures", 0)].sum < 10_000
+    assert durations[(REGISTRY[1:] + "GetSignature", "OK")].count == 1
+    assert durations[(REGISTRY[1:] + "GetSignature", "NOT_FOUND")].count == 1
+    assert durations[(REGISTRY[1:] + "RegisterProgram", "OK")].count == 2
+    assert durations[(DEPLOYMENT[1:] + "WatchTargets", "CANCELLED")].count == 1
+    assert {m for m, _ in durations} >= {method.lstrip("/") for method in made}
+    assert all(p.attributes["rpc.system.name"] == "grpc" for p in durations.values())
+    # NOT_FOUND is the caller's error: no error.type, which marks the server's own failures.
+    assert all("error.type" not in p.attributes for p in durations.values())
+    assert 0 < durations[(REGISTRY[1:] + "ListSignatures", "OK")].sum < 10  # seconds
+
+    # Every store transaction timed, by kind: the calls above made reads and writes.
+    transactions = {
+        p.attributes["transaction"]: p for p in seen.points("dspy_registry.store.transaction.duration")
+    }
+    assert transactions["write"].count >= 5 and transactions["read"].count >= 1
+
+
+async def test_every_counter_starts_at_zero_and_the_replica_says_what_it_is(
+    observed: tuple[Running, Observed],
+) -> None:
+    server, seen = observed
+    # Each seeded environment's counters exist before anything happened, at 0.
+    for environment in ("development", "staging", "production"):
+        for cause in ("manual", "auto"):
+            assert seen.value("dspy_registry.rollbacks", environment=environment, cause=cause) == 0
+        for verdict in ("healthy", "unhealthy", "inconclusive"):
+            assert (
+                seen.value("dspy_registry.analysis.verdicts", environment=environment, verdict=verdict) == 0
+            )
+        for result in ("ack", "nack"):
+            assert seen.value("dspy_registry.sidecar.results", environment=environment, result=result) == 0
+        assert seen.value("dspy_registry.deployments.paused", environment=environment) == 0
+    for outcome in ("delivered", "retried", "failed"):
+        assert seen.value("dspy_registry.webhook.deliveries", outcome=outcome) == 0
+    assert seen.value("dspy_registry.store.up", access="read") == 1
+    assert seen.value("dspy_registry.store.up", access="write") == 1
+    assert seen.value("dspy_registry.leader") == 1
+    (build,) = seen.points("dspy_registry.build_info")
+    assert build.value == 1 and set(build.attributes) == {"version", "revision", "python"}
+    assert build.attributes["python"] == platform.python_version()
+
+
+async def test_sidecar_results_live_sidecars_and_verdicts_are_counted(
+    observed: tuple[Running, Observed],
+) -> None:
+    server, seen = observed
+    deploy = dpb_grpc.DeploymentServiceStub(server.channel)
+    await register_signature(server.registry, name="sig")
+    registered = await server.registry.RegisterProgram(
+        pb.RegisterProgramRequest(
+            spec=pb.ProgramVersionSpec(
+                program=PROGRAM, version="1.0.0", signature="signatures/sig/versions/1.0.0"
+            ),
+            artifact=dspy_state("1.0.0"),
+        )
+    )
+    digest = registered.program_version.artifact.digest
+    env = dpb.Environment(name="environments/staging")
+    env.policy.monitoring_required = True  # analysis then watches a deployment that succeeded
+    rules = env.policy.auto_rollback
+    rules.enabled = True
+    rules.min_requests = 10
+    rules.analysis_interval.FromMilliseconds(100)
+    rules.monitoring_window.FromSeconds(60)
+    await deploy.UpdateEnvironment(
+        dpb.UpdateEnvironmentRequest(
+            environment=env,
+            update_mask=field_mask_pb2.FieldMask(
+                paths=["policy.monitoring_required", "policy.auto_rollback"]
+            ),
+        )
+    )
+    await deploy.CreateDeployment(
+        dpb.CreateDeploymentRequest(program=PROGRAM, version="1.0.0", environment="staging", strategy=REPLACE)
+    )
+
+    def report(result: dpb.ApplyResult) -> dpb.ReportSidecarStatusRequest:
+        status = dpb.SidecarTargetStatus(
+            program=PROGRAM, environment="staging", version="1.0.0", digest=digest, result=result, revision=1
+        )
+        if result == dpb.APPLY_RESULT_NACK:
+            status.error_detail.code = 13
+            status.error_detail.message = "cannot load"
+        return dpb.ReportSidecarStatusRequest(sidecar_id="pod-0", targets=[status], revision=1)
+
+    # An ACK counts once, however many heartbeats repeat it; a NACK after it counts as one NACK.
+    for _ in range(3):
+        await deploy.ReportSidecarStatus(report(dpb.APPLY_RESULT_ACK))
+    assert seen.value("dspy_registry.sidecar.results", environment="staging", result="ack") == 1
+
+    # The live sidecar shows in the gauge under the version it ACKed (re-read on a timer: a report
+    # commits no event); NACKed, it no longer serves that version, and the version reads 0.
+    def serving() -> float | None:
+        return seen.value("dspy_registry.sidecars", program=PROGRAM, environment="staging", version="1.0.0")
+
+    await _eventually(lambda: serving() == 1)
+    await deploy.ReportSidecarStatus(report(dpb.APPLY_RESULT_NACK))
+    assert seen.value("dspy_registry.sidecar.results", environment="staging", result="nack") == 1
+    assert seen.value("dspy_registry.sidecar.results", environment="staging", result="ack") == 1
+    await _eventually(lambda: serving() == 0)
+
+    # Healthy figures for the version just deployed: analysis says so, and it is counted.
+    start = datetime.now(UTC)
+    measured = dpb.MetricWindow(
+        program=PROGRAM, environment="staging", version="1.0.0", request_count=50, error_count=0
+    )
+    measured.start_time.FromDatetime(start - timedelta(seconds=1))
+    measured.end_time.FromDatetime(start)
+    measured.latency.counts.extend([50] + [0] * len(STANDARD_BOUNDS_MS))
+    measured.latency.sum_ms = 100.0
+    reply = await deploy.ReportMetrics(dpb.ReportMetricsRequest(sidecar_id="pod-0", windows=[measured]))
+    assert reply.accepted_count == 1
+    await _eventually(
+        lambda: (
+            (seen.value("dspy_registry.analysis.verdicts", environment="staging", verdict="healthy") or 0)
+            >= 1
+        )
+    )
+    assert seen.value("dspy_registry.analysis.verdicts", environment="staging", verdict="unhealthy") == 0
 
 
 async def test_rollbacks_are_counted_by_cause_from_committed_events(store: Store) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import platform
 import signal
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,22 +40,28 @@ def test_a_server_serves_its_metrics_to_prometheus_and_prints_its_spans(
         text = response.read().decode()
     lines = text.splitlines()
     for name in (
-        "# TYPE rpc_server_duration_milliseconds histogram",
+        "# TYPE rpc_server_call_duration_seconds histogram",
         "# TYPE dspy_registry_watch_streams gauge",
         "# TYPE dspy_registry_deployments gauge",
+        "# TYPE dspy_registry_rollbacks_total counter",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE python_gc_collections_total counter",
     ):
         assert name in lines, (name, text)
+    # The deprecated name, in milliseconds, is gone.
+    assert "rpc_server_duration_milliseconds" not in text
     assert any(
-        line.startswith("rpc_server_duration_milliseconds_count{")
-        and 'rpc_method="RegisterSignature"' in line
-        and 'rpc_grpc_status_code="0"' in line
+        line.startswith("rpc_server_call_duration_seconds_count{")
+        and 'rpc_method="dspy_registry.v1.RegistryService/RegisterSignature"' in line
+        and 'rpc_response_status_code="OK"' in line
+        and 'rpc_system_name="grpc"' in line
         and line.endswith(" 1.0")
         for line in lines
     ), text
     assert any(
         line.startswith("dspy_registry_watch_streams{") and 'watch="targets"' in line for line in lines
     )
-    # No deployment yet: every seeded environment reads 0 in every state.
+    # No deployment yet: every seeded environment reads 0 in every state, and no rollback yet is a 0.
     assert any(
         line.startswith("dspy_registry_deployments{")
         and 'environment="production"' in line
@@ -60,12 +69,35 @@ def test_a_server_serves_its_metrics_to_prometheus_and_prints_its_spans(
         and line.endswith(" 0.0")
         for line in lines
     ), text
+    assert 'dspy_registry_rollbacks_total{cause="auto",environment="production"} 0.0' in lines, text
+    (build,) = [line for line in lines if line.startswith("dspy_registry_build_info{")]
+    assert f'python="{platform.python_version()}"' in build and build.endswith(" 1.0"), build
+
+    # The metrics port answers /metrics and the health routes, and nothing else.
+    assert _get(port, "/healthz") == (200, {"status": "ok"})
+    assert _get(port, "/readyz") == (200, {"status": "ok"})
+    assert _get(port, "/")[0] == 404 and _get(port, "/metricz")[0] == 404
 
     assert server.stop(signal.SIGTERM) == 0
-    # The console exporter prints each span as JSON on stdout (the server log here), flushed at shutdown.
+    # The console exporter prints each span as JSON on stdout (the server log here), flushed at shutdown;
+    # the access log's line for the call carries its span's ids.
     log = server.log()
     assert '"name": "/dspy_registry.v1.RegistryService/RegisterSignature"' in log
     assert '"service.name": "dspy-registry"' in log
+    (access,) = [
+        json.loads(line)
+        for line in log.splitlines()
+        if line.startswith("{") and '"method": "/dspy_registry.v1.RegistryService/GetSignature"' in line
+    ]
+    assert f'"trace_id": "0x{access["trace_id"]}"' in log and f'"span_id": "0x{access["span_id"]}"' in log
+
+
+def _get(port: int, path: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def test_a_taken_metrics_port_fails_the_start_with_a_clear_message(tmp_path: Path) -> None:
