@@ -13,6 +13,7 @@ import sys
 from .client import sidecar
 from .client.cli import add_operator_commands, run_operator
 from .server import serve
+from .server.admin_commands import add_admin_arguments
 from .server.config import add_serve_arguments
 
 log = logging.getLogger("dspy_registry.server")
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sidecar.add_sidecar_arguments(sidecar_parser)
     add_operator_commands(parser, commands)
+    add_admin_arguments(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "admin", None) is not None:
+        return int(args.admin(args))
     if getattr(args, "operator", None) is not None:
         return run_operator(args)
     if args.command == "sidecar":
