@@ -81,11 +81,11 @@ def check(args: argparse.Namespace) -> tuple[bool, str]:
         try:
             answer = health.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
+            code = exc.code()
             # NOT_FOUND is an answer too: an unknown service name, from a server that is up.
             if args.alive and code == grpc.StatusCode.NOT_FOUND:
-                return True, f"alive ({code.name}: {exc.details()})"  # type: ignore[attr-defined]
-            return False, f"{args.address}: {code.name}: {exc.details()}"  # type: ignore[attr-defined]
+                return True, f"alive ({code.name}: {exc.details()})"
+            return False, f"{args.address}: {code.name}: {exc.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     healthy = args.alive or answer.status == health_pb2.HealthCheckResponse.SERVING
     return healthy, status if healthy else f"{args.address}: {args.service or 'server'} is {status}"
