@@ -19,7 +19,8 @@ from .server.config import add_serve_arguments
 log = logging.getLogger("dspy_registry.server")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments (tests/deploy checks the manifests' flags against this parser)."""
     parser = argparse.ArgumentParser(
         prog="dspy-registry",
         description=__doc__,
@@ -43,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     sidecar.add_sidecar_arguments(sidecar_parser)
     add_operator_commands(parser, commands)
     add_admin_arguments(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if getattr(args, "admin", None) is not None:
         return int(args.admin(args))
     if getattr(args, "operator", None) is not None:
