@@ -3,6 +3,7 @@ access back when it is lost: on SQLite and PostgreSQL, the command a real proces
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import socket
@@ -16,11 +17,13 @@ import pytest
 
 from dspy_registry.server.app import App
 from dspy_registry.server.config import Config
+from dspy_registry.server.domain import access
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 from tests.api.conftest import Running, start
 from tests.calls import code_of
+from tests.conftest import SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import until
 
 CLI = Path(sys.executable).parent / "dspy-registry"
@@ -86,14 +89,14 @@ async def test_a_token_file_holding_anything_else_stops_the_first_start(
 
 async def test_reset_token_recovers_access_and_is_audited(database_url: str, tmp_path: Path) -> None:
     running = await start(database_url)
-    access = apb_grpc.AccessServiceStub(running.channel)
+    accounts = apb_grpc.AccessServiceStub(running.channel)
     # The worst case: the token lost, and admin disabled and stripped of its grant by another admin.
-    await access.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="ops", principal=apb.Principal()))
-    await access.GrantPermission(
+    await accounts.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="ops", principal=apb.Principal()))
+    await accounts.GrantPermission(
         apb.GrantPermissionRequest(principal="principals/ops", action=apb.ACTION_ADMIN, resource="*")
     )
-    ops_secret = (await access.CreateToken(apb.CreateTokenRequest(parent="principals/ops"))).secret
-    second = (await access.CreateToken(apb.CreateTokenRequest(parent="principals/admin"))).secret
+    ops_secret = (await accounts.CreateToken(apb.CreateTokenRequest(parent="principals/ops"))).secret
+    second = (await accounts.CreateToken(apb.CreateTokenRequest(parent="principals/admin"))).secret
     ops_channel = running.channel_for(ops_secret)
     ops = apb_grpc.AccessServiceStub(ops_channel)
     grants = await ops.ListPermissions(apb.ListPermissionsRequest(principal="principals/admin"))
@@ -174,3 +177,27 @@ def test_reset_token_refuses_a_store_no_server_started_on(tmp_path: Path) -> Non
         [str(CLI), "admin", "reset-token"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "unsupported database URL" in bad.stderr
+
+
+@pytest.mark.postgres
+async def test_replicas_starting_together_adopt_the_one_token(
+    tmp_path: Path, pg_databases: PostgresDatabases
+) -> None:
+    """Replicas of a new Deployment start at once on an empty database, all with the same Secret."""
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    url = await pg_databases.create()
+    secret = tmp_path / "token"
+    secret.write_text(access.new_bearer_token())
+    replicas = await asyncio.gather(*(start(url, admin_token_file=str(secret)) for _ in range(3)))
+    try:
+        for running in replicas:
+            assert await _ok(running, secret.read_text().strip())
+        admin = apb_grpc.AccessServiceStub(replicas[0].channel)
+        principals = await admin.ListPrincipals(apb.ListPrincipalsRequest())
+        tokens = await admin.ListTokens(apb.ListTokensRequest(parent="principals/admin"))
+        assert [p.name for p in principals.principals] == ["principals/admin"] and len(tokens.tokens) == 1
+    finally:
+        for running in replicas:
+            await running.channel.close(None)
+            await running.app.stop(grace=0)
