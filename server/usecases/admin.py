@@ -81,36 +81,16 @@ def read_token_file(path: Path) -> tuple[str, str] | None:
 async def bootstrap(store: Store, clock: Clock, token_file: Path) -> bool:
     """On an empty store: `admin` with admin on `*`, and its token — adopted from `token_file` when
     that exists, else generated and written there. False (and nothing written) on any other store."""
-    # Audited like any mutation, by the system: the store writes the event in this transaction.
-    call = Call(
-        method="bootstrap",
-        principal=access.SYSTEM,
-        token="",
-        resource="principals/admin",
-        request_id="",
-        peer="",
-        mutation=True,
-    )
     async with store.read() as tx:
         if await tx.count_principals() > 0:
             return False  # every start but the first: no write, so a read-only store starts too
     adopted = read_token_file(token_file)
-    async with store.write(call) as tx:
+    async with store.write(_system_call("bootstrap", peer="")) as tx:
         if await tx.count_principals() > 0:
             return False
         events = await _make_admin_whole(tx, clock, access.BOOTSTRAP)
-        issued = issue(
-            clock,
-            principal=ADMIN,
-            description="bootstrap admin token",
-            expire_time=None,
-            creator=access.BOOTSTRAP,
-            revision=tx.next_revision,
-            chosen=adopted,
-        )
-        await tx.insert_token(issued.token, access.hash_secret(issued.secret))
-        changed = PrincipalChanged(principal=ADMIN)
-        await tx.append([*events, new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed)])
+        issued = await _new_admin_token(tx, clock, "bootstrap admin token", access.BOOTSTRAP, adopted, events)
+        await tx.append(events)
         if adopted is None:
             # Written before the commit: if it fails, no admin exists without its token.
             write_secret(token_file, access.bearer_token(issued.token.id, issued.secret))
@@ -139,16 +119,9 @@ async def reset_token(store: Store, clock: Clock) -> Reset:
     """Access again after the admin token is lost: `admin`'s tokens revoked, `admin` there, enabled and
     with admin on `*`, and a new token. FailedPrecondition on a store no server
     has started on (its first start makes the admin: nothing to recover)."""
-    call = Call(
-        method=RESET_METHOD,
-        principal=access.SYSTEM,
-        token="",
-        resource=f"principals/{ADMIN}",
-        request_id="",
-        peer=f"{getpass.getuser()}@{socket.gethostname()}",  # who ran it, for the audit log
-        mutation=True,
-    )
-    async with store.write(call) as tx:
+    # Who ran it, for the audit log: no principal is behind an offline command.
+    ran_by = f"{getpass.getuser()}@{socket.gethostname()}"
+    async with store.write(_system_call(RESET_METHOD, peer=ran_by)) as tx:
         if await tx.count_principals() == 0:
             raise FailedPrecondition(
                 "this store has no principals: no server has started on it (is --database the "
@@ -163,18 +136,48 @@ async def reset_token(store: Store, clock: Clock) -> Reset:
             events.append(
                 new_event(EventKind.TOKEN_REVOKED, f"principals/{ADMIN}/tokens/{token_id}", changed)
             )
-        issued = issue(
-            clock,
-            principal=ADMIN,
-            description="reset by `dspy-registry admin reset-token`",
-            expire_time=None,
-            creator=access.SYSTEM,
-            revision=tx.next_revision,
-        )
-        await tx.insert_token(issued.token, access.hash_secret(issued.secret))
-        events.append(new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed))
+        description = "reset by `dspy-registry admin reset-token`"
+        issued = await _new_admin_token(tx, clock, description, access.SYSTEM, None, events)
         await tx.append(events)
     return Reset(issued=issued, revoked=tuple(revoked))
+
+
+def _system_call(method: str, *, peer: str) -> Call:
+    """What the server does by itself, audited like any mutation: the store writes the audit event
+    in the mutation's transaction."""
+    return Call(
+        method=method,
+        principal=access.SYSTEM,
+        token="",
+        resource=f"principals/{ADMIN}",
+        request_id="",
+        peer=peer,
+        mutation=True,
+    )
+
+
+async def _new_admin_token(
+    tx: Records,
+    clock: Clock,
+    description: str,
+    creator: str,
+    chosen: tuple[str, str] | None,
+    events: list[Event],
+) -> NewToken:
+    """A token for `admin` stored (its hash), and its event added to `events`."""
+    issued = issue(
+        clock,
+        principal=ADMIN,
+        description=description,
+        expire_time=None,
+        creator=creator,
+        revision=tx.next_revision,
+        chosen=chosen,
+    )
+    await tx.insert_token(issued.token, access.hash_secret(issued.secret))
+    changed = PrincipalChanged(principal=ADMIN)
+    events.append(new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed))
+    return issued
 
 
 async def _make_admin_whole(tx: Records, clock: Clock, creator: str) -> list[Event]:
