@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dspy_registry.server import config
+from dspy_registry.server import probe as probe_module
 from tests.certificates import Authority
 from tests.conftest import SKIP_POSTGRES, PostgresDatabases
 from tests.e2e.conftest import SERVE, ServerProcess, free_port
@@ -22,6 +24,20 @@ PROBE = [sys.executable, "-m", "dspy_registry.server.probe"]
 
 def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PROBE, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_the_probe_is_light_and_defaults_to_the_servers_address() -> None:
+    """The kubelet runs it every few seconds: it imports grpc and the health stubs, not the server."""
+    assert probe_module.DEFAULT_LISTEN == config.DEFAULT_LISTEN
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, dspy_registry.server.probe; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ours = [m for m in eval(loaded.stdout) if m.startswith("dspy_registry")]
+    assert ours == ["dspy_registry", "dspy_registry.server", "dspy_registry.server.probe"]
 
 
 def test_readiness_and_liveness_of_a_plaintext_server(serve: type[ServerProcess], tmp_path: Path) -> None:
