@@ -93,7 +93,14 @@ async def bootstrap(store: Store, clock: Clock, token_file: Path) -> bool:
         await tx.append(events)
         if adopted is None:
             # Written before the commit: if it fails, no admin exists without its token.
-            write_secret(token_file, access.bearer_token(issued.token.id, issued.secret))
+            try:
+                write_secret(token_file, access.bearer_token(issued.token.id, issued.secret))
+            except OSError as exc:
+                raise OSError(
+                    f"cannot write the new admin token to {token_file} ({exc.strerror or exc}); a "
+                    "token in that file would be adopted instead: is the Secret mounted under "
+                    "another file name?"
+                ) from None
     log.warning(
         "created the admin principal; its token is %s %s",
         "the one in" if adopted else "in",

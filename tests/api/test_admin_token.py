@@ -78,11 +78,27 @@ async def test_a_token_file_holding_anything_else_stops_the_first_start(
     with pytest.raises(ValueError, match="does not hold a dspy-registry token.*generate-token"):
         await app.start()
     await app.stop(grace=0)
+    assert await _principals(database_url) == 0  # nobody to call it, so no admin either
+
+
+async def test_a_token_file_that_cannot_be_written_stops_the_first_start(
+    database_url: str, tmp_path: Path
+) -> None:
+    # As a read-only Secret mount whose key has another name: there is no file to adopt, and none
+    # can be written there (sysfs refuses to create files, even to root).
+    app = App(Config(listen="127.0.0.1:0", database=database_url, admin_token_file="/sys/token"))
+    with pytest.raises(OSError, match="cannot write the new admin token to /sys/token.*another file name"):
+        await app.start()
+    await app.stop(grace=0)
+    assert await _principals(database_url) == 0  # rolled back: no admin without its token
+
+
+async def _principals(database_url: str) -> int:
     store = open_store(database_url)
     await store.open()
     try:
         async with store.read() as tx:
-            assert await tx.count_principals() == 0  # nobody to call it, so no admin either
+            return await tx.count_principals()
     finally:
         await store.close()
 
