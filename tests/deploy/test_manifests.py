@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -24,6 +25,8 @@ from dspy_registry.cli import build_parser
 from dspy_registry.client import config as client_config
 from dspy_registry.server import probe
 from dspy_registry.server.config import Config, from_arguments
+from tests.e2e.conftest import free_port
+from tests.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -272,6 +275,12 @@ def _instructions() -> list[dockerfile.Command]:
     return list(dockerfile.parse_file(str(DEPLOY / "Dockerfile")))
 
 
+def _final_stage() -> list[dockerfile.Command]:
+    commands = _instructions()
+    last = max(i for i, c in enumerate(commands) if c.cmd == "FROM")
+    return commands[last:]
+
+
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     linted = subprocess.run(
@@ -316,3 +325,40 @@ def test_the_images_command_variables_port_and_health_check_exist(container_env:
             for source in c.value[:-1]:
                 assert (ROOT / source).exists(), source
                 assert f"!{source.rstrip('/')}" in [line.rstrip("/") for line in ignore], source
+
+
+def test_the_images_environment_serves_answers_its_health_check_and_stops_on_its_signal(
+    tmp_path: Path,
+) -> None:
+    """What the image runs, outside a container: its ENV (the data directory moved to a scratch folder,
+    the port to a free one), its ENTRYPOINT and CMD, its HEALTHCHECK, and its STOPSIGNAL."""
+    final = _final_stage()
+    port = str(free_port())
+    env = {
+        k: v.replace("/var/lib/dspy-registry", str(tmp_path)).replace("50051", port)
+        for c in final
+        if c.cmd == "ENV"
+        for k, v in zip(c.value[::2], c.value[1::2], strict=True)
+        if k.startswith("DSPY_REGISTRY_")
+    }
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    [entrypoint] = [list(c.value) for c in final if c.cmd == "ENTRYPOINT"]
+    [cmd] = [list(c.value) for c in final if c.cmd == "CMD"]
+    [health] = [list(c.value[1:]) for c in final if c.cmd == "HEALTHCHECK"]
+    [stop] = [c.value[0] for c in final if c.cmd == "STOPSIGNAL"]
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [*entrypoint, *cmd], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        eventually(
+            lambda: subprocess.run(health, env=env, capture_output=True, timeout=60).returncode == 0,
+            "the image's health check passing",
+        )
+        assert (tmp_path / "registry.db").exists() and (tmp_path / "admin.token").exists()
+        server.send_signal(getattr(signal, stop))
+        assert server.wait(30) == 0
+    finally:
+        server.kill()
+        server.wait()
+    assert f'"address": "0.0.0.0:{port}"' in (tmp_path / "server.log").read_text()

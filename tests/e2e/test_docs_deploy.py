@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import yaml
 
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
-from tests.certificates import Authority
-from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
+from tests.e2e.conftest import ROOT, SERVE, ServerProcess, env_with_tools, free_port
+from tests.eventually import eventually
 
 DOC = (ROOT / "docs" / "deploy.md").read_text()
 
@@ -56,25 +57,40 @@ def test_every_sh_block_is_tested() -> None:
     assert sorted(names) == sorted(set(tested))
 
 
-def test_the_image_environment_serves_and_stops(tmp_path: Path) -> None:
-    port = free_port()
-    _run("container", tmp_path, port=port)
-    log = (tmp_path / "server.log").read_text()
-    assert f'"address": "0.0.0.0:{port}"' in log and '"msg": "stopped"' in log, log
-    assert (tmp_path / "data" / "registry.db").exists() and (tmp_path / "data" / "admin.token").exists()
-
-
 def test_the_probe_commands(serve: type[ServerProcess], tmp_path: Path) -> None:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
-    out = _run("probe", tmp_path, port=server.port)
+    out = _run("deploy-probe", tmp_path, port=server.port)
     assert out.split() == ["SERVING", "SERVING", "SERVING"]
 
 
-def test_the_secrets_match_what_the_manifests_mount(tmp_path: Path) -> None:
-    ca = Authority("docs CA")
-    ca.issue("dspy-registry", server=True, names=["dspy-registry"]).save(tmp_path, "server")
-    (tmp_path / "ca.crt").write_bytes(ca.pem)
-    _run("secrets", tmp_path)
+def test_the_trial_ca_serves_tls_probed_as_the_manifests_do_and_makes_the_secrets(tmp_path: Path) -> None:
+    _run("deploy-trial-ca", tmp_path)
+    port = free_port()
+    env = {
+        **env_with_tools(),
+        "DSPY_REGISTRY_LISTEN": f"0.0.0.0:{port}",
+        "DSPY_REGISTRY_DATABASE": f"sqlite:///{tmp_path / 'r.db'}",
+        "DSPY_REGISTRY_ADMIN_TOKEN_FILE": str(tmp_path / "admin.token"),
+        "DSPY_REGISTRY_TLS_CERT": str(tmp_path / "server.crt"),
+        "DSPY_REGISTRY_TLS_KEY": str(tmp_path / "server.key"),
+    }
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([str(SERVE), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # The manifests' readiness probe, its address from DSPY_REGISTRY_LISTEN as in the pod.
+        ready = [sys.executable, "-m", "dspy_registry.server.probe", "--tls-ca", "ca.crt"]
+        ready += ["--tls-server-name", "dspy-registry"]
+        eventually(
+            lambda: (
+                subprocess.run(ready, cwd=tmp_path, env=env, capture_output=True, timeout=60).returncode == 0
+            ),
+            "the server with the trial CA's certificate SERVING to the probe",
+        )
+    finally:
+        server.kill()
+        server.wait()
+
+    _run("deploy-secrets", tmp_path)
     secrets = {
         o["metadata"]["name"]: sorted(o["data"])
         for f in ("admin-secret.yaml", "tls-secret.yaml", "database-secret.yaml")
@@ -88,26 +104,13 @@ def test_the_secrets_match_what_the_manifests_mount(tmp_path: Path) -> None:
     assert (tmp_path / "admin.token").read_text().startswith("dspyr_")
 
 
-def test_the_render_command(tmp_path: Path) -> None:
-    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
-    _run("render", tmp_path)
-    objects = _objects(tmp_path / "dspy-registry.yaml")
-    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == {
-        ("ServiceAccount", "dspy-registry"),
-        ("Service", "dspy-registry"),
-        ("Deployment", "dspy-registry"),
-        ("PodDisruptionBudget", "dspy-registry"),
-    }
-
-
 def test_a_serving_token_reads_what_it_serves_and_nothing_else(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     server.register("triage", ["1.0.0"])
     server.register("ranker", ["1.0.0"], signature=False)
-    admin = {"DSPY_REGISTRY_TARGET": server.address, "DSPY_REGISTRY_TOKEN_FILE": str(server.token_file)}
-    _run("serving-token", tmp_path, env=admin)
+    _run("deploy-serving-token", tmp_path, port=server.port)  # the admin token in .dspy-registry/
     [secret] = _objects(tmp_path / "triage-token-secret.yaml")
     assert secret["metadata"]["name"] == "triage-registry-token" and list(secret["data"]) == ["token"]
     triage = {
@@ -134,11 +137,11 @@ def test_reset_token_then_the_audit_log(serve: type[ServerProcess], tmp_path: Pa
     first = serve(database, tmp_path / "first.log").start()
     lost = first.token_file.read_text().strip()
     assert first.stop() == 0
-    _run("reset-token", tmp_path)
+    _run("deploy-reset-token", tmp_path)
     new = (tmp_path / "data" / "admin.token").read_text().strip()
     assert new.startswith("dspyr_") and new != lost
     second = serve(database, tmp_path / "second.log").start()
-    out = _run("audit", tmp_path, port=second.port)
+    out = _run("deploy-audit", tmp_path, port=second.port)
     assert "reset-token" in out and "SUCCEEDED" in out
     for token, code in ((lost, grpc.StatusCode.UNAUTHENTICATED), (new, grpc.StatusCode.OK)):
         with second.channel(token) as channel:
