@@ -5,6 +5,7 @@ and the code that reads the variables. No container daemon or cluster here: this
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import shutil
@@ -362,3 +363,19 @@ def test_the_images_environment_serves_answers_its_health_check_and_stops_on_its
         server.kill()
         server.wait()
     assert f'"address": "0.0.0.0:{port}"' in (tmp_path / "server.log").read_text()
+
+
+def test_every_serve_flag_has_a_variable_named_after_it(container_env: Any) -> None:
+    """What docs/deploy.md tells container users: `--grace` is DSPY_REGISTRY_GRACE, and so on."""
+    environ = container_env({})
+    parser = build_parser()
+    [serve] = [
+        p
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, p in action.choices.items()
+        if name == "serve"
+    ]
+    flags = [o for a in serve._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    expected = {"DSPY_REGISTRY_" + f.removeprefix("--").replace("-", "_").upper() for f in flags}
+    assert expected - environ.read == set()
