@@ -13,12 +13,14 @@ import sys
 from .client import sidecar
 from .client.cli import add_operator_commands, run_operator
 from .server import serve
+from .server.admin_commands import add_admin_arguments
 from .server.config import add_serve_arguments
 
 log = logging.getLogger("dspy_registry.server")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments (tests/deploy checks the manifests' flags against this parser)."""
     parser = argparse.ArgumentParser(
         prog="dspy-registry",
         description=__doc__,
@@ -41,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sidecar.add_sidecar_arguments(sidecar_parser)
     add_operator_commands(parser, commands)
-    args = parser.parse_args(argv)
+    add_admin_arguments(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "admin", None) is not None:
+        return int(args.admin(args))
     if getattr(args, "operator", None) is not None:
         return run_operator(args)
     if args.command == "sidecar":

@@ -98,7 +98,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-token-file",
         default=env("DSPY_REGISTRY_ADMIN_TOKEN_FILE", DEFAULT_ADMIN_TOKEN_FILE),
-        help="where the first start of an empty store writes the admin token (mode 0600)",
+        help="the first start of an empty store adopts the admin token this file holds (a mounted "
+        "Secret; `dspy-registry admin generate-token` makes one), or, when there is no such file, "
+        "writes a new one there (mode 0600) (env DSPY_REGISTRY_ADMIN_TOKEN_FILE)",
     )
     parser.add_argument(
         "--no-auth",

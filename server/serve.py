@@ -33,7 +33,8 @@ access control:
               optionally expiring, revocable (RevokeToken). With --tls-client-ca a
               client certificate whose subject a principal lists also identifies it.
   The first start of an empty store creates the `admin` principal (admin on *)
-  and writes its token to --admin-token-file (mode 0600):
+  with the token --admin-token-file holds (a mounted Secret), or else writes a
+  new one there (mode 0600); `dspy-registry admin reset-token` replaces a lost one:
     grpcurl -plaintext -H "authorization: Bearer $(cat .dspy-registry/admin.token)" \\
       localhost:50051 dspy_registry.v1.AccessService/WhoAmI
   Every mutation and every refused call is in the audit log (ListAuditEvents).

@@ -218,8 +218,18 @@ def parse_bearer(value: str) -> tuple[str, str] | None:
     scheme, _, credentials = value.partition(" ")
     if scheme.lower() != "bearer":
         return None
-    match = TOKEN_RE.fullmatch(credentials.strip())
+    return parse_token(credentials)
+
+
+def parse_token(value: str) -> tuple[str, str] | None:
+    """(token id, secret) from a token as `bearer_token` writes it (a token file, a Secret), or None."""
+    match = TOKEN_RE.fullmatch(value.strip())
     return (match.group(1), match.group(2)) if match else None
+
+
+def new_bearer_token() -> str:
+    """A fresh token, stored nowhere yet: what a Secret holds before the server adopts it."""
+    return bearer_token(new_token_id(), new_secret())
 
 
 def secret_prefix(token_id: str) -> str:

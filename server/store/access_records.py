@@ -257,6 +257,17 @@ class AccessQueries:
             token_id,
         )
 
+    async def active_token_ids(self, principal: str, now: datetime) -> list[str]:
+        """The ids of `principal`'s tokens neither revoked nor expired at `now`."""
+        rows = await self.conn.fetch(
+            "SELECT id FROM tokens WHERE principal = ? AND revoked = ? "
+            "AND (expire_time IS NULL OR expire_time > ?) ORDER BY id",
+            principal,
+            False,
+            to_us(now),
+        )
+        return [str(r["id"]) for r in rows]
+
     async def list_tokens(
         self, principal: str | None, active_at: datetime | None, page: Page
     ) -> tuple[list[Token], str | None, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from ..errors import (
     quote,
 )
 from ..store.base import Store
+from . import admin
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 
 log = logging.getLogger("dspy_registry.access")
@@ -52,7 +52,6 @@ log = logging.getLogger("dspy_registry.access")
 CACHE_SECONDS = 1.0  # how stale a verified token or a grant list may be, at most
 MAX_CACHED = 10_000
 LAST_USE_RESOLUTION = timedelta(minutes=1)
-ADMIN = "admin"
 
 
 @dataclass(frozen=True)
@@ -226,67 +225,8 @@ class Access:
     # -- bootstrap -------------------------------------------------------------------------
 
     async def bootstrap(self, token_file: Path) -> bool:
-        """On an empty store: an `admin` principal with admin on `*`, its token in `token_file`."""
-        # Audited like any mutation, by the system: the store writes the event in this transaction.
-        call = Call(
-            method="bootstrap",
-            principal=access.SYSTEM,
-            token="",
-            resource="principals/admin",
-            request_id="",
-            peer="",
-            mutation=True,
-        )
-        async with self.store.read() as tx:
-            if await tx.count_principals() > 0:
-                return False  # every start but the first: no write, so a read-only store starts too
-        async with self.store.write(call) as tx:
-            if await tx.count_principals() > 0:
-                return False
-            now = self.clock.now()
-            admin = Principal(
-                name=ADMIN,
-                type=access.PrincipalType.USER,
-                display_name="Administrator",
-                team="",
-                email="",
-                certificate_subjects=(),
-                disabled=False,
-                disable_reason="",
-                creator=access.BOOTSTRAP,
-                create_time=now,
-                update_time=now,
-                revision=tx.next_revision,
-            )
-            await tx.insert_principal(admin)
-            grant = Grant(
-                id=access.new_token_id(),
-                principal=ADMIN,
-                action=Action.ADMIN,
-                resource=access.ALL,
-                creator=access.BOOTSTRAP,
-                create_time=now,
-                revision=tx.next_revision,
-            )
-            await tx.insert_grant(grant)
-            issued = self._issue(ADMIN, "bootstrap admin token", None, access.BOOTSTRAP, tx.next_revision)
-            await tx.insert_token(issued.token, access.hash_secret(issued.secret))
-            changed = PrincipalChanged(principal=ADMIN)
-            await tx.append(
-                [
-                    new_event(EventKind.PRINCIPAL_CREATED, admin.resource_name, changed),
-                    new_event(EventKind.PERMISSION_GRANTED, grant.resource_name, changed),
-                    new_event(EventKind.TOKEN_CREATED, issued.token.resource_name, changed),
-                ]
-            )
-            # Written before the commit: if it fails, no admin exists without its token.
-            _write_secret(token_file, access.bearer_token(issued.token.id, issued.secret))
-        log.warning(
-            "created the admin principal; its token is in %s (mode 0600)",
-            token_file,
-            extra={"token": access.secret_prefix(issued.token.id) + "…", "token_file": str(token_file)},
-        )
-        return True
+        """On an empty store: the `admin` principal and its token (usecases/admin.py)."""
+        return await admin.bootstrap(self.store, self.clock, token_file)
 
     # -- principals ------------------------------------------------------------------------
 
@@ -404,24 +344,6 @@ class Access:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def _issue(
-        self, principal: str, description: str, expire_time: datetime | None, creator: str, revision: int
-    ) -> NewToken:
-        token_id = access.new_token_id()
-        token = Token(
-            id=token_id,
-            principal=principal,
-            description=description,
-            secret_prefix=access.secret_prefix(token_id),
-            expire_time=expire_time,
-            revoked=False,
-            revoke_time=None,
-            creator=creator,
-            create_time=self.clock.now(),
-            revision=revision,
-        )
-        return NewToken(token, access.new_secret())
-
     async def create_token(
         self,
         call: Call,
@@ -448,7 +370,14 @@ class Access:
                 raise NotFound(f"principals/{principal}")
             if owner.disabled:
                 raise FailedPrecondition(f"principals/{principal} is disabled")
-            issued = self._issue(principal, description, expire_time, call.actor, tx.next_revision)
+            issued = admin.issue(
+                self.clock,
+                principal=principal,
+                description=description,
+                expire_time=expire_time,
+                creator=call.actor,
+                revision=tx.next_revision,
+            )
             await tx.insert_token(issued.token, access.hash_secret(issued.secret))
             await tx.append(
                 [
@@ -592,20 +521,3 @@ class Access:
         if grant is None:
             return None, f"no grant gives {principal} {action.name.lower()} on {resource}"
         return grant, f"{grant.action.name.lower()} on {grant.resource} allows it"
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    """Write `path` readable by its owner only, before any byte of the secret is in it.
-
-    A fresh file (O_EXCL, no symlink followed) renamed over the old one: a link
-    planted at `path` cannot redirect the secret elsewhere.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, (secret + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(fresh, path)
