@@ -40,7 +40,7 @@ from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 
-from .config import Tls, TlsArgument, resolve
+from .config import ConfigError, resolve
 from .errors import RegistryError
 from .registry import UNARY_ARTIFACT_LIMIT, Rollback
 from .sync import SyncRegistry
@@ -891,21 +891,26 @@ def run_operator(args: argparse.Namespace) -> int:
     # Ctrl-C ends the process at once (exit 130): a KeyboardInterrupt in the main thread would leave the
     # client's loop thread inside a stream (`watch`) and the process hanging; the server drops the call.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    tls: TlsArgument = True if args.tls_ca == "system" else args.tls_ca
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("error: --tls-cert and --tls-key go together (a certificate and its key)", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        if args.tls_cert:
-            # The server's CA: --tls-ca, else the config file's, else the system roots.
-            if args.tls_ca is None:
-                from_file = resolve(config_file=args.config).tls
-                ca = from_file.ca if from_file is not None else None
-            else:
-                ca = None if args.tls_ca == "system" else args.tls_ca
-            tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
+        settings = resolve(
+            args.target,
+            token=args.token,
+            token_file=args.token_file,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            config_file=args.config,
+        )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # a token file that cannot be read
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CALL_FAILED
+    try:
+        # Resolved once, here: the client is given every setting, and looks for none again.
         with SyncRegistry.connect(
-            args.target, token=args.token, token_file=args.token_file, tls=tls, config_file=args.config
+            settings.target, token=settings.token or "", tls=settings.tls or False
         ) as registry:
             code: int = args.operator(registry, args, out)
             return code

@@ -7,32 +7,67 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib.util
 import sys
+from types import ModuleType
 
 from .client import sidecar
 from .client.cli import add_operator_commands, run_operator
-from .server import serve
-from .server.config import add_serve_arguments
 
-log = logging.getLogger("dspy_registry.server")
+SERVER_EXTRA = "pip install 'dspy-registry[server]'"
+
+
+# The [server] extra's top-level modules (pyproject.toml); looking them up imports none of them.
+SERVER_MODULES = (
+    "grpc_health",
+    "grpc_reflection",
+    "grpc_status",
+    "aiosqlite",
+    "asyncpg",
+    "semver",
+    "aiohttp",
+    "opentelemetry.sdk",
+    "opentelemetry.instrumentation.grpc",
+    "opentelemetry.exporter.prometheus",
+    "prometheus_client",
+)
+
+
+def _server() -> tuple[ModuleType, ModuleType] | str:
+    """The server's serve and config modules; or, in a client-only install (`pip install
+    dspy-registry` leaves the [server] extra out), the name of a module that is missing."""
+    for name in SERVER_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ModuleNotFoundError:  # a parent package (opentelemetry) is missing
+            return name
+    from .server import config, serve
+
+    return serve, config
 
 
 def main(argv: list[str] | None = None) -> int:
+    server = _server()
+    access_help = server[0].ACCESS_HELP if isinstance(server, tuple) else None
     parser = argparse.ArgumentParser(
         prog="dspy-registry",
         description=__doc__,
-        epilog=serve.ACCESS_HELP,
+        epilog=access_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser(
         "serve",
-        help="run the control plane server",
-        epilog=serve.ACCESS_HELP,
+        help="run the control plane server (the [server] extra)",
+        epilog=access_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=isinstance(server, tuple),
     )
-    add_serve_arguments(serve_parser)
+    if isinstance(server, tuple):
+        server[1].add_serve_arguments(serve_parser)
+    else:
+        serve_parser.add_argument("ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sidecar_parser = commands.add_parser(
         "sidecar",
         help="follow programs' targets and keep their artifacts in a directory",
@@ -45,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "operator", None) is not None:
         return run_operator(args)
     if args.command == "sidecar":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        try:
-            serve.run_loop(sidecar.run(args))
-        except OSError as exc:
-            log.error("cannot start: %s", exc)
-            return 1
+        return sidecar.main(args)
     if args.command == "serve":
-        return serve.run(args)
+        if not isinstance(server, tuple):
+            print(
+                f"dspy-registry serve: the server is not installed ({server} is missing): {SERVER_EXTRA}",
+                file=sys.stderr,
+            )
+            return 2
+        code: int = server[0].run(args)
+        return code
     return 0
 
 
