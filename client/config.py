@@ -8,7 +8,8 @@ first place that has it:
    `--server`, `--token`, `--token-file`, `--tls-ca`, `--tls-cert`, `--tls-key`);
 2. the environment: DSPY_REGISTRY_TARGET, DSPY_REGISTRY_TOKEN, DSPY_REGISTRY_TOKEN_FILE,
    DSPY_REGISTRY_TLS (a boolean: TLS with the system roots), DSPY_REGISTRY_TLS_CA,
-   DSPY_REGISTRY_TLS_CERT, DSPY_REGISTRY_TLS_KEY;
+   DSPY_REGISTRY_CLIENT_CERT, DSPY_REGISTRY_CLIENT_KEY (not ..._TLS_CERT/_KEY: those are the
+   server's own certificate, and a shell that exports them for `serve` runs the CLI too);
 3. a TOML file: $DSPY_REGISTRY_CONFIG, else $XDG_CONFIG_HOME/dspy-registry/config.toml, else
    ~/.config/dspy-registry/config.toml, with the keys `target`, `token`, `token_file`, `tls`
    (true: the system roots), `tls_ca`, `tls_cert`, `tls_key` (paths relative to the file);
@@ -213,9 +214,9 @@ def resolve(
         _layer(
             env_on,
             env.get("DSPY_REGISTRY_TLS_CA"),
-            env.get("DSPY_REGISTRY_TLS_CERT"),
-            env.get("DSPY_REGISTRY_TLS_KEY"),
-            "DSPY_REGISTRY_TLS_CERT/DSPY_REGISTRY_TLS_KEY",
+            env.get("DSPY_REGISTRY_CLIENT_CERT"),
+            env.get("DSPY_REGISTRY_CLIENT_KEY"),
+            "DSPY_REGISTRY_CLIENT_CERT/DSPY_REGISTRY_CLIENT_KEY",
         ),
         _layer(
             file.get("tls"), file.get("tls_ca"), file.get("tls_cert"), file.get("tls_key"), str(path), path

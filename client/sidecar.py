@@ -120,7 +120,7 @@ class FileSidecar:
         if self.on_change:
             env = dict(os.environ, **self.hook_env)
             env |= {"DSPY_REGISTRY_PROGRAM": program, "DSPY_REGISTRY_ENVIRONMENT": environment}
-            env["DSPY_REGISTRY_TARGET_FILE"] = str(path.absolute())
+            env["DSPY_REGISTRY_TARGET_FILE"] = str(path)
             code = await asyncio.to_thread(_shell, self.on_change, env)
             if code != 0:
                 log.warning("--on-change exited with %s", code)
@@ -182,9 +182,9 @@ def _hook_env(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
     tls = settings.tls
     env["DSPY_REGISTRY_TLS"] = "0" if tls is None else "1"
     if tls is not None:
-        for name, path in (("CA", tls.ca), ("CERT", tls.cert), ("KEY", tls.key)):
+        for name, path in (("TLS_CA", tls.ca), ("CLIENT_CERT", tls.cert), ("CLIENT_KEY", tls.key)):
             if path:
-                env[f"DSPY_REGISTRY_TLS_{name}"] = os.path.abspath(path)
+                env[f"DSPY_REGISTRY_{name}"] = os.path.abspath(path)
     return env
 
 

@@ -194,8 +194,18 @@ async def test_with_mutual_tls_a_sidecar_whose_certificate_is_its_principal_need
             await registry.grant_permission("pod", action="read", resource="p")
             server.ca.issue("pod-mtls", server=False).save(tmp_path, "pod")
             tls = ["--tls-ca", "ca.crt", "--tls-cert", "pod.crt", "--tls-key", "pod.key"]
+            # The hook's command gets the sidecar's connection (flags here) through the variables.
+            hook = "dspy-registry status p staging --json > /dev/null; echo $? >> hooks.log"
             sidecar = Sidecar(
-                tmp_path, _clean_env(tmp_path), "--server", server.address, "--id", "pod-1", *tls
+                tmp_path,
+                _clean_env(tmp_path),
+                "--server",
+                server.address,
+                "--id",
+                "pod-1",
+                *tls,
+                "--on-change",
+                hook,
             )
             try:
                 await until(lambda: sidecar.serves("1.0.0"), "1.0.0 in target.json")
@@ -208,6 +218,10 @@ async def test_with_mutual_tls_a_sidecar_whose_certificate_is_its_principal_need
                     ] == [("pod-1", [("1.0.0", dpb.APPLY_RESULT_ACK)])]
 
                 await until(acked, "pod-1's ACK of 1.0.0")
+                hooks = tmp_path / "hooks.log"
+                # A run after each of the four changes, each reaching the server with the pod's certificate.
+                await until(lambda: hooks.exists() and len(hooks.read_text().split()) >= 4, "four hook runs")
+                assert set(hooks.read_text().split()) == {"0"}, sidecar.log.read_text()
             finally:
                 code = sidecar.stop()
             assert code == 0, sidecar.log.read_text()
