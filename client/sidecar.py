@@ -35,7 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Settings, resolve
+from .config import ConfigError, Settings
+from .flags import settings_from_flags
 from .logs import configure_logging
 from .watcher import Loaded, ProgramWatcher, Serving, write_atomically
 
@@ -149,14 +150,7 @@ def main(args: argparse.Namespace) -> int:
         log_format = args.log_format or os.environ.get("DSPY_REGISTRY_LOG_FORMAT") or "text"
         if log_format not in ("text", "json"):
             raise ConfigError(f"DSPY_REGISTRY_LOG_FORMAT={log_format!r}: expected text or json")
-        settings = resolve(
-            args.target,
-            token_file=args.token_file,
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            config_file=args.config,
-        )
+        settings = settings_from_flags(args)
     except ConfigError as err:
         print(f"dspy-registry sidecar: error: {err}", file=sys.stderr)
         return 2

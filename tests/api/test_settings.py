@@ -59,9 +59,9 @@ def test_tls_comes_part_by_part_from_arguments_then_variables_then_the_file(tmp_
     assert resolve(env=base | {"DSPY_REGISTRY_TLS": "no"}).tls is None
     plain = {"DSPY_REGISTRY_CONFIG": str(tmp_path / "absent.toml")}
     assert resolve(env=plain | {"DSPY_REGISTRY_TLS": "YES"}).tls == Tls()
-    assert resolve(env=plain | {"DSPY_REGISTRY_CLIENT_CERT": "c", "DSPY_REGISTRY_CLIENT_KEY": "k"}).tls == Tls(
-        cert="c", key="k"
-    )
+    assert resolve(
+        env=plain | {"DSPY_REGISTRY_CLIENT_CERT": "c", "DSPY_REGISTRY_CLIENT_KEY": "k"}
+    ).tls == Tls(cert="c", key="k")
     config.write_text("tls = true\n")
     assert resolve(env=base).tls == Tls()
 
@@ -75,7 +75,11 @@ def test_tls_comes_part_by_part_from_arguments_then_variables_then_the_file(tmp_
         ("target = 5\n", {}, "target must be a string"),
         ('tls_cert = "c.crt"\n', {}, "a client certificate and its key go together"),
         ("", {"DSPY_REGISTRY_TLS": "maybe"}, "DSPY_REGISTRY_TLS='maybe': expected one of 1, 0, true"),
-        ("", {"DSPY_REGISTRY_CLIENT_KEY": "k"}, "DSPY_REGISTRY_CLIENT_CERT/DSPY_REGISTRY_CLIENT_KEY: a client"),
+        (
+            "",
+            {"DSPY_REGISTRY_CLIENT_KEY": "k"},
+            "DSPY_REGISTRY_CLIENT_CERT/DSPY_REGISTRY_CLIENT_KEY: a client",
+        ),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_it(
