@@ -8,7 +8,6 @@ Booleans accept 1/0/true/false/yes/no.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,7 +27,6 @@ ENVIRONMENTS_VARIABLE = "DSPY_REGISTRY_ENVIRONMENTS"  # the --environments file
 # The name the environments file had before; the client's config file has it now (client/config.py).
 OLD_ENVIRONMENTS_VARIABLE = "DSPY_REGISTRY_CONFIG"
 
-log = logging.getLogger("dspy_registry.server")
 _T = TypeVar("_T")
 
 
@@ -307,7 +305,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
 
 
 def _old_environments_file(env: Mapping[str, str]) -> str:
-    """The environments file DSPY_REGISTRY_CONFIG names, for `serve` alone, with a deprecation warning.
+    """The environments file DSPY_REGISTRY_CONFIG names, for `serve` alone (deprecated_settings warns).
 
     The client's config file has that name now, and a shell that exports it for the CLI runs `serve`
     too: a file with no table in it (the client's keys are all top-level) is the client's, not read.
@@ -318,12 +316,16 @@ def _old_environments_file(env: Mapping[str, str]) -> str:
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError):
-        data = {"": {}}  # the start reports what is wrong with it, as it always did
-    if not any(isinstance(value, dict) for value in data.values()):
-        return ""
-    log.warning(
+        return path  # the start reports what is wrong with it, as it always did
+    return path if any(isinstance(value, dict) for value in data.values()) else ""
+
+
+def deprecated_settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> list[str]:
+    """A warning for each setting `args` took from a deprecated place (serve logs them once logging is
+    set up)."""
+    if isinstance(args.config, _Variable) or args.config or not _old_environments_file(env):
+        return []
+    return [
         f"{OLD_ENVIRONMENTS_VARIABLE} naming the environments file is deprecated: "
-        f"use {ENVIRONMENTS_VARIABLE} (or --environments)",
-        extra={"file": path},
-    )
-    return path
+        f"use {ENVIRONMENTS_VARIABLE} (or --environments)"
+    ]

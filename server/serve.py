@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import logs
-from .config import Config, ConfigError, from_arguments
+from .config import Config, ConfigError, deprecated_settings, from_arguments
 from .errors import RegistryError
 
 ACCESS_HELP = """\
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dspy-registry serve: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    for warning in deprecated_settings(args):
+        log.warning(warning)
     try:
         run_loop(serve(config))
     except (OSError, ValueError, RegistryError) as exc:

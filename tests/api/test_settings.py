@@ -5,7 +5,6 @@ names them, exit 2, for `serve`, the operator commands and the sidecar alike."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from dspy_registry.client import ConfigError, Tls
 from dspy_registry.client.config import DEFAULT_TARGET, resolve
 from dspy_registry.server.config import ConfigError as ServeConfigError
-from dspy_registry.server.config import add_serve_arguments, from_arguments
+from dspy_registry.server.config import add_serve_arguments, deprecated_settings, from_arguments
 from tests.e2e.conftest import SERVE
 
 
@@ -125,26 +124,35 @@ def test_serve_parses_its_variables_when_it_runs(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_environments_file_has_its_own_variable_and_the_old_one_works_for_serve_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     environments = tmp_path / "environments.toml"
     environments.write_text("[environments.qa]\nauto_deploy = true\n")
     client = tmp_path / "client.toml"
     client.write_text('target = "localhost:50051"\ntoken_file = "admin.token"\n')
     monkeypatch.delenv("DSPY_REGISTRY_CONFIG", raising=False)
+
+    def parsed(*argv: str) -> tuple[str, list[str]]:
+        parser = argparse.ArgumentParser()
+        add_serve_arguments(parser)
+        args = parser.parse_args(list(argv))
+        return from_arguments(args).config, deprecated_settings(args)
+
     monkeypatch.setenv("DSPY_REGISTRY_ENVIRONMENTS", str(environments))
-    assert _serve_config().config == str(environments)  # type: ignore[attr-defined]
+    assert parsed() == (str(environments), [])
     monkeypatch.delenv("DSPY_REGISTRY_ENVIRONMENTS")
     # The old name: still read, with a warning; unless it names the client's file, which serve leaves.
     monkeypatch.setenv("DSPY_REGISTRY_CONFIG", str(environments))
-    with caplog.at_level(logging.WARNING, logger="dspy_registry.server"):
-        assert _serve_config().config == str(environments)  # type: ignore[attr-defined]
-    assert "DSPY_REGISTRY_CONFIG naming the environments file is deprecated" in caplog.text
-    caplog.clear()
+    assert parsed() == (
+        str(environments),
+        [
+            "DSPY_REGISTRY_CONFIG naming the environments file is deprecated: use DSPY_REGISTRY_ENVIRONMENTS "
+            "(or --environments)"
+        ],
+    )
+    assert parsed("--environments", str(environments)) == (str(environments), [])
     monkeypatch.setenv("DSPY_REGISTRY_CONFIG", str(client))
-    assert _serve_config().config == ""  # type: ignore[attr-defined]
-    assert _serve_config(["--environments", str(environments)]).config == str(environments)  # type: ignore[attr-defined]
-    assert "deprecated" not in caplog.text
+    assert parsed() == ("", [])
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
