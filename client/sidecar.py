@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings
-from .flags import settings_from_flags
+from .flags import add_connection_flags, settings_from_flags
 from .logs import configure_logging
 from .watcher import Loaded, ProgramWatcher, Serving, write_atomically
 
@@ -47,12 +47,7 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
     connection = parser.add_argument_group(
         "connection (else DSPY_REGISTRY_* variables, else the config file)"
     )
-    connection.add_argument("--server", "--target", dest="target", help="the control plane's host:port")
-    connection.add_argument("--token-file", help="a file holding the bearer token to call with")
-    connection.add_argument("--tls-ca", help="TLS with this CA bundle (`system` for the system roots)")
-    connection.add_argument("--tls-cert", help="mutual TLS: this client certificate (PEM), with --tls-key")
-    connection.add_argument("--tls-key", help="mutual TLS: the client certificate's private key (PEM)")
-    connection.add_argument("--config", help="the client config file (TOML; else DSPY_REGISTRY_CONFIG)")
+    add_connection_flags(connection, token=False)
     parser.add_argument("--program", action="append", required=True, help="a program to serve (repeatable)")
     parser.add_argument("--environment", required=True, help="the environment whose targets to follow")
     parser.add_argument("--dir", required=True, type=Path, help="where to write artifacts and target.json")
