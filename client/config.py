@@ -120,16 +120,24 @@ class _TlsLayer:
     key: str | None = None
 
 
+_PathArgument = str | os.PathLike[str] | None
+
+
 def _layer(
-    on: bool | None, ca: object, cert: object, key: object, where: str, path: Path | None = None
+    on: bool | None,
+    ca: _PathArgument,
+    cert: _PathArgument,
+    key: _PathArgument,
+    where: str,
+    path: Path | None = None,
 ) -> _TlsLayer:
-    def located(value: object) -> str | None:
+    def located(value: _PathArgument) -> str | None:
         if value is None or value == "":
             return None
-        text = os.fspath(value)  # type: ignore[call-overload]
+        text = os.fspath(value)
         if path is None or text == SYSTEM_ROOTS:
-            return str(text)
-        return str(path.parent / Path(text).expanduser())
+            return text  # as given: relative to the working directory
+        return str(path.parent / Path(text).expanduser())  # relative to the config file
 
     if bool(cert) != bool(key):
         raise ConfigError(f"{where}: a client certificate and its key go together (both or neither)")
@@ -141,7 +149,9 @@ def _layer(
     return _TlsLayer(on=on, ca=ca, cert=cert, key=key)
 
 
-def _argument_layer(tls: TlsArgument, ca: object, cert: object, key: object) -> _TlsLayer:
+def _argument_layer(
+    tls: TlsArgument, ca: _PathArgument, cert: _PathArgument, key: _PathArgument
+) -> _TlsLayer:
     if tls is False:
         return _TlsLayer(on=False)
     if tls is True:
