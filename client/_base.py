@@ -71,9 +71,11 @@ class ClientBase:
             token: The bearer token (else `token_file`, then the environment's and the config
                 file's: see config.py).
             token_file: A file holding the token, as `dspy-registry serve` writes admin.token.
-            tls: True for the system roots, a CA bundle path, or a `Tls(ca=, cert=, key=)` for mutual TLS.
+            tls: True for the system roots, a CA bundle path, or a `Tls(ca=, cert=, key=)` for mutual TLS
+                (else DSPY_REGISTRY_TLS, DSPY_REGISTRY_TLS_CA, DSPY_REGISTRY_CLIENT_CERT/_KEY, the
+                config file's: see config.py); False for plaintext.
             config_file: A TOML file of these settings (else DSPY_REGISTRY_CONFIG, then
-                ~/.config/dspy-registry/config.toml).
+                $XDG_CONFIG_HOME or ~/.config, /dspy-registry/config.toml).
             timeout: Each unary call's deadline in seconds.
             retries: How often a call that found the server UNAVAILABLE is tried again (with the
                 same request_id).
@@ -83,6 +85,7 @@ class ClientBase:
             The client; use it as an async context manager, or call `close()`.
 
         Raises:
+            ConfigError: A bad value in a DSPY_REGISTRY_* variable or the config file.
             FileNotFoundError: A token file or TLS file named does not exist.
         """
         settings = resolve(target, token=token, token_file=token_file, tls=tls, config_file=config_file)

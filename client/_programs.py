@@ -419,16 +419,22 @@ class ProgramMethods(ClientBase):
             NotFoundError: The digest is not the artifact of a version of the program.
             ValueError: The bytes received do not match the digest.
         """
-        request = pb.GetArtifactRequest(program=convert.full_name("programs", name), digest=digest)
-        chunks = [
-            chunk.data
-            async for chunk in self._stream(self._registry_service.GetArtifact, request, self.timeout)
-        ]
-        data = b"".join(chunks)
+        data, _ = await self._download(name, digest)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise ValueError(f"artifact of {name} has digest {actual}, not {digest}")
         return data
+
+    async def _download(self, name: str, digest: str) -> tuple[bytes, str]:
+        """GetArtifact's bytes and media type, not yet checked against the digest (the caller does)."""
+        request = pb.GetArtifactRequest(program=convert.full_name("programs", name), digest=digest)
+        chunks: list[bytes] = []
+        media_type = ""
+        async for part in self._stream(self._registry_service.GetArtifact, request, self.timeout):
+            if part.HasField("artifact"):
+                media_type = part.artifact.media_type
+            chunks.append(part.data)
+        return b"".join(chunks), media_type
 
     async def compare_program_versions(
         self, name: str, base_version: str, target_version: str = "latest"

@@ -13,8 +13,9 @@ history.
 
 Exit codes: 0 success; 1 the server refused a call (its status and field
 violations on stderr) or a local file could not be read; 2 a usage error
-(argparse); 3 `deploy --wait` saw the deployment end other than SUCCEEDED, or
-time out. Ctrl-C ends a command at once (the shell reports 130).
+(argparse), or a bad setting in a DSPY_REGISTRY_* variable or the config file;
+3 `deploy --wait` saw the deployment end other than SUCCEEDED, or time out.
+Ctrl-C ends a command at once (the shell reports 130).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 
-from .config import Tls, TlsArgument, resolve
+from .config import ConfigError
 from .errors import RegistryError
+from .flags import add_connection_flags, settings_from_flags
 from .registry import UNARY_ARTIFACT_LIMIT, Rollback
 from .sync import SyncRegistry
 
@@ -671,13 +673,7 @@ def audit(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
 def _connection_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options every operator command takes, before its name or after it."""
     group = parser.add_argument_group("connection and output")
-    group.add_argument("--server", "--target", dest="target", help="host:port (else DSPY_REGISTRY_TARGET)")
-    group.add_argument("--token-file", help="a file holding the bearer token (else DSPY_REGISTRY_TOKEN_FILE)")
-    group.add_argument("--token", help="the bearer token itself (prefer --token-file: shell history)")
-    group.add_argument("--tls-ca", help="TLS with this CA bundle (`system` for the system roots)")
-    group.add_argument("--tls-cert", help="mutual TLS: this client certificate (PEM), with --tls-key")
-    group.add_argument("--tls-key", help="mutual TLS: the client certificate's private key (PEM)")
-    group.add_argument("--config", help="the client config file (TOML)")
+    add_connection_flags(group, token=True)
     group.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -891,21 +887,18 @@ def run_operator(args: argparse.Namespace) -> int:
     # Ctrl-C ends the process at once (exit 130): a KeyboardInterrupt in the main thread would leave the
     # client's loop thread inside a stream (`watch`) and the process hanging; the server drops the call.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    tls: TlsArgument = True if args.tls_ca == "system" else args.tls_ca
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("error: --tls-cert and --tls-key go together (a certificate and its key)", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        if args.tls_cert:
-            # The server's CA: --tls-ca, else the config file's, else the system roots.
-            if args.tls_ca is None:
-                from_file = resolve(config_file=args.config).tls
-                ca = from_file.ca if from_file is not None else None
-            else:
-                ca = None if args.tls_ca == "system" else args.tls_ca
-            tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
+        settings = settings_from_flags(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # a token file that cannot be read
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CALL_FAILED
+    try:
+        # Resolved once, here: the client is given every setting, and looks for none again.
         with SyncRegistry.connect(
-            args.target, token=args.token, token_file=args.token_file, tls=tls, config_file=args.config
+            settings.target, token=settings.token or "", tls=settings.tls or False
         ) as registry:
             code: int = args.operator(registry, args, out)
             return code

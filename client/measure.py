@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,9 @@ Key = tuple[str, str, str]  # program, environment, version
 class Measurements:
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.clock = clock
+        # Requests are measured on the serving threads (SyncProgramWatcher, a threaded HTTP server)
+        # while the watcher's loop closes the windows: the lock guards _open and _pending.
+        self._lock = threading.Lock()
         self._open: dict[Key, _Open] = {}
         self._pending: list[dpb.MetricWindow] = []  # closed, not yet acknowledged by the server
 
@@ -53,19 +57,25 @@ class Measurements:
     def request(self, program: str, environment: str, version: str, latency_ms: float, error: bool) -> None:
         if not math.isfinite(latency_ms) or latency_ms < 0:  # the server would refuse the whole report
             raise ValueError(f"latency must be a non-negative number of ms, not {latency_ms!r}")
-        w = self._window((program, environment, version))
-        w.requests += 1
-        w.errors += error
-        w.counts[bisect.bisect_left(BOUNDS_MS, latency_ms)] += 1
-        w.sum_ms += latency_ms
+        with self._lock:
+            w = self._window((program, environment, version))
+            w.requests += 1
+            w.errors += error
+            w.counts[bisect.bisect_left(BOUNDS_MS, latency_ms)] += 1
+            w.sum_ms += latency_ms
 
     def feedback(self, program: str, environment: str, version: str, correct: bool) -> None:
-        w = self._window((program, environment, version))
-        w.labelled += 1
-        w.correct += correct
+        with self._lock:
+            w = self._window((program, environment, version))
+            w.labelled += 1
+            w.correct += correct
 
     def close(self) -> list[dpb.MetricWindow]:
         """Close the open windows; everything not yet acknowledged (oldest first), to send."""
+        with self._lock:
+            return self._close()
+
+    def _close(self) -> list[dpb.MetricWindow]:
         end = self.clock()
         for (program, environment, version), w in sorted(self._open.items()):
             out = dpb.MetricWindow(
@@ -89,4 +99,5 @@ class Measurements:
     def sent(self, windows: list[dpb.MetricWindow]) -> None:
         """The server has these: forget them."""
         done = {id(w) for w in windows}
-        self._pending = [w for w in self._pending if id(w) not in done]
+        with self._lock:
+            self._pending = [w for w in self._pending if id(w) not in done]

@@ -12,9 +12,15 @@ Every file is written atomically (temporary file, fsync, rename), artifacts
 before the target.json that names them, so a reader that follows target.json
 always finds whole files. Artifacts no longer named are deleted afterwards.
 After each change `--on-change` runs (through the shell) with
-DSPY_REGISTRY_PROGRAM, DSPY_REGISTRY_ENVIRONMENT and DSPY_REGISTRY_TARGET
-(the target.json path) set. A cache under DIR/.cache lets a restarted
+DSPY_REGISTRY_PROGRAM, DSPY_REGISTRY_ENVIRONMENT and DSPY_REGISTRY_TARGET_FILE
+(the target.json path) set, and DSPY_REGISTRY_TARGET, the token file and TLS
+set to the sidecar's own connection, so that a `dspy-registry` command in the
+hook reaches the same server. A cache under DIR/.cache lets a restarted
 sidecar serve before it reaches the server.
+
+The server, the token and TLS come from the flags, else DSPY_REGISTRY_* variables,
+else the client config file ($DSPY_REGISTRY_CONFIG ...), as for every client-side
+command (client/config.py).
 """
 
 from __future__ import annotations
@@ -25,20 +31,23 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from .auth import bearer_interceptors
+from .config import ConfigError, Settings
+from .flags import add_connection_flags, settings_from_flags
+from .logs import configure_logging
 from .watcher import Loaded, ProgramWatcher, Serving, write_atomically
 
 log = logging.getLogger("dspy_registry.sidecar")
 
 
 def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default="127.0.0.1:50051", help="the control plane's host:port")
-    parser.add_argument("--token-file", help="a file holding the bearer token to call with")
+    connection = parser.add_argument_group(
+        "connection (else DSPY_REGISTRY_* variables, else the config file)"
+    )
+    add_connection_flags(connection, token=False)
     parser.add_argument("--program", action="append", required=True, help="a program to serve (repeatable)")
     parser.add_argument("--environment", required=True, help="the environment whose targets to follow")
     parser.add_argument("--dir", required=True, type=Path, help="where to write artifacts and target.json")
@@ -49,13 +58,22 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--on-change", default="", help="a shell command to run after each change")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between status reports")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for a log collector (else "
+        "DSPY_REGISTRY_LOG_FORMAT, else text)",
+    )
 
 
 class FileSidecar:
-    def __init__(self, directory: Path, programs: list[str], on_change: str) -> None:
+    def __init__(
+        self, directory: Path, programs: list[str], on_change: str, hook_env: dict[str, str]
+    ) -> None:
         self.dir = directory
         self.programs = programs
         self.on_change = on_change
+        self.hook_env = hook_env  # the connection's variables, for a `dspy-registry` command in the hook
         self.ready: set[str] = set()
 
     @staticmethod
@@ -96,8 +114,9 @@ class FileSidecar:
             if old.name not in named:
                 old.unlink(missing_ok=True)
         if self.on_change:
-            env = dict(os.environ, DSPY_REGISTRY_PROGRAM=program, DSPY_REGISTRY_ENVIRONMENT=environment)
-            env["DSPY_REGISTRY_TARGET"] = str(path)
+            env = dict(os.environ, **self.hook_env)
+            env |= {"DSPY_REGISTRY_PROGRAM": program, "DSPY_REGISTRY_ENVIRONMENT": environment}
+            env["DSPY_REGISTRY_TARGET_FILE"] = str(path)
             code = await asyncio.to_thread(_shell, self.on_change, env)
             if code != 0:
                 log.warning("--on-change exited with %s", code)
@@ -119,26 +138,72 @@ def _shell(command: str, env: dict[str, str]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-async def run(args: argparse.Namespace) -> None:
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    interceptors = bearer_interceptors(token) if token else None
-    files = FileSidecar(args.dir, args.program, args.on_change)
+def main(args: argparse.Namespace) -> int:
+    """`dspy-registry sidecar`: 0 once stopped by SIGTERM or SIGINT; 2 for a bad setting; 1 when a
+    file named cannot be read."""
+    try:
+        log_format = args.log_format or os.environ.get("DSPY_REGISTRY_LOG_FORMAT") or "text"
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"DSPY_REGISTRY_LOG_FORMAT={log_format!r}: expected text or json")
+        settings = settings_from_flags(args)
+    except ConfigError as err:
+        print(f"dspy-registry sidecar: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"dspy-registry sidecar: error: {err}", file=sys.stderr)
+        return 1
+    configure_logging(log_format)
+    try:
+        asyncio.run(run(args, settings))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _hook_env(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """The connection's variables for the hook: its `dspy-registry` commands reach the same server."""
+    env = {"DSPY_REGISTRY_TARGET": settings.target}
+    if args.token_file:
+        env["DSPY_REGISTRY_TOKEN_FILE"] = os.path.abspath(args.token_file)
+    if args.config:
+        env["DSPY_REGISTRY_CONFIG"] = os.path.abspath(args.config)
+    tls = settings.tls
+    env["DSPY_REGISTRY_TLS"] = "0" if tls is None else "1"
+    if tls is not None:
+        for name, path in (("TLS_CA", tls.ca), ("CLIENT_CERT", tls.cert), ("CLIENT_KEY", tls.key)):
+            if path:
+                env[f"DSPY_REGISTRY_{name}"] = os.path.abspath(path)
+    return env
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> None:
+    files = FileSidecar(args.dir, args.program, args.on_change, _hook_env(args, settings))
     (args.dir / "ready").unlink(missing_ok=True)  # not ready until this run has something to serve
-    async with grpc.aio.insecure_channel(args.server, interceptors=interceptors) as channel:
-        watcher = ProgramWatcher(
-            channel,
-            [(p, args.environment) for p in args.program],
-            sidecar_id=args.id,
-            cache_dir=args.dir / ".cache",
-            loader=FileSidecar.load,
-            on_swap=files.on_swap,
-            heartbeat=args.heartbeat,
+    watcher = ProgramWatcher.connect(
+        [(p, args.environment) for p in args.program],
+        sidecar_id=args.id,
+        # Resolved once, in main: the watcher is given every setting and looks for none again.
+        target=settings.target,
+        token=settings.token or "",
+        tls=settings.tls or False,
+        cache_dir=args.dir / ".cache",
+        loader=FileSidecar.load,
+        on_swap=files.on_swap,
+        heartbeat=args.heartbeat,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with watcher:
+        transport = "TLS" if settings.tls is not None else "plaintext"
+        log.info(
+            "sidecar %s watching %s in %s on %s (%s)",
+            args.id,
+            ", ".join(args.program),
+            args.environment,
+            settings.target,
+            transport,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await watcher.start()
-        log.info("sidecar %s watching %s in %s", args.id, ", ".join(args.program), args.environment)
         await stop.wait()
-        await watcher.stop()

@@ -17,13 +17,13 @@ import asyncio
 import functools
 import inspect
 import os
-import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._deprecated import RENAMED, deprecation_message
+from ._loop_thread import LoopThread
 from .config import TlsArgument
 from .registry import Registry
 
@@ -34,11 +34,7 @@ class SyncRegistry:
     """A blocking client with every method of `Registry`. Use `SyncRegistry.connect(...)` in a `with`."""
 
     def __init__(self, make: Callable[[], Registry]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="dspy-registry-client", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("dspy-registry-client")
 
         async def build() -> Registry:
             # grpc.aio binds a channel to the loop it is created on: create it on ours.
@@ -48,7 +44,7 @@ class SyncRegistry:
             self._registry = self._run(build())
         except BaseException:
             # A bad setting (e.g. a missing token file) must not leave the thread behind.
-            self._stop()
+            self._loop.stop()
             raise
 
     @classmethod
@@ -84,7 +80,7 @@ class SyncRegistry:
         return self._registry
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self._loop.run(coroutine)
 
     def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         async def invoke() -> Any:
@@ -116,19 +112,14 @@ class SyncRegistry:
                 yield item
         finally:
             # Leaving a loop early (break, an exception) must end the stream on the server too.
-            if not self._loop.is_closed():
+            if not self._loop.closed:
                 self._run(close())
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         self._run(self._registry.close())
-        self._stop()
-
-    def _stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     def __enter__(self) -> SyncRegistry:
         return self

@@ -1,11 +1,16 @@
 """ProgramWatcher: keep the selected programs loaded, and hot-swap them as their targets change.
 
-    watcher = ProgramWatcher(channel, [("sentiment", "production")], sidecar_id="pod-1", cache_dir=Path("cache"))
-    await watcher.start()
-    with watcher.route("sentiment", routing_key=user_id) as program:   # one whole version, measured
-        answer = run(program.value, request)
-    watcher.feedback("sentiment", correct=answer == label, routing_key=user_id)
-    await watcher.stop()
+    async with ProgramWatcher.connect(
+        [("sentiment", "production")], sidecar_id="pod-1", cache_dir=Path("cache")
+    ) as watcher:                                                       # start() ... stop()
+        with watcher.route("sentiment", routing_key=user_id) as program:   # one whole version, measured
+            answer = run(program.value, request)
+        watcher.feedback("sentiment", correct=answer == label, routing_key=user_id)
+
+`connect` resolves the server, token and TLS exactly as `Registry.connect` does (config.py), and
+the watcher makes its calls through that `Registry`: one retry policy, one error mapping, one
+resume-from-revision path (`watch_targets(start_revision=)`). For synchronous serving code (Flask,
+Ray Serve, plain threads), `SyncProgramWatcher` (sync_watcher.py) runs it on a thread of its own.
 
 It holds one WatchTargets stream. For each change it fetches the artifacts it
 lacks by digest (GetArtifact), checks their sha256, loads them, and swaps one
@@ -38,18 +43,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
-from google.protobuf import duration_pb2
 
 from dspy_registry.v1 import deployment_pb2 as dpb
-from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
-from dspy_registry.v1 import registry_pb2 as rpb
-from dspy_registry.v1 import registry_pb2_grpc as rpb_grpc
 
+from .config import TlsArgument, resolve
 from .dspy_interop import load_module
+from .errors import RegistryError
 from .measure import Measurements
+from .registry import Registry
 from .routing import takes_candidate
 
 log = logging.getLogger("dspy_registry.client.watcher")
@@ -116,9 +121,15 @@ class ArtifactError(Exception):
 
 
 class ProgramWatcher:
+    """Keeps the selected programs loaded and swaps them as their targets change; see the module's doc.
+
+    Use `ProgramWatcher.connect(...)` as an async context manager, or build one on a `Registry` (or a
+    channel) of your own and call `start()` and `stop()`.
+    """
+
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        client: Registry | grpc.aio.Channel,
         targets: Sequence[tuple[str, str]],
         *,
         sidecar_id: str,
@@ -141,15 +152,84 @@ class ProgramWatcher:
         self.backoff = backoff
         self.rng = rng or random.Random()
         self.revision = 0
-        # The generated *_pb2_grpc stubs carry no annotations.
-        self._watch = dpb_grpc.DeploymentServiceStub(channel)  # type: ignore[no-untyped-call]
-        self._registry = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.registry = client if isinstance(client, Registry) else Registry(client)
+        self._owns_registry = False  # connect() made it: stop() closes it
+        self._plaintext_hint = ""  # said when the server cannot be reached over plaintext
         self._serving: dict[tuple[str, str], Serving] = {}
         self._reports: dict[tuple[str, str, str], dpb.SidecarTargetStatus] = {}
         self._wanted: dict[tuple[str, str], set[str]] = {}  # the versions each target asks for now
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
+
+    @classmethod
+    def connect(
+        cls,
+        targets: Sequence[tuple[str, str]],
+        *,
+        sidecar_id: str,
+        target: str | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        tls: TlsArgument = None,
+        config_file: str | os.PathLike[str] | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+        **watcher_options: Any,
+    ) -> Self:
+        """A watcher of `targets` on a `Registry` connected as `Registry.connect` connects.
+
+        No call is made here: `start()` (or `async with`) begins; a server that cannot be reached
+        is retried with backoff while what the disk cache holds is served.
+
+        Args:
+            targets: The (program, environment) pairs to serve.
+            sidecar_id: This serving process's id in status reports (a pod name).
+            target: host:port (else DSPY_REGISTRY_TARGET, the config file, then localhost:50051).
+            token: The bearer token (else `token_file`, then the environment's and the config file's).
+            token_file: A file holding the token.
+            tls: True for the system roots, a CA bundle path, or a `Tls(ca=, cert=, key=)` for mutual TLS.
+            config_file: A TOML file of these settings (else DSPY_REGISTRY_CONFIG, then the XDG location).
+            timeout: Each unary call's deadline in seconds.
+            retries: How often a call that found the server UNAVAILABLE is tried again.
+            options: More gRPC channel options.
+            watcher_options: `cache_dir`, `loader`, `on_swap`, `heartbeat`, `metrics_interval`,
+                `backoff`, `rng`, as the constructor takes them.
+
+        Returns:
+            The watcher, not started; use it as an async context manager.
+
+        Raises:
+            ConfigError: A bad value in a variable or the config file.
+            FileNotFoundError: A token file or TLS file named does not exist.
+        """
+        settings = resolve(target, token=token, token_file=token_file, tls=tls, config_file=config_file)
+        registry = Registry.connect(
+            settings.target,
+            token=settings.token or "",
+            tls=settings.tls or False,
+            timeout=timeout,
+            retries=retries,
+            options=options,
+        )
+        watcher = cls(registry, targets, sidecar_id=sidecar_id, **watcher_options)
+        watcher._owns_registry = True
+        if settings.tls is None:
+            watcher._plaintext_hint = (
+                f"; this process connects to {settings.target} in plaintext: if the server serves TLS, "
+                "name its CA (--tls-ca, DSPY_REGISTRY_TLS_CA or tls_ca in the config file)"
+            )
+        return watcher
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
 
     # --- serving -------------------------------------------------------------------------------
 
@@ -240,35 +320,37 @@ class ProgramWatcher:
         ]
 
     async def stop(self) -> None:
-        """Stop watching and tell the server this sidecar is leaving."""
+        """Stop watching and tell the server this sidecar is leaving (and close the connection that
+        `connect` made)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.report_metrics()  # the last window too
         try:
-            await self._watch.ReportSidecarStatus(
-                dpb.ReportSidecarStatusRequest(sidecar_id=self.sidecar_id, leaving=True), timeout=2
-            )
-        except grpc.aio.AioRpcError:
+            await self.report_metrics()  # the last window too
+            async with asyncio.timeout(2):
+                await self.registry.report_sidecar_status(self.sidecar_id, leaving=True)
+        except (RegistryError, TimeoutError):
             pass  # the server drops us after three silent heartbeats anyway
+        if self._owns_registry:
+            await self.registry.close()
 
     # --- watching ------------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:
         failures = 0
-        request = dpb.WatchTargetsRequest(sidecar_id=self.sidecar_id)
-        for program, environment in self.targets:
-            request.selectors.add(program=program, environment=environment)
         while True:
-            request.start_revision = self.revision
             try:
-                async for message in self._watch.WatchTargets(request):
+                # From the last revision seen: what changed while away, or a snapshot if compacted.
+                async for message in self.registry.watch_targets(
+                    selectors=self.targets, start_revision=self.revision, sidecar_id=self.sidecar_id
+                ):
                     self.connected.set()
                     failures = 0
                     await self._on_message(message)
-            except grpc.aio.AioRpcError as err:
-                log.warning("watch ended (%s: %s); reconnecting", err.code().name, err.details())
+            except RegistryError as err:
+                hint = self._plaintext_hint if err.code == grpc.StatusCode.UNAVAILABLE else ""
+                log.warning("watch ended (%s: %s)%s; reconnecting", err.code.name, err.message, hint)
             except Exception:  # e.g. a full disk: keep serving what we have, and try again
                 log.exception("watch failed; reconnecting")
             self.connected.clear()
@@ -345,18 +427,10 @@ class ProgramWatcher:
         cached = self._cached(digest)
         if cached is not None:
             return cached
-        chunks: list[bytes] = []
-        media_type = ""
         try:
-            async for part in self._registry.GetArtifact(
-                rpb.GetArtifactRequest(program=f"programs/{program}", digest=digest)
-            ):
-                if part.HasField("artifact"):
-                    media_type = part.artifact.media_type
-                chunks.append(part.data)
-        except grpc.aio.AioRpcError as err:
-            raise ArtifactError(err.code(), f"fetching {digest}: {err.details()}") from None
-        data = b"".join(chunks)
+            data, media_type = await self.registry._download(program, digest)
+        except RegistryError as err:
+            raise ArtifactError(err.code, f"fetching {digest}: {err.message}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise ArtifactError(grpc.StatusCode.DATA_LOSS, f"artifact {digest} does not match its digest")
         self._cache(digest, data, media_type)
@@ -393,34 +467,38 @@ class ProgramWatcher:
         return out
 
     async def _report(self) -> None:
-        interval = duration_pb2.Duration()
-        interval.FromNanoseconds(int(self.heartbeat * 1e9))
-        request = dpb.ReportSidecarStatusRequest(
-            sidecar_id=self.sidecar_id,
-            targets=self._entries(),
-            heartbeat_interval=interval,
-            revision=self.revision,
-        )
         try:
-            await self._watch.ReportSidecarStatus(request, timeout=max(self.heartbeat, 1.0))
-        except grpc.aio.AioRpcError as err:
-            log.warning("status report failed (%s: %s)", err.code().name, err.details())
+            # No longer than a heartbeat, retries included: the next one says it again.
+            async with asyncio.timeout(max(self.heartbeat, 1.0)):
+                await self.registry.report_sidecar_status(
+                    self.sidecar_id,
+                    targets=self._entries(),
+                    heartbeat_interval=self.heartbeat,
+                    revision=self.revision,
+                )
+        except RegistryError as err:
+            log.warning("status report failed (%s: %s)", err.code.name, err.message)
+        except TimeoutError:
+            log.warning("status report failed (no answer in %.1f s)", max(self.heartbeat, 1.0))
 
     async def report_metrics(self) -> bool:
         """Send every closed window the server does not have yet; whether all went."""
         windows = self.measurements.close()
         for i in range(0, len(windows), 1000):  # the server takes at most 1000 per call
             chunk = windows[i : i + 1000]
-            request = dpb.ReportMetricsRequest(sidecar_id=self.sidecar_id, windows=chunk)
             try:
-                await self._watch.ReportMetrics(request, timeout=max(self.metrics_interval, 1.0))
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.INVALID_ARGUMENT:  # sending it again cannot help
-                    log.error("metrics refused, dropped: %s", err.details())
+                async with asyncio.timeout(max(self.metrics_interval, 1.0)):
+                    await self.registry.report_metrics(self.sidecar_id, windows=chunk)
+            except RegistryError as err:
+                if err.code == grpc.StatusCode.INVALID_ARGUMENT:  # sending it again cannot help
+                    log.error("metrics refused, dropped: %s", err.message)
                     self.measurements.sent(chunk)
                     continue
                 # Kept and sent again next time; the server counts a window once.
-                log.warning("metrics report failed (%s: %s)", err.code().name, err.details())
+                log.warning("metrics report failed (%s: %s)", err.code.name, err.message)
+                return False
+            except TimeoutError:
+                log.warning("metrics report failed (no answer in %.1f s)", max(self.metrics_interval, 1.0))
                 return False
             self.measurements.sent(chunk)
         return True

@@ -1,10 +1,19 @@
-"""Server configuration: flags, then environment variables, then defaults."""
+"""Server configuration: flags, then environment variables, then defaults.
+
+A variable's value is parsed when `serve` runs, not when the command line is built: a bad one
+(DSPY_REGISTRY_GRACE=10s) stops `serve` with one line naming it, and no other command of the CLI.
+Booleans accept 1/0/true/false/yes/no.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from .api.flow import DEFAULT_MAX_CALLS, DEFAULT_MAX_WATCHES, SEND_TIMEOUT_SECONDS
 from .domain.guard import GuardMode
@@ -14,6 +23,64 @@ from .usecases.artifacts import DEFAULT_MAX_CONCURRENT_UPLOADS
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///.dspy-registry/registry.db"
 DEFAULT_ADMIN_TOKEN_FILE = ".dspy-registry/admin.token"
+ENVIRONMENTS_VARIABLE = "DSPY_REGISTRY_ENVIRONMENTS"  # the --environments file
+# The name the environments file had before; the client's config file has it now (client/config.py).
+OLD_ENVIRONMENTS_VARIABLE = "DSPY_REGISTRY_CONFIG"
+
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A setting `serve` cannot use, naming where it came from."""
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """An option's value as its environment variable gave it, parsed by from_arguments."""
+
+    name: str
+    raw: str
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(name)
+    return default if raw is None or raw == "" else _Variable(name, raw)
+
+
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word not in ("1", "0", "true", "false", "yes", "no"):
+        raise ValueError("expected one of 1, 0, true, false, yes, no")
+    return word in ("1", "true", "yes")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _number(kind: Callable[[str], _T]) -> Callable[[str], _T]:
+    def parse(value: str) -> _T:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"not {'an integer' if kind is int else 'a number'}") from None
+
+    return parse
+
+
+def _value(given: Any, parse: Callable[[str], _T]) -> _T:
+    """A flag's value as argparse parsed it, or its variable's, parsed here."""
+    if not isinstance(given, _Variable):
+        return given  # type: ignore[no-any-return]
+    try:
+        return parse(given.raw)
+    except ValueError as err:
+        raise ConfigError(f"{given.name}={given.raw!r}: {err}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +112,11 @@ class Config:
     http_listen: str = ""  # host:port of the REST routes (http_api.py); "" for none
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
+    env = _env
     parser.add_argument(
         "--listen",
         default=env("DSPY_REGISTRY_LISTEN", DEFAULT_LISTEN),
@@ -68,31 +138,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upload-limit",
         type=int,
-        default=int(env("DSPY_REGISTRY_UPLOAD_LIMIT", str(DEFAULT_UPLOAD_LIMIT))),
+        default=env("DSPY_REGISTRY_UPLOAD_LIMIT", DEFAULT_UPLOAD_LIMIT),
         help="largest artifact UploadProgram accepts, in bytes (default 64 MiB)",
     )
     parser.add_argument(
         "--grace",
         type=float,
-        default=float(env("DSPY_REGISTRY_GRACE", "10")),
+        default=env("DSPY_REGISTRY_GRACE", 10.0),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
     )
     parser.add_argument(
         "--request-retention",
         type=float,
-        default=float(env("DSPY_REGISTRY_REQUEST_RETENTION", "24")),
+        default=env("DSPY_REGISTRY_REQUEST_RETENTION", 24.0),
         help="hours a mutation's request_id is remembered: a retry within it gets the first answer",
     )
     parser.add_argument(
         "--event-retention",
         type=float,
-        default=float(env("DSPY_REGISTRY_EVENT_RETENTION", "24")),
+        default=env("DSPY_REGISTRY_EVENT_RETENTION", 24.0),
         help="hours of the event log kept for watchers to resume from; older ones get a fresh snapshot",
     )
     parser.add_argument(
         "--metrics-retention",
         type=float,
-        default=float(env("DSPY_REGISTRY_METRICS_RETENTION", "1")),
+        default=env("DSPY_REGISTRY_METRICS_RETENTION", 1.0),
         help="hours sidecars' metric windows are kept; analysis looks at most this far back",
     )
     parser.add_argument(
@@ -105,7 +175,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-auth",
         action="store_true",
-        default=env("DSPY_REGISTRY_NO_AUTH", "") == "1",
+        default=env("DSPY_REGISTRY_NO_AUTH", False),
         help="serve without authentication: every caller acts as admin (development and "
         "benchmarks only; env DSPY_REGISTRY_NO_AUTH=1)",
     )
@@ -122,51 +192,60 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent-streams",
         type=int,
-        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_STREAMS", "1000")),
+        default=env("DSPY_REGISTRY_MAX_CONCURRENT_STREAMS", 1000),
         help="concurrent calls one HTTP/2 connection may hold open",
     )
     parser.add_argument(
         "--max-concurrent-calls",
         type=int,
-        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_CALLS", str(DEFAULT_MAX_CALLS))),
+        default=env("DSPY_REGISTRY_MAX_CONCURRENT_CALLS", DEFAULT_MAX_CALLS),
         help="calls in progress at once (watch streams aside); more are refused RESOURCE_EXHAUSTED "
         "with a retry hint",
     )
     parser.add_argument(
         "--max-watch-streams",
         type=int,
-        default=int(env("DSPY_REGISTRY_MAX_WATCH_STREAMS", str(DEFAULT_MAX_WATCHES))),
+        default=env("DSPY_REGISTRY_MAX_WATCH_STREAMS", DEFAULT_MAX_WATCHES),
         help="WatchTargets and WatchEvents streams open at once; more are refused RESOURCE_EXHAUSTED "
         "with a retry hint",
     )
     parser.add_argument(
         "--max-concurrent-uploads",
         type=int,
-        default=int(env("DSPY_REGISTRY_MAX_CONCURRENT_UPLOADS", str(DEFAULT_MAX_CONCURRENT_UPLOADS))),
+        default=env("DSPY_REGISTRY_MAX_CONCURRENT_UPLOADS", DEFAULT_MAX_CONCURRENT_UPLOADS),
         help="UploadProgram calls at once; more are refused RESOURCE_EXHAUSTED with a retry hint",
     )
     parser.add_argument(
         "--send-timeout",
         type=float,
-        default=float(env("DSPY_REGISTRY_SEND_TIMEOUT", str(SEND_TIMEOUT_SECONDS))),
+        default=env("DSPY_REGISTRY_SEND_TIMEOUT", SEND_TIMEOUT_SECONDS),
         help="seconds a stream (a watch, an artifact download) waits for a client that takes no "
         "message before it is cut with RESOURCE_EXHAUSTED",
     )
     parser.add_argument(
         "--webhook-allow",
         action="append",
-        default=[env("DSPY_REGISTRY_WEBHOOK_ALLOW")] if env("DSPY_REGISTRY_WEBHOOK_ALLOW") else None,
+        default=[os.environ["DSPY_REGISTRY_WEBHOOK_ALLOW"]]
+        if os.environ.get("DSPY_REGISTRY_WEBHOOK_ALLOW")
+        else None,
         metavar="CIDR[,CIDR...]",
         help="networks webhook URLs may resolve to although they are private, loopback or link-local "
         "(refused otherwise), e.g. 127.0.0.0/8; repeatable (env DSPY_REGISTRY_WEBHOOK_ALLOW)",
     )
     parser.add_argument(
+        "--environments",
         "--config",
-        default=env("DSPY_REGISTRY_CONFIG", ""),
+        dest="config",
+        default=env(ENVIRONMENTS_VARIABLE, ""),
         help="a TOML file defining environments, their policies and the deployment defaults "
-        "(shaped like DSPy.rb's DSPy.configure block); applied at each start",
+        f"(shaped like DSPy.rb's DSPy.configure block); applied at each start (env {ENVIRONMENTS_VARIABLE})",
     )
-    parser.add_argument("--log-level", default=env("DSPY_REGISTRY_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default=env("DSPY_REGISTRY_LOG_LEVEL", "info"),
+    )
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=env("DSPY_REGISTRY_LOG_FORMAT", "json")
     )
@@ -193,30 +272,62 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace) -> Config:
+    """The Config the parsed `args` ask for.
+
+    Raises:
+        ConfigError: A variable's value that cannot be used.
+    """
     return Config(
-        listen=args.listen,
-        database=args.database,
-        semver_guard=GuardMode(args.semver_guard),
-        upload_limit=args.upload_limit,
-        grace_seconds=args.grace,
-        request_retention_seconds=args.request_retention * 3600,
-        event_retention_seconds=args.event_retention * 3600,
-        metrics_retention_seconds=args.metrics_retention * 3600,
-        auth=not args.no_auth,
-        admin_token_file=args.admin_token_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        max_concurrent_streams=args.max_concurrent_streams,
-        max_concurrent_calls=args.max_concurrent_calls,
-        max_watch_streams=args.max_watch_streams,
-        max_concurrent_uploads=args.max_concurrent_uploads,
-        send_timeout_seconds=args.send_timeout,
+        listen=_value(args.listen, str),
+        database=_value(args.database, str),
+        semver_guard=GuardMode(_value(args.semver_guard, _choice(*(m.value for m in GuardMode)))),
+        upload_limit=_value(args.upload_limit, _number(int)),
+        grace_seconds=_value(args.grace, _number(float)),
+        request_retention_seconds=_value(args.request_retention, _number(float)) * 3600,
+        event_retention_seconds=_value(args.event_retention, _number(float)) * 3600,
+        metrics_retention_seconds=_value(args.metrics_retention, _number(float)) * 3600,
+        auth=not _value(args.no_auth, _boolean),
+        admin_token_file=_value(args.admin_token_file, str),
+        tls_cert=_value(args.tls_cert, str),
+        tls_key=_value(args.tls_key, str),
+        tls_client_ca=_value(args.tls_client_ca, str),
+        max_concurrent_streams=_value(args.max_concurrent_streams, _number(int)),
+        max_concurrent_calls=_value(args.max_concurrent_calls, _number(int)),
+        max_watch_streams=_value(args.max_watch_streams, _number(int)),
+        max_concurrent_uploads=_value(args.max_concurrent_uploads, _number(int)),
+        send_timeout_seconds=_value(args.send_timeout, _number(float)),
         webhook_allow=tuple(args.webhook_allow or ()),
-        config=args.config,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        telemetry_exporter=args.telemetry_exporter,
-        metrics_listen=args.metrics_listen,
-        http_listen=args.http_listen,
+        config=_value(args.config, str) or _old_environments_file(os.environ),
+        log_level=_value(args.log_level, lambda level: _choice(*LOG_LEVELS)(level.lower())),
+        log_format=_value(args.log_format, _choice("json", "text")),
+        telemetry_exporter=_value(args.telemetry_exporter, _choice("none", "console", "otlp")),
+        metrics_listen=_value(args.metrics_listen, str),
+        http_listen=_value(args.http_listen, str),
     )
+
+
+def _old_environments_file(env: Mapping[str, str]) -> str:
+    """The environments file DSPY_REGISTRY_CONFIG names, for `serve` alone (deprecated_settings warns).
+
+    The client's config file has that name now, and a shell that exports it for the CLI runs `serve`
+    too: a file with no table in it (the client's keys are all top-level) is the client's, not read.
+    """
+    path = env.get(OLD_ENVIRONMENTS_VARIABLE, "")
+    if not path:
+        return ""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return path  # the start reports what is wrong with it, as it always did
+    return path if any(isinstance(value, dict) for value in data.values()) else ""
+
+
+def deprecated_settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> list[str]:
+    """A warning for each setting `args` took from a deprecated place (serve logs them once logging is
+    set up)."""
+    if isinstance(args.config, _Variable) or args.config or not _old_environments_file(env):
+        return []
+    return [
+        f"{OLD_ENVIRONMENTS_VARIABLE} naming the environments file is deprecated: "
+        f"use {ENVIRONMENTS_VARIABLE} (or --environments)"
+    ]

@@ -13,11 +13,12 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from . import logs
-from .config import Config, from_arguments
+from .config import Config, ConfigError, deprecated_settings, from_arguments
 from .errors import RegistryError
 
 ACCESS_HELP = """\
@@ -112,9 +113,16 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`serve` with the parsed `args`: 0 once stopped by a signal, 1 when the server cannot start."""
-    config = from_arguments(args)
+    """`serve` with the parsed `args`: 0 once stopped by a signal, 1 when the server cannot start, 2 on a
+    bad setting in a variable."""
+    try:
+        config = from_arguments(args)
+    except ConfigError as exc:
+        print(f"dspy-registry serve: error: {exc}", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
+    for warning in deprecated_settings(args):
+        log.warning(warning)
     try:
         run_loop(serve(config))
     except (OSError, ValueError, RegistryError) as exc:

@@ -10,13 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import dspy_registry.client
-from dspy_registry.client import RPC_METHODS, Registry, SyncRegistry, errors
+from dspy_registry.client import (
+    RPC_METHODS,
+    ProgramWatcher,
+    Registry,
+    SyncProgramWatcher,
+    SyncRegistry,
+    errors,
+)
 from dspy_registry.client._deprecated import RENAMED
 
 EXPORTED = [
     "RPC_METHODS",
     "AccessDeniedError",
     "AlreadyExistsError",
+    "ConfigError",
     "ConflictError",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -24,10 +32,12 @@ EXPORTED = [
     "InvalidArgumentError",
     "LoadedProgram",
     "NotFoundError",
+    "ProgramWatcher",
     "Registry",
     "RegistryError",
     "ResourceExhaustedError",
     "Rollback",
+    "SyncProgramWatcher",
     "SyncRegistry",
     "Tls",
     "UnauthenticatedError",
@@ -188,3 +198,17 @@ def test_the_error_tree_is_drawn_as_it_is() -> None:
     for name, codes in drawn.items():
         mapped = {code.name for code, kind in errors._BY_CODE.items() if kind.__name__ == name}
         assert codes == mapped, name
+
+
+def test_the_watchers_connect_as_the_registry_does() -> None:
+    # ProgramWatcher.connect and its blocking twin take Registry.connect's connection arguments, by the
+    # same names and defaults, beside the watcher's own.
+    registry = inspect.signature(Registry.connect).parameters
+    for connect in (ProgramWatcher.connect, SyncProgramWatcher.connect):
+        parameters = inspect.signature(connect).parameters
+        assert {name: parameters[name].default for name in registry} == {
+            name: p.default for name, p in registry.items()
+        }
+    assert list(inspect.signature(SyncProgramWatcher.connect).parameters) == list(
+        inspect.signature(ProgramWatcher.connect).parameters
+    )

@@ -11,12 +11,14 @@ from typing import Any
 import grpc
 import pytest
 
+from dspy_registry.client import Registry
 from dspy_registry.client.routing import bucket, takes_candidate
 from dspy_registry.client.watcher import Loaded, ProgramWatcher, load_json_or_bytes
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature
+from tests.eventually import until
 from tests.factories import dspy_state
 
 PROGRAM = "sentiment"
@@ -204,3 +206,35 @@ def test_the_split_is_within_half_a_point_and_raising_the_weight_moves_keys_one_
     unkeyed = sum(takes_candidate(PROGRAM, 10, None, rng) for _ in range(100_000))
     assert abs(unkeyed / 100_000 - 0.10) <= 0.005
     assert not takes_candidate(PROGRAM, 0, "k") and takes_candidate(PROGRAM, 100, "k")
+
+
+async def test_watch_targets_resumes_after_a_revision_and_connect_watches_through_a_registry(
+    ready: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSPY_REGISTRY_CONFIG", str(tmp_path / "absent.toml"))
+    async with Registry.connect(ready.target, token=ready.admin_token) as registry:
+        stream = registry.watch_targets(PROGRAM, "development")
+        first = await anext(stream)
+        await stream.aclose()
+        assert first.WhichOneof("kind") == "snapshot"
+        await _register(ready, "1.1.0")
+        # From the snapshot's revision: no snapshot again, the change after it first.
+        stream = registry.watch_targets(PROGRAM, "development", start_revision=first.revision)
+        resumed = await anext(stream)
+        await stream.aclose()
+        assert resumed.WhichOneof("kind") == "changes" and resumed.revision > first.revision
+        assert [t.stable.version for t in resumed.changes.targets] == ["1.1.0"]
+
+    # Settings as Registry.connect resolves them: here the target and token from the environment.
+    monkeypatch.setenv("DSPY_REGISTRY_TARGET", ready.target)
+    monkeypatch.setenv("DSPY_REGISTRY_TOKEN", ready.admin_token)
+    async with ProgramWatcher.connect([(PROGRAM, "development")], sidecar_id="pod-connect") as watcher:
+        await watcher.wait_for(_serves("1.1.0"))
+        assert isinstance(watcher.registry, Registry)
+        await until(lambda: _acked(ready, "pod-connect"), "pod-connect's ACK")
+    assert watcher.registry.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN  # closed on leaving
+    assert await _sidecars(ready) == []  # it said it was leaving
+
+
+async def _acked(server: Running, sidecar_id: str) -> bool:
+    return [s.sidecar_id for s in await _sidecars(server)] == [sidecar_id]

@@ -259,6 +259,7 @@ ELSEWHERE = {
     "soak": "make commands, not the store's (test_the_soak_block_… runs them)",
     "buf-curl": "the grpcurl walkthrough again, for readers without grpcurl: one or the other",
     "dashboard-serve": "starts the server this test already runs",
+    "client-config": "a TLS server's (test_docs_client.py starts one)",
     "prometheus": "asks a Prometheus scraping the server (test_operations.py runs one)",
 }
 # docs/deploy.md's blocks start servers and probes of their own and stop them (reset-token works on a
