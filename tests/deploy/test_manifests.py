@@ -376,6 +376,12 @@ def test_every_serve_flag_has_a_variable_named_after_it(container_env: Any) -> N
         for name, p in action.choices.items()
         if name == "serve"
     ]
-    flags = [o for a in serve._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    # Each flag by its first name: an alias kept for an old name (--config for --environments) has the
+    # variable of the name it stands for.
+    flags = [
+        next(o for o in a.option_strings if o.startswith("--"))
+        for a in serve._actions
+        if any(o.startswith("--") for o in a.option_strings) and "--help" not in a.option_strings
+    ]
     expected = {"DSPY_REGISTRY_" + f.removeprefix("--").replace("-", "_").upper() for f in flags}
     assert expected - environ.read == set()
