@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from .errors import ResourceExhausted
 from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
+from .replica_flush import ReplicaFlush
 from .store.backends import open_store
 from .store.base import Store
 from .store_health import StoreHealth
@@ -50,8 +53,10 @@ from .usecases.access import Access
 from .usecases.checks import Checks
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
+from .usecases.live_sidecars import LiveSidecars
 from .usecases.metrics import Metrics
 from .usecases.registry import Registry
+from .usecases.rollups import MetricRollups
 from .usecases.sidecars import Sidecars
 from .usecases.watches import Watches
 from .usecases.webhooks import Webhooks
@@ -131,6 +136,7 @@ class Services:
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
+    replica_flush: ReplicaFlush  # every replica's, leader or not: what it holds of the fleet, written
     guard: Guard
     servicers: Mapping[str, object]  # by full service name, as SERVICES
     gateway_secret: str  # the REST gateway's proof to the guard of who its callers are; "" without it
@@ -164,7 +170,13 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         gateway_secret=gateway_secret,
     )
     environments = Environments(store, clock=clock)
-    deployments = Deployments(store, metrics_retention=config.metrics_retention_seconds, clock=clock)
+    # What this replica holds in memory of the fleet, written by its flush (docs/operations.md).
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    live = LiveSidecars(store, replica, flush_seconds=config.telemetry_flush_seconds, clock=clock)
+    rollups = MetricRollups(store, replica, clock=clock)
+    deployments = Deployments(
+        store, metrics_retention=config.metrics_retention_seconds, live=live, rollups=rollups, clock=clock
+    )
     registry = Registry(
         store,
         guard_mode=config.semver_guard,
@@ -187,8 +199,8 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         guard,
         TargetWatch(watches, targets, guard),
         EventWatch(watches, events, guard),
-        Sidecars(store, deployments, clock=clock),
-        Metrics(store, retention_seconds=config.metrics_retention_seconds, clock=clock),
+        Sidecars(store, deployments, live, lambda: targets.revision, clock=clock),
+        Metrics(store, live, rollups, retention_seconds=config.metrics_retention_seconds, clock=clock),
         webhooks,
         checks=checks,
     )
@@ -199,6 +211,12 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         hubs={"targets": targets, "events": events},
         controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
+        replica_flush=ReplicaFlush(
+            live,
+            rollups,
+            interval=config.telemetry_flush_seconds,
+            metrics_retention=config.metrics_retention_seconds,
+        ),
         maintenance=Maintenance(
             store,
             request_retention=config.request_retention_seconds,
@@ -232,6 +250,7 @@ class App:
         self.controller = self.services.controller
         self.notifier = self.services.notifier
         self.maintenance = self.services.maintenance
+        self.replica_flush = self.services.replica_flush
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
             telemetry
@@ -279,6 +298,7 @@ class App:
         tls = await self._serve()
         self.streams.start()
         self.maintenance.start()
+        self.replica_flush.start()
         self.controller.start()
         self.notifier.start()
         # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
@@ -385,6 +405,7 @@ class App:
         left = max(0.0, grace - (time.monotonic() - started))
         await self.server.stop(min(FLUSH_SECONDS, left) if drained else 0)
         await self.streams.stop()
+        await self.replica_flush.stop()  # no report comes in now: the last batch holds every one answered
         await self.maintenance.stop()
         await self.controller.stop()
         await self.notifier.stop()

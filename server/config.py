@@ -26,6 +26,8 @@ class Config:
     request_retention_seconds: float = 24 * 3600.0
     event_retention_seconds: float = 24 * 3600.0
     metrics_retention_seconds: float = 3600.0
+    # How often each replica writes the sidecar heartbeats and metric windows it holds in memory.
+    telemetry_flush_seconds: float = 5.0
     auth: bool = True
     admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
     tls_cert: str = ""
@@ -94,6 +96,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env("DSPY_REGISTRY_METRICS_RETENTION", "1")),
         help="hours sidecars' metric windows are kept; analysis looks at most this far back",
+    )
+    parser.add_argument(
+        "--telemetry-flush",
+        type=float,
+        default=float(env("DSPY_REGISTRY_TELEMETRY_FLUSH", "5")),
+        help="seconds between a replica's batched writes of the heartbeats and metric windows it holds "
+        "in memory (docs/operations.md); a replica that dies loses at most this much",
     )
     parser.add_argument(
         "--admin-token-file",
@@ -200,6 +209,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         request_retention_seconds=args.request_retention * 3600,
         event_retention_seconds=args.event_retention * 3600,
         metrics_retention_seconds=args.metrics_retention * 3600,
+        telemetry_flush_seconds=args.telemetry_flush,
         auth=not args.no_auth,
         admin_token_file=args.admin_token_file,
         tls_cert=args.tls_cert,

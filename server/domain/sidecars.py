@@ -55,6 +55,45 @@ class Report:
         return now - self.time <= timedelta(seconds=self.heartbeat_seconds * MISSED_HEARTBEATS)
 
 
+def _serving(r: Report) -> frozenset[tuple[object, ...]]:
+    return frozenset(
+        (a.program, a.environment, a.version, a.digest, a.acked, a.error_code, a.error_message)
+        for a in r.targets
+    )
+
+
+def changes_what_is_kept(before: Report | None, after: Report) -> bool:
+    """Whether `after` must be written at once rather than with the next batch: the sidecar joins
+    (no report before, or one no longer live), reports as another principal or at another interval,
+    or ACKs or NACKs another set of versions. Deployment decisions (a blue-green switch, a NACK)
+    read what is written; a heartbeat that says the same again only proves the sidecar is alive."""
+    if before is None or not before.live_at(after.time):
+        return True
+    return (
+        before.principal != after.principal
+        or before.heartbeat_seconds != after.heartbeat_seconds
+        or _serving(before) != _serving(after)
+    )
+
+
+def new_nacks(before: Report | None, after: Report) -> list[Applied]:
+    """The NACKs in `after` that `before` did not already make (each is acted on once)."""
+    old = _serving(before) if before is not None and before.live_at(after.time) else frozenset()
+    return [
+        a
+        for a in after.targets
+        if not a.acked
+        and (a.program, a.environment, a.version, a.digest, a.acked, a.error_code, a.error_message) not in old
+    ]
+
+
+def live_until(r: Report, flush_seconds: float) -> datetime:
+    """Until when a replica that holds `r` vouches for it in the store: three heartbeats after the
+    report, plus two flush intervals, since the replica writes the next report's time only with
+    its next batch (and a batch may be one interval late)."""
+    return r.time + timedelta(seconds=r.heartbeat_seconds * MISSED_HEARTBEATS + 2 * flush_seconds)
+
+
 def report_to_json(r: Report) -> dict[str, Any]:
     return {
         "targets": [

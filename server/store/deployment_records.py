@@ -9,8 +9,6 @@ from ..domain import deployments as dep
 from ..domain.deployments import Deployment, Pinned, State, Target
 from ..domain.environments import Environment, policy_from_json, policy_to_json
 from ..domain.model import Page
-from ..domain.sidecars import MISSED_HEARTBEATS, report_from_json, report_to_json
-from ..domain.sidecars import Report as SidecarReport
 from ..errors import InvalidArgument
 from .sql import Connection, Row, to_datetime, to_json, to_us, visible_condition
 
@@ -354,72 +352,3 @@ def _cursor(after: str | None) -> tuple[int, str]:
     ):
         raise InvalidArgument.one("page_token", "is not a token this server issued")
     return int(when), ident
-
-
-class SidecarQueries:
-    conn: Connection
-
-    async def put_sidecar(self, r: SidecarReport) -> None:
-        """The sidecar's latest report replaces its previous one."""
-        await self.conn.execute("DELETE FROM sidecar_targets WHERE sidecar_id = ?", r.sidecar_id)
-        await self.conn.execute(
-            "INSERT INTO sidecars (sidecar_id, principal, report, heartbeat_ms, last_report_time, revision) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sidecar_id) DO UPDATE SET principal = excluded.principal, "
-            "report = excluded.report, heartbeat_ms = excluded.heartbeat_ms, "
-            "last_report_time = excluded.last_report_time, revision = excluded.revision",
-            r.sidecar_id,
-            r.principal,
-            to_json(report_to_json(r)),
-            int(r.heartbeat_seconds * 1000),
-            to_us(r.time),
-            r.revision,
-        )
-        await self.conn.executemany(
-            "INSERT INTO sidecar_targets (sidecar_id, program, environment) VALUES (?, ?, ?) "
-            "ON CONFLICT (program, environment, sidecar_id) DO NOTHING",
-            sorted({(r.sidecar_id, a.program, a.environment) for a in r.targets}),
-        )
-
-    async def remove_sidecar(self, sidecar_id: str) -> None:
-        await self.conn.execute("DELETE FROM sidecar_targets WHERE sidecar_id = ?", sidecar_id)
-        await self.conn.execute("DELETE FROM sidecars WHERE sidecar_id = ?", sidecar_id)
-
-    async def sidecars_serving(self, program: str, environment: str) -> list[SidecarReport]:
-        rows = await self.conn.fetch(
-            "SELECT s.sidecar_id, s.principal, s.report, s.heartbeat_ms, s.last_report_time FROM sidecars s "
-            "JOIN sidecar_targets t ON t.sidecar_id = s.sidecar_id "
-            "WHERE t.program = ? AND t.environment = ? ORDER BY s.sidecar_id",
-            program,
-            environment,
-        )
-        return [
-            report_from_json(
-                r["sidecar_id"],
-                r["principal"],
-                r["heartbeat_ms"] / 1000,
-                to_datetime(r["last_report_time"]),
-                json.loads(r["report"]),
-            )
-            for r in rows
-        ]
-
-    async def sidecar_owner(self, sidecar_id: str, now: datetime) -> str | None:
-        """The principal a still-live sidecar id reports as, else None."""
-        row = await self.conn.fetchrow(
-            "SELECT principal FROM sidecars WHERE sidecar_id = ? AND last_report_time + heartbeat_ms * ? >= ?",
-            sidecar_id,
-            1000 * MISSED_HEARTBEATS,
-            to_us(now),
-        )
-        return None if row is None else str(row["principal"])
-
-    async def forget_silent_sidecars(self, now: datetime) -> int:
-        """Drop sidecars no longer live (housekeeping: liveness itself is judged on read)."""
-        rows = await self.conn.fetch(
-            "SELECT sidecar_id FROM sidecars WHERE last_report_time + heartbeat_ms * ? < ?",
-            1000 * MISSED_HEARTBEATS,
-            to_us(now),
-        )
-        for r in rows:
-            await self.remove_sidecar(str(r["sidecar_id"]))
-        return len(rows)

@@ -1,62 +1,84 @@
 """Sidecar use cases: take a sidecar's report, say which sidecars serve a target.
 
-A report is telemetry, not registry state: it overwrites the sidecar's last
-one and appends no event, so it neither moves the store's revision nor wakes
-a watcher. A NACK is also a signal to the deployment it concerns (a
-blue-green deployment of that version fails), acted on in its own
-transaction. Liveness is judged when read (three missed heartbeats and a
-sidecar is gone); maintenance deletes the rows of those long silent.
+A report is telemetry, not registry state: it replaces the sidecar's last one
+and appends no event, so it neither moves the store's revision nor wakes a
+watcher. This replica holds it in memory (usecases.live_sidecars): one that
+changes what the sidecar runs (it joins, or ACKs or NACKs another set of
+versions) is written before it is answered; one that only says it again is
+written with the replica's next batch. A new NACK is also a signal to the
+deployment it concerns (a blue-green deployment of that version fails), acted
+on in its own transaction. Liveness is judged when read (three missed
+heartbeats and a sidecar is gone); maintenance deletes the rows of those long
+silent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..calls import Call
+from ..domain import sidecars
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
 from ..errors import NotFound
 from ..store.base import Store
-from .common import check_owner
 from .deployments import Deployments
+from .live_sidecars import LiveSidecars
 
 
 class Sidecars:
-    def __init__(self, store: Store, deployments: Deployments, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        store: Store,
+        deployments: Deployments,
+        live: LiveSidecars,
+        revision: Callable[[], int],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """`revision`: the last revision this replica has seen committed (what a report is answered)."""
         self.store = store
         self.deployments = deployments
+        self.live = live
+        self.revision = revision
         self.clock = clock
 
     async def report(self, call: Call, r: Report) -> int:
-        """Record `r` (already validated); the store's current revision."""
-        async with self.store.write(call) as tx:
-            await check_owner(tx, r.sidecar_id, r.principal, r.time)
+        """Record `r` (already validated); the store's revision as this replica knows it."""
+        before = self.live.last(r.sidecar_id, r.time)
+        if not sidecars.changes_what_is_kept(before, r):
+            self.live.seen(r)
+            return self.revision()
+        await self.live.check_owner(r.sidecar_id, r.principal, r.time)
+        async with self.store.read() as tx:
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
                     raise NotFound(f"programs/{program}")
             for environment in sorted({a.environment for a in r.targets}):
                 if await tx.get_environment(environment) is None:
                     raise NotFound(f"environments/{environment}")
-            await tx.put_sidecar(r)
-            revision = tx.revision
-        # Each NACK may end a deployment: its own transaction, since the report stands either way.
-        for a in r.targets:
-            if not a.acked:
+        await self.live.keep(r)
+        revision = self.revision()
+        # Each new NACK may end a deployment: its own transaction, since the report stands either way.
+        try:
+            for a in sidecars.new_nacks(before, r):
                 ended = await self.deployments.nacked(
                     call, a.program, a.environment, r.sidecar_id, a.version, a.digest, a.error_message
                 )
                 if ended is not None:
                     revision = ended.revision
+        except BaseException:
+            self.live.forget(r.sidecar_id)  # its next report is a change again: the NACK is acted on then
+            raise
         return revision
 
     async def leave(self, call: Call, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
-        async with self.store.write(call) as tx:
-            await check_owner(tx, sidecar_id, principal, self.clock.now())
-            await tx.remove_sidecar(sidecar_id)
-            return tx.revision
+        await self.live.check_owner(sidecar_id, principal, self.clock.now())
+        await self.live.leave(sidecar_id)
+        return self.revision()
 
     async def serving(self, program: str, environment: str) -> list[Report]:
-        """The live sidecars that hold a version of `program` in `environment`."""
-        now = self.clock.now()
+        """The live sidecars that hold a version of `program` in `environment`, each once."""
         async with self.store.read() as tx:
-            found = await tx.sidecars_serving(program, environment)
-        return [r for r in found if r.live_at(now)]
+            return await self.live.serving(tx, program, environment, self.clock.now())

@@ -7,6 +7,7 @@ database (see tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,8 +15,10 @@ import pytest
 from dspy_registry.server.calls import Call
 from dspy_registry.server.domain import versions
 from dspy_registry.server.domain.access import AuditFilter
+from dspy_registry.server.domain.health import Window
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
+from dspy_registry.server.domain.rollups import Rollup
 from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
@@ -409,54 +412,137 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
         assert await tx.current_revision() == 4  # compaction is no change anyone watches
 
 
-async def test_sidecar_reports_replace_each_other_and_expire_by_their_own_heartbeat(store: Store) -> None:
-    def report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
-        applied = tuple(
-            Applied(
-                program=p,
-                environment=e,
-                version=v,
-                digest="sha256:" + "a" * 64,
-                acked=True,
-                error_code=0,
-                error_message="",
-                revision=3,
-                apply_time=NOW,
-            )
-            for p, e, v in targets
-        )
-        return Report(
-            sidecar_id=sidecar,
-            principal="svc",
-            targets=applied,
-            heartbeat_seconds=heartbeat,
-            time=NOW,
+def _sidecar_report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
+    applied = tuple(
+        Applied(
+            program=p,
+            environment=e,
+            version=v,
+            digest="sha256:" + "a" * 64,
+            acked=True,
+            error_code=0,
+            error_message="",
             revision=3,
+            apply_time=NOW,
         )
+        for p, e, v in targets
+    )
+    return Report(
+        sidecar_id=sidecar,
+        principal="svc",
+        targets=applied,
+        heartbeat_seconds=heartbeat,
+        time=NOW,
+        revision=3,
+    )
 
-    async with store.write() as tx:
-        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")))
-        await tx.put_sidecar(report("pod-b", 1, ("p", "staging", "1.0.0")))
-        assert tx.revision == 0  # telemetry moves no revision
-    async with store.write() as tx:
-        # The second report of pod-a replaces its first whole: it serves q no more.
-        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.1.0")))
+
+async def test_sidecar_presence_replaces_whole_reports_and_expires_as_its_replica_promised(
+    store: Store,
+) -> None:
+    until = NOW + timedelta(seconds=40)
+    async with store.telemetry() as tx:
+        await tx.put_presence(
+            _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")), "r1", until
+        )
+        await tx.put_presence(_sidecar_report("pod-b", 1, ("p", "staging", "1.0.0")), "r1", NOW)
+    async with store.telemetry() as tx:
+        # pod-a moved to r2, and its report replaces its first whole: it serves q no more.
+        await tx.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), "r2", until)
     async with store.read() as tx:
-        serving_p = await tx.sidecars_serving("p", "staging")
-        assert [(r.sidecar_id, [a.version for a in r.targets]) for r in serving_p] == [
-            ("pod-a", ["1.1.0"]),
-            ("pod-b", ["1.0.0"]),
+        assert await tx.current_revision() == 0  # telemetry moves no revision
+        serving_p = await tx.presence_serving("p", "staging", NOW)
+        assert [
+            (s.replica, s.report.sidecar_id, [a.version for a in s.report.targets]) for s in serving_p
+        ] == [
+            ("r2", "pod-a", ["1.1.0"]),
+            ("r1", "pod-b", ["1.0.0"]),
         ]
-        assert serving_p[0].targets[0].apply_time == NOW and serving_p[0].heartbeat_seconds == 10
-        assert await tx.sidecars_serving("q", "staging") == []
-    later = NOW + timedelta(seconds=5)  # past pod-b's three 1 s heartbeats, within pod-a's
-    async with store.write() as tx:
-        assert await tx.sidecar_owner("pod-a", later) == "svc"
-        assert await tx.sidecar_owner("pod-b", later) is None
+        assert (
+            serving_p[0].report.targets[0].apply_time == NOW and serving_p[0].report.heartbeat_seconds == 10
+        )
+        assert await tx.presence_serving("q", "staging", NOW) == []
+        assert await tx.presence_held_by("r1") == {"pod-b"}
+    later = NOW + timedelta(seconds=5)  # past what r1 promised for pod-b
+    async with store.telemetry() as tx:
+        # r1's batch does not touch pod-a, which r2 holds now.
+        moved = replace(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), time=later)
+        await tx.refresh_presence("r1", [(moved, later + timedelta(days=1))])
+        assert await tx.presence_owner("pod-a", later) == ("r2", "svc")
+        assert await tx.presence_owner("pod-b", later) is None
         assert await tx.forget_silent_sidecars(later) == 1
-        await tx.remove_sidecar("pod-a")
     async with store.read() as tx:
-        assert await tx.sidecars_serving("p", "staging") == []
+        [a] = await tx.presence_serving("p", "staging", later)
+        assert (a.report.time, a.live_until) == (NOW, until)
+    async with store.telemetry() as tx:
+        await tx.remove_presence("pod-a")
+    async with store.read() as tx:
+        assert await tx.presence_serving("p", "staging", NOW) == []
+
+
+async def test_telemetry_transactions_take_no_revision_and_are_counted_apart(store: Store) -> None:
+    before = (store.writes.revisioned, store.writes.telemetry)
+    async with store.telemetry() as tx:
+        await tx.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), "r1", NOW)
+        with pytest.raises(RuntimeError):
+            await tx.append([Event(kind="new", resource="r/1")])
+    async with store.write() as tx:
+        await tx.append([Event(kind="new", resource="r/1")])
+    with pytest.raises(ValueError):
+        async with store.telemetry() as tx:
+            await tx.remove_presence("pod-a")
+            raise ValueError("a failed batch leaves no trace")
+    assert (store.writes.revisioned, store.writes.telemetry) == (before[0] + 1, before[1] + 1)
+    async with store.read() as tx:
+        assert await tx.current_revision() == 1
+        assert [s.report.sidecar_id for s in await tx.presence_serving("p", "staging", NOW)] == ["pod-a"]
+
+
+async def test_metric_rollups_are_written_once_and_read_by_first_receipt(store: Store) -> None:
+    def rollup(source: str, bucket: int, received: datetime, requests: int) -> Rollup:
+        r = Rollup(
+            program="p",
+            environment="staging",
+            version="1.0.0",
+            source=source,
+            bucket=bucket,
+            first_receive=received,
+        )
+        r.add(
+            Window(
+                sidecar_id="pod-a",
+                program="p",
+                environment="staging",
+                version="1.0.0",
+                start_time=received,
+                end_time=received + timedelta(seconds=5),
+                request_count=requests,
+                error_count=1,
+                bounds_ms=(10.0, 100.0),
+                counts=(requests - 1, 1, 0),
+                sum_ms=50.0,
+                feedback_correct=1,
+                feedback_total=2,
+            )
+        )
+        return r
+
+    first = rollup("r1", 1, NOW, 10)
+    async with store.telemetry() as tx:
+        await tx.add_metric_rollups([first, rollup("r2", 1, NOW + timedelta(seconds=2), 20)])
+    async with store.telemetry() as tx:  # r1's flush again (its commit's outcome was unknown): kept once
+        await tx.add_metric_rollups([rollup("r1", 1, NOW, 99)])
+    async with store.read() as tx:
+        found = await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)
+        assert sorted((r.source, r.totals.request_count) for r in found) == [("r1", 10), ("r2", 20)]
+        [mine] = [r for r in found if r.source == "r1"]
+        assert mine.as_window() == first.as_window()  # the histogram, on the standard bounds, intact
+        assert [
+            r.source for r in await tx.metric_rollups("p", "staging", ["1.0.0"], NOW + timedelta(seconds=1))
+        ] == ["r2"]
+        assert await tx.metric_rollups("p", "staging", ["2.0.0"], NOW) == []
+    async with store.telemetry() as tx:
+        assert await tx.forget_metric_windows(NOW + timedelta(seconds=1)) == 1
 
 
 # -- the audit event of a mutation, written in its own transaction ------------------------------
