@@ -84,7 +84,8 @@ EXIT_SECONDS = 120.0
 def pytest_unconfigure(config: pytest.Config) -> None:
     """If the process has not exited `EXIT_SECONDS` after the run, print every thread's stack and
     exit with status 1: a hang at exit is a defect to see, not a wait."""
-    faulthandler.dump_traceback_later(EXIT_SECONDS, exit=True, file=sys.__stderr__)
+    # sys.__stderr__ may be None (typeshed says so): then the stderr pytest left in place.
+    faulthandler.dump_traceback_later(EXIT_SECONDS, exit=True, file=sys.__stderr__ or sys.stderr)
 
 
 @pytest.fixture

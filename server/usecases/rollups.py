@@ -13,6 +13,7 @@ replica after this one answered may count twice — one window of one pod.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from datetime import datetime, timedelta
 
@@ -23,6 +24,11 @@ from ..store.base import Store
 from ..store.records import Records
 
 RETRY_SECONDS = 60.0  # how long a window's key is remembered, to count a retried report once
+# Rollups held at most (about 1 KiB each). Only a store away for long reaches it (one per version
+# and second); then the oldest are let go, and the log says how many windows went with them.
+MAX_HELD = 100_000
+
+log = logging.getLogger("dspy_registry.rollups")
 
 _Key = tuple[str, str, str]  # program, environment, version
 
@@ -112,7 +118,16 @@ class MetricRollups:
                 await tx.add_metric_rollups(batch)
         except BaseException:
             # Kept for the next flush (a rollup written already is not written twice: see the store).
-            self._closed = batch + self._closed
+            kept = batch + self._closed
+            if len(kept) > MAX_HELD:
+                gone, kept = kept[: len(kept) - MAX_HELD], kept[len(kept) - MAX_HELD :]
+                log.warning(
+                    "the store is away and %d rollups are held: the %d oldest (%d windows) are let go",
+                    len(gone) + len(kept),
+                    len(gone),
+                    sum(r.window_count for r in gone),
+                )
+            self._closed = kept
             self._flushing = []
             raise
         self._flushing = []

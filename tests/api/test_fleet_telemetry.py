@@ -15,11 +15,16 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS
+from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS, Window
+from dspy_registry.server.errors import StoreUnavailable
+from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.usecases import rollups as rollups_module
+from dspy_registry.server.usecases.rollups import MetricRollups
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from tests.api.conftest import Running, start
 from tests.api.test_sidecars import PROGRAM, _ack, _report, _with_program
+from tests.clock import FakeClock
 from tests.conftest import SKIP_POSTGRES, PostgresDatabases
 
 NEVER = 3600.0  # a flush interval no test outlives: flushes happen when a test calls them
@@ -227,3 +232,50 @@ async def test_a_sidecar_reported_on_one_replica_blocks_another_principal_on_the
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close(None)
+
+
+async def test_a_flush_the_store_refuses_keeps_what_was_held_for_the_next_up_to_a_bound(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(database_url)
+    await store.open()
+    clock = FakeClock()
+    rollups = MetricRollups(store, "r1", clock=clock)
+    windows = []
+    for second in range(5):  # one rollup a second
+        w = _window_value(clock.now(), requests=second + 1)
+        windows.append(w)
+        rollups.add("pod-a", [w], clock.now())
+        clock.advance(1.0)
+    await store.close()  # the store is away
+    monkeypatch.setattr(rollups_module, "MAX_HELD", 3)
+    with pytest.raises(StoreUnavailable):
+        await rollups.flush(3600)
+    assert sorted(r.totals.request_count for r in rollups.held()) == [3, 4, 5]  # the oldest let go
+    rollups.store = open_store(database_url)  # the store is back
+    await rollups.store.open()
+    try:
+        assert await rollups.flush(3600) == 3
+        async with rollups.store.read() as tx:
+            stored = await tx.metric_rollups(PROGRAM, "development", ["1.0.0"], windows[0].start_time)
+        assert sorted(r.totals.request_count for r in stored) == [3, 4, 5]
+    finally:
+        await rollups.store.close()
+
+
+def _window_value(start: datetime, requests: int) -> Window:
+    return Window(
+        sidecar_id="pod-a",
+        program=PROGRAM,
+        environment="development",
+        version="1.0.0",
+        start_time=start,
+        end_time=start + timedelta(seconds=1),
+        request_count=requests,
+        error_count=0,
+        bounds_ms=STANDARD_BOUNDS_MS,
+        counts=(requests, *[0] * len(STANDARD_BOUNDS_MS)),
+        sum_ms=1.0,
+        feedback_correct=0,
+        feedback_total=0,
+    )
