@@ -149,15 +149,15 @@ async def test_a_retried_window_counts_once_and_a_changed_report_is_written_at_o
 
 
 async def test_a_graceful_stop_writes_what_the_replica_held(database_url: str) -> None:
-    first = await _with_program(await _replica(database_url))
+    clock = FakeClock()
+    first = await _with_program(await start(database_url, clock=clock, telemetry_flush_seconds=NEVER))
     digest = (await _status(first)).target.stable.digest
     await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
-    heartbeat = await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest), heartbeat=60))
-    assert heartbeat.heartbeat_interval.seconds == 60  # another interval: a change, written at once
-    await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest), heartbeat=60))  # held only
-    last_seen = (await _status(first)).sidecars[0].last_report_time.ToDatetime(UTC)
+    joined = clock.now()
+    clock.advance(5.0)
+    await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))  # a heartbeat: held only
     await first.deployments.ReportMetrics(
-        dpb.ReportMetricsRequest(sidecar_id="pod-a", windows=[_window(datetime.now(UTC), 11)])
+        dpb.ReportMetricsRequest(sidecar_id="pod-a", windows=[_window(clock.now(), 11)])
     )
     await _stop(first)
     second = await _replica(database_url, first.admin_token)  # another replica, or the same restarted
@@ -165,7 +165,8 @@ async def test_a_graceful_stop_writes_what_the_replica_held(database_url: str) -
         status = await _status(second)
         assert _requests(status) == 11
         [sidecar] = status.sidecars
-        assert sidecar.last_report_time.ToDatetime(UTC) == last_seen  # the held heartbeat was written
+        seen = sidecar.last_report_time.ToDatetime(UTC)
+        assert abs(seen - (joined + timedelta(seconds=5))) < timedelta(milliseconds=1)  # the heartbeat's time
     finally:
         await _stop(second)
 
