@@ -19,12 +19,14 @@ from dspy_registry.server.domain.health import Window
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
 from dspy_registry.server.domain.rollups import Rollup
-from dspy_registry.server.domain.sidecars import Applied, Report
+from dspy_registry.server.domain.sidecars import Applied, Report, report_to_json
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
+from dspy_registry.server.store import migrations
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.migrations import MIGRATIONS
+from dspy_registry.server.store.sql import to_json, to_us
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
 from tests.clock import FakeClock
@@ -577,3 +579,66 @@ async def test_a_write_for_a_mutating_call_audits_it_once_and_a_write_for_none_a
         "principals/bob",
         1,
     )
+
+
+async def test_the_upgrade_to_telemetry_off_the_revision_order_keeps_sidecars_and_windows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.number < 12))
+    old = open_store(database_url)
+    await old.open()
+    report = _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"))
+    latency = to_json({"bounds_ms": [10.0, 100.0], "counts": [4, 1, 0], "sum_ms": 60.0})
+    async with old.write() as tx:  # the rows as the code before it wrote them
+        await tx.conn.execute(
+            "INSERT INTO sidecars (sidecar_id, principal, report, heartbeat_ms, last_report_time, revision) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            "pod-a",
+            "svc",
+            to_json(report_to_json(report)),
+            10_000,
+            to_us(NOW),
+            3,
+        )
+        await tx.conn.execute(
+            "INSERT INTO sidecar_targets (sidecar_id, program, environment) VALUES (?, ?, ?)",
+            "pod-a",
+            "p",
+            "staging",
+        )
+        for start in (0, 5):  # two windows of one report: the same receive time
+            await tx.conn.execute(
+                "INSERT INTO metric_windows (program, environment, version, sidecar_id, start_time, end_time, "
+                "receive_time, request_count, error_count, latency, feedback_correct, feedback_total) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "p",
+                "staging",
+                "1.0.0",
+                "pod-a",
+                to_us(NOW + timedelta(seconds=start)),
+                to_us(NOW + timedelta(seconds=start + 5)),
+                to_us(NOW + timedelta(seconds=10)),
+                5,
+                1,
+                latency,
+                1,
+                2,
+            )
+    await old.close()
+    monkeypatch.undo()
+    new = open_store(database_url)
+    await new.open()
+    try:
+        async with new.read() as tx:
+            [held] = await tx.presence_serving("p", "staging", NOW + timedelta(seconds=29))
+            assert (held.replica, held.report) == ("", report)  # held by no replica, live its 3 heartbeats
+            assert await tx.presence_serving("p", "staging", NOW + timedelta(seconds=31)) == []
+            rollups = await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)
+        assert sorted((r.source, r.totals.request_count, r.totals.error_count) for r in rollups) == [
+            ("before-upgrade/pod-a", 5, 1),
+            ("before-upgrade/pod-a", 5, 1),
+        ]
+        assert {r.first_receive for r in rollups} == {NOW + timedelta(seconds=10)}
+        assert rollups[0].totals.counts == [4, 1, 0]
+    finally:
+        await new.close()
