@@ -420,9 +420,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX sidecar_presence_targets_by_sidecar ON sidecar_presence_targets (sidecar_id)",
             # Sidecars reported before the upgrade stay live for their three heartbeats, held by no
-            # replica; they report again within one heartbeat, to whichever replica they reach.
+            # running replica; they report again within one heartbeat, to whichever replica they reach.
             "INSERT INTO sidecar_presence (sidecar_id, replica, principal, report, heartbeat_ms, "
-            "last_report_time, live_until) SELECT sidecar_id, '', principal, report, heartbeat_ms, "
+            "last_report_time, live_until) SELECT sidecar_id, 'before-upgrade', principal, report, heartbeat_ms, "
             "last_report_time, last_report_time + heartbeat_ms * 3000 FROM sidecars",
             "INSERT INTO sidecar_presence_targets (sidecar_id, program, environment) "
             "SELECT sidecar_id, program, environment FROM sidecar_targets",

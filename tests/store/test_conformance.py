@@ -631,7 +631,8 @@ async def test_the_upgrade_to_telemetry_off_the_revision_order_keeps_sidecars_an
     try:
         async with new.read() as tx:
             [held] = await tx.presence_serving("p", "staging", NOW + timedelta(seconds=29))
-            assert (held.replica, held.report) == ("", report)  # held by no replica, live its 3 heartbeats
+            # Held by no running replica, live its three heartbeats.
+            assert (held.replica, held.report) == ("before-upgrade", report)
             assert await tx.presence_serving("p", "staging", NOW + timedelta(seconds=31)) == []
             rollups = await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)
         assert sorted((r.source, r.totals.request_count, r.totals.error_count) for r in rollups) == [
