@@ -500,6 +500,28 @@ async def test_telemetry_transactions_take_no_revision_and_are_counted_apart(sto
         assert [s.report.sidecar_id for s in await tx.presence_serving("p", "staging", NOW)] == ["pod-a"]
 
 
+async def test_telemetry_commits_while_another_replica_holds_the_revision_row(
+    database_url: str, store: Store
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer: a telemetry transaction joins its queue like any write")
+    other = open_store(database_url)  # another replica
+    await other.open()
+    try:
+        async with other.write() as tx:
+            await tx.append([Event(kind="new", resource="r/1")])  # the revision row is locked until COMMIT
+            async with asyncio.timeout(60):  # a bound on a hang, not a measurement
+                async with store.telemetry() as t:
+                    await t.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), "r1", NOW)
+            async with store.read() as r:
+                assert [s.report.sidecar_id for s in await r.presence_serving("p", "staging", NOW)] == [
+                    "pod-a"
+                ]
+                assert await r.current_revision() == 0  # the other's write has not committed yet
+    finally:
+        await other.close()
+
+
 async def test_metric_rollups_are_written_once_and_read_by_first_receipt(store: Store) -> None:
     def rollup(source: str, bucket: int, received: datetime, requests: int) -> Rollup:
         r = Rollup(
