@@ -136,6 +136,7 @@ class Services:
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
+    replica: str  # this process's name among the replicas on one database (host, pid, random)
     replica_flush: ReplicaFlush  # every replica's, leader or not: what it holds of the fleet, written
     guard: Guard
     servicers: Mapping[str, object]  # by full service name, as SERVICES
@@ -211,6 +212,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         hubs={"targets": targets, "events": events},
         controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
+        replica=replica,
         replica_flush=ReplicaFlush(
             live,
             rollups,

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 
+from dspy_registry.server.app import build
+from dspy_registry.server.config import Config
 from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS, Window
 from dspy_registry.server.errors import StoreUnavailable
 from dspy_registry.server.store.backends import open_store
@@ -280,3 +283,9 @@ def _window_value(start: datetime, requests: int) -> Window:
         feedback_correct=0,
         feedback_total=0,
     )
+
+
+def test_a_flush_interval_that_is_not_positive_fails_the_start(tmp_path: Path) -> None:
+    for seconds in (0.0, -5.0):
+        with pytest.raises(ValueError, match="--telemetry-flush must be positive"):
+            build(Config(database=f"sqlite:///{tmp_path / 'r.db'}", telemetry_flush_seconds=seconds))
