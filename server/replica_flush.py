@@ -1,7 +1,7 @@
 """The replica's flush: what this replica holds in memory of the fleet, written in one batch per interval.
 
 Runs on every replica, leader or not: each holds the heartbeats of the
-sidecars connected to it and the metric windows they sent it
+sidecars that report to it and the metric windows they sent it
 (usecases.live_sidecars, usecases.rollups), and only it can write them.
 Each pass is two telemetry transactions (no revision, no revision lock):
 the metric rollups, then the sidecars' last reports. `stop()` — a graceful

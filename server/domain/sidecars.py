@@ -10,6 +10,7 @@ longer live.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -85,6 +86,18 @@ def new_nacks(before: Report | None, after: Report) -> list[Applied]:
         if not a.acked
         and (a.program, a.environment, a.version, a.digest, a.acked, a.error_code, a.error_message) not in old
     ]
+
+
+def newest_word(candidates: Iterable[tuple[Report, bool]]) -> list[Report]:
+    """Each sidecar's newest report among (report, leaving) pairs, by id, unless that newest says it
+    left. Several replicas may have heard a sidecar (a client that spreads its calls): the latest
+    report is what it runs now; of two at the same time, the later in `candidates` wins."""
+    newest: dict[str, tuple[Report, bool]] = {}
+    for r, leaving in candidates:
+        held = newest.get(r.sidecar_id)
+        if held is None or held[0].time <= r.time:
+            newest[r.sidecar_id] = (r, leaving)
+    return [r for _, (r, leaving) in sorted(newest.items()) if not leaving]
 
 
 def live_until(r: Report, flush_seconds: float) -> datetime:

@@ -20,7 +20,7 @@ from ..calls import Call
 from ..domain import sidecars
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
-from ..errors import NotFound
+from ..errors import NotFound, PermissionDenied
 from ..store.base import Store
 from .deployments import Deployments
 from .live_sidecars import LiveSidecars
@@ -45,11 +45,12 @@ class Sidecars:
 
     async def report(self, call: Call, r: Report) -> int:
         """Record `r` (already validated); the store's revision as this replica knows it."""
-        before = self.live.last(r.sidecar_id, r.time)
+        before = await self.live.known(r.sidecar_id, r.time)
         if not sidecars.changes_what_is_kept(before, r):
             self.live.seen(r)
             return self.revision()
-        await self.live.check_owner(r.sidecar_id, r.principal, r.time)
+        if before is not None and before.principal != r.principal:
+            raise PermissionDenied(r.principal, "report as", f"sidecars/{r.sidecar_id}")
         async with self.store.read() as tx:
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
@@ -74,8 +75,22 @@ class Sidecars:
 
     async def leave(self, call: Call, sidecar_id: str, principal: str) -> int:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
-        await self.live.check_owner(sidecar_id, principal, self.clock.now())
-        await self.live.leave(sidecar_id)
+        now = self.clock.now()
+        before = await self.live.known(sidecar_id, now)
+        if before is not None and before.principal != principal:
+            raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+        # What says it left must outlive what any replica said of it before: its heartbeat, from now.
+        heartbeat = before.heartbeat_seconds if before is not None else sidecars.DEFAULT_HEARTBEAT_SECONDS
+        await self.live.leave(
+            Report(
+                sidecar_id=sidecar_id,
+                principal=principal,
+                targets=(),
+                heartbeat_seconds=heartbeat,
+                time=now,
+                revision=before.revision if before is not None else 0,
+            )
+        )
         return self.revision()
 
     async def serving(self, program: str, environment: str) -> list[Report]:

@@ -202,15 +202,47 @@ async def test_another_replica_sees_joins_at_once_windows_after_the_flush_and_a_
     assert _requests(await _status(b)) == 30
     assert _requests(await _status(a)) == 30  # in memory and in the store for a moment: counted once
 
-    # pod-0 reconnects to b: one sidecar, on both replicas' status, before and after a's flush.
+    # pod-0 reconnects to b: one sidecar, on both replicas' status, before and after their flushes.
     await b.deployments.ReportSidecarStatus(_report("pod-0", _ack(digest)))
     for replica in (a, b):
         assert _ids(await _status(replica)) == ["pod-0", "pod-1", "pod-2"]
     await a.app.replica_flush.run_once()
-    assert "pod-0" not in a.app.replica_flush.live.held  # a lets go of what b holds now
     await b.app.replica_flush.run_once()
     for replica in (a, b):
         assert _ids(await _status(replica)) == ["pod-0", "pod-1", "pod-2"]
+
+
+@pytest.mark.postgres
+async def test_a_sidecar_that_reports_to_both_replicas_in_turn_is_written_once_and_counted_once(
+    replicas: tuple[Running, Running],
+) -> None:
+    a, b = replicas
+    digest = (await _status(a)).target.stable.digest
+    await a.deployments.ReportSidecarStatus(_report("pod-0", _ack(digest)))  # joins: written
+    before = (_writes(a), _writes(b))
+    for _ in range(5):  # a round-robin client: every other call to each replica
+        for replica in (b, a):
+            await replica.deployments.ReportSidecarStatus(_report("pod-0", _ack(digest)))
+    assert (_writes(a), _writes(b)) == before  # b found in the store what it heard: held, not written
+    for replica in (a, b):
+        await replica.app.replica_flush.run_once()  # a row each
+        assert _ids(await _status(replica)) == ["pod-0"]
+    # It ACKs another digest through b: written at once, and the newest word on both replicas.
+    nack = _ack(digest)
+    nack.result = dpb.APPLY_RESULT_NACK
+    nack.error_detail.code = grpc.StatusCode.DATA_LOSS.value[0]
+    await b.deployments.ReportSidecarStatus(_report("pod-0", nack))
+    for replica in (a, b):
+        [sidecar] = (await _status(replica)).sidecars
+        assert [t.result for t in sidecar.targets] == [dpb.APPLY_RESULT_NACK]
+    await a.app.replica_flush.run_once()  # a's older word, written again, does not undo it
+    [sidecar] = (await _status(b)).sidecars
+    assert [t.result for t in sidecar.targets] == [dpb.APPLY_RESULT_NACK]
+    # It leaves through a: gone on both, although b still holds its last report.
+    await a.deployments.ReportSidecarStatus(_report("pod-0", leaving=True))
+    await b.app.replica_flush.run_once()
+    for replica in (a, b):
+        assert _ids(await _status(replica)) == []
 
 
 @pytest.mark.postgres

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 from dspy_registry.server.domain.health import merge
 from dspy_registry.server.domain.rollups import Rollup
-from dspy_registry.server.domain.sidecars import Applied, Report, changes_what_is_kept, live_until, new_nacks
+from dspy_registry.server.domain.sidecars import (
+    Applied,
+    Report,
+    changes_what_is_kept,
+    live_until,
+    new_nacks,
+    newest_word,
+)
 from tests.domain.test_health import window
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -85,3 +92,15 @@ def test_each_nack_is_acted_on_once_and_a_row_is_vouched_for_three_heartbeats_an
     assert new_nacks(first, _report(_applied(), other, at=10)) == [other]
     assert new_nacks(first, _report(_applied(), nack, at=40)) == [nack]  # after it was gone
     assert live_until(first, 5.0) == T0 + timedelta(seconds=10 * 3 + 2 * 5)
+
+
+def test_the_newest_word_of_each_sidecar_counts_and_a_newer_leaving_hides_it() -> None:
+    old = _report(_applied(), at=0)
+    new = _report(_applied("1.1.0"), at=5)
+    other = replace(_report(_applied(), at=1), sidecar_id="pod-b")
+    assert newest_word([(new, False), (old, False), (other, False)]) == [new, other]  # by id, newest
+    left = _report(at=6)
+    assert newest_word([(old, False), (left, True), (new, False), (other, False)]) == [other]
+    assert newest_word([(left, True), (_report(_applied(), at=7), False)]) == [_report(_applied(), at=7)]
+    same = _report(_applied("2.0.0"), at=5)
+    assert newest_word([(new, False), (same, False)]) == [same]  # a tie: the later candidate

@@ -439,53 +439,59 @@ def _sidecar_report(sidecar: str, heartbeat: float, *targets: tuple[str, str, st
     )
 
 
-async def test_sidecar_presence_replaces_whole_reports_and_expires_as_its_replica_promised(
+async def test_sidecar_presence_is_a_row_per_replica_that_heard_it_and_expires_as_promised(
     store: Store,
 ) -> None:
     until = NOW + timedelta(seconds=40)
+    a = _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0"))
+    b = _sidecar_report("pod-b", 1, ("p", "staging", "1.0.0"))
     async with store.telemetry() as tx:
-        await tx.put_presence(
-            _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")), "r1", until
-        )
-        await tx.put_presence(_sidecar_report("pod-b", 1, ("p", "staging", "1.0.0")), "r1", NOW)
+        await tx.put_presence([(a, until), (b, NOW)], "r1", targets_of={"pod-a", "pod-b"})
+    moved = replace(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), time=NOW + timedelta(seconds=1))
     async with store.telemetry() as tx:
-        # pod-a moved to r2, and its report replaces its first whole: it serves q no more.
-        await tx.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), "r2", until)
+        # r2 heard pod-a later, serving p only: a row of its own beside r1's.
+        await tx.put_presence([(moved, until)], "r2", targets_of={"pod-a"})
+        # r1's batch: a later heartbeat, its targets as written before.
+        await tx.put_presence([(replace(a, time=NOW + timedelta(seconds=2)), until)], "r1", targets_of=set())
     async with store.read() as tx:
         assert await tx.current_revision() == 0  # telemetry moves no revision
         serving_p = await tx.presence_serving("p", "staging", NOW)
         assert [
             (s.replica, s.report.sidecar_id, [a.version for a in s.report.targets]) for s in serving_p
         ] == [
+            ("r1", "pod-a", ["1.0.0", "2.0.0"]),
             ("r2", "pod-a", ["1.1.0"]),
             ("r1", "pod-b", ["1.0.0"]),
         ]
+        assert serving_p[0].report.time == NOW + timedelta(seconds=2)
         assert (
             serving_p[0].report.targets[0].apply_time == NOW and serving_p[0].report.heartbeat_seconds == 10
         )
-        assert await tx.presence_serving("q", "staging", NOW) == []
-        assert await tx.presence_held_by("r1") == {"pod-b"}
+        assert [s.replica for s in await tx.presence_serving("q", "staging", NOW)] == ["r1", "r2"]
     later = NOW + timedelta(seconds=5)  # past what r1 promised for pod-b
     async with store.telemetry() as tx:
-        # r1's batch does not touch pod-a, which r2 holds now.
-        moved = replace(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), time=later)
-        await tx.refresh_presence("r1", [(moved, later + timedelta(days=1))])
-        assert await tx.presence_owner("pod-a", later) == ("r2", "svc")
-        assert await tx.presence_owner("pod-b", later) is None
+        assert [p.report.sidecar_id for p in await tx.presence_of("pod-b", later)] == []
         assert await tx.forget_silent_sidecars(later) == 1
+        await tx.put_leaving(replace(a, targets=(), time=later), "r2", later + timedelta(seconds=40))
     async with store.read() as tx:
-        [a] = await tx.presence_serving("p", "staging", later)
-        assert (a.report.time, a.live_until) == (NOW, until)
+        [left] = await tx.presence_of("pod-a", later)  # every other row of it gave way
+        assert (left.replica, left.leaving, left.report.targets) == ("r2", True, ())
+        # Only what says it left, which every target's readers get (a replica may still hold pod-a).
+        assert [(p.report.sidecar_id, p.leaving) for p in await tx.presence_serving("p", "staging", NOW)] == [
+            ("pod-a", True)
+        ]
     async with store.telemetry() as tx:
         await tx.remove_presence("pod-a")
     async with store.read() as tx:
-        assert await tx.presence_serving("p", "staging", NOW) == []
+        assert await tx.presence_of("pod-a", NOW) == []
 
 
 async def test_telemetry_transactions_take_no_revision_and_are_counted_apart(store: Store) -> None:
     before = (store.writes.revisioned, store.writes.telemetry)
     async with store.telemetry() as tx:
-        await tx.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), "r1", NOW)
+        await tx.put_presence(
+            [(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), NOW)], "r1", targets_of={"pod-a"}
+        )
         with pytest.raises(RuntimeError):
             await tx.append([Event(kind="new", resource="r/1")])
     async with store.write() as tx:
@@ -512,7 +518,11 @@ async def test_telemetry_commits_while_another_replica_holds_the_revision_row(
             await tx.append([Event(kind="new", resource="r/1")])  # the revision row is locked until COMMIT
             async with asyncio.timeout(60):  # a bound on a hang, not a measurement
                 async with store.telemetry() as t:
-                    await t.put_presence(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), "r1", NOW)
+                    await t.put_presence(
+                        [(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), NOW)],
+                        "r1",
+                        targets_of={"pod-a"},
+                    )
             async with store.read() as r:
                 assert [s.report.sidecar_id for s in await r.presence_serving("p", "staging", NOW)] == [
                     "pod-a"
