@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from .http_api import HttpServer, server_ssl
 from .maintenance import Maintenance
 from .notifier import Notifier
 from .readiness import Readiness
+from .replica_flush import ReplicaFlush
 from .store.backends import open_store
 from .store.base import Store
 from .store_health import StoreHealth
@@ -53,8 +56,10 @@ from .usecases.access import Access
 from .usecases.checks import Checks
 from .usecases.deployments import Deployments
 from .usecases.environments import Environments
+from .usecases.live_sidecars import LiveSidecars
 from .usecases.metrics import Metrics
 from .usecases.registry import Registry
+from .usecases.rollups import MetricRollups
 from .usecases.sidecars import Sidecars
 from .usecases.watches import Watches
 from .usecases.webhooks import Webhooks
@@ -137,6 +142,8 @@ class Services:
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
+    replica: str  # this process's name among the replicas on one database (host, pid, random)
+    replica_flush: ReplicaFlush  # every replica's, leader or not: what it holds of the fleet, written
     guard: Guard
     servicers: Mapping[str, object]  # by full service name, as SERVICES
     gateway_secret: str  # the REST gateway's proof to the guard of who its callers are; "" without it
@@ -170,7 +177,13 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         gateway_secret=gateway_secret,
     )
     environments = Environments(store, clock=clock)
-    deployments = Deployments(store, metrics_retention=config.metrics_retention_seconds, clock=clock)
+    # What this replica holds in memory of the fleet, written by its flush (docs/operations.md).
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    fleet = LiveSidecars(store, replica, flush_seconds=config.telemetry_flush_seconds, clock=clock)
+    rollups = MetricRollups(store, replica, clock=clock)
+    deployments = Deployments(
+        store, metrics_retention=config.metrics_retention_seconds, live=fleet, rollups=rollups, clock=clock
+    )
     registry = Registry(
         store,
         guard_mode=config.semver_guard,
@@ -188,7 +201,9 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
     live = LiveFeed(events)  # the dashboard's live streams share one watch of `events`
-    sidecars = Sidecars(store, deployments, clock=clock, on_report=live.touched)
+    sidecars = Sidecars(
+        store, deployments, fleet, lambda: targets.revision, clock=clock, on_report=live.touched
+    )
     deployment_servicer = DeploymentServicer(
         environments,
         deployments,
@@ -198,6 +213,8 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         sidecars,
         Metrics(
             store,
+            fleet,
+            rollups,
             retention_seconds=config.metrics_retention_seconds,
             clock=clock,
             on_report=live.touched,
@@ -215,6 +232,13 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         sidecars=sidecars,
         controller=Controller(deployments, clock=clock),
         notifier=Notifier(webhooks),
+        replica=replica,
+        replica_flush=ReplicaFlush(
+            fleet,
+            rollups,
+            interval=config.telemetry_flush_seconds,
+            metrics_retention=config.metrics_retention_seconds,
+        ),
         maintenance=Maintenance(
             store,
             request_retention=config.request_retention_seconds,
@@ -248,6 +272,7 @@ class App:
         self.controller = self.services.controller
         self.notifier = self.services.notifier
         self.maintenance = self.services.maintenance
+        self.replica_flush = self.services.replica_flush
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
             telemetry
@@ -305,6 +330,7 @@ class App:
         tls = await self._serve()
         self.streams.start()
         self.maintenance.start()
+        self.replica_flush.start()
         self.controller.start()
         self.notifier.start()
         # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
@@ -416,6 +442,7 @@ class App:
         left = max(0.0, grace - (time.monotonic() - started))
         await self.server.stop(min(FLUSH_SECONDS, left) if drained else 0)
         await self.streams.stop()
+        await self.replica_flush.stop()  # no report comes in now: the last batch holds every one answered
         await self.maintenance.stop()
         await self.controller.stop()
         await self.notifier.stop()

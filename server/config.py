@@ -93,6 +93,8 @@ class Config:
     request_retention_seconds: float = 24 * 3600.0
     event_retention_seconds: float = 24 * 3600.0
     metrics_retention_seconds: float = 3600.0
+    # How often each replica writes the sidecar heartbeats and metric windows it holds in memory.
+    telemetry_flush_seconds: float = 5.0
     auth: bool = True
     admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
     tls_cert: str = ""
@@ -164,6 +166,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=env("DSPY_REGISTRY_METRICS_RETENTION", 1.0),
         help="hours sidecars' metric windows are kept; analysis looks at most this far back",
+    )
+    parser.add_argument(
+        "--telemetry-flush",
+        type=float,
+        default=env("DSPY_REGISTRY_TELEMETRY_FLUSH", 5.0),
+        help="seconds between a replica's batched writes of the heartbeats and metric windows it holds "
+        "in memory (docs/operations.md); a replica that dies loses at most this much",
     )
     parser.add_argument(
         "--admin-token-file",
@@ -286,6 +295,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         request_retention_seconds=_value(args.request_retention, _number(float)) * 3600,
         event_retention_seconds=_value(args.event_retention, _number(float)) * 3600,
         metrics_retention_seconds=_value(args.metrics_retention, _number(float)) * 3600,
+        telemetry_flush_seconds=_value(args.telemetry_flush, _number(float)),
         auth=not _value(args.no_auth, _boolean),
         admin_token_file=_value(args.admin_token_file, str),
         tls_cert=_value(args.tls_cert, str),

@@ -9,8 +9,8 @@ gets that answer back; remembering forever would grow the store without
 bound. Records older than the retention (`--request-retention`, default 24 h)
 are pruned every `interval`; a retry after that is treated as a new request.
 
-A sidecar silent for three heartbeats is already left out of every answer;
-its rows are deleted here, as are metric windows older than
+A sidecar no replica vouches for any more (see usecases.live_sidecars) is
+already left out of every answer; its rows are deleted here, as are metric windows older than
 `--metrics-retention` (default 1 h), and webhook deliveries completed more
 than 7 days ago.
 """

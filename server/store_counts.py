@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.deployments import State
+from .domain.sidecars import newest_word, serving_counts
 from .store.base import Store
 
 log = logging.getLogger("dspy_registry.telemetry")
@@ -86,7 +87,10 @@ class StoreCounts:
             names = await tx.environment_names()
             deployments = await tx.deployment_counts()
             paused = await tx.paused_counts()
-            sidecars = await tx.live_sidecar_counts(self.clock.now())
+            now = self.clock.now()
+            # Each sidecar once, by its newest word, however many replicas heard it.
+            presence = await tx.live_presence(now)
+        sidecars = serving_counts(newest_word((p.report, p.leaving) for p in presence))
         environments = names | {environment for environment, _ in deployments}
         self.snapshot = Snapshot(
             environments=tuple(sorted(environments)),

@@ -312,7 +312,12 @@ class DeploymentServiceServicer:
         INVALID_ARGUMENT for a missing sidecar id or a bad entry; NOT_FOUND if a
         named program or environment does not exist; PERMISSION_DENIED without
         read on each named program, or for a live sidecar id another principal
-        reported.
+        reported. The answer means: a report that changes what the sidecar runs
+        (it joins, or ACKs or NACKs another set of versions) is in the store,
+        where every replica reads it; a report that says the same again is held
+        in this replica's memory and written with its next batch (every few
+        seconds, and at a graceful stop). If the replica dies first, that
+        heartbeat is lost and the sidecar's next report, to any replica, counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -324,7 +329,14 @@ class DeploymentServiceServicer:
         matching the bounds, correct above total); RESOURCE_EXHAUSTED above the
         per-call window limit. A window carries counts, not ratios: these checks
         are the metric ranges for what is computed from it (accuracy and error
-        rate between 0 and 1, latencies finite and not negative).
+        rate between 0 and 1, latencies finite and not negative). The answer
+        means the windows are held in this replica's memory, merged per version,
+        and will be written with its next batch (every few seconds, and at a
+        graceful stop); analysis on this replica counts them at once, on the
+        others once written. If the replica dies first they are lost: at most
+        one batch interval of data, which analysis sees as fewer requests
+        (INCONCLUSIVE below min_requests), never as another verdict. Not retried
+        by the server: a sidecar need not send them again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -10,6 +10,7 @@ longer live.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -64,6 +65,69 @@ def new_results(before: Report | None, after: Report) -> list[Applied]:
         else set()
     )
     return [a for a in after.targets if (a.program, a.environment, a.version, a.digest, a.acked) not in seen]
+
+
+def _serving(r: Report) -> frozenset[tuple[object, ...]]:
+    return frozenset(
+        (a.program, a.environment, a.version, a.digest, a.acked, a.error_code, a.error_message)
+        for a in r.targets
+    )
+
+
+def changes_what_is_kept(before: Report | None, after: Report) -> bool:
+    """Whether `after` must be written at once rather than with the next batch: the sidecar joins
+    (no report before, or one no longer live), reports as another principal or at another interval,
+    or ACKs or NACKs another set of versions. Deployment decisions (a blue-green switch, a NACK)
+    read what is written; a heartbeat that says the same again only proves the sidecar is alive."""
+    if before is None or not before.live_at(after.time):
+        return True
+    return (
+        before.principal != after.principal
+        or before.heartbeat_seconds != after.heartbeat_seconds
+        or _serving(before) != _serving(after)
+    )
+
+
+def new_nacks(before: Report | None, after: Report) -> list[Applied]:
+    """The NACKs in `after` that `before` did not already make (each is acted on once)."""
+    old = _serving(before) if before is not None and before.live_at(after.time) else frozenset()
+    return [
+        a
+        for a in after.targets
+        if not a.acked
+        and (a.program, a.environment, a.version, a.digest, a.acked, a.error_code, a.error_message) not in old
+    ]
+
+
+def newest_word(candidates: Iterable[tuple[Report, bool]]) -> list[Report]:
+    """Each sidecar's newest report among (report, leaving) pairs, by id, unless that newest says it
+    left. Several replicas may have heard a sidecar (a client that spreads its calls): the latest
+    report is what it runs now; of two at the same time, the later in `candidates` wins."""
+    newest: dict[str, tuple[Report, bool]] = {}
+    for r, leaving in candidates:
+        held = newest.get(r.sidecar_id)
+        if held is None or held[0].time <= r.time:
+            newest[r.sidecar_id] = (r, leaving)
+    return [r for _, (r, leaving) in sorted(newest.items()) if not leaving]
+
+
+def serving_counts(reports: Iterable[Report]) -> dict[tuple[str, str, str], int]:
+    """How many of `reports` (one per sidecar) serve each (program, environment, version): the versions
+    each has ACKed. A fleet has converged when one version of a target is left."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for r in reports:
+        for a in r.targets:
+            if a.acked:
+                key = (a.program, a.environment, a.version)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def live_until(r: Report, flush_seconds: float) -> datetime:
+    """Until when a replica that holds `r` vouches for it in the store: three heartbeats after the
+    report, plus two flush intervals, since the replica writes the next report's time only with
+    its next batch (and a batch may be one interval late)."""
+    return r.time + timedelta(seconds=r.heartbeat_seconds * MISSED_HEARTBEATS + 2 * flush_seconds)
 
 
 def report_to_json(r: Report) -> dict[str, Any]:

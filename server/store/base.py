@@ -30,6 +30,15 @@ class Availability:
 AVAILABLE = Availability(readable=True, writable=True)
 
 
+@dataclass
+class WriteCounts:
+    """Write transactions this store committed since it was made: the revisioned ones (`write()`),
+    and telemetry's (`telemetry()`). What a fleet costs the store is read here, not timed."""
+
+    revisioned: int = 0
+    telemetry: int = 0
+
+
 class Store(Protocol):
     """A revisioned store.
 
@@ -42,6 +51,7 @@ class Store(Protocol):
     url: str
     commits: CommitListeners  # told of each committed transaction's events, in order
     timer: TransactionTimer  # told how long each read() and write() took
+    writes: WriteCounts
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -63,4 +73,11 @@ class Store(Protocol):
     def write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
         """One write transaction; `call`, the mutation it serves, whose audit event it then writes
         (see Records.finish). Background work passes none."""
+        ...
+
+    def telemetry(self) -> AbstractAsyncContextManager[Records]:
+        """One write transaction outside the revision order, for sidecar presence and metric rollups:
+        it takes no revision (Records.append refuses), notifies no listener, and on PostgreSQL does
+        not lock the revision row, so it never waits for a deployment nor makes one wait. On SQLite,
+        which has one writer, it joins the writer's queue (and its group commit) like any write."""
         ...

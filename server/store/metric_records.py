@@ -1,104 +1,108 @@
-"""Every query of metric windows: sidecars' measurements, kept for a bounded time."""
+"""Every query of metric rollups: sidecars' windows as each replica merged them, kept for a bounded time.
+
+Rollups are telemetry: written in Store.telemetry() transactions, which take
+no revision and append no event (see domain.rollups).
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
 
-from ..domain.health import Window
-from .sql import Connection, to_datetime, to_us
+from ..domain.health import Totals
+from ..domain.rollups import Rollup
+from .sql import Connection, Row, to_datetime, to_us
+
+_COLUMNS = (
+    "program, environment, version, source, bucket, first_receive_time, start_time, end_time, "
+    "window_count, request_count, error_count, latency, feedback_correct, feedback_total"
+)
+
+
+def _rollup(r: Row) -> Rollup:
+    latency = json.loads(r["latency"])
+    return Rollup(
+        program=r["program"],
+        environment=r["environment"],
+        version=r["version"],
+        source=r["source"],
+        bucket=int(r["bucket"]),
+        first_receive=to_datetime(r["first_receive_time"]),
+        window_count=int(r["window_count"]),
+        totals=Totals(
+            request_count=int(r["request_count"]),
+            error_count=int(r["error_count"]),
+            bounds_ms=tuple(latency["bounds_ms"]),
+            counts=list(latency["counts"]),
+            sum_ms=float(latency["sum_ms"]),
+            feedback_correct=int(r["feedback_correct"]),
+            feedback_total=int(r["feedback_total"]),
+            start_time=to_datetime(r["start_time"]),
+            end_time=to_datetime(r["end_time"]),
+        ),
+    )
 
 
 class MetricQueries:
     conn: Connection
 
-    async def add_metric_windows(self, sidecar_id: str, windows: list[Window], received: datetime) -> int:
-        """Store the windows of one sidecar's report not stored before; how many were new.
-
-        A retried report (the same sidecar, version and start time) counts once.
-        """
-        if not windows:
-            return 0
-        starts = [to_us(w.start_time) for w in windows]
-        rows = await self.conn.fetch(
-            "SELECT program, environment, version, start_time FROM metric_windows "
-            "WHERE sidecar_id = ? AND start_time BETWEEN ? AND ?",
-            sidecar_id,
-            min(starts),
-            max(starts),
-        )
-        seen = {(r["program"], r["environment"], r["version"], r["start_time"]) for r in rows}
-        new: dict[tuple[str, str, str, int], Window] = {}
-        for w, start in zip(windows, starts, strict=True):
-            key = (w.program, w.environment, w.version, start)
-            if key not in seen:
-                new.setdefault(key, w)  # the same window twice in one report: the first
+    async def add_metric_rollups(self, rollups: list[Rollup]) -> None:
+        """Store a replica's flushed rollups; one stored already (a flush retried after a commit whose
+        outcome was unknown) is kept as it was."""
+        if not rollups:
+            return
+        marks = ", ".join("?" for _ in _COLUMNS.split(", "))
         await self.conn.executemany(
-            "INSERT INTO metric_windows (program, environment, version, sidecar_id, start_time, end_time, "
-            "receive_time, request_count, error_count, latency, feedback_correct, feedback_total) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO metric_rollups ({_COLUMNS}) VALUES ({marks}) "
+            "ON CONFLICT (program, environment, version, source, bucket) DO NOTHING",
             [
                 (
-                    w.program,
-                    w.environment,
-                    w.version,
-                    sidecar_id,
-                    start,
-                    to_us(w.end_time),
-                    to_us(received),
-                    w.request_count,
-                    w.error_count,
-                    json.dumps({"bounds_ms": w.bounds_ms, "counts": w.counts, "sum_ms": w.sum_ms}),
-                    w.feedback_correct,
-                    w.feedback_total,
+                    r.program,
+                    r.environment,
+                    r.version,
+                    r.source,
+                    r.bucket,
+                    to_us(r.first_receive),
+                    to_us(r.totals.start_time or r.first_receive),
+                    to_us(r.totals.end_time or r.first_receive),
+                    r.window_count,
+                    r.totals.request_count,
+                    r.totals.error_count,
+                    json.dumps(
+                        {
+                            "bounds_ms": r.totals.bounds_ms,
+                            "counts": r.totals.counts,
+                            "sum_ms": r.totals.sum_ms,
+                        }
+                    ),
+                    r.totals.feedback_correct,
+                    r.totals.feedback_total,
                 )
-                for (_, _, _, start), w in new.items()
+                for r in sorted(rollups, key=lambda r: (r.program, r.environment, r.version, r.bucket))
             ],
         )
-        return len(new)
 
-    async def metric_windows(
+    async def metric_rollups(
         self, program: str, environment: str, versions: list[str], since: datetime
-    ) -> list[Window]:
-        """Windows of these versions received at or after `since` (by the server's clock)."""
+    ) -> list[Rollup]:
+        """Rollups of these versions whose first window arrived at or after `since` (the server's clock)."""
         if not versions:
             return []
         marks = ", ".join("?" for _ in versions)
         rows = await self.conn.fetch(
-            "SELECT version, sidecar_id, start_time, end_time, request_count, error_count, latency, "
-            "feedback_correct, feedback_total FROM metric_windows "
-            f"WHERE program = ? AND environment = ? AND receive_time >= ? AND version IN ({marks})",
+            f"SELECT {_COLUMNS} FROM metric_rollups "
+            f"WHERE program = ? AND environment = ? AND first_receive_time >= ? AND version IN ({marks})",
             program,
             environment,
             to_us(since),
             *versions,
         )
-        out = []
-        for r in rows:
-            latency = json.loads(r["latency"])
-            out.append(
-                Window(
-                    sidecar_id=r["sidecar_id"],
-                    program=program,
-                    environment=environment,
-                    version=r["version"],
-                    start_time=to_datetime(r["start_time"]),
-                    end_time=to_datetime(r["end_time"]),
-                    request_count=r["request_count"],
-                    error_count=r["error_count"],
-                    bounds_ms=tuple(latency["bounds_ms"]),
-                    counts=tuple(latency["counts"]),
-                    sum_ms=latency["sum_ms"],
-                    feedback_correct=r["feedback_correct"],
-                    feedback_total=r["feedback_total"],
-                )
-            )
-        return out
+        return [_rollup(r) for r in rows]
 
     async def forget_metric_windows(self, before: datetime) -> int:
-        """Drop windows received before `before` (retention)."""
+        """Drop rollups whose first window arrived before `before` (retention)."""
         row = await self.conn.fetchrow(
-            "SELECT COUNT(*) AS n FROM metric_windows WHERE receive_time < ?", to_us(before)
+            "SELECT COUNT(*) AS n FROM metric_rollups WHERE first_receive_time < ?", to_us(before)
         )
-        await self.conn.execute("DELETE FROM metric_windows WHERE receive_time < ?", to_us(before))
+        await self.conn.execute("DELETE FROM metric_rollups WHERE first_receive_time < ?", to_us(before))
         return int(row["n"]) if row else 0

@@ -393,6 +393,79 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        12,
+        "telemetry off the revision order: sidecar presence and metric rollups by replica",
+        (
+            # Written in transactions of their own that neither take the revision row nor append an
+            # event (Store.telemetry): by a replica a sidecar reports to, when what it runs changes,
+            # and in one batch per replica per flush interval otherwise. One row per sidecar and
+            # replica (round-robin clients report to each); readers take each sidecar's newest.
+            # live_until is the writing replica's promise: its last report's time, three heartbeats
+            # and two flush intervals. `leaving` marks a sidecar that said it is going: newer than
+            # any other replica's row of it, it outlives them.
+            """CREATE TABLE sidecar_presence (
+                sidecar_id TEXT{c} NOT NULL,
+                replica TEXT{c} NOT NULL,
+                principal TEXT NOT NULL,
+                report TEXT NOT NULL,
+                heartbeat_ms BIGINT NOT NULL,
+                last_report_time BIGINT NOT NULL,
+                live_until BIGINT NOT NULL,
+                leaving INTEGER NOT NULL,
+                PRIMARY KEY (sidecar_id, replica)
+            )""",
+            "CREATE INDEX sidecar_presence_by_expiry ON sidecar_presence (live_until)",
+            """CREATE TABLE sidecar_presence_targets (
+                sidecar_id TEXT{c} NOT NULL,
+                replica TEXT{c} NOT NULL,
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                PRIMARY KEY (program, environment, sidecar_id, replica),
+                FOREIGN KEY (sidecar_id, replica) REFERENCES sidecar_presence (sidecar_id, replica)
+                    ON DELETE CASCADE
+            )""",
+            "CREATE INDEX sidecar_presence_targets_by_sidecar ON sidecar_presence_targets (sidecar_id, replica)",
+            # Sidecars reported before the upgrade stay live for their three heartbeats, held by no
+            # running replica; they report again within one heartbeat, to whichever replica they reach.
+            "INSERT INTO sidecar_presence (sidecar_id, replica, principal, report, heartbeat_ms, "
+            "last_report_time, live_until, leaving) SELECT sidecar_id, 'before-upgrade', principal, report, "
+            "heartbeat_ms, last_report_time, last_report_time + heartbeat_ms * 3000, 0 FROM sidecars",
+            "INSERT INTO sidecar_presence_targets (sidecar_id, replica, program, environment) "
+            "SELECT sidecar_id, 'before-upgrade', program, environment FROM sidecar_targets",
+            "DROP TABLE sidecar_targets",
+            "DROP TABLE sidecars",
+            # One row per replica, target version and bucket (the windows one replica received in
+            # one second, up to one flush): writes grow with replicas x targets, not with pods.
+            # `source` and `bucket` name a rollup, so that a replica's reads count a rollup once
+            # whether they find it in its memory, in the store, or (during its flush) in both.
+            """CREATE TABLE metric_rollups (
+                program TEXT{c} NOT NULL,
+                environment TEXT{c} NOT NULL,
+                version TEXT{c} NOT NULL,
+                source TEXT{c} NOT NULL,
+                bucket BIGINT NOT NULL,
+                first_receive_time BIGINT NOT NULL,
+                start_time BIGINT NOT NULL,
+                end_time BIGINT NOT NULL,
+                window_count BIGINT NOT NULL,
+                request_count BIGINT NOT NULL,
+                error_count BIGINT NOT NULL,
+                latency TEXT NOT NULL,
+                feedback_correct BIGINT NOT NULL,
+                feedback_total BIGINT NOT NULL,
+                PRIMARY KEY (program, environment, version, source, bucket)
+            )""",
+            "CREATE INDEX metric_rollups_by_receipt ON metric_rollups (first_receive_time)",
+            # The windows stored before the upgrade, one rollup each (their key is unique per sidecar).
+            "INSERT INTO metric_rollups (program, environment, version, source, bucket, first_receive_time, "
+            "start_time, end_time, window_count, request_count, error_count, latency, feedback_correct, "
+            "feedback_total) SELECT program, environment, version, 'before-upgrade/' || sidecar_id, "
+            "start_time, receive_time, start_time, end_time, 1, request_count, error_count, latency, "
+            "feedback_correct, feedback_total FROM metric_windows",
+            "DROP TABLE metric_windows",
+        ),
+    ),
 )
 
 

@@ -43,7 +43,7 @@ import asyncpg
 from ..calls import Call
 from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
-from .base import AVAILABLE, Availability
+from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
 from .migrations import POSTGRES, migrate
 from .records import Records
@@ -164,6 +164,7 @@ class PostgresStore(TimedTransactions):
         }
         self.commits = CommitListeners()
         self.timer = TransactionTimer()
+        self.writes = WriteCounts()
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -291,6 +292,35 @@ class PostgresStore(TimedTransactions):
             # nor keep the listeners (the read cache) from hearing of it.
             await asyncio.shield(self._finish(transaction, records))
 
+    @asynccontextmanager
+    async def _telemetry(self) -> AsyncIterator[Records]:
+        # A pooled connection, not the writer's, and no lock on the revision row: telemetry neither
+        # queues behind the revisioned writes nor holds them up.
+        pool = self._available()
+        raw = await _driver(lambda: pool.acquire(timeout=ACQUIRE_TIMEOUT))
+        self._lent.add(raw)
+        try:
+            transaction = raw.transaction()
+            conn = WriteConnection(_Connection(raw))
+            try:
+                await _driver(transaction.start)
+                # As the writer's sessions: a replica cut off mid-batch must not hold its rows for hours.
+                await conn.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', ?, true)",
+                    self._idle_in_transaction["idle_in_transaction_session_timeout"],
+                )
+                yield Records(conn)
+                if conn.failure is not None:
+                    raise conn.failure
+            except BaseException:
+                await asyncio.shield(self._abandon(raw, transaction))
+                raise
+            await asyncio.shield(_driver(transaction.commit))
+            self.writes.telemetry += 1
+        finally:
+            self._lent.discard(raw)
+            await asyncio.shield(_release(pool, raw))
+
     async def _abandon(self, raw: asyncpg.Connection, transaction: Any) -> None:
         if raw.is_closed():
             return  # the server rolls back what a lost connection left open
@@ -305,6 +335,7 @@ class PostgresStore(TimedTransactions):
         # committed: the caller hears UNAVAILABLE, never success, and its retry
         # with the same request_id gets the first answer if the commit happened.
         await _driver(transaction.commit)
+        self.writes.revisioned += 1
         records.committed()
         if records.appended:
             try:

@@ -30,8 +30,9 @@ from ..domain.signatures import Level, SignatureSpec
 from ..errors import InvalidArgument
 from .access_records import AccessQueries
 from .check_records import CheckQueries
-from .deployment_records import DeploymentQueries, EnvironmentQueries, SidecarQueries, TargetQueries
+from .deployment_records import DeploymentQueries, EnvironmentQueries, TargetQueries
 from .metric_records import MetricQueries
+from .presence_records import PresenceQueries
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
 from .webhook_records import WebhookQueries
@@ -146,7 +147,7 @@ class Records(
     EnvironmentQueries,
     TargetQueries,
     DeploymentQueries,
-    SidecarQueries,
+    PresenceQueries,
     MetricQueries,
     WebhookQueries,
     CheckQueries,

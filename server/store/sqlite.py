@@ -40,7 +40,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
@@ -49,7 +49,7 @@ import aiosqlite
 
 from ..calls import Call
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
-from .base import AVAILABLE, Availability
+from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
 from .migrations import MIGRATIONS, SQLITE, migrate
 from .records import Records
@@ -94,6 +94,7 @@ class SqliteStore(TimedTransactions):
         self.path = path_from_url(url)
         self.commits = CommitListeners()
         self.timer = TransactionTimer()
+        self.writes = WriteCounts()
         self._readers_wanted = readers
         self._readers: asyncio.Queue[Reader] = asyncio.Queue()
         self._reader_dbs: list[aiosqlite.Connection] = []
@@ -332,15 +333,21 @@ class SqliteStore(TimedTransactions):
             return Availability(True, False, f"the store is read-only: {self._full}")
         return AVAILABLE
 
+    def _write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
+        return self._unit(_Slot(call))
+
+    def _telemetry(self) -> AbstractAsyncContextManager[Records]:
+        # SQLite has one writer: telemetry joins its queue like any write, without a revision.
+        return self._unit(_Slot(None, revisioned=False))
+
     @asynccontextmanager
-    async def _write(self, call: Call | None = None) -> AsyncIterator[Records]:
+    async def _unit(self, slot: _Slot) -> AsyncIterator[Records]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         if self._full or self._writer_task is None:
             raise ResourceExhausted(
                 DISK_LIMIT, f"the store is read-only: {self._full}; writes resume once space is freed"
             )
-        slot = _Slot(call)
         self._queue.put_nowait(slot)
         try:
             records = await slot.granted
@@ -377,7 +384,8 @@ class SqliteStore(TimedTransactions):
                     if not slot.granted.cancelled():
                         records = await self._run_unit(writer, slot)
                         if records is not None:
-                            self._revision = records.revision
+                            if slot.revisioned:
+                                self._revision = records.revision
                             batch.append((slot, records))
                     if self._queue.empty() or len(batch) >= MAX_BATCH:
                         break
@@ -406,6 +414,10 @@ class SqliteStore(TimedTransactions):
             for waiting, records in batch:
                 records.committed()
                 waiting.durable.set_result(None)
+                if waiting.revisioned:
+                    self.writes.revisioned += 1
+                else:
+                    self.writes.telemetry += 1
             self._queue.task_done()
             for _, records in batch:
                 self.commits.publish(records.appended)
@@ -432,7 +444,7 @@ class SqliteStore(TimedTransactions):
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
         await writer.execute("SAVEPOINT unit")
         unit = WriteConnection(writer, lambda: writer.db.in_transaction)
-        records = Records(unit, base_revision=self._revision, call=slot.call)
+        records = Records(unit, base_revision=self._revision if slot.revisioned else None, call=slot.call)
         slot.granted.set_result(records)
         succeeded = await slot.finished
         if not writer.db.in_transaction:
@@ -463,8 +475,9 @@ def _rollback_quietly(db: sqlite3.Connection) -> None:
 class _Slot:
     """One write transaction's handshake with the writer task."""
 
-    def __init__(self, call: Call | None) -> None:
+    def __init__(self, call: Call | None, *, revisioned: bool = True) -> None:
         self.call = call  # the call it serves, for its audit event
+        self.revisioned = revisioned  # False: telemetry, which takes no revision
         loop = asyncio.get_running_loop()
         self.granted: asyncio.Future[Records] = loop.create_future()
         self.finished: asyncio.Future[bool] = loop.create_future()

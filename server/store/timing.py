@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ..calls import Call
 from .records import Records
 
-# (kind: "read" | "write", seconds). Whether it ended in an exception is not told: most are the
+# (kind: "read" | "write" | "telemetry", seconds). Whether it ended in an exception is not told: most are the
 # caller's (a NOT_FOUND, a refused transition), and a store fault shows as UNAVAILABLE calls.
 Observe = Callable[[str, float], None]
 
@@ -38,8 +38,8 @@ class TransactionTimer:
 
 
 class TimedTransactions:
-    """`read()` and `write()` of a backend, each passed through its `timer`: the backend's own
-    transactions are its `_read()` and `_write()`."""
+    """`read()`, `write()` and `telemetry()` of a backend, each passed through its `timer`: the
+    backend's own transactions are its `_read()`, `_write()` and `_telemetry()`."""
 
     timer: TransactionTimer
 
@@ -47,6 +47,9 @@ class TimedTransactions:
         raise NotImplementedError
 
     def _write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
+        raise NotImplementedError
+
+    def _telemetry(self) -> AbstractAsyncContextManager[Records]:
         raise NotImplementedError
 
     @asynccontextmanager
@@ -57,4 +60,9 @@ class TimedTransactions:
     @asynccontextmanager
     async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
         async with self.timer.timed("write"), self._write(call) as records:
+            yield records
+
+    @asynccontextmanager
+    async def telemetry(self) -> AsyncIterator[Records]:
+        async with self.timer.timed("telemetry"), self._telemetry() as records:
             yield records

@@ -1,15 +1,14 @@
-"""What every use case shares: idempotent mutations, paged lists, and who owns a sidecar id."""
+"""What every use case shares: idempotent mutations and paged lists."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from ..domain import pagination
 from ..domain.model import Page
-from ..errors import InvalidArgument, PermissionDenied
+from ..errors import InvalidArgument
 from ..store.base import Store
 from ..store.records import Records
 
@@ -76,10 +75,3 @@ async def page_of(
     async with store.read() as tx:
         items, after, total = await query(tx, page)
     return PageOf(items, pagination.next_token(after, fp), total)
-
-
-async def check_owner(tx: Records, sidecar_id: str, principal: str, now: datetime) -> None:
-    """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
-    owner = await tx.sidecar_owner(sidecar_id, now)
-    if owner is not None and owner != principal:
-        raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")

@@ -32,8 +32,10 @@ from ..errors import Aborted, FailedPrecondition, NotFound, RegistryError, Store
 from ..store.base import Store
 from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
+from .live_sidecars import LiveSidecars
 from .metrics import DEFAULT_RETENTION_SECONDS, Assessment, assess, watched
 from .registry import compatibility
+from .rollups import MetricRollups
 
 log = logging.getLogger("dspy_registry.deployments")
 
@@ -98,10 +100,16 @@ class Deployments:
         store: Store,
         *,
         metrics_retention: float = DEFAULT_RETENTION_SECONDS,
+        live: LiveSidecars | None = None,
+        rollups: MetricRollups | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """`live`, `rollups`: what this replica holds in memory of sidecars and metrics (the fleet as
+        other replicas wrote it is read from the store beside them); none of its own by default."""
         self.store = store
         self.metrics_retention = metrics_retention
+        self.live = live if live is not None else LiveSidecars(store, "", clock=clock)
+        self.rollups = rollups if rollups is not None else MetricRollups(store, "", clock=clock)
         self.clock = clock
         # Told each analysis's verdict, with the deployment's environment (telemetry sets it).
         self.on_verdict: Callable[[str, Verdict], None] | None = None
@@ -421,7 +429,7 @@ class Deployments:
             if d.strategy.strategy is not Strategy.BLUE_GREEN:
                 after, target = dep.advance(d, t, now, "controller")
             else:
-                live = [r for r in await tx.sidecars_serving(d.program, d.environment) if r.live_at(now)]
+                live = await self.live.serving(tx, d.program, d.environment, now)
                 after, target = dep.switch_when_acked(d, t, now, "controller", live)
                 if after.timeline == d.timeline:
                     # Still waiting for ACKs: only the next check moves; nothing anyone sees changed.
@@ -442,7 +450,7 @@ class Deployments:
         or abort.
         """
         thresholds = env.policy.auto_rollback
-        found = await assess(tx, t, d, env, now, self.metrics_retention)
+        found = await assess(tx, self.rollups, t, d, env, now, self.metrics_retention)
         subject = found.subject
         verdict = subject.health.verdict if subject else Verdict.INCONCLUSIVE
         if verdict is Verdict.HEALTHY:
@@ -538,7 +546,7 @@ class Deployments:
         now = self.clock.now()
         if t is None or env is None or not watched(d, t, env, now):
             return None
-        found = await assess(tx, t, d, env, now, self.metrics_retention)
+        found = await assess(tx, self.rollups, t, d, env, now, self.metrics_retention)
         if found.subject is None:
             return None
         return d, t, env, found.subject.health
@@ -640,7 +648,7 @@ class Deployments:
             if d is None and t is not None and t.deployment:
                 d = await tx.get_deployment(t.deployment)
             found = (
-                await assess(tx, t, d, env, self.clock.now(), self.metrics_retention)
+                await assess(tx, self.rollups, t, d, env, self.clock.now(), self.metrics_retention)
                 if t is not None
                 else None
             )

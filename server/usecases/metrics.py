@@ -1,11 +1,14 @@
 """Metrics use cases: take sidecars' windows, and assess a target's versions against its environment.
 
 Windows are telemetry, like sidecar reports: they move no revision and wake
-no watcher. An assessment reads the windows received in the environment's
+no watcher. This replica merges them in memory per version and second and
+writes them in one batch per flush interval (usecases.rollups). An
+assessment reads every replica's rollups received in the environment's
 monitoring window (by the server's clock, so sidecar clock skew does not
-matter), merges them per version and judges each (see domain.health). The
-same assessment answers GetDeploymentStatus and drives the controller's
-analysis, so what an operator sees is what the controller acted on.
+matter) together with those this replica still holds, merges them per
+version and judges each (see domain.health). The same assessment answers
+GetDeploymentStatus and drives the controller's analysis, so what an operator
+sees is what the controller acted on.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from ..domain.health import Health, Verdict, Window
 from ..errors import NotFound, Violations
 from ..store.base import Store
 from ..store.records import Records
-from .common import check_owner
+from .live_sidecars import LiveSidecars
+from .rollups import MetricRollups
 
 DEFAULT_RETENTION_SECONDS = 3600.0
 
@@ -62,7 +66,13 @@ def watched(d: Deployment, t: Target, env: Environment, now: datetime) -> bool:
 
 
 async def assess(
-    tx: Records, t: Target, d: Deployment | None, env: Environment, now: datetime, retention: float
+    tx: Records,
+    rollups: MetricRollups,
+    t: Target,
+    d: Deployment | None,
+    env: Environment,
+    now: datetime,
+    retention: float,
 ) -> Assessment:
     thresholds = env.policy.auto_rollback
     span = min(thresholds.monitoring_window_seconds, retention)
@@ -78,7 +88,7 @@ async def assess(
     baseline_version = d.previous_stable.version if d is not None and d.previous_stable else None
     if baseline_version and baseline_version not in {v for _, v in roles}:
         roles.append(("previous", baseline_version))
-    windows = await tx.metric_windows(t.program, t.environment, [v for _, v in roles], start)
+    windows = await rollups.merged(tx, t.program, t.environment, [v for _, v in roles], start)
     by_version: dict[str, list[Window]] = {}
     for w in windows:
         by_version.setdefault(w.version, []).append(w)
@@ -100,47 +110,69 @@ async def assess(
     return Assessment(window_start=start, window_end=now, versions=tuple(out), subject=subject)
 
 
+KNOWN_LIMIT = 10_000  # (program, version) and (program, environment) pairs remembered to exist
+
+
 class Metrics:
     def __init__(
         self,
         store: Store,
+        live: LiveSidecars,
+        rollups: MetricRollups,
         clock: Clock = SYSTEM_CLOCK,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         on_report: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        self.live = live
+        self.rollups = rollups
         self.clock = clock
         self.retention = retention_seconds
-        # Told (program, environment) of each committed report: windows commit no event for watchers,
+        # Told (program, environment) of each report taken in: windows commit no event for watchers,
         # and the dashboard's live view follows them (dashboard/feed.py).
         self.on_report = on_report
+        # Versions and targets are never deleted: once seen to exist, a report need not ask again.
+        self._versions: set[tuple[str, str]] = set()
+        self._targets: set[tuple[str, str]] = set()
 
     async def report(
         self, call: Call, sidecar_id: str, principal: str, windows: list[Window]
     ) -> tuple[int, int]:
-        """Store `windows` (already validated): (accepted, dropped).
+        """Take `windows` (already validated) into this replica's rollups: (accepted, dropped).
 
         Refused: a window dated in the future (INVALID_ARGUMENT), or of a
         version that does not exist (NOT_FOUND). Dropped: older than the
         retention, or of a program and environment with no target. A retry is
-        accepted again but stored once.
+        accepted again but counted once (see usecases.rollups).
         """
         now = self.clock.now()
         oldest = now - timedelta(seconds=self.retention)
         v = Violations()
         health.check_window_times(windows, now, v)
         v.raise_if_any()
-        async with self.store.write(call) as tx:
-            for program, version in sorted({(w.program, w.version) for w in windows}):
-                if await tx.program_version_digest(program, version) is None:
-                    raise NotFound(f"programs/{program}/versions/{version}")
-            await check_owner(tx, sidecar_id, principal, now)
-            known: dict[tuple[str, str], bool] = {}
-            for key in sorted({(w.program, w.environment) for w in windows}):
-                known[key] = await tx.get_target(*key) is not None
-            keep = [w for w in windows if known[(w.program, w.environment)] and w.end_time >= oldest]
-            await tx.add_metric_windows(sidecar_id, keep, now)
+        versions = sorted({(w.program, w.version) for w in windows} - self._versions)
+        pairs = {(w.program, w.environment) for w in windows}
+        known = pairs & self._targets
+        targets = sorted(pairs - known)
+        if versions or targets:
+            async with self.store.read() as tx:
+                for program, version in versions:
+                    if await tx.program_version_digest(program, version) is None:
+                        raise NotFound(f"programs/{program}/versions/{version}")
+                found = [key for key in targets if await tx.get_target(*key) is not None]
+            self._remember(self._versions, versions)
+            self._remember(self._targets, found)
+            known.update(found)
+        await self.live.check_owner(sidecar_id, principal, now)
+        keep = [w for w in windows if (w.program, w.environment) in known and w.end_time >= oldest]
+        self.rollups.add(sidecar_id, keep, now)
         if self.on_report is not None:
             for program, environment in sorted({(w.program, w.environment) for w in keep}):
                 self.on_report(program, environment)
         return len(keep), len(windows) - len(keep)
+
+    @staticmethod
+    def _remember(known: set[tuple[str, str]], pairs: list[tuple[str, str]]) -> None:
+        if len(known) + len(pairs) > KNOWN_LIMIT:
+            known.clear()
+        known.update(pairs)

@@ -7,6 +7,7 @@ database (see tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,14 +15,18 @@ import pytest
 from dspy_registry.server.calls import Call
 from dspy_registry.server.domain import versions
 from dspy_registry.server.domain.access import AuditFilter
+from dspy_registry.server.domain.health import Window
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
-from dspy_registry.server.domain.sidecars import Applied, Report
+from dspy_registry.server.domain.rollups import Rollup
+from dspy_registry.server.domain.sidecars import Applied, Report, report_to_json
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
+from dspy_registry.server.store import migrations
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.migrations import MIGRATIONS
+from dspy_registry.server.store.sql import to_json, to_us
 from dspy_registry.server.usecases.artifacts import InMemory
 from dspy_registry.server.usecases.registry import RegisteredProgram, Registry, SignatureDraft
 from tests.clock import FakeClock
@@ -409,54 +414,169 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
         assert await tx.current_revision() == 4  # compaction is no change anyone watches
 
 
-async def test_sidecar_reports_replace_each_other_and_expire_by_their_own_heartbeat(store: Store) -> None:
-    def report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
-        applied = tuple(
-            Applied(
-                program=p,
-                environment=e,
-                version=v,
-                digest="sha256:" + "a" * 64,
-                acked=True,
-                error_code=0,
-                error_message="",
-                revision=3,
-                apply_time=NOW,
-            )
-            for p, e, v in targets
-        )
-        return Report(
-            sidecar_id=sidecar,
-            principal="svc",
-            targets=applied,
-            heartbeat_seconds=heartbeat,
-            time=NOW,
+def _sidecar_report(sidecar: str, heartbeat: float, *targets: tuple[str, str, str]) -> Report:
+    applied = tuple(
+        Applied(
+            program=p,
+            environment=e,
+            version=v,
+            digest="sha256:" + "a" * 64,
+            acked=True,
+            error_code=0,
+            error_message="",
             revision=3,
+            apply_time=NOW,
         )
+        for p, e, v in targets
+    )
+    return Report(
+        sidecar_id=sidecar,
+        principal="svc",
+        targets=applied,
+        heartbeat_seconds=heartbeat,
+        time=NOW,
+        revision=3,
+    )
 
-    async with store.write() as tx:
-        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0")))
-        await tx.put_sidecar(report("pod-b", 1, ("p", "staging", "1.0.0")))
-        assert tx.revision == 0  # telemetry moves no revision
-    async with store.write() as tx:
-        # The second report of pod-a replaces its first whole: it serves q no more.
-        await tx.put_sidecar(report("pod-a", 10, ("p", "staging", "1.1.0")))
+
+async def test_sidecar_presence_is_a_row_per_replica_that_heard_it_and_expires_as_promised(
+    store: Store,
+) -> None:
+    until = NOW + timedelta(seconds=40)
+    a = _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"), ("q", "staging", "2.0.0"))
+    b = _sidecar_report("pod-b", 1, ("p", "staging", "1.0.0"))
+    async with store.telemetry() as tx:
+        await tx.put_presence([(a, until), (b, NOW)], "r1", targets_of={"pod-a", "pod-b"})
+    moved = replace(_sidecar_report("pod-a", 10, ("p", "staging", "1.1.0")), time=NOW + timedelta(seconds=1))
+    async with store.telemetry() as tx:
+        # r2 heard pod-a later, serving p only: a row of its own beside r1's.
+        await tx.put_presence([(moved, until)], "r2", targets_of={"pod-a"})
+        # r1's batch: a later heartbeat, its targets as written before.
+        await tx.put_presence([(replace(a, time=NOW + timedelta(seconds=2)), until)], "r1", targets_of=set())
     async with store.read() as tx:
-        serving_p = await tx.sidecars_serving("p", "staging")
-        assert [(r.sidecar_id, [a.version for a in r.targets]) for r in serving_p] == [
-            ("pod-a", ["1.1.0"]),
-            ("pod-b", ["1.0.0"]),
+        assert await tx.current_revision() == 0  # telemetry moves no revision
+        serving_p = await tx.presence_serving("p", "staging", NOW)
+        assert [
+            (s.replica, s.report.sidecar_id, [a.version for a in s.report.targets]) for s in serving_p
+        ] == [
+            ("r1", "pod-a", ["1.0.0", "2.0.0"]),
+            ("r2", "pod-a", ["1.1.0"]),
+            ("r1", "pod-b", ["1.0.0"]),
         ]
-        assert serving_p[0].targets[0].apply_time == NOW and serving_p[0].heartbeat_seconds == 10
-        assert await tx.sidecars_serving("q", "staging") == []
-    later = NOW + timedelta(seconds=5)  # past pod-b's three 1 s heartbeats, within pod-a's
-    async with store.write() as tx:
-        assert await tx.sidecar_owner("pod-a", later) == "svc"
-        assert await tx.sidecar_owner("pod-b", later) is None
+        assert serving_p[0].report.time == NOW + timedelta(seconds=2)
+        assert (
+            serving_p[0].report.targets[0].apply_time == NOW and serving_p[0].report.heartbeat_seconds == 10
+        )
+        assert [s.replica for s in await tx.presence_serving("q", "staging", NOW)] == ["r1", "r2"]
+    later = NOW + timedelta(seconds=5)  # past what r1 promised for pod-b
+    async with store.telemetry() as tx:
+        assert [p.report.sidecar_id for p in await tx.presence_of("pod-b", later)] == []
         assert await tx.forget_silent_sidecars(later) == 1
-        await tx.remove_sidecar("pod-a")
+        await tx.put_leaving(replace(a, targets=(), time=later), "r2", later + timedelta(seconds=40))
     async with store.read() as tx:
-        assert await tx.sidecars_serving("p", "staging") == []
+        [left] = await tx.presence_of("pod-a", later)  # every other row of it gave way
+        assert (left.replica, left.leaving, left.report.targets) == ("r2", True, ())
+        # Only what says it left, which every target's readers get (a replica may still hold pod-a).
+        assert [(p.report.sidecar_id, p.leaving) for p in await tx.presence_serving("p", "staging", NOW)] == [
+            ("pod-a", True)
+        ]
+    async with store.telemetry() as tx:
+        await tx.remove_presence("pod-a")
+    async with store.read() as tx:
+        assert await tx.presence_of("pod-a", NOW) == []
+
+
+async def test_telemetry_transactions_take_no_revision_and_are_counted_apart(store: Store) -> None:
+    before = (store.writes.revisioned, store.writes.telemetry)
+    async with store.telemetry() as tx:
+        await tx.put_presence(
+            [(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), NOW)], "r1", targets_of={"pod-a"}
+        )
+        with pytest.raises(RuntimeError):
+            await tx.append([Event(kind="new", resource="r/1")])
+    async with store.write() as tx:
+        await tx.append([Event(kind="new", resource="r/1")])
+    with pytest.raises(ValueError):
+        async with store.telemetry() as tx:
+            await tx.remove_presence("pod-a")
+            raise ValueError("a failed batch leaves no trace")
+    assert (store.writes.revisioned, store.writes.telemetry) == (before[0] + 1, before[1] + 1)
+    async with store.read() as tx:
+        assert await tx.current_revision() == 1
+        assert [s.report.sidecar_id for s in await tx.presence_serving("p", "staging", NOW)] == ["pod-a"]
+
+
+async def test_telemetry_commits_while_another_replica_holds_the_revision_row(
+    database_url: str, store: Store
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer: a telemetry transaction joins its queue like any write")
+    other = open_store(database_url)  # another replica
+    await other.open()
+    try:
+        async with other.write() as tx:
+            await tx.append([Event(kind="new", resource="r/1")])  # the revision row is locked until COMMIT
+            async with asyncio.timeout(60):  # a bound on a hang, not a measurement
+                async with store.telemetry() as t:
+                    await t.put_presence(
+                        [(_sidecar_report("pod-a", 10, ("p", "staging", "1.0.0")), NOW)],
+                        "r1",
+                        targets_of={"pod-a"},
+                    )
+            async with store.read() as r:
+                assert [s.report.sidecar_id for s in await r.presence_serving("p", "staging", NOW)] == [
+                    "pod-a"
+                ]
+                assert await r.current_revision() == 0  # the other's write has not committed yet
+    finally:
+        await other.close()
+
+
+async def test_metric_rollups_are_written_once_and_read_by_first_receipt(store: Store) -> None:
+    def rollup(source: str, bucket: int, received: datetime, requests: int) -> Rollup:
+        r = Rollup(
+            program="p",
+            environment="staging",
+            version="1.0.0",
+            source=source,
+            bucket=bucket,
+            first_receive=received,
+        )
+        r.add(
+            Window(
+                sidecar_id="pod-a",
+                program="p",
+                environment="staging",
+                version="1.0.0",
+                start_time=received,
+                end_time=received + timedelta(seconds=5),
+                request_count=requests,
+                error_count=1,
+                bounds_ms=(10.0, 100.0),
+                counts=(requests - 1, 1, 0),
+                sum_ms=50.0,
+                feedback_correct=1,
+                feedback_total=2,
+            )
+        )
+        return r
+
+    first = rollup("r1", 1, NOW, 10)
+    async with store.telemetry() as tx:
+        await tx.add_metric_rollups([first, rollup("r2", 1, NOW + timedelta(seconds=2), 20)])
+    async with store.telemetry() as tx:  # r1's flush again (its commit's outcome was unknown): kept once
+        await tx.add_metric_rollups([rollup("r1", 1, NOW, 99)])
+    async with store.read() as tx:
+        found = await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)
+        assert sorted((r.source, r.totals.request_count) for r in found) == [("r1", 10), ("r2", 20)]
+        [mine] = [r for r in found if r.source == "r1"]
+        assert mine.as_window() == first.as_window()  # the histogram, on the standard bounds, intact
+        assert [
+            r.source for r in await tx.metric_rollups("p", "staging", ["1.0.0"], NOW + timedelta(seconds=1))
+        ] == ["r2"]
+        assert await tx.metric_rollups("p", "staging", ["2.0.0"], NOW) == []
+    async with store.telemetry() as tx:
+        assert await tx.forget_metric_windows(NOW + timedelta(seconds=1)) == 1
 
 
 # -- the audit event of a mutation, written in its own transaction ------------------------------
@@ -491,3 +611,67 @@ async def test_a_write_for_a_mutating_call_audits_it_once_and_a_write_for_none_a
         "principals/bob",
         1,
     )
+
+
+async def test_the_upgrade_to_telemetry_off_the_revision_order_keeps_sidecars_and_windows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.number < 12))
+    old = open_store(database_url)
+    await old.open()
+    report = _sidecar_report("pod-a", 10, ("p", "staging", "1.0.0"))
+    latency = to_json({"bounds_ms": [10.0, 100.0], "counts": [4, 1, 0], "sum_ms": 60.0})
+    async with old.write() as tx:  # the rows as the code before it wrote them
+        await tx.conn.execute(
+            "INSERT INTO sidecars (sidecar_id, principal, report, heartbeat_ms, last_report_time, revision) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            "pod-a",
+            "svc",
+            to_json(report_to_json(report)),
+            10_000,
+            to_us(NOW),
+            3,
+        )
+        await tx.conn.execute(
+            "INSERT INTO sidecar_targets (sidecar_id, program, environment) VALUES (?, ?, ?)",
+            "pod-a",
+            "p",
+            "staging",
+        )
+        for start in (0, 5):  # two windows of one report: the same receive time
+            await tx.conn.execute(
+                "INSERT INTO metric_windows (program, environment, version, sidecar_id, start_time, end_time, "
+                "receive_time, request_count, error_count, latency, feedback_correct, feedback_total) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "p",
+                "staging",
+                "1.0.0",
+                "pod-a",
+                to_us(NOW + timedelta(seconds=start)),
+                to_us(NOW + timedelta(seconds=start + 5)),
+                to_us(NOW + timedelta(seconds=10)),
+                5,
+                1,
+                latency,
+                1,
+                2,
+            )
+    await old.close()
+    monkeypatch.undo()
+    new = open_store(database_url)
+    await new.open()
+    try:
+        async with new.read() as tx:
+            [held] = await tx.presence_serving("p", "staging", NOW + timedelta(seconds=29))
+            # Held by no running replica, live its three heartbeats.
+            assert (held.replica, held.report) == ("before-upgrade", report)
+            assert await tx.presence_serving("p", "staging", NOW + timedelta(seconds=31)) == []
+            rollups = await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)
+        assert sorted((r.source, r.totals.request_count, r.totals.error_count) for r in rollups) == [
+            ("before-upgrade/pod-a", 5, 1),
+            ("before-upgrade/pod-a", 5, 1),
+        ]
+        assert {r.first_receive for r in rollups} == {NOW + timedelta(seconds=10)}
+        assert rollups[0].totals.counts == [4, 1, 0]
+    finally:
+        await new.close()

@@ -1,0 +1,143 @@
+"""The sidecars that report to this replica, held in its memory, and the fleet as all replicas wrote it.
+
+A heartbeat that says again what the sidecar said before changes nothing a
+deployment decides on: this replica keeps it in memory (`held`) and writes
+the last report of every sidecar it holds in one batch per flush interval
+(`flush`), in a telemetry transaction (no revision, no revision lock). What
+changes a decision — a sidecar joins, leaves, or ACKs or NACKs another set of
+versions — is written before the report is answered, so the replica that runs
+the controller reads it at once, wherever the sidecar reports.
+
+A sidecar may report to several replicas (a client that spreads its calls
+round-robin): each replica that heard it writes its own row, and a reader
+takes each sidecar's newest word (domain.sidecars.newest_word), so it is
+counted once. A replica compares a report with what it holds, or — the first
+time it hears a sidecar — with what the store says: a report that says what
+another replica already wrote is held, not written. This replica's own rows
+give way to its memory, which is newer (and forgets a sidecar silent for
+three heartbeats even while its row is still vouched for), except a row that
+says the sidecar left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from ..domain import sidecars
+from ..domain.clock import SYSTEM_CLOCK, Clock
+from ..domain.sidecars import Report
+from ..errors import PermissionDenied
+from ..store.base import Store
+from ..store.presence_records import Presence
+from ..store.records import Records
+
+DEFAULT_FLUSH_SECONDS = 5.0
+
+
+class LiveSidecars:
+    def __init__(
+        self,
+        store: Store,
+        replica: str,
+        *,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.replica = replica
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        # The last report of each sidecar heard here. Written under `_writing`: a batch must not write
+        # an older report over a newer one written meanwhile.
+        self.held: dict[str, Report] = {}
+        self._writing = asyncio.Lock()
+
+    def last(self, sidecar_id: str, now: datetime) -> Report | None:
+        """The sidecar's last report here, if it is still live."""
+        r = self.held.get(sidecar_id)
+        return r if r is not None and r.live_at(now) else None
+
+    def _others(self, rows: list[Presence]) -> list[tuple[Report, bool]]:
+        """Rows as (report, leaving): other replicas' rows, and this replica's that say a sidecar left."""
+        return [(p.report, p.leaving) for p in rows if p.replica != self.replica or p.leaving]
+
+    async def known(self, sidecar_id: str, now: datetime) -> Report | None:
+        """What the sidecar last said, here or (the first time this replica hears it) in the store."""
+        mine = self.last(sidecar_id, now)
+        if mine is not None:
+            return mine
+        async with self.store.read() as tx:
+            rows = await tx.presence_of(sidecar_id, now)
+        found = sidecars.newest_word(self._others(rows))
+        return found[0] if found else None
+
+    async def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
+        """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
+        owner = await self.known(sidecar_id, now)
+        if owner is not None and owner.principal != principal:
+            raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+
+    async def keep(self, r: Report) -> None:
+        """Write `r` now (it changes what is kept), as heard by this replica, and hold it."""
+        async with self._writing:
+            async with self.store.telemetry() as tx:
+                await tx.put_presence(
+                    [(r, sidecars.live_until(r, self.flush_seconds))], self.replica, targets_of={r.sidecar_id}
+                )
+            self.held[r.sidecar_id] = r
+
+    def seen(self, r: Report) -> None:
+        """A report that changes nothing kept: memory only, written with the next batch."""
+        self.held[r.sidecar_id] = r
+
+    def forget(self, sidecar_id: str) -> None:
+        """Let the sidecar go from memory (its next report is written as a change)."""
+        self.held.pop(sidecar_id, None)
+
+    async def leave(self, r: Report) -> None:
+        """The sidecar is going: every replica's row of it gives way to one that says so."""
+        async with self._writing:
+            async with self.store.telemetry() as tx:
+                await tx.put_leaving(r, self.replica, sidecars.live_until(r, self.flush_seconds))
+            self.held.pop(r.sidecar_id, None)
+
+    async def serving(self, tx: Records, program: str, environment: str, now: datetime) -> list[Report]:
+        """The live sidecars that hold a version of `program` in `environment`, each once, by id."""
+        rows = self._others(await tx.presence_serving(program, environment, now))
+        ids = {r.sidecar_id for r, _ in rows}
+        mine = [
+            (r, False)
+            for r in list(self.held.values())
+            if r.live_at(now)
+            and (
+                r.sidecar_id in ids
+                or any(a.program == program and a.environment == environment for a in r.targets)
+            )
+        ]
+        # This replica's memory last: of two words at the same time, its own.
+        found = sidecars.newest_word([*rows, *mine])
+        return [
+            r for r in found if any(a.program == program and a.environment == environment for a in r.targets)
+        ]
+
+    async def flush(self) -> int:
+        """One batch: the last report of every live sidecar held here; let go of those silent for three
+        heartbeats (their rows expire by themselves). How many were written."""
+        async with self._writing:
+            now = self.clock.now()
+            for sidecar_id, r in list(self.held.items()):
+                if not r.live_at(now):
+                    del self.held[sidecar_id]
+            live = list(self.held.values())
+            if not live:
+                return 0
+            # What each runs too, whether or not it changed: a sidecar that left through another
+            # replica took this replica's rows of it along.
+            async with self.store.telemetry() as tx:
+                await tx.put_presence(
+                    [(r, sidecars.live_until(r, self.flush_seconds)) for r in live],
+                    self.replica,
+                    targets_of={r.sidecar_id for r in live},
+                )
+            return len(live)
