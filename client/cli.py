@@ -363,6 +363,11 @@ def _rollback(registry: SyncRegistry, args: argparse.Namespace) -> Message:
 
 
 def status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    code = _status(registry, args, out)
+    return _follow(registry, args, out) if args.watch else code
+
+
+def _status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     response: dpb.GetDeploymentStatusResponse = registry.get_deployment_status(args.program, args.environment)
     if out.json:
         out.message(response)
@@ -435,6 +440,56 @@ def history(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> in
     return 0
 
 
+_LIVE_STATES = (
+    dpb.DEPLOYMENT_STATE_PENDING_APPROVAL,
+    dpb.DEPLOYMENT_STATE_PENDING_CHECKS,
+    dpb.DEPLOYMENT_STATE_IN_PROGRESS,
+)
+
+
+def _follow(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """`status --watch`: the target's rollout, event by event, until it ends: 0 when it SUCCEEDED,
+    EXIT_DEPLOYMENT_FAILED when it rolled back, failed or was aborted. A deployment superseded is
+    followed into the one that replaced it. No rollout in progress: nothing to follow, 0."""
+    stream: Iterator[dpb.WatchEventsResponse] = registry.watch_events(args.program, args.environment)
+    followed = ""
+    for response in stream:
+        kind = response.WhichOneof("kind")
+        if kind == "snapshot":
+            # The watch's own snapshot, not the status read before it: a rollout that ended in between
+            # is not in it, and its end is then read from the deployment itself.
+            live = [d for d in response.snapshot.deployments if d.state in _LIVE_STATES]
+            if live:
+                followed = live[0].name
+                out.errors.print(f"following {_step_text(live[0])}")
+                continue
+            last = registry.get_deployment_status(args.program, args.environment).current_deployment
+            if not last.name:
+                out.errors.print("no deployment of this target to follow")
+                return 0
+            return _ended(registry.get_deployment(last.name), out)
+        for event in response.events.events if kind == "events" else ():
+            _print_event(event, response.revision, out)
+            if event.state in _LIVE_STATES:
+                followed = event.deployment
+            elif event.deployment == followed and event.state != dpb.DEPLOYMENT_STATE_SUPERSEDED:
+                return _ended(registry.get_deployment(followed), out)
+    return EXIT_CALL_FAILED  # the server ended the stream (it is stopping): the rollout's end is unknown
+
+
+def _print_event(event: dpb.DeploymentEvent, revision: int, out: Output) -> None:
+    if out.json:
+        print(json.dumps(as_dict(event)), flush=True)
+        return
+    line = (
+        f"{event.time.ToJsonString()} {revision} "
+        f"{_enum_name(dpb.DeploymentEventKind, event.kind, 'DEPLOYMENT_EVENT_KIND_')} "
+        f"{event.program}@{event.version} {event.environment} {event.deployment} "
+        f"{state_name(event.state)} {event.actor} {event.reason}"
+    )
+    print(line.rstrip(), flush=True)
+
+
 def watch(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     stream: Iterator[dpb.WatchEventsResponse] = registry.watch_events(
         args.program or "", args.environment or "", start_revision=args.start_revision
@@ -447,16 +502,7 @@ def watch(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
             print(f"watching from revision {response.revision}, {live} live deployments", file=sys.stderr)
             sys.stderr.flush()
         for event in response.events.events if kind == "events" else ():
-            if out.json:
-                print(json.dumps(as_dict(event)), flush=True)
-            else:
-                line = (
-                    f"{event.time.ToJsonString()} {response.revision} "
-                    f"{_enum_name(dpb.DeploymentEventKind, event.kind, 'DEPLOYMENT_EVENT_KIND_')} "
-                    f"{event.program}@{event.version} {event.environment} {event.deployment} "
-                    f"{state_name(event.state)} {event.actor} {event.reason}"
-                )
-                print(line.rstrip(), flush=True)
+            _print_event(event, response.revision, out)
     return 0
 
 
@@ -686,9 +732,7 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     """Adds the operator commands to `dspy-registry`'s parser and subparsers (dspy_registry/cli.py calls this)."""
     _connection_options(parser)
     # After the command's name too; suppressed defaults, so that they do not undo the ones given before it.
-    common = [
-        _connection_options(argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS))
-    ]
+    common = [connection_options()]
 
     def add(parent: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(name, help=help, parents=common)
@@ -756,8 +800,18 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--canary", metavar="WEIGHTS", help="canary step weights, e.g. 10,50")
     p.add_argument("--pause", type=float, help="seconds each canary step holds")
     p.add_argument("--reason", default="")
-    p.add_argument("--supersede", action="store_true")
-    p.add_argument("--allow-breaking", action="store_true")
+    p.add_argument(
+        "--supersede",
+        action="store_true",
+        help="replace a deployment of this target still in progress (it ends SUPERSEDED); without it, "
+        "the call is refused with FAILED_PRECONDITION while one is",
+    )
+    p.add_argument(
+        "--allow-breaking",
+        action="store_true",
+        help="deploy a version whose signature is incompatible with the one the environment serves "
+        "(a removed or retyped field), where the environment's policy requires a compatible one",
+    )
     p.add_argument("--wait", action="store_true", help="follow the steps until the deployment ends")
     p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
 
@@ -787,6 +841,12 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p = add(commands, "status", status, "a target: versions and weights, deployment, health, sidecars")
     p.add_argument("program")
     p.add_argument("environment")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="then follow the rollout in progress until it ends: exit 0 when it succeeds, 3 when it "
+        "rolls back, fails or is aborted",
+    )
     p = add(commands, "history", history, "a program's deployments, newest first")
     p.add_argument("program")
     p.add_argument("environment", nargs="?")
@@ -885,25 +945,38 @@ def _print_error(err: RegistryError, out: Output) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+TLS_PAIR = "--tls-cert and --tls-key go together (a certificate and its key)"
+
+
+def tls_argument(args: argparse.Namespace) -> TlsArgument:
+    """The TLS the connection options ask for (`SyncRegistry.connect`'s `tls`)."""
+    if not args.tls_cert:
+        return True if args.tls_ca == "system" else args.tls_ca
+    # The server's CA: --tls-ca, else the config file's, else the system roots.
+    if args.tls_ca is None:
+        from_file = resolve(config_file=args.config).tls
+        ca = from_file.ca if from_file is not None else None
+    else:
+        ca = None if args.tls_ca == "system" else args.tls_ca
+    return Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """The connection options as a parent parser, for a command's own parser: they may follow its name."""
+    return _connection_options(argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS))
+
+
 def run_operator(args: argparse.Namespace) -> int:
     """Runs the operator command `args` names; the exit code."""
     out = Output(args.json)
     # Ctrl-C ends the process at once (exit 130): a KeyboardInterrupt in the main thread would leave the
     # client's loop thread inside a stream (`watch`) and the process hanging; the server drops the call.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    tls: TlsArgument = True if args.tls_ca == "system" else args.tls_ca
     if bool(args.tls_cert) != bool(args.tls_key):
-        print("error: --tls-cert and --tls-key go together (a certificate and its key)", file=sys.stderr)
+        print(f"error: {TLS_PAIR}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if args.tls_cert:
-            # The server's CA: --tls-ca, else the config file's, else the system roots.
-            if args.tls_ca is None:
-                from_file = resolve(config_file=args.config).tls
-                ca = from_file.ca if from_file is not None else None
-            else:
-                ca = None if args.tls_ca == "system" else args.tls_ca
-            tls = Tls(ca=ca, cert=args.tls_cert, key=args.tls_key)
+        tls = tls_argument(args)
         with SyncRegistry.connect(
             args.target, token=args.token, token_file=args.token_file, tls=tls, config_file=args.config
         ) as registry:

@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from .client import sidecar
+from .client import cli_help, doctor, sidecar
 from .client.cli import add_operator_commands, run_operator
-from .server import serve
+from .server import migrate, serve
 from .server.config import add_serve_arguments
 
 log = logging.getLogger("dspy_registry.server")
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=serve.ACCESS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {cli_help.version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser(
         "serve",
@@ -40,8 +41,31 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sidecar.add_sidecar_arguments(sidecar_parser)
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="apply the database's schema migrations and exit (--check: only say whether any are pending)",
+        description=migrate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.add_migrate_arguments(migrate_parser)
+    completion_parser = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description=cli_help.COMPLETION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion_parser.add_argument("shell", choices=cli_help.SHELLS)
     add_operator_commands(parser, commands)
+    doctor.add_doctor_command(commands)
+    cli_help.document(parser)
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(cli_help.completion(parser, args.shell))
+        return 0
+    if args.command == "migrate":
+        return migrate.run(args)
+    if args.command == "doctor":
+        return doctor.run(args)
     if getattr(args, "operator", None) is not None:
         return run_operator(args)
     if args.command == "sidecar":
