@@ -18,7 +18,8 @@ from .server.config import add_serve_arguments
 log = logging.getLogger("dspy_registry.server")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every command, each `--help` with its description and example."""
     parser = argparse.ArgumentParser(
         prog="dspy-registry",
         description=__doc__,
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     add_operator_commands(parser, commands)
     doctor.add_doctor_command(commands)
     cli_help.document(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "completion":
         print(cli_help.completion(parser, args.shell))
