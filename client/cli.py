@@ -20,6 +20,7 @@ time out. Ctrl-C ends a command at once (the shell reports 130).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -557,7 +558,7 @@ def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output
     """The signing secret comes from a file (never the command line: shell history), else is made here
     and shown once, as `token create` does; the server never returns it."""
     made = args.secret_file is None
-    secret = secrets.token_urlsafe(32) if made else Path(args.secret_file).read_text().strip()
+    secret = _new_secret() if made else Path(args.secret_file).read_text().strip()
     selectors = [_split_selector(s) for s in args.select or ()]
     webhook = registry.create_webhook(
         args.id,
@@ -577,8 +578,37 @@ def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output
         out.message(webhook)
         return 0
     # The secret alone on stdout, so that `> hook.secret` keeps it for the receiver.
-    out.errors.print(f"created {webhook.name}; its signing secret is shown once (X-DSPy-Registry-Signature)")
+    out.errors.print(f"created {webhook.name}; its signing secret is shown once")
     print(secret)
+    return 0
+
+
+def _new_secret() -> str:
+    """A secret in Standard Webhooks' form, `whsec_` and 32 random bytes in base64, as its libraries take it."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_secret_add(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """A secret more, from a file or made here and shown once; each POST is signed with both until
+    the old one is retired."""
+    made = args.secret_file is None
+    secret = _new_secret() if made else Path(args.secret_file).read_text().strip()
+    added = registry.add_webhook_secret(args.id, secret)
+    if out.json:
+        document = as_dict(added)
+        if made:
+            document["secret_value"] = secret
+        out.document(document)
+    elif made:
+        out.errors.print(f"added {added.secret.name}; the secret is shown once")
+        print(secret)
+    else:
+        out.message(added.secret, f"added {added.secret.name}")
+    return 0
+
+
+def webhook_secret_retire(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.retire_webhook_secret(args.name))
     return 0
 
 
@@ -602,6 +632,7 @@ def webhook_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) 
             "selectors": lambda w: (
                 ",".join(f"{s.program or '*'}/{s.environment or '*'}" for s in w.selectors) or "all"
             ),
+            "secrets": lambda w: " ".join(s.name.rsplit("/", 1)[-1] for s in w.secrets),
         },
     )
     return 0
@@ -889,6 +920,16 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     states = [n.removeprefix("DELIVERY_STATE_").lower() for n in dpb.DeliveryState.keys()][1:]
     p.add_argument("--state", action="append", choices=states)
     p.add_argument("--limit", type=int, default=50)
+    webhook_secrets = webhooks.add_parser(
+        "secret", help="rotate a webhook's signing secrets: add the new one, then retire the old"
+    ).add_subparsers(dest="webhook_secret_command", required=True)
+    p = add(webhook_secrets, "add", webhook_secret_add, "add a signing secret: POSTs are signed with each")
+    p.add_argument("id", help="webhooks/ID or ID")
+    p.add_argument("--secret-file", help="the new secret (else one is made and printed once)")
+    p = add(
+        webhook_secrets, "retire", webhook_secret_retire, "retire a signing secret: POSTs stop carrying it"
+    )
+    p.add_argument("name", help="webhooks/ID/secrets/SECRET, as `webhook secret add` printed it")
 
     principals = group("principal", "create and list principals")
     p = add(principals, "create", principal_create, "create a user or service account")

@@ -400,6 +400,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        12,
+        "webhooks sign with several secrets at once (rotation)",
+        (
+            # A webhook's active secrets, oldest first by (create_time, id). Kept as given, as before.
+            """CREATE TABLE webhook_secrets (
+                webhook TEXT{c} NOT NULL REFERENCES webhooks (name),
+                id TEXT{c} NOT NULL,
+                secret TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                PRIMARY KEY (webhook, id)
+            )""",
+            # Each webhook's one secret so far becomes its first. webhooks.secret stays, empty: SQLite
+            # drops a column only since 3.35.
+            """INSERT INTO webhook_secrets (webhook, id, secret, create_time)
+                SELECT name, 'initial', secret, create_time FROM webhooks""",
+            "UPDATE webhooks SET secret = ''",
+        ),
+    ),
 )
 
 
