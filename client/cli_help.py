@@ -83,7 +83,8 @@ The completion script for a shell, made from the command's own parser (shtab): e
 command, option and choice completes, and a new release's script follows its parser.
 
   bash  dspy-registry completion bash > ~/.local/share/bash-completion/completions/dspy-registry
-  zsh   dspy-registry completion zsh > "${fpath[1]}/_dspy-registry"
+  zsh   dspy-registry completion zsh > ~/.zfunc/_dspy-registry
+        (with fpath=(~/.zfunc $fpath) before compinit in ~/.zshrc)
   fish  dspy-registry completion fish > ~/.config/fish/completions/dspy-registry.fish
 """
 
