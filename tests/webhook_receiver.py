@@ -27,6 +27,7 @@ class Received:
     standard_signatures: int  # how many `v1,…` webhook-signature carries
     arrived: float  # time.monotonic()
     status: int  # what the receiver answered
+    headers: dict[str, str]  # all of them, as received
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Receiver:
                 standard_signatures=len(h.get("webhook-signature", "").split()),
                 arrived=time.monotonic(),
                 status=status,
+                headers=dict(h),
             )
         )
         return web.Response(status=status)
