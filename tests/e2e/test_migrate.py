@@ -8,7 +8,10 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+import pytest
 
+from dspy_registry.server.store import migrations
+from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.store.sqlite import path_from_url
 from tests.e2e.conftest import SERVE, free_port
@@ -57,14 +60,19 @@ async def test_migrate_check_then_apply_then_nothing_pending(database_url: str) 
     )
 
 
-async def test_migrate_applies_only_what_is_pending(database_url: str) -> None:
-    assert (await _dspy_registry("migrate", "--database", database_url)).returncode == 0
-    # As if the database were one release behind: the last migration not applied yet.
-    await _execute(
-        database_url,
-        "DROP TABLE version_checks",
-        f"DELETE FROM schema_migrations WHERE number = {LATEST.number}",
-    )
+async def _previous_release(url: str, monkeypatch: pytest.MonkeyPatch, before: int = LATEST.number) -> None:
+    """The database as a release before this one left it: the migrations numbered below `before` applied."""
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.number < before))
+        store = open_store(url)
+        await store.open()
+        await store.close()
+
+
+async def test_migrate_applies_only_what_is_pending(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _previous_release(database_url, monkeypatch)
     check = await _dspy_registry("migrate", "--database", database_url, "--check")
     assert check.returncode == 3 and check.stdout.splitlines()[0] == f"pending {LATEST.number}: {LATEST.name}"
     applied = await _dspy_registry("migrate", "--database", database_url)
@@ -73,6 +81,37 @@ async def test_migrate_applies_only_what_is_pending(database_url: str) -> None:
         f"applying {LATEST.number}: {LATEST.name}"
     ]
     assert (await _dspy_registry("migrate", "--database", database_url, "--check")).returncode == 0
+
+
+async def _fetch(url: str, query: str) -> list[tuple[object, ...]]:
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(path_from_url(url))
+        try:
+            return [tuple(row) for row in db.execute(query)]
+        finally:
+            db.close()
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def test_migration_12_keeps_each_webhooks_secret_as_its_first(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _previous_release(database_url, monkeypatch, before=12)
+    # One secret per webhook, in the webhook's row, as the release before kept it.
+    await _execute(
+        database_url,
+        "INSERT INTO webhooks (name, url, event_kinds, selectors, secret, description, creator, create_time, "
+        "revision) VALUES ('oncall', 'https://8.8.8.8/', '[]', '[]', 'kept-secret', '', 'admin', 7, 1)",
+    )
+    assert (await _dspy_registry("migrate", "--database", database_url)).returncode == 0
+    assert await _fetch(database_url, "SELECT webhook, id, secret, create_time FROM webhook_secrets") == [
+        ("oncall", "initial", "kept-secret", 7)
+    ]
+    assert await _fetch(database_url, "SELECT secret FROM webhooks") == [("",)]
 
 
 async def test_a_schema_newer_than_the_release_is_refused_naming_both_versions(
