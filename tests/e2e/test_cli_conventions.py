@@ -138,14 +138,19 @@ def test_zsh_completion_installs_as_docs_cli_md_says(tmp_path: Path) -> None:
     assert done.stdout.strip() == "_dspy-registry", done.stderr
 
 
-def _canary(cli: Cli) -> str:
-    """triage 1.0.0 stable in staging, then 1.1.0 as a canary whose first step holds for a minute."""
+def triage_in_staging(cli: Cli, *, wait: bool = True) -> None:
+    """classify 1.0.0, triage 1.0.0 and 1.1.0 registered; 1.0.0 deployed to staging (replace)."""
     cli.run(*SIGNATURE)
     for version, file in (("1.0.0", "v1.json"), ("1.1.0", "v2.json")):
         cli.run(
             "program", "register", "triage", "--file", file, "--signature", "classify", "--version", version
         )
-    cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", "--wait")
+    cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace", *(["--wait"] if wait else []))
+
+
+def _canary(cli: Cli) -> str:
+    """triage 1.0.0 stable in staging, then 1.1.0 as a canary whose first step holds for a minute."""
+    triage_in_staging(cli)
     deployment: str = cli.json("deploy", "triage", "1.1.0", "staging", "--canary", "10,50", "--pause", "60")[
         "name"
     ]
@@ -189,11 +194,7 @@ def test_status_watch_with_nothing_in_progress_exits_at_once(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:
     cli = _start(serve, tmp_path)
-    cli.run(*SIGNATURE)
-    cli.run(
-        "program", "register", "triage", "--file", "v1.json", "--signature", "classify", "--version", "1.0.0"
-    )
-    cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace")
+    triage_in_staging(cli, wait=False)
     done = cli.run("status", "triage", "staging", "--watch")  # the last deployment SUCCEEDED: 0
     assert "1.0.0" in done.stdout
 

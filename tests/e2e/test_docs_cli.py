@@ -9,8 +9,8 @@ from pathlib import Path
 
 from dspy_registry.server.store.migrations import MIGRATIONS
 from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools
-from tests.e2e.test_cli import SIGNATURE, _start
-from tests.e2e.test_cli_conventions import _shell
+from tests.e2e.test_cli import _start
+from tests.e2e.test_cli_conventions import _shell, triage_in_staging
 
 DOC = (ROOT / "docs" / "cli.md").read_text()
 
@@ -47,40 +47,25 @@ def test_completion_installs_where_each_shell_finds_it(tmp_path: Path) -> None:
     home.mkdir()
     out = _run("completion", tmp_path, HOME=str(home))
     assert out.startswith("dspy-registry ")
-    bash = subprocess.run(
-        [
-            "bash",
-            "-c",
-            "source ~/.local/share/bash-completion/completions/dspy-registry; complete -p dspy-registry",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "HOME": str(home)},
+
+    def shell(*argv: str, **env: str) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+        return done.stdout + done.stderr
+
+    installed = "source ~/.local/share/bash-completion/completions/dspy-registry; complete -p dspy-registry"
+    assert (
+        shell("bash", "-c", installed, HOME=str(home))
+        .strip()
+        .endswith("-F _shtab_dspy_registry dspy-registry")
     )
-    assert bash.stdout.strip().endswith("-F _shtab_dspy_registry dspy-registry"), bash.stderr
-    # fish loads ~/.config/fish/completions by itself; zsh from the fpath the comment names.
-    fish = subprocess.run(
-        [_shell("fish"), "-c", "complete -C 'dspy-registry dep'"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        # fish loads a command's completions once it finds the command on PATH.
-        env={**env_with_tools(), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
+    # fish loads ~/.config/fish/completions by itself, for a command it finds on PATH.
+    tools = {"PATH": env_with_tools()["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    assert shell(_shell("fish"), "-c", "complete -C 'dspy-registry dep'", **tools).startswith("deploy")
+    # zsh from the fpath the block's comment names.
+    compinit = (
+        "fpath=(~/.zfunc $fpath); autoload -U compinit && compinit -u -D; print -- $_comps[dspy-registry]"
     )
-    assert fish.stdout.startswith("deploy"), fish.stdout + fish.stderr
-    zsh = subprocess.run(
-        [
-            _shell("zsh"),
-            "-fc",
-            "fpath=(~/.zfunc $fpath); autoload -U compinit && compinit -u -D; print -- $_comps[dspy-registry]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "HOME": str(home)},
-    )
-    assert zsh.stdout.strip() == "_dspy-registry", zsh.stderr
+    assert shell(_shell("zsh"), "-fc", compinit, HOME=str(home)).strip() == "_dspy-registry"
 
 
 def test_the_doctor_block(serve: type[ServerProcess], tmp_path: Path) -> None:
@@ -99,12 +84,7 @@ def test_the_doctor_block(serve: type[ServerProcess], tmp_path: Path) -> None:
 
 def test_the_status_watch_block(serve: type[ServerProcess], tmp_path: Path) -> None:
     cli = _start(serve, tmp_path)
-    cli.run(*SIGNATURE)
-    for version, file in (("1.0.0", "v1.json"), ("1.1.0", "v2.json")):
-        cli.run(
-            "program", "register", "triage", "--file", file, "--signature", "classify", "--version", version
-        )
-    cli.run("deploy", "triage", "1.0.0", "staging", "--strategy", "replace")
+    triage_in_staging(cli, wait=False)
     out = _run(
         "status-watch",
         tmp_path,
