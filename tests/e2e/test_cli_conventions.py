@@ -4,10 +4,13 @@ every command, `status --watch` following a rollout, and `doctor` checking a cli
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shlex
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -15,8 +18,11 @@ import pytest
 
 from dspy_registry.cli import build_parser
 from dspy_registry.client.cli_help import EXAMPLES, subcommands
+from dspy_registry.server import release
 from dspy_registry.server.app import App
+from dspy_registry.server.config import Config
 from tests.certificates import Authority, tls_config
+from tests.clock import FakeClock
 from tests.e2e.conftest import SERVE, ServerProcess
 from tests.e2e.test_cli import SIGNATURE, Cli, _start
 
@@ -245,3 +251,63 @@ async def test_doctor_checks_tls_both_ways(tmp_path: Path) -> None:
         assert untrusted.returncode == 1 and "not trusted" in untrusted.stdout
     finally:
         await app.stop(grace=0)
+
+
+async def test_doctor_fails_on_clock_skew_and_warns_on_another_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's clock two minutes ahead of this machine's, and another release than this client's.
+    monkeypatch.setattr(release, "version", lambda: "9.9.9")
+    ahead = FakeClock(datetime.now(UTC) + timedelta(seconds=120))
+    config = Config(
+        listen="127.0.0.1:0",
+        database=f"sqlite:///{tmp_path / 'r.db'}",
+        admin_token_file=str(tmp_path / "admin.token"),
+    )
+    app = App(config, clock=ahead)
+    port = await app.start()
+    try:
+        env = {
+            **os.environ,
+            "DSPY_REGISTRY_TARGET": f"127.0.0.1:{port}",
+            "DSPY_REGISTRY_TOKEN_FILE": config.admin_token_file,
+        }
+        done = await _run_async("doctor", env=env)
+    finally:
+        await app.stop(grace=0)
+    assert done.returncode == 1, done.stdout
+    assert f"warn  version    server 9.9.9, this client {metadata.version('dspy-registry')}" in done.stdout
+    assert "fix: install the server's release: pip install 'dspy-registry==9.9.9'" in done.stdout
+    [clock] = [line for line in done.stdout.splitlines() if line.startswith("FAIL  clock")]
+    skew = float(clock.split("this machine is ")[1].split(" s ")[0])
+    # The fake clock stands still: two minutes ahead at the start, less by the time doctor asks.
+    assert 60 < skew < 121 and "behind the server" in clock, clock
+    assert "fix: synchronise this machine's clock" in done.stdout
+
+
+def test_webhook_secret_add_and_retire_from_the_command_line(
+    serve: type[ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSPY_REGISTRY_WEBHOOK_ALLOW", "127.0.0.0/8")
+    cli = _start(serve, tmp_path)
+    (tmp_path / "first.secret").write_text("first-secret\n")
+    (tmp_path / "second.secret").write_text("whsec_" + "b" * 32 + "\n")
+    cli.run("webhook", "create", "hook", "http://127.0.0.1:9/hook", "--secret-file", "first.secret")
+    added = cli.json("webhook", "secret", "add", "hook", "--secret-file", "second.secret")
+    assert "secret_value" not in added and "whsec_" not in json.dumps(added)  # given, so not shown
+    [listed] = cli.json("webhook", "list")
+    first, second = (s["name"] for s in listed["secrets"])
+    assert second == added["secret"]["name"]
+    assert second.rsplit("/", 1)[1] in cli.run("webhook", "list").stdout  # the table names them
+
+    made = cli.run("webhook", "secret", "add", "hook")  # none given: made, and shown once on stdout
+    assert made.stdout.startswith("whsec_") and len(base64.b64decode(made.stdout.strip()[6:])) == 32
+    assert "added webhooks/hook/secrets/" in made.stderr
+
+    refused = cli.run("webhook", "secret", "retire", "webhooks/hook/secrets/nope", code=1)
+    assert refused.stderr.startswith("error: NOT_FOUND")
+    for name in (first, second):
+        cli.run("webhook", "secret", "retire", name)
+    [last] = cli.json("webhook", "list")[0]["secrets"]
+    refused = cli.run("webhook", "secret", "retire", last["name"], code=1)
+    assert refused.stderr.startswith("error: FAILED_PRECONDITION")
