@@ -24,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from dspy_registry.v1 import access_pb2 as apb
+
 from .cli import TLS_PAIR, connection_options, tls_argument
 from .cli_help import version
 from .config import Settings, Tls, resolve
@@ -177,7 +179,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> Finding:
     return Finding(OK, "token", "given")
 
 
-def _who(registry: SyncRegistry) -> tuple[Any, float, float, Finding]:
+def _who(registry: SyncRegistry) -> tuple[apb.WhoAmIResponse | None, float, float, Finding]:
     sent = time.time()
     try:
         who = registry.who_am_i()
@@ -199,7 +201,7 @@ def _who(registry: SyncRegistry) -> tuple[Any, float, float, Finding]:
     return who, sent, received, Finding(OK, "whoami", f"{who.principal.name}, {grants} grant(s)")
 
 
-def _version(who: Any) -> Finding:
+def _version(who: apb.WhoAmIResponse) -> Finding:
     mine = version()
     if not who.server_version:
         return Finding(
@@ -218,7 +220,7 @@ def _version(who: Any) -> Finding:
     return Finding(OK, "version", f"server and client are both {mine}")
 
 
-def _clock(who: Any, sent: float, received: float) -> Finding:
+def _clock(who: apb.WhoAmIResponse, sent: float, received: float) -> Finding:
     if not who.HasField("server_time"):
         return Finding(SKIP, "clock", "the server does not send its time")
     # The server read its clock somewhere between sending and receiving: the midpoint, within half the round trip.
