@@ -97,6 +97,54 @@ class WebhookMethods(ClientBase):
         )
         return response.webhook
 
+    async def add_webhook_secret(self, webhook_id: str, secret: str) -> dpb.AddWebhookSecretResponse:
+        """Adds a signing secret (AddWebhookSecret, admin): each POST is then signed with every active
+        secret, so that the receiver can move to this one before the old one is retired.
+
+        Args:
+            webhook_id: The webhook's id (or `webhooks/<id>`).
+            secret: The new secret (`whsec_<base64>`, Standard Webhooks' form, or any text).
+
+        Returns:
+            `.webhook` with its secrets' names, and `.secret`, the one added (its name retires it).
+
+        Raises:
+            InvalidArgumentError: An empty or too long secret.
+            NotFoundError: No such webhook.
+            ResourceExhaustedError: The webhook has 10 active secrets.
+        """
+        response: dpb.AddWebhookSecretResponse = await self._call(
+            self._deployment_service.AddWebhookSecret,
+            dpb.AddWebhookSecretRequest(
+                parent=convert.full_name("webhooks", webhook_id),
+                secret=secret,
+                request_id=convert.request_id(),
+            ),
+            dpb.AddWebhookSecretResponse,
+        )
+        return response
+
+    async def retire_webhook_secret(self, name: str) -> dpb.Webhook:
+        """Retires a signing secret (RetireWebhookSecret, admin): POSTs are no longer signed with it.
+
+        Args:
+            name: The secret's name, `webhooks/<id>/secrets/<secret>`, as `add_webhook_secret` or
+                `list_webhooks` gives it.
+
+        Returns:
+            The webhook, with the secrets it still signs with.
+
+        Raises:
+            NotFoundError: No such webhook or secret.
+            FailedPreconditionError: It is the webhook's last secret.
+        """
+        response = await self._call(
+            self._deployment_service.RetireWebhookSecret,
+            dpb.RetireWebhookSecretRequest(name=name, request_id=convert.request_id()),
+            dpb.RetireWebhookSecretResponse,
+        )
+        return response.webhook
+
     async def list_webhook_deliveries(
         self, webhook_id: str, *, states: Iterable[str | int] = (), page_size: int = 0
     ) -> AsyncIterator[dpb.WebhookDelivery]:

@@ -21,6 +21,7 @@ Ctrl-C ends a command at once (the shell reports 130).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -365,6 +366,11 @@ def _rollback(registry: SyncRegistry, args: argparse.Namespace) -> Message:
 
 
 def status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    code = _status(registry, args, out)
+    return _follow(registry, args, out) if args.watch else code
+
+
+def _status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     response: dpb.GetDeploymentStatusResponse = registry.get_deployment_status(args.program, args.environment)
     if out.json:
         out.message(response)
@@ -437,6 +443,56 @@ def history(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> in
     return 0
 
 
+_LIVE_STATES = (
+    dpb.DEPLOYMENT_STATE_PENDING_APPROVAL,
+    dpb.DEPLOYMENT_STATE_PENDING_CHECKS,
+    dpb.DEPLOYMENT_STATE_IN_PROGRESS,
+)
+
+
+def _follow(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """`status --watch`: the target's rollout, event by event, until it ends: 0 when it SUCCEEDED,
+    EXIT_DEPLOYMENT_FAILED when it rolled back, failed or was aborted. A deployment superseded is
+    followed into the one that replaced it. No rollout in progress: nothing to follow, 0."""
+    stream: Iterator[dpb.WatchEventsResponse] = registry.watch_events(args.program, args.environment)
+    followed = ""
+    for response in stream:
+        kind = response.WhichOneof("kind")
+        if kind == "snapshot":
+            # The watch's own snapshot, not the status read before it: a rollout that ended in between
+            # is not in it, and its end is then read from the deployment itself.
+            live = [d for d in response.snapshot.deployments if d.state in _LIVE_STATES]
+            if live:
+                followed = live[0].name
+                out.errors.print(f"following {_step_text(live[0])}")
+                continue
+            last = registry.get_deployment_status(args.program, args.environment).current_deployment
+            if not last.name:
+                out.errors.print("no deployment of this target to follow")
+                return 0
+            return _ended(registry.get_deployment(last.name), out)
+        for event in response.events.events if kind == "events" else ():
+            _print_event(event, response.revision, out)
+            if event.state in _LIVE_STATES:
+                followed = event.deployment
+            elif event.deployment == followed and event.state != dpb.DEPLOYMENT_STATE_SUPERSEDED:
+                return _ended(registry.get_deployment(followed), out)
+    return EXIT_CALL_FAILED  # the server ended the stream (it is stopping): the rollout's end is unknown
+
+
+def _print_event(event: dpb.DeploymentEvent, revision: int, out: Output) -> None:
+    if out.json:
+        print(json.dumps(as_dict(event)), flush=True)
+        return
+    line = (
+        f"{event.time.ToJsonString()} {revision} "
+        f"{_enum_name(dpb.DeploymentEventKind, event.kind, 'DEPLOYMENT_EVENT_KIND_')} "
+        f"{event.program}@{event.version} {event.environment} {event.deployment} "
+        f"{state_name(event.state)} {event.actor} {event.reason}"
+    )
+    print(line.rstrip(), flush=True)
+
+
 def watch(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
     stream: Iterator[dpb.WatchEventsResponse] = registry.watch_events(
         args.program or "", args.environment or "", start_revision=args.start_revision
@@ -449,16 +505,7 @@ def watch(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
             print(f"watching from revision {response.revision}, {live} live deployments", file=sys.stderr)
             sys.stderr.flush()
         for event in response.events.events if kind == "events" else ():
-            if out.json:
-                print(json.dumps(as_dict(event)), flush=True)
-            else:
-                line = (
-                    f"{event.time.ToJsonString()} {response.revision} "
-                    f"{_enum_name(dpb.DeploymentEventKind, event.kind, 'DEPLOYMENT_EVENT_KIND_')} "
-                    f"{event.program}@{event.version} {event.environment} {event.deployment} "
-                    f"{state_name(event.state)} {event.actor} {event.reason}"
-                )
-                print(line.rstrip(), flush=True)
+            _print_event(event, response.revision, out)
     return 0
 
 
@@ -513,7 +560,7 @@ def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output
     """The signing secret comes from a file (never the command line: shell history), else is made here
     and shown once, as `token create` does; the server never returns it."""
     made = args.secret_file is None
-    secret = secrets.token_urlsafe(32) if made else Path(args.secret_file).read_text().strip()
+    secret = _new_secret() if made else Path(args.secret_file).read_text().strip()
     selectors = [_split_selector(s) for s in args.select or ()]
     webhook = registry.create_webhook(
         args.id,
@@ -533,8 +580,37 @@ def webhook_create(registry: SyncRegistry, args: argparse.Namespace, out: Output
         out.message(webhook)
         return 0
     # The secret alone on stdout, so that `> hook.secret` keeps it for the receiver.
-    out.errors.print(f"created {webhook.name}; its signing secret is shown once (X-DSPy-Registry-Signature)")
+    out.errors.print(f"created {webhook.name}; its signing secret is shown once")
     print(secret)
+    return 0
+
+
+def _new_secret() -> str:
+    """A secret in Standard Webhooks' form, `whsec_` and 32 random bytes in base64, as its libraries take it."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_secret_add(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    """A secret more, from a file or made here and shown once; each POST is signed with both until
+    the old one is retired."""
+    made = args.secret_file is None
+    secret = _new_secret() if made else Path(args.secret_file).read_text().strip()
+    added = registry.add_webhook_secret(args.id, secret)
+    if out.json:
+        document = as_dict(added)
+        if made:
+            document["secret_value"] = secret
+        out.document(document)
+    elif made:
+        out.errors.print(f"added {added.secret.name}; the secret is shown once")
+        print(secret)
+    else:
+        out.message(added.secret, f"added {added.secret.name}")
+    return 0
+
+
+def webhook_secret_retire(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> int:
+    out.message(registry.retire_webhook_secret(args.name))
     return 0
 
 
@@ -558,6 +634,7 @@ def webhook_list(registry: SyncRegistry, args: argparse.Namespace, out: Output) 
             "selectors": lambda w: (
                 ",".join(f"{s.program or '*'}/{s.environment or '*'}" for s in w.selectors) or "all"
             ),
+            "secrets": lambda w: " ".join(s.name.rsplit("/", 1)[-1] for s in w.secrets),
         },
     )
     return 0
@@ -682,9 +759,7 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     """Adds the operator commands to `dspy-registry`'s parser and subparsers (dspy_registry/cli.py calls this)."""
     _connection_options(parser)
     # After the command's name too; suppressed defaults, so that they do not undo the ones given before it.
-    common = [
-        _connection_options(argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS))
-    ]
+    common = [connection_options()]
 
     def add(parent: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(name, help=help, parents=common)
@@ -752,8 +827,18 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p.add_argument("--canary", metavar="WEIGHTS", help="canary step weights, e.g. 10,50")
     p.add_argument("--pause", type=float, help="seconds each canary step holds")
     p.add_argument("--reason", default="")
-    p.add_argument("--supersede", action="store_true")
-    p.add_argument("--allow-breaking", action="store_true")
+    p.add_argument(
+        "--supersede",
+        action="store_true",
+        help="replace a deployment of this target still in progress (it ends SUPERSEDED); without it, "
+        "the call is refused with FAILED_PRECONDITION while one is",
+    )
+    p.add_argument(
+        "--allow-breaking",
+        action="store_true",
+        help="deploy a version whose signature is incompatible with the one the environment serves "
+        "(a removed or retyped field), where the environment's policy requires a compatible one",
+    )
     p.add_argument("--wait", action="store_true", help="follow the steps until the deployment ends")
     p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
 
@@ -783,6 +868,12 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     p = add(commands, "status", status, "a target: versions and weights, deployment, health, sidecars")
     p.add_argument("program")
     p.add_argument("environment")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="then follow the rollout in progress until it ends: exit 0 when it succeeds, 3 when it "
+        "rolls back, fails or is aborted",
+    )
     p = add(commands, "history", history, "a program's deployments, newest first")
     p.add_argument("program")
     p.add_argument("environment", nargs="?")
@@ -825,6 +916,16 @@ def add_operator_commands(parser: argparse.ArgumentParser, commands: Any) -> Non
     states = [n.removeprefix("DELIVERY_STATE_").lower() for n in dpb.DeliveryState.keys()][1:]
     p.add_argument("--state", action="append", choices=states)
     p.add_argument("--limit", type=int, default=50)
+    webhook_secrets = webhooks.add_parser(
+        "secret", help="rotate a webhook's signing secrets: add the new one, then retire the old"
+    ).add_subparsers(dest="webhook_secret_command", required=True)
+    p = add(webhook_secrets, "add", webhook_secret_add, "add a signing secret: POSTs are signed with each")
+    p.add_argument("id", help="webhooks/ID or ID")
+    p.add_argument("--secret-file", help="the new secret (else one is made and printed once)")
+    p = add(
+        webhook_secrets, "retire", webhook_secret_retire, "retire a signing secret: POSTs stop carrying it"
+    )
+    p.add_argument("name", help="webhooks/ID/secrets/SECRET, as `webhook secret add` printed it")
 
     principals = group("principal", "create and list principals")
     p = add(principals, "create", principal_create, "create a user or service account")
@@ -879,6 +980,11 @@ def _print_error(err: RegistryError, out: Output) -> None:
     lines += [f"  {f}: {d}" for f, d in err.field_violations]
     lines += [f"  {t} {s}: {d}" for t, s, d in err.precondition_violations]
     print("\n".join(lines), file=sys.stderr)
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """The connection options as a parent parser, for a command's own parser: they may follow its name."""
+    return _connection_options(argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS))
 
 
 def run_operator(args: argparse.Namespace) -> int:

@@ -95,6 +95,8 @@ RPC_METHODS: dict[str, str] = {
     _D + "ListWebhooks": "list_webhooks",
     _D + "DeleteWebhook": "delete_webhook",
     _D + "ListWebhookDeliveries": "list_webhook_deliveries",
+    _D + "AddWebhookSecret": "add_webhook_secret",
+    _D + "RetireWebhookSecret": "retire_webhook_secret",
     _A + "WhoAmI": "who_am_i",
     _A + "CreatePrincipal": "create_principal",
     _A + "ListPrincipals": "list_principals",

@@ -1,4 +1,6 @@
-"""A real HTTP receiver of webhooks on 127.0.0.1, for the tests: it records each POST and checks its signature."""
+"""A real HTTP receiver of webhooks on 127.0.0.1, for the tests: it records each POST and checks its signatures:
+the header of earlier releases with the server's own function, and Standard Webhooks' with the
+`standardwebhooks` package, as a receiver written in any language would."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import standardwebhooks
 from aiohttp import web
 
 from dspy_registry.server.domain import webhooks
@@ -20,8 +23,11 @@ class Received:
     signature: str
     body: bytes
     valid: bool  # the signature verifies with the receiver's secret
+    standard_valid: bool  # standardwebhooks verifies webhook-signature with the receiver's standard_secret
+    standard_signatures: int  # how many `v1,…` webhook-signature carries
     arrived: float  # time.monotonic()
     status: int  # what the receiver answered
+    headers: dict[str, str]  # all of them, as received
 
 
 @dataclass
@@ -30,6 +36,8 @@ class Receiver:
 
     secret: str
     statuses: list[int] = field(default_factory=list)
+    # The secret a Standard Webhooks receiver holds (else `secret`); a test rotating it changes it.
+    standard_secret: str | None = None
     got: list[Received] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -67,8 +75,11 @@ class Receiver:
                 signature=signature,
                 body=body,
                 valid=webhooks.verify(self.secret, timestamp, body, signature),
+                standard_valid=_standard_verifies(self.standard_secret or self.secret, body, dict(h)),
+                standard_signatures=len(h.get("webhook-signature", "").split()),
                 arrived=time.monotonic(),
                 status=status,
+                headers=dict(h),
             )
         )
         return web.Response(status=status)
@@ -80,6 +91,16 @@ class Receiver:
             if 200 <= r.status < 300:
                 out.setdefault(r.delivery, r)
         return out
+
+
+def _standard_verifies(secret: str, body: bytes, headers: dict[str, str]) -> bool:
+    """As the package's documentation shows: a `whsec_` secret as given, any other one as its bytes."""
+    key: str | bytes = secret if secret.startswith("whsec_") else secret.encode()
+    try:
+        standardwebhooks.Webhook(key).verify(body, headers)
+    except standardwebhooks.WebhookVerificationError:
+        return False
+    return True
 
 
 class ThreadedReceiver:

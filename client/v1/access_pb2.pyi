@@ -164,16 +164,20 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("principal", "authentication_method", "token", "permissions")
+    __slots__ = ("principal", "authentication_method", "token", "permissions", "server_version", "server_time")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATION_METHOD_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     principal: Principal
     authentication_method: AuthenticationMethod
     token: Token
     permissions: _containers.RepeatedCompositeFieldContainer[Permission]
-    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., authentication_method: _Optional[_Union[AuthenticationMethod, str]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., permissions: _Optional[_Iterable[_Union[Permission, _Mapping]]] = ...) -> None: ...
+    server_version: str
+    server_time: _timestamp_pb2.Timestamp
+    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., authentication_method: _Optional[_Union[AuthenticationMethod, str]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., permissions: _Optional[_Iterable[_Union[Permission, _Mapping]]] = ..., server_version: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreatePrincipalRequest(_message.Message):
     __slots__ = ("principal_id", "principal", "request_id")

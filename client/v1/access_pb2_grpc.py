@@ -130,7 +130,8 @@ class AccessServiceServicer:
     """
 
     def WhoAmI(self, request, context):
-        """Returns the calling principal, how it authenticated and its permissions.
+        """Returns the calling principal, how it authenticated and its permissions,
+        with the server's version and clock (what `dspy-registry doctor` compares).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

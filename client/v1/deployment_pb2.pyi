@@ -977,7 +977,7 @@ class ReportVersionCheckResponse(_message.Message):
     def __init__(self, check: _Optional[_Union[VersionCheck, _Mapping]] = ...) -> None: ...
 
 class Webhook(_message.Message):
-    __slots__ = ("name", "url", "event_kinds", "selectors", "secret", "description", "creator", "create_time", "revision")
+    __slots__ = ("name", "url", "event_kinds", "selectors", "secret", "description", "creator", "create_time", "revision", "secrets")
     NAME_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     EVENT_KINDS_FIELD_NUMBER: _ClassVar[int]
@@ -987,6 +987,7 @@ class Webhook(_message.Message):
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     url: str
     event_kinds: _containers.RepeatedScalarFieldContainer[DeploymentEventKind]
@@ -996,7 +997,16 @@ class Webhook(_message.Message):
     creator: str
     create_time: _timestamp_pb2.Timestamp
     revision: int
-    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., event_kinds: _Optional[_Iterable[_Union[DeploymentEventKind, str]]] = ..., selectors: _Optional[_Iterable[_Union[TargetSelector, _Mapping]]] = ..., secret: _Optional[str] = ..., description: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    secrets: _containers.RepeatedCompositeFieldContainer[WebhookSecret]
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., event_kinds: _Optional[_Iterable[_Union[DeploymentEventKind, str]]] = ..., selectors: _Optional[_Iterable[_Union[TargetSelector, _Mapping]]] = ..., secret: _Optional[str] = ..., description: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., secrets: _Optional[_Iterable[_Union[WebhookSecret, _Mapping]]] = ...) -> None: ...
+
+class WebhookSecret(_message.Message):
+    __slots__ = ("name", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WebhookDelivery(_message.Message):
     __slots__ = ("name", "event_id", "event_kind", "state", "attempts", "last_response_code", "last_error", "create_time", "last_attempt_time", "next_attempt_time", "complete_time")
@@ -1067,6 +1077,38 @@ class DeleteWebhookRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeleteWebhookResponse(_message.Message):
+    __slots__ = ("webhook",)
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class AddWebhookSecretRequest(_message.Message):
+    __slots__ = ("parent", "secret", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    secret: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., secret: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AddWebhookSecretResponse(_message.Message):
+    __slots__ = ("webhook", "secret")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    webhook: Webhook
+    secret: WebhookSecret
+    def __init__(self, webhook: _Optional[_Union[Webhook, _Mapping]] = ..., secret: _Optional[_Union[WebhookSecret, _Mapping]] = ...) -> None: ...
+
+class RetireWebhookSecretRequest(_message.Message):
+    __slots__ = ("name", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RetireWebhookSecretResponse(_message.Message):
     __slots__ = ("webhook",)
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     webhook: Webhook

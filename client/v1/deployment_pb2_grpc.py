@@ -151,6 +151,16 @@ class DeploymentServiceStub:
                 request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesRequest.SerializeToString,
                 response_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.AddWebhookSecret = channel.unary_unary(
+                '/dspy_registry.v1.DeploymentService/AddWebhookSecret',
+                request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretRequest.SerializeToString,
+                response_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretResponse.FromString,
+                _registered_method=True)
+        self.RetireWebhookSecret = channel.unary_unary(
+                '/dspy_registry.v1.DeploymentService/RetireWebhookSecret',
+                request_serializer=dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretRequest.SerializeToString,
+                response_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class DeploymentServiceServicer:
@@ -389,6 +399,26 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddWebhookSecret(self, request, context):
+        """Adds a signing secret to a webhook (admin): from then on each POST is
+        signed with every active secret, so that a receiver can move to the new
+        one before the old is retired. INVALID_ARGUMENT for an empty or too long
+        secret; NOT_FOUND if the webhook does not exist; RESOURCE_EXHAUSTED when
+        it has 10 active secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireWebhookSecret(self, request, context):
+        """Retires one of a webhook's signing secrets (admin): POSTs are no longer
+        signed with it. NOT_FOUND if the webhook or the secret does not exist;
+        FAILED_PRECONDITION for the webhook's last secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeploymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -491,6 +521,16 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.ListWebhookDeliveries,
                     request_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesRequest.FromString,
                     response_serializer=dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'AddWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWebhookSecret,
+                    request_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretRequest.FromString,
+                    response_serializer=dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretResponse.SerializeToString,
+            ),
+            'RetireWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireWebhookSecret,
+                    request_deserializer=dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretRequest.FromString,
+                    response_serializer=dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1050,6 +1090,60 @@ class DeploymentService:
             '/dspy_registry.v1.DeploymentService/ListWebhookDeliveries',
             dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesRequest.SerializeToString,
             dspy__registry_dot_v1_dot_deployment__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_registry.v1.DeploymentService/AddWebhookSecret',
+            dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretRequest.SerializeToString,
+            dspy__registry_dot_v1_dot_deployment__pb2.AddWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_registry.v1.DeploymentService/RetireWebhookSecret',
+            dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretRequest.SerializeToString,
+            dspy__registry_dot_v1_dot_deployment__pb2.RetireWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

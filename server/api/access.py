@@ -6,6 +6,7 @@ import re
 
 from dspy_registry.v1 import access_pb2 as pb
 
+from .. import release
 from ..calls import serving
 from ..domain import access
 from ..domain.access import Action, AuditFilter, Grant, NewToken, Outcome, Principal, Token
@@ -78,7 +79,9 @@ class AccessServicer:
             principal=principal_proto(who.principal),
             authentication_method=method,
             permissions=[permission_proto(g) for g in grants],
+            server_version=release.version(),
         )
+        response.server_time.FromDatetime(self.access.clock.now())
         if who.token is not None:
             response.token.CopyFrom(token_proto(who.token))
         return response

@@ -210,6 +210,13 @@ RULES: dict[str, Rule] = {
         action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
     ),
     DEPLOYMENT + "ListWebhookDeliveries": Rule(action=ADMIN, resources=EVERYTHING),
+    # Audited by the webhook's name, never the secret.
+    DEPLOYMENT + "AddWebhookSecret": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("parent")
+    ),
+    DEPLOYMENT + "RetireWebhookSecret": Rule(
+        action=ADMIN, resources=EVERYTHING, mutation=True, audited=_target("name")
+    ),
     # CI's report gates deployments (required checks): its own action, on the program.
     DEPLOYMENT + "ReportVersionCheck": Rule(
         action=CHECK, resources=_field("program_version", "programs"), mutation=True

@@ -7,16 +7,18 @@ taken in and never given back.
 
 from __future__ import annotations
 
+import re
+
 from dspy_registry.v1 import deployment_pb2 as pb
 
 from ..calls import serving
 from ..domain import webhooks
-from ..domain.names import parse_parent
-from ..domain.webhooks import DeliveryState, Webhook, WebhookDraft
-from ..errors import InvalidArgument
+from ..domain.names import check_name, parse_parent
+from ..domain.webhooks import DeliveryState, SigningSecret, Webhook, WebhookDraft
+from ..errors import InvalidArgument, quote
 from ..usecases.webhooks import Webhooks
 from .context import Context
-from .convert.deployment import delivery_proto, webhook_proto
+from .convert.deployment import delivery_proto, secret_proto, webhook_proto
 from .mutations import answer, idempotency
 
 
@@ -26,6 +28,32 @@ def _created(w: Webhook) -> pb.CreateWebhookResponse:
 
 def _deleted(w: Webhook) -> pb.DeleteWebhookResponse:
     return pb.DeleteWebhookResponse(webhook=webhook_proto(w))
+
+
+SECRET_ID = re.compile(r"[a-z0-9]{1,64}")
+
+
+def _secret_added(result: tuple[Webhook, SigningSecret]) -> pb.AddWebhookSecretResponse:
+    webhook, secret = result
+    return pb.AddWebhookSecretResponse(webhook=webhook_proto(webhook), secret=secret_proto(webhook, secret))
+
+
+def _secret_retired(w: Webhook) -> pb.RetireWebhookSecretResponse:
+    return pb.RetireWebhookSecretResponse(webhook=webhook_proto(w))
+
+
+def _secret_name(value: str) -> tuple[str, str]:
+    """`webhooks/{webhook}/secrets/{secret}` -> (webhook, secret)."""
+    parts = value.split("/")
+    if (
+        len(parts) != 4
+        or (parts[0], parts[2]) != ("webhooks", "secrets")
+        or not SECRET_ID.fullmatch(parts[3])
+    ):
+        raise InvalidArgument.one(
+            "name", f"{quote(value)} must look like webhooks/{{webhook}}/secrets/{{secret}}"
+        )
+    return check_name(parts[1], "name"), parts[3]
 
 
 def _states(values: list[int]) -> tuple[DeliveryState, ...]:
@@ -88,3 +116,21 @@ class WebhookMethods:
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )
+
+    async def AddWebhookSecret(
+        self, request: pb.AddWebhookSecretRequest, context: Context
+    ) -> pb.AddWebhookSecretResponse:
+        webhook_id = parse_parent(request.parent, "webhooks", "parent")
+        result = await self.webhooks.add_secret(
+            serving(), webhook_id, request.secret, idempotency(request, "AddWebhookSecret", _secret_added)
+        )
+        return answer(result, pb.AddWebhookSecretResponse, _secret_added)
+
+    async def RetireWebhookSecret(
+        self, request: pb.RetireWebhookSecretRequest, context: Context
+    ) -> pb.RetireWebhookSecretResponse:
+        webhook_id, secret_id = _secret_name(request.name)
+        result = await self.webhooks.retire_secret(
+            serving(), webhook_id, secret_id, idempotency(request, "RetireWebhookSecret", _secret_retired)
+        )
+        return answer(result, pb.RetireWebhookSecretResponse, _secret_retired)

@@ -61,6 +61,7 @@ class EventKind(StrEnum):
     PERMISSION_REVOKED = "permission.revoked"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_SECRETS_CHANGED = "webhook.secrets_changed"
     TARGET_UPDATED = "target.updated"
     CHECK_REPORTED = "check.reported"
     # One per deployments.Kind (the proto enum DeploymentEventKind): `deployment.<name in lower case>`.
@@ -193,7 +194,7 @@ class PrincipalStatusChanged(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookChanged(Payload):
-    """webhook.created and webhook.deleted."""
+    """webhook.created, webhook.deleted and webhook.secrets_changed (one added or retired)."""
 
     webhook: str
 
@@ -358,6 +359,7 @@ SCHEMAS: Mapping[EventKind, type[Payload]] = {
     EventKind.PERMISSION_REVOKED: PrincipalChanged,
     EventKind.WEBHOOK_CREATED: WebhookChanged,
     EventKind.WEBHOOK_DELETED: WebhookChanged,
+    EventKind.WEBHOOK_SECRETS_CHANGED: WebhookChanged,
     EventKind.TARGET_UPDATED: TargetUpdated,
     EventKind.CHECK_REPORTED: CheckReported,
     **{EventKind.of_deployment(k): DeploymentChanged for k in DeploymentKind},

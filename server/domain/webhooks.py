@@ -15,9 +15,20 @@ notifier makes the POSTs. The rules:
   listed: all) of targets matching one of its selectors (none: all).
 - Each POST's body is the DeploymentEvent in the proto3 JSON mapping; it
   carries the delivery id (the same on every retry, so receivers can drop
-  duplicates), a timestamp and `sha256=<hex>`, the HMAC-SHA256 with the
-  webhook's secret of `<timestamp>.<body>` (the timestamp is signed too so
-  that a captured request cannot be replayed later with a fresh one).
+  duplicates), a timestamp and signatures of both, signed too so that a
+  captured request cannot be replayed later with a fresh timestamp:
+  - Standard Webhooks (standardwebhooks.com), which receivers verify with a
+    library in their language: `webhook-id`, `webhook-timestamp` and
+    `webhook-signature`, one `v1,<base64>` per active secret, each the
+    HMAC-SHA256 of `<id>.<timestamp>.<body>`. A `whsec_<base64>` secret's key
+    is the bytes it encodes, as the libraries take it; any other secret's key
+    is its UTF-8 bytes.
+  - The header of earlier releases, kept for one release: `sha256=<hex>`, the
+    HMAC-SHA256 of `<timestamp>.<body>` keyed with the oldest active secret
+    as given (the one its receivers hold).
+- A webhook has one to MAX_SECRETS active secrets: a secret rotates without
+  downtime by adding the new one, switching the receiver to it (it verifies
+  either), then retiring the old one.
 - A 2xx answer completes a delivery. Anything else (another status, no
   answer within the timeout, a refused address) is retried after an
   exponentially growing delay, 1 s doubling up to 10 min, each +-20 %
@@ -26,6 +37,8 @@ notifier makes the POSTs. The rules:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -51,10 +64,16 @@ DELIVERY_HEADER = "X-DSPy-Registry-Delivery"
 TIMESTAMP_HEADER = "X-DSPy-Registry-Timestamp"
 SIGNATURE_HEADER = "X-DSPy-Registry-Signature"
 EVENT_HEADER = "X-DSPy-Registry-Event"
+# Standard Webhooks' headers (lower case, as its specification writes them).
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+STANDARD_SECRET_PREFIX = "whsec_"
 
 MAX_WEBHOOKS = 100  # each deployment event is queued once per matching webhook, in its transaction
 MAX_URL_LENGTH = 2048
 MAX_SECRET_LENGTH = 1024
+MAX_SECRETS = 10  # active at once: each POST carries a signature per secret
 MAX_SELECTORS = 100
 
 RETRY_BASE_SECONDS = 1.0
@@ -115,12 +134,21 @@ class WebhookDraft:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SigningSecret:
+    """One of a webhook's active secrets: `webhooks/{webhook}/secrets/{id}`; its value is never shown."""
+
+    id: str
+    value: str = field(repr=False)
+    create_time: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Webhook:
     id: str
     url: str
     event_kinds: tuple[Kind, ...]
     selectors: tuple[Selector, ...]
-    secret: str = field(repr=False)
+    secrets: tuple[SigningSecret, ...]  # active, oldest first; never empty
     description: str
     creator: str
     create_time: datetime
@@ -162,7 +190,7 @@ class Due:
     id: str
     webhook: str
     url: str
-    secret: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)  # the webhook's active secrets, oldest first
     event_kind: Kind
     body: str
     attempts: int  # made before this one
@@ -269,6 +297,22 @@ def check_addresses(host: str, addresses: Sequence[IPAddress], allow: Sequence[N
             raise InvalidArgument.one(path, shown + why)
 
 
+def check_secret(secret: str, path: str) -> None:
+    """InvalidArgument unless `secret` can sign: present, not too long, and a `whsec_` one valid base64."""
+    if not secret:
+        raise InvalidArgument.one(path, "is required: the key every POST is signed with (HMAC-SHA256)")
+    if len(secret) > MAX_SECRET_LENGTH:
+        raise InvalidArgument.one(path, f"must be at most {MAX_SECRET_LENGTH} characters")
+    if secret.startswith(STANDARD_SECRET_PREFIX) and not signing_key(secret):
+        raise InvalidArgument.one(
+            path, f"after {STANDARD_SECRET_PREFIX} must come the key in base64 (Standard Webhooks' form)"
+        )
+
+
+def new_secret_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
 def event_kinds(values: Sequence[int], path: str, v: Violations) -> tuple[Kind, ...]:
     """Known kinds, deduplicated in the order given."""
     out: list[Kind] = []
@@ -291,10 +335,7 @@ def validate(draft: WebhookDraft, v: Violations) -> tuple[Endpoint | None, tuple
         endpoint = check_url(draft.url, "webhook.url")
     except InvalidArgument as exc:
         v.items += exc.violations
-    if not draft.secret:
-        v.add("webhook.secret", "is required: the key every POST is signed with (HMAC-SHA256)")
-    elif len(draft.secret) > MAX_SECRET_LENGTH:
-        v.add("webhook.secret", f"must be at most {MAX_SECRET_LENGTH} characters")
+    v.collect(lambda: check_secret(draft.secret, "webhook.secret"))
     v.collect(lambda: check_text(draft.description, "webhook.description", 1024))
     kinds = event_kinds(draft.event_kinds, "webhook.event_kinds", v)
     if len(draft.selectors) > MAX_SELECTORS:
@@ -363,15 +404,37 @@ def verify(secret: str, timestamp: str, body: bytes, signed: str) -> bool:
     return hmac.compare_digest(signature(secret, int(timestamp), body), signed)
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks signature: a `whsec_` secret's base64, else the text's bytes
+    (b"" for a `whsec_` secret that is not base64)."""
+    if not secret.startswith(STANDARD_SECRET_PREFIX):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret.removeprefix(STANDARD_SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def standard_signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64>`: HMAC-SHA256 keyed with the secret's key over `<id>.<timestamp>.<body>`."""
+    mac = hmac.new(signing_key(secret), f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
 def headers(due: Due, timestamp: int, body: bytes) -> dict[str, str]:
-    """The headers of one attempt: the delivery id stays, the timestamp and signature are fresh."""
+    """The headers of one attempt: the delivery id stays, the timestamp and signatures are fresh."""
     return {
         "Content-Type": "application/json",
         "User-Agent": "dspy-registry-webhooks",
+        STANDARD_ID_HEADER: due.id,
+        STANDARD_TIMESTAMP_HEADER: str(timestamp),
+        STANDARD_SIGNATURE_HEADER: " ".join(
+            standard_signature(s, due.id, timestamp, body) for s in due.secrets
+        ),
         DELIVERY_HEADER: due.id,
         EVENT_HEADER: f"DEPLOYMENT_EVENT_KIND_{due.event_kind.name}",
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: signature(due.secret, timestamp, body),
+        SIGNATURE_HEADER: signature(due.secrets[0], timestamp, body),
     }
 
 

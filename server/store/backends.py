@@ -7,17 +7,36 @@ only when a URL asks for it.
 
 from __future__ import annotations
 
+import asyncio
+
 from .base import Store
+
+
+def _backend(url: str) -> str:
+    if url.startswith("sqlite://"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")
 
 
 def open_store(url: str) -> Store:
     """Pick the backend by URL scheme: sqlite:///path or postgresql://…"""
-    if url.startswith("sqlite://"):
+    if _backend(url) == "sqlite":
         from .sqlite import SqliteStore
 
         return SqliteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+    from .postgres import PostgresStore
 
-        return PostgresStore(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://…")
+    return PostgresStore(url)
+
+
+async def applied_migrations(url: str) -> set[int]:
+    """The schema migrations the database at `url` has applied (its ledger), applying none."""
+    if _backend(url) == "sqlite":
+        from .sqlite import applied_migrations as applied_sqlite
+
+        return await asyncio.to_thread(applied_sqlite, url)
+    from .postgres import applied_migrations as applied_postgres
+
+    return await applied_postgres(url)

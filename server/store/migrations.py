@@ -7,6 +7,12 @@ collation ignores punctuation, so `a-b` and `ab` would order differently from
 SQLite). Timestamps are microseconds since the Unix epoch (UTC) in BIGINT
 columns on both backends. Each migration is recorded in `schema_migrations`
 in the transaction that applies it; `migrate` is the one loop both backends run.
+
+A database whose ledger lists a migration this release does not know was
+migrated by a later release: `pending` refuses it, naming both schema
+versions, rather than let a rolled-back server write to tables it does not
+understand. `dspy-registry migrate` (server/migrate.py) applies them ahead of
+a rolling upgrade, or with `--check` only says whether any are pending.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
+from ..errors import FailedPrecondition
 from .sql import Connection, now_us
 
 
@@ -466,6 +473,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE metric_windows",
         ),
     ),
+    Migration(
+        13,
+        "webhooks sign with several secrets at once (rotation)",
+        (
+            # A webhook's active secrets, oldest first by (create_time, id). Kept as given, as before.
+            """CREATE TABLE webhook_secrets (
+                webhook TEXT{c} NOT NULL REFERENCES webhooks (name),
+                id TEXT{c} NOT NULL,
+                secret TEXT NOT NULL,
+                create_time BIGINT NOT NULL,
+                PRIMARY KEY (webhook, id)
+            )""",
+            # Each webhook's one secret so far becomes its first. webhooks.secret stays, empty: SQLite
+            # drops a column only since 3.35.
+            """INSERT INTO webhook_secrets (webhook, id, secret, create_time)
+                SELECT name, 'initial', secret, create_time FROM webhooks""",
+            "UPDATE webhooks SET secret = ''",
+        ),
+    ),
 )
 
 
@@ -484,6 +510,28 @@ CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
+APPLIED = "SELECT number FROM schema_migrations"
+
+
+def latest() -> int:
+    """The schema version this release knows: its last migration's number."""
+    return MIGRATIONS[-1].number
+
+
+def pending(applied: set[int]) -> tuple[Migration, ...]:
+    """The migrations a database with `applied` in its ledger still needs, in order.
+
+    FailedPrecondition when the ledger lists a migration this release does not know.
+    """
+    unknown = sorted(applied - {m.number for m in MIGRATIONS})
+    if unknown:
+        raise FailedPrecondition(
+            f"the database's schema is at version {max(unknown)}, newer than this release knows "
+            f"(version {latest()}): a later release migrated it; run that release or a newer one"
+        )
+    return tuple(m for m in MIGRATIONS if m.number not in applied)
+
+
 async def migrate(
     conn: Connection,
     dialect: Dialect,
@@ -496,10 +544,7 @@ async def migrate(
     holds one transaction around the whole loop passes nothing.
     """
     await conn.execute(CREATE_LEDGER)
-    done = {int(r["number"]) for r in await conn.fetch("SELECT number FROM schema_migrations")}
-    for migration in MIGRATIONS:
-        if migration.number in done:
-            continue
+    for migration in pending({int(r["number"]) for r in await conn.fetch(APPLIED)}):
         async with transaction():
             for statement in migration.statements:
                 await conn.execute(render(statement, dialect))

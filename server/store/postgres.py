@@ -45,7 +45,7 @@ from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
 from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
-from .migrations import POSTGRES, migrate
+from .migrations import APPLIED, POSTGRES, migrate
 from .records import Records
 from .sql import Row
 from .timing import TimedTransactions, TransactionTimer
@@ -123,6 +123,20 @@ async def _driver(call: Callable[[], Awaitable[T]]) -> T:
     """
     try:
         return await call()
+    except _DRIVER_ERRORS as exc:
+        raise _translate(exc) from None
+
+
+async def applied_migrations(url: str) -> set[int]:
+    """The migrations the database's ledger lists (none before the first start), read without writing."""
+    try:
+        conn = await asyncpg.connect(url, **_CONNECT)
+        try:
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return set()
+            return {int(row["number"]) for row in await conn.fetch(APPLIED)}
+        finally:
+            await conn.close(timeout=CLOSE_TIMEOUT)
     except _DRIVER_ERRORS as exc:
         raise _translate(exc) from None
 

@@ -51,7 +51,7 @@ from ..calls import Call
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
 from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
-from .migrations import MIGRATIONS, SQLITE, migrate
+from .migrations import APPLIED, SQLITE, migrate, pending
 from .records import Records
 from .sqlite_connections import (
     DISK_LIMIT,
@@ -83,6 +83,25 @@ def path_from_url(url: str) -> str:
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ValueError(f"{url!r}: expected sqlite:///relative/path or sqlite:////absolute/path")
     return url[len(prefix) :]
+
+
+def applied_migrations(url: str) -> set[int]:
+    """The migrations the database's ledger lists, read without writing (none for a new file)."""
+    path = path_from_url(url)
+    if not Path(path).exists():
+        return set()
+    try:
+        # Read-only: a check must not create the WAL, nor wait on a server's writes.
+        db = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            ledger = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            if db.execute(ledger).fetchone() is None:
+                return set()
+            return {int(row[0]) for row in db.execute(APPLIED)}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise translate(exc) from None
 
 
 class SqliteStore(TimedTransactions):
@@ -198,11 +217,11 @@ class SqliteStore(TimedTransactions):
         try:
             self._snapshot_readers = set(await self._open_readers(snapshot, uri=True))
             async with self.read() as tx:
-                done = {int(r["number"]) for r in await tx.conn.fetch("SELECT number FROM schema_migrations")}
+                done = {int(r["number"]) for r in await tx.conn.fetch(APPLIED)}
                 self._revision = await tx.current_revision()
         except (RegistryError, sqlite3.Error) as exc:
             raise self._cannot_open(ResourceExhausted(DISK_LIMIT, str(exc))) from None
-        if any(m.number not in done for m in MIGRATIONS):
+        if pending(done):
             raise self._cannot_open(ResourceExhausted(DISK_LIMIT, "migrations to apply"))
         self._full = self._no_room(free_bytes(self.path))
         log.warning(

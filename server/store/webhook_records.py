@@ -18,10 +18,11 @@ from ..domain import webhooks
 from ..domain.deployments import Kind
 from ..domain.events import DeploymentChanged, deployment_kind
 from ..domain.model import Event, Page
-from ..domain.webhooks import Delivery, DeliveryState, Due, Interest, Selector, Webhook
+from ..domain.webhooks import Delivery, DeliveryState, Due, Interest, Selector, SigningSecret, Webhook
 from ..errors import InvalidArgument
 from .sql import Connection, Row, to_datetime, to_json, to_us
 
+# `secret` is empty since migration 12: a webhook's secrets are rows of webhook_secrets.
 _WEBHOOK_COLUMNS = "name, url, event_kinds, selectors, secret, description, creator, create_time, revision"
 _DELIVERY_COLUMNS = (
     "id, webhook, revision, seq, event_kind, state, attempts, last_response_code, last_error, "
@@ -37,13 +38,13 @@ def _interest(row: Row) -> Interest:
     return Interest(frozenset(Kind(k) for k in json.loads(row["event_kinds"])), _selectors(row["selectors"]))
 
 
-def _webhook(row: Row) -> Webhook:
+def _webhook(row: Row, secrets: dict[str, list[SigningSecret]]) -> Webhook:
     return Webhook(
         id=row["name"],
         url=row["url"],
         event_kinds=tuple(Kind(k) for k in json.loads(row["event_kinds"])),
         selectors=_selectors(row["selectors"]),
-        secret=row["secret"],
+        secrets=tuple(secrets.get(row["name"], ())),
         description=row["description"],
         creator=row["creator"],
         create_time=to_datetime(row["create_time"]),
@@ -94,9 +95,24 @@ class WebhookQueries:
         row = await self.conn.fetchrow("SELECT COUNT(*) AS n FROM webhooks")
         return int(row["n"]) if row else 0
 
+    async def _secrets(self, webhook_ids: Sequence[str]) -> dict[str, list[SigningSecret]]:
+        """The active secrets of these webhooks, oldest first."""
+        if not webhook_ids:
+            return {}
+        rows = await self.conn.fetch(
+            "SELECT webhook, id, secret, create_time FROM webhook_secrets "
+            f"WHERE webhook IN ({', '.join('?' for _ in webhook_ids)}) ORDER BY create_time, id",
+            *webhook_ids,
+        )
+        out: dict[str, list[SigningSecret]] = {}
+        for r in rows:
+            secret = SigningSecret(id=r["id"], value=r["secret"], create_time=to_datetime(r["create_time"]))
+            out.setdefault(r["webhook"], []).append(secret)
+        return out
+
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
         row = await self.conn.fetchrow(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE name = ?", webhook_id)
-        return _webhook(row) if row else None
+        return _webhook(row, await self._secrets([webhook_id])) if row else None
 
     async def insert_webhook(self, w: Webhook) -> None:
         await self.conn.execute(
@@ -105,16 +121,37 @@ class WebhookQueries:
             w.url,
             to_json([int(k) for k in w.event_kinds]),
             to_json([[s.program, s.environment] for s in w.selectors]),
-            w.secret,
+            "",
             w.description,
             w.creator,
             to_us(w.create_time),
             w.revision,
         )
+        for secret in w.secrets:
+            await self.insert_webhook_secret(w.id, secret)
+
+    async def insert_webhook_secret(self, webhook_id: str, secret: SigningSecret) -> None:
+        await self.conn.execute(
+            "INSERT INTO webhook_secrets (webhook, id, secret, create_time) VALUES (?, ?, ?, ?)",
+            webhook_id,
+            secret.id,
+            secret.value,
+            to_us(secret.create_time),
+        )
+
+    async def delete_webhook_secret(self, webhook_id: str, secret_id: str) -> None:
+        await self.conn.execute(
+            "DELETE FROM webhook_secrets WHERE webhook = ? AND id = ?", webhook_id, secret_id
+        )
+
+    async def touch_webhook(self, webhook_id: str, revision: int) -> None:
+        """The webhook changed (its secrets) at `revision`."""
+        await self.conn.execute("UPDATE webhooks SET revision = ? WHERE name = ?", revision, webhook_id)
 
     async def delete_webhook(self, webhook_id: str) -> None:
-        """The webhook and its deliveries: pending ones are never attempted again."""
+        """The webhook, its secrets and its deliveries: pending ones are never attempted again."""
         await self.conn.execute("DELETE FROM webhook_deliveries WHERE webhook = ?", webhook_id)
+        await self.conn.execute("DELETE FROM webhook_secrets WHERE webhook = ?", webhook_id)
         await self.conn.execute("DELETE FROM webhooks WHERE name = ?", webhook_id)
 
     async def list_webhooks(self, page: Page) -> tuple[list[Webhook], str | None, int]:
@@ -125,7 +162,8 @@ class WebhookQueries:
         )
         total = await self.count_webhooks()
         after = str(rows[page.size - 1]["name"]) if len(rows) > page.size else None
-        return [_webhook(r) for r in rows[: page.size]], after, total
+        secrets = await self._secrets([r["name"] for r in rows[: page.size]])
+        return [_webhook(r, secrets) for r in rows[: page.size]], after, total
 
     # -- the outbox ----------------------------------------------------------------------------
 
@@ -222,7 +260,7 @@ class WebhookQueries:
     async def claim_deliveries(self, now: datetime, lease_until: datetime, limit: int) -> list[Due]:
         """Up to `limit` due deliveries, leased until `lease_until` (needs a write transaction)."""
         rows = await self.conn.fetch(
-            "SELECT d.id, d.webhook, d.event_kind, d.body, d.attempts, d.create_time, w.url, w.secret "
+            "SELECT d.id, d.webhook, d.event_kind, d.body, d.attempts, d.create_time, w.url "
             "FROM webhook_deliveries d JOIN webhooks w ON w.name = d.webhook "
             "WHERE d.state = ? AND d.next_attempt_time <= ? ORDER BY d.next_attempt_time, d.id LIMIT ?",
             int(DeliveryState.PENDING),
@@ -235,12 +273,14 @@ class WebhookQueries:
             "UPDATE webhook_deliveries SET next_attempt_time = ? WHERE id = ?",
             [(to_us(lease_until), r["id"]) for r in rows],
         )
+        # Read in the claim's transaction: an attempt signs with the secrets active as it was claimed.
+        secrets = await self._secrets(sorted({r["webhook"] for r in rows}))
         return [
             Due(
                 id=r["id"],
                 webhook=r["webhook"],
                 url=r["url"],
-                secret=r["secret"],
+                secrets=tuple(secret.value for secret in secrets.get(r["webhook"], ())),
                 event_kind=Kind(r["event_kind"]),
                 body=r["body"],
                 attempts=r["attempts"],

@@ -26,11 +26,20 @@ from ..domain.webhooks import (
     IPAddress,
     Network,
     Outcome,
+    SigningSecret,
     Webhook,
     WebhookDraft,
 )
-from ..errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Violations
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Violations,
+)
 from ..store.base import Store
+from ..store.records import Records
 from .common import Idempotency, PageOf, Replay, page_of, record, replayed
 
 RESOLVE_TIMEOUT_SECONDS = 5.0
@@ -100,7 +109,11 @@ class Webhooks:
                 url=draft.url,
                 event_kinds=kinds,
                 selectors=draft.selectors,
-                secret=draft.secret,
+                secrets=(
+                    SigningSecret(
+                        id=webhooks.new_secret_id(), value=draft.secret, create_time=self.clock.now()
+                    ),
+                ),
                 description=draft.description,
                 creator=call.actor,
                 create_time=self.clock.now(),
@@ -146,6 +159,67 @@ class Webhooks:
                 ]
             )
             return await record(tx, idem, replace(webhook, revision=tx.next_revision))
+
+    async def add_secret(
+        self,
+        call: Call,
+        webhook_id: str,
+        secret: str,
+        idem: Idempotency[tuple[Webhook, SigningSecret]] | None,
+    ) -> tuple[Webhook, SigningSecret] | Replay:
+        """A secret more to sign with: each POST carries a signature by each active secret from now on."""
+        webhooks.check_secret(secret, "secret")
+        async with self.store.write(call) as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            webhook = await self._found(tx, webhook_id)
+            if len(webhook.secrets) >= webhooks.MAX_SECRETS:
+                raise ResourceExhausted(
+                    "webhook_secrets", f"at most {webhooks.MAX_SECRETS} active secrets; retire one first"
+                )
+            added = SigningSecret(id=webhooks.new_secret_id(), value=secret, create_time=self.clock.now())
+            await tx.insert_webhook_secret(webhook_id, added)
+            changed = await self._secrets_changed(tx, webhook)
+            return await record(tx, idem, (replace(changed, secrets=(*webhook.secrets, added)), added))
+
+    async def retire_secret(
+        self, call: Call, webhook_id: str, secret_id: str, idem: Idempotency[Webhook] | None
+    ) -> Webhook | Replay:
+        """A secret no longer signs: its receivers must hold another of the webhook's by now."""
+        async with self.store.write(call) as tx:
+            if (replay := await replayed(tx, idem)) is not None:
+                return replay
+            webhook = await self._found(tx, webhook_id)
+            kept = tuple(s for s in webhook.secrets if s.id != secret_id)
+            if len(kept) == len(webhook.secrets):
+                raise NotFound(f"webhooks/{webhook_id}/secrets/{secret_id}")
+            if not kept:
+                raise FailedPrecondition(
+                    f"webhooks/{webhook_id}/secrets/{secret_id} is the webhook's last secret: add another "
+                    "first (every POST is signed), or delete the webhook"
+                )
+            await tx.delete_webhook_secret(webhook_id, secret_id)
+            changed = await self._secrets_changed(tx, webhook)
+            return await record(tx, idem, replace(changed, secrets=kept))
+
+    async def _found(self, tx: Records, webhook_id: str) -> Webhook:
+        webhook: Webhook | None = await tx.get_webhook(webhook_id)
+        if webhook is None:
+            raise NotFound(f"webhooks/{webhook_id}")
+        return webhook
+
+    async def _secrets_changed(self, tx: Records, webhook: Webhook) -> Webhook:
+        await tx.touch_webhook(webhook.id, tx.next_revision)
+        await tx.append(
+            [
+                new_event(
+                    EventKind.WEBHOOK_SECRETS_CHANGED,
+                    webhook.resource_name,
+                    WebhookChanged(webhook=webhook.id),
+                )
+            ]
+        )
+        return replace(webhook, revision=tx.next_revision)
 
     async def deliveries(
         self, webhook_id: str, states: Sequence[DeliveryState], page_size: int, page_token: str

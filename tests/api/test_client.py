@@ -59,7 +59,7 @@ def test_every_rpc_has_a_client_method() -> None:
     }
     assert not rpcs - RPC_METHODS.keys(), "RPCs without a client method"
     assert not RPC_METHODS.keys() - rpcs, "client methods of RPCs the contract no longer has"
-    assert len(RPC_METHODS) == 47
+    assert len(RPC_METHODS) == 49
     for rpc, method in RPC_METHODS.items():
         assert callable(getattr(Registry, method, None)), f"{rpc}: Registry.{method} is missing"
         assert callable(getattr(SyncRegistry, method, None)), f"{rpc}: SyncRegistry.{method} is missing"

@@ -82,6 +82,8 @@ POSITIONAL: dict[str, list[str]] = {
     "list_webhooks": [],
     "delete_webhook": ["webhook_id"],
     "list_webhook_deliveries": ["webhook_id"],
+    "add_webhook_secret": ["webhook_id", "secret"],
+    "retire_webhook_secret": ["name"],
     "who_am_i": [],
     "create_principal": ["principal_id"],
     "list_principals": [],

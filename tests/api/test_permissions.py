@@ -248,7 +248,7 @@ async def test_the_authorization_matrix(server: Running) -> None:
         finally:
             await channel.close(None)
     assert wrong == []
-    assert len(callers) == 22 and len(RULES) == 47  # two callers per action (seven, with check)
+    assert len(callers) == 22 and len(RULES) == 49  # two callers per action (seven, with check)
 
 
 async def test_lists_show_and_count_only_what_the_caller_may_read(server: Running) -> None:

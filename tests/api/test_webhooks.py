@@ -226,6 +226,55 @@ async def test_bad_webhooks_are_refused_field_by_field_and_change_nothing(server
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err) == {"states"}
 
 
+async def test_secrets_are_added_and_retired_with_bad_input_refused_and_never_shown(server: Running) -> None:
+    deploy = server.deployments
+    created = await _create(server, "hook", _webhook("https://8.8.8.8/hook"))
+    [first] = created.secrets
+    assert first.name.startswith("webhooks/hook/secrets/") and first.create_time.seconds > 0
+
+    def add(secret: str, parent: str = "webhooks/hook", request_id: str = "") -> Any:
+        return deploy.AddWebhookSecret(
+            dpb.AddWebhookSecretRequest(parent=parent, secret=secret, request_id=request_id)
+        )
+
+    for secret in ("", "x" * (webhooks.MAX_SECRET_LENGTH + 1), "whsec_not base64!"):
+        err = await _refused(add(secret))
+        assert (err.code(), violations(err)) == (grpc.StatusCode.INVALID_ARGUMENT, {"secret"}), secret
+    assert (await _refused(add("k", parent="webhooks/none"))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await _refused(add("k", parent="hooks/x"))).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    added = await add("whsec_" + "a" * 32, request_id="rotate-1")
+    again = await add("whsec_" + "a" * 32, request_id="rotate-1")  # a retry: the first answer
+    assert again.secret.name == added.secret.name
+    assert [s.name for s in added.webhook.secrets] == [first.name, added.secret.name]
+    assert "whsec_" not in str(added) and SECRET not in str(added)  # names, never values
+    for _ in range(webhooks.MAX_SECRETS - 2):
+        await add("another")
+    err = await _refused(add("one too many"))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def retire(name: str) -> Any:
+        return deploy.RetireWebhookSecret(dpb.RetireWebhookSecretRequest(name=name))
+
+    for name in (
+        "webhooks/hook",
+        "webhooks/hook/secrets/",
+        "webhooks/hook/keys/x",
+        "webhooks/Bad!/secrets/x",
+    ):
+        assert (await _refused(retire(name))).code() == grpc.StatusCode.INVALID_ARGUMENT, name
+    assert (await _refused(retire("webhooks/hook/secrets/nope"))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await _refused(retire("webhooks/none/secrets/nope"))).code() == grpc.StatusCode.NOT_FOUND
+    left = (await retire(first.name)).webhook.secrets
+    assert first.name not in [s.name for s in left] and len(left) == webhooks.MAX_SECRETS - 1
+    for secret in left[:-1]:
+        await retire(secret.name)
+    err = await _refused(retire(left[-1].name))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # every POST is signed: one stays
+    [listed] = (await deploy.ListWebhooks(dpb.ListWebhooksRequest())).webhooks
+    assert [s.name for s in listed.secrets] == [left[-1].name]
+
+
 REFUSED = [
     "http://127.0.0.1:9/hook",
     "http://127.1.2.3/hook",

@@ -86,6 +86,7 @@ STORED_KINDS = {
     "permission.revoked",
     "webhook.created",
     "webhook.deleted",
+    "webhook.secrets_changed",
     "target.updated",
     "check.reported",
     *(f"deployment.{k.name.lower()}" for k in DeploymentKind),

@@ -3,6 +3,7 @@ the retry schedule."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -202,7 +203,7 @@ def test_the_signature_is_an_hmac_of_timestamp_dot_body() -> None:
         id="d1",
         webhook="w",
         url="https://x/",
-        secret="k",
+        secrets=("k", "whsec_" + base64.b64encode(b"standard key").decode()),
         event_kind=Kind.CREATED,
         body=body.decode(),
         attempts=0,
@@ -212,13 +213,21 @@ def test_the_signature_is_an_hmac_of_timestamp_dot_body() -> None:
     assert headers[webhooks.DELIVERY_HEADER] == "d1"
     assert headers[webhooks.EVENT_HEADER] == "DEPLOYMENT_EVENT_KIND_CREATED"
     assert headers[webhooks.TIMESTAMP_HEADER] == "1700000000"
-    assert headers[webhooks.SIGNATURE_HEADER] == "sha256=" + expected
+    assert headers[webhooks.SIGNATURE_HEADER] == "sha256=" + expected  # the oldest secret's
+    # Standard Webhooks: a v1 signature per secret of `<id>.<timestamp>.<body>`; a whsec_ secret's key
+    # is the bytes its base64 encodes, any other's its text.
+    signed = b"d1.1700000000." + body
+    assert headers["webhook-id"] == "d1" and headers["webhook-timestamp"] == "1700000000"
+    assert headers["webhook-signature"].split(" ") == [
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in (b"k", b"standard key")
+    ]
     assert "secret" not in repr(
         Due(
             id="d1",
             webhook="w",
             url="https://x/",
-            secret="secret",
+            secrets=("secret",),
             event_kind=Kind.CREATED,
             body="{}",
             attempts=0,

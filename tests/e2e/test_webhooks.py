@@ -4,6 +4,7 @@ per delivery id."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -120,12 +121,76 @@ def test_every_event_arrives_once_across_a_receiver_outage_and_a_server_sigkill(
         assert all(d.state == dpb.DELIVERY_STATE_SUCCEEDED for d in deliveries)
         assert any(d.attempts > 1 for d in deliveries)  # some were retried
 
-        # Each delivery id arrived with a valid signature; each event under exactly one delivery id.
-        assert all(r.valid for r in receiver.receiver.got)
+        # Each delivery id arrived with valid signatures (both headers, `standardwebhooks` checking
+        # Standard Webhooks'); each event under exactly one delivery id.
+        assert all(r.valid and r.standard_valid for r in receiver.receiver.got)
         delivered = receiver.receiver.delivered()
         assert sorted(delivered) == sorted(d.name.rsplit("/", 1)[1] for d in deliveries)
         by_event = Counter(json.loads(r.body)["id"] for r in delivered.values())
         assert sorted(by_event) == sorted(expected) and set(by_event.values()) == {1}
+        server.stop(signal.SIGTERM)
+    finally:
+        receiver.close()
+
+
+def test_a_secret_rotates_without_a_delivery_failing_verification(
+    serve: type[ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Add the new secret, move the receiver to it, retire the old one: every POST verifies throughout,
+    with `standardwebhooks`, and once retired the old secret signs nothing."""
+    monkeypatch.setenv("DSPY_REGISTRY_WEBHOOK_ALLOW", "127.0.0.0/8")
+    receiver = ThreadedReceiver(SECRET).start()
+    got = receiver.receiver.got
+    try:
+        server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
+        with server.channel() as channel:
+            deployments = dpb_grpc.DeploymentServiceStub(channel)
+            pb_grpc.RegistryServiceStub(channel).RegisterSignature(
+                pb.RegisterSignatureRequest(signature="sig", version="1.0.0", spec=spec_proto())
+            )
+            created = deployments.CreateWebhook(
+                dpb.CreateWebhookRequest(
+                    webhook_id="e2e", webhook=dpb.Webhook(url=receiver.receiver.url, secret=SECRET)
+                )
+            ).webhook
+            [old] = created.secrets
+
+            def phase(version: str, signatures: int) -> None:
+                """Three more events, each delivered once and verified by the receiver as it is now."""
+                before = len(got)
+                _deploy(server, version)
+                _eventually(lambda: len(got) >= before + 3, f"the deliveries of {version}")
+                assert [
+                    (r.status, r.valid, r.standard_valid, r.standard_signatures) for r in got[before:]
+                ] == [(200, True, True, signatures)] * 3
+
+            _register(server, "1.0.0")
+            _eventually(lambda: len(got) == 3, "the registration's deliveries")
+            phase("1.0.0", signatures=1)
+
+            new = "whsec_" + base64.b64encode(b"the new secret, 32 bytes long...").decode()
+            added = deployments.AddWebhookSecret(
+                dpb.AddWebhookSecretRequest(parent="webhooks/e2e", secret=new)
+            )
+            assert [s.name for s in added.webhook.secrets] == [old.name, added.secret.name]
+            phase("1.0.0", signatures=2)  # the receiver still holds the old secret: it verifies
+            receiver.receiver.standard_secret = new
+            phase("1.0.0", signatures=2)  # moved to the new one: it verifies
+
+            retired = deployments.RetireWebhookSecret(dpb.RetireWebhookSecretRequest(name=old.name)).webhook
+            assert [s.name for s in retired.secrets] == [added.secret.name]
+            receiver.receiver.secret = new  # the legacy header is signed with the oldest active secret
+            phase("1.0.0", signatures=1)
+            # A receiver that had not moved would now refuse every POST: the old secret signs none.
+            receiver.receiver.standard_secret = SECRET
+            before = len(got)
+            _deploy(server, "1.0.0")
+            _eventually(lambda: len(got) >= before + 3, "the last deliveries")
+            assert not any(r.standard_valid for r in got[before:])
+
+            with pytest.raises(grpc.RpcError) as last:
+                deployments.RetireWebhookSecret(dpb.RetireWebhookSecretRequest(name=added.secret.name))
+            assert last.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         server.stop(signal.SIGTERM)
     finally:
         receiver.close()
@@ -138,7 +203,8 @@ async def test_the_readme_webhooks_block(
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     out = _run_block(_block("webhooks"), server, tmp_path)
     assert '"name": "webhooks/oncall"' in out and '"totalSize": 1' in out
-    assert "secret" not in out  # never returned
+    assert '"secret":' not in out  # never returned (only the secrets' names)
+    assert '"name": "webhooks/oncall/secrets/' in out
     with server.channel() as channel:
         listed = dpb_grpc.DeploymentServiceStub(channel).ListWebhooks(dpb.ListWebhooksRequest())
     [webhook] = listed.webhooks

@@ -10,7 +10,7 @@ import pytest
 
 from dspy_registry.server.domain.deployments import Kind
 from dspy_registry.server.domain.model import Event, Page
-from dspy_registry.server.domain.webhooks import DeliveryState, Selector, Webhook
+from dspy_registry.server.domain.webhooks import DeliveryState, Selector, SigningSecret, Webhook
 from dspy_registry.server.store.base import Store
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -22,7 +22,10 @@ def _hook(name: str, kinds: tuple[Kind, ...] = (), selectors: tuple[Selector, ..
         url="https://8.8.8.8/",
         event_kinds=kinds,
         selectors=selectors,
-        secret="secret",
+        secrets=(
+            SigningSecret(id="first", value="secret", create_time=NOW),
+            SigningSecret(id="second", value="whsec_c2Vjb25k", create_time=NOW + timedelta(seconds=1)),
+        ),
         description="",
         creator="admin",
         create_time=NOW,
@@ -84,6 +87,21 @@ async def test_deliveries_are_queued_in_the_events_transaction(store: Store) -> 
     assert await _deliveries(store, "prod") == [(f"{revision}-0", Kind.ABORTED, DeliveryState.PENDING)]
 
 
+async def test_a_webhooks_secrets_are_kept_oldest_first_and_retired_one_by_one(store: Store) -> None:
+    hook = _hook("w")
+    async with store.write() as tx:
+        await tx.insert_webhook(hook)
+    async with store.read() as tx:
+        found = await tx.get_webhook("w")
+        listed, _, _ = await tx.list_webhooks(Page(size=10, after=None))
+    assert found is not None and found.secrets == hook.secrets and listed[0].secrets == hook.secrets
+    async with store.write() as tx:
+        await tx.delete_webhook_secret("w", "first")
+    async with store.read() as tx:
+        found = await tx.get_webhook("w")
+    assert found is not None and [s.id for s in found.secrets] == ["second"]
+
+
 async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
     async with store.write() as tx:
         await tx.insert_webhook(_hook("w"))
@@ -96,7 +114,7 @@ async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
     lease = now + timedelta(seconds=20)
     async with store.write() as tx:
         [due] = await tx.claim_deliveries(now, lease, 10)
-    assert due.url == "https://8.8.8.8/" and due.secret == "secret" and due.attempts == 0
+    assert due.url == "https://8.8.8.8/" and due.secrets == ("secret", "whsec_c2Vjb25k") and due.attempts == 0
     assert '"kind":"DEPLOYMENT_EVENT_KIND_CREATED"' in due.body
     async with store.write() as tx:  # leased: nobody else gets it
         assert await tx.claim_deliveries(now + timedelta(seconds=19), lease, 10) == []

@@ -16,7 +16,7 @@ from ...domain.access import principal_name
 from ...domain.deployments import Pinned, Target
 from ...domain.environments import Environment
 from ...domain.names import check_name
-from ...domain.webhooks import Delivery, DeliveryState, Webhook
+from ...domain.webhooks import Delivery, DeliveryState, SigningSecret, Webhook
 from ...errors import InvalidArgument, Violations
 from ...usecases.metrics import Assessed, Assessment
 from .common import duration, seconds, short, time_field, timestamp
@@ -417,7 +417,13 @@ def webhook_proto(w: Webhook) -> pb.Webhook:
         creator=principal_name(w.creator),
         create_time=timestamp(w.create_time),
         revision=w.revision,
+        secrets=[secret_proto(w, s) for s in w.secrets],
     )
+
+
+def secret_proto(w: Webhook, s: SigningSecret) -> pb.WebhookSecret:
+    """The secret's name and age: its value never leaves the server."""
+    return pb.WebhookSecret(name=f"{w.resource_name}/secrets/{s.id}", create_time=timestamp(s.create_time))
 
 
 def delivery_proto(d: Delivery) -> pb.WebhookDelivery:
