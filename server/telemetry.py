@@ -12,6 +12,11 @@ Off unless asked for (`--telemetry-exporter`, `--metrics-listen`); then:
                                                 matching watcher's queue holding it; watch=targets|events
            dspy_registry.deployments            gauge: deployments by environment and state (store-wide)
            dspy_registry.rollbacks              counter: environment, cause=manual|auto (store-wide)
+           dspy_registry.leader                 gauge: 1 on the replica that runs the background work
+                                                (server/leader.py), 0 on the others
+
+Store-wide numbers are exported by the leader only, so that a sum over the
+replicas counts each deployment and rollback once (`leading`).
 
 Spans and metrics go to the console or over OTLP (`--telemetry-exporter`);
 metrics also to a Prometheus scrape endpoint (`--metrics-listen`).
@@ -104,6 +109,8 @@ class Telemetry:
         self._metrics_registry = metrics_registry
         self._metrics_server: WSGIServer | None = None
         self._owned = owned
+        # Whether this replica leads (App sets it to its Leadership's): store-wide numbers are its alone.
+        self.leading: Callable[[], bool] = lambda: True
         self._hubs: dict[str, Hub] = {}
         self._counts: DeploymentCounts | None = None
         self._rpc_attributes: dict[tuple[str, grpc.StatusCode], dict[str, str | int]] = {}
@@ -131,6 +138,12 @@ class Telemetry:
             callbacks=[self._observe_deployments],
             unit="{deployment}",
             description="Deployments in the store, by environment and state",
+        )
+        meter.create_observable_gauge(
+            "dspy_registry.leader",
+            callbacks=[self._observe_leader],
+            unit="1",
+            description="1 on the replica that runs the controller, analysis, webhooks and maintenance",
         )
 
     @classmethod
@@ -276,7 +289,7 @@ class Telemetry:
             # transaction and just before it ends ROLLED_BACK (domain/deployments.py roll_back).
             if e.kind == EventKind.DEPLOYMENT_AUTO_ROLLBACK:
                 automated.add(e.resource)
-            elif e.kind == EventKind.DEPLOYMENT_ROLLED_BACK:
+            elif e.kind == EventKind.DEPLOYMENT_ROLLED_BACK and self.leading():
                 cause = "auto" if e.resource in automated else "manual"
                 self._rollbacks.add(1, {"environment": str(e.data.get("environment", "")), "cause": cause})
         if changed and self._counts is not None:
@@ -288,8 +301,11 @@ class Telemetry:
     def _observe_streams(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(len(hub), {"watch": name}) for name, hub in list(self._hubs.items())]
 
+    def _observe_leader(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1 if self.leading() else 0)]
+
     def _observe_deployments(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._counts is None:
+        if self._counts is None or not self.leading():
             return []
         environments, counts = self._counts.snapshot
         # Every state of every environment, zeros too: a state that empties reads 0 instead of

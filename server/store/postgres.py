@@ -46,6 +46,7 @@ from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, Stor
 from .base import AVAILABLE, Availability
 from .commits import CommitListeners
 from .migrations import POSTGRES, migrate
+from .postgres_leader import PostgresLeaderLock
 from .records import Records
 from .sql import Row
 from .transactions import WriteConnection
@@ -252,6 +253,9 @@ class PostgresStore:
         finally:
             self._lent.discard(raw)
             await asyncio.shield(_release(pool, raw))
+
+    def leader_lock(self, replica: str, lost: Callable[[], None]) -> PostgresLeaderLock:
+        return PostgresLeaderLock(self.url, replica, lost)
 
     async def _writer_connection(self) -> asyncpg.Connection:
         if self._writer is None or self._writer.is_closed():
