@@ -69,9 +69,11 @@ class Leadership:
         await self._loop.stop()
         if self._changes:
             await asyncio.gather(*self._changes, return_exceptions=True)
-        await self._become(False, "the server is stopping")
-        if self._lock is not None:
-            await self._lock.release()
+        try:
+            await self._become(False, "the server is stopping")
+        finally:  # a duty that fails to stop must not keep the lock (and its connection) open
+            if self._lock is not None:
+                await self._lock.release()
 
     async def _poll(self) -> None:
         assert self._lock is not None
