@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from tests.conftest import SKIP_POSTGRES
 from tests.e2e.conftest import ROOT
 
 
@@ -30,3 +33,38 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
     assert isinstance(line["server_kib_per_idle_stream"], float)
     assert line["server_cpu_us_per_delivered_event"] >= 0
     assert line["clients_cpu_us_per_received_event"] > 0
+
+
+@pytest.mark.postgres
+async def test_the_fleet_simulator_prints_its_figures() -> None:
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "fleet", "--pods", "20", "--processes", "2", "--deployments", "4"]
+        + ["--settle", "6", "--seconds", "4", "--open-seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    by = {x["figure"]: x for x in lines}
+    assert set(by) == {
+        "fleet_writes",
+        "fleet_create_deployment",
+        "fleet_replica",
+        "fleet_converge",
+        "fleet_canary_rollback",
+    }
+    replicas = [x for x in lines if x["figure"] == "fleet_replica"]
+    # Every pod holds a stream to one of the three replicas; exactly one replica leads.
+    assert len(replicas) == 3 and sum(x["watch_streams"] for x in replicas) == 20
+    assert [x["leader"] for x in replicas].count(True) == 1
+    # Heartbeats and metric windows reached the store through the replicas' telemetry.
+    writes = by["fleet_writes"]["write_rpcs_per_s"]
+    assert writes["ReportSidecarStatus"] > 0 and writes["ReportMetrics"] > 0
+    assert 0 < by["fleet_create_deployment"]["idle_p50_ms"] <= by["fleet_create_deployment"]["idle_p99_ms"]
+    assert by["fleet_converge"]["seconds"] > 0 and by["fleet_canary_rollback"]["seconds"] > 0
+    assert "fleet: 20 pods, 3 replicas" in done.stderr
