@@ -1,10 +1,12 @@
-"""The fan-out benchmark runs end to end (small, for its plumbing; the figures come from `make bench`)."""
+"""The fan-out and fleet benchmarks run end to end (small, for their plumbing; the figures come from
+`make bench` and `python -m bench fleet`)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -12,9 +14,10 @@ from tests.conftest import SKIP_POSTGRES
 from tests.e2e.conftest import ROOT
 
 
-async def test_the_fanout_benchmark_prints_its_figures() -> None:
+def _bench(*args: str) -> tuple[list[dict[str, Any]], str]:
+    """`python -m bench *args`: its JSON lines, and its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "fanout", "--streams", "40", "--open-seconds", "0"],
+        [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -22,7 +25,11 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    [line] = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")], done.stderr
+
+
+async def test_the_fanout_benchmark_prints_its_figures() -> None:
+    [line], _ = _bench("--only", "fanout", "--streams", "40", "--open-seconds", "0")
     assert (line["figure"], line["streams"], line["deployments"]) == ("fanout", 40, 20)
     # From the reply can be about zero (the change may reach 40 streams before the reply
     # does); from the call's start it cannot.
@@ -39,17 +46,10 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
 async def test_the_fleet_simulator_prints_its_figures() -> None:
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "fleet", "--pods", "20", "--processes", "2", "--deployments", "4"]
-        + ["--settle", "6", "--seconds", "4", "--open-seconds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    lines, stderr = _bench(
+        *("fleet", "--pods", "20", "--processes", "2", "--deployments", "4"),
+        *("--settle", "6", "--seconds", "4", "--open-seconds", "1"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     by = {x["figure"]: x for x in lines}
     assert set(by) == {
         "fleet_writes",
@@ -67,4 +67,4 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     assert writes["ReportSidecarStatus"] > 0 and writes["ReportMetrics"] > 0
     assert 0 < by["fleet_create_deployment"]["idle_p50_ms"] <= by["fleet_create_deployment"]["idle_p99_ms"]
     assert by["fleet_converge"]["seconds"] > 0 and by["fleet_canary_rollback"]["seconds"] > 0
-    assert "fleet: 20 pods, 3 replicas" in done.stderr
+    assert "fleet: 20 pods, 3 replicas" in stderr
