@@ -156,12 +156,17 @@ def _prepare(address: str, metadata: Any) -> None:
         deploy.CreateDeployment(fixtures.deploy_request("1.0.0"), timeout=30, metadata=metadata)
 
 
-def _create_deployments(address: str, metadata: Any, count: int, spread_s: float = 0.0) -> list[float]:
-    """`count` REPLACE deployments of q to development, alternating two versions; each call's ms."""
+def _create_deployments(address: str, metadata: Any, count: int, window_s: float = 0.0) -> list[float]:
+    """REPLACE deployments of q to development, alternating two versions, one after the other; each
+    call's ms. `count` calls; with `window_s`, spaced over that window and ended with it (a store
+    too busy to answer them in time makes fewer, three at least)."""
     channel, _, deploy = _stub(address)
-    took = []
+    took: list[float] = []
+    began = time.monotonic()
     with channel:
         for n in range(count):
+            if window_s and n >= 3 and time.monotonic() - began >= window_s:
+                break
             request = dpb.CreateDeploymentRequest(
                 program="q",
                 version=fixtures.PRELOAD_VERSIONS[n % 2],
@@ -169,10 +174,10 @@ def _create_deployments(address: str, metadata: Any, count: int, spread_s: float
                 strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
             )
             started = time.perf_counter()
-            deploy.CreateDeployment(request, timeout=60, metadata=metadata)
+            deploy.CreateDeployment(request, timeout=120, metadata=metadata)
             took.append((time.perf_counter() - started) * 1000)
-            if spread_s:
-                time.sleep(spread_s / count)
+            if window_s:
+                time.sleep(max(0.0, began + window_s * (n + 1) / count - time.monotonic()))
     return sorted(took)
 
 
@@ -327,7 +332,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             pods_cpu_before = pods.cpu_seconds()
             commits_before = _xact_commits(url)
             began = time.monotonic()
-            loaded = _create_deployments(first, metadata, args.deployments, spread_s=args.seconds)
+            loaded = _create_deployments(first, metadata, args.deployments, window_s=args.seconds)
             while time.monotonic() - began < args.seconds:
                 time.sleep(0.1)
             window = time.monotonic() - began
@@ -357,7 +362,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {
                     "figure": "fleet_create_deployment",
                     **base,
-                    "calls": args.deployments,
+                    "idle_calls": len(idle),
+                    "loaded_calls": len(loaded),
                     "idle_p50_ms": round(percentile(idle, 0.5), 1),
                     "idle_p99_ms": round(percentile(idle, 0.99), 1),
                     "loaded_p50_ms": round(percentile(loaded, 0.5), 1),
