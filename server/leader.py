@@ -87,10 +87,15 @@ class Leadership:
         """The lock's connection dropped: the lock is gone already, so the duties stop now."""
         self.leader = ""
         self.leading = False  # at once: the gauge must not say 1 while the duties are being stopped
-        dropped = self._become(False, "the leader lock's connection dropped")
-        task = asyncio.get_running_loop().create_task(dropped)
+        task = asyncio.get_running_loop().create_task(self._step_down())
         self._changes.add(task)
         task.add_done_callback(self._changes.discard)
+
+    async def _step_down(self) -> None:
+        try:
+            await self._become(False, "the leader lock's connection dropped")
+        except Exception:  # a task no one awaits: its failure is logged here or nowhere
+            log.exception("stopping the background work failed")
 
     async def _become(self, leading: bool, why: str) -> None:
         async with self._switch:
