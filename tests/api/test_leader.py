@@ -161,7 +161,7 @@ async def test_a_leader_whose_lock_connection_is_terminated_stops_leading_at_onc
 
     # Not at its next poll: asyncpg tells of the terminated session, and it stops leading on that.
     def stopped_on_the_loss() -> bool:
-        said = "no longer leads: the leader lock's connection dropped"
+        said = f"{old.app.leadership.replica} no longer leads: the leader lock's connection dropped"
         return any(said in r.getMessage() for r in caplog.records)
 
     await until(stopped_on_the_loss, "the old leader stops leading when its lock's connection drops")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -12,6 +14,8 @@ import pytest
 
 from tests.conftest import SKIP_POSTGRES
 from tests.e2e.conftest import ROOT
+
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def _bench(*args: str) -> tuple[list[dict[str, Any]], str]:
@@ -46,8 +50,13 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
 async def test_the_fleet_simulator_prints_its_figures() -> None:
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    # The command docs/operations.md shows, made small by the flags after it (the last one wins).
+    (shown,) = re.findall(r"<!-- tested: fleet -->\n```sh\n(.*?)\n```", OPERATIONS.read_text(), flags=re.S)
+    python, dash_m, module, *args = shlex.split(shown)
+    assert (python, dash_m, module) == ("python", "-m", "bench")
     lines, stderr = _bench(
-        *("fleet", "--pods", "20", "--processes", "2", "--deployments", "4"),
+        *args,
+        *("--pods", "20", "--processes", "2", "--deployments", "4"),
         *("--settle", "6", "--seconds", "4", "--open-seconds", "1"),
     )
     by = {x["figure"]: x for x in lines}
