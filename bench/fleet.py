@@ -218,15 +218,21 @@ class Pods:
     def wait_all(self, word: str, timeout: float, version: str = "") -> list[int]:
         """Until every process said `word` (for `version`): the times (ns) they gave."""
         seen: dict[int, int] = {}
+        acked: dict[int, int] = {}  # pods ACKed so far, by process, as each last said
         deadline = time.monotonic() + timeout
         while len(seen) < len(self.processes):
             try:
+                if time.monotonic() > deadline:  # progress lines keep coming: the queue is never empty
+                    raise queue.Empty
                 i, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 raise RuntimeError(
-                    f"only {len(seen)} of {len(self.processes)} pod processes said {word}"
+                    f"only {len(seen)} of {len(self.processes)} pod processes said {word} within {timeout:g} s"
+                    f" (pods ACKed: {sum(acked.values())})"
                 ) from None
             parts = line.split()
+            if parts and parts[0] == "acked":
+                acked[i] = int(parts[1])
             if line == "exited":
                 raise RuntimeError(f"pod process {i} exited")
             if parts and parts[0] == word and (not version or parts[1] == version):

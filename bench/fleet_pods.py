@@ -7,7 +7,7 @@ receives; a heartbeat (the same report) every `--heartbeat` seconds and a metric
 version (ReportMetrics) every `--metrics-interval` seconds, both at the client's defaults. A pod
 whose index is a multiple of `--error-every` fails every request its candidate serves.
 
-It prints `ready` once every pod has ACKed its first snapshot, then `converged <stable> <time_ns>`
+It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot, `ready` then, and `converged <stable> <time_ns>`
 each time every pod has ACKed a target with that stable version and no candidate (the time of the
 last ACK). It stops when stdin closes.
 """
@@ -173,6 +173,13 @@ class Fleet:
         if len(versions) == 1 and (version := versions.pop()) and version not in self.said:
             self.said = {version}
             _say(f"converged {version} {time.time_ns()}")
+
+
+async def _progress(fleet: Fleet) -> None:
+    """How many pods have ACKed, for the driver to say where a fleet that never gets ready stopped."""
+    while not fleet.ready:
+        await asyncio.sleep(5)
+        _say(f"acked {len(fleet.acks)}")
 
 
 def _say(line: str) -> None:
