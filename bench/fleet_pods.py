@@ -175,6 +175,16 @@ class Fleet:
             _say(f"converged {version} {time.time_ns()}")
 
 
+async def _shown(work: Any) -> None:
+    """`work`, whose failure (a bug here: the loops outlive every RPC error) reaches stderr, where the
+    driver's caller sees it, rather than ending one pod's loop without a word."""
+    try:
+        await work
+    except Exception as exc:
+        sys.stderr.write(f"a pod's loop failed: {exc!r}\n")
+        raise
+
+
 async def _progress(fleet: Fleet) -> None:
     """How many pods have ACKed, for the driver to say where a fleet that never gets ready stopped."""
     while not fleet.ready:
@@ -197,8 +207,11 @@ async def _main(args: argparse.Namespace) -> None:
         channel = channels[zlib.crc32(str(i).encode()) % len(channels)]
         fleet.pods.append(Pod(i, args, dpb_grpc.DeploymentServiceStub(channel), fleet))  # type: ignore[no-untyped-call]
     tasks = [
-        asyncio.create_task(work()) for pod in fleet.pods for work in (pod.watch, pod.heartbeat, pod.metrics)
+        asyncio.create_task(_shown(work()))
+        for pod in fleet.pods
+        for work in (pod.watch, pod.heartbeat, pod.metrics)
     ]
+    tasks.append(asyncio.create_task(_progress(fleet)))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for task in tasks:
         task.cancel()

@@ -60,20 +60,23 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         *("--settle", "6", "--seconds", "4", "--open-seconds", "1"),
     )
     by = {x["figure"]: x for x in lines}
+    seen = (lines, stderr[-3000:])  # what a failure shows
     assert set(by) == {
         "fleet_writes",
         "fleet_create_deployment",
         "fleet_replica",
         "fleet_converge",
         "fleet_canary_rollback",
-    }
+    }, seen
     replicas = [x for x in lines if x["figure"] == "fleet_replica"]
     # Every pod holds a stream to one of the three replicas; exactly one replica leads.
-    assert len(replicas) == 3 and sum(x["watch_streams"] for x in replicas) == 20
-    assert [x["leader"] for x in replicas].count(True) == 1
+    assert len(replicas) == 3 and sum(x["watch_streams"] for x in replicas) == 20, seen
+    assert [x["leader"] for x in replicas].count(True) == 1, seen
     # Heartbeats and metric windows reached the store through the replicas' telemetry.
     writes = by["fleet_writes"]["write_rpcs_per_s"]
-    assert writes["ReportSidecarStatus"] > 0 and writes["ReportMetrics"] > 0
-    assert 0 < by["fleet_create_deployment"]["idle_p50_ms"] <= by["fleet_create_deployment"]["idle_p99_ms"]
-    assert by["fleet_converge"]["seconds"] > 0 and by["fleet_canary_rollback"]["seconds"] > 0
+    assert writes["ReportSidecarStatus"] > 0 and writes["ReportMetrics"] > 0, seen
+    assert 0 < by["fleet_create_deployment"]["idle_p50_ms"] <= by["fleet_create_deployment"]["idle_p99_ms"], (
+        seen
+    )
+    assert by["fleet_converge"]["seconds"] > 0 and by["fleet_canary_rollback"]["seconds"] > 0, seen
     assert "fleet: 20 pods, 3 replicas" in stderr
