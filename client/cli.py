@@ -423,6 +423,7 @@ def _status(registry: SyncRegistry, args: argparse.Namespace, out: Output) -> in
         )
         sidecars.add_row(s.sidecar_id, s.principal, runs, s.last_report_time.ToJsonString())
     out.console.print(sidecars)
+    out.console.print(f"leader: {response.leader or '(none)'}")
     return 0
 
 

@@ -44,12 +44,13 @@ from .domain.programs import UNARY_ARTIFACT_LIMIT
 from .domain.webhooks import parse_networks
 from .errors import ResourceExhausted
 from .http_api import HttpServer, server_ssl
+from .leader import Leadership
 from .maintenance import Maintenance
 from .notifier import Notifier
 from .readiness import Readiness
 from .replica_flush import ReplicaFlush
 from .store.backends import open_store
-from .store.base import Store
+from .store.base import MAX_REPLICA_NAME, Store, check_replica_name
 from .store_health import StoreHealth
 from .telemetry import Telemetry
 from .usecases.access import Access
@@ -142,8 +143,9 @@ class Services:
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
-    replica: str  # this process's name among the replicas on one database (host, pid, random)
+    replica: str  # this process's name in the presence tables (host, pid, random): whose rows are whose
     replica_flush: ReplicaFlush  # every replica's, leader or not: what it holds of the fleet, written
+    leadership: Leadership  # runs the controller, the notifier and maintenance on the leader only
     guard: Guard
     servicers: Mapping[str, object]  # by full service name, as SERVICES
     gateway_secret: str  # the REST gateway's proof to the guard of who its callers are; "" without it
@@ -164,6 +166,8 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     ):
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
+    if config.replica_name:
+        check_replica_name(config.replica_name)
     # Read before anything is opened: a bad file fails the start with nothing to close.
     versioning_settings = _read_config(config.config) if config.config else None
     store = open_store(config.database)
@@ -198,6 +202,16 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
     )  # a bad network fails the start
     checks = Checks(store, deployments)  # CI's reports; they move the deployments waiting for them
     watches = Watches(store)
+    controller = Controller(deployments, clock=clock)
+    notifier = Notifier(webhooks)
+    maintenance = Maintenance(
+        store,
+        request_retention=config.request_retention_seconds,
+        event_retention=config.event_retention_seconds,
+        metrics_retention=config.metrics_retention_seconds,
+        clock=clock,
+    )
+    leadership = Leadership(store, [maintenance, controller, notifier])
     targets = Hub(encode_changes)
     events = Hub(encode_events, deployment_events)
     live = LiveFeed(events)  # the dashboard's live streams share one watch of `events`
@@ -221,6 +235,7 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         ),
         webhooks,
         checks=checks,
+        leader=lambda: leadership.leader,
     )
     return Services(
         store=store,
@@ -230,21 +245,16 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         live=live,
         deployments=deployments,
         sidecars=sidecars,
-        controller=Controller(deployments, clock=clock),
-        notifier=Notifier(webhooks),
+        controller=controller,
+        notifier=notifier,
+        maintenance=maintenance,
+        leadership=leadership,
         replica=replica,
         replica_flush=ReplicaFlush(
             fleet,
             rollups,
             interval=config.telemetry_flush_seconds,
             metrics_retention=config.metrics_retention_seconds,
-        ),
-        maintenance=Maintenance(
-            store,
-            request_retention=config.request_retention_seconds,
-            event_retention=config.event_retention_seconds,
-            metrics_retention=config.metrics_retention_seconds,
-            clock=clock,
         ),
         guard=guard,
         servicers={
@@ -273,6 +283,7 @@ class App:
         self.notifier = self.services.notifier
         self.maintenance = self.services.maintenance
         self.replica_flush = self.services.replica_flush
+        self.leadership = self.services.leadership
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.telemetry = (
             telemetry
@@ -307,6 +318,7 @@ class App:
         for hub in services.hubs.values():
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         if self.telemetry is not None:
+            self.telemetry.leading = lambda: self.leadership.leading
             await self.telemetry.start(
                 self.store,
                 services.hubs,
@@ -329,10 +341,9 @@ class App:
             log.warning("authentication is OFF (--no-auth): every caller acts as admin")
         tls = await self._serve()
         self.streams.start()
-        self.maintenance.start()
-        self.replica_flush.start()
-        self.controller.start()
-        self.notifier.start()
+        self.replica_flush.start()  # on every replica: what it holds of the fleet, written
+        # The controller, the notifier and maintenance run where the leader lock is held.
+        await self.leadership.start(self.replica_name())
         # Migrations ran in store.open(): only now does health say SERVING (if the store answers).
         await self.store_health.start()
         self.readiness.started = True
@@ -443,9 +454,7 @@ class App:
         await self.server.stop(min(FLUSH_SECONDS, left) if drained else 0)
         await self.streams.stop()
         await self.replica_flush.stop()  # no report comes in now: the last batch holds every one answered
-        await self.maintenance.stop()
-        await self.controller.stop()
-        await self.notifier.stop()
+        await self.leadership.stop()
         if self.telemetry is not None:
             await self.telemetry.stop()  # after the server: the last calls' spans are flushed too
         await self.store.close()
@@ -461,6 +470,16 @@ class App:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
+
+    def replica_name(self) -> str:
+        """--replica-name, else the host:port this replica serves on (the machine's name for a
+        wildcard address, which names no one replica)."""
+        if self.config.replica_name:
+            return self.config.replica_name
+        host = self.config.listen.rsplit(":", 1)[0]
+        if host.strip("[]") in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        return f"{host[: MAX_REPLICA_NAME - 6]}:{self.port}"
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

@@ -112,6 +112,7 @@ class Config:
     telemetry_exporter: str = "none"  # none, console or otlp: where spans and metrics go
     metrics_listen: str = ""  # host:port of a Prometheus scrape endpoint; "" for none
     http_listen: str = ""  # host:port of the REST routes (http_api.py); "" for none
+    replica_name: str = ""  # how this replica is named as the leader (server/leader.py); "" for host:port
 
 
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
@@ -278,6 +279,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the REST routes (/api/registry/..., /api/openapi.json) at http://HOST:PORT; port 0 "
         "picks a free one (env DSPY_REGISTRY_HTTP_LISTEN)",
     )
+    parser.add_argument(
+        "--replica-name",
+        default=env("DSPY_REGISTRY_REPLICA_NAME", ""),
+        metavar="NAME",
+        help="this server's name among the replicas on one database, as GetDeploymentStatus and the "
+        "logs name the leader; default: host:port it serves on (env DSPY_REGISTRY_REPLICA_NAME)",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Config:
@@ -313,6 +321,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
         telemetry_exporter=_value(args.telemetry_exporter, _choice("none", "console", "otlp")),
         metrics_listen=_value(args.metrics_listen, str),
         http_listen=_value(args.http_listen, str),
+        replica_name=_value(args.replica_name, str),
     )
 
 

@@ -10,6 +10,10 @@ Off unless asked for (`--telemetry-exporter`, `--metrics-listen`); then:
   metrics  rpc.server.call.duration and this server's own (`dspy_registry.*`): the
            table is docs/operations.md's, the instruments are made in `Telemetry.__init__`.
 
+Store-wide numbers (deployments by state, paused deployments, live sidecars, rollbacks) are
+exported by the leader only (`leading`, server/leader.py), so that a sum over the replicas counts
+each once; `dspy_registry.leader` says which replica that is.
+
 Metric names, units and attributes follow the OpenTelemetry semantic conventions
 where they have one (the RPC duration, in seconds, with the conventions' buckets);
 the Prometheus exporter turns `a.b` in unit `s` into `a_b_seconds`, and a counter
@@ -150,6 +154,8 @@ class Telemetry:
         self._metrics_registry = metrics_registry
         self._metrics_server: WSGIServer | None = None
         self._owned = owned
+        # Whether this replica leads (App sets it to its Leadership's): store-wide numbers are its alone.
+        self.leading: Callable[[], bool] = lambda: True
         self._hubs: dict[str, Hub] = {}
         self._counts: StoreCounts | None = None
         self._store: Store | None = None
@@ -229,13 +235,11 @@ class Telemetry:
                 "1",
                 "1, labelled with this server's version, source revision and Python",
             ),
-            # Leader election (#13) will own this: today every replica runs the background work
-            # (controller, analysis, notifier), so each reports 1.
             (
                 "dspy_registry.leader",
                 self._observe_leader,
                 "1",
-                "1 on the replica that runs the background work",
+                "1 on the replica that runs the controller, analysis, webhooks and maintenance (the leader)",
             ),
         ]
         for name, callback, unit, description in gauges:
@@ -452,7 +456,7 @@ class Telemetry:
             # transaction and just before it ends ROLLED_BACK (domain/deployments.py roll_back).
             if e.kind == EventKind.DEPLOYMENT_AUTO_ROLLBACK:
                 automated.add(e.resource)
-            elif e.kind == EventKind.DEPLOYMENT_ROLLED_BACK:
+            elif e.kind == EventKind.DEPLOYMENT_ROLLED_BACK and self.leading():
                 cause = "auto" if e.resource in automated else "manual"
                 self._rollbacks.add(1, {"environment": str(e.data.get("environment", "")), "cause": cause})
         if changed and self._counts is not None:
@@ -465,7 +469,10 @@ class Telemetry:
         return [Observation(len(hub), {"watch": name}) for name, hub in list(self._hubs.items())]
 
     def _snapshot(self) -> Snapshot:
-        return self._counts.snapshot if self._counts is not None else Snapshot()
+        """The store's counts, on the leader; none on the other replicas (the leader exports them)."""
+        if self._counts is None or not self.leading():
+            return Snapshot()
+        return self._counts.snapshot
 
     def _observe_deployments(self, options: CallbackOptions) -> Iterable[Observation]:
         snapshot = self._snapshot()
@@ -504,7 +511,7 @@ class Telemetry:
         return [Observation(1, self._build)]
 
     def _observe_leader(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(1)]
+        return [Observation(1 if self.leading() else 0)]
 
 
 def _exporters(exporter: str) -> tuple[Any, Any]:

@@ -741,20 +741,22 @@ class Sidecar(_message.Message):
     def __init__(self, sidecar_id: _Optional[str] = ..., principal: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[SidecarTargetStatus, _Mapping]]] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetDeploymentStatusResponse(_message.Message):
-    __slots__ = ("target", "current_deployment", "verdict", "health", "sidecars", "revision")
+    __slots__ = ("target", "current_deployment", "verdict", "health", "sidecars", "revision", "leader")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CURRENT_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SIDECARS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
     target: Target
     current_deployment: Deployment
     verdict: HealthVerdict
     health: _containers.RepeatedCompositeFieldContainer[VersionHealth]
     sidecars: _containers.RepeatedCompositeFieldContainer[Sidecar]
     revision: int
-    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., current_deployment: _Optional[_Union[Deployment, _Mapping]] = ..., verdict: _Optional[_Union[HealthVerdict, str]] = ..., health: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., sidecars: _Optional[_Iterable[_Union[Sidecar, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    leader: str
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., current_deployment: _Optional[_Union[Deployment, _Mapping]] = ..., verdict: _Optional[_Union[HealthVerdict, str]] = ..., health: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., sidecars: _Optional[_Iterable[_Union[Sidecar, _Mapping]]] = ..., revision: _Optional[int] = ..., leader: _Optional[str] = ...) -> None: ...
 
 class TargetSelector(_message.Message):
     __slots__ = ("program", "environment")

@@ -6,7 +6,7 @@ named by path), asks a use case, and turns the answer back into protos.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -76,7 +76,10 @@ class DeploymentServicer(WebhookMethods):
         metrics: Metrics,
         webhooks_: Webhooks,
         checks: Checks | None = None,
+        leader: Callable[[], str] = lambda: "",
     ) -> None:
+        """`leader`: the name of the replica that leads now (server/leader.py)."""
+        self.leader = leader
         self.checks = checks or Checks(deployments.store, deployments)
         self.webhooks = webhooks_
         self.metrics = metrics
@@ -254,7 +257,7 @@ class DeploymentServicer(WebhookMethods):
         program = check_name(short(request.program, "programs"), "program")
         environment = check_name(short(request.environment, "environments"), "environment")
         status = await self.deployments.status(program, environment)
-        out = pb.GetDeploymentStatusResponse()
+        out = pb.GetDeploymentStatusResponse(leader=self.leader())
         if status.target is not None:
             out.target.CopyFrom(target_proto(status.target))
             out.revision = status.target.revision

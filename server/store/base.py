@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +40,57 @@ class WriteCounts:
     telemetry: int = 0
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one poll of the leader lock found: whether this replica holds it, and who does ("" when
+    no replica does, or when it could not be told)."""
+
+    held: bool
+    leader: str
+
+
+# PostgreSQL keeps 63 bytes of a connection's application_name, where the leader lock names its replica.
+MAX_REPLICA_NAME = 42
+
+
+def check_replica_name(name: str) -> str:
+    """`name`, if it can name a replica (ValueError if not)."""
+    if not name or len(name) > MAX_REPLICA_NAME or not name.isascii() or not name.isprintable():
+        raise ValueError(
+            f"a replica name must be 1 to {MAX_REPLICA_NAME} printable ASCII characters, not {name!r}"
+        )
+    return name
+
+
+class LeaderLock(Protocol):
+    """One replica's claim on the store-wide leader lock (server/leader.py says what leading means).
+
+    The lock is held for as long as a connection of the lock's own stays open, so that a replica
+    that dies or loses the database loses it too, and another replica's next poll takes it.
+    """
+
+    async def poll(self) -> Claim:
+        """Take the lock if it is free, or check that this replica still holds it; who holds it.
+        Never raises: a database that cannot be reached is `Claim(False, "")`."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lock up (close its connection); a later poll may take it again."""
+
+
+class SoleLeader:
+    """The leader lock of a store only one server can open (SQLite): that server always leads."""
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+
+    async def poll(self) -> Claim:
+        return Claim(True, self.replica)
+
+    async def release(self) -> None:
+        pass
+
+
 class Store(Protocol):
     """A revisioned store.
 
@@ -69,6 +121,12 @@ class Store(Protocol):
         """
 
     def read(self) -> AbstractAsyncContextManager[Records]: ...
+
+    def leader_lock(self, replica: str, lost: Callable[[], None]) -> LeaderLock:
+        """This replica's claim, by the name it is known by, on the lock that elects one leader
+        among the servers on this store; `lost` is called at once if a held lock's connection
+        drops (the lock went with it)."""
+        ...
 
     def write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
         """One write transaction; `call`, the mutation it serves, whose audit event it then writes

@@ -46,6 +46,7 @@ from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, Stor
 from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
 from .migrations import APPLIED, POSTGRES, migrate
+from .postgres_leader import PostgresLeaderLock
 from .records import Records
 from .sql import Row
 from .timing import TimedTransactions, TransactionTimer
@@ -269,6 +270,9 @@ class PostgresStore(TimedTransactions):
         finally:
             self._lent.discard(raw)
             await asyncio.shield(_release(pool, raw))
+
+    def leader_lock(self, replica: str, lost: Callable[[], None]) -> PostgresLeaderLock:
+        return PostgresLeaderLock(self.url, replica, lost)
 
     async def _writer_connection(self) -> asyncpg.Connection:
         if self._writer is None or self._writer.is_closed():

@@ -38,7 +38,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -49,7 +49,7 @@ import aiosqlite
 
 from ..calls import Call
 from ..errors import RegistryError, ResourceExhausted, StoreUnavailable
-from .base import AVAILABLE, Availability, WriteCounts
+from .base import AVAILABLE, Availability, SoleLeader, WriteCounts
 from .commits import CommitListeners
 from .migrations import APPLIED, SQLITE, migrate, pending
 from .records import Records
@@ -322,6 +322,10 @@ class SqliteStore(TimedTransactions):
                 await self._retire(reader)
             else:
                 self._readers.put_nowait(reader)
+
+    def leader_lock(self, replica: str, lost: Callable[[], None]) -> SoleLeader:
+        """One server per file (`_claim`): it is the leader."""
+        return SoleLeader(replica)
 
     async def ping(self, timeout: float) -> Availability:
         """A read through the read pool within `timeout`; and whether writes are refused for room."""

@@ -260,6 +260,7 @@ ELSEWHERE = {
     "buf-curl": "the grpcurl walkthrough again, for readers without grpcurl: one or the other",
     "dashboard-serve": "starts the server this test already runs",
     "client-config": "a TLS server's (test_docs_client.py starts one)",
+    "fleet": "a benchmark of three replicas of its own (tests/e2e/test_bench.py runs it small)",
     "completion": "writes into the reader's home (test_docs_cli.py gives it a home of its own)",
     "prometheus": "asks a Prometheus scraping the server (test_operations.py runs one)",
 }

@@ -26,8 +26,11 @@ class Restartable:
     history of the store.
     """
 
-    def __init__(self, database: str, folder: Path, name: str = "server") -> None:
+    def __init__(
+        self, database: str, folder: Path, name: str = "server", extra_args: list[str] | None = None
+    ) -> None:
         self.database = database
+        self.extra_args = list(extra_args or ())  # more `serve` flags, given to every start
         self.folder = folder
         self.name = name
         self.current: ServerProcess | None = None
@@ -37,7 +40,7 @@ class Restartable:
 
     def start(self) -> Restartable:
         with self.lock:
-            server = ServerProcess(self.database, self.folder / f"{self.name}.log")
+            server = ServerProcess(self.database, self.folder / f"{self.name}.log", self.extra_args)
             server.start()
             self.current = server
             self.generation += 1

@@ -1,0 +1,114 @@
+"""The leader lock on PostgreSQL: a session advisory lock held on a connection of its own.
+
+`pg_try_advisory_lock` on a dedicated connection, never a pooled one: a
+session lock lives as long as its session, and a pooled connection is shared
+and replaced. The server ends the session, and so frees the lock, when the
+replica dies, closes it, or an administrator terminates it; the replica
+learns of a lost connection from asyncpg at once (and calls `lost`), or from
+the next poll when the network went silent instead.
+
+Who holds the lock is read from `pg_locks` joined to `pg_stat_activity`: the
+connection says which replica it belongs to in its `application_name`, so
+that the answer is never stale (it dies with the session) and an operator
+sees it in `pg_stat_activity` too. Reading other sessions' application_name
+needs the same role or `pg_read_all_stats`.
+
+A replica cut off without a word (a partition) stops leading at its next
+poll, whose answer does not come within POLL_TIMEOUT; the server side frees
+the lock only when TCP keepalives find the session dead (KEEPALIVE_*: about
+8 s), so the old leader has stopped before another can start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from .base import Claim, check_replica_name
+
+log = logging.getLogger("dspy_registry.store")
+
+# Any constant other than the migrations' (postgres._MIGRATION_LOCK); the lock is per database.
+LEADER_LOCK = 0x6473706C
+APPLICATION_PREFIX = (
+    "dspy-registry leader "  # + the replica's name (base.MAX_REPLICA_NAME), in application_name
+)
+POLL_TIMEOUT = 2.0
+KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3"}
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+HOLDER = """
+SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objsubid = 1
+  AND l.objid::bigint = $1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+class PostgresLeaderLock:
+    def __init__(self, url: str, replica: str, lost: Callable[[], None]) -> None:
+        self.url = url
+        self.replica = check_replica_name(replica)
+        self.lost = lost
+        self._conn: asyncpg.Connection | None = None
+        self._held = False  # guarded by the event loop: only poll() and the termination callback set it
+
+    async def poll(self) -> Claim:
+        try:
+            async with asyncio.timeout(POLL_TIMEOUT):  # not wait_for: see background.Loop._sleep
+                conn = await self._connection()
+                if self._held:
+                    await conn.fetchval("SELECT 1")  # the session is alive, so the lock is still ours
+                else:
+                    self._held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
+                holder = await conn.fetchval(HOLDER, LEADER_LOCK)
+        except (TimeoutError, *_DRIVER_ERRORS) as exc:
+            if self._held:
+                log.warning("the leader lock's connection failed: %s", exc or type(exc).__name__)
+            self._drop()
+            return Claim(False, "")
+        name = str(holder or "")
+        return Claim(
+            self._held, name.removeprefix(APPLICATION_PREFIX) if name.startswith(APPLICATION_PREFIX) else ""
+        )
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        self._held = False
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=POLL_TIMEOUT)  # the session ends: the server frees the lock
+            except (TimeoutError, *_DRIVER_ERRORS):
+                conn.terminate()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._held = False
+            conn = await asyncpg.connect(
+                self.url,
+                timeout=POLL_TIMEOUT,
+                command_timeout=POLL_TIMEOUT,
+                server_settings={"application_name": APPLICATION_PREFIX + self.replica, **KEEPALIVE},
+            )
+            conn.add_termination_listener(self._terminated)
+            self._conn = conn
+        return self._conn
+
+    def _terminated(self, conn: object) -> None:
+        """asyncpg's word that the session ended (the server terminated it, or the socket closed)."""
+        if conn is self._conn:
+            self._conn = None
+            if self._held:
+                self._held = False
+                self.lost()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        was_held, self._held = self._held, False
+        if conn is not None:
+            conn.terminate()  # not close(): a connection that failed may not answer a goodbye
+        if was_held:
+            self.lost()
