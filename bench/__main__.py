@@ -44,6 +44,8 @@ REGISTER_SQLITE_TARGET = 1000.0
 STARTUP_TIMEOUT_S = 30.0
 # The backend whose GetProgramVersion is also measured with --no-auth (the issue's comparison).
 AUTH_COMPARISON_BACKEND = "sqlite"
+# The backend whose RegisterProgram is also measured without development's auto-deploy.
+AUTO_DEPLOY_COMPARISON_BACKEND = "sqlite"
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,32 @@ def _read_token(token_file: Path) -> str:
     return token
 
 
+# The default environments but for development's auto-deploy: a registration is then only a registration.
+NO_AUTO_DEPLOY_TOML = """\
+[environments.development]
+auto_deploy = false
+default_strategy = "replace"
+
+[environments.staging]
+validation_required = true
+
+[environments.production]
+validation_required = true
+approval_required = true
+min_metrics = { accuracy = 0.85 }
+monitoring_required = true
+required_predecessors = ["staging"]
+"""
+
+
 @contextlib.contextmanager
-def _registry(backend: str, options: Options, *, auth: bool = True) -> Iterator[Registry]:
-    """A fresh registry server on a fresh database, with authentication on (default) or off."""
+def _registry(
+    backend: str, options: Options, *, auth: bool = True, auto_deploy: bool = True
+) -> Iterator[Registry]:
+    """A fresh registry server on a fresh database, with authentication on (default) or off.
+
+    `auto_deploy=False` starts it with NO_AUTO_DEPLOY_TOML as its --config.
+    """
     with (
         tempfile.TemporaryDirectory(prefix="dspy-registry-bench-") as tmp,
         _database(backend, options, Path(tmp)) as url,
@@ -171,6 +196,10 @@ def _registry(backend: str, options: Options, *, auth: bool = True) -> Iterator[
         command += ["--log-level", options.server_log_level, "--admin-token-file", str(token_file)]
         if not auth:
             command.append("--no-auth")
+        if not auto_deploy:
+            config = Path(tmp, "environments.toml").resolve()
+            config.write_text(NO_AUTO_DEPLOY_TOML, encoding="utf-8")
+            command += ["--config", str(config)]
         # An inherited DSPY_REGISTRY_NO_AUTH=1 would switch authentication off for every figure.
         env = {k: v for k, v in os.environ.items() if k != "DSPY_REGISTRY_NO_AUTH"}
         with _process(command, env) as target:
@@ -289,15 +318,17 @@ def bench_get(
     return record
 
 
-def bench_register(backend: str, options: Options) -> dict[str, Any]:
-    with _registry(backend, options) as registry:
+def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) -> dict[str, Any]:
+    """The write path; with `auto_deploy` (the default environments) each registration also deploys."""
+    with _registry(backend, options, auto_deploy=auto_deploy) as registry:
         _preload(registry, ())
         result = _loadgen(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
-    sqlite = backend == "sqlite"
+    sqlite = backend == "sqlite" and auto_deploy  # the target is for the default environments
     return {
         "bench": "register_program",
         "backend": backend,
         "auth": True,
+        "auto_deploy": auto_deploy,
         **result,
         "artifact_bytes": fixtures.ARTIFACT_BYTES,
         "server_log_level": options.server_log_level,
@@ -517,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(bench_get(backend, options, echo, no_auth=no_auth))
     if args.only in (None, "register"):
         for backend in backends:
+            if backend == AUTO_DEPLOY_COMPARISON_BACKEND:
+                emit(bench_register(backend, options, auto_deploy=False))
             emit(bench_register(backend, options))
     if args.only in (None, "deploy"):
         for backend in backends:
