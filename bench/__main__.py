@@ -322,7 +322,12 @@ def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) 
     """The write path; with `auto_deploy` (the default environments) each registration also deploys."""
     with _registry(backend, options, auto_deploy=auto_deploy) as registry:
         _preload(registry, ())
+        pid = _server_pid(registry.target)
+        cpu_before = _cpu_seconds(pid)
         result = _loadgen(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
+        cpu = _cpu_seconds(pid) - cpu_before
+    # Less noisy than the rate on a shared machine: what each call cost the server's own process.
+    result["server_cpu_ms_per_call"] = round(cpu / max(1, result["calls"] + result["warmup_calls"]) * 1e3, 2)
     sqlite = backend == "sqlite" and auto_deploy  # the target is for the default environments
     return {
         "bench": "register_program",

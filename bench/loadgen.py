@@ -173,8 +173,7 @@ async def measure(
             await asyncio.wait_for(channel.channel_ready(), 10.0)
         per_channel = [factory(channel) for channel in opened]
         calls = [per_channel[i % channels] for i in range(concurrency)]
-        if warmup > 0:
-            await _window(calls, warmup)
+        warm = (await _window(calls, warmup))[0] if warmup > 0 else Tally()
         tally, elapsed = await _window(calls, seconds)
     finally:
         for channel in opened:
@@ -184,6 +183,7 @@ async def measure(
     ok = len(latencies_ms) - errors
     return {
         "calls": len(latencies_ms),
+        "warmup_calls": len(warm.latencies_ns),  # for figures per call over the whole run
         "seconds": round(elapsed, 3),
         "throughput_per_s": round(ok / elapsed, 1),
         "p50_ms": round(percentile(latencies_ms, 0.50), 3),
