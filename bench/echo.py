@@ -1,5 +1,11 @@
 """A bare grpc.aio echo server: `/bench.Echo/Echo` returns the request bytes.
 
+The fan-out ceiling too: `/bench.Echo/Watch` streams, to each caller, a snapshot and then every
+message `/bench.Echo/Publish` is given, shaped like a WatchTargetsResponse (the next revision, the
+given bytes as its `changes`), so that bench.watch_client reads it as it reads the registry's;
+Publish answers with the revision (field 1). Nothing else: no store, no authorization, no
+per-stream encoding (one bytes object goes to every stream).
+
 Run as `python -m bench.echo --listen HOST:PORT`; stops on SIGTERM/SIGINT.
 It serves grpc.health.v1 too, so the driver waits for it like for the registry.
 """
@@ -9,11 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from . import wire
 from .common import run
 
 
@@ -21,11 +29,45 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> 
     return request
 
 
+class _Fanout:
+    SNAPSHOT = b"\x12\x00"  # WatchTargetsResponse{snapshot: {}} at revision 0
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[bytes]] = set()
+        self.revision = 0
+
+    async def watch(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queues.add(queue)
+        try:
+            yield self.SNAPSHOT
+            while True:
+                yield await queue.get()
+        finally:
+            self.queues.discard(queue)
+
+    async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.revision += 1
+        revision = wire.varint_field(1, self.revision)
+        message = revision + wire.bytes_field(wire.WATCH_CHANGES, request)
+        for queue in self.queues:
+            queue.put_nowait(message)
+        return revision
+
+
 async def serve(listen: str) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    fanout = _Fanout()
     # No serializers: the handler sees and returns the raw bytes.
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "Watch": grpc.unary_stream_rpc_method_handler(fanout.watch),
+            "Publish": grpc.unary_unary_rpc_method_handler(fanout.publish),
+        },
     )
     server.add_generic_rpc_handlers([handler])
     checker = health.aio.HealthServicer()  # type: ignore[attr-defined]
