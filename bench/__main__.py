@@ -27,6 +27,7 @@ STATUS_CONCURRENCY = 64
 GET_RATIO_TARGET = 0.70
 GET_P99_TARGET_MS = 25.0
 GET_AUTH_RATIO_TARGET = 0.85
+GET_ENV_RATIO_TARGET = 0.90  # issue 19: the serving path within 90 % of the echo ceiling
 REGISTER_SQLITE_TARGET = 1000.0
 # The backend whose GetProgramVersion is also measured with --no-auth (the issue's comparison).
 AUTH_COMPARISON_BACKEND = "sqlite"
@@ -105,6 +106,25 @@ def bench_get(
             else (auth_ratio >= GET_AUTH_RATIO_TARGET and not result["errors"] and not no_auth["errors"]),
         }
     return record
+
+
+def bench_get_by_environment(backend: str, options: Options, echo: float | None) -> dict[str, Any]:
+    """The serving path: the version development serves (what a sidecar or client resolves)."""
+    with registry_server(backend, options) as registry:
+        preload(registry, fixtures.PRELOAD_VERSIONS)  # each auto-deployed: development serves the last
+        result = _loadgen(registry.target, "get_env", GET_CONCURRENCY, options, registry.token_file)
+    ratio = result["throughput_per_s"] / echo if echo else None
+    return {
+        "bench": "get_program_version_by_environment",
+        "backend": backend,
+        "auth": True,
+        **result,
+        "environment": fixtures.GET_ENVIRONMENT,
+        "ratio_to_echo": None if ratio is None else round(ratio, 3),
+        "server_log_level": options.server_log_level,
+        "target": f"ratio_to_echo >= {GET_ENV_RATIO_TARGET}",
+        "meets_target": None if ratio is None else (ratio >= GET_ENV_RATIO_TARGET and not result["errors"]),
+    }
 
 
 def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) -> dict[str, Any]:
@@ -253,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 no_auth = bench_get(backend, options, echo, auth=False)
                 emit(no_auth)
             emit(bench_get(backend, options, echo, no_auth=no_auth))
+            emit(bench_get_by_environment(backend, options, echo))
     if args.only in (None, "register"):
         for backend in backends:
             if backend == AUTO_DEPLOY_COMPARISON_BACKEND:

@@ -58,7 +58,14 @@ class _Fanout:
 
 
 async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # The registry's limits on pending calls (server/app.py server_options): grpc's defaults would
+    # cancel part of the burst of watch streams opening at once.
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    ]
+    server = grpc.aio.server(options=options)
     fanout = _Fanout()
     # No serializers: the handler sees and returns the raw bytes.
     handler = grpc.method_handlers_generic_handler(

@@ -43,8 +43,9 @@ PEERS = ("etcd", "registry", "echo")
 # What a change carries to each watcher: etcd's value and the ceiling's message body, about the
 # size of the Target a WatchTargets change holds.
 VALUE = b"v" * 200
-DOCS = ROOT / "docs" / "benchmarks.md"
-CHART = ROOT / "docs" / "benchmarks-fanout.png"
+DOCS = ROOT / "docs"
+PAGE = "benchmarks.md"
+CHART = "benchmarks-fanout.png"
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -194,7 +195,7 @@ def _ratio(ours: float, theirs: float) -> str:
 
 
 def write_docs(
-    records: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], seconds: float
+    records: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], seconds: float, docs: Path
 ) -> None:
     by: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
@@ -293,17 +294,17 @@ def write_docs(
             lines.append(f"| {streams} | {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"![Time to the last watcher against the number of watchers]({CHART.name})",
+        f"![Time to the last watcher against the number of watchers]({CHART})",
         "",
         "Not measured here yet: MLflow's model registry (registration and alias resolution), which",
         "issue 19 also asks for; the figures the issue quotes for it were measured by hand.",
         "",
     ]
-    DOCS.write_text("\n".join(lines), encoding="utf-8")
-    _chart(by, sizes)
+    (docs / PAGE).write_text("\n".join(lines), encoding="utf-8")
+    _chart(by, sizes, docs / CHART)
 
 
-def _chart(by: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int]) -> None:
+def _chart(by: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -325,7 +326,7 @@ def _chart(by: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int]) ->
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(CHART, metadata={"Software": None})  # no version stamp: the file changes only with figures
+    figure.savefig(path, metadata={"Software": None})  # no version stamp: the file changes only with figures
     plt.close(figure)
 
 
@@ -343,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         "--open-seconds", type=float, default=2.0, help="spread the streams' opening over this long"
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="which of etcd,registry,echo (default all)")
-    parser.add_argument("--no-docs", action="store_true", help="print the lines only; leave docs/ alone")
+    parser.add_argument(
+        "--docs", type=Path, default=DOCS, help=f"where {PAGE} and {CHART} go (default docs/)"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="print the lines only; write no page")
     args = parser.parse_args(argv)
     peers = [p for p in PEERS if p in args.peers.split(",")]
     options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres="")
@@ -363,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     after = machine()
     seconds = time.monotonic() - started
     if not args.no_docs:
-        write_docs(records, before, after, seconds)
+        write_docs(records, before, after, seconds, args.docs)
         emit(
             {
                 "figure": "docs",
-                "written": [str(DOCS.relative_to(ROOT)), str(CHART.relative_to(ROOT))],
+                "written": [str(args.docs / PAGE), str(args.docs / CHART)],
                 "seconds": round(seconds),
             }
         )
