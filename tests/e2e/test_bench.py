@@ -65,3 +65,17 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
     page = (tmp_path / "benchmarks.md").read_text()
     assert "| 20 | etcd 3.4" in page and "dspy-registry against etcd" in page
     assert (tmp_path / "benchmarks-fanout.png").read_bytes().startswith(b"\x89PNG")
+    # The page again from the printed lines alone (`--from`), as from a saved run: the same page.
+    saved, again = tmp_path / "run.jsonl", tmp_path / "again"
+    saved.write_text(done.stdout)
+    again.mkdir()
+    rendered = subprocess.run(
+        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(again)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert (again / "benchmarks.md").read_text() == page
