@@ -139,5 +139,5 @@ Flags: ``--seconds N`` (default 10), ``--only echo|get|register|deploy|fanout``,
 (default ``info``, the server's own default, so per-RPC log lines are part
 of the cost; use ``warning`` to leave them out), ``--postgres``
 (the server URL, without a database name). With the defaults the whole run
-(ten figures) takes about 2 minutes 10 seconds, under 3 minutes.
+(fourteen figures) takes about 3 minutes.
 """
