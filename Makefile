@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup run test lint proto bench clean clients demo soak released-protos
+.PHONY: setup run test lint proto bench bench-peers clean clients demo soak released-protos
 
 setup: $(STAMP) $(BUF)
 
@@ -78,6 +78,11 @@ soak: setup
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
+
+# Watch fan-out against etcd 3.4 (Debian's etcd-server) and the bare grpc.aio ceiling, on loopback;
+# rewrites docs/benchmarks.md and docs/benchmarks-fanout.png (see bench/peers.py). Never in `make test`.
+bench-peers: setup
+	$(BIN)/python -m bench.peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,12 @@
 """A bare grpc.aio echo server: `/bench.Echo/Echo` returns the request bytes.
 
+The fan-out floor too: `/bench.Echo/Watch` streams, to each caller, a snapshot and then every
+message `/bench.Echo/Publish` is given, shaped like a WatchTargetsResponse (the next revision, the
+given bytes as its `changes`), so that bench.watch_client reads it as it reads the registry's;
+Publish answers with the revision (field 1). Each stream waits in the registry's own mailbox and
+sends with context.write, as the registry's watches do; nothing else: no store, no authorization,
+no hub, no per-stream encoding (one bytes object goes to every stream).
+
 Run as `python -m bench.echo --listen HOST:PORT`; stops on SIGTERM/SIGINT.
 It serves grpc.health.v1 too, so the driver waits for it like for the registry.
 """
@@ -14,18 +21,67 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dspy_registry.server.watch import QUEUE_SIZE, Mailbox
+
+from . import wire
 from .common import run
+
+IDLE_SECONDS = 5.0  # a wait's timer, as a registry watch waits (its progress interval)
 
 
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     return request
 
 
+class _Fanout:
+    SNAPSHOT = b"\x12\x00"  # WatchTargetsResponse{snapshot: {}} at revision 0
+
+    def __init__(self) -> None:
+        self.mailboxes: set[Mailbox] = set()
+        self.revision = 0
+
+    async def watch(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # The registry's own per-stream mailbox (server/watch.py) and its write primitive
+        # (context.write, as server/api/flow.py's pump): what is left is the transport.
+        mailbox = Mailbox(QUEUE_SIZE)
+        self.mailboxes.add(mailbox)
+        write = context.write
+        try:
+            await write(self.SNAPSHOT)
+            while True:
+                got = await mailbox.get(IDLE_SECONDS)
+                if got is not None:
+                    await write(got[1])
+        finally:
+            self.mailboxes.discard(mailbox)
+
+    async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.revision += 1
+        revision = wire.varint_field(1, self.revision)
+        message = (self.revision, revision + wire.bytes_field(wire.WATCH_CHANGES, request))
+        for mailbox in self.mailboxes:
+            mailbox.put_nowait(message)
+        return revision
+
+
 async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # The registry's limits on pending calls (server/app.py server_options): grpc's defaults would
+    # cancel part of the burst of watch streams opening at once.
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    ]
+    server = grpc.aio.server(options=options)
+    fanout = _Fanout()
     # No serializers: the handler sees and returns the raw bytes.
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "Watch": grpc.unary_stream_rpc_method_handler(fanout.watch),
+            "Publish": grpc.unary_unary_rpc_method_handler(fanout.publish),
+        },
     )
     server.add_generic_rpc_handlers([handler])
     checker = health.aio.HealthServicer()  # type: ignore[attr-defined]

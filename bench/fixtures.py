@@ -12,6 +12,7 @@ SIGNATURE_REF = f"signatures/{SIGNATURE}/versions/1.0.0"
 PROGRAM = "p"
 PRELOAD_VERSIONS = ("1.0.0", "1.1.0", "1.2.0", "1.3.0")
 GET_NAME = f"programs/{PROGRAM}/versions/1.2.0"
+GET_ENVIRONMENT = "development"  # where every registration auto-deploys: it serves the last one
 ARTIFACT_BYTES = 10 * 1024
 # The deployment figures: two versions of `p` with the same signature, deployed to staging
 # (validation: signature compatibility; no approval), alternating so every call moves the stable version.
@@ -77,6 +78,10 @@ def register_request(version: str, n: int) -> pb.RegisterProgramRequest:
 
 def get_request() -> pb.GetProgramVersionRequest:
     return pb.GetProgramVersionRequest(name=GET_NAME)
+
+
+def get_by_environment_request() -> pb.GetProgramVersionRequest:
+    return pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment=GET_ENVIRONMENT)
 
 
 def deploy_request(version: str) -> deployment_pb2.CreateDeploymentRequest:

@@ -45,6 +45,7 @@ from dspy_registry.v1 import deployment_pb2_grpc, registry_pb2_grpc
 
 from . import fixtures
 from .common import emit, percentile
+from .servers import Options, database, free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
@@ -57,11 +58,9 @@ STARTUP_TIMEOUT_S = 60.0
 
 class Replica:
     def __init__(self, index: int, url: str, tmp: Path, log_level: str) -> None:
-        from .__main__ import _free_port  # the driver's helpers; imported late, __main__ imports this
-
         self.name = f"replica-{index}"
-        self.address = f"127.0.0.1:{_free_port()}"
-        self.metrics = f"127.0.0.1:{_free_port()}"
+        self.address = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
         self.token_file = tmp / "admin.token"
         self.log = open(tmp / f"{self.name}.log", "w+b")  # noqa: SIM115 - closed in stop()
         command = [str(SERVER), "serve", "--database", url, "--listen", self.address, "--grace", "2"]
@@ -70,9 +69,7 @@ class Replica:
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def wait_serving(self) -> None:
-        from .__main__ import _wait_serving
-
-        _wait_serving(self.process, self.address, self.log)
+        wait_serving(self.process, self.address, self.log)
 
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as response:
@@ -259,10 +256,8 @@ class Pods:
 
 @contextlib.contextmanager
 def _database(server: str) -> Iterator[str]:
-    from .__main__ import Options, _database
-
     options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres=server)
-    with _database("postgres", options, Path(tempfile.gettempdir())) as url:
+    with database("postgres", options, Path(tempfile.gettempdir())) as url:
         yield url
 
 

@@ -1,6 +1,6 @@
 """The load generator: keeps N unary calls in flight for a fixed time, prints one JSON line.
 
-Run as `python -m bench.loadgen --target HOST:PORT --workload echo|get|register|deploy|status
+Run as `python -m bench.loadgen --target HOST:PORT --workload echo|get|get_env|register|deploy|status
 --concurrency N --seconds S [--token-file PATH]`. Each of the N workers issues one call at a time
 (so exactly N are in flight) over one of `--channels` channels (separate TCP
 connections), first for `--warmup` seconds (not counted), then for the measured
@@ -16,6 +16,7 @@ with --no-auth).
 Workloads:
   echo      `/bench.Echo/Echo` with the serialized GetProgramVersion request.
   get       GetProgramVersion(name="programs/p/versions/1.2.0").
+  get_env   GetProgramVersion(name="programs/p", environment="development"): the version served.
   register  RegisterProgram of a new version 1.0.N with a distinct 10 KB artifact.
   deploy    CreateDeployment(program="p", environment="staging", strategy REPLACE), the
             version alternating 1.0.0, 1.1.0, 1.0.0, ... call by call (a counter shared by
@@ -116,7 +117,7 @@ def _deployments(metadata: Metadata) -> CallFactory:
     return factory
 
 
-WORKLOADS = ("echo", "get", "register", "deploy", "status")
+WORKLOADS = ("echo", "get", "get_env", "register", "deploy", "status")
 
 
 def workload(name: str, metadata: Metadata = None) -> CallFactory:
@@ -125,6 +126,8 @@ def workload(name: str, metadata: Metadata = None) -> CallFactory:
         return _fixed_request(ECHO_METHOD, payload, metadata)
     if name == "get":
         return _fixed_request(GET_METHOD, payload, metadata)
+    if name == "get_env":
+        return _fixed_request(GET_METHOD, fixtures.get_by_environment_request().SerializeToString(), metadata)
     if name == "register":
         return _registrations(metadata)
     if name == "deploy":
@@ -173,8 +176,7 @@ async def measure(
             await asyncio.wait_for(channel.channel_ready(), 10.0)
         per_channel = [factory(channel) for channel in opened]
         calls = [per_channel[i % channels] for i in range(concurrency)]
-        if warmup > 0:
-            await _window(calls, warmup)
+        warm = (await _window(calls, warmup))[0] if warmup > 0 else Tally()
         tally, elapsed = await _window(calls, seconds)
     finally:
         for channel in opened:
@@ -184,6 +186,7 @@ async def measure(
     ok = len(latencies_ms) - errors
     return {
         "calls": len(latencies_ms),
+        "warmup_calls": len(warm.latencies_ns),  # for figures per call over the whole run
         "seconds": round(elapsed, 3),
         "throughput_per_s": round(ok / elapsed, 1),
         "p50_ms": round(percentile(latencies_ms, 0.50), 3),

@@ -181,10 +181,20 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if request.environment:
             environment = check_name(request.environment.removeprefix("environments/"), "environment")
             program = parse_parent(request.name, "programs", "name")
+            # The serving path, cached too: what an environment serves changes only with its target,
+            # whose every change commits a target.updated event on programs/{program}/..., and that
+            # drops the program's entries like any other commit about it.
+            key = f"programs/{program}/environments/{environment}/target"
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+            generation = self.cache.generation(program)
             served = await self.deployments.served(program, environment)
-            return pb.GetProgramVersionResponse(
+            answer = pb.GetProgramVersionResponse(
                 program_version=await self._with_checks(served)
             ).SerializeToString()
+            self.cache.put(program, key, answer, generation)
+            return answer
         cached = self.cache.get(request.name)
         if cached is not None:
             return cached

@@ -492,6 +492,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE webhooks SET secret = ''",
         ),
     ),
+    Migration(
+        14,
+        "deployments by state",
+        (
+            # A target's pending or in-progress deployment, looked up by every CreateDeployment and
+            # every auto-deploying registration: found by three seeks, not by walking the target's
+            # whole history (deployments_by_target), which grew with each registration.
+            "CREATE INDEX deployments_by_state ON deployments (state, program, environment, create_time)",
+        ),
+    ),
 )
 
 

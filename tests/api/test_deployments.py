@@ -469,3 +469,33 @@ async def test_review_cases_bad_strategies_masks_and_stale_approvals(ready: Runn
         assert await code_of(approve) == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await channel.close(None)
+
+
+async def test_what_an_environment_serves_is_read_anew_after_each_change_of_its_target(
+    ready: Running,
+) -> None:
+    """The by-environment read is cached (the serving path): every change of the target drops it."""
+    assert await _served(ready, "development") == "1.1.0"
+    assert await _served(ready, "development") == "1.1.0"  # now from the cache
+    await _register(ready, "1.2.0")  # auto-deploys
+    assert await _served(ready, "development") == "1.2.0"
+    back = dpb.CreateDeploymentRequest(
+        program=PROGRAM,
+        version="1.0.0",
+        environment="development",
+        strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+    )
+    await ready.deployments.CreateDeployment(back)
+    assert await _served(ready, "development") == "1.0.0"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _served(ready, "staging")  # serves nothing yet: NOT_FOUND, and nothing cached
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    await ready.deployments.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM,
+            version="1.1.0",
+            environment="staging",
+            strategy=dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE),
+        )
+    )
+    assert await _served(ready, "staging") == "1.1.0"

@@ -4,6 +4,8 @@ what is not a credential (token counts, prose, placeholders) left alone."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pytest
 
@@ -155,3 +157,51 @@ def test_a_credential_used_as_a_key_is_named_by_position_and_findings_are_bounde
         security.Finding('$["a key with spaces"].password', "a value of a secret-named key (password)"),
         security.Finding('$["client-secret"]', "a value of a secret-named key (client-secret)"),
     ]
+
+
+def _every_format_by_its_pattern(text: str) -> set[str]:
+    """What formats_in finds, without its substring hints: each pattern run over the whole text."""
+    return {kind for kind, pattern in security._FORMATS if pattern.search(text)}
+
+
+# Each credential as written, in other cases, and inside prose; with the two letters that the regex
+# engine matches to ASCII ones when it ignores case (KELVIN SIGN for k, LATIN SMALL LONG S for s).
+VARIANTS = [
+    variant
+    for _, value, _ in CREDENTIALS
+    for variant in (
+        value,
+        value.upper(),
+        value.lower(),
+        value.swapcase(),
+        f"see {value} here",
+        value.replace("K", "\u212a").replace("k", "\u212a"),
+        value.replace("s", "\u017f").replace("S", "\u017f"),
+    )
+]
+
+
+@pytest.mark.parametrize("text", VARIANTS)
+def test_the_hints_that_skip_a_pattern_never_hide_one_of_its_matches(text: str) -> None:
+    assert set(security.formats_in(text)) == _every_format_by_its_pattern(text)
+    data = text.encode()
+    found = {f.kind for f in security.scan_bytes(data)}
+    assert found == {kind for kind, pattern in security._FORMATS_BYTES if pattern.search(data)}
+
+
+def test_every_character_a_caseless_format_matches_casefolds_to_its_hint() -> None:
+    """The caseless formats' hints are tested against text.casefold(): sound only if so."""
+    caseless = [
+        h
+        for (_, p), hints in zip(security._FORMATS, security._HINTS, strict=True)
+        for h in hints
+        if p.flags & re.IGNORECASE
+    ]
+    letters = {c for hint in caseless for c in hint}
+    assert caseless and all(hint == hint.casefold() for hint in caseless)
+    for letter in letters:
+        pattern = re.compile(re.escape(letter), re.IGNORECASE)
+        for code in range(sys.maxunicode + 1):
+            c = chr(code)
+            if pattern.fullmatch(c):
+                assert c.casefold() == letter, (hex(code), letter)

@@ -216,8 +216,13 @@ async def test_the_benchmark_driver_runs(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    figure = json.loads(done.stdout.splitlines()[-1])
-    assert figure["bench"] == "get_program_version" and figure["calls"] > 0 and figure["errors"] == 0
+    figures = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(f["bench"], f["auth"]) for f in figures] == [
+        ("get_program_version", False),
+        ("get_program_version", True),
+        ("get_program_version_by_environment", True),
+    ]
+    assert all(f["calls"] > 0 and f["errors"] == 0 for f in figures)
 
 
 async def test_the_telemetry_example(

@@ -12,6 +12,7 @@ from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreError, StoreUnavailable
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
+from dspy_registry.server.store.deployment_records import ACTIVE_DEPLOYMENT_SQL
 from dspy_registry.server.store.sqlite import SqliteStore
 from tests.store.event_log import append
 
@@ -95,3 +96,23 @@ async def test_a_transaction_that_went_on_after_a_failed_statement_never_commits
     async with store.read() as tx:
         assert await tx.conn.fetch("SELECT digest FROM artifacts") == []
     assert await append(store, "r/next") == 1  # the store goes on
+
+
+async def test_sqlite_finds_a_targets_active_deployment_by_index_not_by_walking_its_history(
+    tmp_path: Path,
+) -> None:
+    """Every registration auto-deploys to development: a walk would cost more with each one."""
+    path = tmp_path / "registry.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(path)
+    try:
+        plan = db.execute(
+            f"EXPLAIN QUERY PLAN {ACTIVE_DEPLOYMENT_SQL}", ("p", "development", 1, 2, 8)
+        ).fetchall()
+    finally:
+        db.close()
+    assert [row[3] for row in plan] == [
+        "SEARCH deployments USING INDEX deployments_by_state (state=? AND program=? AND environment=?)"
+    ]
