@@ -103,9 +103,21 @@ def _rpc_counts(text: str) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("#") or "_count{" not in line:
             continue
-        method = re.search(r'rpc_method="([^"]+)"', line)
+        method = re.search(r'rpc_method="(?:[^"/]+/)?([^"]+)"', line)  # Service/Method, or Method
         if method:
             counts[method.group(1)] = counts.get(method.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _transaction_counts(text: str) -> dict[str, float]:
+    """Store transactions committed or tried, by kind (read, write, telemetry), from the store's
+    transaction histogram: what the fleet costs the database, as each replica counted it."""
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("dspy_registry_store_transaction_duration_seconds_count{"):
+            kind = re.search(r'transaction="([^"]+)"', line)
+            if kind:
+                counts[kind.group(1)] = counts.get(kind.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
 
 
@@ -342,7 +354,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             pods_cpu = pods.cpu_seconds() - pods_cpu_before
             commits = _xact_commits(url) - commits_before
             writes: dict[str, float] = {}
+            transactions: dict[str, float] = {}
             for b, a in zip(before, after, strict=True):
+                kinds_b, kinds_a = _transaction_counts(b), _transaction_counts(a)
+                for kind in ("write", "telemetry"):
+                    transactions[kind] = (
+                        transactions.get(kind, 0.0) + kinds_a.get(kind, 0.0) - kinds_b.get(kind, 0.0)
+                    )
                 counts_b, counts_a = _rpc_counts(b), _rpc_counts(a)
                 for method in WRITES:
                     writes[method] = (
@@ -354,7 +372,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     **base,
                     "seconds": round(window, 1),
                     "write_rpcs_per_s": {m: round(n / window, 1) for m, n in writes.items()},
-                    "write_transactions_per_s": round(sum(writes.values()) / window, 1),
+                    # The store's own count: revisioned writes and telemetry's batched ones.
+                    "store_write_transactions_per_s": {
+                        k: round(n / window, 1) for k, n in transactions.items()
+                    },
                     "database_commits_per_s": round(commits / window, 1),
                     "pod_processes_cpu_s_per_s": round(pods_cpu / window, 2),
                 }
@@ -424,8 +445,8 @@ def _summary(records: list[dict[str, Any]]) -> str:
     lines = [f"fleet: {records[0]['pods']} pods, {records[0]['replicas']} replicas on PostgreSQL"]
     if w := by.get("fleet_writes"):
         lines.append(
-            f"  writes: {w['write_transactions_per_s']}/s ({w['write_rpcs_per_s']}); "
-            f"database commits {w['database_commits_per_s']}/s"
+            f"  store write transactions: {w['store_write_transactions_per_s']}/s, for write RPCs "
+            f"{w['write_rpcs_per_s']}/s; database commits {w['database_commits_per_s']}/s"
         )
     if c := by.get("fleet_create_deployment"):
         lines.append(

@@ -76,6 +76,9 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     # Heartbeats and metric windows reached the store through the replicas' telemetry.
     writes = by["fleet_writes"]["write_rpcs_per_s"]
     assert writes["ReportSidecarStatus"] > 0 and writes["ReportMetrics"] > 0, seen
+    # Heartbeats and windows are held and batched: telemetry transactions, fewer than the reports.
+    stored = by["fleet_writes"]["store_write_transactions_per_s"]
+    assert 0 < stored["telemetry"] < writes["ReportSidecarStatus"] + writes["ReportMetrics"], seen
     assert 0 < by["fleet_create_deployment"]["idle_p50_ms"] <= by["fleet_create_deployment"]["idle_p99_ms"], (
         seen
     )

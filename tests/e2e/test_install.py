@@ -134,7 +134,7 @@ def test_the_wheel_alone_is_the_client_side_at_the_lowest_versions_it_allows(
     wheel: Path, tmp_path: Path
 ) -> None:
     floors = _floors(_metadata(wheel))
-    assert set(floors) == {"grpcio", "protobuf", "googleapis-common-protos", "rich"}
+    assert set(floors) == {"grpcio", "protobuf", "googleapis-common-protos", "rich", "shtab"}
     assert (floors["protobuf"], floors["grpcio"]) == _generated_versions()
 
     venv = tmp_path / "venv"
