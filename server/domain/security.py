@@ -183,16 +183,31 @@ def scan_json(value: Any, path: str = "$") -> list[Finding]:
     return found[:MAX_FINDINGS]
 
 
+# How much of an artifact is lowered at once to look for a hint that ignores case: lowering the
+# whole would copy it, and an upload may be hundreds of megabytes (spooled, never held whole).
+_FOLD_CHUNK = 1 << 20
+
+
+def _holds_folded(data: bytes, hints: tuple[bytes, ...]) -> bool:
+    """Whether `data`, lowered (ASCII, as bytes.lower() does), holds one of the lower-case `hints`."""
+    overlap = max(len(h) for h in hints) - 1  # a hint across two chunks is found in the second
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), _FOLD_CHUNK):
+        chunk = bytes(view[max(0, start - overlap) : start + _FOLD_CHUNK]).lower()
+        if any(h in chunk for h in hints):
+            return True
+    return False
+
+
 def scan_bytes(data: bytes) -> list[Finding]:
     """Every provider-shaped credential in raw bytes, by byte offset (the first MAX_FINDINGS)."""
     found: list[Finding] = []
-    lowered = None  # bytes ignore case in ASCII only, as bytes.lower() does
     for (kind, pattern), hints in zip(_FORMATS_BYTES, _HINTS, strict=True):
+        encoded = tuple(hint.encode() for hint in hints)
         if pattern.flags & re.IGNORECASE:
-            lowered = data.lower() if lowered is None else lowered
-            if not any(hint.encode() in lowered for hint in hints):
+            if not _holds_folded(data, encoded):
                 continue
-        elif not any(hint.encode() in data for hint in hints):
+        elif not any(hint in data for hint in encoded):
             continue
         for match in pattern.finditer(data):
             found.append(Finding(f"byte {match.start()}", kind))

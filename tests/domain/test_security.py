@@ -205,3 +205,13 @@ def test_every_character_a_caseless_format_matches_casefolds_to_its_hint() -> No
             c = chr(code)
             if pattern.fullmatch(c):
                 assert c.casefold() == letter, (hex(code), letter)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 7, 20])
+def test_a_caseless_credential_across_the_scans_chunks_is_found(offset: int) -> None:
+    """Raw bytes are lowered a chunk at a time (an upload is never copied whole): a credential whose
+    hint straddles two chunks is still found, at its offset."""
+    credential = b"AWS_Secret_Access_Key=" + b"A" * 40
+    at = security._FOLD_CHUNK - offset
+    data = b"\x00" * at + credential + b"\x00" * 10
+    assert security.scan_bytes(data) == [security.Finding(f"byte {at}", "an AWS secret access key")]

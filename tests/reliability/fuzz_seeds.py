@@ -5,8 +5,8 @@ program the caller may change), $version and $version2 (two of its versions),
 $digest (the first one's artifact), $signature, $environment, $gate (an
 environment that needs an approval), $policy (one UpdateEnvironment may
 change), $deployment (a finished deployment of $program), $pending (one
-awaiting approval), $principal with its $token and $permission, $webhook and
-$team. A client-streaming RPC has a seed per message: the header, then a chunk.
+awaiting approval), $principal with its $token and $permission, $webhook (with two
+secrets, the first $webhook_secret) and $team. A client-streaming RPC has a seed per message: the header, then a chunk.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ SEEDS: dict[str, tuple[str, ...]] = {
         'description: "d" }',
     ),
     "DeploymentService.ListWebhooks": ("page_size: 10",),
+    "DeploymentService.AddWebhookSecret": ('parent: "webhooks/$webhook" secret: "fuzz-third-secret"',),
+    "DeploymentService.RetireWebhookSecret": ('name: "$webhook_secret"',),
     "DeploymentService.DeleteWebhook": ('name: "webhooks/$webhook"',),
     "DeploymentService.ListWebhookDeliveries": (
         'parent: "webhooks/$webhook" page_size: 10 states: DELIVERY_STATE_PENDING states: DELIVERY_STATE_FAILED',

@@ -210,12 +210,18 @@ async def set_up(admin: Admin) -> Setup:
             rpb.RegisterSignatureRequest(signature=signature, version=version, spec=spec_proto()),
         )
     for webhook in ("fuzz-hook", SENTINEL):  # before the deployments, so that they are delivered
-        await a(
+        created = await a(
             a.deployments.CreateWebhook,
             dpb.CreateWebhookRequest(
                 webhook_id=webhook, webhook=dpb.Webhook(url=f"http://127.0.0.1:9/{webhook}", secret="s")
             ),
         )
+        if webhook == "fuzz-hook":  # a second secret, so that the first may be retired
+            first_secret = created.webhook.secrets[0].name
+            await a(
+                a.deployments.AddWebhookSecret,
+                dpb.AddWebhookSecretRequest(parent="webhooks/fuzz-hook", secret="second"),
+            )
     policies = {
         "fuzz-env": dpb.EnvironmentPolicy(rollback_enabled=True),
         "fuzz-gate": dpb.EnvironmentPolicy(
@@ -275,6 +281,7 @@ async def set_up(admin: Admin) -> Setup:
             "deployment": deployment,
             "pending": pending.deployment.name,
             "webhook": "fuzz-hook",
+            "webhook_secret": first_secret,
             "team": "fuzz",
         }
     tokens: dict[str, str] = {}
