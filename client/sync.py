@@ -34,18 +34,7 @@ class SyncRegistry:
     """A blocking client with every method of `Registry`. Use `SyncRegistry.connect(...)` in a `with`."""
 
     def __init__(self, make: Callable[[], Registry]) -> None:
-        self._loop = LoopThread("dspy-registry-client")
-
-        async def build() -> Registry:
-            # grpc.aio binds a channel to the loop it is created on: create it on ours.
-            return make()
-
-        try:
-            self._registry = self._run(build())
-        except BaseException:
-            # A bad setting (e.g. a missing token file) must not leave the thread behind.
-            self._loop.stop()
-            raise
+        self._loop, self._registry = LoopThread.building("dspy-registry-client", make)
 
     @classmethod
     def connect(

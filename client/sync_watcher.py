@@ -29,16 +29,7 @@ class SyncProgramWatcher:
 
     def __init__(self, make: Callable[[], ProgramWatcher]) -> None:
         """A watcher that `make()` builds, on the loop thread (grpc.aio binds a channel to its loop)."""
-        self._loop = LoopThread("dspy-registry-watcher")
-
-        async def build() -> ProgramWatcher:
-            return make()
-
-        try:
-            self.watcher = self._loop.run(build())
-        except BaseException:
-            self._loop.stop()  # a bad setting must not leave the thread behind
-            raise
+        self._loop, self.watcher = LoopThread.building("dspy-registry-watcher", make)
 
     @classmethod
     def connect(
