@@ -22,7 +22,7 @@ from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 
 from .auth import bearer_interceptors
-from .config import TlsArgument, resolve
+from .config import Settings, TlsArgument, resolve
 from .errors import from_rpc_error
 
 _Response = TypeVar("_Response", bound=Message)
@@ -89,6 +89,19 @@ class ClientBase:
             FileNotFoundError: A token file or TLS file named does not exist.
         """
         settings = resolve(target, token=token, token_file=token_file, tls=tls, config_file=config_file)
+        return cls.from_settings(settings, timeout=timeout, retries=retries, options=options)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> Self:
+        """A client on settings already resolved (`config.resolve`, or the command line's flags):
+        nothing is looked up again, so a setting left out is not filled from another place."""
         interceptors = bearer_interceptors(settings.token) if settings.token else None
         channel_options = [("grpc.max_receive_message_length", 8 << 20), *options]
         if settings.tls is not None:

@@ -1004,9 +1004,7 @@ def run_operator(args: argparse.Namespace) -> int:
         return EXIT_CALL_FAILED
     try:
         # Resolved once, here: the client is given every setting, and looks for none again.
-        with SyncRegistry.connect(
-            settings.target, token=settings.token or "", tls=settings.tls or False
-        ) as registry:
+        with SyncRegistry.from_settings(settings) as registry:
             code: int = args.operator(registry, args, out)
             return code
     except RegistryError as err:

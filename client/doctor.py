@@ -54,14 +54,13 @@ class Finding:
 
 
 def add_doctor_command(commands: Any) -> None:
-    parser = commands.add_parser(
+    commands.add_parser(
         "doctor",
         help="check this client's setup: address, TLS, token, WhoAmI, versions, clock",
         description=__doc__,
         parents=[connection_options()],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(doctor=run)
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings | None, Finding]:
@@ -241,14 +240,7 @@ def _checks(args: argparse.Namespace, report: Callable[[Finding], None]) -> None
             report(Finding(SKIP, "whoami", "skipped: the connection must work first"))
             return
     report(_token(settings, args))
-    with SyncRegistry.connect(
-        settings.target,
-        token=settings.token,
-        tls=settings.tls or False,
-        config_file=args.config,
-        retries=0,
-        timeout=10,
-    ) as registry:
+    with SyncRegistry.from_settings(settings, retries=0, timeout=10) as registry:
         who, sent, received, finding = _who(registry)
     report(finding)
     if who is not None:

@@ -180,13 +180,10 @@ def _hook_env(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
 async def run(args: argparse.Namespace, settings: Settings) -> None:
     files = FileSidecar(args.dir, args.program, args.on_change, _hook_env(args, settings))
     (args.dir / "ready").unlink(missing_ok=True)  # not ready until this run has something to serve
-    watcher = ProgramWatcher.connect(
+    watcher = ProgramWatcher.from_settings(
         [(p, args.environment) for p in args.program],
+        settings,  # resolved once, in main: nothing is looked up again
         sidecar_id=args.id,
-        # Resolved once, in main: the watcher is given every setting and looks for none again.
-        target=settings.target,
-        token=settings.token or "",
-        tls=settings.tls or False,
         cache_dir=args.dir / ".cache",
         loader=FileSidecar.load,
         on_swap=files.on_swap,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._deprecated import RENAMED, deprecation_message
 from ._loop_thread import LoopThread
-from .config import TlsArgument
+from .config import Settings, TlsArgument
 from .registry import Registry
 
 T = TypeVar("T")
@@ -61,6 +61,20 @@ class SyncRegistry:
                 retries=retries,
                 options=options,
             )
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> SyncRegistry:
+        """As `Registry.from_settings`: on settings already resolved, nothing looked up again."""
+        return cls(
+            lambda: Registry.from_settings(settings, timeout=timeout, retries=retries, options=options)
         )
 
     @property

@@ -50,7 +50,7 @@ import grpc
 
 from dspy_registry.v1 import deployment_pb2 as dpb
 
-from .config import TlsArgument, resolve
+from .config import Settings, TlsArgument, resolve
 from .dspy_interop import load_module
 from .errors import RegistryError
 from .measure import Measurements
@@ -205,14 +205,30 @@ class ProgramWatcher:
             FileNotFoundError: A token file or TLS file named does not exist.
         """
         settings = resolve(target, token=token, token_file=token_file, tls=tls, config_file=config_file)
-        registry = Registry.connect(
-            settings.target,
-            token=settings.token or "",
-            tls=settings.tls or False,
+        return cls.from_settings(
+            targets,
+            settings,
+            sidecar_id=sidecar_id,
             timeout=timeout,
             retries=retries,
             options=options,
+            **watcher_options,
         )
+
+    @classmethod
+    def from_settings(
+        cls,
+        targets: Sequence[tuple[str, str]],
+        settings: Settings,
+        *,
+        sidecar_id: str,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+        **watcher_options: Any,
+    ) -> Self:
+        """As `connect`, on settings already resolved (the sidecar's flags): nothing looked up again."""
+        registry = Registry.from_settings(settings, timeout=timeout, retries=retries, options=options)
         watcher = cls(registry, targets, sidecar_id=sidecar_id, **watcher_options)
         watcher._owns_registry = True
         if settings.tls is None:
@@ -397,7 +413,9 @@ class ProgramWatcher:
         )
         self._save_target(t)
         async with self._changed:
-            self._serving[key] = serving  # the swap: one assignment
+            # The swap: one assignment of a new dict, never a change to the one request threads
+            # (SyncProgramWatcher) may be iterating.
+            self._serving = {**self._serving, key: serving}
             self._changed.notify_all()
         if self.on_swap is not None and serving != current:
             try:

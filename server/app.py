@@ -143,7 +143,6 @@ class Services:
     controller: Controller
     notifier: Notifier
     maintenance: Maintenance
-    replica: str  # this process's name in the presence tables (host, pid, random): whose rows are whose
     replica_flush: ReplicaFlush  # every replica's, leader or not: what it holds of the fleet, written
     leadership: Leadership  # runs the controller, the notifier and maintenance on the leader only
     guard: Guard
@@ -249,7 +248,6 @@ def build(config: Config, clock: Clock = SYSTEM_CLOCK) -> Services:
         notifier=notifier,
         maintenance=maintenance,
         leadership=leadership,
-        replica=replica,
         replica_flush=ReplicaFlush(
             fleet,
             rollups,

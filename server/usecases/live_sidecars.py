@@ -74,9 +74,7 @@ class LiveSidecars:
 
     async def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
         """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
-        owner = await self.known(sidecar_id, now)
-        if owner is not None and owner.principal != principal:
-            raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+        owned_by(await self.known(sidecar_id, now), principal, sidecar_id)
 
     async def keep(self, r: Report) -> None:
         """Write `r` now (it changes what is kept), as heard by this replica, and hold it."""
@@ -141,3 +139,9 @@ class LiveSidecars:
                     targets_of={r.sidecar_id for r in live},
                 )
             return len(live)
+
+
+def owned_by(known: Report | None, principal: str, sidecar_id: str) -> None:
+    """Refuse `principal` a live sidecar id (`known`: its newest report) that another principal reports as."""
+    if known is not None and known.principal != principal:
+        raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")

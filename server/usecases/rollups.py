@@ -107,7 +107,7 @@ class MetricRollups:
     async def flush(self, retention_seconds: float) -> int:
         """Write every rollup held, in one transaction; how many. Those past the retention are dropped."""
         oldest = self.clock.now() - timedelta(seconds=retention_seconds)
-        batch = [*self._flushing, *self._closed, *(r for _, r in self._open.values())]
+        batch = self.held()
         self._flushing, self._closed, self._open = [], [], {}
         batch = [r for r in batch if r.first_receive >= oldest]
         if not batch:

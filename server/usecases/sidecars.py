@@ -20,10 +20,10 @@ from ..calls import Call
 from ..domain import sidecars
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
-from ..errors import NotFound, PermissionDenied
+from ..errors import NotFound
 from ..store.base import Store
 from .deployments import Deployments
-from .live_sidecars import LiveSidecars
+from .live_sidecars import LiveSidecars, owned_by
 
 
 class Sidecars:
@@ -56,8 +56,7 @@ class Sidecars:
         if not sidecars.changes_what_is_kept(before, r):
             self.live.seen(r)
             return self.revision()
-        if before is not None and before.principal != r.principal:
-            raise PermissionDenied(r.principal, "report as", f"sidecars/{r.sidecar_id}")
+        owned_by(before, r.principal, r.sidecar_id)
         async with self.store.read() as tx:
             for program in sorted({a.program for a in r.targets}):
                 if await tx.get_program(program) is None:
@@ -90,8 +89,7 @@ class Sidecars:
         """Drop `sidecar_id` from the live set now (it is shutting down)."""
         now = self.clock.now()
         before = await self.live.known(sidecar_id, now)
-        if before is not None and before.principal != principal:
-            raise PermissionDenied(principal, "report as", f"sidecars/{sidecar_id}")
+        owned_by(before, principal, sidecar_id)
         # What says it left must outlive what any replica said of it before: its heartbeat, from now.
         heartbeat = before.heartbeat_seconds if before is not None else sidecars.DEFAULT_HEARTBEAT_SECONDS
         await self.live.leave(

@@ -188,3 +188,23 @@ def test_a_bad_variable_is_one_line_and_exit_2_for_each_command(tmp_path: Path) 
     )
     assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
     assert sidecar.stderr.startswith(f"dspy-registry sidecar: error: {tmp_path / 'bad.toml'}: not TOML")
+
+
+async def test_settings_named_by_a_config_file_are_resolved_once_and_nothing_is_filled_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ProgramWatcher.connect(config_file=…)` and the commands (SyncRegistry.from_settings) use the
+    settings they resolved: a broken default config file is not read a second time (it was: the
+    watcher and the CLI handed the resolved target to `connect`, which looked again)."""
+    from dspy_registry.client import ProgramWatcher, SyncRegistry
+
+    (tmp_path / "xdg" / "dspy-registry").mkdir(parents=True)
+    (tmp_path / "xdg" / "dspy-registry" / "config.toml").write_text("target = [")  # not TOML
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("DSPY_REGISTRY_CONFIG", raising=False)
+    good = tmp_path / "good.toml"
+    good.write_text('target = "localhost:1"\n')
+    watcher = ProgramWatcher.connect([("p", "e")], sidecar_id="pod", config_file=good)
+    await watcher.registry.close()
+    with SyncRegistry.from_settings(resolve(config_file=good)) as registry:
+        assert registry.registry.channel is not None
