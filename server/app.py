@@ -317,6 +317,7 @@ class App:
             self.store.commits.subscribe(hub.on_commit, hub.on_reset)
         if self.telemetry is not None:
             self.telemetry.leading = lambda: self.leadership.leading
+            self.leadership.on_change = self.telemetry.leadership_changed
             await self.telemetry.start(
                 self.store,
                 services.hubs,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .background import Loop
@@ -56,6 +56,8 @@ class Leadership:
         self._switch = asyncio.Lock()  # one change at a time: the duties start and stop in order
         self._changes: set[asyncio.Task[None]] = set()
         self._loop = Loop("leader", self._poll, idle=poll_seconds, wait_first=True, log=log)
+        # Told when this replica takes or gives up the lead (telemetry reads the store-wide numbers anew).
+        self.on_change: Callable[[], None] | None = None
 
     async def start(self, replica: str) -> None:
         """Claim the lead as `replica` now (and every POLL_SECONDS from now on)."""
@@ -103,6 +105,8 @@ class Leadership:
             if leading == self._running:
                 return
             self._running = leading
+            if self.on_change is not None:
+                self.on_change()
             extra = {"replica": self.replica, "leading": leading}
             if leading:
                 for duty in self.duties:

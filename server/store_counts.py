@@ -43,11 +43,15 @@ class StoreCounts:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_read: Callable[[Snapshot], None] | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
-        """`on_read` is told each new snapshot, on the event loop."""
+        """`on_read` is told each new snapshot, on the event loop. `leading`: whether this replica
+        exports the store-wide numbers; on the others only the environments are read (each counter
+        starts at 0 for each), not the deployment counts nor every live sidecar's report."""
         self.store = store
         self.clock = clock
         self.on_read = on_read
+        self.leading = leading
         # Replaced whole, never changed in place: a reader on another thread sees the old
         # snapshot or the new one, never half of each.
         self.snapshot = Snapshot()
@@ -83,6 +87,13 @@ class StoreCounts:
             await asyncio.sleep(MIN_SECONDS)
 
     async def _read(self) -> None:
+        if not self.leading():
+            async with self.store.read() as tx:
+                names = await tx.environment_names()
+            self.snapshot = Snapshot(environments=tuple(sorted(names)))
+            if self.on_read is not None:
+                self.on_read(self.snapshot)
+            return
         async with self.store.read() as tx:
             names = await tx.environment_names()
             deployments = await tx.deployment_counts()

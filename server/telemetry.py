@@ -359,9 +359,15 @@ class Telemetry:
             self._unhook.append(lambda: setattr(notifier, "on_delivery", None))
         if self.tracer_provider is not None:
             self._trace_ids.install()
-        self._counts = StoreCounts(store, on_read=self._zero_environments)
+        self._counts = StoreCounts(store, on_read=self._zero_environments, leading=lambda: self.leading())
         await self._counts.start()
         store.commits.subscribe(self._on_commit, self._counts.changed)
+
+    def leadership_changed(self) -> None:
+        """This replica took or gave up the lead: the store-wide numbers are read anew, so that a new
+        leader exports them at once (a replica that does not lead reads only the environments)."""
+        if self._counts is not None:
+            self._counts.changed()
 
     async def stop(self) -> None:
         """Stop feeding; flush and shut down the providers `from_config` made."""

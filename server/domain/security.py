@@ -183,8 +183,8 @@ def scan_json(value: Any, path: str = "$") -> list[Finding]:
     return found[:MAX_FINDINGS]
 
 
-# How much of an artifact is lowered at once to look for a hint that ignores case: lowering the
-# whole would copy it, and an upload may be hundreds of megabytes (spooled, never held whole).
+# How much of an artifact is lowered at once to look for a hint that ignores case: the scan already
+# holds the upload once (read whole, one upload at a time); lowering it whole would hold it twice.
 _FOLD_CHUNK = 1 << 20
 
 
