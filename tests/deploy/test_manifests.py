@@ -36,8 +36,6 @@ KUSTOMIZATIONS = ["base", "overlays/postgres", "overlays/sqlite", "examples/serv
 # default, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 NAMESPACE = "dspy-registry"  # where docs/deploy.md installs the server; the serving example dials it
-# The sidecar's flags that #14 part A brings; until it lands the sidecar's parser lacks them.
-PENDING_SIDECAR_FLAGS = {"--tls-ca", "--tls-cert", "--tls-key", "--log-format"}
 SHUTDOWN_MARGIN = (1, 10)  # seconds past --grace that the pod's termination grace allows, at least, at most
 PLACEHOLDER = "from-a-secret"
 
@@ -240,8 +238,7 @@ def test_the_serving_pods_sidecar_shares_its_directory_and_reaches_the_server(co
     args = sidecar["args"]
     assert args[0] == "sidecar"
     parsed, unknown = parser.parse_known_args(args)
-    # Flags #14 part A adds may be missing from today's parser; any other unknown flag is a mistake.
-    assert {u.split("=", 1)[0] for u in unknown} <= PENDING_SIDECAR_FLAGS, unknown
+    assert not unknown, unknown
     try:
         client_config.resolve()  # what every client process resolves from its environment
     except FileNotFoundError:

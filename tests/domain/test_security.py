@@ -215,3 +215,18 @@ def test_a_caseless_credential_across_the_scans_chunks_is_found(offset: int) -> 
     at = security._FOLD_CHUNK - offset
     data = b"\x00" * at + credential + b"\x00" * 10
     assert security.scan_bytes(data) == [security.Finding(f"byte {at}", "an AWS secret access key")]
+
+
+def test_scanning_raw_bytes_never_copies_them_whole() -> None:
+    """The scan looks for a caseless format's hint a chunk at a time: lowering the whole upload held a
+    second copy of it (four 48 MiB uploads grew the server by 123 MiB in test_overload)."""
+    import tracemalloc
+
+    data = bytes(32 << 20)  # 32 MiB of zeros: no hint, every caseless format's chunks looked at
+    tracemalloc.start()
+    try:
+        assert security.scan_bytes(data) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * security._FOLD_CHUNK, f"{peak / 2**20:.1f} MiB at the peak"
