@@ -79,8 +79,9 @@ soak: setup
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
 
-# Watch fan-out against etcd 3.4 (Debian's etcd-server) and the bare grpc.aio ceiling, on loopback;
-# rewrites docs/benchmarks.md and docs/benchmarks-fanout.png (see bench/peers.py). Never in `make test`.
+# Watch fan-out against etcd 3.4 (Debian's etcd-server) and the bare grpc.aio ceiling, and MLflow's model
+# registry (from PyPI, in build/bench-peers/mlflow-venv: bench/mlflow_peer.py), on loopback; rewrites
+# docs/benchmarks.md and docs/benchmarks-fanout.png (see bench/peers.py). Never in `make test`.
 bench-peers: setup
 	$(BIN)/python -m bench.peers $(ARGS)
 

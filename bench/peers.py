@@ -9,6 +9,10 @@ the streams for all three, on loopback only. Each server is fresh per measuremen
 take turns in every round, in an order that alternates round by round, since the machine's load
 drifts. One JSON line per measurement, then docs/benchmarks.md and docs/benchmarks-fanout.png are
 written from this run's lines. Not part of `make test`.
+
+Then MLflow's model registry against dspy-registry (bench/mlflow_peer.py: registration, alias
+resolution, memory, start). `--only fanout` or `--only mlflow` measures one of the two; each is
+a section of docs/benchmarks.md that a run rewrites only when it measured it (bench/page.py).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from . import fanout, wire
+from . import fanout, mlflow_peer, page, wire
 from .common import emit
 from .servers import ROOT, Options, deployment_change, free_port, preload_deployment, process, registry_server
 
@@ -203,8 +207,6 @@ def write_docs(
     sizes = sorted({r["streams"] for r in records})
     rounds = max(len(v) for v in by.values())
     lines = [
-        "# Benchmarks against the peers",
-        "",
         "Written by `make bench-peers` (`python -m bench.peers`, see its docstring) from its last run;",
         "do not edit by hand. Loopback only; every server fresh per measurement; the peers take turns",
         "in each round, in alternating order. Figures are medians over the rounds.",
@@ -298,11 +300,8 @@ def write_docs(
         "",
         f"![Time to the last watcher against the number of watchers]({CHART})",
         "",
-        "Not measured here yet: MLflow's model registry (registration and alias resolution), which",
-        "issue 19 also asks for; the figures the issue quotes for it were measured by hand.",
-        "",
     ]
-    (docs / PAGE).write_text("\n".join(lines), encoding="utf-8")
+    page.write(docs / PAGE, "fanout", lines)  # the MLflow section, if the page has one, stays
     _chart(by, sizes, docs / CHART)
 
 
@@ -356,13 +355,21 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="measure nothing: write the page from a saved run's JSON lines",
     )
+    parser.add_argument(
+        "--only", choices=page.SECTIONS, help="measure one section; the page keeps the other (bench/page.py)"
+    )
     args = parser.parse_args(argv)
     if args.lines is not None:
         saved = [json.loads(x) for x in args.lines.read_text().splitlines() if x.startswith("{")]
-        machines = [r for r in saved if r["figure"] == "machine"]
+        machines = [r for r in saved if r["figure"] == "machine" and "section" not in r]
         took = next((r["seconds"] for r in saved if r["figure"] == "docs"), 0)
         fanouts = [r for r in saved if r["figure"] == "fanout"]
-        write_docs(fanouts, machines[0], machines[-1] if len(machines) > 1 else machines[0], took, args.docs)
+        if fanouts:
+            write_docs(fanouts, machines[0], machines[-1], took, args.docs)
+        mlflow_peer.write_from(saved, args.docs / PAGE)
+        return 0
+    if args.only == "mlflow":
+        mlflow_peer.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
         return 0
     peers = [p for p in PEERS if p in args.peers.split(",")]
     options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres="")
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(json.dumps({"figure": "done", "seconds": round(seconds)}))
+    if args.only is None:
+        mlflow_peer.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
     return 0
 
 

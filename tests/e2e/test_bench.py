@@ -89,7 +89,19 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
 async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling(tmp_path: Path) -> None:
     """`make bench-peers`'s plumbing, tiny: the same clients on all three servers, each change seen."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.peers", "--streams", "20", "--rounds", "2", "--changes", "3"]
+        [
+            sys.executable,
+            "-m",
+            "bench.peers",
+            "--only",
+            "fanout",
+            "--streams",
+            "20",
+            "--rounds",
+            "2",
+            "--changes",
+            "3",
+        ]
         + ["--open-seconds", "0", "--docs", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
@@ -132,3 +144,105 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
     )
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     assert (again / "benchmarks.md").read_text() == page
+
+
+def test_registrations_are_unique_and_gapless_only_when_numbered_one_to_n() -> None:
+    from bench.peer_load import versions_check
+
+    assert versions_check(["2", "1", "3"]) == {
+        "versions_assigned": 3,
+        "versions_unique": True,
+        "versions_gapless": True,
+    }
+    assert versions_check(["0.0.1", "0.0.3"])["versions_gapless"] is False  # 2 is missing
+    twice = versions_check(["1", "2", "2"])
+    assert (twice["versions_unique"], twice["versions_gapless"]) == (False, False)
+    assert versions_check(["0.0.2", "0.0.1"])["versions_gapless"] is True  # the registry's patch bumps
+
+
+def _mlflow_records() -> list[dict[str, Any]]:
+    """A made-up MLflow section: two rounds, every peer, every workload."""
+    from bench import mlflow_peer
+
+    records: list[dict[str, Any]] = []
+    speed = {"mlflow:workers-1": 1.0, "mlflow:default": 2.0, "registry": 40.0, "echo": 45.0}
+    for round_ in (1, 2):
+        for peer, x in speed.items():
+            base = {"figure": "mlflow", "peer": peer, "round": round_}
+            records.append(base | {"workload": "start", "seconds_to_healthy": 10.0 / x})
+            for workload in ("memory_idle", "memory_load"):
+                rss = 1000.0 / x
+                records.append(
+                    base | {"workload": workload, "rss_mib": rss, "pss_mib": rss / 2, "jobs_rss_mib": 0.0}
+                )
+            if peer != "echo":
+                for workload, clients in (("register_sequential", 1), ("register_concurrent", 16)):
+                    records.append(
+                        base
+                        | {
+                            "workload": workload,
+                            "clients": clients,
+                            "versions": 1000,
+                            "versions_assigned": 1000,
+                        }
+                        | {"versions_unique": True, "versions_gapless": True, "stored": 1000, "errors": 0}
+                        | {"throughput_per_s": 10.0 * x, "p50_ms": 100 / x, "p99_ms": 200 / x}
+                    )
+            for n in mlflow_peer.RESOLVE_CONCURRENCY:
+                records.append(
+                    base
+                    | {"workload": "resolve", "concurrency": n, "throughput_per_s": 50.0 * x}
+                    | {"p50_ms": 100 / x, "p99_ms": 300 / x, "errors": 0}
+                )
+    return records
+
+
+def test_the_mlflow_section_compares_ours_with_mlflows_better_setting(tmp_path: Path) -> None:
+    from bench import mlflow_peer, page
+
+    machine = {"cpu": "test CPU", "cpus": 2, "load_average_1m": 1.0}
+    lines = mlflow_peer.render(_mlflow_records(), machine, machine, 120.0)
+    text = "\n".join(lines)
+    # The default workers are twice as fast here: each ratio is against them, and says so.
+    assert "| 16 clients | 20.0 versions/s" in text and "(MLflow, default workers (4)" in text
+    assert "| 20.0× (≥ 10×) |" in text  # registrations: 400 / 20
+    assert "| 16 | 100.0 req/s" in text and "| 20.0× | 0.89 |" in text  # resolve: 2000 / 100, 2000 / 2250
+    assert "unique and gapless" in text and "NOT unique" not in text
+    # Memory and start: the lower of MLflow's two, divided by ours (500 / 25 MiB, 5 / 0.25 s).
+    assert text.count("| 20.0× |") >= 3
+    # A run of one section leaves the other as it was, and writing it again changes nothing.
+    path = tmp_path / "benchmarks.md"
+    page.write(path, "fanout", ["the fan-out, measured earlier"])
+    page.write(path, "mlflow", lines)
+    first = path.read_text()
+    page.write(path, "mlflow", lines)
+    assert path.read_text() == first
+    assert page.sections(first) == {
+        "fanout": "the fan-out, measured earlier\n",
+        "mlflow": "\n".join(lines).strip() + "\n",
+    }
+    assert first.startswith(page.TITLE) and first.index("fan-out, measured") < first.index("## MLflow")
+
+
+def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path: Path) -> None:
+    """`--from` with a run of `--only mlflow`: its section is written, the fan-out's is kept."""
+    machine = {"figure": "machine", "section": "mlflow", "cpu": "test CPU", "cpus": 2, "load_average_1m": 1.0}
+    saved = tmp_path / "run.jsonl"
+    lines = [machine, *_mlflow_records(), machine, {"figure": "section", "section": "mlflow", "seconds": 60}]
+    saved.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
+        "# Benchmarks against the peers\n\n<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = page.read_text()
+    assert "<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->" in text
+    assert "## MLflow's model registry" in text and "The section took\n1.0 min" in text
