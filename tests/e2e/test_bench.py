@@ -245,4 +245,4 @@ def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     text = page.read_text()
     assert "<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->" in text
-    assert "## MLflow's model registry" in text and "The section took\n1.0 min" in text
+    assert "## MLflow's model registry" in text and "The section took\n1.0 min;" in text
