@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -83,6 +84,7 @@ IDLE_SETTLE_SECONDS = 1.0  # after the preload, before the idle memory is read
 # the stock setting took 117 s to answer.
 STARTUP_TIMEOUT_S = 300.0
 # How MLflow runs: (its --workers, or None for its default; whether the client keeps connections).
+HUEY_STORAGE = b"_MLFLOW_HUEY_STORAGE_PATH"  # mlflow.server.constants.HUEY_STORAGE_PATH_ENV_VAR
 SETTINGS: dict[str, tuple[int | None, bool]] = {"workers-1": (1, True), "default": (None, False)}
 # MLflow as it comes (default workers, its job runner on): started for its memory and start only.
 STOCK = "mlflow:stock"
@@ -139,9 +141,12 @@ def mlflow_server(python: Path, workers: int | None, *, jobs: bool) -> Iterator[
         # A session of its own: the workers it forks are stopped with it, as one group.
         server = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=log, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
+        huey: str | None = None
         try:
             _wait_healthy(server, base, log)
-            yield base, server.pid, time.monotonic() - started
+            seconds = time.monotonic() - started
+            huey = _huey_storage(server.pid)
+            yield base, server.pid, seconds
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGTERM)
@@ -153,6 +158,21 @@ def mlflow_server(python: Path, workers: int | None, *, jobs: bool) -> Iterator[
             # Its workers may outlive the parent by a moment: none may hold the port or the CPU.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
+            if huey is not None:  # outside the throwaway directory, and MLflow leaves it behind
+                shutil.rmtree(huey, ignore_errors=True)
+
+
+def _huey_storage(pid: int) -> str | None:
+    """Where MLflow's job runner keeps its queues: a directory it makes in /dev/shm per start."""
+    for p in tree(pid):
+        try:
+            environ = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(HUEY_STORAGE + b"="):
+                return entry.split(b"=", 1)[1].decode()
+    return None
 
 
 def _wait_healthy(server: subprocess.Popen[bytes], base: str, log: Any) -> None:
