@@ -10,7 +10,7 @@ take turns in every round, in an order that alternates round by round, since the
 drifts. One JSON line per measurement, then docs/benchmarks.md and docs/benchmarks-fanout.png are
 written from this run's lines. Not part of `make test`.
 
-Then MLflow's model registry against dspy-registry (bench/mlflow_peer.py: registration, alias
+Then MLflow's model registry against dspy-registry (bench/mlflow_section.py: registration, alias
 resolution, memory, start). `--only fanout` or `--only mlflow` measures one of the two; each is
 a section of docs/benchmarks.md that a run rewrites only when it measured it (bench/page.py).
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from . import fanout, mlflow_peer, page, wire
+from . import fanout, mlflow_section, page, wire
 from .common import emit
 from .servers import ROOT, Options, deployment_change, free_port, preload_deployment, process, registry_server
 
@@ -366,10 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         fanouts = [r for r in saved if r["figure"] == "fanout"]
         if fanouts:
             write_docs(fanouts, machines[0], machines[-1], took, args.docs)
-        mlflow_peer.write_from(saved, args.docs / PAGE)
+        mlflow_section.write_from(saved, args.docs / PAGE)
         return 0
     if args.only == "mlflow":
-        mlflow_peer.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
+        mlflow_section.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
         return 0
     peers = [p for p in PEERS if p in args.peers.split(",")]
     options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres="")
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps({"figure": "done", "seconds": round(seconds)}))
     if args.only is None:
-        mlflow_peer.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
+        mlflow_section.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
     return 0
 
 

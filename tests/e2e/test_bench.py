@@ -198,10 +198,10 @@ def _mlflow_records() -> list[dict[str, Any]]:
 
 
 def test_the_mlflow_section_compares_ours_with_mlflows_better_setting(tmp_path: Path) -> None:
-    from bench import mlflow_peer, page
+    from bench import mlflow_section, page
 
     machine = {"cpu": "test CPU", "cpus": 2, "load_average_1m": 1.0}
-    lines = mlflow_peer.render(_mlflow_records(), machine, machine, 120.0)
+    lines = mlflow_section.render(_mlflow_records(), machine, machine, 120.0)
     text = "\n".join(lines)
     # The default workers are twice as fast here: each ratio is against them, and says so.
     assert "| 16 clients | 20.0 versions/s" in text and "(MLflow, default workers (4)" in text
