@@ -1,6 +1,6 @@
 """One configuration for every client-side process (client/config.py), and the server's variables
 (server/config.py): where each setting comes from, TLS part by part, and bad values as one line that
-names them, exit 2, for `serve`, the operator commands and the sidecar alike."""
+names them, exit 2, for `serve`, the operator commands, the sidecar and doctor alike."""
 
 from __future__ import annotations
 
@@ -90,6 +90,25 @@ def test_a_bad_value_is_a_config_error_naming_it(
     assert says in str(err.value)
     if file:
         assert str(tmp_path / "config.toml") in str(err.value)
+
+
+def test_the_settings_say_where_the_token_came_from(tmp_path: Path) -> None:
+    (tmp_path / "a.token").write_text("from-a\n")
+    (tmp_path / "config.toml").write_text('token_file = "a.token"\n')
+    base = {"DSPY_REGISTRY_CONFIG": str(tmp_path / "config.toml")}
+    missing = str(tmp_path / "missing.token")
+    # The variable's token wins, and the token file's variable below it is not read.
+    given = resolve(env=base | {"DSPY_REGISTRY_TOKEN": "t", "DSPY_REGISTRY_TOKEN_FILE": missing})
+    assert (given.token, given.token_file, given.token_origin) == ("t", None, "DSPY_REGISTRY_TOKEN")
+    from_file = resolve(env=base)
+    assert (from_file.token, from_file.token_file) == ("from-a", tmp_path / "a.token")
+    assert from_file.token_origin == f"{tmp_path / 'config.toml'}: token_file"
+    assert resolve(token_file=tmp_path / "a.token", env={}).token_origin == "--token-file"
+    none = resolve(env={"DSPY_REGISTRY_CONFIG": missing})
+    assert (none.token, none.token_file, none.token_origin) == (None, None, "")
+    # A token file that cannot be read stays an OSError (Registry.connect says so), naming its setting.
+    with pytest.raises(FileNotFoundError, match="DSPY_REGISTRY_TOKEN_FILE names a token file"):
+        resolve(env=base | {"DSPY_REGISTRY_TOKEN_FILE": missing})
 
 
 def _serve_config(argv: list[str] | None = None) -> object:
@@ -188,6 +207,18 @@ def test_a_bad_variable_is_one_line_and_exit_2_for_each_command(tmp_path: Path) 
     )
     assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
     assert sidecar.stderr.startswith(f"dspy-registry sidecar: error: {tmp_path / 'bad.toml'}: not TOML")
+    # A token file that cannot be read is a setting that cannot be used, as a bad value is.
+    missing = str(tmp_path / "missing.token")
+    listed = _run("env", "list", DSPY_REGISTRY_TOKEN_FILE=missing)
+    assert (listed.returncode, listed.stderr.count("\n")) == (2, 1)
+    assert "DSPY_REGISTRY_TOKEN_FILE names a token file that cannot be read" in listed.stderr
+    sidecar = _run(
+        "sidecar", "--program", "p", "--environment", "e", "--dir", str(tmp_path), "--token-file", missing
+    )
+    assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
+    assert "--token-file names a token file that cannot be read" in sidecar.stderr
+    doctor = _run("doctor", DSPY_REGISTRY_TLS="maybe")
+    assert doctor.returncode == 2 and doctor.stdout.startswith("FAIL  settings   DSPY_REGISTRY_TLS='maybe'")
 
 
 async def test_settings_named_by_a_config_file_are_resolved_once_and_nothing_is_filled_from_elsewhere(
