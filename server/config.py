@@ -118,6 +118,17 @@ class Config:
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
 
 
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """`--database`, one definition for every command that opens the store (serve, migrate, admin)."""
+    parser.add_argument(
+        "--database",
+        # A URL needs no parsing: the variable's value is the default itself; set but empty, it is unset.
+        default=os.environ.get("DSPY_REGISTRY_DATABASE") or DEFAULT_DATABASE,
+        help="sqlite:///relative/path, sqlite:////absolute/path or postgresql://… "
+        "(env DSPY_REGISTRY_DATABASE)",
+    )
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = _env
     parser.add_argument(
@@ -125,12 +136,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("DSPY_REGISTRY_LISTEN", DEFAULT_LISTEN),
         help="host:port to serve on; port 0 picks a free one (env DSPY_REGISTRY_LISTEN)",
     )
-    parser.add_argument(
-        "--database",
-        default=env("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
-        help="sqlite:///relative/path, sqlite:////absolute/path or postgresql://… "
-        "(env DSPY_REGISTRY_DATABASE)",
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--semver-guard",
         choices=[m.value for m in GuardMode],

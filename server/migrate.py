@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
-from .config import DEFAULT_DATABASE
+from .config import add_database_argument
 from .errors import RegistryError
 from .store import migrations
 from .store.backends import applied_migrations, open_store
@@ -28,11 +27,7 @@ EXIT_PENDING = 3
 
 
 def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database",
-        default=os.environ.get("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
-        help="sqlite:///path or postgresql://… (env DSPY_REGISTRY_DATABASE), as `serve` takes it",
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--check",
         action="store_true",

@@ -13,8 +13,13 @@ import pytest
 
 from dspy_registry.client import ConfigError, Tls
 from dspy_registry.client.config import DEFAULT_TARGET, resolve
+from dspy_registry.server.config import (
+    DEFAULT_DATABASE,
+    add_serve_arguments,
+    deprecated_settings,
+    from_arguments,
+)
 from dspy_registry.server.config import ConfigError as ServeConfigError
-from dspy_registry.server.config import add_serve_arguments, deprecated_settings, from_arguments
 from tests.e2e.conftest import SERVE
 
 
@@ -140,6 +145,27 @@ def test_serve_parses_its_variables_when_it_runs(monkeypatch: pytest.MonkeyPatch
             _serve_config()
         assert says in str(err.value)
         monkeypatch.delenv(name)
+
+
+def test_every_command_that_opens_the_store_takes_database_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve, migrate and admin reset-token share one --database: set but empty, the variable is
+    unset for each (migrate and admin took the empty string as a URL, and refused it)."""
+    from dspy_registry.cli import build_parser
+
+    def databases() -> list[argparse.Action]:
+        commands = _subparsers(build_parser())
+        parsers = [commands["serve"], commands["migrate"], _subparsers(commands["admin"])["reset-token"]]
+        return [next(a for a in p._actions if "--database" in a.option_strings) for p in parsers]
+
+    monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "")
+    assert {(a.default, a.help) for a in databases()} == {(DEFAULT_DATABASE, databases()[0].help)}
+    monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "postgresql://db/registry")
+    assert {a.default for a in databases()} == {"postgresql://db/registry"}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
 
 
 def test_the_environments_file_has_its_own_variable_and_the_old_one_works_for_serve_alone(
