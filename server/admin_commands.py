@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import add_database_argument
+from .config import add_database_argument, database_url
 from .domain import access
 from .errors import RegistryError
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(access.new_bearer_token())
         return 0
     try:
-        reset = asyncio.run(_reset(args.database))
+        reset = asyncio.run(_reset(database_url(args)))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED

@@ -7,8 +7,8 @@ indexes); one that restarts afterwards refuses the newer schema, as this command
 schema versions: a release that does not know a table must not write beside it.
 
 Exit codes: 0 the schema is this release's (after applying, or already); 1 the database could not
-be reached or opened, or its schema is newer than this release's; 3 `--check` found migrations
-pending.
+be reached or opened, or its schema is newer than this release's; 2 a URL of no backend's scheme;
+3 `--check` found migrations pending.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import argparse
 import asyncio
 import sys
 
-from .config import add_database_argument
+from .config import ConfigError, add_database_argument, database_url
 from .errors import RegistryError
 from .store import migrations
 from .store.backends import applied_migrations, open_store
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # a setting that cannot be used, as argparse's own usage errors
 EXIT_PENDING = 3
 
 
@@ -55,7 +56,12 @@ async def _migrate(url: str, check: bool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_migrate(args.database, args.check))
+        url = database_url(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_migrate(url, args.check))
     except (OSError, ValueError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

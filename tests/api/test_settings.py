@@ -16,6 +16,7 @@ from dspy_registry.client.config import DEFAULT_TARGET, resolve
 from dspy_registry.server.config import (
     DEFAULT_DATABASE,
     add_serve_arguments,
+    database_url,
     deprecated_settings,
     from_arguments,
 )
@@ -152,20 +153,19 @@ def test_every_command_that_opens_the_store_takes_database_alike(monkeypatch: py
     unset for each (migrate and admin took the empty string as a URL, and refused it)."""
     from dspy_registry.cli import build_parser
 
-    def databases() -> list[argparse.Action]:
-        commands = _subparsers(build_parser())
-        parsers = [commands["serve"], commands["migrate"], _subparsers(commands["admin"])["reset-token"]]
-        return [next(a for a in p._actions if "--database" in a.option_strings) for p in parsers]
+    commands = (["serve"], ["migrate"], ["admin", "reset-token"])
+
+    def urls() -> list[str]:
+        parser = build_parser()  # the variable is read as the parser is built
+        return [database_url(parser.parse_args(command)) for command in commands]
 
     monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "")
-    assert {(a.default, a.help) for a in databases()} == {(DEFAULT_DATABASE, databases()[0].help)}
+    assert urls() == [DEFAULT_DATABASE] * 3
     monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "postgresql://db/registry")
-    assert {a.default for a in databases()} == {"postgresql://db/registry"}
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    assert urls() == ["postgresql://db/registry"] * 3
+    assert [
+        database_url(build_parser().parse_args([*c, "--database", "sqlite:///x.db"])) for c in commands
+    ] == ["sqlite:///x.db"] * 3
 
 
 def test_the_environments_file_has_its_own_variable_and_the_old_one_works_for_serve_alone(
@@ -243,6 +243,17 @@ def test_a_bad_variable_is_one_line_and_exit_2_for_each_command(tmp_path: Path) 
     )
     assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
     assert "--token-file names a token file that cannot be read" in sidecar.stderr
+    # A database URL of no backend's scheme: a usage error of each command that opens the store (serve
+    # and migrate said "cannot start" and exit 1, admin exit 2).
+    for command in (["serve"], ["migrate"], ["admin", "reset-token"]):
+        flagged = _run(*command, "--database", "mysql://x")
+        assert (
+            flagged.returncode == 2
+            and "argument --database: unsupported database URL 'mysql://x'" in flagged.stderr
+        )
+        variable = _run(*command, DSPY_REGISTRY_DATABASE="mysql://x")
+        assert (variable.returncode, variable.stderr.count("\n")) == (2, 1), variable.stderr
+        assert "DSPY_REGISTRY_DATABASE='mysql://x': unsupported database URL" in variable.stderr
     doctor = _run("doctor", DSPY_REGISTRY_TLS="maybe")
     assert doctor.returncode == 2 and doctor.stdout.startswith("FAIL  settings   DSPY_REGISTRY_TLS='maybe'")
 
