@@ -996,12 +996,9 @@ def run_operator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         settings = settings_from_flags(args)
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:  # a bad value; a token file that cannot be read
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as err:  # a token file that cannot be read
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CALL_FAILED
     try:
         # Resolved once, here: the client is given every setting, and looks for none again.
         with SyncRegistry.from_settings(settings) as registry:

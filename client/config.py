@@ -67,11 +67,15 @@ TlsArgument = bool | str | os.PathLike[str] | Tls | None
 
 @dataclass(frozen=True)
 class Settings:
-    """The resolved connection settings."""
+    """The resolved connection settings, and where the token came from (doctor reports it)."""
 
     target: str
     token: str | None
     tls: Tls | None
+    # The file the token was read from (None: given as a value, or no token), and the place that
+    # gave the token or named its file: `--token-file`, `DSPY_REGISTRY_TOKEN`, `<config file>: token`….
+    token_file: Path | None = None
+    token_origin: str = ""
 
 
 def parse_boolean(value: str, where: str) -> bool:
@@ -176,8 +180,13 @@ def _merge(layers: list[_TlsLayer]) -> Tls | None:
     )
 
 
-def _read_token(path: str | os.PathLike[str]) -> str:
-    return Path(path).expanduser().read_text()
+def _read_token(path: Path, where: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        # The same OSError (Registry.connect documents it), naming the setting that named the file.
+        why = f"{where} names a token file that cannot be read: {err.strerror}"
+        raise type(err)(err.errno, why, str(path)) from None
 
 
 def resolve(
@@ -199,23 +208,33 @@ def resolve(
 
     Raises:
         ConfigError: A bad value in a variable or the file.
-        FileNotFoundError: A token file named does not exist.
+        OSError: A token file named cannot be read (FileNotFoundError: it does not exist); the
+            message names the place that named it.
     """
     env = os.environ if env is None else env
     path = Path(config_file).expanduser() if config_file is not None else config_path(env)
     file = read_file(path)
 
     resolved_target = target or env.get("DSPY_REGISTRY_TARGET") or file.get("target") or DEFAULT_TARGET
-    if token is None and token_file is not None:
-        token = _read_token(token_file)
-    if token is None:
-        token = env.get("DSPY_REGISTRY_TOKEN") or None
-    if token is None and env.get("DSPY_REGISTRY_TOKEN_FILE"):
-        token = _read_token(env["DSPY_REGISTRY_TOKEN_FILE"])
-    if token is None and file.get("token"):
-        token = str(file["token"])
-    if token is None and file.get("token_file"):
-        token = _read_token(path.parent / Path(file["token_file"]).expanduser())
+    file_token = file.get("token_file")
+    # The places that may give a token, in order, as (token, a file holding it, the place's name);
+    # a file is read only when no place above it gave a token.
+    places: list[tuple[str | None, Path | None, str]] = [
+        (token, None, "--token"),
+        (None, Path(token_file).expanduser() if token_file is not None else None, "--token-file"),
+        (env.get("DSPY_REGISTRY_TOKEN") or None, None, "DSPY_REGISTRY_TOKEN"),
+        (None, _env_path(env, "DSPY_REGISTRY_TOKEN_FILE"), "DSPY_REGISTRY_TOKEN_FILE"),
+        (file.get("token") or None, None, f"{path}: token"),
+        (None, path.parent / Path(file_token).expanduser() if file_token else None, f"{path}: token_file"),
+    ]
+    found: tuple[str, Path | None, str] | None = None
+    for value, source, where in places:
+        if value is None and source is not None:
+            value = _read_token(source, where)
+        if value is not None:
+            found = (value.strip(), source, where)
+            break
+    resolved_token, read_from, origin = found if found and found[0] else (None, None, "")
 
     tls_variable = env.get("DSPY_REGISTRY_TLS")
     env_on = parse_boolean(tls_variable, "DSPY_REGISTRY_TLS") if tls_variable else None
@@ -232,4 +251,14 @@ def resolve(
             file.get("tls"), file.get("tls_ca"), file.get("tls_cert"), file.get("tls_key"), str(path), path
         ),
     ]
-    return Settings(target=str(resolved_target), token=token.strip() if token else None, tls=_merge(layers))
+    return Settings(
+        target=str(resolved_target),
+        token=resolved_token,
+        tls=_merge(layers),
+        token_file=read_from,
+        token_origin=origin,
+    )
+
+
+def _env_path(env: Mapping[str, str], name: str) -> Path | None:
+    return Path(env[name]).expanduser() if env.get(name) else None

@@ -5,13 +5,13 @@ resolves (options, then the environment, then the config file): the settings the
 server's address reachable over TCP, TLS as configured (and a TLS server not mistaken for a
 plaintext one), a token, WhoAmI answered with it, the server's release against this client's, and
 this machine's clock against the server's. A check that cannot run because an earlier one failed is
-skipped, saying so. Exit code 1 when any check failed; warnings alone exit 0.
+skipped, saying so. Exit code 2 when the settings cannot be used (as for every command), else 1
+when any check failed; warnings alone exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import ssl
 import stat
@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,7 +27,7 @@ from dspy_registry.v1 import access_pb2 as apb
 
 from .cli import connection_options
 from .cli_help import version
-from .config import Settings, Tls
+from .config import ConfigError, Settings, Tls
 from .errors import RegistryError
 from .flags import settings_from_flags
 from .sync import SyncRegistry
@@ -39,6 +38,8 @@ SKEW_WARNING_SECONDS = 1.0
 SKEW_FAILURE_SECONDS = 60.0
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # the settings cannot be used: the commands' usage error
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings | None, Finding]:
     try:
         # As every other command resolves them: flags, variables, the config file, defaults.
         settings = settings_from_flags(args)
-    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
-        return None, Finding(
-            FAIL, "settings", str(exc), "fix the path in the option, variable or config file"
-        )
+    except (OSError, ConfigError) as exc:  # a bad value; a token file that cannot be read
+        return None, Finding(FAIL, "settings", str(exc), "fix the option, variable or config file it names")
     tls = "TLS" if settings.tls is not None else "plaintext"
     return settings, Finding(OK, "settings", f"server {settings.target} ({tls})")
 
@@ -153,8 +152,7 @@ def _verified(tls: Tls, host: str, port: int) -> Finding:
     return Finding(OK, "tls", f"handshake done, the server's certificate verified{mutual}")
 
 
-def _token(settings: Settings, args: argparse.Namespace) -> Finding:
-    source = args.token_file or os.environ.get("DSPY_REGISTRY_TOKEN_FILE")
+def _token(settings: Settings) -> Finding:
     if settings.token is None:
         if settings.tls is not None and settings.tls.cert:
             return Finding(OK, "token", "none: the client certificate is the credential")
@@ -164,12 +162,18 @@ def _token(settings: Settings, args: argparse.Namespace) -> Finding:
             "no token in the options, the environment or the config file",
             "pass --token-file (or set DSPY_REGISTRY_TOKEN_FILE) with a token from `dspy-registry token create`",
         )
-    if source and not args.token:
-        mode = Path(source).expanduser().stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            return Finding(WARN, "token", f"{source} is readable by others", f"chmod 600 {source}")
-        return Finding(OK, "token", f"from {source}, readable by its owner only")
-    return Finding(OK, "token", "given")
+    # Judged from where the settings took the token, not from where it might have come: a token
+    # variable wins over a token file's variable, whose file then need not exist.
+    source = settings.token_file
+    if source is None:
+        return Finding(OK, "token", f"given by {settings.token_origin}")
+    try:
+        mode = source.stat().st_mode
+    except OSError as exc:  # gone since it was read
+        return Finding(FAIL, "token", f"{source}: {exc.strerror}", f"fix {settings.token_origin}")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return Finding(WARN, "token", f"{source} is readable by others", f"chmod 600 {source}")
+    return Finding(OK, "token", f"from {source}, readable by its owner only")
 
 
 def _who(registry: SyncRegistry) -> tuple[apb.WhoAmIResponse | None, float, float, Finding]:
@@ -228,24 +232,26 @@ def _clock(who: apb.WhoAmIResponse, sent: float, received: float) -> Finding:
     return Finding(OK, "clock", detail)
 
 
-def _checks(args: argparse.Namespace, report: Callable[[Finding], None]) -> None:
+def _checks(args: argparse.Namespace, report: Callable[[Finding], None]) -> bool:
+    """Runs the checks in order; False when the settings could not be resolved (nothing else ran)."""
     settings, finding = _settings(args)
     report(finding)
     if settings is None:
-        return
+        return False
     for check in (_reachable, _tls):
         finding = check(settings)
         report(finding)
         if finding.state == FAIL:
             report(Finding(SKIP, "whoami", "skipped: the connection must work first"))
-            return
-    report(_token(settings, args))
+            return True
+    report(_token(settings))
     with SyncRegistry.from_settings(settings, retries=0, timeout=10) as registry:
         who, sent, received, finding = _who(registry)
     report(finding)
     if who is not None:
         report(_version(who))
         report(_clock(who, sent, received))
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
         failed = failed or finding.state == FAIL
         print(finding.line(), flush=True)
 
-    _checks(args, report)
+    resolved = _checks(args, report)
     if failed:
         print("some checks failed: see each fix above", file=sys.stderr)
-    return 1 if failed else 0
+    if not resolved:
+        return EXIT_USAGE
+    return EXIT_FAILED if failed else 0

@@ -139,19 +139,17 @@ def _shell(command: str, env: dict[str, str]) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`dspy-registry sidecar`: 0 once stopped by SIGTERM or SIGINT; 2 for a bad setting; 1 when a
-    file named cannot be read."""
+    """`dspy-registry sidecar`: 0 once stopped by SIGTERM or SIGINT; 2 for a setting that cannot be
+    used (a bad value, a token file that cannot be read); 1 when it cannot start (a TLS file or its
+    directory cannot be read or written)."""
     try:
         log_format = args.log_format or os.environ.get("DSPY_REGISTRY_LOG_FORMAT") or "text"
         if log_format not in ("text", "json"):
             raise ConfigError(f"DSPY_REGISTRY_LOG_FORMAT={log_format!r}: expected text or json")
         settings = settings_from_flags(args)
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:
         print(f"dspy-registry sidecar: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        print(f"dspy-registry sidecar: error: {err}", file=sys.stderr)
-        return 1
     configure_logging(log_format)
     try:
         asyncio.run(run(args, settings))

@@ -19,20 +19,24 @@ from .client.cli import add_operator_commands, run_operator
 SERVER_EXTRA = "pip install 'dspy-registry[server]'"
 
 
-# The [server] extra's top-level modules (pyproject.toml); looking them up imports none of them.
-SERVER_MODULES = (
-    "grpc_health",
-    "grpc_reflection",
-    "grpc_status",
-    "aiosqlite",
-    "asyncpg",
-    "semver",
-    "aiohttp",
-    "opentelemetry.sdk",
-    "opentelemetry.instrumentation.grpc",
-    "opentelemetry.exporter.prometheus",
-    "prometheus_client",
-)
+# The [server] extra of pyproject.toml, each distribution by a module of its own that shows it is
+# installed (None: serve runs without it), so that a client-only install is told which extra it lacks;
+# looking them up imports none of them. tests/e2e/test_install.py holds this to pyproject's list.
+SERVER_MODULES: dict[str, str | None] = {
+    "grpcio-health-checking": "grpc_health",
+    "grpcio-reflection": "grpc_reflection",
+    "grpcio-status": "grpc_status",
+    "aiosqlite": "aiosqlite",
+    "asyncpg": "asyncpg",
+    "semver": "semver",
+    "aiohttp": "aiohttp",
+    "opentelemetry-api": "opentelemetry.trace",
+    "opentelemetry-sdk": "opentelemetry.sdk.trace",  # opentelemetry.sdk is a namespace: a folder, not a file
+    "opentelemetry-instrumentation-grpc": "opentelemetry.instrumentation.grpc",
+    "opentelemetry-exporter-prometheus": "opentelemetry.exporter.prometheus",
+    "prometheus-client": "prometheus_client",
+    "uvloop": None,  # not on Windows (the extra's marker): serve falls back to asyncio's own loop
+}
 
 # What each command of the server's says in `--help`, written here so that a client-only install,
 # where the server's modules cannot be imported, lists the same commands.
@@ -53,7 +57,7 @@ class Server(NamedTuple):
 def _server() -> Server | str:
     """The server's modules the commands need; or, in a client-only install (`pip install
     dspy-registry` leaves the [server] extra out), the name of a module that is missing."""
-    for name in SERVER_MODULES:
+    for name in filter(None, SERVER_MODULES.values()):
         try:
             if importlib.util.find_spec(name) is None:
                 return name

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_DATABASE
+from .config import add_database_argument, database_url
 from .domain import access
 from .errors import RegistryError
 
@@ -37,11 +36,7 @@ def add_admin_arguments(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "admin on *, and issue a new token, in one audited transaction on the database. Running "
         "servers honour it within a second. The new token is printed, or written with --token-file.",
     )
-    reset.add_argument(
-        "--database",
-        default=os.environ.get("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
-        help="the server's database URL (env DSPY_REGISTRY_DATABASE)",
-    )
+    add_database_argument(reset)
     reset.add_argument(
         "--token-file",
         type=Path,
@@ -58,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(access.new_bearer_token())
         return 0
     try:
-        reset = asyncio.run(_reset(args.database))
+        reset = asyncio.run(_reset(database_url(args)))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED

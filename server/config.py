@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from .api.flow import DEFAULT_MAX_CALLS, DEFAULT_MAX_WATCHES, SEND_TIMEOUT_SECONDS
 from .domain.guard import GuardMode
 from .domain.programs import DEFAULT_UPLOAD_LIMIT
+from .store.backends import backend
 from .usecases.artifacts import DEFAULT_MAX_CONCURRENT_UPLOADS
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -118,6 +119,39 @@ class Config:
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
 
 
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """`--database`, one definition for every command that opens the store (serve, migrate, admin);
+    `database_url` reads it."""
+    parser.add_argument(
+        "--database",
+        type=_database_flag,
+        default=_env("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
+        help="sqlite:///relative/path, sqlite:////absolute/path or postgresql://… "
+        "(env DSPY_REGISTRY_DATABASE)",
+    )
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The database URL `--database` or its variable gives.
+
+    Raises:
+        ConfigError: The variable names no backend of ours (a flag's value argparse refuses itself).
+    """
+    return _value(args.database, _database_url)
+
+
+def _database_url(url: str) -> str:
+    backend(url)  # the scheme of a backend, else a ValueError naming the URL
+    return url
+
+
+def _database_flag(url: str) -> str:
+    try:
+        return _database_url(url)
+    except ValueError as err:  # argparse words a ValueError as "invalid value", dropping the message
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     env = _env
     parser.add_argument(
@@ -125,12 +159,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("DSPY_REGISTRY_LISTEN", DEFAULT_LISTEN),
         help="host:port to serve on; port 0 picks a free one (env DSPY_REGISTRY_LISTEN)",
     )
-    parser.add_argument(
-        "--database",
-        default=env("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
-        help="sqlite:///relative/path, sqlite:////absolute/path or postgresql://… "
-        "(env DSPY_REGISTRY_DATABASE)",
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--semver-guard",
         choices=[m.value for m in GuardMode],
@@ -296,7 +325,7 @@ def from_arguments(args: argparse.Namespace) -> Config:
     """
     return Config(
         listen=_value(args.listen, str),
-        database=_value(args.database, str),
+        database=database_url(args),
         semver_guard=GuardMode(_value(args.semver_guard, _choice(*(m.value for m in GuardMode)))),
         upload_limit=_value(args.upload_limit, _number(int)),
         grace_seconds=_value(args.grace, _number(float)),

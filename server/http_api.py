@@ -499,7 +499,10 @@ class Gateway:
             status=201,
         )
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def deployment_and_status(
+        self, request: web.Request
+    ) -> tuple[dpb.Deployment, dpb.GetDeploymentStatusResponse]:
+        """The deployment the path's `id` names, and its environment's status (the dashboard's too)."""
         deployment_id = _path(request, "id")
         _known_query(request)
         metadata = self._metadata(request)
@@ -515,6 +518,10 @@ class Gateway:
             metadata=metadata,
             timeout=CALL_TIMEOUT,
         )
+        return deployment, status
+
+    async def status(self, request: web.Request) -> web.Response:
+        deployment, status = await self.deployment_and_status(request)
         return _json(
             {
                 "deployment_id": _short(deployment.name),

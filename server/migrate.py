@@ -7,32 +7,28 @@ indexes); one that restarts afterwards refuses the newer schema, as this command
 schema versions: a release that does not know a table must not write beside it.
 
 Exit codes: 0 the schema is this release's (after applying, or already); 1 the database could not
-be reached or opened, or its schema is newer than this release's; 3 `--check` found migrations
-pending.
+be reached or opened, or its schema is newer than this release's; 2 a URL of no backend's scheme;
+3 `--check` found migrations pending.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
-from .config import DEFAULT_DATABASE
+from .config import ConfigError, add_database_argument, database_url
 from .errors import RegistryError
 from .store import migrations
 from .store.backends import applied_migrations, open_store
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # a setting that cannot be used, as argparse's own usage errors
 EXIT_PENDING = 3
 
 
 def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database",
-        default=os.environ.get("DSPY_REGISTRY_DATABASE", DEFAULT_DATABASE),
-        help="sqlite:///path or postgresql://… (env DSPY_REGISTRY_DATABASE), as `serve` takes it",
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--check",
         action="store_true",
@@ -60,7 +56,12 @@ async def _migrate(url: str, check: bool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_migrate(args.database, args.check))
+        url = database_url(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_migrate(url, args.check))
     except (OSError, ValueError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

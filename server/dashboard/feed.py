@@ -107,6 +107,12 @@ class LiveFeed:
         for program, environment in sorted(pulses):
             self._send(program, {"type": "pulse", "program": program, "environment": environment})
 
+    def _end_all(self) -> None:
+        """Every open stream ends once it has sent what it holds."""
+        for tab in list(self._tabs):
+            tab.put(None)
+            self.close(tab)
+
     def _send(self, program: str, item: dict[str, Any]) -> None:
         for tab in list(self._tabs):
             if tab.program == program:
@@ -114,9 +120,7 @@ class LiveFeed:
 
     async def stop(self) -> None:
         """End every stream (the server stops)."""
-        for tab in list(self._tabs):
-            tab.put(None)
-            self.close(tab)
+        self._end_all()
         if self._pulse_timer is not None:
             self._pulse_timer.cancel()
             self._pulse_timer = None
@@ -131,9 +135,7 @@ class LiveFeed:
             while self._tabs:
                 got = await sub.queue.get(_WAIT)
                 if sub.closed:
-                    for tab in list(self._tabs):
-                        tab.put(None)
-                        self.close(tab)
+                    self._end_all()
                     return
                 if sub.overflowed or sub.lost:
                     # Missed commits: a new subscriber, and every tab reads the state anew.
@@ -152,9 +154,7 @@ class LiveFeed:
             # A defect of ours: the streams end (the browsers open them again, and a new reader with
             # them) rather than stay open and hear nothing.
             log.exception("the dashboard's live feed failed")
-            for tab in list(self._tabs):
-                tab.put(None)
-                self.close(tab)
+            self._end_all()
         finally:
             self.hub.unsubscribe(sub)
             self._sub = None

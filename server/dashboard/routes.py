@@ -18,7 +18,7 @@ import asyncio
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from aiohttp import web
@@ -68,8 +68,22 @@ ABILITIES = {
     "rollback": apb.ACTION_ROLLBACK,
 }
 
-# The deployment actions: the RPC each calls, and how its request is built from the body.
-ACTIONS = ("approve", "reject", "promote", "abort")
+
+class Action(NamedTuple):
+    """A deployment action of the page: the RPC it calls, the request's field that takes the body's
+    `reason`, and the fields it sets itself (besides name, etag and request_id, which every one takes)."""
+
+    method: str
+    reason_field: str
+    fixed: dict[str, Any]
+
+
+ACTIONS = {
+    "approve": Action("ApproveDeployment", "comment", {}),
+    "reject": Action("ApproveDeployment", "comment", {"reject": True}),
+    "promote": Action("PromoteDeployment", "reason", {}),
+    "abort": Action("AbortDeployment", "reason", {}),
+}
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -78,7 +92,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 class Dashboard:
-    def __init__(self, feed: LiveFeed | None) -> None:
+    def __init__(self, feed: LiveFeed) -> None:
         self.feed = feed
         self.gateway: Gateway
 
@@ -202,55 +216,27 @@ class Dashboard:
     async def deployment(self, request: web.Request) -> web.Response:
         """A deployment (its strategy's steps, approvals, timeline) and its environment's status: the
         verdict, each version's health beside the thresholds, the fleet."""
-        deployment_id = _path(request, "id")
-        _known_query(request)
-        metadata = self._metadata(request)
-        deployment = (
-            await self.gateway.deployments.GetDeployment(
-                dpb.GetDeploymentRequest(name=f"deployments/{deployment_id}"),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT,
-            )
-        ).deployment
-        status = await self.gateway.deployments.GetDeploymentStatus(
-            dpb.GetDeploymentStatusRequest(program=deployment.program, environment=deployment.environment),
-            metadata=metadata,
-            timeout=CALL_TIMEOUT,
-        )
+        deployment, status = await self.gateway.deployment_and_status(request)
         return _json({"deployment": to_json(deployment), "status": to_json(status)})
 
     async def act(self, request: web.Request) -> web.Response:
-        """approve, reject, promote or abort: the RPC of that name, with the caller's token."""
+        """approve, reject, promote or abort: the RPC ACTIONS names, with the caller's token."""
         deployment_id, action = _path(request, "id"), _path(request, "action")
         if action not in ACTIONS:
             raise web.HTTPNotFound()
         _known_query(request)
         body = await _body(request, "reason", "etag", "request_id")
-        name = f"deployments/{deployment_id}"
-        reason, etag, request_id = (_body_str(body, f) for f in ("reason", "etag", "request_id"))
-        metadata = self._metadata(request)
-        stub = self.gateway.deployments
-        answer: Any
-        if action in ("approve", "reject"):
-            answer = await stub.ApproveDeployment(
-                dpb.ApproveDeploymentRequest(
-                    name=name, comment=reason, reject=action == "reject", etag=etag, request_id=request_id
-                ),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT,
-            )
-        elif action == "promote":
-            answer = await stub.PromoteDeployment(
-                dpb.PromoteDeploymentRequest(name=name, reason=reason, etag=etag, request_id=request_id),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT,
-            )
-        else:
-            answer = await stub.AbortDeployment(
-                dpb.AbortDeploymentRequest(name=name, reason=reason, etag=etag, request_id=request_id),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT,
-            )
+        method, reason_field, fixed = ACTIONS[action]
+        message = getattr(dpb, f"{method}Request")(
+            name=f"deployments/{deployment_id}",
+            etag=_body_str(body, "etag"),
+            request_id=_body_str(body, "request_id"),
+            **{reason_field: _body_str(body, "reason")},
+            **fixed,
+        )
+        answer = await getattr(self.gateway.deployments, method)(
+            message, metadata=self._metadata(request), timeout=CALL_TIMEOUT
+        )
         return _json(to_json(answer))
 
     async def audit(self, request: web.Request) -> web.Response:
@@ -285,8 +271,6 @@ class Dashboard:
         program = _query_str(request, "program")
         if not program:
             raise BadRequest("program", "program is required")
-        if self.feed is None:
-            raise web.HTTPNotFound()
         await self._may_read(request, program)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}

@@ -12,7 +12,8 @@ import asyncio
 from .base import Store
 
 
-def _backend(url: str) -> str:
+def backend(url: str) -> str:
+    """`sqlite` or `postgres`, by the URL's scheme; ValueError naming any other URL."""
     if url.startswith("sqlite://"):
         return "sqlite"
     if url.startswith(("postgresql://", "postgres://")):
@@ -22,7 +23,7 @@ def _backend(url: str) -> str:
 
 def open_store(url: str) -> Store:
     """Pick the backend by URL scheme: sqlite:///path or postgresql://…"""
-    if _backend(url) == "sqlite":
+    if backend(url) == "sqlite":
         from .sqlite import SqliteStore
 
         return SqliteStore(url)
@@ -33,7 +34,7 @@ def open_store(url: str) -> Store:
 
 async def applied_migrations(url: str) -> set[int]:
     """The schema migrations the database at `url` has applied (its ledger), applying none."""
-    if _backend(url) == "sqlite":
+    if backend(url) == "sqlite":
         from .sqlite import applied_migrations as applied_sqlite
 
         return await asyncio.to_thread(applied_sqlite, url)

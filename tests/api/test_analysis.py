@@ -357,10 +357,22 @@ async def test_a_redeployed_version_is_judged_only_on_traffic_since_its_deployme
         lambda: _state_is(ready, first.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the first rollback"
     )
     again = await _deploy(ready, "1.1.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))  # fixed, say
-    await asyncio.sleep(0.8)  # four analysis intervals with the old failures still in the window
+    # Watched, and analysed four times (as four intervals would) with the old failures still in the window.
+    assert await _analysed_four_times(ready, again.name, watched=True) == [False] * 4
     assert (await _get(ready, again.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
     [stable, previous] = (await _status(ready)).health
     assert (stable.version, stable.request_count) == ("1.1.0", 0)
+
+
+async def _analysed_four_times(server: Running, name: str, *, watched: bool) -> list[bool]:
+    """The controller's analysis of deployment `name`, called four times here rather than slept for
+    (the loop's passes may come late on a busy machine): whether each rolled it back. `watched`:
+    whether the analysis loop must be watching it (else it must not be)."""
+    assert server.app.controller is not None
+    analysis = server.app.controller.deployments
+    deployment_id = name.removeprefix("deployments/")
+    assert (deployment_id in {i for i, _ in await analysis.watched_deployments()}) is watched
+    return [await analysis.analyse(deployment_id) for _ in range(4)]
 
 
 async def test_reporting_metrics_takes_the_right_to_roll_back(ready: Running) -> None:
@@ -397,7 +409,7 @@ async def test_without_monitoring_required_a_completed_deployment_is_not_watched
     )
     done = await _deploy(ready, "1.1.0", dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE))
     await _report(ready, window("1.1.0", MIN_REQUESTS, errors=MIN_REQUESTS))
-    await asyncio.sleep(0.8)
+    assert await _analysed_four_times(ready, done.name, watched=False) == [False] * 4
     assert (await _get(ready, done.name)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED
     assert (await _status(ready)).verdict == dpb.HEALTH_VERDICT_UNHEALTHY  # shown, not acted on
 
@@ -410,7 +422,7 @@ async def test_a_rollback_is_not_itself_rolled_back_when_the_old_version_is_unhe
     await _eventually(lambda: _state_is(ready, canary.name, dpb.DEPLOYMENT_STATE_ROLLED_BACK), "the rollback")
     rollback = (await _get(ready, canary.name)).rollback_deployment
     await _report(ready, window("1.0.0", MIN_REQUESTS, errors=MIN_REQUESTS), sidecar="pod-9")  # bad as well
-    await asyncio.sleep(0.8)  # four analysis intervals
+    assert await _analysed_four_times(ready, rollback, watched=True) == [False] * 4
     assert (await _get(ready, rollback)).state == dpb.DEPLOYMENT_STATE_SUCCEEDED  # a person decides now
     status = await _status(ready)
     assert status.target.stable.version == "1.0.0" and status.verdict == dpb.HEALTH_VERDICT_UNHEALTHY

@@ -20,9 +20,10 @@ from dspy_registry.server.readiness import Readiness, answer
 from dspy_registry.server.store.base import AVAILABLE, Availability
 from dspy_registry.v1 import access_pb2 as apb
 from dspy_registry.v1 import access_pb2_grpc as apb_grpc
+from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import registry_pb2 as pb
 from tests.api.conftest import Running, register_signature, start
-from tests.calls import principal_token
+from tests.calls import canary_strategy, principal_token
 from tests.certificates import Authority, tls_config
 from tests.eventually import until
 from tests.factories import dspy_state
@@ -476,3 +477,41 @@ def test_readiness_follows_the_start_the_store_and_the_stop() -> None:
     )
     assert answer("/healthz", readiness) == (200, '{"status": "ok"}\n')  # alive while it stops
     assert answer("/metrics", readiness) is None
+
+
+async def test_the_dashboard_actions_call_their_rpcs_with_the_bodys_fields(rest: Rest) -> None:
+    """approve, reject, promote and abort are one table of RPCs (dashboard/routes.py ACTIONS); the
+    Playwright test clicks approve and promote, this one reject and abort, and an action of no RPC."""
+    actions = "/api/dashboard/deployments/{}/{}"
+    await rest.post(
+        f"/api/registry/programs/{PROGRAM}/deploy",
+        {"version": "1.0.0", "environment": "staging", "strategy": "replace"},
+    )
+    status, pending = await rest.post(
+        f"/api/registry/programs/{PROGRAM}/deploy", {"version": "1.0.0", "environment": "production"}
+    )
+    assert status == 201 and pending["deployment"]["state"] == "DEPLOYMENT_STATE_PENDING_APPROVAL", pending
+    admin = apb_grpc.AccessServiceStub(rest.running.channel)
+    carol = await principal_token(admin, "carol", [(apb.ACTION_READ, PROGRAM), (apb.ACTION_APPROVE, PROGRAM)])
+    status, rejected = await rest.post(
+        actions.format(pending["deployment_id"], "reject"), {"reason": "not now"}, token=carol
+    )
+    assert status == 200, rejected
+    assert rejected["deployment"]["state"] == "DEPLOYMENT_STATE_ABORTED"
+    assert [(a["rejected"], a["comment"]) for a in rejected["deployment"]["approvals"]] == [(True, "not now")]
+
+    # Held at 10 % for an hour: in progress while the test aborts it.
+    canary = await rest.running.deployments.CreateDeployment(
+        dpb.CreateDeploymentRequest(
+            program=PROGRAM, version="1.1.0", environment="staging", strategy=canary_strategy((10, 3600))
+        )
+    )
+    abort = actions.format(canary.deployment.name.removeprefix("deployments/"), "abort")
+    status, stale = await rest.post(abort, {"reason": "too slow", "etag": "rev-1"})
+    assert status == 409 and stale["error"]["code"] == "ABORTED", stale  # the etag reached the RPC
+    status, aborted = await rest.post(abort, {"reason": "too slow"})
+    assert status == 200, aborted
+    assert aborted["deployment"]["state"] == "DEPLOYMENT_STATE_ABORTED"
+    assert aborted["deployment"]["timeline"][-1]["reason"] == "too slow"
+    status, _ = await rest.post(abort.replace("/abort", "/pause"), {})
+    assert status == 404

@@ -1,6 +1,6 @@
 """One configuration for every client-side process (client/config.py), and the server's variables
 (server/config.py): where each setting comes from, TLS part by part, and bad values as one line that
-names them, exit 2, for `serve`, the operator commands and the sidecar alike."""
+names them, exit 2, for `serve`, the operator commands, the sidecar and doctor alike."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import pytest
 
 from dspy_registry.client import ConfigError, Tls
 from dspy_registry.client.config import DEFAULT_TARGET, resolve
+from dspy_registry.server.config import (
+    DEFAULT_DATABASE,
+    add_serve_arguments,
+    database_url,
+    deprecated_settings,
+    from_arguments,
+)
 from dspy_registry.server.config import ConfigError as ServeConfigError
-from dspy_registry.server.config import add_serve_arguments, deprecated_settings, from_arguments
 from tests.e2e.conftest import SERVE
 
 
@@ -92,6 +98,25 @@ def test_a_bad_value_is_a_config_error_naming_it(
         assert str(tmp_path / "config.toml") in str(err.value)
 
 
+def test_the_settings_say_where_the_token_came_from(tmp_path: Path) -> None:
+    (tmp_path / "a.token").write_text("from-a\n")
+    (tmp_path / "config.toml").write_text('token_file = "a.token"\n')
+    base = {"DSPY_REGISTRY_CONFIG": str(tmp_path / "config.toml")}
+    missing = str(tmp_path / "missing.token")
+    # The variable's token wins, and the token file's variable below it is not read.
+    given = resolve(env=base | {"DSPY_REGISTRY_TOKEN": "t", "DSPY_REGISTRY_TOKEN_FILE": missing})
+    assert (given.token, given.token_file, given.token_origin) == ("t", None, "DSPY_REGISTRY_TOKEN")
+    from_file = resolve(env=base)
+    assert (from_file.token, from_file.token_file) == ("from-a", tmp_path / "a.token")
+    assert from_file.token_origin == f"{tmp_path / 'config.toml'}: token_file"
+    assert resolve(token_file=tmp_path / "a.token", env={}).token_origin == "--token-file"
+    none = resolve(env={"DSPY_REGISTRY_CONFIG": missing})
+    assert (none.token, none.token_file, none.token_origin) == (None, None, "")
+    # A token file that cannot be read stays an OSError (Registry.connect says so), naming its setting.
+    with pytest.raises(FileNotFoundError, match="DSPY_REGISTRY_TOKEN_FILE names a token file"):
+        resolve(env=base | {"DSPY_REGISTRY_TOKEN_FILE": missing})
+
+
 def _serve_config(argv: list[str] | None = None) -> object:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
@@ -121,6 +146,26 @@ def test_serve_parses_its_variables_when_it_runs(monkeypatch: pytest.MonkeyPatch
             _serve_config()
         assert says in str(err.value)
         monkeypatch.delenv(name)
+
+
+def test_every_command_that_opens_the_store_takes_database_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve, migrate and admin reset-token share one --database: set but empty, the variable is
+    unset for each (migrate and admin took the empty string as a URL, and refused it)."""
+    from dspy_registry.cli import build_parser
+
+    commands = (["serve"], ["migrate"], ["admin", "reset-token"])
+
+    def urls() -> list[str]:
+        parser = build_parser()  # the variable is read as the parser is built
+        return [database_url(parser.parse_args(command)) for command in commands]
+
+    monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "")
+    assert urls() == [DEFAULT_DATABASE] * 3
+    monkeypatch.setenv("DSPY_REGISTRY_DATABASE", "postgresql://db/registry")
+    assert urls() == ["postgresql://db/registry"] * 3
+    assert [
+        database_url(build_parser().parse_args([*c, "--database", "sqlite:///x.db"])) for c in commands
+    ] == ["sqlite:///x.db"] * 3
 
 
 def test_the_environments_file_has_its_own_variable_and_the_old_one_works_for_serve_alone(
@@ -188,6 +233,29 @@ def test_a_bad_variable_is_one_line_and_exit_2_for_each_command(tmp_path: Path) 
     )
     assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
     assert sidecar.stderr.startswith(f"dspy-registry sidecar: error: {tmp_path / 'bad.toml'}: not TOML")
+    # A token file that cannot be read is a setting that cannot be used, as a bad value is.
+    missing = str(tmp_path / "missing.token")
+    listed = _run("env", "list", DSPY_REGISTRY_TOKEN_FILE=missing)
+    assert (listed.returncode, listed.stderr.count("\n")) == (2, 1)
+    assert "DSPY_REGISTRY_TOKEN_FILE names a token file that cannot be read" in listed.stderr
+    sidecar = _run(
+        "sidecar", "--program", "p", "--environment", "e", "--dir", str(tmp_path), "--token-file", missing
+    )
+    assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1)
+    assert "--token-file names a token file that cannot be read" in sidecar.stderr
+    # A database URL of no backend's scheme: a usage error of each command that opens the store (serve
+    # and migrate said "cannot start" and exit 1, admin exit 2).
+    for command in (["serve"], ["migrate"], ["admin", "reset-token"]):
+        flagged = _run(*command, "--database", "mysql://x")
+        assert (
+            flagged.returncode == 2
+            and "argument --database: unsupported database URL 'mysql://x'" in flagged.stderr
+        )
+        variable = _run(*command, DSPY_REGISTRY_DATABASE="mysql://x")
+        assert (variable.returncode, variable.stderr.count("\n")) == (2, 1), variable.stderr
+        assert "DSPY_REGISTRY_DATABASE='mysql://x': unsupported database URL" in variable.stderr
+    doctor = _run("doctor", DSPY_REGISTRY_TLS="maybe")
+    assert doctor.returncode == 2 and doctor.stdout.startswith("FAIL  settings   DSPY_REGISTRY_TLS='maybe'")
 
 
 async def test_settings_named_by_a_config_file_are_resolved_once_and_nothing_is_filled_from_elsewhere(

@@ -232,6 +232,31 @@ def test_doctor_names_each_failure_with_its_fix(serve: type[ServerProcess], tmp_
     assert "FAIL  reachable" in done.stdout and "skip  whoami" in done.stdout
 
 
+def test_doctor_reports_the_token_from_where_the_settings_took_it(
+    serve: type[ServerProcess], tmp_path: Path
+) -> None:
+    """DSPY_REGISTRY_TOKEN wins over DSPY_REGISTRY_TOKEN_FILE, whose file then need not exist: doctor
+    said so with a traceback (it statted the variable's file); a config file's token_file is judged
+    as the others are; settings that cannot be used are one FAIL line and exit 2."""
+    cli = _start(serve, tmp_path)
+    token = Path(cli.env["DSPY_REGISTRY_TOKEN_FILE"]).read_text().strip()
+    cli.env |= {"DSPY_REGISTRY_TOKEN": token, "DSPY_REGISTRY_TOKEN_FILE": str(tmp_path / "missing.token")}
+    done = cli.run("doctor")
+    assert "ok    token      given by DSPY_REGISTRY_TOKEN" in done.stdout and not done.stderr
+
+    del cli.env["DSPY_REGISTRY_TOKEN"], cli.env["DSPY_REGISTRY_TOKEN_FILE"]
+    (tmp_path / "shared.token").write_text(token)
+    (tmp_path / "shared.token").chmod(0o644)
+    (tmp_path / "client.toml").write_text('token_file = "shared.token"\n')
+    done = cli.run("doctor", "--config", str(tmp_path / "client.toml"))
+    assert f"warn  token      {tmp_path / 'shared.token'} is readable by others" in done.stdout
+
+    cli.env["DSPY_REGISTRY_TOKEN_FILE"] = str(tmp_path / "missing.token")
+    done = cli.run("doctor", code=2)
+    assert done.stdout.startswith("FAIL  settings   [Errno 2] DSPY_REGISTRY_TOKEN_FILE names a token file")
+    assert "Traceback" not in done.stderr and "skip" not in done.stdout
+
+
 async def test_doctor_checks_tls_both_ways(tmp_path: Path) -> None:
     app = App(tls_config(tmp_path, Authority("doctor CA")))
     port = await app.start()

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -178,3 +179,28 @@ def test_the_wheel_alone_is_the_client_side_at_the_lowest_versions_it_allows(
     assert served.stderr.count("\n") == 1 and "pip install 'dspy-registry[server]'" in served.stderr, (
         served.stderr
     )
+
+
+def test_the_command_looks_for_each_distribution_of_the_server_extra() -> None:
+    """dspy_registry/cli.py tells a client-only install which extra it lacks by a module of each
+    distribution of `[server]`: its list lacked uvloop and opentelemetry-api once, written by hand."""
+    from importlib import metadata, util
+
+    from packaging.requirements import Requirement
+
+    from dspy_registry.cli import SERVER_MODULES
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    assert set(SERVER_MODULES) == {Requirement(line).name for line in extra}
+    for distribution, module in SERVER_MODULES.items():
+        if module is None:
+            continue
+        spec = util.find_spec(module)
+        files = {
+            metadata.distribution(distribution).locate_file(f) for f in metadata.files(distribution) or ()
+        }
+        # The module is the distribution's own, not a namespace another distribution shares.
+        assert spec is not None and spec.origin is not None and Path(spec.origin) in files, (
+            distribution,
+            module,
+        )

@@ -56,7 +56,8 @@ async def test_a_bad_database_url_fails_to_start_with_a_clear_message(tmp_path: 
         text=True,
         timeout=30,
     )
-    assert done.returncode == 1 and "unsupported database URL" in done.stderr
+    # A usage error, as any setting that cannot be used (docs/cli.md): exit 2, before anything starts.
+    assert done.returncode == 2 and "argument --database: unsupported database URL" in done.stderr
 
 
 async def test_a_taken_port_fails_to_start_with_a_clear_message_and_exits(tmp_path: Path) -> None:
