@@ -66,7 +66,9 @@ class PresenceQueries:
         self, seen: list[tuple[Report, datetime]], replica: str, *, targets_of: set[str]
     ) -> None:
         """Write `replica`'s rows of these sidecars (their last report there, and until when it vouches
-        for each); the targets of those in `targets_of` too (the others' are as written before)."""
+        for each), and the targets each serves: those in `targets_of` replace what was written of
+        them; the others' are added where missing (a sidecar that left through another replica took
+        this replica's rows along), which writes nothing where they are there already."""
         rows = sorted((_row(r, replica, until, False) for r, until in seen), key=lambda row: row[0])
         await self.conn.executemany(
             f"INSERT INTO sidecar_presence ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -83,14 +85,7 @@ class PresenceQueries:
         await self.conn.executemany(
             "INSERT INTO sidecar_presence_targets (sidecar_id, replica, program, environment) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (program, environment, sidecar_id, replica) DO NOTHING",
-            sorted(
-                {
-                    (r.sidecar_id, replica, a.program, a.environment)
-                    for r, _ in seen
-                    if r.sidecar_id in targets_of
-                    for a in r.targets
-                }
-            ),
+            sorted({(r.sidecar_id, replica, a.program, a.environment) for r, _ in seen for a in r.targets}),
         )
 
     async def put_leaving(self, r: Report, replica: str, live_until: datetime) -> None:
@@ -120,9 +115,14 @@ class PresenceQueries:
         return [_presence(r) for r in rows]
 
     async def live_presence(self, now: datetime) -> list[Presence]:
-        """Every row live at `now`, of every sidecar (telemetry's gauge of live sidecars)."""
+        """Each sidecar's newest row live at `now` (telemetry's gauge of live sidecars): its word as
+        domain.sidecars.newest_word takes it — the latest report, of two at the same time the later
+        replica's — chosen here, so that a fleet reporting to every replica is read once, not once
+        per replica."""
         rows = await self.conn.fetch(
-            f"SELECT {_COLUMNS} FROM sidecar_presence WHERE live_until >= ? ORDER BY sidecar_id, replica",
+            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY sidecar_id "
+            "ORDER BY last_report_time DESC, replica DESC) AS n FROM sidecar_presence WHERE live_until >= ?) "
+            "AS newest WHERE n = 1 ORDER BY sidecar_id",
             to_us(now),
         )
         return [_presence(r) for r in rows]

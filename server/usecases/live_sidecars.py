@@ -51,6 +51,9 @@ class LiveSidecars:
         # The last report of each sidecar heard here. Written under `_writing`: a batch must not write
         # an older report over a newer one written meanwhile.
         self.held: dict[str, Report] = {}
+        # What this replica last wrote of each held sidecar's targets: a batch replaces only those
+        # that changed since, and adds the others' where missing (store.presence_records).
+        self._written: dict[str, frozenset[tuple[str, str]]] = {}
         self._writing = asyncio.Lock()
 
     def last(self, sidecar_id: str, now: datetime) -> Report | None:
@@ -72,9 +75,15 @@ class LiveSidecars:
         found = sidecars.newest_word(self._others(rows))
         return found[0] if found else None
 
-    async def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
-        """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
-        owned_by(await self.known(sidecar_id, now), principal, sidecar_id)
+    def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
+        """A live id this replica holds belongs to the principal that reports under it: another may
+        not send windows under it. Memory only, never the store: under a client that spreads its
+        calls over the replicas, most windows reach a replica its sidecar's heartbeats do not, and
+        reading the store for each was most of what a fleet cost the database. A window's sidecar id
+        only names it, to count a retry once (usecases.rollups, which keys it by principal too), so
+        windows sent under an id held elsewhere count as the sender's own: what its `rollback`
+        permission on the program already lets it report."""
+        owned_by(self.last(sidecar_id, now), principal, sidecar_id)
 
     async def keep(self, r: Report) -> None:
         """Write `r` now (it changes what is kept), as heard by this replica, and hold it."""
@@ -84,6 +93,7 @@ class LiveSidecars:
                     [(r, sidecars.live_until(r, self.flush_seconds))], self.replica, targets_of={r.sidecar_id}
                 )
             self.held[r.sidecar_id] = r
+            self._written[r.sidecar_id] = _targets(r)
 
     def seen(self, r: Report) -> None:
         """A report that changes nothing kept: memory only, written with the next batch."""
@@ -92,6 +102,7 @@ class LiveSidecars:
     def forget(self, sidecar_id: str) -> None:
         """Let the sidecar go from memory (its next report is written as a change)."""
         self.held.pop(sidecar_id, None)
+        self._written.pop(sidecar_id, None)
 
     async def leave(self, r: Report) -> None:
         """The sidecar is going: every replica's row of it gives way to one that says so."""
@@ -99,6 +110,7 @@ class LiveSidecars:
             async with self.store.telemetry() as tx:
                 await tx.put_leaving(r, self.replica, sidecars.live_until(r, self.flush_seconds))
             self.held.pop(r.sidecar_id, None)
+            self._written.pop(r.sidecar_id, None)
 
     async def serving(self, tx: Records, program: str, environment: str, now: datetime) -> list[Report]:
         """The live sidecars that hold a version of `program` in `environment`, each once, by id."""
@@ -127,18 +139,26 @@ class LiveSidecars:
             for sidecar_id, r in list(self.held.items()):
                 if not r.live_at(now):
                     del self.held[sidecar_id]
+            self._written = {i: t for i, t in self._written.items() if i in self.held}
             live = list(self.held.values())
             if not live:
                 return 0
-            # What each runs too, whether or not it changed: a sidecar that left through another
-            # replica took this replica's rows of it along.
+            # What each runs is replaced only where it changed since this replica wrote it; the rest
+            # is added where missing (a sidecar that left through another replica took this
+            # replica's rows of it along), which writes nothing where it is there.
+            changed = {r.sidecar_id for r in live if self._written.get(r.sidecar_id) != _targets(r)}
             async with self.store.telemetry() as tx:
                 await tx.put_presence(
                     [(r, sidecars.live_until(r, self.flush_seconds)) for r in live],
                     self.replica,
-                    targets_of={r.sidecar_id for r in live},
+                    targets_of=changed,
                 )
+            self._written.update((r.sidecar_id, _targets(r)) for r in live)
             return len(live)
+
+
+def _targets(r: Report) -> frozenset[tuple[str, str]]:
+    return frozenset((a.program, a.environment) for a in r.targets)
 
 
 def owned_by(known: Report | None, principal: str, sidecar_id: str) -> None:
