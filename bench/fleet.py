@@ -7,14 +7,25 @@ development, watched by no one), then:
   idle       `--deployments` CreateDeployment calls of `q`, one after the other: p50/p99
   fleet      `--pods` pods (bench/fleet_pods.py) over `--processes` client processes, each pod
              watching `p` in staging through round_robin over every replica, ACKing, heartbeating
-             every 10 s and reporting a metric window every 5 s (the client's defaults)
+             every 10 s and reporting a metric window every 5 s (the client's defaults), retrying a
+             report that fails UNAVAILABLE as the client does
   load       after `--settle` seconds, a window of `--seconds` in which the same CreateDeployment
              calls run again (p50/p99 under fleet load), and the replicas' telemetry is read
-             before and after: write RPCs per second (each a store write transaction on this
-             code), the database's committed transactions per second, CPU and memory per replica
+             before and after: write RPCs per second, the store's write transactions by kind, the
+             database's committed transactions per second, and the CPU the window took (cores) of
+             the replicas, of the database's backends serving them and of the pod processes, with
+             the load average (the simulator competes with the servers for the same cores); CPU
+             and memory per pod, per replica
   converge   a REPLACE deployment of `p`: from the call to the last pod's ACK of it
   rollback   a canary of `p` whose candidate fails every request on 5 % of the pods (the
              environment's error-rate threshold is 0.02): from the call to ROLLED_BACK
+  kill       with `--kill-replica follower` (or `leader`): SIGKILL a replica that does not lead
+             (or the leader): until its pods' streams resumed on the others, until every survivor
+             showed a report of each made after the kill (in heartbeats of 10 s), until another
+             replica led, and the sidecars each replica's GetDeploymentStatus counts before, at
+             once after, and once the dead replica's rows ran out (45 s): each pod once
+  idle again the fleet stopped, the CreateDeployment calls once more: on a machine shared with other
+             work, the idle figure before the fleet alone may have met a quieter minute
 
 One JSON line per figure on stdout; a summary a person reads on stderr.
 """
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import queue
 import re
@@ -49,7 +61,9 @@ from .servers import Options, database, free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
-# The RPCs that are a store write transaction each on this code (telemetry counts them by method).
+STATEMENTS = ROOT / "bench" / "statements"  # a sitecustomize that counts the replicas' SQL statements
+# The write RPCs (telemetry counts them by method); only CreateDeployment is a store write transaction
+# each on this code: reports are held and written in batches.
 WRITES = ("ReportSidecarStatus", "ReportMetrics", "CreateDeployment")
 ERROR_RATE_THRESHOLD = 0.02
 ANALYSIS_INTERVAL_S = 5.0
@@ -57,8 +71,9 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 class Replica:
-    def __init__(self, index: int, url: str, tmp: Path, log_level: str) -> None:
+    def __init__(self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool) -> None:
         self.name = f"replica-{index}"
+        self.statements = tmp / f"{self.name}.statements.json" if count_statements else None
         self.address = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.token_file = tmp / "admin.token"
@@ -66,7 +81,20 @@ class Replica:
         command = [str(SERVER), "serve", "--database", url, "--listen", self.address, "--grace", "2"]
         command += ["--admin-token-file", str(self.token_file), "--metrics-listen", self.metrics]
         command += ["--replica-name", self.name, "--log-level", log_level]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
+        env = None
+        if self.statements is not None:
+            path = os.pathsep.join(x for x in (str(STATEMENTS), os.environ.get("PYTHONPATH", "")) if x)
+            env = {**os.environ, "PYTHONPATH": path, "BENCH_STATEMENTS_FILE": str(self.statements)}
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+
+    def statement_counts(self) -> dict[str, int]:
+        """The statements sent to the database so far, by text (bench/statements): {} without them."""
+        if self.statements is None or not self.statements.exists():
+            return {}
+        counts: dict[str, int] = json.loads(self.statements.read_text())["counts"]
+        return counts
 
     def wait_serving(self) -> None:
         wait_serving(self.process, self.address, self.log)
@@ -460,9 +488,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         replicas: list[Replica] = []
         pods: Pods | None = None
         try:
-            replicas.append(Replica(0, url, Path(tmp), args.server_log_level))
+            replicas.append(Replica(0, url, Path(tmp), args.server_log_level, args.count_statements))
             replicas[0].wait_serving()  # first alone: it bootstraps the admin
-            replicas += [Replica(i, url, Path(tmp), args.server_log_level) for i in range(1, args.replicas)]
+            replicas += [
+                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements)
+                for i in range(1, args.replicas)
+            ]
             for replica in replicas[1:]:
                 replica.wait_serving()
             token_file = Path(tmp) / "admin.token"
@@ -478,6 +509,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             cpu_before = [r.cpu_seconds() for r in replicas]
             pods_cpu_before = pods.cpu_seconds()
             commits_before, database_cpu_before = _database_figures(url)
+            statements_before = [r.statement_counts() for r in replicas]
             began = time.monotonic()
             loaded = _create_deployments(first, metadata, args.deployments, window_s=args.seconds)
             while time.monotonic() - began < args.seconds:
@@ -491,6 +523,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for a, b in zip(_database_figures(url), (commits_before, database_cpu_before), strict=True)
             )
             load = os.getloadavg()[0]
+            statements: dict[str, float] = {}
+            for r, earlier in zip(replicas, statements_before, strict=True):
+                for text, n in r.statement_counts().items():
+                    statements[text] = statements.get(text, 0.0) + n - earlier.get(text, 0)
             writes: dict[str, float] = {}
             transactions: dict[str, float] = {}
             for b, a in zip(before, after, strict=True):
@@ -535,6 +571,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "p99_ratio": round(percentile(loaded, 0.99) / max(percentile(idle, 0.99), 0.001), 2),
             }
             records.append(create)
+            if args.count_statements:
+                ranked = sorted(statements.items(), key=lambda item: -item[1])
+                records.append(
+                    {
+                        "figure": "fleet_statements",
+                        **base,
+                        "seconds": round(window, 1),
+                        "statements_per_s": round(sum(statements.values()) / window, 1),
+                        # The most frequent, all replicas together (a statement's first 100 characters).
+                        "by_statement_per_s": {t: round(n / window, 1) for t, n in ranked[:20] if n},
+                    }
+                )
             for replica, text, seconds, idle_mib in zip(replicas, after, cpu, rss_idle, strict=True):
                 streams = _gauge(text, "dspy_registry_watch_streams", 'watch="targets"')
                 rss = replica.rss_mib()
@@ -619,6 +667,9 @@ def _summary(records: list[dict[str, Any]]) -> str:
             f"{w['database_cpu_s_per_s']}, pod processes {w['pod_processes_cpu_s_per_s']}; "
             f"load average {w['load_average_1m']}"
         )
+    if st := by.get("fleet_statements"):
+        lines.append(f"  SQL statements the replicas sent: {st['statements_per_s']}/s; the most frequent:")
+        lines += [f"    {n:7.1f}/s  {text}" for text, n in list(st["by_statement_per_s"].items())[:8]]
     if v := by.get("fleet_converge"):
         lines.append(f"  every pod ACKed a deployment {v['seconds']} s after the call")
     if r := by.get("fleet_canary_rollback"):
@@ -662,6 +713,11 @@ def main(argv: list[str]) -> int:
         choices=("none", "follower", "leader"),
         default="none",
         help="at the end, SIGKILL a replica that does not lead, or the leader, under the fleet",
+    )
+    parser.add_argument(
+        "--count-statements",
+        action="store_true",
+        help="count the SQL statements the replicas send, by text, in the window (bench/statements)",
     )
     parser.add_argument("--server-log-level", default="warning")
     parser.add_argument(
