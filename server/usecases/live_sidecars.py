@@ -33,6 +33,7 @@ from ..store.presence_records import Presence
 from ..store.records import Records
 
 DEFAULT_FLUSH_SECONDS = 5.0
+WRITTEN_SLACK = 1000  # sidecars remembered beyond twice those held, before those not held are let go
 
 
 class LiveSidecars:
@@ -51,8 +52,10 @@ class LiveSidecars:
         # The last report of each sidecar heard here. Written under `_writing`: a batch must not write
         # an older report over a newer one written meanwhile.
         self.held: dict[str, Report] = {}
-        # What this replica last wrote of each held sidecar's targets: a batch replaces only those
-        # that changed since, and adds the others' where missing (store.presence_records).
+        # What this replica last wrote of each sidecar's targets: a batch replaces only those that
+        # changed since, and adds the others' where missing (store.presence_records). Kept after a
+        # sidecar drops out of `held` (it comes back: a client spreading its calls is often silent
+        # here for three heartbeats); the store never holds more of this replica's than it says.
         self._written: dict[str, frozenset[tuple[str, str]]] = {}
         self._writing = asyncio.Lock()
 
@@ -102,7 +105,6 @@ class LiveSidecars:
     def forget(self, sidecar_id: str) -> None:
         """Let the sidecar go from memory (its next report is written as a change)."""
         self.held.pop(sidecar_id, None)
-        self._written.pop(sidecar_id, None)
 
     async def leave(self, r: Report) -> None:
         """The sidecar is going: every replica's row of it gives way to one that says so."""
@@ -139,7 +141,8 @@ class LiveSidecars:
             for sidecar_id, r in list(self.held.items()):
                 if not r.live_at(now):
                     del self.held[sidecar_id]
-            self._written = {i: t for i, t in self._written.items() if i in self.held}
+            if len(self._written) > 2 * len(self.held) + WRITTEN_SLACK:  # sidecars gone for good
+                self._written = {i: t for i, t in self._written.items() if i in self.held}
             live = list(self.held.values())
             if not live:
                 return 0
