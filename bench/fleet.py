@@ -725,7 +725,21 @@ def main(argv: list[str]) -> int:
         default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
         help="PostgreSQL server URL without a database; a throwaway database is made for the run",
     )
-    records = run(parser.parse_args(argv))
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="instead: one replica's CPU per call of each kind a pod makes, --pods sidecars (bench/fleet_costs.py)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="with --costs: heartbeats and windows per sidecar"
+    )
+    args = parser.parse_args(argv)
+    if args.costs:
+        from . import fleet_costs
+
+        emit(fleet_costs.run(args))
+        return 0
+    records = run(args)
     for record in records:
         emit(record)
     sys.stdout.flush()
