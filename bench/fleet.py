@@ -7,7 +7,8 @@ development, watched by no one), then:
   idle       `--deployments` CreateDeployment calls of `q`, one after the other: p50/p99
   fleet      `--pods` pods (bench/fleet_pods.py) over `--processes` client processes, each pod
              watching `p` in staging through round_robin over every replica, ACKing, heartbeating
-             every 10 s and reporting a metric window every 5 s (the client's defaults), retrying a
+             every `--heartbeat` (10 s) and reporting a metric window every 5 s (the client's
+             defaults), retrying a
              report that fails UNAVAILABLE as the client does
   load       after `--settle` seconds, a window of `--seconds` in which the same CreateDeployment
              calls run again (p50/p99 under fleet load), and the replicas' telemetry is read
@@ -23,7 +24,8 @@ development, watched by no one), then:
              (or the leader): until its pods' streams resumed on the others, until every survivor
              showed a report of each made after the kill (in heartbeats of 10 s), until another
              replica led, and the sidecars each replica's GetDeploymentStatus counts before, at
-             once after, and once the dead replica's rows ran out (45 s): each pod once
+             once after, and once the dead replica's rows ran out (45 s at the default heartbeat):
+             each pod once
   idle again the fleet stopped, the CreateDeployment calls once more: on a machine shared with other
              work, the idle figure before the fleet alone may have met a quieter minute
 
@@ -237,6 +239,8 @@ class Pods:
                 str(token_file),
                 "--open-seconds",
                 str(args.open_seconds),
+                "--heartbeat",
+                str(args.heartbeat),
             ]
             process = subprocess.Popen(
                 command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -390,9 +394,14 @@ def _rollback_seconds(address: str, metadata: Any) -> float:
     raise RuntimeError("the canary was not rolled back within 300 s")
 
 
-# A dead replica's rows of its sidecars are vouched for until three heartbeats (10 s, the pods')
-# and two flushes (5 s) after their last report: then only the survivors' word is left.
-ROWS_RUN_OUT_S = 3 * 10.0 + 2 * 5.0 + 5.0
+FLUSH_S = 5.0  # the replicas' --telemetry-flush (the default)
+
+
+def _rows_run_out_s(heartbeat: float) -> float:
+    """How long after its death a replica's rows of its sidecars still vouch for them: three
+    heartbeats and two flushes after their last report (a flush's worth more to be sure); then only
+    the survivors' word is left."""
+    return 3 * heartbeat + 3 * FLUSH_S
 
 
 def _fleet_status(address: str, metadata: Any) -> tuple[list[tuple[str, int]], str]:
@@ -445,7 +454,7 @@ def _kill_replica(
             led = now
         time.sleep(0.25)
     counted_after = [_fleet_status(r.address, metadata)[0] for r in survivors]
-    time.sleep(max(0.0, killed / 1e9 + ROWS_RUN_OUT_S - time.time()))
+    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
     counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
 
     def counts(views: list[list[tuple[str, int]]]) -> list[int]:
@@ -463,7 +472,7 @@ def _kill_replica(
         "streams_resumed": sum(m[1] for m in moved),
         "resumed_elsewhere_s": round((max((m[2] for m in moved if m[2]), default=killed) - killed) / 1e9, 2),
         "seen_live_elsewhere_s": round((last_seen - killed) / 1e9, 2),
-        "seen_live_elsewhere_heartbeats": round((last_seen - killed) / 1e9 / 10.0, 2),
+        "seen_live_elsewhere_heartbeats": round((last_seen - killed) / 1e9 / args.heartbeat, 2),
         "seen_on_every_survivor_s": round((everywhere - killed) / 1e9, 2) if everywhere else None,
         # Killing the leader: until every survivor names another (a follower's death changes none).
         "new_leader_s": round((led - killed) / 1e9, 2) if led and victim_led else None,
@@ -707,6 +716,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="the measured window")
     parser.add_argument(
         "--open-seconds", type=float, default=10.0, help="spread the pods' watches over this long"
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=10.0, help="the pods' heartbeat interval (the client's default)"
     )
     parser.add_argument(
         "--kill-replica",

@@ -48,6 +48,7 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(180)  # the run, then a replica killed and its rows left to run out
 async def test_the_fleet_simulator_prints_its_figures() -> None:
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
@@ -59,6 +60,8 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         *args,
         *("--pods", "20", "--processes", "2", "--deployments", "4"),
         *("--settle", "6", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
+        # Heartbeats of 2 s: the killed replica's rows run out 21 s after it died, not 45 s.
+        *("--heartbeat", "2"),
     )
     by = {x["figure"]: x for x in lines}
     seen = (lines, stderr[-3000:])  # what a failure shows
