@@ -7,14 +7,27 @@ development, watched by no one), then:
   idle       `--deployments` CreateDeployment calls of `q`, one after the other: p50/p99
   fleet      `--pods` pods (bench/fleet_pods.py) over `--processes` client processes, each pod
              watching `p` in staging through round_robin over every replica, ACKing, heartbeating
-             every 10 s and reporting a metric window every 5 s (the client's defaults)
+             every `--heartbeat` (10 s) and reporting a metric window every 5 s (the client's
+             defaults), retrying a
+             report that fails UNAVAILABLE as the client does
   load       after `--settle` seconds, a window of `--seconds` in which the same CreateDeployment
              calls run again (p50/p99 under fleet load), and the replicas' telemetry is read
-             before and after: write RPCs per second (each a store write transaction on this
-             code), the database's committed transactions per second, CPU and memory per replica
+             before and after: write RPCs per second, the store's write transactions by kind, the
+             database's committed transactions per second, and the CPU the window took (cores) of
+             the replicas, of the database's backends serving them and of the pod processes, with
+             the load average (the simulator competes with the servers for the same cores); CPU
+             and memory per pod, per replica
   converge   a REPLACE deployment of `p`: from the call to the last pod's ACK of it
   rollback   a canary of `p` whose candidate fails every request on 5 % of the pods (the
              environment's error-rate threshold is 0.02): from the call to ROLLED_BACK
+  kill       with `--kill-replica follower` (or `leader`): SIGKILL a replica that does not lead
+             (or the leader): until its pods' streams resumed on the others, until every survivor
+             showed a report of each made after the kill (in heartbeats of 10 s), until another
+             replica led, and the sidecars each replica's GetDeploymentStatus counts before, at
+             once after, and once the dead replica's rows ran out (45 s at the default heartbeat):
+             each pod once
+  idle again the fleet stopped, the CreateDeployment calls once more: on a machine shared with other
+             work, the idle figure before the fleet alone may have met a quieter minute
 
 One JSON line per figure on stdout; a summary a person reads on stderr.
 """
@@ -23,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import queue
 import re
@@ -49,7 +63,9 @@ from .servers import Options, database, free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
-# The RPCs that are a store write transaction each on this code (telemetry counts them by method).
+STATEMENTS = ROOT / "bench" / "statements"  # a sitecustomize that counts the replicas' SQL statements
+# The write RPCs (telemetry counts them by method); only CreateDeployment is a store write transaction
+# each on this code: reports are held and written in batches.
 WRITES = ("ReportSidecarStatus", "ReportMetrics", "CreateDeployment")
 ERROR_RATE_THRESHOLD = 0.02
 ANALYSIS_INTERVAL_S = 5.0
@@ -57,8 +73,9 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 class Replica:
-    def __init__(self, index: int, url: str, tmp: Path, log_level: str) -> None:
+    def __init__(self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool) -> None:
         self.name = f"replica-{index}"
+        self.statements = tmp / f"{self.name}.statements.json" if count_statements else None
         self.address = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.token_file = tmp / "admin.token"
@@ -66,7 +83,20 @@ class Replica:
         command = [str(SERVER), "serve", "--database", url, "--listen", self.address, "--grace", "2"]
         command += ["--admin-token-file", str(self.token_file), "--metrics-listen", self.metrics]
         command += ["--replica-name", self.name, "--log-level", log_level]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
+        env = None
+        if self.statements is not None:
+            path = os.pathsep.join(x for x in (str(STATEMENTS), os.environ.get("PYTHONPATH", "")) if x)
+            env = {**os.environ, "PYTHONPATH": path, "BENCH_STATEMENTS_FILE": str(self.statements)}
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+
+    def statement_counts(self) -> dict[str, int]:
+        """The statements sent to the database so far, by text (bench/statements): {} without them."""
+        if self.statements is None or not self.statements.exists():
+            return {}
+        counts: dict[str, int] = json.loads(self.statements.read_text())["counts"]
+        return counts
 
     def wait_serving(self) -> None:
         wait_serving(self.process, self.address, self.log)
@@ -77,8 +107,7 @@ class Replica:
             return text
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.process.pid)
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -210,6 +239,8 @@ class Pods:
                 str(token_file),
                 "--open-seconds",
                 str(args.open_seconds),
+                "--heartbeat",
+                str(args.heartbeat),
             ]
             process = subprocess.Popen(
                 command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -224,6 +255,16 @@ class Pods:
             self.lines.put((i, line.strip()))
         self.lines.put((i, "exited"))
 
+    def _next(self, deadline: float) -> tuple[int, str]:
+        """The next line of any process; queue.Empty once past `deadline` (checked first: progress
+        lines keep coming, so the queue is never empty)."""
+        if time.monotonic() > deadline:
+            raise queue.Empty
+        i, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if line == "exited":
+            raise RuntimeError(f"pod process {i} exited")
+        return i, line
+
     def wait_all(self, word: str, timeout: float, version: str = "") -> list[int]:
         """Until every process said `word` (for `version`): the times (ns) they gave."""
         seen: dict[int, int] = {}
@@ -231,9 +272,7 @@ class Pods:
         deadline = time.monotonic() + timeout
         while len(seen) < len(self.processes):
             try:
-                if time.monotonic() > deadline:  # progress lines keep coming: the queue is never empty
-                    raise queue.Empty
-                i, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                i, line = self._next(deadline)
             except queue.Empty:
                 raise RuntimeError(
                     f"only {len(seen)} of {len(self.processes)} pod processes said {word} within {timeout:g} s"
@@ -242,11 +281,41 @@ class Pods:
             parts = line.split()
             if parts and parts[0] == "acked":
                 acked[i] = int(parts[1])
-            if line == "exited":
-                raise RuntimeError(f"pod process {i} exited")
             if parts and parts[0] == word and (not version or parts[1] == version):
                 seen[i] = int(parts[2]) if len(parts) > 2 else time.time_ns()
         return list(seen.values())
+
+    def tell(self, line: str) -> None:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+
+    def wait_moved(self, streams: int, timeout: float) -> tuple[list[list[int]], list[str]]:
+        """After `mark`: until the processes' `moved` lines count `streams` broken streams, every one
+        resumed on another replica, and each process with any named them. Each process's last
+        `moved` numbers, and the ids."""
+        moved: dict[int, list[int]] = {}
+        ids: dict[int, list[str]] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            broken = sum(m[0] for m in moved.values())
+            resumed = sum(m[1] for m in moved.values())
+            named = all(i in ids for i, m in moved.items() if m[0])
+            if broken >= streams and resumed == broken and named:
+                return list(moved.values()), [x for i in sorted(ids) for x in ids[i]]
+            try:
+                i, line = self._next(deadline)
+            except queue.Empty:
+                raise RuntimeError(
+                    f"of {streams} streams on the killed replica, {broken} broke and {resumed} resumed "
+                    f"elsewhere within {timeout:g} s"
+                ) from None
+            parts = line.split()
+            if parts and parts[0] == "moved":
+                moved[i] = [int(x) for x in parts[1:]]
+            elif parts and parts[0] == "moved-ids":
+                ids[i] = parts[1].split(",")
 
     def stop(self) -> None:
         for process in self.processes:
@@ -259,11 +328,7 @@ class Pods:
                 process.kill()
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self.processes:
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(_cpu_seconds(process.pid) for process in self.processes)
 
 
 @contextlib.contextmanager
@@ -273,20 +338,35 @@ def _database(server: str) -> Iterator[str]:
         yield url
 
 
-def _xact_commits(url: str) -> float:
+def _database_figures(url: str) -> tuple[float, float]:
+    """The database's committed transactions so far, and the CPU seconds of the server processes
+    (backends) serving it now: the replicas' pools, writers, listeners and leader locks. Their CPU
+    is read from /proc, so only with the database on this machine (0 otherwise)."""
     import asyncio
 
-    async def read() -> float:
+    async def read() -> tuple[float, list[int]]:
         conn = await asyncpg.connect(url)
         try:
-            value = await conn.fetchval(
+            commits = await conn.fetchval(
                 "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
             )
-            return float(value)
+            pids = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return float(commits), [int(r["pid"]) for r in pids]
         finally:
             await conn.close()
 
-    return asyncio.run(read())
+    commits, pids = asyncio.run(read())
+    return commits, sum(_cpu_seconds(pid) for pid in pids)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone, or not on this machine
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rollback_seconds(address: str, metadata: Any) -> float:
@@ -314,6 +394,97 @@ def _rollback_seconds(address: str, metadata: Any) -> float:
     raise RuntimeError("the canary was not rolled back within 300 s")
 
 
+FLUSH_S = 5.0  # the replicas' --telemetry-flush (the default)
+
+
+def _rows_run_out_s(heartbeat: float) -> float:
+    """How long after its death a replica's rows of its sidecars still vouch for them: three
+    heartbeats and two flushes after their last report (a flush's worth more to be sure); then only
+    the survivors' word is left."""
+    return 3 * heartbeat + 3 * FLUSH_S
+
+
+def _fleet_status(address: str, metadata: Any) -> tuple[list[tuple[str, int]], str]:
+    """The fleet as one replica answers GetDeploymentStatus: (sidecar id, last report ns), and the leader."""
+    channel, _, deploy = _stub(address)
+    with channel:
+        got = deploy.GetDeploymentStatus(
+            dpb.GetDeploymentStatusRequest(program="p", environment="staging"), timeout=30, metadata=metadata
+        )
+    return [(x.sidecar_id, x.last_report_time.ToNanoseconds()) for x in got.sidecars], str(got.leader)
+
+
+def _kill_replica(
+    args: argparse.Namespace, replicas: list[Replica], pods: Pods, metadata: Any
+) -> dict[str, Any]:
+    """SIGKILL a replica under the fleet (the leader, or the last replica that does not lead): how long
+    until its pods' streams resumed on the others and the survivors saw each of them report, and how
+    many sidecars each replica's GetDeploymentStatus counts before, at once after, and after the dead
+    replica's rows ran out (each pod once: `pods`)."""
+    texts = [r.scrape() for r in replicas]
+    leading = [i for i, t in enumerate(texts) if _gauge(t, "dspy_registry_leader") == 1.0]
+    victim = (
+        replicas[leading[0]]
+        if args.kill_replica == "leader"
+        else replicas[max(i for i in range(len(replicas)) if i not in leading)]
+    )
+    streams = int(_gauge(texts[replicas.index(victim)], "dspy_registry_watch_streams", 'watch="targets"'))
+    victim_led = bool(leading) and victim is replicas[leading[0]]
+    survivors = [r for r in replicas if r is not victim]
+    before = [_fleet_status(r.address, metadata)[0] for r in replicas]
+    pods.tell("mark")
+    pods.wait_all("marked", timeout=30)
+    killed = time.time_ns()
+    victim.process.kill()
+    victim.process.wait()
+    moved, ids = pods.wait_moved(streams, timeout=120)
+    seen: dict[str, int] = {}  # pod -> when a survivor first showed a report of it made after the kill
+    everywhere = led = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (everywhere and led):
+        answers = [_fleet_status(r.address, metadata) for r in survivors]
+        now = time.time_ns()
+        views = [dict(sidecars) for sidecars, _ in answers]
+        for pod in ids:
+            if pod not in seen and any(v.get(pod, 0) >= killed for v in views):
+                seen[pod] = now
+        if not everywhere and all(v.get(pod, 0) >= killed for v in views for pod in ids):
+            everywhere = now
+        if not led and all(leader and leader != victim.name for _, leader in answers):
+            led = now
+        time.sleep(0.25)
+    counted_after = [_fleet_status(r.address, metadata)[0] for r in survivors]
+    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
+    counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
+
+    def counts(views: list[list[tuple[str, int]]]) -> list[int]:
+        return [len(v) for v in views]
+
+    def distinct(views: list[list[tuple[str, int]]]) -> list[int]:
+        return [len({x for x, _ in v}) for v in views]
+
+    last_seen = max(seen.values(), default=killed)
+    return {
+        "figure": "fleet_replica_killed",
+        "replica": victim.name,
+        "leader": victim_led,
+        "streams_on_it": streams,
+        "streams_resumed": sum(m[1] for m in moved),
+        "resumed_elsewhere_s": round((max((m[2] for m in moved if m[2]), default=killed) - killed) / 1e9, 2),
+        "seen_live_elsewhere_s": round((last_seen - killed) / 1e9, 2),
+        "seen_live_elsewhere_heartbeats": round((last_seen - killed) / 1e9 / args.heartbeat, 2),
+        "seen_on_every_survivor_s": round((everywhere - killed) / 1e9, 2) if everywhere else None,
+        # Killing the leader: until every survivor names another (a follower's death changes none).
+        "new_leader_s": round((led - killed) / 1e9, 2) if led and victim_led else None,
+        "sidecars_counted_before": counts(before),
+        "sidecars_counted_after": counts(counted_after),
+        "sidecars_counted_after_rows_ran_out": counts(counted_later),
+        "distinct_after": distinct(counted_after) + distinct(counted_later),
+        "reports_given_up": sum(m[3] for m in moved),
+        "reports_retried": sum(m[4] for m in moved),
+    }
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     base = {
@@ -326,9 +497,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         replicas: list[Replica] = []
         pods: Pods | None = None
         try:
-            replicas.append(Replica(0, url, Path(tmp), args.server_log_level))
+            replicas.append(Replica(0, url, Path(tmp), args.server_log_level, args.count_statements))
             replicas[0].wait_serving()  # first alone: it bootstraps the admin
-            replicas += [Replica(i, url, Path(tmp), args.server_log_level) for i in range(1, args.replicas)]
+            replicas += [
+                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements)
+                for i in range(1, args.replicas)
+            ]
             for replica in replicas[1:]:
                 replica.wait_serving()
             token_file = Path(tmp) / "admin.token"
@@ -343,7 +517,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             before = [r.scrape() for r in replicas]
             cpu_before = [r.cpu_seconds() for r in replicas]
             pods_cpu_before = pods.cpu_seconds()
-            commits_before = _xact_commits(url)
+            commits_before, database_cpu_before = _database_figures(url)
+            statements_before = [r.statement_counts() for r in replicas]
             began = time.monotonic()
             loaded = _create_deployments(first, metadata, args.deployments, window_s=args.seconds)
             while time.monotonic() - began < args.seconds:
@@ -352,7 +527,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             after = [r.scrape() for r in replicas]
             cpu = [r.cpu_seconds() - c for r, c in zip(replicas, cpu_before, strict=True)]
             pods_cpu = pods.cpu_seconds() - pods_cpu_before
-            commits = _xact_commits(url) - commits_before
+            commits, database_cpu = (
+                a - b
+                for a, b in zip(_database_figures(url), (commits_before, database_cpu_before), strict=True)
+            )
+            load = os.getloadavg()[0]
+            statements: dict[str, float] = {}
+            for r, earlier in zip(replicas, statements_before, strict=True):
+                for text, n in r.statement_counts().items():
+                    statements[text] = statements.get(text, 0.0) + n - earlier.get(text, 0)
             writes: dict[str, float] = {}
             transactions: dict[str, float] = {}
             for b, a in zip(before, after, strict=True):
@@ -377,22 +560,38 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         k: round(n / window, 1) for k, n in transactions.items()
                     },
                     "database_commits_per_s": round(commits / window, 1),
+                    # Where the machine's CPU went in the window (cores busy): the replicas, the
+                    # database's backends serving them, and the simulator's own pod processes.
+                    "replicas_cpu_s_per_s": round(sum(cpu) / window, 2),
+                    "database_cpu_s_per_s": round(database_cpu / window, 2),
                     "pod_processes_cpu_s_per_s": round(pods_cpu / window, 2),
+                    "load_average_1m": round(load, 1),
                 }
             )
-            records.append(
-                {
-                    "figure": "fleet_create_deployment",
-                    **base,
-                    "idle_calls": len(idle),
-                    "loaded_calls": len(loaded),
-                    "idle_p50_ms": round(percentile(idle, 0.5), 1),
-                    "idle_p99_ms": round(percentile(idle, 0.99), 1),
-                    "loaded_p50_ms": round(percentile(loaded, 0.5), 1),
-                    "loaded_p99_ms": round(percentile(loaded, 0.99), 1),
-                    "p99_ratio": round(percentile(loaded, 0.99) / max(percentile(idle, 0.99), 0.001), 2),
-                }
-            )
+            create = {
+                "figure": "fleet_create_deployment",
+                **base,
+                "idle_calls": len(idle),
+                "loaded_calls": len(loaded),
+                "idle_p50_ms": round(percentile(idle, 0.5), 1),
+                "idle_p99_ms": round(percentile(idle, 0.99), 1),
+                "loaded_p50_ms": round(percentile(loaded, 0.5), 1),
+                "loaded_p99_ms": round(percentile(loaded, 0.99), 1),
+                "p99_ratio": round(percentile(loaded, 0.99) / max(percentile(idle, 0.99), 0.001), 2),
+            }
+            records.append(create)
+            if args.count_statements:
+                ranked = sorted(statements.items(), key=lambda item: -item[1])
+                records.append(
+                    {
+                        "figure": "fleet_statements",
+                        **base,
+                        "seconds": round(window, 1),
+                        "statements_per_s": round(sum(statements.values()) / window, 1),
+                        # The most frequent, all replicas together (a statement's first 100 characters).
+                        "by_statement_per_s": {t: round(n / window, 1) for t, n in ranked[:20] if n},
+                    }
+                )
             for replica, text, seconds, idle_mib in zip(replicas, after, cpu, rss_idle, strict=True):
                 streams = _gauge(text, "dspy_registry_watch_streams", 'watch="targets"')
                 rss = replica.rss_mib()
@@ -432,6 +631,19 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "analysis_intervals": round(rolled_back / ANALYSIS_INTERVAL_S, 2),
                 }
             )
+            if args.kill_replica != "none":
+                records.append({**_kill_replica(args, replicas, pods, metadata), **base})
+            pods.stop()
+            pods = None
+            # Idle again, the fleet gone: on a machine shared with other work, the idle figure
+            # before the fleet alone may have met a quieter or a busier minute than the load did.
+            survivor = next(r for r in replicas if r.process.poll() is None)
+            again = _create_deployments(survivor.address, metadata, args.deployments)
+            create["idle_after_p50_ms"] = round(percentile(again, 0.5), 1)
+            create["idle_after_p99_ms"] = round(percentile(again, 0.99), 1)
+            create["p99_ratio_to_idle_after"] = round(
+                percentile(loaded, 0.99) / max(percentile(again, 0.99), 0.001), 2
+            )
         finally:
             if pods is not None:
                 pods.stop()
@@ -453,11 +665,35 @@ def _summary(records: list[dict[str, Any]]) -> str:
             f"  CreateDeployment p50/p99: idle {c['idle_p50_ms']}/{c['idle_p99_ms']} ms, "
             f"under the fleet {c['loaded_p50_ms']}/{c['loaded_p99_ms']} ms (p99 x{c['p99_ratio']})"
         )
+    if c := by.get("fleet_create_deployment"):
+        lines.append(
+            f"  CreateDeployment idle again after the fleet: {c.get('idle_after_p50_ms')}/"
+            f"{c.get('idle_after_p99_ms')} ms (loaded p99 x{c.get('p99_ratio_to_idle_after')})"
+        )
+    if w := by.get("fleet_writes"):
+        lines.append(
+            f"  CPU (cores) in the window: replicas {w['replicas_cpu_s_per_s']}, database "
+            f"{w['database_cpu_s_per_s']}, pod processes {w['pod_processes_cpu_s_per_s']}; "
+            f"load average {w['load_average_1m']}"
+        )
+    if st := by.get("fleet_statements"):
+        lines.append(f"  SQL statements the replicas sent: {st['statements_per_s']}/s; the most frequent:")
+        lines += [f"    {n:7.1f}/s  {text}" for text, n in list(st["by_statement_per_s"].items())[:8]]
     if v := by.get("fleet_converge"):
         lines.append(f"  every pod ACKed a deployment {v['seconds']} s after the call")
     if r := by.get("fleet_canary_rollback"):
         lines.append(
             f"  canary rolled back {r['seconds']} s after the call ({r['analysis_intervals']} analysis intervals)"
+        )
+    if k := by.get("fleet_replica_killed"):
+        lines.append(
+            f"  SIGKILLed {k['replica']}{' (leader)' if k['leader'] else ''} with {k['streams_on_it']} pods: "
+            f"streams resumed elsewhere after {k['resumed_elsewhere_s']} s, each seen live on a survivor "
+            f"after {k['seen_live_elsewhere_s']} s ({k['seen_live_elsewhere_heartbeats']} heartbeats), on every "
+            f"survivor after {k['seen_on_every_survivor_s']} s; a leader after {k['new_leader_s']} s; sidecars "
+            f"counted {k['sidecars_counted_before']} before, {k['sidecars_counted_after']} after, "
+            f"{k['sidecars_counted_after_rows_ran_out']} once its rows ran out; reports retried "
+            f"{k['reports_retried']}, given up {k['reports_given_up']}"
         )
     for x in (x for x in records if x["figure"] == "fleet_replica"):
         lines.append(
@@ -481,13 +717,41 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--open-seconds", type=float, default=10.0, help="spread the pods' watches over this long"
     )
+    parser.add_argument(
+        "--heartbeat", type=float, default=10.0, help="the pods' heartbeat interval (the client's default)"
+    )
+    parser.add_argument(
+        "--kill-replica",
+        choices=("none", "follower", "leader"),
+        default="none",
+        help="at the end, SIGKILL a replica that does not lead, or the leader, under the fleet",
+    )
+    parser.add_argument(
+        "--count-statements",
+        action="store_true",
+        help="count the SQL statements the replicas send, by text, in the window (bench/statements)",
+    )
     parser.add_argument("--server-log-level", default="warning")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
         help="PostgreSQL server URL without a database; a throwaway database is made for the run",
     )
-    records = run(parser.parse_args(argv))
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="instead: one replica's CPU per call of each kind a pod makes, --pods sidecars (bench/fleet_costs.py)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="with --costs: heartbeats and windows per sidecar"
+    )
+    args = parser.parse_args(argv)
+    if args.costs:
+        from . import fleet_costs
+
+        emit(fleet_costs.run(args))
+        return 0
+    records = run(args)
     for record in records:
         emit(record)
     sys.stdout.flush()

@@ -9,7 +9,9 @@ whose index is a multiple of `--error-every` fails every request its candidate s
 
 It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot, `ready` then, and `converged <stable> <time_ns>`
 each time every pod has ACKed a target with that stable version and no candidate (the time of the
-last ACK). It stops when stdin closes.
+last ACK). A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on
+stdin (the driver is about to kill a replica) starts `moved ...` lines: the pods whose stream broke
+since, and when each ACKed a snapshot on another replica. It stops when stdin closes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .common import run
 from .loadgen import bearer_metadata
 
 BOUNDS_MS = [50.0, 100.0, 250.0, 500.0, 1000.0]
+RETRIES = 4  # the client's default
 
 
 class Pod:
@@ -48,6 +51,7 @@ class Pod:
         request = dpb.WatchTargetsRequest(sidecar_id=self.id)
         request.selectors.add(program=self.args.program, environment=self.args.environment)
         await asyncio.sleep(random.uniform(0, self.args.open_seconds))
+        moving = False  # its stream broke after the driver's mark: it has not ACKed on another since
         while True:
             try:
                 async for message in self.stub.WatchTargets(request, metadata=self.fleet.metadata):
@@ -56,9 +60,14 @@ class Pod:
                     if kind in ("snapshot", "changes"):
                         for target in getattr(message, kind).targets:
                             self.target = target
-                        await self.report()
+                        if await self.report() and moving:
+                            moving = False
+                            self.fleet.moved[self.id] = time.time_ns()
             except grpc.aio.AioRpcError:
-                pass  # a replica stopped, or cut a slow stream: resume elsewhere, as a sidecar does
+                # A replica stopped, or cut a slow stream: resume elsewhere, as a sidecar does.
+                if self.fleet.mark_ns and not moving:
+                    moving = True
+                    self.fleet.moved[self.id] = 0
             await asyncio.sleep(random.uniform(0.5, 1.5))
 
     def _served(self) -> list[tuple[str, str]]:
@@ -70,7 +79,7 @@ class Pod:
             served.append((t.candidate.version, t.candidate.digest))
         return served
 
-    async def report(self) -> None:
+    async def report(self) -> bool:
         entries = [
             dpb.SidecarTargetStatus(
                 program=self.args.program,
@@ -87,12 +96,10 @@ class Pod:
         request = dpb.ReportSidecarStatusRequest(
             sidecar_id=self.id, targets=entries, heartbeat_interval=interval, revision=self.revision
         )
-        try:
-            await self.stub.ReportSidecarStatus(request, metadata=self.fleet.metadata, timeout=30)
-        except grpc.aio.AioRpcError:
-            self.fleet.failed_reports += 1
-            return
+        if not await _call(self.stub.ReportSidecarStatus, request, self.fleet):
+            return False
         self.fleet.acked(self)
+        return True
 
     async def heartbeat(self) -> None:
         await asyncio.sleep(random.uniform(0, self.args.heartbeat))
@@ -134,15 +141,28 @@ class Pod:
                 window.latency.sum_ms = 80.0 * requests
                 windows.append(window)
             if windows:
-                try:
-                    await self.stub.ReportMetrics(
-                        dpb.ReportMetricsRequest(sidecar_id=self.id, windows=windows),
-                        metadata=self.fleet.metadata,
-                        timeout=30,
-                    )
-                except grpc.aio.AioRpcError:
-                    self.fleet.failed_reports += 1
+                await _call(
+                    self.stub.ReportMetrics,
+                    dpb.ReportMetricsRequest(sidecar_id=self.id, windows=windows),
+                    self.fleet,
+                )
             await asyncio.sleep(self.args.metrics_interval)
+
+
+async def _call(method: Any, request: Any, fleet: Fleet) -> bool:
+    """One report, retried on UNAVAILABLE as the client library does (client/_base.py): a replica that
+    died under it is left out by round_robin, and the retry reaches another. Whether it was taken."""
+    for attempt in range(RETRIES + 1):
+        try:
+            await method(request, metadata=fleet.metadata, timeout=30)
+            return True
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES:
+                fleet.failed_reports += 1
+                return False
+            fleet.retried_reports += 1
+            await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt + 1)) * random.uniform(0.5, 1.0))
+    return False
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -158,8 +178,12 @@ class Fleet:
         self.acks: dict[str, str] = {}  # pod -> the stable version of its last ACK with no candidate
         self.ready = False
         self.said: set[str] = set()
-        self.failed_reports = 0
+        self.failed_reports = 0  # given up on (after retries, or not UNAVAILABLE)
+        self.retried_reports = 0
         self.pods: list[Pod] = []
+        self.mark_ns = 0  # when the driver said `mark` (it is about to kill a replica)
+        # Pods whose stream broke after the mark -> when each ACKed a snapshot on another replica (0: not yet).
+        self.moved: dict[str, int] = {}
 
     def acked(self, pod: Pod) -> None:
         t = pod.target
@@ -192,6 +216,32 @@ async def _progress(fleet: Fleet) -> None:
         _say(f"acked {len(fleet.acks)}")
 
 
+async def _moves(fleet: Fleet) -> None:
+    """After the mark, twice a second: `moved <streams broken> <resumed elsewhere> <last resumed, ns>
+    <reports given up> <reports retried>`; once every broken one resumed, its ids (`moved-ids`)."""
+    told = False
+    while True:
+        await asyncio.sleep(0.5)
+        back = [t for t in fleet.moved.values() if t]
+        _say(
+            f"moved {len(fleet.moved)} {len(back)} {max(back, default=0)} "
+            f"{fleet.failed_reports} {fleet.retried_reports}"
+        )
+        if fleet.moved and len(back) == len(fleet.moved) and not told:
+            told = True
+            _say("moved-ids " + ",".join(sorted(fleet.moved)))
+
+
+async def _commands(fleet: Fleet, tasks: list[asyncio.Task[None]]) -> None:
+    """The driver's lines on stdin until it closes it: `mark` before it kills a replica."""
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "mark" and not fleet.mark_ns:
+            fleet.mark_ns = time.time_ns()
+            tasks.append(asyncio.create_task(_shown(_moves(fleet))))
+            _say("marked")
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -212,7 +262,7 @@ async def _main(args: argparse.Namespace) -> None:
         for work in (pod.watch, pod.heartbeat, pod.metrics)
     ]
     tasks.append(asyncio.create_task(_progress(fleet)))
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await _commands(fleet, tasks)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

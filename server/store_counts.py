@@ -4,14 +4,17 @@ A gauge's callback is synchronous and may run on another thread (a Prometheus
 scrape's, a periodic exporter's); the store is async. So the callbacks read
 `snapshot`, which a task here replaces: soon after a commit that changed
 deployments or environments (at most once a second), and every
-`SIDECARS_SECONDS` anyway, since a sidecar stops being live by the clock, with
-no commit to say so (its reports append no event).
+`SIDECARS_SECONDS` anyway. The live sidecars are read only then (and at once
+on a replica that takes the lead): a sidecar stops being live by the clock,
+with no commit to say so, and its reports append no event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,6 +59,7 @@ class StoreCounts:
         # snapshot or the new one, never half of each.
         self.snapshot = Snapshot()
         self._stale = asyncio.Event()
+        self._sidecars_read = -math.inf  # when (monotonic) the live sidecars were last read
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,26 +92,33 @@ class StoreCounts:
 
     async def _read(self) -> None:
         if not self.leading():
+            self._sidecars_read = -math.inf  # a replica that takes the lead reads them at once
             async with self.store.read() as tx:
                 names = await tx.environment_names()
             self.snapshot = Snapshot(environments=tuple(sorted(names)))
             if self.on_read is not None:
                 self.on_read(self.snapshot)
             return
+        # The live sidecars every SIDECARS_SECONDS, not at each commit: a deployment commits no
+        # report, and under a fleet reading every live sidecar is the largest read the leader makes.
+        read_sidecars = time.monotonic() - self._sidecars_read >= SIDECARS_SECONDS - MIN_SECONDS
+        sidecars = self.snapshot.sidecars
         async with self.store.read() as tx:
             names = await tx.environment_names()
             deployments = await tx.deployment_counts()
             paused = await tx.paused_counts()
-            now = self.clock.now()
-            # Each sidecar once, by its newest word, however many replicas heard it.
-            presence = await tx.live_presence(now)
-        sidecars = serving_counts(newest_word((p.report, p.leaving) for p in presence))
+            if read_sidecars:
+                self._sidecars_read = time.monotonic()
+                # Each sidecar once, by its newest word, however many replicas heard it.
+                presence = await tx.live_presence(self.clock.now())
+                counts = serving_counts(newest_word((p.report, p.leaving) for p in presence))
+                sidecars = {key: 0 for key in self.snapshot.sidecars} | counts
         environments = names | {environment for environment, _ in deployments}
         self.snapshot = Snapshot(
             environments=tuple(sorted(environments)),
             deployments=deployments,
             paused=paused,
-            sidecars={key: 0 for key in self.snapshot.sidecars} | sidecars,
+            sidecars=sidecars,
         )
         if self.on_read is not None:
             self.on_read(self.snapshot)

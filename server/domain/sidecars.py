@@ -131,6 +131,11 @@ def live_until(r: Report, flush_seconds: float) -> datetime:
 
 
 def report_to_json(r: Report) -> dict[str, Any]:
+    return content_to_json(r.targets, r.revision)
+
+
+def content_to_json(targets: tuple[Applied, ...], revision: int) -> dict[str, Any]:
+    """What a report says — its entries and the revision it has seen — as kept in the store."""
     return {
         "targets": [
             {
@@ -144,36 +149,29 @@ def report_to_json(r: Report) -> dict[str, Any]:
                 "revision": a.revision,
                 "apply_time": a.apply_time.isoformat() if a.apply_time else None,
             }
-            for a in r.targets
+            for a in targets
         ],
-        "revision": r.revision,
+        "revision": revision,
     }
 
 
-def report_from_json(
-    sidecar_id: str, principal: str, heartbeat: float, time: datetime, d: dict[str, Any]
-) -> Report:
-    return Report(
-        sidecar_id=sidecar_id,
-        principal=principal,
-        targets=tuple(
-            Applied(
-                program=a["program"],
-                environment=a["environment"],
-                version=a["version"],
-                digest=a["digest"],
-                acked=a["acked"],
-                error_code=a["error_code"],
-                error_message=a["error_message"],
-                revision=a["revision"],
-                apply_time=datetime.fromisoformat(a["apply_time"]) if a["apply_time"] else None,
-            )
-            for a in d["targets"]
-        ),
-        heartbeat_seconds=heartbeat,
-        time=time,
-        revision=d["revision"],
+def content_from_json(d: dict[str, Any]) -> tuple[tuple[Applied, ...], int]:
+    """`content_to_json`'s inverse: (entries, revision)."""
+    targets = tuple(
+        Applied(
+            program=a["program"],
+            environment=a["environment"],
+            version=a["version"],
+            digest=a["digest"],
+            acked=a["acked"],
+            error_code=a["error_code"],
+            error_message=a["error_message"],
+            revision=a["revision"],
+            apply_time=datetime.fromisoformat(a["apply_time"]) if a["apply_time"] else None,
+        )
+        for a in d["targets"]
     )
+    return targets, int(d["revision"])
 
 
 def heartbeat_for(requested: float) -> float:

@@ -196,8 +196,16 @@ class PostgresStore(TimedTransactions):
 
     async def open(self) -> None:
         try:
+            # Pooled sessions end an idle transaction as the writer's do: a replica cut off
+            # mid-batch must not hold its telemetry rows for hours. Set once per session, not per
+            # transaction.
             pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size, **_CONNECT
+                self.url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                server_settings=self._idle_in_transaction,
+                reset=_keep_session,
+                **_CONNECT,
             )
             self._pool = pool
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as raw:
@@ -322,11 +330,6 @@ class PostgresStore(TimedTransactions):
             conn = WriteConnection(_Connection(raw))
             try:
                 await _driver(transaction.start)
-                # As the writer's sessions: a replica cut off mid-batch must not hold its rows for hours.
-                await conn.execute(
-                    "SELECT set_config('idle_in_transaction_session_timeout', ?, true)",
-                    self._idle_in_transaction["idle_in_transaction_session_timeout"],
-                )
                 yield Records(conn)
                 if conn.failure is not None:
                     raise conn.failure
@@ -473,6 +476,15 @@ class PostgresStore(TimedTransactions):
                 conn.terminate()  # the write in progress fails; the listener's loss resets the caches
         if self._pool is not None:
             await self._pool.expire_connections()  # idle ones too: replaced before their next use
+
+
+async def _keep_session(raw: asyncpg.Connection) -> None:
+    """The pool's reset between two uses of a connection: nothing to undo. asyncpg's default sends
+    `RESET ALL`, `UNLISTEN *`, `CLOSE ALL` and `pg_advisory_unlock_all()` each time a connection
+    is given back — a round trip and a commit for every read, half the database's commits under a
+    fleet — but no session here sets anything on a pooled connection (the settings come from
+    `server_settings`, the leader lock and LISTEN have connections of their own), and asyncpg
+    rolls back a transaction left open before it calls this."""
 
 
 async def _release(pool: asyncpg.Pool, raw: Any) -> None:

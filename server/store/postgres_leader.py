@@ -46,6 +46,9 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objsubid = 1
   AND l.objid::bigint = $1
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
+# The attempt and the holder in one round trip. Of the holder, only a failed attempt's answer is
+# read: one that took the lock knows it holds it, whichever way pg_locks was read in between.
+TRY_AND_HOLDER = f"SELECT pg_try_advisory_lock($1) AS took, ({HOLDER.strip()}) AS holder"
 
 
 class PostgresLeaderLock:
@@ -60,19 +63,24 @@ class PostgresLeaderLock:
         try:
             async with asyncio.timeout(POLL_TIMEOUT):  # not wait_for: see background.Loop._sleep
                 conn = await self._connection()
+                # One statement a poll. Held: the session answering proves the lock is still ours,
+                # and so who holds it. Not held: the attempt and who holds the lock, together.
                 if self._held:
-                    await conn.fetchval("SELECT 1")  # the session is alive, so the lock is still ours
-                else:
-                    self._held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
-                holder = await conn.fetchval(HOLDER, LEADER_LOCK)
+                    await conn.fetchval("SELECT 1")
+                    return Claim(True, self.replica)
+                row = await conn.fetchrow(TRY_AND_HOLDER, LEADER_LOCK)
+                assert row is not None
+                self._held = bool(row["took"])
         except (TimeoutError, *_DRIVER_ERRORS) as exc:
             if self._held:
                 log.warning("the leader lock's connection failed: %s", exc or type(exc).__name__)
             self._drop()
             return Claim(False, "")
-        name = str(holder or "")
+        if self._held:  # whatever pg_locks showed in the same statement, the lock is ours now
+            return Claim(True, self.replica)
+        name = str(row["holder"] or "")
         return Claim(
-            self._held, name.removeprefix(APPLICATION_PREFIX) if name.startswith(APPLICATION_PREFIX) else ""
+            False, name.removeprefix(APPLICATION_PREFIX) if name.startswith(APPLICATION_PREFIX) else ""
         )
 
     async def release(self) -> None:

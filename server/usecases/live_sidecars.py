@@ -33,6 +33,7 @@ from ..store.presence_records import Presence
 from ..store.records import Records
 
 DEFAULT_FLUSH_SECONDS = 5.0
+WRITTEN_SLACK = 1000  # sidecars remembered beyond twice those held, before those not held are let go
 
 
 class LiveSidecars:
@@ -51,6 +52,11 @@ class LiveSidecars:
         # The last report of each sidecar heard here. Written under `_writing`: a batch must not write
         # an older report over a newer one written meanwhile.
         self.held: dict[str, Report] = {}
+        # What this replica last wrote of each sidecar's targets: a batch replaces only those that
+        # changed since, and adds the others' where missing (store.presence_records). Kept after a
+        # sidecar drops out of `held` (it comes back: a client spreading its calls is often silent
+        # here for three heartbeats); the store never holds more of this replica's than it says.
+        self._written: dict[str, frozenset[tuple[str, str]]] = {}
         self._writing = asyncio.Lock()
 
     def last(self, sidecar_id: str, now: datetime) -> Report | None:
@@ -72,9 +78,15 @@ class LiveSidecars:
         found = sidecars.newest_word(self._others(rows))
         return found[0] if found else None
 
-    async def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
-        """A live id belongs to the principal reporting under it: another may not overwrite or remove it."""
-        owned_by(await self.known(sidecar_id, now), principal, sidecar_id)
+    def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
+        """A live id this replica holds belongs to the principal that reports under it: another may
+        not send windows under it. Memory only, never the store: under a client that spreads its
+        calls over the replicas, most windows reach a replica its sidecar's heartbeats do not, and
+        reading the store for each was most of what a fleet cost the database. A window's sidecar id
+        only names it, to count a retry once (usecases.rollups, which keys it by principal too), so
+        windows sent under an id held elsewhere count as the sender's own: what its `rollback`
+        permission on the program already lets it report."""
+        owned_by(self.last(sidecar_id, now), principal, sidecar_id)
 
     async def keep(self, r: Report) -> None:
         """Write `r` now (it changes what is kept), as heard by this replica, and hold it."""
@@ -84,6 +96,7 @@ class LiveSidecars:
                     [(r, sidecars.live_until(r, self.flush_seconds))], self.replica, targets_of={r.sidecar_id}
                 )
             self.held[r.sidecar_id] = r
+            self._written[r.sidecar_id] = _targets(r)
 
     def seen(self, r: Report) -> None:
         """A report that changes nothing kept: memory only, written with the next batch."""
@@ -99,6 +112,7 @@ class LiveSidecars:
             async with self.store.telemetry() as tx:
                 await tx.put_leaving(r, self.replica, sidecars.live_until(r, self.flush_seconds))
             self.held.pop(r.sidecar_id, None)
+            self._written.pop(r.sidecar_id, None)
 
     async def serving(self, tx: Records, program: str, environment: str, now: datetime) -> list[Report]:
         """The live sidecars that hold a version of `program` in `environment`, each once, by id."""
@@ -127,18 +141,27 @@ class LiveSidecars:
             for sidecar_id, r in list(self.held.items()):
                 if not r.live_at(now):
                     del self.held[sidecar_id]
+            if len(self._written) > 2 * len(self.held) + WRITTEN_SLACK:  # sidecars gone for good
+                self._written = {i: t for i, t in self._written.items() if i in self.held}
             live = list(self.held.values())
             if not live:
                 return 0
-            # What each runs too, whether or not it changed: a sidecar that left through another
-            # replica took this replica's rows of it along.
+            # What each runs is replaced only where it changed since this replica wrote it; the rest
+            # is added where missing (a sidecar that left through another replica took this
+            # replica's rows of it along), which writes nothing where it is there.
+            changed = {r.sidecar_id for r in live if self._written.get(r.sidecar_id) != _targets(r)}
             async with self.store.telemetry() as tx:
                 await tx.put_presence(
                     [(r, sidecars.live_until(r, self.flush_seconds)) for r in live],
                     self.replica,
-                    targets_of={r.sidecar_id for r in live},
+                    targets_of=changed,
                 )
+            self._written.update((r.sidecar_id, _targets(r)) for r in live)
             return len(live)
+
+
+def _targets(r: Report) -> frozenset[tuple[str, str]]:
+    return frozenset((a.program, a.environment) for a in r.targets)
 
 
 def owned_by(known: Report | None, principal: str, sidecar_id: str) -> None:

@@ -163,9 +163,9 @@ class Metrics:
             self._remember(self._versions, versions)
             self._remember(self._targets, found)
             known.update(found)
-        await self.live.check_owner(sidecar_id, principal, now)
+        self.live.check_owner(sidecar_id, principal, now)
         keep = [w for w in windows if (w.program, w.environment) in known and w.end_time >= oldest]
-        self.rollups.add(sidecar_id, keep, now)
+        self.rollups.add(principal, sidecar_id, keep, now)
         if self.on_report is not None:
             for program, environment in sorted({(w.program, w.environment) for w in keep}):
                 self.on_report(program, environment)

@@ -6,7 +6,7 @@ dies loses what it held since its last flush: at most one interval of data,
 which analysis sees as fewer requests (INCONCLUSIVE below min_requests),
 never as another verdict. A flush that fails keeps what it held for the next.
 
-A retried report (the same sidecar, version and window start) counts once if
+A retried report (the same principal, sidecar, version and window start) counts once if
 it reaches this replica within RETRY_SECONDS; a retry that reaches another
 replica after this one answered may count twice — one window of one pod.
 """
@@ -47,15 +47,16 @@ class MetricRollups:
         # Hashes of the windows received lately, by the second they arrived in (oldest first).
         self._recent: deque[tuple[int, set[int]]] = deque()
 
-    def add(self, sidecar_id: str, windows: list[Window], received: datetime) -> None:
-        """Merge `windows` (checked, kept) into what is held; one received lately again is skipped."""
+    def add(self, principal: str, sidecar_id: str, windows: list[Window], received: datetime) -> None:
+        """Merge `windows` (checked, kept) into what is held; one received lately again is skipped.
+        A retry is the same principal's: another's window under the same sidecar id is not one."""
         second = bucket_second(received)
         self._forget_keys_before(second - int(RETRY_SECONDS))
         if not self._recent or self._recent[-1][0] != second:
             self._recent.append((second, set()))
         keys = self._recent[-1][1]
         for w in windows:
-            key = hash((sidecar_id, w.program, w.environment, w.version, w.start_time))
+            key = hash((principal, sidecar_id, w.program, w.environment, w.version, w.start_time))
             if any(key in seen for _, seen in self._recent):
                 continue
             keys.add(key)

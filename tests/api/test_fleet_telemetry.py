@@ -270,6 +270,84 @@ async def test_a_sidecar_reported_on_one_replica_blocks_another_principal_on_the
         await channel.close(None)
 
 
+@pytest.mark.postgres
+async def test_windows_sent_where_the_sidecar_does_not_heartbeat_read_nothing_from_the_store(
+    replicas: tuple[Running, Running],
+) -> None:
+    # A client that spreads its calls over the replicas sends most windows to a replica its heartbeats
+    # do not reach: each of them was a read of the sidecar's rows, most of a fleet's database load.
+    a, b = replicas
+    digest = (await _status(a)).target.stable.digest
+    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    start = datetime.now(UTC) - timedelta(seconds=20)
+    await b.deployments.ReportMetrics(
+        dpb.ReportMetricsRequest(sidecar_id="pod-a", windows=[_window(start, 1)])
+    )
+    kinds: list[str] = []
+    timer = b.app.store.timer
+    observe = timer.observe
+    timer.observe = lambda kind, seconds: kinds.append(kind)
+    try:
+        for second in range(1, 11):
+            window = _window(start + timedelta(seconds=second), 1)
+            reply = await b.deployments.ReportMetrics(
+                dpb.ReportMetricsRequest(sidecar_id="pod-a", windows=[window])
+            )
+            assert reply.accepted_count == 1
+    finally:
+        timer.observe = observe
+    # Ten calls, ten reads before; now none (b's own background work may read once meanwhile).
+    assert kinds.count("read") <= 1 and "write" not in kinds and "telemetry" not in kinds
+    assert _requests(await _status(b)) == 11
+
+
+@pytest.mark.postgres
+async def test_a_flush_rewrites_only_the_targets_that_changed_and_restores_those_removed(
+    replicas: tuple[Running, Running],
+) -> None:
+    a, b = replicas
+    digest = (await _status(a)).target.stable.digest
+    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+
+    async def targets_rows() -> list[tuple[str, str]]:  # (replica, xmin): a rewritten row has a new xmin
+        async with a.app.store.read() as tx:
+            rows = await tx.conn.fetch(
+                "SELECT replica, xmin::text AS x FROM sidecar_presence_targets WHERE sidecar_id = ?", "pod-a"
+            )
+        return sorted((str(r["replica"]), str(r["x"])) for r in rows)
+
+    written = await targets_rows()
+    assert len(written) == 1
+    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))  # a heartbeat, held
+    for _ in range(2):
+        await a.app.replica_flush.run_once()
+    assert await targets_rows() == written  # unchanged, so not rewritten: no dead rows every flush
+    # It leaves through b, which takes a's rows along, and comes back to a, which still holds it:
+    # a heartbeat there, yet a's next flush puts back what it serves, and b finds it again.
+    await b.deployments.ReportSidecarStatus(_report("pod-a", leaving=True))
+    assert await targets_rows() == []
+    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    await a.app.replica_flush.run_once()
+    assert _ids(await _status(b)) == ["pod-a"]
+
+
+@pytest.mark.postgres
+async def test_pooled_sessions_end_idle_transactions_and_are_not_reset_after_each_use(
+    replicas: tuple[Running, Running],
+) -> None:
+    a, _ = replicas
+    async with a.app.store.read() as tx:  # set once per session: no statement per telemetry transaction
+        row = await tx.conn.fetchrow("SELECT current_setting('idle_in_transaction_session_timeout') AS t")
+        assert row is not None and row["t"] == "30s"
+        database = (await tx.conn.fetchrow("SELECT current_database() AS d") or {"d": ""})["d"]
+    async with a.app.store.read() as tx:
+        rows = await tx.conn.fetch(
+            "SELECT query FROM pg_stat_activity WHERE datname = ? AND query LIKE ?", database, "%RESET ALL%"
+        )
+    # asyncpg's default reset, a round trip and a commit each time a connection went back to the pool.
+    assert [r["query"] for r in rows] == []
+
+
 async def test_a_flush_the_store_refuses_keeps_what_was_held_for_the_next_up_to_a_bound(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,7 +359,7 @@ async def test_a_flush_the_store_refuses_keeps_what_was_held_for_the_next_up_to_
     for second in range(5):  # one rollup a second
         w = _window_value(clock.now(), requests=second + 1)
         windows.append(w)
-        rollups.add("pod-a", [w], clock.now())
+        rollups.add("admin", "pod-a", [w], clock.now())
         clock.advance(1.0)
     await store.close()  # the store is away
     monkeypatch.setattr(rollups_module, "MAX_HELD", 3)

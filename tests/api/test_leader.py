@@ -127,6 +127,42 @@ async def test_exactly_one_replica_leads_and_every_replica_names_it(fleet: Fleet
 
 
 @pytest.mark.postgres
+async def test_each_poll_of_the_leader_lock_is_one_statement(fleet: Fleet) -> None:
+    # Held: `SELECT 1` alone (the session answering is the lock); it used to ask pg_locks who held the
+    # lock after it as well, every second on every replica. Not held: the attempt and the holder,
+    # in one statement.
+    for i in range(2):
+        await fleet.add(f"replica-{i}")
+    await until(fleet.one_leads, "one replica leads")
+    conn = await asyncpg.connect(fleet.url)
+    try:
+
+        async def last_statements() -> dict[str, str]:
+            rows = await conn.fetch(
+                "SELECT application_name, query FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'dspy-registry leader %'"
+            )
+            return {
+                str(r["application_name"]).rsplit(" ", 1)[1]: " ".join(str(r["query"]).split()) for r in rows
+            }
+
+        leader = fleet.leaders()[0].app.leadership.replica
+        follower = next(
+            r.app.leadership.replica for r in fleet.replicas if r.app.leadership.replica != leader
+        )
+
+        async def polled_once_more() -> bool:
+            last = await last_statements()
+            return last.get(leader) == "SELECT 1" and last.get(follower, "").startswith(
+                "SELECT pg_try_advisory_lock($1) AS took, (SELECT a.application_name"
+            )
+
+        await until(polled_once_more, "each replica's last poll is its one statement", seconds=10)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
 async def test_a_stopped_leader_is_followed_by_another_within_5_seconds(fleet: Fleet) -> None:
     for i in range(3):
         await fleet.add(f"replica-{i}")

@@ -48,6 +48,7 @@ async def test_the_fanout_benchmark_prints_its_figures() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(180)  # the run, then a replica killed and its rows left to run out
 async def test_the_fleet_simulator_prints_its_figures() -> None:
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
@@ -58,7 +59,9 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     lines, stderr = _bench(
         *args,
         *("--pods", "20", "--processes", "2", "--deployments", "4"),
-        *("--settle", "6", "--seconds", "4", "--open-seconds", "1"),
+        *("--settle", "6", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
+        # Heartbeats of 2 s: the killed replica's rows run out 21 s after it died, not 45 s.
+        *("--heartbeat", "2"),
     )
     by = {x["figure"]: x for x in lines}
     seen = (lines, stderr[-3000:])  # what a failure shows
@@ -68,6 +71,7 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         "fleet_replica",
         "fleet_converge",
         "fleet_canary_rollback",
+        "fleet_replica_killed",
     }, seen
     replicas = [x for x in lines if x["figure"] == "fleet_replica"]
     # Every pod holds a stream to one of the three replicas; exactly one replica leads.
@@ -83,6 +87,15 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         seen
     )
     assert by["fleet_converge"]["seconds"] > 0 and by["fleet_canary_rollback"]["seconds"] > 0, seen
+    # A replica that does not lead, SIGKILLed: its pods' streams resume on the others, and every
+    # replica left counts each pod once, before its rows run out and after.
+    killed = by["fleet_replica_killed"]
+    assert not killed["leader"] and killed["streams_resumed"] == killed["streams_on_it"], seen
+    assert killed["sidecars_counted_before"] == [20, 20, 20], seen
+    assert killed["sidecars_counted_after"] == killed["sidecars_counted_after_rows_ran_out"] == [20, 20], seen
+    assert killed["distinct_after"] == [20] * 4, seen
+    assert 0 < by["fleet_writes"]["replicas_cpu_s_per_s"], seen
+    assert by["fleet_create_deployment"]["idle_after_p99_ms"] > 0, seen
     assert "fleet: 20 pods, 3 replicas" in stderr
 
 
