@@ -76,6 +76,11 @@ The figures:
     so that the two are compared in one run. ``server_cpu_ms_per_call`` is
     the server process's CPU time over the load generator's run divided by
     its calls (warm-up included): steadier than the rate on a shared machine.
+    Then the versions are listed: ``gapless`` says that every version the
+    clients sent (1.0.0 .. 1.0.N, none retried) is there, each at a revision
+    of its own, and those revisions without a hole (``versions_missing``,
+    ``versions_unexpected``, ``revisions_shared``, ``revision_holes`` count
+    what is not); the SQLite target needs it too.
 
 ``create_deployment`` (backends ``sqlite``, ``postgres``)
     The deployment write path: program ``p`` preloaded with versions 1.0.0

@@ -15,9 +15,19 @@ from typing import Any
 
 import grpc
 
+from dspy_registry.v1 import registry_pb2, registry_pb2_grpc
+
 from . import fanout, fixtures
 from .common import emit, has_uvloop
-from .servers import Options, deployment_change, preload, preload_deployment, process, registry_server
+from .servers import (
+    Options,
+    Registry,
+    deployment_change,
+    preload,
+    preload_deployment,
+    process,
+    registry_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GET_CONCURRENCY = 64
@@ -135,6 +145,7 @@ def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) 
         cpu_before = fanout.cpu_seconds(pid)
         result = _loadgen(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
         cpu = fanout.cpu_seconds(pid) - cpu_before
+        result |= gapless(registry, result["calls"] + result["warmup_calls"])
     # Less noisy than the rate on a shared machine: what each call cost the server's own process.
     result["server_cpu_ms_per_call"] = round(cpu / max(1, result["calls"] + result["warmup_calls"]) * 1e3, 2)
     sqlite = backend == "sqlite" and auto_deploy  # the target is for the default environments
@@ -147,9 +158,43 @@ def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) 
         "artifact_bytes": fixtures.ARTIFACT_BYTES,
         "server_log_level": options.server_log_level,
         "target": f"throughput_per_s >= {REGISTER_SQLITE_TARGET:g}" if sqlite else None,
-        "meets_target": (result["throughput_per_s"] >= REGISTER_SQLITE_TARGET and not result["errors"])
+        "meets_target": (
+            result["throughput_per_s"] >= REGISTER_SQLITE_TARGET
+            and not result["errors"]
+            and result["gapless"]
+        )
         if sqlite
         else None,
+    }
+
+
+def gapless(registry: Registry, sent: int) -> dict[str, Any]:
+    """Whether the `sent` registrations (1.0.0 .. 1.0.{sent - 1}, by 16 clients at once) are all there,
+    each at a revision of its own, and those revisions without a hole: every registration, with
+    its auto-deploy, is one write at the next revision, and nothing else writes meanwhile."""
+    found: dict[str, int] = {}
+    token = ""
+    with grpc.insecure_channel(registry.target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        while True:
+            request = registry_pb2.ListProgramVersionsRequest(
+                parent=f"programs/{fixtures.PROGRAM}", page_size=1000, page_token=token
+            )
+            page = stub.ListProgramVersions(request, timeout=30.0, metadata=registry.metadata())
+            found |= {v.version: v.revision for v in page.program_versions}
+            token = page.next_page_token
+            if not token:
+                break
+    revisions = sorted(found.values())
+    expected = {f"1.0.{n}" for n in range(sent)}
+    return {
+        "versions_missing": len(expected - found.keys()),
+        "versions_unexpected": len(found.keys() - expected),
+        "revisions_shared": len(revisions) - len(set(revisions)),
+        "revision_holes": (revisions[-1] - revisions[0] + 1 - len(set(revisions))) if revisions else 0,
+        "gapless": bool(found)
+        and found.keys() == expected
+        and revisions == list(range(revisions[0], revisions[0] + len(revisions))),
     }
 
 

@@ -21,11 +21,13 @@ from collections.abc import Sequence
 
 from .background import Loop
 from .domain.clock import SYSTEM_CLOCK, Clock
+from .domain.deployments import State
 from .domain.events import is_deployment_kind
 from .domain.model import Event
 from .usecases.deployments import Deployments
 
 log = logging.getLogger("dspy_registry.controller")
+_IN_PROGRESS = State.IN_PROGRESS.name  # a deployment event's `state` (events.DeploymentChanged)
 
 IDLE_SECONDS = 1.0  # how long to sleep when nothing is due, at most
 MIN_SECONDS = 0.05
@@ -47,8 +49,13 @@ class Controller:
         self._steps.poke()
 
     def on_commit(self, events: Sequence[Event]) -> None:
-        """Subscribed to the store: a deployment event may have brought a step closer."""
-        if any(is_deployment_kind(e.kind) for e in events):
+        """Subscribed to the store: a deployment left in progress may have a step due sooner.
+
+        Only one in progress has steps (`due_deployments`); its every change commits an event that
+        says so. A REPLACE deployment that succeeded at once, as every auto-deploy on registration
+        does, brings none closer: a pass for it was two reads, each a thread hop, per commit.
+        """
+        if any(is_deployment_kind(e.kind) and e.data.get("state") == _IN_PROGRESS for e in events):
             self.poke()
 
     async def run_once(self) -> int:

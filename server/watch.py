@@ -262,7 +262,8 @@ class Hub:
         """One committed revision's events (the store calls this in revision order)."""
         taken = time.perf_counter() if self.on_handed_out is not None else 0.0
         revision = events[-1].revision
-        targets = self.extract(events)
+        # Nobody to match them against, nothing to decode: the commits of a registry nobody watches.
+        targets = self.extract(events) if self._groups else []
         if any(changes_access(e.kind) for e in events):
             for sub in self.subscribers():
                 sub.recheck = True

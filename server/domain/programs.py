@@ -157,12 +157,21 @@ def summarize_dspy_state(data: bytes | str, path: str = "artifact") -> tuple[Pre
     dspy.Predict saves its own state at the top level: one predictor, `self`
     (the name dspy's named_parameters gives it).
     """
+    return summarize_state(parse_dspy_state(data, path), path)
+
+
+def parse_dspy_state(data: bytes | str, path: str = "artifact") -> Any:
+    """`data` parsed as JSON; INVALID_ARGUMENT, saying why, where it is not JSON."""
     try:
-        state = json.loads(data)
+        return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidArgument.one(path, f"DSPy program state must be JSON: {exc}") from None
     except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
         raise InvalidArgument.one(path, "DSPy program state has a number too long to read") from None
+
+
+def summarize_state(state: Any, path: str = "artifact") -> tuple[PredictorSummary, ...]:
+    """summarize_dspy_state of JSON already parsed (parse_dspy_state)."""
     if not isinstance(state, dict):
         raise InvalidArgument.one(path, "DSPy program state must be a JSON object")
     v = Violations()

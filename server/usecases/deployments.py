@@ -162,11 +162,26 @@ class Deployments:
             return await record(tx, idem, await self.create_in(tx, request, call.actor, auto=False))
 
     async def create_in(self, tx: Records, r: DeploymentRequest, actor: str, *, auto: bool) -> Deployment:
-        """CreateDeployment's work inside a transaction (also used by auto-deploy on registration)."""
+        """CreateDeployment's work inside a transaction."""
         env = await tx.get_environment(r.environment)
         if env is None:
             raise NotFound(f"environments/{r.environment}")
         pv = await self._version(tx, r.program, r.version)
+        active = await tx.active_deployment(r.program, r.environment)
+        return await self._create(tx, r, actor, auto, env, pv, active)
+
+    async def _create(
+        self,
+        tx: Records,
+        r: DeploymentRequest,
+        actor: str,
+        auto: bool,
+        env: Environment,
+        pv: ProgramVersion,
+        active: Deployment | None,
+    ) -> Deployment:
+        """create_in, given what it reads first: the environment, the version, the active deployment
+        (auto-deploy has them in hand: it read the environments, and registered the version)."""
         if env.policy.security_scan:
             await self._check_scanned(tx, env, pv)
         target_before = await tx.get_target(r.program, r.environment)
@@ -175,27 +190,29 @@ class Deployments:
             raise Aborted(
                 f"{target.resource_name} changed: etag is {target.etag}, request had {r.expected_target_etag}"
             )
-        active = await tx.active_deployment(r.program, r.environment)
         if active is not None and not r.supersede:
             raise FailedPrecondition(
                 f"{active.resource_name} is still {active.state.name} on {target.resource_name}; "
                 "wait for it, abort it, or ask to supersede it",
             )
+        policy = env.policy
         served_compat = None
-        if target.stable is not None:
+        # What check_policy reads, and only where the policy makes it read it (development, where
+        # every registration auto-deploys, asks for none of it by default).
+        if (
+            target.stable is not None
+            and policy.validation_required
+            and policy.validation.require_compatible_signature
+        ):
             served = await tx.get_program_version(r.program, target.stable.version)
             if served is not None:
                 served_compat = await compatibility(tx, served, pv)
-        required = env.policy.required_checks
+        required = policy.required_checks
         checks = await tx.version_checks(r.program, pv.version) if required else {}
-        violations = dep.check_policy(
-            env,
-            pv,
-            served_compat,
-            r.allow_breaking,
-            await tx.succeeded_environments(r.program, pv.version),
-            checks,
+        succeeded = (
+            await tx.succeeded_environments(r.program, pv.version) if policy.required_predecessors else set()
         )
+        violations = dep.check_policy(env, pv, served_compat, r.allow_breaking, succeeded, checks)
         if violations:
             raise FailedPrecondition(
                 f"{env.name} refuses {pv.name}: " + "; ".join(v.description for v in violations), violations
@@ -237,7 +254,7 @@ class Deployments:
         With the scan on everywhere (the default) every version was scanned already, and this
         reads nothing but the development environment.
         """
-        development = await tx.get_environment(SCAN_OPTIONAL)
+        development = env if env.name == SCAN_OPTIONAL else await tx.get_environment(SCAN_OPTIONAL)
         if development is None or development.policy.security_scan:
             return
         count = await tx.artifact_chunk_count(pv.program, pv.digest) or 0
@@ -713,7 +730,7 @@ class Deployments:
                 allow_breaking=False,
             )
             try:
-                await self.create_in(tx, request, actor, auto=True)
+                await self._create(tx, request, actor, True, env, pv, active)
             except RegistryError as refused:
                 log.warning("auto-deploy of %s to %s refused: %s", pv.name, env.name, refused.message)
 

@@ -82,6 +82,17 @@ def _summarize(artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
     return programs.summarize_dspy_state(text)
 
 
+def _examine(
+    media_type: str, data: bytes
+) -> tuple[tuple[programs.PredictorSummary, ...], list[security.Finding]]:
+    """A small artifact's predictors (DSPy program state; INVALID_ARGUMENT if it is not that) and the
+    credentials in it, its JSON parsed once for both."""
+    if media_type != programs.DSPY_MEDIA_TYPE:
+        return (), security.scan_artifact(data, media_type)
+    state = programs.parse_dspy_state(data)
+    return programs.summarize_state(state), security.scan_artifact(data, media_type, state)
+
+
 class Registry:
     """Signatures and program versions."""
 
@@ -292,8 +303,15 @@ class Registry:
         self.validate_program_draft(draft)
         if not artifact.size_bytes:
             raise InvalidArgument.one("artifact", "must not be empty")
-        predictors = await self._predictors(draft.media_type, artifact)
-        await self._scan(draft, artifact)
+        if artifact.size_bytes <= INLINE_ARTIFACT_BYTES:
+            predictors, in_artifact = _examine(draft.media_type, artifact.read())
+        else:  # megabytes of parsing and regular expressions would stall every other call on the loop
+            predictors = await self._predictors(draft.media_type, artifact)
+            loop = asyncio.get_running_loop()
+            in_artifact = await loop.run_in_executor(
+                self.uploads.reader, lambda: security.scan_artifact(artifact.read(), draft.media_type)
+            )
+        await self._scan(draft, in_artifact)
         digest = await artifact.sha256()
         sig_ref = parse_version_ref(draft.signature, "signatures", "spec.signature", bare_means_latest=True)
 
@@ -392,20 +410,13 @@ class Registry:
                 await self.after_register(tx, pv, call.actor)
             return await record(tx, idem, RegisteredProgram(pv, True))
 
-    async def _scan(self, draft: programs.ProgramDraft, artifact: Artifact) -> None:
-        """validate_security_requirements (security.py): refuse credentials in the artifact or metadata.
+    async def _scan(self, draft: programs.ProgramDraft, found: list[security.Finding]) -> None:
+        """validate_security_requirements (security.py): refuse credentials in the artifact (`found`
+        there) or metadata.
 
         Only the development environment's policy may turn the scan off; then the version is
         registered and the log says where its credentials are (never what they are).
         """
-        media_type = draft.media_type
-        if artifact.size_bytes <= INLINE_ARTIFACT_BYTES:
-            found = security.scan_artifact(artifact.read(), media_type)
-        else:  # megabytes of regular expressions would stall every other call on the loop
-            loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(
-                self.uploads.reader, lambda: security.scan_artifact(artifact.read(), media_type)
-            )
         in_metadata = security.scan_json(draft.metadata)
         if not found and not in_metadata:
             return
@@ -448,11 +459,10 @@ class Registry:
         return warnings
 
     async def _predictors(self, media_type: str, artifact: Artifact) -> tuple[programs.PredictorSummary, ...]:
-        """For DSPy program state, its predictors (INVALID_ARGUMENT if it is not that); else none."""
+        """For DSPy program state too big to read on the loop, its predictors (INVALID_ARGUMENT if it
+        is not that); else none."""
         if media_type != programs.DSPY_MEDIA_TYPE:
             return ()
-        if artifact.size_bytes <= INLINE_ARTIFACT_BYTES:
-            return programs.summarize_dspy_state(artifact.read())
         # Reading and parsing megabytes would stall every other call on the loop.
         return await asyncio.get_running_loop().run_in_executor(self.uploads.reader, _summarize, artifact)
 

@@ -230,3 +230,32 @@ def test_scanning_raw_bytes_never_copies_them_whole() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * security._FOLD_CHUNK, f"{peak / 2**20:.1f} MiB at the peak"
+
+
+@pytest.mark.parametrize("text", VARIANTS)
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_a_json_artifact_is_scanned_for_every_format_its_strings_may_hold(
+    text: str, ensure_ascii: bool
+) -> None:
+    """The artifact's bytes rule formats out before its strings are walked (hinted_json): what they
+    rule out is never in a string, whether the text is escaped (\\u...) or written as UTF-8."""
+    state = {"predict": {"demos": [{"text": text}], text[:40]: "value"}}
+    data = json.dumps(state, ensure_ascii=ensure_ascii).encode()
+    expected = security.scan_json(state)  # every format looked for in every string
+    assert security.scan_artifact(data, "application/vnd.dspy.program+json") == expected
+    assert security.scan_artifact(data, "application/json", parsed=state) == expected
+
+
+def test_an_escape_that_spells_a_credential_is_still_found() -> None:
+    """`\\u0073k-...` is `sk-...` once parsed, though the bytes hold no `sk-`."""
+    data = b'{"lm": {"model": "\\u0073k-proj-' + FAKE.encode() + b'"}}'
+    assert b"sk-" not in data
+    found = security.scan_artifact(data, "application/json")
+    assert found == [security.Finding("$.lm.model", "an OpenAI API key")]
+
+
+def test_artifact_bytes_without_hints_rule_out_every_format() -> None:
+    """The common case a registration pays for: prose and settings, no credential's hint anywhere."""
+    data = json.dumps({"predict": {"signature": {"instructions": "Classify the text. " * 500}}}).encode()
+    assert security.hinted_json(data) == ()
+    assert security.hinted(b"AKIA...and Aws_Secret_Access_Key") == (2, 3)
