@@ -12,6 +12,10 @@ Every message is read as raw bytes (no protobuf decoding), stamped once with the
 only its revision is read from it (bench/wire.py). Prints `ready` once every stream is
 established (registry/echo: its snapshot; etcd: its `created` reply), then for each revision
 every stream has received `rev <revision> <time_ns of the last arrival>`. Stops when stdin closes.
+
+`--target` may name several addresses (replicas of one registry, comma-separated): the streams
+are dealt over them in turn, and the `--channels` connections too (rounded up to as many per
+address), so that the clients hold about as many connections whatever the number of replicas.
 """
 
 from __future__ import annotations
@@ -92,10 +96,16 @@ def stream_for(peer: str, token_file: str | None) -> Stream:
 
 async def _main(args: argparse.Namespace) -> None:
     stream = stream_for(args.peer, args.token_file)
-    channels = [
-        grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(args.channels)
+    targets = args.target.split(",")
+    per_target = -(-args.channels // len(targets))
+    by_target = [
+        [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(per_target)
+        ]
+        for target in targets
     ]
+    channels = [channel for group in by_target for channel in group]
     counts: dict[int, int] = defaultdict(int)
     established = 0
     all_ready = asyncio.Event()
@@ -104,7 +114,8 @@ async def _main(args: argparse.Namespace) -> None:
         nonlocal established
         # A little jitter, as real sidecars would add when they all (re)connect at once.
         await asyncio.sleep(random.uniform(0, args.open_seconds))
-        async for revision, at in stream(channels[i % len(channels)]):
+        group = by_target[i % len(by_target)]  # stream i on address i mod N, on its channels in turn
+        async for revision, at in stream(group[i // len(by_target) % len(group)]):
             if revision is None:
                 established += 1
                 if established == args.streams:
@@ -136,10 +147,10 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.watch_client", description=__doc__)
     parser.add_argument("--peer", choices=PEERS, default="registry")
-    parser.add_argument("--target", required=True)
+    parser.add_argument("--target", required=True, help="an address, or several comma-separated")
     parser.add_argument("--token-file")
     parser.add_argument("--streams", type=int, required=True)
-    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=8, help="connections (split over the addresses)")
     parser.add_argument("--open-seconds", type=float, default=2.0, help="spread the opens over this long")
     run(_main(parser.parse_args()))
 
