@@ -61,6 +61,20 @@ class _Fanout:
             self.mailboxes.discard(mailbox)
             mailbox.close()
 
+    async def watch_yielding(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """`watch` with grpc.aio's other send primitive: the handler yields, grpc sends (`--send yield`)."""
+        mailbox = Mailbox(QUEUE_SIZE)
+        self.mailboxes.add(mailbox)
+        try:
+            yield self.SNAPSHOT
+            while True:
+                got = await mailbox.get(IDLE_SECONDS)
+                if got is not None:
+                    yield got[1]
+        finally:
+            self.mailboxes.discard(mailbox)
+            mailbox.close()
+
     async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         self.revision += 1
         revision = wire.varint_field(1, self.revision)
@@ -77,7 +91,7 @@ class _Fanout:
             asyncio.get_running_loop().call_soon(self._hand_out, message, mailboxes)
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, send: str = "write") -> None:
     # The registry's limits on pending calls (server/app.py server_options): grpc's defaults would
     # cancel part of the burst of watch streams opening at once.
     options = [
@@ -92,7 +106,9 @@ async def serve(listen: str) -> None:
         "bench.Echo",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(_echo),
-            "Watch": grpc.unary_stream_rpc_method_handler(fanout.watch),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                fanout.watch if send == "write" else fanout.watch_yielding
+            ),
             "Publish": grpc.unary_unary_rpc_method_handler(fanout.publish),
         },
     )
@@ -114,7 +130,14 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     parser.add_argument("--listen", required=True)
-    run(serve(parser.parse_args().listen))
+    parser.add_argument(
+        "--send",
+        choices=["write", "yield"],
+        default="write",
+        help="Watch sends with context.write (the registry's way) or yields to grpc",
+    )
+    args = parser.parse_args()
+    run(serve(args.listen, args.send))
 
 
 if __name__ == "__main__":

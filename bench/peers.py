@@ -56,6 +56,7 @@ CHANGES = 20
 ROUNDS = 2
 PEERS = ("etcd", "registry", "echo")
 REPLICAS = (1, 2, 3)
+ECHO_SEND = os.environ.get("BENCH_ECHO_SEND", "write")  # the ceiling's send primitive (bench/echo.py --send)
 # What a change carries to each watcher: etcd's value and the ceiling's message body, about the
 # size of the Target a WatchTargets change holds.
 VALUE = b"v" * 200
@@ -145,7 +146,7 @@ def measure(peer: str, streams: int, options: Options, open_seconds: float, chan
         return result | {"server": f"etcd {_etcd_version()}"}
     if peer == "echo":
         with (
-            process([sys.executable, "-m", "bench.echo"]) as target,
+            process([sys.executable, "-m", "bench.echo", "--send", ECHO_SEND]) as target,
             grpc.insecure_channel(target) as channel,
         ):
             publish = channel.unary_unary("/bench.Echo/Publish", None, None)
