@@ -147,7 +147,7 @@ async def test_the_peers_benchmark_spreads_the_watchers_over_postgresql_replicas
             "--streams",
             "20",
             "--rounds",
-            "2",
+            "1",
             "--changes",
             "3",
             "--open-seconds",
