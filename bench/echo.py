@@ -4,8 +4,13 @@ The fan-out floor too: `/bench.Echo/Watch` streams, to each caller, a snapshot a
 message `/bench.Echo/Publish` is given, shaped like a WatchTargetsResponse (the next revision, the
 given bytes as its `changes`), so that bench.watch_client reads it as it reads the registry's;
 Publish answers with the revision (field 1). Each stream waits in the registry's own mailbox and
-sends with context.write, as the registry's watches do; nothing else: no store, no authorization,
-no hub, no per-stream encoding (one bytes object goes to every stream).
+sends with context.write, as the registry's watches do, and a message is handed to the mailboxes
+DELIVERIES_PER_TURN at a time per turn of the event loop, as the registry's hub hands a change out;
+nothing else: no store, no authorization, no matching, no per-stream encoding (one bytes object
+goes to every stream). Handing it to every mailbox in one turn, as this did before, woke all the
+streams at once: at 10 000 their 10 000 sends ran back to back without the loop taking a
+completion in between, which made this "ceiling" slower than the registry (2.2 s against 1.3 s
+to the last watcher in the run of docs/benchmarks.md before this change).
 
 Run as `python -m bench.echo --listen HOST:PORT`; stops on SIGTERM/SIGINT.
 It serves grpc.health.v1 too, so the driver waits for it like for the registry.
@@ -21,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dspy_registry.server.watch import QUEUE_SIZE, Mailbox
+from dspy_registry.server.watch import DELIVERIES_PER_TURN, QUEUE_SIZE, Mailbox
 
 from . import wire
 from .common import run
@@ -54,17 +59,39 @@ class _Fanout:
                     await write(got[1])
         finally:
             self.mailboxes.discard(mailbox)
+            mailbox.close()
+
+    async def watch_yielding(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """`watch` with grpc.aio's other send primitive: the handler yields, grpc sends (`--send yield`)."""
+        mailbox = Mailbox(QUEUE_SIZE)
+        self.mailboxes.add(mailbox)
+        try:
+            yield self.SNAPSHOT
+            while True:
+                got = await mailbox.get(IDLE_SECONDS)
+                if got is not None:
+                    yield got[1]
+        finally:
+            self.mailboxes.discard(mailbox)
+            mailbox.close()
 
     async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         self.revision += 1
         revision = wire.varint_field(1, self.revision)
         message = (self.revision, revision + wire.bytes_field(wire.WATCH_CHANGES, request))
-        for mailbox in self.mailboxes:
-            mailbox.put_nowait(message)
+        self._hand_out(message, list(self.mailboxes))
         return revision
 
+    def _hand_out(self, message: tuple[int, bytes], mailboxes: list[Mailbox]) -> None:
+        # No backlog kept in revision order, as the hub keeps: the benchmark publishes the next
+        # message only once every stream has had this one.
+        for _ in range(min(DELIVERIES_PER_TURN, len(mailboxes))):
+            mailboxes.pop().put_nowait(message)
+        if mailboxes:
+            asyncio.get_running_loop().call_soon(self._hand_out, message, mailboxes)
 
-async def serve(listen: str) -> None:
+
+async def serve(listen: str, send: str = "write") -> None:
     # The registry's limits on pending calls (server/app.py server_options): grpc's defaults would
     # cancel part of the burst of watch streams opening at once.
     options = [
@@ -79,7 +106,9 @@ async def serve(listen: str) -> None:
         "bench.Echo",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(_echo),
-            "Watch": grpc.unary_stream_rpc_method_handler(fanout.watch),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                fanout.watch if send == "write" else fanout.watch_yielding
+            ),
             "Publish": grpc.unary_unary_rpc_method_handler(fanout.publish),
         },
     )
@@ -101,7 +130,14 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     parser.add_argument("--listen", required=True)
-    run(serve(parser.parse_args().listen))
+    parser.add_argument(
+        "--send",
+        choices=["write", "yield"],
+        default="write",
+        help="Watch sends with context.write (the registry's way) or yields to grpc",
+    )
+    args = parser.parse_args()
+    run(serve(args.listen, args.send))
 
 
 if __name__ == "__main__":

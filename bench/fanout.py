@@ -1,10 +1,12 @@
 """One change fanned out to N watch streams, measured the same way whoever serves them.
 
-`measure` starts the `bench.watch_client` processes against a running server, waits until every
+`measure` starts the `bench.watch_client` processes against a running server (or several replicas of
+one, whose addresses the clients spread their streams over), waits until every
 stream is established, then makes `changes` changes one at a time through `change` (a function
 that makes one and returns its revision) and times each from the call's start and from its reply
-to the moment the last stream received it. The server's process is read from /proc (Linux) for
-its memory per idle stream and its CPU per delivered event, the clients' for their CPU per event.
+to the moment the last stream received it. The servers' processes are read from /proc (Linux) for
+their memory per idle stream and their CPU per delivered event (summed over the replicas), the
+clients' for their CPU per event.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +59,16 @@ def measure(
     *,
     peer: str,
     target: str,
-    pid: int,
+    pid: int | Sequence[int],
     change: Change,
     streams: int,
     changes: int,
     open_seconds: float,
     token_file: Path | None = None,
 ) -> dict[str, Any]:
-    rss_before = rss_kib(pid)
+    """`target`: one address, or several comma-separated (replicas of one server, each `pid`'s)."""
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    rss_before = sum(map(rss_kib, pids))
     clients = []
     for i in range(CLIENTS):
         share = streams // CLIENTS + (1 if i < streams % CLIENTS else 0)
@@ -82,8 +86,8 @@ def measure(
             if line != "ready":
                 raise RuntimeError(f"{peer} fan-out client failed before it was ready: {line!r}")
         time.sleep(1.0)  # let the server settle after the opening burst
-        rss_idle = rss_kib(pid)
-        cpu_before = cpu_seconds(pid)
+        rss_idle = sum(map(rss_kib, pids))
+        cpu_before = sum(map(cpu_seconds, pids))
         clients_cpu_before = sum(cpu_seconds(client.pid) for client in clients)
         from_reply_ms: list[float] = []
         from_sent_ms: list[float] = []
@@ -106,7 +110,7 @@ def measure(
             from_reply_ms.append((last - returned) / 1e6)
             from_sent_ms.append((last - sent) / 1e6)
             call_ms.append((returned - sent) / 1e6)
-        cpu = cpu_seconds(pid) - cpu_before
+        cpu = sum(map(cpu_seconds, pids)) - cpu_before
         clients_cpu = sum(cpu_seconds(client.pid) for client in clients) - clients_cpu_before
     finally:
         for client in clients:
@@ -121,6 +125,7 @@ def measure(
         "figure": "fanout",
         "peer": peer,
         "streams": streams,
+        "servers": len(pids),
         "client_processes": CLIENTS,
         "connections": CLIENTS * CHANNELS,
         "opened_over_s": open_seconds,  # every stream was established, or the run fails

@@ -7,7 +7,11 @@ server of bench/echo.py to N streams (the ceiling: nothing above the transport).
 `bench.watch_client` processes (8 connections each, raw reads, one timestamp per message) hold
 the streams for all three, on loopback only. Each server is fresh per measurement; the peers
 take turns in every round, in an order that alternates round by round, since the machine's load
-drifts. One JSON line per measurement, then docs/benchmarks.md and docs/benchmarks-fanout.png are
+drifts. Then, in each round, the registry spread over 1, 2 and 3 replicas on one throwaway
+PostgreSQL database (`--replicas`; bench/fleet.py's replicas): the same clients deal their streams
+over the replicas' addresses, the change goes through the first replica, and each replica hands it
+to its own watchers (the others hear of it through LISTEN/NOTIFY); server CPU is summed over the
+replicas. One JSON line per measurement, then docs/benchmarks.md and docs/benchmarks-fanout.png are
 written from this run's lines. Not part of `make test`.
 
 Then MLflow's model registry against dspy-registry (bench/mlflow_section.py: registration, alias
@@ -38,12 +42,25 @@ import grpc
 
 from . import fanout, mlflow_section, page, wire
 from .common import emit
-from .servers import ROOT, Options, deployment_change, free_port, preload_deployment, process, registry_server
+from .servers import (
+    ROOT,
+    Options,
+    Registry,
+    database,
+    deployment_change,
+    free_port,
+    preload_deployment,
+    process,
+    read_token,
+    registry_server,
+)
 
 STREAMS = (1_000, 5_000, 10_000)
 CHANGES = 20
 ROUNDS = 2
 PEERS = ("etcd", "registry", "echo")
+REPLICAS = (1, 2, 3)
+ECHO_SEND = os.environ.get("BENCH_ECHO_SEND", "write")  # the ceiling's send primitive (bench/echo.py --send)
 # What a change carries to each watcher: etcd's value and the ceiling's message body, about the
 # size of the Target a WatchTargets change holds.
 VALUE = b"v" * 200
@@ -133,7 +150,7 @@ def measure(peer: str, streams: int, options: Options, open_seconds: float, chan
         return result | {"server": f"etcd {_etcd_version()}"}
     if peer == "echo":
         with (
-            process([sys.executable, "-m", "bench.echo"]) as target,
+            process([sys.executable, "-m", "bench.echo", "--send", ECHO_SEND]) as target,
             grpc.insecure_channel(target) as channel,
         ):
             publish = channel.unary_unary("/bench.Echo/Publish", None, None)
@@ -168,6 +185,47 @@ def measure(peer: str, streams: int, options: Options, open_seconds: float, chan
     return result | {"server": "dspy-registry (SQLite, authentication on)"}
 
 
+def measure_replicas(
+    replicas: int, streams: int, options: Options, open_seconds: float, changes: int
+) -> dict[str, Any]:
+    """The registry on `replicas` servers of one PostgreSQL database, the streams dealt over them."""
+    from .fleet import Replica  # its replicas: a server each, with its own name, on one database
+
+    with (
+        tempfile.TemporaryDirectory(prefix="dspy-registry-bench-replicas-") as tmp,
+        database("postgres", options, Path(tmp)) as url,
+    ):
+        started: list[Replica] = []
+        try:
+            started.append(Replica(0, url, Path(tmp), options.server_log_level))
+            started[0].wait_serving()  # first alone: it bootstraps the admin
+            started += [Replica(i, url, Path(tmp), options.server_log_level) for i in range(1, replicas)]
+            for replica in started[1:]:
+                replica.wait_serving()
+            first = Registry(started[0].address, started[0].token_file, read_token(started[0].token_file))
+            preload_deployment(first, deploy=True)
+            with grpc.insecure_channel(first.target) as channel:
+                result = fanout.measure(
+                    peer="registry",
+                    target=",".join(r.address for r in started),
+                    pid=[r.process.pid for r in started],
+                    change=deployment_change(first, channel),
+                    token_file=first.token_file,
+                    streams=streams,
+                    changes=changes,
+                    open_seconds=open_seconds,
+                )
+        finally:
+            for replica in started:
+                replica.stop()
+    plural = "s" if replicas > 1 else ""
+    return result | {
+        "figure": "fanout_replicas",
+        "replicas": replicas,
+        "server": f"dspy-registry on {replicas} PostgreSQL replica{plural} (authentication on)",
+    }
+
+
 def machine() -> dict[str, Any]:
     model = next(
         (
@@ -198,9 +256,48 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.1f}×" if theirs else "—"
 
 
+def _replica_lines(replicated: list[dict[str, Any]]) -> list[str]:
+    if not replicated:
+        return []
+    by: dict[int, list[dict[str, Any]]] = {}
+    for r in replicated:
+        by.setdefault(r["replicas"], []).append(r)
+    first = replicated[0]
+    lines = [
+        "",
+        "## Watch fan-out over PostgreSQL replicas",
+        "",
+        f"{first['streams']:,}".replace(",", " ")
+        + f" WatchTargets streams dealt over {' / '.join(map(str, sorted(by)))} replicas of one PostgreSQL",
+        "database by the same two client processes (their connections split over the replicas'",
+        "addresses); one REPLACE deployment through the first replica, which each replica hands to its",
+        "own watchers (the others hear of it through LISTEN/NOTIFY). Server CPU is summed over the",
+        f"replicas. {first['changes']} changes per measurement; medians over the rounds.",
+        "",
+        "| replicas | last watcher from the call's start, p50 / p99 | from the reply, p50 | "
+        "CreateDeployment p50 | server CPU per delivery (all replicas) | clients' CPU per event |",
+        "|---|---|---|---|---|---|",
+    ]
+    for count in sorted(by):
+        rs = by[count]
+        lines.append(
+            f"| {count} | {_median(rs, 'from_call_start_p50_ms')} / {_median(rs, 'from_call_start_p99_ms')} ms"
+            f" | {_median(rs, 'p50_ms')} ms | {_median(rs, 'call_p50_ms')} ms | "
+            f"{_median(rs, 'server_cpu_us_per_delivered_event')} µs | "
+            f"{_median(rs, 'clients_cpu_us_per_received_event')} µs |"
+        )
+    return lines
+
+
 def write_docs(
-    records: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], seconds: float, docs: Path
+    records: list[dict[str, Any]],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    seconds: float,
+    docs: Path,
+    replicated: list[dict[str, Any]] | None = None,
 ) -> None:
+    replicated = replicated or []
     by: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         by.setdefault((r["peer"], r["streams"]), []).append(r)
@@ -221,9 +318,9 @@ def write_docs(
         "etcd: one put to a key, each watcher its own Watch stream. dspy-registry: one REPLACE",
         "deployment to staging (CreateDeployment, SQLite, authentication on), each watcher its own",
         "WatchTargets stream. Bare grpc.aio: bench/echo.py publishing one pre-encoded message to every",
-        "stream's mailbox in one turn of its loop (no store, no authorization, no hub; the registry's",
-        "hub hands a change out 256 streams per turn, which is why it can beat this at scale, where",
-        "the bare server's time is the transport's). The same clients for all three: two processes, 8",
+        "stream's mailbox, 256 mailboxes per turn of its loop as the registry's hub does, each stream",
+        "sending with context.write as the registry's do (no store, no authorization, no matching):",
+        "the floor of a grpc.aio fan-out. The same clients for all three: two processes, 8",
         f"connections each, raw reads, one timestamp per message; {records[0]['changes']} changes per",
         f"measurement, {rounds} rounds. *Last watcher* is the time from the call's start (and from its",
         "reply) until the last stream received the change.",
@@ -296,6 +393,7 @@ def write_docs(
                 else:
                     cells.append("—")
             lines.append(f"| {streams} | {i + 1} | " + " | ".join(cells) + " |")
+    lines += _replica_lines(replicated)
     lines += [
         "",
         f"![Time to the last watcher against the number of watchers]({CHART})",
@@ -346,6 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="which of etcd,registry,echo (default all)")
     parser.add_argument(
+        "--replicas",
+        type=lambda text: tuple(int(n) for n in text.split(",") if n.strip() and int(n) > 0),
+        default=REPLICAS,
+        help="the registry over this many PostgreSQL replicas, at the largest --streams "
+        "(default 1,2,3; 0: none)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server URL without a database; a throwaway database per measurement",
+    )
+    parser.add_argument(
         "--docs", type=Path, default=DOCS, help=f"where {PAGE} and {CHART} go (default docs/)"
     )
     parser.add_argument("--no-docs", action="store_true", help="print the lines only; write no page")
@@ -364,19 +474,22 @@ def main(argv: list[str] | None = None) -> int:
         machines = [r for r in saved if r["figure"] == "machine" and "section" not in r]
         took = next((r["seconds"] for r in saved if r["figure"] == "docs"), 0)
         fanouts = [r for r in saved if r["figure"] == "fanout"]
+        spread = [r for r in saved if r["figure"] == "fanout_replicas"]
         if fanouts:
-            write_docs(fanouts, machines[0], machines[-1], took, args.docs)
+            last = machines[-1] if len(machines) > 1 else machines[0]
+            write_docs(fanouts, machines[0], last, took, args.docs, spread)
         mlflow_section.write_from(saved, args.docs / PAGE)
         return 0
     if args.only == "mlflow":
         mlflow_section.section(args.rounds, machine, None if args.no_docs else args.docs / PAGE)
         return 0
     peers = [p for p in PEERS if p in args.peers.split(",")]
-    options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres="")
+    options = Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres=args.postgres)
     started = time.monotonic()
     before = machine()
     emit({"figure": "machine", "at": datetime.now(UTC).isoformat(timespec="seconds"), **before})
     records: list[dict[str, Any]] = []
+    replicated: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         order = peers if round_ % 2 == 0 else list(reversed(peers))
         for streams in args.streams:
@@ -386,11 +499,17 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 emit(record)
                 records.append(record)
+        counts = args.replicas if round_ % 2 == 0 else tuple(reversed(args.replicas))
+        for count in counts:
+            record = measure_replicas(count, max(args.streams), options, args.open_seconds, args.changes)
+            record["round"] = round_ + 1
+            emit(record)
+            replicated.append(record)
     after = machine()
     emit({"figure": "machine", "at": datetime.now(UTC).isoformat(timespec="seconds"), **after})
     seconds = time.monotonic() - started
     if not args.no_docs:
-        write_docs(records, before, after, seconds, args.docs)
+        write_docs(records, before, after, seconds, args.docs, replicated)
         emit(
             {
                 "figure": "docs",

@@ -10,8 +10,13 @@ One load generator for every server the fan-out is measured on, so that the clie
 
 Every message is read as raw bytes (no protobuf decoding), stamped once with the clock, and
 only its revision is read from it (bench/wire.py). Prints `ready` once every stream is
-established (registry/echo: its snapshot; etcd: its `created` reply), then for each revision
+established (registry/echo: its snapshot; etcd: its `created` reply; a stream refused with
+UNAVAILABLE or RESOURCE_EXHAUSTED before that is opened again a moment later), then for each revision
 every stream has received `rev <revision> <time_ns of the last arrival>`. Stops when stdin closes.
+
+`--target` may name several addresses (replicas of one registry, comma-separated): the streams
+are dealt over them in turn, and the `--channels` connections too (rounded up to as many per
+address), so that the clients hold about as many connections whatever the number of replicas.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ WATCH_METHOD = "/dspy_registry.v1.DeploymentService/WatchTargets"
 ECHO_WATCH_METHOD = "/bench.Echo/Watch"
 ETCD_KEY = b"bench/p/staging"
 PEERS = ("registry", "etcd", "echo")
+OPEN_ATTEMPTS = 10  # tries to open one stream
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns once the stream ends
 
 # A stream: opened on a channel, yields (revision or None when the message is only the stream's
@@ -92,10 +99,16 @@ def stream_for(peer: str, token_file: str | None) -> Stream:
 
 async def _main(args: argparse.Namespace) -> None:
     stream = stream_for(args.peer, args.token_file)
-    channels = [
-        grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(args.channels)
+    targets = args.target.split(",")
+    per_target = -(-args.channels // len(targets))
+    by_target = [
+        [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(per_target)
+        ]
+        for target in targets
     ]
+    channels = [channel for group in by_target for channel in group]
     counts: dict[int, int] = defaultdict(int)
     established = 0
     all_ready = asyncio.Event()
@@ -104,16 +117,29 @@ async def _main(args: argparse.Namespace) -> None:
         nonlocal established
         # A little jitter, as real sidecars would add when they all (re)connect at once.
         await asyncio.sleep(random.uniform(0, args.open_seconds))
-        async for revision, at in stream(channels[i % len(channels)]):
-            if revision is None:
-                established += 1
-                if established == args.streams:
-                    all_ready.set()
-                continue
-            counts[revision] += 1
-            if counts[revision] == args.streams:
-                sys.stdout.write(f"rev {revision} {at}\n")
-                sys.stdout.flush()
+        group = by_target[i % len(by_target)]  # stream i on address i mod N, on its channels in turn
+        channel = group[i // len(by_target) % len(group)]
+        for attempt in range(OPEN_ATTEMPTS):
+            opened = False
+            try:
+                async for revision, at in stream(channel):
+                    if revision is None:
+                        opened = True
+                        established += 1
+                        if established == args.streams:
+                            all_ready.set()
+                        continue
+                    counts[revision] += 1
+                    if counts[revision] == args.streams:
+                        sys.stdout.write(f"rev {revision} {at}\n")
+                        sys.stdout.flush()
+                return
+            except grpc.aio.AioRpcError as exc:
+                # A server that sheds part of an opening burst says UNAVAILABLE or RESOURCE_EXHAUSTED:
+                # retried after a while, as a sidecar would. Once open, a stream that ends fails the run.
+                if opened or exc.code() not in RETRIED or attempt == OPEN_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(random.uniform(0.5, 2.0))
 
     tasks = [asyncio.create_task(hold(i)) for i in range(args.streams)]
     done: asyncio.Future[list[None]] = asyncio.ensure_future(asyncio.gather(*tasks))
@@ -136,10 +162,10 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.watch_client", description=__doc__)
     parser.add_argument("--peer", choices=PEERS, default="registry")
-    parser.add_argument("--target", required=True)
+    parser.add_argument("--target", required=True, help="an address, or several comma-separated")
     parser.add_argument("--token-file")
     parser.add_argument("--streams", type=int, required=True)
-    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=8, help="connections (split over the addresses)")
     parser.add_argument("--open-seconds", type=float, default=2.0, help="spread the opens over this long")
     run(_main(parser.parse_args()))
 

@@ -118,13 +118,21 @@ class Mailbox:
 
     At 10 000 streams asyncio.Queue and asyncio.timeout were a seventh of the
     server's CPU per published change; this keeps one deque, one waiter and
-    one timer for the wait.
+    one timer. The timer is not made and cancelled per wait (a watch waits once
+    per message it sends, so that was a timer per delivery): a wait only moves
+    the deadline, and a timer that fires before the deadline sets itself again
+    for it, so a stream that receives a change every second has one timer per
+    progress interval.
     """
+
+    __slots__ = ("maxsize", "_items", "_waiter", "_deadline", "_timer")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # loop.time() when the wait in progress (or the last one) times out
+        self._timer: asyncio.TimerHandle | None = None  # at or before the deadline; None: none set
 
     def qsize(self) -> int:
         return len(self._items)
@@ -150,20 +158,38 @@ class Mailbox:
         if not self._items:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            self._deadline = deadline = loop.time() + timeout
+            timer = self._timer
+            if timer is None or timer.when() > deadline:  # none set, or set for a longer wait
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._expire)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
             if not self._items:
                 return None
         return self._items.popleft()
 
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets a timer of its own
+        loop = waiter.get_loop()
+        # The wait began after this timer was set: wait on. (A millisecond's slack: a loop may run
+        # a timer that early, and setting it again for the rest would spin.)
+        if loop.time() < self._deadline - 0.001:
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            waiter.set_result(None)
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def close(self) -> None:
+        """Its reader is gone: drop the timer (it would hold the mailbox until it fires)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -244,6 +270,7 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.gone = True
+        sub.queue.close()
         interest = (sub.selectors, sub.kinds)
         group = self._groups.get(interest)
         if group is not None:

@@ -115,7 +115,7 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
             "--changes",
             "3",
         ]
-        + ["--open-seconds", "0", "--docs", str(tmp_path)],
+        + ["--open-seconds", "0", "--docs", str(tmp_path), "--replicas", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -259,3 +259,43 @@ def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path
     text = page.read_text()
     assert "<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->" in text
     assert "## MLflow's model registry" in text and "The section took\n1.0 min;" in text
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+async def test_the_peers_benchmark_spreads_the_watchers_over_postgresql_replicas(tmp_path: Path) -> None:
+    """`bench.peers --replicas`, tiny: the streams dealt over two replicas of one PostgreSQL database,
+    each replica handing the change to its own watchers, every change seen by all."""
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.peers", "--only", "fanout", "--peers", "etcd", "--replicas", "2"]
+        + [
+            "--streams",
+            "20",
+            "--rounds",
+            "1",
+            "--changes",
+            "3",
+            "--open-seconds",
+            "0",
+            "--docs",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    spread = [line for line in lines if line["figure"] == "fanout_replicas"]
+    # After the peers; the CPU read from both servers. Each client says a revision reached all its
+    # streams only once every one of them had it: the change made through the first replica reached
+    # the watchers of the second through it.
+    assert [(f["replicas"], f["servers"], f["streams"]) for f in spread] == [(2, 2, 20)]
+    assert all(0 < f["from_call_start_p50_ms"] <= f["from_call_start_p99_ms"] for f in spread)
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "## Watch fan-out over PostgreSQL replicas" in page
+    assert re.search(r"^\| 2 \| [0-9.]+ / [0-9.]+ ms \|", page, flags=re.M), page
