@@ -197,9 +197,12 @@ def measure_replicas(
     ):
         started: list[Replica] = []
         try:
-            started.append(Replica(0, url, Path(tmp), options.server_log_level))
+            started.append(Replica(0, url, Path(tmp), options.server_log_level, count_statements=False))
             started[0].wait_serving()  # first alone: it bootstraps the admin
-            started += [Replica(i, url, Path(tmp), options.server_log_level) for i in range(1, replicas)]
+            started += [
+                Replica(i, url, Path(tmp), options.server_log_level, count_statements=False)
+                for i in range(1, replicas)
+            ]
             for replica in started[1:]:
                 replica.wait_serving()
             first = Registry(started[0].address, started[0].token_file, read_token(started[0].token_file))
