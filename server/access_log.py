@@ -23,15 +23,20 @@ FLUSH_BYTES = 64 * 1024
 
 _second = -1
 _second_text = ""
+_milli = -1
+_milli_text = ""
 
 
 def _now() -> str:
-    global _second, _second_text
-    t = time.time()
-    whole = int(t)
+    global _second, _second_text, _milli, _milli_text
+    milli = time.time_ns() // 1_000_000
+    if milli == _milli:  # a busy server logs several calls a millisecond: the same text
+        return _milli_text
+    whole, part = divmod(milli, 1000)
     if whole != _second:  # strftime once a second, not once a call
         _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_text}.{int((t - whole) * 1000):03d}Z"
+    _milli, _milli_text = milli, f"{_second_text}.{part:03d}Z"
+    return _milli_text
 
 
 class AccessLog:

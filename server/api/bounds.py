@@ -38,6 +38,11 @@ def _fields(descriptor: Descriptor) -> tuple[tuple[str, bool, bool, bool], ...]:
     return tuple(out)
 
 
+def has_items(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can hold a list or a map at all (check_items has work to do)."""
+    return bool(_fields(descriptor))
+
+
 def check_items(message: Message, path: str = "") -> None:
     """InvalidArgument naming the first list or map in `message` with more than MAX_ITEMS entries."""
     for name, repeated, holds, map_of_messages in _fields(message.DESCRIPTOR):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -85,17 +86,24 @@ class Guard:
             if key == "authorization":
                 authorization = value if isinstance(value, str) else value.decode()
                 break
-        if authorization is None and self.client_certificates:
-            subject = _certificate_subject(context)
-            if subject is not None:
-                return await self.access.authenticate_subject(subject)
+        if authorization is None:
+            if self.client_certificates:
+                subject = _certificate_subject(context)
+                if subject is not None:
+                    return await self.access.authenticate_subject(subject)
+        else:
+            known = self.access.verified(authorization)  # the hot path: nothing to await
+            if known is not None:
+                return known
         return await self.access.authenticate(authorization)
 
-    async def authorize(self, who: Identity, rule: Rule, names: list[str]) -> None:
+    async def authorize(self, who: Identity, rule: Rule, names: Sequence[str]) -> None:
         if not self.enabled or rule.action is None or rule.filtered or rule.by_servicer:
             return
         if not names:  # fail closed: a rule that names nothing allows nothing
             raise PermissionDenied(who.name, rule.action.name.lower(), "(no resource)")
+        if self.access.allowed(who, rule.action, names):  # the hot path: nothing to await
+            return
         await self.access.authorize(who, rule.action, names)
 
     async def authorize_resource(self, action: Action, names: list[str]) -> None:

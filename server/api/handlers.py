@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from grpc_status import rpc_status
 from ..access_log import ACCESS_LOG
 from ..calls import Call, current_call
 from ..errors import InvalidArgument, RegistryError
-from .bounds import check_items
+from .bounds import check_items, has_items
 from .context import Context
 from .flow import WATCH_METHODS, Gate, Streams, current_stream
 from .guard import Guard, current_identity, identity
@@ -93,6 +93,13 @@ def _decoded(request: Any) -> Any:
         raise request.error()
     if request is not None:
         check_items(request)
+    return request
+
+
+def _parsed(request: Any) -> Any:
+    """`_decoded` for a message type that holds no list nor map: it parsed."""
+    if isinstance(request, Undecodable):
+        raise request.error()
     return request
 
 
@@ -167,7 +174,8 @@ async def _refuse(
 
 def _log(method: str, code: grpc.StatusCode, start: float, request_id: str, observe: Observe | None) -> None:
     seconds = time.perf_counter() - start
-    ACCESS_LOG.record(method, code.name, seconds * 1000, request_id)
+    # `_name_`, not `.name`: an enum member's `.name` is a Python-level property, read on every call.
+    ACCESS_LOG.record(method, code._name_, seconds * 1000, request_id)
     if observe is not None:
         observe(method, code, seconds)
 
@@ -175,11 +183,20 @@ def _log(method: str, code: grpc.StatusCode, start: float, request_id: str, obse
 class _Admission:
     """One call's way in: authenticate, then authorize by the RPC's rule; the call context."""
 
-    def __init__(self, guard: Guard, method: str, rule: Rule, observe: Observe | None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        method: str,
+        rule: Rule,
+        observe: Observe | None,
+        request_id: Callable[[Any], str] = lambda request: "",
+    ) -> None:
         self.guard = guard
         self.method = method
         self.rule = rule
         self.observe = observe
+        self.request_id = request_id
+        self.resolve = rule.resolver()
 
     async def authenticate(self, context: Context) -> Call:
         """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
@@ -197,18 +214,19 @@ class _Admission:
         )
         current_call.set(call)
         who = await self.guard.authenticate(context)
-        call.principal = who.name
-        call.token = who.token.resource_name if who.token is not None else ""
+        call.principal = who.principal.name
+        call.token = who.token_name
         current_identity.set(who)
         return call
 
     async def authorize(self, call: Call, request: Any) -> None:
-        call.request_id = _request_id(request)
-        try:
-            names = self.rule.names(request) if request is not None else []
-            call.resource = self.rule.audit_resource(request, names) if request is not None else ""
-        except (AttributeError, ValueError) as exc:  # a rule naming a field the request lacks: a bug
-            raise RuntimeError(f"the permission rule of {self.method} cannot read the request") from exc
+        names: Sequence[str] = ()
+        if request is not None:
+            call.request_id = self.request_id(request)
+            try:
+                names, call.resource = self.resolve(request)
+            except (AttributeError, ValueError) as exc:  # a rule naming a field the request lacks: a bug
+                raise RuntimeError(f"the permission rule of {self.method} cannot read the request") from exc
         await self.guard.authorize(identity(), self.rule, names)
 
     async def refused(self, call: Call, exc: Exception, context: Context) -> None:
@@ -216,16 +234,33 @@ class _Admission:
         await self.guard.audit_refusal(call, exc, self.rule)
 
 
-def _request_id(request: Any) -> str:
-    """The request's id as the logs and the audit keep it: at most the 128 characters a valid one has
-    (a refused call's id was never checked, and a megabyte of it must not become one log line)."""
-    if request is None:
-        return ""
-    value = getattr(request, "request_id", "") or getattr(getattr(request, "header", None), "request_id", "")
-    return str(value or "")[:128]
+def _request_id_reader(request_type: Any) -> Callable[[Any], str]:
+    """How to read a request's id as the logs and the audit keep it: its `request_id`, else its
+    header's, at most the 128 characters a valid one has (a refused call's id was never checked, and
+    a megabyte of it must not become one log line). Decided once per RPC from the message's fields:
+    asking every request for a field its type lacks raised and caught two AttributeErrors a call."""
+    fields = request_type.DESCRIPTOR.fields_by_name
+    own = "request_id" in fields
+    header = fields.get("header")
+    in_header = header is not None and header.message_type is not None
+    in_header = in_header and "request_id" in header.message_type.fields_by_name
+
+    def read(request: Any) -> str:
+        value = request.request_id if own else ""
+        if not value and in_header:
+            value = request.header.request_id
+        return str(value)[:128]
+
+    return read
 
 
-def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool, gate: Gate) -> Behavior:
+def _unary(
+    admission: _Admission,
+    behavior: Behavior,
+    streaming_request: bool,
+    gate: Gate,
+    decoded: Callable[[Any], Any] = _decoded,
+) -> Behavior:
     method = admission.method
     rule = admission.rule
 
@@ -245,7 +280,7 @@ def _unary(admission: _Admission, behavior: Behavior, streaming_request: bool, g
                     first, request = await _peek(_decoded_stream(request))
                     await admission.authorize(current, first)
                 else:
-                    await admission.authorize(current, _decoded(request))
+                    await admission.authorize(current, decoded(request))
                 response = await behavior(request, context)
                 if rule.by_servicer and not current.authorized:
                     raise RuntimeError(f"{method} answered without authorizing its resource")
@@ -352,8 +387,8 @@ def method_handler(
     rule = RULES.get(name)
     if rule is None:  # deny by default: an RPC without a rule is never served
         raise LookupError(f"{name} has no entry in the permission table (server/api/permissions.py)")
-    admission = _Admission(guard, name, rule, observe)
     request_type: Any = GetMessageClass(method.input_type)
+    admission = _Admission(guard, name, rule, observe, _request_id_reader(request_type))
     kwargs: dict[str, Any] = {
         "request_deserializer": _decoder(request_type),
         "response_serializer": _serialize,
@@ -365,7 +400,8 @@ def method_handler(
         return grpc.unary_stream_rpc_method_handler(handler, **kwargs)
     if method.client_streaming:
         return grpc.stream_unary_rpc_method_handler(_unary(admission, behavior, True, gate), **kwargs)
-    return grpc.unary_unary_rpc_method_handler(_unary(admission, behavior, False, gate), **kwargs)
+    decoded = _decoded if has_items(request_type.DESCRIPTOR) else _parsed
+    return grpc.unary_unary_rpc_method_handler(_unary(admission, behavior, False, gate, decoded), **kwargs)
 
 
 def service_handler(

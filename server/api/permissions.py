@@ -16,8 +16,9 @@ program exists or not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from google.protobuf.message import Message
@@ -28,13 +29,13 @@ Resources = Callable[[Any], list[str]]
 Audited = Callable[[Any], str]
 
 EVERYTHING: Resources = lambda _request: [ALL]  # noqa: E731
+MAX_REMEMBERED = 4096  # resource names a rule keeps resolved (_Field.resolve)
 
 
-def _read(request: Any, path: str) -> str:
-    value: Any = request
-    for attribute in path.split("."):
-        value = getattr(value, attribute)
-    return str(value)
+def _reader(path: str) -> Callable[[Any], str]:
+    """What reads the (dotted) field `path` of a request as text; made once, at import."""
+    get = attrgetter(path)
+    return lambda request: str(get(request))
 
 
 def _segment(value: str, collection: str) -> str:
@@ -51,14 +52,30 @@ class _Field:
     def __init__(self, path: str, collection: str) -> None:
         self.path = path
         self.collection = collection
+        self.read = _reader(path)
+        self.prefix = collection + "/"
+        self._known: dict[str, tuple[Sequence[str], str]] = {}
 
     def __call__(self, request: Any) -> list[str]:
-        return [_segment(_read(request, self.path), self.collection)]
+        return [_segment(self.read(request), self.collection)]
 
     def qualified(self, request: Any) -> str:
         """The resource name for the audit log: `programs/x/versions/1.0.0`, `signatures/s` …"""
-        value = _read(request, self.path)
-        return value if value.startswith(self.collection + "/") else f"{self.collection}/{value}"
+        return self._qualify(self.read(request))
+
+    def _qualify(self, value: str) -> str:
+        return value if value.startswith(self.prefix) else self.prefix + value
+
+    def resolve(self, request: Any) -> tuple[Sequence[str], str]:
+        """`(self(request), self.qualified(request))`, remembered by the field's value: every pod
+        asks for the same few names, call after call."""
+        value = self.read(request)
+        known = self._known.get(value)
+        if known is None:
+            if len(self._known) >= MAX_REMEMBERED:
+                self._known.clear()  # names never seen again must not grow memory
+            known = self._known[value] = ((_segment(value, self.collection),), self._qualify(value))
+        return known
 
 
 def _field(path: str, collection: str) -> _Field:
@@ -82,7 +99,8 @@ def _fields(*fields: _Field) -> _Fields:
 
 def _target(path: str, template: str = "{}") -> Audited:
     """What a management call is about, for the audit log (its permission is on `*`)."""
-    return lambda request: template.format(_read(request, path))
+    read = _reader(path)
+    return lambda request: template.format(read(request))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,13 +115,24 @@ class Rule:
     def names(self, request: Message) -> list[str]:
         return self.resources(request) if self.resources is not None else []
 
-    def audit_resource(self, request: Message, names: list[str]) -> str:
+    def audit_resource(self, request: Message, names: Sequence[str]) -> str:
         if self.audited is not None:
             return self.audited(request)
         qualified = getattr(self.resources, "qualified", None)
         if qualified is not None:
             return str(qualified(request))
         return names[0] if names else ""
+
+    def resolver(self) -> Callable[[Message], tuple[Sequence[str], str]]:
+        """`names` and `audit_resource` of a request together, for the handlers (made once per RPC)."""
+        if self.audited is None and isinstance(self.resources, _Field):
+            return self.resources.resolve
+
+        def resolve(request: Message) -> tuple[Sequence[str], str]:
+            names = self.names(request)
+            return names, self.audit_resource(request, names)
+
+        return resolve
 
 
 READ, REGISTER, DEPLOY, ROLLBACK, APPROVE, ADMIN, CHECK = (

@@ -25,6 +25,7 @@ from .guard import Guard, identity
 from .mutations import answer, idempotency
 from .response_cache import ResponseCache
 
+SERVING_KEYS = 4096  # (name, environment) pairs whose checked cache key is remembered
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self.guard = guard
         self.deployments = deployments
         self.cache = cache or ResponseCache()
+        self._serving_keys: dict[tuple[str, str], tuple[str, str, str]] = {}  # see _serving_key
         registry.store.commits.subscribe(self.cache.on_commit, self.cache.clear)
 
     # -- signatures ----------------------------------------------------------------------
@@ -179,12 +181,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def GetProgramVersion(self, request: pb.GetProgramVersionRequest, context: Context) -> bytes:
         if request.environment:
-            environment = check_name(request.environment.removeprefix("environments/"), "environment")
-            program = parse_parent(request.name, "programs", "name")
             # The serving path, cached too: what an environment serves changes only with its target,
             # whose every change commits a target.updated event on programs/{program}/..., and that
             # drops the program's entries like any other commit about it.
-            key = f"programs/{program}/environments/{environment}/target"
+            program, environment, key = self._serving_key(request.name, request.environment)
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
@@ -204,6 +204,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         answer = pb.GetProgramVersionResponse(program_version=await self._with_checks(pv)).SerializeToString()
         self.cache.put(ref.name, request.name, answer, generation)
         return answer
+
+    def _serving_key(self, name: str, environment: str) -> tuple[str, str, str]:
+        """The program, the environment and the cache key of a by-environment read, its names checked
+        (INVALID_ARGUMENT); remembered, as every pod of a program sends the same pair, call after call."""
+        known = self._serving_keys.get((name, environment))
+        if known is None:
+            checked = check_name(environment.removeprefix("environments/"), "environment")
+            program = parse_parent(name, "programs", "name")
+            if len(self._serving_keys) >= SERVING_KEYS:
+                self._serving_keys.clear()  # pairs never asked again must not grow memory
+            known = (program, checked, f"programs/{program}/environments/{checked}/target")
+            self._serving_keys[(name, environment)] = known
+        return known
 
     async def _with_checks(self, pv: ProgramVersion) -> pb.ProgramVersion:
         """The version with the checks CI reported for it (a check report drops the cached answer:

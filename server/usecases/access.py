@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 from ..calls import Call
@@ -63,6 +64,23 @@ class Identity:
     def name(self) -> str:
         return self.principal.name
 
+    @cached_property
+    def token_name(self) -> str:
+        """The token's resource name, or "" (a client certificate): once, not on every call."""
+        return self.token.resource_name if self.token is not None else ""
+
+
+@dataclass(slots=True)
+class _GrantsOf:
+    """A principal's grants as read at most CACHE_SECONDS ago, and the answers they gave."""
+
+    fresh_until: float  # time.monotonic()
+    grants: tuple[Grant, ...]
+    # (action's name, resource) -> allowed: every read of a program asks the same question of the
+    # same grants, and a glob's match is worth remembering. Dropped with the grants. Keyed by the
+    # name: hashing an enum member is a Python-level call.
+    answers: dict[tuple[str, str], bool]
+
 
 @dataclass(frozen=True, kw_only=True)
 class PrincipalDraft:
@@ -83,7 +101,7 @@ class Access:
         self._generation = 0  # bumped by every commit that may invalidate a verified token
         self._touching: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
+        self._grants: dict[str, _GrantsOf] = {}
         store.commits.subscribe(self._on_commit, self._forget_all)
 
     # -- caches ----------------------------------------------------------------------------
@@ -103,11 +121,9 @@ class Access:
 
     # -- authentication --------------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None) -> Identity:
-        """The identity behind an `authorization: Bearer …` value, or Unauthenticated."""
-        if not authorization:
-            raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
-        # The hot path: a header verified less than a second ago costs a dict lookup.
+    def verified(self, authorization: str) -> Identity | None:
+        """The identity behind a header verified less than CACHE_SECONDS ago (and not revoked, disabled
+        or expired since), or None: the hot path, a dict lookup that the caller need not await."""
         hit = self._verified.get(authorization)
         if (
             hit is not None
@@ -115,6 +131,15 @@ class Access:
             and (hit[1] is None or self.clock.now().timestamp() < hit[1])
         ):
             return hit[2]
+        return None
+
+    async def authenticate(self, authorization: str | None) -> Identity:
+        """The identity behind an `authorization: Bearer …` value, or Unauthenticated."""
+        if not authorization:
+            raise Unauthenticated("missing authorization metadata: send `authorization: Bearer <token>`")
+        known = self.verified(authorization)
+        if known is not None:
+            return known
         parsed = access.parse_bearer(authorization)
         if parsed is None:
             raise Unauthenticated("malformed authorization metadata: expected `Bearer dspyr_…`")
@@ -176,17 +201,45 @@ class Access:
     # -- authorization ---------------------------------------------------------------------
 
     async def grants(self, principal: str) -> tuple[Grant, ...]:
+        return (await self._grants_of(principal)).grants
+
+    async def _grants_of(self, principal: str) -> _GrantsOf:
         now = time.monotonic()
         cached = self._grants.get(principal)
-        if cached is not None and cached[0] >= now:
-            return cached[1]
+        if cached is not None and cached.fresh_until >= now:
+            return cached
         async with self.store.read() as tx:
             grants = await tx.grants_of(principal)
-        self._grants[principal] = (now + CACHE_SECONDS, grants)
-        return grants
+        entry = self._grants[principal] = _GrantsOf(now + CACHE_SECONDS, grants, {})
+        return entry
+
+    def allowed(self, identity: Identity, action: Action, resources: Sequence[str]) -> bool | None:
+        """Whether the grants read less than CACHE_SECONDS ago allow `action` on every resource
+        named; None when they must be read first (`authorize`). The hot path: no await."""
+        cached = self._grants.get(identity.principal.name)
+        if cached is None or cached.fresh_until < time.monotonic():
+            return None
+        answers = cached.answers
+        verb = action._name_
+        for resource in resources:
+            allowed = answers.get((verb, resource))
+            if allowed is None:
+                if len(answers) >= MAX_CACHED:
+                    answers.clear()  # a caller naming ever new resources must not grow memory
+                allowed = access.matching_grant(cached.grants, action, resource) is not None
+                answers[(verb, resource)] = allowed
+            if not allowed:
+                return False
+        return True
 
     async def authorize(self, identity: Identity, action: Action, resources: Sequence[str]) -> None:
         """PermissionDenied unless a grant allows `action` on every resource named."""
+        allowed = self.allowed(identity, action, resources)
+        if allowed is None:
+            await self._grants_of(identity.name)
+            allowed = self.allowed(identity, action, resources)
+        if allowed:
+            return
         grants = await self.grants(identity.name)
         for resource in resources:
             if access.matching_grant(grants, action, resource) is None:

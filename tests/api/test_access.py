@@ -317,3 +317,29 @@ async def test_a_retried_mutation_is_audited_once(server: Running) -> None:
         listed = await admin.ListAuditEvents(apb.ListAuditEventsRequest(principal="principals/admin"))
         audited = [e for e in listed.audit_events if e.request_id == request_id]
         assert len(audited) == 1 and audited[0].revision > 0, request_id
+
+
+async def test_a_revoked_grant_stops_cached_reads_of_the_serving_path_at_once(server: Running) -> None:
+    # Reads remember what a principal's grants answered (Access.allowed) and the encoded answer
+    # (the response cache): neither may outlive the grant, nor let one program's answer pass for another.
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await register_signature(server.registry, name="sig")
+    registry = pb_grpc.RegistryServiceStub(server.channel)
+    await registry.RegisterProgram(_program("sentiment_a", "1.0.0"))  # development auto-deploys it
+    await registry.RegisterProgram(_program("ranker", "1.0.0"))
+    secret = await _teammate(admin, "gina", (apb.ACTION_READ, "sentiment_*"))
+    channel = server.channel_for(secret)
+    try:
+        reads = pb_grpc.RegistryServiceStub(channel)
+        serving = pb.GetProgramVersionRequest(name="programs/sentiment_a", environment="development")
+        for _ in range(3):  # the first fills the caches, the others are answered from them
+            assert (await reads.GetProgramVersion(serving)).program_version.version == "1.0.0"
+        other = pb.GetProgramVersionRequest(name="programs/ranker", environment="development")
+        assert await code_of(reads.GetProgramVersion(other)) == grpc.StatusCode.PERMISSION_DENIED
+        bad = pb.GetProgramVersionRequest(name="programs/sentiment_a", environment="Dev elopment")
+        assert await code_of(reads.GetProgramVersion(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+        listed = await admin.ListPermissions(apb.ListPermissionsRequest(principal="principals/gina"))
+        await admin.RevokePermission(apb.RevokePermissionRequest(name=listed.permissions[0].name))
+        assert await code_of(reads.GetProgramVersion(serving)) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close(None)
