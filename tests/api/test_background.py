@@ -30,8 +30,11 @@ async def test_a_deployment_committed_during_a_pass_is_stepped_without_waiting_o
         async def run_once(self) -> int:
             passes.append(time.monotonic())
             if len(passes) == 1:  # a deployment commits while this pass runs
+                created = {
+                    "state": "IN_PROGRESS"
+                }  # a canary's first step is due later: it wakes the controller
                 self.on_commit(
-                    [Event(kind="deployment.created", resource="deployments/d1", data={}, revision=1)]
+                    [Event(kind="deployment.created", resource="deployments/d1", data=created, revision=1)]
                 )
             return await super().run_once()
 

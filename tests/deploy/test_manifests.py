@@ -37,7 +37,8 @@ KUSTOMIZATIONS = ["base", "overlays/postgres", "overlays/sqlite", "examples/serv
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 NAMESPACE = "dspy-registry"  # where docs/deploy.md installs the server; the serving example dials it
 SHUTDOWN_MARGIN = (1, 10)  # seconds past --grace that the pod's termination grace allows, at least, at most
-PLACEHOLDER = "from-a-secret"
+# What a variable from a Secret stands for here; shaped as the one such variable (the database URL) must be.
+PLACEHOLDER = "postgresql://from-a-secret/dspy_registry"
 
 
 def _kubectl() -> str:
