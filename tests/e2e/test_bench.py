@@ -92,8 +92,12 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     killed = by["fleet_replica_killed"]
     assert not killed["leader"] and killed["streams_resumed"] == killed["streams_on_it"], seen
     assert killed["sidecars_counted_before"] == [20, 20, 20], seen
-    assert killed["sidecars_counted_after"] == killed["sidecars_counted_after_rows_ran_out"] == [20, 20], seen
-    assert killed["distinct_after"] == [20] * 4, seen
+    # Once: never a pod twice (the dead replica's rows beside the survivor's). Right after the move a
+    # survivor may not have read another's batch yet (it can be a pod short, as in docs/operations.md);
+    # once the dead replica's rows have run out, every survivor counts every pod.
+    after = killed["sidecars_counted_after"] + killed["sidecars_counted_after_rows_ran_out"]
+    assert killed["distinct_after"] == after and max(after) <= 20, seen
+    assert killed["sidecars_counted_after_rows_ran_out"] == [20, 20], seen
     assert 0 < by["fleet_writes"]["replicas_cpu_s_per_s"], seen
     assert by["fleet_create_deployment"]["idle_after_p99_ms"] > 0, seen
     assert "fleet: 20 pods, 3 replicas" in stderr
