@@ -104,6 +104,27 @@ def _memory(rs: list[dict[str, Any]]) -> str:
     return text + (f", of which its job runner {_n(jobs)}" if jobs else "")
 
 
+def _when(before: dict[str, Any]) -> str:
+    """The run's date, as its first line recorded it (a saved run may not have it)."""
+    return f"{before['at'][:10]}, " if before.get("at") else ""
+
+
+def _shared(before: dict[str, Any]) -> str:
+    """What the load says of the figures. The load average counts the benchmark's own processes, so
+    only the load before it started says whether other work shared the machine: the run's, when
+    this section came after the fan-out's."""
+    if before.get("run_load_average_1m", before["load_average_1m"]) < before["cpus"]:
+        return ""
+    return " (shared with other work: compare the ratios)"
+
+
+def _load(before: dict[str, Any]) -> str:
+    run = before.get("run_load_average_1m")
+    return f"{before['load_average_1m']} at the start" + (
+        f" ({run} when the run began, before the fan-out)" if run is not None else ""
+    )
+
+
 def _x(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.1f}×" if theirs else "—"
 
@@ -132,8 +153,8 @@ def render(
         "comes, job runner on, is started once, for its memory and start only. Figures are medians over",
         f"{rounds} rounds, the peers' order reversed round by round (bench/mlflow_peer.py).",
         "",
-        f"Machine: {before['cpu']}, {before['cpus']} CPUs; load average {before['load_average_1m']} at the start,",
-        f"{after['load_average_1m']} at the end (shared with other work: compare the ratios). The section took",
+        f"Machine: {before['cpu']}, {before['cpus']} CPUs; load average {_load(before)},",
+        f"{after['load_average_1m']} at the end{_shared(before)}. The section took",
         f"{seconds / 60:.1f} min; `python -m bench.peers --only mlflow` measures it alone.",
         "",
     ]
@@ -251,12 +272,52 @@ def render(
     return [*lines, ""]
 
 
-def section(rounds: int, machine: Callable[[], dict[str, Any]], path: Path | None) -> None:
-    """Measure the section (its JSON lines on stdout) and, unless `path` is None, write it there."""
+def readme_lines(records: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The README's MLflow figures (its `readme-mlflow` block): each against MLflow's better setting,
+    medians over the rounds, and where they came from."""
+    by = _figures(records)
+    version = next((r["mlflow"] for r in records if r.get("mlflow")), MLFLOW_VERSION)
+    lines = [
+        f"| MLflow's model registry ({_when(before)}load {before['load_average_1m']} → "
+        f"{after['load_average_1m']}) | MLflow {version}, its better setting | dspy-registry | against MLflow |",
+        "|---|---|---|---|",
+    ]
+    n = RESOLVE_CONCURRENCY[-1]
+    resolve = f"resolve, {n} in flight: alias lookup / GetProgramVersion by environment"
+    register = f"durable registration, {REGISTER_CLIENTS} clients, auto-deploy on"
+    for label, workload, k, field, unit, better in (
+        (resolve, "resolve", n, "throughput_per_s", "req/s", "the rate"),
+        (register, "register_concurrent", REGISTER_CLIENTS, "throughput_per_s", "versions/s", "the rate"),
+        ("memory, idle", "memory_idle", 0, "rss_mib", "MiB", "less"),
+        ("start to healthy", "start", 0, "seconds_to_healthy", "s", "faster"),
+    ):
+        low = better != "the rate"  # memory and start: the lower the better
+        best = _best(by, workload, k, field, low=low)
+        ours = by.get(("registry", workload, k))
+        if best is None or ours is None:
+            continue
+        theirs, mine = _median(by[(best, workload, k)], field), _median(ours, field)
+        ratio = f"{_x(theirs, mine)} {better}" if low else f"{_x(mine, theirs)} {better}"
+        lines.append(f"| {label} | {_n(theirs)} {unit} | {_n(mine)} {unit} | {ratio} |")
+    return lines
+
+
+def section(
+    rounds: int,
+    machine: Callable[[], dict[str, Any]],
+    path: Path | None,
+    readme: Path | None = None,
+    run_load: float | None = None,
+) -> None:
+    """Measure the section (its JSON lines on stdout) and, unless `path` is None, write it there (and
+    the README's block, if `readme` is given). `run_load`: the load average when a run that measured
+    the fan-out first began."""
     # A stopped run still stops the servers it started (their `finally`), MLflow's forks included.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     before = {"figure": "machine", "section": "mlflow", "at": _now(), **machine()}
+    if run_load is not None:
+        before["run_load_average_1m"] = run_load
     emit(before)
     records = run(rounds, Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres=""))
     after = {"figure": "machine", "section": "mlflow", "at": _now(), **machine()}
@@ -266,17 +327,25 @@ def section(rounds: int, machine: Callable[[], dict[str, Any]], path: Path | Non
     if path is not None:
         page.write(path, "mlflow", render(records, before, after, seconds))
         done["written"] = str(path)
+        if readme is not None:
+            page.write_block(readme, "readme-mlflow", readme_lines(records, before, after))
     emit(done)
 
 
-def write_from(saved: list[dict[str, Any]], path: Path) -> None:
-    """Write the section from a saved run's JSON lines, if they hold it."""
+def write_from(saved: list[dict[str, Any]], path: Path, readme: Path | None = None) -> None:
+    """Write the section (and the README's block, if `readme` is given) from a saved run's JSON
+    lines, if they hold it."""
     machines = [r for r in saved if r.get("figure") == "machine" and r.get("section") == "mlflow"]
     records = [r for r in saved if r.get("figure") == "mlflow"]
     if not records or not machines:
         return
+    run = next((r for r in saved if r.get("figure") == "machine" and "section" not in r), None)
+    if run is not None and "run_load_average_1m" not in machines[0]:  # a run saved before it was recorded
+        machines[0] = {**machines[0], "run_load_average_1m": run["load_average_1m"]}
     took = next((r["seconds"] for r in saved if r.get("figure") == "section" and r["section"] == "mlflow"), 0)
     page.write(path, "mlflow", render(records, machines[0], machines[-1], took))
+    if readme is not None:
+        page.write_block(readme, "readme-mlflow", readme_lines(records, machines[0], machines[-1]))
 
 
 def _now() -> str:

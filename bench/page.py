@@ -6,6 +6,10 @@ section sits between the markers `<!-- bench-peers: NAME -->` and `<!-- /bench-p
 and says its own machine, load and run time, so a run of one section replaces that section's
 text and keeps the other's as the last run that measured it left it. The page is the title, then
 the sections in SECTIONS' order; text outside the markers is not kept (the page is generated).
+
+The README's performance figures come from the same runs: each section also rewrites its own
+summary block in README.md (`write_block`, markers `<!-- bench-peers: readme-NAME -->`), and
+there only the text between the markers changes.
 """
 
 from __future__ import annotations
@@ -43,3 +47,16 @@ def write(path: Path, name: str, lines: list[str]) -> None:
         if section in kept:
             parts += [_begin(section), kept[section].rstrip("\n"), _end(section), ""]
     path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def write_block(path: Path, name: str, lines: list[str]) -> None:
+    """Replace the text between block `name`'s markers in the file at `path`, keeping the rest of it.
+    A file without the markers is an error: the block's place in a hand-written page is chosen by
+    hand, never guessed."""
+    text = path.read_text(encoding="utf-8")
+    begin, end = _begin(name), _end(name)
+    start, stop = text.find(begin + "\n"), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"{path} has no {begin} ... {end} block")
+    body = "\n".join(lines).strip("\n") + "\n"
+    path.write_text(text[: start + len(begin) + 1] + body + text[stop:], encoding="utf-8")

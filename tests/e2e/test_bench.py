@@ -17,6 +17,7 @@ from tests.conftest import SKIP_POSTGRES
 from tests.e2e.conftest import ROOT
 
 OPERATIONS = ROOT / "docs" / "operations.md"
+README = ROOT / "README.md"
 
 
 def _bench(*args: str) -> tuple[list[dict[str, Any]], str]:
@@ -105,6 +106,8 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
 
 async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling(tmp_path: Path) -> None:
     """`make bench-peers`'s plumbing, tiny: the same clients on all three servers, each change seen."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
     done = subprocess.run(
         [
             sys.executable,
@@ -119,7 +122,7 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
             "--changes",
             "3",
         ]
-        + ["--open-seconds", "0", "--docs", str(tmp_path), "--replicas", "0"],
+        + ["--open-seconds", "0", "--docs", str(tmp_path), "--replicas", "0", "--readme", str(readme)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -161,6 +164,16 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
     )
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     assert (again / "benchmarks.md").read_text() == page
+    # The README's fan-out block: this run's largest fan-out, etcd beside ours; the MLflow block and
+    # the rest of the README as they were.
+    blocks = _readme_blocks(readme.read_text())
+    assert blocks["fanout"].startswith("| Watch fan-out to 20 watchers (20"), blocks
+    assert (
+        "| server CPU per delivery |" in blocks["fanout"]
+        and "| server memory per watcher |" in blocks["fanout"]
+    )
+    assert blocks["mlflow"] == _readme_blocks(README.read_text())["mlflow"]
+    assert _outside_blocks(readme.read_text()) == _outside_blocks(README.read_text())
 
 
 def test_registrations_are_unique_and_gapless_only_when_numbered_one_to_n() -> None:
@@ -251,8 +264,11 @@ def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path
     page.write_text(
         "# Benchmarks against the peers\n\n<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->\n"
     )
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
     done = subprocess.run(
-        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(tmp_path)],
+        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(tmp_path)]
+        + ["--readme", str(readme)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -263,6 +279,38 @@ def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path
     text = page.read_text()
     assert "<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->" in text
     assert "## MLflow's model registry" in text and "The section took\n1.0 min;" in text
+    # The README's MLflow block has this run's figures against MLflow's better setting (here its
+    # default workers); the rest of the README, the fan-out's block included, is as it was.
+    blocks = _readme_blocks(readme.read_text())
+    assert (
+        "| resolve, 64 in flight: alias lookup / GetProgramVersion by environment | 100.0 req/s | 2 000.0 req/s | 20.0× the rate |"
+        in blocks["mlflow"]
+    )
+    assert "| memory, idle | 500.0 MiB | 25.0 MiB | 20.0× less |" in blocks["mlflow"]
+    assert blocks["fanout"] == _readme_blocks(README.read_text())["fanout"]
+    assert _outside_blocks(readme.read_text()) == _outside_blocks(README.read_text())
+
+
+def _readme_blocks(text: str) -> dict[str, str]:
+    """The README's bench-peers blocks, by section."""
+    found = re.findall(
+        r"<!-- bench-peers: readme-(\w+) -->\n(.*?)<!-- /bench-peers: readme-\1 -->", text, re.S
+    )
+    return dict(found)
+
+
+def _outside_blocks(text: str) -> str:
+    return re.sub(r"(<!-- bench-peers: readme-\w+ -->\n).*?(<!-- /bench-peers)", r"\1\2", text, flags=re.S)
+
+
+def test_the_readmes_performance_figures_are_a_bench_peers_run() -> None:
+    """The README's figures are the blocks `make bench-peers` writes: both there, each a table with
+    the date and load of the run that wrote it."""
+    blocks = _readme_blocks(README.read_text())
+    assert set(blocks) == {"fanout", "mlflow"}
+    for text in blocks.values():
+        rows = [x for x in text.splitlines() if x.startswith("|")]
+        assert len(rows) >= 5 and re.search(r"\(20\d\d-\d\d-\d\d, load [0-9.]+ → [0-9.]+\)", rows[0]), text
 
 
 @pytest.mark.postgres
