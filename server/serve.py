@@ -49,7 +49,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """glibc's malloc, set for a server that now and then takes a message of megabytes.
 
     By default glibc raises its mmap threshold each time it frees a large mapped block, so
@@ -69,12 +69,22 @@ def _tune_malloc() -> None:
         pass
 
 
+def tune_collector() -> None:
+    """Once started: everything allocated so far lives as long as the process, so it is kept out of
+    the cyclic collector's way, and the young generation is collected less often (a watch stream
+    holds a handful of objects; at 10 000 streams the default thresholds' full collections walked
+    them all again and again)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 async def serve(config: Config) -> None:
     # Imported here: the server (aiohttp, the store drivers, telemetry) is 0.65 s of imports that
     # the operator commands, one process per command, have no use for.
     from .app import App
 
-    _tune_malloc()  # before the threads that would each take an arena start
+    tune_malloc()  # before the threads that would each take an arena start
     app = App(config)
     try:
         await app.start()
@@ -82,11 +92,7 @@ async def serve(config: Config) -> None:
         # Close what started (the store's thread, the metrics port) so that the process can exit.
         await app.stop(grace=0)
         raise
-    # Everything allocated so far lives as long as the process: keep it out of
-    # the cyclic collector's way, and collect the young generation less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
