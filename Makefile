@@ -81,7 +81,8 @@ bench: setup
 
 # Watch fan-out against etcd 3.4 (Debian's etcd-server) and the bare grpc.aio ceiling, and MLflow's model
 # registry (from PyPI, in build/bench-peers/mlflow-venv: bench/mlflow_peer.py), on loopback; rewrites
-# docs/benchmarks.md and docs/benchmarks-fanout.png (see bench/peers.py). Never in `make test`.
+# docs/benchmarks.md, docs/benchmarks-fanout.png and the README's performance tables (see bench/peers.py).
+# Never in `make test`.
 bench-peers: setup
 	$(BIN)/python -m bench.peers $(ARGS)
 

@@ -11,12 +11,14 @@ drifts. Then, in each round, the registry spread over 1, 2 and 3 replicas on one
 PostgreSQL database (`--replicas`; bench/fleet.py's replicas): the same clients deal their streams
 over the replicas' addresses, the change goes through the first replica, and each replica hands it
 to its own watchers (the others hear of it through LISTEN/NOTIFY); server CPU is summed over the
-replicas. One JSON line per measurement, then docs/benchmarks.md and docs/benchmarks-fanout.png are
-written from this run's lines. Not part of `make test`.
+replicas. One JSON line per measurement, then docs/benchmarks.md, docs/benchmarks-fanout.png and
+the README's performance table (its `readme-fanout` block) are written from this run's lines. Not
+part of `make test`.
 
 Then MLflow's model registry against dspy-registry (bench/mlflow_section.py: registration, alias
 resolution, memory, start). `--only fanout` or `--only mlflow` measures one of the two; each is
-a section of docs/benchmarks.md that a run rewrites only when it measured it (bench/page.py).
+a section of docs/benchmarks.md, and a block of the README, that a run rewrites only when it
+measured it (bench/page.py).
 """
 
 from __future__ import annotations
