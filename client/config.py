@@ -209,7 +209,8 @@ def resolve(
     Raises:
         ConfigError: A bad value in a variable or the file.
         OSError: A token file named cannot be read (FileNotFoundError: it does not exist); the
-            message names the place that named it.
+            message names the place that named it. Likewise a TLS file (CA, client certificate or
+            key) of the settings resolved; the message names the file.
     """
     env = os.environ if env is None else env
     path = Path(config_file).expanduser() if config_file is not None else config_path(env)
@@ -251,13 +252,28 @@ def resolve(
             file.get("tls"), file.get("tls_ca"), file.get("tls_cert"), file.get("tls_key"), str(path), path
         ),
     ]
+    resolved_tls = _merge(layers)
+    if resolved_tls is not None:
+        _check_readable(resolved_tls)
     return Settings(
         target=str(resolved_target),
         token=resolved_token,
-        tls=_merge(layers),
+        tls=resolved_tls,
         token_file=read_from,
         token_origin=origin,
     )
+
+
+def _check_readable(tls: Tls) -> None:
+    """The TLS files are read as a token file is: now, so that one that cannot be read is a setting that
+    cannot be used (the commands' exit 2), not a failure to connect found later (exit 1, errno's words)."""
+    for what, path in (("CA", tls.ca), ("client certificate", tls.cert), ("client key", tls.key)):
+        if path:
+            try:
+                Path(path).expanduser().read_bytes()
+            except OSError as err:
+                why = f"the TLS {what} file cannot be read: {err.strerror}"
+                raise type(err)(err.errno, why, os.fspath(path)) from None
 
 
 def _env_path(env: Mapping[str, str], name: str) -> Path | None:

@@ -140,8 +140,8 @@ def _shell(command: str, env: dict[str, str]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`dspy-registry sidecar`: 0 once stopped by SIGTERM or SIGINT; 2 for a setting that cannot be
-    used (a bad value, a token file that cannot be read); 1 when it cannot start (a TLS file or its
-    directory cannot be read or written)."""
+    used (a bad value, a token or TLS file that cannot be read); 1 when it cannot start (its directory
+    cannot be read or written)."""
     try:
         log_format = args.log_format or os.environ.get("DSPY_REGISTRY_LOG_FORMAT") or "text"
         if log_format not in ("text", "json"):

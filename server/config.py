@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -352,6 +353,54 @@ def from_arguments(args: argparse.Namespace) -> Config:
         http_listen=_value(args.http_listen, str),
         replica_name=_value(args.replica_name, str),
     )
+
+
+def check_tls_files(args: argparse.Namespace) -> None:
+    """Read and parse the TLS files `args` name, as the server will use them; `serve` calls it before
+    anything starts (from_arguments reads no file: the manifests' test parses paths of a pod's).
+
+    A file that cannot be used is a setting that cannot be used, as a token file is for the client's
+    commands: one line naming it and why, exit 2. It was found once the store was open and the admin
+    principal written, exit 1 with errno's words and no setting named; and a file that is not a PEM
+    key failed as a port grpc could not bind.
+
+    Raises:
+        ConfigError: A file missing, unreadable or not PEM, or a key that is not the certificate's.
+    """
+    files: dict[str, str] = {}
+    named: dict[str, str] = {}  # each file as its flag or variable named it, for the messages
+    for field, flag in (
+        ("tls_cert", "--tls-cert"),
+        ("tls_key", "--tls-key"),
+        ("tls_client_ca", "--tls-client-ca"),
+    ):
+        given = getattr(args, field)
+        path = files[field] = _value(given, str)
+        named[field] = f"{given.name if isinstance(given, _Variable) else flag} {path}"
+        if path:
+            try:
+                Path(path).read_bytes()
+            except OSError as err:
+                raise ConfigError(f"{named[field]}: cannot be read: {err.strerror}") from None
+    if bool(files["tls_cert"]) != bool(files["tls_key"]):
+        raise ConfigError("--tls-cert and --tls-key go together (both or neither)")
+    if files["tls_client_ca"] and not files["tls_cert"]:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if files["tls_cert"]:
+        try:
+            # A password callable: an encrypted key fails here, where OpenSSL would ask a terminal.
+            context.load_cert_chain(files["tls_cert"], files["tls_key"], password=lambda: b"")
+        except ssl.SSLError as err:
+            pair = f"{named['tls_cert']} and {named['tls_key']}"
+            raise ConfigError(
+                f"{pair}: not a PEM certificate and its unencrypted private key ({err})"
+            ) from None
+    if files["tls_client_ca"]:
+        try:
+            context.load_verify_locations(cafile=files["tls_client_ca"])
+        except ssl.SSLError as err:
+            raise ConfigError(f"{named['tls_client_ca']}: no PEM CA certificate in it ({err})") from None
 
 
 def _old_environments_file(env: Mapping[str, str]) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import logs
-from .config import Config, ConfigError, deprecated_settings, from_arguments
+from .config import Config, ConfigError, check_tls_files, deprecated_settings, from_arguments
 from .errors import RegistryError
 
 ACCESS_HELP = """\
@@ -120,9 +120,10 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`serve` with the parsed `args`: 0 once stopped by a signal, 1 when the server cannot start, 2 on a
-    bad setting in a variable."""
+    bad setting in a variable or a TLS file that cannot be used."""
     try:
         config = from_arguments(args)
+        check_tls_files(args)
     except ConfigError as exc:
         print(f"dspy-registry serve: error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -93,24 +94,39 @@ _UNAVAILABLE = (
 )
 
 
-def _translate(exc: BaseException) -> RegistryError:
+def _translate(exc: BaseException, elapsed: float | None = None) -> RegistryError:
+    """The store's own error for a driver's; `elapsed`, how long the call had waited when it failed."""
+    reason = _reason(exc, elapsed)
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-        return Aborted(f"conflicting concurrent change: {exc}")
+        return Aborted(f"conflicting concurrent change: {reason}")
     if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
-        return Aborted(f"transaction conflict, retry: {exc}")
+        return Aborted(f"transaction conflict, retry: {reason}")
     if isinstance(exc, asyncpg.DiskFullError):
-        return ResourceExhausted(DISK_LIMIT, f"the database's disk is full: {exc}")
+        return ResourceExhausted(DISK_LIMIT, f"the database's disk is full: {reason}")
     if isinstance(exc, _UNAVAILABLE):
-        return StoreUnavailable(f"postgres unavailable: {exc}")
+        return StoreUnavailable(f"postgres unavailable: {reason}")
     if isinstance(exc, asyncpg.PostgresError):
-        return StoreError(f"postgres: {exc}")
+        return StoreError(f"postgres: {reason}")
     if isinstance(exc, asyncpg.InterfaceError) and isinstance(
         exc, ValueError | asyncpg.ClientConfigurationError | asyncpg.UnsupportedClientFeatureError
     ):
-        return StoreError(f"postgres client: {exc}")  # an argument it cannot encode: our bug
+        return StoreError(f"postgres client: {reason}")  # an argument it cannot encode: our bug
     # The rest is the connection's state after a loss: closed, "another operation is in
     # progress" (InternalClientError), released to the pool; or a socket error or timeout.
-    return StoreUnavailable(f"postgres unreachable: {exc}")
+    return StoreUnavailable(f"postgres unreachable: {reason}")
+
+
+def _reason(exc: BaseException, elapsed: float | None) -> str:
+    """What went wrong, in words. asyncpg's timeouts (connect, a pooled connection, a statement) are
+    a bare TimeoutError whose text is empty: the operator's log and the client's UNAVAILABLE said
+    "postgres unreachable: " and nothing more. Which of its limits ran out the error does not say
+    (a pool's acquire fails at the connect's limit when it had to connect), so the time waited is
+    measured rather than guessed from the limits."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError):
+        waited = f" after {elapsed:.1f} s" if elapsed is not None else ""
+        return f"no answer from the database{waited} (TimeoutError{': ' + text if text else ''})"
+    return text or type(exc).__name__
 
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -122,14 +138,16 @@ async def _driver(call: Callable[[], Awaitable[T]]) -> T:
     A callable rather than an awaitable: some asyncpg methods (a transaction's
     `rollback()` once its connection closed) raise as they are called.
     """
+    started = time.monotonic()
     try:
         return await call()
     except _DRIVER_ERRORS as exc:
-        raise _translate(exc) from None
+        raise _translate(exc, time.monotonic() - started) from None
 
 
 async def applied_migrations(url: str) -> set[int]:
     """The migrations the database's ledger lists (none before the first start), read without writing."""
+    started = time.monotonic()
     try:
         conn = await asyncpg.connect(url, **_CONNECT)
         try:
@@ -139,7 +157,7 @@ async def applied_migrations(url: str) -> set[int]:
         finally:
             await conn.close(timeout=CLOSE_TIMEOUT)
     except _DRIVER_ERRORS as exc:
-        raise _translate(exc) from None
+        raise _translate(exc, time.monotonic() - started) from None
 
 
 class _Connection:
@@ -195,6 +213,7 @@ class PostgresStore(TimedTransactions):
         self._down = ""  # why the last ping found the database unreachable; "" while it answers
 
     async def open(self) -> None:
+        started = time.monotonic()
         try:
             # Pooled sessions end an idle transaction as the writer's do: a replica cut off
             # mid-batch must not hold its telemetry rows for hours. Set once per session, not per
@@ -214,7 +233,7 @@ class PostgresStore(TimedTransactions):
                 assert row is not None
                 self._delivered = int(row["revision"])
         except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from None
+            raise _translate(exc, time.monotonic() - started) from None
         await self._listen()
         self._listen_task = asyncio.create_task(self._keep_listening(), name="postgres-listen")
 

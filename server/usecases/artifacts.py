@@ -26,7 +26,7 @@ from typing import IO, Protocol
 
 from ..domain import programs
 from ..errors import InvalidArgument, ResourceExhausted
-from ..store.records import ARTIFACT_CHUNK
+from ..store.artifact_records import ARTIFACT_CHUNK
 
 DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 # When a refused upload should try again: an upload slot frees when another upload ends, which for

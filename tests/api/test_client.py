@@ -68,6 +68,7 @@ def test_every_rpc_has_a_client_method() -> None:
 def test_settings_come_from_arguments_then_environment_then_file(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     (tmp_path / "file.token").write_text("from-file\n")
+    (tmp_path / "ca.pem").write_text("")  # a TLS file is read as the settings are resolved
     config.write_text('target = "file:1"\ntoken_file = "file.token"\ntls_ca = "ca.pem"\n')
     env = {"DSPY_REGISTRY_CONFIG": str(config)}
     from_file = resolve(env=env)

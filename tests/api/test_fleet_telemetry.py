@@ -86,6 +86,22 @@ def _ids(status: dpb.GetDeploymentStatusResponse) -> list[str]:
     return [s.sidecar_id for s in status.sidecars]
 
 
+async def _join(replica: Running, sidecar_id: str) -> str:
+    """`sidecar_id` joins through `replica`, ACKing the development target's stable version; its digest."""
+    digest = (await _status(replica)).target.stable.digest
+    await replica.deployments.ReportSidecarStatus(_report(sidecar_id, _ack(digest)))
+    return digest
+
+
+def _nack(digest: str, message: str = "") -> dpb.SidecarTargetStatus:
+    """`_ack`'s opposite: the sidecar could not apply `digest` (DATA_LOSS) and serves what it had."""
+    nack = _ack(digest)
+    nack.result = dpb.APPLY_RESULT_NACK
+    nack.error_detail.code = grpc.StatusCode.DATA_LOSS.value[0]
+    nack.error_detail.message = message
+    return nack
+
+
 @pytest.fixture
 async def replica(database_url: str) -> AsyncIterator[Running]:
     running = await _with_program(await _replica(database_url))
@@ -128,8 +144,7 @@ async def test_reports_move_no_revision_and_hundreds_take_a_few_write_transactio
 
 async def test_a_retried_window_counts_once_and_a_changed_report_is_written_at_once(replica: Running) -> None:
     stub = replica.deployments
-    digest = (await _status(replica)).target.stable.digest
-    await stub.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    digest = await _join(replica, "pod-a")
     window = _window(datetime.now(UTC), 7)
     for _ in range(3):
         assert (
@@ -137,10 +152,7 @@ async def test_a_retried_window_counts_once_and_a_changed_report_is_written_at_o
         ).accepted_count == 1
     assert _requests(await _status(replica)) == 7
     before = _writes(replica)
-    nack = _ack(digest)
-    nack.result = dpb.APPLY_RESULT_NACK
-    nack.error_detail.code = grpc.StatusCode.DATA_LOSS.value[0]
-    nack.error_detail.message = "digest mismatch"
+    nack = _nack(digest, "digest mismatch")
     await stub.ReportSidecarStatus(_report("pod-a", nack))  # what it runs changed: written now
     # The report, in a telemetry transaction; the new NACK, offered to the deployments it may end.
     assert _writes(replica) == (before[0] + 1, before[1] + 1)
@@ -154,8 +166,7 @@ async def test_a_retried_window_counts_once_and_a_changed_report_is_written_at_o
 async def test_a_graceful_stop_writes_what_the_replica_held(database_url: str) -> None:
     clock = FakeClock()
     first = await _with_program(await start(database_url, clock=clock, telemetry_flush_seconds=NEVER))
-    digest = (await _status(first)).target.stable.digest
-    await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    digest = await _join(first, "pod-a")
     joined = clock.now()
     clock.advance(5.0)
     await first.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))  # a heartbeat: held only
@@ -217,8 +228,7 @@ async def test_a_sidecar_that_reports_to_both_replicas_in_turn_is_written_once_a
     replicas: tuple[Running, Running],
 ) -> None:
     a, b = replicas
-    digest = (await _status(a)).target.stable.digest
-    await a.deployments.ReportSidecarStatus(_report("pod-0", _ack(digest)))  # joins: written
+    digest = await _join(a, "pod-0")  # written
     before = (_writes(a), _writes(b))
     for _ in range(5):  # a round-robin client: every other call to each replica
         for replica in (b, a):
@@ -228,10 +238,7 @@ async def test_a_sidecar_that_reports_to_both_replicas_in_turn_is_written_once_a
         await replica.app.replica_flush.run_once()  # a row each
         assert _ids(await _status(replica)) == ["pod-0"]
     # It ACKs another digest through b: written at once, and the newest word on both replicas.
-    nack = _ack(digest)
-    nack.result = dpb.APPLY_RESULT_NACK
-    nack.error_detail.code = grpc.StatusCode.DATA_LOSS.value[0]
-    await b.deployments.ReportSidecarStatus(_report("pod-0", nack))
+    await b.deployments.ReportSidecarStatus(_report("pod-0", _nack(digest)))
     for replica in (a, b):
         [sidecar] = (await _status(replica)).sidecars
         assert [t.result for t in sidecar.targets] == [dpb.APPLY_RESULT_NACK]
@@ -253,8 +260,7 @@ async def test_a_sidecar_reported_on_one_replica_blocks_another_principal_on_the
     from dspy_registry.v1 import access_pb2_grpc as apb_grpc
 
     a, b = replicas
-    digest = (await _status(a)).target.stable.digest
-    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    digest = await _join(a, "pod-a")
     access = apb_grpc.AccessServiceStub(a.channel)
     await access.CreatePrincipal(apb.CreatePrincipalRequest(principal_id="intruder"))
     await access.GrantPermission(
@@ -277,8 +283,7 @@ async def test_windows_sent_where_the_sidecar_does_not_heartbeat_read_nothing_fr
     # A client that spreads its calls over the replicas sends most windows to a replica its heartbeats
     # do not reach: each of them was a read of the sidecar's rows, most of a fleet's database load.
     a, b = replicas
-    digest = (await _status(a)).target.stable.digest
-    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    await _join(a, "pod-a")
     start = datetime.now(UTC) - timedelta(seconds=20)
     await b.deployments.ReportMetrics(
         dpb.ReportMetricsRequest(sidecar_id="pod-a", windows=[_window(start, 1)])
@@ -306,8 +311,7 @@ async def test_a_flush_rewrites_only_the_targets_that_changed_and_restores_those
     replicas: tuple[Running, Running],
 ) -> None:
     a, b = replicas
-    digest = (await _status(a)).target.stable.digest
-    await a.deployments.ReportSidecarStatus(_report("pod-a", _ack(digest)))
+    digest = await _join(a, "pod-a")
 
     async def targets_rows() -> list[tuple[str, str]]:  # (replica, xmin): a rewritten row has a new xmin
         async with a.app.store.read() as tx:

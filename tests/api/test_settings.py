@@ -41,7 +41,12 @@ def test_the_config_file_is_found_by_variable_else_xdg_else_home(
     assert resolve(env={"XDG_CONFIG_HOME": str(tmp_path / "none")}).target == DEFAULT_TARGET
 
 
-def test_tls_comes_part_by_part_from_arguments_then_variables_then_the_file(tmp_path: Path) -> None:
+def test_tls_comes_part_by_part_from_arguments_then_variables_then_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the flags' and variables' relative paths
+    for name in ("file-ca.pem", "file.crt", "file.key", "env-ca.pem", "me.crt", "me.key", "c", "k"):
+        (tmp_path / name).write_text("")  # the TLS files resolved are read then, as a token file is
     config = tmp_path / "config.toml"
     config.write_text('tls_ca = "file-ca.pem"\ntls_cert = "file.crt"\ntls_key = "file.key"\n')
     base = {"DSPY_REGISTRY_CONFIG": str(config)}
@@ -69,6 +74,11 @@ def test_tls_comes_part_by_part_from_arguments_then_variables_then_the_file(tmp_
     ).tls == Tls(cert="c", key="k")
     config.write_text("tls = true\n")
     assert resolve(env=base).tls == Tls()
+    # A TLS file that cannot be read stays an OSError, as a token file's, naming the file and why.
+    with pytest.raises(FileNotFoundError, match="the TLS client key file cannot be read: No such file"):
+        resolve(tls_cert="me.crt", tls_key="absent.key", env=base)
+    with pytest.raises(IsADirectoryError, match="the TLS CA file cannot be read: Is a directory"):
+        resolve(tls_ca=str(tmp_path), env=base)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +266,18 @@ def test_a_bad_variable_is_one_line_and_exit_2_for_each_command(tmp_path: Path) 
         assert "DSPY_REGISTRY_DATABASE='mysql://x': unsupported database URL" in variable.stderr
     doctor = _run("doctor", DSPY_REGISTRY_TLS="maybe")
     assert doctor.returncode == 2 and doctor.stdout.startswith("FAIL  settings   DSPY_REGISTRY_TLS='maybe'")
+    # A TLS file that cannot be read, as a token file: it was exit 1 for the commands and the sidecar
+    # (errno's words, found as they connected), and "ok settings" for doctor.
+    missing_ca = str(tmp_path / "missing-ca.crt")
+    said = "the TLS CA file cannot be read: No such file or directory"
+    listed = _run("env", "list", "--tls-ca", missing_ca)
+    assert (listed.returncode, listed.stderr.count("\n")) == (2, 1) and said in listed.stderr
+    sidecar = _run(
+        "sidecar", "--program", "p", "--environment", "e", "--dir", str(tmp_path), "--tls-ca", missing_ca
+    )
+    assert (sidecar.returncode, sidecar.stderr.count("\n")) == (2, 1) and said in sidecar.stderr
+    doctor = _run("doctor", DSPY_REGISTRY_TLS_CA=missing_ca)
+    assert doctor.returncode == 2 and doctor.stdout.startswith(f"FAIL  settings   [Errno 2] {said}")
 
 
 async def test_settings_named_by_a_config_file_are_resolved_once_and_nothing_is_filled_from_elsewhere(

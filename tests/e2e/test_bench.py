@@ -20,18 +20,29 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 README = ROOT / "README.md"
 
 
-def _bench(*args: str) -> tuple[list[dict[str, Any]], str]:
-    """`python -m bench *args`: its JSON lines, and its stderr."""
+def _python_m(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m module *args` from the repository's root, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")], done.stderr
+    return done
+
+
+def _json_lines(output: str) -> list[dict[str, Any]]:
+    """The figures a benchmark printed, one JSON object a line."""
+    return [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+
+
+def _bench(*args: str) -> tuple[list[dict[str, Any]], str]:
+    """`python -m bench *args`: its JSON lines, and its stderr."""
+    done = _python_m("bench", *args)
+    return _json_lines(done.stdout), done.stderr
 
 
 async def test_the_fanout_benchmark_prints_its_figures() -> None:
@@ -108,29 +119,12 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
     """`make bench-peers`'s plumbing, tiny: the same clients on all three servers, each change seen."""
     readme = tmp_path / "README.md"
     readme.write_text(README.read_text())
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.peers",
-            "--only",
-            "fanout",
-            "--streams",
-            "20",
-            "--rounds",
-            "2",
-            "--changes",
-            "3",
-        ]
-        + ["--open-seconds", "0", "--docs", str(tmp_path), "--replicas", "0", "--readme", str(readme)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = _python_m(
+        "bench.peers",
+        *("--only", "fanout", "--streams", "20", "--rounds", "2", "--changes", "3"),
+        *("--open-seconds", "0", "--docs", str(tmp_path), "--replicas", "0", "--readme", str(readme)),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    lines = _json_lines(done.stdout)
     fanouts = [line for line in lines if line["figure"] == "fanout"]
     # Two rounds, the peers' order reversed in the second.
     assert [(f["round"], f["peer"]) for f in fanouts] == [
@@ -154,15 +148,7 @@ async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling
     saved, again = tmp_path / "run.jsonl", tmp_path / "again"
     saved.write_text(done.stdout)
     again.mkdir()
-    rendered = subprocess.run(
-        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(again)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    _python_m("bench.peers", "--from", str(saved), "--docs", str(again), timeout=120)
     assert (again / "benchmarks.md").read_text() == page
     # The README's fan-out block: this run's largest fan-out, etcd beside ours; the MLflow block and
     # the rest of the README as they were.
@@ -266,16 +252,9 @@ def test_the_page_is_written_again_from_the_mlflow_sections_lines_alone(tmp_path
     )
     readme = tmp_path / "README.md"
     readme.write_text(README.read_text())
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.peers", "--from", str(saved), "--docs", str(tmp_path)]
-        + ["--readme", str(readme)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    _python_m(
+        "bench.peers", "--from", str(saved), "--docs", str(tmp_path), "--readme", str(readme), timeout=120
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     text = page.read_text()
     assert "<!-- bench-peers: fanout -->\nkept\n<!-- /bench-peers: fanout -->" in text
     assert "## MLflow's model registry" in text and "The section took\n1.0 min;" in text
@@ -320,9 +299,10 @@ async def test_the_peers_benchmark_spreads_the_watchers_over_postgresql_replicas
     each replica handing the change to its own watchers, every change seen by all."""
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.peers", "--only", "fanout", "--peers", "etcd", "--replicas", "2"]
-        + [
+    done = _python_m(
+        "bench.peers",
+        *("--only", "fanout", "--peers", "etcd", "--replicas", "2"),
+        *(
             "--streams",
             "20",
             "--rounds",
@@ -333,15 +313,10 @@ async def test_the_peers_benchmark_spreads_the_watchers_over_postgresql_replicas
             "0",
             "--docs",
             str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ),
         timeout=230,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    lines = _json_lines(done.stdout)
     spread = [line for line in lines if line["figure"] == "fanout_replicas"]
     # After the peers; the CPU read from both servers. Each client says a revision reached all its
     # streams only once every one of them had it: the change made through the first replica reached

@@ -76,6 +76,59 @@ async def test_a_taken_port_fails_to_start_with_a_clear_message_and_exits(tmp_pa
     assert done.returncode == 1 and f"cannot listen on {address}" in done.stderr, done.stderr[-2000:]
 
 
+def test_a_tls_file_that_cannot_be_used_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    # As a token file that cannot be read is for the client's commands. It was found once the store
+    # was open and the admin principal written: exit 1, errno's words, no setting named; and a key
+    # that is not the certificate's failed as "cannot listen on …: Failed to bind".
+    import os
+    import subprocess
+
+    from tests.certificates import Authority
+    from tests.e2e.conftest import SERVE
+
+    ca = Authority("test CA")
+    ca.issue("localhost", server=True).save(tmp_path, "server")
+    ca.issue("other", server=True).save(tmp_path, "other")
+    (tmp_path / "ca.crt").write_bytes(b"not a certificate\n")
+    crt, key = str(tmp_path / "server.crt"), str(tmp_path / "server.key")
+    missing = str(tmp_path / "missing.key")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_REGISTRY_")}
+
+    def serve(*args: str, **env: str) -> tuple[int, str]:
+        command = [
+            str(SERVE),
+            "serve",
+            "--database",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        command += ["--admin-token-file", str(tmp_path / "admin.token"), *args]
+        done = subprocess.run(
+            command, env=clean | env, capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.returncode, done.stderr
+
+    assert serve("--tls-cert", crt, "--tls-key", missing) == (
+        2,
+        f"dspy-registry serve: error: --tls-key {missing}: cannot be read: No such file or directory\n",
+    )
+    assert serve("--tls-key", key, DSPY_REGISTRY_TLS_CERT=str(tmp_path)) == (
+        2,
+        f"dspy-registry serve: error: DSPY_REGISTRY_TLS_CERT {tmp_path}: cannot be read: Is a directory\n",
+    )
+    code, said = serve("--tls-cert", crt, "--tls-key", str(tmp_path / "other.key"))
+    assert (code, said.count("\n")) == (2, 1), said
+    assert said.startswith(
+        f"dspy-registry serve: error: --tls-cert {crt} and --tls-key {tmp_path / 'other.key'}: "
+    )
+    assert "not a PEM certificate and its unencrypted private key" in said
+    code, said = serve("--tls-cert", crt, "--tls-key", key, "--tls-client-ca", str(tmp_path / "ca.crt"))
+    assert (code, said.count("\n")) == (2, 1), said
+    assert f"--tls-client-ca {tmp_path / 'ca.crt'}: no PEM CA certificate in it" in said
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "admin.token").exists()  # nothing started
+
+
 async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
     serve: type[ServerProcess], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -205,6 +206,30 @@ async def test_a_stalled_database_fails_the_calls_waiting_on_it_then_comes_back(
     assert await resources(proxied) == ["r/1", "r/after"]
 
 
+async def test_a_timeout_says_what_happened_and_how_long_it_waited(
+    pg_url: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg's timeouts are a TimeoutError with no text: the client's UNAVAILABLE and the log said
+    # "postgres unreachable: " and nothing after the colon. The connect's limit is cut from 5 s to
+    # 0.5 s here to keep the test short; the timeout itself is asyncpg's, on a real connection.
+    monkeypatch.setitem(pg._CONNECT, "timeout", 0.5)
+    store = PostgresStore(proxy.url(pg_url))
+    await store.open()  # the pool connects now; the writer's connection only for the first write
+    try:
+        proxy.stall()  # a new connection is accepted and held: the writer's connect hears nothing
+        with pytest.raises(StoreUnavailable) as refused:
+            await append(store)
+        found = re.fullmatch(
+            r"postgres unreachable: no answer from the database after ([0-9.]+) s \(TimeoutError\)",
+            refused.value.message,
+        )
+        assert found, refused.value.message
+        assert float(found[1]) >= 0.5
+    finally:
+        proxy.resume()
+        await store.close()
+
+
 async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
     pg_url: str, proxy: TcpProxy
 ) -> None:
@@ -352,5 +377,6 @@ async def test_a_postgres_disk_that_fills_up_is_resource_exhausted(pg_databases:
 def test_each_postgres_error_is_translated(error: BaseException, expected: type[Exception]) -> None:
     translated = pg._translate(error)
     assert type(translated) is expected
+    assert not translated.message.endswith(": "), translated.message  # a reason follows the colon
     if isinstance(translated, ResourceExhausted):
         assert translated.limit == "database_disk"
