@@ -322,7 +322,7 @@ def section(
     records = run(rounds, Options(seconds=0, warmup=0, channels=1, server_log_level="warning", postgres=""))
     after = {"figure": "machine", "section": "mlflow", "at": _now(), **machine()}
     emit(after)
-    seconds = time.monotonic() - started
+    seconds = round(time.monotonic() - started)  # as saved: `write_from` must say the same
     done = {"figure": "section", "section": "mlflow", "seconds": round(seconds)}
     if path is not None:
         page.write(path, "mlflow", render(records, before, after, seconds))
