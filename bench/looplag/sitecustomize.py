@@ -44,7 +44,7 @@ def _install(path: str) -> None:
     import asyncio
     import asyncio.events
 
-    main = threading.main_thread().ident
+    main = threading.get_ident()  # sitecustomize runs on the main thread
     lag_ms: collections.Counter[int] = collections.Counter()  # lag, whole ms -> ticks
     stalls: list[dict[str, Any]] = []
     samples: dict[float, list[str]] = {}  # the loop's last tick -> stacks seen since it
@@ -86,7 +86,7 @@ def _install(path: str) -> None:
         loop.call_later(TICK_S, tick, loop, now + TICK_S)
 
     def stack(frame: Any, depth: int) -> str:
-        names = []
+        names: list[str] = []
         while frame is not None and len(names) < depth:
             code = frame.f_code
             names.append(f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}")
@@ -157,7 +157,7 @@ def _install(path: str) -> None:
             threading.Thread(target=write, name="bench-loop-lag", daemon=True).start()
 
     # Before uvloop is imported: it keeps asyncio's function as it finds it then.
-    asyncio._set_running_loop = set_running_loop  # type: ignore[attr-defined]
+    asyncio._set_running_loop = set_running_loop
     asyncio.events._set_running_loop = set_running_loop
     gc.callbacks.append(on_gc)
 

@@ -62,6 +62,7 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         *("--settle", "6", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
         # Heartbeats of 2 s: the killed replica's rows run out 21 s after it died, not 45 s.
         *("--heartbeat", "2"),
+        "--loop-lag",
     )
     by = {x["figure"]: x for x in lines}
     seen = (lines, stderr[-3000:])  # what a failure shows
@@ -72,8 +73,13 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         "fleet_converge",
         "fleet_canary_rollback",
         "fleet_replica_killed",
+        "fleet_loop_lag",
     }, seen
     replicas = [x for x in lines if x["figure"] == "fleet_replica"]
+    # Each replica's event loop was timed over the window (bench/looplag, on the replicas' path).
+    lags = [x for x in lines if x["figure"] == "fleet_loop_lag"]
+    assert sorted(x["replica"] for x in lags) == ["replica-0", "replica-1", "replica-2"], seen
+    assert all(x["ticks"] > 0 and 0 <= x["lag_p50_ms"] <= x["lag_p99_ms"] for x in lags), seen
     # Every pod holds a stream to one of the three replicas; exactly one replica leads.
     assert len(replicas) == 3 and sum(x["watch_streams"] for x in replicas) == 20, seen
     assert [x["leader"] for x in replicas].count(True) == 1, seen
