@@ -19,6 +19,7 @@ import pytest
 
 from dspy_registry.server.app import build
 from dspy_registry.server.config import Config
+from dspy_registry.server.domain import sidecars as domain_sidecars
 from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS, Window
 from dspy_registry.server.domain.sidecars import Report
 from dspy_registry.server.errors import StoreUnavailable
@@ -145,8 +146,8 @@ async def test_a_flush_writes_only_the_sidecars_heard_since_it_last_wrote_them(r
     assert _writes(replica) == (before[0], before[1] + 1)
     assert await live.flush() == 0
     async with replica.app.store.read() as tx:
-        for pod, time in heard.items():
-            [row] = await tx.presence_of(pod, datetime.now(UTC))
+        for sidecar_id, time in heard.items():
+            [row] = await tx.presence_of(sidecar_id, datetime.now(UTC))
             assert row.report.time == time  # the heartbeat's time, written
     assert sorted(_ids(await _status(replica))) == [f"pod-{pod}" for pod in range(4)]
 
@@ -171,7 +172,7 @@ async def test_a_flush_gives_the_event_loop_a_turn_between_batches(
             for pod in range(pods):
                 await stub.ReportSidecarStatus(_report(f"pod-{pod}", _ack(digest)))
         looked_at, written = [0], [0]
-        live_at, live_until = Report.live_at, live_sidecars.sidecars.live_until
+        live_at, live_until = Report.live_at, domain_sidecars.live_until
 
         def counted_live_at(r: Report, now: datetime) -> bool:
             looked_at[0] += 1
@@ -182,7 +183,7 @@ async def test_a_flush_gives_the_event_loop_a_turn_between_batches(
             return live_until(r, flush_seconds)
 
         monkeypatch.setattr(Report, "live_at", counted_live_at)
-        monkeypatch.setattr(live_sidecars.sidecars, "live_until", counted_live_until)
+        monkeypatch.setattr(domain_sidecars, "live_until", counted_live_until)
         flush = asyncio.create_task(live.flush())
         turns = [(0, 0)]
         while not flush.done():
