@@ -843,7 +843,16 @@ def main(argv: list[str]) -> int:
         help="instead: one replica's CPU per call of each kind a pod makes, --pods sidecars (bench/fleet_costs.py)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="with --costs: heartbeats and windows per sidecar"
+        "--stretches",
+        action="store_true",
+        help="instead: how long a flush and the leader's gauge read hold the event loop, --pods sidecars "
+        "per replica, in this process (bench/fleet_stretches.py)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="with --costs: heartbeats and windows per sidecar; with --stretches: flushes and reads timed",
     )
     args = parser.parse_args(argv)
     if args.loop_lag and args.count_statements:
@@ -854,6 +863,11 @@ def main(argv: list[str]) -> int:
         from . import fleet_costs
 
         emit(fleet_costs.run(args))
+        return 0
+    if args.stretches:
+        from . import fleet_stretches
+
+        emit(fleet_stretches.run(args))
         return 0
     records = run(args)
     for record in records:

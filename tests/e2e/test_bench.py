@@ -109,6 +109,18 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     assert "fleet: 20 pods, 3 replicas" in stderr
 
 
+@pytest.mark.postgres
+async def test_the_fleet_stretches_benchmark_times_a_flush_and_the_gauge_read() -> None:
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    [line], _ = _bench("fleet", "--stretches", "--pods", "60", "--rounds", "2")
+    assert (line["figure"], line["pods"], line["replicas"]) == ("fleet_stretches", 60, 3), line
+    # A sixth of the sidecars heard again between two flushes: only those are written.
+    assert line["flush_rows_written"] == [10] and line["gauge_sidecars_counted"] == [60], line
+    for figure in ("flush_cpu_ms", "flush_longest_stretch_ms", "gauge_cpu_ms", "gauge_longest_stretch_ms"):
+        assert 0 < line[figure]["median"] <= line[figure]["max"], line
+
+
 async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling(tmp_path: Path) -> None:
     """`make bench-peers`'s plumbing, tiny: the same clients on all three servers, each change seen."""
     done = subprocess.run(
