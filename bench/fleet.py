@@ -64,6 +64,7 @@ from .servers import Options, database, free_port, wait_serving
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / ".venv" / "bin" / "dspy-registry"
 STATEMENTS = ROOT / "bench" / "statements"  # a sitecustomize that counts the replicas' SQL statements
+LOOP_LAG = ROOT / "bench" / "looplag"  # a sitecustomize that times the replicas' event-loop stalls
 # The write RPCs (telemetry counts them by method); only CreateDeployment is a store write transaction
 # each on this code: reports are held and written in batches.
 WRITES = ("ReportSidecarStatus", "ReportMetrics", "CreateDeployment")
@@ -73,9 +74,12 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 class Replica:
-    def __init__(self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool) -> None:
+    def __init__(
+        self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool, loop_lag: bool = False
+    ) -> None:
         self.name = f"replica-{index}"
         self.statements = tmp / f"{self.name}.statements.json" if count_statements else None
+        self.loop_lag = tmp / f"{self.name}.loop-lag.json" if loop_lag else None
         self.address = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.token_file = tmp / "admin.token"
@@ -87,6 +91,9 @@ class Replica:
         if self.statements is not None:
             path = os.pathsep.join(x for x in (str(STATEMENTS), os.environ.get("PYTHONPATH", "")) if x)
             env = {**os.environ, "PYTHONPATH": path, "BENCH_STATEMENTS_FILE": str(self.statements)}
+        if self.loop_lag is not None:
+            path = os.pathsep.join(x for x in (str(LOOP_LAG), os.environ.get("PYTHONPATH", "")) if x)
+            env = {**os.environ, "PYTHONPATH": path, "BENCH_LOOP_LAG_FILE": str(self.loop_lag)}
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log
         )
@@ -97,6 +104,18 @@ class Replica:
             return {}
         counts: dict[str, int] = json.loads(self.statements.read_text())["counts"]
         return counts
+
+    def loop_lags(self) -> dict[str, Any]:
+        """The event loop's lags, stalls and collector passes so far (bench/looplag): {} without them."""
+        if self.loop_lag is None or not self.loop_lag.exists():
+            return {}
+        found: dict[str, Any] = json.loads(self.loop_lag.read_text())
+        found["stalls"], found["long_gcs"] = [], []
+        stalls = Path(f"{self.loop_lag}.stalls")
+        for line in stalls.read_text().splitlines() if stalls.exists() else []:
+            x = json.loads(line)
+            found["stalls" if "stall" in x else "long_gcs"].append(x.get("stall") or x["gc"])
+        return found
 
     def wait_serving(self) -> None:
         wait_serving(self.process, self.address, self.log)
@@ -148,6 +167,54 @@ def _transaction_counts(text: str) -> dict[str, float]:
             if kind:
                 counts[kind.group(1)] = counts.get(kind.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def _loop_lag(before: dict[str, Any], after: dict[str, Any], began: float, ended: float) -> dict[str, Any]:
+    """One replica's event loop over the window (bench/looplag's counts at its ends, `began` and
+    `ended` in seconds since the epoch): its lag p50/p99/max, the stalls of 5 ms or more (how many,
+    how long in all, the longest with what the loop ran during them, the stacks most seen in them),
+    and the collector's passes by generation (how many, how long in all and at most)."""
+    ticks = {int(k): v - before.get("lag_ms", {}).get(k, 0) for k, v in after.get("lag_ms", {}).items()}
+    lags = sorted(float(ms) for ms, n in ticks.items() for _ in range(n))
+    stalls = [x for x in after.get("stalls", []) if began <= x["end"] <= ended]
+    stacks: dict[str, int] = {}
+    for x in stalls:
+        for text, n in x["stacks"].items():
+            stacks[text] = stacks.get(text, 0) + n
+    collections = {}
+    for generation, a in after.get("gc", {}).items():
+        b = before.get("gc", {}).get(generation, {"n": 0, "s": 0.0})
+        collections[generation] = {"passes": a["n"] - b["n"], "ms": round((a["s"] - b["s"]) * 1000, 1)}
+    long_gcs = [x for x in after.get("long_gcs", []) if began <= x["end"] <= ended]
+    others: dict[str, int] = {}
+    for x in stalls:
+        for text, n in x["others"].items():
+            others[text] = others.get(text, 0) + n
+    return {
+        "ticks": len(lags),
+        "lag_p50_ms": percentile(lags, 0.5) if lags else None,
+        "lag_p99_ms": percentile(lags, 0.99) if lags else None,
+        "lag_max_ms": max((x["ms"] for x in stalls), default=lags[-1] if lags else None),
+        "stalls": len(stalls),
+        "stalled_ms_per_s": round(sum(x["ms"] for x in stalls) / (ended - began), 1),
+        # Of the stalls' time, the loop thread's on a core, and runnable but waiting for one.
+        "stalled_ran_ms_per_s": round(sum(x["ran_ms"] for x in stalls) / (ended - began), 1),
+        "stalled_queued_ms_per_s": round(sum(x["queued_ms"] for x in stalls) / (ended - began), 1),
+        # The stalls in which the loop's thread ran longest (what the replica did, not the machine).
+        "longest_on_a_core": [
+            {
+                "ms": x["ms"],
+                "ran_ms": x["ran_ms"],
+                "queued_ms": x["queued_ms"],
+                "stacks": dict(sorted(x["stacks"].items(), key=lambda i: -i[1])[:4]),
+            }
+            for x in sorted(stalls, key=lambda x: -x["ran_ms"])[:8]
+        ],
+        "stall_stacks": dict(sorted(stacks.items(), key=lambda i: -i[1])[:10]),
+        "other_threads_in_stalls": dict(sorted(others.items(), key=lambda i: -i[1])[:6]),
+        "gc": collections,
+        "gc_passes_over_5_ms": [x["ms"] for x in long_gcs],
+    }
 
 
 def _gauge(text: str, name: str, label: str = "") -> float:
@@ -497,10 +564,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         replicas: list[Replica] = []
         pods: Pods | None = None
         try:
-            replicas.append(Replica(0, url, Path(tmp), args.server_log_level, args.count_statements))
+            replicas.append(
+                Replica(0, url, Path(tmp), args.server_log_level, args.count_statements, args.loop_lag)
+            )
             replicas[0].wait_serving()  # first alone: it bootstraps the admin
             replicas += [
-                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements)
+                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements, args.loop_lag)
                 for i in range(1, args.replicas)
             ]
             for replica in replicas[1:]:
@@ -519,11 +588,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             pods_cpu_before = pods.cpu_seconds()
             commits_before, database_cpu_before = _database_figures(url)
             statements_before = [r.statement_counts() for r in replicas]
+            lags_before = [r.loop_lags() for r in replicas]
+            began_wall = time.time()
             began = time.monotonic()
             loaded = _create_deployments(first, metadata, args.deployments, window_s=args.seconds)
             while time.monotonic() - began < args.seconds:
                 time.sleep(0.1)
             window = time.monotonic() - began
+            time.sleep(1.1 if args.loop_lag else 0.0)  # the probes' files cover the window's end
+            lags = [
+                _loop_lag(b, r.loop_lags(), began_wall, began_wall + window)
+                for r, b in zip(replicas, lags_before, strict=True)
+            ]
             after = [r.scrape() for r in replicas]
             cpu = [r.cpu_seconds() - c for r, c in zip(replicas, cpu_before, strict=True)]
             pods_cpu = pods.cpu_seconds() - pods_cpu_before
@@ -592,6 +668,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "by_statement_per_s": {t: round(n / window, 1) for t, n in ranked[:20] if n},
                     }
                 )
+            if args.loop_lag:
+                records += [
+                    {
+                        "figure": "fleet_loop_lag",
+                        **base,
+                        "replica": r.name,
+                        "seconds": round(window, 1),
+                        **lag,
+                    }
+                    for r, lag in zip(replicas, lags, strict=True)
+                ]
             for replica, text, seconds, idle_mib in zip(replicas, after, cpu, rss_idle, strict=True):
                 streams = _gauge(text, "dspy_registry_watch_streams", 'watch="targets"')
                 rss = replica.rss_mib()
@@ -695,6 +782,14 @@ def _summary(records: list[dict[str, Any]]) -> str:
             f"{k['sidecars_counted_after_rows_ran_out']} once its rows ran out; reports retried "
             f"{k['reports_retried']}, given up {k['reports_given_up']}"
         )
+    for x in (x for x in records if x["figure"] == "fleet_loop_lag"):
+        lines.append(
+            f"  {x['replica']} event loop: lag p50/p99/max {x['lag_p50_ms']}/{x['lag_p99_ms']}/{x['lag_max_ms']} ms, "
+            f"{x['stalls']} stalls of 5 ms or more ({x['stalled_ms_per_s']} ms/s: on a core "
+            f"{x['stalled_ran_ms_per_s']}, waiting for one {x['stalled_queued_ms_per_s']}); collector "
+            + ", ".join(f"gen{g} {c['passes']} passes {c['ms']} ms" for g, c in x["gc"].items())
+        )
+        lines += [f"    {n:5d}  {text}" for text, n in list(x["stall_stacks"].items())[:4]]
     for x in (x for x in records if x["figure"] == "fleet_replica"):
         lines.append(
             f"  {x['replica']}{' (leader)' if x['leader'] else ''}: {x['watch_streams']} pods, "
@@ -731,6 +826,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="count the SQL statements the replicas send, by text, in the window (bench/statements)",
     )
+    parser.add_argument(
+        "--loop-lag",
+        action="store_true",
+        help="time each replica's event-loop stalls in the window, with what held the loop (bench/looplag)",
+    )
     parser.add_argument("--server-log-level", default="warning")
     parser.add_argument(
         "--postgres",
@@ -743,13 +843,31 @@ def main(argv: list[str]) -> int:
         help="instead: one replica's CPU per call of each kind a pod makes, --pods sidecars (bench/fleet_costs.py)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="with --costs: heartbeats and windows per sidecar"
+        "--stretches",
+        action="store_true",
+        help="instead: how long a flush and the leader's gauge read hold the event loop, --pods sidecars "
+        "per replica, in this process (bench/fleet_stretches.py)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="with --costs: heartbeats and windows per sidecar; with --stretches: flushes and reads timed",
     )
     args = parser.parse_args(argv)
+    if args.loop_lag and args.count_statements:
+        parser.error(
+            "--loop-lag and --count-statements are each a sitecustomize on the replicas: one at a time"
+        )
     if args.costs:
         from . import fleet_costs
 
         emit(fleet_costs.run(args))
+        return 0
+    if args.stretches:
+        from . import fleet_stretches
+
+        emit(fleet_stretches.run(args))
         return 0
     records = run(args)
     for record in records:

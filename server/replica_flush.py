@@ -3,8 +3,9 @@
 Runs on every replica, leader or not: each holds the heartbeats of the
 sidecars that report to it and the metric windows they sent it
 (usecases.live_sidecars, usecases.rollups), and only it can write them.
-Each pass is two telemetry transactions (no revision, no revision lock):
-the metric rollups, then the sidecars' last reports. `stop()` — a graceful
+Each pass is at most two telemetry transactions (no revision, no revision
+lock): the metric rollups, then the last reports of the sidecars heard since
+they were last written (none, when there is nothing new). `stop()` — a graceful
 stop, after the server has stopped taking reports — runs one last pass, so
 that nothing acknowledged is lost; a replica that dies loses what it held
 since its last pass.

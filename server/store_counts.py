@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .domain.clock import SYSTEM_CLOCK, Clock
 from .domain.deployments import State
-from .domain.sidecars import newest_word, serving_counts
+from .domain.sidecars import serving_counts
 from .store.base import Store
 
 log = logging.getLogger("dspy_registry.telemetry")
@@ -110,8 +110,7 @@ class StoreCounts:
             if read_sidecars:
                 self._sidecars_read = time.monotonic()
                 # Each sidecar once, by its newest word, however many replicas heard it.
-                presence = await tx.live_presence(self.clock.now())
-                counts = serving_counts(newest_word((p.report, p.leaving) for p in presence))
+                counts = serving_counts(await tx.live_contents(self.clock.now()))
                 sidecars = {key: 0 for key in self.snapshot.sidecars} | counts
         environments = names | {environment for environment, _ in deployments}
         self.snapshot = Snapshot(

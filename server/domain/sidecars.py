@@ -111,15 +111,16 @@ def newest_word(candidates: Iterable[tuple[Report, bool]]) -> list[Report]:
     return [r for _, (r, leaving) in sorted(newest.items()) if not leaving]
 
 
-def serving_counts(reports: Iterable[Report]) -> dict[tuple[str, str, str], int]:
-    """How many of `reports` (one per sidecar) serve each (program, environment, version): the versions
-    each has ACKed. A fleet has converged when one version of a target is left."""
+def serving_counts(contents: Iterable[tuple[tuple[Applied, ...], int]]) -> dict[tuple[str, str, str], int]:
+    """How many sidecars serve each (program, environment, version), from what they report — each
+    content (a report's targets) with how many sidecars report it: the versions each has ACKed. A
+    fleet has converged when one version of a target is left."""
     counts: dict[tuple[str, str, str], int] = {}
-    for r in reports:
-        for a in r.targets:
+    for targets, sidecars in contents:
+        for a in targets:
             if a.acked:
                 key = (a.program, a.environment, a.version)
-                counts[key] = counts.get(key, 0) + 1
+                counts[key] = counts.get(key, 0) + sidecars
     return counts
 
 

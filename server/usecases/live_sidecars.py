@@ -3,7 +3,9 @@
 A heartbeat that says again what the sidecar said before changes nothing a
 deployment decides on: this replica keeps it in memory (`held`) and writes
 the last report of every sidecar it holds in one batch per flush interval
-(`flush`), in a telemetry transaction (no revision, no revision lock). What
+(`flush`), in a telemetry transaction (no revision, no revision lock) — of
+the sidecars it heard since it last wrote them: the others' rows say what it
+holds already. What
 changes a decision — a sidecar joins, leaves, or ACKs or NACKs another set of
 versions — is written before the report is answered, so the replica that runs
 the controller reads it at once, wherever the sidecar reports.
@@ -34,6 +36,10 @@ from ..store.records import Records
 
 DEFAULT_FLUSH_SECONDS = 5.0
 WRITTEN_SLACK = 1000  # sidecars remembered beyond twice those held, before those not held are let go
+# Sidecars a flush goes through, and writes, per turn of the event loop. A flush of a thousand
+# sidecars in one stretch held a replica's loop for 5-10 ms on a core every interval, and a call
+# that arrived meanwhile waited for it (docs/operations.md, "CreateDeployment under the fleet").
+FLUSH_BATCH = 200
 
 
 class LiveSidecars:
@@ -52,11 +58,12 @@ class LiveSidecars:
         # The last report of each sidecar heard here. Written under `_writing`: a batch must not write
         # an older report over a newer one written meanwhile.
         self.held: dict[str, Report] = {}
-        # What this replica last wrote of each sidecar's targets: a batch replaces only those that
+        # The report of each sidecar this replica last wrote: a batch writes only the sidecars heard
+        # since (each report heard is a new object), replaces the targets of those whose targets
         # changed since, and adds the others' where missing (store.presence_records). Kept after a
         # sidecar drops out of `held` (it comes back: a client spreading its calls is often silent
         # here for three heartbeats); the store never holds more of this replica's than it says.
-        self._written: dict[str, frozenset[tuple[str, str]]] = {}
+        self._written: dict[str, Report] = {}
         self._writing = asyncio.Lock()
 
     def last(self, sidecar_id: str, now: datetime) -> Report | None:
@@ -96,7 +103,7 @@ class LiveSidecars:
                     [(r, sidecars.live_until(r, self.flush_seconds))], self.replica, targets_of={r.sidecar_id}
                 )
             self.held[r.sidecar_id] = r
-            self._written[r.sidecar_id] = _targets(r)
+            self._written[r.sidecar_id] = r
 
     def seen(self, r: Report) -> None:
         """A report that changes nothing kept: memory only, written with the next batch."""
@@ -134,30 +141,47 @@ class LiveSidecars:
         ]
 
     async def flush(self) -> int:
-        """One batch: the last report of every live sidecar held here; let go of those silent for three
-        heartbeats (their rows expire by themselves). How many were written."""
+        """One batch: the last report of every live sidecar held here that was heard since this replica
+        last wrote it (the others' rows say what it holds already); let go of those silent for three
+        heartbeats (their rows expire by themselves). How many were written.
+
+        Both go FLUSH_BATCH sidecars at a time, with a turn of the event loop between (the writes in
+        one transaction still): the calls that arrive meanwhile are answered between batches, not
+        after the whole fleet."""
         async with self._writing:
             now = self.clock.now()
-            for sidecar_id, r in list(self.held.items()):
+            due: list[Report] = []
+            for n, (sidecar_id, r) in enumerate(list(self.held.items())):
+                if n and n % FLUSH_BATCH == 0:
+                    await asyncio.sleep(0)
                 if not r.live_at(now):
-                    del self.held[sidecar_id]
+                    if self.held.get(sidecar_id) is r:  # not heard again during a turn given away
+                        del self.held[sidecar_id]
+                elif self._written.get(sidecar_id) is not r:
+                    due.append(r)
             if len(self._written) > 2 * len(self.held) + WRITTEN_SLACK:  # sidecars gone for good
-                self._written = {i: t for i, t in self._written.items() if i in self.held}
-            live = list(self.held.values())
-            if not live:
+                self._written = {i: r for i, r in self._written.items() if i in self.held}
+            if not due:
                 return 0
-            # What each runs is replaced only where it changed since this replica wrote it; the rest
-            # is added where missing (a sidecar that left through another replica took this
-            # replica's rows of it along), which writes nothing where it is there.
-            changed = {r.sidecar_id for r in live if self._written.get(r.sidecar_id) != _targets(r)}
             async with self.store.telemetry() as tx:
-                await tx.put_presence(
-                    [(r, sidecars.live_until(r, self.flush_seconds)) for r in live],
-                    self.replica,
-                    targets_of=changed,
-                )
-            self._written.update((r.sidecar_id, _targets(r)) for r in live)
-            return len(live)
+                for first in range(0, len(due), FLUSH_BATCH):
+                    batch = due[first : first + FLUSH_BATCH]
+                    # What each runs is replaced only where it changed since this replica wrote it;
+                    # the rest is added where missing (a sidecar that left through another replica
+                    # took this replica's rows of it along), which writes nothing where it is there.
+                    await tx.put_presence(
+                        [(r, sidecars.live_until(r, self.flush_seconds)) for r in batch],
+                        self.replica,
+                        targets_of={r.sidecar_id for r in batch if self._targets_changed(r)},
+                    )
+                    await asyncio.sleep(0)  # a store that answered at once gave no turn away
+            self._written.update((r.sidecar_id, r) for r in due)
+            return len(due)
+
+    def _targets_changed(self, r: Report) -> bool:
+        """Whether `r` serves other targets than this replica last wrote of its sidecar (or none)."""
+        written = self._written.get(r.sidecar_id)
+        return written is None or _targets(written) != _targets(r)
 
 
 def _targets(r: Report) -> frozenset[tuple[str, str]]:

@@ -9,6 +9,7 @@ is the reports' doing, not a timer's."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,9 +19,12 @@ import pytest
 
 from dspy_registry.server.app import build
 from dspy_registry.server.config import Config
+from dspy_registry.server.domain import sidecars as domain_sidecars
 from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS, Window
+from dspy_registry.server.domain.sidecars import Report
 from dspy_registry.server.errors import StoreUnavailable
 from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.usecases import live_sidecars
 from dspy_registry.server.usecases import rollups as rollups_module
 from dspy_registry.server.usecases.rollups import MetricRollups
 from dspy_registry.v1 import deployment_pb2 as dpb
@@ -140,6 +144,72 @@ async def test_reports_move_no_revision_and_hundreds_take_a_few_write_transactio
     assert replica.app.replica_flush.rollups.held() == []
     again = await _status(replica)
     assert _requests(again) == pods * rounds * 3 and len(again.sidecars) == pods
+
+
+async def test_a_flush_writes_only_the_sidecars_heard_since_it_last_wrote_them(replica: Running) -> None:
+    stub = replica.deployments
+    live = replica.app.replica_flush.live
+    digest = (await _status(replica)).target.stable.digest
+    for pod in range(4):  # each joins: written at once
+        await stub.ReportSidecarStatus(_report(f"pod-{pod}", _ack(digest)))
+    before = _writes(replica)
+    assert await live.flush() == 0  # nothing heard since: no row to write, not even a transaction
+    assert _writes(replica) == before
+    for pod in (1, 3):
+        await stub.ReportSidecarStatus(_report(f"pod-{pod}", _ack(digest)))  # heartbeats, held
+    heard = {f"pod-{pod}": live.held[f"pod-{pod}"].time for pod in (1, 3)}
+    assert await live.flush() == 2
+    assert _writes(replica) == (before[0], before[1] + 1)
+    assert await live.flush() == 0
+    async with replica.app.store.read() as tx:
+        for sidecar_id, time in heard.items():
+            [row] = await tx.presence_of(sidecar_id, datetime.now(UTC))
+            assert row.report.time == time  # the heartbeat's time, written
+    assert sorted(_ids(await _status(replica))) == [f"pod-{pod}" for pod in range(4)]
+
+
+async def test_a_flush_gives_the_event_loop_a_turn_between_batches(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that arrive during a flush are answered between its batches, not after the whole fleet:
+    no turn of the loop goes through, or writes, more than a batch of sidecars."""
+    monkeypatch.setattr(live_sidecars, "FLUSH_BATCH", 4, raising=False)  # absent before batches
+    clock = FakeClock()
+    replica = await _with_program(await start(database_url, clock=clock, telemetry_flush_seconds=NEVER))
+    try:
+        stub = replica.deployments
+        live = replica.app.replica_flush.live
+        digest = (await _status(replica)).target.stable.digest
+        pods = 3 * 4 + 3
+        for pod in range(pods):  # silent from now on: let go by the flush
+            await stub.ReportSidecarStatus(_report(f"gone-{pod}", _ack(digest)))
+        clock.advance(3600)
+        for _ in range(2):  # a join (written at once), then a heartbeat, written with the next flush
+            for pod in range(pods):
+                await stub.ReportSidecarStatus(_report(f"pod-{pod}", _ack(digest)))
+        looked_at, written = [0], [0]
+        live_at, live_until = Report.live_at, domain_sidecars.live_until
+
+        def counted_live_at(r: Report, now: datetime) -> bool:
+            looked_at[0] += 1
+            return live_at(r, now)
+
+        def counted_live_until(r: Report, flush_seconds: float) -> datetime:
+            written[0] += 1
+            return live_until(r, flush_seconds)
+
+        monkeypatch.setattr(Report, "live_at", counted_live_at)
+        monkeypatch.setattr(domain_sidecars, "live_until", counted_live_until)
+        flush = asyncio.create_task(live.flush())
+        turns = [(0, 0)]
+        while not flush.done():
+            await asyncio.sleep(0)
+            turns.append((looked_at[0], written[0]))
+        assert await flush == pods and looked_at[0] == 2 * pods and written[0] == pods
+        assert all(b[0] - a[0] <= 4 and b[1] - a[1] <= 4 for a, b in zip(turns, turns[1:], strict=False))
+        assert sorted(live.held) == sorted(f"pod-{pod}" for pod in range(pods))  # the silent let go
+    finally:
+        await _stop(replica)
 
 
 async def test_a_retried_window_counts_once_and_a_changed_report_is_written_at_once(replica: Running) -> None:

@@ -74,6 +74,7 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         *("--settle", "6", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
         # Heartbeats of 2 s: the killed replica's rows run out 21 s after it died, not 45 s.
         *("--heartbeat", "2"),
+        "--loop-lag",
     )
     by = {x["figure"]: x for x in lines}
     seen = (lines, stderr[-3000:])  # what a failure shows
@@ -84,8 +85,13 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
         "fleet_converge",
         "fleet_canary_rollback",
         "fleet_replica_killed",
+        "fleet_loop_lag",
     }, seen
     replicas = [x for x in lines if x["figure"] == "fleet_replica"]
+    # Each replica's event loop was timed over the window (bench/looplag, on the replicas' path).
+    lags = [x for x in lines if x["figure"] == "fleet_loop_lag"]
+    assert sorted(x["replica"] for x in lags) == ["replica-0", "replica-1", "replica-2"], seen
+    assert all(x["ticks"] > 0 and 0 <= x["lag_p50_ms"] <= x["lag_p99_ms"] for x in lags), seen
     # Every pod holds a stream to one of the three replicas; exactly one replica leads.
     assert len(replicas) == 3 and sum(x["watch_streams"] for x in replicas) == 20, seen
     assert [x["leader"] for x in replicas].count(True) == 1, seen
@@ -113,6 +119,18 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     assert 0 < by["fleet_writes"]["replicas_cpu_s_per_s"], seen
     assert by["fleet_create_deployment"]["idle_after_p99_ms"] > 0, seen
     assert "fleet: 20 pods, 3 replicas" in stderr
+
+
+@pytest.mark.postgres
+async def test_the_fleet_stretches_benchmark_times_a_flush_and_the_gauge_read() -> None:
+    if SKIP_POSTGRES:
+        pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
+    [line], _ = _bench("fleet", "--stretches", "--pods", "60", "--rounds", "2")
+    assert (line["figure"], line["pods"], line["replicas"]) == ("fleet_stretches", 60, 3), line
+    # A sixth of the sidecars heard again between two flushes: only those are written.
+    assert line["flush_rows_written"] == [10] and line["gauge_sidecars_counted"] == [60], line
+    for figure in ("flush_cpu_ms", "flush_longest_stretch_ms", "gauge_cpu_ms", "gauge_longest_stretch_ms"):
+        assert 0 < line[figure]["median"] <= line[figure]["max"], line
 
 
 async def test_the_peers_benchmark_fans_out_on_etcd_the_registry_and_the_ceiling(tmp_path: Path) -> None:

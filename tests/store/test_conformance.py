@@ -19,7 +19,7 @@ from dspy_registry.server.domain.health import Window
 from dspy_registry.server.domain.model import Event, Page, ProgramVersion, SignatureVersion
 from dspy_registry.server.domain.programs import DSPY_MEDIA_TYPE, PredictorSummary, ProgramDraft, digest_of
 from dspy_registry.server.domain.rollups import Rollup
-from dspy_registry.server.domain.sidecars import Applied, Report, report_to_json
+from dspy_registry.server.domain.sidecars import Applied, Report, report_to_json, serving_counts
 from dspy_registry.server.domain.versions import ChangeType
 from dspy_registry.server.errors import NotFound
 from dspy_registry.server.store import migrations
@@ -484,6 +484,30 @@ async def test_sidecar_presence_is_a_row_per_replica_that_heard_it_and_expires_a
         await tx.remove_presence("pod-a")
     async with store.read() as tx:
         assert await tx.presence_of("pod-a", NOW) == []
+
+
+async def test_the_live_fleet_is_read_as_each_thing_it_says_with_how_many_sidecars_say_it(
+    store: Store,
+) -> None:
+    """The gauge's read: each sidecar once, by its newest word over the replicas' rows, none that
+    left or that no replica vouches for any more; a row per distinct content, not per sidecar."""
+    until = NOW + timedelta(seconds=40)
+    first = [_sidecar_report(f"pod-{i}", 10, ("p", "staging", "1.0.0")) for i in range(5)]
+    later = NOW + timedelta(seconds=1)
+    moved = [replace(_sidecar_report(f"pod-{i}", 10, ("p", "staging", "1.1.0")), time=later) for i in (0, 1)]
+    gone = _sidecar_report("pod-9", 10, ("p", "staging", "1.0.0"))
+    async with store.telemetry() as tx:
+        await tx.put_presence([(r, until) for r in first], "r1", targets_of={r.sidecar_id for r in first})
+        await tx.put_presence([(r, until) for r in moved], "r2", targets_of={"pod-0", "pod-1"})  # newer
+        await tx.put_presence([(gone, NOW - timedelta(seconds=1))], "r1", targets_of={"pod-9"})  # expired
+        await tx.put_leaving(replace(first[4], targets=(), time=later), "r2", until)
+    async with store.read() as tx:
+        contents = await tx.live_contents(NOW)
+    assert sorted(([a.version for a in targets], n) for targets, n in contents) == [
+        (["1.0.0"], 2),  # pod-2, pod-3 (pod-0 and pod-1 said 1.1.0 since, pod-4 left, pod-9 expired)
+        (["1.1.0"], 2),
+    ]
+    assert serving_counts(contents) == {("p", "staging", "1.0.0"): 2, ("p", "staging", "1.1.0"): 2}
 
 
 async def test_telemetry_transactions_take_no_revision_and_are_counted_apart(store: Store) -> None:
