@@ -43,6 +43,7 @@ import asyncpg
 from ..calls import Call
 from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
+from .attention import attended
 from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
 from .migrations import APPLIED, POSTGRES, migrate
@@ -446,20 +447,42 @@ class PostgresStore(TimedTransactions):
         return Availability(readable=False, writable=False, detail=f"the database is unreachable: {problem}")
 
     async def _probe(self, timeout: float) -> tuple[str, bool]:
-        """("", _) if the database answered; else what went wrong and whether to try a new connection."""
+        """("", _) if the database answered; else what went wrong and whether to try a new connection.
+
+        "No answer" means none within `timeout` of this replica's attention (store/attention.py),
+        not of the clock: a replica too busy to read the answer must not find the database away,
+        cut every watcher it holds and refuse calls — that is when it can least afford it.
+        """
         fresh = self._prober is None or self._prober.is_closed()
-        try:
-            async with asyncio.timeout(timeout):
-                if self._prober is None or self._prober.is_closed():
-                    self._prober = await asyncpg.connect(self.url, timeout=timeout)
-                await self._prober.fetchval("SELECT 1")
-            return "", False
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        asked = asyncio.ensure_future(self._select_one())
+        if await attended(asked, timeout) and (took := loop.time() - began) > timeout:
+            # What the probe would have taken for a database away: say so, since it means this
+            # replica is held up (its own work, or too little CPU for it), which it cannot see elsewhere.
+            log.warning(
+                "the database answered the health probe after %.1fs, within %gs of this replica's "
+                "attention: its event loop was held meanwhile (its own work, or too little CPU)",
+                took,
+                timeout,
+            )
+        if not asked.done():
+            asked.cancel()
+            await asyncio.gather(asked, return_exceptions=True)
             self._drop_prober()
             return f"no answer within {timeout:g}s", False
-        except _DRIVER_ERRORS as exc:
+        try:
+            asked.result()
+            return "", False
+        except (TimeoutError, *_DRIVER_ERRORS) as exc:
             self._drop_prober()
             return f"{type(exc).__name__}: {exc}", not fresh
+
+    async def _select_one(self) -> None:
+        if self._prober is None or self._prober.is_closed():
+            # The clock's timeout, and a long one: attended() judges whether an answer is overdue.
+            self._prober = await asyncpg.connect(self.url, timeout=COMMAND_TIMEOUT)
+        await self._prober.fetchval("SELECT 1")
 
     def _drop_prober(self) -> None:
         if self._prober is not None:
