@@ -506,6 +506,7 @@ def _kill_replica(
         # Every stream that broke from the kill until the survivors showed every pod: the killed
         # replica's (its socket) and any a survivor cut (its hub's reason), by status code.
         "streams_broken_by_code": after.broken,
+        "load_average_1m": round(after.load, 1),
     }
 
 
@@ -521,6 +522,7 @@ class _Aftermath:
     led: int  # when every survivor named another leader (0: not within the wait)
     counted: list[list[tuple[str, int]]]  # the survivors' sidecars then
     broken: dict[str, int]  # streams broken since the mark, by status code and details
+    load: float  # the 1-minute load average then
 
 
 def _kill_and_watch(
@@ -557,6 +559,7 @@ def _kill_and_watch(
             led = now
         time.sleep(0.25)
     counted = [_fleet_status(r.address, metadata)[0] for r in survivors]
+    load = os.getloadavg()[0]
     return _Aftermath(
         killed=killed,
         moved=moved,
@@ -566,6 +569,7 @@ def _kill_and_watch(
         led=led,
         counted=counted,
         broken=pods.broken_by_code(),
+        load=load,
     )
 
 
@@ -782,7 +786,8 @@ def _summary(records: list[dict[str, Any]]) -> str:
             f"survivor after {k['seen_on_every_survivor_s']} s; a leader after {k['new_leader_s']} s; sidecars "
             f"counted {k['sidecars_counted_before']} before, {k['sidecars_counted_after']} after, "
             f"{k['sidecars_counted_after_rows_ran_out']} once its rows ran out; reports retried "
-            f"{k['reports_retried']}, given up {k['reports_given_up']}; streams broken:"
+            f"{k['reports_retried']}, given up {k['reports_given_up']}; load average {k['load_average_1m']}; "
+            "streams broken:"
         )
         lines += [f"    {n:5d}  {why}" for why, n in k["streams_broken_by_code"].items()]
     for x in (x for x in records if x["figure"] == "fleet_replica"):

@@ -20,9 +20,10 @@ standby that cannot write, a timeout → StoreUnavailable (the client retries);
 a full disk → ResourceExhausted; a conflict → Aborted; anything else (a bad
 statement: our bug) → StoreError. `ping()`, which the server calls every
 second, runs `SELECT 1` on a connection of its own; when the database does
-not answer, the store cuts the connections calls are waiting on (so that they
-fail now rather than at their deadline) and refuses new calls at once, until
-a ping finds the database back. A write whose connection is lost during
+not answer (in 2 s of the replica's attention, not of the clock:
+store/attention.py), the store cuts the connections calls are waiting on (so
+that they fail now rather than at their deadline) and refuses new calls at
+once, until a ping finds the database back. A write whose connection is lost during
 COMMIT may or may not have committed: its caller gets UNAVAILABLE, never
 success, and a retry with the same request_id gets the first answer if it
 did commit.
@@ -457,7 +458,12 @@ class PostgresStore(TimedTransactions):
         loop = asyncio.get_running_loop()
         began = loop.time()
         asked = asyncio.ensure_future(self._select_one())
-        if await attended(asked, timeout) and (took := loop.time() - began) > timeout:
+        try:
+            answered = await attended(asked, timeout)
+        finally:
+            if not asked.done():  # unanswered in time, or the ping itself cancelled (the server stops)
+                asked.cancel()
+        if answered and (took := loop.time() - began) > timeout:
             # What the probe would have taken for a database away: say so, since it means this
             # replica is held up (its own work, or too little CPU for it), which it cannot see elsewhere.
             log.warning(
@@ -466,8 +472,7 @@ class PostgresStore(TimedTransactions):
                 took,
                 timeout,
             )
-        if not asked.done():
-            asked.cancel()
+        if not answered:
             await asyncio.gather(asked, return_exceptions=True)
             self._drop_prober()
             return f"no answer within {timeout:g}s", False
