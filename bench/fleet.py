@@ -25,7 +25,10 @@ development, watched by no one), then:
              showed a report of each made after the kill (in heartbeats of 10 s), until another
              replica led, and the sidecars each replica's GetDeploymentStatus counts before, at
              once after, and once the dead replica's rows ran out (45 s at the default heartbeat):
-             each pod once
+             each pod once; and every stream that broke meanwhile, by status code and details
+             (the killed replica's socket, or a survivor's reason). `--contend N` runs N busy
+             loops from the kill until the survivors showed every pod: the same death on a
+             machine short of CPU
   idle again the fleet stopped, the CreateDeployment calls once more: on a machine shared with other
              work, the idle figure before the fleet alone may have met a quieter minute
 
@@ -40,6 +43,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +296,8 @@ class Pods:
 
     def __init__(self, args: argparse.Namespace, targets: str, token_file: Path) -> None:
         self.lines: queue.Queue[tuple[int, str]] = queue.Queue()
+        # After `mark`: each process's last `broken` line, streams broken by status code and details.
+        self.broken: dict[int, dict[str, int]] = {}
         self.processes = []
         share = [
             args.pods // args.processes + (1 if i < args.pods % args.processes else 0)
@@ -328,9 +335,28 @@ class Pods:
         if time.monotonic() > deadline:
             raise queue.Empty
         i, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        return self._took(i, line)
+
+    def _took(self, i: int, line: str) -> tuple[int, str]:
         if line == "exited":
             raise RuntimeError(f"pod process {i} exited")
+        if line.startswith("broken "):
+            self.broken[i] = json.loads(line.split(" ", 1)[1])
         return i, line
+
+    def broken_by_code(self) -> dict[str, int]:
+        """Streams broken since `mark`, all processes together, by status code and details, as the
+        processes last said (the lines read so far, then whatever is queued)."""
+        while True:
+            try:
+                self._took(*self.lines.get_nowait())
+            except queue.Empty:
+                break
+        total: dict[str, int] = {}
+        for counts in self.broken.values():
+            for why, n in counts.items():
+                total[why] = total.get(why, 0) + n
+        return dict(sorted(total.items(), key=lambda item: -item[1]))
 
     def wait_all(self, word: str, timeout: float, version: str = "") -> list[int]:
         """Until every process said `word` (for `version`): the times (ns) they gave."""
@@ -376,7 +402,7 @@ class Pods:
             except queue.Empty:
                 raise RuntimeError(
                     f"of {streams} streams on the killed replica, {broken} broke and {resumed} resumed "
-                    f"elsewhere within {timeout:g} s"
+                    f"elsewhere within {timeout:g} s; streams broken: {self.broken_by_code()}"
                 ) from None
             parts = line.split()
             if parts and parts[0] == "moved":
@@ -464,6 +490,19 @@ def _rollback_seconds(address: str, metadata: Any) -> float:
 FLUSH_S = 5.0  # the replicas' --telemetry-flush (the default)
 
 
+@contextlib.contextmanager
+def _contention(processes: int) -> Iterator[None]:
+    """`processes` busy loops for the while: a replica's death on a machine short of CPU, as when
+    other work shares it (load averages of 24–26 on 2 cores, where the survivors did not keep up)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def _rows_run_out_s(heartbeat: float) -> float:
     """How long after its death a replica's rows of its sidecars still vouch for them: three
     heartbeats and two flushes after their last report (a flush's worth more to be sure); then only
@@ -499,11 +538,77 @@ def _kill_replica(
     victim_led = bool(leading) and victim is replicas[leading[0]]
     survivors = [r for r in replicas if r is not victim]
     before = [_fleet_status(r.address, metadata)[0] for r in replicas]
+    with _contention(args.contend):
+        after = _kill_and_watch(args, victim, survivors, streams, pods, metadata)
+    killed, moved, seen, everywhere, led = after.killed, after.moved, after.seen, after.everywhere, after.led
+    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
+    counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
+
+    def counts(views: list[list[tuple[str, int]]]) -> list[int]:
+        return [len(v) for v in views]
+
+    def distinct(views: list[list[tuple[str, int]]]) -> list[int]:
+        return [len({x for x, _ in v}) for v in views]
+
+    last_seen = max(seen.values(), default=killed)
+    return {
+        "figure": "fleet_replica_killed",
+        "replica": victim.name,
+        "leader": victim_led,
+        "contending_processes": args.contend,
+        "streams_on_it": streams,
+        "streams_resumed": sum(m[1] for m in moved),
+        "resumed_elsewhere_s": round((max((m[2] for m in moved if m[2]), default=killed) - killed) / 1e9, 2),
+        "seen_live_elsewhere_s": round((last_seen - killed) / 1e9, 2),
+        "seen_live_elsewhere_heartbeats": round((last_seen - killed) / 1e9 / args.heartbeat, 2),
+        "seen_on_every_survivor_s": round((everywhere - killed) / 1e9, 2) if everywhere else None,
+        # Killing the leader: until every survivor names another (a follower's death changes none).
+        "new_leader_s": round((led - killed) / 1e9, 2) if led and victim_led else None,
+        "sidecars_counted_before": counts(before),
+        "sidecars_counted_after": counts(after.counted),
+        "sidecars_counted_after_rows_ran_out": counts(counted_later),
+        "distinct_after": distinct(after.counted) + distinct(counted_later),
+        "reports_given_up": sum(m[3] for m in moved),
+        "reports_retried": sum(m[4] for m in moved),
+        # Every stream that broke from the kill until the survivors showed every pod: the killed
+        # replica's (its socket) and any a survivor cut (its hub's reason), by status code.
+        "streams_broken_by_code": after.broken,
+        "load_average_1m": round(after.load, 1),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Aftermath:
+    """What the driver saw from the kill until the survivors showed every moved pod and another leader."""
+
+    killed: int  # when (ns)
+    moved: list[list[int]]  # each pod process's last `moved` numbers
+    ids: list[str]  # the pods whose stream broke
+    seen: dict[str, int]  # pod -> when a survivor first showed a report of it made after the kill
+    everywhere: int  # when every survivor showed all of them (0: not within the wait)
+    led: int  # when every survivor named another leader (0: not within the wait)
+    counted: list[list[tuple[str, int]]]  # the survivors' sidecars then
+    broken: dict[str, int]  # streams broken since the mark, by status code and details
+    load: float  # the 1-minute load average then
+
+
+def _kill_and_watch(
+    args: argparse.Namespace,
+    victim: Replica,
+    survivors: list[Replica],
+    streams: int,
+    pods: Pods,
+    metadata: Any,
+) -> _Aftermath:
+    """SIGKILL `victim`, then watch the survivors until they show every moved pod and another leader."""
     pods.tell("mark")
     pods.wait_all("marked", timeout=30)
     killed = time.time_ns()
     victim.process.kill()
     victim.process.wait()
+    # For reading the survivors' logs (--keep-logs) beside the figure.
+    stamp = time.strftime("%H:%M:%S", time.gmtime(killed / 1e9))
+    sys.stderr.write(f"SIGKILLed {victim.name} at {stamp}.{killed // 1_000_000 % 1000:03d} UTC\n")
     moved, ids = pods.wait_moved(streams, timeout=120)
     seen: dict[str, int] = {}  # pod -> when a survivor first showed a report of it made after the kill
     everywhere = led = 0
@@ -520,36 +625,19 @@ def _kill_replica(
         if not led and all(leader and leader != victim.name for _, leader in answers):
             led = now
         time.sleep(0.25)
-    counted_after = [_fleet_status(r.address, metadata)[0] for r in survivors]
-    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
-    counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
-
-    def counts(views: list[list[tuple[str, int]]]) -> list[int]:
-        return [len(v) for v in views]
-
-    def distinct(views: list[list[tuple[str, int]]]) -> list[int]:
-        return [len({x for x, _ in v}) for v in views]
-
-    last_seen = max(seen.values(), default=killed)
-    return {
-        "figure": "fleet_replica_killed",
-        "replica": victim.name,
-        "leader": victim_led,
-        "streams_on_it": streams,
-        "streams_resumed": sum(m[1] for m in moved),
-        "resumed_elsewhere_s": round((max((m[2] for m in moved if m[2]), default=killed) - killed) / 1e9, 2),
-        "seen_live_elsewhere_s": round((last_seen - killed) / 1e9, 2),
-        "seen_live_elsewhere_heartbeats": round((last_seen - killed) / 1e9 / args.heartbeat, 2),
-        "seen_on_every_survivor_s": round((everywhere - killed) / 1e9, 2) if everywhere else None,
-        # Killing the leader: until every survivor names another (a follower's death changes none).
-        "new_leader_s": round((led - killed) / 1e9, 2) if led and victim_led else None,
-        "sidecars_counted_before": counts(before),
-        "sidecars_counted_after": counts(counted_after),
-        "sidecars_counted_after_rows_ran_out": counts(counted_later),
-        "distinct_after": distinct(counted_after) + distinct(counted_later),
-        "reports_given_up": sum(m[3] for m in moved),
-        "reports_retried": sum(m[4] for m in moved),
-    }
+    counted = [_fleet_status(r.address, metadata)[0] for r in survivors]
+    load = os.getloadavg()[0]
+    return _Aftermath(
+        killed=killed,
+        moved=moved,
+        ids=ids,
+        seen=seen,
+        everywhere=everywhere,
+        led=led,
+        counted=counted,
+        broken=pods.broken_by_code(),
+        load=load,
+    )
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -736,6 +824,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 pods.stop()
             for replica in replicas:
                 replica.stop()
+            if args.keep_logs is not None:  # the temporary directory goes with the run
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for replica in replicas:
+                    shutil.copy(Path(tmp) / f"{replica.name}.log", args.keep_logs)
     return records
 
 
@@ -774,14 +866,17 @@ def _summary(records: list[dict[str, Any]]) -> str:
         )
     if k := by.get("fleet_replica_killed"):
         lines.append(
-            f"  SIGKILLed {k['replica']}{' (leader)' if k['leader'] else ''} with {k['streams_on_it']} pods: "
+            f"  SIGKILLed {k['replica']}{' (leader)' if k['leader'] else ''} with {k['streams_on_it']} pods"
+            f"{f' while {n} busy loops contended' if (n := k['contending_processes']) else ''}: "
             f"streams resumed elsewhere after {k['resumed_elsewhere_s']} s, each seen live on a survivor "
             f"after {k['seen_live_elsewhere_s']} s ({k['seen_live_elsewhere_heartbeats']} heartbeats), on every "
             f"survivor after {k['seen_on_every_survivor_s']} s; a leader after {k['new_leader_s']} s; sidecars "
             f"counted {k['sidecars_counted_before']} before, {k['sidecars_counted_after']} after, "
             f"{k['sidecars_counted_after_rows_ran_out']} once its rows ran out; reports retried "
-            f"{k['reports_retried']}, given up {k['reports_given_up']}"
+            f"{k['reports_retried']}, given up {k['reports_given_up']}; load average {k['load_average_1m']}; "
+            "streams broken:"
         )
+        lines += [f"    {n:5d}  {why}" for why, n in k["streams_broken_by_code"].items()]
     for x in (x for x in records if x["figure"] == "fleet_loop_lag"):
         lines.append(
             f"  {x['replica']} event loop: lag p50/p99/max {x['lag_p50_ms']}/{x['lag_p99_ms']}/{x['lag_max_ms']} ms, "
@@ -822,6 +917,12 @@ def main(argv: list[str]) -> int:
         help="at the end, SIGKILL a replica that does not lead, or the leader, under the fleet",
     )
     parser.add_argument(
+        "--contend",
+        type=int,
+        default=0,
+        help="with --kill-replica: this many busy-loop processes compete for the CPU from just before the kill",
+    )
+    parser.add_argument(
         "--count-statements",
         action="store_true",
         help="count the SQL statements the replicas send, by text, in the window (bench/statements)",
@@ -832,6 +933,9 @@ def main(argv: list[str]) -> int:
         help="time each replica's event-loop stalls in the window, with what held the loop (bench/looplag)",
     )
     parser.add_argument("--server-log-level", default="warning")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy each replica's stderr log (replica-N.log) into this directory"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),

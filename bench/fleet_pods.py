@@ -11,14 +11,17 @@ It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot,
 each time every pod has ACKed a target with that stable version and no candidate (the time of the
 last ACK). A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on
 stdin (the driver is about to kill a replica) starts `moved ...` lines: the pods whose stream broke
-since, and when each ACKed a snapshot on another replica. It stops when stdin closes.
+since, and when each reported (its ACK, or the heartbeat after it) once it had a snapshot on
+another replica. It stops when stdin closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import re
 import sys
 import time
 import zlib
@@ -34,6 +37,8 @@ from .common import run
 from .loadgen import bearer_metadata
 
 BOUNDS_MS = [50.0, 100.0, 250.0, 500.0, 1000.0]
+DETAILS_CHARS = 90  # of a broken stream's details: enough to tell a server's reason from a lost socket
+_DIGITS = re.compile(r"\d+")
 RETRIES = 4  # the client's default
 
 
@@ -46,12 +51,13 @@ class Pod:
         self.failing = index % args.error_every == 0
         self.target: dpb.Target | None = None
         self.revision = 0
+        self.moving = False  # its stream broke after the driver's mark: it has not ACKed on another since
+        self.reopened = False  # its stream (since it last broke) gave it a snapshot
 
     async def watch(self) -> None:
         request = dpb.WatchTargetsRequest(sidecar_id=self.id)
         request.selectors.add(program=self.args.program, environment=self.args.environment)
         await asyncio.sleep(random.uniform(0, self.args.open_seconds))
-        moving = False  # its stream broke after the driver's mark: it has not ACKed on another since
         while True:
             try:
                 async for message in self.stub.WatchTargets(request, metadata=self.fleet.metadata):
@@ -60,14 +66,16 @@ class Pod:
                     if kind in ("snapshot", "changes"):
                         for target in getattr(message, kind).targets:
                             self.target = target
-                        if await self.report() and moving:
-                            moving = False
-                            self.fleet.moved[self.id] = time.time_ns()
-            except grpc.aio.AioRpcError:
+                        self.reopened = True
+                        await self.report()
+            except grpc.aio.AioRpcError as err:
                 # A replica stopped, or cut a slow stream: resume elsewhere, as a sidecar does.
-                if self.fleet.mark_ns and not moving:
-                    moving = True
-                    self.fleet.moved[self.id] = 0
+                self.reopened = False
+                if self.fleet.mark_ns:
+                    self.fleet.broke(err)
+                    if not self.moving:
+                        self.moving = True
+                        self.fleet.moved[self.id] = 0
             await asyncio.sleep(random.uniform(0.5, 1.5))
 
     def _served(self) -> list[tuple[str, str]]:
@@ -99,6 +107,11 @@ class Pod:
         if not await _call(self.stub.ReportSidecarStatus, request, self.fleet):
             return False
         self.fleet.acked(self)
+        if self.moving and self.reopened:
+            # Moved: a report (the ACK of the new stream's snapshot, or, if that one failed, the next
+            # heartbeat, which ACKs the same target) taken since the stream reopened.
+            self.moving = False
+            self.fleet.moved[self.id] = time.time_ns()
         return True
 
     async def heartbeat(self) -> None:
@@ -184,6 +197,14 @@ class Fleet:
         self.mark_ns = 0  # when the driver said `mark` (it is about to kill a replica)
         # Pods whose stream broke after the mark -> when each ACKed a snapshot on another replica (0: not yet).
         self.moved: dict[str, int] = {}
+        # Streams broken after the mark, by status code and details (numbers left out): who cut them
+        # and why — the killed replica's connection, or a survivor's hub (which says why in its own words).
+        self.broken: dict[str, int] = {}
+
+    def broke(self, err: grpc.aio.AioRpcError) -> None:
+        code = err.code().name if err.code() is not None else "UNKNOWN"
+        why = f"{code}: {_DIGITS.sub('N', err.details() or '')[:DETAILS_CHARS]}"
+        self.broken[why] = self.broken.get(why, 0) + 1
 
     def acked(self, pod: Pod) -> None:
         t = pod.target
@@ -218,7 +239,8 @@ async def _progress(fleet: Fleet) -> None:
 
 async def _moves(fleet: Fleet) -> None:
     """After the mark, twice a second: `moved <streams broken> <resumed elsewhere> <last resumed, ns>
-    <reports given up> <reports retried>`; once every broken one resumed, its ids (`moved-ids`)."""
+    <reports given up> <reports retried>` and `broken <JSON: streams broken by status code and
+    details>`; once every broken one resumed, its ids (`moved-ids`)."""
     told = False
     while True:
         await asyncio.sleep(0.5)
@@ -227,6 +249,7 @@ async def _moves(fleet: Fleet) -> None:
             f"moved {len(fleet.moved)} {len(back)} {max(back, default=0)} "
             f"{fleet.failed_reports} {fleet.retried_reports}"
         )
+        _say("broken " + json.dumps(fleet.broken, separators=(",", ":")))
         if fleet.moved and len(back) == len(fleet.moved) and not told:
             told = True
             _say("moved-ids " + ",".join(sorted(fleet.moved)))

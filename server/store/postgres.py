@@ -20,9 +20,10 @@ standby that cannot write, a timeout → StoreUnavailable (the client retries);
 a full disk → ResourceExhausted; a conflict → Aborted; anything else (a bad
 statement: our bug) → StoreError. `ping()`, which the server calls every
 second, runs `SELECT 1` on a connection of its own; when the database does
-not answer, the store cuts the connections calls are waiting on (so that they
-fail now rather than at their deadline) and refuses new calls at once, until
-a ping finds the database back. A write whose connection is lost during
+not answer (in 2 s of the replica's attention, not of the clock:
+store/attention.py), the store cuts the connections calls are waiting on (so
+that they fail now rather than at their deadline) and refuses new calls at
+once, until a ping finds the database back. A write whose connection is lost during
 COMMIT may or may not have committed: its caller gets UNAVAILABLE, never
 success, and a retry with the same request_id gets the first answer if it
 did commit.
@@ -44,6 +45,7 @@ import asyncpg
 from ..calls import Call
 from ..domain.model import Event, by_revision
 from ..errors import Aborted, RegistryError, ResourceExhausted, StoreError, StoreUnavailable
+from .attention import attended
 from .base import AVAILABLE, Availability, WriteCounts
 from .commits import CommitListeners
 from .migrations import APPLIED, POSTGRES, migrate
@@ -465,20 +467,46 @@ class PostgresStore(TimedTransactions):
         return Availability(readable=False, writable=False, detail=f"the database is unreachable: {problem}")
 
     async def _probe(self, timeout: float) -> tuple[str, bool]:
-        """("", _) if the database answered; else what went wrong and whether to try a new connection."""
+        """("", _) if the database answered; else what went wrong and whether to try a new connection.
+
+        "No answer" means none within `timeout` of this replica's attention (store/attention.py),
+        not of the clock: a replica too busy to read the answer must not find the database away,
+        cut every watcher it holds and refuse calls — that is when it can least afford it.
+        """
         fresh = self._prober is None or self._prober.is_closed()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        asked = asyncio.ensure_future(self._select_one())
         try:
-            async with asyncio.timeout(timeout):
-                if self._prober is None or self._prober.is_closed():
-                    self._prober = await asyncpg.connect(self.url, timeout=timeout)
-                await self._prober.fetchval("SELECT 1")
-            return "", False
-        except TimeoutError:
+            answered = await attended(asked, timeout)
+        finally:
+            if not asked.done():  # unanswered in time, or the ping itself cancelled (the server stops)
+                asked.cancel()
+        if answered and (took := loop.time() - began) > timeout:
+            # What the probe would have taken for a database away: say so, since it means this
+            # replica is held up (its own work, or too little CPU for it), which it cannot see elsewhere.
+            log.warning(
+                "the database answered the health probe after %.1fs, within %gs of this replica's "
+                "attention: its event loop was held meanwhile (its own work, or too little CPU)",
+                took,
+                timeout,
+            )
+        if not answered:
+            await asyncio.gather(asked, return_exceptions=True)
             self._drop_prober()
             return f"no answer within {timeout:g}s", False
-        except _DRIVER_ERRORS as exc:
+        try:
+            asked.result()
+            return "", False
+        except (TimeoutError, *_DRIVER_ERRORS) as exc:
             self._drop_prober()
             return f"{type(exc).__name__}: {exc}", not fresh
+
+    async def _select_one(self) -> None:
+        if self._prober is None or self._prober.is_closed():
+            # The clock's timeout, and a long one: attended() judges whether an answer is overdue.
+            self._prober = await asyncpg.connect(self.url, timeout=COMMAND_TIMEOUT)
+        await self._prober.fetchval("SELECT 1")
 
     def _drop_prober(self) -> None:
         if self._prober is not None:

@@ -110,6 +110,12 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     killed = by["fleet_replica_killed"]
     assert not killed["leader"] and killed["streams_resumed"] == killed["streams_on_it"], seen
     assert killed["sidecars_counted_before"] == [20, 20, 20], seen
+    # Every broken stream is counted by its status: at least the dead replica's, each UNAVAILABLE.
+    broken = killed["streams_broken_by_code"]
+    assert sum(broken.values()) >= killed["streams_on_it"], seen
+    assert (
+        sum(n for why, n in broken.items() if why.startswith("UNAVAILABLE: ")) >= killed["streams_on_it"]
+    ), seen
     # Once: never a pod twice (the dead replica's rows beside the survivor's). Right after the move a
     # survivor may not have read another's batch yet (it can be a pod short, as in docs/operations.md);
     # once the dead replica's rows have run out, every survivor counts every pod.

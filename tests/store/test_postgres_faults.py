@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -227,6 +228,34 @@ async def test_a_timeout_says_what_happened_and_how_long_it_waited(
         assert float(found[1]) >= 0.5
     finally:
         proxy.resume()
+        await store.close()
+
+
+async def test_a_replica_too_busy_to_read_the_answer_in_time_does_not_find_the_database_away(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A replica whose event loop was held past the probe's timeout (hundreds of sidecars resuming on
+    # it at once, on a machine loaded past its cores) found the database "unreachable" although it
+    # had answered: it cut every connection — LISTEN's too, so every watcher it held was reset and
+    # resumed at once — and refused calls until the next probe (issue 13: a leader's death broke
+    # 560 streams on the survivors).
+    store = PostgresStore(pg_url)
+    await store.open()
+    resets: list[str] = []
+    heard: list[int] = []
+    store.commits.subscribe(lambda events: heard.append(events[-1].revision), lambda: resets.append("reset"))
+    try:
+        assert (await store.ping(timeout=2)).readable  # its connection is made
+        probing = asyncio.create_task(store.ping(timeout=2))
+        await asyncio.sleep(0)  # the probe has begun
+        time.sleep(2.5)  # the fault: the loop is held (not awaited) past the probe's timeout
+        found = await probing
+        assert found.readable, found.detail
+        assert "answered the health probe after" in caplog.text  # the operator hears of the held loop
+        assert resets == []
+        assert await append(store) == 1  # no call refused
+        assert heard == [1]  # and the commit listeners kept hearing every revision
+    finally:
         await store.close()
 
 
