@@ -209,7 +209,7 @@ def gapless(registry: Registry, sent: int) -> dict[str, Any]:
 def bench_create_deployment(backend: str, options: Options) -> dict[str, Any]:
     with registry_server(backend, options) as registry:
         preload_deployment(registry, deploy=False)
-        result = _loadgen(registry.target, "deploy", DEPLOY_CLIENTS, options, registry.token_file)
+        result = _costed(registry.target, "deploy", DEPLOY_CLIENTS, options, registry.token_file)
     return {
         "bench": "create_deployment",
         "backend": backend,
@@ -227,7 +227,7 @@ def bench_create_deployment(backend: str, options: Options) -> dict[str, Any]:
 def bench_get_deployment_status(backend: str, options: Options) -> dict[str, Any]:
     with registry_server(backend, options) as registry:
         preload_deployment(registry, deploy=True)
-        result = _loadgen(registry.target, "status", STATUS_CONCURRENCY, options, registry.token_file)
+        result = _costed(registry.target, "status", STATUS_CONCURRENCY, options, registry.token_file)
     return {
         "bench": "get_deployment_status",
         "backend": backend,
