@@ -73,9 +73,7 @@ The figures:
     (the default environments): ``"auto_deploy": true``. On SQLite the same
     figure is printed first with ``"auto_deploy": false`` (the server started
     with a ``--config`` whose development does not auto-deploy; no target),
-    so that the two are compared in one run. ``server_cpu_ms_per_call`` is
-    the server process's CPU time over the load generator's run divided by
-    its calls (warm-up included): steadier than the rate on a shared machine.
+    so that the two are compared in one run.
     Then the versions are listed: ``gapless`` says that every version the
     clients sent (1.0.0 .. 1.0.N, none retried) is there, each at a revision
     of its own, and those revisions without a hole (``versions_missing``,
@@ -134,7 +132,11 @@ Common keys: ``calls`` (completed calls, including failed ones),
 them by code), ``seconds`` (wall time of the measured window, until the last
 in-flight call finished), ``throughput_per_s`` (successful calls / seconds),
 ``p50_ms`` / ``p99_ms`` (latency of completed calls as the client saw it),
-``concurrency``, ``channels``, ``uvloop_client``, ``server_log_level``,
+``server_cpu_us_per_call`` (the server process's CPU time, utime + stime
+from /proc, over the load generator's run divided by its calls, warm-up
+included: on a machine shared with other work far steadier than the rate,
+which moves with the load), ``concurrency``, ``channels``, ``uvloop_client``,
+``server_log_level``,
 ``auth`` (registry lines only), and ``target`` / ``meets_target`` where the
 issue sets one. A short warm-up (``--warmup``, 1 s by default) precedes every
 measured window and is not counted.

@@ -62,9 +62,22 @@ def _loadgen(
     return result
 
 
+def _costed(
+    target: str, workload: str, concurrency: int, options: Options, token_file: Path | None = None
+) -> dict[str, Any]:
+    """`_loadgen`, with the server's own CPU per call over the run (warm-up included): on a machine
+    shared with other work the rate moves with the load, the CPU each call costs far less."""
+    pid = fanout.server_pid(target)
+    before = fanout.cpu_seconds(pid)
+    result = _loadgen(target, workload, concurrency, options, token_file)
+    cpu = fanout.cpu_seconds(pid) - before
+    calls = max(1, result["calls"] + result["warmup_calls"])
+    return result | {"server_cpu_us_per_call": round(cpu / calls * 1e6, 1)}
+
+
 def bench_echo(options: Options) -> dict[str, Any]:
     with process([sys.executable, "-m", "bench.echo"]) as target:
-        result = _loadgen(target, "echo", GET_CONCURRENCY, options)
+        result = _costed(target, "echo", GET_CONCURRENCY, options)
     return {
         "bench": "echo",
         "backend": "none",
@@ -85,7 +98,7 @@ def bench_get(
     """The read-path figure; `no_auth` is the same backend's auth-off figure from this run, if any."""
     with registry_server(backend, options, auth=auth) as registry:
         preload(registry, fixtures.PRELOAD_VERSIONS)
-        result = _loadgen(registry.target, "get", GET_CONCURRENCY, options, registry.token_file)
+        result = _costed(registry.target, "get", GET_CONCURRENCY, options, registry.token_file)
     throughput = result["throughput_per_s"]
     ratio = throughput / echo if echo else None
     record: dict[str, Any] = {
@@ -122,7 +135,7 @@ def bench_get_by_environment(backend: str, options: Options, echo: float | None)
     """The serving path: the version development serves (what a sidecar or client resolves)."""
     with registry_server(backend, options) as registry:
         preload(registry, fixtures.PRELOAD_VERSIONS)  # each auto-deployed: development serves the last
-        result = _loadgen(registry.target, "get_env", GET_CONCURRENCY, options, registry.token_file)
+        result = _costed(registry.target, "get_env", GET_CONCURRENCY, options, registry.token_file)
     ratio = result["throughput_per_s"] / echo if echo else None
     return {
         "bench": "get_program_version_by_environment",
@@ -141,13 +154,8 @@ def bench_register(backend: str, options: Options, *, auto_deploy: bool = True) 
     """The write path; with `auto_deploy` (the default environments) each registration also deploys."""
     with registry_server(backend, options, auto_deploy=auto_deploy) as registry:
         preload(registry, ())
-        pid = fanout.server_pid(registry.target)
-        cpu_before = fanout.cpu_seconds(pid)
-        result = _loadgen(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
-        cpu = fanout.cpu_seconds(pid) - cpu_before
+        result = _costed(registry.target, "register", REGISTER_CLIENTS, options, registry.token_file)
         result |= gapless(registry, result["calls"] + result["warmup_calls"])
-    # Less noisy than the rate on a shared machine: what each call cost the server's own process.
-    result["server_cpu_ms_per_call"] = round(cpu / max(1, result["calls"] + result["warmup_calls"]) * 1e3, 2)
     sqlite = backend == "sqlite" and auto_deploy  # the target is for the default environments
     return {
         "bench": "register_program",
@@ -201,7 +209,7 @@ def gapless(registry: Registry, sent: int) -> dict[str, Any]:
 def bench_create_deployment(backend: str, options: Options) -> dict[str, Any]:
     with registry_server(backend, options) as registry:
         preload_deployment(registry, deploy=False)
-        result = _loadgen(registry.target, "deploy", DEPLOY_CLIENTS, options, registry.token_file)
+        result = _costed(registry.target, "deploy", DEPLOY_CLIENTS, options, registry.token_file)
     return {
         "bench": "create_deployment",
         "backend": backend,
@@ -219,7 +227,7 @@ def bench_create_deployment(backend: str, options: Options) -> dict[str, Any]:
 def bench_get_deployment_status(backend: str, options: Options) -> dict[str, Any]:
     with registry_server(backend, options) as registry:
         preload_deployment(registry, deploy=True)
-        result = _loadgen(registry.target, "status", STATUS_CONCURRENCY, options, registry.token_file)
+        result = _costed(registry.target, "status", STATUS_CONCURRENCY, options, registry.token_file)
     return {
         "bench": "get_deployment_status",
         "backend": backend,

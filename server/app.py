@@ -327,7 +327,7 @@ class App:
                 notifier=self.notifier,
             )
         self.store.commits.subscribe(self.controller.on_commit)
-        self.store.commits.subscribe(self.notifier.on_commit)
+        self.store.commits.subscribe(self.notifier.on_commit, self.notifier.on_reset)
         await _unless_read_only(
             "bringing the environments up to date",
             services.environments.seed(

@@ -7,8 +7,10 @@ store when the next one is due, claims due ones in a write transaction
 lease expired tries again), POSTs each with its delivery id, a timestamp and
 an HMAC signature, and records the outcome: SUCCEEDED on a 2xx, else the
 next attempt's time from the backoff schedule, or FAILED past the age limit
-(domain/webhooks.py). It wakes when a deployment event commits and when the
-next delivery falls due; nothing is kept in memory that a SIGKILL could lose.
+(domain/webhooks.py). It wakes when a deployment event commits (unless it knows
+that no webhook exists, which a webhook created or deleted makes unknown again)
+and when the next delivery falls due; nothing is kept in memory that a SIGKILL
+could lose.
 
 The address rule is applied again at each attempt, at the moment of
 connecting: the HTTP client resolves host names through a resolver that
@@ -36,7 +38,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from .background import Loop
 from .domain import webhooks
-from .domain.events import is_deployment_kind
+from .domain.events import EventKind, is_deployment_kind
 from .domain.model import Event
 from .domain.webhooks import DeliveryState, Due, Network, Outcome
 from .errors import InvalidArgument
@@ -44,6 +46,8 @@ from .usecases.webhooks import Webhooks
 
 log = logging.getLogger("dspy_registry.webhooks")
 
+# The events after which whether any webhook exists must be looked at again.
+_WEBHOOK_SET_CHANGES = frozenset({EventKind.WEBHOOK_CREATED.value, EventKind.WEBHOOK_DELETED.value})
 IDLE_SECONDS = 5.0  # how long to sleep when nothing is due: another replica's expired lease, at most
 MIN_SECONDS = 0.05
 CONCURRENCY = 16  # attempts in flight at once: one slow receiver does not hold up the others
@@ -94,14 +98,34 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         # Told of each attempt recorded, by the state it left the delivery in (telemetry sets it).
         self.on_delivery: Callable[[DeliveryState], None] | None = None
+        # Whether any webhook exists, as the last look found it (None: not looked, or one was created
+        # or deleted since). A deployment event queues deliveries only for the webhooks that exist in
+        # its transaction: with none, its commit has nothing to wake the loop for (every
+        # auto-deploying registration's commit woke it for a read of the outbox through the pool).
+        self._webhooks_exist: bool | None = None
+        self._webhook_changes = 0  # counts the changes that make `_webhooks_exist` unknown
 
     def poke(self) -> None:
         self._loop.poke()
 
     def on_commit(self, events: Sequence[Event]) -> None:
-        """Subscribed to the store: a deployment event may have queued deliveries."""
-        if any(is_deployment_kind(e.kind) for e in events):
+        """Subscribed to the store: a deployment event may have queued deliveries (unless no webhook
+        exists); a webhook created or deleted makes that unknown again."""
+        wake = False
+        for e in events:
+            if e.kind in _WEBHOOK_SET_CHANGES:
+                self.on_reset()
+                return
+            if not wake and self._webhooks_exist is not False and is_deployment_kind(e.kind):
+                wake = True
+        if wake:
             self.poke()
+
+    def on_reset(self) -> None:
+        """Commits may have been missed (or a webhook came or went): whether one exists is unknown."""
+        self._webhook_changes += 1
+        self._webhooks_exist = None
+        self.poke()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -110,6 +134,11 @@ class Notifier:
         free = self.concurrency - len(self._attempts)
         if free <= 0:
             return None  # a finishing attempt pokes
+        if self._webhooks_exist is None:
+            changes = self._webhook_changes
+            exist = await self.webhooks.any_webhook()
+            if changes == self._webhook_changes:  # else one came or went as we read: look again later
+                self._webhooks_exist = exist
         next_due = await self.webhooks.next_due()
         if next_due is not None and next_due <= self.webhooks.clock.now():
             for due in await self.webhooks.claim(free):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
@@ -180,6 +180,27 @@ class Deployment:
         return Pinned(self.version, self.digest)
 
 
+# Deployment's fields, all plain init fields with no __post_init__: what `evolve` may change.
+_DEPLOYMENT_FIELDS = frozenset(f.name for f in fields(Deployment) if f.init)
+assert len(_DEPLOYMENT_FIELDS) == len(fields(Deployment)) and not hasattr(Deployment, "__post_init__")
+
+
+def evolve(d: Deployment, /, **changes: Any) -> Deployment:
+    """`dataclasses.replace(d, **changes)` at a fifth of its cost.
+
+    replace() walks the 33 fields in Python and calls the frozen __init__, which sets each one
+    through object.__setattr__; a deployment that starts, promotes and succeeds within its
+    creation (every auto-deploying registration) takes ten such steps. With only plain init fields and no __post_init__, a copy of
+    the instance's attributes with the changes is what replace() builds. A name that is not a
+    field is refused, as replace() refuses it (TypeError).
+    """
+    if not _DEPLOYMENT_FIELDS.issuperset(changes):
+        raise TypeError(f"Deployment has no field {', '.join(sorted(set(changes) - _DEPLOYMENT_FIELDS))}")
+    new = object.__new__(Deployment)
+    new.__dict__.update(d.__dict__, **changes)  # frozen: its __setattr__ refuses, its __dict__ does not
+    return new
+
+
 def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"cannot {action} {deployment.resource_name}: it is {deployment.state.name}",
@@ -193,19 +214,19 @@ def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
 
 def _note(d: Deployment, kind: Kind, now: datetime, actor: str, reason: str = "") -> Deployment:
     entry = Transition(kind=kind, state=d.state, step=d.steps_applied, actor=actor, time=now, reason=reason)
-    return replace(d, timeline=d.timeline + (entry,), update_time=now)
+    return evolve(d, timeline=d.timeline + (entry,), update_time=now)
 
 
 def _finish(d: Deployment, state: State, kind: Kind, now: datetime, actor: str, reason: str) -> Deployment:
     # An ended deployment is not paused any more; why it paused stays in its timeline.
-    ended = replace(d, state=state, next_step_time=None, end_time=now, paused=False, pause_reason="")
+    ended = evolve(d, state=state, next_step_time=None, end_time=now, paused=False, pause_reason="")
     return _note(ended, kind, now, actor, reason)
 
 
 def _promote(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> tuple[Deployment, Target]:
     """The new version becomes stable, the candidate is gone: SUCCEEDED."""
     target = replace(t, stable=d.pinned, candidate=None, candidate_weight=0, deployment=d.id)
-    done = replace(d, weight_percent=100)
+    done = evolve(d, weight_percent=100)
     done = _note(done, Kind.PROMOTED, now, actor, reason)
     return _finish(done, State.SUCCEEDED, Kind.SUCCEEDED, now, actor, reason), target
 
@@ -222,7 +243,7 @@ def created(d: Deployment) -> Deployment:
 def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployment, Target]:
     """Begin the strategy: move the stable (REPLACE), stage the green, or take the first canary step."""
     # What this deployment replaces is what the target holds as it starts, not as it was requested.
-    d = replace(
+    d = evolve(
         d,
         state=State.IN_PROGRESS,
         step=0,
@@ -235,17 +256,17 @@ def start(d: Deployment, t: Target, now: datetime, actor: str) -> tuple[Deployme
     # it was noted in an instant earlier.
     if d.timeline and d.timeline[-1].kind in (Kind.CREATED, Kind.APPROVED, Kind.CHECK_PASSED):
         started = replace(d.timeline[-1], state=State.IN_PROGRESS, step=d.steps_applied)
-        d = replace(d, timeline=d.timeline[:-1] + (started,))
+        d = evolve(d, timeline=d.timeline[:-1] + (started,))
     s = d.strategy
     if s.strategy is Strategy.REPLACE:
         return _promote(d, t, now, actor, d.reason)
     if s.strategy is Strategy.BLUE_GREEN:
         target = replace(t, candidate=d.pinned, candidate_weight=0, deployment=d.id)
         next_time = now + _seconds(s.promote_delay_seconds) if s.auto_promote else None
-        return replace(d, weight_percent=0, next_step_time=next_time), target
+        return evolve(d, weight_percent=0, next_step_time=next_time), target
     first = s.canary_steps[0]
     target = replace(t, candidate=d.pinned, candidate_weight=first.weight_percent, deployment=d.id)
-    return replace(
+    return evolve(
         d, weight_percent=first.weight_percent, next_step_time=now + _seconds(first.pause_seconds)
     ), target
 
@@ -257,8 +278,8 @@ def start_when_checked(
     when every required check has PASSED, else waits in PENDING_CHECKS, its timeline naming them."""
     waiting = tuple(name for name in d.required_checks if name not in passed)
     if not waiting:
-        return start(replace(d, waiting_checks=()), t, now, actor)
-    held = replace(d, state=State.PENDING_CHECKS, waiting_checks=waiting, next_step_time=None)
+        return start(evolve(d, waiting_checks=()), t, now, actor)
+    held = evolve(d, state=State.PENDING_CHECKS, waiting_checks=waiting, next_step_time=None)
     return _note(
         held, Kind.CHECKS_PENDING, now, actor, checking.describe_waiting(waiting, d.required_checks)
     ), t
@@ -275,7 +296,7 @@ def check_passed(
     if d.state is not State.PENDING_CHECKS or check.check not in d.waiting_checks:
         return None
     waiting = tuple(name for name in d.required_checks if name not in passed)
-    noted = replace(d, waiting_checks=waiting)
+    noted = evolve(d, waiting_checks=waiting)
     reason = f"required check {check.describe()}"
     reason += (
         f"; {checking.describe_waiting(waiting, d.required_checks)}" if waiting else "; every one passed"
@@ -303,7 +324,7 @@ def advance(
     s = d.strategy
     if s.strategy is Strategy.CANARY and d.step + 1 < len(s.canary_steps):
         step = s.canary_steps[d.step + 1]
-        moved = replace(
+        moved = evolve(
             d,
             step=d.step + 1,
             weight_percent=step.weight_percent,
@@ -324,7 +345,7 @@ def promote(
     if d.state is not State.IN_PROGRESS:
         raise _refuse(d, "promote")
     if d.paused:
-        d = _note(replace(d, paused=False, pause_reason=""), Kind.RESUMED, now, actor, reason or "resumed")
+        d = _note(evolve(d, paused=False, pause_reason=""), Kind.RESUMED, now, actor, reason or "resumed")
     return _promote(d, t, now, actor, reason or "promoted") if full else advance(d, t, now, actor, reason)
 
 
@@ -382,7 +403,7 @@ def switch_when_acked(
             f"{needed} needed ({s.min_ack_percent}%)"
         )
         return fail(d, t, now, actor, reason)
-    return replace(d, next_step_time=min(now + _seconds(ACK_RECHECK_SECONDS), deadline)), t
+    return evolve(d, next_step_time=min(now + _seconds(ACK_RECHECK_SECONDS), deadline)), t
 
 
 def nacked(
@@ -421,7 +442,7 @@ def abort(d: Deployment, t: Target, now: datetime, actor: str, reason: str) -> t
 def supersede(d: Deployment, t: Target, now: datetime, actor: str, by: str) -> tuple[Deployment, Target]:
     if d.state not in ACTIVE:
         raise _refuse(d, "supersede")
-    ended = replace(d, superseded_by=by)
+    ended = evolve(d, superseded_by=by)
     return _finish(
         ended, State.SUPERSEDED, Kind.SUPERSEDED, now, actor, f"superseded by {by}"
     ), _drop_candidate(d, t)
@@ -454,7 +475,7 @@ def approve(
             f"{actor} already approved {d.resource_name}",
             [PreconditionViolation("APPROVAL", d.resource_name, "one approval per principal")],
         )
-    noted = replace(
+    noted = evolve(
         d, approvals=d.approvals + (Approval(principal=actor, rejected=reject, comment=comment, time=now),)
     )
     if reject:
@@ -491,7 +512,7 @@ def roll_back(
             f"no previous version of {d.program} in {d.environment} to roll back to",
             [PreconditionViolation("ROLLBACK", d.resource_name, "No previous version to rollback to")],
         )
-    ended = replace(d, rolled_back_by=by)
+    ended = evolve(d, rolled_back_by=by)
     if auto:
         ended = _note(ended, Kind.AUTO_ROLLBACK, now, actor, reason)
     ended = _finish(ended, State.ROLLED_BACK, Kind.ROLLED_BACK, now, actor, reason)
@@ -534,13 +555,13 @@ def rollback_deployment(
 
 def pause(d: Deployment, now: datetime, actor: str, reason: str) -> Deployment:
     """Hold a canary at its weight, no further step, until a person promotes (resumes) or aborts it."""
-    held = replace(d, paused=True, pause_reason=reason, next_step_time=None)
+    held = evolve(d, paused=True, pause_reason=reason, next_step_time=None)
     return _note(held, Kind.PAUSED, now, actor, reason)
 
 
 def recheck(d: Deployment, at: datetime) -> Deployment:
     """Nothing to do yet: look again at `at` (nothing anyone sees changes)."""
-    return replace(d, next_step_time=at)
+    return evolve(d, next_step_time=at)
 
 
 STEP_DEADLINE_INTERVALS = 10  # the contract: step_deadline 0 means 10 analysis intervals

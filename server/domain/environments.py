@@ -451,9 +451,19 @@ def load_toml(text: str) -> tuple[Environment, ...]:
 
 
 def strategy_to_json(s: StrategySpec) -> dict[str, Any]:
-    data = asdict(s)
-    data["strategy"] = s.strategy.name.lower()
-    return data
+    # Spelt out rather than asdict(), which deep-copies field by field: every deployment's stored
+    # body holds its strategy, written once per change (each auto-deploying registration).
+    return {
+        "strategy": s.strategy.name.lower(),
+        "canary_steps": tuple(
+            {"weight_percent": c.weight_percent, "pause_seconds": c.pause_seconds} for c in s.canary_steps
+        ),
+        "step_deadline_seconds": s.step_deadline_seconds,
+        "auto_promote": s.auto_promote,
+        "promote_delay_seconds": s.promote_delay_seconds,
+        "min_ack_percent": s.min_ack_percent,
+        "ack_timeout_seconds": s.ack_timeout_seconds,
+    }
 
 
 def strategy_from_json(s: dict[str, Any]) -> StrategySpec:

@@ -28,7 +28,7 @@ is not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -372,6 +372,19 @@ def new_event(kind: EventKind, resource: str, payload: Payload) -> Event:
     if type(payload) is not schema:
         raise TypeError(f"a {kind} event carries a {schema.__name__}, not a {type(payload).__name__}")
     return Event(kind=kind.value, resource=resource, data=payload.to_json())
+
+
+def new_events(kinds: Sequence[EventKind], resource: str, payload: Payload) -> list[Event]:
+    """`new_event` for each of `kinds`, about one resource with one payload: the entries share its
+    JSON (the store then encodes it once). A deployment created, promoted and succeeded in one
+    transaction, as every auto-deploy is, notes the same deployment three times."""
+    for kind in kinds:
+        if SCHEMAS[kind] is not type(payload):
+            raise TypeError(
+                f"a {kind} event carries a {SCHEMAS[kind].__name__}, not a {type(payload).__name__}"
+            )
+    data = payload.to_json()
+    return [Event(kind=kind.value, resource=resource, data=data) for kind in kinds]
 
 
 def payload(e: Event) -> Payload | None:

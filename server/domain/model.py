@@ -39,6 +39,16 @@ class SignatureSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Implementation:
+    """A program version's number and the signature version it implements: all that the semver
+    guard reads of the versions either side of a new one (a ProgramVersion has them too)."""
+
+    version: str
+    signature: str  # signature name
+    signature_version: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProgramVersion:
     program: str
     version: str

@@ -76,7 +76,7 @@ def sort_key(info: semver.Version) -> str:
     first) and text in ASCII order, each ended by "!", which is below every
     identifier character so that a shorter list sorts first.
     """
-    core = f"{info.major:019d}.{info.minor:019d}.{info.patch:019d}"
+    core = _core(info)
     if info.prerelease is None:
         return core + "~"
     parts = []
@@ -88,14 +88,20 @@ def sort_key(info: semver.Version) -> str:
     return core + "-" + "".join(parts)
 
 
+def _core(info: semver.Version) -> str:
+    """sort_key's MAJOR.MINOR.PATCH part (made here, not through a semver.Version of the core alone:
+    its checks cost more than the key, and every registration asks for two)."""
+    return f"{info.major:019d}.{info.minor:019d}.{info.patch:019d}"
+
+
 def core_floor(info: semver.Version) -> str:
     """Every version with a lower MAJOR.MINOR.PATCH sorts below this key, every other one above."""
-    return sort_key(semver.Version(info.major, info.minor, info.patch))[:-1] + "-"
+    return _core(info) + "-"
 
 
 def core_ceiling(info: semver.Version) -> str:
     """Every version with a higher MAJOR.MINOR.PATCH sorts above this key, every other one below."""
-    return sort_key(semver.Version(info.major, info.minor, info.patch)) + "~"
+    return _core(info) + "~~"
 
 
 def bump(current: Version | None, change: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..domain.model import Page, ProgramSummary, ProgramVersion
+from ..domain.model import Implementation, Page, ProgramSummary, ProgramVersion
 from ..domain.programs import PredictorSummary
 from .sql import Connection, Row, like_prefix, now_us, to_datetime, to_us, visible_condition
 from .sql import to_json as _json
@@ -44,6 +44,27 @@ def _program_version(row: Row) -> ProgramVersion:
         creator=row["creator"],
         create_time=to_datetime(row["create_time"]),
         revision=row["revision"],
+    )
+
+
+_IMPLEMENTATION = "version, signature, signature_version"
+# A program's latest version: its highest non-yanked release, else pre-release (two index probes).
+_LATEST = (
+    "COALESCE("
+    " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
+    "  AND prerelease = ? ORDER BY sort_key DESC, version DESC LIMIT 1),"
+    " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
+    "  ORDER BY sort_key DESC, version DESC LIMIT 1), '')"
+)
+
+
+def _latest_args(program: str) -> tuple[str, bool, bool, str, bool]:
+    return (program, False, False, program, False)
+
+
+def _implementation(row: Row) -> Implementation:
+    return Implementation(
+        version=row["version"], signature=row["signature"], signature_version=row["signature_version"]
     )
 
 
@@ -115,19 +136,23 @@ class ProgramQueries:
         )
         return str(row["version"]) if row else None
 
-    async def program_version_below(self, program: str, sort_key: str) -> ProgramVersion | None:
-        """The highest version with lower precedence, yanked or not: what the semver guard compares with."""
-        row = await neighbour(
-            self.conn, "program_versions", _PROGRAM_VERSION_COLUMNS, "program", program, sort_key, below=True
-        )
-        return _program_version(row) if row else None
+    async def program_version_below(self, program: str, sort_key: str) -> Implementation | None:
+        """The highest version with lower precedence, yanked or not: what the semver guard compares with.
 
-    async def program_version_above(self, program: str, sort_key: str) -> ProgramVersion | None:
+        Only what the guard reads of it: every registration asks, and a whole version's row (its
+        metadata, labels and predictors as JSON) cost more to read and parse than the rest of
+        the guard."""
+        row = await neighbour(
+            self.conn, "program_versions", _IMPLEMENTATION, "program", program, sort_key, below=True
+        )
+        return _implementation(row) if row else None
+
+    async def program_version_above(self, program: str, sort_key: str) -> Implementation | None:
         """The lowest version with higher precedence: what a backport must stay compatible with."""
         row = await neighbour(
-            self.conn, "program_versions", _PROGRAM_VERSION_COLUMNS, "program", program, sort_key, below=False
+            self.conn, "program_versions", _IMPLEMENTATION, "program", program, sort_key, below=False
         )
-        return _program_version(row) if row else None
+        return _implementation(row) if row else None
 
     async def insert_program_version(self, pv: ProgramVersion, sort_key: str, prerelease: bool) -> None:
         ts = to_us(pv.create_time)
@@ -142,15 +167,6 @@ class ProgramQueries:
                 pv.signature_name,
                 ts,
                 ts,
-            )
-        else:
-            # The summary carries the labels of the most recently registered version.
-            await self.conn.execute(
-                "UPDATE programs SET version_count = version_count + 1, labels = ?, signature = ? "
-                "WHERE name = ?",
-                labels,
-                pv.signature_name,
-                pv.program,
             )
         if current is None or current["labels"] != labels:
             await self.conn.execute("DELETE FROM program_labels WHERE program = ?", pv.program)
@@ -184,23 +200,27 @@ class ProgramQueries:
             ts,
             pv.revision,
         )
-        await self._refresh_latest(pv.program, ts)
+        if current is None:
+            await self._refresh_latest(pv.program, ts)
+            return
+        # The summary carries the labels of the most recently registered version; one statement
+        # counts the version and refreshes the latest (after the insert, which it must see).
+        await self.conn.execute(
+            "UPDATE programs SET version_count = version_count + 1, labels = ?, signature = ?, "
+            f"update_time = ?, latest_version = {_LATEST} WHERE name = ?",
+            labels,
+            pv.signature_name,
+            ts,
+            *_latest_args(pv.program),
+            pv.program,
+        )
 
     async def _refresh_latest(self, program: str, ts: int) -> None:
         """latest = the highest non-yanked release, else pre-release: two index probes."""
         await self.conn.execute(
-            "UPDATE programs SET update_time = ?, latest_version = COALESCE("
-            " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
-            "  AND prerelease = ? ORDER BY sort_key DESC, version DESC LIMIT 1),"
-            " (SELECT version FROM program_versions WHERE program = ? AND yanked = ? "
-            "  ORDER BY sort_key DESC, version DESC LIMIT 1), '') "
-            "WHERE name = ?",
+            f"UPDATE programs SET update_time = ?, latest_version = {_LATEST} WHERE name = ?",
             ts,
-            program,
-            False,
-            False,
-            program,
-            False,
+            *_latest_args(program),
             program,
         )
 

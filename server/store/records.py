@@ -75,8 +75,12 @@ class Records(
         ts = now_us()
         first_seq = self._seq
         rows = []
+        texts: dict[int, str] = {}  # by id(data): entries that share a payload share its JSON
         for event in events:
-            rows.append((self._revision, self._seq, event.kind, event.resource, _json(event.data), ts))
+            text = texts.get(id(event.data))
+            if text is None:
+                text = texts[id(event.data)] = _json(event.data)
+            rows.append((self._revision, self._seq, event.kind, event.resource, text, ts))
             self.appended.append(
                 Event(
                     kind=event.kind,

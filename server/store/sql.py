@@ -39,8 +39,13 @@ def to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
+# What json.dumps(value, separators=(",", ":"), sort_keys=True) builds on every call, built once: a
+# registration stores some ten JSON texts (its version's maps, a deployment, the events).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def like_prefix(prefix: str) -> str:

@@ -9,8 +9,9 @@ bottleneck). With nobody listening it costs one attribute check.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 from ..calls import Call
 from .records import Records
@@ -24,17 +25,42 @@ class TransactionTimer:
     def __init__(self) -> None:
         self.observe: Observe | None = None
 
-    @asynccontextmanager
-    async def timed(self, kind: str) -> AsyncIterator[None]:
+    def timed(
+        self, kind: str, transaction: AbstractAsyncContextManager[Records]
+    ) -> AbstractAsyncContextManager[Records]:
+        """`transaction`, timed from now to its end when somebody listens; else itself."""
         observe = self.observe
         if observe is None:
-            yield
-            return
-        started = time.perf_counter()
+            return transaction
+        return _Timed(kind, transaction, observe)
+
+
+class _Timed:
+    """A transaction timed from its asking to its end (a class, not @asynccontextmanager: every
+    call's transaction passes through here, and a generator's enter and exit cost more)."""
+
+    def __init__(
+        self, kind: str, transaction: AbstractAsyncContextManager[Records], observe: Observe
+    ) -> None:
+        self.kind = kind
+        self.transaction = transaction
+        self.observe = observe
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> Records:
         try:
-            yield
+            return await self.transaction.__aenter__()
+        except BaseException:
+            self.observe(self.kind, time.perf_counter() - self.started)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            return await self.transaction.__aexit__(kind, value, tb)
         finally:
-            observe(kind, time.perf_counter() - started)
+            self.observe(self.kind, time.perf_counter() - self.started)
 
 
 class TimedTransactions:
@@ -52,17 +78,14 @@ class TimedTransactions:
     def _telemetry(self) -> AbstractAsyncContextManager[Records]:
         raise NotImplementedError
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Records]:
-        async with self.timer.timed("read"), self._read() as records:
-            yield records
+    # Plain methods that hand the backend's transaction on (timed when somebody listens), rather than
+    # context managers of their own wrapping it: one generator less to enter and leave per transaction.
 
-    @asynccontextmanager
-    async def write(self, call: Call | None = None) -> AsyncIterator[Records]:
-        async with self.timer.timed("write"), self._write(call) as records:
-            yield records
+    def read(self) -> AbstractAsyncContextManager[Records]:
+        return self.timer.timed("read", self._read())
 
-    @asynccontextmanager
-    async def telemetry(self) -> AsyncIterator[Records]:
-        async with self.timer.timed("telemetry"), self._telemetry() as records:
-            yield records
+    def write(self, call: Call | None = None) -> AbstractAsyncContextManager[Records]:
+        return self.timer.timed("write", self._write(call))
+
+    def telemetry(self) -> AbstractAsyncContextManager[Records]:
+        return self.timer.timed("telemetry", self._telemetry())

@@ -19,6 +19,7 @@ from ..domain import environments, guard, programs, resources, security, signatu
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.events import EventKind, ProgramVersionRegistered, SignatureRegistered, YankChanged, new_event
 from ..domain.model import (
+    Implementation,
     ProgramSummary,
     ProgramVersion,
     SignatureSummary,
@@ -621,18 +622,21 @@ class Registry:
             return await record(tx, idem, updated)
 
 
-async def compatibility(tx: Records, a: ProgramVersion, b: ProgramVersion) -> signatures.Compatibility:
+async def compatibility(
+    tx: Records, a: ProgramVersion | Implementation, b: ProgramVersion | Implementation
+) -> signatures.Compatibility:
     """How the signature `b` implements relates to the one `a` implements."""
     return await signature_change(tx, a, b.signature, b.signature_version)
 
 
 async def signature_change(
-    tx: Records, a: ProgramVersion, signature: str, signature_version: str
+    tx: Records, a: ProgramVersion | Implementation, signature: str, signature_version: str
 ) -> signatures.Compatibility:
     """How signature@signature_version relates to the signature `a` implements."""
     if a.signature != signature:
         return comparing.signature_switch(
-            a.signature_name, f"signatures/{signature}/versions/{signature_version}"
+            f"signatures/{a.signature}/versions/{a.signature_version}",
+            f"signatures/{signature}/versions/{signature_version}",
         )
     if a.signature_version == signature_version:
         return signatures.Compatibility(signatures.Level.IDENTICAL)

@@ -237,6 +237,10 @@ class Webhooks:
 
     # -- the notifier's side -------------------------------------------------------------------
 
+    async def any_webhook(self) -> bool:
+        async with self.store.read() as tx:
+            return await tx.count_webhooks() > 0
+
     async def next_due(self) -> datetime | None:
         async with self.store.read() as tx:
             return await tx.next_delivery_time()

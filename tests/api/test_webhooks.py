@@ -550,3 +550,30 @@ def test_the_allow_list_flag_is_repeatable_and_read_from_the_environment(
     monkeypatch.setenv("DSPY_REGISTRY_WEBHOOK_ALLOW", "192.168.0.0/16")
     assert parsed() == ("192.168.0.0/16",)
     assert len(webhooks.parse_networks(parsed("--webhook-allow", "10.0.0.0/8,::1"))) == 3
+
+
+async def test_with_no_webhook_deployments_leave_the_outbox_unread_and_a_new_one_gets_what_follows(
+    allowing: Running, receiver: Receiver
+) -> None:
+    """A deployment event queues deliveries only for the webhooks that exist: with none, its commit
+    does not wake the notifier to read the outbox (every auto-deploying registration's did); a
+    webhook created afterwards makes it look again, and gets the events that follow."""
+    notifier = allowing.app.notifier
+    reads = 0
+    next_due = notifier.webhooks.next_due
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await next_due()
+
+    notifier.webhooks.next_due = counted  # type: ignore[method-assign]
+    await _eventually(lambda: notifier._webhooks_exist is False, "the notifier found no webhook")
+    before = reads
+    await _program(allowing, versions=tuple(f"1.{n}.0" for n in range(20)))  # 20 auto-deploys
+    assert reads - before <= 2  # the idle passes (one per 5 s) at most
+    await _create(allowing, "late", _webhook(receiver.url))
+    await _deploy(allowing, "1.19.0")
+    delivered = await _settled(allowing, "webhooks/late")
+    assert len(delivered) == 3  # created, promoted, succeeded
+    assert all(d.state == dpb.DELIVERY_STATE_SUCCEEDED for d in delivered)

@@ -230,3 +230,15 @@ def test_a_rollback_deployment_is_created_and_succeeded_at_once() -> None:
     ]
     # One stored before rollbacks had a step_start_time still says it started.
     assert replace(back, step_start_time=None).steps_applied == 1
+
+
+def test_evolve_builds_what_replace_builds() -> None:
+    d = _deployment(State.IN_PROGRESS, step=1, weight_percent=50)
+    changes: dict[str, Any] = {"state": State.SUCCEEDED, "weight_percent": 100, "end_time": NOW}
+    evolved = dep.evolve(d, **changes)
+    assert evolved == replace(d, **changes)
+    assert vars(evolved) == vars(replace(d, **changes))
+    assert hash(evolved) == hash(replace(d, **changes))
+    assert d.state is State.IN_PROGRESS and d.end_time is None  # the original is untouched
+    with pytest.raises(TypeError, match="no field wieght_percent"):
+        dep.evolve(d, wieght_percent=100)

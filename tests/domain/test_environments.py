@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dspy_registry.server.domain import environments as envs
@@ -113,3 +115,20 @@ def test_canary_weights_strictly_increase_up_to_100() -> None:
 def test_policies_survive_their_stored_form() -> None:
     for env in envs.load_toml(SEED_CONFIG):
         assert envs.policy_from_json(envs.policy_to_json(env.policy)) == env.policy
+
+
+def test_a_strategys_stored_form_names_every_field() -> None:
+    # strategy_to_json is spelt out by hand (cheaper than asdict): a field added to StrategySpec
+    # must not be left out of every stored deployment and policy.
+    spec = envs.StrategySpec(
+        strategy=envs.Strategy.CANARY,
+        canary_steps=(envs.CanaryStep(5, 1.5), envs.CanaryStep(50, 30.0)),
+        step_deadline_seconds=9.0,
+        auto_promote=False,
+        promote_delay_seconds=2.0,
+        min_ack_percent=90,
+        ack_timeout_seconds=7.0,
+    )
+    stored = envs.strategy_to_json(spec)
+    assert stored == {**dataclasses.asdict(spec), "strategy": "canary"}
+    assert envs.strategy_from_json(stored) == spec

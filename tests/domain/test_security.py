@@ -259,3 +259,44 @@ def test_artifact_bytes_without_hints_rule_out_every_format() -> None:
     data = json.dumps({"predict": {"signature": {"instructions": "Classify the text. " * 500}}}).encode()
     assert security.hinted_json(data) == ()
     assert security.hinted(b"AKIA...and Aws_Secret_Access_Key") == (2, 3)
+
+
+def _hinted_by_search(data: bytes, caseless: bool = True) -> tuple[int, ...]:
+    """What `hinted` must say: each hint searched for through the whole data (lowered where its format
+    ignores case)."""
+    lowered = data.lower()
+    return tuple(
+        i
+        for i, hints in enumerate(security._HINTS_BYTES)
+        if (caseless or not security._CASELESS[i])
+        and any(h in (lowered if security._CASELESS[i] else data) for h in hints)
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_hint_is_found_wherever_it_is_and_however_often_its_anchor_is(seed: int) -> None:
+    """`hinted` compares a hint only where its anchor byte is when that byte is rare in the data, and
+    searches for it otherwise: either way it finds what a search through the whole data finds, at the
+    start and the end, cut short, in any case, among few or many anchors."""
+    import random
+
+    rng = random.Random(seed)
+    hints = [h for hints in security._HINTS_BYTES for h in hints]
+    pieces = [b"x", b"the text ", b"A", b"a", b"_", b"-", b"=", b"\\n", b"gh", b"sk", b"AKI", b"xox"]
+    for _ in range(25):
+        parts = [rng.choice(pieces) for _ in range(rng.randrange(0, 60))]
+        if rng.random() < 0.3:  # an anchor byte far more often than it is compared one by one
+            parts.append(rng.choice(b"-_=A").to_bytes(1, "big") * rng.randrange(10, 40))
+        for _ in range(rng.randrange(0, 3)):
+            hint = rng.choice(hints)
+            if rng.random() < 0.3:
+                hint = hint[rng.randrange(1, len(hint)) :] if rng.random() < 0.5 else hint[:-1]
+            if rng.random() < 0.5:
+                hint = bytes(
+                    c ^ 0x20 if 0x61 <= (c | 0x20) <= 0x7A and rng.random() < 0.5 else c for c in hint
+                )
+            parts.insert(rng.randrange(len(parts) + 1), hint)
+        rng.shuffle(parts) if rng.random() < 0.2 else None
+        data = b"".join(parts)
+        assert security.hinted(data) == _hinted_by_search(data), data
+        assert security.hinted(data, caseless=False) == _hinted_by_search(data, caseless=False), data
