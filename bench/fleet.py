@@ -73,7 +73,15 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 class Replica:
-    def __init__(self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool) -> None:
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        tmp: Path,
+        log_level: str,
+        count_statements: bool,
+        telemetry_flush: float = 5.0,
+    ) -> None:
         self.name = f"replica-{index}"
         self.statements = tmp / f"{self.name}.statements.json" if count_statements else None
         self.address = f"127.0.0.1:{free_port()}"
@@ -83,6 +91,7 @@ class Replica:
         command = [str(SERVER), "serve", "--database", url, "--listen", self.address, "--grace", "2"]
         command += ["--admin-token-file", str(self.token_file), "--metrics-listen", self.metrics]
         command += ["--replica-name", self.name, "--log-level", log_level]
+        command += ["--telemetry-flush", f"{telemetry_flush:g}"]
         env = None
         if self.statements is not None:
             path = os.pathsep.join(x for x in (str(STATEMENTS), os.environ.get("PYTHONPATH", "")) if x)
@@ -166,8 +175,9 @@ def _stub(address: str) -> tuple[grpc.Channel, Any, Any]:
     )
 
 
-def _prepare(address: str, metadata: Any) -> None:
-    """Programs p and q (four versions each), p 1.0.0 in staging, staging's rollback thresholds."""
+def _prepare(address: str, metadata: Any, analysis_interval: float = ANALYSIS_INTERVAL_S) -> None:
+    """Programs p and q (four versions each), p 1.0.0 in staging, staging's rollback thresholds
+    (analysed every `analysis_interval` seconds)."""
     channel, registry, deploy = _stub(address)
     with channel:
         registry.RegisterSignature(fixtures.signature_request(), timeout=30, metadata=metadata)
@@ -183,7 +193,7 @@ def _prepare(address: str, metadata: Any) -> None:
         rollback.enabled = True
         rollback.error_rate = ERROR_RATE_THRESHOLD
         rollback.min_requests = 50
-        rollback.analysis_interval.FromNanoseconds(int(ANALYSIS_INTERVAL_S * 1e9))
+        rollback.analysis_interval.FromNanoseconds(int(analysis_interval * 1e9))
         rollback.monitoring_window.FromSeconds(60)
         environment.policy.rollback_enabled = True
         deploy.UpdateEnvironment(
@@ -241,6 +251,8 @@ class Pods:
                 str(args.open_seconds),
                 "--heartbeat",
                 str(args.heartbeat),
+                "--metrics-interval",
+                str(args.metrics_interval),
             ]
             process = subprocess.Popen(
                 command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -394,14 +406,11 @@ def _rollback_seconds(address: str, metadata: Any) -> float:
     raise RuntimeError("the canary was not rolled back within 300 s")
 
 
-FLUSH_S = 5.0  # the replicas' --telemetry-flush (the default)
-
-
-def _rows_run_out_s(heartbeat: float) -> float:
+def _rows_run_out_s(heartbeat: float, flush: float) -> float:
     """How long after its death a replica's rows of its sidecars still vouch for them: three
     heartbeats and two flushes after their last report (a flush's worth more to be sure); then only
     the survivors' word is left."""
-    return 3 * heartbeat + 3 * FLUSH_S
+    return 3 * heartbeat + 3 * flush
 
 
 def _fleet_status(address: str, metadata: Any) -> tuple[list[tuple[str, int]], str]:
@@ -454,7 +463,7 @@ def _kill_replica(
             led = now
         time.sleep(0.25)
     counted_after = [_fleet_status(r.address, metadata)[0] for r in survivors]
-    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
+    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat, args.telemetry_flush) - time.time()))
     counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
 
     def counts(views: list[list[tuple[str, int]]]) -> list[int]:
@@ -495,20 +504,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     with tempfile.TemporaryDirectory(prefix="dspy-registry-fleet-") as tmp, _database(args.postgres) as url:
         replicas: list[Replica] = []
+        replica_options = (args.server_log_level, args.count_statements, args.telemetry_flush)
         pods: Pods | None = None
         try:
-            replicas.append(Replica(0, url, Path(tmp), args.server_log_level, args.count_statements))
+            replicas.append(Replica(0, url, Path(tmp), *replica_options))
             replicas[0].wait_serving()  # first alone: it bootstraps the admin
-            replicas += [
-                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements)
-                for i in range(1, args.replicas)
-            ]
+            replicas += [Replica(i, url, Path(tmp), *replica_options) for i in range(1, args.replicas)]
             for replica in replicas[1:]:
                 replica.wait_serving()
             token_file = Path(tmp) / "admin.token"
             metadata = (("authorization", f"Bearer {token_file.read_text().strip()}"),)
             first = replicas[0].address
-            _prepare(first, metadata)
+            _prepare(first, metadata, args.analysis_interval)
             idle = _create_deployments(first, metadata, args.deployments)
             rss_idle = [r.rss_mib() for r in replicas]  # before the fleet: what a pod adds is above it
             pods = Pods(args, ",".join(r.address for r in replicas), token_file)
@@ -626,9 +633,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     **base,
                     "failing_pods_percent": 5,
                     "error_rate_threshold": ERROR_RATE_THRESHOLD,
-                    "analysis_interval_s": ANALYSIS_INTERVAL_S,
+                    "analysis_interval_s": args.analysis_interval,
                     "seconds": round(rolled_back, 2),
-                    "analysis_intervals": round(rolled_back / ANALYSIS_INTERVAL_S, 2),
+                    "analysis_intervals": round(rolled_back / args.analysis_interval, 2),
                 }
             )
             if args.kill_replica != "none":
@@ -719,6 +726,24 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--heartbeat", type=float, default=10.0, help="the pods' heartbeat interval (the client's default)"
+    )
+    parser.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=5.0,
+        help="the pods' metric window interval (the client's default)",
+    )
+    parser.add_argument(
+        "--telemetry-flush",
+        type=float,
+        default=5.0,
+        help="the replicas' --telemetry-flush (the server's default): how often each writes what it holds",
+    )
+    parser.add_argument(
+        "--analysis-interval",
+        type=float,
+        default=ANALYSIS_INTERVAL_S,
+        help="staging's auto-rollback analysis interval",
     )
     parser.add_argument(
         "--kill-replica",
