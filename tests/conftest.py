@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -70,9 +71,31 @@ def pg_databases() -> PostgresDatabases:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The throwaway databases go after the last test, not in its teardown: dropping a few hundred
-    takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last."""
+    takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last. An xdist
+    worker drops those it made, and hands its rows of the reliability summary to the controller."""
     if DATABASES.created:
         asyncio.run(DATABASES.drop_all())
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from tests.reliability import conftest as reliability
+
+        workeroutput["reliability_rows"] = reliability.rows()
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: the controller hears each worker finish
+def pytest_testnodedown(node: Any, error: object) -> None:
+    from tests.reliability import conftest as reliability
+
+    reliability.add_rows(getattr(node, "workeroutput", {}).get("reliability_rows", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability summary (tests/reliability/conftest.py), printed by whichever process reports."""
+    if hasattr(terminalreporter.config, "workeroutput"):
+        return  # an xdist worker: its rows go to the controller (pytest_sessionfinish)
+    from tests.reliability import conftest as reliability
+
+    reliability.write_summary(terminalreporter)
 
 
 # A teardown that failed can leave a store open, and an open SQLite connection's thread keeps the
