@@ -80,7 +80,14 @@ STARTUP_TIMEOUT_S = 60.0
 
 class Replica:
     def __init__(
-        self, index: int, url: str, tmp: Path, log_level: str, count_statements: bool, loop_lag: bool = False
+        self,
+        index: int,
+        url: str,
+        tmp: Path,
+        log_level: str,
+        count_statements: bool,
+        loop_lag: bool = False,
+        telemetry_flush: float = 5.0,
     ) -> None:
         self.name = f"replica-{index}"
         self.statements = tmp / f"{self.name}.statements.json" if count_statements else None
@@ -92,6 +99,7 @@ class Replica:
         command = [str(SERVER), "serve", "--database", url, "--listen", self.address, "--grace", "2"]
         command += ["--admin-token-file", str(self.token_file), "--metrics-listen", self.metrics]
         command += ["--replica-name", self.name, "--log-level", log_level]
+        command += ["--telemetry-flush", f"{telemetry_flush:g}"]
         env = None
         if self.statements is not None:
             path = os.pathsep.join(x for x in (str(STATEMENTS), os.environ.get("PYTHONPATH", "")) if x)
@@ -238,8 +246,9 @@ def _stub(address: str) -> tuple[grpc.Channel, Any, Any]:
     )
 
 
-def _prepare(address: str, metadata: Any) -> None:
-    """Programs p and q (four versions each), p 1.0.0 in staging, staging's rollback thresholds."""
+def _prepare(address: str, metadata: Any, analysis_interval: float = ANALYSIS_INTERVAL_S) -> None:
+    """Programs p and q (four versions each), p 1.0.0 in staging, staging's rollback thresholds
+    (analysed every `analysis_interval` seconds)."""
     channel, registry, deploy = _stub(address)
     with channel:
         registry.RegisterSignature(fixtures.signature_request(), timeout=30, metadata=metadata)
@@ -255,7 +264,7 @@ def _prepare(address: str, metadata: Any) -> None:
         rollback.enabled = True
         rollback.error_rate = ERROR_RATE_THRESHOLD
         rollback.min_requests = 50
-        rollback.analysis_interval.FromNanoseconds(int(ANALYSIS_INTERVAL_S * 1e9))
+        rollback.analysis_interval.FromNanoseconds(int(analysis_interval * 1e9))
         rollback.monitoring_window.FromSeconds(60)
         environment.policy.rollback_enabled = True
         deploy.UpdateEnvironment(
@@ -315,6 +324,8 @@ class Pods:
                 str(args.open_seconds),
                 "--heartbeat",
                 str(args.heartbeat),
+                "--metrics-interval",
+                str(args.metrics_interval),
             ]
             process = subprocess.Popen(
                 command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -487,9 +498,6 @@ def _rollback_seconds(address: str, metadata: Any) -> float:
     raise RuntimeError("the canary was not rolled back within 300 s")
 
 
-FLUSH_S = 5.0  # the replicas' --telemetry-flush (the default)
-
-
 @contextlib.contextmanager
 def _contention(processes: int) -> Iterator[None]:
     """`processes` busy loops for the while: a replica's death on a machine short of CPU, as when
@@ -503,11 +511,11 @@ def _contention(processes: int) -> Iterator[None]:
             hog.wait()
 
 
-def _rows_run_out_s(heartbeat: float) -> float:
+def _rows_run_out_s(heartbeat: float, flush: float) -> float:
     """How long after its death a replica's rows of its sidecars still vouch for them: three
     heartbeats and two flushes after their last report (a flush's worth more to be sure); then only
     the survivors' word is left."""
-    return 3 * heartbeat + 3 * FLUSH_S
+    return 3 * heartbeat + 3 * flush
 
 
 def _fleet_status(address: str, metadata: Any) -> tuple[list[tuple[str, int]], str]:
@@ -541,7 +549,7 @@ def _kill_replica(
     with _contention(args.contend):
         after = _kill_and_watch(args, victim, survivors, streams, pods, metadata)
     killed, moved, seen, everywhere, led = after.killed, after.moved, after.seen, after.everywhere, after.led
-    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat) - time.time()))
+    time.sleep(max(0.0, killed / 1e9 + _rows_run_out_s(args.heartbeat, args.telemetry_flush) - time.time()))
     counted_later = [_fleet_status(r.address, metadata)[0] for r in survivors]
 
     def counts(views: list[list[tuple[str, int]]]) -> list[int]:
@@ -650,22 +658,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     with tempfile.TemporaryDirectory(prefix="dspy-registry-fleet-") as tmp, _database(args.postgres) as url:
         replicas: list[Replica] = []
+        replica_options = (args.server_log_level, args.count_statements, args.loop_lag, args.telemetry_flush)
         pods: Pods | None = None
         try:
-            replicas.append(
-                Replica(0, url, Path(tmp), args.server_log_level, args.count_statements, args.loop_lag)
-            )
+            replicas.append(Replica(0, url, Path(tmp), *replica_options))
             replicas[0].wait_serving()  # first alone: it bootstraps the admin
-            replicas += [
-                Replica(i, url, Path(tmp), args.server_log_level, args.count_statements, args.loop_lag)
-                for i in range(1, args.replicas)
-            ]
+            replicas += [Replica(i, url, Path(tmp), *replica_options) for i in range(1, args.replicas)]
             for replica in replicas[1:]:
                 replica.wait_serving()
             token_file = Path(tmp) / "admin.token"
             metadata = (("authorization", f"Bearer {token_file.read_text().strip()}"),)
             first = replicas[0].address
-            _prepare(first, metadata)
+            _prepare(first, metadata, args.analysis_interval)
             idle = _create_deployments(first, metadata, args.deployments)
             rss_idle = [r.rss_mib() for r in replicas]  # before the fleet: what a pod adds is above it
             pods = Pods(args, ",".join(r.address for r in replicas), token_file)
@@ -801,9 +805,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     **base,
                     "failing_pods_percent": 5,
                     "error_rate_threshold": ERROR_RATE_THRESHOLD,
-                    "analysis_interval_s": ANALYSIS_INTERVAL_S,
+                    "analysis_interval_s": args.analysis_interval,
                     "seconds": round(rolled_back, 2),
-                    "analysis_intervals": round(rolled_back / ANALYSIS_INTERVAL_S, 2),
+                    "analysis_intervals": round(rolled_back / args.analysis_interval, 2),
                 }
             )
             if args.kill_replica != "none":
@@ -909,6 +913,24 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--heartbeat", type=float, default=10.0, help="the pods' heartbeat interval (the client's default)"
+    )
+    parser.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=5.0,
+        help="the pods' metric window interval (the client's default)",
+    )
+    parser.add_argument(
+        "--telemetry-flush",
+        type=float,
+        default=5.0,
+        help="the replicas' --telemetry-flush (the server's default): how often each writes what it holds",
+    )
+    parser.add_argument(
+        "--analysis-interval",
+        type=float,
+        default=ANALYSIS_INTERVAL_S,
+        help="staging's auto-rollback analysis interval",
     )
     parser.add_argument(
         "--kill-replica",

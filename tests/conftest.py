@@ -12,11 +12,14 @@ import faulthandler
 import os
 import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from _pytest.nodeid import NodeId
 
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
@@ -70,9 +73,31 @@ def pg_databases() -> PostgresDatabases:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The throwaway databases go after the last test, not in its teardown: dropping a few hundred
-    takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last."""
+    takes 20 s on a busy machine, which pytest-timeout charged to whichever test ran last. An xdist
+    worker drops those it made, and hands its rows of the reliability summary to the controller."""
     if DATABASES.created:
         asyncio.run(DATABASES.drop_all())
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from tests.reliability import conftest as reliability
+
+        workeroutput["reliability_rows"] = reliability.rows()
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: the controller hears each worker finish
+def pytest_testnodedown(node: Any, error: object) -> None:
+    from tests.reliability import conftest as reliability
+
+    reliability.add_rows(getattr(node, "workeroutput", {}).get("reliability_rows", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability summary (tests/reliability/conftest.py), printed by whichever process reports."""
+    if hasattr(terminalreporter.config, "workeroutput"):
+        return  # an xdist worker: its rows go to the controller (pytest_sessionfinish)
+    from tests.reliability import conftest as reliability
+
+    reliability.write_summary(terminalreporter)
 
 
 # A teardown that failed can leave a store open, and an open SQLite connection's thread keeps the
@@ -106,6 +131,19 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await s.open()
     yield s
     await s.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each item its own node id. Schemathesis makes an item per API operation of a test
+    (`test_x[GET /api/...]`) but gives them all the test's id; pytest-xdist schedules by id, and ran
+    one operation of six. The operation, which the item's name already has, goes into its id."""
+    ids = Counter(item.nodeid for item in items)
+    for item in items:
+        if ids[item.nodeid] > 1 and item.name.endswith("]") and "[" in item.name:
+            operation = item.name[item.name.index("[") + 1 : -1]
+            item._id = NodeId.parse(f"{item.nodeid}[{operation}]")  # no public way to set it
+    twice = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    assert not twice, f"items that share a node id (pytest-xdist would run one of each): {twice}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -38,19 +38,31 @@ async def _register(server: Running, version: str, accuracy: float) -> None:
     )
 
 
+# On the machine's clock the monitoring window is a deadline on CPU time: a window counts only while
+# it was received within the last `monitoring_window` when analysis runs, and a deployment done is
+# watched only that long after it ended. A 2 s window lost its report on a loaded machine (load 30:
+# "never: the first rollback" after 20 s, the analysis loop's pass more than 2 s after the report),
+# so the tests on the machine's clock get a window longer than any wait of theirs (`until`'s 20 s)
+# and count on the deployment's start, not the window's end, to leave older traffic out.
+WINDOW_SECONDS = 60
+# On the test's own clock nothing passes unless the test moves it: the window is as short as the
+# tests that step through it want (a canary starved of traffic is due its pause plus the window).
+CLOCKED_WINDOW_SECONDS = 2
+
+
 @pytest.fixture
 async def ready(server: Running) -> Running:
     """Staging, monitored, with thresholds a test can reach in a second or two; 1.0.0 stable there."""
-    return await _monitored(server)
+    return await _monitored(server, WINDOW_SECONDS)
 
 
 @pytest.fixture
 async def clocked(clocked_server: Running) -> Running:
     """The same, on a server whose time moves only with the test's `clock`."""
-    return await _monitored(clocked_server)
+    return await _monitored(clocked_server, CLOCKED_WINDOW_SECONDS)
 
 
-async def _monitored(server: Running) -> Running:
+async def _monitored(server: Running, window_seconds: int) -> Running:
     await register_signature(server.registry, name="sig")
     for version, accuracy in (("1.0.0", 0.9), ("1.1.0", 0.92), ("1.2.0", 0.95)):
         await _register(server, version, accuracy)
@@ -60,7 +72,7 @@ async def _monitored(server: Running) -> Running:
     rules.enabled = True
     rules.min_requests = MIN_REQUESTS
     rules.analysis_interval.FromMilliseconds(200)
-    rules.monitoring_window.FromSeconds(2)
+    rules.monitoring_window.FromSeconds(window_seconds)
     paths = ["policy.monitoring_required", "policy.auto_rollback"]
     await server.deployments.UpdateEnvironment(
         dpb.UpdateEnvironmentRequest(environment=env, update_mask=field_mask_pb2.FieldMask(paths=paths))

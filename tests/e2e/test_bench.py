@@ -71,9 +71,21 @@ async def test_the_fleet_simulator_prints_its_figures() -> None:
     lines, stderr = _bench(
         *args,
         *("--pods", "20", "--processes", "2", "--deployments", "4"),
-        *("--settle", "6", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
-        # Heartbeats of 2 s: the killed replica's rows run out 21 s after it died, not 45 s.
-        *("--heartbeat", "2"),
+        *("--settle", "4", "--seconds", "4", "--open-seconds", "1", "--kill-replica", "follower"),
+        # Heartbeats of 2 s and the replicas' batches every second: the killed replica's rows run out
+        # 9 s after it died, not 45 s (or 21 s with the default flush of 5 s); metric windows every
+        # 2 s, analysed every second, so that the canary's rollback is not 2 intervals of 5 s. The
+        # settle still takes every pod through two heartbeats and two windows before the measured one.
+        *(
+            "--heartbeat",
+            "2",
+            "--telemetry-flush",
+            "1",
+            "--metrics-interval",
+            "2",
+            "--analysis-interval",
+            "1",
+        ),
         "--loop-lag",
     )
     by = {x["figure"]: x for x in lines}

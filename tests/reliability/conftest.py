@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,7 +95,28 @@ HEADER = (
 )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def rows() -> dict[str, dict[str, object]]:
+    """The table's rows as JSON values: what summary.json holds, and what an xdist worker hands back."""
+    return {name: {**asdict(t), "codes": dict(t.codes)} for name, t in _TALLIES.items()}
+
+
+def add_rows(more: dict[str, dict[str, Any]]) -> None:
+    """Rows another process counted (an xdist worker's, `rows()`), into this process's table."""
+    for name, row in more.items():
+        t = _TALLIES.setdefault(name, Tally())
+        for key in ("operations", "kills", "writes_checked", "lost", "duplicates"):
+            setattr(t, key, getattr(t, key) + row[key])
+        t.watch_events_checked += row["watch_events_checked"]
+        t.bad_inputs += row["bad_inputs"]
+        t.codes.update(row["codes"])
+        t.memory_before_mib = row["memory_before_mib"] or t.memory_before_mib
+        t.memory_after_mib = row["memory_after_mib"] or t.memory_after_mib
+
+
+def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The table at the end of the run, and build/reliability/summary.json. Called by tests/conftest.py,
+    which the process that reports always loads: under xdist that is the controller, which never loads
+    this file (it collects nothing) and holds the rows its workers handed back."""
     if not _TALLIES:
         return
     minutes = f"SOAK_MINUTES={SOAK_MINUTES:g}" if soaking() else "the short run inside make test"
@@ -103,8 +125,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for name, t in _TALLIES.items():
         terminalreporter.write_line(_row(name, t))
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    rows = {name: {**asdict(t), "codes": dict(t.codes)} for name, t in _TALLIES.items()}
-    SUMMARY.write_text(json.dumps({"soak_minutes": SOAK_MINUTES, "rows": rows}, indent=2) + "\n")
+    SUMMARY.write_text(json.dumps({"soak_minutes": SOAK_MINUTES, "rows": rows()}, indent=2) + "\n")
 
 
 def rss_mib(pid: int) -> float:

@@ -1,6 +1,7 @@
-"""SIGKILL the leader of three `dspy-registry serve` processes on one PostgreSQL, ten times, while canaries
-step and webhooks are delivered: another replica leads within 5 s each time (the takeover times are
-printed), every canary step is taken exactly once, every webhook delivered at least once and recorded once.
+"""SIGKILL the leader of three `dspy-registry serve` processes on one PostgreSQL, ten times under `make soak`
+(issue 13's count), three inside `make test`, while canaries step and webhooks are delivered: another
+replica leads within 5 s each time (the takeover times are printed), every canary step is taken exactly
+once, every webhook delivered at least once and recorded once.
 
 Each round registers a program (auto-deployed to development: webhook deliveries), deploys it to staging
 and starts a canary of a second version there, then kills the replica that GetDeploymentStatus names the
@@ -25,12 +26,15 @@ from tests.calls import canary_strategy
 from tests.conftest import SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import eventually
 from tests.factories import dspy_state, spec_proto
-from tests.reliability.conftest import Tally
+from tests.reliability.conftest import Tally, soaking
 from tests.reliability.servers import RETRYABLE, Restartable
 from tests.webhook_receiver import ThreadedReceiver
 
 pytestmark = pytest.mark.postgres
-KILLS = 10
+# Issue 13's ten SIGKILLs run under `make soak`. Inside `make test`, three: each the same round as the
+# ten (a canary started, the leader killed, another leading within TAKEOVER_SECONDS, the victim started
+# again beside the next round), so every assertion below still follows kills that overlap a restart.
+KILLS = 10 if soaking() else 3
 REPLICAS = 3
 TAKEOVER_SECONDS = 5.0
 SECRET = "s3cret-for-the-leader-test"
@@ -110,7 +114,7 @@ def _round(replicas: list[Restartable], i: int) -> str:
 
 
 @pytest.mark.timeout(240)
-def test_sigkilling_the_leader_ten_times_hands_the_lead_on_and_loses_no_step_or_webhook(
+def test_sigkilling_the_leader_again_and_again_hands_the_lead_on_and_loses_no_step_or_webhook(
     pg_databases: PostgresDatabases, tmp_path: Path, tally: Tally
 ) -> None:
     if SKIP_POSTGRES:
