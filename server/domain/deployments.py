@@ -190,8 +190,9 @@ def evolve(d: Deployment, /, **changes: Any) -> Deployment:
 
     replace() walks the 33 fields in Python and calls the frozen __init__, which sets each one
     through object.__setattr__; a deployment that starts, promotes and succeeds within its
-    creation (every auto-deploying registration) takes ten such steps. With only plain init fields and no __post_init__, a copy of
-    the instance's attributes with the changes is what replace() builds. A name that is not a
+    creation (every auto-deploying registration) takes ten such steps. With only plain init
+    fields and no __post_init__, a copy of the instance's attributes with the changes is what
+    replace() builds. A name that is not a
     field is refused, as replace() refuses it (TypeError).
     """
     if not _DEPLOYMENT_FIELDS.issuperset(changes):

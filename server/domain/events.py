@@ -368,10 +368,7 @@ SCHEMAS: Mapping[EventKind, type[Payload]] = {
 
 def new_event(kind: EventKind, resource: str, payload: Payload) -> Event:
     """A log entry about `resource` (its resource name); the store stamps revision and time."""
-    schema = SCHEMAS[kind]
-    if type(payload) is not schema:
-        raise TypeError(f"a {kind} event carries a {schema.__name__}, not a {type(payload).__name__}")
-    return Event(kind=kind.value, resource=resource, data=payload.to_json())
+    return new_events((kind,), resource, payload)[0]
 
 
 def new_events(kinds: Sequence[EventKind], resource: str, payload: Payload) -> list[Event]:

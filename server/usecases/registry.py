@@ -25,7 +25,7 @@ from ..domain.model import (
     SignatureSummary,
     SignatureVersion,
 )
-from ..domain.names import VersionRef, check_name, check_text, parse_version_ref
+from ..domain.names import VersionRef, check_name, check_text, parse_version_ref, signature_version_name
 from ..errors import Aborted as AbortedError
 from ..errors import (
     AlreadyExists,
@@ -635,8 +635,8 @@ async def signature_change(
     """How signature@signature_version relates to the signature `a` implements."""
     if a.signature != signature:
         return comparing.signature_switch(
-            f"signatures/{a.signature}/versions/{a.signature_version}",
-            f"signatures/{signature}/versions/{signature_version}",
+            signature_version_name(a.signature, a.signature_version),
+            signature_version_name(signature, signature_version),
         )
     if a.signature_version == signature_version:
         return signatures.Compatibility(signatures.Level.IDENTICAL)
