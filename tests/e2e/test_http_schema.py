@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.generation.modes import GenerationMode
 
 from dspy_registry.server.http_openapi import OPENAPI
 from tests.e2e.conftest import ServerProcess, free_port
@@ -57,8 +59,14 @@ def test_the_served_document_is_this_one(rest_server: tuple[ServerProcess, str])
 def test_the_rest_routes_match_their_openapi(case: Any, rest_server: tuple[ServerProcess, str]) -> None:
     server, base = rest_server
     token = server.token_file.read_text().strip()
+    # A case whose headers are the invalid part (its Authorization left out, as the document requires
+    # it) is sent as generated: adding the token made it a valid request, answered 200, which the
+    # negative-data check then reported as invalid data accepted (seen once, on GET /api/registry/programs).
+    header = case.meta.components.get(ParameterLocation.HEADER) if case.meta is not None else None
+    negative_header = header is not None and header.mode is GenerationMode.NEGATIVE
+    headers = {} if negative_header else {"Authorization": f"Bearer {token}"}
     started = time.monotonic()
-    case.call_and_validate(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    case.call_and_validate(base_url=base, headers=headers, timeout=10)
     assert time.monotonic() - started < 10
 
 
