@@ -215,6 +215,16 @@ class PostgresStore(TimedTransactions):
         self._down = ""  # why the last ping found the database unreachable; "" while it answers
 
     async def open(self) -> None:
+        """Connect, migrate, listen. A store that fails to open closes what it had opened: a replica
+        that retries its start (or a test that opens many) must not leave sessions behind, each one of
+        the database's few connection slots."""
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         started = time.monotonic()
         try:
             # Pooled sessions end an idle transaction as the writer's do: a replica cut off

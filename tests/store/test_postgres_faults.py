@@ -409,3 +409,26 @@ def test_each_postgres_error_is_translated(error: BaseException, expected: type[
     assert not translated.message.endswith(": "), translated.message  # a reason follows the colon
     if isinstance(translated, ResourceExhausted):
         assert translated.limit == "database_disk"
+
+
+async def test_a_store_that_fails_to_open_leaves_no_session_behind(pg_url: str) -> None:
+    # A role allowed two sessions: the pool takes both and migrates, then the LISTEN connection is
+    # refused "too many connections". The pool's two sessions stayed open before, each one of the
+    # database's slots, until the process ended (a replica retrying its start used them all up).
+    role = f"open_test_{uuid.uuid4().hex[:8]}"
+    await _sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    await _sql(pg_url, f"ALTER DATABASE {{database}} OWNER TO {role}")
+    try:
+        store = PostgresStore(re.sub(r"://[^@/]*@", f"://{role}@", pg_url, count=1), min_size=2)
+        with pytest.raises(StoreUnavailable, match="too many connections"):
+            await store.open()
+        admin = await asyncpg.connect(pg_url)
+        try:
+            left = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+            await admin.execute(f"DROP OWNED BY {role}")  # the tables its migrations made
+        finally:
+            await admin.close()
+        assert left == 0
+    finally:
+        await _sql(pg_url, "ALTER DATABASE {database} OWNER TO CURRENT_USER")
+        await _sql(pg_url, f"DROP ROLE {role}")
