@@ -44,8 +44,11 @@ class MetricRollups:
         self._closed: list[Rollup] = []
         self._flushing: list[Rollup] = []  # handed to a flush not committed yet: still read here
         self._next_bucket = 0
-        # Hashes of the windows received lately, by the second they arrived in (oldest first).
-        self._recent: deque[tuple[int, set[int]]] = deque()
+        # Hashes of the windows received lately -> the second each last arrived in; and the keys by
+        # the second they arrived in (oldest first), to let them go. One lookup per window, not one
+        # per second remembered: a fleet sends thousands of windows a second.
+        self._seen: dict[int, int] = {}
+        self._recent: deque[tuple[int, list[int]]] = deque()
 
     def add(self, principal: str, sidecar_id: str, windows: list[Window], received: datetime) -> None:
         """Merge `windows` (checked, kept) into what is held; one received lately again is skipped.
@@ -53,13 +56,14 @@ class MetricRollups:
         second = bucket_second(received)
         self._forget_keys_before(second - int(RETRY_SECONDS))
         if not self._recent or self._recent[-1][0] != second:
-            self._recent.append((second, set()))
+            self._recent.append((second, []))
         keys = self._recent[-1][1]
         for w in windows:
             key = hash((principal, sidecar_id, w.program, w.environment, w.version, w.start_time))
-            if any(key in seen for _, seen in self._recent):
+            if key in self._seen:
                 continue
-            keys.add(key)
+            self._seen[key] = second
+            keys.append(key)
             self._rollup((w.program, w.environment, w.version), second, received).add(w)
 
     def _rollup(self, key: _Key, second: int, received: datetime) -> Rollup:
@@ -82,7 +86,8 @@ class MetricRollups:
 
     def _forget_keys_before(self, second: int) -> None:
         while self._recent and self._recent[0][0] < second:
-            self._recent.popleft()
+            for key in self._recent.popleft()[1]:
+                del self._seen[key]
 
     def held(self) -> list[Rollup]:
         return [*self._flushing, *self._closed, *(r for _, r in self._open.values())]

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from dspy_registry.server.domain.health import STANDARD_BOUNDS_MS, Window
 from dspy_registry.server.domain.sidecars import Report
 from dspy_registry.server.errors import StoreUnavailable
 from dspy_registry.server.store.backends import open_store
+from dspy_registry.server.store.base import Store
 from dspy_registry.server.usecases import live_sidecars
 from dspy_registry.server.usecases import rollups as rollups_module
 from dspy_registry.server.usecases.rollups import MetricRollups
@@ -449,6 +451,26 @@ async def test_a_flush_the_store_refuses_keeps_what_was_held_for_the_next_up_to_
         assert sorted(r.totals.request_count for r in stored) == [3, 4, 5]
     finally:
         await rollups.store.close()
+
+
+def test_a_window_is_remembered_for_retries_for_retry_seconds_then_let_go() -> None:
+    clock = FakeClock()
+    rollups = MetricRollups(cast(Store, None), "r1", clock=clock)  # adding never reads the store
+    w = _window_value(clock.now(), requests=1)
+
+    def held() -> int:
+        return sum(r.totals.request_count for r in rollups.held())
+
+    rollups.add("admin", "pod-a", [w], clock.now())
+    for _ in range(int(rollups_module.RETRY_SECONDS)):  # a retry each second: the same window
+        clock.advance(1.0)
+        rollups.add("admin", "pod-a", [w], clock.now())
+    assert held() == 1
+    rollups.add("someone-else", "pod-a", [w], clock.now())  # another principal's is not a retry
+    assert held() == 2
+    clock.advance(1.0)  # the first sighting is RETRY_SECONDS + 1 old: let go, so it counts again
+    rollups.add("admin", "pod-a", [w], clock.now())
+    assert held() == 3
 
 
 def _window_value(start: datetime, requests: int) -> Window:
