@@ -104,6 +104,9 @@ class Gate:
     def refusal(self, watch: bool) -> RegistryError | None:
         """`admit` as a value: what the call's client is told, or None when the call is let in (so
         that the handler answers it outside any `except`, see handlers._end)."""
+        if not watch and not self.closed and self.calls < self.max_calls:  # the common case, no `try`
+            self.calls += 1
+            return None
         try:
             self.admit(watch)
         except RegistryError as exc:

@@ -78,33 +78,43 @@ class Guard:
                 return client
         return address
 
+    def known(self, context: Context) -> Identity | None:
+        """The caller, when a token verified less than a second ago names them: the hot path, with
+        nothing to await (a coroutine per call is measurable on the serving path). None: ask
+        `authenticate`."""
+        if not self.enabled:
+            return _ANYONE
+        authorization = _authorization(context)
+        return None if authorization is None else self.access.verified(authorization)
+
     async def authenticate(self, context: Context) -> Identity:
         if not self.enabled:
             return _ANYONE
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else value.decode()
-                break
+        authorization = _authorization(context)
         if authorization is None:
             if self.client_certificates:
                 subject = _certificate_subject(context)
                 if subject is not None:
                     return await self.access.authenticate_subject(subject)
         else:
-            known = self.access.verified(authorization)  # the hot path: nothing to await
+            known = self.access.verified(authorization)
             if known is not None:
                 return known
         return await self.access.authenticate(authorization)
 
-    async def authorize(self, who: Identity, rule: Rule, names: Sequence[str]) -> None:
+    def allows(self, who: Identity, rule: Rule, names: Sequence[str]) -> bool:
+        """Whether `who` may make this call by what is known without a wait (its rule needs no check
+        here, or the grants read less than a second ago allow it); False: ask `authorize`, which
+        reads them or refuses. PermissionDenied at once for a rule that names nothing."""
         if not self.enabled or rule.action is None or rule.filtered or rule.by_servicer:
-            return
+            return True
         if not names:  # fail closed: a rule that names nothing allows nothing
             raise PermissionDenied(who.name, rule.action.name.lower(), "(no resource)")
-        if self.access.allowed(who, rule.action, names):  # the hot path: nothing to await
-            return
-        await self.access.authorize(who, rule.action, names)
+        return self.access.allowed(who, rule.action, names) is True
+
+    async def authorize(self, who: Identity, rule: Rule, names: Sequence[str]) -> None:
+        if not self.allows(who, rule, names) and rule.action is not None:
+            await self.access.authorize(who, rule.action, names)
 
     async def authorize_resource(self, action: Action, names: list[str]) -> None:
         """For servicers whose rule needs a lookup first: check `action` on what they found."""
@@ -172,6 +182,14 @@ class _Throttle:
             return False, 0
         self._buckets[key] = (tokens - 1, now, 0)
         return True, skipped
+
+
+def _authorization(context: Context) -> str | None:
+    """The call's `authorization` metadata, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def _certificate_subject(context: Context) -> str | None:
