@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dspy_registry.server.generic_handlers import GenericOnly
 from dspy_registry.server.serve import tune_collector, tune_malloc
 from dspy_registry.server.watch import DELIVERIES_PER_TURN, QUEUE_SIZE, Mailbox
 
@@ -120,7 +121,10 @@ async def serve(listen: str, send: str = "write") -> None:
     )
     server.add_generic_rpc_handlers([handler])
     checker = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    # Served as a generic handler, as the registry serves it (server/app.py GenericOnly): a method
+    # registered the generated way makes grpc.aio wait on one more future for every call it takes,
+    # and the floor must not pay what the registry no longer does.
+    health_pb2_grpc.add_HealthServicer_to_server(checker, GenericOnly(server))
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
