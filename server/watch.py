@@ -124,7 +124,7 @@ class Mailbox:
     for it, so a stream that receives a change every second has one timer per
     progress interval. The loop is looked up once, at the first wait: on Python
     3.11 `asyncio.get_running_loop()` is a `getpid` system call, one per delivery
-    at 10 000 streams (1.2 µs of the server's CPU each, perf).
+    at 10 000 streams (py-spy: 3 % of the loop thread's samples during fan-outs).
     """
 
     __slots__ = ("maxsize", "_items", "_waiter", "_deadline", "_timer", "_loop")
