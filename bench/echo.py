@@ -60,9 +60,11 @@ class _Fanout:
         try:
             await write(self.SNAPSHOT)
             while True:
-                got = await mailbox.get(IDLE_SECONDS)
-                if got is not None:
-                    await write(got[1])
+                if mailbox.empty():  # waits on the mailbox's future, as the registry's watch does
+                    await mailbox.wait(IDLE_SECONDS)
+                    if mailbox.empty():
+                        continue
+                await write(mailbox.get_nowait()[1])
         finally:
             self.mailboxes.discard(mailbox)
             mailbox.close()

@@ -291,6 +291,7 @@ class App:
         )
         interceptors = self.telemetry.server_interceptors() if self.telemetry else []
         self.server = grpc.aio.server(interceptors=interceptors or None, options=server_options(config))
+        self._intercepted = bool(interceptors)  # server streams' handlers are then generators (handlers.py)
         self.port = 0
         # Every call passes the gate first; server streams send through `streams` (api/flow.py).
         self.gate = Gate(config.max_concurrent_calls, config.max_watch_streams)
@@ -367,7 +368,13 @@ class App:
         self.server.add_generic_rpc_handlers(
             [
                 service_handler(
-                    SERVICES[name], servicer, services.guard, observe, gate=self.gate, streams=self.streams
+                    SERVICES[name],
+                    servicer,
+                    services.guard,
+                    observe,
+                    gate=self.gate,
+                    streams=self.streams,
+                    intercepted=self._intercepted,
                 )
                 for name, servicer in services.servicers.items()
             ]

@@ -122,10 +122,12 @@ class Mailbox:
     per message it sends, so that was a timer per delivery): a wait only moves
     the deadline, and a timer that fires before the deadline sets itself again
     for it, so a stream that receives a change every second has one timer per
-    progress interval.
+    progress interval. The loop is looked up once, at the first wait: on Python
+    3.11 `asyncio.get_running_loop()` is a `getpid` system call, one per delivery
+    at 10 000 streams (py-spy: 3 % of the loop thread's samples during fan-outs).
     """
 
-    __slots__ = ("maxsize", "_items", "_waiter", "_deadline", "_timer")
+    __slots__ = ("maxsize", "_items", "_waiter", "_deadline", "_timer", "_loop")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -133,6 +135,7 @@ class Mailbox:
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop.time() when the wait in progress (or the last one) times out
         self._timer: asyncio.TimerHandle | None = None  # at or before the deadline; None: none set
+        self._loop: asyncio.AbstractEventLoop | None = None  # its reader's, from its first wait
 
     def qsize(self) -> int:
         return len(self._items)
@@ -153,21 +156,28 @@ class Mailbox:
     def get_nowait(self) -> Message:
         return self._items.popleft()
 
+    def wait(self, timeout: float) -> asyncio.Future[None]:
+        """A future done when a message comes or `timeout` seconds pass (`empty()` then says which).
+
+        For an empty mailbox. A future, not a coroutine: the watch awaits it directly, without a
+        coroutine made, run and collected per delivery (`get` is the same wait as one).
+        """
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()  # a done one left here is never set again
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none set, or set for a longer wait
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
+        return waiter
+
     async def get(self, timeout: float) -> Message | None:
         """The next message; None when none came within `timeout` seconds."""
         if not self._items:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            self._deadline = deadline = loop.time() + timeout
-            timer = self._timer
-            if timer is None or timer.when() > deadline:  # none set, or set for a longer wait
-                if timer is not None:
-                    timer.cancel()
-                self._timer = loop.call_at(deadline, self._expire)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+            await self.wait(timeout)
             if not self._items:
                 return None
         return self._items.popleft()

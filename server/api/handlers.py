@@ -328,17 +328,17 @@ def _unary(
     return call
 
 
-def _server_streaming(admission: _Admission, behavior: Behavior, gate: Gate, streams: Streams) -> Behavior:
+def _server_streaming(
+    admission: _Admission, behavior: Behavior, gate: Gate, streams: Streams, *, intercepted: bool
+) -> Behavior:
     method = admission.method
     rule = admission.rule
     watch = method in WATCH_METHODS
 
     # It writes its messages itself rather than yield them to grpc: a send that waits for a client
-    # that reads nothing must be interruptible (flow.py). Still a generator, one that yields
-    # nothing: grpc and the telemetry interceptor both take a server stream's handler as one.
-    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-        if False:  # pragma: no cover - makes this an async generator; see above
-            yield
+    # that reads nothing must be interruptible (flow.py). So it is a coroutine, which grpc awaits;
+    # see below for when it is wrapped in a generator.
+    async def call(request: Any, context: Context) -> None:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         if (closed := gate.refusal(watch)) is not None:
@@ -377,7 +377,19 @@ def _server_streaming(admission: _Admission, behavior: Behavior, gate: Gate, str
             call_ = current_call.get()
             _log(method, code, start, call_.request_id if call_ else "", admission.observe)
 
-    return call
+    if not intercepted:
+        return call
+
+    # The telemetry interceptor (OpenTelemetry's, when tracing) iterates a server stream's handler,
+    # so there it is a generator that yields nothing. Without one, grpc awaits the coroutine: a
+    # generator layer is one more step on each of a watch's two wake-ups per message (its next
+    # change, its send's completion) at 10 000 streams.
+    async def iterated(request: Any, context: Context) -> AsyncIterator[Any]:
+        if False:  # pragma: no cover - makes this an async generator; see above
+            yield
+        await call(request, context)
+
+    return iterated
 
 
 async def _peek(stream: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
@@ -408,7 +420,9 @@ def method_handler(
     *,
     gate: Gate,
     streams: Streams,
+    intercepted: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    """`intercepted`: the server has interceptors, which take a server stream's handler as a generator."""
     name = f"/{service.full_name}/{method.name}"
     rule = RULES.get(name)
     if rule is None:  # deny by default: an RPC without a rule is never served
@@ -422,7 +436,7 @@ def method_handler(
     if method.client_streaming and method.server_streaming:
         raise NotImplementedError(f"{name}: bidirectional streams are not part of this API")
     if method.server_streaming:
-        handler = _server_streaming(admission, behavior, gate, streams)
+        handler = _server_streaming(admission, behavior, gate, streams, intercepted=intercepted)
         return grpc.unary_stream_rpc_method_handler(handler, **kwargs)
     if method.client_streaming:
         return grpc.stream_unary_rpc_method_handler(_unary(admission, behavior, True, gate), **kwargs)
@@ -438,14 +452,23 @@ def service_handler(
     *,
     gate: Gate,
     streams: Streams,
+    intercepted: bool = False,
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    """Handlers for every RPC of `service`; the servicer must define each one (no silent gaps)."""
+    """Handlers for every RPC of `service`; the servicer must define each one (no silent gaps).
+    `intercepted`: the grpc server was given interceptors (method_handler)."""
     missing = [m.name for m in service.methods if not callable(getattr(servicer, m.name, None))]
     if missing:
         raise TypeError(f"{type(servicer).__name__} does not implement {service.name}: {missing}")
     handlers = {
         m.name: method_handler(
-            service, m, getattr(servicer, m.name), guard, observe, gate=gate, streams=streams
+            service,
+            m,
+            getattr(servicer, m.name),
+            guard,
+            observe,
+            gate=gate,
+            streams=streams,
+            intercepted=intercepted,
         )
         for m in service.methods
     }

@@ -101,7 +101,28 @@ class _Watch:
                 async for revision, message in self._since(last, sub):
                     yield message
                     last = sub.last = revision
-            async for message in self._live(sub, last, interval, asked):
+            # Live: the hub's messages from the mailbox. Written here, not in a generator of its own
+            # that this one re-yields, and awaiting the mailbox's future rather than a coroutine: a
+            # layer costs on every message of every stream (at 10 000 streams the server's CPU per
+            # delivery in frames and generators went from 7.7 to 6.2 µs, docs/performance.md).
+            queue = sub.queue
+            hub = self.hub
+            while True:
+                if queue.empty():
+                    await queue.wait(interval)
+                    if queue.empty():  # nothing came, and nothing up to handed_out is still to come
+                        last = sub.last = max(last, hub.handed_out)
+                        yield self._progress(last)
+                        continue
+                revision, message = queue.get_nowait()
+                if sub.overflowed or sub.lost or sub.closed:
+                    raise _ending(sub) or ShuttingDown("the watch ended")
+                if sub.recheck:
+                    sub.recheck = False
+                    await self._authorize(asked)  # PERMISSION_DENIED ends the stream
+                if revision <= last:
+                    continue  # already sent (from the log), or a wake-up
+                last = sub.last = revision
                 yield message
         finally:
             self.hub.unsubscribe(sub)
@@ -138,29 +159,6 @@ class _Watch:
         return bytes(
             self.response(revision=revision, progress=pb.WatchProgress(time=now)).SerializeToString()
         )
-
-    async def _live(
-        self, sub: Subscriber, last: int, interval: float, asked: tuple[Selector, ...]
-    ) -> AsyncIterator[bytes]:
-        queue = sub.queue
-        sub.last = last
-        while True:
-            got = await queue.get(interval)
-            if got is None:
-                if queue.empty():  # nothing waits here, and nothing up to handed_out is still to come
-                    last = sub.last = max(last, self.hub.handed_out)
-                    yield self._progress(last)
-                continue
-            revision, message = got
-            if sub.overflowed or sub.lost or sub.closed:
-                raise _ending(sub) or ShuttingDown("the watch ended")
-            if sub.recheck:
-                sub.recheck = False
-                await self._authorize(asked)  # PERMISSION_DENIED ends the stream
-            if revision <= last:
-                continue  # already sent (from the log), or a wake-up
-            last = sub.last = revision
-            yield message
 
 
 def _ending(sub: Subscriber) -> RegistryError | None:

@@ -305,6 +305,21 @@ async def test_watch_events_follow_a_deployments_life(server: Running) -> None:
     replay.cancel()
 
 
+async def test_watch_events_refuses_an_unknown_kind(server: Running) -> None:
+    # WatchEvents checks its kinds before it hands over its stream, not in the stream's first step:
+    # the refusal is the same, and the stream serves nothing.
+    deploy = await _setup(server)
+    request = dpb.WatchEventsRequest()
+    request.kinds.append(999)  # type: ignore[arg-type]  # a number this release has no kind for
+    request.selectors.add(program=PROGRAM)
+    stream = deploy.WatchEvents(request)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown event kind 999" in (err.value.details() or "")
+    assert len(server.app.services.hubs["events"]) == 0  # nobody subscribed
+
+
 async def test_resuming_from_a_compacted_revision_gets_a_fresh_snapshot(server: Running) -> None:
     from dspy_registry.server.maintenance import Maintenance
 
