@@ -202,6 +202,20 @@ def evolve(d: Deployment, /, **changes: Any) -> Deployment:
     return new
 
 
+def stamped(entries: Sequence[Transition], revision: int) -> tuple[Transition, ...]:
+    """`entries` at `revision`: what `dataclasses.replace(e, revision=revision)` makes of each, as
+    `evolve` makes it (Transition too has only plain init fields and no __post_init__)."""
+    out = []
+    for entry in entries:
+        new = object.__new__(Transition)
+        new.__dict__.update(entry.__dict__, revision=revision)
+        out.append(new)
+    return tuple(out)
+
+
+assert all(f.init for f in fields(Transition)) and not hasattr(Transition, "__post_init__")
+
+
 def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"cannot {action} {deployment.resource_name}: it is {deployment.state.name}",

@@ -82,6 +82,7 @@ class Records(
             if self._revision_row:
                 await self.conn.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
         ts = now_us()
+        create_time = to_datetime(ts)  # one time for the transaction's events, as their rows have
         first_seq = self._seq
         rows = []
         texts: dict[int, str] = {}  # by id(data): entries that share a payload share its JSON
@@ -96,7 +97,7 @@ class Records(
                     resource=event.resource,
                     data=event.data,
                     revision=self._revision,
-                    create_time=to_datetime(ts),
+                    create_time=create_time,
                 )
             )
             self._seq += 1
