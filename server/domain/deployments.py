@@ -202,6 +202,20 @@ def evolve(d: Deployment, /, **changes: Any) -> Deployment:
     return new
 
 
+def stamped(entries: Sequence[Transition], revision: int) -> tuple[Transition, ...]:
+    """`entries` at `revision`: what `dataclasses.replace(e, revision=revision)` makes of each, as
+    `evolve` makes it (Transition too has only plain init fields and no __post_init__)."""
+    out = []
+    for entry in entries:
+        new = object.__new__(Transition)
+        new.__dict__.update(entry.__dict__, revision=revision)
+        out.append(new)
+    return tuple(out)
+
+
+assert all(f.init for f in fields(Transition)) and not hasattr(Transition, "__post_init__")
+
+
 def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"cannot {action} {deployment.resource_name}: it is {deployment.state.name}",
@@ -656,10 +670,6 @@ def _pinned(d: dict[str, str] | None) -> Pinned | None:
     return Pinned(d["version"], d["digest"]) if d else None
 
 
-def _time_json(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
 def _time(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
 
@@ -684,6 +694,19 @@ def step_json(current_step: int) -> dict[str, int]:
 def to_json(d: Deployment) -> dict[str, object]:
     from .environments import strategy_to_json
 
+    # A deployment's times are mostly one datetime (an auto-deploy is created, started, promoted and
+    # succeeds at the same `now`): each object is written out once. By identity, not equality: equal
+    # times in other offsets are written differently.
+    written: dict[int, str] = {}
+
+    def when(t: datetime | None) -> str | None:
+        if t is None:
+            return None
+        text = written.get(id(t))
+        if text is None:
+            text = written[id(t)] = t.isoformat()
+        return text
+
     return {
         "id": d.id,
         "program": d.program,
@@ -694,21 +717,21 @@ def to_json(d: Deployment) -> dict[str, object]:
         "state": d.state.name,
         "creator": d.creator,
         "reason": d.reason,
-        "create_time": _time_json(d.create_time),
+        "create_time": when(d.create_time),
         "required_approvals": d.required_approvals,
         "approvals": [
             {
                 "principal": a.principal,
                 "rejected": a.rejected,
                 "comment": a.comment,
-                "time": _time_json(a.time),
+                "time": when(a.time),
             }
             for a in d.approvals
         ],
         "step": d.step,
         "weight_percent": d.weight_percent,
-        "step_start_time": _time_json(d.step_start_time),
-        "next_step_time": _time_json(d.next_step_time),
+        "step_start_time": when(d.step_start_time),
+        "next_step_time": when(d.next_step_time),
         "paused": d.paused,
         "pause_reason": d.pause_reason,
         "previous_stable": _pinned_json(d.previous_stable),
@@ -727,14 +750,14 @@ def to_json(d: Deployment) -> dict[str, object]:
                 "state": t.state.name,
                 **step_json(t.step),
                 "actor": t.actor,
-                "time": _time_json(t.time),
+                "time": when(t.time),
                 "reason": t.reason,
                 "revision": t.revision,
             }
             for t in d.timeline
         ],
-        "update_time": _time_json(d.update_time),
-        "end_time": _time_json(d.end_time),
+        "update_time": when(d.update_time),
+        "end_time": when(d.end_time),
         "revision": d.revision,
     }
 

@@ -49,21 +49,28 @@ class Version:
         return self.text
 
 
-@lru_cache(maxsize=4096)
 def parse(text: str, field: str = "version") -> Version:
     """Parse a strict SemVer string or raise InvalidArgument naming `field`."""
+    parsed = _parse(text)
+    if isinstance(parsed, str):
+        raise InvalidArgument.one(field, parsed)
+    return parsed
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> Version | str:
+    """parse's work, or what is wrong with `text`: cached by the text alone, so that a registration's
+    version parsed by its validation (`spec.version`) is not parsed again under another field name."""
     if not text:
-        raise InvalidArgument.one(field, "must be a SemVer version such as 1.2.3")
+        return "must be a SemVer version such as 1.2.3"
     if len(text) > 128:
-        raise InvalidArgument.one(field, "must be at most 128 characters")
+        return "must be at most 128 characters"
     try:
         info = semver.Version.parse(text)
     except (ValueError, TypeError):
-        raise InvalidArgument.one(
-            field, f"{quote(text)} is not a strict SemVer 2.0 version (MAJOR.MINOR.PATCH[-pre][+build])"
-        ) from None
+        return f"{quote(text)} is not a strict SemVer 2.0 version (MAJOR.MINOR.PATCH[-pre][+build])"
     if max(info.major, info.minor, info.patch) >= _MAX_COMPONENT:
-        raise InvalidArgument.one(field, "version numbers must be below 10^18")
+        return "version numbers must be below 10^18"
     return Version(text, info)
 
 

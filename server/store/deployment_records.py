@@ -35,14 +35,33 @@ def _policy(text: str) -> Policy:
 
 
 def _environment(row: Row) -> Environment:
+    return _environment_of(
+        (
+            row["name"],
+            row["description"],
+            row["position"],
+            row["policy"],
+            row["create_time"],
+            row["update_time"],
+            row["revision"],
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _environment_of(values: tuple[str, str, int, str, int, int, int]) -> Environment:
+    """An environment's row (its _ENVIRONMENT_COLUMNS), built once per distinct row: each
+    auto-deploying registration reads every environment, and they change seldom. An Environment is
+    frozen, its policy shared already (see _policy)."""
+    name, description, position, policy, create_time, update_time, revision = values
     return Environment(
-        name=row["name"],
-        description=row["description"],
-        position=row["position"],
-        policy=_policy(row["policy"]),
-        create_time=to_datetime(row["create_time"]),
-        update_time=to_datetime(row["update_time"]),
-        revision=row["revision"],
+        name=name,
+        description=description,
+        position=position,
+        policy=_policy(policy),
+        create_time=to_datetime(create_time),
+        update_time=to_datetime(update_time),
+        revision=revision,
     )
 
 

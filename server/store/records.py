@@ -52,11 +52,19 @@ class Records(
     """Queries over one connection; in a write transaction, also the revision counter."""
 
     def __init__(
-        self, conn: Connection, *, base_revision: int | None = None, call: Call | None = None
+        self,
+        conn: Connection,
+        *,
+        base_revision: int | None = None,
+        call: Call | None = None,
+        revision_row: bool = True,
     ) -> None:
+        """`revision_row=False`: the caller writes the revision row itself (SQLite's writer, once per
+        batch of transactions that share its COMMIT), not each transaction that appends."""
         self.conn = conn
         self.call = call  # the call a write transaction serves, for its audit event (see finish)
         self._base_revision = base_revision  # set only inside a write transaction
+        self._revision_row = revision_row
         self._revision: int | None = None
         self._seq = 0
         self.appended: list[Event] = []
@@ -71,8 +79,10 @@ class Records(
             raise RuntimeError("append() needs a write transaction")
         if self._revision is None:
             self._revision = self._base_revision + 1
-            await self.conn.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
+            if self._revision_row:
+                await self.conn.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
         ts = now_us()
+        create_time = to_datetime(ts)  # one time for the transaction's events, as their rows have
         first_seq = self._seq
         rows = []
         texts: dict[int, str] = {}  # by id(data): entries that share a payload share its JSON
@@ -87,7 +97,7 @@ class Records(
                     resource=event.resource,
                     data=event.data,
                     revision=self._revision,
-                    create_time=to_datetime(ts),
+                    create_time=create_time,
                 )
             )
             self._seq += 1

@@ -16,7 +16,8 @@ Group commit: one writer task runs the write transactions one after the
 other. Each runs inside a SAVEPOINT of a shared SQLite transaction; when the
 fsync of one batch is done, every transaction that queued meanwhile joins
 the next batch, which commits with one fsync. Each still gets its own
-revision, in order; one that fails rolls back to its savepoint alone; none
+revision, in order (the revision row is written once, just before the
+batch's COMMIT); one that fails rolls back to its savepoint alone; none
 is acknowledged before the COMMIT that makes it durable.
 
 A full disk. A write that finds no room fails with RESOURCE_EXHAUSTED
@@ -413,6 +414,9 @@ class SqliteStore(TimedTransactions):
                         break
                     self._queue.task_done()
                     slot = self._queue.get_nowait()
+                if self._revision != committed_revision:
+                    # The batch's last revision, once: its transactions' revisions commit together.
+                    await writer.execute("UPDATE revisions SET revision = ? WHERE id = 1", self._revision)
                 # The executor itself, not loop.run_in_executor: uvloop's inspects the function
                 # (is it a coroutine function?) on every call, a percent of a registration's time.
                 await asyncio.wrap_future(self._fsync.submit(writer.db.execute, "COMMIT"))
@@ -468,7 +472,12 @@ class SqliteStore(TimedTransactions):
         """Run one transaction in a savepoint; its records if it succeeded, else None."""
         await writer.execute("SAVEPOINT unit")
         unit = WriteConnection(writer, lambda: writer.db.in_transaction)
-        records = Records(unit, base_revision=self._revision if slot.revisioned else None, call=slot.call)
+        records = Records(
+            unit,
+            base_revision=self._revision if slot.revisioned else None,
+            call=slot.call,
+            revision_row=False,  # _write_batches writes it once per batch
+        )
         slot.granted.set_result(records)
         succeeded = await slot.finished
         if not writer.db.in_transaction:

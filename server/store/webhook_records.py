@@ -16,7 +16,7 @@ from datetime import datetime
 
 from ..domain import webhooks
 from ..domain.deployments import Kind
-from ..domain.events import DeploymentChanged, deployment_kind
+from ..domain.events import DeploymentChanged, deployment_kind, is_deployment_kind
 from ..domain.model import Event, Page
 from ..domain.webhooks import Delivery, DeliveryState, Due, Interest, Selector, SigningSecret, Webhook
 from ..errors import InvalidArgument
@@ -169,21 +169,22 @@ class WebhookQueries:
 
     async def queue_deliveries(self, revision: int, first_seq: int, events: Sequence[Event], ts: int) -> None:
         """One PENDING delivery per deployment event and webhook that wants it, in this transaction."""
-        wanted = [
-            (first_seq + i, kind, e)
-            for i, e in enumerate(events)
-            if (kind := deployment_kind(e.kind)) is not None
-        ]
-        if not wanted:
+        if not any(is_deployment_kind(e.kind) for e in events):
             return
         # Read in this transaction (writes serialize): a webhook created or deleted by an
-        # earlier commit is seen, one of a later commit is not. The table is small.
+        # earlier commit is seen, one of a later commit is not. The table is small, and most
+        # often empty: the events' kinds are looked up only for webhooks that may want them.
         interests = [
             (str(r["name"]), _interest(r))
             for r in await self.conn.fetch("SELECT name, event_kinds, selectors FROM webhooks")
         ]
         if not interests:
             return
+        wanted = [
+            (first_seq + i, kind, e)
+            for i, e in enumerate(events)
+            if (kind := deployment_kind(e.kind)) is not None
+        ]
         rows = []
         for seq, kind, e in wanted:
             change = DeploymentChanged.from_json(e.data)

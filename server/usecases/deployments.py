@@ -130,7 +130,7 @@ class Deployments:
         """Persist a deployment and (if it changed) its target, with their events, at this revision."""
         revision = tx.next_revision
         new_entries = d.timeline[len(before.timeline) if before else 0 :]
-        stamped = tuple(replace(e, revision=revision) for e in new_entries)
+        stamped = dep.stamped(new_entries, revision)
         d = dep.evolve(
             d, timeline=d.timeline[: len(d.timeline) - len(new_entries)] + stamped, revision=revision
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -242,3 +242,17 @@ def test_evolve_builds_what_replace_builds() -> None:
     assert d.state is State.IN_PROGRESS and d.end_time is None  # the original is untouched
     with pytest.raises(TypeError, match="no field wieght_percent"):
         dep.evolve(d, wieght_percent=100)
+
+
+def test_stored_form_writes_each_time_as_it_is_even_where_equal_times_differ_in_offset() -> None:
+    """to_json writes each datetime object once; equal instants in other offsets keep their own text."""
+    paris = NOW.astimezone(timezone(timedelta(hours=1)))
+    assert paris == NOW
+    d = _deployment(State.SUCCEEDED, create_time=NOW, update_time=paris, end_time=NOW)
+    stored = dep.to_json(d)
+    assert (stored["create_time"], stored["update_time"], stored["end_time"]) == (
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T01:00:00+01:00",
+        "2026-01-01T00:00:00+00:00",
+    )
+    assert dep.from_json(stored) == d

@@ -115,3 +115,13 @@ def test_latest_prefers_the_highest_release_over_a_higher_prerelease() -> None:
     only_pre = versions.latest([versions.parse("2.0.0-rc.1"), versions.parse("2.0.0-rc.2")])
     assert only_pre is not None and only_pre.text == "2.0.0-rc.2"
     assert versions.latest([]) is None
+
+
+def test_parse_names_the_field_it_is_asked_for_each_time() -> None:
+    """Parses are cached by the text alone: a bad text refused once under one field is refused again
+    under the next one's name, and a good one parsed for one field is the same version for another."""
+    for field in ("spec.version", "version", "to_version"):
+        with pytest.raises(InvalidArgument) as err:
+            versions.parse("1.0", field)
+        assert err.value.violations[0].field == field
+    assert versions.parse("2.3.4", "spec.version") == versions.parse("2.3.4")

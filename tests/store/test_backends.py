@@ -14,7 +14,7 @@ from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
 from dspy_registry.server.store.deployment_records import ACTIVE_DEPLOYMENT_SQL
 from dspy_registry.server.store.sqlite import SqliteStore
-from tests.store.event_log import append
+from tests.store.event_log import append, resources, revision
 
 
 async def test_a_second_server_on_the_same_file_is_refused(tmp_path: Path) -> None:
@@ -116,3 +116,41 @@ async def test_sqlite_finds_a_targets_active_deployment_by_index_not_by_walking_
     assert [row[3] for row in plan] == [
         "SEARCH deployments USING INDEX deployments_by_state (state=? AND program=? AND environment=?)"
     ]
+
+
+async def test_the_revision_row_holds_the_last_committed_revision_after_a_batch_with_a_failure(
+    database_url: str,
+) -> None:
+    """SQLite writes the revision row once per batch of transactions that share a COMMIT (PostgreSQL
+    in each): a transaction rolled back inside the batch takes no revision, and a store opened again
+    goes on from the last committed one."""
+    store = open_store(database_url)
+    await store.open()
+
+    async def fails() -> None:
+        with pytest.raises(ValueError):
+            async with store.write() as tx:
+                await tx.append([Event(kind="e", resource="r/failed")])
+                raise ValueError("rolled back")
+
+    try:
+        done = await asyncio.gather(
+            append(store, "r/0"),
+            fails(),
+            append(store, "r/1"),
+            append(store, "r/2"),
+            fails(),
+            append(store, "r/3"),
+        )
+        assert sorted(r for r in done if r is not None) == [1, 2, 3, 4]
+        assert await revision(store) == 4
+    finally:
+        await store.close()
+    reopened = open_store(database_url)
+    await reopened.open()
+    try:
+        assert await revision(reopened) == 4
+        assert await append(reopened, "r/after") == 5
+        assert await resources(reopened) == ["r/0", "r/1", "r/2", "r/3", "r/after"]
+    finally:
+        await reopened.close()

@@ -11,11 +11,16 @@ from google.protobuf.message import Message
 
 from ...errors import InvalidArgument
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """As Timestamp.FromDatetime (a naive time is UTC), in integers: FromDatetime goes through
+    calendar.timegm, a few microseconds of Python for each time of each answer."""
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def time_field(message: Any, name: str, path: str = "") -> datetime | None:
