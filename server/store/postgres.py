@@ -364,7 +364,7 @@ class PostgresStore(TimedTransactions):
             await asyncio.shield(_release(pool, raw))
 
     async def _abandon(self, raw: asyncpg.Connection, transaction: Any) -> None:
-        if raw.is_closed():
+        if _closed(raw):
             return  # the server rolls back what a lost connection left open
         try:
             await _driver(transaction.rollback)
@@ -532,6 +532,15 @@ async def _keep_session(raw: asyncpg.Connection) -> None:
     fleet — but no session here sets anything on a pooled connection (the settings come from
     `server_settings`, the leader lock and LISTEN have connections of their own), and asyncpg
     rolls back a transaction left open before it calls this."""
+
+
+def _closed(raw: Any) -> bool:
+    """Whether the connection is lost. A pooled one that is lost goes back to its pool as it closes
+    (asyncpg releases it itself), and the handle we hold then raises on every call, is_closed too."""
+    try:
+        return bool(raw.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def _release(pool: asyncpg.Pool, raw: Any) -> None:

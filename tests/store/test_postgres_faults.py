@@ -87,6 +87,22 @@ async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str
         await store.close()
 
 
+async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+    # A pooled connection lost mid-statement goes back to the pool at once (asyncpg releases it as
+    # it closes), and every call on the handle the transaction held raised InterfaceError, is_closed()
+    # too: the rollback's check of it made the fault INTERNAL, and a sidecar did not retry its report.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store.telemetry() as tx:
+                await tx.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # mid-statement
+        async with store.telemetry() as tx:  # the pool has another connection
+            assert await tx.current_revision() == 0
+    finally:
+        await store.close()
+
+
 async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
     # Seen before: "connection was closed" and 57P01 (admin shutdown) as StoreError, "another
     # operation is in progress" (InternalClientError) and InterfaceError untranslated.
