@@ -27,7 +27,10 @@ import pytest
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
 from dspy_registry.server.store import postgres as pg
+from dspy_registry.server.store import postgres_leader as pg_leader
+from dspy_registry.server.store.base import Claim
 from dspy_registry.server.store.postgres import PostgresStore
+from dspy_registry.server.store.postgres_leader import PostgresLeaderLock
 from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import until
 from tests.small_disk import small_disk
@@ -273,6 +276,26 @@ async def test_a_replica_too_busy_to_read_the_answer_in_time_does_not_find_the_d
         assert heard == [1]  # and the commit listeners kept hearing every revision
     finally:
         await store.close()
+
+
+async def test_a_leader_too_busy_to_read_its_lock_poll_in_time_keeps_the_lead(pg_url: str) -> None:
+    # The leader lock's poll waited 2 s by the clock, as the health probe did: a leader whose loop was
+    # held past that (its own work, a machine short of CPU) found its own answer "late", dropped the
+    # lock's connection and gave up the lead, and another replica took it (issue 13).
+    lost: list[str] = []
+    lock = PostgresLeaderLock(pg_url, "r1", lambda: lost.append("lost"))
+    other = PostgresLeaderLock(pg_url, "r2", lambda: None)
+    try:
+        assert (await lock.poll()).held
+        polling = asyncio.create_task(lock.poll())
+        await asyncio.sleep(0)  # the poll has begun
+        time.sleep(pg_leader.POLL_TIMEOUT + 0.5)  # the fault: the loop is held past the poll's timeout
+        assert await polling == Claim(True, "r1")
+        assert lost == []
+        assert await other.poll() == Claim(False, "r1")  # the lock stayed with r1 all along
+    finally:
+        await lock.release()
+        await other.release()
 
 
 async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
