@@ -106,6 +106,93 @@ async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavail
         await store.close()
 
 
+async def _slow_commits(url: str, table: str) -> None:
+    """Every COMMIT of a transaction that wrote to `table` takes half a second: a deferred trigger."""
+    await _sql_on(
+        url,
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$",
+        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON {table} "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    )
+
+
+async def _sql_on(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def _committing(url: str) -> bool:
+    """Whether a session of the store is in the middle of a COMMIT."""
+    conn = await asyncpg.connect(url)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE 'COMMIT%'"
+        )
+        return bool(found)
+    finally:
+        await conn.close()
+
+
+async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_for_the_next(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen under a fleet: "rollback failed", asyncpg's "Resetting connection with an active
+    # transaction" and "Task exception was never retrieved". A caller cancelled (its deadline) while
+    # its COMMIT ran left the shielded COMMIT running and let the writer's turn go at once: the next
+    # write began on a connection still committing ("another operation is in progress"), its rollback
+    # failed, and the writer connection was terminated under the COMMIT.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _slow_commits(pg_url, "events")
+        first = asyncio.create_task(append(store, "r/1"))
+        await until(lambda: _committing(pg_url), "the first write's COMMIT runs")
+        first.cancel()
+        second = await append(store, "r/2")  # its turn comes once the first has committed
+        assert second == 2
+        assert await resources(store) == ["r/1", "r/2"]  # the first committed: it was under way
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert "rollback failed" not in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_returns_its_connection_clean(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _sql_on(pg_url, "CREATE TABLE probe (n integer)")
+        await _slow_commits(pg_url, "probe")
+
+        async def insert(n: int) -> None:
+            async with store.telemetry() as tx:
+                await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
+
+        first = asyncio.create_task(insert(1))
+        await until(lambda: _committing(pg_url), "the first transaction's COMMIT runs")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The connection went back to the pool once committed, not under its COMMIT.
+        assert not await _committing(pg_url)
+        await insert(2)
+        async with store.read() as tx:
+            rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
+        assert [r["n"] for r in rows] == [1, 2]
+        assert "Resetting connection with an active transaction" not in caplog.text
+    finally:
+        await store.close()
+
+
 async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
     # Seen before: "connection was closed" and 57P01 (admin shutdown) as StoreError, "another
     # operation is in progress" (InternalClientError) and InterfaceError untranslated.
