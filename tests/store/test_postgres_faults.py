@@ -107,11 +107,11 @@ async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavail
 
 
 async def _slow_commits(url: str, table: str) -> None:
-    """Every COMMIT of a transaction that wrote to `table` takes half a second: a deferred trigger."""
+    """Every COMMIT of a transaction that wrote to `table` takes a second: a deferred trigger."""
     await _sql_on(
         url,
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$",
+        "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
         f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON {table} "
         "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
     )
@@ -126,17 +126,13 @@ async def _sql_on(url: str, *statements: str) -> None:
         await conn.close()
 
 
-async def _committing(url: str) -> bool:
-    """Whether a session of the store is in the middle of a COMMIT."""
-    conn = await asyncpg.connect(url)
-    try:
-        found = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE 'COMMIT%'"
-        )
-        return bool(found)
-    finally:
-        await conn.close()
+async def _committing(watcher: asyncpg.Connection) -> bool:
+    """Whether a session of the store (any but `watcher`) is in the middle of a COMMIT."""
+    found = await watcher.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE 'COMMIT%'"
+    )
+    return bool(found)
 
 
 async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_for_the_next(
@@ -149,10 +145,11 @@ async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_
     # failed, and the writer connection was terminated under the COMMIT.
     store = PostgresStore(pg_url)
     await store.open()
+    watcher = await asyncpg.connect(pg_url)
     try:
         await _slow_commits(pg_url, "events")
         first = asyncio.create_task(append(store, "r/1"))
-        await until(lambda: _committing(pg_url), "the first write's COMMIT runs")
+        await until(lambda: _committing(watcher), "the first write's COMMIT runs")
         first.cancel()
         second = await append(store, "r/2")  # its turn comes once the first has committed
         assert second == 2
@@ -161,6 +158,7 @@ async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_
             await first
         assert "rollback failed" not in caplog.text
     finally:
+        await watcher.close()
         await store.close()
 
 
@@ -169,6 +167,7 @@ async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_r
 ) -> None:
     store = PostgresStore(pg_url)
     await store.open()
+    watcher = await asyncpg.connect(pg_url)
     try:
         await _sql_on(pg_url, "CREATE TABLE probe (n integer)")
         await _slow_commits(pg_url, "probe")
@@ -178,18 +177,19 @@ async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_r
                 await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
 
         first = asyncio.create_task(insert(1))
-        await until(lambda: _committing(pg_url), "the first transaction's COMMIT runs")
+        await until(lambda: _committing(watcher), "the first transaction's COMMIT runs")
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
         # The connection went back to the pool once committed, not under its COMMIT.
-        assert not await _committing(pg_url)
+        assert not await _committing(watcher)
         await insert(2)
         async with store.read() as tx:
             rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
         assert [r["n"] for r in rows] == [1, 2]
         assert "Resetting connection with an active transaction" not in caplog.text
     finally:
+        await watcher.close()
         await store.close()
 
 
