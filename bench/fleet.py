@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,14 @@ def _transaction_counts(text: str) -> dict[str, float]:
             if kind:
                 counts[kind.group(1)] = counts.get(kind.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def _sum_counts(counts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for c in counts:
+        for kind, n in c.items():
+            total[kind] = total.get(kind, 0.0) + n
+    return total
 
 
 def _loop_lag(before: dict[str, Any], after: dict[str, Any], began: float, ended: float) -> dict[str, Any]:
@@ -369,9 +377,9 @@ class Pods:
                 total[why] = total.get(why, 0) + n
         return dict(sorted(total.items(), key=lambda item: -item[1]))
 
-    def wait_all(self, word: str, timeout: float, version: str = "") -> list[int]:
-        """Until every process said `word` (for `version`): the times (ns) they gave."""
-        seen: dict[int, int] = {}
+    def wait_all(self, word: str, timeout: float, version: str = "") -> list[list[str]]:
+        """Until every process said `word` (for `version`): each one's line, split into words."""
+        seen: dict[int, list[str]] = {}
         acked: dict[int, int] = {}  # pods ACKed so far, by process, as each last said
         deadline = time.monotonic() + timeout
         while len(seen) < len(self.processes):
@@ -386,7 +394,7 @@ class Pods:
             if parts and parts[0] == "acked":
                 acked[i] = int(parts[1])
             if parts and parts[0] == word and (not version or parts[1] == version):
-                seen[i] = int(parts[2]) if len(parts) > 2 else time.time_ns()
+                seen[i] = parts
         return list(seen.values())
 
     def tell(self, line: str) -> None:
@@ -791,12 +799,26 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     }
                 )
             channel, _, deploy = _stub(first)
+            transactions_before = _sum_counts(_transaction_counts(r.scrape()) for r in replicas)
             with channel:
                 started = time.time_ns()
                 deploy.CreateDeployment(fixtures.deploy_request("1.1.0"), timeout=60, metadata=metadata)
-            converged = pods.wait_all("converged", timeout=120, version="1.1.0")
+            said = pods.wait_all("converged", timeout=120, version="1.1.0")
+            # Every replica's, the fleet's heartbeats and windows meanwhile included.
+            transactions_after = _sum_counts(_transaction_counts(r.scrape()) for r in replicas)
+            transactions = {k: n - transactions_before.get(k, 0.0) for k, n in transactions_after.items()}
             records.append(
-                {"figure": "fleet_converge", **base, "seconds": round((max(converged) - started) / 1e9, 2)}
+                {
+                    "figure": "fleet_converge",
+                    **base,
+                    "seconds": round((max(int(x[2]) for x in said) - started) / 1e9, 2),
+                    # Where the time went: the streams delivering the change to the last pod, and
+                    # how long the pods' ACKs took to be answered (each process's median, slowest).
+                    "delivered_s": round((max(int(x[3]) for x in said) - started) / 1e9, 2),
+                    "ack_p50_ms": max(float(x[4]) for x in said),
+                    "ack_max_ms": max(float(x[5]) for x in said),
+                    "store_transactions": {k: int(v) for k, v in sorted(transactions.items())},
+                }
             )
             rolled_back = _rollback_seconds(first, metadata)
             records.append(
@@ -863,7 +885,11 @@ def _summary(records: list[dict[str, Any]]) -> str:
         lines.append(f"  SQL statements the replicas sent: {st['statements_per_s']}/s; the most frequent:")
         lines += [f"    {n:7.1f}/s  {text}" for text, n in list(st["by_statement_per_s"].items())[:8]]
     if v := by.get("fleet_converge"):
-        lines.append(f"  every pod ACKed a deployment {v['seconds']} s after the call")
+        lines.append(
+            f"  every pod ACKed a deployment {v['seconds']} s after the call (the last pod had it after "
+            f"{v['delivered_s']} s; ACKs answered in {v['ack_p50_ms']} ms median, {v['ack_max_ms']} ms "
+            f"the slowest; store transactions meanwhile {v['store_transactions']})"
+        )
     if r := by.get("fleet_canary_rollback"):
         lines.append(
             f"  canary rolled back {r['seconds']} s after the call ({r['analysis_intervals']} analysis intervals)"

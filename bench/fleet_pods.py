@@ -7,9 +7,10 @@ receives; a heartbeat (the same report) every `--heartbeat` seconds and a metric
 version (ReportMetrics) every `--metrics-interval` seconds, both at the client's defaults. A pod
 whose index is a multiple of `--error-every` fails every request its candidate serves.
 
-It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot, `ready` then, and `converged <stable> <time_ns>`
-each time every pod has ACKed a target with that stable version and no candidate (the time of the
-last ACK). A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on
+It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot, `ready` then, and
+`converged <stable> <time_ns> <received_ns> <ack_p50_ms> <ack_max_ms>` each time every pod has ACKed
+a target with that stable version and no candidate: the time of the last ACK, when the last pod's
+stream gave it that target, and how long the pods' ACKs of it took to be answered (median, slowest). A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on
 stdin (the driver is about to kill a replica) starts `moved ...` lines: the pods whose stream broke
 since, and when each reported (its ACK, or the heartbeat after it) once it had a snapshot on
 another replica. It stops when stdin closes.
@@ -53,6 +54,8 @@ class Pod:
         self.revision = 0
         self.moving = False  # its stream broke after the driver's mark: it has not ACKed on another since
         self.reopened = False  # its stream (since it last broke) gave it a snapshot
+        self.received_ns = 0  # when its stream last gave it a target
+        self.ack_ns = 0  # how long its last report of a target just received took to be answered
 
     async def watch(self) -> None:
         request = dpb.WatchTargetsRequest(sidecar_id=self.id)
@@ -67,7 +70,8 @@ class Pod:
                         for target in getattr(message, kind).targets:
                             self.target = target
                         self.reopened = True
-                        await self.report()
+                        self.received_ns = time.time_ns()
+                        await self.report(acking=True)
             except grpc.aio.AioRpcError as err:
                 # A replica stopped, or cut a slow stream: resume elsewhere, as a sidecar does.
                 self.reopened = False
@@ -87,7 +91,7 @@ class Pod:
             served.append((t.candidate.version, t.candidate.digest))
         return served
 
-    async def report(self) -> bool:
+    async def report(self, acking: bool = False) -> bool:
         entries = [
             dpb.SidecarTargetStatus(
                 program=self.args.program,
@@ -104,8 +108,11 @@ class Pod:
         request = dpb.ReportSidecarStatusRequest(
             sidecar_id=self.id, targets=entries, heartbeat_interval=interval, revision=self.revision
         )
+        asked = time.time_ns()
         if not await _call(self.stub.ReportSidecarStatus, request, self.fleet):
             return False
+        if acking:
+            self.ack_ns = time.time_ns() - asked
         self.fleet.acked(self)
         if self.moving and self.reopened:
             # Moved: a report (the ACK of the new stream's snapshot, or, if that one failed, the next
@@ -217,7 +224,11 @@ class Fleet:
         versions = set(self.acks.values())
         if len(versions) == 1 and (version := versions.pop()) and version not in self.said:
             self.said = {version}
-            _say(f"converged {version} {time.time_ns()}")
+            # Where the time went: the last pod's stream delivering the change, and the ACKs' answers.
+            received = max(p.received_ns for p in self.pods)
+            acks_ms = sorted(p.ack_ns / 1e6 for p in self.pods)
+            median, slowest = acks_ms[len(acks_ms) // 2], acks_ms[-1]
+            _say(f"converged {version} {time.time_ns()} {received} {median:.1f} {slowest:.1f}")
 
 
 async def _shown(work: Any) -> None:

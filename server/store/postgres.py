@@ -343,11 +343,12 @@ class PostgresStore(TimedTransactions):
                 if conn.failure is not None:  # a caller went on after a failed statement
                     raise conn.failure
             except BaseException:
-                await asyncio.shield(self._abandon(raw, transaction))
+                await _to_the_end(self._abandon(raw, transaction))
                 raise
-            # Shielded: a cancelled caller must neither leave the commit half-done
-            # nor keep the listeners (the read cache) from hearing of it.
-            await asyncio.shield(self._finish(transaction, records))
+            # To the end: a cancelled caller must neither leave the commit half-done, nor keep the
+            # listeners (the read cache) from hearing of it, nor give the writer's turn to the next
+            # write while the connection is still committing.
+            await _to_the_end(self._finish(transaction, records))
 
     @asynccontextmanager
     async def _telemetry(self) -> AsyncIterator[Records]:
@@ -365,16 +366,17 @@ class PostgresStore(TimedTransactions):
                 if conn.failure is not None:
                     raise conn.failure
             except BaseException:
-                await asyncio.shield(self._abandon(raw, transaction))
+                await _to_the_end(self._abandon(raw, transaction))
                 raise
-            await asyncio.shield(_driver(transaction.commit))
+            # To the end, as a write's: the connection goes back to the pool once it has committed.
+            await _to_the_end(_driver(transaction.commit))
             self.writes.telemetry += 1
         finally:
             self._lent.discard(raw)
             await asyncio.shield(_release(pool, raw))
 
     async def _abandon(self, raw: asyncpg.Connection, transaction: Any) -> None:
-        if raw.is_closed():
+        if _closed(raw):
             return  # the server rolls back what a lost connection left open
         try:
             await _driver(transaction.rollback)
@@ -542,6 +544,35 @@ async def _keep_session(raw: asyncpg.Connection) -> None:
     fleet — but no session here sets anything on a pooled connection (the settings come from
     `server_settings`, the leader lock and LISTEN have connections of their own), and asyncpg
     rolls back a transaction left open before it calls this."""
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await `work` until it is done even if the caller is cancelled meanwhile; then the cancellation
+    goes on. asyncio.shield alone lets the caller leave at once while `work` runs on: a COMMIT, still
+    running on a connection that the caller then gives back (to the pool, or the writer's turn to the
+    next write), which meets it mid-operation ("another operation is in progress", a failed rollback,
+    asyncpg's "Resetting connection with an active transaction"), and whose failure no one retrieves."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # which, cancelled, leaves `task` running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller hears of its cancellation, not of this
+        raise asyncio.CancelledError
+    return task.result()
+
+
+def _closed(raw: Any) -> bool:
+    """Whether the connection is lost. A pooled one that is lost goes back to its pool as it closes
+    (asyncpg releases it itself), and the handle we hold then raises on every call, is_closed too."""
+    try:
+        return bool(raw.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def _release(pool: asyncpg.Pool, raw: Any) -> None:

@@ -14,7 +14,8 @@ sees it in `pg_stat_activity` too. Reading other sessions' application_name
 needs the same role or `pg_read_all_stats`.
 
 A replica cut off without a word (a partition) stops leading at its next
-poll, whose answer does not come within POLL_TIMEOUT; the server side frees
+poll, whose answer does not come within POLL_TIMEOUT of its attention (a
+loop held meanwhile does not count: store/attention.py); the server side frees
 the lock only when TCP keepalives find the session dead (KEEPALIVE_*: about
 8 s), so the old leader has stopped before another can start.
 """
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from .attention import attended
 from .base import Claim, check_replica_name
 
 log = logging.getLogger("dspy_registry.store")
@@ -36,7 +38,8 @@ LEADER_LOCK = 0x6473706C
 APPLICATION_PREFIX = (
     "dspy-registry leader "  # + the replica's name (base.MAX_REPLICA_NAME), in application_name
 )
-POLL_TIMEOUT = 2.0
+POLL_TIMEOUT = 2.0  # of the replica's attention (store.attention), not of the clock
+CLOCK_TIMEOUT = 30.0  # asyncpg's own, by the clock: a backstop for an answer attended() gave up on
 KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3"}
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
@@ -60,28 +63,43 @@ class PostgresLeaderLock:
         self._held = False  # guarded by the event loop: only poll() and the termination callback set it
 
     async def poll(self) -> Claim:
+        # POLL_TIMEOUT of this replica's attention, not of the clock (store.attention): a leader whose
+        # loop was held, or that waited for a CPU, past it while the database answered would give up
+        # the lead to another replica for nothing, and its duties would stop and start again.
+        asked = asyncio.ensure_future(self._ask())
         try:
-            async with asyncio.timeout(POLL_TIMEOUT):  # not wait_for: see background.Loop._sleep
-                conn = await self._connection()
-                # One statement a poll. Held: the session answering proves the lock is still ours,
-                # and so who holds it. Not held: the attempt and who holds the lock, together.
-                if self._held:
-                    await conn.fetchval("SELECT 1")
-                    return Claim(True, self.replica)
-                row = await conn.fetchrow(TRY_AND_HOLDER, LEADER_LOCK)
-                assert row is not None
-                self._held = bool(row["took"])
+            answered = await attended(asked, POLL_TIMEOUT)
+        finally:
+            if not asked.done():  # unanswered in time, or the poll itself cancelled (the server stops)
+                asked.cancel()
+        try:
+            if not answered:
+                await asyncio.gather(asked, return_exceptions=True)
+                raise TimeoutError(f"no answer within {POLL_TIMEOUT:g}s")
+            row = asked.result()
         except (TimeoutError, *_DRIVER_ERRORS) as exc:
             if self._held:
                 log.warning("the leader lock's connection failed: %s", exc or type(exc).__name__)
             self._drop()
             return Claim(False, "")
-        if self._held:  # whatever pg_locks showed in the same statement, the lock is ours now
+        if row is None or self._held:  # whatever pg_locks showed in the same statement, the lock is ours
             return Claim(True, self.replica)
         name = str(row["holder"] or "")
         return Claim(
             False, name.removeprefix(APPLICATION_PREFIX) if name.startswith(APPLICATION_PREFIX) else ""
         )
+
+    async def _ask(self) -> asyncpg.Record | None:
+        """One statement. Held: the session answering proves the lock is still ours (None). Not held:
+        the attempt and who holds the lock, together (`_held` says whether it took it)."""
+        conn = await self._connection()
+        if self._held:
+            await conn.fetchval("SELECT 1")
+            return None
+        row: asyncpg.Record | None = await conn.fetchrow(TRY_AND_HOLDER, LEADER_LOCK)
+        assert row is not None
+        self._held = bool(row["took"])
+        return row
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -95,10 +113,11 @@ class PostgresLeaderLock:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._held = False
+            # The clock's timeouts, and long ones: attended() judges whether an answer is overdue.
             conn = await asyncpg.connect(
                 self.url,
-                timeout=POLL_TIMEOUT,
-                command_timeout=POLL_TIMEOUT,
+                timeout=CLOCK_TIMEOUT,
+                command_timeout=CLOCK_TIMEOUT,
                 server_settings={"application_name": APPLICATION_PREFIX + self.replica, **KEEPALIVE},
             )
             conn.add_termination_listener(self._terminated)

@@ -8,7 +8,10 @@ the sidecars it heard since it last wrote them: the others' rows say what it
 holds already. What
 changes a decision — a sidecar joins, leaves, or ACKs or NACKs another set of
 versions — is written before the report is answered, so the replica that runs
-the controller reads it at once, wherever the sidecar reports.
+the controller reads it at once, wherever the sidecar reports. Those changes
+are written in group commits (`keep`): a deployment makes every sidecar ACK
+at once, and the reports that arrive while one transaction is in flight are
+written together by the next, each answered once its row is committed.
 
 A sidecar may report to several replicas (a client that spreads its calls
 round-robin): each replica that heard it writes its own row, and a reader
@@ -29,7 +32,7 @@ from datetime import datetime
 from ..domain import sidecars
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
-from ..errors import PermissionDenied
+from ..errors import NotFound, PermissionDenied, RegistryError, StoreUnavailable
 from ..store.base import Store
 from ..store.presence_records import Presence
 from ..store.records import Records
@@ -65,6 +68,10 @@ class LiveSidecars:
         # here for three heartbeats); the store never holds more of this replica's than it says.
         self._written: dict[str, Report] = {}
         self._writing = asyncio.Lock()
+        # Reports to keep that wait for the next transaction, each with its caller's answer, in the
+        # order they came; and the task that writes them, while there are any.
+        self._queued: list[tuple[Report, asyncio.Future[None]]] = []
+        self._keeping: asyncio.Task[None] | None = None
 
     def last(self, sidecar_id: str, now: datetime) -> Report | None:
         """The sidecar's last report here, if it is still live."""
@@ -85,6 +92,11 @@ class LiveSidecars:
         found = sidecars.newest_word(self._others(rows))
         return found[0] if found else None
 
+    @property
+    def waiting(self) -> int:
+        """Reports to keep waiting for the next transaction (one is in flight, or a flush)."""
+        return len(self._queued)
+
     def check_owner(self, sidecar_id: str, principal: str, now: datetime) -> None:
         """A live id this replica holds belongs to the principal that reports under it: another may
         not send windows under it. Memory only, never the store: under a client that spreads its
@@ -96,14 +108,67 @@ class LiveSidecars:
         owned_by(self.last(sidecar_id, now), principal, sidecar_id)
 
     async def keep(self, r: Report) -> None:
-        """Write `r` now (it changes what is kept), as heard by this replica, and hold it."""
-        async with self._writing:
+        """Write `r` now (it changes what is kept), as heard by this replica, and hold it; return once
+        its row is committed. NotFound if a program or environment it names does not exist.
+
+        Group commit: while one transaction is in flight (or a flush), the reports kept meanwhile
+        queue, and the next transaction checks and writes all of them, so that the ACKs a deployment
+        brings, hundreds at once, take a few transactions rather than one each, one after the other.
+        A transaction that fails fails every report in it with its error, and none is held."""
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((r, answer))
+        if self._keeping is None:
+            self._keeping = asyncio.create_task(self._keep_queued())
+        await answer
+
+    async def _keep_queued(self) -> None:
+        """Write what is queued, a transaction at a time, until nothing is."""
+        batch: list[tuple[Report, asyncio.Future[None]]] = []
+        try:
+            while self._queued:
+                async with self._writing:
+                    batch, self._queued = self._queued, []
+                    await self._keep_batch(batch)
+        finally:
+            self._keeping = None
+            # Only when this task itself is cancelled (the loop is closing): else each was answered.
+            for _, answer in [*batch, *self._queued]:
+                if not answer.done():
+                    answer.set_exception(StoreUnavailable("the replica is stopping"))
+            self._queued = []
+
+    async def _keep_batch(self, batch: list[tuple[Report, asyncio.Future[None]]]) -> None:
+        refused: dict[int, RegistryError] = {}
+        kept: dict[str, Report] = {}  # by sidecar: the newest of its reports, if it sent two
+        try:
             async with self.store.telemetry() as tx:
-                await tx.put_presence(
-                    [(r, sidecars.live_until(r, self.flush_seconds))], self.replica, targets_of={r.sidecar_id}
-                )
-            self.held[r.sidecar_id] = r
-            self._written[r.sidecar_id] = r
+                # Checked in the transaction that writes them: one read for the batch, not one per
+                # report, and no program or environment can go in between.
+                missing = await _missing(tx, [r for r, _ in batch])
+                for n, (r, _) in enumerate(batch):
+                    gone = next((name for name in _names(r) if name in missing), None)
+                    if gone is not None:
+                        refused[n] = NotFound(gone)
+                    elif (other := kept.get(r.sidecar_id)) is None or other.time <= r.time:
+                        kept[r.sidecar_id] = r
+                await self._put(tx, list(kept.values()), targets_of=set(kept))
+        except Exception as exc:
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        self._written.update(kept)
+        for n, (r, answer) in enumerate(batch):
+            if n in refused:
+                if not answer.done():
+                    answer.set_exception(refused[n])
+            elif answer.cancelled():
+                # Written, but its caller went (a deadline) before it heard so, and did not act on it
+                # (a NACK ends a deployment): its next report is a change again.
+                self.held.pop(r.sidecar_id, None)
+            else:
+                self.held[r.sidecar_id] = kept[r.sidecar_id]
+                answer.set_result(None)
 
     def seen(self, r: Report) -> None:
         """A report that changes nothing kept: memory only, written with the next batch."""
@@ -164,19 +229,23 @@ class LiveSidecars:
             if not due:
                 return 0
             async with self.store.telemetry() as tx:
-                for first in range(0, len(due), FLUSH_BATCH):
-                    batch = due[first : first + FLUSH_BATCH]
-                    # What each runs is replaced only where it changed since this replica wrote it;
-                    # the rest is added where missing (a sidecar that left through another replica
-                    # took this replica's rows of it along), which writes nothing where it is there.
-                    await tx.put_presence(
-                        [(r, sidecars.live_until(r, self.flush_seconds)) for r in batch],
-                        self.replica,
-                        targets_of={r.sidecar_id for r in batch if self._targets_changed(r)},
-                    )
-                    await asyncio.sleep(0)  # a store that answered at once gave no turn away
+                # What each runs is replaced only where it changed since this replica wrote it; the
+                # rest is added where missing (a sidecar that left through another replica took this
+                # replica's rows of it along), which writes nothing where it is there.
+                await self._put(tx, due, targets_of={r.sidecar_id for r in due if self._targets_changed(r)})
             self._written.update((r.sidecar_id, r) for r in due)
             return len(due)
+
+    async def _put(self, tx: Records, reports: list[Report], *, targets_of: set[str]) -> None:
+        """Write this replica's rows of `reports`, FLUSH_BATCH at a time with a turn of the loop between."""
+        for first in range(0, len(reports), FLUSH_BATCH):
+            batch = reports[first : first + FLUSH_BATCH]
+            await tx.put_presence(
+                [(r, sidecars.live_until(r, self.flush_seconds)) for r in batch],
+                self.replica,
+                targets_of={r.sidecar_id for r in batch} & targets_of,
+            )
+            await asyncio.sleep(0)  # a store that answered at once gave no turn away
 
     def _targets_changed(self, r: Report) -> bool:
         """Whether `r` serves other targets than this replica last wrote of its sidecar (or none)."""
@@ -186,6 +255,25 @@ class LiveSidecars:
 
 def _targets(r: Report) -> frozenset[tuple[str, str]]:
     return frozenset((a.program, a.environment) for a in r.targets)
+
+
+def _names(r: Report) -> list[str]:
+    """The programs and environments `r` names, in the order their absence is reported."""
+    programs = sorted({a.program for a in r.targets})
+    environments = sorted({a.environment for a in r.targets})
+    return [*(f"programs/{p}" for p in programs), *(f"environments/{e}" for e in environments)]
+
+
+async def _missing(tx: Records, reports: list[Report]) -> set[str]:
+    """Of the programs and environments `reports` name, those that do not exist."""
+    missing: set[str] = set()
+    for program in sorted({a.program for r in reports for a in r.targets}):
+        if await tx.get_program(program) is None:
+            missing.add(f"programs/{program}")
+    for environment in sorted({a.environment for r in reports for a in r.targets}):
+        if await tx.get_environment(environment) is None:
+            missing.add(f"environments/{environment}")
+    return missing
 
 
 def owned_by(known: Report | None, principal: str, sidecar_id: str) -> None:

@@ -20,7 +20,6 @@ from ..calls import Call
 from ..domain import sidecars
 from ..domain.clock import SYSTEM_CLOCK, Clock
 from ..domain.sidecars import Report
-from ..errors import NotFound
 from ..store.base import Store
 from .deployments import Deployments
 from .live_sidecars import LiveSidecars, owned_by
@@ -57,14 +56,7 @@ class Sidecars:
             self.live.seen(r)
             return self.revision()
         owned_by(before, r.principal, r.sidecar_id)
-        async with self.store.read() as tx:
-            for program in sorted({a.program for a in r.targets}):
-                if await tx.get_program(program) is None:
-                    raise NotFound(f"programs/{program}")
-            for environment in sorted({a.environment for a in r.targets}):
-                if await tx.get_environment(environment) is None:
-                    raise NotFound(f"environments/{environment}")
-        await self.live.keep(r)
+        await self.live.keep(r)  # NotFound there if what it names does not exist
         revision = self.revision()
         if self.on_report is not None:
             for program, environment in sorted({(a.program, a.environment) for a in r.targets}):

@@ -27,7 +27,10 @@ import pytest
 from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import ResourceExhausted, StoreError, StoreUnavailable
 from dspy_registry.server.store import postgres as pg
+from dspy_registry.server.store import postgres_leader as pg_leader
+from dspy_registry.server.store.base import Claim
 from dspy_registry.server.store.postgres import PostgresStore
+from dspy_registry.server.store.postgres_leader import PostgresLeaderLock
 from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import until
 from tests.small_disk import small_disk
@@ -84,6 +87,109 @@ async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str
                 await tx.current_revision()
         assert await append(store) == 1  # a new writer connection, the revision not consumed
     finally:
+        await store.close()
+
+
+async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+    # A pooled connection lost mid-statement goes back to the pool at once (asyncpg releases it as
+    # it closes), and every call on the handle the transaction held raised InterfaceError, is_closed()
+    # too: the rollback's check of it made the fault INTERNAL, and a sidecar did not retry its report.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store.telemetry() as tx:
+                await tx.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # mid-statement
+        async with store.telemetry() as tx:  # the pool has another connection
+            assert await tx.current_revision() == 0
+    finally:
+        await store.close()
+
+
+async def _slow_commits(url: str, table: str) -> None:
+    """Every COMMIT of a transaction that wrote to `table` takes a second: a deferred trigger."""
+    await _sql_on(
+        url,
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON {table} "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    )
+
+
+async def _sql_on(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def _committing(watcher: asyncpg.Connection) -> bool:
+    """Whether a session of the store (any but `watcher`) is in the middle of a COMMIT."""
+    found = await watcher.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE 'COMMIT%'"
+    )
+    return bool(found)
+
+
+async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_for_the_next(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen under a fleet: "rollback failed", asyncpg's "Resetting connection with an active
+    # transaction" and "Task exception was never retrieved". A caller cancelled (its deadline) while
+    # its COMMIT ran left the shielded COMMIT running and let the writer's turn go at once: the next
+    # write began on a connection still committing ("another operation is in progress"), its rollback
+    # failed, and the writer connection was terminated under the COMMIT.
+    store = PostgresStore(pg_url)
+    await store.open()
+    watcher = await asyncpg.connect(pg_url)
+    try:
+        await _slow_commits(pg_url, "events")
+        first = asyncio.create_task(append(store, "r/1"))
+        await until(lambda: _committing(watcher), "the first write's COMMIT runs")
+        first.cancel()
+        second = await append(store, "r/2")  # its turn comes once the first has committed
+        assert second == 2
+        assert await resources(store) == ["r/1", "r/2"]  # the first committed: it was under way
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert "rollback failed" not in caplog.text
+    finally:
+        await watcher.close()
+        await store.close()
+
+
+async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_returns_its_connection_clean(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    watcher = await asyncpg.connect(pg_url)
+    try:
+        await _sql_on(pg_url, "CREATE TABLE probe (n integer)")
+        await _slow_commits(pg_url, "probe")
+
+        async def insert(n: int) -> None:
+            async with store.telemetry() as tx:
+                await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
+
+        first = asyncio.create_task(insert(1))
+        await until(lambda: _committing(watcher), "the first transaction's COMMIT runs")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The connection went back to the pool once committed, not under its COMMIT.
+        assert not await _committing(watcher)
+        await insert(2)
+        async with store.read() as tx:
+            rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
+        assert [r["n"] for r in rows] == [1, 2]
+        assert "Resetting connection with an active transaction" not in caplog.text
+    finally:
+        await watcher.close()
         await store.close()
 
 
@@ -257,6 +363,26 @@ async def test_a_replica_too_busy_to_read_the_answer_in_time_does_not_find_the_d
         assert heard == [1]  # and the commit listeners kept hearing every revision
     finally:
         await store.close()
+
+
+async def test_a_leader_too_busy_to_read_its_lock_poll_in_time_keeps_the_lead(pg_url: str) -> None:
+    # The leader lock's poll waited 2 s by the clock, as the health probe did: a leader whose loop was
+    # held past that (its own work, a machine short of CPU) found its own answer "late", dropped the
+    # lock's connection and gave up the lead, and another replica took it (issue 13).
+    lost: list[str] = []
+    lock = PostgresLeaderLock(pg_url, "r1", lambda: lost.append("lost"))
+    other = PostgresLeaderLock(pg_url, "r2", lambda: None)
+    try:
+        assert (await lock.poll()).held
+        polling = asyncio.create_task(lock.poll())
+        await asyncio.sleep(0)  # the poll has begun
+        time.sleep(pg_leader.POLL_TIMEOUT + 0.5)  # the fault: the loop is held past the poll's timeout
+        assert await polling == Claim(True, "r1")
+        assert lost == []
+        assert await other.poll() == Claim(False, "r1")  # the lock stayed with r1 all along
+    finally:
+        await lock.release()
+        await other.release()
 
 
 async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
