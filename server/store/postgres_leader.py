@@ -15,9 +15,10 @@ needs the same role or `pg_read_all_stats`.
 
 A replica cut off without a word (a partition) stops leading at its next
 poll, whose answer does not come within POLL_TIMEOUT of its attention (a
-loop held meanwhile does not count: store/attention.py); the server side frees
-the lock only when TCP keepalives find the session dead (KEEPALIVE_*: about
-8 s), so the old leader has stopped before another can start.
+loop held meanwhile does not count: store/attention.py), nor in any case
+within POLL_CLOCK_LIMIT by the clock; the server side frees the lock only
+when TCP keepalives find the session dead (KEEPALIVE_*: about 8 s), so the
+old leader has stopped before another can start.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ APPLICATION_PREFIX = (
     "dspy-registry leader "  # + the replica's name (base.MAX_REPLICA_NAME), in application_name
 )
 POLL_TIMEOUT = 2.0  # of the replica's attention (store.attention), not of the clock
+# By the clock, whatever the loop did: a leader cut off without a word must have stopped leading
+# before the server frees its lock (KEEPALIVE: about 8 s after the last word), and another takes it.
+# A poll starts POLL_SECONDS (1 s) after the last; it gives up within this long.
+POLL_CLOCK_LIMIT = 6.0
 CLOCK_TIMEOUT = 30.0  # asyncpg's own, by the clock: a backstop for an answer attended() gave up on
 KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3"}
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -67,15 +72,19 @@ class PostgresLeaderLock:
         # loop was held, or that waited for a CPU, past it while the database answered would give up
         # the lead to another replica for nothing, and its duties would stop and start again.
         asked = asyncio.ensure_future(self._ask())
+        asked.add_done_callback(_retrieved)  # a poll cancelled meanwhile never reads its failure
         try:
-            answered = await attended(asked, POLL_TIMEOUT)
+            async with asyncio.timeout(POLL_CLOCK_LIMIT):  # not wait_for: see background.Loop._sleep
+                answered = await attended(asked, POLL_TIMEOUT)
+        except TimeoutError:
+            answered = asked.done()
         finally:
             if not asked.done():  # unanswered in time, or the poll itself cancelled (the server stops)
                 asked.cancel()
         try:
             if not answered:
                 await asyncio.gather(asked, return_exceptions=True)
-                raise TimeoutError(f"no answer within {POLL_TIMEOUT:g}s")
+                raise TimeoutError(f"no answer within {POLL_TIMEOUT:g}s of this replica's attention")
             row = asked.result()
         except (TimeoutError, *_DRIVER_ERRORS) as exc:
             if self._held:
@@ -139,3 +148,8 @@ class PostgresLeaderLock:
             conn.terminate()  # not close(): a connection that failed may not answer a goodbye
         if was_held:
             self.lost()
+
+
+def _retrieved(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -27,6 +27,7 @@ says the sidecar left.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from datetime import datetime
 
 from ..domain import sidecars
@@ -114,12 +115,21 @@ class LiveSidecars:
         Group commit: while one transaction is in flight (or a flush), the reports kept meanwhile
         queue, and the next transaction checks and writes all of them, so that the ACKs a deployment
         brings, hundreds at once, take a few transactions rather than one each, one after the other.
-        A transaction that fails fails every report in it with its error, and none is held."""
+        A transaction that fails fails every report in it with its error, and none is held. A caller
+        that goes (a deadline) before its report is written has it left out; one that goes after has
+        it written but not held, since it did not act on it (a NACK ends a deployment): the sidecar's
+        next report is a change again."""
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((r, answer))
         if self._keeping is None:
-            self._keeping = asyncio.create_task(self._keep_queued())
-        await answer
+            # A context of its own: the writer serves every caller queued, not the first one's call.
+            self._keeping = asyncio.create_task(self._keep_queued(), context=contextvars.Context())
+        try:
+            await answer
+        except asyncio.CancelledError:
+            # Also when the answer had come, but this caller was cancelled before it could resume.
+            self.held.pop(r.sidecar_id, None)
+            raise
 
     async def _keep_queued(self) -> None:
         """Write what is queued, a transaction at a time, until nothing is."""
@@ -127,8 +137,12 @@ class LiveSidecars:
         try:
             while self._queued:
                 async with self._writing:
-                    batch, self._queued = self._queued, []
-                    await self._keep_batch(batch)
+                    # A report whose caller went while it waited is not written: it could undo what
+                    # was written since (the sidecar left through `leave`, which took the turn first).
+                    batch = [(r, answer) for r, answer in self._queued if not answer.cancelled()]
+                    self._queued = []
+                    if batch:
+                        await self._keep_batch(batch)
         finally:
             self._keeping = None
             # Only when this task itself is cancelled (the loop is closing): else each was answered.
@@ -143,7 +157,8 @@ class LiveSidecars:
         try:
             async with self.store.telemetry() as tx:
                 # Checked in the transaction that writes them: one read for the batch, not one per
-                # report, and no program or environment can go in between.
+                # report. (Nothing deletes a program or an environment: a check and a write in one
+                # transaction would not be enough without a lock on the rows if something did.)
                 missing = await _missing(tx, [r for r, _ in batch])
                 for n, (r, _) in enumerate(batch):
                     gone = next((name for name in _names(r) if name in missing), None)
@@ -158,16 +173,20 @@ class LiveSidecars:
                     answer.set_exception(exc)
             return
         self._written.update(kept)
+        # Written, but a caller went (a deadline) before it heard so, and did not act on its report (a
+        # NACK ends a deployment): not held, so that its sidecar's next report is a change again —
+        # also when another caller of the same sidecar's, in the same batch, is answered.
+        unheard = {r.sidecar_id for r, answer in batch if answer.cancelled()}
         for n, (r, answer) in enumerate(batch):
             if n in refused:
                 if not answer.done():
                     answer.set_exception(refused[n])
-            elif answer.cancelled():
-                # Written, but its caller went (a deadline) before it heard so, and did not act on it
-                # (a NACK ends a deployment): its next report is a change again.
+                continue
+            if r.sidecar_id in unheard:
                 self.held.pop(r.sidecar_id, None)
             else:
                 self.held[r.sidecar_id] = kept[r.sidecar_id]
+            if not answer.done():
                 answer.set_result(None)
 
     def seen(self, r: Report) -> None:

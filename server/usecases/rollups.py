@@ -44,8 +44,8 @@ class MetricRollups:
         self._closed: list[Rollup] = []
         self._flushing: list[Rollup] = []  # handed to a flush not committed yet: still read here
         self._next_bucket = 0
-        # Hashes of the windows received lately -> the second each last arrived in; and the keys by
-        # the second they arrived in (oldest first), to let them go. One lookup per window, not one
+        # Hashes of the windows received lately -> the second each first arrived in; and the keys by
+        # that second (oldest first), to let them go. One lookup per window, not one
         # per second remembered: a fleet sends thousands of windows a second.
         self._seen: dict[int, int] = {}
         self._recent: deque[tuple[int, list[int]]] = deque()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
 import pytest
 
+from dspy_registry.server.domain.sidecars import Applied, Report
 from dspy_registry.v1 import deployment_pb2 as dpb
 from tests.api.conftest import Running
 from tests.api.test_fleet_telemetry import _replica, _status, _stop, _writes
@@ -147,3 +148,86 @@ async def test_a_fault_in_the_batch_fails_every_report_in_it_and_writes_none(
     async with replica.app.store.read() as tx:
         rows = await tx.presence_serving(PROGRAM, "development", datetime.now(UTC))
     assert sorted(p.report.sidecar_id for p in rows) == ids
+
+
+def _domain_report(sidecar_id: str, digest: str, *, acked: bool, at: datetime) -> Report:
+    applied = Applied(
+        program=PROGRAM,
+        environment="development",
+        version="1.0.0",
+        digest=digest,
+        acked=acked,
+        error_code=0 if acked else 13,
+        error_message="" if acked else "digest mismatch",
+        revision=1,
+        apply_time=None,
+    )
+    return Report(
+        sidecar_id=sidecar_id,
+        principal="admin",
+        targets=(applied,),
+        heartbeat_seconds=10,
+        time=at,
+        revision=1,
+    )
+
+
+async def _rows_of(replica: Running, sidecar_id: str) -> list[bool]:
+    """Whether each row the store holds of the sidecar says it left."""
+    async with replica.app.store.read() as tx:
+        return [p.leaving for p in await tx.presence_of(sidecar_id, datetime.now(UTC))]
+
+
+async def test_a_report_whose_caller_went_while_it_waited_is_not_written(replica: Running) -> None:
+    # It was written all the same, after whatever took the writing turn meanwhile: after the sidecar
+    # had left through `leave` (it shut down once its call timed out), it was live again.
+    live = replica.app.replica_flush.live
+    digest = (await _status(replica)).target.stable.digest
+    async with live._writing:
+        waiting = asyncio.ensure_future(
+            live.keep(_domain_report("pod-gone", digest, acked=True, at=datetime.now(UTC)))
+        )
+        await until(lambda: live.waiting == 1, "the report waits for the next transaction")
+        waiting.cancel()  # its deadline
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await until(lambda: live.waiting == 0 and not live._writing.locked(), "the queue is written")
+    assert await _rows_of(replica, "pod-gone") == []
+    assert live.last("pod-gone", datetime.now(UTC)) is None
+
+
+async def test_a_nack_whose_caller_went_before_hearing_it_was_written_is_not_held_so_it_comes_again_as_a_change(
+    replica: Running,
+) -> None:
+    # Written and held, but the caller was cancelled in the turn between its answer and its resuming:
+    # it never offered the NACK to the deployments, and the same report again was taken for a heartbeat.
+    live = replica.app.replica_flush.live
+    digest = (await _status(replica)).target.stable.digest
+    nack = _domain_report("pod-n", digest, acked=False, at=datetime.now(UTC))
+    caller = asyncio.ensure_future(live.keep(nack))
+    while live.last("pod-n", datetime.now(UTC)) is None and not caller.done():
+        await asyncio.sleep(0)  # queued ahead of the caller's resuming once the answer is set
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert await _rows_of(replica, "pod-n") == [False]  # written
+    assert live.last("pod-n", datetime.now(UTC)) is None  # not held: its next report is a change
+
+
+async def test_of_two_reports_of_one_sidecar_in_a_batch_one_whose_caller_went_is_not_held(
+    replica: Running,
+) -> None:
+    live = replica.app.replica_flush.live
+    digest = (await _status(replica)).target.stable.digest
+    now = datetime.now(UTC)
+    ack = _domain_report("pod-2", digest, acked=True, at=now)
+    nack = _domain_report("pod-2", digest, acked=False, at=now + timedelta(seconds=1))
+    async with live._writing:
+        first = asyncio.ensure_future(live.keep(ack))
+        second = asyncio.ensure_future(live.keep(nack))
+        await until(lambda: live.waiting == 2, "both wait for the next transaction")
+        second.cancel()  # the newer one's caller went: it never acted on the NACK
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert live.last("pod-2", datetime.now(UTC)) == ack  # the NACK is a change when it comes again

@@ -385,6 +385,36 @@ async def test_a_leader_too_busy_to_read_its_lock_poll_in_time_keeps_the_lead(pg
         await other.release()
 
 
+async def test_a_leader_cut_off_and_always_busy_still_stops_leading_before_the_server_frees_its_lock(
+    pg_url: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted by its attention alone, a poll on a loop whose every turn comes late (a machine loaded
+    # past its cores) never ran out, and waited for asyncpg's 30 s: a leader cut off without a word
+    # kept leading long after the server freed its lock (about 8 s) and another replica took it.
+    monkeypatch.setattr(pg_leader, "POLL_CLOCK_LIMIT", 1.0)
+    lock = PostgresLeaderLock(proxy.url(pg_url), "r1", lambda: None)
+    busy = True
+
+    async def hold_the_loop() -> None:
+        while busy:
+            time.sleep(0.25)  # every turn of the loop late by more than a slice
+            await asyncio.sleep(0)
+
+    try:
+        assert (await lock.poll()).held
+        proxy.stall()  # cut off without a word
+        holder = asyncio.create_task(hold_the_loop())
+        async with asyncio.timeout(15):  # the clock's limit is 1 s here; asyncpg's own is 30 s
+            claim = await lock.poll()
+        busy = False
+        await holder
+        assert claim == Claim(False, "")
+    finally:
+        busy = False
+        proxy.resume()
+        await lock.release()
+
+
 async def test_a_replica_cut_off_mid_transaction_does_not_hold_the_others_writes(
     pg_url: str, proxy: TcpProxy
 ) -> None:
