@@ -113,6 +113,7 @@ class Guard:
         return self.access.allowed(who, rule.action, names) is True
 
     async def authorize(self, who: Identity, rule: Rule, names: Sequence[str]) -> None:
+        """`allows`, and where it cannot tell, the grants read (PermissionDenied if they do not)."""
         if not self.allows(who, rule, names) and rule.action is not None:
             await self.access.authorize(who, rule.action, names)
 

@@ -223,7 +223,9 @@ class _Admission:
         return who
 
     async def authenticate(self, context: Context) -> Call:
-        """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
+        """Who calls, from metadata or certificate alone: nothing of the request is read yet. A token
+        verified lately is known without a wait (`Guard.known`): the serving path's reads come here,
+        and a coroutine per call is measurable there."""
         call = self.open(context)
         who = self.guard.known(context)
         self.identify(call, who if who is not None else await self.guard.authenticate(context))
@@ -241,7 +243,12 @@ class _Admission:
         return names
 
     async def authorize(self, call: Call, request: Any) -> None:
-        await self.guard.authorize(identity(), self.rule, self.names(call, request))
+        """May the caller do this to what `request` names: by the grants read lately without a wait
+        (`Guard.allows`), else `Guard.authorize` reads them (or refuses)."""
+        names = self.names(call, request)
+        who = identity()
+        if not self.guard.allows(who, self.rule, names):
+            await self.guard.authorize(who, self.rule, names)
 
     async def refused(self, call: Call, exc: Exception, context: Context) -> None:
         call.peer = call.peer or self.guard.peer(context)
@@ -277,7 +284,6 @@ def _unary(
 ) -> Behavior:
     method = admission.method
     rule = admission.rule
-    guard = admission.guard
 
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
@@ -288,25 +294,14 @@ def _unary(
         ending: grpc.Status | None = None
         try:
             try:
+                current = await admission.authenticate(context)
                 if streaming_request:
-                    current = await admission.authenticate(context)
                     # The resource is in the first message (the header): read it (only now,
                     # once the caller is known), then hand the behavior the stream with it in front.
                     first, request = await _peek(_decoded_stream(request))
                     await admission.authorize(current, first)
                 else:
-                    # Admission without a wait when the guard knows the token and the grants (every
-                    # call but one a second per caller): the serving path's reads come here, and
-                    # four coroutines a call (authenticate and authorize, the handler's and the
-                    # guard's) were a measurable part of what they cost beyond grpc's own work.
-                    current = admission.open(context)
-                    who = guard.known(context)
-                    if who is None:
-                        who = await guard.authenticate(context)
-                    admission.identify(current, who)
-                    names = admission.names(current, decoded(request))
-                    if not guard.allows(who, rule, names):
-                        await guard.authorize(who, rule, names)
+                    await admission.authorize(current, decoded(request))
                 response = await behavior(request, context)
                 if rule.by_servicer and not current.authorized:
                     raise RuntimeError(f"{method} answered without authorizing its resource")
