@@ -73,18 +73,19 @@ class Gate:
         # time.monotonic() when, after close(), a call last came or ended (its client may send the next)
         self._last_knock = 0.0
 
-    def admit(self, watch: bool) -> None:
-        """Let one call in, or raise what its client is told (nothing of the call is done then)."""
+    def refusal(self, watch: bool) -> RegistryError | None:
+        """Let one call in (None), or what its client is told (nothing of the call is done then): a
+        value, not raised, so that the handler answers it outside any `except` (see handlers._end)."""
         if self.closed:
             self.refused_since_close += 1
             self._last_knock = time.monotonic()
-            raise ShuttingDown(
+            return ShuttingDown(
                 "the server is shutting down: the call was not started; retry (another replica takes it)",
                 retry_after=SHUTDOWN_RETRY_SECONDS,
             )
         if watch:
             if self.watches >= self.max_watches:
-                raise ResourceExhausted(
+                return ResourceExhausted(
                     "watch_streams",
                     f"this server holds {self.watches} watch streams, its limit (--max-watch-streams); "
                     "retry later, or on another replica",
@@ -93,24 +94,13 @@ class Gate:
             self.watches += 1
         else:
             if self.calls >= self.max_calls:
-                raise ResourceExhausted(
+                return ResourceExhausted(
                     "concurrent_calls",
                     f"this server has {self.calls} calls in progress, its limit (--max-concurrent-calls); "
                     "retry later",
                     retry_after=CALLS_RETRY_SECONDS,
                 )
             self.calls += 1
-
-    def refusal(self, watch: bool) -> RegistryError | None:
-        """`admit` as a value: what the call's client is told, or None when the call is let in (so
-        that the handler answers it outside any `except`, see handlers._end)."""
-        if not watch and not self.closed and self.calls < self.max_calls:  # the common case, no `try`
-            self.calls += 1
-            return None
-        try:
-            self.admit(watch)
-        except RegistryError as exc:
-            return exc
         return None
 
     def release(self, watch: bool) -> None:
