@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import FailedPrecondition, PreconditionViolation, quote
 from . import checks as checking
@@ -180,40 +180,38 @@ class Deployment:
         return Pinned(self.version, self.digest)
 
 
-# Deployment's fields, all plain init fields with no __post_init__: what `evolve` may change.
+# Deployment's and Transition's fields, all plain init fields with no __post_init__: what `evolve`
+# may change, and why a copy of the attributes is what dataclasses.replace() builds (`_copy`).
 _DEPLOYMENT_FIELDS = frozenset(f.name for f in fields(Deployment) if f.init)
 assert len(_DEPLOYMENT_FIELDS) == len(fields(Deployment)) and not hasattr(Deployment, "__post_init__")
+assert all(f.init for f in fields(Transition)) and not hasattr(Transition, "__post_init__")
+
+_T = TypeVar("_T", Deployment, Transition)
 
 
-def evolve(d: Deployment, /, **changes: Any) -> Deployment:
-    """`dataclasses.replace(d, **changes)` at a fifth of its cost.
-
-    replace() walks the 33 fields in Python and calls the frozen __init__, which sets each one
-    through object.__setattr__; a deployment that starts, promotes and succeeds within its
-    creation (every auto-deploying registration) takes ten such steps. With only plain init
-    fields and no __post_init__, a copy of the instance's attributes with the changes is what
-    replace() builds. A name that is not a
-    field is refused, as replace() refuses it (TypeError).
-    """
-    if not _DEPLOYMENT_FIELDS.issuperset(changes):
-        raise TypeError(f"Deployment has no field {', '.join(sorted(set(changes) - _DEPLOYMENT_FIELDS))}")
-    new = object.__new__(Deployment)
-    new.__dict__.update(d.__dict__, **changes)  # frozen: its __setattr__ refuses, its __dict__ does not
+def _copy(instance: _T, changes: dict[str, Any]) -> _T:
+    """`dataclasses.replace(instance, **changes)` for a dataclass of plain init fields, at a fifth of
+    its cost: replace() walks the fields in Python and calls the frozen __init__, which sets each
+    one through object.__setattr__."""
+    new = object.__new__(type(instance))
+    new.__dict__.update(
+        instance.__dict__, **changes
+    )  # frozen: its __setattr__ refuses, its __dict__ does not
     return new
 
 
+def evolve(d: Deployment, /, **changes: Any) -> Deployment:
+    """`dataclasses.replace(d, **changes)`, by `_copy`: a deployment that starts, promotes and
+    succeeds within its creation (every auto-deploying registration) takes ten such steps of its 33
+    fields. A name that is not a field is refused, as replace() refuses it (TypeError)."""
+    if not _DEPLOYMENT_FIELDS.issuperset(changes):
+        raise TypeError(f"Deployment has no field {', '.join(sorted(set(changes) - _DEPLOYMENT_FIELDS))}")
+    return _copy(d, changes)
+
+
 def stamped(entries: Sequence[Transition], revision: int) -> tuple[Transition, ...]:
-    """`entries` at `revision`: what `dataclasses.replace(e, revision=revision)` makes of each, as
-    `evolve` makes it (Transition too has only plain init fields and no __post_init__)."""
-    out = []
-    for entry in entries:
-        new = object.__new__(Transition)
-        new.__dict__.update(entry.__dict__, revision=revision)
-        out.append(new)
-    return tuple(out)
-
-
-assert all(f.init for f in fields(Transition)) and not hasattr(Transition, "__post_init__")
+    """`entries` at `revision`: `dataclasses.replace(e, revision=revision)` of each, by `_copy`."""
+    return tuple(_copy(entry, {"revision": revision}) for entry in entries)
 
 
 def _refuse(deployment: Deployment, action: str) -> FailedPrecondition:
