@@ -84,7 +84,10 @@ class PostgresLeaderLock:
         try:
             if not answered:
                 await asyncio.gather(asked, return_exceptions=True)
-                raise TimeoutError(f"no answer within {POLL_TIMEOUT:g}s of this replica's attention")
+                raise TimeoutError(
+                    f"no answer within {POLL_TIMEOUT:g}s of this replica's attention "
+                    f"or {POLL_CLOCK_LIMIT:g}s of the clock"
+                )
             row = asked.result()
         except (TimeoutError, *_DRIVER_ERRORS) as exc:
             if self._held:
