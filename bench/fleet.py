@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,11 @@ def _transaction_counts(text: str) -> dict[str, float]:
     return counts
 
 
-def _sum_counts(counts: Iterable[dict[str, float]]) -> dict[str, float]:
+def _store_transactions(replicas: list[Replica]) -> dict[str, float]:
+    """Every replica's store transactions so far, by kind."""
     total: dict[str, float] = {}
-    for c in counts:
-        for kind, n in c.items():
+    for r in replicas:
+        for kind, n in _transaction_counts(r.scrape()).items():
             total[kind] = total.get(kind, 0.0) + n
     return total
 
@@ -799,14 +800,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     }
                 )
             channel, _, deploy = _stub(first)
-            transactions_before = _sum_counts(_transaction_counts(r.scrape()) for r in replicas)
+            transactions_before = _store_transactions(replicas)
             with channel:
                 started = time.time_ns()
                 deploy.CreateDeployment(fixtures.deploy_request("1.1.0"), timeout=60, metadata=metadata)
             said = pods.wait_all("converged", timeout=120, version="1.1.0")
             # Every replica's, the fleet's heartbeats and windows meanwhile included.
-            transactions_after = _sum_counts(_transaction_counts(r.scrape()) for r in replicas)
-            transactions = {k: n - transactions_before.get(k, 0.0) for k, n in transactions_after.items()}
+            transactions = {
+                k: n - transactions_before.get(k, 0.0) for k, n in _store_transactions(replicas).items()
+            }
             records.append(
                 {
                     "figure": "fleet_converge",
