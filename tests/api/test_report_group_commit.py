@@ -10,11 +10,9 @@ fast they happened to arrive."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import grpc
 import pytest
 
@@ -24,6 +22,7 @@ from tests.api.conftest import Running
 from tests.api.test_fleet_telemetry import _replica, _status, _stop, _writes
 from tests.api.test_sidecars import PROGRAM, _ack, _report, _with_program
 from tests.eventually import until
+from tests.sql import execute
 
 PODS = 40
 
@@ -87,42 +86,28 @@ async def test_a_report_naming_a_missing_program_is_refused_alone_in_its_batch(r
     ]
 
 
-async def _sql(database_url: str, *, sqlite: str, postgres: list[str]) -> None:
-    """Run the statements for the test's backend on a connection of the test's own."""
-    if database_url.startswith("sqlite:"):
-        db = sqlite3.connect(database_url.removeprefix("sqlite:///"))
-        try:
-            db.execute(sqlite)
-            db.commit()
-        finally:
-            db.close()
-        return
-    conn = await asyncpg.connect(database_url)
-    try:
-        for statement in postgres:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def _fault_at(database_url: str, sidecar_id: str) -> None:
     """A real fault in the store as the row of `sidecar_id` is written, mid-batch: on PostgreSQL its
     backend is terminated (what a failover does to a session), on SQLite the statement is aborted."""
-    await _sql(
+    if database_url.startswith("sqlite"):
+        await execute(
+            database_url,
+            f"CREATE TRIGGER fault BEFORE INSERT ON sidecar_presence WHEN NEW.sidecar_id = '{sidecar_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'fault'); END",
+        )
+        return
+    await execute(
         database_url,
-        sqlite=f"CREATE TRIGGER fault BEFORE INSERT ON sidecar_presence WHEN NEW.sidecar_id = '{sidecar_id}' "
-        "BEGIN SELECT RAISE(ABORT, 'fault'); END",
-        postgres=[
-            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$",
-            "CREATE TRIGGER fault BEFORE INSERT ON sidecar_presence FOR EACH ROW "
-            f"WHEN (NEW.sidecar_id = '{sidecar_id}') EXECUTE FUNCTION fault()",
-        ],
+        "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$",
+        "CREATE TRIGGER fault BEFORE INSERT ON sidecar_presence FOR EACH ROW "
+        f"WHEN (NEW.sidecar_id = '{sidecar_id}') EXECUTE FUNCTION fault()",
     )
 
 
 async def _no_fault(database_url: str) -> None:
-    await _sql(database_url, sqlite="DROP TRIGGER fault", postgres=["DROP TRIGGER fault ON sidecar_presence"])
+    sqlite = database_url.startswith("sqlite")
+    await execute(database_url, "DROP TRIGGER fault" + ("" if sqlite else " ON sidecar_presence"))
 
 
 async def test_a_fault_in_the_batch_fails_every_report_in_it_and_writes_none(

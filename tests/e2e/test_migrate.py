@@ -15,6 +15,7 @@ from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.migrations import MIGRATIONS
 from dspy_registry.server.store.sqlite import path_from_url
 from tests.e2e.conftest import SERVE, free_port
+from tests.sql import execute
 
 LATEST = MIGRATIONS[-1]
 
@@ -23,23 +24,6 @@ async def _dspy_registry(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, [str(SERVE), *args], capture_output=True, text=True, timeout=60
     )
-
-
-async def _execute(url: str, *statements: str) -> None:
-    """Statements run on the database behind the server's back, as another release would have."""
-    if url.startswith("sqlite"):
-        db = sqlite3.connect(path_from_url(url))
-        with db:
-            for statement in statements:
-                db.execute(statement)
-        db.close()
-        return
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 async def test_migrate_check_then_apply_then_nothing_pending(database_url: str) -> None:
@@ -102,7 +86,7 @@ async def test_migration_12_keeps_each_webhooks_secret_as_its_first(
 ) -> None:
     await _previous_release(database_url, monkeypatch, before=12)
     # One secret per webhook, in the webhook's row, as the release before kept it.
-    await _execute(
+    await execute(
         database_url,
         "INSERT INTO webhooks (name, url, event_kinds, selectors, secret, description, creator, create_time, "
         "revision) VALUES ('oncall', 'https://8.8.8.8/', '[]', '[]', 'kept-secret', '', 'admin', 7, 1)",
@@ -119,7 +103,7 @@ async def test_a_schema_newer_than_the_release_is_refused_naming_both_versions(
 ) -> None:
     assert (await _dspy_registry("migrate", "--database", database_url)).returncode == 0
     newer = LATEST.number + 1
-    await _execute(
+    await execute(
         database_url,
         f"INSERT INTO schema_migrations (number, name, applied_time) VALUES ({newer}, 'from a later release', 0)",
     )

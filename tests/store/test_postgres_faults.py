@@ -34,6 +34,7 @@ from dspy_registry.server.store.postgres_leader import PostgresLeaderLock
 from tests.conftest import PG_ADMIN_URL, SKIP_POSTGRES, PostgresDatabases
 from tests.eventually import until
 from tests.small_disk import small_disk
+from tests.sql import execute
 from tests.store.event_log import append, resources, revision
 from tests.tcp_proxy import STALL, TcpProxy
 
@@ -108,7 +109,7 @@ async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavail
 
 async def _slow_commits(url: str, table: str) -> None:
     """Every COMMIT of a transaction that wrote to `table` takes a second: a deferred trigger."""
-    await _sql_on(
+    await execute(
         url,
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
@@ -117,13 +118,20 @@ async def _slow_commits(url: str, table: str) -> None:
     )
 
 
-async def _sql_on(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(pg_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def watcher(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A session of the test's own on the store's database, to see what the store's sessions do."""
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()
 
 
 async def _committing(watcher: asyncpg.Connection) -> bool:
@@ -136,61 +144,47 @@ async def _committing(watcher: asyncpg.Connection) -> bool:
 
 
 async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_for_the_next(
-    pg_url: str, caplog: pytest.LogCaptureFixture
+    pg_url: str, store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Seen under a fleet: "rollback failed", asyncpg's "Resetting connection with an active
     # transaction" and "Task exception was never retrieved". A caller cancelled (its deadline) while
     # its COMMIT ran left the shielded COMMIT running and let the writer's turn go at once: the next
     # write began on a connection still committing ("another operation is in progress"), its rollback
     # failed, and the writer connection was terminated under the COMMIT.
-    store = PostgresStore(pg_url)
-    await store.open()
-    watcher = await asyncpg.connect(pg_url)
-    try:
-        await _slow_commits(pg_url, "events")
-        first = asyncio.create_task(append(store, "r/1"))
-        await until(lambda: _committing(watcher), "the first write's COMMIT runs")
-        first.cancel()
-        second = await append(store, "r/2")  # its turn comes once the first has committed
-        assert second == 2
-        assert await resources(store) == ["r/1", "r/2"]  # the first committed: it was under way
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        assert "rollback failed" not in caplog.text
-    finally:
-        await watcher.close()
-        await store.close()
+    await _slow_commits(pg_url, "events")
+    first = asyncio.create_task(append(store, "r/1"))
+    await until(lambda: _committing(watcher), "the first write's COMMIT runs")
+    first.cancel()
+    second = await append(store, "r/2")  # its turn comes once the first has committed
+    assert second == 2
+    assert await resources(store) == ["r/1", "r/2"]  # the first committed: it was under way
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert "rollback failed" not in caplog.text
 
 
 async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_returns_its_connection_clean(
-    pg_url: str, caplog: pytest.LogCaptureFixture
+    pg_url: str, store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = PostgresStore(pg_url)
-    await store.open()
-    watcher = await asyncpg.connect(pg_url)
-    try:
-        await _sql_on(pg_url, "CREATE TABLE probe (n integer)")
-        await _slow_commits(pg_url, "probe")
+    await execute(pg_url, "CREATE TABLE probe (n integer)")
+    await _slow_commits(pg_url, "probe")
 
-        async def insert(n: int) -> None:
-            async with store.telemetry() as tx:
-                await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
+    async def insert(n: int) -> None:
+        async with store.telemetry() as tx:
+            await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
 
-        first = asyncio.create_task(insert(1))
-        await until(lambda: _committing(watcher), "the first transaction's COMMIT runs")
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        # The connection went back to the pool once committed, not under its COMMIT.
-        assert not await _committing(watcher)
-        await insert(2)
-        async with store.read() as tx:
-            rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
-        assert [r["n"] for r in rows] == [1, 2]
-        assert "Resetting connection with an active transaction" not in caplog.text
-    finally:
-        await watcher.close()
-        await store.close()
+    first = asyncio.create_task(insert(1))
+    await until(lambda: _committing(watcher), "the first transaction's COMMIT runs")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # The connection went back to the pool once committed, not under its COMMIT.
+    assert not await _committing(watcher)
+    await insert(2)
+    async with store.read() as tx:
+        rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
+    assert [r["n"] for r in rows] == [1, 2]
+    assert "Resetting connection with an active transaction" not in caplog.text
 
 
 async def test_terminated_backends_under_load_are_unavailable_never_a_store_error(pg_url: str) -> None:
