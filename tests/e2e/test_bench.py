@@ -362,3 +362,15 @@ async def test_the_peers_benchmark_spreads_the_watchers_over_postgresql_replicas
     page = (tmp_path / "benchmarks.md").read_text()
     assert "## Watch fan-out over PostgreSQL replicas" in page
     assert re.search(r"^\| 2 \| [0-9.]+ / [0-9.]+ ms \|", page, flags=re.M), page
+
+
+def test_the_registration_parts_benchmark_measures_each_part() -> None:
+    """`python -m bench.register_parts`, tiny: it reaches into the SQLite store (its COMMITs, its
+    pragmas), so a renamed internal fails here, not in the next engineer's profile."""
+    done = _python_m("bench.register_parts", "--registrations", "64", "--seconds", "0.5")
+    lines = {line["part"]: line for line in _json_lines(done.stdout)}
+    assert list(lines) == ["servicer", "floor", "grpc", "wal"], done.stdout
+    assert lines["servicer"]["registrations"] == 64 and lines["servicer"]["batch"] >= 1
+    for part in ("floor", "grpc", "wal"):
+        assert lines[part]["calls"] > 0 and lines[part]["cpu_us_per_call"] > 0, lines[part]
+    assert lines["wal"]["frames_per_call"] > 0 and lines["wal"]["frames_by_btree"], lines["wal"]
