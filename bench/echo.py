@@ -123,9 +123,9 @@ async def serve(listen: str, send: str = "write") -> None:
     )
     server.add_generic_rpc_handlers([handler])
     checker = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    # Served as a generic handler, as the registry serves it (server/app.py GenericOnly): a method
-    # registered the generated way makes grpc.aio wait on one more future for every call it takes,
-    # and the floor must not pay what the registry no longer does.
+    # Served as a generic handler, as the registry serves it (server/generic_handlers.py): a
+    # method registered the generated way makes grpc.aio wait on one more future for every call it
+    # takes, and the floor must not pay what the registry no longer does.
     health_pb2_grpc.add_HealthServicer_to_server(checker, GenericOnly(server))
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot listen on {listen}")

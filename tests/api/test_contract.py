@@ -59,7 +59,8 @@ async def test_health_and_reflection_serve_the_whole_contract(server: Running) -
     for name in ["", *SERVICES]:
         response = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
-    # Health's stream too: health and reflection are served as generic handlers (app.GenericOnly).
+    # Health's stream too: health and reflection are served as generic handlers
+    # (server/generic_handlers.py).
     watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
