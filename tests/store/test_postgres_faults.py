@@ -119,7 +119,8 @@ async def _slow_commits(url: str, table: str) -> None:
 
 
 @pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+async def pg_store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    """conftest's `store`, on PostgreSQL alone: these faults are PostgreSQL's."""
     opened = PostgresStore(pg_url)
     await opened.open()
     yield opened
@@ -144,7 +145,7 @@ async def _committing(watcher: asyncpg.Connection) -> bool:
 
 
 async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_for_the_next(
-    pg_url: str, store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    pg_url: str, pg_store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Seen under a fleet: "rollback failed", asyncpg's "Resetting connection with an active
     # transaction" and "Task exception was never retrieved". A caller cancelled (its deadline) while
@@ -152,25 +153,25 @@ async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_
     # write began on a connection still committing ("another operation is in progress"), its rollback
     # failed, and the writer connection was terminated under the COMMIT.
     await _slow_commits(pg_url, "events")
-    first = asyncio.create_task(append(store, "r/1"))
+    first = asyncio.create_task(append(pg_store, "r/1"))
     await until(lambda: _committing(watcher), "the first write's COMMIT runs")
     first.cancel()
-    second = await append(store, "r/2")  # its turn comes once the first has committed
+    second = await append(pg_store, "r/2")  # its turn comes once the first has committed
     assert second == 2
-    assert await resources(store) == ["r/1", "r/2"]  # the first committed: it was under way
+    assert await resources(pg_store) == ["r/1", "r/2"]  # the first committed: it was under way
     with pytest.raises(asyncio.CancelledError):
         await first
     assert "rollback failed" not in caplog.text
 
 
 async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_returns_its_connection_clean(
-    pg_url: str, store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    pg_url: str, pg_store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await execute(pg_url, "CREATE TABLE probe (n integer)")
     await _slow_commits(pg_url, "probe")
 
     async def insert(n: int) -> None:
-        async with store.telemetry() as tx:
+        async with pg_store.telemetry() as tx:
             await tx.conn.execute("INSERT INTO probe (n) VALUES (?)", n)
 
     first = asyncio.create_task(insert(1))
@@ -181,7 +182,7 @@ async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_r
     # The connection went back to the pool once committed, not under its COMMIT.
     assert not await _committing(watcher)
     await insert(2)
-    async with store.read() as tx:
+    async with pg_store.read() as tx:
         rows = await tx.conn.fetch("SELECT n FROM probe ORDER BY n")
     assert [r["n"] for r in rows] == [1, 2]
     assert "Resetting connection with an active transaction" not in caplog.text
