@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dspy_registry.v1 import registry_pb2 as pb
@@ -130,8 +132,11 @@ def test_a_tls_file_that_cannot_be_used_is_one_line_and_exit_2_before_anything_s
 
 
 async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
-    serve: type[ServerProcess], tmp_path: Path
+    serve: type[ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spools))  # the server's; where its uploads spool
     server = serve(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "server.log").start()
     data = dspy_state("big", pad=3 * 1024 * 1024)
     chunk = 512 * 1024
@@ -144,6 +149,10 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
         for i in range(0, len(data), chunk):
             if i == chunk:
                 assert server.process is not None
+                # The header and a chunk are sent, but the server may not have taken the call yet
+                # (its loop late on a busy machine): a SIGTERM then refuses it, rightly. Only a call
+                # the server holds is in flight: wait until its spool holds the first chunk.
+                _wait_for_spool(server.process.pid, spools, chunk)
                 server.process.send_signal(signal.SIGTERM)
                 time.sleep(0.5)  # the server is shutting down now, with the upload half sent
             yield pb.UploadProgramRequest(chunk=data[i : i + chunk])
@@ -161,6 +170,21 @@ async def test_sigterm_gives_an_in_flight_upload_its_grace_period(
         registry = pb_grpc.RegistryServiceStub(channel)
         found = registry.GetProgramVersion(pb.GetProgramVersionRequest(name="programs/prog/versions/1.0.0"))
     assert found.program_version.artifact.digest == response.program_version.artifact.digest
+
+
+def _wait_for_spool(pid: int, folder: Path, size: int, timeout: float = 15.0) -> None:
+    """Until process `pid` holds an upload's spool with `size` bytes in it: a nameless temporary file
+    (O_TMPFILE: /proc shows it as `<folder>/#<inode> (deleted)`) in `folder`, the server's TMPDIR."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith(f"{folder}/") and fd.stat().st_size >= size:
+                    return
+            except OSError:  # the descriptor closed meanwhile
+                continue
+        time.sleep(0.01)
+    raise AssertionError(f"the server (pid {pid}) spooled no {size} bytes within {timeout} s")
 
 
 async def test_help_explains_principals_grants_and_tokens() -> None:
