@@ -178,6 +178,13 @@ class SqliteStore(TimedTransactions):
         # handler. _begin() waits out another process's lock asynchronously.
         await writer.execute("PRAGMA busy_timeout=0")
         await self._migrate(writer)
+        # Each transaction of a batch is a SAVEPOINT, and SQLite copies every page it changes that
+        # existed before it began into a sub-journal (to roll back to the savepoint); past 64 KiB,
+        # that journal goes to a temporary file, a pwrite per page. An auto-deploying registration
+        # changes some twenty-five pages: most of them paid that file, 40-odd syscalls each (issue
+        # 19). In memory, it is freed as each transaction's savepoint is released. Set after the
+        # migrations, whose index builds may sort more than memory should hold.
+        await writer.execute("PRAGMA temp_store=MEMORY")
         row = await writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
         assert row is not None
         self._revision = int(row["revision"])

@@ -154,3 +154,49 @@ async def test_the_revision_row_holds_the_last_committed_revision_after_a_batch_
         assert await resources(reopened) == ["r/0", "r/1", "r/2", "r/3", "r/after"]
     finally:
         await reopened.close()
+
+
+async def test_sqlite_keeps_a_batchs_savepoint_journals_off_the_disk(tmp_path: Path) -> None:
+    """Each transaction of a batch is a SAVEPOINT: SQLite keeps the pages it changes to roll back
+    to, a journal that spilled into a temporary file past 64 KiB, a pwrite per page (most
+    auto-deploying registrations did). In memory, a transaction that changes more than that still
+    rolls back alone, and the one after it in the batch commits."""
+    store = SqliteStore(f"sqlite:///{tmp_path / 'registry.db'}")
+    await store.open()
+    try:
+        async with store.write() as tx:
+            await tx.append(
+                [Event(kind="e", resource=f"r/{i}", data={"pad": "x" * 1000}) for i in range(200)]
+            )
+        seen: list[str] = []
+
+        async def rewrites_every_page_then_fails() -> None:
+            with pytest.raises(ValueError):
+                async with store.write() as tx:
+                    # Some fifty pages of 4 KiB, all there before this transaction began.
+                    await tx.conn.execute("UPDATE events SET data = ?", '{"pad":"y"}')
+                    raise ValueError("rolled back to its savepoint")
+
+        async def looks_for_a_spilled_journal() -> int:
+            async with store.write() as tx:
+                # SQLite names its temporary files etilqs_*, and keeps this one open until COMMIT.
+                seen.extend(
+                    target for fd in Path("/proc/self/fd").iterdir() if "etilqs_" in (target := _link(fd))
+                )
+                return await tx.append([Event(kind="e", resource="r/after")])
+
+        _, after = await asyncio.gather(rewrites_every_page_then_fails(), looks_for_a_spilled_journal())
+        assert seen == []
+        assert after == 2
+        async with store.read() as tx:
+            pads = {r["data"] for r in await tx.conn.fetch("SELECT data FROM events WHERE revision = 1")}
+        assert pads == {'{"pad":"' + "x" * 1000 + '"}'}
+    finally:
+        await store.close()
+
+
+def _link(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:  # closed since it was listed
+        return ""
