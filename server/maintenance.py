@@ -18,15 +18,23 @@ than 7 days ago.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from .background import Loop
 from .domain import webhooks
 from .domain.clock import SYSTEM_CLOCK, Clock
 from .store.base import Store
+from .store.records import Records
 from .store.sql import to_us
 
 log = logging.getLogger("dspy_registry.maintenance")
+
+# What one transaction deletes, at most: SQLite keeps every page a transaction changes in memory
+# until it ends, to roll back to (store/sqlite.py), so that a backlog (a retention shortened, a
+# server stopped for days) is forgotten in steps rather than held whole.
+REQUESTS_PER_STEP = 10_000
+REVISIONS_PER_STEP = 20_000
 
 
 class Maintenance:
@@ -50,15 +58,33 @@ class Maintenance:
 
     async def run_once(self) -> None:
         now = self.clock.now()
+        requests_before = to_us(now - timedelta(seconds=self.request_retention))
+        events_before = to_us(now - timedelta(seconds=self.event_retention))
+        await self._in_steps(
+            lambda tx: tx.prune_requests(requests_before, REQUESTS_PER_STEP), REQUESTS_PER_STEP
+        )
+        await self._in_steps(lambda tx: _compact(tx, events_before), REVISIONS_PER_STEP)
         async with self.store.write() as tx:
-            await tx.prune_requests(to_us(now - timedelta(seconds=self.request_retention)))
-            await tx.compact_events(to_us(now - timedelta(seconds=self.event_retention)))
             await tx.forget_silent_sidecars(now)
             await tx.forget_metric_windows(now - timedelta(seconds=self.metrics_retention))
             await tx.forget_deliveries(now - webhooks.DELIVERY_RETENTION)
+
+    async def _in_steps(self, step: Callable[[Records], Awaitable[int]], most: int) -> None:
+        """`step` in a transaction of its own, again while it did all it may (`most`): more is left."""
+        while True:
+            async with self.store.write() as tx:
+                done = await step(tx)
+            if done < most:
+                return
 
     def start(self) -> None:
         self._loop.start()
 
     async def stop(self) -> None:
         await self._loop.stop()
+
+
+async def _compact(tx: Records, before_us: int) -> int:
+    """One step of compaction: how many revisions it dropped."""
+    start = await tx.compacted_revision()
+    return await tx.compact_events(before_us, REVISIONS_PER_STEP) - start

@@ -25,8 +25,9 @@ class EventLogQueries:
         row = await self.conn.fetchrow("SELECT compacted FROM revisions WHERE id = 1")
         return int(row["compacted"]) if row else 0
 
-    async def compact_events(self, before_us: int) -> int:
-        """Drop the log's revisions written before `before_us`; returns the new compacted revision.
+    async def compact_events(self, before_us: int, most: int) -> int:
+        """Drop the log's revisions written before `before_us`, at most `most` of them past the
+        compacted revision; returns the new compacted revision.
 
         Not a change anyone watches: no revision is consumed and no event written.
         """
@@ -37,6 +38,7 @@ class EventLogQueries:
         current = await self.compacted_revision()
         if upto <= current:
             return current
+        upto = min(upto, current + most)
         await self.conn.execute("DELETE FROM events WHERE revision <= ?", upto)
         await self.conn.execute("UPDATE revisions SET compacted = ? WHERE id = 1", upto)
         return upto

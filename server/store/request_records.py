@@ -46,6 +46,14 @@ class RequestQueries:
             now_us(),
         )
 
-    async def prune_requests(self, before_us: int) -> None:
-        """Forget idempotency records older than `before_us`: retries are answered for a window."""
-        await self.conn.execute("DELETE FROM requests WHERE create_time < ?", before_us)
+    async def prune_requests(self, before_us: int, most: int) -> int:
+        """Forget idempotency records older than `before_us`, the `most` oldest of them: retries are
+        answered for a window. Returns how many it forgot."""
+        rows = await self.conn.fetch(
+            "SELECT principal, request_id FROM requests WHERE create_time < ? ORDER BY create_time LIMIT ?",
+            before_us,
+            most,
+        )
+        keys = [(str(r["principal"]), str(r["request_id"])) for r in rows]
+        await self.conn.executemany("DELETE FROM requests WHERE principal = ? AND request_id = ?", keys)
+        return len(keys)

@@ -374,11 +374,23 @@ async def _append_one(store: Store, resource: str) -> int:
         return await tx.append([Event(kind="kept", resource=resource)])
 
 
-async def test_idempotency_records_older_than_the_retention_are_pruned(store: Store) -> None:
+async def test_idempotency_records_older_than_the_retention_are_pruned(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In steps of a transaction each (here of one record), the oldest first, until none is left."""
+    from dspy_registry.server import maintenance as housekeeping
     from dspy_registry.server.maintenance import Maintenance
 
+    for i in range(3):
+        async with store.write() as tx:
+            await tx.put_request("p", f"old-{i}", "M", "fp", b"first answer")
+    async with store.write() as tx:
+        assert await tx.prune_requests(to_us(datetime.now(UTC)), 2) == 2
+    async with store.read() as tx:
+        assert [await tx.get_request("p", f"old-{i}") is None for i in range(3)] == [True, True, False]
     async with store.write() as tx:
         await tx.put_request("p", "old", "M", "fp", b"first answer")
+    monkeypatch.setattr(housekeeping, "REQUESTS_PER_STEP", 1)
     await asyncio.sleep(0.002)
     boundary = datetime.now(UTC)  # older records go, newer stay: a clock set a retention past it
     await asyncio.sleep(0.002)
@@ -389,11 +401,16 @@ async def test_idempotency_records_older_than_the_retention_are_pruned(store: St
     ).run_once()
     async with store.read() as tx:
         assert await tx.get_request("p", "old") is None
+        assert await tx.get_request("p", "old-2") is None
         assert await tx.get_request("p", "new") is not None
         assert await tx.current_revision() == 0  # housekeeping is not a change anyone watches
 
 
-async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(store: Store) -> None:
+async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In steps of a transaction each (here of two revisions), until every old one is gone."""
+    from dspy_registry.server import maintenance as housekeeping
     from dspy_registry.server.maintenance import Maintenance
 
     for i in range(3):
@@ -404,6 +421,8 @@ async def test_compaction_drops_old_revisions_and_says_where_the_log_starts(stor
     await asyncio.sleep(0.002)
     async with store.write() as tx:
         await tx.append([Event(kind="new", resource="r/9")])
+        assert await tx.compact_events(to_us(boundary), 1) == 1
+    monkeypatch.setattr(housekeeping, "REVISIONS_PER_STEP", 2)
     maintenance = Maintenance(
         store, request_retention=3600, event_retention=60, clock=FakeClock(boundary + timedelta(seconds=60))
     )
