@@ -25,6 +25,23 @@ ACTIVE_DEPLOYMENT_SQL = (
 
 _ENVIRONMENT_COLUMNS = "name, description, position, policy, create_time, update_time, revision"
 
+# What analysis may watch (shaping_deployments), with the target each shapes: those in progress, then
+# those that succeeded since a time. These are found from the targets they shape, each written as its
+# deployment ended (so changed since then too), not from the deployments by state and end time: those
+# were every auto-deploy of the monitoring window, each read whole to be joined, and the analysis loop
+# asks every second (at a few hundred registrations a second, a reader busy a quarter of each second).
+# CROSS JOIN: SQLite keeps that order.
+_SHAPING = (
+    "SELECT d.id, d.body, t.program, t.environment, t.stable_version, t.stable_digest, t.candidate_version, "
+    "t.candidate_digest, t.candidate_weight, t.deployment, t.revision, t.update_time FROM "
+)
+_SHAPES = "t.deployment = d.id AND t.program = d.program AND t.environment = d.environment"
+SHAPING_DEPLOYMENTS_SQL = (
+    f"{_SHAPING} deployments d JOIN targets t ON {_SHAPES} WHERE d.state = ? UNION ALL "
+    f"{_SHAPING} targets t CROSS JOIN deployments d WHERE {_SHAPES} "
+    "AND t.update_time >= ? AND d.state = ? AND d.end_time >= ? ORDER BY id"
+)
+
 
 @functools.lru_cache(maxsize=64)
 def _policy(text: str) -> Policy:
@@ -286,15 +303,9 @@ class DeploymentQueries:
     async def shaping_deployments(self, ended_since: datetime) -> list[tuple[Deployment, Target]]:
         """What analysis may watch, with its target: deployments that shape their target now and are in
         progress, or succeeded at or after `ended_since` (not every target's last deployment ever)."""
+        since = to_us(ended_since)
         rows = await self.conn.fetch(
-            "SELECT d.body, t.program, t.environment, t.stable_version, t.stable_digest, t.candidate_version, "
-            "t.candidate_digest, t.candidate_weight, t.deployment, t.revision, t.update_time "
-            "FROM deployments d JOIN targets t ON t.deployment = d.id "
-            "AND t.program = d.program AND t.environment = d.environment "
-            "WHERE d.state = ? OR (d.state = ? AND d.end_time >= ?) ORDER BY d.id",
-            int(State.IN_PROGRESS),
-            int(State.SUCCEEDED),
-            to_us(ended_since),
+            SHAPING_DEPLOYMENTS_SQL, int(State.IN_PROGRESS), since, int(State.SUCCEEDED), since
         )
         return [(_deployment(r), _target(r)) for r in rows]
 

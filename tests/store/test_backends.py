@@ -12,7 +12,7 @@ from dspy_registry.server.domain.model import Event
 from dspy_registry.server.errors import StoreError, StoreUnavailable
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
-from dspy_registry.server.store.deployment_records import ACTIVE_DEPLOYMENT_SQL
+from dspy_registry.server.store.deployment_records import ACTIVE_DEPLOYMENT_SQL, SHAPING_DEPLOYMENTS_SQL
 from dspy_registry.server.store.sqlite import SqliteStore
 from tests.store.event_log import append, resources, revision
 
@@ -200,3 +200,21 @@ def _link(fd: Path) -> str:
         return str(fd.readlink())
     except OSError:  # closed since it was listed
         return ""
+
+
+async def test_sqlite_finds_recently_succeeded_deployments_from_their_targets_not_by_end_time(
+    tmp_path: Path,
+) -> None:
+    """The analysis loop asks every second; every auto-deploy of the monitoring window ended in it."""
+    path = tmp_path / "registry.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(path)
+    try:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SHAPING_DEPLOYMENTS_SQL}", (2, 0, 3, 0))]
+    finally:
+        db.close()
+    assert "SCAN t" in plan
+    assert "SEARCH d USING INDEX sqlite_autoindex_deployments_1 (id=?)" in plan
+    assert not any("end_time" in step for step in plan)

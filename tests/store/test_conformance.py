@@ -718,3 +718,62 @@ async def test_the_upgrade_to_telemetry_off_the_revision_order_keeps_sidecars_an
         assert rollups[0].totals.counts == [4, 1, 0]
     finally:
         await new.close()
+
+
+async def test_analysis_watches_the_deployments_that_shape_their_target_in_progress_or_recently_succeeded(
+    store: Store,
+) -> None:
+    from dspy_registry.server.domain.deployments import Deployment, Pinned, State, Target
+    from dspy_registry.server.domain.environments import StrategySpec
+
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(hours=1)
+
+    def deployment(ident: str, program: str, state: State, ended: datetime | None) -> Deployment:
+        return Deployment(
+            id=ident,
+            program=program,
+            environment="development",
+            version="1.0.0",
+            digest="sha256:" + "a" * 64,
+            strategy=StrategySpec(),
+            state=state,
+            creator="admin",
+            reason="",
+            create_time=ended or now,
+            end_time=ended,
+        )
+
+    def target(program: str, shaped_by: str, written: datetime) -> Target:
+        stable = Pinned("1.0.0", "sha256:" + "a" * 64)
+        return Target(
+            program=program,
+            environment="development",
+            stable=stable,
+            deployment=shaped_by,
+            update_time=written,
+        )
+
+    async with store.write() as tx:
+        for d in (
+            deployment("a-canary", "a", State.IN_PROGRESS, None),  # in progress: watched
+            deployment("b-replace", "b", State.SUCCEEDED, now),  # just succeeded: watched
+            deployment("c-replace", "c", State.SUCCEEDED, long_ago),  # before the window: not
+            deployment("d-replace", "d", State.SUCCEEDED, now),  # another shapes its target now: not
+            deployment("d-newer", "d", State.ABORTED, now),  # (ended, not succeeded: not either)
+            # Shaping its target again (the canary that replaced it was aborted), since the window
+            # began, but it succeeded before: not.
+            deployment("e-replace", "e", State.SUCCEEDED, long_ago),
+        ):
+            await tx.put_deployment(d)
+        for t in (
+            target("a", "a-canary", long_ago),  # a canary's target is written as it starts
+            target("b", "b-replace", now),
+            target("c", "c-replace", long_ago),
+            target("d", "d-newer", now),
+            target("e", "e-replace", now),
+        ):
+            await tx.put_target(t)
+    async with store.read() as tx:
+        shaping = await tx.shaping_deployments(now - timedelta(minutes=5))
+    assert [(d.id, t.program) for d, t in shaping] == [("a-canary", "a"), ("b-replace", "b")]
