@@ -70,7 +70,7 @@ class Maintenance:
             await tx.forget_deliveries(now - webhooks.DELIVERY_RETENTION)
 
     async def _in_steps(self, step: Callable[[Records], Awaitable[int]], most: int) -> None:
-        """`step` in a transaction of its own, again while it did all it may (`most`): more is left."""
+        """`step` in a transaction of its own, again while it did all it may (`most`): more may be left."""
         while True:
             async with self.store.write() as tx:
                 done = await step(tx)

@@ -179,11 +179,12 @@ class SqliteStore(TimedTransactions):
         await writer.execute("PRAGMA busy_timeout=0")
         await self._migrate(writer)
         # Each transaction of a batch is a SAVEPOINT, and SQLite copies every page it changes that
-        # existed before it began into a sub-journal (to roll back to the savepoint); past 64 KiB,
-        # that journal goes to a temporary file, a pwrite per page. An auto-deploying registration
-        # changes some twenty-five pages: most of them paid that file, 40-odd syscalls each (issue
-        # 19). In memory, it is freed as each transaction's savepoint is released. Set after the
-        # migrations, whose index builds may sort more than memory should hold.
+        # existed before it began into a sub-journal, to roll back to; past 64 KiB that journal went
+        # to a temporary file, two pwrites a page. An auto-deploying registration changes some
+        # twenty-five pages: 44 pwrites of its 74 were that file's (issue 19). In memory, the
+        # journal is freed as each savepoint is released, and holds what one transaction changes
+        # (maintenance deletes in bounded steps for that). Set after the migrations, whose index
+        # builds may sort more than memory should hold.
         await writer.execute("PRAGMA temp_store=MEMORY")
         row = await writer.fetchrow("SELECT revision FROM revisions WHERE id = 1")
         assert row is not None
