@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .domain.access import SYSTEM
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)  # one per RPC: no __dict__ to make
 class Call:
     method: str  # the full gRPC method, /dspy_registry.v1.RegistryService/RegisterProgram
     principal: str  # "" until authenticated

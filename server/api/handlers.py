@@ -222,10 +222,19 @@ class _Admission:
         current_identity.set(who)
         return who
 
+    def known(self, context: Context) -> Call | None:
+        """`authenticate` without a wait: the call, its caller named by a token verified lately
+        (`Guard.known`); None: await `authenticate`. The serving path's reads come here, and in the
+        server a coroutine per call is measurable there."""
+        who = self.guard.known(context)
+        if who is None:
+            return None
+        call = self.open(context)
+        self.identify(call, who)
+        return call
+
     async def authenticate(self, context: Context) -> Call:
-        """Who calls, from metadata or certificate alone: nothing of the request is read yet. A token
-        verified lately is known without a wait (`Guard.known`): the serving path's reads come here,
-        and a coroutine per call is measurable there."""
+        """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
         call = self.open(context)
         who = self.guard.known(context)
         self.identify(call, who if who is not None else await self.guard.authenticate(context))
@@ -241,6 +250,11 @@ class _Admission:
         except (AttributeError, ValueError) as exc:  # a rule naming a field the request lacks: a bug
             raise RuntimeError(f"the permission rule of {self.method} cannot read the request") from exc
         return names
+
+    def allowed(self, call: Call, request: Any) -> bool:
+        """`authorize` without a wait: whether the grants read lately let the caller do this to what
+        `request` names (`Guard.allows`); False: await `authorize`, which reads them or refuses."""
+        return self.guard.allows(identity(), self.rule, self.names(call, request))
 
     async def authorize(self, call: Call, request: Any) -> None:
         """May the caller do this to what `request` names: by the grants read lately without a wait
@@ -294,14 +308,15 @@ def _unary(
         ending: grpc.Status | None = None
         try:
             try:
-                current = await admission.authenticate(context)
+                # Known caller and grants cost no await (the serving path); else the store is read.
+                current = admission.known(context) or await admission.authenticate(context)
                 if streaming_request:
                     # The resource is in the first message (the header): read it (only now,
                     # once the caller is known), then hand the behavior the stream with it in front.
                     first, request = await _peek(_decoded_stream(request))
                     await admission.authorize(current, first)
-                else:
-                    await admission.authorize(current, decoded(request))
+                elif not admission.allowed(current, decoded(request)):
+                    await admission.authorize(current, request)
                 response = await behavior(request, context)
                 if rule.by_servicer and not current.authorized:
                     raise RuntimeError(f"{method} answered without authorizing its resource")
