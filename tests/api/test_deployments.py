@@ -499,3 +499,45 @@ async def test_what_an_environment_serves_is_read_anew_after_each_change_of_its_
         )
     )
     assert await _served(ready, "staging") == "1.1.0"
+
+
+async def test_the_serving_path_sees_every_change_of_its_target_at_once(ready: Running) -> None:
+    """GetProgramVersion by environment answers from a cache of encoded answers: a deploy, a rollback,
+    a new version auto-deployed and a yank must each show in the very next read through the same
+    server, cached answer or not (each read comes twice, so the second is a cache hit)."""
+    deploy = ready.deployments
+    replace = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)
+
+    async def served_twice(environment: str) -> pb.GetProgramVersionResponse:
+        request = pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment=environment)
+        first = await ready.registry.GetProgramVersion(request)
+        assert await ready.registry.GetProgramVersion(request) == first
+        return first
+
+    async def deploy_to_staging(version: str) -> dpb.Deployment:
+        created = await deploy.CreateDeployment(
+            dpb.CreateDeploymentRequest(
+                program=PROGRAM, version=version, environment="staging", strategy=replace
+            )
+        )
+        return created.deployment
+
+    await deploy_to_staging("1.0.0")
+    assert (await served_twice("staging")).program_version.version == "1.0.0"
+    second = await deploy_to_staging("1.1.0")
+    assert (await served_twice("staging")).program_version.version == "1.1.0"
+    await deploy.RollbackDeployment(dpb.RollbackDeploymentRequest(name=second.name, reason="regressed"))
+    assert (await served_twice("staging")).program_version.version == "1.0.0"
+    assert (await served_twice("development")).program_version.version == "1.1.0"
+    await _register(ready, "1.2.0")  # auto-deployed to development
+    latest = await served_twice("development")
+    assert latest.program_version.version == "1.2.0"
+    explicit = await ready.registry.GetProgramVersion(
+        pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.2.0")
+    )
+    assert latest == explicit  # the same answer, field for field
+    yanked = await ready.registry.YankProgramVersion(
+        pb.YankProgramVersionRequest(name=f"programs/{PROGRAM}/versions/1.0.0", reason="bad")
+    )
+    assert yanked.program_version.yanked
+    assert (await served_twice("staging")).program_version == yanked.program_version
