@@ -510,12 +510,12 @@ async def test_the_serving_path_sees_every_change_of_its_target_at_once(ready: R
 
     async def served_twice(environment: str) -> pb.GetProgramVersionResponse:
         request = pb.GetProgramVersionRequest(name=f"programs/{PROGRAM}", environment=environment)
-        first = await ready.registry.GetProgramVersion(request)
+        first: pb.GetProgramVersionResponse = await ready.registry.GetProgramVersion(request)
         assert await ready.registry.GetProgramVersion(request) == first
         return first
 
     async def deploy_to_staging(version: str) -> dpb.Deployment:
-        created = await deploy.CreateDeployment(
+        created: dpb.CreateDeploymentResponse = await deploy.CreateDeployment(
             dpb.CreateDeploymentRequest(
                 program=PROGRAM, version=version, environment="staging", strategy=replace
             )
