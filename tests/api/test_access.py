@@ -343,3 +343,36 @@ async def test_a_revoked_grant_stops_cached_reads_of_the_serving_path_at_once(se
         assert await code_of(reads.GetProgramVersion(serving)) == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close(None)
+
+
+async def test_concurrent_callers_are_each_known_by_their_own_metadata(server: Running) -> None:
+    """Calls of three callers, interleaved on one server, never pass for another's: the serving path
+    admits a caller known lately without a wait (Guard.known, Guard.allows), from its own metadata."""
+    admin = apb_grpc.AccessServiceStub(server.channel)
+    await register_signature(server.registry, name="sig")
+    await server.registry.RegisterProgram(_program("sentiment_a", "1.0.0"))
+    await server.registry.RegisterProgram(_program("ranker", "1.0.0"))
+    secret = await _teammate(admin, "hana", (apb.ACTION_READ, "sentiment_*"))
+    hana, nobody = server.channel_for(secret), server.channel_for(None)
+    ranker = pb.GetProgramVersionRequest(name="programs/ranker", environment="development")
+
+    async def as_admin() -> None:
+        assert (await admin.WhoAmI(apb.WhoAmIRequest())).principal.name == "principals/admin"
+        assert (await server.registry.GetProgramVersion(ranker)).program_version.program == "ranker"
+
+    async def as_hana() -> None:
+        me = await apb_grpc.AccessServiceStub(hana).WhoAmI(apb.WhoAmIRequest())
+        assert me.principal.name == "principals/hana"
+        refused = pb_grpc.RegistryServiceStub(hana).GetProgramVersion(ranker)
+        assert await code_of(refused) == grpc.StatusCode.PERMISSION_DENIED
+
+    async def as_nobody() -> None:
+        anonymous = pb_grpc.RegistryServiceStub(nobody).GetProgramVersion(ranker)
+        assert await code_of(anonymous) == grpc.StatusCode.UNAUTHENTICATED
+
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(call() for _ in range(20) for call in (as_admin, as_hana, as_nobody)))
+    finally:
+        await hana.close(None)
+        await nobody.close(None)
