@@ -35,6 +35,8 @@ log = logging.getLogger("dspy_registry.maintenance")
 # server stopped for days) is forgotten in steps rather than held whole.
 REQUESTS_PER_STEP = 10_000
 REVISIONS_PER_STEP = 20_000
+WINDOWS_PER_STEP = 10_000  # metric rollups: one per source, target and bucket
+DELIVERIES_PER_STEP = 10_000  # webhook deliveries, each with its rendered body: as many as events
 
 
 class Maintenance:
@@ -64,10 +66,16 @@ class Maintenance:
             lambda tx: tx.prune_requests(requests_before, REQUESTS_PER_STEP), REQUESTS_PER_STEP
         )
         await self._in_steps(lambda tx: _compact(tx, events_before), REVISIONS_PER_STEP)
-        async with self.store.write() as tx:
+        windows_before = now - timedelta(seconds=self.metrics_retention)
+        await self._in_steps(
+            lambda tx: tx.forget_metric_windows(windows_before, WINDOWS_PER_STEP), WINDOWS_PER_STEP
+        )
+        deliveries_before = now - webhooks.DELIVERY_RETENTION
+        await self._in_steps(
+            lambda tx: tx.forget_deliveries(deliveries_before, DELIVERIES_PER_STEP), DELIVERIES_PER_STEP
+        )
+        async with self.store.write() as tx:  # as many rows as sidecars went silent: one transaction
             await tx.forget_silent_sidecars(now)
-            await tx.forget_metric_windows(now - timedelta(seconds=self.metrics_retention))
-            await tx.forget_deliveries(now - webhooks.DELIVERY_RETENTION)
 
     async def _in_steps(self, step: Callable[[Records], Awaitable[int]], most: int) -> None:
         """`step` in a transaction of its own, again while it did all it may (`most`): more may be left."""

@@ -99,10 +99,19 @@ class MetricQueries:
         )
         return [_rollup(r) for r in rows]
 
-    async def forget_metric_windows(self, before: datetime) -> int:
-        """Drop rollups whose first window arrived before `before` (retention)."""
-        row = await self.conn.fetchrow(
-            "SELECT COUNT(*) AS n FROM metric_rollups WHERE first_receive_time < ?", to_us(before)
+    async def forget_metric_windows(self, before: datetime, most: int) -> int:
+        """Drop rollups whose first window arrived before `before` (retention), the `most` oldest of
+        them; returns how many it dropped."""
+        rows = await self.conn.fetch(
+            "SELECT program, environment, version, source, bucket FROM metric_rollups "
+            "WHERE first_receive_time < ? ORDER BY first_receive_time LIMIT ?",
+            to_us(before),
+            most,
         )
-        await self.conn.execute("DELETE FROM metric_rollups WHERE first_receive_time < ?", to_us(before))
-        return int(row["n"]) if row else 0
+        keys = [(r["program"], r["environment"], r["version"], r["source"], r["bucket"]) for r in rows]
+        await self.conn.executemany(
+            "DELETE FROM metric_rollups "
+            "WHERE program = ? AND environment = ? AND version = ? AND source = ? AND bucket = ?",
+            keys,
+        )
+        return len(keys)

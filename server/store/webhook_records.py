@@ -321,10 +321,14 @@ class WebhookQueries:
             to_us(lease_until),
         )
 
-    async def forget_deliveries(self, before: datetime) -> int:
-        """Drop deliveries completed before `before` (retention)."""
-        row = await self.conn.fetchrow(
-            "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE complete_time < ?", to_us(before)
+    async def forget_deliveries(self, before: datetime, most: int) -> int:
+        """Drop deliveries completed before `before` (retention), the `most` oldest of them; returns
+        how many it dropped."""
+        rows = await self.conn.fetch(
+            "SELECT id FROM webhook_deliveries WHERE complete_time < ? ORDER BY complete_time LIMIT ?",
+            to_us(before),
+            most,
         )
-        await self.conn.execute("DELETE FROM webhook_deliveries WHERE complete_time < ?", to_us(before))
-        return int(row["n"]) if row else 0
+        ids = [(str(r["id"]),) for r in rows]
+        await self.conn.executemany("DELETE FROM webhook_deliveries WHERE id = ?", ids)
+        return len(ids)

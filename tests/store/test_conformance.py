@@ -618,8 +618,13 @@ async def test_metric_rollups_are_written_once_and_read_by_first_receipt(store: 
             r.source for r in await tx.metric_rollups("p", "staging", ["1.0.0"], NOW + timedelta(seconds=1))
         ] == ["r2"]
         assert await tx.metric_rollups("p", "staging", ["2.0.0"], NOW) == []
+    async with store.telemetry() as tx:  # the oldest first, at most as many as asked
+        assert await tx.forget_metric_windows(NOW + timedelta(seconds=3), 1) == 1
+    async with store.read() as tx:
+        assert [r.source for r in await tx.metric_rollups("p", "staging", ["1.0.0"], NOW)] == ["r2"]
     async with store.telemetry() as tx:
-        assert await tx.forget_metric_windows(NOW + timedelta(seconds=1)) == 1
+        assert await tx.forget_metric_windows(NOW + timedelta(seconds=1), 10) == 0
+        assert await tx.forget_metric_windows(NOW + timedelta(seconds=3), 10) == 1
 
 
 # -- the audit event of a mutation, written in its own transaction ------------------------------

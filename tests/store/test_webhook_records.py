@@ -3,6 +3,8 @@ claims lease, outcomes settle, deletion and retention forget."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -159,8 +161,8 @@ async def test_claims_lease_and_outcomes_settle(store: Store) -> None:
     )
 
     async with store.write() as tx:
-        assert await tx.forget_deliveries(retry) == 0
-        assert await tx.forget_deliveries(retry + timedelta(seconds=1)) == 1
+        assert await tx.forget_deliveries(retry, 10) == 0
+        assert await tx.forget_deliveries(retry + timedelta(seconds=1), 10) == 1
     assert await _deliveries(store, "w") == []
 
 
@@ -176,3 +178,47 @@ async def test_deleting_a_webhook_drops_its_deliveries(store: Store) -> None:
         assert await tx.get_webhook("gone") is None
         assert [w.id for w in (await tx.list_webhooks(Page(10)))[0]] == ["kept"]
     assert await _deliveries(store, "gone") == [] and len(await _deliveries(store, "kept")) == 1
+
+
+async def test_maintenance_forgets_old_deliveries_a_bounded_step_a_transaction(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holds in memory every page it changes (SQLite's savepoint journal): a week of
+    completed deliveries, each with its body, is forgotten some at a time, the oldest first."""
+    from dspy_registry.server import maintenance as housekeeping
+    from dspy_registry.server.domain.webhooks import DELIVERY_RETENTION
+    from tests.clock import FakeClock
+
+    async with store.write() as tx:
+        await tx.insert_webhook(_hook("w"))
+    async with store.write() as tx:
+        await tx.append([_event("created") for _ in range(5)])
+    async with store.read() as tx:
+        due_at = await tx.next_delivery_time()
+    assert due_at is not None
+    lease = due_at + timedelta(seconds=20)
+    async with store.write() as tx:
+        due = await tx.claim_deliveries(due_at, lease, 10)
+        for i, d in enumerate(due):
+            await tx.settle_delivery(
+                d.id, DeliveryState.SUCCEEDED, 204, "", due_at + timedelta(seconds=i), None, lease
+            )
+    async with store.write() as tx:  # the oldest first
+        assert await tx.forget_deliveries(due_at + timedelta(days=1), 1) == 1
+    assert len(await _deliveries(store, "w")) == 4
+
+    left: list[int] = []  # the deliveries left after each transaction of maintenance
+    write = store.write
+
+    @asynccontextmanager
+    async def counted(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with write(*args, **kwargs) as tx:
+            yield tx
+        left.append(len(await _deliveries(store, "w")))
+
+    monkeypatch.setattr(store, "write", counted)
+    monkeypatch.setattr(housekeeping, "DELIVERIES_PER_STEP", 2)
+    clock = FakeClock(due_at + DELIVERY_RETENTION + timedelta(days=1))
+    await housekeeping.Maintenance(store, request_retention=60, clock=clock).run_once()
+    assert left[-1] == 0
+    assert max(before - after for before, after in zip([4, *left], left, strict=False)) == 2
