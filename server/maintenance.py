@@ -34,7 +34,7 @@ log = logging.getLogger("dspy_registry.maintenance")
 # until it ends, to roll back to (store/sqlite.py), so that a backlog (a retention shortened, a
 # server stopped for days) is forgotten in steps rather than held whole.
 REQUESTS_PER_STEP = 10_000
-REVISIONS_PER_STEP = 20_000
+REVISIONS_PER_STEP = 5_000  # of ~5 events each: 20 000 held 28 MiB, 2 000 held 2.9 MiB
 WINDOWS_PER_STEP = 10_000  # metric rollups: one per source, target and bucket
 DELIVERIES_PER_STEP = 10_000  # webhook deliveries, each with its rendered body: as many as events
 

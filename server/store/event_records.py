@@ -31,14 +31,18 @@ class EventLogQueries:
 
         Not a change anyone watches: no revision is consumed and no event written.
         """
+        current = await self.compacted_revision()
+        # Only the next `most` revisions are looked at, by the primary key, not the whole log by
+        # create_time (which no index orders): maintenance asks again while a step drops `most`.
         row = await self.conn.fetchrow(
-            "SELECT MAX(revision) AS r FROM events WHERE create_time < ?", before_us
+            "SELECT MAX(revision) AS r FROM events WHERE revision > ? AND revision <= ? AND create_time < ?",
+            current,
+            current + most,
+            before_us,
         )
         upto = int(row["r"]) if row and row["r"] is not None else 0
-        current = await self.compacted_revision()
         if upto <= current:
             return current
-        upto = min(upto, current + most)
         await self.conn.execute("DELETE FROM events WHERE revision <= ?", upto)
         await self.conn.execute("UPDATE revisions SET compacted = ? WHERE id = 1", upto)
         return upto
