@@ -27,8 +27,10 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.calls import canary_strategy
-from tests.e2e.conftest import ROOT, ServerProcess
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ROOT, ServerProcess
 from tests.eventually import eventually as _eventually
+
+pytestmark = PROCESSES_TIMEOUT
 
 PROGRAM = "sentiment"
 PODS = 3
