@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from _pytest.nodeid import NodeId
 
 from dspy_registry.server.store.backends import open_store
 from dspy_registry.server.store.base import Store
+from dspy_registry.server.store.postgres import PostgresStore
+from dspy_registry.server.store.sqlite import SqliteStore
 
 PG_ADMIN_URL = os.environ.get("DSPY_REGISTRY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SKIP_POSTGRES = os.environ.get("DSPY_REGISTRY_SKIP_POSTGRES") == "1"
@@ -123,6 +125,28 @@ async def database_url(
     if SKIP_POSTGRES:
         pytest.skip("DSPY_REGISTRY_SKIP_POSTGRES=1")
     return await pg_databases.create()
+
+
+@pytest.fixture(autouse=True)
+async def _stores_closed(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every store a test opens (itself, or through a server it starts) is closed when the test ends,
+    passed or failed. A test that failed before its own close() left a SQLite store's reader threads
+    running (aiosqlite's threads are not daemons, and the failure's traceback kept the store alive):
+    pytest reported the failure, then hung at exit. Closing twice is harmless."""
+    opened: list[Store] = []
+    for backend in (SqliteStore, PostgresStore):
+        monkeypatch.setattr(backend, "open", _tracked(backend.open, opened))
+    yield
+    for store in opened:
+        await store.close()
+
+
+def _tracked(open: Callable[[Any], Awaitable[None]], opened: list[Store]) -> Callable[[Any], Awaitable[None]]:
+    async def open_and_track(store: Store) -> None:
+        opened.append(store)
+        await open(store)
+
+    return open_and_track
 
 
 @pytest.fixture

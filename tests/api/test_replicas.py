@@ -101,15 +101,22 @@ async def test_a_token_revoked_on_one_replica_is_refused_by_the_other_within_a_s
         await who.WhoAmI(apb.WhoAmIRequest())  # b has verified and cached it
         await admin.RevokeToken(apb.RevokeTokenRequest(name=issued.token.name))
         started = asyncio.get_running_loop().time()
+        accepted_late: list[float] = []  # seconds after the revocation that an accepted call was sent
 
         async def refused() -> bool:
+            sent = asyncio.get_running_loop().time() - started
             try:
                 await who.WhoAmI(apb.WhoAmIRequest())
             except grpc.aio.AioRpcError as err:
                 return err.code() == grpc.StatusCode.UNAUTHENTICATED
+            if sent >= 1.0:
+                accepted_late.append(sent)
             return False
 
-        await _eventually(refused, seconds=1.0)
-        assert asyncio.get_running_loop().time() - started < 1.0
+        await _eventually(refused, "b refuses the revoked token")
+        # Within a second: no call sent a second or more after the revocation is let in. Counted from
+        # when each call was sent, not when its answer came: a test stalled past the second on a busy
+        # machine (its loop late) got its first refusal after it, which proved nothing against b.
+        assert accepted_late == []
     finally:
         await channel.close(None)

@@ -27,6 +27,13 @@ BUF_BIN = ROOT / "node_modules" / ".bin"
 SHIM_BIN = Path(__file__).resolve().parent / "bin"
 
 
+# For the modules whose tests run a server and a series of CLI or pod processes: 10-26 s each at a
+# load of 8, and each process's start-up is CPU-bound, so that on a loaded machine a test takes
+# several times as long (one walkthrough of 10-16 s passed pytest-timeout's 60 s at a load of 13).
+# The timeout is there to catch a hang, not to time a test.
+PROCESSES_TIMEOUT = pytest.mark.timeout(240)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

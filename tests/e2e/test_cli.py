@@ -17,10 +17,12 @@ from google.protobuf import json_format
 from dspy_registry.server.app import App
 from dspy_registry.server.domain import webhooks
 from tests.certificates import Authority, tls_config
-from tests.e2e.conftest import SERVE, ServerProcess
+from tests.e2e.conftest import PROCESSES_TIMEOUT, SERVE, ServerProcess
 from tests.eventually import eventually
 from tests.factories import dspy_state, spec_proto
 from tests.webhook_receiver import ThreadedReceiver
+
+pytestmark = PROCESSES_TIMEOUT
 
 
 class Cli:

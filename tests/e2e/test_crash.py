@@ -9,7 +9,9 @@ from pathlib import Path
 
 from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ServerProcess
+
+pytestmark = PROCESSES_TIMEOUT
 
 WEIGHTS = [5, 10, 20, 35, 50, 65, 80, 90]
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ROOT
+
+pytestmark = PROCESSES_TIMEOUT
 
 
 @pytest.fixture(scope="module")

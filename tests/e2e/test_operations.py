@@ -27,9 +27,11 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ROOT, ServerProcess, free_port
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ROOT, ServerProcess, free_port
 from tests.e2e.test_readme import _block, _run_block
 from tests.eventually import eventually
+
+pytestmark = PROCESSES_TIMEOUT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"

@@ -22,7 +22,9 @@ from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
 from tests import docs
 from tests.docs import PAGES, sh_block
-from tests.e2e.conftest import ROOT, ServerProcess, env_with_tools, free_port
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ROOT, ServerProcess, env_with_tools, free_port
+
+pytestmark = PROCESSES_TIMEOUT
 
 README = (ROOT / "README.md").read_text()
 _block = sh_block

@@ -13,9 +13,11 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
-from tests.e2e.conftest import SERVE, ServerProcess
+from tests.e2e.conftest import PROCESSES_TIMEOUT, SERVE, ServerProcess
 from tests.eventually import eventually as _eventually
 from tests.factories import dspy_state, spec_proto
+
+pytestmark = PROCESSES_TIMEOUT
 
 
 def _register(server: ServerProcess, version: str) -> None:

@@ -19,11 +19,13 @@ from dspy_registry.v1 import deployment_pb2 as dpb
 from dspy_registry.v1 import deployment_pb2_grpc as dpb_grpc
 from dspy_registry.v1 import registry_pb2 as pb
 from dspy_registry.v1 import registry_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import PROCESSES_TIMEOUT, ServerProcess
 from tests.e2e.test_readme import _block, _run_block
 from tests.eventually import eventually as _eventually
 from tests.factories import dspy_state, spec_proto
 from tests.webhook_receiver import ThreadedReceiver
+
+pytestmark = PROCESSES_TIMEOUT
 
 SECRET = "e2e-secret"
 REPLACE = dpb.DeploymentStrategy(strategy=dpb.STRATEGY_REPLACE)

@@ -107,15 +107,25 @@ async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavail
         await store.close()
 
 
-async def _slow_commits(url: str, table: str) -> None:
-    """Every COMMIT of a transaction that wrote to `table` takes a second: a deferred trigger."""
+COMMIT_GATE = 7001  # an advisory lock's key: the test holds it, held COMMITs wait for it
+
+
+async def _hold_commits(url: str, table: str, watcher: asyncpg.Connection) -> None:
+    """Every COMMIT of a transaction that wrote to `table` waits (a deferred trigger) until the test
+    lets it go (`_let_commits_go`). Held, not made slow: with a COMMIT of a fixed second, a test stalled
+    that long on a busy machine never saw the COMMIT run, or cancelled its caller after it ended."""
     await execute(
         url,
-        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
-        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON {table} "
-        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+        "CREATE FUNCTION held_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_advisory_xact_lock_shared({COMMIT_GATE}); RETURN NULL; END $$",
+        f"CREATE CONSTRAINT TRIGGER held_commit AFTER INSERT OR UPDATE ON {table} "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION held_commit()",
     )
+    await watcher.execute(f"SELECT pg_advisory_lock({COMMIT_GATE})")
+
+
+async def _let_commits_go(watcher: asyncpg.Connection) -> None:
+    await watcher.execute(f"SELECT pg_advisory_unlock({COMMIT_GATE})")
 
 
 @pytest.fixture
@@ -152,12 +162,13 @@ async def test_a_write_whose_caller_is_cancelled_during_commit_keeps_the_writer_
     # its COMMIT ran left the shielded COMMIT running and let the writer's turn go at once: the next
     # write began on a connection still committing ("another operation is in progress"), its rollback
     # failed, and the writer connection was terminated under the COMMIT.
-    await _slow_commits(pg_url, "events")
+    await _hold_commits(pg_url, "events", watcher)
     first = asyncio.create_task(append(pg_store, "r/1"))
     await until(lambda: _committing(watcher), "the first write's COMMIT runs")
     first.cancel()
-    second = await append(pg_store, "r/2")  # its turn comes once the first has committed
-    assert second == 2
+    second = asyncio.create_task(append(pg_store, "r/2"))  # it asks for the writer's turn mid-COMMIT
+    await _let_commits_go(watcher)
+    assert await second == 2  # its turn came once the first had committed
     assert await resources(pg_store) == ["r/1", "r/2"]  # the first committed: it was under way
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -168,7 +179,7 @@ async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_r
     pg_url: str, pg_store: PostgresStore, watcher: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await execute(pg_url, "CREATE TABLE probe (n integer)")
-    await _slow_commits(pg_url, "probe")
+    await _hold_commits(pg_url, "probe", watcher)
 
     async def insert(n: int) -> None:
         async with pg_store.telemetry() as tx:
@@ -177,9 +188,13 @@ async def test_a_telemetry_transaction_whose_caller_is_cancelled_during_commit_r
     first = asyncio.create_task(insert(1))
     await until(lambda: _committing(watcher), "the first transaction's COMMIT runs")
     first.cancel()
+    # Its COMMIT held, the cancelled caller stays: it gives its connection back to the pool once
+    # committed, not under its COMMIT. (Time bounds only how soon a caller that leaves is caught.)
+    done, _ = await asyncio.wait({first}, timeout=0.5)
+    assert not done, "the cancelled caller returned while its COMMIT ran"
+    await _let_commits_go(watcher)
     with pytest.raises(asyncio.CancelledError):
         await first
-    # The connection went back to the pool once committed, not under its COMMIT.
     assert not await _committing(watcher)
     await insert(2)
     async with pg_store.read() as tx:
