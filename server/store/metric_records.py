@@ -11,7 +11,7 @@ from datetime import datetime
 
 from ..domain.health import Totals
 from ..domain.rollups import Rollup
-from .sql import Connection, Row, to_datetime, to_us
+from .sql import Connection, Row, forget_oldest, to_datetime, to_us
 
 _COLUMNS = (
     "program, environment, version, source, bucket, first_receive_time, start_time, end_time, "
@@ -102,16 +102,7 @@ class MetricQueries:
     async def forget_metric_windows(self, before: datetime, most: int) -> int:
         """Drop rollups whose first window arrived before `before` (retention), the `most` oldest of
         them; returns how many it dropped."""
-        rows = await self.conn.fetch(
-            "SELECT program, environment, version, source, bucket FROM metric_rollups "
-            "WHERE first_receive_time < ? ORDER BY first_receive_time LIMIT ?",
-            to_us(before),
-            most,
+        key = ("program", "environment", "version", "source", "bucket")
+        return await forget_oldest(
+            self.conn, "metric_rollups", key, "first_receive_time", to_us(before), most
         )
-        keys = [(r["program"], r["environment"], r["version"], r["source"], r["bucket"]) for r in rows]
-        await self.conn.executemany(
-            "DELETE FROM metric_rollups "
-            "WHERE program = ? AND environment = ? AND version = ? AND source = ? AND bucket = ?",
-            keys,
-        )
-        return len(keys)

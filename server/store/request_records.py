@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .sql import Connection, now_us
+from .sql import Connection, forget_oldest, now_us
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,6 @@ class RequestQueries:
     async def prune_requests(self, before_us: int, most: int) -> int:
         """Forget idempotency records older than `before_us`, the `most` oldest of them: retries are
         answered for a window. Returns how many it forgot."""
-        rows = await self.conn.fetch(
-            "SELECT principal, request_id FROM requests WHERE create_time < ? ORDER BY create_time LIMIT ?",
-            before_us,
-            most,
+        return await forget_oldest(
+            self.conn, "requests", ("principal", "request_id"), "create_time", before_us, most
         )
-        keys = [(str(r["principal"]), str(r["request_id"])) for r in rows]
-        await self.conn.executemany("DELETE FROM requests WHERE principal = ? AND request_id = ?", keys)
-        return len(keys)

@@ -73,3 +73,17 @@ def visible_condition(column: str, globs: list[str] | None) -> tuple[str, list[s
 
 def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def forget_oldest(
+    conn: Connection, table: str, key: Sequence[str], age: str, before_us: int, most: int
+) -> int:
+    """Delete the `most` oldest rows of `table` whose `age` column is before `before_us`, one by its
+    `key` columns at a time; how many. Maintenance forgets a backlog in such steps, a transaction
+    each: SQLite holds the pages a transaction changes in memory until it ends (store/sqlite.py)."""
+    rows = await conn.fetch(
+        f"SELECT {', '.join(key)} FROM {table} WHERE {age} < ? ORDER BY {age} LIMIT ?", before_us, most
+    )
+    keys = [tuple(row[column] for column in key) for row in rows]
+    await conn.executemany(f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in key)}", keys)
+    return len(keys)

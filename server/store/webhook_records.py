@@ -20,7 +20,7 @@ from ..domain.events import DeploymentChanged, deployment_kind, is_deployment_ki
 from ..domain.model import Event, Page
 from ..domain.webhooks import Delivery, DeliveryState, Due, Interest, Selector, SigningSecret, Webhook
 from ..errors import InvalidArgument
-from .sql import Connection, Row, to_datetime, to_json, to_us
+from .sql import Connection, Row, forget_oldest, to_datetime, to_json, to_us
 
 # `secret` is empty since migration 12: a webhook's secrets are rows of webhook_secrets.
 _WEBHOOK_COLUMNS = "name, url, event_kinds, selectors, secret, description, creator, create_time, revision"
@@ -324,11 +324,6 @@ class WebhookQueries:
     async def forget_deliveries(self, before: datetime, most: int) -> int:
         """Drop deliveries completed before `before` (retention), the `most` oldest of them; returns
         how many it dropped."""
-        rows = await self.conn.fetch(
-            "SELECT id FROM webhook_deliveries WHERE complete_time < ? ORDER BY complete_time LIMIT ?",
-            to_us(before),
-            most,
+        return await forget_oldest(
+            self.conn, "webhook_deliveries", ("id",), "complete_time", to_us(before), most
         )
-        ids = [(str(r["id"]),) for r in rows]
-        await self.conn.executemany("DELETE FROM webhook_deliveries WHERE id = ?", ids)
-        return len(ids)
