@@ -102,18 +102,8 @@ async def test_sqlite_finds_a_targets_active_deployment_by_index_not_by_walking_
     tmp_path: Path,
 ) -> None:
     """Every registration auto-deploys to development: a walk would cost more with each one."""
-    path = tmp_path / "registry.db"
-    store = SqliteStore(f"sqlite:///{path}")
-    await store.open()
-    await store.close()
-    db = sqlite3.connect(path)
-    try:
-        plan = db.execute(
-            f"EXPLAIN QUERY PLAN {ACTIVE_DEPLOYMENT_SQL}", ("p", "development", 1, 2, 8)
-        ).fetchall()
-    finally:
-        db.close()
-    assert [row[3] for row in plan] == [
+    plan = await _sqlite_plan(tmp_path, ACTIVE_DEPLOYMENT_SQL, ("p", "development", 1, 2, 8))
+    assert plan == [
         "SEARCH deployments USING INDEX deployments_by_state (state=? AND program=? AND environment=?)"
     ]
 
@@ -206,15 +196,20 @@ async def test_sqlite_finds_recently_succeeded_deployments_from_their_targets_no
     tmp_path: Path,
 ) -> None:
     """The analysis loop asks every second; every auto-deploy of the monitoring window ended in it."""
+    plan = await _sqlite_plan(tmp_path, SHAPING_DEPLOYMENTS_SQL, (2, 0, 3, 0))
+    assert "SCAN t" in plan
+    assert "SEARCH d USING INDEX sqlite_autoindex_deployments_1 (id=?)" in plan
+    assert not any("end_time" in step for step in plan)
+
+
+async def _sqlite_plan(tmp_path: Path, sql: str, params: tuple[object, ...]) -> list[str]:
+    """The steps of SQLite's plan for `sql` on a freshly migrated database (its indexes all there)."""
     path = tmp_path / "registry.db"
     store = SqliteStore(f"sqlite:///{path}")
     await store.open()
     await store.close()
     db = sqlite3.connect(path)
     try:
-        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SHAPING_DEPLOYMENTS_SQL}", (2, 0, 3, 0))]
+        return [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     finally:
         db.close()
-    assert "SCAN t" in plan
-    assert "SEARCH d USING INDEX sqlite_autoindex_deployments_1 (id=?)" in plan
-    assert not any("end_time" in step for step in plan)

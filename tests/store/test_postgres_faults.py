@@ -76,35 +76,29 @@ async def proxied(pg_url: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
     await store.close()
 
 
-async def test_a_write_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+async def test_a_write_whose_backend_is_terminated_fails_unavailable(
+    pg_url: str, pg_store: PostgresStore
+) -> None:
     # The rollback of a transaction on a closed connection raised asyncpg's InterfaceError
     # as it was called, outside the translation: INTERNAL.
-    store = PostgresStore(pg_url)
-    await store.open()
-    try:
-        with pytest.raises(StoreUnavailable):
-            async with store.write() as tx:
-                await _terminate_backends(pg_url)
-                await tx.current_revision()
-        assert await append(store) == 1  # a new writer connection, the revision not consumed
-    finally:
-        await store.close()
+    with pytest.raises(StoreUnavailable):
+        async with pg_store.write() as tx:
+            await _terminate_backends(pg_url)
+            await tx.current_revision()
+    assert await append(pg_store) == 1  # a new writer connection, the revision not consumed
 
 
-async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavailable(pg_url: str) -> None:
+async def test_a_telemetry_transaction_whose_backend_is_terminated_fails_unavailable(
+    pg_store: PostgresStore,
+) -> None:
     # A pooled connection lost mid-statement goes back to the pool at once (asyncpg releases it as
     # it closes), and every call on the handle the transaction held raised InterfaceError, is_closed()
     # too: the rollback's check of it made the fault INTERNAL, and a sidecar did not retry its report.
-    store = PostgresStore(pg_url)
-    await store.open()
-    try:
-        with pytest.raises(StoreUnavailable):
-            async with store.telemetry() as tx:
-                await tx.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # mid-statement
-        async with store.telemetry() as tx:  # the pool has another connection
-            assert await tx.current_revision() == 0
-    finally:
-        await store.close()
+    with pytest.raises(StoreUnavailable):
+        async with pg_store.telemetry() as tx:
+            await tx.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # mid-statement
+    async with pg_store.telemetry() as tx:  # the pool has another connection
+        assert await tx.current_revision() == 0
 
 
 COMMIT_GATE = 7001  # an advisory lock's key: the test holds it, held COMMITs wait for it
