@@ -234,10 +234,10 @@ class _Admission:
         return call
 
     async def authenticate(self, context: Context) -> Call:
-        """Who calls, from metadata or certificate alone: nothing of the request is read yet."""
+        """Who calls, from metadata or certificate alone: nothing of the request is read yet (a token
+        verified lately is known without reading the store: `Guard.authenticate` asks first)."""
         call = self.open(context)
-        who = self.guard.known(context)
-        self.identify(call, who if who is not None else await self.guard.authenticate(context))
+        self.identify(call, await self.guard.authenticate(context))
         return call
 
     def names(self, call: Call, request: Any) -> Sequence[str]:
@@ -257,12 +257,9 @@ class _Admission:
         return self.guard.allows(identity(), self.rule, self.names(call, request))
 
     async def authorize(self, call: Call, request: Any) -> None:
-        """May the caller do this to what `request` names: by the grants read lately without a wait
-        (`Guard.allows`), else `Guard.authorize` reads them (or refuses)."""
-        names = self.names(call, request)
-        who = identity()
-        if not self.guard.allows(who, self.rule, names):
-            await self.guard.authorize(who, self.rule, names)
+        """May the caller do this to what `request` names: `Guard.authorize`, which asks the grants
+        read lately first (`Guard.allows`), else reads them (or refuses)."""
+        await self.guard.authorize(identity(), self.rule, self.names(call, request))
 
     async def refused(self, call: Call, exc: Exception, context: Context) -> None:
         call.peer = call.peer or self.guard.peer(context)
