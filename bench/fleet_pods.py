@@ -11,8 +11,9 @@ It prints `acked <pods>` every 5 s until every pod has ACKed its first snapshot,
 `converged <stable> <time_ns> <received_ns> <ack_p50_ms> <ack_max_ms>` each time every pod has ACKed
 a target with that stable version and no candidate: the time of the last ACK, when the last pod's
 stream gave it that target, and how long the pods' ACKs of it took to be answered (median, slowest).
-A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on stdin (the driver is about to kill a replica) starts `moved ...` lines: the pods whose stream broke
-since, and when each reported (its ACK, or the heartbeat after it) once it had a snapshot on
+A report that fails UNAVAILABLE is retried, as the client library does. A `mark` line on stdin
+(the driver is about to kill a replica) starts `moved ...` lines: the pods whose stream broke since,
+and when each reported (its ACK, or the heartbeat after it) once it had a snapshot on
 another replica. It stops when stdin closes.
 """
 
